@@ -1,0 +1,94 @@
+"""Execute the suite's notebooks with papermill and render them to HTML."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import nbformat
+import papermill
+from nbconvert import HTMLExporter
+
+from .results import atomic_path
+
+log = logging.getLogger(__name__)
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+"""The notebooks of a source checkout (``notebooks/`` beside the package)."""
+
+
+def notebook_path(name: str, notebook_dir: str | os.PathLike | None = None) -> Path:
+    """Path of a notebook by name (``"00_data"`` or ``"00_data.ipynb"``)."""
+    folder = Path(notebook_dir) if notebook_dir is not None else NOTEBOOK_DIR
+    path = folder / (name if name.endswith(".ipynb") else f"{name}.ipynb")
+    if not path.is_file():
+        available = sorted(p.stem for p in folder.glob("*.ipynb")) if folder.is_dir() else []
+        raise FileNotFoundError(f"notebook {name!r} not found in {folder}; available: {available}")
+    return path
+
+
+def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None = None) -> Path:
+    """Render an executed notebook to a self-contained HTML file (atomic).
+
+    Returns
+    -------
+    html_path : Path
+        Defaults to the notebook's path with suffix ``.html``.
+    """
+    notebook = Path(notebook)
+    html_path = Path(html_path) if html_path is not None else notebook.with_suffix(".html")
+    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
+    with atomic_path(html_path) as staged:
+        staged.write_text(body, encoding="utf-8")
+    return html_path
+
+
+def execute_notebook(
+    name: str,
+    output_dir: str | os.PathLike,
+    parameters: Mapping | None = None,
+    html: bool = True,
+    notebook_dir: str | os.PathLike | None = None,
+    kernel_name: str | None = None,
+) -> Path:
+    """Run a notebook with papermill; save the executed copy (and its HTML) in ``output_dir``.
+
+    Parameters
+    ----------
+    name : str
+        Notebook name, e.g. ``"00_data"``.
+    output_dir : path-like
+        Folder of the executed notebook, created if needed. The notebook's own
+        ``output_dir`` parameter defaults to this folder.
+    parameters : mapping, optional
+        Values for the notebook's ``parameters`` cell.
+    html : bool
+        Also render ``<name>.html``.
+
+    Returns
+    -------
+    executed : Path
+        The executed notebook. A failed run raises papermill's error; the
+        partially executed notebook is kept beside it as ``<name>.failed.ipynb``.
+    """
+    source = notebook_path(name, notebook_dir)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    parameters = {"output_dir": str(output_dir), **(parameters or {})}
+    executed = output_dir / source.name
+    failed = executed.with_suffix(".failed.ipynb")
+    log.info("executing %s into %s", source.name, output_dir)
+    try:
+        papermill.execute_notebook(
+            str(source), str(failed), parameters=parameters, kernel_name=kernel_name,
+            cwd=str(source.parent), progress_bar=False,
+        )
+    except BaseException:
+        log.error("notebook %s failed; partial output kept in %s", source.name, failed)
+        raise
+    os.replace(failed, executed)
+    if html:
+        render_html(executed)
+    return executed

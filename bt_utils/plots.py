@@ -1,0 +1,142 @@
+"""Figures drawn by the notebooks. Every function returns a matplotlib Figure."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .timing import TR_S
+from .transcripts import Transcript
+
+
+def plot_alignment(
+    audio: np.ndarray,
+    sample_rate: int,
+    transcript: Transcript,
+    tr_times: np.ndarray,
+    start: float = 0.0,
+    stop: float = 20.0,
+):
+    """Waveform of a story excerpt with its word alignment and the TR grid.
+
+    Parameters
+    ----------
+    audio : ndarray of shape (n_samples,)
+    sample_rate : int
+    transcript : Transcript
+        Words are drawn as labelled spans.
+    tr_times : ndarray of shape (n_trs,)
+        TR midpoints relative to sound onset; TR boundaries are drawn at
+        midpoint +- TR/2 and midpoints as dots.
+    start, stop : float
+        Excerpt, in seconds.
+    """
+    if not 0 <= start < stop:
+        raise ValueError(f"need 0 <= start < stop, got start={start}, stop={stop}")
+    first, last = int(start * sample_rate), min(len(audio), int(stop * sample_rate))
+    time = np.arange(first, last) / sample_rate
+    figure, (wave_ax, word_ax) = plt.subplots(
+        2, 1, figsize=(12, 4), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    wave_ax.plot(time, audio[first:last], lw=0.4, color="0.2")
+    edges = np.concatenate([tr_times - TR_S / 2, tr_times[-1:] + TR_S / 2])
+    for ax in (wave_ax, word_ax):
+        for edge in edges[(edges >= start) & (edges <= stop)]:
+            ax.axvline(edge, color="tab:red", lw=0.6, alpha=0.6)
+    inside = tr_times[(tr_times >= start) & (tr_times <= stop)]
+    wave_ax.plot(inside, np.zeros_like(inside), "o", color="tab:red", ms=4, label="TR midpoints")
+    wave_ax.set_ylabel("amplitude")
+    wave_ax.legend(loc="upper right")
+    for index, word in enumerate(w for w in transcript.words if w.end > start and w.start < stop):
+        word_ax.axvspan(word.start, word.end, ymin=0.1, ymax=0.9, color=f"C{index % 2}", alpha=0.3)
+        word_ax.text((word.start + word.end) / 2, 0.5, word.label, ha="center", va="center", fontsize=7, rotation=90)
+    word_ax.set_yticks([])
+    word_ax.set_xlim(start, stop)
+    word_ax.set_xlabel("time from sound onset (s); red lines: TR boundaries")
+    figure.tight_layout()
+    return figure
+
+
+def plot_carpet(responses: np.ndarray, order: np.ndarray | None = None, title: str = "", clip: float = 3.0):
+    """Carpet plot: voxels (rows) by TRs (columns), z-scored per voxel.
+
+    Parameters
+    ----------
+    responses : ndarray of shape (n_trs, n_voxels)
+    order : ndarray of shape (n_voxels,), optional
+        Row order, e.g. voxels sorted by noise ceiling.
+    title : str
+    clip : float
+        Colour range in standard deviations.
+    """
+    responses = np.asarray(responses, dtype=np.float64)
+    std = responses.std(axis=0)
+    z = (responses - responses.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    if order is not None:
+        z = z[:, order]
+    figure, ax = plt.subplots(figsize=(12, 4))
+    image = ax.imshow(z.T, aspect="auto", cmap="RdBu_r", vmin=-clip, vmax=clip, interpolation="nearest")
+    ax.set_xlabel("TR (trimmed)")
+    ax.set_ylabel("voxel")
+    ax.set_title(title)
+    figure.colorbar(image, ax=ax, label="z")
+    figure.tight_layout()
+    return figure
+
+
+def plot_noise_ceiling(ceiling: np.ndarray, thresholds: dict[str, float], explainable_variance: np.ndarray | None = None):
+    """Distribution of ``cc_max`` with selection thresholds (and explainable variance).
+
+    Parameters
+    ----------
+    ceiling : ndarray of shape (n_voxels,)
+    thresholds : dict of str to float
+        Named thresholds drawn as vertical lines with the number of voxels above.
+    explainable_variance : ndarray of shape (n_voxels,), optional
+        Drawn against ``cc_max`` in a second panel.
+    """
+    n_panels = 1 if explainable_variance is None else 2
+    figure, axes = plt.subplots(1, n_panels, figsize=(6 * n_panels, 4), squeeze=False)
+    ax = axes[0, 0]
+    ax.hist(ceiling, bins=np.linspace(0, 1, 51), color="0.5")
+    for index, (name, value) in enumerate(thresholds.items()):
+        count = int(np.sum(ceiling > value))
+        ax.axvline(value, color=f"C{index}", label=f"{name}: cc_max > {value} ({count} voxels)")
+    ax.set_xlabel("cc_max")
+    ax.set_ylabel("voxels")
+    ax.legend()
+    if explainable_variance is not None:
+        ax = axes[0, 1]
+        ax.scatter(explainable_variance, ceiling, s=3, alpha=0.4)
+        ax.set_xlabel("explainable variance (bias-corrected)")
+        ax.set_ylabel("cc_max")
+    figure.tight_layout()
+    return figure
+
+
+def plot_ceiling_by_class(ceiling: np.ndarray, voxel_class: np.ndarray, true_ceiling: np.ndarray | None = None):
+    """Estimated ``cc_max`` per planted voxel class, and against the planted ceiling.
+
+    Parameters
+    ----------
+    ceiling : ndarray of shape (n_voxels,)
+    voxel_class : ndarray of str, shape (n_voxels,)
+    true_ceiling : ndarray of shape (n_voxels,), optional
+    """
+    classes = sorted(set(voxel_class.tolist()))
+    n_panels = 1 if true_ceiling is None else 2
+    figure, axes = plt.subplots(1, n_panels, figsize=(6 * n_panels, 4), squeeze=False)
+    axes[0, 0].boxplot([ceiling[voxel_class == c] for c in classes], tick_labels=classes)
+    axes[0, 0].set_ylabel("estimated cc_max")
+    axes[0, 0].set_title("noise ceiling by planted class")
+    if true_ceiling is not None:
+        ax = axes[0, 1]
+        for index, name in enumerate(classes):
+            members = voxel_class == name
+            ax.scatter(true_ceiling[members], ceiling[members], s=4, alpha=0.5, color=f"C{index}", label=name)
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set_xlabel("planted cc_max")
+        ax.set_ylabel("estimated cc_max")
+        ax.legend()
+    figure.tight_layout()
+    return figure

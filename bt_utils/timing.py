@@ -1,0 +1,81 @@
+"""The TR grid of ds003020 and the trim that aligns stimuli with responses.
+
+The reference pipeline simulates a TR file per story: the scanner starts
+``SOUND_ONSET_S`` seconds before the sound, with one trigger every ``TR_S``
+seconds. Stimulus features are sampled at the TR *midpoints* relative to sound
+onset, ``trigger - sound_onset + TR / 2``. The published responses lack the first
+``TRIM_START`` and last ``TRIM_END`` TRs, so every stimulus sequence is sliced
+with :func:`trim_trs` before it is paired with responses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TR_S = 2.0045
+"""Repetition time of ds003020, in seconds."""
+
+SOUND_ONSET_S = 10.0
+"""Time of sound onset after the first trigger in the simulated TR file, in seconds."""
+
+TRIM_START = 10
+"""TRs removed at the start of every story in the preprocessed responses."""
+
+TRIM_END = 5
+"""TRs removed at the end of every story in the preprocessed responses."""
+
+
+def tr_midpoints(n_trs: int, tr: float = TR_S, sound_onset: float = SOUND_ONSET_S) -> np.ndarray:
+    """TR midpoints relative to sound onset.
+
+    Parameters
+    ----------
+    n_trs : int
+        Number of TRs of the full (untrimmed) story, as in ``respdict.json``.
+    tr : float
+        Repetition time in seconds.
+    sound_onset : float
+        Time of sound onset after the first trigger, in seconds.
+
+    Returns
+    -------
+    times : ndarray of shape (n_trs,)
+        ``i * tr - sound_onset + tr / 2`` for ``i = 0 .. n_trs - 1``, in seconds.
+    """
+    if int(n_trs) != n_trs or n_trs < 1:
+        raise ValueError(f"n_trs must be a positive integer, got {n_trs!r}")
+    if tr <= 0:
+        raise ValueError(f"tr must be positive, got {tr!r}")
+    return np.arange(int(n_trs)) * tr - sound_onset + tr / 2.0
+
+
+def trimmed_length(n_trs: int) -> int:
+    """Number of response rows left after the ``[TRIM_START:-TRIM_END]`` trim of ``n_trs`` TRs."""
+    return int(n_trs) - TRIM_START - TRIM_END
+
+
+def trim_trs(sequence: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Slice a per-TR stimulus sequence ``[10:-5]`` to match the preprocessed responses.
+
+    Parameters
+    ----------
+    sequence : ndarray of shape (n_trs, ...)
+        Any array whose ``axis`` indexes the full, untrimmed TRs of one story.
+    axis : int
+        Axis that indexes TRs.
+
+    Returns
+    -------
+    trimmed : ndarray of shape (n_trs - 15, ...)
+        A view of ``sequence`` without the first 10 and the last 5 TRs.
+    """
+    sequence = np.asarray(sequence)
+    n_trs = sequence.shape[axis]
+    if trimmed_length(n_trs) < 1:
+        raise ValueError(
+            f"a sequence of {n_trs} TRs is too short for the [{TRIM_START}:-{TRIM_END}] trim "
+            f"(it needs more than {TRIM_START + TRIM_END} TRs)"
+        )
+    index = [slice(None)] * sequence.ndim
+    index[axis] = slice(TRIM_START, n_trs - TRIM_END)
+    return sequence[tuple(index)]

@@ -1,0 +1,56 @@
+"""Shared fixtures. The environment is made offline before anything imports transformers."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile  # noqa: E402
+
+from bt_utils.transcripts import Interval, Transcript, write_textgrid  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """The default demo dataset, built once per test session."""
+    from bt_utils.demo_data import build_demo_dataset
+
+    return build_demo_dataset(tmp_path_factory.mktemp("demo") / "data")
+
+
+@pytest.fixture(scope="session")
+def demo(demo_root):
+    from bt_utils.dataset import Dataset
+
+    return Dataset(demo_root)
+
+
+def write_small_dataset(root: Path, stories: dict[str, int], n_voxels: int = 4, seed: int = 0) -> Path:
+    """A minimal hand-made dataset in the ds003020 layout.
+
+    Each story gets 1 s of noise audio at 44.1 kHz, a one-word TextGrid, and
+    responses of the right trimmed length for subject ``S01``; the last story
+    also gets three ``individual_repeats``.
+    """
+    rng = np.random.default_rng(seed)
+    (root / "stimuli").mkdir(parents=True)
+    (root / "derivative" / "TextGrids").mkdir(parents=True)
+    folder = root / "derivative" / "preprocessed_data" / "S01"
+    folder.mkdir(parents=True)
+    (root / "derivative" / "respdict.json").write_text(json.dumps(stories))
+    for index, (story, n_trs) in enumerate(stories.items()):
+        soundfile.write(root / "stimuli" / f"{story}.wav", 0.1 * rng.standard_normal(44100), 44100)
+        transcript = Transcript([Interval(0.2, 0.6, "hello")], [Interval(0.2, 0.4, "HH"), Interval(0.4, 0.6, "AH")], 1.0)
+        write_textgrid(transcript, root / "derivative" / "TextGrids" / f"{story}.TextGrid")
+        with h5py.File(folder / f"{story}.hf5", "w") as handle:
+            handle["data"] = rng.standard_normal((n_trs - 15, n_voxels)).astype(np.float32)
+            if index == len(stories) - 1:
+                handle["individual_repeats"] = rng.standard_normal((3, n_trs - 15, n_voxels)).astype(np.float32)
+    return root
