@@ -115,7 +115,7 @@ SUBJECTS = ("DEMO01", "DEMO02", "DEMO03")
 AUDITORY_FEATURES = ("log_energy", "band_0.1-0.5kHz", "band_0.5-2kHz", "band_2-6kHz", "phone_rate")
 WORD_JITTER = 0.35
 NOISE_AR = 0.3
-SIGNAL_R_RANGE = (0.3, 0.8)
+SIGNAL_R_RANGE = (0.2, 0.7)
 NAN_VOXEL_FRACTION = 0.005
 
 CLASS_PROBABILITIES: dict[str, dict[str, float]] = {
@@ -508,20 +508,20 @@ def build_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig = DemoConf
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        _build_into(staging, config, settings)
-        settings["build_seconds"] = round(time.perf_counter() - started, 2)
-        info = json.loads((staging / "derivative" / "demo.json").read_text()) | settings
+        info = _build_into(staging, config) | settings
+        info["build_seconds"] = round(time.perf_counter() - started, 2)
         (staging / "derivative" / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("built the demo dataset in %s in %.1f s", out_dir, settings["build_seconds"])
+    log.info("built the demo dataset in %s in %.1f s", out_dir, info["build_seconds"])
     return out_dir
 
 
-def _build_into(root: Path, config: DemoConfig, settings: dict) -> None:
+def _build_into(root: Path, config: DemoConfig) -> dict:
+    """Write the dataset's files into ``root``; return the content of ``demo.json``."""
     rng = np.random.default_rng(config.seed)
     derivative = root / "derivative"
     (root / "stimuli").mkdir(parents=True)
@@ -565,7 +565,7 @@ def _build_into(root: Path, config: DemoConfig, settings: dict) -> None:
         np.savez(derivative / "voxel_layout" / f"{subject}.npz", **extra["layout"])
 
     n_train = config.n_train_stories
-    info = settings | {
+    return {
         "bt_utils_version": __version__,
         "split": {
             "train": list(split_stories[:n_train]),
@@ -575,7 +575,6 @@ def _build_into(root: Path, config: DemoConfig, settings: dict) -> None:
         "subjects": list(config.subjects),
         "generative_model": "see bt_utils.demo_data (module docstring)",
     }
-    (derivative / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
 def open_dataset(data_root: str | os.PathLike, build_demo_if_missing: bool = False, seed: int = 0):

@@ -28,6 +28,11 @@ class Interval(NamedTuple):
     end: float
     label: str
 
+    @property
+    def duration(self) -> float:
+        """Length of the interval, in seconds."""
+        return self.end - self.start
+
 
 @dataclass(frozen=True)
 class Transcript:

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from bt_utils.speech import synthesize  # noqa: E402
 from bt_utils import whisper_ct2 as wc  # noqa: E402
 from bt_utils.whisper_ct2 import (  # noqa: E402
     CT2FormatError,
@@ -297,42 +298,10 @@ def test_model_and_processor(tiny):
 
 
 def _synthesize(text: str) -> np.ndarray:
-    """eSpeak speech at 16 kHz, via bt_utils.speech when it is available."""
-    try:
-        from bt_utils.speech import synthesize
-    except ImportError:
-        return _espeak_fallback(text)
+    """eSpeak speech at 16 kHz."""
     utterance = synthesize(text, voice="en-us", words_per_minute=160)
     assert utterance.sample_rate == wc.SAMPLING_RATE
     return np.asarray(utterance.audio, dtype=np.float32)
-
-
-def _espeak_fallback(text: str, voice: str = "en-us", words_per_minute: int = 160) -> np.ndarray:
-    """Minimal libespeak-ng synthesis (only until bt_utils.speech exists)."""
-    import ctypes
-
-    import espeakng_loader
-    import soxr
-
-    chunks = []
-    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-
-    def collect(wav, n_samples, events):
-        if n_samples > 0:
-            chunks.append(np.ctypeslib.as_array(wav, shape=(n_samples,)).copy())
-        return 0
-
-    callback = callback_type(collect)
-    lib = ctypes.CDLL(espeakng_loader.get_library_path())
-    rate = lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)  # 2: synchronous
-    lib.espeak_SetSynthCallback(callback)
-    lib.espeak_SetVoiceByName(voice.encode())
-    lib.espeak_SetParameter(1, words_per_minute, 0)  # 1: rate
-    raw = text.encode() + b"\0"
-    lib.espeak_Synth(raw, len(raw), 0, 1, 0, 0, None, None)
-    lib.espeak_Synchronize()
-    audio = np.concatenate(chunks).astype(np.float32) / 32768.0
-    return soxr.resample(audio, rate, wc.SAMPLING_RATE).astype(np.float32)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,175 @@
+"""The embedded demo dataset: layout, determinism, planted truth and its recovery."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from bt_utils import demo_data
+from bt_utils.dataset import SAMPLE_RATE, Dataset
+from bt_utils.demo_data import (
+    CATEGORIES, DemoConfig, auditory_features, build_demo_dataset, canonical_hrf, semantic_features,
+)
+from bt_utils.noise_ceiling import cc_max
+from bt_utils.speech import ARPABET_PHONES
+from bt_utils.timing import TR_S, tr_midpoints, trim_trs, trimmed_length
+from bt_utils.transcripts import Interval, Transcript
+
+SMALL = DemoConfig(seed=3, n_train_stories=2, n_validation_stories=1, story_seconds=45,
+                   test_story_seconds=45, n_voxels=300, n_repeats=(3, 2, 2))
+
+
+def _digest(root):
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "demo.json"):
+        digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_build_is_deterministic_and_seed_dependent(tmp_path):
+    first = build_demo_dataset(tmp_path / "a", SMALL)
+    second = build_demo_dataset(tmp_path / "b", SMALL)
+    other = build_demo_dataset(tmp_path / "c", DemoConfig(**{**SMALL.__dict__, "seed": 4}))
+    assert _digest(first) == _digest(second) != _digest(other)
+
+
+def test_rebuild_with_same_settings_is_skipped(tmp_path):
+    root = build_demo_dataset(tmp_path / "a", SMALL)
+    stamp = (root / "derivative" / "respdict.json").stat().st_mtime_ns
+    build_demo_dataset(root, SMALL)
+    assert (root / "derivative" / "respdict.json").stat().st_mtime_ns == stamp
+    with pytest.raises(FileExistsError, match="not empty"):
+        build_demo_dataset(root, DemoConfig(**{**SMALL.__dict__, "seed": 9}))
+
+
+def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
+    def crash(root, config):
+        (root / "stimuli").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo_data, "_build_into", crash)
+    with pytest.raises(KeyboardInterrupt):
+        build_demo_dataset(tmp_path / "demo", SMALL)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"n_repeats": (1, 2, 2)}, "at least 2 test repeats"),
+    ({"n_repeats": (2, 2)}, "n_repeats has 2 entries"),
+    ({"n_train_stories": 0}, "at least one training story"),
+    ({"story_seconds": 10}, "at least 40 s"),
+])
+def test_config_validation(changes, message):
+    with pytest.raises(ValueError, match=message):
+        DemoConfig(**{**SMALL.__dict__, **changes})
+
+
+def test_demo_follows_the_ds003020_layout(demo):
+    split = demo.split("DEMO01")
+    assert demo.subjects == ["DEMO01", "DEMO02", "DEMO03"]
+    assert len(demo.stories) >= 10 and len(split.train) == 10 and split.test == "echoes"
+    for story in demo.stories:
+        assert (demo.root / "stimuli" / f"{story}.wav").is_file()
+        transcript = demo.transcript(story)
+        assert set(p.label for p in transcript.phones) <= set(ARPABET_PHONES)
+        assert all(w.label.isalpha() for w in transcript.words)
+        for subject in demo.subjects:
+            assert demo.load_responses(subject, story).shape == (trimmed_length(demo.n_trs[story]), 3000)
+    for subject, n_repeats in zip(demo.subjects, (10, 10, 5)):
+        assert demo.load_repeats(subject).shape == (n_repeats, trimmed_length(demo.n_trs["echoes"]), 3000)
+    audio = demo.load_audio(split.train[0])
+    assert len(audio) / SAMPLE_RATE == pytest.approx(demo.transcript(split.train[0]).duration, abs=0.01)
+    n_train_trs = sum(trimmed_length(demo.n_trs[s]) for s in split.train)
+    assert n_train_trs >= 500
+    info = json.loads((demo.root / "derivative" / "demo.json").read_text())
+    assert info["build_seconds"] < 120
+
+
+def test_voxels_sit_on_the_template_with_roi_labels(demo):
+    layout = demo.voxel_layout("DEMO01")
+    truth = demo.truth("DEMO01")
+    assert str(layout["template"]) == "S1" and len(np.unique(layout["volume_index"])) == 3000
+    assert {"AC", "Broca", "V1"} <= set(layout["roi"])
+    # auditory voxels concentrate in auditory cortex, as planted
+    auditory = truth["voxel_class"] == "auditory"
+    assert np.mean(layout["roi"][auditory] == "AC") > 0.5 > np.mean(layout["roi"][~auditory] == "AC")
+
+
+def test_noise_ceiling_separates_planted_classes(demo):
+    for subject in demo.subjects:
+        truth = demo.truth(subject)
+        ceiling = cc_max(demo.load_repeats(subject))
+        noise = truth["voxel_class"] == "noise"
+        assert np.median(ceiling[noise]) < 0.05
+        assert np.median(ceiling[~noise]) > 0.6
+        assert np.corrcoef(ceiling[~noise], truth["cc_max_true"][~noise])[0, 1] > 0.7
+
+
+def test_nan_voxels_are_planted_and_zeroed(demo, caplog):
+    truth = demo.truth("DEMO02")
+    responses = demo.load_responses("DEMO02", str(truth["nan_story"]))
+    assert len(truth["nan_voxels"]) >= 1 and np.all(responses[:, truth["nan_voxels"]] == 0)
+    assert "NaN values to 0" in caplog.text
+
+
+def _delayed(features):
+    return trim_trs(np.hstack([np.vstack([np.zeros((d, features.shape[1])), features[:len(features) - d]])
+                               for d in (1, 2, 3, 4)]))
+
+
+def test_planted_features_explain_their_voxels(demo):
+    """Ridge from each planted feature space predicts held-out responses of its own class only."""
+    planted = np.load(demo.root / "derivative" / "truth" / "stimulus_features.npz")
+    split, truth = demo.split(), demo.truth("DEMO01")
+    test_response = demo.load_repeats("DEMO01").mean(axis=0)
+    train_response = np.vstack([demo.load_responses("DEMO01", s) for s in split.train])
+    scores = {}
+    for space in ("semantic", "auditory"):
+        x_train = np.vstack([_delayed(planted[f"{space}/{s}"]) for s in split.train])
+        x_test = _delayed(planted[f"{space}/{split.test}"])
+        mean, std = x_train.mean(0), x_train.std(0) + 1e-8
+        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+        weights = np.linalg.solve(x_train.T @ x_train + 10 * np.eye(x_train.shape[1]), x_train.T @ train_response)
+        prediction = x_test @ weights
+        scores[space] = np.array([scipy.stats.pearsonr(prediction[:, v], test_response[:, v])[0] for v in range(3000)])
+    classes = truth["voxel_class"]
+    for space, other in (("semantic", "auditory"), ("auditory", "semantic")):
+        own = classes == space
+        assert np.median(scores[space][own]) > 0.4
+        assert np.median(scores[space][own]) > np.median(scores[other][own]) + 0.3
+        assert abs(np.median(scores[space][classes == "noise"])) < 0.05
+
+
+def test_semantic_features_average_word_embeddings():
+    embeddings = {"dog": np.array([1.0, 0.0]), "cake": np.array([0.0, 2.0])}
+    transcript = Transcript([Interval(0.1, 0.5, "dog"), Interval(0.6, 0.9, "the"), Interval(1.0, 1.4, "cake"),
+                             Interval(3.0, 3.2, "dog")], [], 4.0)
+    times = np.array([0.0, TR_S, 2 * TR_S]) + TR_S / 2  # bins [0, 2.0045), [2.0045, 4.009), ...
+    features = semantic_features(transcript, times, embeddings)
+    np.testing.assert_allclose(features, [[0.5, 1.0], [1.0, 0.0], [0.0, 0.0]])
+
+
+def test_auditory_features_see_a_tone_in_its_band():
+    tone = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(int(4 * SAMPLE_RATE)) / SAMPLE_RATE)
+    audio = np.concatenate([np.zeros(int(4.009 * SAMPLE_RATE)), tone]).astype(np.float32)
+    times = tr_midpoints(5, sound_onset=0.0)
+    phones = Transcript([], [Interval(4.1 + 0.1 * i, 4.15 + 0.1 * i, "AH") for i in range(10)], 8.0)
+    features = auditory_features(audio, phones, times)
+    silent, loud = features[0], features[2]
+    assert loud[0] > silent[0] + 10  # log energy
+    assert loud[2] > loud[1] + 5 and loud[2] > loud[3] + 5  # 1 kHz lies in the 0.5-2 kHz band
+    assert features[2, 4] == pytest.approx(10 / TR_S) and features[0, 4] == 0
+
+
+def test_canonical_hrf_peaks_near_five_seconds():
+    hrf = canonical_hrf()
+    assert hrf.sum() == pytest.approx(1.0)
+    assert 4.0 <= np.argmax(hrf) * TR_S <= 6.1
+    assert hrf[8:].min() < 0  # undershoot
+
+
+def test_vocabulary_is_unique():
+    words = [w for ws in CATEGORIES.values() for w in ws]
+    assert len(words) == len(set(words)) == 64

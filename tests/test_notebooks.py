@@ -1,0 +1,27 @@
+"""Every notebook runs end to end with papermill on the demo data."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from bt_utils.notebooks import execute_notebook
+
+
+@pytest.mark.notebook
+def test_00_data_notebook(demo_root, tmp_path):
+    out = tmp_path / "00_data"
+    executed = execute_notebook("00_data", out, {"data_root": str(demo_root), "subject": "DEMO02",
+                                                 "build_demo_if_missing": False})
+    assert executed.is_file() and (out / "00_data.html").stat().st_size > 100_000
+    table = pd.read_parquet(out / "noise_ceiling.parquet")
+    assert {"subject", "voxel", "cc_max"} <= set(table.columns)
+    assert len(table) == 3000 and set(table.subject) == {"DEMO02"}
+    for figure in ("waveform_alignment.png", "carpet.png", "noise_ceiling.png", "noise_ceiling_by_class.png"):
+        assert (out / figure).stat().st_size > 10_000
+    assert json.loads((out / "run.json").read_text())["parameters"]["subject"] == "DEMO02"
+
+
+def test_missing_notebook_lists_available(tmp_path):
+    with pytest.raises(FileNotFoundError, match="00_data"):
+        execute_notebook("99_nothing", tmp_path)
