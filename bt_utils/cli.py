@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+DEMO_NOTEBOOKS = ("00_data", "01_brain_tuning")
+"""Notebooks that ``bt demo`` runs, in order, for each subject."""
+
 
 def _demo_data(args: argparse.Namespace) -> None:
     from .demo_data import DemoConfig, build_demo_dataset
@@ -24,12 +27,13 @@ def _demo(args: argparse.Namespace) -> None:
     out = Path(args.out).resolve()
     data_root = build_demo_dataset(out / "data", DemoConfig(seed=args.seed))
     for subject in args.subjects:
-        started = time.perf_counter()
-        executed = execute_notebook(
-            "00_data", out / "runs" / subject / "00_data",
-            {"data_root": str(data_root), "subject": subject},
-        )
-        print(f"{executed} and its HTML written ({time.perf_counter() - started:.1f} s)")
+        for notebook in DEMO_NOTEBOOKS:
+            started = time.perf_counter()
+            executed = execute_notebook(
+                notebook, out / "runs" / subject / notebook,
+                {"data_root": str(data_root), "subject": subject, "build_demo_if_missing": False},
+            )
+            print(f"{executed} and its HTML written ({time.perf_counter() - started:.1f} s)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ Responses
     ``y_v = r_v s_v + sqrt(1 - r_v**2) e_v`` with independent AR(1) noise
     ``e_v`` (unit variance, coefficient ``NOISE_AR``) and a per-voxel signal
     correlation ``r_v ~ U(SIGNAL_R_RANGE)`` (0 for noise voxels). The responses
-    are trimmed ``[10:-5]`` like the real data. The test story is presented
+    are trimmed ``[10:-5]`` and z-scored per run and voxel like the real data. The test story is presented
     ``n_repeats`` times with fresh noise; its ``data`` is the mean of the repeats.
     A few noise voxels are NaN in one training story, as dropped-out voxels
     are in real recordings.
@@ -427,7 +427,8 @@ def simulate_subject(
 
     def presentation(story: str, n: int) -> np.ndarray:
         clean = signal[story] / scale * signal_r
-        return (clean + noise_sd * _ar1_noise(rng, (n, *clean.shape), NOISE_AR)).astype(np.float32)
+        runs = clean + noise_sd * _ar1_noise(rng, (n, *clean.shape), NOISE_AR)
+        return scipy.stats.zscore(runs, axis=1).astype(np.float32)  # per run, as in ds003020
 
     responses = {story: presentation(story, 1)[0] for story in split_stories}
     repeats = presentation(test_story, n_repeats)

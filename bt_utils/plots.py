@@ -140,3 +140,54 @@ def plot_ceiling_by_class(ceiling: np.ndarray, voxel_class: np.ndarray, true_cei
         ax.legend()
     figure.tight_layout()
     return figure
+
+
+def plot_training_curves(history, best_epoch: int | None = None, title: str = ""):
+    """Training and validation loss per epoch.
+
+    Parameters
+    ----------
+    history : DataFrame
+        Columns ``epoch, split, loss`` (``training_log.parquet``).
+    best_epoch : int, optional
+        Marked with a vertical line (the checkpoint kept).
+    """
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for split, rows in history.groupby("split"):
+        ax.plot(rows.epoch, rows.loss, "o-", label=split)
+    if best_epoch is not None and best_epoch >= 0:
+        ax.axvline(best_epoch, color="k", ls="--", lw=0.8, label=f"chosen epoch {best_epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def plot_predictions(measured: np.ndarray, predicted: np.ndarray, voxels, labels=None, correlations=None):
+    """Predicted against measured responses of a few voxels over time.
+
+    Parameters
+    ----------
+    measured, predicted : ndarray of shape (n_trs, n_voxels)
+    voxels : sequence of int
+        Columns to draw, one panel each.
+    labels : sequence of str, optional
+        Panel titles (default: the column index).
+    correlations : ndarray of shape (n_voxels,), optional
+        Shown in the titles.
+    """
+    voxels = list(voxels)
+    figure, axes = plt.subplots(len(voxels), 1, figsize=(10, 1.8 * len(voxels)), sharex=True, squeeze=False)
+    for ax, voxel, index in zip(axes[:, 0], voxels, range(len(voxels))):
+        ax.plot(measured[:, voxel], color="0.3", lw=1, label="measured")
+        ax.plot(predicted[:, voxel], color="tab:orange", lw=1, label="predicted")
+        title = labels[index] if labels is not None else f"voxel {voxel}"
+        if correlations is not None:
+            title += f" (r = {correlations[voxel]:.2f})"
+        ax.set_title(title, fontsize=9)
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("validation TR")
+    figure.tight_layout()
+    return figure

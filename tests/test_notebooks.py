@@ -25,3 +25,18 @@ def test_00_data_notebook(demo_root, tmp_path):
 def test_missing_notebook_lists_available(tmp_path):
     with pytest.raises(FileNotFoundError, match="00_data"):
         execute_notebook("99_nothing", tmp_path)
+
+
+@pytest.mark.notebook
+def test_01_brain_tuning_notebook(demo_root, tmp_path):
+    out = tmp_path / "01"
+    execute_notebook("01_brain_tuning", out, {
+        "data_root": str(demo_root), "build_demo_if_missing": False, "model": "tiny-whisper", "epochs": 2,
+        "max_train_trs": 16, "max_validation_trs": 8, "batch_size": 8, "device": "cpu"})
+    log = pd.read_parquet(out / "training_log.parquet")
+    assert list(log.columns) == ["epoch", "split", "loss"] and len(log) == 4
+    assert (out / "checkpoint" / "encoder").is_dir() and (out / "checkpoint" / "head.pt").is_file()
+    record = json.loads((out / "checkpoint" / "training_record.json").read_text())
+    assert record["parameters"]["model"] == "tiny-whisper" and record["best_epoch"] in (0, 1)
+    for figure in ("training_curves.png", "predictions.png"):
+        assert (out / figure).stat().st_size > 10_000
