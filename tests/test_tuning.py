@@ -131,8 +131,8 @@ def test_loss_falls_and_checkpoint_round_trips(demo, tmp_path):
     config = TuningConfig(model="tiny-wav2vec2", **QUICK)
     result = tune(demo, "DEMO01", config, tmp_path / "run", progress=False)
     train = result.history[result.history.split == "train"].loss.to_numpy()
-    assert train[-1] < 0.9 * train[0]
     validation = result.history[result.history.split == "validation"]
+    assert np.all(np.diff(train) < 0) and train[-1] < train[0] - 0.05
     assert result.best_epoch == int(validation.loc[validation.loss.idxmin(), "epoch"])
     record = json.loads((result.checkpoint_dir / "training_record.json").read_text())
     assert record["best_epoch"] == result.best_epoch and record["parameters"]["model"] == "tiny-wav2vec2"

