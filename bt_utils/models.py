@@ -38,6 +38,7 @@ skipped by LayerDrop passes its input on, so there are always
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -478,6 +479,23 @@ class SpeechEncoder(nn.Module):
         return features
 
     # ----- persistence -------------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """A hash of the weights, family and input settings: the key of feature caches.
+
+        Two encoders with the same fingerprint give the same outputs for the same
+        audio (eval mode). Hashing reads every parameter once (~0.5 s per 100M).
+
+        Returns
+        -------
+        fingerprint : str
+            16 hexadecimal characters.
+        """
+        digest = hashlib.sha256(json.dumps([self.family, self.settings], sort_keys=True, default=str).encode())
+        for name, tensor in sorted(self.encoder.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Save the encoder weights and config (Hugging Face form) and ``bt_encoder.json``.

@@ -420,3 +420,16 @@ def test_bad_audio_and_options_are_refused():
         load_encoder("tiny-hubert", device="cpu").native_length = False
     with pytest.raises(ValueError, match="layerdrop_rate"):
         encoder.set_regularisation(spec_augment=False, layerdrop=True, layerdrop_rate=1.5)
+
+
+def test_fingerprint_tracks_weights_and_settings():
+    first, again = load_encoder("tiny-hubert", device="cpu"), load_encoder("tiny-hubert", device="cpu")
+    assert first.fingerprint() == again.fingerprint() and len(first.fingerprint()) == 16
+    assert load_encoder("tiny-hubert", device="cpu", seed=1).fingerprint() != first.fingerprint()
+    with torch.no_grad():
+        next(again.encoder.encoder.layers[0].parameters()).add_(1e-3)
+    assert again.fingerprint() != first.fingerprint()
+    whisper = load_encoder("tiny-whisper", device="cpu")
+    before = whisper.fingerprint()
+    whisper.native_length = True
+    assert whisper.fingerprint() != before
