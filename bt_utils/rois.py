@@ -1,0 +1,90 @@
+"""Regions of interest per participant: HCP-MMP1 groups for ds003020, template ROIs for the demo.
+
+ds003020 (METHOD.md): ROIs are groups of HCP-MMP1 parcels (both hemispheres):
+
+- ``late_language``: A5, 44, 45, IFJa, IFSp, PGi, PGp, PGs, TPOJ1-3, STGa, STSda, STSdp, TA2, STSva;
+- ``primary_auditory``: A1; ``early_auditory``: A1, LBelt, PBelt, MBelt, RI, A4;
+- ``visual_control``: V1, V2.
+
+The atlas is not part of ds003020 and cannot be downloaded here. A user provides,
+per subject, the HCP-MMP1 parcel of every voxel in
+``<atlas_dir>/<subject>.npz`` with an array ``parcel`` of shape (n_voxels,) holding
+parcel names such as ``"L_A1_ROI"`` or ``"A1"`` ("" or "???" for unlabelled voxels).
+One way to make it: take the HCP-MMP1 annotation on fsaverage (``lh/rh.HCP-MMP1.annot``,
+Glasser et al. 2016, distributed projected on fsaverage on figshare), resample it to
+the subject's surface with FreeSurfer (``mri_surf2surf --sval-annot``) and project the
+surface labels into the subject's voxels with the pycortex database that ds003020
+ships (``derivative/pycortex-db/<subject>``, transform ``<subject>_auto``, ``thick`` mask:
+e.g. ``cortex.Vertex(labels, subject).map(...)`` / nearest-vertex assignment).
+
+The demo: every voxel carries a label of the template subject S1 (AC, Broca, sPMv,
+V1, ...), and the planted classes give the ROIs ``planted_semantic``,
+``planted_auditory`` and ``planted_noise``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import Dataset
+
+HCP_ROI_GROUPS: dict[str, tuple[str, ...]] = {
+    "late_language": ("A5", "44", "45", "IFJa", "IFSp", "PGi", "PGp", "PGs", "TPOJ1", "TPOJ2", "TPOJ3",
+                      "STGa", "STSda", "STSdp", "TA2", "STSva"),
+    "primary_auditory": ("A1",),
+    "early_auditory": ("A1", "LBelt", "PBelt", "MBelt", "RI", "A4"),
+    "visual_control": ("V1", "V2"),
+}
+PLANTED_CLASSES = ("semantic", "auditory", "noise")
+
+
+def hcp_parcel_name(label: str) -> str:
+    """Bare HCP-MMP1 parcel name: ``"L_A1_ROI"`` -> ``"A1"``, ``"R_STSdp_ROI"`` -> ``"STSdp"``."""
+    return re.sub(r"^[LR]_|_ROI$", "", str(label).strip())
+
+
+def hcp_rois(parcels: np.ndarray) -> dict[str, np.ndarray]:
+    """Voxel indices of each HCP ROI group, from per-voxel parcel names (shape (n_voxels,))."""
+    names = np.array([hcp_parcel_name(p) for p in parcels])
+    return {group: np.flatnonzero(np.isin(names, members)) for group, members in HCP_ROI_GROUPS.items()}
+
+
+def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """ROIs of a participant as voxel indices.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    subject : str
+    atlas_dir : path-like, optional
+        Folder with ``<subject>.npz`` per-voxel HCP-MMP1 parcels (real data; see the
+        module docstring). Not needed for the demo.
+
+    Returns
+    -------
+    rois : dict of str to ndarray of int
+        Demo: each template ROI (except "other") plus ``planted_<class>``.
+        ds003020: the groups of :data:`HCP_ROI_GROUPS`.
+    """
+    layout = dataset.voxel_layout(subject)
+    if layout is not None and dataset.demo_info is not None:
+        rois = {str(name): np.flatnonzero(layout["roi"] == name) for name in np.unique(layout["roi"]) if name != "other"}
+        classes = dataset.truth(subject)["voxel_class"]
+        rois |= {f"planted_{c}": np.flatnonzero(classes == c) for c in PLANTED_CLASSES}
+        return rois
+    if atlas_dir is None:
+        raise FileNotFoundError(
+            f"{subject} has no ROI definitions: pass atlas_dir, a folder with {subject}.npz holding the HCP-MMP1 "
+            "parcel of every voxel (array 'parcel'); see bt_utils.rois for how to make it"
+        )
+    path = Path(atlas_dir) / f"{subject}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"ROI file {path} not found; see bt_utils.rois for how to make it from HCP-MMP1")
+    with np.load(path, allow_pickle=False) as atlas:
+        if "parcel" not in atlas.files:
+            raise ValueError(f"{path} has no array 'parcel' (arrays found: {atlas.files})")
+        return hcp_rois(atlas["parcel"])

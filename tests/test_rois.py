@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from bt_utils.rois import HCP_ROI_GROUPS, hcp_parcel_name, hcp_rois, subject_rois
+
+
+def test_hcp_groups_follow_the_method():
+    assert len(HCP_ROI_GROUPS["late_language"]) == 16 and HCP_ROI_GROUPS["primary_auditory"] == ("A1",)
+    assert hcp_parcel_name("L_STSdp_ROI") == "STSdp" and hcp_parcel_name("44") == "44"
+    rois = hcp_rois(np.array(["L_A1_ROI", "R_LBelt_ROI", "L_44_ROI", "L_V1_ROI", "???", "R_A1_ROI"]))
+    assert rois["primary_auditory"].tolist() == [0, 5]
+    assert rois["early_auditory"].tolist() == [0, 1, 5]
+    assert rois["late_language"].tolist() == [2] and rois["visual_control"].tolist() == [3]
+
+
+def test_demo_rois_include_template_and_planted(demo):
+    rois = subject_rois(demo, "DEMO01")
+    truth = demo.truth("DEMO01")
+    assert {"AC", "Broca", "V1", "planted_semantic", "planted_auditory", "planted_noise"} <= set(rois)
+    assert "other" not in rois
+    np.testing.assert_array_equal(rois["planted_auditory"], np.flatnonzero(truth["voxel_class"] == "auditory"))
+
+
+def test_real_data_needs_an_atlas(tmp_path):
+    from conftest import write_small_dataset
+    from bt_utils.dataset import Dataset
+
+    dataset = Dataset(write_small_dataset(tmp_path / "d", {"a": 30}))
+    with pytest.raises(FileNotFoundError, match="pass atlas_dir"):
+        subject_rois(dataset, "S01")
+    with pytest.raises(FileNotFoundError, match="S01.npz not found"):
+        subject_rois(dataset, "S01", tmp_path)
+    np.savez(tmp_path / "S01.npz", parcel=np.array(["L_A1_ROI", "", "R_V2_ROI", "L_45_ROI"]))
+    rois = subject_rois(dataset, "S01", tmp_path)
+    assert rois["primary_auditory"].tolist() == [0] and rois["late_language"].tolist() == [3]
+    np.savez(tmp_path / "S01.npz", labels=np.array(["A1"]))
+    with pytest.raises(ValueError, match="no array 'parcel'"):
+        subject_rois(dataset, "S01", tmp_path)

@@ -1,0 +1,72 @@
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+
+from bt_utils.stats import across_subjects, block_permutation_pvalues, fdr_bh, paired_test, roi_table
+
+
+def _voxels():
+    rows = []
+    for subject, offset in (("A", 0.0), ("B", 0.1), ("C", 0.2)):
+        for variant, gain in (("pretrained", 0.0), ("tuned", 0.05)):
+            for voxel in range(6):
+                value = offset + gain + 0.01 * voxel if voxel != 5 else np.nan
+                rows.append(dict(subject=subject, model="m", variant=variant, layer=2, voxel=voxel, r_norm=value))
+    return pd.DataFrame(rows)
+
+
+ROIS = {s: {"front": np.array([0, 1, 2]), "back": np.array([3, 4, 5])} for s in "ABC"}
+
+
+def test_roi_means_skip_excluded_voxels():
+    table = roi_table(_voxels(), ROIS)
+    row = table[(table.subject == "B") & (table.variant == "tuned") & (table.roi == "back")].iloc[0]
+    assert row.r_norm_mean == pytest.approx(0.1 + 0.05 + 0.035) and row.n_voxels == 2
+    with pytest.raises(KeyError, match=r"\['A', 'B', 'C'\]"):
+        roi_table(_voxels(), {})
+
+
+def test_summary_and_paired_test_match_scipy():
+    table = roi_table(_voxels(), ROIS)
+    summary = across_subjects(table, "r_norm_mean")
+    front = summary[(summary.variant == "pretrained") & (summary.roi == "front")].iloc[0]
+    values = [0.01, 0.11, 0.21]
+    assert front["mean"] == pytest.approx(np.mean(values)) and front["sem"] == pytest.approx(scipy.stats.sem(values))
+    assert front.n_subjects == 3
+    # add noise so the paired differences vary
+    noisy = table.copy()
+    noisy.loc[noisy.variant == "tuned", "r_norm_mean"] += [0.0, 0.01, 0.0, 0.02, 0.0, -0.01]
+    result = paired_test(noisy, "r_norm_mean", "pretrained", "tuned")
+    a = noisy[(noisy.variant == "pretrained") & (noisy.roi == "front")].sort_values("subject").r_norm_mean
+    b = noisy[(noisy.variant == "tuned") & (noisy.roi == "front")].sort_values("subject").r_norm_mean
+    expected = scipy.stats.ttest_rel(b.to_numpy(), a.to_numpy())
+    row = result[result.roi == "front"].iloc[0]
+    assert row.p_value == pytest.approx(expected.pvalue) and row.mean_difference == pytest.approx((b.to_numpy() - a.to_numpy()).mean())
+    with pytest.raises(ValueError, match="variant 'lm'"):
+        paired_test(table, "r_norm_mean", "pretrained", "lm")
+
+
+def test_permutation_finds_planted_signal_and_is_uniform_under_null():
+    rng = np.random.default_rng(0)
+    target = rng.standard_normal((200, 400))
+    prediction = rng.standard_normal((200, 400))
+    prediction[:, :50] = target[:, :50] + rng.standard_normal((200, 50))
+    p = block_permutation_pvalues(prediction, target, n_permutations=200, rng=rng)
+    assert np.all(p[:50] < 0.01)
+    null = p[50:]
+    assert 0.35 < np.mean(null) < 0.65 and np.mean(null < 0.05) < 0.1
+    rejected, q = fdr_bh(p)
+    assert rejected[:50].all() and rejected[50:].mean() < 0.05
+
+
+def test_fdr_matches_scipy():
+    p = np.random.default_rng(1).uniform(size=300) ** 2
+    rejected, q = fdr_bh(p, 0.1)
+    np.testing.assert_allclose(q, scipy.stats.false_discovery_control(p), rtol=1e-12)
+    np.testing.assert_array_equal(rejected, q <= 0.1)
+    p[3] = np.nan
+    rejected, q = fdr_bh(p)
+    assert np.isnan(q[3]) and not rejected[3]
+    with pytest.raises(ValueError, match="alpha"):
+        fdr_bh(p, 1.5)
