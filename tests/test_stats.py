@@ -36,7 +36,7 @@ def test_summary_and_paired_test_match_scipy():
     assert front.n_subjects == 3
     # add noise so the paired differences vary
     noisy = table.copy()
-    noisy.loc[noisy.variant == "tuned", "r_norm_mean"] += [0.0, 0.01, 0.0, 0.02, 0.0, -0.01]
+    noisy.loc[noisy.variant == "tuned", "r_norm_mean"] += [0.0, 0.01, 0.02, 0.0, -0.01, 0.03]
     result = paired_test(noisy, "r_norm_mean", "pretrained", "tuned")
     a = noisy[(noisy.variant == "pretrained") & (noisy.roi == "front")].sort_values("subject").r_norm_mean
     b = noisy[(noisy.variant == "tuned") & (noisy.roi == "front")].sort_values("subject").r_norm_mean
@@ -70,3 +70,9 @@ def test_fdr_matches_scipy():
     assert np.isnan(q[3]) and not rejected[3]
     with pytest.raises(ValueError, match="alpha"):
         fdr_bh(p, 1.5)
+
+
+def test_constant_differences_have_no_t_statistic():
+    table = roi_table(_voxels(), ROIS)  # tuned = pretrained + 0.05 for everyone
+    result = paired_test(table, "r_norm_mean", "pretrained", "tuned")
+    assert result.mean_difference.to_numpy() == pytest.approx([0.05, 0.05]) and result.p_value.isna().all()
