@@ -1,0 +1,343 @@
+"""Voxel maps: pycortex flatmaps, the S1 -> fsaverage5 mapping and nilearn surfaces.
+
+The first pycortex flatmap of a fresh environment builds pycortex's caches
+(about 20 s, once); afterwards every map renders in about a second.
+"""
+
+from pathlib import Path
+
+import matplotlib.image
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from conftest import write_small_dataset
+
+from bt_utils import maps
+from bt_utils.cortical_template import VoxelLayout, _import_cortex, sample_layout, template_roi_table, to_cortex_volume
+from bt_utils.dataset import Dataset
+from bt_utils.results import save_figure
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return sample_layout(300, np.random.default_rng(3))
+
+
+@pytest.fixture(scope="module")
+def values(layout):
+    return np.random.default_rng(4).random(layout.n_voxels)
+
+
+@pytest.fixture(scope="module")
+def ac_layout():
+    """Every thin-mask voxel of the auditory cortex (AC) and V1."""
+    table = template_roi_table()
+    rows = table["roi"].isin(["AC", "V1"]).to_numpy()
+    return VoxelLayout(
+        table["volume_index"].to_numpy()[rows], table["roi"].to_numpy()[rows],
+        table["hemisphere"].to_numpy()[rows], table.attrs["volume_shape"], "thin",
+    )
+
+
+@pytest.fixture(scope="module")
+def map_cache(tmp_path_factory):
+    """A cache root holding the S1 -> fsaverage5 fit (a few seconds, once per session).
+
+    test_explore.py uses the same folder, so the fit is computed only once.
+    """
+    root = tmp_path_factory.getbasetemp() / "bt_utils_cache"
+    maps.template_to_fsaverage("thin", cache_dir=root)
+    return root
+
+
+def png_pixels(figure, tmp_path, name="map.png"):
+    path = save_figure(figure, tmp_path / name)
+    return matplotlib.image.imread(path)
+
+
+def assert_not_blank(pixels):
+    rgb = pixels[..., :3].reshape(-1, 3)
+    assert rgb.std(axis=0).max() > 0.05
+    assert len(np.unique(rgb, axis=0)) > 20
+
+
+# ----------------------------------------------------------------------------
+# defaults and validation
+# ----------------------------------------------------------------------------
+def test_map_defaults():
+    expected = {"cmap": "inferno", "vmin": 0.0, "vmax": 1.0, "label": "noise ceiling (cc_max)"}
+    assert maps.map_defaults("noise_ceiling") == expected
+    assert maps.map_defaults("alignment")["vmax"] is None
+    values = np.r_[np.linspace(0, 0.5, 1001), np.nan]
+    assert maps.map_defaults("alignment", values)["vmax"] == pytest.approx(0.495)
+    difference = maps.map_defaults("difference", np.r_[-2.0, np.zeros(200), 1.0])
+    assert difference["cmap"] == "RdBu_r" and difference["vmin"] == -difference["vmax"] > -2
+    assert maps.map_defaults("low_level_impact", [np.nan])["vmax"] == 1.0  # no data: unit range
+    with pytest.raises(ValueError, match="kind='snr'"):
+        maps.map_defaults("snr")
+
+
+def test_bad_inputs_raise_clear_errors(layout, values):
+    with pytest.raises(ValueError, match=r"shape \(299,\), expected \(300,\)"):
+        maps.flatmap(values[:-1], layout)
+    with pytest.raises(ValueError, match="infinite"):
+        maps.flatmap(np.r_[np.inf, values[1:]], layout)
+    with pytest.raises(ValueError, match="with_rois='yes'"):
+        maps.flatmap(values, layout, with_rois="yes")
+    with pytest.raises(ValueError, match="cmap='nope'"):
+        maps.flatmap(values, layout, cmap="nope")
+    with pytest.raises(ValueError, match="vmin < vmax"):
+        maps.flatmap(values, layout, vmin=1, vmax=0)
+    with pytest.raises(ValueError, match="subject_layout"):
+        maps.as_layout(None)
+    with pytest.raises(TypeError, match="int"):
+        maps.as_layout(3)
+    with pytest.raises(ValueError, match="backend='plotly'"):
+        maps.save_maps({"a": values}, layout, "unused", backends=("plotly",))
+    with pytest.raises(ValueError, match="file names"):
+        maps.save_maps({"../a": values}, layout, "unused")
+
+
+def test_dataset_layouts(demo, tmp_path):
+    subject = demo.subjects[0]
+    layout = maps.subject_layout(demo, subject)
+    arrays = demo.voxel_layout(subject)
+    assert isinstance(layout, VoxelLayout)
+    np.testing.assert_array_equal(layout.volume_index, arrays["volume_index"])
+    assert maps.as_layout(arrays).n_voxels == layout.n_voxels
+    with pytest.raises(ValueError, match="demo layouts must be on S1/fullhead"):
+        maps.as_layout({**arrays, "template": np.array("UTS01")})
+
+    real = Dataset(write_small_dataset(tmp_path / "real", {"story": 40}))
+    with pytest.raises(FileNotFoundError, match="derivative/pycortex-db/S01"):
+        maps.subject_layout(real, "S01")
+    (real.derivative / "pycortex-db" / "S01").mkdir(parents=True)
+    expected = maps.PycortexSpace("S01", "S01_auto", "thick", real.derivative / "pycortex-db")
+    assert maps.subject_layout(real, "S01") == expected
+
+
+# ----------------------------------------------------------------------------
+# pycortex flatmaps
+# ----------------------------------------------------------------------------
+def test_value_lands_on_its_voxel(layout):
+    values = np.zeros(layout.n_voxels)
+    values[17] = 5.0
+    volume = maps.volume_data(values, layout)
+    assert volume.shape == layout.volume_shape
+    assert volume[np.unravel_index(layout.volume_index[17], layout.volume_shape)] == 5.0
+    assert np.nansum(volume) == 5.0 and np.isfinite(volume).sum() == layout.n_voxels
+    np.testing.assert_array_equal(to_cortex_volume(layout, values).data, volume)
+
+
+def test_flatmap_renders_headless_png(layout, values, tmp_path):
+    figure = maps.flatmap(values, layout, "demo map", kind="noise_ceiling")
+    assert "demo map" in [text.get_text() for text in figure.texts]
+    assert_not_blank(png_pixels(figure, tmp_path))
+
+
+def test_flatmap_draws_values_inside_their_roi_outline(ac_layout):
+    values = np.where(ac_layout.roi == "AC", 1.0, np.nan)
+    figure = maps.flatmap(values, ac_layout, with_rois="outlines", with_curvature=False)
+    ax = figure.axes[0]
+    image = maps._data_image(ax)
+    data = np.ma.filled(image.get_array().astype(float), np.nan)
+    left, right, bottom, top = image.get_extent()
+    rows, cols = np.nonzero(np.isfinite(data))
+    assert rows.size > 1000
+    x = left + (cols + 0.5) * (right - left) / data.shape[1]
+    y = top - (rows + 0.5) * (top - bottom) / data.shape[0]
+    outlines = [patch for patch in ax.patches if patch.get_label() == "AC"]
+    assert len(outlines) == 2  # one per hemisphere
+    inside = np.zeros(x.size, dtype=bool)
+    for patch in outlines:
+        inside |= patch.get_path().contains_points(np.column_stack([x, y]))
+    # pycortex samples voxels through the cortical thickness, so a few pixels of
+    # AC voxels spill over the outline (87 %; shifting the outline lowers it)
+    assert inside.mean() > 0.8
+
+
+def test_roi_outlines_without_inkscape(monkeypatch, layout, values):
+    monkeypatch.setattr(maps.shutil, "which", lambda name: None)
+    assert maps._roi_renderer("auto") == maps._roi_renderer(True) == "matplotlib"
+    figure = maps.flatmap(values, layout)
+    labels = {patch.get_label() for patch in figure.axes[0].patches}
+    assert {"AC", "V1", "Broca"} <= labels
+    assert len(maps.flatmap(values, layout, with_rois=False).axes[0].patches) == 0
+
+
+def test_failing_inkscape_overlay_falls_back_to_outlines(monkeypatch, layout, values):
+    cortex = _import_cortex()
+    monkeypatch.setattr(maps.shutil, "which", lambda name: "/usr/bin/inkscape")
+    assert maps._roi_renderer("auto") == "inkscape"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inkscape crashed")
+
+    monkeypatch.setattr(cortex.quickflat.composite, "add_rois", broken)
+    figure = maps.flatmap(values, layout)
+    assert any(patch.get_label() == "AC" for patch in figure.axes[0].patches)
+
+
+def test_missing_overlay_is_noted_in_the_title(monkeypatch, layout, values, caplog):
+    def missing(ax, subject):
+        raise FileNotFoundError("overlays.svg does not exist")
+
+    monkeypatch.setattr(maps, "_draw_roi_outlines", missing)
+    figure = maps.flatmap(values, layout, "noise ceiling", with_rois="outlines")
+    assert [text.get_text() for text in figure.texts] == ["noise ceiling (no ROI outlines)"]
+    assert "no ROI outlines" in caplog.text
+
+
+# ----------------------------------------------------------------------------
+# real-data subjects in their own pycortex filestore
+# ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fake_filestore(tmp_path_factory, layout, values):
+    """A filestore with subject "UTS99" (S1's files under another name, as ds003020's pycortex-db).
+
+    S1's flatmap caches are linked under the new transform name, so no 15 s
+    cache build is needed; pycortex writes the thick mask into the transform folder.
+    """
+    maps.flatmap(values, layout)  # makes sure S1's flatmap and curvature caches exist
+    s1 = Path(_import_cortex().db.filestore) / "S1"
+    root = tmp_path_factory.mktemp("pycortex-db")
+    subject = root / "UTS99"
+    (subject / "transforms" / "UTS99_auto").mkdir(parents=True)
+    (subject / "cache").mkdir()
+    for name in ("surfaces", "anatomicals", "surface-info", "overlays.svg"):
+        (subject / name).symlink_to(s1 / name)
+    for path in (s1 / "transforms" / "fullhead").iterdir():
+        (subject / "transforms" / "UTS99_auto" / path.name).symlink_to(path)
+    for path in (s1 / "cache").iterdir():
+        (subject / "cache" / path.name.replace("fullhead", "UTS99_auto")).symlink_to(path)
+    return root
+
+
+def test_real_subject_flatmap_from_its_filestore(fake_filestore, tmp_path):
+    cortex = _import_cortex()
+    before = cortex.db.filestore
+    space = maps.as_layout(("UTS99", "UTS99_auto", "thick", fake_filestore))
+    n = maps.n_voxels(space)
+    assert n == 80615  # S1's thick mask
+    values = np.zeros(n)
+    values[1000] = 7.0
+    volume = maps.volume_data(values, space)
+    with maps.pycortex_filestore(fake_filestore) as db:
+        mask = db.get_mask("UTS99", "UTS99_auto", "thick")
+        assert db.filestore == str(fake_filestore)
+    assert volume[tuple(np.argwhere(mask)[1000])] == 7.0
+    assert_not_blank(png_pixels(maps.flatmap(np.linspace(0, 1, n), space, "UTS99"), tmp_path))
+    assert cortex.db.filestore == before and "UTS99" not in cortex.db.subjects
+    with pytest.raises(NotImplementedError, match="mapping=M"):
+        maps.surface_map(np.zeros(n), space)
+
+
+def test_real_subject_errors(fake_filestore, tmp_path):
+    db = _import_cortex().db
+    before = db.filestore
+    with pytest.raises(RuntimeError, match="inside"), maps.pycortex_filestore(fake_filestore):
+        raise RuntimeError("inside")
+    assert db.filestore == before
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        maps.flatmap(np.zeros(3), maps.PycortexSpace("UTS01", "UTS01_auto", filestore=tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="UTS01"):
+        maps.flatmap(np.zeros(3), maps.PycortexSpace("UTS01", "UTS01_auto", filestore=fake_filestore))
+    with pytest.raises(FileNotFoundError, match=r"available: \['UTS99_auto'\]"):
+        maps.n_voxels(maps.PycortexSpace("UTS99", "UTS99_other", filestore=fake_filestore))
+    with pytest.raises(ValueError, match=r"shape \(3,\), expected \(80615,\)"):
+        maps.flatmap(np.zeros(3), maps.PycortexSpace("UTS99", "UTS99_auto", filestore=fake_filestore))
+
+
+# ----------------------------------------------------------------------------
+# S1 -> fsaverage5 and nilearn surfaces
+# ----------------------------------------------------------------------------
+def test_mapping_is_cached_atomically(map_cache, monkeypatch):
+    files = [path.name for path in (map_cache / "maps").iterdir()]
+    assert len(files) == 1 and files[0].startswith("S1_fullhead_thin_to_fsaverage5_") and files[0].endswith(".npz")
+    maps._alignment.cache_clear()
+    monkeypatch.setattr(maps, "_compute_alignment", lambda mask: pytest.fail("the cached fit should be read"))
+    table = maps.template_to_fsaverage("thin", cache_dir=map_cache)
+    assert list(table.columns) == ["volume_index", "hemisphere", "x", "y", "z", "vertex"]
+    assert table["vertex"].between(0, maps.N_FSAVERAGE_VERTICES - 1).all()
+    left = table["hemisphere"] == "L"
+    assert (table.loc[left, "vertex"] < 10242).all() and (table.loc[~left, "vertex"] >= 10242).all()
+
+
+def test_auditory_cortex_lands_on_the_superior_temporal_region(map_cache):
+    from nilearn import datasets
+
+    fsaverage = datasets.load_fsaverage("fsaverage5")
+    pial = np.vstack([fsaverage["pial"].parts[h].coordinates for h in ("left", "right")])
+    table = maps.template_to_fsaverage("thin", cache_dir=map_cache)
+    rois = template_roi_table()
+    np.testing.assert_array_equal(table["hemisphere"], rois["hemisphere"])
+    x, y, z = pial[table["vertex"]].T  # MNI305 mm
+    temporal = (np.abs(x) > 35) & (y > -50) & (y < 10) & (z < 20)
+    auditory = (rois["roi"] == "AC").to_numpy()
+    assert temporal[auditory].mean() > 0.9
+    assert temporal[~auditory].mean() < 0.3
+    visual = (rois["roi"] == "V1").to_numpy()
+    assert np.median(y[visual]) < -75  # occipital pole
+
+
+def test_value_lands_on_its_vertex(layout, map_cache):
+    table = maps.template_to_fsaverage("thin", cache_dir=map_cache).set_index("volume_index")
+    voxel = 42
+    vertex = table.loc[layout.volume_index[voxel], "vertex"]
+    values = np.full(layout.n_voxels, np.nan)
+    values[voxel] = 3.0
+    nearest = maps.fsaverage_mapping(layout, radius_mm=0, cache_dir=map_cache)
+    projected = maps.to_fsaverage(values, nearest)
+    assert projected.shape == (maps.N_FSAVERAGE_VERTICES,)
+    assert projected[vertex] == 3.0 and np.isfinite(projected).sum() == 1
+    wide = maps.fsaverage_mapping(layout, cache_dir=map_cache)
+    assert wide.shape == (maps.N_FSAVERAGE_VERTICES, layout.n_voxels)
+    shown = maps.to_fsaverage(values, wide)
+    assert shown[vertex] == 3.0
+    np.testing.assert_array_equal(np.flatnonzero(np.isfinite(shown)), np.sort(wide[:, voxel].nonzero()[0]))
+    assert wide.getnnz() > 3 * layout.n_voxels  # most voxels reach several vertices
+    values[:] = 1.0
+    values[voxel] = 3.0
+    assert 1.0 <= maps.to_fsaverage(values, wide)[vertex] <= 3.0  # a mean of the voxels it shows
+
+
+def test_mapping_errors(layout, map_cache):
+    with pytest.raises(ValueError, match="radius_mm=-1"):
+        maps.fsaverage_mapping(layout, radius_mm=-1, cache_dir=map_cache)
+    with pytest.raises(ValueError, match="rows, expected 20484"):
+        maps.to_fsaverage(np.zeros(3), np.ones((10, 3)))
+    outside = VoxelLayout(np.array([0]), np.array(["other"]), np.array(["L"]), layout.volume_shape, "thin")
+    with pytest.raises(ValueError, match="not in S1's 'thin' mask"):
+        maps.fsaverage_mapping(outside, cache_dir=map_cache)
+
+
+def test_surface_map_renders_headless_png(layout, values, map_cache, tmp_path):
+    mapping = maps.fsaverage_mapping(layout, cache_dir=map_cache)
+    figure = maps.surface_map(values - 0.5, layout, "difference", kind="difference", mapping=mapping)
+    assert figure._suptitle.get_text() == "difference"
+    assert len([ax for ax in figure.axes if ax.name == "3d"]) == 4
+    assert_not_blank(png_pixels(figure, tmp_path))
+
+
+def test_save_maps(layout, values, map_cache, tmp_path):
+    mapping = maps.fsaverage_mapping(layout, cache_dir=map_cache)
+    paths = maps.save_maps(
+        {"noise_ceiling": values, "tuned_minus_pretrained": values - 0.5}, layout, tmp_path / "out",
+        kind={"noise_ceiling": "noise_ceiling", "tuned_minus_pretrained": "difference"}, mapping=mapping,
+    )
+    assert [p.name for p in paths] == [
+        "noise_ceiling_flatmap.png", "noise_ceiling_surface.png",
+        "tuned_minus_pretrained_flatmap.png", "tuned_minus_pretrained_surface.png",
+    ]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)
+    assert plt.get_fignums() == []
+    with pytest.raises(ValueError, match=r"no entry for maps \['b'\]"):
+        maps.save_maps({"a": values, "b": values}, layout, tmp_path, kind={"a": "alignment"})
