@@ -71,7 +71,8 @@ def execute_notebook(
     -------
     executed : Path
         The executed notebook. A failed run raises papermill's error; the
-        partially executed notebook is kept beside it as ``<name>.failed.ipynb``.
+        partially executed notebook is kept beside it as ``<name>.failed.ipynb``
+        (with ``html``, also rendered as ``<name>.failed.html``).
     """
     source = notebook_path(name, notebook_dir)
     output_dir = Path(output_dir)
@@ -85,10 +86,21 @@ def execute_notebook(
             str(source), str(failed), parameters=parameters, kernel_name=kernel_name,
             cwd=str(source.parent), progress_bar=False,
         )
-    except BaseException:
+    except BaseException as error:
         log.error("notebook %s failed; partial output kept in %s", source.name, failed)
+        if html and isinstance(error, Exception) and failed.is_file():
+            _render_failed(failed)
         raise
     os.replace(failed, executed)
+    failed.with_suffix(".html").unlink(missing_ok=True)
     if html:
         render_html(executed)
     return executed
+
+
+def _render_failed(failed: Path) -> None:
+    """Render a failed run's partial notebook; a rendering problem must not hide the run's error."""
+    try:
+        render_html(failed)
+    except Exception as error:  # noqa: BLE001 - logged; the notebook's own error is re-raised
+        log.warning("could not render %s to HTML: %s", failed, error)

@@ -1,0 +1,344 @@
+"""Papermill sweeps on Dask: specification checks, run planning, failures, dependencies and resume.
+
+The sweeps run the tiny notebooks of ``tests/sweep_fixtures`` (``example.yaml``):
+``prepare`` (per subject) -> ``train`` (per subject and model, fails while a marker
+file exists) -> ``compare`` (per subject, all models) -> ``summary`` (one run).
+"""
+
+import json
+import re
+from pathlib import Path
+
+import dask
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from bt_utils import cli
+from bt_utils.sweeps import (
+    INDEX_NAME,
+    SweepSpecError,
+    count_states,
+    describe_failures,
+    load_spec,
+    plan_runs,
+    run_sweep,
+    sweep_status,
+)
+
+FIXTURES = Path(__file__).parent / "sweep_fixtures"
+
+
+def write_spec(folder: Path, change=None) -> Path:
+    """The example specification, edited by ``change(spec)``, written to ``folder/spec.yaml``."""
+    spec = yaml.safe_load((FIXTURES / "example.yaml").read_text())
+    if change is not None:
+        change(spec)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def edit(path: str, value):
+    """An edit of the example spec: set the item at a dotted path (list indices as numbers)."""
+    *parents, last = path.split(".")
+
+    def change(spec):
+        node = spec
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        node[int(last) if isinstance(node, list) else last] = value
+
+    return change
+
+
+def instrument(spec: dict, folder: Path) -> None:
+    """Count executions in ``folder/counter.txt``; fail a train run while ``folder/fail-<subject>-<model>`` exists."""
+    spec["defaults"]["counter_file"] = str(folder / "counter.txt")
+    spec["stages"][1]["parameters"]["fail_marker"] = str(folder / "fail-{subject}-{model}")
+
+
+def executions(folder: Path) -> list[str]:
+    counter = folder / "counter.txt"
+    return counter.read_text().split() if counter.is_file() else []
+
+
+def changed_stages(before: list[str], after: list[str]) -> set[str]:
+    """Stages with a run id that differs between two plans of the same grid."""
+    return {old.split("/")[0] for old, new in zip(before, after, strict=True) if old != new}
+
+
+def failing_cell(notebook: str, text: str) -> int:
+    cells = nbformat.read(FIXTURES / f"{notebook}.ipynb", as_version=4).cells
+    return next(index for index, cell in enumerate(cells) if text in cell.source)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two single-threaded worker processes that declare the example's ``slots`` resource."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, resources={"slots": 1},
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
+
+
+# --- planning -------------------------------------------------------------------------------
+
+
+def test_example_plans_one_run_per_combination_with_references(tmp_path):
+    spec = load_spec(FIXTURES / "example.yaml", FIXTURES)
+    runs = {run.run_id: run for run in plan_runs(spec, tmp_path / "sweep")}
+    by_stage = pd.Series([run.stage for run in runs.values()]).value_counts().to_dict()
+    assert by_stage == {"prepare": 2, "train": 4, "compare": 2, "summary": 1}
+    train = next(run for run in runs.values() if run.axes == {"subject": "S2", "model": "bad"})
+    assert re.fullmatch(r"train/S2-bad-[0-9a-f]{8}", train.run_id)
+    assert train.path == (tmp_path / "sweep" / train.run_id).resolve()
+    prepare_s2 = next(run for run in runs.values() if run.stage == "prepare" and run.axes["subject"] == "S2")
+    assert train.parameters == {
+        "counter_file": "", "prepared": str(prepare_s2.path), "fail_marker": "", "subject": "S2", "model": "bad",
+    }
+    assert train.depends_on == (prepare_s2.run_id,)
+    assert train.resources == {"slots": 1}
+    compare = next(run for run in runs.values() if run.stage == "compare" and run.axes == {"subject": "S2"})
+    trained = {run.axes["model"]: str(run.path) for run in runs.values()
+               if run.stage == "train" and run.axes["subject"] == "S2"}
+    assert compare.parameters["trained"] == trained and set(trained) == {"good", "bad"}
+    summary = runs[next(run_id for run_id in runs if run_id.startswith("summary/all-"))]
+    assert set(summary.depends_on) == set(runs) - {summary.run_id}
+    assert summary.parameters["sweep_dir"] == str((tmp_path / "sweep").resolve())
+    assert set(summary.parameters["compared"]) == {"S1", "S2"}
+
+
+def test_run_names_survive_moving_the_sweep_and_follow_the_parameters(tmp_path):
+    spec = load_spec(FIXTURES / "example.yaml", FIXTURES)
+    original = [run.run_id for run in plan_runs(spec, tmp_path / "a")]
+    assert [run.run_id for run in plan_runs(spec, tmp_path / "b")] == original
+
+    def rescale(spec):
+        spec["stages"][0]["parameters"]["scale"] = 3.0
+
+    rescaled = [run.run_id for run in plan_runs(load_spec(write_spec(tmp_path, rescale), FIXTURES), tmp_path / "a")]
+    assert changed_stages(original, rescaled) == {"prepare", "train", "compare", "summary"}  # carried downstream
+
+    def retarget(spec):
+        spec["stages"][1]["parameters"]["fail_marker"] = "elsewhere"
+
+    retargeted = [run.run_id for run in plan_runs(load_spec(write_spec(tmp_path, retarget), FIXTURES), tmp_path / "a")]
+    assert changed_stages(original, retargeted) == {"train", "compare", "summary"}
+
+
+def test_placeholders_expand_to_folders_and_axis_values(tmp_path):
+    def placeholders(spec):
+        spec["stages"][1]["parameters"]["fail_marker"] = "{spec_dir}/markers/{model}-{subject}-{{model}}.txt"
+        spec["stages"][2]["parameters"]["trained"] = "{runs:train}/score.csv"
+        spec["stages"][3]["parameters"]["compared"] = {"prepared": "{run:prepare}", "subjects": ["{subject}"]}
+        spec["stages"][3]["over"] = ["subject"]  # summary declares no subject: the axis reaches it as {subject}
+
+    runs = plan_runs(load_spec(write_spec(tmp_path, placeholders), FIXTURES), tmp_path / "sweep")
+    train = next(run for run in runs if run.stage == "train")
+    assert train.parameters["fail_marker"] == f"{tmp_path.resolve()}/markers/good-S1-{{model}}.txt"
+    compare = next(run for run in runs if run.stage == "compare")
+    trained = [run for run in runs if run.stage == "train" and run.axes["subject"] == "S1"]
+    assert compare.parameters["trained"] == {run.axes["model"]: f"{run.path}/score.csv" for run in trained}
+    summary = [run for run in runs if run.stage == "summary"]
+    assert [run.parameters["compared"]["subjects"] for run in summary] == [["S1"], ["S2"]]
+    assert "subject" not in summary[0].parameters
+    prepare_s2 = next(run for run in runs if run.stage == "prepare" and run.axes["subject"] == "S2")
+    assert summary[1].parameters["compared"]["prepared"] == str(prepare_s2.path)
+
+
+def test_status_before_any_run_is_missing(tmp_path):
+    table = sweep_status(FIXTURES / "example.yaml", tmp_path / "sweep", notebook_dir=FIXTURES)
+    assert len(table) == 9 and set(table.state) == {"missing"}
+    assert list(table.columns[:4]) == ["run_id", "stage", "subject", "model"]
+    assert count_states(table) == "9 runs: 9 missing" and describe_failures(table) == ""
+
+
+# --- specification errors -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, message", [
+    (edit("stages.0.notebook", "99_nothing"),
+     r"stage 1 \(99_nothing\): notebook '99_nothing' not found .*"
+     r"available: \['compare', 'prepare', 'summary', 'train'\]"),
+    (edit("stages.1.parameters.epochs", 3),
+     r"stage 2 \(train\): notebook 'train' does not declare parameter\(s\) \['epochs'\]"),
+    (edit("defaults.epochs", 3), r"defaults \['epochs'\] are declared by no notebook"),
+    (edit("stages.1.parameters.subject", "S3"), r"parameter\(s\) \['subject'\] are set by the sweep"),
+    (edit("stages.0.parameters.output_dir", "x"), r"parameter\(s\) \['output_dir'\] are set by the sweep"),
+    (edit("stages.0.over", ["session"]),
+     r"axis 'session' in 'over' is not in the grid; grid axes: \['model', 'subject'\]"),
+    (edit("stages.0.over", "subject"), r"'over' must list the grid axes"),
+    (edit("stages.3.over", ["model"]),
+     r"varies over \['model'\] but the notebook does not declare such parameter\(s\) and no parameter uses \{model\}"),
+    (edit("grid.model", []), r"grid axis 'model' must be a non-empty list of values, got \[\]"),
+    (edit("grid.model", "good"), r"grid axis 'model' must be a non-empty list of values, got 'good'"),
+    (edit("grid.model", ["good", "bad", "good"]), r"grid axis 'model' repeats 'good'; list each value once"),
+    (edit("grid.model", [{"name": "good"}]), r"axis values must be strings or numbers"),
+    (edit("grid.seed", [1, 2]), r"grid axis\(es\) \['seed'\] used by no stage"),
+    (edit("grid.state", [1]), r"grid axis 'state' must be a notebook parameter name other than"),
+    (edit("stages.0.parameters.scale", "{run:train}"), r"\{run:train\} names no earlier stage .*earlier stages: \[\]"),
+    (edit("stages.2.parameters.trained", "{runs:tune}"), r"\{runs:tune\} names no earlier stage"),
+    (edit("stages.2.parameters.trained", "{run:train}"),
+     r"\{run:train\} is ambiguous: train also varies over \['model'\]"),
+    (edit("stages.2.parameters.trained", "models: {runs:train}"), r"\{runs:train\} must begin its string"),
+    (edit("stages.1.parameters.prepared", "{runs:prepare}"), r"\{runs:prepare\} would have no keys"),
+    (edit("stages.1.parameters.fail_marker", "{sweepdir}/x"), r"unknown placeholder \{sweepdir\}"),
+    (edit("stages.3.parameters.sweep_dir", "/data/{subject}"),
+     r"\{subject\} names an axis the stage does not vary over"),
+    (edit("stages.0.ovr", ["subject"]), r"stage 1 \(prepare\): unknown key\(s\) \['ovr'\]"),
+    (edit("stages.1.name", "prepare"), r"another stage is already named 'prepare'"),
+    (edit("stages.1.after", ["compare"]), r"'after' must list earlier stages \(of \['prepare'\]\)"),
+    (edit("stages.1.resources", {"GPU": 0}), r"resource 'GPU' needs a positive amount, got 0"),
+    (edit("schedule", "nightly"), r"unknown key\(s\) \['schedule'\]"),
+], ids=['unknown notebook',
+    'unknown parameter',
+    'unused default',
+    'axis as parameter',
+    'output_dir as parameter',
+    'over axis not in grid',
+    'over not a list',
+    'over axis not declared',
+    'empty axis',
+    'axis not a list',
+    'repeated value',
+    'nested value',
+    'unused axis',
+    'reserved axis name',
+    'reference to a later stage',
+    'reference to no stage',
+    'ambiguous run reference',
+    'runs inside a value',
+    'runs without keys',
+    'unknown placeholder',
+    'axis placeholder not varied',
+    'unknown stage key',
+    'duplicate stage name',
+    'after a later stage',
+    'bad resource',
+    'unknown top-level key'])
+def test_bad_specifications_are_rejected_with_the_bad_value(tmp_path, change, message):
+    with pytest.raises(SweepSpecError, match=message):
+        load_spec(write_spec(tmp_path, change), FIXTURES)
+
+
+def test_notebooks_must_declare_output_dir(tmp_path):
+    notebook = nbformat.read(FIXTURES / "prepare.ipynb", as_version=4)
+    notebook.cells[1].source = 'subject = "S1"'
+    nbformat.write(notebook, tmp_path / "prepare.ipynb")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"grid": {"subject": ["S1"]},
+                                    "stages": [{"notebook": "prepare", "over": ["subject"]}]}))
+    with pytest.raises(SweepSpecError, match="does not declare output_dir"):
+        load_spec(spec, tmp_path)
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+def test_failed_run_is_reported_dependents_skipped_and_rerun_resumes(client, tmp_path):
+    spec = write_spec(tmp_path, lambda spec: instrument(spec, tmp_path))
+    out = tmp_path / "sweep"
+    (tmp_path / "fail-S2-bad").touch()
+
+    table = run_sweep(spec, out, cluster=client, notebook_dir=FIXTURES).set_index("run_id")
+    assert count_states(table) == "9 runs: 6 completed, 1 failed, 2 skipped"
+    failed = table[table.state == "failed"].iloc[0]
+    assert failed.name.startswith("train/S2-bad-") and failed.error_type == "RuntimeError"
+    assert failed.message == "planted failure for S2 bad"
+    assert failed.error_cell == failing_cell("train", "planted failure")
+    assert "raise RuntimeError" in failed.error_source
+    skipped = table[table.state == "skipped"]
+    assert sorted(skipped.stage) == ["compare", "summary"] and set(skipped.subject.dropna()) == {"S2"}
+    assert all(message.startswith(f"dependency failed: {failed.name}") for message in skipped.message)
+    report = describe_failures(table.reset_index())
+    assert f"FAILED {failed.name} in cell {failed.error_cell}: RuntimeError: planted failure" in report
+    assert "|     raise RuntimeError" in report
+
+    done = Path(table.path[(table.stage == "compare") & (table.state == "completed")].iloc[0])
+    assert {p.name for p in done.iterdir()} == {"compare.ipynb", "compare.html", "comparison.csv", "status.json"}
+    assert sorted(pd.read_csv(done / "comparison.csv").model) == ["bad", "good"]
+    status = json.loads((done / "status.json").read_text())
+    assert status["state"] == "completed" and status["duration_s"] > 0 and status["finished"] > status["started"]
+    failed_folder = Path(failed.path)
+    assert {"train.failed.ipynb", "train.failed.html", "status.json"} <= {p.name for p in failed_folder.iterdir()}
+    assert json.loads((failed_folder / "status.json").read_text())["error"]["cell"] == failed.error_cell
+    index = pd.read_csv(out / INDEX_NAME).set_index("run_id")
+    assert index.state.to_dict() == table.state.to_dict()
+    executed = table.path[table.stage.isin(["prepare", "train"])]
+    assert sorted(executions(tmp_path)) == sorted(Path(path).name for path in executed)
+
+    # a rerun leaves the completed runs alone and retries the failed one
+    started = {run_id: json.loads(Path(path, "status.json").read_text()).get("started")
+               for run_id, path in table.path.items()}
+    before = executions(tmp_path)
+    again = run_sweep(spec, out, cluster=client, notebook_dir=FIXTURES).set_index("run_id")
+    assert again.state.to_dict() == table.state.to_dict()
+    assert executions(tmp_path) == before + [failed_folder.name]
+    for run_id in table.index[table.state == "completed"]:
+        assert json.loads(Path(table.path[run_id], "status.json").read_text())["started"] == started[run_id]
+
+    # once the failure is gone, only the failed and skipped runs execute
+    (tmp_path / "fail-S2-bad").unlink()
+    final = run_sweep(spec, out, cluster=client, notebook_dir=FIXTURES).set_index("run_id")
+    assert count_states(final) == "9 runs: 9 completed"
+    assert executions(tmp_path) == before + [failed_folder.name] * 2
+    assert not (failed_folder / "train.failed.html").exists() and (failed_folder / "train.html").is_file()
+    summary = pd.read_csv(Path(final.path[final.stage == "summary"].iloc[0]) / "summary.csv")
+    assert len(summary) == 4 and set(summary.subject) == {"S1", "S2"}
+    assert set(sweep_status(spec, out, notebook_dir=FIXTURES).state) == {"completed"}
+
+
+def test_a_run_lost_by_dask_fails_and_its_dependents_are_skipped(tmp_path, monkeypatch):
+    """A task that errors outside the notebook (e.g. its worker died) is recorded in dependency order."""
+    from distributed import Client, LocalCluster
+
+    from bt_utils import sweeps
+
+    write = sweeps._write_status
+
+    def broken_disk(run, state, **fields):
+        if state == "running":
+            raise OSError("disk full")
+        return write(run, state, **fields)
+
+    monkeypatch.setattr(sweeps, "_write_status", broken_disk)
+    spec = write_spec(tmp_path, lambda spec: spec.update(grid={"subject": ["S1"], "model": ["good"]},
+                                                         stages=spec["stages"][:2]))
+    with LocalCluster(n_workers=1, processes=False, resources={"slots": 1}, dashboard_address=":0") as cluster, \
+            Client(cluster) as local:
+        table = run_sweep(spec, tmp_path / "sweep", cluster=local, notebook_dir=FIXTURES)
+    assert table.state.tolist() == ["failed", "skipped"]
+    assert table.error_type[0] == "OSError" and table.message[0] == "disk full" and pd.isna(table.error_cell[0])
+    assert table.message[1] == f"dependency failed: {table.run_id[0]}"
+
+
+def test_cli_runs_a_sweep_on_a_scheduler_address_and_reports_status(client, tmp_path, capsys):
+    def two_stages(spec):
+        spec.update(grid={"subject": ["S1"], "model": ["good", "bad"]}, stages=spec["stages"][:2])
+        instrument(spec, tmp_path)
+
+    spec = write_spec(tmp_path, two_stages)
+    (tmp_path / "fail-S1-bad").touch()
+    arguments = [str(spec), "--out", str(tmp_path / "sweep"), "--notebooks", str(FIXTURES)]
+    assert cli.main(["sweep", "run", *arguments, "--scheduler", client.scheduler.address]) == 1
+    printed = capsys.readouterr().out
+    assert "3 runs: 2 completed, 1 failed" in printed
+    assert re.search(r"FAILED train/S1-bad-[0-9a-f]{8} in cell \d+: RuntimeError: planted failure for S1 bad", printed)
+    assert cli.main(["sweep", "status", *arguments]) == 0
+    assert "3 runs: 2 completed, 1 failed" in capsys.readouterr().out
+
+
+def test_cli_reports_a_bad_specification(tmp_path, capsys):
+    spec = write_spec(tmp_path, edit("grid.model", []))
+    assert cli.main(["sweep", "status", str(spec), "--notebooks", str(FIXTURES)]) == 2
+    assert "grid axis 'model' must be a non-empty list" in capsys.readouterr().err
+
+
+def test_a_configured_cluster_class_that_cannot_be_imported_is_named(tmp_path):
+    spec = write_spec(tmp_path, lambda spec: spec.update(grid={"subject": ["S1"]}, stages=spec["stages"][:1]))
+    with dask.config.set({"bt-sweep.cluster": "no_such_module.SLURMCluster"}), \
+            pytest.raises(ValueError, match="bt-sweep.cluster = 'no_such_module.SLURMCluster' cannot be imported"):
+        run_sweep(spec, tmp_path / "sweep", notebook_dir=FIXTURES)
