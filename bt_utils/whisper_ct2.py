@@ -58,7 +58,7 @@ import shutil
 import struct
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -1015,52 +1015,3 @@ def load_offline_whisper(name: str = "tiny.en", device: str = "cpu", cache_dir: 
     model = WhisperForConditionalGeneration.from_pretrained(folder).to(device).eval()
     processor = WhisperProcessor.from_pretrained(folder)
     return model, processor
-
-
-# ---------------------------------------------------------------------------
-# Transcript scoring
-# ---------------------------------------------------------------------------
-
-
-def normalize_words(text: str) -> list[str]:
-    """Lower-case words of ``text`` without punctuation (apostrophes kept inside words).
-
-    Parameters
-    ----------
-    text : str
-
-    Returns
-    -------
-    list of str
-    """
-    return re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*", text.lower())
-
-
-def word_error_rate(reference: str | Iterable[str], hypothesis: str | Iterable[str]) -> float:
-    """Word error rate: (substitutions + deletions + insertions) / reference words.
-
-    Strings are split with :func:`normalize_words` (case and punctuation
-    ignored); lists of words are compared as given.
-
-    Parameters
-    ----------
-    reference, hypothesis : str or iterable of str
-        The true and the recognised text.
-
-    Returns
-    -------
-    float
-        Levenshtein distance over words divided by the reference length; 0 for
-        two empty texts, ``inf`` for an empty reference and a non-empty hypothesis.
-    """
-    ref = normalize_words(reference) if isinstance(reference, str) else list(reference)
-    hyp = normalize_words(hypothesis) if isinstance(hypothesis, str) else list(hypothesis)
-    if not ref:
-        return 0.0 if not hyp else float("inf")
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        current = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, start=1):
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h))
-        previous = current
-    return previous[-1] / len(ref)

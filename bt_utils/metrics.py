@@ -1,0 +1,222 @@
+"""Scores of downstream tasks: word error rate, accuracy, macro-F1 and bootstrap intervals.
+
+All functions take plain sequences or NumPy arrays and are deterministic;
+:func:`bootstrap_ci` draws from its own seeded generator.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+# ---------------------------------------------------------------------------
+# Transcripts
+# ---------------------------------------------------------------------------
+
+
+def normalize_words(text: str) -> list[str]:
+    """Lower-case words of ``text`` without punctuation (apostrophes kept inside words).
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    list of str
+    """
+    return re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*", text.lower())
+
+
+def _words(text: str | Iterable[str]) -> list[str]:
+    return normalize_words(text) if isinstance(text, str) else list(text)
+
+
+def word_edits(reference: str | Iterable[str], hypothesis: str | Iterable[str]) -> int:
+    """Word-level Levenshtein distance: substitutions + deletions + insertions.
+
+    Parameters
+    ----------
+    reference, hypothesis : str or iterable of str
+        Strings are split with :func:`normalize_words`; lists of words are
+        compared as given.
+
+    Returns
+    -------
+    int
+    """
+    ref, hyp = _words(reference), _words(hypothesis)
+    previous = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        current = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, start=1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h))
+        previous = current
+    return previous[-1]
+
+
+def word_error_rate(reference: str | Iterable[str], hypothesis: str | Iterable[str]) -> float:
+    """Word error rate: (substitutions + deletions + insertions) / reference words.
+
+    Strings are split with :func:`normalize_words` (case and punctuation
+    ignored); lists of words are compared as given.
+
+    Parameters
+    ----------
+    reference, hypothesis : str or iterable of str
+        The true and the recognised text.
+
+    Returns
+    -------
+    float
+        Levenshtein distance over words divided by the reference length; 0 for
+        two empty texts, ``inf`` for an empty reference and a non-empty hypothesis.
+    """
+    ref, hyp = _words(reference), _words(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else float("inf")
+    return word_edits(ref, hyp) / len(ref)
+
+
+def corpus_word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Word error rate of a corpus: all edits over all reference words.
+
+    Parameters
+    ----------
+    references, hypotheses : sequence of str, length n_utterances
+
+    Returns
+    -------
+    float
+        ``inf`` if the references hold no words but the hypotheses do, 0 if neither does.
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses; "
+                         "give one of each per utterance")
+    edits = sum(word_edits(r, h) for r, h in zip(references, hypotheses))
+    n_words = sum(len(normalize_words(r)) for r in references)
+    if n_words == 0:
+        return 0.0 if edits == 0 else float("inf")
+    return edits / n_words
+
+
+# ---------------------------------------------------------------------------
+# Classification
+# ---------------------------------------------------------------------------
+
+
+def _labels_pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true and y_pred must be 1-d of the same length; "
+                         f"got shapes {y_true.shape} and {y_pred.shape}")
+    if y_true.size == 0:
+        raise ValueError("y_true is empty: there is nothing to score")
+    return y_true, y_pred
+
+
+def accuracy(y_true, y_pred) -> float:
+    """Fraction of correct predictions.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of shape (n,)
+
+    Returns
+    -------
+    float
+    """
+    y_true, y_pred = _labels_pair(y_true, y_pred)
+    return float(np.mean(y_true == y_pred))
+
+
+def macro_f1(y_true, y_pred, labels=None) -> float:
+    """Unweighted mean of the per-class F1 scores.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of shape (n,)
+    labels : array-like, optional
+        Classes to average over; default: every class in ``y_true`` or
+        ``y_pred`` (as scikit-learn does). A class that is never true and
+        never predicted scores 0.
+
+    Returns
+    -------
+    float
+        In [0, 1].
+    """
+    y_true, y_pred = _labels_pair(y_true, y_pred)
+    labels = np.union1d(y_true, y_pred) if labels is None else np.asarray(labels)
+    true_hits = y_true[:, None] == labels[None, :]  # (n, n_classes)
+    pred_hits = y_pred[:, None] == labels[None, :]
+    tp = (true_hits & pred_hits).sum(axis=0)
+    denominator = true_hits.sum(axis=0) + pred_hits.sum(axis=0)
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(len(labels)), where=denominator > 0)
+    return float(f1.mean())
+
+
+# ---------------------------------------------------------------------------
+# Bootstrap
+# ---------------------------------------------------------------------------
+
+
+class ConfidenceInterval(NamedTuple):
+    """A point estimate with a percentile bootstrap interval."""
+
+    estimate: float
+    low: float
+    high: float
+
+
+def bootstrap_ci(
+    metric: Callable[..., float],
+    *samples,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> ConfidenceInterval:
+    """Percentile bootstrap interval of ``metric`` over resampled examples.
+
+    The same example indices (drawn with replacement) are applied to every
+    array in ``samples``, so paired arrays (true labels and predictions, or
+    several seeds' predictions of the same examples) stay paired.
+
+    Parameters
+    ----------
+    metric : callable
+        ``metric(*resampled) -> float``.
+    *samples : array-like, each of shape (n, ...)
+        Per-example data; indexed along the first axis.
+    n_resamples : int
+        Bootstrap replicates.
+    confidence : float
+        Coverage of the interval, in (0, 1).
+    seed : int
+        Seed of the resampling generator.
+
+    Returns
+    -------
+    ConfidenceInterval
+        ``metric(*samples)`` and the ``(1 - confidence) / 2`` and
+        ``(1 + confidence) / 2`` quantiles of the replicates.
+    """
+    if not samples:
+        raise ValueError("bootstrap_ci needs at least one array of per-example data")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence!r} must be between 0 and 1")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples={n_resamples!r} must be at least 1")
+    arrays = [np.asarray(s) for s in samples]
+    n = len(arrays[0])
+    if n == 0 or any(len(a) != n for a in arrays):
+        raise ValueError(f"samples must be non-empty and of one length; got lengths {[len(a) for a in arrays]}")
+    rng = np.random.default_rng(seed)
+    replicates = np.array([metric(*(a[idx] for a in arrays))
+                           for idx in rng.integers(0, n, size=(n_resamples, n))])
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(replicates, [tail, 1.0 - tail])
+    return ConfidenceInterval(float(metric(*arrays)), float(low), float(high))

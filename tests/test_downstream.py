@@ -1,0 +1,459 @@
+"""Tests of the downstream probes, ASR scoring, the task loaders and notebook 04.
+
+The real pretrained Whisper tiny.en encodes one small offline demo task per
+session (features cached in a session folder, which the notebook test reuses).
+"""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+import torch
+
+from bt_utils import downstream_tasks as dt
+from bt_utils.downstream import (
+    ModelEntry,
+    ProbeConfig,
+    extract_features,
+    feature_cache_path,
+    fit_probe,
+    frame_seconds,
+    load_transcriber,
+    model_entry,
+    plot_downstream,
+    probe_task,
+    run_downstream,
+    score_predictions,
+    summarize,
+    swap_encoder,
+)
+from bt_utils.downstream_tasks import DownstreamTask, Example, demo_task, load_task
+from bt_utils.metrics import accuracy
+from bt_utils.models import load_encoder
+from bt_utils.notebooks import execute_notebook
+from bt_utils.tuning import masked_mean
+
+WORD_PER_CLASS = 20  # 10 train, 5 validation, 5 test per word
+FAST = ProbeConfig(max_epochs=25)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These small models run fastest on one thread; with two, a busy 2-core machine is up to 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("downstream_cache")
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    return load_encoder("whisper-tiny.en", device="cpu", native_length=True)
+
+
+@pytest.fixture(scope="session")
+def word_task():
+    return demo_task("demo_word", per_class=WORD_PER_CLASS)
+
+
+@pytest.fixture(scope="session")
+def word_features(encoder, word_task, feature_cache):
+    return extract_features(encoder, word_task, cache_dir=feature_cache, progress=False)
+
+
+def _relabel(task: DownstreamTask, labels) -> DownstreamTask:
+    return replace(task, examples=tuple(replace(e, label=str(label)) for e, label in zip(task.examples, labels)))
+
+
+# ---------------------------------------------------------------------------
+# Probes
+# ---------------------------------------------------------------------------
+
+
+def test_probe_learns_word_identity_but_not_shuffled_labels(word_task, word_features):
+    assert word_features.shape == (len(word_task.examples), 5, 384)
+    predictions, selection = probe_task(word_features, word_task, seeds=(0,), config=FAST)
+    assert len(predictions) == len(word_task.split("test")) == 50
+    learned = accuracy(predictions.label, predictions.prediction)
+    assert learned > 0.6, learned  # chance: 0.1
+
+    shuffled_labels = np.random.default_rng(0).permutation([e.label for e in word_task.examples])
+    shuffled = _relabel(word_task, shuffled_labels)
+    predictions, _ = probe_task(word_features, shuffled, seeds=(0,), config=FAST)
+    assert accuracy(predictions.label, predictions.prediction) < 0.3
+    assert selection.chosen.sum() == 1 and set(selection.layer) == set(range(5))
+
+
+def test_selection_never_touches_the_test_split(word_task, word_features):
+    reference, selection = probe_task(word_features, word_task, seeds=(0, 1), config=FAST)
+    test = np.array([e.split == "test" for e in word_task.examples])
+
+    constant = _relabel(word_task, [e.label if e.split != "test" else "yes" for e in word_task.examples])
+    poisoned_features = word_features.copy()
+    poisoned_features[test] = np.random.default_rng(1).normal(size=poisoned_features[test].shape)
+    for features, task in ((word_features, constant), (poisoned_features, word_task)):
+        predictions, poisoned_selection = probe_task(features, task, seeds=(0, 1), config=FAST)
+        pd.testing.assert_frame_equal(poisoned_selection, selection)
+        assert list(predictions.layer) == list(reference.layer)
+    # same features, poisoned labels: the very same test predictions
+    predictions, _ = probe_task(word_features, constant, seeds=(0, 1), config=FAST)
+    assert list(predictions.prediction) == list(reference.prediction)
+    assert set(predictions.label) == {"yes"}
+
+
+def test_fit_probe_chooses_the_informative_layer():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 240)
+    features = rng.normal(size=(240, 4, 16)).astype(np.float32)
+    features[:, 2, :3] += 3.0 * np.eye(3)[labels]  # only layer 2 carries the class
+    fit = fit_probe(features[:160], labels[:160], features[160:], labels[160:], n_classes=3, seed=0,
+                    config=ProbeConfig(max_epochs=30, batch_size=16))
+    assert fit.layer == 2 and 1 <= fit.epoch <= 30
+    assert fit.layers.set_index("layer").macro_f1.idxmax() == 2
+    assert len(fit.history) == 4 * 30
+    assert accuracy(labels[160:], fit.predict(features[160:])) > 0.9
+
+
+def test_feature_cache(encoder, word_task, word_features, feature_cache):
+    path = feature_cache_path(encoder.fingerprint(), word_task, feature_cache)
+    assert path.is_file() and path.parent.parent.name == "downstream"
+    again = extract_features(encoder, word_task, cache_dir=feature_cache, progress=False)
+    np.testing.assert_array_equal(again, word_features)
+    # different audio for the same ids: another cache entry
+    changed = replace(word_task, examples=(replace(word_task.examples[0], audio=word_task.examples[0].audio * 0.5),
+                                           *word_task.examples[1:]))
+    assert feature_cache_path(encoder.fingerprint(), changed, feature_cache) != path
+
+
+def test_span_pooling_matches_a_manual_masked_mean(encoder, word_task):
+    source = word_task.examples[0]
+    whole = Example("whole", "train", "yes", source.audio, source="utt")
+    part = Example("part", "train", "yes", source.audio, source="utt", span=(0.1, 0.3))
+    task = DownstreamTask("spans", "classification", (whole, part), ("yes",))
+    features = extract_features(encoder, task, cache=False, progress=False)
+    audio = torch.from_numpy(source.audio)[None]
+    with torch.inference_mode():
+        output = encoder(audio, torch.tensor([audio.shape[1]]))
+    centres = (torch.arange(output.frame_mask.shape[1]) + 0.5) * frame_seconds(encoder)
+    in_span = output.frame_mask & (centres >= 0.1) & (centres < 0.3)
+    assert frame_seconds(encoder) == pytest.approx(0.02)
+    assert int(in_span.sum()) == 10
+    for layer, hidden in enumerate(output.hidden_states):
+        np.testing.assert_allclose(features[0, layer], masked_mean(hidden, output.frame_mask)[0].numpy(), atol=1e-4)
+        np.testing.assert_allclose(features[1, layer], masked_mean(hidden, in_span)[0].numpy(), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Scores
+# ---------------------------------------------------------------------------
+
+
+def test_asr_scores_are_one_minus_corpus_wer():
+    predictions = pd.DataFrame({
+        "model": "m", "variant": "v", "subject": "", "task": "asr", "kind": "asr", "seed": 0, "layer": 4,
+        "example_id": ["a", "b"], "label": ["turn on the lights", "stop"], "prediction": ["turn off the light", "stop"],
+    })
+    scores = score_predictions(predictions, n_resamples=50)
+    assert list(scores.metric) == ["one_minus_wer"]
+    assert scores.value.iloc[0] == pytest.approx(1 - 2 / 5)
+    assert scores.ci_low.iloc[0] <= scores.value.iloc[0] <= scores.ci_high.iloc[0]
+
+
+def test_summary_pools_seeds_and_reports_chance():
+    rng = np.random.default_rng(0)
+    labels = rng.choice(list("abcd"), 200)
+    rows = []
+    for seed in (0, 1):
+        guess = np.where(rng.random(200) < 0.8, labels, rng.choice(list("abcd"), 200))
+        rows.append(pd.DataFrame({"model": "m", "variant": "v", "subject": "", "task": "t", "kind": "classification",
+                                  "seed": seed, "layer": seed + 2, "example_id": np.arange(200).astype(str),
+                                  "label": labels, "prediction": guess}))
+    predictions = pd.concat(rows, ignore_index=True)
+    per_seed = score_predictions(predictions, n_resamples=200)
+    summary = summarize(predictions, n_resamples=200)
+    row = summary.set_index("metric").loc["accuracy"]
+    assert row.value == pytest.approx(per_seed[per_seed.metric == "accuracy"].value.mean())
+    assert row.ci_low < row.value < row.ci_high
+    assert row.chance == pytest.approx(0.25, abs=0.05) and row.layers == "2,3" and row.n_seeds == 2
+
+
+# ---------------------------------------------------------------------------
+# Comparison of variants, ASR through the decoder
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tuned_checkpoint(tmp_path_factory):
+    """A stand-in brain-tuned checkpoint: whisper-tiny.en with one layer perturbed."""
+    folder = tmp_path_factory.mktemp("tuned") / "checkpoint"
+    encoder = load_encoder("whisper-tiny.en", device="cpu")
+    with torch.no_grad():
+        encoder.encoder.layers[3].fc2.weight.mul_(0.5)
+    encoder.save_pretrained(folder / "encoder")
+    record = {"parameters": {"model": "whisper-tiny.en", "subject": "DEMO01", "control": "none"}}
+    (folder / "training_record.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_model_entries(tuned_checkpoint):
+    assert model_entry("whisper-tiny.en") == ModelEntry("pretrained", "whisper-tiny.en", "whisper-tiny.en", "")
+    entry = model_entry({"path": str(tuned_checkpoint.parent)})  # the run folder holding checkpoint/
+    assert entry == ModelEntry("brain-tuned", str(tuned_checkpoint), "whisper-tiny.en", "DEMO01")
+    assert model_entry({"path": str(tuned_checkpoint), "variant": "mine"}).variant == "mine"
+    with pytest.raises(ValueError, match="'path'"):
+        model_entry({"variant": "x"})
+
+
+def test_run_compares_variants_with_asr(tuned_checkpoint, feature_cache):
+    word = demo_task("demo_word", per_class=8)
+    asr = demo_task("demo_asr", per_class=3)
+    results = run_downstream(["whisper-tiny.en", {"path": str(tuned_checkpoint)}], [word, asr], seeds=(0,),
+                             probe=ProbeConfig(max_epochs=5), device="cpu", native_length=True, n_resamples=100,
+                             cache_dir=feature_cache, progress=False)
+    scores = results.scores
+    assert list(scores.columns) == ["model", "variant", "subject", "task", "layer", "metric", "value", "seed",
+                                    "ci_low", "ci_high", "n_test"]
+    assert set(scores.variant) == {"pretrained", "brain-tuned"}
+    assert set(scores[scores.variant == "brain-tuned"].subject) == {"DEMO01"}
+    assert set(scores.metric) == {"macro_f1", "accuracy", "one_minus_wer"}
+    assert (scores.ci_low <= scores.value + 1e-12).all() and (scores.value <= scores.ci_high + 1e-12).all()
+    asr_rows = scores[scores.task == "demo_asr"]
+    assert len(asr_rows) == 2 and set(asr_rows.layer) == {4}
+    pretrained_asr = results.predictions.query("task == 'demo_asr' and variant == 'pretrained'")
+    assert pretrained_asr.prediction.str.len().min() > 0
+    assert set(results.selection.task) == {"demo_word"}
+    figure = plot_downstream(summarize(results.predictions, n_resamples=100))
+    assert len(figure.axes) == 2
+
+
+def test_swap_encoder_checks_the_architecture():
+    from bt_utils.whisper_ct2 import load_offline_whisper
+
+    model, _ = load_offline_whisper()
+    with pytest.raises(ValueError, match="does not fit"):
+        swap_encoder(model.model.encoder, load_encoder("tiny-whisper", device="cpu"))
+    with pytest.raises(ValueError, match="random test model"):
+        load_transcriber(load_encoder("tiny-whisper", device="cpu"), "tiny-whisper")
+
+
+def _ctc_folder(folder, encoder):
+    """A tiny CTC model of the tiny-wav2vec2 architecture with a 6-character vocabulary."""
+    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    vocabulary = {"<pad>": 0, "<unk>": 1, "|": 2, "a": 3, "b": 4, "c": 5}
+    folder.mkdir()
+    (folder / "vocab.json").write_text(json.dumps(vocabulary))
+    config = encoder.encoder.config.to_dict() | {"vocab_size": len(vocabulary), "pad_token_id": 0,
+                                                 "architectures": ["Wav2Vec2ForCTC"]}
+    Wav2Vec2ForCTC(type(encoder.encoder.config).from_dict(config)).save_pretrained(folder)
+    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), word_delimiter_token="|")
+    Wav2Vec2Processor(Wav2Vec2FeatureExtractor(), tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_ctc_head_path(tmp_path):
+    encoder = load_encoder("tiny-wav2vec2", device="cpu", seed=3)
+    with pytest.raises(ValueError, match="needs a CTC head.*ctc_checkpoint"):
+        load_transcriber(encoder, "tiny-wav2vec2")
+    plain = encoder.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="needs a CTC head"):
+        load_transcriber(encoder, str(plain))
+    transcriber = load_transcriber(encoder, "tiny-wav2vec2", ctc_checkpoint=str(_ctc_folder(tmp_path / "ctc", encoder)))
+    swapped = transcriber.model.wav2vec2.state_dict()
+    for name, value in encoder.encoder.state_dict().items():
+        assert torch.equal(swapped[name], value), name
+    texts = transcriber([np.zeros(16000, np.float32), 0.1 * np.ones(8000, np.float32)])
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    with pytest.raises(FileNotFoundError, match="hf download nobody/no-such-ctc-model"):
+        load_transcriber(encoder, "tiny-wav2vec2", ctc_checkpoint="nobody/no-such-ctc-model")
+
+
+# ---------------------------------------------------------------------------
+# Demo tasks
+# ---------------------------------------------------------------------------
+
+
+def test_demo_tasks_are_balanced_with_disjoint_speakers(word_task):
+    counts = word_task.counts()
+    assert counts.shape == (10, 3) and (counts.train == 10).all() and (counts.test == 5).all()
+    speakers = {split: {e.speaker for e in word_task.split(split)} for split in dt.SPLITS}
+    assert not speakers["train"] & speakers["test"] and not speakers["validation"] & speakers["test"]
+    assert not speakers["train"] & speakers["validation"]
+    again = demo_task("demo_word", per_class=WORD_PER_CLASS)
+    assert all(np.array_equal(a.audio, b.audio) for a, b in zip(word_task.examples, again.examples))
+    phoneme = demo_task("demo_phoneme", per_class=8, phone="SH")
+    assert phoneme.counts().sum(axis=1).tolist() == [8, 8]
+    with pytest.raises(ValueError, match="phone='XX'"):
+        demo_task("demo_phoneme", per_class=8, phone="XX")
+    small = word_task.subsample(20)
+    assert len(small.split("train")) == 20 and small.counts().train.tolist() == [2] * 10
+
+
+# ---------------------------------------------------------------------------
+# Real-data loaders, on tiny hand-made copies
+# ---------------------------------------------------------------------------
+
+
+def _wav(path, seconds=0.5, rate=16000, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, np.zeros(int(seconds * rate), np.float32), rate, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(dt.REAL_TASKS))
+def test_missing_real_data_says_where_to_get_it(name, tmp_path):
+    where = {"timit": "LDC93S1", "speech": "speech_commands_v0.02", "crema": "CREMA-D", "slurp": "slurp",
+             "librispeech": "openslr.org/12"}[name.split("_")[0]]
+    with pytest.raises(FileNotFoundError, match=where):
+        load_task(name, tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=where):
+        load_task(name)
+    tmp_path.joinpath("empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=where):
+        load_task(name, tmp_path / "empty")
+
+
+def test_hugging_face_ids_need_datasets(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError("no datasets")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(ImportError, match="pip install datasets"):
+        load_task("speech_commands", "hf:google/speech_commands")
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        load_task("nope")
+
+
+def test_hugging_face_copies(monkeypatch):
+    """The Hugging Face path of the loaders, with a stand-in ``datasets`` whose splits are lists of rows."""
+    import sys
+    import types
+
+    tone = {"array": np.zeros(4000), "sampling_rate": 8000}
+    rows = {
+        "x/crema": {"train": [{"audio": tone | {"path": f"{actor}_IEO_HAP_LO.wav"}} for actor in range(1001, 1011)]},
+        "x/slurp": {split: [{"audio": tone, "intent": "alarm_set", "action": "set"}]
+                    for split in ("train", "validation", "test")},
+        "x/timit": {split: [{"audio": tone, "file": f"/data/{split.upper()}/DR1/{speaker}/SX216.WAV", "text": "Hi.",
+                             "phonetic_detail": {"start": [0, 800], "stop": [800, 1600], "utterance": ["h#", "hv"]}}
+                            for speaker in speakers] for split, speakers in (("train", ["FCJF0"]),
+                                                                             ("test", ["FELC0", "MABC0"]))},
+    }
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda name, config=None, split=None: rows[name][split]
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    crema = dt.crema_d("hf:x/crema")
+    assert {e.label for e in crema.examples} == {"happy"} and crema.examples[0].audio.shape == (8000,)
+    assert dt.slurp("hf:x/slurp", "action").classes == ("set",)
+    timit = dt.timit_phonemes("hf:x/timit")
+    assert [(e.id, e.split, e.label, e.span) for e in timit.examples if e.speaker == "FELC0"] == [
+        ("FELC0_SX216_000", "test", "sil", (0.0, 0.05)), ("FELC0_SX216_001", "test", "hh", (0.05, 0.1))]
+    assert {(e.speaker, e.split) for e in timit.examples} == {("FCJF0", "train"), ("FELC0", "test"),
+                                                               ("MABC0", "validation")}
+    with pytest.raises(dt.DataError, match="phonetic_detail"):
+        rows["x/timit"]["train"][0].pop("phonetic_detail")
+        dt.timit_phonemes("hf:x/timit")
+
+
+def test_timit_loader(tmp_path):
+    root = tmp_path / "TIMIT"
+    utterances = {"TRAIN/DR1/FCJF0/SI1027": "h# q ix n pcl p ax-h h#", "TRAIN/DR1/FCJF0/SA1": "h# sh iy h#",
+                  "TEST/DR1/FELC0/SX216": "h# zh ux h#", "TEST/DR2/MABC0/SI1620": "h# el em h#"}
+    for stem, phones in utterances.items():
+        _wav(root / f"{stem}.WAV", format="NIST", subtype="PCM_16")
+        rows = [f"{800 * i} {800 * (i + 1)} {p}" for i, p in enumerate(phones.split())]
+        (root / f"{stem}.PHN").write_text("\n".join(rows) + "\n")
+        (root / f"{stem}.TXT").write_text(f"0 {800 * len(rows)} A short sentence.\n")
+    phonemes = dt.timit_phonemes(root)
+    assert len(dt.TIMIT_PHONES_39) == 39 and len(dt.TIMIT_FOLDING) == 61
+    by_id = {e.id: e for e in phonemes.examples}
+    assert [by_id[f"FCJF0_SI1027_{i:03d}"].label for i in (0, 2, 3, 4, 5)] == ["sil", "ih", "n", "sil", "p"]
+    assert "FCJF0_SI1027_001" not in by_id  # q is dropped
+    assert by_id["FCJF0_SI1027_006"].label == "ah" and by_id["FCJF0_SI1027_006"].span == (0.3, 0.35)
+    assert not any(e.source == "FCJF0_SA1" for e in phonemes.examples)  # SA left out
+    assert {e.split for e in phonemes.examples if e.speaker == "FELC0"} == {"test"}  # core test speaker
+    assert {e.split for e in phonemes.examples if e.speaker == "MABC0"} == {"validation"}
+    assert [by_id[f"FELC0_SX216_{i:03d}"].label for i in (1, 2)] == ["sh", "uw"]
+    assert dt.load_audio(by_id["FELC0_SX216_001"]).shape == (8000,)
+    sentence = dt.timit_sentence_type(root)
+    assert min((e.id, e.label) for e in sentence.examples) == ("FCJF0_SA1", "SA")
+    asr = dt.timit_asr(root)
+    assert [(e.id, e.label) for e in asr.examples] == [("FELC0_SX216", "A short sentence.")]
+
+
+def test_speech_commands_crema_slurp_and_librispeech_loaders(tmp_path):
+    commands = tmp_path / "speech_commands"
+    for word in ("yes", "no"):
+        for speaker in ("aaa", "bbb", "ccc"):
+            _wav(commands / word / f"{speaker}_nohash_0.wav")
+    (commands / "validation_list.txt").write_text("yes/bbb_nohash_0.wav\nno/bbb_nohash_0.wav\n")
+    (commands / "testing_list.txt").write_text("yes/ccc_nohash_0.wav\n")
+    task = dt.speech_commands(commands)
+    assert len(task.classes) == 35 and len(task.examples) == 6
+    assert {e.id: e.split for e in task.examples}["yes/ccc_nohash_0.wav"] == "test"
+    assert {e.split for e in task.examples if e.speaker == "aaa"} == {"train"}
+
+    crema = tmp_path / "crema" / "AudioWAV"
+    for actor in range(1001, 1021):
+        _wav(crema / f"{actor}_DFA_{'ANG' if actor % 2 else 'SAD'}_XX.wav", seconds=0.1)
+    task = dt.crema_d(crema.parent)
+    assert task.classes == ("anger", "disgust", "fear", "happy", "neutral", "sad")
+    assert task.counts().sum().to_dict() == {"train": 16, "validation": 2, "test": 2}
+    _wav(crema / "bad_name.wav", seconds=0.1)
+    with pytest.raises(dt.DataError, match="bad_name"):
+        dt.crema_d(crema.parent)
+
+    slurp = tmp_path / "slurp"
+    for split, name in (("train", "train.jsonl"), ("validation", "devel.jsonl"), ("test", "test.jsonl")):
+        record = {"slurp_id": 1, "sentence": "wake me up", "intent": "alarm_set", "action": "set",
+                  "recordings": [{"file": f"{split}-1.flac"}, {"file": f"{split}-2.flac"}]}
+        (slurp / "dataset" / "slurp").mkdir(parents=True, exist_ok=True)
+        (slurp / "dataset" / "slurp" / name).write_text(json.dumps(record) + "\n")
+        for index in (1, 2):
+            _wav(slurp / "slurp_real" / f"{split}-{index}.flac", seconds=0.1)
+    intent, action = dt.slurp(slurp, "intent"), dt.slurp(slurp, "action")
+    assert intent.classes == ("alarm_set",) and action.classes == ("set",) and len(intent.examples) == 6
+    with pytest.raises(ValueError, match="target='scenario'"):
+        dt.slurp(slurp, "scenario")
+
+    libri = tmp_path / "LibriSpeech" / "test-clean" / "61" / "70968"
+    _wav(libri / "61-70968-0000.flac")
+    _wav(libri / "61-70968-0001.flac", seconds=31)
+    (libri / "61-70968.trans.txt").write_text("61-70968-0000 HE BEGAN A CONFUSED COMPLAINT\n61-70968-0001 TOO LONG\n")
+    task = dt.librispeech(tmp_path / "LibriSpeech")
+    assert task.kind == "asr" and [e.label for e in task.examples] == ["HE BEGAN A CONFUSED COMPLAINT"]
+
+
+# ---------------------------------------------------------------------------
+# Notebook
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.notebook
+def test_04_downstream_notebook(tmp_path, word_features, feature_cache, monkeypatch):
+    out = tmp_path / "04"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's torch: see one_thread
+    execute_notebook("04_downstream", out, {
+        "tasks": ["demo_word", "demo_asr"], "demo_per_class": {"demo_word": WORD_PER_CLASS, "demo_asr": 3},
+        "seeds": [0], "max_epochs": 10, "device": "cpu", "cache_dir": str(feature_cache)})
+    table = pd.read_parquet(out / "downstream.parquet")
+    assert set(table) == {"model", "variant", "subject", "task", "layer", "metric", "value", "seed", "ci_low",
+                          "ci_high", "n_test"}
+    assert set(table.task) == {"demo_word", "demo_asr"} and set(table.variant) == {"pretrained"}
+    word = table[(table.task == "demo_word") & (table.metric == "accuracy")].value.iloc[0]
+    assert word > 0.5
+    assert (out / "downstream.png").stat().st_size > 10_000
+    assert json.loads((out / "run.json").read_text())["parameters"]["tasks"] == ["demo_word", "demo_asr"]

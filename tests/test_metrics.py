@@ -1,0 +1,88 @@
+"""Tests of bt_utils.metrics against hand-computed values."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from bt_utils.metrics import (
+    accuracy,
+    bootstrap_ci,
+    corpus_word_error_rate,
+    macro_f1,
+    normalize_words,
+    word_edits,
+    word_error_rate,
+)
+
+
+def test_word_error_rate_hand_computed():
+    assert word_error_rate("the cat sat", "the cat sat") == 0.0
+    # case and punctuation are ignored
+    assert word_error_rate("Hello, world!", " hello world.") == 0.0
+    # one substitution in three words
+    assert word_error_rate("the cat sat", "the hat sat") == pytest.approx(1 / 3)
+    # one deletion and one insertion: "a b c d" -> "a c d e"
+    assert word_error_rate("a b c d", "a c d e") == pytest.approx(2 / 4)
+    # everything deleted
+    assert word_error_rate("one two", "") == 1.0
+    # insertions can push the rate above 1
+    assert word_error_rate("yes", "yes yes yes") == pytest.approx(2.0)
+    assert word_error_rate("", "") == 0.0
+    assert word_error_rate("", "noise") == float("inf")
+    # lists are compared as given
+    assert word_error_rate(["A", "b"], ["a", "b"]) == pytest.approx(0.5)
+    assert normalize_words("Don't STOP, it's 9 o'clock.") == ["don't", "stop", "it's", "9", "o'clock"]
+
+
+def test_corpus_word_error_rate_pools_the_edits():
+    references = ["turn on the lights", "stop"]
+    hypotheses = ["turn off the light", "stop"]
+    assert word_edits(references[0], hypotheses[0]) == 2
+    # 2 edits over 5 reference words, not the mean of the per-utterance rates (0.25)
+    assert corpus_word_error_rate(references, hypotheses) == pytest.approx(2 / 5)
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        corpus_word_error_rate(references, hypotheses[:1])
+
+
+def test_accuracy_and_macro_f1_hand_computed():
+    y_true = ["a", "a", "b", "b", "c"]
+    y_pred = ["a", "b", "b", "b", "a"]
+    assert accuracy(y_true, y_pred) == pytest.approx(3 / 5)
+    # F1: a = 2*1/(2+2) = 0.5, b = 2*2/(2+3) = 0.8, c = 0
+    assert macro_f1(y_true, y_pred) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    # an extra class that never occurs counts as 0
+    assert macro_f1(y_true, y_pred, labels=["a", "b", "c", "d"]) == pytest.approx(1.3 / 4)
+    with pytest.raises(ValueError, match="same length"):
+        accuracy([1, 2], [1])
+
+
+def test_macro_f1_matches_sklearn_on_random_labels():
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.integers(0, 7, 300), rng.integers(0, 6, 300)
+    assert macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+
+
+def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_data():
+    rng = np.random.default_rng(1)
+
+    def interval(n):
+        y_true = rng.integers(0, 4, n)
+        y_pred = np.where(rng.random(n) < 0.7, y_true, rng.integers(0, 4, n))
+        return bootstrap_ci(accuracy, y_true, y_pred, n_resamples=500, seed=3)
+
+    small, large = interval(50), interval(2000)
+    for ci in (small, large):
+        assert ci.low <= ci.estimate <= ci.high
+        assert 0.6 < ci.estimate < 0.9
+    assert (large.high - large.low) < 0.3 * (small.high - small.low)
+    # the same seed gives the same interval
+    y = np.arange(20) % 2
+    assert bootstrap_ci(accuracy, y, y[::-1], seed=5) == bootstrap_ci(accuracy, y, y[::-1], seed=5)
+
+
+def test_bootstrap_ci_checks_its_arguments():
+    with pytest.raises(ValueError, match="one length"):
+        bootstrap_ci(accuracy, [1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="confidence=1.5"):
+        bootstrap_ci(accuracy, [1], [1], confidence=1.5)
