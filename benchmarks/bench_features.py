@@ -1,0 +1,123 @@
+"""Benchmark layer-feature extraction: reference vs fast sliding windows, on CPU.
+
+For each encoder, on one story of synthesised speech (a demo dataset built in
+a temporary folder), prints
+
+- the wall time per minute of audio of both window modes,
+- the encoder compute of each mode, forward passes x input length (Whisper
+  without native length: every window counts 30 s), and their ratio,
+- the agreement of the two modes at TR level: per layer, the Pearson r over
+  the story's ``[10:-5]`` TRs of each feature dimension, Lanczos-resampled from
+  both modes, as mean and 10th percentile over dimensions.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_features.py [--seconds 120] [--threads 1]
+        [--models tiny-wav2vec2 tiny-hubert tiny-whisper whisper-tiny.en whisper-tiny.en:native]
+
+A ``:native`` suffix runs Whisper on each window's real length instead of 30 s.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bt_utils.dataset import Dataset
+from bt_utils.demo_data import DemoConfig, build_demo_dataset
+from bt_utils.features import (
+    WindowSettings,
+    extract_layer_features,
+    plan_windows,
+    tr_features,
+    zscore_per_story,
+)
+from bt_utils.models import SAMPLE_RATE, WHISPER_MAX_SAMPLES, load_encoder
+from bt_utils.timing import trim_trs
+
+MODELS = ("tiny-wav2vec2", "tiny-hubert", "tiny-whisper", "whisper-tiny.en", "whisper-tiny.en:native")
+MODES = {"reference": WindowSettings("reference"), "fast": WindowSettings("fast")}
+
+
+def speech_story(seconds: float, folder: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """Audio (n_samples,) and TR midpoints (n_trs,) of one synthesised story of about ``seconds``."""
+    config = DemoConfig(n_train_stories=1, n_validation_stories=0, story_seconds=seconds, test_story_seconds=40,
+                        n_voxels=100, n_repeats=(2, 2, 2))
+    dataset = Dataset(build_demo_dataset(folder / "demo", config))
+    story = dataset.split().train[0]
+    return dataset.load_audio(story), dataset.tr_times(story), story
+
+
+def agreement(reference: np.ndarray, fast: np.ndarray) -> tuple[float, float]:
+    """Mean and 10th percentile over dimensions of the per-dimension r of two (n_trs, d) series."""
+    r = (zscore_per_story(reference) * zscore_per_story(fast)).mean(axis=0)
+    return float(r.mean()), float(np.percentile(r, 10))
+
+
+def bench_model(spec: str, audio: np.ndarray, tr_times: np.ndarray, batch_size: int) -> tuple[list, list]:
+    """Timing rows (one per mode) and agreement rows (one per layer) of one encoder."""
+    name, _, variant = spec.partition(":")
+    encoder = load_encoder(name, "cpu", native_length=variant == "native")
+    padded_to = WHISPER_MAX_SAMPLES / SAMPLE_RATE if encoder.family == "whisper" and not encoder.native_length else None
+    layers = range(encoder.n_layers + 1)
+    minutes = len(audio) / SAMPLE_RATE / 60
+    timing, tr_level = [], {}
+    for mode, settings in MODES.items():
+        plan = plan_windows(len(audio), settings)
+        started = time.perf_counter()
+        times, frames = extract_layer_features(encoder, audio, layers, settings, batch_size, progress=False)
+        elapsed = time.perf_counter() - started
+        tr_level[mode] = tr_features(times, frames, tr_times)
+        timing.append([spec, mode, elapsed / minutes, len(plan.starts), plan.input_seconds(padded_to) / minutes])
+    for row in timing:
+        row.append(timing[0][4] / row[4])
+    rows = [[spec, layer, *agreement(trim_trs(tr_level["reference"][layer]), trim_trs(tr_level["fast"][layer]))]
+            for layer in layers]
+    return timing, rows
+
+
+def print_table(header: list[str], rows: list[list], formats: list[str]) -> None:
+    cells = [[fmt.format(value) for fmt, value in zip(formats, row)] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=120.0, help="length of the synthesised story")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        audio, tr_times, story = speech_story(args.seconds, Path(folder))
+    print(f"story {story!r}: {len(audio) / SAMPLE_RATE:.1f} s of speech, {len(tr_times)} TRs; "
+          f"{args.threads} CPU thread(s), batch size {args.batch_size}")
+    for mode, settings in MODES.items():
+        print(f"  {mode}: {settings.to_dict()}")
+    print()
+    timing, agree = [], []
+    for spec in args.models:
+        model_timing, model_agreement = bench_model(spec, audio, tr_times, args.batch_size)
+        timing += model_timing
+        agree += model_agreement
+    print_table(["model", "mode", "s / audio min", "forwards", "input s / audio min", "compute ratio"], timing,
+                ["{}", "{}", "{:.1f}", "{}", "{:.0f}", "{:.1f}x"])
+    print_table(["model", "layer", "r mean", "r p10"], agree, ["{}", "{}", "{:.3f}", "{:.3f}"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,725 @@
+"""Layer features of a speech encoder per TR, ready for voxelwise encoding models (METHOD.md).
+
+From audio to a design matrix, in this order:
+
+1. **Windows** (:class:`WindowSettings`, :func:`plan_windows`,
+   :func:`extract_layer_features`). Frames are read on a grid of *chunk ends*
+   every ``chunk_s`` (0.1 s) after sound onset: grid point ``k`` is at
+   ``(k + 1) * chunk_s``, the time up to which its frame has heard the story.
+   Each encoder window is causal: it ends at a grid point and starts
+   ``window_s = context_s + stride_s`` earlier, or at sound onset near the story
+   start (shorter windows: only the available audio).
+
+   - ``"reference"`` mode is the protocol: 16 s of context plus a 0.1 s chunk,
+     stride 0.1 s, and only the last frame of each window is kept (Whisper: the
+     last frame computed from real audio, not from the padding to 30 s).
+   - ``"fast"`` mode runs longer windows (16 s + ``stride_s``, default 2 s) with
+     a stride of ``stride_s`` and keeps the frames at the ``stride_s / chunk_s``
+     grid points in the last ``stride_s`` of each window. The kept frame of grid
+     point ``t`` is the one a reference window ending at ``t`` keeps as its last
+     (same index counted from the window start), so both modes give series at
+     identical times; every kept frame has heard between ``context_s + chunk_s``
+     and ``context_s + stride_s`` seconds of past audio (the reference: exactly
+     ``context_s + chunk_s``). The difference: the encoders attend in both
+     directions, so a kept frame also sees up to ``stride_s - chunk_s`` of audio
+     *after* it, and Whisper places it at other absolute positions. The encoder
+     compute (forward passes x input length) drops by
+     ``(context_s + chunk_s) / chunk_s * stride_s / (context_s + stride_s)``
+     (17.9x for the defaults; 20x for Whisper padded to 30 s).
+
+     Agreement with the reference (``benchmarks/bench_features.py``, 2 min of
+     synthesised speech, Pearson r per dimension over the ``[10:-5]`` TRs):
+     mean r 0.97-0.98 for the random tiny wav2vec2 and HuBERT, but only
+     0.55-0.79 per layer for the pretrained whisper-tiny.en. Whisper encodes
+     the last frame of its input as an edge: giving that frame just 0.1 s of
+     later audio already lowers its correlation with the edge frame to about
+     0.6 in layers 1-4, whatever the stride. Fast mode is therefore a close
+     approximation for wav2vec2-style encoders only; for Whisper it yields
+     different (interior-frame) features, and reference mode follows the
+     protocol.
+
+   Windows of equal length are batched together, so no window is padded
+   (Whisper without ``native_length`` pads every window to 30 s, as in
+   pretraining, so its windows batch freely): every kept frame is exactly what
+   a forward pass on its window alone gives, up to float rounding.
+2. **Cache** (:func:`story_features`): frame features of one story and layer in
+   one file, keyed by the encoder's weights, the story's audio and the window
+   settings (see :func:`story_features` for the key).
+3. **TRs** (:func:`tr_features`): Lanczos resampling (window 3, cutoff 1/TR) of
+   each layer's frame series, at the frame times, to the story's TR midpoints.
+4. **Design** (:func:`layer_design`): per story, :func:`zscore_per_story` over
+   all its TRs, then :func:`make_delays` (FIR delays 1-4 TRs, zero-filled), then
+   the trim of :func:`stimulus_rows`. Delays come *before* the trim so that the
+   delayed copies of the first kept TRs hold the real features of the TRs
+   before them (trimmed away afterwards) rather than zeros; they come after the
+   z-scoring so that the zero fill equals the story mean. The z-score statistics
+   include the 15 TRs trimmed later, as in the reference pipeline. Training and
+   validation stories keep ``[10:-5]``; the test story keeps ``[50:-5]``, to be
+   paired with its stored responses ``[40:]`` (:data:`response_rows_test`).
+
+Layers are indices into ``EncoderOutput.hidden_states``: 0 is the input of the
+first transformer layer, ``k`` the output of layer ``k`` and ``n_layers`` the
+output of the last one (for Whisper, after the encoder's final layer norm). The
+protocol's "layers 2, 5, 7, 8, 10, 11, 12 and the output" of its 12-layer
+models (wav2vec2-base, hubert-base, whisper-small) are therefore
+:data:`PROTOCOL_LAYERS`: layer 12 *is* the output. (Models with a final layer
+norm after the last layer, such as the "large" wav2vec2 variants, return
+layer ``n_layers`` before that norm.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .cache import cache_root
+from .dataset import Dataset, StorySplit
+from .lanczos import LANCZOS_WINDOW, lanczos_matrix
+from .models import SAMPLE_RATE, WHISPER_MAX_SAMPLES, SpeechEncoder
+from .results import atomic_path
+from .timing import TRIM_END, TRIM_START
+from .validation import DataError, check_option
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DELAYS",
+    "FAST_STRIDE_S",
+    "PROTOCOL_LAYERS",
+    "TEST_STIMULUS_START",
+    "WindowPlan",
+    "WindowSettings",
+    "check_layers",
+    "dataset_tr_features",
+    "default_layers",
+    "extract_layer_features",
+    "layer_design",
+    "make_delays",
+    "plan_windows",
+    "response_rows_test",
+    "stimulus_rows",
+    "story_features",
+    "tr_features",
+    "zscore_per_story",
+]
+
+MODES = ("reference", "fast")
+CONTEXT_S = 16.0
+"""Causal context of every kept frame, in seconds (protocol: 16 s)."""
+CHUNK_S = 0.1
+"""Spacing of the frame grid and the reference stride, in seconds."""
+FAST_STRIDE_S = 2.0
+"""Default stride of ``"fast"`` mode, in seconds: 20 frames kept per window."""
+
+PROTOCOL_LAYERS = (2, 5, 7, 8, 10, 11, 12)
+"""The protocol's layers of 12-layer models (layer 12 is the model's output)."""
+
+DELAYS = (1, 2, 3, 4)
+"""FIR delays of the encoding model, in TRs."""
+
+TEST_STIMULUS_START = 50
+"""First stimulus TR of the test story (the stimulus is sliced ``[50:-5]``)."""
+
+response_rows_test = slice(TEST_STIMULUS_START - TRIM_START, None)
+"""Rows of the test story's stored (already ``[10:-5]``-trimmed) responses that pair
+with the stimulus ``[50:-5]``: ``[40:]``."""
+
+CACHE_VERSION = 1
+"""Version of the feature cache files; part of their path."""
+
+
+# ----- windows -----------------------------------------------------------------------------------
+
+
+def _samples(seconds: float, name: str) -> int:
+    """``seconds`` as a whole number of samples at 16 kHz, or a ValueError naming ``name``."""
+    samples = seconds * SAMPLE_RATE
+    if abs(samples - round(samples)) > 1e-6:
+        raise ValueError(f"{name}={seconds!r} s is not a whole number of samples at {SAMPLE_RATE} Hz")
+    return round(samples)
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """How sliding windows are cut and which frames are kept (recorded with results).
+
+    Parameters
+    ----------
+    mode : {"reference", "fast"}
+        ``"reference"``: the protocol, one frame kept per window, stride =
+        ``chunk_s``. ``"fast"``: windows of ``context_s + stride_s`` moved by
+        ``stride_s``, keeping the ``stride_s / chunk_s`` grid frames of their last
+        ``stride_s`` (see the module docstring).
+    context_s : float
+        Minimum causal context of each kept frame besides its chunk, in
+        seconds (shorter at the story start).
+    chunk_s : float
+        Spacing of the output frame grid, in seconds (whole samples at 16 kHz).
+    stride_s : float, optional
+        Step between windows, a whole multiple of ``chunk_s``. Default:
+        ``chunk_s`` in reference mode, :data:`FAST_STRIDE_S` in fast mode.
+    """
+
+    mode: str = "reference"
+    context_s: float = CONTEXT_S
+    chunk_s: float = CHUNK_S
+    stride_s: float | None = None
+
+    def __post_init__(self):
+        check_option("mode", self.mode, MODES)
+        if self.context_s < 0 or self.chunk_s <= 0:
+            raise ValueError(f"context_s={self.context_s!r} must be >= 0 and chunk_s={self.chunk_s!r} > 0")
+        stride = self.stride_s
+        if stride is None:
+            stride = self.chunk_s if self.mode == "reference" else FAST_STRIDE_S
+        for name, value in (("context_s", self.context_s), ("chunk_s", self.chunk_s), ("stride_s", stride)):
+            object.__setattr__(self, name, float(value))  # 16 and 16.0 give the same tag and cache key
+        chunk, stride_samples = _samples(self.chunk_s, "chunk_s"), _samples(self.stride_s, "stride_s")
+        _samples(self.context_s, "context_s")
+        if self.mode == "reference" and stride_samples != chunk:
+            raise ValueError(f"reference mode keeps one frame per window, so stride_s={self.stride_s!r} must equal "
+                             f"chunk_s={self.chunk_s!r}; use mode='fast' for a larger stride")
+        if stride_samples < chunk or stride_samples % chunk:
+            raise ValueError(f"stride_s={self.stride_s!r} must be a whole multiple of chunk_s={self.chunk_s!r}")
+
+    @property
+    def chunk_samples(self) -> int:
+        """Spacing of the frame grid in samples."""
+        return _samples(self.chunk_s, "chunk_s")
+
+    @property
+    def window_samples(self) -> int:
+        """Length of a full window, ``context_s + stride_s``, in samples."""
+        return _samples(self.context_s, "context_s") + _samples(self.stride_s, "stride_s")
+
+    @property
+    def frames_per_window(self) -> int:
+        """Grid frames kept from each full window (1 in reference mode)."""
+        return _samples(self.stride_s, "stride_s") // self.chunk_samples
+
+    @property
+    def tag(self) -> str:
+        """Text that names the settings exactly, used in cache paths, e.g. ``fast-ctx16.0-chunk0.1-stride2.0``."""
+        return f"{self.mode}-ctx{self.context_s!r}-chunk{self.chunk_s!r}-stride{self.stride_s!r}"
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict, for run records."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """The windows that cover one story and the grid frames each one yields.
+
+    Attributes
+    ----------
+    starts, ends : ndarray of shape (n_windows,)
+        First and one-past-last sample of each window.
+    first, stop : ndarray of shape (n_windows,)
+        Window ``i`` yields grid points ``first[i] .. stop[i] - 1``.
+    grid_ends : ndarray of shape (n_times,)
+        Sample at which each grid point's chunk ends, ``(k + 1) * chunk_samples``.
+    """
+
+    starts: np.ndarray
+    ends: np.ndarray
+    first: np.ndarray
+    stop: np.ndarray
+    grid_ends: np.ndarray
+
+    @property
+    def times(self) -> np.ndarray:
+        """Time of each grid frame (end of its chunk), in seconds after sound onset, shape (n_times,)."""
+        return self.grid_ends / SAMPLE_RATE
+
+    @property
+    def window_of_frame(self) -> np.ndarray:
+        """Index of the window that yields each grid frame, shape (n_times,)."""
+        return np.repeat(np.arange(len(self.starts)), self.stop - self.first)
+
+    def input_seconds(self, padded_to_s: float | None = None) -> float:
+        """Encoder input summed over windows (forward passes x input length), in seconds.
+
+        Parameters
+        ----------
+        padded_to_s : float, optional
+            Length every window is padded to (Whisper without ``native_length``: 30 s).
+        """
+        if padded_to_s is not None:
+            return len(self.starts) * float(padded_to_s)
+        return float((self.ends - self.starts).sum()) / SAMPLE_RATE
+
+
+def plan_windows(n_samples: int, settings: WindowSettings) -> WindowPlan:
+    """Windows over a story of ``n_samples`` samples at 16 kHz.
+
+    The grid has ``n_samples // chunk_samples`` points (audio after the last
+    full chunk is not used). Window ``j`` yields grid points ``j * m .. (j + 1) * m - 1``
+    (``m`` = :attr:`WindowSettings.frames_per_window`; fewer for the last
+    window), ends at the last of them and starts ``window_samples`` earlier,
+    or at sample 0.
+
+    Parameters
+    ----------
+    n_samples : int
+    settings : WindowSettings
+
+    Returns
+    -------
+    WindowPlan
+    """
+    chunk, per_window = settings.chunk_samples, settings.frames_per_window
+    n_times = int(n_samples) // chunk
+    if n_times < 1:
+        raise ValueError(f"audio of {n_samples} samples is shorter than one chunk ({chunk} samples, "
+                         f"chunk_s={settings.chunk_s})")
+    grid_ends = (np.arange(n_times) + 1) * chunk
+    first = np.arange(0, n_times, per_window)
+    stop = np.minimum(first + per_window, n_times)
+    ends = grid_ends[stop - 1]
+    starts = np.maximum(ends - settings.window_samples, 0)
+    return WindowPlan(starts, ends, first, stop, grid_ends)
+
+
+# ----- layers ------------------------------------------------------------------------------------
+
+
+def check_layers(layers: Iterable[int], n_layers: int) -> tuple[int, ...]:
+    """Validate layer indices against a model's depth.
+
+    Parameters
+    ----------
+    layers : iterable of int
+        Indices into ``hidden_states``: 0 (input of the first layer) to
+        ``n_layers`` (output of the last).
+    n_layers : int
+        Transformer layers of the model.
+
+    Returns
+    -------
+    tuple of int
+        The layers, sorted, without repeats.
+    """
+    layers = list(layers)
+    if not layers:
+        raise ValueError(f"no layers given; choose from 0 to {n_layers}")
+    bad = [layer for layer in layers
+           if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} are not available: this model has {n_layers} layers, so choose integers "
+                         f"from 0 (input of the first layer) to {n_layers} (output of the last layer)")
+    return tuple(sorted({int(layer) for layer in layers}))
+
+
+def default_layers(n_layers: int) -> tuple[int, ...]:
+    """The protocol's layers for 12-layer models, else every layer's output (1 .. n_layers)."""
+    return PROTOCOL_LAYERS if n_layers == 12 else tuple(range(1, n_layers + 1))
+
+
+# ----- extraction --------------------------------------------------------------------------------
+
+
+def _batches(plan: WindowPlan, pads_to_30s: bool, batch_size: int) -> list[np.ndarray]:
+    """Window indices grouped into batches of windows of equal length (any length if padded to 30 s)."""
+    lengths = plan.ends - plan.starts
+    keys = np.zeros_like(lengths) if pads_to_30s else lengths
+    batches = []
+    for key in np.unique(keys):
+        members = np.flatnonzero(keys == key)
+        batches += [members[i:i + batch_size] for i in range(0, len(members), batch_size)]
+    return batches
+
+
+def _kept_frame_index(encoder: SpeechEncoder, plan: WindowPlan) -> np.ndarray:
+    """Index, within its window's frames, of each grid point's frame, shape (n_times,).
+
+    It is the last frame of a window that would end at the grid point: the
+    number of frames computed from the audio up to there, minus one.
+    """
+    heard = plan.grid_ends - plan.starts[plan.window_of_frame]
+    index = encoder.frame_lengths(torch.as_tensor(heard)).numpy() - 1
+    if index.min() < 0:
+        shortest = int(heard[index < 0].min())
+        raise ValueError(f"a window of {shortest} samples yields no {encoder.family} frame; make chunk_s longer "
+                         f"than {shortest / SAMPLE_RATE:g} s")
+    return index
+
+
+def _check_audio(audio) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"audio must be a 1-D float array of 16 kHz samples; got dtype {audio.dtype} and shape "
+                         f"{audio.shape}")
+    return audio.astype(np.float32, copy=False)
+
+
+def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: Iterable[int],
+                           settings: WindowSettings = WindowSettings(), batch_size: int = 8,
+                           progress: bool = True) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Frame features of a story's audio from causal sliding windows.
+
+    Runs in eval mode without gradients on the encoder's device (the
+    encoder's train/eval mode is restored afterwards).
+
+    Parameters
+    ----------
+    encoder : SpeechEncoder
+    audio : ndarray of shape (n_samples,)
+        16 kHz; sample 0 is sound onset.
+    layers : iterable of int
+        See :func:`check_layers`.
+    settings : WindowSettings
+    batch_size : int
+        Windows per forward pass.
+    progress : bool
+        Show a progress bar over batches.
+
+    Returns
+    -------
+    times : ndarray of shape (n_times,)
+        Time of each frame (end of its window's chunk), seconds after sound onset.
+    features : dict of int to ndarray of shape (n_times, hidden_size)
+        float32, one entry per layer.
+    """
+    layers = check_layers(layers, encoder.n_layers)
+    audio = _check_audio(audio)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    pads_to_30s = encoder.family == "whisper" and not encoder.native_length
+    if encoder.family == "whisper" and settings.window_samples > WHISPER_MAX_SAMPLES:
+        raise ValueError(f"windows of {settings.window_samples / SAMPLE_RATE:g} s ({settings.tag}) exceed Whisper's "
+                         f"30 s input; lower context_s or stride_s")
+    if encoder.family == "whisper" and settings.mode == "fast":
+        log.warning("fast windows give Whisper interior frames, which it represents unlike the last frame of a "
+                    "window that the reference keeps (whisper-tiny.en: TR-level r 0.55-0.79 with the reference; see "
+                    "bt_utils.features); use mode='reference' to follow the protocol")
+    plan = plan_windows(len(audio), settings)
+    frame_index = _kept_frame_index(encoder, plan)
+    features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}
+    batches = _batches(plan, pads_to_30s, batch_size)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            for batch in tqdm(batches, desc=f"{encoder.name} {settings.mode} windows", disable=not progress,
+                              leave=False):
+                lengths = plan.ends[batch] - plan.starts[batch]
+                inputs = np.zeros((len(batch), lengths.max()), np.float32)
+                for row, window in enumerate(batch):
+                    inputs[row, :lengths[row]] = audio[plan.starts[window]:plan.ends[window]]
+                output = encoder(torch.from_numpy(inputs).to(encoder.device), torch.from_numpy(lengths))
+                kept = np.concatenate([np.arange(plan.first[window], plan.stop[window]) for window in batch])
+                rows = np.repeat(np.arange(len(batch)), plan.stop[batch] - plan.first[batch])
+                rows_t = torch.from_numpy(rows).to(encoder.device)
+                frames_t = torch.from_numpy(frame_index[kept]).to(encoder.device)
+                for layer in layers:
+                    features[layer][kept] = output.hidden_states[layer][rows_t, frames_t].float().cpu().numpy()
+    finally:
+        encoder.train(was_training)
+    return plan.times, features
+
+
+# ----- cache -------------------------------------------------------------------------------------
+
+
+def _audio_hash(audio: np.ndarray) -> str:
+    """First 16 hex digits of the SHA-256 of the 16 kHz float32 samples."""
+    return hashlib.sha256(np.ascontiguousarray(audio, np.float32).tobytes()).hexdigest()[:16]
+
+
+def _cache_folder(cache_dir, fingerprint: str, settings: WindowSettings, story: str, audio_hash: str) -> Path:
+    return (cache_root(cache_dir) / "features" / f"v{CACHE_VERSION}" / fingerprint / settings.tag
+            / f"{story}-{audio_hash}")
+
+
+def _read_cached(path: Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(times, values)`` from a cache file, or None if it is missing, unreadable or for another key."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            times, values, stored_key = stored["times"], stored["values"], str(stored["key"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        log.warning("feature cache file %s is unreadable (%s); recomputing it", path, error)
+        return None
+    if stored_key != key or values.ndim != 2 or times.shape != (values.shape[0],):
+        log.warning("feature cache file %s does not hold the expected features; recomputing it", path)
+        return None
+    return times, values
+
+
+def _write_cached(path: Path, key: str, times: np.ndarray, values: np.ndarray) -> None:
+    with atomic_path(path) as staged, open(staged, "wb") as handle:
+        np.savez(handle, times=times, values=values, key=np.array(key))
+
+
+def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers: Iterable[int],
+                   settings: WindowSettings = WindowSettings(), cache_dir: str | os.PathLike | None = None,
+                   batch_size: int = 8, progress: bool = True,
+                   fingerprint: str | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Frame features of one story, read from the disk cache or computed and cached.
+
+    Cache key and layout: one ``.npz`` file per story and layer at
+    ``<cache_root>/features/v1/<fingerprint>/<settings.tag>/<story>-<audio hash>/layer-<LL>.npz``,
+    where ``fingerprint`` is :meth:`SpeechEncoder.fingerprint` (weights, family
+    and input settings such as Whisper's ``native_length``), ``settings.tag``
+    names every field of :class:`WindowSettings`, and the audio hash is the
+    SHA-256 of the story's 16 kHz samples (so a moved or rebuilt identical
+    dataset still hits the cache, and changed audio misses it). Each file holds
+    ``times``, ``values`` and the full key, which is checked on reading.
+    Files are written atomically; a missing, unreadable or mismatched file is
+    recomputed. When every layer is cached the encoder's forward never runs.
+    The device and batch size are not part of the key (they change the values
+    only by float rounding).
+
+    Parameters
+    ----------
+    encoder : SpeechEncoder
+    dataset : Dataset
+    story : str
+    layers : iterable of int
+        See :func:`check_layers`.
+    settings : WindowSettings
+    cache_dir : path-like, optional
+        Cache root (see :func:`bt_utils.cache.cache_root`).
+    batch_size, progress
+        See :func:`extract_layer_features`.
+    fingerprint : str, optional
+        ``encoder.fingerprint()`` computed beforehand, to hash the weights once
+        for many stories.
+
+    Returns
+    -------
+    times : ndarray of shape (n_times,)
+    features : dict of int to ndarray of shape (n_times, hidden_size)
+    """
+    layers = check_layers(layers, encoder.n_layers)
+    fingerprint = fingerprint or encoder.fingerprint()
+    audio = dataset.load_audio(story)
+    audio_hash = _audio_hash(audio)
+    folder = _cache_folder(cache_dir, fingerprint, settings, story, audio_hash)
+    key = json.dumps({"version": CACHE_VERSION, "fingerprint": fingerprint, "settings": settings.to_dict(),
+                      "story": story, "audio_sha256": audio_hash}, sort_keys=True)
+    paths = {layer: folder / f"layer-{layer:02d}.npz" for layer in layers}
+    cached = {layer: _read_cached(path, key) for layer, path in paths.items()}
+    missing = [layer for layer, entry in cached.items() if entry is None]
+    if missing:
+        times, computed = extract_layer_features(encoder, audio, missing, settings, batch_size, progress)
+        for layer in missing:
+            _write_cached(paths[layer], key, times, computed[layer])
+            cached[layer] = (times, computed[layer])
+    times = cached[layers[0]][0]
+    return times, {layer: values for layer, (_, values) in cached.items()}
+
+
+# ----- TR features and the design matrix ---------------------------------------------------------
+
+
+def tr_features(times: np.ndarray, values: np.ndarray | Mapping[int, np.ndarray],
+                tr_times: np.ndarray) -> np.ndarray | dict[int, np.ndarray]:
+    """Lanczos-resample frame features to TR midpoints (window 3, cutoff 1/TR).
+
+    Parameters
+    ----------
+    times : ndarray of shape (n_times,)
+        Frame times, seconds after sound onset.
+    values : ndarray of shape (n_times, d), or dict of layer to such arrays
+    tr_times : ndarray of shape (n_trs,)
+        TR midpoints, e.g. :meth:`Dataset.tr_times`.
+
+    Returns
+    -------
+    ndarray of shape (n_trs, d), or dict of layer to such arrays
+        float32; same kind as ``values``.
+    """
+    weights = lanczos_matrix(times, tr_times, window=LANCZOS_WINDOW)
+    if isinstance(values, Mapping):
+        return {layer: _resample(weights, array, len(times)) for layer, array in values.items()}
+    return _resample(weights, values, len(times))
+
+
+def _resample(weights: np.ndarray, values: np.ndarray, n_times: int) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim != 2 or values.shape[0] != n_times:
+        raise ValueError(f"features must have shape (n_times={n_times}, d); got {values.shape}")
+    return (weights @ values.astype(np.float64)).astype(np.float32)
+
+
+def zscore_per_story(values: np.ndarray) -> np.ndarray:
+    """z-score every column of one story's TR features; constant columns become 0.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_trs, d)
+
+    Returns
+    -------
+    ndarray of shape (n_trs, d), float32
+    """
+    values = np.asarray(values, dtype=np.float64)
+    std = values.std(axis=0)
+    centred = values - values.mean(axis=0)
+    return np.divide(centred, std, out=np.zeros_like(centred), where=std > 0).astype(np.float32)
+
+
+def make_delays(values: np.ndarray, delays: Sequence[int] = DELAYS) -> np.ndarray:
+    """Delayed copies of a TR series side by side (FIR model), zero-filled.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_trs, d)
+    delays : sequence of int
+        In TRs; block ``j`` holds ``values`` shifted later by ``delays[j]``
+        (negative: earlier).
+
+    Returns
+    -------
+    ndarray of shape (n_trs, len(delays) * d)
+        Row ``t`` of block ``j`` is ``values[t - delays[j]]``, or 0 outside the series.
+    """
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"values must have shape (n_trs, d); got {values.shape}")
+    delays = list(delays)
+    if not delays or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) for d in delays):
+        raise ValueError(f"delays must be a non-empty sequence of integers (TRs); got {delays!r}")
+    n_trs = values.shape[0]
+    blocks = []
+    for delay in delays:
+        block = np.zeros_like(values)
+        if delay >= 0:
+            block[delay:] = values[:max(n_trs - delay, 0)]
+        else:
+            block[:max(n_trs + delay, 0)] = values[-delay:]
+        blocks.append(block)
+    return np.concatenate(blocks, axis=1)
+
+
+def stimulus_rows(story: str, n_trs: int, is_test: bool) -> slice:
+    """Rows of a story's untrimmed TR series that pair with its response rows.
+
+    Parameters
+    ----------
+    story : str
+        Named in errors.
+    n_trs : int
+        TRs of the untrimmed story (``respdict.json``).
+    is_test : bool
+        The test story keeps ``[50:-5]`` (against its responses
+        :data:`response_rows_test`, ``[40:]``); the others ``[10:-5]``.
+
+    Returns
+    -------
+    slice
+    """
+    start = TEST_STIMULUS_START if is_test else TRIM_START
+    if n_trs - TRIM_END <= start:
+        raise ValueError(f"story {story!r} has {n_trs} TRs, too few for the [{start}:-{TRIM_END}] trim of "
+                         f"{'the test' if is_test else 'a training'} story")
+    return slice(start, n_trs - TRIM_END)
+
+
+def _story_design(values: np.ndarray, story: str, n_trs: int, is_test: bool, delays: Sequence[int]) -> np.ndarray:
+    """z-score, delay, then trim one story's TR features, (n_trs, d) -> (kept rows, len(delays) d)."""
+    rows = stimulus_rows(story, n_trs, is_test)
+    if values.shape[0] != n_trs:
+        kept = max(values.shape[0] - rows.start - TRIM_END, 0)
+        raise DataError(f"story {story!r}: the features have {values.shape[0]} TRs ({kept} rows after the "
+                        f"[{rows.start}:-{TRIM_END}] trim) but its responses pair with {rows.stop - rows.start} "
+                        f"rows (respdict.json: {n_trs} TRs); recompute the features at this dataset's TR times")
+    return make_delays(zscore_per_story(values), delays)[rows]
+
+
+def layer_design(features_by_story: Mapping[str, Mapping[int, np.ndarray]], dataset: Dataset, split: StorySplit,
+                 layer: int, delays: Sequence[int] = DELAYS, include_validation: bool = True,
+                 subject: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Delayed, z-scored, trimmed features of one layer, ready for ridge regression.
+
+    Per story: :func:`zscore_per_story` over all its TRs, :func:`make_delays`,
+    then :func:`stimulus_rows` (see the module docstring for why in this order).
+
+    Parameters
+    ----------
+    features_by_story : mapping of str to mapping of int to ndarray of shape (n_trs, d)
+        Untrimmed TR features per story and layer, as :func:`dataset_tr_features` returns.
+    dataset : Dataset
+        Gives each story's TR count.
+    split : StorySplit
+    layer : int
+    delays : sequence of int
+    include_validation : bool
+        Append the validation stories to the training stories (default: the
+        alignment fit has no early stopping, so they are training data).
+    subject : str, optional
+        If given, every story of the design must have responses for this subject.
+
+    Returns
+    -------
+    X_train : ndarray of shape (n, len(delays) * d)
+        Training stories (then validation stories) one after another, each ``[10:-5]``.
+    X_test : ndarray of shape (m, len(delays) * d)
+        The test story ``[50:-5]``; pair it with the responses' :data:`response_rows_test`.
+    story_labels_train : ndarray of shape (n,)
+        The story of each training row.
+    """
+    train = tuple(split.train) + (tuple(split.validation) if include_validation else ())
+    stories = (*train, split.test)
+    missing = [story for story in stories if story not in features_by_story]
+    if missing:
+        raise KeyError(f"no features for stories {missing} of the split; features were given for "
+                       f"{sorted(features_by_story)}: compute them with dataset_tr_features")
+    no_layer = [story for story in stories if layer not in features_by_story[story]]
+    if no_layer:
+        available = sorted(features_by_story[no_layer[0]])
+        raise KeyError(f"layer {layer} is missing from the features of stories {no_layer} (they have layers "
+                       f"{available}); compute it with dataset_tr_features")
+    if subject is not None:
+        without = sorted(set(stories) - set(dataset.stories_for(subject)))
+        if without:
+            raise DataError(f"{subject} has no responses for stories {without} of the design; "
+                            f"stories with responses: {dataset.stories_for(subject)}")
+    blocks = [_story_design(np.asarray(features_by_story[story][layer]), story, dataset.n_trs[story],
+                            False, delays) for story in train]
+    x_test = _story_design(np.asarray(features_by_story[split.test][layer]), split.test,
+                           dataset.n_trs[split.test], True, delays)
+    labels = np.concatenate([np.full(len(block), story) for block, story in zip(blocks, train)])
+    return np.concatenate(blocks), x_test, labels
+
+
+def dataset_tr_features(encoder: SpeechEncoder, dataset: Dataset, stories: Iterable[str], layers: Iterable[int],
+                        settings: WindowSettings = WindowSettings(), cache_dir: str | os.PathLike | None = None,
+                        batch_size: int = 8, progress: bool = True) -> dict[str, dict[int, np.ndarray]]:
+    """TR features of several stories: :func:`story_features` (cached), then :func:`tr_features`.
+
+    Parameters
+    ----------
+    encoder : SpeechEncoder
+    dataset : Dataset
+    stories : iterable of str
+    layers : iterable of int
+    settings, cache_dir, batch_size, progress
+        See :func:`story_features`.
+
+    Returns
+    -------
+    dict of str to dict of int to ndarray of shape (n_trs, hidden_size)
+        Untrimmed, at :meth:`Dataset.tr_times` of each story; float32.
+    """
+    stories = list(stories)
+    fingerprint = encoder.fingerprint()
+    features = {}
+    for story in tqdm(stories, desc=f"{encoder.name} features", disable=not progress):
+        times, frames = story_features(encoder, dataset, story, layers, settings, cache_dir, batch_size, progress,
+                                       fingerprint)
+        features[story] = tr_features(times, frames, dataset.tr_times(story))
+    return features
