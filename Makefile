@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/bt --verbose demo --out demo_output
+	$(VENV)/bin/bt demo
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

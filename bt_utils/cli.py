@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-DEMO_NOTEBOOKS = ("00_data", "01_brain_tuning")
-"""Notebooks that ``bt demo`` runs, in order, for each subject."""
 
 
 def _demo_data(args: argparse.Namespace) -> None:
@@ -20,20 +18,21 @@ def _demo_data(args: argparse.Namespace) -> None:
     print(f"demo dataset ready in {out} ({time.perf_counter() - started:.1f} s)")
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _demo(args: argparse.Namespace) -> int:
     from .demo_data import DemoConfig, build_demo_dataset
-    from .notebooks import execute_notebook
+    from .notebooks import NOTEBOOK_DIR
 
-    out = Path(args.out).resolve()
-    data_root = build_demo_dataset(out / "data", DemoConfig(seed=args.seed))
-    for subject in args.subjects:
-        for notebook in DEMO_NOTEBOOKS:
-            started = time.perf_counter()
-            executed = execute_notebook(
-                notebook, out / "runs" / subject / notebook,
-                {"data_root": str(data_root), "subject": subject, "build_demo_if_missing": False},
-            )
-            print(f"{executed} and its HTML written ({time.perf_counter() - started:.1f} s)")
+    checkout = NOTEBOOK_DIR.parent
+    spec = checkout / "papermill_runs" / "demo.yaml"
+    started = time.perf_counter()
+    data_root = build_demo_dataset(checkout / "demo_output" / "data", DemoConfig())
+    print(f"demo dataset ready in {data_root} ({time.perf_counter() - started:.1f} s)")
+    args.spec, args.out = str(spec), str(checkout / "demo_output" / "sweep")
+    args.scheduler, args.notebooks, args.worker_resources = None, None, None
+    status = _sweep_run(args)
+    print(f"demo finished in {time.perf_counter() - started:.0f} s; reports: {args.out}/*/*/*.html "
+          f"(summary: {args.out}/summary/all-*/summary.html)")
+    return status
 
 
 def _resource(text: str) -> tuple[str, float]:
@@ -110,10 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo_data.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
     demo_data.set_defaults(run=_demo_data)
 
-    demo = commands.add_parser("demo", help="build the demo data and run the demo notebooks end to end")
-    demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--subjects", nargs="+", default=["DEMO01"], help="demo participants to run")
+    demo = commands.add_parser(
+        "demo", help="build the demo data in demo_output/data and run papermill_runs/demo.yaml into demo_output/sweep")
+    demo.add_argument("--workers", type=int, default=2, help="Dask workers (default: 2)")
     demo.set_defaults(run=_demo)
     _add_sweep_commands(commands)
     return parser

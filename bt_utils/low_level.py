@@ -80,6 +80,7 @@ import scipy.sparse
 from tqdm.auto import tqdm
 
 from .dataset import SAMPLE_RATE, Dataset
+from .features import zscore_per_story
 from .lanczos import LANCZOS_WINDOW, lanczos_matrix
 from .speech import ARPABET_PHONES
 from .timing import trim_trs
@@ -826,12 +827,6 @@ def low_level_features(dataset: Dataset, story: str, names: str | Sequence[str] 
     return {name: space.values for name, space in spaces.items()}
 
 
-def _zscore_columns(values: np.ndarray) -> np.ndarray:
-    """z-score every column, shape (n_rows, n_columns); constant columns become 0."""
-    std = values.std(axis=0)
-    return np.divide(values - values.mean(axis=0), std, out=np.zeros_like(values), where=std > 0)
-
-
 @dataclass(frozen=True)
 class LowLevelStack:
     """Several low-level feature spaces of several stories, ready for regression.
@@ -902,7 +897,7 @@ def stack_low_level_features(dataset: Dataset, stories: Sequence[str],
     for story in tqdm(stories, desc="low-level features", disable=not progress):
         spaces = _story_spaces(dataset, story, names, vocabularies, phone_map, duration_tolerance)
         stacked = np.concatenate([trim_trs(space.values) for space in spaces.values()], axis=1)
-        features[story] = _zscore_columns(stacked).astype(np.float32)
+        features[story] = zscore_per_story(stacked)
     # every story has the same dimensions (fixed vocabularies), so the last one names the columns
     widths = np.cumsum([0] + [len(space.names) for space in spaces.values()])
     columns = {name: slice(int(start), int(stop)) for name, start, stop in zip(names, widths[:-1], widths[1:])}

@@ -1012,3 +1012,61 @@ def save_maps(
             paths.append(save_figure(figure, path))
             plt.close(figure)
     return paths
+
+
+def maps_from_results(subject: str, n_voxels: int, noise_ceiling: pd.DataFrame | None = None,
+                      alignment: pd.DataFrame | None = None, impact: pd.DataFrame | None = None,
+                      reference_variant: str = "pretrained", feature_set: str = "all") -> tuple[dict, dict]:
+    """The maps of a subject from the result tables of notebooks 00, 02 and 03.
+
+    Parameters
+    ----------
+    subject : str
+    n_voxels : int
+    noise_ceiling : DataFrame, optional
+        ``noise_ceiling.parquet`` (subject, voxel, cc_max): map ``noise_ceiling``.
+    alignment : DataFrame, optional
+        ``alignment_voxels.parquet``: maps ``alignment_<variant>_layer<L>`` of ``r_norm``,
+        and ``difference_<variant>_layer<L>`` (variant minus ``reference_variant``).
+    impact : DataFrame, optional
+        ``low_level_impact_voxels.parquet``: maps ``impact_<variant>_layer<L>`` of
+        ``drop_pct`` for ``feature_set`` and their difference to the reference.
+    reference_variant : str
+    feature_set : str
+
+    Returns
+    -------
+    values : dict of str to ndarray of shape (n_voxels,)
+        NaN where a voxel has no value.
+    kinds : dict of str to str
+        The :func:`map_defaults` kind of each map.
+    """
+    values, kinds = {}, {}
+
+    def per_voxel(rows: pd.DataFrame, column: str) -> np.ndarray:
+        out = np.full(n_voxels, np.nan)
+        out[rows.voxel.to_numpy()] = rows[column].to_numpy(dtype=float)
+        return out
+
+    def add(name: str, array: np.ndarray, kind: str) -> None:
+        values[name], kinds[name] = array, kind
+
+    if noise_ceiling is not None:
+        add("noise_ceiling", per_voxel(noise_ceiling[noise_ceiling.subject == subject], "cc_max"), "noise_ceiling")
+    for table, column, prefix, kind in ((alignment, "r_norm", "alignment", "alignment"),
+                                        (impact, "drop_pct", "impact", "low_level_impact")):
+        if table is None:
+            continue
+        rows = table[table.subject == subject]
+        if "feature_set" in rows:
+            rows = rows[rows.feature_set == feature_set]
+        for (variant, layer), group in rows.groupby(["variant", "layer"]):
+            add(f"{prefix}_{variant}_layer{layer}", per_voxel(group, column), kind)
+        for (variant, layer), group in rows.groupby(["variant", "layer"]):
+            reference = f"{prefix}_{reference_variant}_layer{layer}"
+            if variant != reference_variant and reference in values:
+                add(f"{prefix}-difference_{variant}_layer{layer}",
+                    values[f"{prefix}_{variant}_layer{layer}"] - values[reference], "difference")
+    if not values:
+        raise ValueError(f"no result rows for subject {subject!r}: give at least one of the tables")
+    return values, kinds

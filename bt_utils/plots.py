@@ -114,6 +114,12 @@ def plot_noise_ceiling(ceiling: np.ndarray, thresholds: dict[str, float], explai
     return figure
 
 
+def _class_boxplot(ax, values: np.ndarray, classes: np.ndarray) -> None:
+    values, classes = np.asarray(values), np.asarray(classes)
+    names = sorted(set(classes.tolist()))
+    ax.boxplot([values[(classes == name) & np.isfinite(values)] for name in names], tick_labels=names)
+
+
 def plot_ceiling_by_class(ceiling: np.ndarray, voxel_class: np.ndarray, true_ceiling: np.ndarray | None = None):
     """Estimated ``cc_max`` per planted voxel class, and against the planted ceiling.
 
@@ -126,7 +132,7 @@ def plot_ceiling_by_class(ceiling: np.ndarray, voxel_class: np.ndarray, true_cei
     classes = sorted(set(voxel_class.tolist()))
     n_panels = 1 if true_ceiling is None else 2
     figure, axes = plt.subplots(1, n_panels, figsize=(6 * n_panels, 4), squeeze=False)
-    axes[0, 0].boxplot([ceiling[voxel_class == c] for c in classes], tick_labels=classes)
+    _class_boxplot(axes[0, 0], ceiling, voxel_class)
     axes[0, 0].set_ylabel("estimated cc_max")
     axes[0, 0].set_title("noise ceiling by planted class")
     if true_ceiling is not None:
@@ -189,5 +195,51 @@ def plot_predictions(measured: np.ndarray, predicted: np.ndarray, voxels, labels
         ax.set_title(title, fontsize=9)
     axes[0, 0].legend(loc="upper right", fontsize=8)
     axes[-1, 0].set_xlabel("validation TR")
+    figure.tight_layout()
+    return figure
+
+
+def plot_layer_alignment(summary, rois, value_label: str = "r / cc_max", title: str = ""):
+    """Layer-wise alignment per ROI, one line per variant, mean +- s.e.m. across participants.
+
+    Parameters
+    ----------
+    summary : DataFrame
+        ``variant, layer, roi, mean, sem`` (from :func:`bt_utils.stats.across_subjects`).
+    rois : sequence of str
+        One panel each, in this order.
+    """
+    rois = [roi for roi in rois if roi in set(summary.roi)]
+    if not rois:
+        raise ValueError(f"none of the ROIs is in the summary; it has {sorted(set(summary.roi))}")
+    figure, axes = plt.subplots(1, len(rois), figsize=(3.2 * len(rois), 3.4), sharey=True, squeeze=False)
+    for ax, roi in zip(axes[0], rois):
+        for index, (variant, rows) in enumerate(summary[summary.roi == roi].groupby("variant", sort=False)):
+            rows = rows.sort_values("layer")
+            ax.errorbar(rows.layer, rows["mean"], yerr=rows["sem"].fillna(0), marker="o", ms=4, capsize=2,
+                        color=f"C{index}", label=variant)
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.set_title(roi)
+        ax.set_xlabel("layer")
+    axes[0, 0].set_ylabel(value_label)
+    axes[0, -1].legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_by_class(values, classes, title: str = "", ylabel: str = "r"):
+    """Box plot of a voxel-wise value per planted class.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_voxels,)
+    classes : ndarray of str, shape (n_voxels,)
+    """
+    figure, ax = plt.subplots(figsize=(5, 3.5))
+    _class_boxplot(ax, values, classes)
+    ax.axhline(0, color="0.7", lw=0.8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     figure.tight_layout()
     return figure

@@ -25,8 +25,9 @@ values and the stages (notebooks) that run over it, in order::
         over: []
         parameters: {sweep_dir: "{sweep_dir}"}
 
-Stage keys: ``notebook`` (required), ``over`` (required), ``parameters``,
-``resources``, ``after`` and ``name`` (default: the notebook's name; give one
+Stage keys: ``notebook`` (required), ``over`` (required), ``only`` (restrict
+axes of ``over`` to some grid values, e.g. ``only: {model: [whisper-tiny.en]}``),
+``parameters``, ``resources``, ``after`` and ``name`` (default: the notebook's name; give one
 when a notebook appears twice). A stage has one run per combination of the
 values of its ``over`` axes; each axis value is passed as the parameter of the
 same name when the notebook declares one, else it must appear in a parameter
@@ -141,7 +142,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,7 +164,7 @@ STATES = ("missing", "queued", "running", "completed", "failed", "skipped")
 """Run states: no status yet, waiting, executing, done, failed, not run because a dependency failed."""
 
 SPEC_KEYS = {"name", "defaults", "grid", "stages"}
-STAGE_KEYS = {"notebook", "name", "over", "parameters", "resources", "after"}
+STAGE_KEYS = {"notebook", "name", "over", "only", "parameters", "resources", "after"}
 PATH_PLACEHOLDERS = ("sweep_dir", "spec_dir")
 RESERVED_NAMES = {"output_dir", "run", "runs", *PATH_PLACEHOLDERS}
 INDEX_NAME = "runs_index.csv"
@@ -205,6 +206,9 @@ class Stage:
         Earlier stages whose matching runs must complete first.
     passed_axes : tuple of str
         The axes of ``over`` that the notebook declares, passed as parameters.
+    only : dict of str to tuple
+        Restriction of axes of ``over`` to some of their grid values (e.g. run
+        an expensive stage for one model only); empty: the whole grid.
     """
 
     name: str
@@ -214,6 +218,7 @@ class Stage:
     resources: dict
     after: tuple[str, ...]
     passed_axes: tuple[str, ...]
+    only: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -402,8 +407,21 @@ def _parse_stage(
     after = _parse_after(raw.get("after", [stage.name for stage in earlier]), where, earlier)
     resources = _parse_resources(raw.get("resources") or {}, where)
     passed_axes = tuple(axis for axis in over if axis in declared)
-    stage = Stage(name, notebook, over, merged, resources, tuple(dict.fromkeys([*after, *referenced])), passed_axes)
+    only = _parse_only(raw.get("only") or {}, where, grid, over)
+    stage = Stage(name, notebook, over, merged, resources, tuple(dict.fromkeys([*after, *referenced])), passed_axes,
+                  only)
     return stage, declared
+
+
+def _parse_only(raw: object, where: str, grid: dict, over: tuple[str, ...]) -> dict:
+    only = _mapping(raw, f"{where}: only")
+    for axis, values in only.items():
+        if axis not in over:
+            raise SweepSpecError(f"{where}: 'only' restricts axis {axis!r}, which is not in over={list(over)}")
+        if not isinstance(values, list) or not values or any(v not in grid[axis] for v in values):
+            raise SweepSpecError(f"{where}: 'only' of {axis!r} must be a non-empty list of its grid values "
+                                 f"{grid[axis]}, got {values!r}")
+    return {axis: tuple(values) for axis, values in only.items()}
 
 
 def _parameters_cell(notebook: nbformat.NotebookNode, where: str) -> int:
@@ -575,7 +593,7 @@ def plan_runs(spec: SweepSpec, out_dir: str | os.PathLike) -> list[Run]:
     roots = {"sweep_dir": out.as_posix(), "spec_dir": spec.path.parent.as_posix()}
     by_stage: dict[str, list[Run]] = {}
     for stage in spec.stages:
-        combinations = itertools.product(*(spec.grid[axis] for axis in stage.over))
+        combinations = itertools.product(*(stage.only.get(axis, spec.grid[axis]) for axis in stage.over))
         by_stage[stage.name] = [
             _plan_run(spec, stage, dict(zip(stage.over, values, strict=True)), by_stage, out, roots)
             for values in combinations
@@ -594,6 +612,9 @@ def _plan_run(spec: SweepSpec, stage: Stage, axes: dict, by_stage: dict, out: Pa
         if argument is None:
             return axes.get(name)
         matches = _matching(by_stage[argument], axes)
+        if not matches:
+            raise SweepSpecError(f"stage {stage.name!r}, run {axes}: no run of stage {argument!r} matches it "
+                                 "(check the stages' 'only' restrictions)")
         if name == "run":
             return f"{{sweep_dir}}/{matches[0].run_id}"
         return {

@@ -411,25 +411,6 @@ def load_brain_tuned(checkpoint: str | os.PathLike, device: str | torch.device =
     return model.to(encoder.device).eval()
 
 
-def voxel_correlations(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Pearson r between predicted and measured responses of each voxel.
-
-    Parameters
-    ----------
-    predictions, targets : ndarray of shape (n_trs, n_voxels)
-
-    Returns
-    -------
-    r : ndarray of shape (n_voxels,)
-        0 where either series is constant.
-    """
-    p = predictions - predictions.mean(axis=0)
-    t = targets - targets.mean(axis=0)
-    denominator = np.linalg.norm(p, axis=0) * np.linalg.norm(t, axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, (p * t).sum(axis=0) / denominator, 0.0)
-
-
 def seed_everything(seed: int) -> None:
     """Seed every generator training draws from: torch (dropout), numpy (Hugging Face's
     SpecAugment masks use numpy's global generator) and Python's ``random``."""

@@ -1,10 +1,14 @@
 """Shared fixtures. The environment is made offline before anything imports transformers."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Caches (converted models, ROI table, features) go to a fresh folder per test session,
+# shared with the notebooks papermill runs, so no test passes thanks to a stale user cache.
+os.environ.setdefault("BT_UTILS_CACHE_DIR", tempfile.mkdtemp(prefix="bt_utils-test-cache-"))
 
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -15,6 +19,11 @@ import pytest  # noqa: E402
 import soundfile  # noqa: E402
 
 from bt_utils.transcripts import Interval, Transcript, write_textgrid  # noqa: E402
+
+
+TEST_WINDOW_KW = {"mode": "fast", "context_s": 8.0, "stride_s": 4.0}
+"""Feature windows of the tests that run the real Whisper on the whole demo (about 3x less
+compute than the fast mode's defaults; every such test uses them so the feature cache is shared)."""
 
 
 @pytest.fixture(scope="session")

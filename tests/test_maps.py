@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib.image
 import matplotlib.pyplot as plt
+import pandas as pd
 import numpy as np
 import pytest
 from conftest import write_small_dataset
@@ -341,3 +342,20 @@ def test_save_maps(layout, values, map_cache, tmp_path):
     assert plt.get_fignums() == []
     with pytest.raises(ValueError, match=r"no entry for maps \['b'\]"):
         maps.save_maps({"a": values, "b": values}, layout, tmp_path, kind={"a": "alignment"})
+
+
+def test_maps_from_results_places_values_and_differences():
+    from bt_utils.maps import maps_from_results
+
+    ceiling = pd.DataFrame({"subject": ["A", "A", "B"], "voxel": [0, 2, 0], "cc_max": [0.5, 0.7, 0.9]})
+    alignment = pd.DataFrame({"subject": "A", "variant": ["pretrained", "pretrained", "tuned", "tuned"],
+                              "layer": 3, "voxel": [0, 1, 0, 1], "r_norm": [0.2, 0.4, 0.5, 0.1]})
+    impact = alignment.rename(columns={"r_norm": "drop_pct"}).assign(feature_set="all")
+    values, kinds = maps_from_results("A", 3, ceiling, alignment, impact)
+    np.testing.assert_array_equal(values["noise_ceiling"], [0.5, np.nan, 0.7])
+    np.testing.assert_allclose(values["alignment-difference_tuned_layer3"][:2], [0.3, -0.3])
+    assert np.isnan(values["alignment_tuned_layer3"][2])
+    assert kinds["alignment-difference_tuned_layer3"] == "difference" and kinds["impact_tuned_layer3"] == "low_level_impact"
+    assert "impact-difference_tuned_layer3" in values
+    with pytest.raises(ValueError, match="no result rows for subject 'C'"):
+        maps_from_results("C", 3)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from bt_utils.notebooks import execute_notebook
+from conftest import TEST_WINDOW_KW
 
 
 @pytest.mark.notebook
@@ -40,3 +41,38 @@ def test_01_brain_tuning_notebook(demo_root, tmp_path):
     assert record["parameters"]["model"] == "tiny-whisper" and record["best_epoch"] in (0, 1)
     for figure in ("training_curves.png", "predictions.png"):
         assert (out / figure).stat().st_size > 10_000
+
+
+WHISPER_NOTEBOOK = {"model": "whisper-tiny.en", "native_length": True, "feature_mode": TEST_WINDOW_KW["mode"],
+                    "feature_context_s": TEST_WINDOW_KW["context_s"], "feature_stride_s": TEST_WINDOW_KW["stride_s"],
+                    "checkpoints": {}, "device": "cpu", "build_demo_if_missing": False}
+
+
+@pytest.mark.notebook
+def test_02_alignment_notebook(demo_root, tmp_path):
+    out = tmp_path / "02"
+    execute_notebook("02_alignment", out, {"data_root": str(demo_root), "subjects": ["DEMO01"], "layers": [1, 4],
+                                           "n_permutations": 200, **WHISPER_NOTEBOOK})
+    voxels = pd.read_parquet(out / "alignment_voxels.parquet")
+    rois = pd.read_parquet(out / "alignment_rois.parquet")
+    assert list(voxels.columns[:7]) == ["subject", "model", "variant", "layer", "voxel", "r", "r_norm"]
+    assert list(rois.columns) == ["subject", "model", "variant", "layer", "roi", "r_norm_mean", "n_voxels"]
+    assert len(voxels) == 2 * 3000 and set(voxels.layer) == {1, 4}
+    for figure in ("alignment_layers.png", "planted_recovery_DEMO01.png"):
+        assert (out / figure).stat().st_size > 10_000
+
+
+@pytest.mark.notebook
+def test_03_low_level_impact_notebook(demo_root, tmp_path):
+    out = tmp_path / "03"
+    execute_notebook("03_low_level_impact", out, {
+        "data_root": str(demo_root), "subjects": ["DEMO01"], "layers": [1], "partition_layer": 1,
+        "feature_sets": {"all": ["power_spectrum", "phonemes", "word_rate"], "phonemes": ["phonemes"]},
+        **WHISPER_NOTEBOOK})
+    impact = pd.read_parquet(out / "low_level_impact.parquet")
+    assert list(impact.columns) == ["subject", "model", "variant", "layer", "roi", "feature_set", "r_norm_orig",
+                                    "r_norm_resid", "drop_pct"]
+    assert set(impact.feature_set) == {"all", "phonemes"}
+    partition = pd.read_parquet(out / "variance_partition.parquet")
+    assert {"unique_model", "unique_low", "shared"} <= set(partition.columns)
+    assert (out / "impact_layers.png").is_file() and (out / "variance_partition.png").is_file()

@@ -342,3 +342,26 @@ def test_a_configured_cluster_class_that_cannot_be_imported_is_named(tmp_path):
     with dask.config.set({"bt-sweep.cluster": "no_such_module.SLURMCluster"}), \
             pytest.raises(ValueError, match="bt-sweep.cluster = 'no_such_module.SLURMCluster' cannot be imported"):
         run_sweep(spec, tmp_path / "sweep", notebook_dir=FIXTURES)
+
+
+def test_only_restricts_a_stage_to_some_grid_values(tmp_path):
+    def restrict(spec):
+        spec["stages"][1]["only"] = {"model": ["good"]}
+
+    runs = plan_runs(load_spec(write_spec(tmp_path, restrict), FIXTURES), tmp_path / "sweep")
+    train = [run for run in runs if run.stage == "train"]
+    assert [run.axes for run in train] == [{"subject": "S1", "model": "good"}, {"subject": "S2", "model": "good"}]
+    compare = [run for run in runs if run.stage == "compare"]
+    assert all(len(run.depends_on) == 2 for run in compare)  # its prepare run and the one train run left
+
+    def bad_value(spec):
+        spec["stages"][1]["only"] = {"model": ["ugly"]}
+
+    with pytest.raises(SweepSpecError, match="'only' of 'model' must be a non-empty list of its grid values"):
+        load_spec(write_spec(tmp_path, bad_value), FIXTURES)
+
+    def bad_axis(spec):
+        spec["stages"][0]["only"] = {"model": ["good"]}
+
+    with pytest.raises(SweepSpecError, match="not in over"):
+        load_spec(write_spec(tmp_path, bad_axis), FIXTURES)

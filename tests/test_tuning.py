@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from bt_utils import tuning
+from bt_utils.encoding import correlation_score
 from bt_utils.models import load_encoder
 from bt_utils.tuning import (
     BrainTuningModel, TuningConfig, block_shuffle, build_tuning_sets, compute_loss, encoder_lr_factor,
-    head_lr_factor, load_brain_tuned, masked_mean, story_derangement, tune, voxel_correlations,
+    head_lr_factor, load_brain_tuned, masked_mean, story_derangement, tune,
 )
 from bt_utils.validation import DataError
 
@@ -113,7 +114,7 @@ def test_controls_change_the_targets(demo):
     real_row = {item: i for i, item in enumerate(real.items)}
     for control in (swapped, shuffled):
         aligned = real.targets[[real_row[item] for item in control.items]].numpy()
-        assert np.median(voxel_correlations(control.targets.numpy(), aligned)) < 0.3
+        assert np.median(correlation_score(control.targets.numpy(), aligned)) < 0.3
 
 
 def test_block_shuffle_moves_whole_blocks():

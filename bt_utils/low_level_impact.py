@@ -1,0 +1,226 @@
+"""Low-level feature impact: how much of a layer's alignment is carried by low-level speech features.
+
+METHOD.md: every dimension of a layer's TR features is regressed on the low-level
+features (ridge, 10-fold cross-validated penalty in 1e-6 ... 1e9, fitted on the
+training TRs only); the residuals, computed for every story, replace the
+features; the encoding models are refitted on them. The impact is the percentage
+drop of normalised alignment, ``100 * (orig - residual) / orig``, per voxel (where
+``orig > 0``) and per ROI (from the ROI means).
+
+Beyond the paper, :func:`variance_partition` splits the test-story variance a
+voxel shares with the model and low-level features into the part unique to
+each and the shared part, from three fits (joint banded ridge, each space alone).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from himalaya.ridge import BandedRidgeCV
+
+from .alignment import (
+    AlignmentSettings, cv_splits, order_columns, score_features, subject_model, subject_targets, variant_features,
+)
+from .dataset import Dataset
+from .encoding import correlation_score, fit_ridge_cv
+from .features import layer_design, stimulus_rows, zscore_per_story
+from .low_level import DEFAULT_LOW_LEVEL_FEATURES, build_vocabularies, low_level_features
+from .stats import roi_table
+from .validation import DataError
+
+log = logging.getLogger(__name__)
+
+RESIDUAL_ALPHAS = np.logspace(-6, 9, 16)
+"""Penalties searched when regressing model features on low-level features (METHOD.md)."""
+
+
+def contiguous_folds(n_samples: int, n_folds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K folds of consecutive rows (no shuffling: neighbouring TRs are correlated)."""
+    if not 2 <= n_folds <= n_samples:
+        raise ValueError(f"n_folds must lie in 2..{n_samples}, got {n_folds}")
+    indices = np.arange(n_samples)
+    return [(np.setdiff1d(indices, held), held) for held in np.array_split(indices, n_folds)]
+
+
+def default_feature_sets(names: Sequence[str] = DEFAULT_LOW_LEVEL_FEATURES) -> dict[str, tuple[str, ...]]:
+    """All low-level spaces together (``"all"``) and each one alone."""
+    if not names:
+        raise ValueError("the list of low-level feature spaces is empty")
+    return {"all": tuple(names)} | {name: (name,) for name in names}
+
+
+def story_low_level(dataset: Dataset, stories: Sequence[str], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Untrimmed low-level features of each story, spaces concatenated: ``{story: (n_trs, k)}``."""
+    vocabularies = build_vocabularies(dataset)
+    return {story: np.hstack(list(low_level_features(dataset, story, tuple(names), vocabularies).values()))
+            for story in stories}
+
+
+def residualise(model: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], dataset: Dataset,
+                train_stories: Sequence[str], alphas: np.ndarray = RESIDUAL_ALPHAS, n_folds: int = 10,
+                backend: str = "numpy") -> dict[str, np.ndarray]:
+    """Remove what low-level features predict from model features.
+
+    Both are z-scored per story; the ridge from low-level to model features is
+    fitted on the ``[10:-5]`` rows of the training stories, with a penalty per
+    model dimension chosen by ``n_folds``-fold cross-validation, and applied to
+    every row of every story.
+
+    Parameters
+    ----------
+    model : mapping of str to ndarray of shape (n_trs, d)
+        Untrimmed TR features of one layer per story.
+    low : mapping of str to ndarray of shape (n_trs, k)
+        Untrimmed low-level features per story (same stories and TRs).
+    dataset : Dataset
+        Gives each story's TR count.
+    train_stories : sequence of str
+    alphas : ndarray
+    n_folds : int
+    backend : str
+
+    Returns
+    -------
+    residual : dict of str to ndarray of shape (n_trs, d)
+    """
+    for story in model:
+        if story not in low:
+            raise KeyError(f"no low-level features for story {story!r}")
+        if len(model[story]) != len(low[story]):
+            raise DataError(f"story {story!r}: model features have {len(model[story])} TRs but low-level "
+                            f"features {len(low[story])}")
+    if not low or next(iter(low.values())).shape[1] == 0:
+        raise ValueError("the low-level feature set is empty")
+    z_model = {s: zscore_per_story(np.asarray(v, np.float64)) for s, v in model.items()}
+    z_low = {s: zscore_per_story(np.asarray(low[s], np.float64)) for s in model}
+
+    def rows(story):
+        return stimulus_rows(story, dataset.n_trs[story], is_test=False)
+
+    x = np.vstack([z_low[s][rows(s)] for s in train_stories])
+    y = np.vstack([z_model[s][rows(s)] for s in train_stories])
+    fit = fit_ridge_cv(x, y, cv=contiguous_folds(len(x), n_folds), alphas=alphas, backend=backend, dtype="float64")
+    return {s: z_model[s] - z_low[s] @ fit.weights for s in model}
+
+
+def low_level_impact(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Mapping[str, str]],
+                     model: str, feature_sets: Mapping[str, Sequence[str]] | None = None,
+                     settings: AlignmentSettings = AlignmentSettings(), device: str = "auto",
+                     progress: bool = True) -> pd.DataFrame:
+    """Alignment before and after removing each low-level feature set, per voxel.
+
+    Parameters
+    ----------
+    dataset, subjects, variants, model, settings, device, progress
+        As for :func:`bt_utils.alignment.align`.
+    feature_sets : mapping of str to sequence of str, optional
+        Named groups of low-level spaces; default :func:`default_feature_sets`.
+
+    Returns
+    -------
+    voxels : DataFrame
+        ``subject, model, variant, layer, voxel, feature_set, r_norm_orig, r_norm_resid, drop_pct``
+        (``drop_pct`` NaN where ``r_norm_orig <= 0`` or excluded).
+    """
+    feature_sets = dict(feature_sets or default_feature_sets())
+    for name, spaces in feature_sets.items():
+        if not spaces:
+            raise ValueError(f"feature set {name!r} is empty")
+    spaces = sorted({space for group in feature_sets.values() for space in group})
+    tables = []
+    for subject in subjects:
+        split = dataset.split(subject)
+        train = tuple(split.train) + (tuple(split.validation) if settings.include_validation else ())
+        targets = subject_targets(dataset, subject, settings.include_validation)
+        low_by_space = {space: story_low_level(dataset, split.all, (space,)) for space in spaces}
+        for variant, paths in variants.items():
+            layers, features = variant_features(dataset, subject, subject_model(paths, subject, variant), settings,
+                                                device, progress)
+            original = score_features(dataset, subject, features, layers, targets, settings)
+            for set_name, group in feature_sets.items():
+                low = {s: np.hstack([low_by_space[space][s] for space in group]) for s in split.all}
+                residual = {s: {} for s in split.all}
+                for layer in layers:
+                    per_story = residualise({s: features[s][layer] for s in split.all}, low, dataset, train,
+                                            backend=settings.backend)
+                    for story, values in per_story.items():
+                        residual[story][layer] = values
+                resid = score_features(dataset, subject, residual, layers, targets, settings)
+                merged = original[["layer", "voxel", "r_norm"]].merge(
+                    resid[["layer", "voxel", "r_norm"]], on=["layer", "voxel"], suffixes=("_orig", "_resid"))
+                tables.append(merged.assign(subject=subject, model=model, variant=variant, feature_set=set_name))
+                log.info("%s %s %s: median drop %.1f%%", subject, variant, set_name,
+                         np.nanmedian(_drop_pct(merged.r_norm_orig, merged.r_norm_resid)))
+    voxels = pd.concat(tables, ignore_index=True)
+    voxels["drop_pct"] = _drop_pct(voxels.r_norm_orig, voxels.r_norm_resid)
+    return order_columns(voxels)
+
+
+def _drop_pct(orig, resid) -> np.ndarray:
+    orig, resid = np.asarray(orig, float), np.asarray(resid, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(orig > 0, 100.0 * (orig - resid) / orig, np.nan)
+
+
+def impact_rois(voxels: pd.DataFrame, rois: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:
+    """ROI table of the impact: ``subject, model, variant, layer, roi, feature_set, r_norm_orig,
+    r_norm_resid, drop_pct``, the drop computed from the ROI means."""
+    keys = ("subject", "model", "variant", "layer", "feature_set")
+    orig = roi_table(voxels, rois, "r_norm_orig", keys).rename(columns={"r_norm_orig_mean": "r_norm_orig"})
+    resid = roi_table(voxels, rois, "r_norm_resid", keys).rename(columns={"r_norm_resid_mean": "r_norm_resid"})
+    table = orig.drop(columns="n_voxels").merge(resid.drop(columns="n_voxels"), on=[*keys, "roi"])
+    table["drop_pct"] = _drop_pct(table.r_norm_orig, table.r_norm_resid)
+    return table[["subject", "model", "variant", "layer", "roi", "feature_set", "r_norm_orig", "r_norm_resid", "drop_pct"]]
+
+
+def variance_partition(features: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], dataset: Dataset,
+                       subject: str, settings: AlignmentSettings = AlignmentSettings(), n_iter: int = 20,
+                       random_state: int = 0) -> pd.DataFrame:
+    """Unique and shared test-set variance of model and low-level features per voxel.
+
+    Three encoding models are fitted on the training stories: model features
+    alone, low-level features alone (both ridge with a cross-validated penalty
+    per voxel) and both together with banded ridge (one penalty per feature
+    space, himalaya's random search). With ``R2`` the squared prediction
+    correlation on the test story: ``shared = R2_model + R2_low - R2_joint``,
+    ``unique_model = R2_joint - R2_low``, ``unique_low = R2_joint - R2_model``.
+
+    Parameters
+    ----------
+    features : mapping of str to ndarray of shape (n_trs, d)
+        Untrimmed TR features of one layer per story.
+    low : mapping of str to ndarray of shape (n_trs, k)
+        Untrimmed low-level features per story.
+    dataset, subject, settings
+    n_iter : int
+        Random-search iterations of the banded ridge.
+
+    Returns
+    -------
+    table : DataFrame
+        ``voxel, r2_joint, r2_model, r2_low, unique_model, unique_low, shared``.
+    """
+    split = dataset.split(subject)
+    targets = subject_targets(dataset, subject, settings.include_validation)
+    designs = [layer_design({s: {0: np.asarray(space[s])} for s in split.all}, dataset, split, 0, settings.delays,
+                            settings.include_validation, subject) for space in (features, low)]
+    (xm_train, xm_test, labels), (xl_train, xl_test, _) = designs
+    folds = cv_splits(labels, settings)
+    r2 = {}
+    for name, (x_train, x_test) in {"model": (xm_train, xm_test), "low": (xl_train, xl_test)}.items():
+        fit = fit_ridge_cv(x_train, targets.train, cv=folds, alphas=np.asarray(settings.alphas), backend=settings.backend)
+        r2[name] = correlation_score(fit.predict(x_test), targets.test) ** 2
+    joint = BandedRidgeCV(groups=np.repeat([0, 1], [xm_train.shape[1], xl_train.shape[1]]), cv=folds,
+                          random_state=random_state,
+                          solver_params={"n_iter": n_iter, "alphas": np.asarray(settings.alphas), "progress_bar": False})
+    joint.fit(np.hstack([xm_train, xl_train]).astype(np.float32), targets.train.astype(np.float32))
+    prediction = np.asarray(joint.predict(np.hstack([xm_test, xl_test]).astype(np.float32)))
+    r2["joint"] = correlation_score(prediction, targets.test) ** 2
+    return pd.DataFrame({
+        "voxel": np.arange(len(r2["joint"])), "r2_joint": r2["joint"], "r2_model": r2["model"], "r2_low": r2["low"],
+        "unique_model": r2["joint"] - r2["low"], "unique_low": r2["joint"] - r2["model"],
+        "shared": r2["model"] + r2["low"] - r2["joint"],
+    })

@@ -1,0 +1,81 @@
+"""Brain alignment on the demo: encoding models find the planted voxels."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bt_utils.alignment import AlignmentSettings, SubjectTargets, align, alignment_rois, score_layer, subject_targets
+from bt_utils.features import WindowSettings
+from conftest import TEST_WINDOW_KW
+
+FAST = WindowSettings(mode="fast")
+
+
+def test_score_layer_on_a_planted_linear_problem():
+    rng = np.random.default_rng(0)
+    x_train, x_test = rng.standard_normal((400, 20)), rng.standard_normal((100, 20))
+    weights = rng.standard_normal((20, 30)) * (np.arange(30) < 10)  # voxels 0-9 carry signal
+    targets = SubjectTargets(
+        train=x_train @ weights + rng.standard_normal((400, 30)),
+        test=x_test @ weights + 0.5 * rng.standard_normal((100, 30)),
+        ceiling=np.r_[np.full(10, 0.8), np.full(20, 0.02)],
+    )
+    labels = np.repeat(np.arange(8), 50)
+    table = score_layer(x_train, x_test, labels, targets, AlignmentSettings(n_permutations=500))
+    assert table.r[:10].min() > 0.8 and table.r[10:].abs().max() < 0.35
+    np.testing.assert_allclose(table.r_norm[:10], table.r[:10] / 0.8)
+    assert table.r_norm[10:].isna().all()  # cc_max <= 0.05: excluded
+    assert table.significant[:10].all() and table.significant[10:].mean() < 0.1
+    with pytest.raises(ValueError, match="do not pair"):
+        score_layer(x_train[:-1], x_test, labels[:-1], targets, AlignmentSettings())
+
+
+def test_targets_pair_with_the_design(demo):
+    targets = subject_targets(demo, "DEMO01")
+    split = demo.split()
+    assert targets.train.shape[0] == sum(demo.n_trs[s] - 15 for s in (*split.train, *split.validation))
+    assert targets.test.shape[0] == demo.n_trs[split.test] - 55  # responses [40:] against stimulus [50:-5]
+
+
+@pytest.fixture(scope="module")
+def tiny_alignment(demo):
+    settings = AlignmentSettings(layers=(1, 2), window=FAST)
+    return align(demo, ["DEMO01", "DEMO02"], {"pretrained": "tiny-wav2vec2"}, "tiny-wav2vec2", settings, "cpu", False)
+
+
+def test_alignment_tables(demo, tiny_alignment):
+    voxels = tiny_alignment
+    assert list(voxels.columns[:7]) == ["subject", "model", "variant", "layer", "voxel", "r", "r_norm"]
+    assert len(voxels) == 2 * 2 * 3000
+    rois = alignment_rois(demo, voxels)
+    assert list(rois.columns) == ["subject", "model", "variant", "layer", "roi", "r_norm_mean", "n_voxels"]
+    assert {"planted_auditory", "planted_semantic", "planted_noise", "AC"} <= set(rois.roi)
+
+
+def test_even_random_conv_features_find_auditory_voxels(demo, tiny_alignment):
+    rows = tiny_alignment[(tiny_alignment.subject == "DEMO01") & (tiny_alignment.layer == 2)].sort_values("voxel")
+    classes = demo.truth("DEMO01")["voxel_class"]
+    assert np.median(rows.r[classes == "auditory"]) > 0.15 > abs(np.median(rows.r[classes == "noise"]))
+
+
+def test_real_whisper_recovers_planted_voxels(demo):
+    """Auditory voxels are best predicted by early layers, semantic voxels by late ones (measured:
+    auditory median r 0.62 -> 0.59, semantic 0.08 -> 0.19 from layer 1 to 4, noise ~0.00)."""
+    settings = AlignmentSettings(window=WindowSettings(**TEST_WINDOW_KW), native_length=True)
+    voxels = align(demo, ["DEMO01"], {"pretrained": "whisper-tiny.en"}, "whisper-tiny.en", settings, "cpu", False)
+    classes = demo.truth("DEMO01")["voxel_class"]
+    medians = {layer: {name: np.median(rows.sort_values("voxel").r.to_numpy()[classes == name])
+                       for name in ("semantic", "auditory", "noise")}
+               for layer, rows in voxels.groupby("layer")}
+    assert all(abs(m["noise"]) < 0.02 for m in medians.values())
+    assert all(m["auditory"] > 0.4 for m in medians.values())
+    assert medians[4]["semantic"] > 0.12 and medians[4]["semantic"] > medians[1]["semantic"] + 0.05
+
+
+def test_bad_inputs(demo):
+    with pytest.raises(ValueError, match="layer"):
+        align(demo, ["DEMO01"], {"pretrained": "tiny-hubert"}, "tiny-hubert", AlignmentSettings(layers=(9,)), "cpu", False)
+    with pytest.raises(KeyError, match="no model for DEMO02"):
+        align(demo, ["DEMO02"], {"tuned": {"DEMO01": "x"}}, "m", AlignmentSettings(), "cpu", False)
+    with pytest.raises(ValueError, match="cv='kfold'"):
+        AlignmentSettings(cv="kfold")

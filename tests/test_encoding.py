@@ -1,0 +1,237 @@
+"""Voxelwise ridge: bt_utils' solver against himalaya, planted signal, splits, scores, bad inputs."""
+
+import warnings
+
+import numpy as np
+import pytest
+from himalaya.ridge import RidgeCV
+from himalaya.scoring import r2_score as himalaya_r2
+
+from bt_utils.encoding import (
+    HIMALAYA_ALPHAS,
+    REFERENCE_ALPHAS,
+    _strategy_costs,
+    bootstrap_chunk_splits,
+    correlation_score,
+    fit_himalaya,
+    fit_ridge_cv,
+    normalised_score,
+    story_folds,
+)
+
+
+def _problem(n_samples=300, n_features=40, n_voxels=50, seed=0):
+    """Correlated features, 10 stories, voxels from pure noise to strong signal."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_samples, n_features)) @ rng.standard_normal((n_features, n_features)) * 0.3
+    X += rng.standard_normal((n_samples, n_features))
+    weights = rng.standard_normal((n_features, n_voxels)) / np.sqrt(n_features)
+    Y = X @ weights * np.linspace(0, 2, n_voxels) + rng.standard_normal((n_samples, n_voxels))
+    groups = np.repeat(np.arange(10), n_samples // 10)
+    return X - X.mean(0), Y - Y.mean(0), groups
+
+
+def _himalaya(X, Y, folds, score_func=himalaya_r2):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # himalaya warns that kernel ridge is faster when p > n
+        return RidgeCV(alphas=HIMALAYA_ALPHAS, cv=folds, solver_params={"score_func": score_func}).fit(X, Y)
+
+
+def _relative(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+def test_alpha_grids_are_the_same_penalties():
+    assert np.allclose(HIMALAYA_ALPHAS, np.logspace(2, 8, 15))
+    assert np.allclose(np.sqrt(HIMALAYA_ALPHAS), REFERENCE_ALPHAS)
+
+
+@pytest.mark.parametrize("strategy", ["downdate", "per_fold"])
+@pytest.mark.parametrize("shape", [(300, 40, 50), (100, 150, 20)], ids=["primal", "kernel"])
+def test_matches_himalaya(strategy, shape):
+    X, Y, groups = _problem(*shape)
+    folds = story_folds(groups)
+    reference = _himalaya(X, Y, folds)
+    fit = fit_ridge_cv(X, Y, cv=folds, strategy=strategy, dtype="float64")
+    assert fit.method.startswith(f"eigh/{strategy}/")
+    np.testing.assert_allclose(fit.best_alphas, reference.best_alphas_, rtol=1e-9)
+    np.testing.assert_allclose(fit.best_scores, reference.cv_scores_, rtol=1e-4, atol=1e-10)
+    assert _relative(fit.weights, reference.coef_) < 1e-4
+    X_new = np.random.default_rng(9).standard_normal((30, X.shape[1]))
+    assert _relative(fit.predict(X_new), reference.predict(X_new)) < 1e-4
+
+
+@pytest.mark.parametrize("score", ["r2", "correlation"])
+def test_every_alpha_scores_like_himalaya(score):
+    X, Y, groups = _problem()
+    folds = story_folds(groups)
+    reference = fit_himalaya(X, Y, cv=folds, score=score, dtype="float64")
+    for strategy in ("downdate", "per_fold"):
+        fit = fit_ridge_cv(X, Y, cv=folds, score=score, strategy=strategy, dtype="float64")
+        assert fit.cv_scores.shape == (len(HIMALAYA_ALPHAS), Y.shape[1])
+        np.testing.assert_allclose(fit.cv_scores, reference.cv_scores, rtol=1e-4, atol=1e-8)
+        np.testing.assert_array_equal(fit.best_alphas, reference.best_alphas)
+
+
+def test_fit_himalaya_reports_himalaya_results():
+    X, Y, groups = _problem()
+    folds = story_folds(groups)
+    wrapped = fit_himalaya(X, Y, cv=folds, dtype="float64")
+    direct = _himalaya(X, Y, folds)
+    np.testing.assert_allclose(wrapped.best_alphas, direct.best_alphas_, rtol=1e-9)
+    # himalaya adds 1e-10 * log(alpha) to its scores to break ties
+    np.testing.assert_allclose(wrapped.best_scores, direct.cv_scores_, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(wrapped.weights, direct.coef_)
+    assert fit_ridge_cv(X, Y, cv=folds, solver="himalaya", dtype="float64").method == "himalaya"
+
+
+def test_float32_torch_and_batches_agree_with_float64():
+    X, Y, groups = _problem()
+    folds = story_folds(groups)
+    exact = fit_ridge_cv(X, Y, cv=folds, dtype="float64")
+    for fit in (fit_ridge_cv(X, Y, cv=folds), fit_ridge_cv(X, Y, cv=folds, backend="torch", voxel_batch=7),
+                fit_ridge_cv(X, Y, cv=folds, strategy="downdate", voxel_batch=16)):
+        assert fit.weights.dtype == np.float32
+        np.testing.assert_array_equal(fit.best_alphas, exact.best_alphas)
+        np.testing.assert_allclose(fit.cv_scores, exact.cv_scores, atol=1e-5)
+        assert _relative(fit.weights, exact.weights) < 1e-4
+
+
+def test_splits_with_rows_left_out_of_both_sides():
+    """Gaps between train and test (rows in neither) are handled exactly."""
+    X, Y, groups = _problem()
+    folds = [(train[np.abs(train[:, None] - test[None, :]).min(1) > 5], test) for train, test in story_folds(groups)]
+    reference = _himalaya(X, Y, folds)
+    for strategy in ("downdate", "per_fold"):
+        fit = fit_ridge_cv(X, Y, cv=folds, strategy=strategy, dtype="float64")
+        np.testing.assert_allclose(fit.best_alphas, reference.best_alphas_, rtol=1e-9)
+        np.testing.assert_allclose(fit.best_scores, reference.cv_scores_, rtol=1e-4)
+
+
+def test_planted_ridge_recovers_the_true_predictions():
+    rng = np.random.default_rng(3)
+    n_train, n_test, n_features, n_voxels = 600, 200, 60, 40
+    X = rng.standard_normal((n_train + n_test, n_features))
+    true_weights = rng.standard_normal((n_features, n_voxels)) / np.sqrt(n_features)
+    signal = np.arange(n_voxels) < 20
+    clean = X @ (true_weights * signal)
+    Y = clean + 0.5 * rng.standard_normal(clean.shape)
+    train, test = slice(0, n_train), slice(n_train, None)
+    folds = story_folds(np.repeat(np.arange(12), n_train // 12))
+    fit = fit_ridge_cv(X[train], Y[train], cv=folds)
+    prediction = fit.predict(X[test])
+    r = correlation_score(prediction, Y[test])
+    assert r[signal].min() > 0.8
+    assert np.abs(r[~signal]).mean() < 0.1
+    assert correlation_score(prediction[:, signal], clean[test][:, signal]).min() > 0.97
+    assert fit.best_scores[signal].min() > 0.5 and fit.best_scores[~signal].max() < 0.05
+
+
+def test_story_folds_never_split_a_story():
+    lengths = {"souls": 37, "life": 80, "avatar": 55, "legacy": 21, "wheel": 64, "sloth": 43, "naked": 30}
+    groups = np.concatenate([[story] * n for story, n in lengths.items()])
+    folds = story_folds(groups, n_folds=3)
+    assert len(folds) == 3
+    tested = np.concatenate([test for _, test in folds])
+    np.testing.assert_array_equal(np.sort(tested), np.arange(len(groups)))  # each TR tested once
+    for train, test in folds:
+        np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(len(groups)))
+        assert not set(groups[train]) & set(groups[test])
+    sizes = [len(test) for _, test in folds]
+    assert max(sizes) - min(sizes) <= max(lengths.values())
+    again = story_folds(groups, n_folds=3)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+
+
+def test_bootstrap_chunk_splits_hold_out_a_quarter_in_chunks():
+    n_trs = 1010
+    splits = bootstrap_chunk_splits(n_trs, n_boots=3, chunk_len=20, held_out_fraction=0.25, rng=0)
+    assert len(splits) == 3
+    for train, test in splits:
+        assert len(test) == 20 * int(n_trs * 0.25 / 20)
+        assert abs(len(test) / n_trs - 0.25) < 20 / n_trs
+        starts = test.reshape(-1, 20)
+        assert np.all(starts[:, 0] % 20 == 0) and np.all(np.diff(starts, axis=1) == 1)
+        np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(n_trs))
+        assert np.all(test < 1000)  # the 10-TR tail is never held out
+    assert not np.array_equal(splits[0][1], splits[1][1])
+    again = bootstrap_chunk_splits(n_trs, rng=0)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again))
+
+
+def test_fit_with_bootstrap_splits_matches_himalaya():
+    X, Y, _ = _problem()
+    splits = bootstrap_chunk_splits(len(X), rng=1)
+    reference = _himalaya(X, Y, splits)
+    fit = fit_ridge_cv(X, Y, cv=splits, dtype="float64")
+    np.testing.assert_allclose(fit.best_alphas, reference.best_alphas_, rtol=1e-9)
+
+
+def test_correlation_score():
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((50, 3)), rng.standard_normal((50, 3))
+    b[:, 2] = 7.0
+    r = correlation_score(a, b)
+    assert r[0] == pytest.approx(np.corrcoef(a[:, 0], b[:, 0])[0, 1])
+    assert r[2] == 0.0
+    assert correlation_score(a, 2 * a + 1) == pytest.approx(np.ones(3))
+
+
+def test_normalised_score_excludes_unreliable_voxels():
+    r = np.array([0.2, 0.3, 0.1, 0.4])
+    ceiling = np.array([0.5, 0.05, 0.0, 0.8])
+    normalised = normalised_score(r, ceiling)
+    assert normalised[0] == pytest.approx(0.4) and normalised[3] == pytest.approx(0.5)
+    assert np.isnan(normalised[1]) and np.isnan(normalised[2])
+    assert np.isfinite(normalised_score(r, ceiling, min_ceiling=0.01)[1])
+
+
+def test_strategy_choice_follows_the_cost():
+    benchmark = _strategy_costs(4000, 3072, 4000, 15, story_folds(np.repeat(np.arange(20), 200)))
+    assert benchmark["downdate"] < benchmark["per_fold"]
+    whole_cortex = _strategy_costs(9000, 3072, 90_000, 15, story_folds(np.repeat(np.arange(30), 300)))
+    assert whole_cortex["per_fold"] < whole_cortex["downdate"]
+
+
+def test_bad_inputs_raise_clear_errors():
+    X, Y, groups = _problem(n_voxels=5)
+    folds = story_folds(groups)
+    with pytest.raises(ValueError, match="X has 300 rows but Y has 299"):
+        fit_ridge_cv(X, Y[:-1], cv=folds)
+    bad = X.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="X has 1 NaN"):
+        fit_ridge_cv(bad, Y, cv=folds)
+    bad = Y.copy()
+    bad[0, :2] = [np.nan, np.inf]
+    with pytest.raises(ValueError, match="Y has 2 NaN or infinite"):
+        fit_ridge_cv(X, bad, cv=folds)
+    with pytest.raises(ValueError, match="split 1: test must be a non-empty"):
+        fit_ridge_cv(X, Y, cv=[folds[0], (folds[1][0], np.array([], dtype=int))])
+    with pytest.raises(ValueError, match="test rows are also training rows"):
+        fit_ridge_cv(X, Y, cv=[(np.arange(200), np.arange(150, 300))])
+    with pytest.raises(TypeError, match="story_folds"):
+        fit_ridge_cv(X, Y, cv=5)
+    with pytest.raises(ValueError, match="backend='jax' is not valid"):
+        fit_ridge_cv(X, Y, cv=folds, backend="jax")
+    with pytest.raises(ValueError, match="score='mse' is not valid"):
+        fit_ridge_cv(X, Y, cv=folds, score="mse")
+    with pytest.raises(ValueError, match="positive"):
+        fit_ridge_cv(X, Y, cv=folds, alphas=[0.0, 1.0])
+    with pytest.raises(ValueError, match="voxel_batch"):
+        fit_ridge_cv(X, Y, cv=folds, voxel_batch=0)
+    with pytest.raises(ValueError, match="between 2 and the number of stories"):
+        story_folds(groups, n_folds=11)
+    with pytest.raises(ValueError, match="one held-out and one training chunk"):
+        bootstrap_chunk_splits(30)
+    with pytest.raises(ValueError, match=r"shape \(n_samples, 40\)"):
+        fit_ridge_cv(X, Y, cv=folds).predict(X[:, :3])
+
+
+def test_torch_cuda_fails_clearly_without_a_gpu():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    X, Y, groups = _problem(n_voxels=3)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        fit_ridge_cv(X, Y, cv=story_folds(groups), backend="torch_cuda")
