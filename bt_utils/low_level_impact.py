@@ -176,17 +176,59 @@ def impact_rois(voxels: pd.DataFrame, rois: Mapping[str, Mapping[str, np.ndarray
     return table[["subject", "model", "variant", "layer", "roi", "feature_set", "r_norm_orig", "r_norm_resid", "drop_pct"]]
 
 
+def partition_variance(model_train: np.ndarray, low_train: np.ndarray, y_train: np.ndarray, model_test: np.ndarray,
+                       low_test: np.ndarray, y_test: np.ndarray, folds, alphas: np.ndarray = np.logspace(-2, 8, 11),
+                       n_iter: int = 20, random_state: int = 0, backend: str = "numpy") -> pd.DataFrame:
+    """Unique and shared test-set variance of two feature spaces per voxel.
+
+    Three encoding models are fitted on the training rows: each space alone
+    (ridge with a cross-validated penalty per voxel) and both together with
+    banded ridge (one penalty per space, himalaya's random search). With ``R2``
+    the squared prediction correlation on the test rows:
+    ``shared = R2_model + R2_low - R2_joint``, ``unique_model = R2_joint - R2_low``,
+    ``unique_low = R2_joint - R2_model``.
+
+    Parameters
+    ----------
+    model_train, low_train : ndarray of shape (n, d_model), (n, d_low)
+    y_train : ndarray of shape (n, n_voxels)
+    model_test, low_test : ndarray of shape (m, d_model), (m, d_low)
+    y_test : ndarray of shape (m, n_voxels)
+    folds : list of (train, test) index arrays
+    alphas : ndarray
+        Penalties of the single-space fits and of the banded random search.
+    n_iter : int
+        Random-search iterations of the banded ridge.
+
+    Returns
+    -------
+    table : DataFrame
+        ``voxel, r2_joint, r2_model, r2_low, unique_model, unique_low, shared``.
+    """
+    r2 = {}
+    for name, (x_train, x_test) in {"model": (model_train, model_test), "low": (low_train, low_test)}.items():
+        fit = fit_ridge_cv(x_train, y_train, cv=folds, alphas=alphas, backend=backend)
+        r2[name] = correlation_score(fit.predict(x_test), y_test) ** 2
+    joint = BandedRidgeCV(groups=np.repeat([0, 1], [model_train.shape[1], low_train.shape[1]]), cv=folds,
+                          random_state=random_state,
+                          solver_params={"n_iter": n_iter, "alphas": alphas, "progress_bar": False})
+    joint.fit(np.hstack([model_train, low_train]).astype(np.float32), np.asarray(y_train, np.float32))
+    prediction = np.asarray(joint.predict(np.hstack([model_test, low_test]).astype(np.float32)))
+    r2["joint"] = correlation_score(prediction, y_test) ** 2
+    return pd.DataFrame({
+        "voxel": np.arange(len(r2["joint"])), "r2_joint": r2["joint"], "r2_model": r2["model"], "r2_low": r2["low"],
+        "unique_model": r2["joint"] - r2["low"], "unique_low": r2["joint"] - r2["model"],
+        "shared": r2["model"] + r2["low"] - r2["joint"],
+    })
+
+
 def variance_partition(features: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], dataset: Dataset,
                        subject: str, settings: AlignmentSettings = AlignmentSettings(), n_iter: int = 20,
                        random_state: int = 0) -> pd.DataFrame:
-    """Unique and shared test-set variance of model and low-level features per voxel.
+    """:func:`partition_variance` of one layer's features and the low-level features of a subject.
 
-    Three encoding models are fitted on the training stories: model features
-    alone, low-level features alone (both ridge with a cross-validated penalty
-    per voxel) and both together with banded ridge (one penalty per feature
-    space, himalaya's random search). With ``R2`` the squared prediction
-    correlation on the test story: ``shared = R2_model + R2_low - R2_joint``,
-    ``unique_model = R2_joint - R2_low``, ``unique_low = R2_joint - R2_model``.
+    Only voxels with ``cc_max > settings.min_ceiling`` are fitted (the others
+    have no explainable variance to split, and the banded search is costly).
 
     Parameters
     ----------
@@ -196,31 +238,19 @@ def variance_partition(features: Mapping[str, np.ndarray], low: Mapping[str, np.
         Untrimmed low-level features per story.
     dataset, subject, settings
     n_iter : int
-        Random-search iterations of the banded ridge.
 
     Returns
     -------
     table : DataFrame
-        ``voxel, r2_joint, r2_model, r2_low, unique_model, unique_low, shared``.
+        ``voxel`` (the subject's voxel index) and the columns of :func:`partition_variance`.
     """
     split = dataset.split(subject)
     targets = subject_targets(dataset, subject, settings.include_validation)
+    voxels = np.flatnonzero(targets.ceiling > settings.min_ceiling)
     designs = [layer_design({s: {0: np.asarray(space[s])} for s in split.all}, dataset, split, 0, settings.delays,
                             settings.include_validation, subject) for space in (features, low)]
-    (xm_train, xm_test, labels), (xl_train, xl_test, _) = designs
-    folds = cv_splits(labels, settings)
-    r2 = {}
-    for name, (x_train, x_test) in {"model": (xm_train, xm_test), "low": (xl_train, xl_test)}.items():
-        fit = fit_ridge_cv(x_train, targets.train, cv=folds, alphas=np.asarray(settings.alphas), backend=settings.backend)
-        r2[name] = correlation_score(fit.predict(x_test), targets.test) ** 2
-    joint = BandedRidgeCV(groups=np.repeat([0, 1], [xm_train.shape[1], xl_train.shape[1]]), cv=folds,
-                          random_state=random_state,
-                          solver_params={"n_iter": n_iter, "alphas": np.asarray(settings.alphas), "progress_bar": False})
-    joint.fit(np.hstack([xm_train, xl_train]).astype(np.float32), targets.train.astype(np.float32))
-    prediction = np.asarray(joint.predict(np.hstack([xm_test, xl_test]).astype(np.float32)))
-    r2["joint"] = correlation_score(prediction, targets.test) ** 2
-    return pd.DataFrame({
-        "voxel": np.arange(len(r2["joint"])), "r2_joint": r2["joint"], "r2_model": r2["model"], "r2_low": r2["low"],
-        "unique_model": r2["joint"] - r2["low"], "unique_low": r2["joint"] - r2["model"],
-        "shared": r2["model"] + r2["low"] - r2["joint"],
-    })
+    (model_train, model_test, labels), (low_train, low_test, _) = designs
+    table = partition_variance(model_train, low_train, targets.train[:, voxels], model_test, low_test,
+                               targets.test[:, voxels], cv_splits(labels, settings), np.asarray(settings.alphas),
+                               n_iter, random_state, settings.backend)
+    return table.assign(voxel=voxels)
