@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -74,3 +75,27 @@ def test_03_low_level_impact_notebook(demo_root, tmp_path):
                                     "r_norm_resid", "drop_pct"]
     assert set(impact.feature_set) == {"all", "phonemes"}
     assert (out / "impact_layers.png").is_file()
+
+
+@pytest.mark.notebook
+def test_05_voxel_maps_notebook(demo_root, tmp_path):
+    rng = np.random.default_rng(0)
+    results = tmp_path / "alignment"
+    voxels = pd.concat([pd.DataFrame({"subject": "DEMO01", "model": "m", "variant": variant, "layer": 1,
+                                      "voxel": np.arange(3000), "r": rng.uniform(-0.1, 0.6, 3000)})
+                        for variant in ("pretrained", "brain-tuned")], ignore_index=True)
+    voxels["r_norm"] = voxels.r / 0.8
+    rois = voxels.assign(roi=np.where(voxels.voxel < 1500, "AC", "V1")).groupby(
+        ["subject", "model", "variant", "layer", "roi"]).r_norm.agg(r_norm_mean="mean", n_voxels="count").reset_index()
+    results.mkdir()
+    voxels.to_parquet(results / "alignment_voxels.parquet")
+    rois.to_parquet(results / "alignment_rois.parquet")
+    out = tmp_path / "05"
+    execute_notebook("05_voxel_maps", out, {
+        "data_root": str(demo_root), "build_demo_if_missing": False, "noise_ceiling_dir": "",
+        "alignment_dir": str(results), "impact_dir": "", "preference_models": {"pretrained": "tiny-whisper"}})
+    names = {p.name for p in out.glob("*.png")}
+    assert {"alignment_pretrained_layer1_flatmap.png", "alignment-difference_brain-tuned_layer1_surface.png",
+            "semantic_preference.png"} <= names
+    preference = pd.read_csv(out / "semantic_preference.csv")
+    assert {"layer", "semantic", "phonetic", "preference", "variant"} <= set(preference.columns)
