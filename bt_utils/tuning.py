@@ -362,6 +362,43 @@ class TuningResult:
     record: dict = field(default_factory=dict)
 
 
+def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.Tensor, micro_batch: int,
+                         loss: str, device: torch.device, autocast=contextlib.nullcontext(), scaler=None) -> torch.Tensor:
+    """Backpropagate the mean loss of a batch in micro-batches of ``micro_batch`` samples.
+
+    The gradients add up to those of the whole batch at once (each micro-batch's
+    loss is weighted by its share of the batch).
+
+    Parameters
+    ----------
+    model : BrainTuningModel
+    data : TuningSet
+    batch : LongTensor of shape (batch_size,)
+        Indices into ``data``.
+    micro_batch : int
+    loss : str
+    device : torch.device
+    autocast : context manager
+        Mixed-precision context (CUDA) or a null context.
+    scaler : torch.amp.GradScaler or None
+
+    Returns
+    -------
+    total : Tensor, scalar on ``device``
+        Sum over the batch's samples of their micro-batch mean loss (for the epoch mean).
+    """
+    total = torch.zeros((), device=device)
+    for micro in batch.split(micro_batch):
+        audio, target = (torch.stack(x) for x in zip(*(data[int(i)] for i in micro)))
+        audio, target = audio.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        with autocast:
+            value = compute_loss(loss, model(audio), target)
+        scaled = value * (len(micro) / len(batch))
+        (scaler.scale(scaled) if scaler else scaled).backward()
+        total += value.detach() * len(micro)
+    return total
+
+
 def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: int, device: torch.device):
     """Validation loss and predictions in eval mode (no dropout, no SpecAugment, no LayerDrop).
 
@@ -521,14 +558,7 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
         for step_start in range(0, len(order), config.batch_size):
             batch = order[step_start:step_start + config.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            for micro in batch.split(micro_batch):
-                audio, target = (torch.stack(x) for x in zip(*(train_set[int(i)] for i in micro)))
-                audio, target = audio.to(device, non_blocking=True), target.to(device, non_blocking=True)
-                with autocast:
-                    loss = compute_loss(config.loss, model(audio), target)
-                scaled = loss * (len(micro) / len(batch))
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                total += loss.detach() * len(micro)
+            total += accumulate_gradients(model, train_set, batch, micro_batch, config.loss, device, autocast, scaler)
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()

@@ -99,3 +99,25 @@ def test_05_voxel_maps_notebook(demo_root, tmp_path):
             "semantic_preference.png"} <= names
     preference = pd.read_csv(out / "semantic_preference.csv")
     assert {"layer", "semantic", "phonetic", "preference", "variant"} <= set(preference.columns)
+
+
+@pytest.mark.notebook
+def test_summary_notebook(tmp_path):
+    sweep = tmp_path / "sweep"
+    for subject, gain in (("DEMO01", 0.05), ("DEMO02", 0.08), ("DEMO03", 0.02)):
+        rois = pd.DataFrame({"subject": subject, "model": "m", "variant": ["pretrained", "brain-tuned"] * 2,
+                             "layer": [1, 1, 2, 2], "roi": "planted_semantic",
+                             "r_norm_mean": [0.2, 0.2 + gain, 0.3, 0.3 + gain], "n_voxels": 10})
+        (sweep / "02_alignment" / subject).mkdir(parents=True)
+        rois.to_parquet(sweep / "02_alignment" / subject / "alignment_rois.parquet")
+        impact = rois.rename(columns={"r_norm_mean": "r_norm_orig"}).drop(columns="n_voxels").assign(
+            feature_set="all", r_norm_resid=0.1, drop_pct=50.0)
+        (sweep / "03" / subject).mkdir(parents=True)
+        impact.to_parquet(sweep / "03" / subject / "low_level_impact.parquet")
+    out = tmp_path / "summary"
+    execute_notebook("summary", out, {"sweep_dir": str(sweep)})
+    summary = pd.read_csv(out / "alignment_summary_m.csv")
+    tuned = summary[(summary.variant == "brain-tuned") & (summary.layer == 1)].iloc[0]
+    assert tuned["mean"] == pytest.approx(0.25) and tuned.n_subjects == 3
+    assert (out / "alignment_m.png").is_file() and (out / "impact_m.png").is_file()
+    assert (out / "summary.html").stat().st_size > 50_000

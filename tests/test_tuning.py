@@ -187,3 +187,31 @@ def test_lora_trains_adapters_and_saves_a_plain_encoder(demo, tmp_path):
     assert set(after) == set(before)  # merged: no adapter tensors left
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all(any(p in k for p in ("q_proj", "k_proj", "v_proj", "out_proj")) for k in changed)
+
+
+def test_gradient_accumulation_matches_one_large_batch(demo):
+    """Micro-batches of 2 accumulate the gradient of the whole batch of 8 (eval mode: no dropout)."""
+    train, _, selection = build_tuning_sets(demo, "DEMO01", TuningConfig(**QUICK | {"max_train_trs": 8}))
+    model = BrainTuningModel(load_encoder("tiny-hubert", device="cpu"), len(selection["voxels"])).eval()
+    batch = torch.arange(8)
+    gradients = []
+    for micro_batch in (8, 2):
+        model.zero_grad()
+        tuning.accumulate_gradients(model, train, batch, micro_batch, "mse", torch.device("cpu"))
+        gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert gradients[0].keys() == gradients[1].keys() and len(gradients[0]) > 10
+    for name in gradients[0]:
+        torch.testing.assert_close(gradients[0][name], gradients[1][name], rtol=1e-4, atol=1e-7)
+
+
+def test_early_stopping_after_patience_epochs(demo, tmp_path):
+    """A learning rate far too high makes validation worse after the first epoch: training stops
+    after `patience` epochs without improvement and keeps the first epoch's checkpoint."""
+    config = TuningConfig(model="tiny-wav2vec2", **QUICK | {"epochs": 6, "patience": 2, "head_lr": 5.0,
+                                                            "encoder_lr": 1e-2, "warmup_epochs": 0.01})
+    result = tune(demo, "DEMO01", config, tmp_path, progress=False)
+    epochs = sorted(set(result.history.epoch))
+    assert "early stopping" in result.stop_reason or "diverged" in result.stop_reason
+    assert len(epochs) < 6
+    validation = result.history[result.history.split == "validation"].set_index("epoch").loss
+    assert result.best_epoch == int(validation.idxmin())
