@@ -114,6 +114,7 @@ def test_color_limits_are_shared_by_a_subjects_maps(tables):
 
 def test_explorer_updates_on_change(tables, layouts):
     voxels, rois = tables
+    plt.close("all")  # figures left open by other tests
     widget = explore.explorer(voxels, rois, layouts)
     assert widget.selection == explore.Selection("DEMO01", "big", "pretrained", 0, "r_norm")
     assert bytes(widget.map_image.value).startswith(PNG) and bytes(widget.bars_image.value).startswith(PNG)
