@@ -23,16 +23,18 @@ another alpha only rescales a diagonal, and all alphas reuse the same
 projections of the data. Splits are handled by one of two strategies, picked
 by a flop count (``strategy="auto"``):
 
-``"downdate"`` (few held-out rows, many features)
+``"downdate"`` (held-out sets small next to ``k``)
     No decomposition per split. With the hat matrix ``S = X (G + alpha I)^-1 X^T``
-    of the fit on all rows, the Woodbury identity gives the residuals of the
+    of the fit on all rows, the Woodbury identity gives the predictions of the
     model fitted without the held-out rows ``h`` exactly::
 
-        E_h = (I - S_hh)^-1 (Y_h - (S Y)_h)
+        P_h = (I - S_hh)^-1 X_h (G + alpha I)^-1 X_t^T Y_t
 
-    which costs one ``n_h x n_h`` inverse per split and alpha instead
-    of one ``k x k`` eigendecomposition per split.
-``"per_fold"`` (many voxels, or held-out sets larger than ``k``)
+    (``t``: the training rows), which costs one ``n_h x n_h`` inverse per split
+    and alpha instead of one ``k x k`` eigendecomposition per split; the
+    predictions are formed directly, not as ``Y_h`` minus residuals, which would
+    cancel in float32 when strong shrinkage makes them small.
+``"per_fold"`` (few features next to the held-out sets)
     One ``eigh`` per split of the training rows' Gram matrix, obtained from the
     shared one as ``G - X_h^T X_h`` (primal) or as the training block of ``K``
     (kernel); held-out predictions are ``X_test V diag(1 / (lambda + alpha)) V^T X_train^T Y_train``.
@@ -43,7 +45,7 @@ default); the Gram or kernel matrix, its eigendecomposition and the small
 eigenvalues that the smallest alphas depend on.
 
 Memory: with ``b`` bytes per value of ``dtype``, ``k = min(n, p)`` and
-``n_h`` held-out rows per split, the peak is about
+``n_h`` held-out rows per split, the peak is at most about
 ``b (n p + 2 n m + n k + 2 k m + p m) + 8 (n p + 2 k^2 + 3 n_h k)`` bytes:
 ``X``, ``Y`` and the held-out rows of ``Y``, the data projected onto the
 eigenvectors (``n k`` and ``k m``), the weights (``p m``), float64 copies of
@@ -51,7 +53,8 @@ eigenvectors (``n k`` and ``k m``), the weights (``p m``), float64 copies of
 system. ``"per_fold"`` in the primal form adds ``X^T Y`` (``b p m``). Within a
 split each alpha adds ``b n_h (k + 2 m_b)`` bytes for ``m_b = voxel_batch``
 voxels: ``voxel_batch`` bounds only that term. (The benchmark problem, 4,000 x
-3,072 x 4,000 in float32, peaks near 0.7 GB.)
+3,072 x 4,000 in float32, allocates 0.44 GB on top of its 0.11 GB inputs, as
+the float64 copy of ``X`` is freed before the splits are solved.)
 
 Scores
 ------
@@ -86,9 +89,9 @@ SOLVERS = ("eigh", "himalaya")
 STRATEGIES = ("auto", "downdate", "per_fold")
 DTYPES = ("float32", "float64")
 
-#: Cost of a ``k x k`` eigendecomposition in multiply-adds of matrix products,
-#: in units of ``k**3``; measured on a 2-core AVX-512 CPU (``eigh`` of 3072^2 in
-#: float64: 2.6 s; float32 GEMM: 165 G multiply-adds/s).
+#: Cost of a ``k x k`` float64 eigendecomposition in multiply-adds of float32
+#: matrix products, in units of ``k**3``; measured on a 2-core AVX-512 CPU
+#: (``np.linalg.eigh`` of 3072 x 3072: 2.6 s; GEMM: 170 G multiply-adds/s).
 EIGH_COST = 15.0
 
 
@@ -242,7 +245,8 @@ def correlation_score(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
             f"prediction and target must have the same shape (n_samples, n_voxels), "
             f"got {prediction.shape} and {target.shape}"
         )
-    return _pearson(prediction, target, _NumpyOps())
+    prediction, target = prediction - prediction.mean(0), target - target.mean(0)
+    return _centred_correlation(prediction, target, (target * target).sum(0), _NumpyOps())
 
 
 def normalised_score(r: np.ndarray, ceiling: np.ndarray, min_ceiling: float = 0.05) -> np.ndarray:
@@ -271,28 +275,30 @@ def normalised_score(r: np.ndarray, ceiling: np.ndarray, min_ceiling: float = 0.
     return np.divide(r, ceiling, out=np.full(r.shape, np.nan), where=kept)
 
 
-def _pearson(prediction, target, ops) -> np.ndarray:
-    """Column-wise Pearson r of backend arrays (n_samples, n_voxels), as float64 numpy (n_voxels,)."""
-    prediction = prediction - prediction.mean(0)
-    target = target - target.mean(0)
-    covariance = ops.numpy((prediction * target).sum(0)).astype(np.float64)
-    scale = np.sqrt(ops.numpy((prediction * prediction).sum(0)).astype(np.float64)
-                    * ops.numpy((target * target).sum(0)).astype(np.float64))
+def _column_sums(values, ops) -> np.ndarray:
+    return ops.numpy(values.sum(0)).astype(np.float64)
+
+
+def _centred_correlation(prediction, target, target_total, ops) -> np.ndarray:
+    """Column-wise Pearson r of centred backend arrays (n_samples, n_voxels), given ``sum(target**2)``.
+
+    Returns float64 numpy (n_voxels,), 0 where either column is constant.
+    """
+    covariance = _column_sums(prediction * target, ops)
+    scale = np.sqrt(_column_sums(prediction * prediction, ops) * target_total)
     return np.divide(covariance, scale, out=np.zeros_like(covariance), where=scale > 0)
 
 
-def _r2(residual, target, ops) -> np.ndarray:
-    """Column-wise R^2 from held-out residuals and targets (n_samples, n_voxels), float64 (n_voxels,); 0 if constant."""
-    centred = target - target.mean(0)
-    total = ops.numpy((centred * centred).sum(0)).astype(np.float64)
-    error = ops.numpy((residual * residual).sum(0)).astype(np.float64)
-    return np.divide(total - error, total, out=np.zeros_like(total), where=total > 0)
+def _held_out_score(prediction, target, target_total, score: str, ops) -> np.ndarray:
+    """Score per voxel (float64) of held-out predictions against targets (n_test, n_voxels).
 
-
-def _held_out_score(residual, target, score: str, ops) -> np.ndarray:
+    ``target_total`` is ``sum((target - mean(target))**2)`` per voxel; constant targets score 0.
+    """
     if score == "r2":
-        return _r2(residual, target, ops)
-    return _pearson(target - residual, target, ops)
+        residual = target - prediction
+        error = _column_sums(residual * residual, ops)
+        return np.divide(target_total - error, target_total, out=np.zeros_like(target_total), where=target_total > 0)
+    return _centred_correlation(prediction - prediction.mean(0), target - target.mean(0), target_total, ops)
 
 
 def _best_alpha_index(cv_scores: np.ndarray, alphas: np.ndarray) -> np.ndarray:
@@ -312,8 +318,8 @@ class _NumpyOps:
     calls alternate (a 200 x 200 Cholesky then takes 0.3 s on 2 cores).
     """
 
-    name = "numpy"
-    dtypes = {"float32": np.float32, "float64": np.float64}
+    def __init__(self):
+        self.dtypes = {"float32": np.float32, "float64": np.float64}
 
     def array(self, values, dtype: str):
         return np.asarray(values, dtype=self.dtypes[dtype])
@@ -333,7 +339,9 @@ class _NumpyOps:
         return values.clip(min=0), vectors
 
     def inverse(self, matrix):
-        return np.linalg.inv(matrix)
+        """Inverse of a symmetric positive-definite matrix from its Cholesky factor (1.7x faster than np.linalg.inv)."""
+        root_inverse = _lower_triangular_inverse(np.linalg.cholesky(matrix))
+        return root_inverse.T @ root_inverse
 
 
 class _TorchOps:
@@ -349,7 +357,6 @@ class _TorchOps:
             )
         self.torch = torch
         self.device = torch.device(device)
-        self.name = "torch" if device == "cpu" else "torch_cuda"
         self.dtypes = {"float32": torch.float32, "float64": torch.float64}
 
     def array(self, values, dtype: str):
@@ -372,6 +379,21 @@ class _TorchOps:
 
     def inverse(self, matrix):
         return self.torch.cholesky_inverse(self.torch.linalg.cholesky(matrix))
+
+
+def _lower_triangular_inverse(lower: np.ndarray) -> np.ndarray:
+    """Inverse of a lower-triangular matrix (n, n) by 2 x 2 blocks, so most work is matrix products."""
+    n = len(lower)
+    if n <= 128:
+        return np.linalg.inv(lower)
+    half = n // 2
+    top = _lower_triangular_inverse(lower[:half, :half])
+    bottom = _lower_triangular_inverse(lower[half:, half:])
+    inverse = np.zeros_like(lower)
+    inverse[:half, :half] = top
+    inverse[half:, half:] = bottom
+    inverse[half:, :half] = -bottom @ (lower[half:, :half] @ top)
+    return inverse
 
 
 def _get_ops(backend: str):
@@ -427,7 +449,9 @@ def _check_splits(cv, n_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
             if part.ndim != 1 or part.size == 0 or not np.issubdtype(part.dtype, np.integer):
                 raise ValueError(f"split {number}: {name} must be a non-empty 1-D integer index array, got {part!r}")
             if part.min() < 0 or part.max() >= n_samples:
-                raise ValueError(f"split {number}: {name} indices must lie in [0, {n_samples}), got {part.min()}..{part.max()}")
+                raise ValueError(
+                    f"split {number}: {name} indices must lie in [0, {n_samples}), got {part.min()}..{part.max()}"
+                )
         if len(np.unique(train)) != train.size:
             raise ValueError(f"split {number}: train repeats rows; sample without replacement")
         if np.intersect1d(train, test).size:
@@ -480,36 +504,49 @@ class _Spectrum:
 
 @dataclass
 class _HeldOutMap:
-    """Held-out residuals of one split and alpha: ``E = mix @ (Y[rows] - left @ right)`` (mix: identity if None)."""
+    """Held-out predictions of one split and alpha: ``mix @ (left @ right)`` (no mix if None).
+
+    ``left`` (n_rows, k) and ``mix`` (n_test, n_rows) depend on alpha; ``right``
+    (k, n_voxels), the training rows' targets in the eigenbasis, does not.
+    """
 
     mix: object
     left: object
 
 
 class _Downdate:
-    """Held-out residuals of every split from the full fit (no decomposition per split)."""
+    """Held-out predictions of every split from the full fit (no decomposition per split).
+
+    For held-out rows ``h`` (the rows not in train) and the full fit's hat
+    matrix ``S``, the model fitted without ``h`` predicts
+    ``(I - S_hh)^-1 F_h diag(shrinkage) F_t^T Y_t`` there, with ``F_t^T Y_t = F^T Y - F_h^T Y_h``.
+    """
 
     def __init__(self, spectrum: _Spectrum, Y):
-        self.spectrum = spectrum
-        self.right = spectrum.factor.T @ Y
-        self.projected = self.right
+        self.spectrum, self.Y = spectrum, Y
+        self.projected = spectrum.factor.T @ Y
 
     def split(self, train: np.ndarray, test: np.ndarray, alphas: np.ndarray):
-        """Rows of Y to mix, and a generator of one _HeldOutMap per alpha."""
+        """The split's right factor (k, n_voxels) and a generator of one _HeldOutMap per alpha."""
         ops, spectrum = self.spectrum.ops, self.spectrum
         held = np.setdiff1d(np.arange(spectrum.factor.shape[0]), train)
         test_rows = ops.index(np.searchsorted(held, test))
         factor = spectrum.factor[ops.index(held)]
         factor64 = ops.array(factor, "float64")
+        right = self.projected - factor.T @ self.Y[ops.index(held)]
+        n_held, n_test, k, n_voxels = len(held), len(test), factor.shape[1], right.shape[1]
+        # mix @ (left @ right) costs n_held k m + n_test n_held m; (mix @ left) @ right, n_test n_held k + n_test k m
+        mix_first = n_test * k * (n_held + n_voxels) < n_held * n_voxels * (k + n_test)
 
         def maps():
             for alpha in alphas:
                 shrinkage = spectrum.shrinkage(alpha)
                 root = factor64 * shrinkage**0.5
-                mix = ops.array(ops.inverse(ops.eye(len(held)) - root @ root.T)[test_rows], spectrum.dtype)
-                yield _HeldOutMap(mix, factor * ops.array(shrinkage, spectrum.dtype))
+                mix = ops.array(ops.inverse(ops.eye(n_held) - root @ root.T)[test_rows], spectrum.dtype)
+                left = factor * ops.array(shrinkage, spectrum.dtype)
+                yield _HeldOutMap(None, mix @ left) if mix_first else _HeldOutMap(mix, left)
 
-        return ops.index(held), self.right, maps()
+        return right, maps()
 
 
 class _PerFold:
@@ -531,7 +568,7 @@ class _PerFold:
         return self.spectrum.factor.T @ self.Y
 
     def split(self, train: np.ndarray, test: np.ndarray, alphas: np.ndarray):
-        """Rows of Y (the test rows), the fold's right factor, and a generator of one _HeldOutMap per alpha."""
+        """The split's right factor (k_train, n_voxels) and a generator of one _HeldOutMap per alpha."""
         ops, dtype, X = self.spectrum.ops, self.spectrum.dtype, self.spectrum.X
         train_rows, test_rows = ops.index(train), ops.index(test)
         if self.spectrum.form == "primal":
@@ -549,7 +586,7 @@ class _PerFold:
             for alpha in alphas:
                 yield _HeldOutMap(None, left * ops.array(1.0 / (values + alpha), dtype))
 
-        return test_rows, right, maps()
+        return right, maps()
 
 
 def _strategy_costs(n_samples: int, n_features: int, n_voxels: int, n_alphas: int,
@@ -559,10 +596,12 @@ def _strategy_costs(n_samples: int, n_features: int, n_voxels: int, n_alphas: in
     costs = {"downdate": EIGH_COST * k**3, "per_fold": EIGH_COST * k**3}
     for train, test in splits:
         n_held, n_test, k_fold = n_samples - len(train), len(test), min(len(train), n_features)
-        per_alpha = n_held**2 * k + 2 * n_held**3 + n_held * (k + n_test) * n_voxels
+        prediction = min(n_held * (k + n_test) * n_voxels, n_test * k * (n_held + n_voxels))
+        per_alpha = n_held**2 * k + 2 * n_held**3 + prediction
         costs["downdate"] += n_alphas * per_alpha
         decomposition = EIGH_COST * k_fold**3 + 2 * n_held * k_fold**2 + n_test * k_fold * k
-        costs["per_fold"] += decomposition + k_fold * (k_fold + n_held) * n_voxels + n_alphas * n_test * k_fold * n_voxels
+        right = k_fold * (k_fold + n_held) * n_voxels
+        costs["per_fold"] += decomposition + right + n_alphas * n_test * k_fold * n_voxels
     return costs
 
 
@@ -643,14 +682,16 @@ def _cross_validate(system, Y, splits, alphas, batches, score, ops) -> np.ndarra
     """Held-out scores (n_alphas, n_voxels) averaged over splits, float64."""
     totals = np.zeros((len(alphas), Y.shape[1]))
     for train, test in splits:
-        rows, right, maps = system.split(train, test, alphas)
-        known, target = Y[rows], Y[ops.index(test)]
+        right, maps = system.split(train, test, alphas)
+        target = Y[ops.index(test)]
+        centred = target - target.mean(0)
+        target_total = _column_sums(centred * centred, ops)
         for index, held_out in enumerate(maps):
             for batch in batches:
-                residual = known[:, batch] - held_out.left @ right[:, batch]
+                prediction = held_out.left @ right[:, batch]
                 if held_out.mix is not None:
-                    residual = held_out.mix @ residual
-                totals[index, batch] += _held_out_score(residual, target[:, batch], score, ops)
+                    prediction = held_out.mix @ prediction
+                totals[index, batch] += _held_out_score(prediction, target[:, batch], target_total[batch], score, ops)
     return totals / len(splits)
 
 
