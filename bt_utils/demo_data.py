@@ -14,13 +14,22 @@ Stories
     with category words. Every sentence is spoken by eSpeak NG with its own
     speaking rate and pitch, and pauses of random length separate sentences
     and paragraphs: the acoustics therefore vary independently of meaning.
-Stimulus features, per TR (bins centred on the TR midpoints of :mod:`bt_utils.timing`)
-    - semantic ``S (n_trs, 8)``: the mean embedding of the content words whose
-      centre falls in the bin; a word's embedding is its category's prototype
-      (a random orthonormal vector) plus word-specific Gaussian jitter
-      (s.d. ``WORD_JITTER``); 0 when the bin has no content word;
-    - auditory ``A (n_trs, 5)``: log energy, the log energies of three frequency
-      bands (0.1-0.5, 0.5-2, 2-6 kHz) and the phone rate.
+Stimulus features, per TR (sampled at the TR midpoints of :mod:`bt_utils.timing`)
+    - semantic ``S (n_trs, 8)``: the meaning of the discourse so far, a leaky
+      integration of the content words heard up to each TR midpoint: the mean
+      of their embeddings weighted by ``exp(-age / SEMANTIC_TIMESCALE_S)``
+      (0 before the first content word). A word's embedding is its category's
+      prototype (a random orthonormal vector) plus word-specific Gaussian
+      jitter (s.d. ``WORD_JITTER``). Integrating over ~12 s models the long
+      timescales of language areas; it also matters for the low-level impact
+      analysis: with a 64-word vocabulary, a TR's own phones identify its words,
+      so an instantaneous word meaning would be linearly decodable from the
+      same TR's diphone counts (and removed with them);
+    - auditory ``A (n_trs, 5)``: the mean level (dB) over the 40 mel bands of
+      :func:`bt_utils.low_level.power_spectrum`, the mean level of the bands
+      centred in 0.1-0.5, 0.5-2 and 2-6 kHz, and the phone rate of
+      :func:`bt_utils.low_level.phoneme_rate`: auditory voxels respond to
+      exactly the acoustics that the low-level feature spaces describe.
     Each feature is z-scored over all TRs of all stories.
 Voxels
     A few thousand voxels per participant are drawn from a real cortical
@@ -64,7 +73,7 @@ import scipy.signal
 import scipy.stats
 import soundfile
 
-from . import __version__
+from . import __version__, low_level
 from .cortical_template import TEMPLATE_SUBJECT, TEMPLATE_XFM, sample_layout
 from .dataset import SAMPLE_RATE
 from .speech import synthesize
@@ -73,7 +82,7 @@ from .transcripts import Interval, Transcript, write_textgrid
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bumped whenever the generator's output changes for the same settings."""
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -112,7 +121,11 @@ STORY_NAMES = (
 )
 TEST_STORY = "echoes"
 SUBJECTS = ("DEMO01", "DEMO02", "DEMO03")
-AUDITORY_FEATURES = ("log_energy", "band_0.1-0.5kHz", "band_0.5-2kHz", "band_2-6kHz", "phone_rate")
+AUDITORY_BANDS_HZ = ((100.0, 500.0), (500.0, 2000.0), (2000.0, 6000.0))
+"""Frequency ranges of the band levels of the auditory features (mel-band centres inside them)."""
+AUDITORY_FEATURES = ("level_db", "band_0.1-0.5kHz_db", "band_0.5-2kHz_db", "band_2-6kHz_db", "phone_rate")
+SEMANTIC_TIMESCALE_S = 12.0
+"""Time constant of the leaky integration of word meanings in the semantic features, in seconds."""
 WORD_JITTER = 0.35
 NOISE_AR = 0.3
 SIGNAL_R_RANGE = (0.2, 0.7)
@@ -273,40 +286,52 @@ def word_embeddings(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return embeddings
 
 
-def _tr_bins(times: np.ndarray, tr_times: np.ndarray) -> np.ndarray:
-    """Index of the TR bin (centred on ``tr_times``) of each time; -1 outside all bins."""
-    first_edge = tr_times[0] - TR_S / 2
-    index = np.floor((np.asarray(times) - first_edge) / TR_S).astype(int)
-    index[(index < 0) | (index >= len(tr_times))] = -1
-    return index
+def semantic_features(transcript: Transcript, tr_times: np.ndarray, embeddings: dict[str, np.ndarray],
+                      timescale_s: float = SEMANTIC_TIMESCALE_S) -> np.ndarray:
+    """Leaky integration of the meanings of the content words heard up to each TR midpoint.
 
+    ``S(t) = sum_w k_w(t) e_w / sum_w k_w(t)`` over the content words ``w`` whose
+    centre ``t_w`` is at or before ``t``, with ``k_w(t) = exp(-(t - t_w) / timescale_s)``;
+    0 before the first content word.
 
-def semantic_features(transcript: Transcript, tr_times: np.ndarray, embeddings: dict[str, np.ndarray]) -> np.ndarray:
-    """Mean embedding of the content words in each TR bin.
+    Parameters
+    ----------
+    transcript : Transcript
+        Its word tier; words missing from ``embeddings`` (function words) are ignored.
+    tr_times : ndarray of shape (n_trs,)
+        TR midpoints relative to sound onset, in seconds.
+    embeddings : dict of str to ndarray of shape (dim,)
+    timescale_s : float
+        Time constant of the integration, in seconds (> 0).
 
     Returns
     -------
-    features : ndarray of shape (n_trs, 8)
+    features : ndarray of shape (n_trs, dim)
     """
+    if timescale_s <= 0:
+        raise ValueError(f"timescale_s must be > 0, got {timescale_s!r}")
     dim = len(next(iter(embeddings.values())))
-    total = np.zeros((len(tr_times), dim))
-    count = np.zeros(len(tr_times))
     content = [w for w in transcript.words if w.label in embeddings]
-    bins = _tr_bins(np.array([(w.start + w.end) / 2 for w in content]), tr_times)
-    for word, index in zip(content, bins):
-        if index >= 0:
-            total[index] += embeddings[word.label]
-            count[index] += 1
-    return total / np.maximum(count, 1)[:, None]
+    if not content:
+        return np.zeros((len(tr_times), dim))
+    centres = np.array([(w.start + w.end) / 2 for w in content])
+    vectors = np.array([embeddings[w.label] for w in content])
+    age = np.asarray(tr_times, float)[:, None] - centres[None, :]
+    heard = age >= 0
+    # weights relative to the newest word heard, so that long silences cannot underflow the sum
+    newest = np.where(heard, -age, -np.inf).max(axis=1, keepdims=True)
+    weights = np.where(heard, np.exp((-age - np.where(np.isfinite(newest), newest, 0.0)) / timescale_s), 0.0)
+    total = weights.sum(axis=1, keepdims=True)
+    return np.divide(weights @ vectors, total, out=np.zeros((len(tr_times), dim)), where=total > 0)
 
 
 def auditory_features(audio: np.ndarray, transcript: Transcript, tr_times: np.ndarray) -> np.ndarray:
-    """Log energy, three log band energies and the phone rate per TR bin.
+    """Mean level, three band levels (dB) and the phone rate per TR, from the low-level feature spaces.
 
     Parameters
     ----------
     audio : ndarray of shape (n_samples,)
-        16 kHz audio.
+        16 kHz audio; sample 0 is sound onset.
     transcript : Transcript
         Its phones give the phone rate.
     tr_times : ndarray of shape (n_trs,)
@@ -315,28 +340,17 @@ def auditory_features(audio: np.ndarray, transcript: Transcript, tr_times: np.nd
     Returns
     -------
     features : ndarray of shape (n_trs, 5)
-        Columns as in :data:`AUDITORY_FEATURES`.
+        Columns as in :data:`AUDITORY_FEATURES`: means over the mel bands of
+        :func:`bt_utils.low_level.power_spectrum` (all bands, then the bands
+        centred in each range of :data:`AUDITORY_BANDS_HZ`) and
+        :func:`bt_utils.low_level.phoneme_rate`.
     """
-    frame = int(0.025 * SAMPLE_RATE)
-    hop = int(0.010 * SAMPLE_RATE)
-    n_frames = 1 + max(0, (len(audio) - frame) // hop)
-    frames = np.lib.stride_tricks.sliding_window_view(audio, frame)[::hop][:n_frames]
-    power = np.abs(np.fft.rfft(frames * np.hanning(frame), axis=1)) ** 2
-    freqs = np.fft.rfftfreq(frame, 1 / SAMPLE_RATE)
-    bands = [(100, 500), (500, 2000), (2000, 6000)]
-    frame_features = np.column_stack(
-        [power.sum(axis=1)] + [power[:, (freqs >= lo) & (freqs < hi)].sum(axis=1) for lo, hi in bands]
-    )
-    frame_times = (np.arange(n_frames) * hop + frame / 2) / SAMPLE_RATE
-    bins = _tr_bins(frame_times, tr_times)
-    features = np.zeros((len(tr_times), 5))
-    counts = np.bincount(bins[bins >= 0], minlength=len(tr_times))
-    for column in range(4):
-        sums = np.bincount(bins[bins >= 0], weights=frame_features[bins >= 0, column], minlength=len(tr_times))
-        features[:, column] = np.log(sums / np.maximum(counts, 1) + 1e-8)
-    phone_bins = _tr_bins(np.array([(p.start + p.end) / 2 for p in transcript.phones]), tr_times)
-    features[:, 4] = np.bincount(phone_bins[phone_bins >= 0], minlength=len(tr_times)) / TR_S
-    return features
+    spectrum = low_level.power_spectrum(audio, tr_times, SAMPLE_RATE)
+    centres = low_level.mel_band_edges()[1:-1]
+    levels = [spectrum.values.mean(axis=1)]
+    levels += [spectrum.values[:, (centres >= low) & (centres < high)].mean(axis=1) for low, high in AUDITORY_BANDS_HZ]
+    rate = low_level.phoneme_rate(transcript, tr_times).values[:, 0]
+    return np.column_stack([*levels, rate])
 
 
 def canonical_hrf(tr: float = TR_S, length_s: float = 32.0) -> np.ndarray:

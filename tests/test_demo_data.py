@@ -12,6 +12,7 @@ from bt_utils.dataset import SAMPLE_RATE, Dataset
 from bt_utils.demo_data import (
     CATEGORIES, DemoConfig, auditory_features, build_demo_dataset, canonical_hrf, semantic_features,
 )
+from bt_utils.low_level import phoneme_rate, power_spectrum
 from bt_utils.noise_ceiling import cc_max
 from bt_utils.speech import ARPABET_PHONES
 from bt_utils.timing import TR_S, tr_midpoints, trim_trs, trimmed_length
@@ -142,13 +143,24 @@ def test_planted_features_explain_their_voxels(demo):
         assert abs(np.median(scores[space][classes == "noise"])) < 0.05
 
 
-def test_semantic_features_average_word_embeddings():
+def test_semantic_features_integrate_word_meanings_over_time():
     embeddings = {"dog": np.array([1.0, 0.0]), "cake": np.array([0.0, 2.0])}
     transcript = Transcript([Interval(0.1, 0.5, "dog"), Interval(0.6, 0.9, "the"), Interval(1.0, 1.4, "cake"),
                              Interval(3.0, 3.2, "dog")], [], 4.0)
-    times = np.array([0.0, TR_S, 2 * TR_S]) + TR_S / 2  # bins [0, 2.0045), [2.0045, 4.009), ...
-    features = semantic_features(transcript, times, embeddings)
-    np.testing.assert_allclose(features, [[0.5, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    times = np.array([0.2, 1.0, 2.5, 4.0, 1000.0])
+    features = semantic_features(transcript, times, embeddings, timescale_s=2.0)
+    # independent computation: weights exp(-age / 2) of the words heard (centres 0.3, 1.2, 3.1)
+    centres, vectors = np.array([0.3, 1.2, 3.1]), np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
+    expected = []
+    for t in times:
+        weights = np.where(t >= centres, np.exp(-(t - centres) / 2.0), 0.0)
+        expected.append(weights @ vectors / weights.sum() if weights.sum() else np.zeros(2))
+    expected[-1] = expected[-2]  # after the last word the weighted mean stays put (no underflow to 0/0)
+    np.testing.assert_allclose(features, expected, atol=1e-12)
+    assert np.array_equal(features[0], [0.0, 0.0])  # before the first word's centre
+    np.testing.assert_allclose(features[1], [1.0, 0.0])  # "cake" (centre 1.2) not heard yet
+    with pytest.raises(ValueError, match="timescale_s"):
+        semantic_features(transcript, times, embeddings, timescale_s=0.0)
 
 
 def test_auditory_features_see_a_tone_in_its_band():
@@ -158,9 +170,12 @@ def test_auditory_features_see_a_tone_in_its_band():
     phones = Transcript([], [Interval(4.1 + 0.1 * i, 4.15 + 0.1 * i, "AH") for i in range(10)], 8.0)
     features = auditory_features(audio, phones, times)
     silent, loud = features[0], features[2]
-    assert loud[0] > silent[0] + 10  # log energy
+    assert loud[0] > silent[0] + 10  # mean level
     assert loud[2] > loud[1] + 5 and loud[2] > loud[3] + 5  # 1 kHz lies in the 0.5-2 kHz band
-    assert features[2, 4] == pytest.approx(10 / TR_S) and features[0, 4] == 0
+    spectrum = power_spectrum(audio, times)
+    np.testing.assert_allclose(features[:, 0], spectrum.values.mean(axis=1))  # linear in the low-level spaces
+    np.testing.assert_allclose(features[:, 4], phoneme_rate(phones, times).values[:, 0])
+    assert np.argmax(features[:, 4]) == 2 and features[2, 4] > 5  # the 10 phones lie in TR 2 (Lanczos-smoothed)
 
 
 def test_canonical_hrf_peaks_near_five_seconds():
