@@ -141,7 +141,7 @@ import platform
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -860,13 +860,14 @@ def _run_pending(
     from distributed import as_completed
 
     _check_resources(client, pending, honour_resources)
+    priorities = critical_path_priorities(pending)
     futures = {}
     for run in pending:
         statuses[run.run_id] = _write_status(run, "queued", queued=_now())
         upstream = [futures[run_id] for run_id in run.depends_on if run_id in futures]
         futures[run.run_id] = client.submit(
             _execute, run, *upstream, key=f"{run.stage}-{uuid.uuid4().hex}", pure=False,
-            resources=(run.resources or None) if honour_resources else None,
+            resources=(run.resources or None) if honour_resources else None, priority=priorities[run.run_id],
         )
     on_change()
     run_of = {future.key: run for run, future in zip(pending, futures.values(), strict=True)}
@@ -883,6 +884,36 @@ def _run_pending(
     if lost:
         _record_lost(pending, lost, statuses)
         on_change()
+
+
+def critical_path_priorities(runs: Sequence[Run]) -> dict[str, int]:
+    """Dask priority of each run: the number of runs on the longest chain that starts with it.
+
+    Among runs that are ready, the scheduler starts the highest priority first,
+    so the runs that many later stages wait on (e.g. the brain-tuning of the
+    model whose alignment, impact and maps follow) start before leaves such as
+    a lone summary: a critical-path heuristic that shortens the sweep's wall time.
+
+    Parameters
+    ----------
+    runs : sequence of Run
+        Runs in dependency order (every run after the runs it depends on);
+        dependencies outside ``runs`` are ignored.
+
+    Returns
+    -------
+    priorities : dict of str to int
+        ``run_id -> chain length`` (1 for a run nothing in ``runs`` depends on).
+    """
+    dependents: dict[str, list[str]] = {run.run_id: [] for run in runs}
+    for run in runs:
+        for run_id in run.depends_on:
+            if run_id in dependents:
+                dependents[run_id].append(run.run_id)
+    priorities: dict[str, int] = {}
+    for run in reversed(runs):
+        priorities[run.run_id] = 1 + max((priorities[child] for child in dependents[run.run_id]), default=0)
+    return priorities
 
 
 def _record_lost(pending: list[Run], lost: Mapping[str, Exception], statuses: dict) -> None:

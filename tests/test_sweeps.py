@@ -20,6 +20,7 @@ from bt_utils.sweeps import (
     INDEX_NAME,
     SweepSpecError,
     count_states,
+    critical_path_priorities,
     describe_failures,
     load_spec,
     plan_runs,
@@ -365,3 +366,22 @@ def test_only_restricts_a_stage_to_some_grid_values(tmp_path):
 
     with pytest.raises(SweepSpecError, match="not in over"):
         load_spec(write_spec(tmp_path, bad_axis), FIXTURES)
+
+
+def test_demo_sweep_priorities_follow_its_longest_chains(tmp_path):
+    """Runs that more stages wait on get a higher Dask priority (critical-path heuristic)."""
+    spec = load_spec(Path(__file__).parents[1] / "papermill_runs" / "demo.yaml")
+    runs = plan_runs(spec, tmp_path / "sweep")
+    priority = critical_path_priorities(runs)
+    by_stage = {}
+    for run in runs:
+        by_stage.setdefault((run.stage, run.axes.get("model")), set()).add(priority[run.run_id])
+    # whisper: 00 -> 01 -> 02 -> 03 -> 05 -> summary; the tiny models have no maps; 04 and 05 wait only for
+    # the runs they name (after: []), so neither waits for the other
+    assert by_stage["01_brain_tuning", "whisper-tiny.en"] == {5}
+    assert by_stage["01_brain_tuning", "tiny-wav2vec2"] == by_stage["01_brain_tuning", "tiny-hubert"] == {4}
+    assert by_stage["00_data", None] == {6}
+    assert by_stage["04_downstream", "whisper-tiny.en"] == by_stage["05_voxel_maps", "whisper-tiny.en"] == {2}
+    assert by_stage["summary", None] == {1}
+    # dependencies outside the list are ignored: without the 00_data runs, tuning heads the chains
+    assert max(critical_path_priorities(runs[3:]).values()) == 5
