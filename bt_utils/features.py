@@ -137,6 +137,9 @@ with the stimulus ``[50:-5]``: ``[40:]``."""
 CACHE_VERSION = 1
 """Version of the feature cache files; part of their path."""
 
+_WARNED_FAST_WHISPER: set[str] = set()
+"""Window settings for which the fast-mode warning about Whisper was logged in this process."""
+
 
 # ----- windows -----------------------------------------------------------------------------------
 
@@ -399,7 +402,8 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     if encoder.family == "whisper" and settings.window_samples > WHISPER_MAX_SAMPLES:
         raise ValueError(f"windows of {settings.window_samples / SAMPLE_RATE:g} s ({settings.tag}) exceed Whisper's "
                          f"30 s input; lower context_s or stride_s")
-    if encoder.family == "whisper" and settings.mode == "fast":
+    if encoder.family == "whisper" and settings.mode == "fast" and settings.tag not in _WARNED_FAST_WHISPER:
+        _WARNED_FAST_WHISPER.add(settings.tag)  # once per settings and process, not once per story
         log.warning("fast windows give Whisper interior frames, which it represents unlike the last frame of a "
                     "window that the reference keeps (whisper-tiny.en: TR-level r 0.55-0.79 with the reference; see "
                     "bt_utils.features); use mode='reference' to follow the protocol")

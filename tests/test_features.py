@@ -7,6 +7,7 @@ from conftest import write_small_dataset
 
 from bt_utils.dataset import Dataset, StorySplit
 from bt_utils.demo_data import DemoConfig, build_demo_dataset
+from bt_utils import features
 from bt_utils.features import (
     PROTOCOL_LAYERS,
     WindowSettings,
@@ -177,6 +178,15 @@ def test_whisper_windows_longer_than_30s_are_refused():
     encoder = load_encoder("tiny-whisper", "cpu")
     with pytest.raises(ValueError, match="exceed Whisper's 30 s input"):
         extract_layer_features(encoder, _toy_audio(0.5), [1], WindowSettings("fast", stride_s=16.0), progress=False)
+
+
+def test_fast_mode_warns_once_for_whisper(caplog, monkeypatch, one_thread):
+    monkeypatch.setattr(features, "_WARNED_FAST_WHISPER", set())
+    encoder = load_encoder("tiny-whisper", "cpu")
+    settings = WindowSettings("fast", context_s=1.0, stride_s=1.0)
+    for _ in range(2):  # e.g. two stories
+        extract_layer_features(encoder, _toy_audio(3.0), [1], settings, progress=False)
+    assert caplog.text.count("fast windows give Whisper interior frames") == 1
 
 
 # ----- cache -------------------------------------------------------------------------------------
