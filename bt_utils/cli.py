@@ -19,15 +19,15 @@ def _demo_data(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo_data import DemoConfig, build_demo_dataset
+    from .demo_data import prepare_demo_outputs
     from .notebooks import NOTEBOOK_DIR
 
     checkout = NOTEBOOK_DIR.parent
     spec = checkout / "papermill_runs" / "demo.yaml"
     started = time.perf_counter()
-    data_root = build_demo_dataset(checkout / "demo_output" / "data", DemoConfig())
+    data_root, sweep_dir = prepare_demo_outputs(checkout / "demo_output")
     print(f"demo dataset ready in {data_root} ({time.perf_counter() - started:.1f} s)")
-    args.spec, args.out = str(spec), str(checkout / "demo_output" / "sweep")
+    args.spec, args.out = str(spec), str(sweep_dir)
     args.scheduler, args.notebooks, args.worker_resources = None, None, None
     status = _sweep_run(args)
     print(f"demo finished in {time.perf_counter() - started:.0f} s; reports: {args.out}/*/*/*.html "

@@ -535,6 +535,47 @@ def build_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig = DemoConf
     return out_dir
 
 
+def _built_settings(root: Path) -> dict | None:
+    """Generator version and config recorded in a demo dataset's ``demo.json``, or None if there is none."""
+    info_path = root / "derivative" / "demo.json"
+    if not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text())
+    return {"generator_version": info.get("generator_version"), "config": info.get("config")}
+
+
+def prepare_demo_outputs(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig()) -> tuple[Path, Path]:
+    """Build (or update) the demo data under ``out_dir`` and keep the demo sweep consistent with it.
+
+    ``out_dir/data`` is (re)built with :func:`build_demo_dataset`; a demo dataset
+    built by another generator version or config is replaced (it can always be
+    rebuilt), any other content is refused. When the data changed, a previous
+    sweep in ``out_dir/sweep`` was computed on other data, so it is moved aside
+    to ``out_dir/sweep-before-<time>`` (nothing is deleted) and the sweep starts
+    afresh instead of skipping runs whose notebooks and parameters are unchanged.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        The demo's output folder (``demo_output`` of the checkout for ``bt demo``).
+    config : DemoConfig
+
+    Returns
+    -------
+    data_root, sweep_dir : Path
+    """
+    out_dir = Path(out_dir).expanduser().resolve()
+    data_dir, sweep_dir = out_dir / "data", out_dir / "sweep"
+    before = _built_settings(data_dir)
+    build_demo_dataset(data_dir, config, overwrite=before is not None)
+    if before is not None and before != _built_settings(data_dir) and sweep_dir.exists():
+        kept = out_dir / f"sweep-before-{time.strftime('%Y%m%d-%H%M%S')}"
+        sweep_dir.rename(kept)
+        log.warning("the demo data changed (generator version %s -> %s or another config): the previous sweep, "
+                    "computed on the old data, is kept in %s", before["generator_version"], GENERATOR_VERSION, kept)
+    return data_dir, sweep_dir
+
+
 def _build_into(root: Path, config: DemoConfig) -> dict:
     """Write the dataset's files into ``root``; return the content of ``demo.json``."""
     rng = np.random.default_rng(config.seed)

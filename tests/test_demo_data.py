@@ -188,3 +188,26 @@ def test_canonical_hrf_peaks_near_five_seconds():
 def test_vocabulary_is_unique():
     words = [w for ws in CATEGORIES.values() for w in ws]
     assert len(words) == len(set(words)) == 64
+
+
+def test_prepare_demo_outputs_rebuilds_an_old_demo_and_keeps_its_sweep_aside(tmp_path):
+    data_root, sweep_dir = demo_data.prepare_demo_outputs(tmp_path, SMALL)
+    sweep_dir.mkdir()
+    (sweep_dir / "result.txt").write_text("old result")
+    assert demo_data.prepare_demo_outputs(tmp_path, SMALL) == (data_root, sweep_dir)  # same data: sweep kept
+    assert (sweep_dir / "result.txt").is_file()
+
+    info_path = data_root / "derivative" / "demo.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps(info | {"generator_version": demo_data.GENERATOR_VERSION - 1}))
+    demo_data.prepare_demo_outputs(tmp_path, SMALL)  # as after an upgrade of the generator
+    assert json.loads(info_path.read_text())["generator_version"] == demo_data.GENERATOR_VERSION
+    assert not sweep_dir.exists()
+    (kept,) = tmp_path.glob("sweep-before-*")
+    assert (kept / "result.txt").read_text() == "old result"
+
+    (tmp_path / "other" / "data").mkdir(parents=True)
+    (tmp_path / "other" / "data" / "mine.txt").write_text("not a demo")
+    with pytest.raises(FileExistsError, match="not empty"):
+        demo_data.prepare_demo_outputs(tmp_path / "other", SMALL)
+    assert (tmp_path / "other" / "data" / "mine.txt").read_text() == "not a demo"
