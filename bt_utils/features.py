@@ -36,7 +36,9 @@ From audio to a design matrix, in this order:
      0.6 in layers 1-4, whatever the stride. Fast mode is therefore a close
      approximation for wav2vec2-style encoders only; for Whisper it yields
      different (interior-frame) features, and reference mode follows the
-     protocol.
+     protocol. On the demo's encoding models (``benchmarks/bench_alignment_modes.py``)
+     the fast mode moves whisper-tiny.en's voxel r by 0.03-0.08 on average and
+     lowers the mean r of planted auditory voxels by up to 0.03 in deep layers.
 
    Windows of equal length are batched together, so no window is padded
    (Whisper without ``native_length`` pads every window to 30 s, as in
@@ -405,8 +407,9 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     if encoder.family == "whisper" and settings.mode == "fast" and settings.tag not in _WARNED_FAST_WHISPER:
         _WARNED_FAST_WHISPER.add(settings.tag)  # once per settings and process, not once per story
         log.warning("fast windows give Whisper interior frames, which it represents unlike the last frame of a "
-                    "window that the reference keeps (whisper-tiny.en: TR-level r 0.55-0.79 with the reference; see "
-                    "bt_utils.features); use mode='reference' to follow the protocol")
+                    "window that the reference keeps (whisper-tiny.en on the demo: TR-level r 0.55-0.79 with the "
+                    "reference, voxel alignment r off by 0.03-0.08; see bt_utils.features and docs/benchmarks.md); "
+                    "use mode='reference' to follow the protocol")
     plan = plan_windows(len(audio), settings)
     frame_index = _kept_frame_index(encoder, plan)
     features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}
