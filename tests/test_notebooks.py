@@ -67,7 +67,7 @@ def test_02_alignment_notebook(demo_root, tmp_path):
 def test_03_low_level_impact_notebook(demo_root, tmp_path):
     out = tmp_path / "03"
     execute_notebook("03_low_level_impact", out, {
-        "data_root": str(demo_root), "subjects": ["DEMO01"], "layers": [1], "partition_layer": None,
+        "data_root": str(demo_root), "subjects": ["DEMO01"], "layers": [1], "partition_layer": 1,
         "feature_sets": {"all": ["power_spectrum", "phonemes", "word_rate"], "phonemes": ["phonemes"]},
         **WHISPER_NOTEBOOK})
     impact = pd.read_parquet(out / "low_level_impact.parquet")
@@ -75,6 +75,11 @@ def test_03_low_level_impact_notebook(demo_root, tmp_path):
                                     "r_norm_resid", "drop_pct"]
     assert set(impact.feature_set) == {"all", "phonemes"}
     assert (out / "impact_layers.png").is_file()
+    partition = pd.read_parquet(out / "variance_partition.parquet")
+    assert {"voxel", "r2_joint", "unique_model", "unique_low", "shared", "band_mix", "alpha_joint", "subject",
+            "variant", "layer"} <= set(partition.columns)
+    assert set(partition.layer) == {1} and partition.band_mix.between(0, 1, inclusive="neither").all()
+    assert (out / "variance_partition.png").stat().st_size > 10_000
 
 
 @pytest.mark.notebook
