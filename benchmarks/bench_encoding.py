@@ -50,7 +50,7 @@ DELAYS = (1, 2, 3, 4)
 # ----------------------------------------------------------------------------- data
 
 
-def _zscore_per_story(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def zscore_per_story(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     out = np.empty_like(values)
     for story in np.unique(groups):
         rows = groups == story
@@ -59,7 +59,7 @@ def _zscore_per_story(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return out
 
 
-def _delay(features: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def delay_within_stories(features: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """FIR delays 1-4 TRs within each story (zeros before the story starts), concatenated."""
     delayed = []
     for delay in DELAYS:
@@ -88,13 +88,13 @@ def make_problem(n_stories: int, trs_per_story: int, n_base: int, n_voxels: int,
     groups = np.repeat(np.arange(n_stories), trs_per_story)
     latent = scipy.signal.lfilter([1.0], [1.0, -0.7], rng.standard_normal((n_trs, n_base)), axis=0)
     mixing = rng.standard_normal((n_base, n_base)) * (np.arange(1, n_base + 1) ** -0.5)[:, None]
-    X = _zscore_per_story(_delay(_zscore_per_story(latent @ mixing, groups), groups), groups)
+    X = zscore_per_story(delay_within_stories(zscore_per_story(latent @ mixing, groups), groups), groups)
     weights = rng.standard_normal((X.shape[1], n_voxels)) / np.sqrt(X.shape[1])
     signal = X @ weights
     signal /= signal.std(0)
     signal_voxels = rng.random(n_voxels) < 0.75
     snr = np.where(signal_voxels, rng.uniform(0.1, 1.0, n_voxels), 0.0)
-    Y = _zscore_per_story(snr * signal + rng.standard_normal((n_trs, n_voxels)), groups)
+    Y = zscore_per_story(snr * signal + rng.standard_normal((n_trs, n_voxels)), groups)
     return X.astype(np.float32), Y.astype(np.float32), groups, signal_voxels
 
 

@@ -29,42 +29,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
 import scipy.signal
 import scipy.stats
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
+from bench_encoding import delay_within_stories, machine_lines, zscore_per_story
 from bt_utils.encoding import HIMALAYA_ALPHAS, story_folds
 from bt_utils.low_level_impact import BAND_MIXES, banded_ridge_grid, partition_variance
 
 FULL = {"n_train": 550, "n_test": 200, "n_model": 384, "n_low": 500, "n_voxels": 1500}
 QUICK = {"n_train": 300, "n_test": 100, "n_model": 96, "n_low": 125, "n_voxels": 300}
-DELAYS = (1, 2, 3, 4)
 N_STORIES = 5
-
-
-def _zscore(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    out = np.empty_like(values)
-    for story in np.unique(groups):
-        rows = groups == story
-        out[rows] = (values[rows] - values[rows].mean(0)) / values[rows].std(0)
-    return out
-
-
-def _delayed(features: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """FIR delays 1-4 TRs within each story (zeros before it starts), concatenated, z-scored per story."""
-    delayed = []
-    for delay in DELAYS:
-        shifted = np.zeros_like(features)
-        for story in np.unique(groups):
-            rows = np.flatnonzero(groups == story)
-            shifted[rows[delay:]] = features[rows[:-delay]]
-        delayed.append(shifted)
-    return _zscore(np.hstack(delayed), groups)
 
 
 def make_problem(n_train: int, n_test: int, n_model: int, n_low: int, n_voxels: int, seed: int = 0):
@@ -88,7 +67,8 @@ def make_problem(n_train: int, n_test: int, n_model: int, n_low: int, n_voxels: 
 
     latent_low, latent_model = latent(n_low), latent(n_model)
     latent_model += 0.5 * latent_low[:, :n_model]  # the model features partly carry low-level information
-    model, low = _delayed(_zscore(latent_model, groups), groups), _delayed(_zscore(latent_low, groups), groups)
+    model, low = (zscore_per_story(delay_within_stories(zscore_per_story(latent, groups), groups), groups)
+                  for latent in (latent_model, latent_low))
 
     def signal(x):
         values = x @ (rng.standard_normal((x.shape[1], n_voxels)) / np.sqrt(x.shape[1]))
@@ -96,7 +76,7 @@ def make_problem(n_train: int, n_test: int, n_model: int, n_low: int, n_voxels: 
 
     share = np.repeat([1.0, 0.0, 0.5], [n_voxels // 3, n_voxels // 3, n_voxels - 2 * (n_voxels // 3)])
     snr = rng.uniform(0.3, 1.5, n_voxels)
-    y = _zscore(snr * (share * signal(model) + (1 - share) * signal(low)) + rng.standard_normal((n, n_voxels)), groups)
+    y = zscore_per_story(snr * (share * signal(model) + (1 - share) * signal(low)) + rng.standard_normal((n, n_voxels)), groups)
     parts = [a.astype(np.float32) for a in (model, low, y)]
     return (*(a[:n_train] for a in parts), *(a[n_train:] for a in parts), groups[:n_train])
 
@@ -110,21 +90,6 @@ def timed(function, repeats: int):
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     return statistics.median(walls), statistics.median(cpus), result, os.getloadavg()[0]
-
-
-def machine_line() -> str:
-    import himalaya
-
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    blas = [f"{info['internal_api']} ({info['num_threads']} threads)" for info in threadpool_info()
-            if info["user_api"] == "blas"]
-    return (f"machine: {cpu}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
-            f"BLAS: {', '.join(blas)}; numpy {np.__version__}, himalaya {himalaya.__version__}")
 
 
 def main(argv=None) -> None:
@@ -144,7 +109,7 @@ def run(args) -> None:
     folds = story_folds(groups, n_folds=5)
     alphas = HIMALAYA_ALPHAS
     data = (model_train, low_train, y_train, model_test, low_test, y_test, folds, alphas)
-    print(machine_line())
+    print("\n".join(machine_lines()))
     print(f"problem: {len(y_train)} training TRs, {len(y_test)} test TRs, {model_train.shape[1]} + "
           f"{low_train.shape[1]} features, {y_train.shape[1]} voxels, 5 story folds, {len(alphas)} alphas, "
           f"{len(BAND_MIXES)} band mixes, float32\n")

@@ -1,7 +1,6 @@
 """Brain alignment on the demo: encoding models find the planted voxels."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from bt_utils.alignment import AlignmentSettings, SubjectTargets, align, alignment_rois, score_layer, subject_targets

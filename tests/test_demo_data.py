@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 
 from bt_utils import demo_data
-from bt_utils.dataset import SAMPLE_RATE, Dataset
+from bt_utils.dataset import SAMPLE_RATE
 from bt_utils.demo_data import (
     CATEGORIES, DemoConfig, auditory_features, build_demo_dataset, canonical_hrf, semantic_features,
 )

@@ -1,7 +1,6 @@
 """Low-level feature impact and variance partitioning."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from bt_utils.alignment import AlignmentSettings
