@@ -204,14 +204,30 @@ def test_gradient_accumulation_matches_one_large_batch(demo):
         torch.testing.assert_close(gradients[0][name], gradients[1][name], rtol=1e-4, atol=1e-7)
 
 
-def test_early_stopping_after_patience_epochs(demo, tmp_path):
-    """A learning rate far too high makes validation worse after the first epoch: training stops
-    after `patience` epochs without improvement and keeps the first epoch's checkpoint."""
-    config = TuningConfig(model="tiny-wav2vec2", **QUICK | {"epochs": 6, "patience": 2, "head_lr": 5.0,
-                                                            "encoder_lr": 1e-2, "warmup_epochs": 0.01})
+def _scripted_validation(monkeypatch, losses):
+    """Make ``tune`` see the given validation losses, one per epoch (the real evaluation still runs)."""
+    scripted = iter(losses)
+
+    def evaluate(*args, **kwargs):
+        _, predictions = real_evaluate(*args, **kwargs)
+        return next(scripted), predictions
+
+    real_evaluate = tuning.evaluate
+    monkeypatch.setattr(tuning, "evaluate", evaluate)
+
+
+@pytest.mark.parametrize("losses, stopped_after, reason", [
+    ([1.0, 0.8, 0.9, 0.85, 0.5, 0.4], 3, "no validation improvement for 2 epochs (early stopping)"),
+    ([1.0, 0.8, 9.0, 0.5, 0.4, 0.3], 2, "validation loss diverged at epoch 2"),
+])
+def test_early_stopping_keeps_the_best_epoch(demo, tmp_path, monkeypatch, losses, stopped_after, reason):
+    """Training stops after `patience` epochs without improvement (or when the validation loss
+    exceeds 10x the best) and the checkpoint holds the best epoch's model."""
+    _scripted_validation(monkeypatch, losses)
+    config = TuningConfig(model="tiny-wav2vec2", **QUICK | {"epochs": 6, "patience": 2})
     result = tune(demo, "DEMO01", config, tmp_path, progress=False)
-    epochs = sorted(set(result.history.epoch))
-    assert "early stopping" in result.stop_reason or "diverged" in result.stop_reason
-    assert len(epochs) < 6
-    validation = result.history[result.history.split == "validation"].set_index("epoch").loss
-    assert result.best_epoch == int(validation.idxmin())
+    assert sorted(set(result.history.epoch)) == list(range(stopped_after + 1))
+    assert result.stop_reason.startswith(reason)
+    assert result.best_epoch == 1
+    record = json.loads((tmp_path / "checkpoint" / "training_record.json").read_text())
+    assert record["best_epoch"] == 1
