@@ -194,16 +194,23 @@ def alpha_mismatch(alphas_a: np.ndarray, alphas_b: np.ndarray) -> float:
     return float(np.mean(~np.isclose(alphas_a, alphas_b, rtol=1e-4)))
 
 
-def main(argv=None) -> None:
-    """Parse the options and run the benchmark under the requested BLAS thread count."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 1,000 x 768 x 1,000 problem")
-    parser.add_argument("--backend", default="numpy", choices=("numpy", "torch", "torch_cuda"),
-                        help="backend of fit_ridge_cv")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of the fast rows (himalaya and reference: 1)")
+def ridge_benchmark_parser(description: str, quick_help: str, repeats_help: str) -> argparse.ArgumentParser:
+    """Options shared by the ridge benchmarks: ``--quick``, ``--repeats``, ``--threads``, ``--seed``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--repeats", type=int, default=3, help=repeats_help)
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS threads (default: the BLAS default); 1 gives stable timings on a shared machine")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv=None) -> None:
+    """Parse the options and run the benchmark under the requested BLAS thread count."""
+    parser = ridge_benchmark_parser(__doc__.splitlines()[0], "a 1,000 x 768 x 1,000 problem",
+                                    "repeats of the fast rows (himalaya and reference: 1)")
+    parser.add_argument("--backend", default="numpy", choices=("numpy", "torch", "torch_cuda"),
+                        help="backend of fit_ridge_cv")
     args = parser.parse_args(argv)
     with threadpool_limits(args.threads):
         run(args)

@@ -27,17 +27,13 @@ measured side by side is the meaningful part.
 
 from __future__ import annotations
 
-import argparse
-import os
-import statistics
-import time
 
 import numpy as np
 import scipy.signal
 import scipy.stats
 from threadpoolctl import threadpool_limits
 
-from bench_encoding import delay_within_stories, machine_lines, zscore_per_story
+from bench_encoding import delay_within_stories, machine_lines, ridge_benchmark_parser, timed, zscore_per_story
 from bt_utils.encoding import HIMALAYA_ALPHAS, story_folds
 from bt_utils.low_level_impact import BAND_MIXES, banded_ridge_grid, partition_variance
 
@@ -81,23 +77,9 @@ def make_problem(n_train: int, n_test: int, n_model: int, n_low: int, n_voxels: 
     return (*(a[:n_train] for a in parts), *(a[n_train:] for a in parts), groups[:n_train])
 
 
-def timed(function, repeats: int):
-    """Median wall and CPU seconds over ``repeats`` calls, the last result, the 1-minute load average after."""
-    walls, cpus, result = [], [], None
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = function()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return statistics.median(walls), statistics.median(cpus), result, os.getloadavg()[0]
-
-
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 300-TR, 384 + 500-feature, 300-voxel problem")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of the grid rows (himalaya: 1)")
-    parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the BLAS default)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = ridge_benchmark_parser(__doc__.splitlines()[0], "a 300-TR, 384 + 500-feature, 300-voxel problem",
+                                    "repeats of the grid rows (himalaya: 1)")
     args = parser.parse_args(argv)
     with threadpool_limits(args.threads):
         run(args)

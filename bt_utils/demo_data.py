@@ -318,9 +318,9 @@ def semantic_features(transcript: Transcript, tr_times: np.ndarray, embeddings: 
     vectors = np.array([embeddings[w.label] for w in content])
     age = np.asarray(tr_times, float)[:, None] - centres[None, :]
     heard = age >= 0
-    # weights relative to the newest word heard, so that long silences cannot underflow the sum
-    newest = np.where(heard, -age, -np.inf).max(axis=1, keepdims=True)
-    weights = np.where(heard, np.exp((-age - np.where(np.isfinite(newest), newest, 0.0)) / timescale_s), 0.0)
+    # ages counted from the newest word heard (0 before any), so that long silences cannot underflow the sum
+    newest = np.where(heard, age, np.inf).min(axis=1, keepdims=True)
+    weights = np.where(heard, np.exp(-(age - np.where(heard.any(axis=1, keepdims=True), newest, 0.0)) / timescale_s), 0.0)
     total = weights.sum(axis=1, keepdims=True)
     return np.divide(weights @ vectors, total, out=np.zeros((len(tr_times), dim)), where=total > 0)
 

@@ -289,16 +289,17 @@ def _centred_correlation(prediction, target, target_total, ops) -> np.ndarray:
     return np.divide(covariance, scale, out=np.zeros_like(covariance), where=scale > 0)
 
 
-def _held_out_score(prediction, target, target_total, score: str, ops) -> np.ndarray:
+def _held_out_score(prediction, target, centred_target, target_total, score: str, ops) -> np.ndarray:
     """Score per voxel (float64) of held-out predictions against targets (n_test, n_voxels).
 
-    ``target_total`` is ``sum((target - mean(target))**2)`` per voxel; constant targets score 0.
+    ``centred_target`` is ``target - mean(target)`` and ``target_total`` its column sums of squares
+    (both computed once per split, not per alpha); constant targets score 0.
     """
     if score == "r2":
         residual = target - prediction
         error = _column_sums(residual * residual, ops)
         return np.divide(target_total - error, target_total, out=np.zeros_like(target_total), where=target_total > 0)
-    return _centred_correlation(prediction - prediction.mean(0), target - target.mean(0), target_total, ops)
+    return _centred_correlation(prediction - prediction.mean(0), centred_target, target_total, ops)
 
 
 def _best_alpha_index(cv_scores: np.ndarray, alphas: np.ndarray) -> np.ndarray:
@@ -691,7 +692,8 @@ def _cross_validate(system, Y, splits, alphas, batches, score, ops) -> np.ndarra
                 prediction = held_out.left @ right[:, batch]
                 if held_out.mix is not None:
                     prediction = held_out.mix @ prediction
-                totals[index, batch] += _held_out_score(prediction, target[:, batch], target_total[batch], score, ops)
+                totals[index, batch] += _held_out_score(prediction, target[:, batch], centred[:, batch],
+                                                        target_total[batch], score, ops)
     return totals / len(splits)
 
 
