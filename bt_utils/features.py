@@ -39,6 +39,22 @@ From audio to a design matrix, in this order:
      protocol. On the demo's encoding models (``benchmarks/bench_alignment_modes.py``)
      the fast mode moves whisper-tiny.en's voxel r by 0.03-0.08 on average and
      lowers the mean r of planted auditory voxels by up to 0.03 in deep layers.
+     Other ways of sharing work between Whisper windows do no better (tried on
+     whisper-tiny.en over 10-20 s of a demo story, frame-level r with the
+     reference in layers 1-4, where the fast mode gives 0.50-0.68): a banded
+     causal attention mask in each long window, so that every frame attends
+     only to its own past 16.1 s (0.49-0.61), or a stream of each kept frame's
+     last ``K`` frames computed as an edge beside the shared window, attending
+     to its earlier frames (``K`` = 50: 0.61-0.74). In the reference every
+     layer's state of every frame depends on where the window ends, so no
+     window-sharing scheme reproduces it.
+
+     Whisper's ``native_length`` (each window on its real length instead of
+     padded to 30 s) makes the edge frame depend on the window's start as
+     well: with 0.1 s more context the reference's frames keep only r
+     0.84-0.90 with themselves (padded to 30 s: 0.99). The padding acts as the
+     context Whisper was trained with; native length is a speed option for
+     exploration and the demo.
 
    Windows of equal length are batched together, so no window is padded
    (Whisper without ``native_length`` pads every window to 30 s, as in
