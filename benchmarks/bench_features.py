@@ -95,12 +95,13 @@ def bench_model(spec: str, audio: np.ndarray, tr_times: np.ndarray, batch_size: 
 
 
 def print_table(header: list[str], rows: list[list], formats: list[str]) -> None:
+    """Print ``rows`` under ``header`` in aligned columns, each cell formatted by ``formats``."""
     cells = [[fmt.format(value) for fmt, value in zip(formats, row)] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    print()
+    print(flush=True)
 
 
 def main() -> None:
@@ -118,15 +119,12 @@ def main() -> None:
     for mode, settings in MODES.items():
         print(f"  {mode}: {settings.to_dict()}")
     print()
-    timing, agree = [], []
-    for spec in args.models:
-        model_timing, model_agreement = bench_model(spec, audio, tr_times, args.batch_size)
-        timing += model_timing
-        agree += model_agreement
-    print_table(["model", "mode", "s / audio min", "forwards", "input s / audio min", "compute ratio"], timing,
-                ["{}", "{}", "{:.1f}", "{}", "{:.0f}", "{:.1f}x"])
-    print_table(["model", "layer", "fast r mean", "fast r p10", "+0.1 s context r mean", "+0.1 s context r p10"],
-                agree, ["{}", "{}", "{:.3f}", "{:.3f}", "{:.3f}", "{:.3f}"])
+    for spec in args.models:  # each model's tables as soon as it is done (the Whisper reference runs take long)
+        timing, agree = bench_model(spec, audio, tr_times, args.batch_size)
+        print_table(["model", "mode", "s / audio min", "forwards", "input s / audio min", "compute ratio"], timing,
+                    ["{}", "{}", "{:.1f}", "{}", "{:.0f}", "{:.1f}x"])
+        print_table(["model", "layer", "fast r mean", "fast r p10", "+0.1 s context r mean", "+0.1 s context r p10"],
+                    agree, ["{}", "{}", "{:.3f}", "{:.3f}", "{:.3f}", "{:.3f}"])
 
 
 if __name__ == "__main__":
