@@ -63,7 +63,7 @@ def mode_differences(reference: pd.DataFrame, other: pd.DataFrame, classes: dict
     reference, other : DataFrame
         :func:`mode_scores` tables (``subject, layer, voxel, r``; ``r_norm`` with test scoring).
     classes : dict of str to ndarray of shape (n_voxels,)
-        Planted class of every voxel, per subject.
+        Planted class of every voxel, per subject (the table adds a class "all voxels").
 
     Returns
     -------
@@ -75,8 +75,9 @@ def mode_differences(reference: pd.DataFrame, other: pd.DataFrame, classes: dict
     if "r_norm" in reference:
         merged = merged[np.isfinite(merged.r_norm_ref) & np.isfinite(merged.r_norm_other)]
     merged = merged.assign(voxel_class=[classes[s][v] for s, v in zip(merged.subject, merged.voxel)])
+    everything = merged.assign(voxel_class="all voxels")
     rows = []
-    for (layer, voxel_class), group in merged.groupby(["layer", "voxel_class"]):
+    for (layer, voxel_class), group in pd.concat([merged, everything]).groupby(["layer", "voxel_class"]):
         class_means = group.groupby("subject")[["r_ref", "r_other"]].mean()
         rows.append({
             "layer": layer, "voxel_class": voxel_class,
