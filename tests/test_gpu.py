@@ -1,0 +1,48 @@
+"""Checks that need a CUDA GPU; skipped elsewhere. On a GPU machine: ``pytest -m gpu``."""
+
+import numpy as np
+import pytest
+import torch
+
+from bt_utils.encoding import fit_ridge_cv, story_folds
+from bt_utils.features import WindowSettings, extract_layer_features
+from bt_utils.models import load_encoder, select_device
+from bt_utils.tuning import TuningConfig, tune
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_auto_device_picks_cuda():
+    assert select_device("auto").type == "cuda"
+
+
+def test_torch_cuda_ridge_matches_numpy():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 40))
+    Y = X @ rng.standard_normal((40, 50)) + 2.0 * rng.standard_normal((300, 50))
+    folds = story_folds(np.repeat(np.arange(6), 50))
+    cpu = fit_ridge_cv(X, Y, cv=folds)
+    gpu = fit_ridge_cv(X, Y, cv=folds, backend="torch_cuda", voxel_batch=16)
+    np.testing.assert_array_equal(gpu.best_alphas, cpu.best_alphas)
+    np.testing.assert_allclose(gpu.cv_scores, cpu.cv_scores, atol=1e-4)
+    np.testing.assert_allclose(gpu.weights, cpu.weights, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny-wav2vec2", "tiny-whisper"])
+def test_cuda_features_match_cpu(name):
+    audio = 0.1 * np.random.default_rng(0).standard_normal(3 * 16000).astype(np.float32)
+    settings = WindowSettings(context_s=1.0)
+    _, cpu = extract_layer_features(load_encoder(name, "cpu"), audio, [1, 2], settings, progress=False)
+    _, gpu = extract_layer_features(load_encoder(name, "cuda"), audio, [1, 2], settings, progress=False)
+    for layer in (1, 2):
+        np.testing.assert_allclose(gpu[layer], cpu[layer], atol=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_tuning_learns_on_cuda(demo, tmp_path, precision):
+    config = TuningConfig(model="tiny-wav2vec2", epochs=3, batch_size=8, warmup_epochs=1, head_lr=1e-2,
+                          encoder_lr=1e-4, max_train_trs=24, max_validation_trs=8, spec_augment=False,
+                          layerdrop=False, device="cuda", mixed_precision=precision)
+    result = tune(demo, "DEMO01", config, tmp_path / precision, progress=False)
+    train = result.history[result.history.split == "train"].loss.to_numpy()
+    assert np.isfinite(train).all() and train[-1] < train[0] - 0.05
