@@ -50,7 +50,7 @@ class AlignmentSettings:
         Reference protocol or the fast mode.
     native_length : bool
         Whisper only: run the encoder on each window's real length instead of
-        padding it to 30 s (about 2x faster; the protocol pads, and native-length
+        padding it to 30 s (2.5-4x faster on CPU; the protocol pads, and native-length
         features shift with the window's start, see :mod:`bt_utils.features`).
     delays : tuple of int
         FIR delays in TRs.
