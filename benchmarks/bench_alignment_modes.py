@@ -90,39 +90,40 @@ def mode_differences(reference: pd.DataFrame, other: pd.DataFrame, classes: dict
     return pd.DataFrame(rows)
 
 
-def mode_scores(dataset: Dataset, model: str, settings: AlignmentSettings, scoring: str) -> pd.DataFrame:
-    """Voxel scores of every participant and layer for one window mode.
+def mode_scores(dataset: Dataset, model: str, settings: AlignmentSettings,
+                scorings: list[str]) -> dict[str, pd.DataFrame]:
+    """Voxel scores of every participant and layer for one window mode, for each scoring.
+
+    Features and responses are loaded once per participant and shared by the scorings.
 
     Parameters
     ----------
     dataset : Dataset
     model : str
     settings : AlignmentSettings
-    scoring : {"test", "story-cv"}
-        Test-story r and r_norm, or leave-one-story-out r over the training stories.
+    scorings : list of {"test", "story-cv"}
+        Test-story r and r_norm, and/or leave-one-story-out r over the training stories.
 
     Returns
     -------
-    table : DataFrame
-        ``subject, layer, voxel, r`` (+ ``r_norm`` with test scoring).
+    tables : dict of str to DataFrame
+        Per scoring: ``subject, layer, voxel, r`` (+ ``r_norm`` with test scoring).
     """
-    tables = []
+    tables = {scoring: [] for scoring in scorings}
     for subject in dataset.subjects:
         layers, features = variant_features(dataset, subject, model, settings, "cpu", False)
         targets = subject_targets(dataset, subject, settings.include_validation)
-        if scoring == "test":
+        if "test" in tables:
             table = score_features(dataset, subject, features, layers, targets, settings)
-            table = table[["layer", "voxel", "r", "r_norm"]]
-        else:
-            rows = []
+            tables["test"].append(table[["layer", "voxel", "r", "r_norm"]].assign(subject=subject))
+        if "story-cv" in tables:
             for layer in layers:
                 x_train, _, labels = layer_design(features, dataset, dataset.split(subject), layer, settings.delays,
                                                   settings.include_validation, subject)
                 r = story_cv_scores(x_train, targets.train, labels, settings)
-                rows.append(pd.DataFrame({"layer": layer, "voxel": np.arange(len(r)), "r": r}))
-            table = pd.concat(rows, ignore_index=True)
-        tables.append(table.assign(subject=subject))
-    return pd.concat(tables, ignore_index=True)
+                tables["story-cv"].append(pd.DataFrame({"subject": subject, "layer": layer,
+                                                        "voxel": np.arange(len(r)), "r": r}))
+    return {scoring: pd.concat(parts, ignore_index=True) for scoring, parts in tables.items()}
 
 
 def main() -> None:
@@ -142,8 +143,8 @@ def main() -> None:
         for name in ["reference", *args.modes]:
             started = time.perf_counter()
             settings = AlignmentSettings(window=MODES[name], native_length=not args.padded)
-            for scoring in args.scoring:
-                tables[name, scoring] = mode_scores(dataset, args.model, settings, scoring)
+            for scoring, table in mode_scores(dataset, args.model, settings, args.scoring).items():
+                tables[name, scoring] = table
             seconds[name] = time.perf_counter() - started
     print(f"{args.model}, {'padded to 30 s' if args.padded else 'native length'}, {len(dataset.subjects)} "
           f"participants, {args.threads} thread(s)\n")

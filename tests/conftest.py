@@ -26,6 +26,11 @@ TEST_WINDOW_KW = {"mode": "fast", "context_s": 8.0, "stride_s": 4.0}
 compute than the fast mode's defaults; every such test uses them so the feature cache is shared)."""
 
 
+QUICK_TUNING = dict(epochs=3, batch_size=8, warmup_epochs=1, head_lr=1e-2, encoder_lr=1e-4, max_train_trs=24,
+                    max_validation_trs=8, spec_augment=False, layerdrop=False, device="cpu")
+"""Brain-tuning settings small enough for a test on the demo (a few seconds with the tiny models)."""
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """The default demo dataset, built once per test session."""

@@ -8,6 +8,7 @@ from bt_utils.encoding import fit_ridge_cv, story_folds
 from bt_utils.features import WindowSettings, extract_layer_features
 from bt_utils.models import load_encoder, select_device
 from bt_utils.tuning import TuningConfig, tune
+from conftest import QUICK_TUNING
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -40,9 +41,7 @@ def test_cuda_features_match_cpu(name):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_tuning_learns_on_cuda(demo, tmp_path, precision):
-    config = TuningConfig(model="tiny-wav2vec2", epochs=3, batch_size=8, warmup_epochs=1, head_lr=1e-2,
-                          encoder_lr=1e-4, max_train_trs=24, max_validation_trs=8, spec_augment=False,
-                          layerdrop=False, device="cuda", mixed_precision=precision)
+    config = TuningConfig(model="tiny-wav2vec2", **{**QUICK_TUNING, "device": "cuda", "mixed_precision": precision})
     result = tune(demo, "DEMO01", config, tmp_path / precision, progress=False)
     train = result.history[result.history.split == "train"].loss.to_numpy()
     assert np.isfinite(train).all() and train[-1] < train[0] - 0.05

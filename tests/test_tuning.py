@@ -14,9 +14,7 @@ from bt_utils.tuning import (
     head_lr_factor, load_brain_tuned, masked_mean, story_derangement, tune,
 )
 from bt_utils.validation import DataError
-
-QUICK = dict(epochs=3, batch_size=8, warmup_epochs=1, head_lr=1e-2, encoder_lr=1e-4, max_train_trs=24,
-             max_validation_trs=8, spec_augment=False, layerdrop=False, device="cpu")
+from conftest import QUICK_TUNING
 
 
 def test_schedules_follow_the_protocol():
@@ -80,7 +78,7 @@ def test_config_rejects_bad_values():
 
 
 def test_training_sets_pair_windows_with_trimmed_responses(demo):
-    config = TuningConfig(**QUICK)
+    config = TuningConfig(**QUICK_TUNING)
     train, validation, selection = build_tuning_sets(demo, "DEMO01", config)
     assert len(train) == 24 and len(validation) == 8
     window, target = train[0]
@@ -91,11 +89,11 @@ def test_training_sets_pair_windows_with_trimmed_responses(demo):
     assert set(s for s, _ in validation.items) <= set(selection["validation_stories"])
     assert all(c > 0.4 for c in selection["cc_max"])
     with pytest.raises(DataError, match="no voxel has cc_max > 0.999"):
-        build_tuning_sets(demo, "DEMO01", TuningConfig(**QUICK | {"cc_max_threshold": 0.999}))
+        build_tuning_sets(demo, "DEMO01", TuningConfig(**QUICK_TUNING | {"cc_max_threshold": 0.999}))
 
 
 def test_controls_change_the_targets(demo):
-    full = dict(QUICK, max_train_trs=None, max_validation_trs=None)
+    full = dict(QUICK_TUNING, max_train_trs=None, max_validation_trs=None)
     real, _, selection = build_tuning_sets(demo, "DEMO01", TuningConfig(**full))
     swapped, _, swap = build_tuning_sets(demo, "DEMO01", TuningConfig(**full, control="story_swap"))
     shuffled, _, _ = build_tuning_sets(demo, "DEMO01", TuningConfig(**full, control="block_shuffle"))
@@ -129,7 +127,7 @@ def test_block_shuffle_moves_whole_blocks():
 
 
 def test_loss_falls_and_checkpoint_round_trips(demo, tmp_path):
-    config = TuningConfig(model="tiny-wav2vec2", **QUICK)
+    config = TuningConfig(model="tiny-wav2vec2", **QUICK_TUNING)
     result = tune(demo, "DEMO01", config, tmp_path / "run", progress=False)
     train = result.history[result.history.split == "train"].loss.to_numpy()
     validation = result.history[result.history.split == "validation"]
@@ -154,7 +152,7 @@ def test_validation_runs_in_eval_mode(demo, tmp_path, monkeypatch):
         return original(self, audio, lengths)
 
     monkeypatch.setattr(BrainTuningModel, "forward", spy)
-    tune(demo, "DEMO01", TuningConfig(model="tiny-hubert", **QUICK | {"epochs": 1}), tmp_path, progress=False)
+    tune(demo, "DEMO01", TuningConfig(model="tiny-hubert", **QUICK_TUNING | {"epochs": 1}), tmp_path, progress=False)
     n_train_batches = 3
     assert modes[:n_train_batches] == [(True, True)] * n_train_batches
     assert modes[n_train_batches:] == [(False, False)]
@@ -163,7 +161,7 @@ def test_validation_runs_in_eval_mode(demo, tmp_path, monkeypatch):
 def test_resume_equals_an_uninterrupted_run(demo, tmp_path):
     """Dropout, SpecAugment (numpy's generator) and LayerDrop draw random numbers: resuming restores
     their states, the optimiser, the schedules and the data order, so the result is bitwise equal."""
-    config = TuningConfig(model="tiny-wav2vec2", **QUICK | {"spec_augment": True, "layerdrop": True})
+    config = TuningConfig(model="tiny-wav2vec2", **QUICK_TUNING | {"spec_augment": True, "layerdrop": True})
     straight = tune(demo, "DEMO01", config, tmp_path / "straight", progress=False)
     interrupted = tune(demo, "DEMO01", config, tmp_path / "resumed", progress=False, stop_after_epochs=1)
     assert interrupted.stop_reason == "interrupted after epoch 0" and len(interrupted.history) == 2
@@ -175,12 +173,12 @@ def test_resume_equals_an_uninterrupted_run(demo, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     with pytest.raises(ValueError, match="other parameters.*'loss'"):
-        tune(demo, "DEMO01", TuningConfig(model="tiny-wav2vec2", **QUICK | {"spec_augment": True, "layerdrop": True,
+        tune(demo, "DEMO01", TuningConfig(model="tiny-wav2vec2", **QUICK_TUNING | {"spec_augment": True, "layerdrop": True,
                                                                             "loss": "pearson"}), tmp_path / "straight")
 
 
 def test_lora_trains_adapters_and_saves_a_plain_encoder(demo, tmp_path):
-    config = TuningConfig(model="tiny-hubert", lora=True, lora_lr=1e-2, **QUICK | {"epochs": 2})
+    config = TuningConfig(model="tiny-hubert", lora=True, lora_lr=1e-2, **QUICK_TUNING | {"epochs": 2})
     before = load_encoder("tiny-hubert", device="cpu", seed=config.seed).state_dict()
     result = tune(demo, "DEMO01", config, tmp_path, progress=False)
     after = load_encoder(result.checkpoint_dir, device="cpu").state_dict()
@@ -191,7 +189,7 @@ def test_lora_trains_adapters_and_saves_a_plain_encoder(demo, tmp_path):
 
 def test_gradient_accumulation_matches_one_large_batch(demo):
     """Micro-batches of 2 accumulate the gradient of the whole batch of 8 (eval mode: no dropout)."""
-    train, _, selection = build_tuning_sets(demo, "DEMO01", TuningConfig(**QUICK | {"max_train_trs": 8}))
+    train, _, selection = build_tuning_sets(demo, "DEMO01", TuningConfig(**QUICK_TUNING | {"max_train_trs": 8}))
     model = BrainTuningModel(load_encoder("tiny-hubert", device="cpu"), len(selection["voxels"])).eval()
     batch = torch.arange(8)
     gradients = []
@@ -224,7 +222,7 @@ def test_early_stopping_keeps_the_best_epoch(demo, tmp_path, monkeypatch, losses
     """Training stops after `patience` epochs without improvement (or when the validation loss
     exceeds 10x the best) and the checkpoint holds the best epoch's model."""
     _scripted_validation(monkeypatch, losses)
-    config = TuningConfig(model="tiny-wav2vec2", **QUICK | {"epochs": 6, "patience": 2})
+    config = TuningConfig(model="tiny-wav2vec2", **QUICK_TUNING | {"epochs": 6, "patience": 2})
     result = tune(demo, "DEMO01", config, tmp_path, progress=False)
     assert sorted(set(result.history.epoch)) == list(range(stopped_after + 1))
     assert result.stop_reason.startswith(reason)
