@@ -43,16 +43,18 @@ from bt_utils.alignment import (  # noqa: E402
 )
 from bt_utils.dataset import Dataset  # noqa: E402
 from bt_utils.demo_data import open_dataset  # noqa: E402
-from bt_utils.features import WindowSettings, layer_design  # noqa: E402
+from bt_utils.features import CHUNK_S, CONTEXT_S, WindowSettings, layer_design  # noqa: E402
 
 MODES = {
     "reference": WindowSettings(),
     "fast": WindowSettings(mode="fast"),
     "fast-stride1": WindowSettings(mode="fast", stride_s=1.0),
     "grid-1s": WindowSettings(chunk_s=1.0),
+    "reference+0.1s": WindowSettings(context_s=CONTEXT_S + CHUNK_S),
 }
-"""Window modes by name: the protocol, the fast mode's default, a shorter fast stride, and the
-reference protocol on a 1-s grid (10x fewer windows, no reuse)."""
+"""Window modes by name: the protocol, the fast mode's default, a shorter fast stride, the
+reference protocol on a 1-s grid (10x fewer windows, no reuse), and the protocol with 0.1 s more
+context (no cheaper: how far the protocol's own scores move with its window length)."""
 
 
 def mode_differences(reference: pd.DataFrame, other: pd.DataFrame, classes: dict[str, np.ndarray]) -> pd.DataFrame:
