@@ -12,7 +12,9 @@ a temporary folder), prints
 - beside it, the same agreement for the reference protocol run with 0.1 s more
   context (16.1 s + 0.1 s): how far the protocol's own features move when every
   window starts one chunk earlier. An approximation cannot be expected to agree
-  with the reference better than that.
+  with the reference better than that;
+- when a Whisper model runs both padded and ``:native``, the agreement of the
+  native-length reference with the padded one (the protocol), per layer.
 
 Usage::
 
@@ -71,8 +73,10 @@ def agreement(reference: np.ndarray, fast: np.ndarray) -> tuple[float, float]:
     return float(r.mean()), float(np.percentile(r, 10))
 
 
-def bench_model(spec: str, audio: np.ndarray, tr_times: np.ndarray, batch_size: int) -> tuple[list, list]:
-    """Timing rows (one per mode) and agreement rows (one per layer: fast, then reference+0.1s, vs reference)."""
+def bench_model(spec: str, audio: np.ndarray, tr_times: np.ndarray,
+                batch_size: int) -> tuple[list, list, dict[int, np.ndarray]]:
+    """Timing rows (one per mode), agreement rows (one per layer: fast, then reference+0.1s, vs reference)
+    and the reference's trimmed TR features per layer, each of shape (n_trs, d)."""
     name, _, variant = spec.partition(":")
     encoder = load_encoder(name, "cpu", native_length=variant == "native")
     padded_to = WHISPER_MAX_SAMPLES / SAMPLE_RATE if encoder.family == "whisper" and not encoder.native_length else None
@@ -91,7 +95,7 @@ def bench_model(spec: str, audio: np.ndarray, tr_times: np.ndarray, batch_size: 
     reference = {layer: trim_trs(tr_level["reference"][layer]) for layer in layers}
     rows = [[spec, layer, *agreement(reference[layer], trim_trs(tr_level["fast"][layer])),
              *agreement(reference[layer], trim_trs(tr_level["reference+0.1s"][layer]))] for layer in layers]
-    return timing, rows
+    return timing, rows, reference
 
 
 def print_table(header: list[str], rows: list[list], formats: list[str]) -> None:
@@ -119,12 +123,19 @@ def main() -> None:
     for mode, settings in MODES.items():
         print(f"  {mode}: {settings.to_dict()}")
     print()
+    references = {}
     for spec in args.models:  # each model's tables as soon as it is done (the Whisper reference runs take long)
-        timing, agree = bench_model(spec, audio, tr_times, args.batch_size)
+        timing, agree, references[spec] = bench_model(spec, audio, tr_times, args.batch_size)
         print_table(["model", "mode", "s / audio min", "forwards", "input s / audio min", "compute ratio"], timing,
                     ["{}", "{}", "{:.1f}", "{}", "{:.0f}", "{:.1f}x"])
         print_table(["model", "layer", "fast r mean", "fast r p10", "+0.1 s context r mean", "+0.1 s context r p10"],
                     agree, ["{}", "{}", "{:.3f}", "{:.3f}", "{:.3f}", "{:.3f}"])
+    for spec, native in references.items():  # Whisper run both ways: how far native length is from the protocol
+        padded = spec.removesuffix(":native")
+        if spec != padded and padded in references:
+            rows = [[padded, layer, *agreement(references[padded][layer], values)] for layer, values in native.items()]
+            print_table(["model", "layer", "native vs padded reference r mean", "r p10"], rows,
+                        ["{}", "{}", "{:.3f}", "{:.3f}"])
 
 
 if __name__ == "__main__":
