@@ -37,8 +37,9 @@ From audio to a design matrix, in this order:
      approximation for wav2vec2-style encoders only; for Whisper it yields
      different (interior-frame) features, and reference mode follows the
      protocol. On the demo's encoding models (``benchmarks/bench_alignment_modes.py``)
-     the fast mode moves whisper-tiny.en's voxel r by 0.03-0.08 on average and
-     lowers the mean r of planted auditory voxels by up to 0.03 in deep layers.
+     the fast mode moves whisper-tiny.en's voxel r by 0.031-0.037 on average
+     (leave-one-story-out scoring; 0.03-0.08 on the short test story) and lowers
+     the mean r of planted auditory voxels by up to 0.014 in deep layers.
      Other ways of sharing work between Whisper windows do no better (tried on
      whisper-tiny.en over 10-20 s of a demo story, frame-level r with the
      reference in layers 1-4, where the fast mode gives 0.50-0.68): a banded
@@ -426,8 +427,8 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
         _WARNED_FAST_WHISPER.add(settings.tag)  # once per settings and process, not once per story
         log.warning("fast windows give Whisper interior frames, which it represents unlike the last frame of a "
                     "window that the reference keeps (whisper-tiny.en on the demo: TR-level r 0.55-0.79 with the "
-                    "reference, voxel alignment r off by 0.03-0.08; see bt_utils.features and docs/benchmarks.md); "
-                    "use mode='reference' to follow the protocol")
+                    "reference, voxel alignment r off by 0.03-0.04 on average; see bt_utils.features and "
+                    "docs/benchmarks.md); use mode='reference' to follow the protocol")
     plan = plan_windows(len(audio), settings)
     frame_index = _kept_frame_index(encoder, plan)
     features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}
