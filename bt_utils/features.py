@@ -56,8 +56,9 @@ From audio to a design matrix, in this order:
      only r 0.78-0.86 with themselves in layers 1-4 at the TR level (padded to
      30 s: 0.95-0.99; ``benchmarks/bench_features.py``), and the demo's voxel r
      moves by 0.006-0.014 on average (leave-one-story-out scoring, layers 1-4;
-     the fast mode: 0.031-0.037). Whisper was trained on padded input; native
-     length is a speed option for exploration and the demo.
+     the fast mode: 0.031-0.037). Its features also differ from the padded
+     protocol's (TR-level r 0.52-0.73 in layers 1-4). Whisper was trained on
+     padded input; native length is a speed option for exploration and the demo.
 
    Windows of equal length are batched together, so no window is padded
    (Whisper without ``native_length`` pads every window to 30 s, as in
