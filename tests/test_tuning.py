@@ -173,8 +173,8 @@ def test_resume_equals_an_uninterrupted_run(demo, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     with pytest.raises(ValueError, match="other parameters.*'loss'"):
-        tune(demo, "DEMO01", TuningConfig(model="tiny-wav2vec2", **QUICK_TUNING | {"spec_augment": True, "layerdrop": True,
-                                                                            "loss": "pearson"}), tmp_path / "straight")
+        resumed_with_other_loss = QUICK_TUNING | {"spec_augment": True, "layerdrop": True, "loss": "pearson"}
+        tune(demo, "DEMO01", TuningConfig(model="tiny-wav2vec2", **resumed_with_other_loss), tmp_path / "straight")
 
 
 def test_lora_trains_adapters_and_saves_a_plain_encoder(demo, tmp_path):
