@@ -16,8 +16,15 @@ single voxels a lot); ``story-cv`` predicts every training story from the others
 (:func:`bt_utils.alignment.story_cv_scores`, about 900 TRs), which measures the difference
 between feature modes with far less sampling noise.
 
+Mode ``fast-calibrated`` probes a calibrated fast mode: a linear map from fast-mode frames to
+reference frames, fitted per layer on one grid point in :data:`CALIBRATION_EVERY` pooled over all
+stories, is applied to every fast frame (the calibration points keep their reference frames). It
+reads both modes' frames from the disk cache (the reference runs first anyway) and prints the
+encoder compute it would need on its own: the fast windows plus one reference window per
+calibration point.
+
 Run: ``.venv/bin/python benchmarks/bench_alignment_modes.py [--model whisper-tiny.en]
-[--modes fast fast-stride1 grid-1s] [--scoring test story-cv] [--threads 1]``.
+[--modes fast fast-stride1 grid-1s fast-calibrated] [--scoring test story-cv] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from functools import partial
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -43,7 +51,17 @@ from bt_utils.alignment import (  # noqa: E402
 )
 from bt_utils.dataset import Dataset  # noqa: E402
 from bt_utils.demo_data import open_dataset  # noqa: E402
-from bt_utils.features import CHUNK_S, CONTEXT_S, WindowSettings, layer_design  # noqa: E402
+from bt_utils.features import (  # noqa: E402
+    CHUNK_S,
+    CONTEXT_S,
+    WindowSettings,
+    default_layers,
+    layer_design,
+    plan_windows,
+    story_features,
+    tr_features,
+)
+from bt_utils.models import SAMPLE_RATE, WHISPER_MAX_SAMPLES, load_encoder  # noqa: E402
 
 MODES = {
     "reference": WindowSettings(),
@@ -55,6 +73,14 @@ MODES = {
 """Window modes by name: the protocol, the fast mode's default, a shorter fast stride, the
 reference protocol on a 1-s grid (10x fewer windows, no reuse), and the protocol with 0.1 s more
 context (no cheaper: how far the protocol's own scores move with its window length)."""
+
+CALIBRATED = "fast-calibrated"
+"""Name of the calibrated fast mode (fast frames mapped onto reference frames, see the module docstring)."""
+CALIBRATION_EVERY = 21
+"""Grid points per calibration point of the calibrated mode (coprime with the fast mode's 20 frames per
+window, so the calibration points cycle through every position in a fast window)."""
+CALIBRATION_PENALTY = 0.1
+"""Ridge penalty of the calibration map, as a fraction of the mean eigenvalue of the fast frames' covariance."""
 
 
 def mode_differences(reference: pd.DataFrame, other: pd.DataFrame, classes: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -92,7 +118,87 @@ def mode_differences(reference: pd.DataFrame, other: pd.DataFrame, classes: dict
     return pd.DataFrame(rows)
 
 
-def mode_scores(dataset: Dataset, model: str, settings: AlignmentSettings,
+def calibration_map(fast: np.ndarray, reference: np.ndarray, penalty: float = CALIBRATION_PENALTY):
+    """Ridge map from fast-mode frames to reference frames, shrunk towards the identity.
+
+    Fits ``reference - mean ~ (fast - mean) @ (I + D)`` with a ridge penalty on ``D``, so that
+    directions the calibration frames say little about keep their fast-mode values.
+
+    Parameters
+    ----------
+    fast, reference : ndarray of shape (n_calibration, d)
+        Frames of the same grid points in the two modes.
+    penalty : float
+        Ridge penalty as a fraction of the mean eigenvalue of ``fast``'s covariance.
+
+    Returns
+    -------
+    callable
+        Maps fast frames of shape (n, d) to estimated reference frames of shape (n, d).
+    """
+    fast, reference = np.asarray(fast, np.float64), np.asarray(reference, np.float64)
+    fast_mean, reference_mean = fast.mean(axis=0), reference.mean(axis=0)
+    centred = fast - fast_mean
+    gram = centred.T @ centred
+    ridge = penalty * np.trace(gram) / len(gram)
+    weights = np.eye(len(gram)) + np.linalg.solve(gram + ridge * np.eye(len(gram)),
+                                                  centred.T @ (reference - reference_mean - centred))
+    return lambda frames: (np.asarray(frames, np.float64) - fast_mean) @ weights + reference_mean
+
+
+def calibrated_features(dataset: Dataset, model: str, native_length: bool) -> tuple[tuple[int, ...], dict, float]:
+    """TR features of every demo story in the calibrated fast mode, from both modes' frames (disk cache).
+
+    Parameters
+    ----------
+    dataset : Dataset
+    model : str
+    native_length : bool
+        Whisper on each window's real length instead of padded to 30 s.
+
+    Returns
+    -------
+    layers : tuple of int
+    features : dict of str to dict of int to ndarray of shape (n_trs, d)
+        Untrimmed TR features per story and layer.
+    compute_ratio : float
+        Reference encoder input over the calibrated mode's (fast windows + calibration windows).
+    """
+    encoder = load_encoder(model, "cpu", native_length=native_length)
+    layers = default_layers(encoder.n_layers)
+    padded_to = None
+    if encoder.family == "whisper" and not encoder.native_length:
+        padded_to = WHISPER_MAX_SAMPLES / SAMPLE_RATE
+    fingerprint = encoder.fingerprint()
+    stories = sorted({story for subject in dataset.subjects for story in dataset.split(subject).all})
+    times, reference, fast, points = {}, {}, {}, {}
+    reference_seconds = calibrated_seconds = 0.0
+    for story in stories:
+        times[story], reference[story] = story_features(encoder, dataset, story, layers, MODES["reference"],
+                                                        progress=False, fingerprint=fingerprint)
+        fast_times, fast[story] = story_features(encoder, dataset, story, layers, MODES["fast"], progress=False,
+                                                 fingerprint=fingerprint)
+        if not np.allclose(times[story], fast_times):
+            raise ValueError(f"{story}: the fast and reference frame grids differ")
+        points[story] = np.arange(CALIBRATION_EVERY // 2, len(times[story]), CALIBRATION_EVERY)
+        n_samples = len(dataset.load_audio(story))
+        reference_plan = plan_windows(n_samples, MODES["reference"])
+        calibration_windows = (reference_plan.ends - reference_plan.starts)[points[story]] / SAMPLE_RATE
+        reference_seconds += reference_plan.input_seconds(padded_to)
+        calibrated_seconds += plan_windows(n_samples, MODES["fast"]).input_seconds(padded_to)
+        calibrated_seconds += len(points[story]) * padded_to if padded_to else calibration_windows.sum()
+    features = {story: {} for story in stories}
+    for layer in layers:
+        mapping = calibration_map(np.concatenate([fast[story][layer][points[story]] for story in stories]),
+                                  np.concatenate([reference[story][layer][points[story]] for story in stories]))
+        for story in stories:
+            mapped = mapping(fast[story][layer])
+            mapped[points[story]] = reference[story][layer][points[story]]
+            features[story][layer] = tr_features(times[story], mapped, dataset.tr_times(story))
+    return layers, features, reference_seconds / calibrated_seconds
+
+
+def mode_scores(dataset: Dataset, features_of, settings: AlignmentSettings,
                 scorings: list[str]) -> dict[str, pd.DataFrame]:
     """Voxel scores of every participant and layer for one window mode, for each scoring.
 
@@ -101,7 +207,8 @@ def mode_scores(dataset: Dataset, model: str, settings: AlignmentSettings,
     Parameters
     ----------
     dataset : Dataset
-    model : str
+    features_of : callable
+        Subject -> ``(layers, features)`` as :func:`bt_utils.alignment.variant_features` returns them.
     settings : AlignmentSettings
     scorings : list of {"test", "story-cv"}
         Test-story r and r_norm, and/or leave-one-story-out r over the training stories.
@@ -113,7 +220,7 @@ def mode_scores(dataset: Dataset, model: str, settings: AlignmentSettings,
     """
     tables = {scoring: [] for scoring in scorings}
     for subject in dataset.subjects:
-        layers, features = variant_features(dataset, subject, model, settings, "cpu", False)
+        layers, features = features_of(subject)
         targets = subject_targets(dataset, subject, settings.include_validation)
         if "test" in tables:
             table = score_features(dataset, subject, features, layers, targets, settings)
@@ -132,7 +239,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="demo_output/data", help="the demo dataset (bt demo-data)")
     parser.add_argument("--model", default="whisper-tiny.en")
-    parser.add_argument("--modes", nargs="+", default=["fast", "fast-stride1", "grid-1s"], choices=sorted(MODES))
+    parser.add_argument("--modes", nargs="+", default=["fast", "fast-stride1", "grid-1s"],
+                        choices=sorted([*MODES, CALIBRATED]))
     parser.add_argument("--scoring", nargs="+", default=["test", "story-cv"], choices=["test", "story-cv"])
     parser.add_argument("--padded", action="store_true", help="Whisper padded to 30 s (default: native length)")
     parser.add_argument("--threads", type=int, default=1)
@@ -142,16 +250,30 @@ def main() -> None:
     classes = {subject: dataset.truth(subject)["voxel_class"] for subject in dataset.subjects}
     tables, seconds = {}, {}
     with threadpool_limits(args.threads):
-        for name in ["reference", *args.modes]:
+        for name in ["reference", *(mode for mode in args.modes if mode != CALIBRATED)]:
             started = time.perf_counter()
             settings = AlignmentSettings(window=MODES[name], native_length=not args.padded)
-            for scoring, table in mode_scores(dataset, args.model, settings, args.scoring).items():
+            features_of = partial(variant_features, dataset, path=args.model, settings=settings, device="cpu",
+                                  progress=False)
+            for scoring, table in mode_scores(dataset, features_of, settings, args.scoring).items():
                 tables[name, scoring] = table
             seconds[name] = time.perf_counter() - started
+        if CALIBRATED in args.modes:
+            layers, features, compute_ratio = calibrated_features(dataset, args.model, not args.padded)
+            settings = AlignmentSettings(window=MODES["fast"], native_length=not args.padded)
+
+            def features_of(subject):
+                return layers, {story: features[story] for story in dataset.split(subject).all}
+
+            for scoring, table in mode_scores(dataset, features_of, settings, args.scoring).items():
+                tables[CALIBRATED, scoring] = table
     print(f"{args.model}, {'padded to 30 s' if args.padded else 'native length'}, {len(dataset.subjects)} "
           f"participants, {args.threads} thread(s)\n")
     print(markdown_table(["mode", "settings", "wall s (features + fits)"],
                          [[name, MODES[name].tag, f"{value:.0f}"] for name, value in seconds.items()]))
+    if CALIBRATED in args.modes:
+        print(f"\n{CALIBRATED}: one calibration point every {CALIBRATION_EVERY} grid points, penalty "
+              f"{CALIBRATION_PENALTY}; {compute_ratio:.1f}x less encoder compute than the reference")
     for name in args.modes:
         for scoring in args.scoring:
             table = mode_differences(tables["reference", scoring], tables[name, scoring], classes)

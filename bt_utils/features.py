@@ -49,6 +49,10 @@ From audio to a design matrix, in this order:
      to its earlier frames (``K`` = 50: 0.61-0.74). In the reference every
      layer's state of every frame depends on where the window ends, so no
      window-sharing scheme reproduces it.
+     Correcting fast frames with a linear map to reference frames, fitted on
+     one reference window per 21 grid points pooled over the demo's stories
+     (9.6x less compute), halves the voxel difference (0.014-0.020) but goes
+     no further (``benchmarks/bench_alignment_modes.py --modes fast-calibrated``).
 
      Whisper's ``native_length`` (each window on its real length instead of
      padded to 30 s) makes the edge frame depend on the window's start as
