@@ -181,7 +181,7 @@ def calibrated_features(dataset: Dataset, model: str, native_length: bool) -> tu
         if not np.allclose(times[story], fast_times):
             raise ValueError(f"{story}: the fast and reference frame grids differ")
         points[story] = np.arange(CALIBRATION_EVERY // 2, len(times[story]), CALIBRATION_EVERY)
-        n_samples = len(dataset.load_audio(story))
+        n_samples = len(times[story]) * MODES["reference"].chunk_samples  # the same windows as the story's audio
         reference_plan = plan_windows(n_samples, MODES["reference"])
         calibration_windows = (reference_plan.ends - reference_plan.starts)[points[story]] / SAMPLE_RATE
         reference_seconds += reference_plan.input_seconds(padded_to)
