@@ -34,7 +34,8 @@ From audio to a design matrix, in this order:
      the last frame of its input as an edge: giving that frame just 0.1 s of
      later audio already lowers its correlation with the edge frame to about
      0.6 in layers 1-4, whatever the stride. Fast mode is therefore a close
-     approximation for wav2vec2-style encoders only; for Whisper it yields
+     approximation for wav2vec2-style encoders only (checked on random
+     weights: pretrained wav2vec2/HuBERT do not install offline); for Whisper it yields
      different (interior-frame) features, and reference mode follows the
      protocol. On the demo's encoding models (``benchmarks/bench_alignment_modes.py``)
      the fast mode moves whisper-tiny.en's voxel r by 0.031-0.037 on average
