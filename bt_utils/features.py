@@ -11,8 +11,9 @@ From audio to a design matrix, in this order:
    start (shorter windows: only the available audio).
 
    - ``"reference"`` mode is the protocol: 16 s of context plus a 0.1 s chunk,
-     stride 0.1 s, and only the last frame of each window is kept (Whisper: the
-     last frame computed from real audio, not from the padding to 30 s).
+     stride 0.1 s, and only the last frame of each window is kept (Whisper padded
+     to 30 s: the last frame that real audio reaches through the convolutions, as
+     in the authors' code; it is centred on the window's end).
    - ``"fast"`` mode runs longer windows (16 s + ``stride_s``, default 2 s) with
      a stride of ``stride_s`` and keeps the frames at the ``stride_s / chunk_s``
      grid points in the last ``stride_s`` of each window. The kept frame of grid
@@ -161,8 +162,8 @@ response_rows_test = slice(TEST_STIMULUS_START - TRIM_START, None)
 """Rows of the test story's stored (already ``[10:-5]``-trimmed) responses that pair
 with the stimulus ``[50:-5]``: ``[40:]``."""
 
-CACHE_VERSION = 1
-"""Version of the feature cache files; part of their path."""
+CACHE_VERSION = 2
+"""Version of the feature cache files; part of their path (2: padded Whisper keeps the authors' last frame)."""
 
 _WARNED_FAST_WHISPER: set[str] = set()
 """Window settings for which the fast-mode warning about Whisper was logged in this process."""
@@ -374,10 +375,20 @@ def _kept_frame_index(encoder: SpeechEncoder, plan: WindowPlan) -> np.ndarray:
     """Index, within its window's frames, of each grid point's frame, shape (n_times,).
 
     It is the last frame of a window that would end at the grid point: the
-    number of frames computed from the audio up to there, minus one.
+    number of frames computed from the audio up to there, minus one. Whisper
+    padded to 30 s keeps, as the authors' extraction code does, the last frame
+    that any real audio reaches: the feature extractor's attention mask
+    (``ceil(samples / 160)`` mel frames) passed through ``conv1`` and ``conv2``.
+    That is one frame later: the frame centred on the window's end, whose
+    receptive field also covers padding.
     """
     heard = plan.grid_ends - plan.starts[plan.window_of_frame]
-    index = encoder.frame_lengths(torch.as_tensor(heard)).numpy() - 1
+    frames = encoder.frame_lengths(torch.as_tensor(heard)).numpy()
+    if encoder.family == "whisper" and not encoder.native_length:
+        last_frame = int(encoder.frame_lengths(torch.tensor([WHISPER_MAX_SAMPLES]))[0]) - 1
+        index = np.minimum(frames, last_frame)
+    else:
+        index = frames - 1
     if index.min() < 0:
         shortest = int(heard[index < 0].min())
         raise ValueError(f"a window of {shortest} samples yields no {encoder.family} frame; make chunk_s longer "
@@ -502,7 +513,7 @@ def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers:
     """Frame features of one story, read from the disk cache or computed and cached.
 
     Cache key and layout: one ``.npz`` file per story and layer at
-    ``<cache_root>/features/v1/<fingerprint>/<settings.tag>/<story>-<audio hash>/layer-<LL>.npz``,
+    ``<cache_root>/features/v<CACHE_VERSION>/<fingerprint>/<settings.tag>/<story>-<audio hash>/layer-<LL>.npz``,
     where ``fingerprint`` is :meth:`SpeechEncoder.fingerprint` (weights, family
     and input settings such as Whisper's ``native_length``), ``settings.tag``
     names every field of :class:`WindowSettings`, and the audio hash is the

@@ -105,6 +105,12 @@ class ModelSpec:
     description: str
 
 
+def _train_only_or_provenance(config_key: str) -> bool:
+    """Whether a config field leaves eval-mode outputs unchanged (dropout, masking, names, versions)."""
+    return (config_key.startswith(("_", "mask_")) or "dropout" in config_key or config_key in {
+        "layerdrop", "apply_spec_augment", "transformers_version", "architectures", "name_or_path"})
+
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -481,17 +487,20 @@ class SpeechEncoder(nn.Module):
     # ----- persistence -------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """A hash of the weights, family and input settings: the key of feature caches.
+        """A hash of the weights, architecture, family and input settings: the key of feature caches.
 
         Two encoders with the same fingerprint give the same outputs for the same
-        audio (eval mode). Hashing reads every parameter once (~0.5 s per 100M).
+        audio (eval mode): the hash covers the model config (activation, heads,
+        norms...) as well as every parameter (read once, ~0.5 s per 100M).
 
         Returns
         -------
         fingerprint : str
             16 hexadecimal characters.
         """
-        digest = hashlib.sha256(json.dumps([self.family, self.settings], sort_keys=True, default=str).encode())
+        config = {key: value for key, value in self.encoder.config.to_dict().items()
+                  if not _train_only_or_provenance(key)}
+        digest = hashlib.sha256(json.dumps([self.family, self.settings, config], sort_keys=True, default=str).encode())
         for name, tensor in sorted(self.encoder.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

@@ -9,6 +9,7 @@ from bt_utils.dataset import Dataset, StorySplit
 from bt_utils.demo_data import DemoConfig, build_demo_dataset
 from bt_utils import features
 from bt_utils.features import (
+    CACHE_VERSION,
     PROTOCOL_LAYERS,
     WindowSettings,
     check_layers,
@@ -107,6 +108,18 @@ def test_fast_mode_cuts_encoder_compute_tenfold():
 # ----- extraction --------------------------------------------------------------------------------
 
 
+def _authors_whisper_frame(encoder, n_samples: int) -> int:
+    """The frame the authors' extraction keeps for Whisper padded to 30 s: the feature extractor's
+    attention mask (one entry per 160 samples, 3,000 entries) convolved with ones shaped like conv1
+    and conv2, and its last non-zero entry."""
+    mask = torch.zeros(1, 1, 3000)
+    mask[..., :int(np.ceil(n_samples / 160))] = 1
+    for conv in (encoder.encoder.conv1, encoder.encoder.conv2):
+        mask = torch.nn.functional.conv1d(mask, torch.ones(1, 1, conv.kernel_size[0]), stride=conv.stride,
+                                          padding=conv.padding)
+    return int(mask[0, 0].nonzero().max())
+
+
 @pytest.mark.parametrize("name, native", [("tiny-wav2vec2", False), ("tiny-hubert", False),
                                           ("tiny-whisper", False), ("tiny-whisper", True)])
 def test_reference_frames_equal_single_window_forward(name, native, one_thread):
@@ -120,7 +133,10 @@ def test_reference_frames_equal_single_window_forward(name, native, one_thread):
         window = torch.from_numpy(audio[None, max(0, end - settings.window_samples):end])
         with torch.no_grad():
             output = encoder(window)
-        last = int(output.frame_mask[0].sum()) - 1  # Whisper: the last frame of real audio
+        last = int(output.frame_mask[0].sum()) - 1
+        if encoder.family == "whisper" and not native:
+            last = _authors_whisper_frame(encoder, window.shape[1])
+            assert last == int(output.frame_mask[0].sum())  # one frame after the fully real ones
         for layer in (0, 2):
             np.testing.assert_allclose(features[layer][k], output.hidden_states[layer][0, last].numpy(), atol=1e-5)
 
@@ -212,7 +228,7 @@ def test_cache_hit_skips_the_model(noise_dataset, tmp_path, one_thread):
     assert times.shape == (10,) and features[2].shape == (10, encoder.hidden_size)
     files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.npz"))
     assert [f.name for f in files] == ["layer-01.npz", "layer-02.npz"]
-    assert files[0].parts[:4] == ("features", "v1", encoder.fingerprint(), settings.tag)
+    assert files[0].parts[:4] == ("features", f"v{CACHE_VERSION}", encoder.fingerprint(), settings.tag)
 
     stub = _NoModel(encoder.fingerprint(), encoder.n_layers)
     hit_times, hit = story_features(stub, noise_dataset, "a", [2, 1], settings, tmp_path, progress=False)

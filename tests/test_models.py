@@ -422,13 +422,18 @@ def test_bad_audio_and_options_are_refused():
         encoder.set_regularisation(spec_augment=False, layerdrop=True, layerdrop_rate=1.5)
 
 
-def test_fingerprint_tracks_weights_and_settings():
+def test_fingerprint_tracks_weights_architecture_and_settings():
     first, again = load_encoder("tiny-hubert", device="cpu"), load_encoder("tiny-hubert", device="cpu")
     assert first.fingerprint() == again.fingerprint() and len(first.fingerprint()) == 16
     assert load_encoder("tiny-hubert", device="cpu", seed=1).fingerprint() != first.fingerprint()
     with torch.no_grad():
         next(again.encoder.encoder.layers[0].parameters()).add_(1e-3)
     assert again.fingerprint() != first.fingerprint()
+    # the architecture counts (same weights, another activation); train-only settings do not
+    relu, dropout = load_encoder("tiny-hubert", device="cpu"), load_encoder("tiny-hubert", device="cpu")
+    relu.encoder.config.hidden_act = "relu"
+    dropout.encoder.config.hidden_dropout, dropout.encoder.config.mask_time_prob = 0.3, 0.5
+    assert relu.fingerprint() != first.fingerprint() and dropout.fingerprint() == first.fingerprint()
     whisper = load_encoder("tiny-whisper", device="cpu")
     before = whisper.fingerprint()
     whisper.native_length = True
