@@ -58,10 +58,12 @@ def across_subjects(table: pd.DataFrame, value: str, by: Sequence[str] = ("model
     Returns
     -------
     summary : DataFrame
-        ``by``, ``mean``, ``sem`` (NaN with one participant), ``n_subjects``.
+        ``by``, ``mean``, ``sem`` (NaN with fewer than two participants), ``n_subjects``:
+        participants whose value is NaN (e.g. an ROI without a voxel above the
+        noise-ceiling cut) are left out of all three.
     """
     grouped = table.groupby(list(by), sort=True)[value]
-    summary = grouped.agg(mean="mean", sem=lambda v: scipy.stats.sem(v) if v.count() > 1 else np.nan,
+    summary = grouped.agg(mean="mean", sem=lambda v: v.sem(ddof=1) if v.count() > 1 else np.nan,
                           n_subjects="count")
     return summary.reset_index()
 
@@ -109,7 +111,8 @@ def block_permutation_pvalues(prediction: np.ndarray, target: np.ndarray, n_perm
                               block_size: int = 10, rng: np.random.Generator | None = None) -> np.ndarray:
     """One-sided p-values of voxel-wise prediction correlations by block permutation.
 
-    The target time series is cut into blocks of ``block_size`` TRs whose order is
+    The target time series is cut into consecutive blocks of ``block_size`` TRs
+    (the last one shorter when ``block_size`` does not divide the TRs) whose order is
     permuted (keeping the autocorrelation within blocks); the same permutation is
     applied to every voxel. ``p = (1 + #{null r >= observed r}) / (1 + n_permutations)``.
 
@@ -141,7 +144,7 @@ def block_permutation_pvalues(prediction: np.ndarray, target: np.ndarray, n_perm
     p, t = standardise(prediction), standardise(target)
     observed = (p * t).sum(axis=0)
     exceed = np.zeros(observed.shape)
-    blocks = np.array_split(np.arange(n_trs), n_blocks)
+    blocks = [np.arange(start, min(start + block_size, n_trs)) for start in range(0, n_trs, block_size)]
     for _ in range(n_permutations):
         order = np.concatenate([blocks[i] for i in rng.permutation(n_blocks)])
         exceed += (p * t[order]).sum(axis=0) >= observed

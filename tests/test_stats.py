@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -76,3 +78,27 @@ def test_constant_differences_have_no_t_statistic():
     table = roi_table(_voxels(), ROIS)  # tuned = pretrained + 0.05 for everyone
     result = paired_test(table, "r_norm_mean", "pretrained", "tuned")
     assert result.mean_difference.to_numpy() == pytest.approx([0.05, 0.05]) and result.p_value.isna().all()
+
+
+def test_standard_error_skips_a_participant_without_a_value():
+    table = pd.DataFrame({"model": "m", "variant": "v", "layer": 1, "roi": "AC",
+                          "subject": ["A", "B", "C", "D"], "r_norm_mean": [0.1, 0.2, 0.3, np.nan]})
+    row = across_subjects(table, "r_norm_mean").iloc[0]
+    assert row["mean"] == pytest.approx(0.2) and row.n_subjects == 3
+    assert row["sem"] == pytest.approx(scipy.stats.sem([0.1, 0.2, 0.3]))
+
+
+def test_permutation_blocks_have_the_documented_length():
+    # 11 TRs in blocks of 5 are [0:5], [5:10], [10:11]: 6 orders, enumerated here independently
+    rng = np.random.default_rng(5)
+    target, prediction = rng.standard_normal((11, 40)), rng.standard_normal((11, 40))
+    blocks = [np.arange(0, 5), np.arange(5, 10), np.arange(10, 11)]
+    observed = [np.corrcoef(prediction[:, v], target[:, v])[0, 1] for v in range(40)]
+    exceed = np.zeros(40)
+    for order in itertools.permutations(range(3)):
+        rows = np.concatenate([blocks[i] for i in order])
+        exceed += [np.corrcoef(prediction[:, v], target[rows, v])[0, 1] >= observed[v] - 1e-12 for v in range(40)]
+    n = 3000
+    expected = (1 + n * exceed / 6) / (1 + n)
+    p = block_permutation_pvalues(prediction, target, n_permutations=n, block_size=5, rng=rng)
+    assert np.abs(p - expected).max() < 0.04
