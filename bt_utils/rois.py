@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import Dataset
+from .validation import DataError
 
 HCP_ROI_GROUPS: dict[str, tuple[str, ...]] = {
     "late_language": ("A5", "44", "45", "IFJa", "IFSp", "PGi", "PGp", "PGs", "TPOJ1", "TPOJ2", "TPOJ3",
@@ -42,8 +43,13 @@ HCP_ROI_GROUPS: dict[str, tuple[str, ...]] = {
 PLANTED_CLASSES = ("semantic", "auditory", "noise")
 
 
-def hcp_parcel_name(label: str) -> str:
-    """Bare HCP-MMP1 parcel name: ``"L_A1_ROI"`` -> ``"A1"``, ``"R_STSdp_ROI"`` -> ``"STSdp"``."""
+def hcp_parcel_name(label: str | bytes) -> str:
+    """Bare HCP-MMP1 parcel name: ``"L_A1_ROI"`` -> ``"A1"``, ``"R_STSdp_ROI"`` -> ``"STSdp"``.
+
+    Bytes (as nibabel's ``read_annot`` returns names) are decoded as UTF-8.
+    """
+    if isinstance(label, (bytes, np.bytes_)):
+        label = label.decode("utf-8")
     return re.sub(r"^[LR]_|_ROI$", "", str(label).strip())
 
 
@@ -69,6 +75,13 @@ def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | 
     rois : dict of str to ndarray of int
         Demo: each template ROI (except "other") plus ``planted_<class>``.
         ds003020: the groups of :data:`HCP_ROI_GROUPS`.
+
+    Raises
+    ------
+    FileNotFoundError
+        Real data without ``atlas_dir`` or without ``<atlas_dir>/<subject>.npz``.
+    DataError
+        The atlas file has no array ``parcel``, or an ROI group matches none of its voxels.
     """
     layout = dataset.voxel_layout(subject)
     if layout is not None and dataset.demo_info is not None:
@@ -86,5 +99,13 @@ def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | 
         raise FileNotFoundError(f"ROI file {path} not found; see bt_utils.rois for how to make it from HCP-MMP1")
     with np.load(path, allow_pickle=False) as atlas:
         if "parcel" not in atlas.files:
-            raise ValueError(f"{path} has no array 'parcel' (arrays found: {atlas.files})")
-        return hcp_rois(atlas["parcel"])
+            raise DataError(f"{path} has no array 'parcel' (arrays found: {atlas.files})")
+        parcels = atlas["parcel"]
+    rois = hcp_rois(parcels)
+    for group, voxels in rois.items():
+        if not voxels.size:
+            found = sorted({hcp_parcel_name(p) for p in parcels[:1000]})[:8]
+            raise DataError(f"no voxel of {path} lies in the HCP-MMP1 parcels of ROI {group!r} "
+                            f"({', '.join(HCP_ROI_GROUPS[group])}); its parcel names look like {found}. Expected "
+                            "names such as 'L_A1_ROI' or 'A1' for every cortical voxel: see bt_utils.rois")
+    return rois

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from bt_utils.rois import HCP_ROI_GROUPS, hcp_parcel_name, hcp_rois, subject_rois
+from bt_utils.validation import DataError
 
 
 def test_hcp_groups_follow_the_method():
@@ -11,6 +12,9 @@ def test_hcp_groups_follow_the_method():
     assert rois["primary_auditory"].tolist() == [0, 5]
     assert rois["early_auditory"].tolist() == [0, 1, 5]
     assert rois["late_language"].tolist() == [2] and rois["visual_control"].tolist() == [3]
+    # nibabel's read_annot gives bytes; an .npz of them loads back as a bytes array
+    from_bytes = hcp_rois(np.array([b"L_A1_ROI", b"R_45_ROI", b"L_V1_ROI"]))
+    assert from_bytes["primary_auditory"].tolist() == [0] and from_bytes["late_language"].tolist() == [1]
 
 
 def test_demo_rois_include_template_and_planted(demo):
@@ -34,5 +38,9 @@ def test_real_data_needs_an_atlas(tmp_path):
     rois = subject_rois(dataset, "S01", tmp_path)
     assert rois["primary_auditory"].tolist() == [0] and rois["late_language"].tolist() == [3]
     np.savez(tmp_path / "S01.npz", labels=np.array(["A1"]))
-    with pytest.raises(ValueError, match="no array 'parcel'"):
+    with pytest.raises(DataError, match="no array 'parcel'"):
+        subject_rois(dataset, "S01", tmp_path)
+    # names in another convention leave a group empty: an error, not an ROI without voxels
+    np.savez(tmp_path / "S01.npz", parcel=np.array(["L_A1_ROI", "L_45_ROI", "lh.V1", "lh.V2"]))
+    with pytest.raises(DataError, match=r"S01.npz lies in the HCP-MMP1 parcels of ROI 'visual_control'.*'lh.V1'"):
         subject_rois(dataset, "S01", tmp_path)
