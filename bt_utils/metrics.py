@@ -20,6 +20,9 @@ import numpy as np
 def normalize_words(text: str) -> list[str]:
     """Lower-case words of ``text`` without punctuation (apostrophes kept inside words).
 
+    Letters are Unicode letters (``"Café"`` -> ``"café"``); a typographic
+    apostrophe counts as ``'``.
+
     Parameters
     ----------
     text : str
@@ -28,7 +31,7 @@ def normalize_words(text: str) -> list[str]:
     -------
     list of str
     """
-    return re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*", text.lower())
+    return re.findall(r"[^\W_]+(?:'[^\W_]+)*", text.lower().replace("\u2019", "'"))
 
 
 def _words(text: str | Iterable[str]) -> list[str]:

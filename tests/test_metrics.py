@@ -32,6 +32,8 @@ def test_word_error_rate_hand_computed():
     # lists are compared as given
     assert word_error_rate(["A", "b"], ["a", "b"]) == pytest.approx(0.5)
     assert normalize_words("Don't STOP, it's 9 o'clock.") == ["don't", "stop", "it's", "9", "o'clock"]
+    assert normalize_words("Naïve CAFÉ_owner’s résumé") == ["naïve", "café", "owner's", "résumé"]
+    assert word_error_rate("naïve café", "naive café") == pytest.approx(0.5)
 
 
 def test_corpus_word_error_rate_pools_the_edits():
