@@ -10,8 +10,9 @@ variance per voxel. With ``N`` repeats and ``y`` their mean:
   ``EV - (1 - EV) / (N - 1)``. Because repeats are z-scored, the corrected EV
   equals ``SP``.
 
-Where ``SP <= 0`` (no reliable signal) ``cc_max`` is 0: the formula alone would
-return finite values above 1 for strongly negative ``SP``, which are artefacts.
+Where ``SP <= 0`` (no reliable signal) ``cc_max`` is 0. The formula alone gives
+infinity at ``SP = -1 / (N - 1)`` (its lowest value) and NaN for any other
+negative ``SP``, since the term under the square root is then negative.
 """
 
 from __future__ import annotations

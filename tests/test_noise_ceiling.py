@@ -54,7 +54,7 @@ def test_pure_noise_has_low_ceiling_and_zero_ev_on_average():
 
 
 def test_negative_signal_power_gives_zero_not_artefact():
-    # anticorrelated repeats: var(mean) = 0 -> SP = -1/(N-1); the bare formula would give > 1
+    # anticorrelated repeats: var(mean) = 0 -> SP = -1/(N-1); the bare formula would divide by 0
     trace = np.sin(np.linspace(0, 6, 50))
     repeats = np.stack([trace, -trace])[:, :, None]
     assert signal_power(repeats)[0] == pytest.approx(-1.0)
