@@ -4,7 +4,7 @@ Layout (relative to ``data_root``)::
 
     stimuli/<story>.wav
     derivative/TextGrids/<story>.TextGrid          tiers "phone" and "word"
-    derivative/respdict.json                       {story: number of TRs, untrimmed}
+    derivative/respdict.json                       {story: n_trs + 5} (see bt_utils.timing)
     derivative/preprocessed_data/<subject>/<story>.hf5
         data                (n_trs - 15, n_voxels)  responses, already trimmed [10:-5]
         individual_repeats  (n_repeats, n_trs - 15, n_voxels)  test story only
@@ -30,7 +30,7 @@ import pandas as pd
 import soundfile
 import soxr
 
-from .timing import TR_S, tr_midpoints, trimmed_length
+from .timing import RESPDICT_PAD, TR_S, TRIM_END, TRIM_START, tr_midpoints, trimmed_length
 from .transcripts import Transcript, read_textgrid
 from .validation import DataError
 
@@ -117,13 +117,21 @@ class Dataset:
 
     @cached_property
     def n_trs(self) -> dict[str, int]:
-        """Number of TRs of every story before the ``[10:-5]`` trim (``respdict.json``)."""
+        """Number of TRs of every story before the ``[10:-5]`` trim.
+
+        ``respdict.json`` minus :data:`bt_utils.timing.RESPDICT_PAD` (5), as the
+        reference pipeline reads it: ds003020 counts 5 TRs beyond the TR grid.
+        """
         path = self.derivative / "respdict.json"
         try:
             respdict = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise DataError(f"{path} is not valid JSON: {error}") from error
-        return {story: int(n) for story, n in sorted(respdict.items())}
+        too_short = {story: n for story, n in respdict.items() if int(n) - RESPDICT_PAD <= TRIM_START + TRIM_END}
+        if too_short:
+            raise DataError(f"{path} gives stories {too_short} no TR left after the [{TRIM_START}:-{TRIM_END}] trim "
+                            f"(it counts {RESPDICT_PAD} TRs beyond each story's TR grid, as ds003020 does)")
+        return {story: int(n) - RESPDICT_PAD for story, n in sorted(respdict.items())}
 
     @property
     def stories(self) -> list[str]:
@@ -214,8 +222,9 @@ class Dataset:
         expected = trimmed_length(self.n_trs[story])
         if values.shape[-2] != expected:
             raise DataError(
-                f"{path}: dataset {key!r} has {values.shape[-2]} TRs but story {story!r} has "
-                f"{self.n_trs[story]} TRs in respdict.json, i.e. {expected} after the [10:-5] trim"
+                f"{path}: dataset {key!r} has {values.shape[-2]} TRs but respdict.json gives story {story!r} "
+                f"{self.n_trs[story] + RESPDICT_PAD} TRs, i.e. a grid of {self.n_trs[story]} TRs "
+                f"(respdict counts {RESPDICT_PAD} more) and {expected} after the [10:-5] trim"
             )
         n_nan = int(np.isnan(values).sum())
         if n_nan:

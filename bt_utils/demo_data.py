@@ -77,12 +77,12 @@ from . import __version__, low_level
 from .cortical_template import TEMPLATE_SUBJECT, TEMPLATE_XFM, sample_layout
 from .dataset import SAMPLE_RATE
 from .speech import synthesize
-from .timing import TR_S, SOUND_ONSET_S, tr_midpoints, trim_trs
+from .timing import RESPDICT_PAD, SOUND_ONSET_S, TR_S, tr_midpoints, trim_trs
 from .transcripts import Interval, Transcript, write_textgrid
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bumped whenever the generator's output changes for the same settings."""
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -590,7 +590,8 @@ def _build_into(root: Path, config: DemoConfig) -> dict:
         stories[name] = synthesize_story(name, seconds, voices[index % len(voices)], rng)
         soundfile.write(root / "stimuli" / f"{name}.wav", stories[name].audio, SAMPLE_RATE, subtype="PCM_16")
         write_textgrid(stories[name].transcript, derivative / "TextGrids" / f"{name}.TextGrid")
-    (derivative / "respdict.json").write_text(json.dumps({s.name: s.n_trs for s in stories.values()}, indent=2))
+    respdict = {s.name: s.n_trs + RESPDICT_PAD for s in stories.values()}  # ds003020 counts 5 more TRs
+    (derivative / "respdict.json").write_text(json.dumps(respdict, indent=2))
 
     embeddings = word_embeddings(rng)
     raw = {"semantic": {}, "auditory": {}}

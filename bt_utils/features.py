@@ -656,7 +656,7 @@ def stimulus_rows(story: str, n_trs: int, is_test: bool) -> slice:
     story : str
         Named in errors.
     n_trs : int
-        TRs of the untrimmed story (``respdict.json``).
+        TRs of the untrimmed story (:attr:`bt_utils.dataset.Dataset.n_trs`).
     is_test : bool
         The test story keeps ``[50:-5]`` (against its responses
         :data:`response_rows_test`, ``[40:]``); the others ``[10:-5]``.
@@ -679,7 +679,7 @@ def _story_design(values: np.ndarray, story: str, n_trs: int, is_test: bool, del
         kept = max(values.shape[0] - rows.start - TRIM_END, 0)
         raise DataError(f"story {story!r}: the features have {values.shape[0]} TRs ({kept} rows after the "
                         f"[{rows.start}:-{TRIM_END}] trim) but its responses pair with {rows.stop - rows.start} "
-                        f"rows (respdict.json: {n_trs} TRs); recompute the features at this dataset's TR times")
+                        f"rows (the story has {n_trs} TRs); recompute the features at this dataset's TR times")
     return make_delays(zscore_per_story(values), delays)[rows]
 
 

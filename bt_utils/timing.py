@@ -6,6 +6,11 @@ seconds. Stimulus features are sampled at the TR *midpoints* relative to sound
 onset, ``trigger - sound_onset + TR / 2``. The published responses lack the first
 ``TRIM_START`` and last ``TRIM_END`` TRs, so every stimulus sequence is sliced
 with :func:`trim_trs` before it is paired with responses.
+
+ds003020's ``respdict.json`` counts :data:`RESPDICT_PAD` TRs more than that grid:
+the reference pipeline simulates ``respdict[story] - 5`` triggers, and the stored
+responses have ``respdict[story] - 20`` rows (the test story ``wheretheressmoke``:
+311 in ``respdict.json``, 306 TRs, 291 response rows).
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ TR_S = 2.0045
 
 SOUND_ONSET_S = 10.0
 """Time of sound onset after the first trigger in the simulated TR file, in seconds."""
+
+RESPDICT_PAD = 5
+"""TRs that ``respdict.json`` counts beyond a story's TR grid (the reference's ``pad=5``)."""
 
 TRIM_START = 10
 """TRs removed at the start of every story in the preprocessed responses."""
@@ -31,7 +39,7 @@ def tr_midpoints(n_trs: int, tr: float = TR_S, sound_onset: float = SOUND_ONSET_
     Parameters
     ----------
     n_trs : int
-        Number of TRs of the full (untrimmed) story, as in ``respdict.json``.
+        Number of TRs of the full (untrimmed) story: ``respdict.json`` minus :data:`RESPDICT_PAD`.
     tr : float
         Repetition time in seconds.
     sound_onset : float

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile  # noqa: E402
 
+from bt_utils.timing import RESPDICT_PAD  # noqa: E402
 from bt_utils.transcripts import Interval, Transcript, write_textgrid  # noqa: E402
 
 
@@ -58,7 +59,8 @@ def write_small_dataset(root: Path, stories: dict[str, int], n_voxels: int = 4, 
     (root / "derivative" / "TextGrids").mkdir(parents=True)
     folder = root / "derivative" / "preprocessed_data" / "S01"
     folder.mkdir(parents=True)
-    (root / "derivative" / "respdict.json").write_text(json.dumps(stories))
+    respdict = {story: n_trs + RESPDICT_PAD for story, n_trs in stories.items()}  # as ds003020 counts them
+    (root / "derivative" / "respdict.json").write_text(json.dumps(respdict))
     for index, (story, n_trs) in enumerate(stories.items()):
         soundfile.write(root / "stimuli" / f"{story}.wav", 0.1 * rng.standard_normal(44100), 44100)
         transcript = Transcript([Interval(0.2, 0.6, "hello")], [Interval(0.2, 0.4, "HH"), Interval(0.4, 0.6, "AH")], 1.0)

@@ -57,7 +57,8 @@ def test_row_count_mismatch_names_story_and_counts(small):
     path = small / "derivative" / "preprocessed_data" / "S01" / "alpha.hf5"
     with h5py.File(path, "w") as handle:
         handle["data"] = np.zeros((40, 4))
-    with pytest.raises(DataError, match="40 TRs but story 'alpha' has 40 TRs in respdict.json, i.e. 25 after"):
+    with pytest.raises(DataError, match=r"40 TRs but respdict.json gives story 'alpha' 45 TRs, i.e. a grid of 40 "
+                                        r"TRs \(respdict counts 5 more\) and 25 after"):
         Dataset(small).load_responses("S01", "alpha")
 
 
@@ -132,3 +133,16 @@ def test_textgrid_tiers_found_case_insensitively(tmp_path):
     path.write_text(path.read_text().replace('"Words"', '"tokens"'))
     with pytest.raises(DataError, match="no tier named 'word' or 'words'.*tokens"):
         read_textgrid(path)
+
+
+def test_respdict_counts_five_trs_beyond_the_grid_as_ds003020(small):
+    # ds003020's wheretheressmoke: 311 in respdict.json, 291 response rows, so a grid of 306 TRs
+    (small / "derivative" / "respdict.json").write_text('{"alpha": 311, "beta": 40, "gamma": 35}')
+    with h5py.File(small / "derivative" / "preprocessed_data" / "S01" / "alpha.hf5", "w") as handle:
+        handle["data"] = np.zeros((291, 4))
+    dataset = Dataset(small)
+    assert dataset.n_trs["alpha"] == 306 and len(dataset.tr_times("alpha")) == 306
+    assert dataset.load_responses("S01", "alpha").shape == (291, 4)
+    (small / "derivative" / "respdict.json").write_text('{"alpha": 311, "beta": 20}')
+    with pytest.raises(DataError, match=r"respdict.json gives stories \{'beta': 20\} no TR left after the \[10:-5\]"):
+        _ = Dataset(small).n_trs

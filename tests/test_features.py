@@ -334,7 +334,7 @@ def test_layer_design_names_mismatched_lengths(noise_dataset):
     features = _features(noise_dataset)
     features["b"][3] = features["b"][3][:-3]
     with pytest.raises(DataError, match=r"story 'b': the features have 39 TRs \(24 rows .*\) but its responses "
-                                        r"pair with 27 rows \(respdict.json: 42 TRs\)"):
+                                        r"pair with 27 rows \(the story has 42 TRs\)"):
         layer_design(features, noise_dataset, SPLIT, layer=3)
 
 
