@@ -75,13 +75,16 @@ From audio to a design matrix, in this order:
    settings (see :func:`story_features` for the key).
 3. **TRs** (:func:`tr_features`): Lanczos resampling (window 3, cutoff 1/TR) of
    each layer's frame series, at the frame times, to the story's TR midpoints.
-4. **Design** (:func:`layer_design`): per story, :func:`zscore_per_story` over
-   all its TRs, then :func:`make_delays` (FIR delays 1-4 TRs, zero-filled), then
-   the trim of :func:`stimulus_rows`. Delays come *before* the trim so that the
+4. **Design** (:func:`layer_design`): per story, :func:`zscore_per_story` with
+   the mean and standard deviation of the rows :func:`stimulus_rows` keeps (as
+   the reference pipeline z-scores the trimmed series), then :func:`make_delays`
+   (FIR delays 1-4 TRs, zero-filled), then that trim. The statistics leave out
+   the trimmed TRs because the first five lie before sound onset, where the
+   features are near 0: with them, a column with a large mean would be scaled
+   down by its mean, not its spread. Delays come *before* the trim so that the
    delayed copies of the first kept TRs hold the real features of the TRs
    before them (trimmed away afterwards) rather than zeros; they come after the
-   z-scoring so that the zero fill equals the story mean. The z-score statistics
-   include the 15 TRs trimmed later, as in the reference pipeline. Training and
+   z-scoring so that the zero fill equals the story mean. Training and
    validation stories keep ``[10:-5]``; the test story keeps ``[50:-5]``, to be
    paired with its stored responses ``[40:]`` (:data:`response_rows_test`).
 
@@ -598,20 +601,23 @@ def _resample(weights: np.ndarray, values: np.ndarray, n_times: int) -> np.ndarr
     return (weights @ values.astype(np.float64)).astype(np.float32)
 
 
-def zscore_per_story(values: np.ndarray) -> np.ndarray:
+def zscore_per_story(values: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
     """z-score every column of one story's TR features; constant columns become 0.
 
     Parameters
     ----------
     values : ndarray of shape (n_trs, d)
+    rows : slice
+        Rows whose mean and standard deviation are used (default: all); every
+        row is standardised with them.
 
     Returns
     -------
     ndarray of shape (n_trs, d), float32
     """
     values = np.asarray(values, dtype=np.float64)
-    std = values.std(axis=0)
-    centred = values - values.mean(axis=0)
+    std = values[rows].std(axis=0)
+    centred = values - values[rows].mean(axis=0)
     return np.divide(centred, std, out=np.zeros_like(centred), where=std > 0).astype(np.float32)
 
 
@@ -680,7 +686,7 @@ def _story_design(values: np.ndarray, story: str, n_trs: int, is_test: bool, del
         raise DataError(f"story {story!r}: the features have {values.shape[0]} TRs ({kept} rows after the "
                         f"[{rows.start}:-{TRIM_END}] trim) but its responses pair with {rows.stop - rows.start} "
                         f"rows (the story has {n_trs} TRs); recompute the features at this dataset's TR times")
-    return make_delays(zscore_per_story(values), delays)[rows]
+    return make_delays(zscore_per_story(values, rows), delays)[rows]
 
 
 def layer_design(features_by_story: Mapping[str, Mapping[int, np.ndarray]], dataset: Dataset, split: StorySplit,
@@ -688,8 +694,9 @@ def layer_design(features_by_story: Mapping[str, Mapping[int, np.ndarray]], data
                  subject: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Delayed, z-scored, trimmed features of one layer, ready for ridge regression.
 
-    Per story: :func:`zscore_per_story` over all its TRs, :func:`make_delays`,
-    then :func:`stimulus_rows` (see the module docstring for why in this order).
+    Per story: :func:`zscore_per_story` with the statistics of the rows that
+    :func:`stimulus_rows` keeps, :func:`make_delays`, then that trim (see the
+    module docstring for why in this order).
 
     Parameters
     ----------

@@ -98,11 +98,11 @@ def residualise(model: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], 
                             f"features {len(low[story])}")
     if not low or next(iter(low.values())).shape[1] == 0:
         raise ValueError("the low-level feature set is empty")
-    z_model = {s: zscore_per_story(np.asarray(v, np.float64)) for s, v in model.items()}
-    z_low = {s: zscore_per_story(np.asarray(low[s], np.float64)) for s in model}
-
     def rows(story):
         return stimulus_rows(story, dataset.n_trs[story], is_test=False)
+
+    z_model = {s: zscore_per_story(np.asarray(v, np.float64), rows(s)) for s, v in model.items()}
+    z_low = {s: zscore_per_story(np.asarray(low[s], np.float64), rows(s)) for s in model}
 
     x = np.vstack([z_low[s][rows(s)] for s in train_stories])
     y = np.vstack([z_model[s][rows(s)] for s in train_stories])

@@ -310,9 +310,13 @@ def test_layer_design_orders_zscore_delay_trim(noise_dataset):
     x_train, x_test, labels = layer_design(features, noise_dataset, SPLIT, layer=3, subject="S01")
     assert x_train.shape == (25 + 27 + 29, 8) and x_test.shape == (80 - 55, 8)
     assert list(dict.fromkeys(labels)) == ["a", "b", "c"] and (labels == "b").sum() == 27
-    z = zscore_per_story(features["a"][3])  # statistics over all 40 TRs, before the trim
-    np.testing.assert_allclose(x_train[0], np.concatenate([z[9], z[8], z[7], z[6]]), rtol=1e-6)  # real earlier TRs
-    np.testing.assert_allclose(x_test[0, :2], zscore_per_story(features["t"][3])[49], rtol=1e-6)
+    kept = features["a"][3][10:-5]  # statistics of the kept TRs, applied to the earlier ones too
+    z = (features["a"][3] - kept.mean(axis=0)) / kept.std(axis=0)
+    np.testing.assert_allclose(x_train[0], np.concatenate([z[9], z[8], z[7], z[6]]), rtol=1e-5)  # real earlier TRs
+    np.testing.assert_allclose(x_train[labels == "a", :2], z[9:-6], rtol=1e-5, atol=1e-6)  # the 1-TR delay block
+    test_kept = features["t"][3][50:-5]
+    np.testing.assert_allclose(x_test[0, :2], (features["t"][3][49] - test_kept.mean(axis=0)) / test_kept.std(axis=0),
+                               rtol=1e-5)
     x_train, _, labels = layer_design(features, noise_dataset, SPLIT, 3, delays=(1,), include_validation=False)
     assert x_train.shape == (52, 2) and set(labels) == {"a", "b"}
 
