@@ -179,6 +179,9 @@ class SpeechEncoder(nn.Module):
         checkpoint's rate, used when LayerDrop is on); whisper:
         ``native_length``; wav2vec2/hubert: ``do_normalize`` and
         ``attention_mask`` (preprocessing).
+    checkpoint_spec_augment : bool
+        Whether the checkpoint's config switches SpecAugment on in train mode
+        (wav2vec2/HuBERT: yes; Whisper: no), read before the switch is turned off.
     """
 
     sample_rate = SAMPLE_RATE
@@ -196,6 +199,7 @@ class SpeechEncoder(nn.Module):
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)} for {family}; known: {sorted(self.settings)}")
         self.settings.update(settings or {})
+        self.checkpoint_spec_augment = bool(getattr(encoder.config, "apply_spec_augment", False))
         if family == "whisper":
             filters = mel_filter_bank(num_frequency_bins=1 + WHISPER_N_FFT // 2,
                                       num_mel_filters=encoder.config.num_mel_bins, min_frequency=0.0,

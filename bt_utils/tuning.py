@@ -76,8 +76,12 @@ class TuningConfig:
         Train LoRA adapters (r, alpha, dropout on q/k/v/out projections) with
         AdamW at ``lora_lr`` and a warm-up over ``lora_warmup_fraction`` of the
         steps instead of the full encoder.
-    spec_augment, layerdrop : bool
-        Keep the Hugging Face configs' SpecAugment masking / LayerDrop in train mode.
+    spec_augment : bool or None
+        SpecAugment masking in train mode. None (default): as the checkpoint's
+        config says (on for wav2vec2/HuBERT, off for Whisper); the choice made
+        is recorded in the run record's ``encoder_settings``.
+    layerdrop : bool
+        Keep the checkpoint's LayerDrop rate in train mode (Whisper checkpoints: 0).
     native_length : bool
         Whisper only: run the encoder on the real 10 s instead of padding to 30 s.
     mixed_precision : {"auto", "off", "bf16", "fp16"}
@@ -112,7 +116,7 @@ class TuningConfig:
     lora_dropout: float = 0.1
     lora_lr: float = 1e-4
     lora_warmup_fraction: float = 0.1
-    spec_augment: bool = True
+    spec_augment: bool | None = None
     layerdrop: bool = True
     native_length: bool = False
     mixed_precision: str = "auto"
@@ -505,7 +509,8 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
     train_set, validation_set, selection = build_tuning_sets(dataset, subject, config)
     encoder = load_encoder(config.model, device=device, native_length=config.native_length, seed=config.seed)
     encoder.freeze_feature_encoder()
-    encoder.set_regularisation(spec_augment=config.spec_augment, layerdrop=config.layerdrop)
+    spec_augment = encoder.checkpoint_spec_augment if config.spec_augment is None else config.spec_augment
+    encoder.set_regularisation(spec_augment=spec_augment, layerdrop=config.layerdrop)
     model = BrainTuningModel(encoder, train_set.targets.shape[1]).to(device)
     if config.lora:
         _add_lora(model, config)
@@ -532,7 +537,9 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
     best = {"loss": math.inf, "epoch": -1}
     bad_epochs, first_epoch, stop_reason, finished = 0, 0, "completed all epochs", False
     if state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        # on the CPU: the RNG states must stay CPU byte tensors; the model and optimiser
+        # states move to the parameters' device when loaded into them
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
         if state["parameters"] != parameters:
             raise ValueError(
                 f"{out_dir} holds a run with other parameters; choose another out_dir or delete {state_path} "
@@ -541,6 +548,8 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         restore_rng_states(state["rng"])
         history, best, bad_epochs, first_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"] + 1
         stop_reason, finished = state["stop_reason"], state["finished"]
@@ -586,7 +595,8 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
         finished = finished or epoch == config.epochs - 1
         with atomic_path(state_path) as staged:
             torch.save({"parameters": parameters, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "rng": rng_states(), "history": history,
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                        "rng": rng_states(), "history": history,
                         "best": best, "bad_epochs": bad_epochs, "epoch": epoch, "finished": finished,
                         "stop_reason": stop_reason}, staged)
         if finished:

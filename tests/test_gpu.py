@@ -53,3 +53,15 @@ def test_mixed_precision_tuning_learns_on_cuda(demo, tmp_path, precision):
     result = tune(demo, "DEMO01", config, tmp_path / precision, progress=False)
     train = result.history[result.history.split == "train"].loss.to_numpy()
     assert np.isfinite(train).all() and train[-1] < train[0] - 0.05
+
+
+def test_resume_on_cuda_continues_the_run(demo, tmp_path):
+    """The resume file holds CPU random-number states (CUDA ones too) and the fp16 loss scale: resuming on
+    the GPU restores them and ends where an uninterrupted run ends (up to CUDA's non-deterministic sums)."""
+    config = TuningConfig(model="tiny-wav2vec2", **{**QUICK_TUNING, "device": "cuda", "mixed_precision": "fp16"})
+    straight = tune(demo, "DEMO01", config, tmp_path / "straight", progress=False)
+    tune(demo, "DEMO01", config, tmp_path / "resumed", progress=False, stop_after_epochs=1)
+    state = torch.load(tmp_path / "resumed" / "resume_state.pt", map_location="cpu", weights_only=False)
+    assert state["scaler"]["scale"] > 0
+    resumed = tune(demo, "DEMO01", config, tmp_path / "resumed", progress=False)
+    np.testing.assert_allclose(resumed.history.loss, straight.history.loss, rtol=1e-3)

@@ -229,3 +229,16 @@ def test_early_stopping_keeps_the_best_epoch(demo, tmp_path, monkeypatch, losses
     assert result.best_epoch == 1
     record = json.loads((tmp_path / "checkpoint" / "training_record.json").read_text())
     assert record["best_epoch"] == 1
+
+
+def test_spec_augment_follows_the_checkpoint_unless_chosen(demo, tmp_path):
+    """Whisper's config keeps SpecAugment off, wav2vec2's on: the default keeps each as it is and records it."""
+    assert not load_encoder("tiny-whisper", device="cpu").checkpoint_spec_augment
+    assert load_encoder("tiny-wav2vec2", device="cpu").checkpoint_spec_augment
+    quick = QUICK_TUNING | {"epochs": 1, "spec_augment": None}
+    for model, expected in (("tiny-whisper", False), ("tiny-wav2vec2", True)):
+        result = tune(demo, "DEMO01", TuningConfig(model=model, **quick), tmp_path / model, progress=False)
+        assert result.record["encoder_settings"]["spec_augment"] is expected
+    chosen = tune(demo, "DEMO01", TuningConfig(model="tiny-whisper", **quick | {"spec_augment": True}),
+                  tmp_path / "chosen", progress=False)
+    assert chosen.record["encoder_settings"]["spec_augment"] is True
