@@ -421,6 +421,9 @@ def _parse_only(raw: object, where: str, grid: dict, over: tuple[str, ...]) -> d
         if not isinstance(values, list) or not values or any(v not in grid[axis] for v in values):
             raise SweepSpecError(f"{where}: 'only' of {axis!r} must be a non-empty list of its grid values "
                                  f"{grid[axis]}, got {values!r}")
+        repeated = sorted({repr(value) for value in values if values.count(value) > 1})
+        if repeated:
+            raise SweepSpecError(f"{where}: 'only' of {axis!r} repeats {', '.join(repeated)}; list each value once")
     return {axis: tuple(values) for axis, values in only.items()}
 
 

@@ -367,6 +367,12 @@ def test_only_restricts_a_stage_to_some_grid_values(tmp_path):
     with pytest.raises(SweepSpecError, match="not in over"):
         load_spec(write_spec(tmp_path, bad_axis), FIXTURES)
 
+    def repeated_value(spec):
+        spec["stages"][1]["only"] = {"model": ["good", "good"]}
+
+    with pytest.raises(SweepSpecError, match="'only' of 'model' repeats 'good'; list each value once"):
+        load_spec(write_spec(tmp_path, repeated_value), FIXTURES)
+
 
 def test_demo_sweep_priorities_follow_its_longest_chains(tmp_path):
     """Runs that more stages wait on get a higher Dask priority (critical-path heuristic)."""
