@@ -745,7 +745,7 @@ def _looks_like_hub_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
-def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "auto", native_length: bool = False,
+def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "auto", native_length: bool | None = None,
                  seed: int = 0) -> SpeechEncoder:
     """Load a speech encoder, in eval mode, by registry name, Hub id or folder.
 
@@ -762,9 +762,11 @@ def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "
         A full Whisper (encoder-decoder) keeps only its encoder.
     device : str or torch.device
         See :func:`select_device`.
-    native_length : bool
-        Whisper only: run on the batch's real length instead of 30 s. Ignored
-        by wav2vec2/hubert, which always do.
+    native_length : bool or None
+        Whisper only: run on the batch's real length (True) or padded to 30 s
+        (False); None (default) keeps the folder's saved setting (registry and
+        Hub models: padded). Ignored by wav2vec2/hubert, which always run on
+        the real length.
     seed : int
         Initialisation seed of the tiny random models.
 
@@ -790,8 +792,8 @@ def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "
         encoder = _hub_encoder(text, text)
     else:
         raise ValueError(f"{text!r} is neither a registry name nor a folder. {_accepted_inputs()}")
-    if encoder.family == "whisper" and native_length:
-        encoder.native_length = True
+    if encoder.family == "whisper" and native_length is not None:
+        encoder.native_length = native_length
     return encoder.to(target).eval()
 
 

@@ -50,6 +50,7 @@ Whisper variables and their Hugging Face counterparts:
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -278,7 +279,11 @@ def read_ct2_checkpoint(path_or_parts) -> CT2Checkpoint:
         target = cursor.string()
         aliases[alias] = target
     for alias, target in aliases.items():
+        seen = {alias}
         while target in aliases and target not in variables:
+            if target in seen:
+                raise CT2FormatError(f"{label}: alias {alias!r} is part of a cycle of aliases ({sorted(seen)})")
+            seen.add(target)
             target = aliases[target]
         if target not in variables:
             raise CT2FormatError(f"{label}: alias {alias!r} points to unknown variable {target!r}")
@@ -919,10 +924,21 @@ def ct2_whisper_files(name: str = "tiny.en") -> tuple[Path, list[Path]]:
     return folders[0], parts
 
 
-def _fingerprint(parts: Sequence[Path], head_bytes: int = 1 << 20) -> str:
+def _fingerprint(parts: Sequence[Path], pip_packages: Sequence[str], head_bytes: int = 1 << 20) -> str:
+    """Key of a conversion: converter version, the wheels' versions, and each part's size, time and first MiB.
+
+    Hashing whole files would cost a second per load; a re-released wheel has a new
+    version, and a reinstalled file a new modification time.
+    """
     digest = hashlib.sha256(f"converter-{CONVERTER_VERSION}".encode())
+    for package in pip_packages:
+        try:
+            digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{package} (no metadata)".encode())
     for part in parts:
-        digest.update(str(part.stat().st_size).encode())
+        stat = part.stat()
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
         with open(part, "rb") as handle:
             digest.update(handle.read(head_bytes))
     return digest.hexdigest()[:16]
@@ -933,8 +949,8 @@ def offline_whisper_dir(name: str = "tiny.en", cache_dir: str | os.PathLike | No
 
     The first call converts the CTranslate2 files (a few seconds) into
     ``<root>/models/whisper-<name>-<key>``, where ``<root>`` is
-    :func:`bt_utils.cache.cache_root` and ``<key>`` hashes the size and first MiB of
-    ``model.bin`` with the converter version. Conversion writes to a temporary
+    :func:`bt_utils.cache.cache_root` and ``<key>`` hashes the converter version,
+    the wheels' versions, and the size, modification time and first MiB of ``model.bin``. Conversion writes to a temporary
     folder beside it that is renamed into place when complete, so concurrent or
     interrupted runs never leave a partial folder. Later calls return the folder.
 
@@ -958,7 +974,7 @@ def offline_whisper_dir(name: str = "tiny.en", cache_dir: str | os.PathLike | No
         The wheel is not installed (the message names the pip package).
     """
     model_dir, parts = ct2_whisper_files(name)
-    final = cache_root(cache_dir) / "models" / f"whisper-{name}-{_fingerprint(parts)}"
+    final = cache_root(cache_dir) / "models" / f"whisper-{name}-{_fingerprint(parts, _SOURCES[name].pip_packages)}"
     if (final / _DONE_MARKER).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -292,6 +292,9 @@ def test_save_pretrained_round_trip_is_exact(tmp_path, name):
         with torch.no_grad():
             for got, want in zip(reloaded(audio, lengths).hidden_states, expected):
                 assert torch.equal(got, want)
+    if encoder.family == "whisper":  # the saved native length holds unless the caller chooses
+        assert load_encoder(tmp_path / "saved", device="cpu").native_length
+        assert not load_encoder(tmp_path / "saved", device="cpu", native_length=False).native_length
 
 
 def test_tiny_models_are_seeded_and_leave_the_global_rng_alone():

