@@ -21,9 +21,7 @@ def lanczos_kernel(delta: np.ndarray, cutoff: float, window: int = LANCZOS_WINDO
     x = np.asarray(delta, dtype=np.float64) * cutoff
     with np.errstate(invalid="ignore", divide="ignore"):
         values = window * np.sin(np.pi * x) * np.sin(np.pi * x / window) / (np.pi * x) ** 2
-    values[x == 0] = 1.0
-    values[np.abs(x) > window] = 0.0
-    return values
+    return np.where(x == 0, 1.0, np.where(np.abs(x) > window, 0.0, values))
 
 
 def lanczos_matrix(old_times: np.ndarray, new_times: np.ndarray, cutoff: float | None = None,

@@ -21,6 +21,7 @@ def test_kernel_matches_the_formula():
     expected = [_kernel_by_hand(d, 0.5) for d in deltas]
     np.testing.assert_allclose(lanczos_kernel(deltas, 0.5), expected, atol=1e-12)
     assert lanczos_kernel(np.array([2.0, 4.0]), 0.5).tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert lanczos_kernel(0.0, 0.5) == 1.0 and lanczos_kernel(1.0, 0.5) == pytest.approx(_kernel_by_hand(1.0, 0.5))
 
 
 def test_resampling_matches_a_loop_over_samples():
