@@ -57,7 +57,14 @@ def tr_input_window(audio: np.ndarray, tr_times: np.ndarray, index: int, spec: W
     window : ndarray of shape (spec.window_samples,)
         float32; chunks of TRs ``index - n_chunks + 1 .. index`` in time order,
         zeros where a chunk lies before the sound, the story start or after its end.
+
+    Raises
+    ------
+    IndexError
+        ``index`` is not one of the story's TRs.
     """
+    if not 0 <= index < len(tr_times):
+        raise IndexError(f"TR index {index} is outside the story's {len(tr_times)} TRs (0 to {len(tr_times) - 1})")
     chunk = spec.chunk_samples
     window = np.zeros(spec.window_samples, dtype=np.float32)
     for slot, tr in enumerate(range(index - spec.n_chunks + 1, index + 1)):

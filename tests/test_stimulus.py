@@ -17,6 +17,9 @@ def test_window_concatenates_the_chunks_of_the_last_five_trs():
     early = tr_input_window(audio, times, 1, TOY)
     np.testing.assert_array_equal(early[:60], 0)
     np.testing.assert_array_equal(early[60:], audio[:40])
+    for outside in (-1, 10):
+        with pytest.raises(IndexError, match=f"TR index {outside} is outside the story's 10 TRs"):
+            tr_input_window(audio, times, outside, TOY)
 
 
 def test_window_zero_pads_past_the_story_end():
