@@ -104,18 +104,22 @@ class SubjectTargets:
 
     train: np.ndarray        # (n_train_trs, n_voxels)
     test: np.ndarray         # (n_test_trs, n_voxels): mean of the repeats, rows [40:]
-    ceiling: np.ndarray      # (n_voxels,) cc_max from the repeats
+    ceiling: np.ndarray      # (n_voxels,) cc_max from the repeats' scored rows [40:]
 
 
 def subject_targets(dataset: Dataset, subject: str, include_validation: bool = True) -> SubjectTargets:
-    """Training responses (stories in split order) and the test story's repeat mean, trimmed to pair with the design."""
+    """Training responses (stories in split order) and the test story's repeat mean, trimmed to pair with the design.
+
+    The noise ceiling is computed on the same test rows that are scored (``[40:]``), as in the
+    authors' evaluation, so that r / cc_max compares correlations over the same TRs.
+    """
     split = dataset.split(subject)
     stories = tuple(split.train) + (tuple(split.validation) if include_validation else ())
     repeats = dataset.load_repeats(subject)
     return SubjectTargets(
         train=np.concatenate([dataset.load_responses(subject, story) for story in stories]),
         test=repeats.mean(axis=0)[response_rows_test],
-        ceiling=cc_max(repeats),
+        ceiling=cc_max(repeats[:, response_rows_test]),
     )
 
 

@@ -13,6 +13,7 @@ from bt_utils.alignment import (
     subject_targets,
 )
 from bt_utils.features import WindowSettings
+from bt_utils.noise_ceiling import cc_max
 from conftest import TEST_WINDOW_KW
 
 FAST = WindowSettings(mode="fast")
@@ -77,6 +78,9 @@ def test_targets_pair_with_the_design(demo):
     split = demo.split()
     assert targets.train.shape[0] == sum(demo.n_trs[s] - 15 for s in (*split.train, *split.validation))
     assert targets.test.shape[0] == demo.n_trs[split.test] - 55  # responses [40:] against stimulus [50:-5]
+    repeats = demo.load_repeats("DEMO01")
+    np.testing.assert_allclose(targets.test, repeats[:, 40:].mean(axis=0))
+    np.testing.assert_allclose(targets.ceiling, cc_max(repeats[:, 40:]))  # over the scored rows only
 
 
 @pytest.fixture(scope="module")
