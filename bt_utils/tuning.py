@@ -218,7 +218,8 @@ def build_tuning_sets(dataset: Dataset, subject: str, config: TuningConfig, spec
     split = dataset.split(subject)
     ceiling = cc_max(dataset.load_repeats(subject))
     voxels = select_voxels(ceiling, config.cc_max_threshold)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed)  # the controls' draws
+    subset_rng = np.random.default_rng([config.seed, 1])  # apart, so that every control keeps the same TRs
     stories = [*split.train, *split.validation]
     audio = {s: dataset.load_audio(s) for s in stories}
     tr_times = {s: dataset.tr_times(s) for s in stories}
@@ -250,7 +251,7 @@ def build_tuning_sets(dataset: Dataset, subject: str, config: TuningConfig, spec
             n = min(len(indices), len(targets[story]))  # swapped stories differ in length
             items += [(story, int(i)) for i in indices[:n]]
             rows.append(targets[story][:n])
-        items, rows = _subset(items, np.concatenate(rows), limit, rng)
+        items, rows = _subset(items, np.concatenate(rows), limit, subset_rng)
         return TuningSet(audio, tr_times, items, rows, spec)
 
     train = make_set(list(split.train), config.max_train_trs)
