@@ -90,6 +90,11 @@ def paired_test(table: pd.DataFrame, value: str, variant_a: str, variant_b: str,
     for variant in (variant_a, variant_b):
         if variant not in set(table.variant):
             raise ValueError(f"variant {variant!r} not in the table; variants: {sorted(set(table.variant))}")
+    keys = [*by, "subject", "variant"]
+    repeated = table[table.duplicated(keys, keep=False)]
+    if len(repeated):
+        raise ValueError(f"{len(repeated)} rows share their {keys} (first: {repeated.iloc[0][keys].to_dict()}); "
+                         "add the column that tells them apart to `by` or select the rows first")
     wide = table.pivot_table(index=[*by, "subject"], columns="variant", values=value).reset_index()
     rows = []
     for condition, group in wide.groupby(list(by), sort=True):

@@ -47,6 +47,8 @@ def test_summary_and_paired_test_match_scipy():
     assert row.p_value == pytest.approx(expected.pvalue) and row.mean_difference == pytest.approx((b.to_numpy() - a.to_numpy()).mean())
     with pytest.raises(ValueError, match="variant 'lm'"):
         paired_test(table, "r_norm_mean", "pretrained", "lm")
+    with pytest.raises(ValueError, match=r"12 rows share their \['model', 'layer', 'subject', 'variant'\]"):
+        paired_test(table, "r_norm_mean", "pretrained", "tuned", by=("model", "layer"))  # two ROIs per key
 
 
 def test_permutation_finds_planted_signal_and_is_uniform_under_null():
