@@ -249,7 +249,7 @@ class Dataset:
         -------
         repeats : ndarray of shape (n_repeats, n_trs - 15, n_voxels)
         """
-        story = story or self.split(subject).test
+        story = story or self.split().test  # only the test story is needed, not the whole split
         return self._read_hf5(subject, story, "individual_repeats")
 
     # ----- splits and tables ---------------------------------------------------------------

@@ -146,3 +146,16 @@ def test_respdict_counts_five_trs_beyond_the_grid_as_ds003020(small):
     (small / "derivative" / "respdict.json").write_text('{"alpha": 311, "beta": 20}')
     with pytest.raises(DataError, match=r"respdict.json gives stories \{'beta': 20\} no TR left after the \[10:-5\]"):
         _ = Dataset(small).n_trs
+
+
+def test_repeats_need_only_the_test_story(demo_root, tmp_path):
+    root = tmp_path / "data"  # the demo, linked file by file, without one training story of DEMO01
+    for path in demo_root.rglob("*"):
+        if path.is_file():
+            (root / path.relative_to(demo_root)).parent.mkdir(parents=True, exist_ok=True)
+            (root / path.relative_to(demo_root)).symlink_to(path)
+    dataset = Dataset(root)
+    (root / "derivative" / "preprocessed_data" / "DEMO01" / f"{dataset.split().train[0]}.hf5").unlink()
+    with pytest.raises(DataError):
+        dataset.split("DEMO01")
+    assert dataset.load_repeats("DEMO01").shape == Dataset(demo_root).load_repeats("DEMO01").shape
