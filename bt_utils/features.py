@@ -31,7 +31,7 @@ From audio to a design matrix, in this order:
      Agreement with the reference (``benchmarks/bench_features.py``, 2 min of
      synthesised speech, Pearson r per dimension over the ``[10:-5]`` TRs):
      mean r 0.97-0.98 for the random tiny wav2vec2 and HuBERT, but only
-     0.55-0.79 per layer for the pretrained whisper-tiny.en. Whisper encodes
+     0.46-0.67 per layer for the pretrained whisper-tiny.en. Whisper encodes
      the last frame of its input as an edge: giving that frame just 0.1 s of
      later audio already lowers its correlation with the edge frame to about
      0.6 in layers 1-4, whatever the stride. Fast mode is therefore a close
@@ -60,10 +60,10 @@ From audio to a design matrix, in this order:
      padded to 30 s) makes the edge frame depend on the window's start as
      well: with 0.1 s more context, whisper-tiny.en's reference features keep
      only r 0.78-0.86 with themselves in layers 1-4 at the TR level (padded to
-     30 s: 0.95-0.99; ``benchmarks/bench_features.py``), and the demo's voxel r
+     30 s: 0.95-0.97; ``benchmarks/bench_features.py``), and the demo's voxel r
      moves by 0.006-0.014 on average (leave-one-story-out scoring, layers 1-4;
      the fast mode: 0.031-0.037). Its features also differ from the padded
-     protocol's (TR-level r 0.52-0.73 in layers 1-4). Whisper was trained on
+     protocol's (TR-level r 0.41-0.57 in layers 1-4). Whisper was trained on
      padded input; native length is a speed option for exploration and the demo.
 
    Windows of equal length are batched together, so no window is padded
@@ -446,7 +446,7 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     if encoder.family == "whisper" and settings.mode == "fast" and settings.tag not in _WARNED_FAST_WHISPER:
         _WARNED_FAST_WHISPER.add(settings.tag)  # once per settings and process, not once per story
         log.warning("fast windows give Whisper interior frames, which it represents unlike the last frame of a "
-                    "window that the reference keeps (whisper-tiny.en on the demo: TR-level r 0.55-0.79 with the "
+                    "window that the reference keeps (whisper-tiny.en on the demo: TR-level r 0.46-0.67 with the "
                     "reference, voxel alignment r off by 0.03-0.04 on average; see bt_utils.features and "
                     "docs/benchmarks.md); use mode='reference' to follow the protocol")
     plan = plan_windows(len(audio), settings)
