@@ -39,9 +39,10 @@ From audio to a design matrix, in this order:
      weights: pretrained wav2vec2/HuBERT do not install offline); for Whisper it yields
      different (interior-frame) features, and reference mode follows the
      protocol. On the demo's encoding models (``benchmarks/bench_alignment_modes.py``)
-     the fast mode moves whisper-tiny.en's voxel r by 0.031-0.037 on average
-     (leave-one-story-out scoring; 0.03-0.08 on the short test story) and lowers
-     the mean r of planted auditory voxels by up to 0.014 in deep layers.
+     the fast mode moves whisper-tiny.en's voxel r by 0.025-0.030 on average
+     (leave-one-story-out scoring, native length; 0.03-0.08 on the short test
+     story) and lowers the mean r of planted auditory voxels by up to 0.010 in
+     deep layers.
      Other ways of sharing work between Whisper windows do no better (tried on
      whisper-tiny.en over 10-20 s of a demo story, frame-level r with the
      reference in layers 1-4, where the fast mode gives 0.50-0.68): a banded
@@ -53,7 +54,7 @@ From audio to a design matrix, in this order:
      window-sharing scheme reproduces it.
      Correcting fast frames with a linear map to reference frames, fitted on
      one reference window per 21 grid points pooled over the demo's stories
-     (9.6x less compute), halves the voxel difference (0.014-0.020) but goes
+     (9.6x less compute), halves the voxel difference (0.013-0.018) but goes
      no further (``benchmarks/bench_alignment_modes.py --modes fast-calibrated``).
 
      Whisper's ``native_length`` (each window on its real length instead of
@@ -61,8 +62,8 @@ From audio to a design matrix, in this order:
      well: with 0.1 s more context, whisper-tiny.en's reference features keep
      only r 0.78-0.86 with themselves in layers 1-4 at the TR level (padded to
      30 s: 0.95-0.97; ``benchmarks/bench_features.py``), and the demo's voxel r
-     moves by 0.006-0.014 on average (leave-one-story-out scoring, layers 1-4;
-     the fast mode: 0.031-0.037). Its features also differ from the padded
+     moves by 0.006-0.013 on average (leave-one-story-out scoring, layers 1-4;
+     the fast mode: 0.025-0.030). Its features also differ from the padded
      protocol's (TR-level r 0.41-0.57 in layers 1-4). Whisper was trained on
      padded input; native length is a speed option for exploration and the demo.
 
@@ -447,7 +448,7 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
         _WARNED_FAST_WHISPER.add(settings.tag)  # once per settings and process, not once per story
         log.warning("fast windows give Whisper interior frames, which it represents unlike the last frame of a "
                     "window that the reference keeps (whisper-tiny.en on the demo: TR-level r 0.46-0.67 with the "
-                    "reference, voxel alignment r off by 0.03-0.04 on average; see bt_utils.features and "
+                    "reference, voxel alignment r off by 0.025-0.03 on average; see bt_utils.features and "
                     "docs/benchmarks.md); use mode='reference' to follow the protocol")
     plan = plan_windows(len(audio), settings)
     frame_index = _kept_frame_index(encoder, plan)
