@@ -127,7 +127,7 @@ class Dataset:
             respdict = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise DataError(f"{path} is not valid JSON: {error}") from error
-        too_short = {story: n for story, n in respdict.items() if int(n) - RESPDICT_PAD <= TRIM_START + TRIM_END}
+        too_short = {story: n for story, n in respdict.items() if trimmed_length(int(n) - RESPDICT_PAD) < 1}
         if too_short:
             raise DataError(f"{path} gives stories {too_short} no TR left after the [{TRIM_START}:-{TRIM_END}] trim "
                             f"(it counts {RESPDICT_PAD} TRs beyond each story's TR grid, as ds003020 does)")

@@ -388,7 +388,7 @@ def _kept_frame_index(encoder: SpeechEncoder, plan: WindowPlan) -> np.ndarray:
     """
     heard = plan.grid_ends - plan.starts[plan.window_of_frame]
     frames = encoder.frame_lengths(torch.as_tensor(heard)).numpy()
-    if encoder.family == "whisper" and not encoder.native_length:
+    if not encoder.native_length:  # Whisper padded to 30 s (wav2vec2/hubert always run at native length)
         last_frame = int(encoder.frame_lengths(torch.tensor([WHISPER_MAX_SAMPLES]))[0]) - 1
         index = np.minimum(frames, last_frame)
     else:

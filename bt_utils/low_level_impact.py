@@ -98,14 +98,12 @@ def residualise(model: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], 
                             f"features {len(low[story])}")
     if not low or next(iter(low.values())).shape[1] == 0:
         raise ValueError("the low-level feature set is empty")
-    def rows(story):
-        return stimulus_rows(story, dataset.n_trs[story], is_test=False)
+    rows = {s: stimulus_rows(s, dataset.n_trs[s], is_test=False) for s in model}
+    z_model = {s: zscore_per_story(v, rows[s]) for s, v in model.items()}
+    z_low = {s: zscore_per_story(low[s], rows[s]) for s in model}
 
-    z_model = {s: zscore_per_story(np.asarray(v, np.float64), rows(s)) for s, v in model.items()}
-    z_low = {s: zscore_per_story(np.asarray(low[s], np.float64), rows(s)) for s in model}
-
-    x = np.vstack([z_low[s][rows(s)] for s in train_stories])
-    y = np.vstack([z_model[s][rows(s)] for s in train_stories])
+    x = np.vstack([z_low[s][rows[s]] for s in train_stories])
+    y = np.vstack([z_model[s][rows[s]] for s in train_stories])
     fit = fit_ridge_cv(x, y, cv=contiguous_folds(len(x), n_folds), alphas=alphas, backend=backend, dtype="float64")
     return {s: z_model[s] - z_low[s] @ fit.weights for s in model}
 

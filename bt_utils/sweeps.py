@@ -371,10 +371,15 @@ def _parse_grid(raw: object, where: str) -> dict[str, list]:
                 raise SweepSpecError(
                     f"{where}: grid axis {axis!r} has value {value!r}; axis values must be strings or numbers"
                 )
-        repeated = sorted({repr(value) for value in values if values.count(value) > 1})
-        if repeated:
-            raise SweepSpecError(f"{where}: grid axis {axis!r} repeats {', '.join(repeated)}; list each value once")
+        _check_no_repeats(values, f"{where}: grid axis {axis!r}")
     return grid
+
+
+def _check_no_repeats(values: list, what: str) -> None:
+    """Raise a SweepSpecError naming the values that ``values`` lists more than once."""
+    repeated = sorted({repr(value) for value in values if values.count(value) > 1})
+    if repeated:
+        raise SweepSpecError(f"{what} repeats {', '.join(repeated)}; list each value once")
 
 
 def _parse_stage(
@@ -421,9 +426,7 @@ def _parse_only(raw: object, where: str, grid: dict, over: tuple[str, ...]) -> d
         if not isinstance(values, list) or not values or any(v not in grid[axis] for v in values):
             raise SweepSpecError(f"{where}: 'only' of {axis!r} must be a non-empty list of its grid values "
                                  f"{grid[axis]}, got {values!r}")
-        repeated = sorted({repr(value) for value in values if values.count(value) > 1})
-        if repeated:
-            raise SweepSpecError(f"{where}: 'only' of {axis!r} repeats {', '.join(repeated)}; list each value once")
+        _check_no_repeats(values, f"{where}: 'only' of {axis!r}")
     return {axis: tuple(values) for axis, values in only.items()}
 
 
