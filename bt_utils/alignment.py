@@ -214,7 +214,8 @@ def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray
 
 
 def score_features(dataset: Dataset, subject: str, features: Mapping[str, Mapping[int, np.ndarray]],
-                   layers: tuple[int, ...], targets: SubjectTargets, settings: AlignmentSettings) -> pd.DataFrame:
+                   layers: tuple[int, ...], targets: SubjectTargets, settings: AlignmentSettings,
+                   standardise: bool = True) -> pd.DataFrame:
     """Encoding-model scores of every layer of precomputed TR features for one subject.
 
     Parameters
@@ -227,6 +228,9 @@ def score_features(dataset: Dataset, subject: str, features: Mapping[str, Mappin
     layers : tuple of int
     targets : SubjectTargets
     settings : AlignmentSettings
+    standardise : bool
+        z-score each story's features (default); ``False`` for residualised
+        features (see :func:`bt_utils.features.layer_design`).
 
     Returns
     -------
@@ -237,7 +241,7 @@ def score_features(dataset: Dataset, subject: str, features: Mapping[str, Mappin
     tables = []
     for layer in layers:
         x_train, x_test, labels = layer_design(features, dataset, split, layer, settings.delays,
-                                               settings.include_validation, subject)
+                                               settings.include_validation, subject, standardise)
         table = score_layer(x_train, x_test, labels, targets, settings).assign(layer=layer)
         log.info("%s layer %d: median r %.3f", subject, layer, float(np.median(table.r)))
         tables.append(table)

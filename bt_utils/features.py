@@ -679,20 +679,21 @@ def stimulus_rows(story: str, n_trs: int, is_test: bool) -> slice:
     return slice(start, n_trs - TRIM_END)
 
 
-def _story_design(values: np.ndarray, story: str, n_trs: int, is_test: bool, delays: Sequence[int]) -> np.ndarray:
-    """z-score, delay, then trim one story's TR features, (n_trs, d) -> (kept rows, len(delays) d)."""
+def _story_design(values: np.ndarray, story: str, n_trs: int, is_test: bool, delays: Sequence[int],
+                  standardise: bool) -> np.ndarray:
+    """z-score (if ``standardise``), delay, then trim one story's TR features, (n_trs, d) -> (kept rows, len(delays) d)."""
     rows = stimulus_rows(story, n_trs, is_test)
     if values.shape[0] != n_trs:
         kept = max(values.shape[0] - rows.start - TRIM_END, 0)
         raise DataError(f"story {story!r}: the features have {values.shape[0]} TRs ({kept} rows after the "
                         f"[{rows.start}:-{TRIM_END}] trim) but its responses pair with {rows.stop - rows.start} "
                         f"rows (the story has {n_trs} TRs); recompute the features at this dataset's TR times")
-    return make_delays(zscore_per_story(values, rows), delays)[rows]
+    return make_delays(zscore_per_story(values, rows) if standardise else values, delays)[rows]
 
 
 def layer_design(features_by_story: Mapping[str, Mapping[int, np.ndarray]], dataset: Dataset, split: StorySplit,
                  layer: int, delays: Sequence[int] = DELAYS, include_validation: bool = True,
-                 subject: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 subject: str | None = None, standardise: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Delayed, z-scored, trimmed features of one layer, ready for ridge regression.
 
     Per story: :func:`zscore_per_story` with the statistics of the rows that
@@ -713,6 +714,14 @@ def layer_design(features_by_story: Mapping[str, Mapping[int, np.ndarray]], data
         alignment fit has no early stopping, so they are training data).
     subject : str, optional
         If given, every story of the design must have responses for this subject.
+    standardise : bool
+        z-score each story (default). ``False`` takes the features as they are,
+        for features already standardised per story such as the residuals of
+        :func:`bt_utils.low_level_impact.residualise`: they keep the units of the
+        z-scored features they came from, as in the authors' residual
+        evaluation. z-scoring them again would give a dimension that the
+        low-level features explain almost entirely, and whose residual is
+        mostly noise, as much weight as one they leave intact.
 
     Returns
     -------
@@ -740,9 +749,9 @@ def layer_design(features_by_story: Mapping[str, Mapping[int, np.ndarray]], data
             raise DataError(f"{subject} has no responses for stories {without} of the design; "
                             f"stories with responses: {dataset.stories_for(subject)}")
     blocks = [_story_design(np.asarray(features_by_story[story][layer]), story, dataset.n_trs[story],
-                            False, delays) for story in train]
+                            False, delays, standardise) for story in train]
     x_test = _story_design(np.asarray(features_by_story[split.test][layer]), split.test,
-                           dataset.n_trs[split.test], True, delays)
+                           dataset.n_trs[split.test], True, delays, standardise)
     labels = np.concatenate([np.full(len(block), story) for block, story in zip(blocks, train)])
     return np.concatenate(blocks), x_test, labels
 

@@ -3,7 +3,9 @@
 METHOD.md: every dimension of a layer's TR features is regressed on the low-level
 features (ridge, 10-fold cross-validated penalty in 1e-6 ... 1e9, fitted on the
 training TRs only); the residuals, computed for every story, replace the
-features; the encoding models are refitted on them. The impact is the percentage
+features; the encoding models are refitted on them, with the residuals in the
+units of the z-scored features they came from (not z-scored again, as in the
+authors' residual evaluation). The impact is the percentage
 drop of normalised alignment, ``100 * (orig - residual) / orig``, per voxel (where
 ``orig > 0``) and per ROI (from the ROI means).
 
@@ -89,15 +91,38 @@ def residualise(model: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], 
     Returns
     -------
     residual : dict of str to ndarray of shape (n_trs, d)
+        In the units of the z-scored model features; each story's kept rows
+        have mean 0 for the training stories.
+
+    Raises
+    ------
+    ValueError
+        If the test story is among ``train_stories``, or the low-level feature set is empty.
+    KeyError
+        If a training story has no model features or a story has no low-level features.
+    DataError
+        If a story's model and low-level features differ in TRs, or the stories' low-level
+        features differ in columns.
     """
+    test_story = dataset.split().test
+    if test_story in train_stories:
+        raise ValueError(f"the test story {test_story!r} is among the training stories of the low-level "
+                         "regression; fit it on training (and validation) stories only")
+    missing = [story for story in train_stories if story not in model]
+    if missing:
+        raise KeyError(f"no model features for training stories {missing}")
     for story in model:
         if story not in low:
             raise KeyError(f"no low-level features for story {story!r}")
         if len(model[story]) != len(low[story]):
             raise DataError(f"story {story!r}: model features have {len(model[story])} TRs but low-level "
                             f"features {len(low[story])}")
-    if not low or next(iter(low.values())).shape[1] == 0:
+    widths = {low[story].shape[1] for story in model}
+    if widths == {0}:
         raise ValueError("the low-level feature set is empty")
+    if len(widths) > 1:
+        raise DataError(f"the stories' low-level features differ in columns ({sorted(widths)}); build them "
+                        "with one vocabulary (story_low_level)")
     rows = {s: stimulus_rows(s, dataset.n_trs[s], is_test=False) for s in model}
     z_model = {s: zscore_per_story(v, rows[s]) for s, v in model.items()}
     z_low = {s: zscore_per_story(low[s], rows[s]) for s in model}
@@ -119,7 +144,8 @@ def low_level_impact(dataset: Dataset, subjects: list[str], variants: Mapping[st
     dataset, subjects, variants, model, settings, device, progress
         As for :func:`bt_utils.alignment.align`.
     feature_sets : mapping of str to sequence of str, optional
-        Named groups of low-level spaces; default :func:`default_feature_sets`.
+        Named groups of low-level spaces (a single space may be given as a
+        string); default :func:`default_feature_sets`.
 
     Returns
     -------
@@ -127,10 +153,13 @@ def low_level_impact(dataset: Dataset, subjects: list[str], variants: Mapping[st
         ``subject, model, variant, layer, voxel, feature_set, r_norm_orig, r_norm_resid, drop_pct``
         (``drop_pct`` NaN where ``r_norm_orig <= 0`` or excluded).
     """
-    feature_sets = dict(feature_sets or default_feature_sets())
-    for name, spaces in feature_sets.items():
-        if not spaces:
+    feature_sets = {name: (group,) if isinstance(group, str) else tuple(group)
+                    for name, group in (feature_sets or default_feature_sets()).items()}
+    for name, group in feature_sets.items():
+        if not group:
             raise ValueError(f"feature set {name!r} is empty")
+        if len(set(group)) < len(group):
+            raise ValueError(f"feature set {name!r} names a space more than once: {list(group)}")
     spaces = sorted({space for group in feature_sets.values() for space in group})
     tables = []
     for subject in subjects:
@@ -150,7 +179,7 @@ def low_level_impact(dataset: Dataset, subjects: list[str], variants: Mapping[st
                                             backend=settings.backend)
                     for story, values in per_story.items():
                         residual[story][layer] = values
-                resid = score_features(dataset, subject, residual, layers, targets, settings)
+                resid = score_features(dataset, subject, residual, layers, targets, settings, standardise=False)
                 merged = original[["layer", "voxel", "r_norm"]].merge(
                     resid[["layer", "voxel", "r_norm"]], on=["layer", "voxel"], suffixes=("_orig", "_resid"))
                 tables.append(merged.assign(subject=subject, model=model, variant=variant, feature_set=set_name))

@@ -321,6 +321,20 @@ def test_layer_design_orders_zscore_delay_trim(noise_dataset):
     assert x_train.shape == (52, 2) and set(labels) == {"a", "b"}
 
 
+def test_layer_design_without_standardising_keeps_the_units(noise_dataset):
+    """Residual features keep their scale: a near-silent column stays near-silent instead of being
+    blown up to unit variance like the others."""
+    features = _features(noise_dataset)
+    for story in features:
+        features[story][3] = features[story][3] * np.array([1.0, 1e-3])
+    x_train, x_test, _ = layer_design(features, noise_dataset, SPLIT, 3, delays=(1, 2), standardise=False)
+    np.testing.assert_allclose(x_train[:25], np.hstack([features["a"][3][9:-6], features["a"][3][8:-7]]))
+    np.testing.assert_allclose(x_test, np.hstack([features["t"][3][49:-6], features["t"][3][48:-7]]))
+    assert x_train[:, 1].std() < 0.01 * x_train[:, 0].std()
+    z_train, _, _ = layer_design(features, noise_dataset, SPLIT, 3, delays=(1, 2))
+    assert z_train[:, 1].std() == pytest.approx(z_train[:, 0].std(), rel=0.2)
+
+
 def test_layer_design_names_missing_stories_and_layers(noise_dataset, tmp_path):
     features = _features(noise_dataset)
     del features["b"], features["t"]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bt_utils.alignment import AlignmentSettings
+from bt_utils.alignment import AlignmentSettings, score_features, subject_targets, variant_features
 from bt_utils.features import WindowSettings, stimulus_rows
 from bt_utils.low_level import DEFAULT_LOW_LEVEL_FEATURES
 from bt_utils.low_level_impact import (
@@ -45,16 +45,23 @@ def test_residuals_are_uncorrelated_with_low_level_features_on_training_trs(demo
     assert np.min([np.corrcoef(res[:, j], kept[:, j])[0, 1] for j in range(6)]) > 0.8
     with pytest.raises(DataError, match="model features have 3 TRs but low-level features"):
         residualise({split.train[0]: np.zeros((3, 2))}, low, demo, split.train[:1])
+    with pytest.raises(ValueError, match=f"the test story '{split.test}' is among the training stories"):
+        residualise(model, low, demo, (*split.train, split.test))
+    with pytest.raises(KeyError, match=rf"no model features for training stories \['{split.train[1]}'\]"):
+        residualise({split.train[0]: model[split.train[0]]}, low, demo, split.train[:2])
+    narrow = dict(low, **{split.train[0]: low[split.train[0]][:, :-1]})
+    with pytest.raises(DataError, match="low-level features differ in columns"):
+        residualise(model, narrow, demo, split.train)
 
 
 def test_removing_low_level_features_hits_auditory_voxels_hardest(demo):
     """The acoustic spaces hit only planted auditory voxels; the phonetic ones also carry the words that
     the planted semantic signal is built from, so removing all spaces lowers semantic voxels too
-    (measured at layer 4 on DEMO01, auditory vs semantic drop: all 40% vs 42%, rates 16% vs -9%,
-    power spectrum 33% vs -6%)."""
+    (measured at layer 4 on DEMO01, auditory vs semantic drop: all 38% vs 42%, rates 18% vs -10%,
+    power spectrum 33% vs -10%)."""
     settings = AlignmentSettings(layers=(4,), window=WHISPER.window, native_length=True)
     sets = {"all": DEFAULT_LOW_LEVEL_FEATURES, "rates": ("word_rate", "phoneme_rate"),
-            "power_spectrum": ("power_spectrum",)}
+            "power_spectrum": "power_spectrum"}  # one space may be named by a string
     voxels = low_level_impact(demo, ["DEMO01"], {"pretrained": "whisper-tiny.en"}, "whisper-tiny.en", sets,
                               settings, "cpu", False)
     assert list(voxels.columns[:5]) == ["subject", "model", "variant", "layer", "voxel"]
@@ -68,6 +75,18 @@ def test_removing_low_level_features_hits_auditory_voxels_hardest(demo):
     assert drop["power_spectrum", "planted_auditory"] > drop["power_spectrum", "planted_semantic"] + 20
     with pytest.raises(ValueError, match="feature set 'nothing' is empty"):
         low_level_impact(demo, ["DEMO01"], {"p": "tiny-hubert"}, "m", {"nothing": ()}, WHISPER, "cpu", False)
+    with pytest.raises(ValueError, match=r"feature set 'ps' names a space more than once: \['phonemes', 'phonemes'\]"):
+        low_level_impact(demo, ["DEMO01"], {"p": "tiny-hubert"}, "m", {"ps": ("phonemes",) * 2}, WHISPER, "cpu", False)
+    # the refit uses the residuals in the units of the z-scored features, not z-scored again
+    split = demo.split("DEMO01")
+    layers, features = variant_features(demo, "DEMO01", "whisper-tiny.en", settings, "cpu", False)
+    low = story_low_level(demo, split.all, ("power_spectrum",))
+    residual = residualise({s: features[s][4] for s in split.all}, low, demo, (*split.train, *split.validation))
+    targets = subject_targets(demo, "DEMO01", settings.include_validation)
+    resid = score_features(demo, "DEMO01", {s: {4: v} for s, v in residual.items()}, layers, targets, settings,
+                           standardise=False)
+    from_table = voxels[voxels.feature_set == "power_spectrum"].set_index("voxel").r_norm_resid
+    np.testing.assert_allclose(resid.set_index("voxel").r_norm.loc[from_table.index], from_table, atol=1e-6)
 
 
 def test_partition_recovers_planted_unique_and_shared_variance():
