@@ -378,26 +378,53 @@ def pair_similarity(embeddings: Mapping[str, np.ndarray], pairs: pd.DataFrame) -
                          "similarity": similarity.ravel()})
 
 
-def preference_table(similarities: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Mean similarity of each kind of pair per layer, and the semantic preference.
+def preference_table(similarities: Mapping[str, pd.DataFrame], n_bootstrap: int = 2000, confidence: float = 0.95,
+                     seed: int = 0) -> pd.DataFrame:
+    """Mean similarity of each kind of pair per layer, and the semantic preference with a bootstrap interval.
 
     Parameters
     ----------
     similarities : mapping
         ``{"semantic": table, "phonetic": table, "unrelated": table}`` of
         :func:`pair_similarity` tables.
+    n_bootstrap : int
+        Resamples of the interval: the semantic and the phonetic pairs are each
+        drawn with replacement, the same draws for every layer.
+    confidence : float
+        Coverage of the percentile interval, in (0, 1).
+    seed : int
+        Seed of the resamples. Tables of several models on the same pair lists
+        with the same seed use the same resamples.
 
     Returns
     -------
     pandas.DataFrame
-        ``layer, semantic, phonetic, unrelated, preference`` (= semantic -
-        phonetic); one row per layer.
+        ``layer, semantic, phonetic, unrelated, preference, preference_low,
+        preference_high``; one row per layer. ``preference = semantic -
+        phonetic``; ``preference_low``/``preference_high`` bound its interval
+        over resampled pairs (how much the preference depends on the pairs
+        chosen).
     """
     missing = [kind for kind in SIMILARITY_KINDS if kind not in similarities]
     if missing:
         raise ValueError(f"similarities lacks {missing}; it needs a table for each of {list(SIMILARITY_KINDS)}")
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     means = pd.DataFrame({kind: similarities[kind].groupby("layer").similarity.mean() for kind in SIMILARITY_KINDS})
     means["preference"] = means.semantic - means.phonetic
+    rng = np.random.default_rng(seed)
+    resampled = {}
+    for kind in PAIR_KINDS:
+        table = similarities[kind]
+        per_pair = table.assign(row=table.groupby("layer").cumcount()).pivot(index="row", columns="layer",
+                                                                             values="similarity")
+        draws = rng.integers(0, len(per_pair), size=(n_bootstrap, len(per_pair)))
+        resampled[kind] = per_pair.to_numpy()[draws].mean(axis=1)  # (n_bootstrap, n_layers + 1)
+    tails = 100 * (1 - confidence) / 2
+    low, high = np.percentile(resampled["semantic"] - resampled["phonetic"], [tails, 100 - tails], axis=0)
+    means["preference_low"], means["preference_high"] = low, high
     return means.rename_axis("layer").reset_index()
 
 
@@ -489,9 +516,11 @@ def semantic_preference(model: SpeechEncoder | str | os.PathLike,
     Returns
     -------
     pandas.DataFrame
-        ``layer, semantic, phonetic, unrelated, preference``: one row per
-        hidden state (``n_layers + 1``; layer 0 is the input of the first
-        transformer layer). ``preference = semantic - phonetic``.
+        ``layer, semantic, phonetic, unrelated, preference, preference_low,
+        preference_high``: one row per hidden state (``n_layers + 1``; layer 0
+        is the input of the first transformer layer). ``preference = semantic
+        - phonetic``, with its 95 % bootstrap interval over pairs
+        (:func:`preference_table`).
     """
     lists = _pair_lists(pairs, n_unrelated, seed)
     audio = _word_audio(lists, voices, words_per_minute, pitch)
@@ -518,8 +547,8 @@ def compare_variants(variants: Mapping[str, SpeechEncoder | str | os.PathLike],
     Returns
     -------
     pandas.DataFrame
-        ``variant, layer, semantic, phonetic, unrelated, preference``; one row
-        per variant and layer.
+        ``variant`` and :func:`semantic_preference`'s columns; one row per
+        variant and layer. Every variant's interval uses the same resampled pairs.
     """
     if not variants:
         raise ValueError("variants is empty: give at least one {name: model}")
@@ -548,7 +577,8 @@ def plot_preference(table: pd.DataFrame):
     Returns
     -------
     matplotlib.figure.Figure
-        Left: preference (semantic - phonetic) per layer, 0 dashed. Right:
+        Left: preference (semantic - phonetic) per layer with its bootstrap
+        interval (shaded), 0 dashed. Right:
         mean cosine similarity of semantic (solid), phonetic (dashed) and
         unrelated (dotted) pairs per layer.
     """
@@ -562,6 +592,7 @@ def plot_preference(table: pd.DataFrame):
     colours = plt.get_cmap("tab10").colors
     for (variant, rows), colour in zip(table.groupby("variant", sort=False), colours):
         left.plot(rows.layer, rows.preference, marker="o", color=colour, label=variant)
+        left.fill_between(rows.layer, rows.preference_low, rows.preference_high, color=colour, alpha=0.2)
         for kind, style in styles.items():
             right.plot(rows.layer, rows[kind], linestyle=style, color=colour)
     left.axhline(0.0, color="grey", linestyle="--", linewidth=1)

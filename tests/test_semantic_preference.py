@@ -14,6 +14,7 @@ from bt_utils.semantic_preference import (
     compare_variants,
     load_pairs,
     pair_similarity,
+    preference_table,
     pairs_from_file,
     plot_preference,
     recorded_words,
@@ -85,8 +86,10 @@ def _by_hand(sound_weight=SOUND_WEIGHT, meaning_weight=MEANING_WEIGHT) -> pd.Dat
     """The expected table: orthogonal unit vectors make every cosine a ratio of squared weights."""
     energy = sound_weight**2 + meaning_weight**2
     semantic, phonetic = meaning_weight**2 / energy, sound_weight**2 / energy
+    preference = semantic - phonetic  # every pair of a kind alike: the bootstrap interval has no width
     return pd.DataFrame({"layer": np.arange(len(energy)), "semantic": semantic, "phonetic": phonetic,
-                         "unrelated": 0.0, "preference": semantic - phonetic})
+                         "unrelated": 0.0, "preference": preference, "preference_low": preference,
+                         "preference_high": preference})
 
 
 # ----- the planted encoder ---------------------------------------------------------------------
@@ -120,12 +123,36 @@ def test_compare_variants_and_plot(tmp_path):
     table = compare_variants({"pretrained": PlantedEncoder(), "brain-tuned": flipped},
                              {"semantic": SEMANTIC, "phonetic": PHONETIC}, voices=VOICES, cache_dir=tmp_path,
                              progress=False)
-    assert list(table.columns) == ["variant", "layer", "semantic", "phonetic", "unrelated", "preference"]
+    assert list(table.columns) == ["variant", "layer", "semantic", "phonetic", "unrelated", "preference",
+                                   "preference_low", "preference_high"]
     tuned = table[table.variant == "brain-tuned"].reset_index(drop=True)
     assert tuned.preference.to_numpy() == pytest.approx(-_by_hand().preference.to_numpy(), abs=1e-12)
     figure = plot_preference(table)
     assert len(figure.axes) == 2
     assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["pretrained", "brain-tuned"]
+
+
+def test_preference_interval_matches_the_normal_approximation():
+    """Per-pair similarities drawn at random: the percentile interval of the resampled preference has the
+    half-width 1.96 * sqrt(var_semantic / P_semantic + var_phonetic / P_phonetic) of the central limit theorem."""
+    rng = np.random.default_rng(1)
+
+    def table(n_pairs, mean, spread):
+        values = mean + spread * rng.standard_normal((n_pairs, 2))
+        return pd.DataFrame({"pair": np.repeat([f"p{i}" for i in range(n_pairs)], 2), "layer": np.tile([0, 1], n_pairs),
+                             "similarity": values.ravel()})
+
+    similarities = {"semantic": table(300, 0.6, 0.1), "phonetic": table(200, 0.5, 0.2), "unrelated": table(50, 0, 0.1)}
+    result = preference_table(similarities, n_bootstrap=4000)
+    half_width = 1.96 * np.sqrt(sum(similarities[kind].groupby("layer").similarity.var() / n
+                                    for kind, n in (("semantic", 300), ("phonetic", 200))))
+    np.testing.assert_allclose((result.preference_high - result.preference_low) / 2, half_width, rtol=0.1)
+    centre = (result.preference_high + result.preference_low) / 2
+    assert np.abs(centre - result.preference).max() < 0.2 * half_width.min()
+    again = preference_table(similarities, n_bootstrap=4000)
+    pd.testing.assert_frame_equal(result, again)
+    with pytest.raises(ValueError, match="confidence must lie in"):
+        preference_table(similarities, confidence=95)
 
 
 def test_pair_similarity_is_the_cosine_per_layer():
