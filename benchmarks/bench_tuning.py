@@ -87,7 +87,7 @@ def native_length_difference() -> tuple[float, float]:
         encoder = load_encoder("whisper-tiny.en", device="cpu", native_length=native)
         with torch.no_grad():
             output = encoder(audio)
-        pooled.append(masked_mean(output.hidden_states[-1], output.frame_mask)[0].numpy())
+        pooled.append(masked_mean(output.last_hidden_state, output.frame_mask)[0].numpy())
     padded, native = pooled
     return float(np.corrcoef(padded, native)[0, 1]), float(np.linalg.norm(native - padded) / np.linalg.norm(padded))
 

@@ -30,9 +30,13 @@ Hidden states
 -------------
 ``hidden_states[0]`` is the input of the first transformer layer and
 ``hidden_states[i]`` the output of layer ``i``, as Hugging Face returns them:
-for Whisper the last entry is after the encoder's final layer norm. A layer
+for Whisper the last entry is after the encoder's final layer norm; for the
+wav2vec2/HuBERT models with a final layer norm (``do_stable_layer_norm``, the
+large variants) it is the last layer's output before that norm. A layer
 skipped by LayerDrop passes its input on, so there are always
-``n_layers + 1`` entries.
+``n_layers + 1`` entries. ``last_hidden_state`` is the model's output, after
+the final layer norm whenever there is one (Hugging Face's
+``last_hidden_state``): the state the brain-tuning head pools.
 """
 
 from __future__ import annotations
@@ -148,10 +152,21 @@ class EncoderOutput:
         transformer layer, then each layer's output.
     frame_mask : torch.Tensor
         Bool, shape (B, F): True for frames computed from real (unpadded) audio.
+    last_hidden_state : torch.Tensor or None
+        Shape (B, F, D): the model's output, i.e. the last layer's output after
+        the encoder's final layer norm when it has one (Whisper; wav2vec2/HuBERT
+        with ``do_stable_layer_norm``), as Hugging Face's ``last_hidden_state``.
+        It differs from ``hidden_states[-1]`` only for those wav2vec2/HuBERT
+        models. None (default) stands for ``hidden_states[-1]``.
     """
 
     hidden_states: tuple[torch.Tensor, ...]
     frame_mask: torch.Tensor
+    last_hidden_state: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.last_hidden_state is None:
+            self.last_hidden_state = self.hidden_states[-1]
 
 
 class SpeechEncoder(nn.Module):
@@ -401,7 +416,8 @@ class SpeechEncoder(nn.Module):
         Returns
         -------
         EncoderOutput
-            ``n_layers + 1`` hidden states of shape (B, F, D) and the frame mask (B, F).
+            ``n_layers + 1`` hidden states of shape (B, F, D), the frame mask
+            (B, F) and the last hidden state (B, F, D), after the final layer norm.
         """
         audio, lengths = self._check_audio(audio, lengths)
         inputs = self.preprocess(audio, lengths)
@@ -412,15 +428,32 @@ class SpeechEncoder(nn.Module):
                 hidden_states = self._whisper_states(inputs["input_features"], lengths, frames)
             else:
                 hidden_states = self._wav2vec2_states(inputs)
+        last_hidden_state = self._final_layer_norm()(hidden_states[-1])
+        if self.family == "whisper":  # Whisper's last hidden state is after its final layer norm, as in HF
+            hidden_states = (*hidden_states[:-1], last_hidden_state)
         n_frames = hidden_states[0].shape[1]
         frame_mask = torch.arange(n_frames, device=frames.device) < frames[:, None]
-        return EncoderOutput(hidden_states=hidden_states, frame_mask=frame_mask)
+        return EncoderOutput(hidden_states=hidden_states, frame_mask=frame_mask, last_hidden_state=last_hidden_state)
+
+    def _final_layer_norm(self) -> nn.Module:
+        """The layer norm the encoder applies after its last layer (``nn.Identity`` when it has none).
+
+        Whisper: ``layer_norm``; wav2vec2/HuBERT with ``do_stable_layer_norm``
+        (the large variants): ``encoder.layer_norm``. The others normalise
+        before the first layer instead.
+        """
+        if self.family == "whisper":
+            return self.encoder.layer_norm
+        if self.encoder.config.do_stable_layer_norm:
+            return self.encoder.encoder.layer_norm
+        return nn.Identity()
 
     def _wav2vec2_states(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Run the Hugging Face model and collect the input of layer 1 and each layer's output.
 
         The dropout just before the layers gives the input of layer 1; a layer
-        that LayerDrop skipped leaves the previous state in its place.
+        that LayerDrop skipped leaves the previous state in its place. The last
+        state is before the final layer norm of ``do_stable_layer_norm`` models.
         """
         body = self.encoder.encoder
         captured: dict[int, torch.Tensor] = {}
@@ -444,7 +477,8 @@ class SpeechEncoder(nn.Module):
 
     def _whisper_states(self, features: torch.Tensor, lengths: torch.Tensor,
                         frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The Whisper encoder's computation, on 3000 mel frames or on the native length."""
+        """The Whisper encoder's layers, on 3000 mel frames or on the native length; the last
+        state is before the final layer norm (see :meth:`_final_layer_norm`)."""
         encoder = self.encoder
         features = features.to(encoder.conv1.weight.dtype)
         if self.training and self.settings["spec_augment"]:
@@ -463,7 +497,6 @@ class SpeechEncoder(nn.Module):
             if not self._skip_layer():
                 hidden = layer(hidden, attention_mask)
             states.append(hidden)
-        states[-1] = encoder.layer_norm(hidden)
         return tuple(states)
 
     def _skip_layer(self) -> bool:

@@ -13,8 +13,12 @@ loss diverges.
 Checkpoint folder (loadable by :func:`bt_utils.models.load_encoder`)::
 
     checkpoint/encoder/               SpeechEncoder.save_pretrained (LoRA merged)
-    checkpoint/head.pt                {"state_dict", "n_targets", "voxels"}
+    checkpoint/head.pt                {"state_dict", "n_targets", "target_kind", "voxels"}
     checkpoint/training_record.json   parameters, losses per epoch, chosen epoch, data selection
+
+``target_kind`` is ``"voxels"`` (``voxels``: the selected voxel indices, one
+per head output) or, for the ``text_embedding`` control, ``"text_embedding"``
+(the outputs are embedding dimensions; ``voxels`` is None).
 
 The run folder also holds ``resume_state.pt`` (everything needed to continue an
 interrupted run exactly) and ``training_log.parquet`` (epoch, split, loss).
@@ -27,6 +31,7 @@ import copy
 import json
 import logging
 import math
+import numbers
 import os
 import random
 import time
@@ -66,16 +71,17 @@ class TuningConfig:
         ``batch_size`` is the effective batch; it is split into
         ``grad_accumulation`` micro-batches.
     encoder_lr, head_lr : float
-        Adam learning rates of the encoder and the head.
+        Adam learning rates of the encoder and the head (> 0).
     warmup_epochs : float
-        Linear warm-up of the encoder learning rate, then linear decay to the end.
+        Linear warm-up of the encoder learning rate, then linear decay to the end (>= 0).
     head_lr_decay, head_lr_floor : float
-        Head learning rate factor ``max(decay ** epoch, floor)``.
+        Head learning rate factor ``max(decay ** epoch, floor)``; decay in
+        (0, 1], floor in [0, 1].
     loss : {"mse", "pearson", "huber_cosine"}
     lora : bool
         Train LoRA adapters (r, alpha, dropout on q/k/v/out projections) with
-        AdamW at ``lora_lr`` and a warm-up over ``lora_warmup_fraction`` of the
-        steps instead of the full encoder.
+        AdamW at ``lora_lr`` (> 0) and a warm-up over ``lora_warmup_fraction``
+        (in [0, 1]) of the steps instead of the full encoder.
     spec_augment : bool or None
         SpecAugment masking in train mode. None (default): as the checkpoint's
         config says (on for wav2vec2/HuBERT, off for Whisper); the choice made
@@ -92,12 +98,14 @@ class TuningConfig:
     patience : int
         Epochs without a validation improvement before stopping.
     cc_max_threshold : float
-        Voxels with ``cc_max`` above it are the targets.
+        Voxels with ``cc_max`` above it are the targets (unused by the
+        ``text_embedding`` control, whose targets are embedding dimensions).
     control : {"none", "story_swap", "block_shuffle", "text_embedding"}
         Random-fMRI controls (responses of another story; responses shuffled in
         ``block_size``-TR blocks) or the non-brain target (text embeddings).
     max_train_trs, max_validation_trs : int or None
-        Use a deterministic random subset of TRs (for quick runs); None = all.
+        Use a deterministic random subset of at most this many TRs (>= 1; for
+        quick runs); None = all.
     """
 
     model: str = "whisper-tiny.en"
@@ -133,13 +141,35 @@ class TuningConfig:
         check_option("loss", self.loss, LOSSES)
         check_option("control", self.control, CONTROLS)
         check_option("mixed_precision", self.mixed_precision, PRECISIONS)
-        for name in ("epochs", "batch_size", "grad_accumulation", "patience", "block_size"):
+        for name in ("epochs", "batch_size", "grad_accumulation", "patience", "block_size", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        for name in ("max_train_trs", "max_validation_trs"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, numbers.Integral) or value < 1):
+                raise ValueError(f"{name}={value!r} is not valid: give a number of TRs of at least 1, "
+                                 "or None for all TRs")
+        for name in ("encoder_lr", "head_lr", "lora_lr"):
+            _check_interval(name, getattr(self, name), 0.0, math.inf, closed=(False, False))
+        _check_interval("head_lr_decay", self.head_lr_decay, 0.0, 1.0, closed=(False, True))
+        _check_interval("head_lr_floor", self.head_lr_floor, 0.0, 1.0)
+        _check_interval("warmup_epochs", self.warmup_epochs, 0.0, math.inf, closed=(True, False))
+        _check_interval("lora_warmup_fraction", self.lora_warmup_fraction, 0.0, 1.0)
+        _check_interval("lora_dropout", self.lora_dropout, 0.0, 1.0, closed=(True, False))
         if self.batch_size % self.grad_accumulation:
             raise ValueError(
                 f"batch_size={self.batch_size} must be a multiple of grad_accumulation={self.grad_accumulation}"
             )
+
+
+def _check_interval(name: str, value: float, low: float, high: float, closed: tuple[bool, bool] = (True, True)) -> None:
+    """Raise a ValueError naming ``name`` and ``value`` unless ``value`` lies between ``low`` and
+    ``high`` (each end included where ``closed`` says so; NaN never lies in between)."""
+    above = value >= low if closed[0] else value > low
+    below = value <= high if closed[1] else value < high
+    if not (above and below):
+        interval = f"{'[' if closed[0] else '('}{low:g}, {high:g}{']' if closed[1] else ')'}"
+        raise ValueError(f"{name}={value!r} is not valid: it must lie in {interval}")
 
 
 # ----- data -------------------------------------------------------------------------------------
@@ -175,18 +205,56 @@ class TuningSet(torch.utils.data.Dataset):
 
 
 def block_shuffle(responses: np.ndarray, block_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Permute a story's responses in blocks of ``block_size`` TRs (the last block may be shorter).
+    """Permute a story's responses in blocks of ``block_size`` TRs so that no TR keeps its own block's.
+
+    The story is cut into blocks of ``block_size`` TRs (the last one may be
+    shorter), and the blocks are concatenated in a random order in which
+    every output TR gets a response from another block than the one it lies
+    in: no block stays in place (a derangement), and when the shorter last
+    block moves forward, the blocks after it, shifted by the difference, do
+    not overlap their own place either. Orders are drawn uniformly among those.
 
     Parameters
     ----------
     responses : ndarray of shape (n_trs, n_voxels)
+    block_size : int
+    rng : numpy.random.Generator
 
     Returns
     -------
     shuffled : ndarray of shape (n_trs, n_voxels)
+        The rows of ``responses``, reordered.
+
+    Raises
+    ------
+    ValueError
+        The story has fewer than 2 blocks, or 2 blocks of unequal lengths: no
+        order moves every TR out of its block (a control that kept the real
+        responses would be no control).
     """
-    blocks = [responses[i:i + block_size] for i in range(0, len(responses), block_size)]
-    return np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
+    n_trs = len(responses)
+    n_blocks = -(-n_trs // block_size)
+    if n_blocks < 2 or (n_blocks == 2 and n_trs % block_size):
+        remedy = f"use a block_size of at most {n_trs // 2} TRs" if n_trs >= 2 else "a story needs at least 2 TRs"
+        raise ValueError(
+            f"a story of {n_trs} TRs cannot be block-shuffled in blocks of block_size={block_size} TRs: it makes "
+            f"{n_blocks} block(s){' of unequal lengths' if n_blocks == 2 else ''}, and no order of them moves every "
+            f"TR out of its own block; {remedy}"
+        )
+    own_block = np.arange(n_trs) // block_size
+    while True:  # rejection sampling: between 1 in 6 and 1 in 2 of the orders qualify
+        order = rng.permutation(n_blocks)
+        source = np.concatenate([np.arange(b * block_size, min((b + 1) * block_size, n_trs)) for b in order])
+        if np.all(source // block_size != own_block):
+            return responses[source]
+
+
+def _block_shuffle_story(story: str, responses: np.ndarray, block_size: int, rng: np.random.Generator) -> np.ndarray:
+    """:func:`block_shuffle` with the story named in its error."""
+    try:
+        return block_shuffle(responses, block_size, rng)
+    except ValueError as error:
+        raise DataError(f"story {story!r}: {error}") from error
 
 
 def story_derangement(stories: list[str], rng: np.random.Generator) -> dict[str, str]:
@@ -213,17 +281,24 @@ def build_tuning_sets(dataset: Dataset, subject: str, config: TuningConfig, spec
     -------
     train, validation : TuningSet
     selection : dict
-        ``voxels`` (selected voxel indices), ``cc_max`` of those voxels, the stories, the control pairing.
+        ``target_kind`` (``"voxels"``, or ``"text_embedding"`` for that control),
+        ``n_targets``, ``voxels`` (the selected voxel indices, the targets; None
+        when the targets are embedding dimensions), ``cc_max`` of those voxels
+        (or None), the stories, the control and its story pairing.
     """
     split = dataset.split(subject)
-    ceiling = cc_max(dataset.load_repeats(subject))
-    voxels = select_voxels(ceiling, config.cc_max_threshold)
+    brain_targets = config.control != "text_embedding"
+    if brain_targets:
+        ceiling = cc_max(dataset.load_repeats(subject))
+        voxels = select_voxels(ceiling, config.cc_max_threshold)
     rng = np.random.default_rng(config.seed)  # the controls' draws
     subset_rng = np.random.default_rng([config.seed, 1])  # apart, so that every control keeps the same TRs
     stories = [*split.train, *split.validation]
     audio = {s: dataset.load_audio(s) for s in stories}
     tr_times = {s: dataset.tr_times(s) for s in stories}
-    selection = {"subject": subject, "voxels": voxels.tolist(), "cc_max": ceiling[voxels].tolist(),
+    selection = {"subject": subject, "target_kind": "voxels" if brain_targets else "text_embedding",
+                 "voxels": voxels.tolist() if brain_targets else None,
+                 "cc_max": ceiling[voxels].tolist() if brain_targets else None,
                  "train_stories": list(split.train), "validation_stories": list(split.validation),
                  "control": config.control}
 
@@ -232,13 +307,13 @@ def build_tuning_sets(dataset: Dataset, subject: str, config: TuningConfig, spec
         selection["story_swap"] = pairing
 
     def story_targets(group: list[str]) -> dict[str, np.ndarray]:
-        if config.control == "text_embedding":
+        if not brain_targets:
             return {s: embed_texts(window_texts(dataset.transcript(s), tr_times[s], trimmed_tr_indices(len(tr_times[s])), spec))
                     for s in group}
         source = pairing if config.control == "story_swap" else {s: s for s in group}
         responses = {s: dataset.load_responses(subject, source[s])[:, voxels] for s in group}
         if config.control == "block_shuffle":
-            return {s: block_shuffle(r, config.block_size, rng) for s, r in responses.items()}
+            return {s: _block_shuffle_story(s, r, config.block_size, rng) for s, r in responses.items()}
         return responses
 
     def make_set(group: list[str], limit: int | None) -> TuningSet:
@@ -256,7 +331,25 @@ def build_tuning_sets(dataset: Dataset, subject: str, config: TuningConfig, spec
 
     train = make_set(list(split.train), config.max_train_trs)
     validation = make_set(list(split.validation), config.max_validation_trs)
+    selection["n_targets"] = int(train.targets.shape[1])
     return train, validation, selection
+
+
+def target_names(selection: dict) -> list[str]:
+    """Names of the targets of a selection, one per head output: ``"voxel 1234"`` or ``"embedding dimension 7"``.
+
+    Parameters
+    ----------
+    selection : dict
+        As returned by :func:`build_tuning_sets` (or stored in a training record).
+
+    Returns
+    -------
+    names : list of str, length ``n_targets``
+    """
+    if selection["voxels"] is None:
+        return [f"embedding dimension {i}" for i in range(selection["n_targets"])]
+    return [f"voxel {v}" for v in selection["voxels"]]
 
 
 # ----- model and losses ------------------------------------------------------------------------
@@ -270,6 +363,10 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class BrainTuningModel(nn.Module):
     """Speech encoder + mean pooling over valid frames + linear head.
+
+    The pooled state is the encoder's last hidden state after its final layer
+    norm, if any (:attr:`bt_utils.models.EncoderOutput.last_hidden_state`, as
+    Hugging Face's ``last_hidden_state``).
 
     Parameters
     ----------
@@ -286,7 +383,7 @@ class BrainTuningModel(nn.Module):
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted targets, shape (B, n_targets), from audio of shape (B, n_samples)."""
         output = self.encoder(audio, lengths)
-        return self.head(masked_mean(output.hidden_states[-1], output.frame_mask))
+        return self.head(masked_mean(output.last_hidden_state, output.frame_mask))
 
 
 def compute_loss(name: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -423,17 +520,31 @@ def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: in
     return float(compute_loss(loss, predictions, data.targets)), predictions.numpy()
 
 
-def _save_checkpoint(model: BrainTuningModel, folder: Path, record: dict, voxels: list[int]) -> None:
+def _save_checkpoint(model: BrainTuningModel, folder: Path, record: dict, selection: dict) -> None:
     with atomic_path(folder) as staged:
         staged.mkdir()
         _plain_encoder(model.encoder).save_pretrained(staged / "encoder")
-        torch.save({"state_dict": model.head.state_dict(), "n_targets": model.head.out_features, "voxels": voxels},
-                   staged / "head.pt")
+        torch.save({"state_dict": model.head.state_dict(), "n_targets": model.head.out_features,
+                    "target_kind": selection["target_kind"], "voxels": selection["voxels"]}, staged / "head.pt")
         (staged / "training_record.json").write_text(json.dumps(record, indent=2, default=str))
 
 
-def load_head(checkpoint: str | os.PathLike) -> tuple[nn.Linear, list[int]]:
-    """The linear head of a brain-tuned checkpoint and the voxels it predicts."""
+def load_head(checkpoint: str | os.PathLike) -> tuple[nn.Linear, list[int] | None]:
+    """The linear head of a brain-tuned checkpoint and the voxels it predicts.
+
+    Parameters
+    ----------
+    checkpoint : path-like
+        A checkpoint folder written by :func:`tune` (holding ``head.pt``).
+
+    Returns
+    -------
+    head : torch.nn.Linear
+        From the hidden size D to ``n_targets`` outputs.
+    voxels : list of int (length ``n_targets``) or None
+        The voxel index of each output; None when the outputs are text
+        embedding dimensions (the ``text_embedding`` control).
+    """
     path = Path(checkpoint) / "head.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{checkpoint} is not a brain-tuning checkpoint: {path} is missing")
@@ -441,7 +552,11 @@ def load_head(checkpoint: str | os.PathLike) -> tuple[nn.Linear, list[int]]:
     weight = saved["state_dict"]["weight"]
     head = nn.Linear(weight.shape[1], weight.shape[0])
     head.load_state_dict(saved["state_dict"])
-    return head, list(saved["voxels"])
+    voxels = saved["voxels"]
+    # older text_embedding checkpoints stored the voxel selection beside a head of embedding dimensions
+    if voxels is None or len(voxels) != head.out_features:
+        return head, None
+    return head, list(voxels)
 
 
 def load_brain_tuned(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> BrainTuningModel:
@@ -588,7 +703,7 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
         elif validation_loss < best["loss"]:
             best, bad_epochs = {"loss": validation_loss, "epoch": epoch}, 0
             _save_checkpoint(model, out_dir / "checkpoint", record | {"history": history, "best_epoch": epoch,
-                                                                      "stop_reason": "in progress"}, selection["voxels"])
+                                                                      "stop_reason": "in progress"}, selection)
         else:
             bad_epochs += 1
             if bad_epochs >= config.patience:

@@ -99,6 +99,22 @@ def test_hidden_states_equal_those_of_transformers(name):
         torch.testing.assert_close(mine, reference, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_last_hidden_state_equals_that_of_transformers(name):
+    """``last_hidden_state`` is after the final layer norm where there is one (tiny-hubert: stable
+    layer norm; tiny-whisper), as Hugging Face's, while ``hidden_states[-1]`` keeps its convention."""
+    encoder = load_encoder(name, device="cpu")
+    audio, lengths = padded_batch([tones_and_noise(1.0), tones_and_noise(0.6, seed=1)])
+    with torch.no_grad():
+        output = encoder(audio, lengths)
+        theirs = encoder.encoder(**encoder.preprocess(audio, lengths))
+    torch.testing.assert_close(output.last_hidden_state, theirs.last_hidden_state, rtol=0, atol=1e-6)
+    final_norm_differs = not torch.allclose(output.hidden_states[-1], output.last_hidden_state)
+    assert final_norm_differs is (name == "tiny-hubert")
+    plain = EncoderOutput(hidden_states=output.hidden_states, frame_mask=output.frame_mask)
+    assert plain.last_hidden_state is output.hidden_states[-1]  # default: models without a final norm
+
+
 @pytest.mark.parametrize("n_samples", [1, 159, 160, 161, 399, 400, 401, 16_000, 16_001])
 def test_frame_lengths_follow_the_convolution_stack(n_samples):
     for name in TINY:

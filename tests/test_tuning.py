@@ -12,7 +12,7 @@ from bt_utils.encoding import correlation_score
 from bt_utils.models import load_encoder
 from bt_utils.tuning import (
     BrainTuningModel, TuningConfig, block_shuffle, build_tuning_sets, compute_loss, encoder_lr_factor,
-    head_lr_factor, load_brain_tuned, masked_mean, story_derangement, tune,
+    head_lr_factor, load_brain_tuned, load_head, masked_mean, story_derangement, target_names, tune,
 )
 from bt_utils.validation import DataError
 from conftest import QUICK_TUNING
@@ -67,6 +67,23 @@ def test_whisper_pooling_uses_only_the_real_ten_seconds():
         torch.testing.assert_close(model(audio), model.head(masked_mean(output.hidden_states[-1], output.frame_mask)))
 
 
+@pytest.mark.parametrize("name", ["tiny-hubert", "tiny-wav2vec2"])
+def test_head_pools_the_models_last_hidden_state(name):
+    """The head pools Hugging Face's ``last_hidden_state`` (after the final layer norm of layer-norm
+    models such as tiny-hubert, unlike ``hidden_states[-1]``), averaged over the valid frames only."""
+    encoder = load_encoder(name, device="cpu")
+    model = BrainTuningModel(encoder, 3).eval()
+    audio, lengths = torch.randn(2, 32_000) * 0.1, torch.tensor([32_000, 20_000])
+    pooled = []
+    model.head.register_forward_pre_hook(lambda module, args: pooled.append(args[0]))
+    with torch.no_grad():
+        model(audio, lengths)
+        hf = encoder.encoder(**encoder.preprocess(audio, lengths))
+        frames = encoder.encoder._get_feat_extract_output_lengths(lengths)
+    expected = torch.stack([hf.last_hidden_state[b, :frames[b]].mean(dim=0) for b in range(2)])
+    torch.testing.assert_close(pooled[0], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="loss='l2'"):
         TuningConfig(loss="l2")
@@ -76,6 +93,34 @@ def test_config_rejects_bad_values():
         TuningConfig(batch_size=10, grad_accumulation=3)
     with pytest.raises(ValueError, match="epochs must be at least 1"):
         TuningConfig(epochs=0)
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("max_train_trs", 0, "number of TRs of at least 1, or None"),
+    ("max_train_trs", -5, "number of TRs of at least 1, or None"),
+    ("max_train_trs", 2.5, "number of TRs of at least 1, or None"),
+    ("max_validation_trs", 0, "number of TRs of at least 1, or None"),
+    ("encoder_lr", 0.0, r"\(0, inf\)"),
+    ("encoder_lr", -1e-5, r"\(0, inf\)"),
+    ("head_lr", float("nan"), r"\(0, inf\)"),
+    ("lora_lr", float("inf"), r"\(0, inf\)"),
+    ("head_lr_decay", 0.0, r"\(0, 1\]"),
+    ("head_lr_decay", 1.5, r"\(0, 1\]"),
+    ("head_lr_floor", -0.1, r"\[0, 1\]"),
+    ("head_lr_floor", 2.0, r"\[0, 1\]"),
+    ("warmup_epochs", -1.0, r"\[0, inf\)"),
+    ("lora_warmup_fraction", 1.5, r"\[0, 1\]"),
+    ("lora_warmup_fraction", -0.1, r"\[0, 1\]"),
+    ("lora_dropout", 1.0, r"\[0, 1\)"),
+])
+def test_config_rejects_bad_sizes_and_rates(field, value, allowed):
+    with pytest.raises(ValueError, match=rf"^{field}={value!r} is not valid: .*{allowed}"):
+        TuningConfig(**{field: value})
+
+
+def test_config_accepts_the_edges_of_the_ranges():
+    TuningConfig(max_train_trs=1, max_validation_trs=1, head_lr_decay=1.0, head_lr_floor=0.0, warmup_epochs=0.0,
+                 lora_warmup_fraction=0.0, lora_dropout=0.0)
 
 
 def test_training_sets_pair_windows_with_trimmed_responses(demo):
@@ -98,7 +143,7 @@ def test_controls_change_the_targets(demo):
     real, _, selection = build_tuning_sets(demo, "DEMO01", TuningConfig(**full))
     swapped, _, swap = build_tuning_sets(demo, "DEMO01", TuningConfig(**full, control="story_swap"))
     shuffled, _, _ = build_tuning_sets(demo, "DEMO01", TuningConfig(**full, control="block_shuffle"))
-    text, _, _ = build_tuning_sets(demo, "DEMO01", TuningConfig(**full, control="text_embedding"))
+    text, _, text_selection = build_tuning_sets(demo, "DEMO01", TuningConfig(**full, control="text_embedding"))
     pairing = swap["story_swap"]
     assert all(story != partner for story, partner in pairing.items())
     # swapped targets are the responses to the partner story, truncated to the shorter story
@@ -110,6 +155,12 @@ def test_controls_change_the_targets(demo):
     assert not torch.equal(shuffled.targets, real.targets)
     assert torch.equal(shuffled.targets.sort(dim=0).values, real.targets.sort(dim=0).values)
     assert text.targets.shape[1] == 384
+    # the text-embedding targets are embedding dimensions, not the selected voxels
+    assert selection["target_kind"] == "voxels" and selection["n_targets"] == len(selection["voxels"])
+    assert text_selection["target_kind"] == "text_embedding" and text_selection["n_targets"] == 384
+    assert text_selection["voxels"] is None and text_selection["cc_max"] is None
+    assert target_names(text_selection) == [f"embedding dimension {i}" for i in range(384)]
+    assert target_names(selection) == [f"voxel {v}" for v in selection["voxels"]]
     real_row = {item: i for i, item in enumerate(real.items)}
     for control in (swapped, shuffled):
         aligned = real.targets[[real_row[item] for item in control.items]].numpy()
@@ -121,18 +172,44 @@ def test_controls_change_the_targets(demo):
 
 
 def test_block_shuffle_moves_whole_blocks():
-    responses = np.arange(40)[:, None].repeat(2, axis=1)
-    blocks = [np.arange(0, 15), np.arange(15, 30), np.arange(30, 40)]
+    responses = np.arange(70)[:, None].repeat(2, axis=1)
+    blocks = [np.arange(start, min(start + 15, 70)) for start in range(0, 70, 15)]
     seen = set()
-    for seed in range(6):
+    for seed in range(10):
         shuffled = block_shuffle(responses, 15, np.random.default_rng(seed))
-        orders = [order for order in itertools.permutations(range(3))
+        orders = [order for order in itertools.permutations(range(5))
                   if np.array_equal(shuffled, responses[np.concatenate([blocks[i] for i in order])])]
         assert len(orders) == 1  # whole blocks
         seen.add(orders[0])
     assert len(seen) >= 3  # in random orders
     with pytest.raises(DataError, match=r"at least two stories, got \['a'\]"):
         story_derangement(["a"], np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("n_trs", [30, 40, 45, 50, 65, 100, 353])
+def test_block_shuffle_moves_every_tr_out_of_its_block(n_trs):
+    """No block stays in place, and no TR gets a response of its own 15-TR block, even when the shorter
+    last block moves forward and shifts the blocks after it."""
+    responses = np.arange(n_trs)[:, None] * np.ones(3)
+    own_block = np.arange(n_trs) // 15
+    for seed in range(200):
+        source = block_shuffle(responses, 15, np.random.default_rng(seed))[:, 0].astype(int)
+        np.testing.assert_array_equal(np.sort(source), np.arange(n_trs))  # the same rows, as many
+        assert np.all(source // 15 != own_block), f"seed {seed}: a TR kept a response of its own block"
+
+
+@pytest.mark.parametrize("n_trs", [1, 10, 15, 20, 29])
+def test_block_shuffle_refuses_stories_it_cannot_shuffle(n_trs):
+    """One block, or two of unequal lengths: every order leaves some TRs in their own block."""
+    expected = rf"a story of {n_trs} TRs cannot be block-shuffled in blocks of block_size=15"
+    with pytest.raises(ValueError, match=expected):
+        block_shuffle(np.zeros((n_trs, 2)), 15, np.random.default_rng(0))
+
+
+def test_block_shuffle_control_names_a_story_too_short(demo):
+    config = TuningConfig(**QUICK_TUNING, control="block_shuffle", block_size=1000)
+    with pytest.raises(DataError, match=r"story '\w+': a story of \d+ TRs cannot be block-shuffled.*block_size=1000"):
+        build_tuning_sets(demo, "DEMO01", config)
 
 
 def test_loss_falls_and_checkpoint_round_trips(demo, tmp_path):
@@ -145,11 +222,29 @@ def test_loss_falls_and_checkpoint_round_trips(demo, tmp_path):
     record = json.loads((result.checkpoint_dir / "training_record.json").read_text())
     assert record["best_epoch"] == result.best_epoch and record["parameters"]["model"] == "tiny-wav2vec2"
     assert len(record["selection"]["voxels"]) > 100
+    head, voxels = load_head(result.checkpoint_dir)
+    assert voxels == record["selection"]["voxels"] and head.out_features == len(voxels)
     # the checkpoint reloads through the registry and reproduces the kept model's validation loss
     reloaded = load_brain_tuned(result.checkpoint_dir, device="cpu")
     _, validation_set, _ = build_tuning_sets(demo, "DEMO01", config)
     loss, _ = tuning.evaluate(reloaded, validation_set, "mse", 8, torch.device("cpu"))
     assert loss == pytest.approx(record["best_validation_loss"], rel=1e-5)
+
+
+def test_text_embedding_checkpoint_records_embedding_dimensions(demo, tmp_path):
+    """The LM-tuned control predicts embedding dimensions: its checkpoint and record say so (no voxel
+    list), and it reloads like any other checkpoint."""
+    config = TuningConfig(model="tiny-hubert", control="text_embedding", **QUICK_TUNING | {"epochs": 1})
+    result = tune(demo, "DEMO01", config, tmp_path, progress=False)
+    record = json.loads((result.checkpoint_dir / "training_record.json").read_text())
+    assert record["selection"]["target_kind"] == "text_embedding" and record["selection"]["n_targets"] == 384
+    assert record["selection"]["voxels"] is None
+    saved = torch.load(result.checkpoint_dir / "head.pt", weights_only=True)
+    assert saved["target_kind"] == "text_embedding" and saved["voxels"] is None and saved["n_targets"] == 384
+    head, voxels = load_head(result.checkpoint_dir)
+    assert voxels is None and head.out_features == 384
+    reloaded = load_brain_tuned(result.checkpoint_dir, device="cpu")
+    assert reloaded(torch.zeros(1, 160_000)).shape == (1, 384)
 
 
 def test_validation_runs_in_eval_mode(demo, tmp_path, monkeypatch):
