@@ -8,7 +8,11 @@ For every model variant (pretrained, brain-tuned, controls; a list of
 1. The frozen encoder (eval mode, no gradients) encodes each example once; the
    hidden states of every layer (``n_layers + 1``, the input of the first
    transformer layer included) are mean-pooled over the frames computed from
-   real audio (and inside the example's span, if it has one). Features of
+   real audio (and inside the example's span, if it has one: the frames whose
+   receptive field is centred in it, see :func:`frame_centres`). A clip's
+   features do not depend on the other clips of its batch: where padding
+   would change them (group-norm wav2vec2/HuBERT, Whisper at native length),
+   only clips of equal length share a batch. Features of
    shape (n_examples, n_layers + 1, D) are cached under
    ``cache_root()/downstream/<encoder fingerprint>/``, keyed by the task name
    and the examples' ids, spans and audio.
@@ -19,10 +23,11 @@ For every model variant (pretrained, brain-tuned, controls; a list of
    epoch with the best validation macro-F1 (ties: lower validation loss, then
    the lower layer and earlier epoch) are chosen. Test labels are not read
    until the chosen probe has predicted the test split.
-3. Test macro-F1 and accuracy are reported per seed, with percentile
-   bootstrap intervals over test examples; :func:`summarize` averages the
-   seeds and bootstraps the seed average (the same resampled examples for all
-   seeds).
+3. Test macro-F1 (over the classes present in the scored labels, see
+   :func:`bt_utils.metrics.macro_f1`) and accuracy are reported per seed,
+   with percentile bootstrap intervals over test examples; :func:`summarize`
+   averages the seeds and bootstraps the seed average (the same resampled
+   examples for all seeds).
 
 ASR tasks are scored as 1 - WER (all edits over all reference words) on the
 test split, once per variant (decoding is deterministic, greedy):
@@ -52,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -68,7 +74,7 @@ from tqdm.auto import tqdm
 from .cache import cache_root
 from .downstream_tasks import SAMPLE_RATE, DownstreamTask, Example, audio_length, load_audio
 from .metrics import accuracy, bootstrap_ci, macro_f1, normalize_words, word_edits
-from .models import MODELS, SpeechEncoder, load_encoder
+from .models import MODELS, WHISPER_HOP, WHISPER_N_FFT, SpeechEncoder, load_encoder
 from .results import atomic_path, write_table
 from .tuning import masked_mean
 
@@ -82,6 +88,7 @@ SCORE_COLUMNS = ("model", "variant", "subject", "task", "layer", "metric", "valu
                  "n_test")
 
 _OFFLINE_WHISPER = "bt_utils.whisper_ct2:"
+_FEATURE_VERSION = 2  # part of the feature cache key: raise it when the same encoder and examples give other features
 _METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", ASR_METRIC: "1 - WER"}
 _HATCHES = ("", "//", "..", "xx")
 
@@ -162,25 +169,70 @@ def model_entry(spec: ModelEntry | Mapping | str) -> ModelEntry:
 # ======================================================================================
 
 
-def frame_seconds(encoder: SpeechEncoder) -> float:
-    """Duration of one encoder frame, in seconds (0.02 for all supported families)."""
-    ten_seconds = 10 * SAMPLE_RATE
-    return 10.0 / int(encoder.frame_lengths(torch.tensor([ten_seconds]))[0])
+def _frame_layers(encoder: SpeechEncoder) -> list[tuple[int, int, int]]:
+    """The layers that turn samples into encoder frames, first to last, as ``(kernel, stride, padding)``.
+
+    wav2vec2/HuBERT: the convolutions of the feature encoder (no padding).
+    Whisper: the log-mel STFT (400-sample windows every 160 samples, centred:
+    padded by 200), then ``conv1`` and ``conv2`` (kernel 3, stride 1 and 2, padding 1).
+    """
+    if encoder.family == "whisper":
+        convolutions = [(conv.kernel_size[0], conv.stride[0], conv.padding[0])
+                        for conv in (encoder.encoder.conv1, encoder.encoder.conv2)]
+        return [(WHISPER_N_FFT, WHISPER_HOP, WHISPER_N_FFT // 2), *convolutions]
+    config = encoder.encoder.config
+    return [(kernel, stride, 0) for kernel, stride in zip(config.conv_kernel, config.conv_stride)]
+
+
+def frame_centres(encoder: SpeechEncoder, n_frames: int) -> np.ndarray:
+    """Time of the centre of each encoder frame's receptive field, in seconds.
+
+    Frame ``k`` is centred at ``k * hop + offset``, from the layers that make
+    the frames (:func:`_frame_layers`): the hop is the product of their
+    strides; the receptive field of frame 0 starts at ``-sum(padding * hop
+    of the layer's input)`` and spans ``1 + sum((kernel - 1) * hop of the
+    layer's input)`` samples; ``offset`` is its start plus half its span.
+    wav2vec2/HuBERT: hop 320 samples (0.02 s), receptive field 400 samples,
+    so frame ``k`` is centred at ``0.0125 + 0.02 k`` s. Whisper: mel frame
+    ``m`` is centred on sample ``160 m``, ``conv1`` keeps that and the
+    stride-2 ``conv2`` keeps every other one: ``0.02 k`` s.
+
+    Parameters
+    ----------
+    encoder : SpeechEncoder
+    n_frames : int
+
+    Returns
+    -------
+    ndarray of shape (n_frames,)
+        float64, seconds from the start of the audio.
+    """
+    hop, start, field = 1, 0, 1  # in samples
+    for kernel, stride, padding in _frame_layers(encoder):
+        start -= padding * hop
+        field += (kernel - 1) * hop
+        hop *= stride
+    return (np.arange(n_frames) * hop + start + field / 2) / SAMPLE_RATE
 
 
 def feature_cache_path(fingerprint: str, task: DownstreamTask, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the features of ``task`` under the encoder with ``fingerprint`` are cached."""
-    digest = hashlib.sha256(task.name.encode())
+    """Where the features of ``task`` under the encoder with ``fingerprint`` are cached.
+
+    The key holds the task's name, its examples' signatures and the version of
+    the feature computation, so that features computed differently are never reused.
+    """
+    digest = hashlib.sha256(f"{task.name}\nversion {_FEATURE_VERSION}".encode())
     for example in task.examples:
         digest.update(example.signature().encode())
     return cache_root(cache_dir) / "downstream" / fingerprint / f"{task.name}-{digest.hexdigest()[:16]}.npz"
 
 
-def _span_masks(examples: Sequence[Example], valid: torch.Tensor, period: float) -> torch.Tensor:
+def _span_masks(examples: Sequence[Example], valid: torch.Tensor, centres: np.ndarray) -> torch.Tensor:
     """Frames to pool per example, shape (E, F): the valid frames of its source row ``valid`` (E, F),
-    inside its span if it has one (the frame nearest the span's middle if none falls inside)."""
+    inside its span if it has one (frame centres ``centres`` (F,), in seconds; the frame nearest the
+    span's middle if no centre falls inside)."""
     masks = valid.clone()
-    centres = (torch.arange(valid.shape[1], dtype=torch.float64) + 0.5) * period
+    centres = torch.from_numpy(centres)
     for i, example in enumerate(examples):
         if example.span is None:
             continue
@@ -194,18 +246,37 @@ def _span_masks(examples: Sequence[Example], valid: torch.Tensor, period: float)
     return masks
 
 
-def _source_batches(task: DownstreamTask, batch_size: int) -> list[list[list[int]]]:
-    """Example indices grouped by source, sources sorted by length (longest first), in batches of sources."""
+def _padding_changes_features(encoder: SpeechEncoder) -> bool:
+    """Whether zero-padding a clip to a longer one in its batch changes its features.
+
+    Group-norm wav2vec2/HuBERT (no attention mask): the padding enters the
+    first GroupNorm's statistics and the attention. Whisper at native length:
+    the padding changes the last mel frames and what the convolutions see
+    past the clip's end. Not so for an attention mask over the padding, nor
+    for Whisper padded to 30 s (every clip is padded the same way).
+    """
+    if encoder.family == "whisper":
+        return encoder.native_length
+    return not encoder.settings["attention_mask"]
+
+
+def _source_batches(task: DownstreamTask, batch_size: int, equal_lengths: bool) -> list[list[list[int]]]:
+    """Example indices grouped by source, sources sorted by length (longest first), in batches of at most
+    ``batch_size`` sources; with ``equal_lengths``, only sources of the same length share a batch."""
     groups: dict[str, list[int]] = {}
     for index, example in enumerate(task.examples):
         groups.setdefault(example.source, []).append(index)
-    ordered = sorted(groups.values(), key=lambda g: -audio_length(task.examples[g[0]]))
-    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    lengths = {source: audio_length(task.examples[group[0]]) for source, group in groups.items()}
+    ordered = sorted(groups, key=lambda source: -lengths[source])
+    batches = []
+    for _, run in itertools.groupby(ordered, key=lambda source: lengths[source] if equal_lengths else 0):
+        run = [groups[source] for source in run]
+        batches += [run[i:i + batch_size] for i in range(0, len(run), batch_size)]
+    return batches
 
 
 @torch.inference_mode()
-def _encode_batch(encoder: SpeechEncoder, task: DownstreamTask, sources: list[list[int]], period: float,
-                  out: np.ndarray) -> None:
+def _encode_batch(encoder: SpeechEncoder, task: DownstreamTask, sources: list[list[int]], out: np.ndarray) -> None:
     """Pool every layer for the examples of a batch of sources into ``out`` (N, n_layers + 1, D)."""
     audio = [load_audio(task.examples[group[0]]) for group in sources]
     lengths = torch.tensor([len(a) for a in audio])
@@ -217,7 +288,8 @@ def _encode_batch(encoder: SpeechEncoder, task: DownstreamTask, sources: list[li
     rows = torch.tensor([row for row, group in enumerate(sources) for _ in group])
     indices = [index for group in sources for index in group]
     valid = output.frame_mask[rows, :n_frames].cpu()
-    masks = _span_masks([task.examples[i] for i in indices], valid, period).to(output.frame_mask.device)
+    masks = _span_masks([task.examples[i] for i in indices], valid, frame_centres(encoder, n_frames))
+    masks = masks.to(output.frame_mask.device)
     for layer, hidden in enumerate(output.hidden_states):
         out[indices, layer] = masked_mean(hidden[rows, :n_frames].float(), masks).cpu().numpy()
 
@@ -233,7 +305,9 @@ def extract_features(encoder: SpeechEncoder, task: DownstreamTask, batch_size: i
         Used frozen, in eval mode.
     task : DownstreamTask
     batch_size : int
-        Sources (utterances) per encoder pass.
+        Most sources (utterances) per encoder pass. Where padding would change
+        a clip's features (see the module documentation), only sources of equal
+        length share a pass, so the features equal those of one clip at a time.
     cache : bool
         Read and write the on-disk cache (:func:`feature_cache_path`).
     cache_dir : path-like, optional
@@ -257,9 +331,9 @@ def extract_features(encoder: SpeechEncoder, task: DownstreamTask, batch_size: i
         log.warning("feature cache %s holds other examples; recomputing", path)
     encoder.eval()
     out = np.zeros((len(task.examples), encoder.n_layers + 1, encoder.hidden_size), dtype=np.float32)
-    period = frame_seconds(encoder)
-    for sources in tqdm(_source_batches(task, batch_size), desc=f"features {task.name}", disable=not progress):
-        _encode_batch(encoder, task, sources, period, out)
+    batches = _source_batches(task, batch_size, equal_lengths=_padding_changes_features(encoder))
+    for sources in tqdm(batches, desc=f"features {task.name}", disable=not progress):
+        _encode_batch(encoder, task, sources, out)
     if cache:
         with atomic_path(path) as staged:
             np.savez(staged, features=out, ids=ids)
@@ -789,7 +863,7 @@ def run_downstream(entries: Iterable[ModelEntry | Mapping | str], tasks: Iterabl
         Whisper: encode the real length instead of 30 s for the probes (much
         faster on short clips; the paper pads to 30 s). ASR always decodes 30-s inputs.
     batch_size : int
-        Utterances per encoder pass.
+        Most utterances per encoder pass (see :func:`extract_features`) and per ASR batch.
     ctc_checkpoint : str, optional
         CTC model for wav2vec2 / HuBERT variants whose base has no CTC head.
     n_resamples, confidence : int, float

@@ -239,11 +239,12 @@ def load_audio(example: Example) -> np.ndarray:
 
 
 def audio_length(example: Example) -> int:
-    """Number of samples of the example's audio at 16 kHz, without reading it all."""
+    """Number of samples of the example's audio at 16 kHz (as :func:`load_audio` gives it), without reading it all."""
     if isinstance(example.audio, np.ndarray):
         return len(example.audio)
     info = soundfile.info(example.audio)
-    return round(info.frames * SAMPLE_RATE / info.samplerate)
+    # soxr rounds half up: floor(frames * 16000 / rate + 1/2), in integers
+    return (2 * info.frames * SAMPLE_RATE + info.samplerate) // (2 * info.samplerate)
 
 
 # ======================================================================================
@@ -744,9 +745,12 @@ DEMO_VARIANTS = (
     "aunty", "grandpa", "rob", "michel", "klatt", "Gene", "Reed", "belinda", "Denis", "Hugo", "Storm", "anika",
     "antonio", "pablo", "Mario", "Michael", "Nguyen", "pedro", "marcelo", "mike2", "iven2", "iven3", "announcer",
 )  # fmt: skip
-"""eSpeak NG voice variants used as demo speakers: ones Whisper tiny.en transcribes without errors in en-us,
-and whose audio is the same in every process (breathy variants such as f2, f3, f5, Alicia, sandro and victor
-draw noise that differs between processes, which would defeat the feature cache)."""
+"""eSpeak NG voice variants used as demo speakers: those whose audio is the same in every process (breathy
+variants such as f2, f3, f5, Alicia, sandro and victor draw noise that differs between processes, which would
+defeat the feature cache). They are not easy to transcribe: Whisper tiny.en makes errors on most of them even
+in clean en-us speech (40 of the 50 on "Put the red book on the table."), and with the demo's accents, rates,
+pitches and 6-30 dB white noise (:data:`DEMO_SPEECH`) the pretrained whisper-tiny.en scores 1 - WER = 0.26 on
+``demo_task("demo_asr")`` (seed 0, 16 utterances)."""
 
 DEMO_SPEECH = {"words_per_minute": (120, 240), "pitch": (20, 80), "snr_db": (6.0, 30.0), "lead_s": (0.0, 0.3)}
 """Ranges (uniform) of the demo's speaking rate, pitch, white-noise SNR and leading silence."""

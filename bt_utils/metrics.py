@@ -137,15 +137,20 @@ def accuracy(y_true, y_pred) -> float:
 
 
 def macro_f1(y_true, y_pred, labels=None) -> float:
-    """Unweighted mean of the per-class F1 scores.
+    """Unweighted mean of the per-class F1 scores, over the classes present in ``y_true``.
+
+    A prediction of a class absent from ``y_true`` is still an error (it
+    lowers the recall of the true class) but adds no class of F1 0 to the
+    average; a test split (or a bootstrap resample of it) that lacks some
+    classes is scored on the classes it has. scikit-learn's default averages
+    over the classes of ``y_true`` or ``y_pred`` instead.
 
     Parameters
     ----------
     y_true, y_pred : array-like of shape (n,)
     labels : array-like, optional
-        Classes to average over; default: every class in ``y_true`` or
-        ``y_pred`` (as scikit-learn does). A class that is never true and
-        never predicted scores 0.
+        Classes to average over; default: the classes in ``y_true``. A class
+        that is never true and never predicted scores 0.
 
     Returns
     -------
@@ -153,7 +158,7 @@ def macro_f1(y_true, y_pred, labels=None) -> float:
         In [0, 1].
     """
     y_true, y_pred = _labels_pair(y_true, y_pred)
-    labels = np.union1d(y_true, y_pred) if labels is None else np.asarray(labels)
+    labels = np.unique(y_true) if labels is None else np.asarray(labels)
     true_hits = y_true[:, None] == labels[None, :]  # (n, n_classes)
     pred_hits = y_pred[:, None] == labels[None, :]
     tp = (true_hits & pred_hits).sum(axis=0)

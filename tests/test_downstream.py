@@ -13,6 +13,7 @@ import pytest
 import soundfile
 import torch
 
+from bt_utils import downstream
 from bt_utils import downstream_tasks as dt
 from bt_utils.downstream import (
     ModelEntry,
@@ -20,7 +21,7 @@ from bt_utils.downstream import (
     extract_features,
     feature_cache_path,
     fit_probe,
-    frame_seconds,
+    frame_centres,
     load_transcriber,
     model_entry,
     plot_downstream,
@@ -122,7 +123,7 @@ def test_fit_probe_chooses_the_informative_layer():
     assert accuracy(labels[160:], fit.predict(features[160:])) > 0.9
 
 
-def test_feature_cache(encoder, word_task, word_features, feature_cache):
+def test_feature_cache(encoder, word_task, word_features, feature_cache, monkeypatch):
     path = feature_cache_path(encoder.fingerprint(), word_task, feature_cache)
     assert path.is_file() and path.parent.parent.name == "downstream"
     again = extract_features(encoder, word_task, cache_dir=feature_cache, progress=False)
@@ -131,6 +132,9 @@ def test_feature_cache(encoder, word_task, word_features, feature_cache):
     changed = replace(word_task, examples=(replace(word_task.examples[0], audio=word_task.examples[0].audio * 0.5),
                                            *word_task.examples[1:]))
     assert feature_cache_path(encoder.fingerprint(), changed, feature_cache) != path
+    # features computed by another version of the code: another cache entry
+    monkeypatch.setattr(downstream, "_FEATURE_VERSION", downstream._FEATURE_VERSION + 1)
+    assert feature_cache_path(encoder.fingerprint(), word_task, feature_cache) != path
 
 
 def test_span_pooling_matches_a_manual_masked_mean(encoder, word_task):
@@ -142,13 +146,58 @@ def test_span_pooling_matches_a_manual_masked_mean(encoder, word_task):
     audio = torch.from_numpy(source.audio)[None]
     with torch.inference_mode():
         output = encoder(audio, torch.tensor([audio.shape[1]]))
-    centres = (torch.arange(output.frame_mask.shape[1]) + 0.5) * frame_seconds(encoder)
+    centres = torch.from_numpy(frame_centres(encoder, output.frame_mask.shape[1]))
     in_span = output.frame_mask & (centres >= 0.1) & (centres < 0.3)
-    assert frame_seconds(encoder) == pytest.approx(0.02)
     assert int(in_span.sum()) == 10
     for layer, hidden in enumerate(output.hidden_states):
         np.testing.assert_allclose(features[0, layer], masked_mean(hidden, output.frame_mask)[0].numpy(), atol=1e-4)
         np.testing.assert_allclose(features[1, layer], masked_mean(hidden, in_span)[0].numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("name, first_centre, span, frame", [
+    # hop 320 samples (conv strides 5 * 2**6); receptive field 400 samples (kernels 10, 3 x4, 2 x2): 0.0125 + 0.02 k
+    ("tiny-wav2vec2", 0.0125, (8.005, 8.02), 400),
+    # mel frame m centred on sample 160 m (400-sample windows, centred); conv1 keeps it, stride-2 conv2: 0.02 k
+    ("tiny-whisper", 0.0, (0.191, 0.201), 10),
+])
+def test_spans_pool_the_frames_centred_in_them(name, first_centre, span, frame):
+    encoder = load_encoder(name, device="cpu", **({"native_length": True} if name == "tiny-whisper" else {}))
+    np.testing.assert_allclose(frame_centres(encoder, 4), first_centre + 0.02 * np.arange(4), atol=1e-12)
+    audio = np.random.default_rng(0).normal(0.0, 0.1, 10 * 16000).astype(np.float32)
+    task = DownstreamTask("span", "classification", (Example("e", "train", "x", audio, span=span),), ("x",))
+    features = extract_features(encoder, task, cache=False, progress=False)
+    with torch.inference_mode():
+        output = encoder(torch.from_numpy(audio)[None])
+    for layer, hidden in enumerate(output.hidden_states):  # only the frame centred in the span is pooled
+        np.testing.assert_allclose(features[0, layer], hidden[0, frame].numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-wav2vec2", "tiny-hubert", "tiny-whisper", "whisper-tiny.en"])
+def test_features_do_not_depend_on_the_batch(name, encoder, word_task, monkeypatch):
+    """Clips of other lengths change a clip's features through the padding of group-norm wav2vec2 (no attention
+    mask) and of Whisper at native length (``encoder``); those are batched only with clips of the same length.
+    HuBERT with an attention mask and Whisper padded to 30 s (tiny-whisper's default) keep whole batches."""
+    if name != "whisper-tiny.en":
+        encoder = load_encoder(name, device="cpu")
+    clips = [e.audio for e in word_task.examples[:6]]
+    clips.append(clips[0][::-1].copy())  # the same length as clip 0: the two may share a pass
+    examples = [Example(f"clip{i}", "train", "yes", audio) for i, audio in enumerate(clips)]
+    examples.append(Example("part", "train", "yes", clips[1], source="clip1", span=(0.1, 0.3)))
+    task = DownstreamTask("batch", "classification", tuple(examples), ("yes",))
+    alone = extract_features(encoder, task, batch_size=1, cache=False, progress=False)
+
+    passes, forward = [], encoder.forward
+
+    def counting_forward(audio, lengths):
+        passes.append(len(audio))  # sources in this encoder pass
+        return forward(audio, lengths)
+
+    monkeypatch.setattr(encoder, "forward", counting_forward)
+    batched = extract_features(encoder, task, batch_size=8, cache=False, progress=False)
+    np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-5)
+    assert len({len(c) for c in clips}) == 6
+    # sources per encoder pass: all in one, or only clips of equal length together
+    assert sorted(passes) == ([7] if name in ("tiny-hubert", "tiny-whisper") else [1, 1, 1, 1, 1, 2])
 
 
 # ---------------------------------------------------------------------------
@@ -165,6 +214,17 @@ def test_asr_scores_are_one_minus_corpus_wer():
     assert list(scores.metric) == ["one_minus_wer"]
     assert scores.value.iloc[0] == pytest.approx(1 - 2 / 5)
     assert scores.ci_low.iloc[0] <= scores.value.iloc[0] <= scores.ci_high.iloc[0]
+
+
+def test_macro_f1_scores_average_the_classes_of_the_test_labels():
+    predictions = pd.DataFrame({
+        "model": "m", "variant": "v", "subject": "", "task": "t", "kind": "classification", "seed": 0, "layer": 1,
+        "example_id": list("wxyz"), "label": ["a", "a", "b", "b"], "prediction": ["a", "c", "b", "b"]})
+    scores = score_predictions(predictions, n_resamples=50).set_index("metric")
+    # F1 of a = 2*1/(2+1), of b = 1; "c" is only a wrong prediction: no class of its own in the average
+    assert scores.loc["macro_f1", "value"] == pytest.approx((2 / 3 + 1.0) / 2)
+    assert scores.loc["accuracy", "value"] == pytest.approx(0.75)
+    assert summarize(predictions, n_resamples=50).set_index("metric").loc["macro_f1", "value"] == pytest.approx(5 / 6)
 
 
 def test_summary_pools_seeds_and_reports_chance():
@@ -388,6 +448,9 @@ def test_timit_loader(tmp_path):
     assert {e.split for e in phonemes.examples if e.speaker == "MABC0"} == {"validation"}
     assert [by_id[f"FELC0_SX216_{i:03d}"].label for i in (1, 2)] == ["sh", "uw"]
     assert dt.load_audio(by_id["FELC0_SX216_001"]).shape == (8000,)
+    soundfile.write(tmp_path / "odd.wav", np.zeros(1001, np.float32), 32000)  # 500.5 samples at 16 kHz
+    odd = Example("odd", "test", "x", str(tmp_path / "odd.wav"))
+    assert dt.audio_length(odd) == len(dt.load_audio(odd)) == 501  # soxr rounds half up
     sentence = dt.timit_sentence_type(root)
     assert min((e.id, e.label) for e in sentence.examples) == ("FCJF0_SA1", "SA")
     asr = dt.timit_asr(root)
@@ -448,7 +511,7 @@ def test_04_downstream_notebook(tmp_path, word_features, feature_cache, monkeypa
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's torch: see one_thread
     execute_notebook("04_downstream", out, {
         "tasks": ["demo_word", "demo_asr"], "demo_per_class": {"demo_word": WORD_PER_CLASS, "demo_asr": 3},
-        "seeds": [0], "max_epochs": 10, "device": "cpu", "cache_dir": str(feature_cache)})
+        "seeds": [0], "max_epochs": 10, "native_length": True, "device": "cpu", "cache_dir": str(feature_cache)})
     table = pd.read_parquet(out / "downstream.parquet")
     assert set(table) == {"model", "variant", "subject", "task", "layer", "metric", "value", "seed", "ci_low",
                           "ci_high", "n_test"}

@@ -59,10 +59,21 @@ def test_accuracy_and_macro_f1_hand_computed():
         accuracy([1, 2], [1])
 
 
+def test_macro_f1_averages_the_true_classes():
+    y_true = ["a", "a", "b", "b"]
+    # F1: a = 2*2/(2+3) = 0.8, b = 2*1/(2+1) = 2/3
+    assert macro_f1(y_true, ["a", "a", "b", "a"]) == pytest.approx((0.8 + 2 / 3) / 2)
+    # the same accuracy with a wrong class never true: a = 2*1/(2+1) = 2/3, b = 1; no third class of F1 0
+    assert accuracy(y_true, ["a", "c", "b", "b"]) == 0.75
+    assert macro_f1(y_true, ["a", "c", "b", "b"]) == pytest.approx((2 / 3 + 1.0) / 2)
+    assert macro_f1(y_true, ["c", "c", "c", "c"]) == 0.0
+    assert macro_f1(y_true, ["a", "c", "b", "b"], labels=["a", "b", "c"]) == pytest.approx((2 / 3 + 1.0) / 3)
+
+
 def test_macro_f1_matches_sklearn_on_random_labels():
     rng = np.random.default_rng(0)
-    y_true, y_pred = rng.integers(0, 7, 300), rng.integers(0, 6, 300)
-    assert macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    y_true, y_pred = rng.integers(0, 6, 300), rng.integers(0, 7, 300)
+    assert macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, labels=np.arange(6), average="macro"))
 
 
 def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_data():
