@@ -29,8 +29,9 @@ For every model variant (pretrained, brain-tuned, controls; a list of
    averages the seeds and bootstraps the seed average (the same resampled
    examples for all seeds).
 
-ASR tasks are scored as 1 - WER (all edits over all reference words) on the
-test split, once per variant (decoding is deterministic, greedy):
+ASR tasks are scored as 1 - WER (all edits over all reference words, after
+Whisper's English text normaliser: :func:`bt_utils.metrics.normalize_words`) on
+the test split, once per variant (decoding is deterministic, greedy):
 
 - Whisper: the variant's encoder weights are put into the full
   :class:`transformers.WhisperForConditionalGeneration` of its base model

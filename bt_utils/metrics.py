@@ -6,39 +6,65 @@ All functions take plain sequences or NumPy arrays and are deterministic;
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
+from .validation import check_option
+
 # ---------------------------------------------------------------------------
 # Transcripts
 # ---------------------------------------------------------------------------
 
 
-def normalize_words(text: str) -> list[str]:
-    """Lower-case words of ``text`` without punctuation (apostrophes kept inside words).
+NORMALIZERS = ("english", "basic")
+"""Text normalisations of :func:`normalize_words`."""
 
-    Letters are Unicode letters (``"Café"`` -> ``"café"``); a typographic
-    apostrophe counts as ``'``.
+
+@functools.cache
+def _english_normalizer():
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    return EnglishTextNormalizer({})
+
+
+def normalize_words(text: str, normalizer: str = "english") -> list[str]:
+    """Words of ``text`` as ASR scoring compares them.
 
     Parameters
     ----------
     text : str
+    normalizer : {"english", "basic"}
+        ``"english"`` (default): Whisper's English text normaliser, the usual
+        one for English word error rates (Open ASR Leaderboard), so that a
+        transcript is not charged for writing ``"5 am"`` for ``"five a m"``
+        or ``"won't"`` for ``"will not"``: numbers become digits,
+        contractions and titles are spelled out, hesitations (``uh``, ``um``)
+        and bracketed noise tags are dropped, diacritics removed, case and
+        punctuation ignored (currency and percent signs stay with their
+        numbers: ``"25 dollars"`` -> ``"$25"``). British spellings are kept (the normaliser's
+        spelling table is not shipped offline). ``"basic"``: lower-case,
+        punctuation removed, Unicode letters kept (``"Café"`` -> ``"café"``),
+        apostrophes kept inside words, a typographic apostrophe counted as ``'``.
 
     Returns
     -------
     list of str
     """
+    check_option("normalizer", normalizer, NORMALIZERS)
+    if normalizer == "english":
+        return _english_normalizer()(text).split()
     return re.findall(r"[^\W_]+(?:'[^\W_]+)*", text.lower().replace("\u2019", "'"))
 
 
-def _words(text: str | Iterable[str]) -> list[str]:
-    return normalize_words(text) if isinstance(text, str) else list(text)
+def _words(text: str | Iterable[str], normalizer: str) -> list[str]:
+    return normalize_words(text, normalizer) if isinstance(text, str) else list(text)
 
 
-def word_edits(reference: str | Iterable[str], hypothesis: str | Iterable[str]) -> int:
+def word_edits(reference: str | Iterable[str], hypothesis: str | Iterable[str], normalizer: str = "english") -> int:
     """Word-level Levenshtein distance: substitutions + deletions + insertions.
 
     Parameters
@@ -46,12 +72,14 @@ def word_edits(reference: str | Iterable[str], hypothesis: str | Iterable[str]) 
     reference, hypothesis : str or iterable of str
         Strings are split with :func:`normalize_words`; lists of words are
         compared as given.
+    normalizer : {"english", "basic"}
+        See :func:`normalize_words`.
 
     Returns
     -------
     int
     """
-    ref, hyp = _words(reference), _words(hypothesis)
+    ref, hyp = _words(reference, normalizer), _words(hypothesis, normalizer)
     previous = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, start=1):
         current = [i] + [0] * len(hyp)
@@ -61,16 +89,19 @@ def word_edits(reference: str | Iterable[str], hypothesis: str | Iterable[str]) 
     return previous[-1]
 
 
-def word_error_rate(reference: str | Iterable[str], hypothesis: str | Iterable[str]) -> float:
+def word_error_rate(reference: str | Iterable[str], hypothesis: str | Iterable[str],
+                    normalizer: str = "english") -> float:
     """Word error rate: (substitutions + deletions + insertions) / reference words.
 
-    Strings are split with :func:`normalize_words` (case and punctuation
-    ignored); lists of words are compared as given.
+    Strings are split with :func:`normalize_words`; lists of words are
+    compared as given.
 
     Parameters
     ----------
     reference, hypothesis : str or iterable of str
         The true and the recognised text.
+    normalizer : {"english", "basic"}
+        See :func:`normalize_words`.
 
     Returns
     -------
@@ -78,18 +109,20 @@ def word_error_rate(reference: str | Iterable[str], hypothesis: str | Iterable[s
         Levenshtein distance over words divided by the reference length; 0 for
         two empty texts, ``inf`` for an empty reference and a non-empty hypothesis.
     """
-    ref, hyp = _words(reference), _words(hypothesis)
+    ref, hyp = _words(reference, normalizer), _words(hypothesis, normalizer)
     if not ref:
         return 0.0 if not hyp else float("inf")
     return word_edits(ref, hyp) / len(ref)
 
 
-def corpus_word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+def corpus_word_error_rate(references: Sequence[str], hypotheses: Sequence[str], normalizer: str = "english") -> float:
     """Word error rate of a corpus: all edits over all reference words.
 
     Parameters
     ----------
     references, hypotheses : sequence of str, length n_utterances
+    normalizer : {"english", "basic"}
+        See :func:`normalize_words`.
 
     Returns
     -------
@@ -99,8 +132,8 @@ def corpus_word_error_rate(references: Sequence[str], hypotheses: Sequence[str])
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses; "
                          "give one of each per utterance")
-    edits = sum(word_edits(r, h) for r, h in zip(references, hypotheses))
-    n_words = sum(len(normalize_words(r)) for r in references)
+    edits = sum(word_edits(r, h, normalizer) for r, h in zip(references, hypotheses))
+    n_words = sum(len(normalize_words(r, normalizer)) for r in references)
     if n_words == 0:
         return 0.0 if edits == 0 else float("inf")
     return edits / n_words

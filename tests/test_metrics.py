@@ -1,5 +1,7 @@
 """Tests of bt_utils.metrics against hand-computed values."""
 
+import functools
+
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
@@ -31,9 +33,25 @@ def test_word_error_rate_hand_computed():
     assert word_error_rate("", "noise") == float("inf")
     # lists are compared as given
     assert word_error_rate(["A", "b"], ["a", "b"]) == pytest.approx(0.5)
-    assert normalize_words("Don't STOP, it's 9 o'clock.") == ["don't", "stop", "it's", "9", "o'clock"]
-    assert normalize_words("Naïve CAFÉ_owner’s résumé") == ["naïve", "café", "owner's", "résumé"]
-    assert word_error_rate("naïve café", "naive café") == pytest.approx(0.5)
+    basic = functools.partial(normalize_words, normalizer="basic")
+    assert basic("Don't STOP, it's 9 o'clock.") == ["don't", "stop", "it's", "9", "o'clock"]
+    assert basic("Naïve CAFÉ_owner’s résumé") == ["naïve", "café", "owner's", "résumé"]
+    assert word_error_rate("naïve café", "naive café", normalizer="basic") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="normalizer='whisper' is not valid"):
+        normalize_words("a", "whisper")
+
+
+def test_english_normalizer_forgives_spelling_conventions():
+    """Whisper's English normaliser: a transcript is not charged for numbers written as digits, spelled-out
+    contractions and titles, hesitations, noise tags or diacritics; real word errors still count."""
+    assert normalize_words("Twenty-five dollars, Mr. Smith won't pay!") == ["$25", "mister", "smith", "will", "not", "pay"]
+    pairs = [("switch the lights off at five a m", "Switch the lights off at 5 a.m."),
+             ("I think it's done", "uh I think it is done [noise]"), ("naïve café", "naive cafe")]
+    for reference, hypothesis in pairs:
+        assert word_error_rate(reference, hypothesis) == 0.0
+        assert word_error_rate(reference, hypothesis, normalizer="basic") > 0.1
+    assert word_error_rate("turn the lights on", "turn the light on") == pytest.approx(1 / 4)
+    assert corpus_word_error_rate(["five a m", "stop"], ["5 a m", "top"]) == pytest.approx(1 / 4)
 
 
 def test_corpus_word_error_rate_pools_the_edits():
