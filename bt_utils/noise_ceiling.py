@@ -13,6 +13,12 @@ variance per voxel. With ``N`` repeats and ``y`` their mean:
 Where ``SP <= 0`` (no reliable signal) ``cc_max`` is 0. The formula alone gives
 infinity at ``SP = -1 / (N - 1)`` (its lowest value) and NaN for any other
 negative ``SP``, since the term under the square root is then negative.
+
+``cc_max`` is not floored. The authors' evaluation calls its ``spe_and_cc_norm``
+with ``max_flooring=0.25``, but the line that would floor ``cc_max`` at that value
+is commented out there: the argument only makes it return ``r / cc_max``, as
+:func:`bt_utils.alignment.score_layer` does. Low-ceiling voxels are left out of
+the evaluation instead (``cc_max <= 0.05``, METHOD.md).
 """
 
 from __future__ import annotations
