@@ -3,7 +3,7 @@
 Protocol
 --------
 For every model variant (pretrained, brain-tuned, controls; a list of
-:class:`ModelEntry`) and every classification task:
+:class:`ModelEntry`) and every classification or multi-label task:
 
 1. The frozen encoder (eval mode, no gradients) encodes each example once; the
    hidden states of every layer (``n_layers + 1``, the input of the first
@@ -18,16 +18,22 @@ For every model variant (pretrained, brain-tuned, controls; a list of
    and the examples' ids, spans and audio.
 2. For each seed, one linear probe per layer (features standardised with the
    training split's mean and standard deviation) is trained with Adam (lr
-   1e-3), cross-entropy and mini-batches for a fixed number of epochs. After
-   every epoch the probes are scored on the validation split; the layer and
-   epoch with the best validation macro-F1 (ties: lower validation loss, then
-   the lower layer and earlier epoch) are chosen. Test labels are not read
-   until the chosen probe has predicted the test split.
-3. Test macro-F1 (over the classes present in the scored labels, see
-   :func:`bt_utils.metrics.macro_f1`) and accuracy are reported per seed,
-   with percentile bootstrap intervals over test examples; :func:`summarize`
+   1e-3) and mini-batches for a fixed number of epochs: with cross-entropy
+   for a classification task; for a multi-label task with binary
+   cross-entropy of each class's logit (the mean over classes and examples),
+   a class being predicted where its sigmoid is at least 0.5 (logit >= 0).
+   After every epoch the probes are scored on the validation split; the
+   layer and epoch with the best validation macro-F1 (ties: lower validation
+   loss, then the lower layer and earlier epoch) are chosen. Test labels are
+   not read until the chosen probe has predicted the test split.
+3. Test scores (:data:`PROBE_METRICS`) are reported per seed, with
+   percentile bootstrap intervals over test examples; :func:`summarize`
    averages the seeds and bootstraps the seed average (the same resampled
-   examples for all seeds).
+   examples for all seeds). Classification: macro-F1 over the classes present
+   in the scored labels (:func:`bt_utils.metrics.macro_f1`) and accuracy.
+   Multi-label: the per-class F1 over examples averaged over the classes
+   present in the scored labels (macro-F1), and the micro-F1 of all
+   (example, class) decisions (:func:`bt_utils.metrics.multilabel_f1`).
 
 ASR tasks are scored as 1 - WER (all edits over all reference words, after
 Whisper's English text normaliser: :func:`bt_utils.metrics.normalize_words`) on
@@ -51,12 +57,17 @@ Tables
 variant, subject, task, seed and metric, with columns ``model, variant,
 subject, task, layer, metric, value, seed, ci_low, ci_high, n_test``.
 ``layer`` is the chosen layer (ASR: the last layer). ``metric`` is
-``macro_f1``, ``accuracy`` or ``one_minus_wer``.
+``macro_f1``, ``accuracy`` (classification), ``micro_f1`` (multi-label) or
+``one_minus_wer``. In ``downstream_predictions.parquet`` a multi-label
+``label`` or ``prediction`` is a string: the names of the classes present, in
+the task's class order, separated by spaces (``""`` for none; see
+:func:`bt_utils.downstream_tasks.encode_multilabel`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -73,16 +84,29 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .cache import cache_root
-from .downstream_tasks import SAMPLE_RATE, DownstreamTask, Example, audio_length, load_audio
-from .metrics import accuracy, bootstrap_ci, macro_f1, normalize_words, word_edits
+from .downstream_tasks import (
+    SAMPLE_RATE,
+    DownstreamTask,
+    Example,
+    audio_length,
+    decode_multilabel,
+    encode_multilabel,
+    load_audio,
+)
+from .metrics import accuracy, bootstrap_ci, macro_f1, multilabel_f1, normalize_words, word_edits
 from .models import MODELS, WHISPER_HOP, WHISPER_N_FFT, SpeechEncoder, load_encoder
 from .results import atomic_path, write_table
 from .tuning import masked_mean
 
 log = logging.getLogger(__name__)
 
-CLASSIFICATION_METRICS = {"macro_f1": macro_f1, "accuracy": accuracy}
-"""Test metrics of classification tasks: name -> ``f(y_true, y_pred) -> float``."""
+PROBE_METRICS = {
+    "classification": {"macro_f1": macro_f1, "accuracy": accuracy},
+    "multilabel": {"macro_f1": functools.partial(multilabel_f1, average="macro"),
+                   "micro_f1": functools.partial(multilabel_f1, average="micro")},
+}
+"""Metrics of the probed task kinds: kind -> {name: ``f(y_true, y_pred) -> float``}. Classification: labels of
+shape (n,); multi-label: multi-hot arrays of shape (n, n_classes). Validation and test use the same ones."""
 ASR_METRIC = "one_minus_wer"
 KEYS = ("model", "variant", "subject", "task")
 SCORE_COLUMNS = ("model", "variant", "subject", "task", "layer", "metric", "value", "seed", "ci_low", "ci_high",
@@ -90,7 +114,7 @@ SCORE_COLUMNS = ("model", "variant", "subject", "task", "layer", "metric", "valu
 
 _OFFLINE_WHISPER = "bt_utils.whisper_ct2:"
 _FEATURE_VERSION = 2  # part of the feature cache key: raise it when the same encoder and examples give other features
-_METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", ASR_METRIC: "1 - WER"}
+_METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "micro_f1": "micro-F1", ASR_METRIC: "1 - WER"}
 _HATCHES = ("", "//", "..", "xx")
 
 
@@ -386,9 +410,11 @@ class ProbeFit:
     mean, std : torch.Tensor
         Shape (D,): the standardisation of the chosen layer (training split).
     history : pandas.DataFrame
-        Validation ``macro_f1``, ``accuracy`` and ``loss`` per ``layer`` and ``epoch``.
+        Validation scores (:data:`PROBE_METRICS` of the task kind) and ``loss`` per ``layer`` and ``epoch``.
     layers : pandas.DataFrame
-        The best epoch of each layer: ``layer, epoch, macro_f1, accuracy, loss``.
+        The best epoch of each layer: ``layer, epoch``, the scores, ``loss``.
+    multilabel : bool
+        Trained on multi-hot labels (binary cross-entropy per class).
     """
 
     layer: int
@@ -399,19 +425,35 @@ class ProbeFit:
     std: torch.Tensor
     history: pd.DataFrame
     layers: pd.DataFrame
+    multilabel: bool = False
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Class indices, shape (N,), from features of shape (N, n_layers + 1, D)."""
+        """Predictions from features of shape (N, n_layers + 1, D): class indices of shape (N,), or for a
+        multi-label probe a bool multi-hot array of shape (N, n_classes) (sigmoid >= 0.5)."""
         x = (torch.as_tensor(features[:, self.layer], dtype=torch.float32) - self.mean) / self.std
-        return (x @ self.weight + self.bias).argmax(dim=1).numpy()
+        return _decide(x @ self.weight + self.bias, self.multilabel).numpy()
+
+
+def _decide(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Predictions from logits (..., C): the argmax (...), or multi-hot where sigmoid >= 0.5 (..., C)."""
+    return logits >= 0 if multilabel else logits.argmax(dim=-1)
+
+
+def _layer_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean loss of each layer's probe, shape (L,), from logits (L, N, C) and labels: class indices (N,)
+    (cross-entropy) or multi-hot (N, C) (binary cross-entropy of every class, averaged over classes and examples)."""
+    if labels.ndim == 2:
+        return F.binary_cross_entropy_with_logits(logits, labels.expand_as(logits), reduction="none").mean(dim=(1, 2))
+    return F.cross_entropy(logits.permute(1, 2, 0), labels[:, None].expand(-1, logits.shape[0]),
+                           reduction="none").mean(dim=0)
 
 
 def _validation_scores(logits: torch.Tensor, labels: torch.Tensor) -> list[dict]:
-    """Per-layer validation scores from logits (L, N, C) and labels (N,)."""
-    losses = F.cross_entropy(logits.permute(1, 2, 0), labels[:, None].expand(-1, logits.shape[0]),
-                             reduction="none").mean(dim=0)
-    predicted, y = logits.argmax(dim=2).numpy(), labels.numpy()
-    return [{"macro_f1": macro_f1(y, p), "accuracy": accuracy(y, p), "loss": float(loss)}
+    """Per-layer validation scores from logits (L, N, C) and labels (N,) or multi-hot (N, C)."""
+    multilabel = labels.ndim == 2
+    metrics = PROBE_METRICS["multilabel" if multilabel else "classification"]
+    losses, predicted, y = _layer_losses(logits, labels), _decide(logits, multilabel).numpy(), labels.numpy()
+    return [{name: metric(y, p) for name, metric in metrics.items()} | {"loss": float(loss)}
             for p, loss in zip(predicted, losses)]
 
 
@@ -427,6 +469,20 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
+def _labels_tensor(labels: np.ndarray, n_classes: int, split: str) -> torch.Tensor:
+    """Class indices (N,) as int64, or multi-hot labels (N, n_classes) as float32, checked."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        if labels.shape[1] != n_classes or not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"{split} labels of shape {labels.shape} are not multi-hot over n_classes={n_classes}: "
+                             "give class indices of shape (N,) or 0/1 labels of shape (N, n_classes)")
+        return torch.as_tensor(labels, dtype=torch.float32)
+    if labels.ndim != 1 or (len(labels) and not (0 <= labels.min() and labels.max() < n_classes)):
+        raise ValueError(f"{split} labels must be class indices in [0, {n_classes}) of shape (N,), or multi-hot of "
+                         f"shape (N, {n_classes}); got shape {labels.shape}")
+    return torch.as_tensor(labels, dtype=torch.long)
+
+
 def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, validation_features: np.ndarray,
               validation_labels: np.ndarray, n_classes: int, seed: int = 0,
               config: ProbeConfig = ProbeConfig()) -> ProbeFit:
@@ -439,8 +495,10 @@ def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, validation_f
     Parameters
     ----------
     train_features, validation_features : ndarray of shape (N, n_layers + 1, D)
-    train_labels, validation_labels : ndarray of shape (N,)
-        Class indices in ``[0, n_classes)``.
+    train_labels, validation_labels : ndarray of shape (N,) or (N, n_classes)
+        Class indices in ``[0, n_classes)`` (classification: cross-entropy),
+        or multi-hot 0/1 labels (multi-label: binary cross-entropy per class,
+        validation scored with :data:`PROBE_METRICS` ``["multilabel"]``).
     n_classes : int
     seed : int
         Seed of the initial weights and of the mini-batch order.
@@ -451,28 +509,32 @@ def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, validation_f
     ProbeFit
     """
     x = torch.as_tensor(train_features, dtype=torch.float32)
-    y = torch.as_tensor(train_labels, dtype=torch.long)
-    if len(x) != len(y) or len(validation_features) != len(validation_labels) or not len(x) or not len(y):
+    y = _labels_tensor(train_labels, n_classes, "training")
+    y_validation = _labels_tensor(validation_labels, n_classes, "validation")
+    if len(x) != len(y) or len(validation_features) != len(y_validation) or not len(x) or not len(y_validation):
         raise ValueError(f"need matching, non-empty features and labels; got {len(x)} / {len(y)} training and "
-                         f"{len(validation_features)} / {len(validation_labels)} validation examples")
+                         f"{len(validation_features)} / {len(y_validation)} validation examples")
+    if y.ndim != y_validation.ndim:
+        raise ValueError(f"training labels have shape {tuple(y.shape)} but validation labels "
+                         f"{tuple(y_validation.shape)}: give class indices for both, or multi-hot labels for both")
     mean, std = x.mean(dim=0), x.std(dim=0).clamp(min=1e-6)  # (L, D)
     x = ((x - mean) / std).transpose(0, 1).contiguous()  # (L, N, D): one batched matmul for all layers
     x_validation = ((torch.as_tensor(validation_features, dtype=torch.float32) - mean) / std).transpose(0, 1)
-    y_validation = torch.as_tensor(validation_labels, dtype=torch.long)
     with _one_thread():
         history, best = _train_probes(x, y, x_validation, y_validation, n_classes, seed, config)
     layer = max(range(len(best)), key=lambda i: (best[i]["macro_f1"], -best[i]["loss"], -i))
     chosen = best[layer]
-    layers = pd.DataFrame([{"layer": i, **{k: b[k] for k in ("epoch", "macro_f1", "accuracy", "loss")}}
-                           for i, b in enumerate(best)])
+    columns = list(history[0])  # layer, epoch, the scores, loss
+    layers = pd.DataFrame([{"layer": i} | b for i, b in enumerate(best)])[columns]
     return ProbeFit(layer, chosen["epoch"], chosen["weight"], chosen["bias"], mean[layer], std[layer],
-                    pd.DataFrame(history), layers)
+                    pd.DataFrame(history), layers, multilabel=y.ndim == 2)
 
 
 def _train_probes(x: torch.Tensor, y: torch.Tensor, x_validation: torch.Tensor, y_validation: torch.Tensor,
                   n_classes: int, seed: int, config: ProbeConfig) -> tuple[list[dict], list[dict]]:
     """Train probes on standardised features ``x`` (L, N, D); score them on ``x_validation`` (L, Nv, D).
 
+    ``y`` and ``y_validation``: class indices (N,) or multi-hot (N, C) (see :func:`_layer_losses`).
     Returns the validation history (one dict per layer and epoch) and, per layer, its best epoch
     (highest macro-F1, then lowest loss, then earliest) with the weights (D, C) and bias (C,) of then.
     """
@@ -485,8 +547,7 @@ def _train_probes(x: torch.Tensor, y: torch.Tensor, x_validation: torch.Tensor, 
     history, best = [], [None] * n_layers
     for epoch in range(1, config.max_epochs + 1):
         for batch in torch.randperm(len(y), generator=generator).split(config.batch_size):
-            logits = torch.baddbmm(bias, x[:, batch], weight)  # (L, B, C)
-            loss = F.cross_entropy(logits.reshape(-1, n_classes), y[batch].repeat(n_layers)) * n_layers
+            loss = _layer_losses(torch.baddbmm(bias, x[:, batch], weight), y[batch]).sum()  # (L, B, C) logits
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -501,6 +562,21 @@ def _train_probes(x: torch.Tensor, y: torch.Tensor, x_validation: torch.Tensor, 
     return history, best
 
 
+def _targets(task: DownstreamTask, examples: Sequence[Example]) -> np.ndarray:
+    """What a probe learns of ``examples``: class indices (N,), or a multi-hot array (N, n_classes) (multi-label)."""
+    if task.kind == "multilabel":
+        return encode_multilabel([e.label for e in examples], task.classes)
+    index = {c: i for i, c in enumerate(task.classes)}
+    return np.array([index[e.label] for e in examples])
+
+
+def _prediction_labels(task: DownstreamTask, predicted: np.ndarray) -> list[str]:
+    """Labels of a probe's predictions (see :meth:`ProbeFit.predict`), as in :attr:`Example.label`."""
+    if task.kind == "multilabel":
+        return decode_multilabel(predicted, task.classes)
+    return [task.classes[p] for p in predicted]
+
+
 def probe_task(features: np.ndarray, task: DownstreamTask, seeds: Iterable[int] = (0, 1, 2),
                config: ProbeConfig = ProbeConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit probes for several seeds and predict the test split with the chosen ones.
@@ -510,26 +586,27 @@ def probe_task(features: np.ndarray, task: DownstreamTask, seeds: Iterable[int] 
     features : ndarray of shape (n_examples, n_layers + 1, D)
         From :func:`extract_features`, in the order of ``task.examples``.
     task : DownstreamTask
-        A classification task.
+        A classification or multi-label task.
     seeds : iterable of int
     config : ProbeConfig
 
     Returns
     -------
     predictions : pandas.DataFrame
-        Test predictions: ``seed, layer, example_id, label, prediction``.
+        Test predictions: ``seed, layer, example_id, label, prediction``
+        (multi-label: the predicted classes separated by spaces, as labels are).
     selection : pandas.DataFrame
         Validation scores of every layer at its best epoch: ``seed, layer,
-        epoch, macro_f1, accuracy, loss, chosen``.
+        epoch``, the metrics of the task's kind (:data:`PROBE_METRICS`), ``loss, chosen``.
     """
-    if task.kind != "classification":
-        raise ValueError(f"task {task.name!r} is an {task.kind} task; probes are for classification tasks")
-    class_index = {c: i for i, c in enumerate(task.classes)}
+    if task.kind not in PROBE_METRICS:
+        raise ValueError(f"task {task.name!r} is an {task.kind} task; probes are for "
+                         f"{' and '.join(PROBE_METRICS)} tasks")
     splits = np.array([e.split for e in task.examples])
     for split in ("train", "validation", "test"):
         if not (splits == split).any():
             raise ValueError(f"task {task.name!r} has no {split} examples")
-    labels = np.array([class_index[e.label] for e in task.examples if e.split != "test"])
+    labels = _targets(task, [e for e in task.examples if e.split != "test"])
     train, validation = splits[splits != "test"] == "train", splits[splits != "test"] == "validation"
     learn_features = features[splits != "test"]
     predictions, selections = [], []
@@ -538,12 +615,12 @@ def probe_task(features: np.ndarray, task: DownstreamTask, seeds: Iterable[int] 
                         len(task.classes), seed, config)
         # the test split is touched only now, by the chosen probe
         test_examples = [e for e in task.examples if e.split == "test"]
-        predicted = fit.predict(features[splits == "test"])
-        predictions += [{"seed": seed, "layer": fit.layer, "example_id": e.id, "label": e.label,
-                         "prediction": task.classes[p]} for e, p in zip(test_examples, predicted)]
+        predicted = _prediction_labels(task, fit.predict(features[splits == "test"]))
+        predictions += [{"seed": seed, "layer": fit.layer, "example_id": e.id, "label": e.label, "prediction": p}
+                        for e, p in zip(test_examples, predicted)]
         selections.append(fit.layers.assign(seed=seed, chosen=fit.layers.layer == fit.layer))
     selection = pd.concat(selections, ignore_index=True)
-    return pd.DataFrame(predictions), selection[["seed", "layer", "epoch", "macro_f1", "accuracy", "loss", "chosen"]]
+    return pd.DataFrame(predictions), selection[["seed", "layer", "epoch", *PROBE_METRICS[task.kind], "loss", "chosen"]]
 
 
 # ======================================================================================
@@ -712,24 +789,40 @@ def transcribe_task(transcriber: Transcriber, task: DownstreamTask, batch_size: 
 # ======================================================================================
 
 
+def _multi_hot(labels: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Multi-label strings of any shape (...) -> multi-hot array (..., n_classes)."""
+    return encode_multilabel(labels.ravel(), classes).reshape(*labels.shape, len(classes))
+
+
+def _scored_classes(*labels: np.ndarray) -> list[str]:
+    """The classes named in arrays of multi-label strings (a table does not keep the task's classes: a class that no
+    label or prediction names changes no score)."""
+    return sorted({name for array in labels for label in array.ravel() for name in label.split()})
+
+
 def _metric_samples(group: pd.DataFrame) -> tuple[tuple[np.ndarray, ...], dict]:
     """Per-example arrays of a prediction group (one task, one or several seeds) and the metrics on them.
 
     Returns arrays of shape (n_examples, ...) and ``{metric: f(*arrays) -> float}``; each metric
-    averages the seeds.
+    averages the seeds. Classification: labels (n_examples,) and predictions (n_examples, n_seeds);
+    multi-label: multi-hot labels (n_examples, n_classes) and predictions (n_examples, n_seeds, n_classes).
     """
     wide = group.pivot(index="example_id", columns="seed", values="prediction")
     labels = group.drop_duplicates("example_id").set_index("example_id").loc[wide.index, "label"].to_numpy()
     predictions = wide.to_numpy()  # (n_examples, n_seeds)
-    if group["kind"].iloc[0] == "asr":
+    kind = group["kind"].iloc[0]
+    if kind == "asr":
         edits = np.array([[word_edits(r, h) for h in row] for r, row in zip(labels, predictions)], dtype=float)
         n_words = np.array([len(normalize_words(r)) for r in labels], dtype=float)
         return (edits, n_words), {ASR_METRIC: lambda e, n: 1.0 - float(e.sum(axis=0).mean() / max(n.sum(), 1.0))}
+    if kind == "multilabel":
+        classes = _scored_classes(labels, predictions)
+        labels, predictions = _multi_hot(labels, classes), _multi_hot(predictions, classes)
 
     def averaged(metric):
         return lambda y, p: float(np.mean([metric(y, p[:, s]) for s in range(p.shape[1])]))
 
-    return (labels, predictions), {name: averaged(f) for name, f in CLASSIFICATION_METRICS.items()}
+    return (labels, predictions), {name: averaged(f) for name, f in PROBE_METRICS[kind].items()}
 
 
 def _score_rows(group: pd.DataFrame, n_resamples: int, confidence: float, seed: int) -> list[dict]:
@@ -773,7 +866,10 @@ def summarize(predictions: pd.DataFrame, n_resamples: int = 1000, confidence: fl
     seed's predictions on them, so the interval reflects the test set's size
     with the seeds averaged. ``chance`` is the mean score of predictions that
     are a random permutation of the test labels (guessing with the label
-    frequencies); NaN for ASR.
+    frequencies; multi-label: whole label sets are permuted, which keeps each
+    class's frequency); NaN for ASR. A multi-label probe can beat this chance
+    without reading the audio: predicting a class of frequency ``p`` in every
+    example scores its F1 ``2p / (1 + p)``, above the ``p`` of guessing.
 
     Parameters
     ----------
@@ -800,13 +896,16 @@ def summarize(predictions: pd.DataFrame, n_resamples: int = 1000, confidence: fl
 
 
 def _chance_levels(group: pd.DataFrame, seed: int, n_permutations: int = 200) -> dict[str, float]:
-    if group["kind"].iloc[0] == "asr":
+    """Mean scores of random permutations of the test labels (see :func:`summarize`); empty for ASR."""
+    kind = group["kind"].iloc[0]
+    if kind == "asr":
         return {}
     labels = group.drop_duplicates("example_id").label.to_numpy()
+    if kind == "multilabel":
+        labels = _multi_hot(labels, _scored_classes(labels))
     rng = np.random.default_rng(seed)
-    shuffled = [rng.permutation(labels) for _ in range(n_permutations)]
-    return {"macro_f1": float(np.mean([macro_f1(labels, s) for s in shuffled])),
-            "accuracy": float(np.mean([accuracy(labels, s) for s in shuffled]))}
+    shuffled = [rng.permutation(labels) for _ in range(n_permutations)]  # permutes rows: whole label sets
+    return {name: float(np.mean([metric(labels, s) for s in shuffled])) for name, metric in PROBE_METRICS[kind].items()}
 
 
 # ======================================================================================
@@ -827,7 +926,9 @@ class DownstreamResults:
         example_id, label, prediction``.
     selection : pandas.DataFrame
         Validation scores per layer at its best epoch: ``model, variant,
-        subject, task, seed, layer, epoch, macro_f1, accuracy, loss, chosen``.
+        subject, task, seed, layer, epoch, macro_f1, accuracy, micro_f1, loss,
+        chosen`` (``accuracy`` NaN for multi-label tasks, ``micro_f1`` for
+        classification tasks).
     """
 
     scores: pd.DataFrame
@@ -856,7 +957,7 @@ def run_downstream(entries: Iterable[ModelEntry | Mapping | str], tasks: Iterabl
         "path": "whisper-tiny.en"}, {"variant": "brain-tuned", "path": "runs/DEMO01/01_brain_tuning"}]``.
     tasks : iterable of DownstreamTask
     seeds : iterable of int
-        Probe seeds (classification); ASR is decoded once, under the first seed.
+        Probe seeds (classification and multi-label tasks); ASR is decoded once, under the first seed.
     probe : ProbeConfig
     device : str
         See :func:`bt_utils.models.select_device`.
@@ -904,8 +1005,8 @@ def run_downstream(entries: Iterable[ModelEntry | Mapping | str], tasks: Iterabl
         del encoder
     predictions = pd.concat(predictions, ignore_index=True)[
         [*KEYS, "kind", "seed", "layer", "example_id", "label", "prediction"]]
-    selection_columns = [*KEYS, "seed", "layer", "epoch", "macro_f1", "accuracy", "loss", "chosen"]
-    selection = (pd.concat(selections, ignore_index=True)[selection_columns] if selections
+    selection_columns = [*KEYS, "seed", "layer", "epoch", "macro_f1", "accuracy", "micro_f1", "loss", "chosen"]
+    selection = (pd.concat(selections, ignore_index=True).reindex(columns=selection_columns) if selections
                  else pd.DataFrame(columns=selection_columns))
     return DownstreamResults(score_predictions(predictions, n_resamples, confidence), predictions, selection)
 
@@ -923,7 +1024,7 @@ def plot_downstream(summary: pd.DataFrame, metric: str = "macro_f1", tasks: Sequ
     summary : pandas.DataFrame
         From :func:`summarize`.
     metric : str
-        Metric of the classification tasks; ASR tasks show ``one_minus_wer``.
+        Metric of the probed (classification and multi-label) tasks; ASR tasks show ``one_minus_wer``.
     tasks : sequence of str, optional
         Tasks and their order (default: as in ``summary``).
 
@@ -985,7 +1086,7 @@ def plot_layer_selection(selection: pd.DataFrame):
 
     tasks = list(selection.task.unique())
     if not tasks:
-        raise ValueError("selection is empty: no classification task was probed")
+        raise ValueError("selection is empty: no classification or multi-label task was probed")
     figure, axes = plt.subplots(1, len(tasks), figsize=(1.5 + 3.2 * len(tasks), 3.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         rows = selection[selection.task == task]

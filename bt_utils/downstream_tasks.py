@@ -1,10 +1,18 @@
 """Downstream tasks: real-data loaders and offline demo tasks made with speech synthesis.
 
 A :class:`DownstreamTask` is a list of :class:`Example` s, each in one split
-(``"train"``, ``"validation"`` or ``"test"``), with a class label (or, for ASR,
-the reference transcript) and its audio: a file path, or a waveform in memory.
-An example may cover only a time span of its audio (a TIMIT phone): its
-features are then pooled over that span of the whole utterance's encoding.
+(``"train"``, ``"validation"`` or ``"test"``), with a label and its audio: a
+file path, or a waveform in memory. The task's kind says what the label is:
+
+- ``"classification"``: one class name;
+- ``"multilabel"``: the names of the classes present, in the task's class
+  order, separated by spaces (``"b d iy"``; ``""`` for none):
+  :func:`encode_multilabel` and :func:`decode_multilabel` convert to and
+  from multi-hot arrays;
+- ``"asr"``: the reference transcript.
+
+An example may cover only a time span of its audio (a TIMIT phone segment):
+its features are then pooled over that span of the whole utterance's encoding.
 
 Real data (licensed or large, never downloaded here)
 ----------------------------------------------------
@@ -29,8 +37,11 @@ or a filled ``datasets`` cache). Splits of the real data:
   validation = the other 144 TEST speakers (disjoint speakers everywhere).
   Phones: the 61 TIMIT labels folded to 39 classes (:data:`TIMIT_FOLDING`,
   Lee & Hon 1989; ``q`` is dropped, closures and pauses become ``sil``), SA
-  sentences left out as is standard. Sentence type: SA / SI / SX from the
-  file name.
+  sentences left out as is standard. Two protocols (:func:`timit_phonemes`):
+  ``"presence"`` (default, the paper's) has one multi-label example per
+  utterance, which of the 38 phones other than ``sil`` occur in it;
+  ``"segments"`` has one example per phone segment, one of the 39 classes.
+  Sentence type: SA / SI / SX from the file name.
 - Speech Commands v0.02: the 35 words; ``validation_list.txt`` and
   ``testing_list.txt`` give the validation and test files, the rest is train.
 - CREMA-D: 6 emotions from the file name (``1001_DFA_ANG_XX.wav``); the 91
@@ -54,7 +65,7 @@ demo task                classes                     stands in for
 ``demo_word``            10 command words            Speech Commands word identity
 ``demo_sentence_type``   statement/question/command  TIMIT sentence type
 ``demo_intent``          6 SLURP-like intents        SLURP intent / action
-``demo_phoneme``         phone present / absent      TIMIT phoneme prediction
+``demo_phoneme``         which of 39 phones occur    TIMIT phoneme prediction (presence)
 ``demo_asr``             (transcripts)               ASR (1 - WER)
 =======================  ==========================  =========================================
 
@@ -69,7 +80,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -85,7 +96,8 @@ SAMPLE_RATE = 16_000
 """Sample rate of the audio every task returns, in Hz."""
 
 SPLITS = ("train", "validation", "test")
-KINDS = ("classification", "asr")
+KINDS = ("classification", "multilabel", "asr")
+"""Kinds of task: one class per example, any number of classes per example (multi-hot), transcription."""
 
 
 # ======================================================================================
@@ -103,7 +115,9 @@ class Example:
         Unique within its task.
     split : {"train", "validation", "test"}
     label : str
-        Class name, or the reference transcript for ASR.
+        Class name; for a multi-label task the names of the classes present,
+        separated by spaces, in the task's class order (``""`` for none); for
+        ASR the reference transcript.
     audio : str or ndarray of shape (n_samples,)
         Path of an audio file (any rate; read as mono and resampled to 16
         kHz), or a float32 waveform at 16 kHz.
@@ -145,10 +159,11 @@ class DownstreamTask:
     Attributes
     ----------
     name : str
-    kind : {"classification", "asr"}
+    kind : {"classification", "multilabel", "asr"}
     examples : tuple of Example
     classes : tuple of str
-        Class names (classification); empty for ASR.
+        Class names (classification, multi-label; no whitespace in a
+        multi-label class name); empty for ASR.
     description : str
     paper_task : str
         The task of the paper this is (or stands in for).
@@ -170,10 +185,19 @@ class DownstreamTask:
         if len(set(ids)) != len(ids):
             duplicate = next(i for i, n in Counter(ids).items() if n > 1)
             raise ValueError(f"task {self.name!r} has duplicate example id {duplicate!r}")
-        if self.kind == "classification":
-            unknown = {e.label for e in self.examples} - set(self.classes)
+        if self.kind == "multilabel":
+            spaced = [c for c in self.classes if not c or c.split() != [c]]
+            if spaced:
+                raise ValueError(f"task {self.name!r}: multi-label class names must be non-empty and free of "
+                                 f"whitespace (labels list them separated by spaces); got {spaced[:5]}")
+        if self.kind != "asr":
+            unknown = {name for e in self.examples for name in self._label_classes(e.label)} - set(self.classes)
             if unknown:
                 raise ValueError(f"task {self.name!r} has labels {sorted(unknown)[:5]} outside its classes")
+
+    def _label_classes(self, label: str) -> list[str]:
+        """The classes a label names (classification and multi-label tasks)."""
+        return label.split() if self.kind == "multilabel" else [label]
 
     def split(self, name: str) -> list[Example]:
         """The examples of one split, in task order."""
@@ -181,13 +205,20 @@ class DownstreamTask:
         return [e for e in self.examples if e.split == name]
 
     def counts(self) -> pd.DataFrame:
-        """Examples per class (rows) and split (columns); one row ``"all"`` for ASR."""
-        labels = [e.label if self.kind == "classification" else "all" for e in self.examples]
-        table = pd.crosstab(pd.Series(labels, name="class"), pd.Series([e.split for e in self.examples], name="split"))
+        """Examples per class (rows) and split (columns): for a multi-label task the examples each class
+        occurs in (classes that never occur have no row); one row ``"all"`` for ASR."""
+        pairs = [(name, e.split) for e in self.examples
+                 for name in (self._label_classes(e.label) if self.kind != "asr" else ["all"])]
+        classes, splits = zip(*pairs) if pairs else ((), ())
+        table = pd.crosstab(pd.Series(classes, name="class", dtype=str), pd.Series(splits, name="split", dtype=str))
         return table.reindex(columns=list(SPLITS), fill_value=0)
 
     def subsample(self, max_per_split: int | None, seed: int = 0) -> DownstreamTask:
         """At most ``max_per_split`` examples per split, drawn stratified by label (deterministic).
+
+        Multi-label examples are stratified by their whole label (the set of
+        classes); where most sets are unique, as for TIMIT utterances, that is
+        a uniform random draw.
 
         Parameters
         ----------
@@ -209,6 +240,54 @@ class DownstreamTask:
         for split in SPLITS:
             keep.update(_stratified_ids(self.split(split), max_per_split, rng))
         return replace(self, examples=tuple(e for e in self.examples if e.id in keep))
+
+
+def encode_multilabel(labels: Iterable[str], classes: Sequence[str]) -> np.ndarray:
+    """Multi-hot matrix of multi-label labels (class names separated by spaces).
+
+    Parameters
+    ----------
+    labels : iterable of str, length n
+        E.g. ``["b iy", "", "d"]``.
+    classes : sequence of str, length n_classes
+
+    Returns
+    -------
+    ndarray of shape (n, n_classes)
+        bool; column ``j`` is ``classes[j]``.
+    """
+    index = {name: column for column, name in enumerate(classes)}
+    rows = []
+    for label in labels:
+        row = np.zeros(len(classes), dtype=bool)
+        for name in label.split():
+            if name not in index:
+                raise ValueError(f"label {label!r} names {name!r}, which is not a class; classes: "
+                                 f"{', '.join(classes[:10])}{'...' if len(classes) > 10 else ''}")
+            row[index[name]] = True
+        rows.append(row)
+    return np.array(rows, dtype=bool).reshape(len(rows), len(classes))
+
+
+def decode_multilabel(multi_hot: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Labels (class names in class order, separated by spaces) of a multi-hot matrix.
+
+    Parameters
+    ----------
+    multi_hot : ndarray of shape (n, n_classes)
+        Nonzero / True where a class is present.
+    classes : sequence of str, length n_classes
+
+    Returns
+    -------
+    list of str, length n
+        ``""`` for a row without any class.
+    """
+    multi_hot = np.asarray(multi_hot)
+    if multi_hot.ndim != 2 or multi_hot.shape[1] != len(classes):
+        raise ValueError(f"multi_hot must have shape (n, {len(classes)}) for {len(classes)} classes; "
+                         f"got {multi_hot.shape}")
+    return [" ".join(name for name, present in zip(classes, row) if present) for row in multi_hot]
 
 
 def _stratified_ids(examples: list[Example], n: int, rng: np.random.Generator) -> list[str]:
@@ -431,31 +510,68 @@ def _timit_utterances(source) -> list[_TimitUtterance]:
     return _timit_hf(source) if _is_hf(source) else _timit_local(source)
 
 
-def timit_phonemes(source: str | os.PathLike, include_sa: bool = False) -> DownstreamTask:
-    """TIMIT phone classification: every phone segment, 39 folded classes.
+TIMIT_PROTOCOLS = ("presence", "segments")
+"""Protocols of the TIMIT phoneme task (see :func:`timit_phonemes`)."""
+
+TIMIT_PRESENCE_CLASSES: tuple[str, ...] = tuple(p for p in TIMIT_PHONES_39 if p != "sil")
+"""The 38 classes of the presence protocol: the folded phones without ``sil`` (closures, pauses, silence)."""
+
+
+def timit_phonemes(source: str | os.PathLike, protocol: str = "presence", include_sa: bool = False) -> DownstreamTask:
+    """TIMIT phoneme prediction with 39 folded phones (:data:`TIMIT_FOLDING`), under one of two protocols.
+
+    ``"presence"`` (default; the paper's, after the authors' code): one
+    example per utterance, pooled over the whole utterance; the label is the
+    set of phones that occur in it (multi-label: a probe predicts each
+    phone's presence). ``sil`` (closures, pauses, silence) is not a class:
+    the authors fold ``q`` and the closures into ``h#`` and drop that class,
+    which leaves the 38 phones of :data:`TIMIT_PRESENCE_CLASSES`. Their
+    macro-F1 (scikit-learn's) averages over every output column, so a phone
+    that no test utterance has counts 0; the scores here average over the
+    phones present (:func:`bt_utils.metrics.multilabel_f1`).
+
+    ``"segments"`` (phone classification, the SUPERB-style reading): one example per
+    phone segment (``q`` dropped), pooled over the segment's span of its
+    utterance's encoding, classified into one of the 39 classes.
 
     Parameters
     ----------
     source : path-like or str
         The TIMIT folder (holding ``TRAIN/`` and ``TEST/``), or ``"hf:timit_asr"``.
+    protocol : {"presence", "segments"}
     include_sa : bool
-        Keep the two dialect (SA) sentences every speaker read; standard practice leaves them out.
+        Keep the two dialect (SA) sentences every speaker read; standard
+        practice leaves them out. (The authors' utterance lists include them;
+        every speaker reads the same two texts, so under ``"presence"`` their
+        labels repeat across the splits.)
 
     Returns
     -------
     DownstreamTask
-        One example per phone (``q`` dropped), with the phone's span of its utterance.
+        ``"presence"``: task ``timit_phoneme``, kind ``"multilabel"``, one
+        example per utterance (id ``<speaker>_<sentence>``). ``"segments"``:
+        task ``timit_phoneme_segments``, kind ``"classification"``, one example
+        per phone (id ``<speaker>_<sentence>_<phone index>``) with its span.
     """
+    check_option("protocol", protocol, TIMIT_PROTOCOLS)
+    utterances = [u for u in _timit_utterances(source) if include_sa or u.sentence_type != "SA"]
+    if protocol == "presence":
+        examples = []
+        for utterance in utterances:
+            present = {TIMIT_FOLDING[label] for _, _, label in utterance.phones}
+            label = " ".join(p for p in TIMIT_PRESENCE_CLASSES if p in present)
+            examples.append(Example(utterance.id, utterance.split, label, utterance.audio, speaker=utterance.speaker))
+        return DownstreamTask("timit_phoneme", "multilabel", tuple(examples), TIMIT_PRESENCE_CLASSES,
+                              "utterance -> which of 38 folded TIMIT phones occur (sil excluded)",
+                              "TIMIT phoneme prediction", str(source))
     examples = []
-    for utterance in _timit_utterances(source):
-        if utterance.sentence_type == "SA" and not include_sa:
-            continue
+    for utterance in utterances:
         for index, (start, end, label) in enumerate(utterance.phones):
             folded = TIMIT_FOLDING[label]
             if folded is not None and end > start:
                 examples.append(Example(f"{utterance.id}_{index:03d}", utterance.split, folded, utterance.audio,
                                         source=utterance.id, span=(start, end), speaker=utterance.speaker))
-    return DownstreamTask("timit_phoneme", "classification", tuple(examples), TIMIT_PHONES_39,
+    return DownstreamTask("timit_phoneme_segments", "classification", tuple(examples), TIMIT_PHONES_39,
                           "phone segment -> one of 39 folded TIMIT phones", "TIMIT phoneme prediction", str(source))
 
 
@@ -867,76 +983,69 @@ def _speak(text: str, speaker: str, rng: np.random.Generator):
 
 def _split_sizes(per_class: int) -> dict[str, int]:
     if per_class < 4:
-        raise ValueError(f"per_class={per_class!r} is too small: use at least 4 examples per class")
+        raise ValueError(f"per_class={per_class!r} is too small: use at least 4 (split 1/2 train, 1/4 validation, "
+                         "1/4 test)")
     n_validation = n_test = per_class // 4
     return {"train": per_class - n_validation - n_test, "validation": n_validation, "test": n_test}
 
 
-_Render = Callable[[str, str, np.random.Generator], np.ndarray | None]
-"""How a demo task makes one example: ``render(label, speaker, rng)`` -> audio (n_samples,), or None to try again."""
+_Render = Callable[[int, str, np.random.Generator], tuple[str, np.ndarray]]
+"""How a demo task makes example ``index`` of a split: ``render(index, speaker, rng)`` -> (label, audio of shape
+(n_samples,))."""
 
 
-def _make_examples(name: str, classes: tuple[str, ...], per_class: int, seed: int,
-                   render: _Render) -> tuple[Example, ...]:
-    """Examples of a demo classification task: ``per_class`` of each class, split by speaker."""
+def _make_examples(name: str, sizes: dict[str, int], seed: int, render: _Render) -> tuple[Example, ...]:
+    """Examples of a demo task: ``sizes[split]`` in each split, each by a random speaker of the split."""
     rng = np.random.default_rng([seed, int.from_bytes(name.encode()[:8], "little")])
     speakers = demo_speakers(seed)
     examples = []
-    for split, size in _split_sizes(per_class).items():
+    for split, size in sizes.items():
         pool = speakers[split]
-        for index in range(size * len(classes)):
-            label = classes[index % len(classes)]
-            for _attempt in range(50):
-                speaker = pool[int(rng.integers(len(pool)))]
-                rendered = render(label, speaker, rng)
-                if rendered is not None:
-                    break
-            else:
-                raise RuntimeError(f"demo task {name!r}: could not make an example of class {label!r}")
-            examples.append(Example(f"{name}-{split}-{index:04d}", split, label, rendered, speaker=speaker))
+        for index in range(size):
+            speaker = pool[int(rng.integers(len(pool)))]
+            label, audio = render(index, speaker, rng)
+            examples.append(Example(f"{name}-{split}-{index:04d}", split, label, audio, speaker=speaker))
     return tuple(examples)
 
 
-def _word_render(label: str, speaker: str, rng: np.random.Generator) -> np.ndarray:
+def _balanced_examples(name: str, classes: tuple[str, ...], per_class: int, seed: int,
+                       speak: Callable[[str, str, np.random.Generator], np.ndarray]) -> tuple[Example, ...]:
+    """Examples of a demo classification task: ``per_class`` of each class, the classes in turn;
+    ``speak(label, speaker, rng)`` -> audio (n_samples,)."""
+    def render(index: int, speaker: str, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+        label = classes[index % len(classes)]
+        return label, speak(label, speaker, rng)
+
+    sizes = {split: size * len(classes) for split, size in _split_sizes(per_class).items()}
+    return _make_examples(name, sizes, seed, render)
+
+
+def _word_speech(label: str, speaker: str, rng: np.random.Generator) -> np.ndarray:
     return _speak(label, speaker, rng)[0]
 
 
-def _template_render(templates: dict[str, tuple[str, ...]]):
-    def render(label: str, speaker: str, rng: np.random.Generator) -> np.ndarray:
+def _template_speech(templates: dict[str, tuple[str, ...]]):
+    def speak(label: str, speaker: str, rng: np.random.Generator) -> np.ndarray:
         return _speak(_fill(str(rng.choice(templates[label])), rng), speaker, rng)[0]
-    return render
+    return speak
 
 
-@functools.cache
-def _words_with_phone(phone: str) -> tuple[str, ...]:
-    """Words of the demo's phoneme vocabulary whose en-us pronunciation contains ``phone``."""
-    return tuple(w for w in _PHONE_WORDS if any(p.label == phone for p in synthesize(w).phones))
-
-
-def _phone_render(phone: str):
-    check_option("phone", phone, ARPABET_PHONES)
-    carriers = _words_with_phone(phone)
-    if not carriers:
-        raise ValueError(f"no word of the demo vocabulary contains phone {phone!r}; choose another, e.g. 'SH' or 'Z'")
-
-    def render(label: str, speaker: str, rng: np.random.Generator) -> np.ndarray | None:
-        words = [str(w) for w in rng.choice(_PHONE_WORDS, size=3, replace=False)]
-        if label == "present":
-            words[int(rng.integers(3))] = str(rng.choice(carriers))
-        audio, utterance = _speak(" ".join(words).capitalize() + ".", speaker, rng)
-        present = any(p.label == phone for p in utterance.phones)  # the label is what was spoken
-        return audio if present == (label == "present") else None
-    return render
+def _phone_set_render(index: int, speaker: str, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """Three random words; the label is the set of ARPAbet phones of the synthesis's phone tier (what was spoken)."""
+    words = [str(w) for w in rng.choice(_PHONE_WORDS, size=3, replace=False)]
+    audio, utterance = _speak(" ".join(words).capitalize() + ".", speaker, rng)
+    spoken = {phone.label for phone in utterance.phones}
+    return " ".join(p for p in ARPABET_PHONES if p in spoken), audio
 
 
 DEMO_TASKS = ("demo_word", "demo_sentence_type", "demo_intent", "demo_phoneme", "demo_asr")
 """Names of the offline demo tasks (see :func:`demo_task`)."""
 
-_DEMO_DEFAULT_SIZE = {"demo_word": 32, "demo_sentence_type": 40, "demo_intent": 32, "demo_phoneme": 60,
+_DEMO_DEFAULT_SIZE = {"demo_word": 32, "demo_sentence_type": 40, "demo_intent": 32, "demo_phoneme": 120,
                       "demo_asr": 16}
 
 
-def demo_task(name: str, per_class: int | None = None, seed: int = 0, phone: str = "SH") -> DownstreamTask:
+def demo_task(name: str, per_class: int | None = None, seed: int = 0) -> DownstreamTask:
     """An offline downstream task synthesised with eSpeak NG (see the module documentation).
 
     Parameters
@@ -944,14 +1053,13 @@ def demo_task(name: str, per_class: int | None = None, seed: int = 0, phone: str
     name : {"demo_word", "demo_sentence_type", "demo_intent", "demo_phoneme", "demo_asr"}
     per_class : int, optional
         Examples per class, split 1/2 train, 1/4 validation, 1/4 test (rounded
-        down for validation and test); for ``demo_asr`` the number of test
-        utterances. Defaults: word 32 (10 classes), sentence type 40 (3),
-        intent 32 (6), phoneme 60 (2), ASR 16.
+        down for validation and test); for ``demo_phoneme`` (multi-label) the
+        number of utterances, split the same way; for ``demo_asr`` the number
+        of test utterances. Defaults: word 32 (10 classes), sentence type 40
+        (3), intent 32 (6), phoneme 120 utterances, ASR 16.
     seed : int
         Seed of the speakers, texts, rates, pitches and noise; the same
         arguments always give the same task.
-    phone : str
-        ``demo_phoneme`` only: the ARPAbet phone whose presence is predicted.
 
     Returns
     -------
@@ -961,26 +1069,25 @@ def demo_task(name: str, per_class: int | None = None, seed: int = 0, phone: str
     per_class = per_class or _DEMO_DEFAULT_SIZE[name]
     origin = f"bt_utils demo: seed={seed}, per_class={per_class}, speech={DEMO_SPEECH}"
     if name == "demo_word":
-        examples = _make_examples(name, DEMO_WORDS, per_class, seed, _word_render)
+        examples = _balanced_examples(name, DEMO_WORDS, per_class, seed, _word_speech)
         return DownstreamTask(name, "classification", examples, DEMO_WORDS, "spoken command word -> word",
                               "Speech Commands word identity", origin)
     if name == "demo_sentence_type":
         classes = tuple(_SENTENCE_TEMPLATES)
-        examples = _make_examples(name, classes, per_class, seed, _template_render(_SENTENCE_TEMPLATES))
+        examples = _balanced_examples(name, classes, per_class, seed, _template_speech(_SENTENCE_TEMPLATES))
         return DownstreamTask(name, "classification", examples, classes,
                               "sentence -> statement / question / command (some questions differ by intonation only)",
                               "TIMIT sentence type", origin)
     if name == "demo_intent":
         classes = tuple(_INTENT_TEMPLATES)
-        examples = _make_examples(name, classes, per_class, seed, _template_render(_INTENT_TEMPLATES))
+        examples = _balanced_examples(name, classes, per_class, seed, _template_speech(_INTENT_TEMPLATES))
         return DownstreamTask(name, "classification", examples, classes, "request to an assistant -> intent",
                               "SLURP intent / action", origin)
     if name == "demo_phoneme":
-        classes = ("absent", "present")
-        examples = _make_examples(name, classes, per_class, seed, _phone_render(phone))
-        return DownstreamTask(name, "classification", examples, classes,
-                              f"three words -> does the phone {phone} occur (from the synthesis phone tier)",
-                              "TIMIT phoneme prediction", origin + f", phone={phone}")
+        examples = _make_examples(name, _split_sizes(per_class), seed, _phone_set_render)
+        return DownstreamTask(name, "multilabel", examples, ARPABET_PHONES,
+                              "three words -> which of the 39 ARPAbet phones occur (from the synthesis phone tier)",
+                              "TIMIT phoneme prediction", origin)
     return _demo_asr(per_class, seed, origin)
 
 

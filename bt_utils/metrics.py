@@ -1,4 +1,4 @@
-"""Scores of downstream tasks: word error rate, accuracy, macro-F1 and bootstrap intervals.
+"""Scores of downstream tasks: word error rate, accuracy, macro-F1, multi-label F1 and bootstrap intervals.
 
 All functions take plain sequences or NumPy arrays and are deterministic;
 :func:`bootstrap_ci` draws from its own seeded generator.
@@ -197,6 +197,65 @@ def macro_f1(y_true, y_pred, labels=None) -> float:
     tp = (true_hits & pred_hits).sum(axis=0)
     denominator = true_hits.sum(axis=0) + pred_hits.sum(axis=0)
     f1 = np.divide(2 * tp, denominator, out=np.zeros(len(labels)), where=denominator > 0)
+    return float(f1.mean())
+
+
+MULTILABEL_AVERAGES = ("macro", "micro")
+"""Averages of :func:`multilabel_f1`."""
+
+
+def multilabel_f1(y_true, y_pred, average: str = "macro", labels=None) -> float:
+    """F1 of multi-label predictions (each example may have any number of classes).
+
+    ``"macro"``: the per-class F1 (over the examples, ``2 TP / (2 TP + FP +
+    FN)`` of the class's column) averaged over the classes present in
+    ``y_true``, as :func:`macro_f1` does: predicting a class that no example
+    has is an error of no class of its own. ``"micro"``: one F1 of all
+    (example, class) decisions pooled. scikit-learn's ``f1_score`` averages
+    its macro-F1 over every column instead; with ``labels`` = the columns
+    present in ``y_true`` the two agree.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of shape (n_examples, n_classes)
+        Multi-hot: 1 (or True) where the class is present / predicted.
+    average : {"macro", "micro"}
+    labels : array-like of int, optional
+        Columns to score; default: for ``"macro"`` the columns with a
+        positive in ``y_true``, for ``"micro"`` all columns. A column that is
+        never true and never predicted scores 0 in the macro average.
+
+    Returns
+    -------
+    float
+        In [0, 1].
+
+    Raises
+    ------
+    ValueError
+        Arrays of other shapes or values than 0/1, or no positive in ``y_true``
+        (with ``labels`` unset: no class to average over).
+    """
+    check_option("average", average, MULTILABEL_AVERAGES)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2 or y_true.shape[0] == 0:
+        raise ValueError(f"y_true and y_pred must be non-empty multi-hot arrays (n_examples, n_classes) of one shape; "
+                         f"got shapes {y_true.shape} and {y_pred.shape}")
+    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
+        if not np.isin(values, (0, 1)).all():
+            raise ValueError(f"{name} must hold only 0 and 1 (or False and True); got values {np.unique(values)[:5]}")
+    y_true, y_pred = y_true.astype(bool), y_pred.astype(bool)
+    if labels is None:
+        if not y_true.any():
+            raise ValueError("y_true has no positive label: there is no class to score; pass labels= to choose "
+                             "the columns")
+        labels = np.flatnonzero(y_true.any(axis=0)) if average == "macro" else np.arange(y_true.shape[1])
+    y_true, y_pred = y_true[:, np.asarray(labels)], y_pred[:, np.asarray(labels)]
+    tp = (y_true & y_pred).sum(axis=0)
+    denominator = y_true.sum(axis=0) + y_pred.sum(axis=0)  # 2 TP + FP + FN, per class
+    if average == "micro":
+        return float(2 * tp.sum() / denominator.sum()) if denominator.sum() else 0.0
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0)
     return float(f1.mean())
 
 

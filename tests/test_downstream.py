@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import soundfile
 import torch
+from sklearn.metrics import f1_score
 
 from bt_utils import downstream
 from bt_utils import downstream_tasks as dt
@@ -32,7 +33,7 @@ from bt_utils.downstream import (
     swap_encoder,
 )
 from bt_utils.downstream_tasks import DownstreamTask, Example, demo_task, load_task
-from bt_utils.metrics import accuracy
+from bt_utils.metrics import accuracy, multilabel_f1
 from bt_utils.models import load_encoder
 from bt_utils.notebooks import execute_notebook
 from bt_utils.tuning import masked_mean
@@ -121,6 +122,46 @@ def test_fit_probe_chooses_the_informative_layer():
     assert fit.layers.set_index("layer").macro_f1.idxmax() == 2
     assert len(fit.history) == 4 * 30
     assert accuracy(labels[160:], fit.predict(features[160:])) > 0.9
+
+
+def _planted_multilabel_task(n=300, n_classes=6, seed=0):
+    """A multi-label task of ``n`` examples (1/2 train, 1/4 validation, 1/4 test), classes of frequency 0.2-0.45."""
+    rng = np.random.default_rng(seed)
+    present = rng.random((n, n_classes)) < np.linspace(0.2, 0.45, n_classes)
+    classes = tuple(f"c{i}" for i in range(n_classes))
+    splits = ["train"] * (n // 2) + ["validation"] * (n // 4) + ["test"] * (n - n // 2 - n // 4)
+    labels = [" ".join(c for c, p in zip(classes, row) if p) for row in present]
+    examples = tuple(Example(f"e{i:03d}", split, label, np.zeros(8, np.float32))
+                     for i, (split, label) in enumerate(zip(splits, labels)))
+    return DownstreamTask("planted", "multilabel", examples, classes), present
+
+
+def test_multilabel_probe_recovers_planted_classes_but_not_noise():
+    """Layer 1 of the features carries 4 x the multi-hot labels (plus unit noise): the probes choose it and recover
+    the labels; on pure noise they score near chance (random permutations of the test labels)."""
+    task, present = _planted_multilabel_task()
+    noise = np.random.default_rng(1).normal(size=(len(present), 3, 16)).astype(np.float32)
+    planted = noise.copy()
+    planted[:, 1, :6] += 4.0 * present
+    test = np.array([e.split == "test" for e in task.examples])
+    config = ProbeConfig(max_epochs=30, batch_size=16, learning_rate=1e-2)
+    summaries = {}
+    for name, features in (("planted", planted), ("noise", noise)):
+        predictions, selection = probe_task(features, task, seeds=(0, 1), config=config)
+        assert list(selection.columns) == ["seed", "layer", "epoch", "macro_f1", "micro_f1", "loss", "chosen"]
+        table = predictions.assign(model="m", variant="v", subject="", task="planted", kind="multilabel")
+        summaries[name] = summarize(table, n_resamples=100).set_index("metric")
+        # the summary's macro-F1 is the seeds' mean of scikit-learn's, over the classes present in the test labels
+        observed = [f1_score(present[test], np.array([[c in p.split() for c in task.classes] for p in seed.prediction]),
+                             average="macro", labels=np.flatnonzero(present[test].any(axis=0)))
+                    for _, seed in predictions.groupby("seed")]
+        assert summaries[name].loc["macro_f1", "value"] == pytest.approx(np.mean(observed))
+    planted_f1, noise_f1 = summaries["planted"].loc["macro_f1"], summaries["noise"].loc["macro_f1"]
+    assert planted_f1.layers == "1,1" and planted_f1.value > 0.9 and planted_f1.chance < 0.4
+    assert abs(noise_f1.value - noise_f1.chance) < 0.12, noise_f1
+    assert summaries["planted"].loc["micro_f1", "value"] > 0.9
+    with pytest.raises(ValueError, match="not multi-hot over n_classes=6"):
+        fit_probe(planted[:10], present[:10, :5], planted[10:20], present[10:20, :5], n_classes=6)
 
 
 def test_feature_cache(encoder, word_task, word_features, feature_cache, monkeypatch):
@@ -227,6 +268,23 @@ def test_macro_f1_scores_average_the_classes_of_the_test_labels():
     assert summarize(predictions, n_resamples=50).set_index("metric").loc["macro_f1", "value"] == pytest.approx(5 / 6)
 
 
+def test_multilabel_scores_round_trip_through_parquet(tmp_path):
+    predictions = pd.DataFrame({
+        "model": "m", "variant": "v", "subject": "", "task": "t", "kind": "multilabel", "seed": 0, "layer": 1,
+        "example_id": list("wxyz"), "label": ["a b", "a", "b c", ""], "prediction": ["a", "a c", "b c", "d"]})
+    path = tmp_path / "predictions.parquet"
+    predictions.to_parquet(path)
+    back = pd.read_parquet(path)
+    assert list(back.prediction) == ["a", "a c", "b c", "d"] and list(back.label) == ["a b", "a", "b c", ""]
+    scores = score_predictions(back, n_resamples=50).set_index("metric")
+    # per class over the 4 examples: a: TP 2 -> 1; b: TP 1, FN 1 -> 2/3; c: TP 1, FP 1 -> 2/3; d is only
+    # predicted: no class of its own in the macro average, one more false positive in the micro one (TP 4, FP 2, FN 1)
+    assert scores.loc["macro_f1", "value"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert scores.loc["micro_f1", "value"] == pytest.approx(2 * 4 / (2 * 4 + 2 + 1))
+    assert set(scores.index) == {"macro_f1", "micro_f1"}
+    assert (scores.ci_low <= scores.value).all() and (scores.value <= scores.ci_high).all()
+
+
 def test_summary_pools_seeds_and_reports_chance():
     rng = np.random.default_rng(0)
     labels = rng.choice(list("abcd"), 200)
@@ -294,6 +352,29 @@ def test_run_compares_variants_with_asr(tuned_checkpoint, feature_cache):
     assert len(figure.axes) == 2
 
 
+def test_run_downstream_with_a_multilabel_task(tmp_path):
+    """The whole path for the multi-label demo task on a tiny random Whisper: features, probes, scores, tables."""
+    phoneme = demo_task("demo_phoneme", per_class=12)  # 6 train, 3 validation, 3 test utterances
+    results = run_downstream(["tiny-whisper"], [phoneme], seeds=(0, 1), probe=ProbeConfig(max_epochs=3),
+                             device="cpu", native_length=True, n_resamples=50, cache=False, progress=False)
+    test = {e.id: e.label for e in phoneme.split("test")}
+    predictions = results.predictions
+    assert set(predictions.kind) == {"multilabel"} and len(predictions) == 2 * len(test)
+    assert dict(zip(predictions.example_id, predictions.label)) == test
+    predicted = {name for p in predictions.prediction for name in p.split()}
+    assert predicted <= set(phoneme.classes)
+    assert set(results.scores.metric) == {"macro_f1", "micro_f1"} and set(results.scores.n_test) == {len(test)}
+    selection = results.selection
+    assert selection.accuracy.isna().all() and selection.micro_f1.notna().all()
+    assert selection.groupby("seed").chosen.sum().tolist() == [1, 1]
+    results.write(tmp_path)
+    back = pd.read_parquet(tmp_path / "downstream_predictions.parquet")
+    pd.testing.assert_frame_equal(score_predictions(back, n_resamples=50), results.scores)
+    summary = summarize(back, n_resamples=50).set_index("metric")
+    assert 0 < summary.loc["macro_f1", "chance"] < 1
+    assert len(plot_downstream(summary.reset_index()).axes) == 1
+
+
 def test_swap_encoder_checks_the_architecture():
     from bt_utils.whisper_ct2 import load_offline_whisper
 
@@ -341,6 +422,27 @@ def test_ctc_head_path(tmp_path):
 # ---------------------------------------------------------------------------
 
 
+def test_demo_phoneme_labels_the_phones_spoken(monkeypatch):
+    """demo_phoneme is multi-label: each utterance's label is the set of phones of what eSpeak spoke."""
+    spoken, speak = [], dt._speak
+
+    def recording_speak(text, speaker, rng):
+        audio, utterance = speak(text, speaker, rng)
+        spoken.append({p.label for p in utterance.phones})
+        return audio, utterance
+
+    monkeypatch.setattr(dt, "_speak", recording_speak)
+    phoneme = demo_task("demo_phoneme", per_class=8)
+    assert phoneme.kind == "multilabel" and phoneme.classes == dt.ARPABET_PHONES
+    assert [len(phoneme.split(s)) for s in dt.SPLITS] == [4, 2, 2]
+    assert [set(e.label.split()) for e in phoneme.examples] == spoken
+    multi_hot = dt.encode_multilabel([e.label for e in phoneme.examples], phoneme.classes)
+    assert dt.decode_multilabel(multi_hot, phoneme.classes) == [e.label for e in phoneme.examples]
+    assert phoneme.counts().to_numpy().sum() == multi_hot.sum() > 8 * 4  # several phones per utterance
+    with pytest.raises(ValueError, match="outside its classes"):
+        replace(phoneme, examples=(replace(phoneme.examples[0], label="SH XX"),))
+
+
 def test_demo_tasks_are_balanced_with_disjoint_speakers(word_task):
     counts = word_task.counts()
     assert counts.shape == (10, 3) and (counts.train == 10).all() and (counts.test == 5).all()
@@ -349,10 +451,6 @@ def test_demo_tasks_are_balanced_with_disjoint_speakers(word_task):
     assert not speakers["train"] & speakers["validation"]
     again = demo_task("demo_word", per_class=WORD_PER_CLASS)
     assert all(np.array_equal(a.audio, b.audio) for a, b in zip(word_task.examples, again.examples))
-    phoneme = demo_task("demo_phoneme", per_class=8, phone="SH")
-    assert phoneme.counts().sum(axis=1).tolist() == [8, 8]
-    with pytest.raises(ValueError, match="phone='XX'"):
-        demo_task("demo_phoneme", per_class=8, phone="XX")
     small = word_task.subsample(20)
     assert len(small.split("train")) == 20 and small.counts().train.tolist() == [2] * 10
 
@@ -418,11 +516,15 @@ def test_hugging_face_copies(monkeypatch):
     crema = dt.crema_d("hf:x/crema")
     assert {e.label for e in crema.examples} == {"happy"} and crema.examples[0].audio.shape == (8000,)
     assert dt.slurp("hf:x/slurp", "action").classes == ("set",)
-    timit = dt.timit_phonemes("hf:x/timit")
+    timit = dt.timit_phonemes("hf:x/timit", protocol="segments")
     assert [(e.id, e.split, e.label, e.span) for e in timit.examples if e.speaker == "FELC0"] == [
         ("FELC0_SX216_000", "test", "sil", (0.0, 0.05)), ("FELC0_SX216_001", "test", "hh", (0.05, 0.1))]
     assert {(e.speaker, e.split) for e in timit.examples} == {("FCJF0", "train"), ("FELC0", "test"),
                                                                ("MABC0", "validation")}
+    presence = dt.timit_phonemes("hf:x/timit")
+    assert [(e.id, e.split, e.label, e.span) for e in presence.examples] == [
+        ("FCJF0_SX216", "train", "hh", None), ("FELC0_SX216", "test", "hh", None),
+        ("MABC0_SX216", "validation", "hh", None)]
     with pytest.raises(dt.DataError, match="phonetic_detail"):
         rows["x/timit"]["train"][0].pop("phonetic_detail")
         dt.timit_phonemes("hf:x/timit")
@@ -437,7 +539,8 @@ def test_timit_loader(tmp_path):
         rows = [f"{800 * i} {800 * (i + 1)} {p}" for i, p in enumerate(phones.split())]
         (root / f"{stem}.PHN").write_text("\n".join(rows) + "\n")
         (root / f"{stem}.TXT").write_text(f"0 {800 * len(rows)} A short sentence.\n")
-    phonemes = dt.timit_phonemes(root)
+    phonemes = dt.timit_phonemes(root, protocol="segments")
+    assert phonemes.name == "timit_phoneme_segments" and phonemes.kind == "classification"
     assert len(dt.TIMIT_PHONES_39) == 39 and len(dt.TIMIT_FOLDING) == 61
     by_id = {e.id: e for e in phonemes.examples}
     assert [by_id[f"FCJF0_SI1027_{i:03d}"].label for i in (0, 2, 3, 4, 5)] == ["sil", "ih", "n", "sil", "p"]
@@ -448,6 +551,20 @@ def test_timit_loader(tmp_path):
     assert {e.split for e in phonemes.examples if e.speaker == "MABC0"} == {"validation"}
     assert [by_id[f"FELC0_SX216_{i:03d}"].label for i in (1, 2)] == ["sh", "uw"]
     assert dt.load_audio(by_id["FELC0_SX216_001"]).shape == (8000,)
+    # the paper's protocol: one example per utterance, the folded phones present in it, sil (h#, q, closures) dropped
+    presence = dt.timit_phonemes(root)
+    assert presence.name == "timit_phoneme" and presence.kind == "multilabel"
+    assert len(presence.classes) == 38 and "sil" not in presence.classes
+    assert {(e.id, e.split, e.label, e.source, e.span) for e in presence.examples} == {
+        ("FCJF0_SI1027", "train", "ah ih n p", "FCJF0_SI1027", None),  # h# q ix n pcl p ax-h h#
+        ("FELC0_SX216", "test", "sh uw", "FELC0_SX216", None),  # h# zh ux h#
+        ("MABC0_SI1620", "validation", "l m", "MABC0_SI1620", None)}  # h# el em h#
+    multi_hot = dt.encode_multilabel([e.label for e in presence.examples], presence.classes)
+    assert multi_hot.shape == (3, 38) and multi_hot.sum() == 8
+    with_sa = {e.id: e.label for e in dt.timit_phonemes(root, include_sa=True).examples}
+    assert with_sa["FCJF0_SA1"] == "iy sh"
+    with pytest.raises(ValueError, match="protocol='frames'"):
+        dt.timit_phonemes(root, protocol="frames")
     soundfile.write(tmp_path / "odd.wav", np.zeros(1001, np.float32), 32000)  # 500.5 samples at 16 kHz
     odd = Example("odd", "test", "x", str(tmp_path / "odd.wav"))
     assert dt.audio_length(odd) == len(dt.load_audio(odd)) == 501  # soxr rounds half up

@@ -11,6 +11,7 @@ from bt_utils.metrics import (
     bootstrap_ci,
     corpus_word_error_rate,
     macro_f1,
+    multilabel_f1,
     normalize_words,
     word_edits,
     word_error_rate,
@@ -92,6 +93,39 @@ def test_macro_f1_matches_sklearn_on_random_labels():
     rng = np.random.default_rng(0)
     y_true, y_pred = rng.integers(0, 6, 300), rng.integers(0, 7, 300)
     assert macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, labels=np.arange(6), average="macro"))
+
+
+def test_multilabel_f1_matches_sklearn_on_random_multi_hot():
+    rng = np.random.default_rng(2)
+    for n, n_classes in ((300, 8), (40, 25)):
+        y_true = rng.random((n, n_classes)) < rng.uniform(0.05, 0.6, n_classes)
+        y_true[:, 3] = False  # a class no example has, sometimes predicted
+        y_pred = np.where(rng.random((n, n_classes)) < 0.7, y_true, rng.random((n, n_classes)) < 0.3)
+        present = np.flatnonzero(y_true.any(axis=0))
+        assert y_pred[:, 3].any() and len(present) < n_classes
+        assert multilabel_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, average="macro", labels=present))
+        assert multilabel_f1(y_true.astype(int), y_pred.astype(int), average="micro") == pytest.approx(
+            f1_score(y_true, y_pred, average="micro"))
+        # an explicit column list: columns never true and never predicted count 0, as in sklearn
+        every = np.arange(n_classes)
+        assert multilabel_f1(y_true, y_pred, labels=every) == pytest.approx(
+            f1_score(y_true, y_pred, average="macro", labels=every, zero_division=0))
+
+
+def test_multilabel_f1_hand_computed_and_checked():
+    y_true = [[1, 1, 0], [1, 0, 0], [0, 1, 1]]
+    y_pred = [[1, 0, 0], [1, 0, 1], [0, 1, 1]]
+    # per class: TP 2 FN 0 FP 0 -> 1; TP 1 FN 1 -> 2/3; TP 1 FP 1 -> 2/3; micro: TP 4, FP 1, FN 1
+    assert multilabel_f1(y_true, y_pred) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert multilabel_f1(y_true, y_pred, average="micro") == pytest.approx(8 / 10)
+    with pytest.raises(ValueError, match="no positive label"):
+        multilabel_f1(np.zeros((2, 3)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="same length|one shape"):
+        multilabel_f1([[1, 0]], [[1, 0, 0]])
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        multilabel_f1([[1, 2]], [[1, 0]])
+    with pytest.raises(ValueError, match="average='weighted'"):
+        multilabel_f1(y_true, y_pred, average="weighted")
 
 
 def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_data():
