@@ -146,7 +146,11 @@ def score_layer(x_train: np.ndarray, x_test: np.ndarray, labels: np.ndarray, tar
     Returns
     -------
     table : DataFrame
-        One row per voxel: ``voxel, r, r_norm, alpha`` (+ ``p_value, q_value, significant``).
+        One row per voxel: ``voxel, r, r_norm, alpha`` (+ ``p_value, q_value, significant``
+        with ``settings.n_permutations``: the block-permutation p-value of every voxel, and
+        Benjamini-Hochberg over the evaluated voxels, those with a noise ceiling above
+        ``settings.min_ceiling``; the others get ``q_value`` NaN and are never significant).
+        With ``n`` permutations the smallest p-value is ``1 / (n + 1)``.
     """
     if len(x_train) != len(targets.train) or len(x_test) != len(targets.test):
         raise ValueError(f"design ({len(x_train)} train, {len(x_test)} test rows) and responses "
@@ -162,7 +166,8 @@ def score_layer(x_train: np.ndarray, x_test: np.ndarray, labels: np.ndarray, tar
         p = block_permutation_pvalues(prediction, targets.test, settings.n_permutations,
                                       settings.permutation_block_trs, np.random.default_rng(settings.seed))
         table["p_value"] = p
-        table["significant"], table["q_value"] = fdr_bh(p)
+        evaluated = np.asarray(targets.ceiling) > settings.min_ceiling  # FDR over the voxels that are scored
+        table["significant"], table["q_value"] = fdr_bh(np.where(evaluated, p, np.nan))
     return table
 
 

@@ -208,13 +208,28 @@ class Dataset:
         self._check_story(story)
         return self.derivative / "preprocessed_data" / subject / f"{story}.hf5"
 
-    def _read_hf5(self, subject: str, story: str, key: str) -> np.ndarray:
+    def _existing_response_path(self, subject: str, story: str) -> Path:
         path = self.response_path(subject, story)
         if not path.is_file():
             raise FileNotFoundError(
                 f"no responses of {subject} to story {story!r}: {path} is missing "
                 f"(stories with responses: {self.stories_for(subject)})"
             )
+        return path
+
+    def n_voxels(self, subject: str) -> int:
+        """Voxels of a subject's responses (read from the header of one story's file, not its data)."""
+        stories = self.stories_for(subject)
+        if not stories:
+            raise FileNotFoundError(f"{subject} has no responses under {self.derivative / 'preprocessed_data'}")
+        path = self._existing_response_path(subject, stories[0])
+        with h5py.File(path, "r") as handle:
+            if "data" not in handle:
+                raise DataError(f"{path} has no dataset 'data' (datasets found: {sorted(handle.keys())})")
+            return int(handle["data"].shape[-1])
+
+    def _read_hf5(self, subject: str, story: str, key: str) -> np.ndarray:
+        path = self._existing_response_path(subject, story)
         with h5py.File(path, "r") as handle:
             if key not in handle:
                 raise DataError(f"{path} has no dataset {key!r} (datasets found: {sorted(handle.keys())})")

@@ -161,17 +161,21 @@ BACKENDS = ("pycortex", "nilearn")
 
 MAP_KINDS = {
     "noise_ceiling": "noise ceiling (cc_max); fixed range 0..1, sequential colormap",
-    "alignment": "brain alignment (r or r_norm); 0 .. 99th percentile, sequential colormap",
+    "alignment": "brain alignment (r or r_norm); 0 .. 99th percentile (at most 1), sequential colormap",
     "difference": "brain-tuned minus pretrained; symmetric around 0, diverging colormap",
-    "low_level_impact": "change in alignment from removing low-level features; symmetric around 0, diverging",
+    "low_level_impact": "drop of alignment from removing low-level features (%); fixed range -100..100, diverging",
+    "impact_difference": "brain-tuned minus pretrained low-level impact (percentage points); fixed range -100..100, "
+                         "diverging",
 }
 """Kinds of maps the notebooks draw, with their colour rules (see :func:`map_defaults`)."""
 
 _STYLES = {
-    "noise_ceiling": {"cmap": "inferno", "range": "fixed", "label": "noise ceiling (cc_max)"},
+    "noise_ceiling": {"cmap": "inferno", "range": (0.0, 1.0), "label": "noise ceiling (cc_max)"},
     "alignment": {"cmap": "inferno", "range": "positive", "label": "alignment"},
     "difference": {"cmap": "RdBu_r", "range": "symmetric", "label": "brain-tuned - pretrained"},
-    "low_level_impact": {"cmap": "PuOr_r", "range": "symmetric", "label": "low-level impact"},
+    "low_level_impact": {"cmap": "PuOr_r", "range": (-100.0, 100.0), "label": "low-level impact (% drop)"},
+    "impact_difference": {"cmap": "PuOr_r", "range": (-100.0, 100.0),
+                          "label": "low-level impact: brain-tuned - pretrained (pp)"},
 }
 _PERCENTILE = 99.0
 _FLATMAP_HEIGHT_PX = 1024  # pycortex's default; each height has its own ~15 s cache
@@ -421,9 +425,14 @@ def map_defaults(kind: str, values=None) -> dict:
     """Colormap and colour limits for a kind of map.
 
     Rules (see :data:`MAP_KINDS`): ``"noise_ceiling"`` 0..1 with ``inferno``;
-    ``"alignment"`` 0 .. 99th percentile of the finite values with ``inferno``;
-    ``"difference"`` (``RdBu_r``) and ``"low_level_impact"`` (``PuOr_r``)
-    symmetric around 0 at +- the 99th percentile of the absolute values.
+    ``"alignment"`` 0 .. the 99th percentile of the finite values, at most 1
+    (no model correlates better than 1, and ``r / cc_max`` above 1 only comes
+    from voxels with a low noise ceiling), with ``inferno``; ``"difference"``
+    (``RdBu_r``) symmetric around 0 at +- the 99th percentile of the absolute
+    values; ``"low_level_impact"`` and ``"impact_difference"`` (``PuOr_r``)
+    fixed at -100..100 %: a percentage drop has no bound where the original
+    alignment is near 0, and those voxels would otherwise set the range and
+    wash out the informative ones (they saturate instead).
 
     Parameters
     ----------
@@ -440,12 +449,12 @@ def map_defaults(kind: str, values=None) -> dict:
     """
     check_option("kind", kind, MAP_KINDS)
     style = _STYLES[kind]
-    limits = {"fixed": (0.0, 1.0), "positive": (0.0, None), "symmetric": (None, None)}[style["range"]]
+    limits = {"positive": (0.0, None), "symmetric": (None, None)}.get(style["range"], style["range"])
     if values is not None and None in limits:
         finite = np.asarray(values, dtype=np.float64)
         finite = finite[np.isfinite(finite)]
         if style["range"] == "positive":
-            top = np.percentile(finite, _PERCENTILE) if finite.size else 1.0
+            top = min(np.percentile(finite, _PERCENTILE), 1.0) if finite.size else 1.0
             limits = (0.0, float(top) if top > 0 else 1.0)
         else:
             top = np.percentile(np.abs(finite), _PERCENTILE) if finite.size else 1.0
@@ -1044,6 +1053,10 @@ def maps_from_results(subject: str, n_voxels: int, noise_ceiling: pd.DataFrame |
     values, kinds = {}, {}
 
     def per_voxel(rows: pd.DataFrame, column: str) -> np.ndarray:
+        repeated = rows.voxel[rows.voxel.duplicated()].unique()
+        if repeated.size:
+            raise ValueError(f"the {column} rows of subject {subject!r} repeat voxels {repeated[:5].tolist()} "
+                             "within one variant and layer; pass one model's table (filter by model)")
         out = np.full(n_voxels, np.nan)
         out[rows.voxel.to_numpy()] = rows[column].to_numpy(dtype=float)
         return out
@@ -1058,6 +1071,9 @@ def maps_from_results(subject: str, n_voxels: int, noise_ceiling: pd.DataFrame |
         if table is None:
             continue
         rows = table[table.subject == subject]
+        if "model" in rows and rows.model.nunique() > 1:
+            raise ValueError(f"the {prefix} table holds several models ({sorted(rows.model.unique())}); "
+                             "draw one model's maps at a time (filter the table by model)")
         if "feature_set" in rows:
             rows = rows[rows.feature_set == feature_set]
         for (variant, layer), group in rows.groupby(["variant", "layer"]):
@@ -1066,7 +1082,8 @@ def maps_from_results(subject: str, n_voxels: int, noise_ceiling: pd.DataFrame |
             reference = f"{prefix}_{reference_variant}_layer{layer}"
             if variant != reference_variant and reference in values:
                 add(f"{prefix}-difference_{variant}_layer{layer}",
-                    values[f"{prefix}_{variant}_layer{layer}"] - values[reference], "difference")
+                    values[f"{prefix}_{variant}_layer{layer}"] - values[reference],
+                    "difference" if prefix == "alignment" else "impact_difference")
     if not values:
         raise ValueError(f"no result rows for subject {subject!r}: give at least one of the tables")
     return values, kinds

@@ -81,7 +81,8 @@ def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | 
     FileNotFoundError
         Real data without ``atlas_dir`` or without ``<atlas_dir>/<subject>.npz``.
     DataError
-        The atlas file has no array ``parcel``, or an ROI group matches none of its voxels.
+        The atlas file has no array ``parcel``, its length differs from the
+        subject's voxel count, or an ROI group matches none of its voxels.
     """
     layout = dataset.voxel_layout(subject)
     if layout is not None and dataset.demo_info is not None:
@@ -101,6 +102,11 @@ def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | 
         if "parcel" not in atlas.files:
             raise DataError(f"{path} has no array 'parcel' (arrays found: {atlas.files})")
         parcels = atlas["parcel"]
+    n_voxels = dataset.n_voxels(subject)
+    if parcels.shape != (n_voxels,):
+        raise DataError(f"{path} gives parcels of shape {parcels.shape} but {subject}'s responses have {n_voxels} "
+                        "voxels: the atlas was projected into another voxel mask (ds003020 uses the pycortex "
+                        f"'thick' mask of transform {subject}_auto); rebuild it for that mask")
     rois = hcp_rois(parcels)
     for group, voxels in rois.items():
         if not voxels.size:

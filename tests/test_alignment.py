@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy.stats import false_discovery_control
 
 from bt_utils.alignment import (
     AlignmentSettings,
@@ -33,7 +34,10 @@ def test_score_layer_on_a_planted_linear_problem():
     assert table.r[:10].min() > 0.8 and table.r[10:].abs().max() < 0.35
     np.testing.assert_allclose(table.r_norm[:10], table.r[:10] / 0.8)
     assert table.r_norm[10:].isna().all()  # cc_max <= 0.05: excluded
-    assert table.significant[:10].all() and table.significant[10:].mean() < 0.1
+    assert table.significant[:10].all()
+    # FDR runs over the evaluated voxels only: excluded voxels have a p-value but no q-value
+    assert table.p_value.notna().all() and table.q_value[10:].isna().all() and not table.significant[10:].any()
+    np.testing.assert_allclose(table.q_value[:10], false_discovery_control(table.p_value[:10]))
     with pytest.raises(ValueError, match="do not pair"):
         score_layer(x_train[:-1], x_test, labels[:-1], targets, AlignmentSettings())
 

@@ -79,7 +79,11 @@ def test_map_defaults():
     assert maps.map_defaults("alignment", values)["vmax"] == pytest.approx(0.495)
     difference = maps.map_defaults("difference", np.r_[-2.0, np.zeros(200), 1.0])
     assert difference["cmap"] == "RdBu_r" and difference["vmin"] == -difference["vmax"] > -2
-    assert maps.map_defaults("low_level_impact", [np.nan])["vmax"] == 1.0  # no data: unit range
+    assert maps.map_defaults("alignment", np.r_[np.linspace(0, 0.5, 900), np.full(100, 3.0)])["vmax"] == 1.0
+    # a percentage drop is unbounded where the alignment is near 0: a fixed range keeps typical drops visible
+    drops = np.r_[np.random.default_rng(0).normal(20, 10, 950), np.full(50, 5000.0)]
+    for kind in ("low_level_impact", "impact_difference"):
+        assert (maps.map_defaults(kind, drops)["vmin"], maps.map_defaults(kind, drops)["vmax"]) == (-100.0, 100.0)
     with pytest.raises(ValueError, match="kind='snr'"):
         maps.map_defaults("snr")
 
@@ -356,6 +360,10 @@ def test_maps_from_results_places_values_and_differences():
     np.testing.assert_allclose(values["alignment-difference_tuned_layer3"][:2], [0.3, -0.3])
     assert np.isnan(values["alignment_tuned_layer3"][2])
     assert kinds["alignment-difference_tuned_layer3"] == "difference" and kinds["impact_tuned_layer3"] == "low_level_impact"
-    assert "impact-difference_tuned_layer3" in values
+    assert kinds["impact-difference_tuned_layer3"] == "impact_difference"
+    with pytest.raises(ValueError, match=r"several models \(\['m1', 'm2'\]\)"):
+        maps_from_results("A", 3, alignment=alignment.assign(model=["m1", "m2"] * 2))
+    with pytest.raises(ValueError, match=r"repeat voxels \[0\]"):
+        maps_from_results("A", 3, alignment=alignment.assign(voxel=[0, 0, 0, 1]))
     with pytest.raises(ValueError, match="no result rows for subject 'C'"):
         maps_from_results("C", 3)

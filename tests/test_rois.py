@@ -37,6 +37,10 @@ def test_real_data_needs_an_atlas(tmp_path):
     np.savez(tmp_path / "S01.npz", parcel=np.array(["L_A1_ROI", "", "R_V2_ROI", "L_45_ROI"]))
     rois = subject_rois(dataset, "S01", tmp_path)
     assert rois["primary_auditory"].tolist() == [0] and rois["late_language"].tolist() == [3]
+    assert dataset.n_voxels("S01") == 4
+    np.savez(tmp_path / "S01.npz", parcel=np.array(["L_A1_ROI", "", "R_V2_ROI", "L_45_ROI", "L_A1_ROI"]))
+    with pytest.raises(DataError, match=r"parcels of shape \(5,\) but S01's responses have 4 voxels"):
+        subject_rois(dataset, "S01", tmp_path)  # an atlas of another voxel mask would mislabel every voxel
     np.savez(tmp_path / "S01.npz", labels=np.array(["A1"]))
     with pytest.raises(DataError, match="no array 'parcel'"):
         subject_rois(dataset, "S01", tmp_path)
