@@ -19,9 +19,9 @@ def _demo_data(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo_data import prepare_demo_outputs
-    from .notebooks import NOTEBOOK_DIR
+    from .notebooks import default_notebook_dir
 
-    checkout = NOTEBOOK_DIR.parent
+    checkout = default_notebook_dir().parent  # a clear error where bt_utils was installed without its checkout
     spec = checkout / "papermill_runs" / "demo.yaml"
     started = time.perf_counter()
     data_root, sweep_dir = prepare_demo_outputs(checkout / "demo_output")
@@ -46,11 +46,17 @@ def _resource(text: str) -> tuple[str, float]:
 
 
 def _print_sweep(table) -> None:
+    import pandas as pd
+
     from .sweeps import count_states, describe_failures
 
-    shown = table[["run_id", "state", "duration_s", "started"]].assign(duration_s=table.duration_s.round(1))
+    # duration_s holds None (an object column) until a run has finished
+    durations = pd.to_numeric(table.duration_s).round(1)
+    shown = table[["run_id", "state", "duration_s", "started"]].assign(duration_s=durations)
     print(shown.astype(object).where(shown.notna(), "-").to_string(index=False))
     print(count_states(table))
+    for row in table[(table.state == "completed") & table.message.notna()].itertuples():
+        print(f"{row.run_id}: {row.message}")  # out of date: the next sweep runs it again
     failures = describe_failures(table)
     if failures:
         print(failures)

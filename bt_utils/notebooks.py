@@ -16,12 +16,39 @@ from .results import atomic_path
 log = logging.getLogger(__name__)
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-"""The notebooks of a source checkout (``notebooks/`` beside the package)."""
+"""The notebooks of a source checkout (``notebooks/`` beside the package); use :func:`default_notebook_dir`."""
+
+
+def default_notebook_dir() -> Path:
+    """The suite's notebook folder, :data:`NOTEBOOK_DIR`, checked to exist.
+
+    The notebooks and the sweep specifications (``papermill_runs/``) are not
+    part of the package: they are found beside it in a checkout installed with
+    ``pip install -e``.
+
+    Returns
+    -------
+    folder : Path
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``bt_utils`` was installed without its checkout (a wheel or
+        ``pip install git+...``); the message says how to install it instead.
+    """
+    if not NOTEBOOK_DIR.is_dir():
+        raise FileNotFoundError(
+            f"the suite's notebooks folder {NOTEBOOK_DIR} does not exist: bt_utils in {Path(__file__).parent} was "
+            "installed without its checkout (from a wheel or a git URL), which leaves out notebooks/ and "
+            "papermill_runs/. Install it from a checkout of the repository (`pip install -e <checkout>`), or pass "
+            "the notebooks folder of a checkout (notebook_dir=... in Python, --notebooks DIR for `bt sweep`)"
+        )
+    return NOTEBOOK_DIR
 
 
 def notebook_path(name: str, notebook_dir: str | os.PathLike | None = None) -> Path:
-    """Path of a notebook by name (``"00_data"`` or ``"00_data.ipynb"``)."""
-    folder = Path(notebook_dir) if notebook_dir is not None else NOTEBOOK_DIR
+    """Path of a notebook by name (``"00_data"`` or ``"00_data.ipynb"``) in ``notebook_dir`` (default: the suite's)."""
+    folder = Path(notebook_dir) if notebook_dir is not None else default_notebook_dir()
     path = folder / (name if name.endswith(".ipynb") else f"{name}.ipynb")
     if not path.is_file():
         available = sorted(p.stem for p in folder.glob("*.ipynb")) if folder.is_dir() else []
@@ -60,8 +87,10 @@ def execute_notebook(
     name : str
         Notebook name, e.g. ``"00_data"``.
     output_dir : path-like
-        Folder of the executed notebook, created if needed. The notebook's own
-        ``output_dir`` parameter defaults to this folder.
+        Folder of the executed notebook, created if needed; a relative path is
+        taken from the current folder (papermill runs the kernel in the
+        notebook's folder). The notebook's own ``output_dir`` parameter
+        defaults to this folder, as an absolute path.
     parameters : mapping, optional
         Values for the notebook's ``parameters`` cell.
     html : bool
@@ -75,7 +104,7 @@ def execute_notebook(
         (with ``html``, also rendered as ``<name>.failed.html``).
     """
     source = notebook_path(name, notebook_dir)
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"output_dir": str(output_dir), **(parameters or {})}
     executed = output_dir / source.name

@@ -74,18 +74,30 @@ Run folders
     ``<out>/<stage>/<axis values>-<hash>``: the executed notebook, its HTML,
     whatever the notebook writes to ``output_dir`` and ``status.json`` (state
     ``queued``, ``running``, ``completed``, ``failed`` or ``skipped``, the
-    parameters, start and end times, duration and, for a failure, the error's
+    parameters (the notebook's own defaults of those the sweep does not set
+    included), start and end times, duration, ``inputs`` (the end time of
+    each run it depends on, as it read them) and, for a failure, the error's
     type and message and the failing cell's index in the notebook and its
     source; the partial notebook stays as ``<notebook>.failed.ipynb`` and
     ``.failed.html``). The 8-character hash covers the notebook's name and all
-    parameters (references to other runs included, written relative to the
-    sweep folder so that the sweep folder can be moved); editing a notebook
-    does not change it, so delete a run folder to run it again. A rerun skips
-    the runs already completed with the same parameters and runs the others
-    again in the same folder (a notebook that checkpoints can resume).
-    ``<out>/runs_index.csv`` lists every run (:data:`INDEX_COLUMNS`, plus one
-    column per axis) and is rewritten atomically as runs finish. Run one sweep
-    at a time in a folder.
+    parameters: those the sweep sets (references to other runs included,
+    written relative to the sweep folder so that the sweep folder can be
+    moved) over the defaults of the notebook's ``parameters`` cell. Editing
+    the rest of a notebook does not change it, so delete a run folder to run
+    it again.
+
+Reruns
+    A rerun skips the runs already completed with the same parameters and
+    runs the others again in the same folder (a notebook that checkpoints can
+    resume), as ``make`` does: a completed run also runs again when a run it
+    depends on runs in this sweep or has run again since it read its results
+    (e.g. all the dependants of a deleted run folder, or a summary whose
+    parameters did not change while the runs it reads did); ``bt sweep
+    status`` lists them with the reason (:func:`out_of_date`). ``<out>/runs_index.csv``
+    lists every run (:data:`INDEX_COLUMNS`, plus one column per axis) and is
+    rewritten atomically as runs finish. A sweep holds ``<out>/sweep.lock``
+    (:func:`sweep_lock`) while it runs, so a second sweep in the same folder
+    stops with an error naming the first one.
 
 Notebooks in a sweep
     Have exactly one cell tagged ``parameters`` that declares ``output_dir``
@@ -129,6 +141,7 @@ and ``bt sweep status SPEC [--out DIR]`` (both take ``--notebooks DIR``).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import datetime as _dt
 import hashlib
@@ -152,7 +165,7 @@ import pandas as pd
 import papermill
 import yaml
 
-from .notebooks import NOTEBOOK_DIR, execute_notebook, notebook_path
+from .notebooks import default_notebook_dir, execute_notebook, notebook_path
 from .results import write_json, write_table
 
 if TYPE_CHECKING:  # distributed is imported only when a sweep runs
@@ -174,6 +187,8 @@ INDEX_COLUMNS = (
 )
 """Columns of the runs index; the grid's axes come between ``stage`` and ``state``."""
 STATUS_NAME = "status.json"
+LOCK_NAME = "sweep.lock"
+"""The lock file a running sweep holds in its sweep folder (JSON: host, pid, start time)."""
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{(?P<name>[A-Za-z_]\w*)(?::(?P<argument>[^{}]*))?\}")
 """A placeholder ``{name}`` or ``{name:argument}``, or an escaped brace ``{{`` / ``}}``."""
@@ -183,6 +198,10 @@ _SOURCE_EXCERPT_LINES = 12
 
 class SweepSpecError(ValueError):
     """A sweep specification that cannot be run; the message names the bad value."""
+
+
+class SweepLockedError(FileExistsError):
+    """Another sweep holds the sweep folder's lock file; the message names it, its holder and what to do."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +219,9 @@ class Stage:
     parameters : dict
         The spec's defaults the notebook declares, updated with the stage's
         parameters; placeholders not yet expanded.
+    notebook_defaults : dict
+        The notebook's own defaults (its ``parameters`` cell, ``output_dir``
+        left out): Python literals as values, other expressions as source text.
     resources : dict
         Dask resources each run needs.
     after : tuple of str
@@ -215,6 +237,7 @@ class Stage:
     notebook: str
     over: tuple[str, ...]
     parameters: dict
+    notebook_defaults: dict
     resources: dict
     after: tuple[str, ...]
     passed_axes: tuple[str, ...]
@@ -257,9 +280,14 @@ class Run:
     axes : dict
         The run's value of each axis its stage varies over.
     parameters : dict
-        The notebook parameters (placeholders expanded, ``output_dir`` left out).
+        The parameters the sweep passes to the notebook (placeholders
+        expanded, ``output_dir`` left out).
+    defaults : dict
+        The notebook's own defaults of its other parameters (see
+        :attr:`Stage.notebook_defaults`), recorded with ``parameters``.
     fingerprint : str
-        8 hex digits of the hash of the notebook and its parameters.
+        8 hex digits of the hash of the notebook and its parameters (its
+        defaults included).
     path : Path
         Run folder (the notebook's ``output_dir``).
     depends_on : tuple of str
@@ -274,6 +302,7 @@ class Run:
     notebook: str
     axes: dict
     parameters: dict
+    defaults: dict
     fingerprint: str
     path: Path
     depends_on: tuple[str, ...]
@@ -317,7 +346,7 @@ def load_spec(path: str | os.PathLike, notebook_dir: str | os.PathLike | None = 
     _check_keys(raw, SPEC_KEYS, where)
     name = str(raw.get("name") or path.stem)
     _check_folder_name(name, f"{where}: sweep name")
-    folder = Path(notebook_dir) if notebook_dir is not None else NOTEBOOK_DIR
+    folder = Path(notebook_dir) if notebook_dir is not None else default_notebook_dir()
     grid = _parse_grid(raw.get("grid") or {}, where)
     defaults = _mapping(raw.get("defaults") or {}, f"{where}: defaults")
     if "output_dir" in defaults:
@@ -395,9 +424,10 @@ def _parse_stage(
         raise SweepSpecError(f"{where}: another stage is already named {name!r}; give one of them a distinct 'name'")
     _check_folder_name(name, f"{where}: stage name")
     try:
-        declared = _declared_parameters(notebook_path(notebook, notebook_dir), where)
+        notebook_defaults = _notebook_defaults(notebook_path(notebook, notebook_dir), where)
     except FileNotFoundError as error:
         raise SweepSpecError(f"{where}: {error}") from None
+    declared = set(notebook_defaults)
     over = _parse_over(raw.get("over"), where, grid)
     parameters = _parse_parameters(raw.get("parameters") or {}, where, notebook, declared, over)
     merged = {key: value for key, value in defaults.items() if key in declared} | parameters
@@ -413,8 +443,9 @@ def _parse_stage(
     resources = _parse_resources(raw.get("resources") or {}, where)
     passed_axes = tuple(axis for axis in over if axis in declared)
     only = _parse_only(raw.get("only") or {}, where, grid, over)
-    stage = Stage(name, notebook, over, merged, resources, tuple(dict.fromkeys([*after, *referenced])), passed_axes,
-                  only)
+    own_defaults = {key: value for key, value in notebook_defaults.items() if key != "output_dir"}  # the run folder
+    stage = Stage(name, notebook, over, merged, own_defaults, resources, tuple(dict.fromkeys([*after, *referenced])),
+                  passed_axes, only)
     return stage, declared
 
 
@@ -438,16 +469,30 @@ def _parameters_cell(notebook: nbformat.NotebookNode, where: str) -> int:
     return tagged[0]
 
 
-def _declared_parameters(path: Path, where: str) -> set[str]:
-    """The names assigned in a notebook's parameters cell (papermill's reading of it)."""
+def _notebook_defaults(path: Path, where: str) -> dict:
+    """The names assigned in a notebook's parameters cell and their values (papermill's reading of it).
+
+    A value that is a Python literal JSON can write (``[4]``, ``"S1"``,
+    ``None``) is returned as that value, any other expression as its source text.
+    """
     _parameters_cell(nbformat.read(path, as_version=4), f"{where}: {path}")
-    declared = set(papermill.inspect_notebook(str(path)))
-    if "output_dir" not in declared:
+    defaults = {name: _default_value(found["default"]) for name, found in papermill.inspect_notebook(str(path)).items()}
+    if "output_dir" not in defaults:
         raise SweepSpecError(
             f"{where}: notebook {path} does not declare output_dir in its parameters cell; "
             "sweeps set it to the run folder, where the notebook must write its outputs"
         )
-    return declared
+    return defaults
+
+
+def _default_value(source: str) -> object:
+    """A default's value when its source text is a literal JSON can write, else the source text."""
+    try:
+        value = ast.literal_eval(source)
+        json.dumps(value, sort_keys=True)  # e.g. a set or non-string keys: keep the source text
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return source
+    return value
 
 
 def _parse_parameters(raw: object, where: str, notebook: str, declared: set[str], over: tuple[str, ...]) -> dict:
@@ -629,7 +674,9 @@ def _plan_run(spec: SweepSpec, stage: Stage, axes: dict, by_stage: dict, out: Pa
         }
 
     parameters = _expand(stage.parameters, relative, unescape=False) | {axis: axes[axis] for axis in stage.passed_axes}
-    identity = json.dumps({"notebook": stage.notebook, "parameters": parameters}, sort_keys=True, default=str)
+    defaults = {name: value for name, value in stage.notebook_defaults.items() if name not in parameters}
+    identity = json.dumps({"notebook": stage.notebook, "parameters": defaults | parameters}, sort_keys=True,
+                          default=str)
     fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:8]
     readable = "-".join(_UNSAFE_CHARACTERS.sub("_", str(value)) for value in axes.values()) or "all"
     run_id = f"{stage.name}/{readable[:80]}-{fingerprint}"
@@ -637,7 +684,7 @@ def _plan_run(spec: SweepSpec, stage: Stage, axes: dict, by_stage: dict, out: Pa
     return Run(
         run_id=run_id, stage=stage.name, notebook=stage.notebook, axes=axes,
         parameters=_expand(parameters, lambda name, argument: None if argument else roots.get(name), unescape=True),
-        fingerprint=fingerprint, path=out / run_id, depends_on=tuple(depends_on),
+        defaults=defaults, fingerprint=fingerprint, path=out / run_id, depends_on=tuple(depends_on),
         resources=stage.resources, notebook_dir=spec.notebook_dir,
     )
 
@@ -690,7 +737,7 @@ def _write_status(run: Run, state: str, **fields) -> dict:
     """Write ``status.json`` of a run (atomically) and return it."""
     status = {
         "run_id": run.run_id, "stage": run.stage, "notebook": run.notebook, "state": state,
-        "axes": run.axes, "parameters": run.parameters, "fingerprint": run.fingerprint,
+        "axes": run.axes, "parameters": run.defaults | run.parameters, "fingerprint": run.fingerprint,
         "host": platform.node(), **fields,
     }
     write_json(status, run.path / STATUS_NAME)
@@ -709,20 +756,25 @@ def read_status(run: Run) -> dict | None:
     return status if status.get("fingerprint") == run.fingerprint else None
 
 
-def _execute(run: Run, *upstream: dict) -> dict:
+def _execute(run: Run, inputs: dict[str, str], *upstream: dict) -> dict:
     """Execute one run on a worker (never raises): its final status.
 
-    ``upstream`` are the final statuses of the runs it depends on that this
-    sweep executed; the run is skipped when one of them did not complete.
+    ``inputs`` are the ``finished`` times of the runs it depends on that had
+    completed before this sweep; ``upstream`` are the final statuses of those
+    this sweep executed. The run is skipped when one of them did not complete;
+    else its status records the ``finished`` time of every run it depends on
+    as ``inputs``, to tell later whether one of them ran again since.
     """
     unfinished = [status["run_id"] for status in upstream if status["state"] != "completed"]
     if unfinished:
         return _write_status(run, "skipped", reason=f"dependency failed: {', '.join(unfinished)}")
+    inputs = inputs | {status["run_id"]: status["finished"] for status in upstream}
     started, clock = _now(), time.perf_counter()
-    _write_status(run, "running", started=started)
+    _write_status(run, "running", started=started, inputs=inputs)
 
     def timing() -> dict:
-        return {"started": started, "finished": _now(), "duration_s": round(time.perf_counter() - clock, 3)}
+        return {"started": started, "finished": _now(), "duration_s": round(time.perf_counter() - clock, 3),
+                "inputs": inputs}
 
     try:
         execute_notebook(run.notebook, run.path, run.parameters, notebook_dir=run.notebook_dir)
@@ -744,7 +796,52 @@ def _describe_error(error: Exception, run: Run) -> dict:
     return {"type": error.ename, "message": error.evalue, "cell": cell, "source": excerpt}
 
 
+def out_of_date(runs: Sequence[Run], statuses: Mapping[str, dict | None]) -> dict[str, str]:
+    """The completed runs that must run again because a run they depend on changed (as ``make`` does).
+
+    A completed run is out of date when a run it depends on will run in this
+    sweep (it has not completed, or is itself out of date), or has finished
+    again since this run read its results: its ``finished`` time differs from
+    the one this run's status recorded in ``inputs`` (e.g. its folder was
+    deleted and it ran again in a sweep interrupted before its dependants did).
+    Once a sweep has completed every run, none is out of date.
+
+    Parameters
+    ----------
+    runs : sequence of Run
+        Runs in dependency order (:func:`plan_runs`).
+    statuses : mapping
+        ``run_id -> status`` (:func:`read_status`; None for a run without one).
+
+    Returns
+    -------
+    reasons : dict of str to str
+        ``run_id -> why it runs again`` for each out-of-date run.
+    """
+    reasons: dict[str, str] = {}
+    for run in runs:
+        status = statuses[run.run_id]
+        if (status or {}).get("state") != "completed":
+            continue
+        rerun = [run_id for run_id in run.depends_on
+                 if run_id in reasons or (statuses[run_id] or {}).get("state") != "completed"]
+        inputs = status.get("inputs") or {}
+        redone = [run_id for run_id in run.depends_on
+                  if run_id not in rerun and inputs.get(run_id) != statuses[run_id].get("finished")]
+        if rerun:
+            reasons[run.run_id] = f"out of date: {_some(rerun)} will run again"
+        elif redone:
+            reasons[run.run_id] = f"out of date: {_some(redone)} ran again since"
+    return reasons
+
+
+def _some(run_ids: list[str], shown: int = 3) -> str:
+    more = f" and {len(run_ids) - shown} more" if len(run_ids) > shown else ""
+    return ", ".join(run_ids[:shown]) + more
+
+
 def _table(spec: SweepSpec, runs: list[Run], statuses: Mapping[str, dict | None]) -> pd.DataFrame:
+    notes = out_of_date(runs, statuses)
     rows = []
     for run in runs:
         status = statuses[run.run_id] or {}
@@ -753,7 +850,8 @@ def _table(spec: SweepSpec, runs: list[Run], statuses: Mapping[str, dict | None]
             "run_id": run.run_id, "stage": run.stage, **{axis: run.axes.get(axis) for axis in spec.grid},
             "state": status.get("state", "missing"), "started": status.get("started"),
             "finished": status.get("finished"), "duration_s": status.get("duration_s"),
-            "error_type": error.get("type"), "message": error.get("message", status.get("reason")),
+            "error_type": error.get("type"),
+            "message": error.get("message", status.get("reason", notes.get(run.run_id))),
             "error_cell": error.get("cell"), "error_source": error.get("source"), "path": str(run.path),
         })
     columns = [*INDEX_COLUMNS[:2], *spec.grid, *INDEX_COLUMNS[2:]]
@@ -794,7 +892,9 @@ def sweep_status(
     table : DataFrame
         One row per planned run with the columns of :data:`INDEX_COLUMNS` and
         one per grid axis; ``state`` is one of :data:`STATES` (``missing``: the
-        run has no status for these parameters yet).
+        run has no status for these parameters yet). The ``message`` of a
+        completed run that the next sweep runs again says why
+        (:func:`out_of_date`).
     """
     spec = _as_spec(spec, notebook_dir)
     runs = plan_runs(spec, sweep_dir(spec, out_dir))
@@ -837,23 +937,33 @@ def run_sweep(
         The final :func:`sweep_status` table, also written to
         ``<out_dir>/runs_index.csv``; :func:`describe_failures` reports its
         failed runs with their cells. Runs are logged as they finish.
+
+    Raises
+    ------
+    SweepLockedError
+        When another sweep is running in ``out_dir`` (it holds
+        ``<out_dir>/sweep.lock``, which this sweep holds until it returns or raises).
     """
     if not isinstance(n_workers, int) or n_workers < 1:
         raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
     spec = _as_spec(spec, notebook_dir)
     out = sweep_dir(spec, out_dir)
     runs = plan_runs(spec, out)
-    statuses = {run.run_id: read_status(run) for run in runs}
-    pending = [run for run in runs if (statuses[run.run_id] or {}).get("state") != "completed"]
-    log.info("sweep %s: %d runs, %d to run, in %s", spec.name, len(runs), len(pending), out)
+    with sweep_lock(out):
+        statuses = {run.run_id: read_status(run) for run in runs}
+        stale = out_of_date(runs, statuses)
+        pending = [run for run in runs
+                   if run.run_id in stale or (statuses[run.run_id] or {}).get("state") != "completed"]
+        log.info("sweep %s: %d runs, %d to run (%d out of date), in %s",
+                 spec.name, len(runs), len(pending), len(stale), out)
 
-    def write_index() -> None:
-        write_table(_table(spec, runs, statuses), out / INDEX_NAME)
+        def write_index() -> None:
+            write_table(_table(spec, runs, statuses), out / INDEX_NAME)
 
-    write_index()
-    if pending:
-        with _connect(cluster, n_workers, local_resources) as (client, honour_resources):
-            _run_pending(client, pending, statuses, honour_resources, write_index)
+        write_index()
+        if pending:
+            with _connect(cluster, n_workers, local_resources) as (client, honour_resources):
+                _run_pending(client, pending, statuses, honour_resources, write_index)
     table = _table(spec, runs, statuses)
     log.info("sweep %s: %s", spec.name, count_states(table))
     return table
@@ -871,8 +981,9 @@ def _run_pending(
     for run in pending:
         statuses[run.run_id] = _write_status(run, "queued", queued=_now())
         upstream = [futures[run_id] for run_id in run.depends_on if run_id in futures]
+        inputs = {run_id: statuses[run_id]["finished"] for run_id in run.depends_on if run_id not in futures}
         futures[run.run_id] = client.submit(
-            _execute, run, *upstream, key=f"{run.stage}-{uuid.uuid4().hex}", pure=False,
+            _execute, run, inputs, *upstream, key=f"{run.stage}-{uuid.uuid4().hex}", pure=False,
             resources=(run.resources or None) if honour_resources else None, priority=priorities[run.run_id],
         )
     on_change()
@@ -890,6 +1001,96 @@ def _run_pending(
     if lost:
         _record_lost(pending, lost, statuses)
         on_change()
+
+
+@contextlib.contextmanager
+def sweep_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold the lock file of a sweep folder so that no other sweep runs there meanwhile.
+
+    The lock, ``<out_dir>/sweep.lock``, is created atomically (``O_EXCL``) and
+    holds the host, process id and start time of its holder; it is removed
+    when the block exits, also on an error. A lock left by a process of this
+    host that no longer exists (a killed sweep) is taken over with a warning.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        The sweep folder, created if needed.
+
+    Yields
+    ------
+    lock : Path
+        The lock file.
+
+    Raises
+    ------
+    SweepLockedError
+        When another sweep holds the lock; the message names the lock file and
+        its holder and says how to remove a stale lock.
+    """
+    path = Path(out_dir) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = {"host": platform.node(), "pid": os.getpid(), "started": _now(), "token": uuid.uuid4().hex}
+    _take_lock(path, mine)
+    try:
+        yield path
+    finally:
+        if _read_lock(path) == mine:
+            path.unlink()
+        else:
+            log.warning("the sweep lock %s was replaced or removed while this sweep held it; left as it is", path)
+
+
+def _take_lock(path: Path, mine: dict) -> None:
+    taken_over = False
+    while True:
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder is None:  # released in between: try again
+                continue
+            if not taken_over and _died_here(holder):
+                log.warning("taking over the stale sweep lock %s: its holder, pid %s on this host (%s), has ended",
+                            path, holder["pid"], holder["host"])
+                path.unlink(missing_ok=True)
+                taken_over = True  # once: a lock that reappears belongs to a sweep that started meanwhile
+                continue
+            raise SweepLockedError(
+                f"another sweep is running in {path.parent}: its lock file {path} is held by pid "
+                f"{holder.get('pid', '?')} on host {holder.get('host', '?')} (since {holder.get('started', '?')}). "
+                f"Wait for that sweep to end; if it no longer runs (it was killed on another host, or its machine "
+                f"restarted), delete {path} and run again"
+            ) from None
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(mine, handle)
+        return
+
+
+def _read_lock(path: Path) -> dict | None:
+    """The holder written in a lock file; None when there is no lock, {} when it cannot be read."""
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _died_here(holder: dict) -> bool:
+    """Whether a lock's holder was a process of this host that no longer exists."""
+    pid = holder.get("pid")
+    if (holder.get("host") != platform.node() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0
+            or os.name == "nt"):  # on Windows, os.kill ends the process whatever the signal
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
 
 
 def critical_path_priorities(runs: Sequence[Run]) -> dict[str, int]:

@@ -6,7 +6,12 @@ file exists) -> ``compare`` (per subject, all models) -> ``summary`` (one run).
 """
 
 import json
+import os
+import platform
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dask
@@ -18,6 +23,8 @@ import yaml
 from bt_utils import cli
 from bt_utils.sweeps import (
     INDEX_NAME,
+    LOCK_NAME,
+    SweepLockedError,
     SweepSpecError,
     count_states,
     critical_path_priorities,
@@ -25,6 +32,7 @@ from bt_utils.sweeps import (
     load_spec,
     plan_runs,
     run_sweep,
+    sweep_lock,
     sweep_status,
 )
 
@@ -68,6 +76,21 @@ def executions(folder: Path) -> list[str]:
 def changed_stages(before: list[str], after: list[str]) -> set[str]:
     """Stages with a run id that differs between two plans of the same grid."""
     return {old.split("/")[0] for old, new in zip(before, after, strict=True) if old != new}
+
+
+def started_times(table: pd.DataFrame) -> dict[str, str]:
+    """``run_id -> started`` read from the runs' status files (a run that ran again has a new one)."""
+    return {run_id: json.loads(Path(path, "status.json").read_text())["started"] for run_id, path in table.path.items()}
+
+
+def set_default(notebook: Path, line: str) -> None:
+    """Add (or replace) a line ``name = value`` in the parameters cell of a notebook file."""
+    content = nbformat.read(notebook, as_version=4)
+    cell = next(cell for cell in content.cells if "parameters" in cell.metadata.get("tags", []))
+    name = line.split("=")[0].strip()
+    kept = [old for old in cell.source.splitlines() if old.split("=")[0].strip() != name]
+    cell.source = "\n".join([*kept, line])
+    nbformat.write(content, notebook)
 
 
 def failing_cell(notebook: str, text: str) -> int:
@@ -128,6 +151,32 @@ def test_run_names_survive_moving_the_sweep_and_follow_the_parameters(tmp_path):
 
     retargeted = [run.run_id for run in plan_runs(load_spec(write_spec(tmp_path, retarget), FIXTURES), tmp_path / "a")]
     assert changed_stages(original, retargeted) == {"train", "compare", "summary"}
+
+
+def test_the_notebooks_own_defaults_enter_the_run_hash(tmp_path):
+    notebooks = shutil.copytree(FIXTURES, tmp_path / "notebooks")
+    spec = write_spec(tmp_path)
+
+    def plan():
+        return plan_runs(load_spec(spec, notebooks), tmp_path / "sweep")
+
+    original = plan()
+    set_default(notebooks / "train.ipynb", "layers = [4]")
+    with_layers = plan()
+    assert changed_stages([run.run_id for run in original], [run.run_id for run in with_layers]) == {
+        "train", "compare", "summary"}
+    train = next(run for run in with_layers if run.stage == "train")
+    assert train.defaults == {"layers": [4]} and "layers" not in train.parameters  # the notebook keeps its own
+    set_default(notebooks / "train.ipynb", "layers = [5]")
+    changed = [run.run_id for run in plan()]
+    assert changed_stages([run.run_id for run in with_layers], changed) == {"train", "compare", "summary"}
+    set_default(notebooks / "train.ipynb", "layers = list(range(4))")  # not a literal: its source text counts
+    assert next(run for run in plan() if run.stage == "train").defaults == {"layers": "list(range(4))"}
+
+    # a default that the sweep overrides does not count
+    set_default(notebooks / "train.ipynb", "layers = [5]")
+    set_default(notebooks / "prepare.ipynb", "scale = 9.0")  # the spec sets scale: 2.0
+    assert [run.run_id for run in plan()] == changed
 
 
 def test_placeholders_expand_to_folders_and_axis_values(tmp_path):
@@ -330,6 +379,20 @@ def test_cli_runs_a_sweep_on_a_scheduler_address_and_reports_status(client, tmp_
     assert re.search(r"FAILED train/S1-bad-[0-9a-f]{8} in cell \d+: RuntimeError: planted failure for S1 bad", printed)
     assert cli.main(["sweep", "status", *arguments]) == 0
     assert "3 runs: 2 completed, 1 failed" in capsys.readouterr().out
+    prepare = next((tmp_path / "sweep" / "prepare").iterdir())
+    shutil.rmtree(prepare)
+    assert cli.main(["sweep", "status", *arguments]) == 0
+    printed = capsys.readouterr().out
+    assert "3 runs: 1 missing, 1 completed, 1 failed" in printed
+    assert re.search(rf"train/S1-good-[0-9a-f]{{8}}: out of date: prepare/{prepare.name} will run again", printed)
+
+
+def test_cli_status_of_a_sweep_that_has_not_run(tmp_path, capsys):
+    arguments = [str(FIXTURES / "example.yaml"), "--out", str(tmp_path / "sweep"), "--notebooks", str(FIXTURES)]
+    assert cli.main(["sweep", "status", *arguments]) == 0
+    printed = capsys.readouterr().out
+    assert "9 runs: 9 missing" in printed
+    assert re.search(r"prepare/S1-[0-9a-f]{8} +missing +- +-", printed)
 
 
 def test_cli_reports_a_bad_specification(tmp_path, capsys):
@@ -391,3 +454,143 @@ def test_demo_sweep_priorities_follow_its_longest_chains(tmp_path):
     assert by_stage["summary", None] == {1}
     # dependencies outside the list are ignored: without the 00_data runs, tuning heads the chains
     assert max(critical_path_priorities(runs[3:]).values()) == 5
+
+
+# --- reruns of upstream runs ------------------------------------------------------------------
+
+
+def test_the_dependants_of_a_run_that_runs_again_run_again_and_a_finished_sweep_reruns_nothing(client, tmp_path):
+    spec = write_spec(tmp_path, lambda spec: instrument(spec, tmp_path))
+    out = tmp_path / "sweep"
+    first = run_sweep(spec, out, cluster=client, notebook_dir=FIXTURES).set_index("run_id")
+    assert count_states(first) == "9 runs: 9 completed"
+    before, executed = started_times(first), executions(tmp_path)
+    summary = first.index[first.stage == "summary"][0]
+
+    def subject_runs(subject):
+        return set(first.index[first.subject == subject]) | {summary}
+
+    # all completed: a second sweep runs nothing
+    again = run_sweep(spec, out, cluster=client, notebook_dir=FIXTURES)
+    assert count_states(again) == "9 runs: 9 completed"
+    assert started_times(first) == before and executions(tmp_path) == executed
+
+    # deleting a run folder runs it again, and every run that depends on it
+    prepare_s1 = first.index[(first.stage == "prepare") & (first.subject == "S1")][0]
+    shutil.rmtree(first.path[prepare_s1])
+    status = sweep_status(spec, out, notebook_dir=FIXTURES).set_index("run_id")
+    assert status.state[prepare_s1] == "missing"
+    for run_id in subject_runs("S1") - {prepare_s1}:
+        assert status.state[run_id] == "completed"
+        assert status.message[run_id].startswith("out of date: ") and "will run again" in status.message[run_id]
+    assert status.message[list(subject_runs("S2") - {summary})].isna().all()
+    rerun = run_sweep(spec, out, cluster=client, notebook_dir=FIXTURES)
+    assert count_states(rerun) == "9 runs: 9 completed" and rerun.message.isna().all()
+    after = started_times(first)
+    assert {run_id for run_id in before if after[run_id] != before[run_id]} == subject_runs("S1")
+    assert sorted(executions(tmp_path)[len(executed):]) == sorted(
+        Path(first.path[run_id]).name for run_id in subject_runs("S1") if first.stage[run_id] in ("prepare", "train"))
+
+    # a sweep interrupted once a run ran again, before its dependants did: the next sweep runs them
+    def prepare_only(spec):
+        instrument(spec, tmp_path)
+        spec.update(grid={"subject": ["S1", "S2"]}, stages=spec["stages"][:1])
+
+    prepare_s2 = first.index[(first.stage == "prepare") & (first.subject == "S2")][0]
+    shutil.rmtree(first.path[prepare_s2])
+    (tmp_path / "prepare").mkdir()
+    partial = run_sweep(write_spec(tmp_path / "prepare", prepare_only), out, cluster=client, notebook_dir=FIXTURES)
+    assert partial.run_id.tolist() == [prepare_s1, prepare_s2]
+    before = started_times(first)
+    assert before[prepare_s1] == after[prepare_s1]  # ran only the missing run
+    status = sweep_status(spec, out, notebook_dir=FIXTURES).set_index("run_id")
+    assert set(status.index[status.message.notna()]) == subject_runs("S2") - {prepare_s2}
+    for run_id in first.index[(first.stage == "train") & (first.subject == "S2")]:
+        assert status.message[run_id] == f"out of date: {prepare_s2} ran again since"
+    final = run_sweep(spec, out, cluster=client, notebook_dir=FIXTURES)
+    assert count_states(final) == "9 runs: 9 completed"
+    after = started_times(first)
+    assert {run_id for run_id in before if after[run_id] != before[run_id]} == subject_runs("S2") - {prepare_s2}
+    assert set(sweep_status(spec, out, notebook_dir=FIXTURES).message.dropna()) == set()
+
+
+def test_a_run_with_unchanged_parameters_runs_again_after_the_runs_it_waits_for_changed(client, tmp_path):
+    """Like the demo's summary: its parameters name no run, so its hash stays when the earlier runs change."""
+    def with_final(scale):
+        def change(spec):
+            instrument(spec, tmp_path)
+            spec["stages"][0]["parameters"]["scale"] = scale
+            spec.update(grid={"subject": ["S1", "S2"]},
+                        stages=[spec["stages"][0], {"notebook": "prepare", "name": "final", "over": []}])
+        return change
+
+    out = tmp_path / "sweep"
+    first = run_sweep(write_spec(tmp_path, with_final(2.0)), out, cluster=client, notebook_dir=FIXTURES)
+    final = first.run_id[first.stage == "final"].iloc[0]
+    second = run_sweep(write_spec(tmp_path, with_final(3.0)), out, cluster=client, notebook_dir=FIXTURES)
+    assert second.run_id[second.stage == "final"].iloc[0] == final
+    assert count_states(second) == "3 runs: 3 completed"
+    ran = [name for name in executions(tmp_path) if name.startswith("all-")]
+    assert ran == [Path(final).name] * 2
+    # its record: the notebook's own defaults with the sweep's value, the runs it read and when they finished
+    record = json.loads(Path(second.path[second.stage == "final"].iloc[0], "status.json").read_text())
+    assert record["parameters"] == {"subject": "S1", "scale": 1.0, "counter_file": str(tmp_path / "counter.txt")}
+    assert record["inputs"] == dict(zip(second.run_id[second.stage == "prepare"],
+                                        second.finished[second.stage == "prepare"], strict=True))
+
+
+# --- one sweep at a time in a folder ----------------------------------------------------------
+
+
+def single_run(spec):
+    spec.update(grid={"subject": ["S1"]}, stages=spec["stages"][:1])
+
+
+def ended_process() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize("holder", ["running here", "ended elsewhere"])
+def test_a_second_sweep_in_a_folder_stops_and_names_the_lock(tmp_path, capsys, holder):
+    spec = write_spec(tmp_path, single_run)
+    out = tmp_path / "sweep"
+    out.mkdir()
+    lock = out / LOCK_NAME
+    host, pid = (platform.node(), os.getppid()) if holder == "running here" else ("elsewhere", ended_process())
+    lock.write_text(json.dumps({"host": host, "pid": pid, "started": "2030-01-02T03:04:05.000+00:00"}))
+    expected = (rf"another sweep is running in {re.escape(str(out))}: its lock file {re.escape(str(lock))} is held "
+                rf"by pid {pid} on host {host} \(since 2030-01-02.*delete {re.escape(str(lock))} and run again")
+    with pytest.raises(SweepLockedError, match=expected):
+        run_sweep(spec, out, cluster="local", notebook_dir=FIXTURES)
+    assert cli.main(["sweep", "run", str(spec), "--out", str(out), "--notebooks", str(FIXTURES)]) == 2
+    assert re.search(expected, capsys.readouterr().err)
+    assert [path.name for path in out.iterdir()] == [LOCK_NAME]  # no status touched, nothing run
+    assert json.loads(lock.read_text())["pid"] == pid
+
+
+def test_a_lock_left_by_an_ended_sweep_of_this_host_is_taken_over_and_released(client, tmp_path, caplog):
+    spec = write_spec(tmp_path, single_run)
+    out = tmp_path / "sweep"
+    out.mkdir()
+    pid = ended_process()
+    (out / LOCK_NAME).write_text(json.dumps({"host": platform.node(), "pid": pid, "started": "2030-01-01"}))
+    table = run_sweep(spec, out, cluster=client, notebook_dir=FIXTURES)
+    assert count_states(table) == "1 runs: 1 completed"
+    assert f"taking over the stale sweep lock {out / LOCK_NAME}: its holder, pid {pid}" in caplog.text
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_the_sweep_lock_is_released_on_errors(tmp_path):
+    out = tmp_path / "sweep"
+    with pytest.raises(RuntimeError, match="interrupted"), sweep_lock(out) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(SweepLockedError, match=f"held by pid {os.getpid()}"), sweep_lock(out):
+            pass
+        raise RuntimeError("interrupted")
+    assert not lock.exists()
+    spec = write_spec(tmp_path, single_run)
+    with dask.config.set({"bt-sweep.cluster": "no_such_module.SLURMCluster"}), pytest.raises(ValueError):
+        run_sweep(spec, out, notebook_dir=FIXTURES)
+    assert (out / INDEX_NAME).is_file() and not (out / LOCK_NAME).exists()
