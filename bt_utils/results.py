@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -18,6 +19,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import __version__
@@ -28,7 +30,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path that replaces ``path`` when the block succeeds.
 
     The temporary file (or folder, if the block creates one) lives beside
-    ``path`` and is removed if the block raises.
+    ``path`` and is removed if the block raises. A file replaces the old one
+    in a single rename. A folder cannot be renamed over a folder, so the old
+    one is first renamed to a backup in the same staging folder, the new one
+    renamed in, and only then the backup deleted; should the second rename
+    fail, the backup is renamed back. At every moment ``path`` is either the
+    complete old content, the complete new one, or (between the two renames)
+    absent with the old one intact in the backup.
 
     Parameters
     ----------
@@ -43,11 +51,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield staged
         if not staged.exists():
             raise FileNotFoundError(f"nothing was written to the staged path for {path}")
-        if path.is_dir() and staged.is_dir():
-            shutil.rmtree(path)
-        os.replace(staged, path)
+        if path.exists() and (path.is_dir() or staged.is_dir()):
+            backup = tmp / f"{path.name}.previous"
+            os.replace(path, backup)
+            try:
+                os.replace(staged, path)
+            except BaseException:
+                os.replace(backup, path)
+                raise
+        else:
+            os.replace(staged, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a failed block, or the backup
 
 
 def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -75,11 +90,48 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
+def _json_ready(value: object) -> object:
+    """``value`` with everything turned into what strict JSON can hold.
+
+    Mappings and sequences are converted item by item (keys that are NumPy
+    scalars become Python ones); NumPy scalars and arrays become Python
+    numbers and (nested) lists; NaN, infinities and ``pandas.NA`` become None
+    (``null``); anything else JSON cannot hold (paths, dates, ...) becomes its
+    ``str``.
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    object
+        Made of dict, list, str, int, float (finite), bool and None only.
+    """
+    if isinstance(value, Mapping):
+        return {(key.item() if isinstance(key, np.generic) else key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_json_ready(item) for item in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, np.generic):
+        return _json_ready(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, str | int):  # bool is an int
+        return value
+    return str(value)
+
+
 def write_json(data: Mapping, path: str | os.PathLike) -> Path:
-    """Write a JSON document atomically (sorted keys, 2-space indent)."""
+    """Write a strict JSON document atomically (sorted keys, 2-space indent).
+
+    NumPy scalars and arrays are written as numbers and lists, NaN and
+    infinities as ``null``, other values JSON cannot hold as their ``str``.
+    """
     path = Path(path)
     with atomic_path(path) as staged:
-        staged.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        staged.write_text(json.dumps(_json_ready(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
 
 
@@ -91,16 +143,31 @@ def save_figure(figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     return path
 
 
-def git_revision(start: str | os.PathLike | None = None) -> str | None:
-    """Git commit of the checkout that holds ``start`` (default: this package), or None."""
+def _git(arguments: list[str], start: str | os.PathLike | None) -> str | None:
+    """Standard output of ``git <arguments>`` run in ``start`` (default: this package), or None if git fails."""
     start = Path(start) if start is not None else Path(__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=start, capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", *arguments], cwd=start, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_revision(start: str | os.PathLike | None = None) -> str | None:
+    """Git commit of the checkout that holds ``start`` (default: this package), or None."""
+    out = _git(["rev-parse", "HEAD"], start)
+    return (out.strip() or None) if out is not None else None
+
+
+def git_dirty(start: str | os.PathLike | None = None) -> bool | None:
+    """Whether the checkout that holds ``start`` (default: this package) differs from its commit.
+
+    True when ``git status --porcelain`` lists anything (changed, staged or
+    untracked files that are not ignored), False for a clean checkout, None
+    outside a git checkout (or without git).
+    """
+    out = _git(["status", "--porcelain"], start)
+    return None if out is None else bool(out.strip())
 
 
 def run_record(parameters: Mapping, timings: Mapping[str, float] | None = None, **extra) -> dict:
@@ -118,13 +185,16 @@ def run_record(parameters: Mapping, timings: Mapping[str, float] | None = None, 
     Returns
     -------
     record : dict
-        Parameters, timings, package version, git revision, Python and host, UTC time.
+        Parameters, timings, package version, git revision and whether the
+        checkout had uncommitted changes (``git_dirty``, None outside git),
+        Python and host, UTC time.
     """
     return {
         "parameters": dict(parameters),
         "timings_s": dict(timings or {}),
         "bt_utils_version": __version__,
         "git_revision": git_revision(),
+        "git_dirty": git_dirty(),
         "python": platform.python_version(),
         "host": platform.node(),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

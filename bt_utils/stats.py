@@ -52,8 +52,46 @@ def roi_table(voxel_table: pd.DataFrame, rois: Mapping[str, Mapping[str, np.ndar
     return pd.DataFrame(rows)
 
 
-def across_subjects(table: pd.DataFrame, value: str, by: Sequence[str] = ("model", "variant", "layer", "roi")) -> pd.DataFrame:
+def _check_one_row_each(table: pd.DataFrame, keys: Sequence[str], remedy: str) -> None:
+    """Raise a ValueError naming the rows of ``table`` that share their ``keys``.
+
+    Parameters
+    ----------
+    table : DataFrame
+    keys : sequence of str
+        Columns that must identify one row each.
+    remedy : str
+        What to do about repeated rows, appended to the message.
+    """
+    keys = list(keys)
+    missing = [key for key in keys if key not in table.columns]
+    if missing:
+        raise KeyError(f"the table has no column(s) {missing}; its columns: {list(table.columns)}")
+    repeated = table[table.duplicated(keys, keep=False)]
+    if len(repeated):
+        raise ValueError(f"{len(repeated)} rows share their {keys} (first: {repeated.iloc[0][keys].to_dict()}); "
+                         f"{remedy}")
+
+
+def across_subjects(table: pd.DataFrame, value: str, by: Sequence[str] = ("model", "variant", "layer", "roi"),
+                    average_over: Sequence[str] = ()) -> pd.DataFrame:
     """Mean and standard error of the mean across participants.
+
+    Each participant counts once: its repeated measurements (the columns
+    ``average_over``, e.g. probe seeds) are averaged first, then the
+    participants' values are summarised.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Columns ``subject``, ``by``, ``average_over`` and ``value``; one row per
+        participant, condition and repeat.
+    value : str
+        Column to summarise.
+    by : sequence of str
+        Columns that identify a condition.
+    average_over : sequence of str
+        Columns of repeated measurements within a participant (e.g. ``("seed",)``).
 
     Returns
     -------
@@ -61,8 +99,19 @@ def across_subjects(table: pd.DataFrame, value: str, by: Sequence[str] = ("model
         ``by``, ``mean``, ``sem`` (NaN with fewer than two participants), ``n_subjects``:
         participants whose value is NaN (e.g. an ROI without a voxel above the
         noise-ceiling cut) are left out of all three.
+
+    Raises
+    ------
+    ValueError
+        When rows share their ``by``, ``subject`` and ``average_over`` (e.g. the
+        same participant collected from two runs): the message names them.
     """
-    grouped = table.groupby(list(by), sort=True)[value]
+    by, average_over = list(by), list(average_over)
+    _check_one_row_each(table, [*by, "subject", *average_over],
+                        "add the column that tells them apart to `by` (a condition) or to `average_over` "
+                        "(repeats within a participant), or select the rows first")
+    per_subject = table.groupby([*by, "subject"], sort=True, dropna=False)[value].mean().reset_index()
+    grouped = per_subject.groupby(by, sort=True)[value]
     summary = grouped.agg(mean="mean", sem=lambda v: v.sem(ddof=1) if v.count() > 1 else np.nan,
                           n_subjects="count")
     return summary.reset_index()
@@ -90,11 +139,8 @@ def paired_test(table: pd.DataFrame, value: str, variant_a: str, variant_b: str,
     for variant in (variant_a, variant_b):
         if variant not in set(table.variant):
             raise ValueError(f"variant {variant!r} not in the table; variants: {sorted(set(table.variant))}")
-    keys = [*by, "subject", "variant"]
-    repeated = table[table.duplicated(keys, keep=False)]
-    if len(repeated):
-        raise ValueError(f"{len(repeated)} rows share their {keys} (first: {repeated.iloc[0][keys].to_dict()}); "
-                         "add the column that tells them apart to `by` or select the rows first")
+    _check_one_row_each(table, [*by, "subject", "variant"],
+                        "add the column that tells them apart to `by` or select the rows first")
     wide = table.pivot_table(index=[*by, "subject"], columns="variant", values=value).reset_index()
     rows = []
     for condition, group in wide.groupby(list(by), sort=True):

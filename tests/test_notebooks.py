@@ -1,6 +1,8 @@
 """Every notebook runs end to end with papermill on the demo data."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,19 @@ def test_00_data_notebook(demo_root, tmp_path):
 def test_missing_notebook_lists_available(tmp_path):
     with pytest.raises(FileNotFoundError, match="00_data"):
         execute_notebook("99_nothing", tmp_path)
+
+
+def test_a_relative_output_dir_is_taken_from_the_current_folder(tmp_path, monkeypatch):
+    """The kernel runs in the notebook's folder: the notebook's outputs must still land beside the executed copy."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    shutil.copy(Path(__file__).parent / "sweep_fixtures" / "prepare.ipynb", notebooks)  # writes data.csv
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    executed = execute_notebook("prepare", "run", {"subject": "S7"}, html=False, notebook_dir=notebooks)
+    assert executed == tmp_path / "work" / "run" / "prepare.ipynb" and executed.is_file()
+    assert pd.read_csv(tmp_path / "work" / "run" / "data.csv").subject.tolist() == ["S7"] * 3
+    assert sorted(path.name for path in notebooks.iterdir()) == ["prepare.ipynb"]
 
 
 @pytest.mark.notebook
@@ -108,21 +123,68 @@ def test_05_voxel_maps_notebook(demo_root, tmp_path):
 
 @pytest.mark.notebook
 def test_summary_notebook(tmp_path):
+    from bt_utils.sweeps import INDEX_NAME, STATUS_NAME
+
     sweep = tmp_path / "sweep"
+    planned = []
+
+    def run(run_id, axes, file_name, table, state="completed"):
+        """A run folder as a sweep leaves it: a result table and the run's status."""
+        folder = sweep / run_id
+        folder.mkdir(parents=True)
+        if file_name.endswith(".parquet"):
+            table.to_parquet(folder / file_name)
+        else:
+            table.to_csv(folder / file_name, index=False)
+        (folder / STATUS_NAME).write_text(json.dumps({"run_id": run_id, "state": state, "axes": axes}))
+        return run_id
+
     for subject, gain in (("DEMO01", 0.05), ("DEMO02", 0.08), ("DEMO03", 0.02)):
         rois = pd.DataFrame({"subject": subject, "model": "m", "variant": ["pretrained", "brain-tuned"] * 2,
                              "layer": [1, 1, 2, 2], "roi": "planted_semantic",
                              "r_norm_mean": [0.2, 0.2 + gain, 0.3, 0.3 + gain], "n_voxels": 10})
-        (sweep / "02_alignment" / subject).mkdir(parents=True)
-        rois.to_parquet(sweep / "02_alignment" / subject / "alignment_rois.parquet")
+        axes = {"subject": subject, "model": "m"}
+        planned.append(run(f"02_alignment/{subject}-m-00000002", axes, "alignment_rois.parquet", rois))
         impact = rois.rename(columns={"r_norm_mean": "r_norm_orig"}).drop(columns="n_voxels").assign(
             feature_set="all", r_norm_resid=0.1, drop_pct=50.0)
-        (sweep / "03" / subject).mkdir(parents=True)
-        impact.to_parquet(sweep / "03" / subject / "low_level_impact.parquet")
+        planned.append(run(f"03_low_level_impact/{subject}-m-00000003", axes, "low_level_impact.parquet", impact))
+        for model, base in (("m", 0.1), ("org/other", -0.2)):  # semantic_preference.csv has no model or subject
+            preference = pd.DataFrame({"variant": ["pretrained", "brain-tuned"], "layer": 1,
+                                       "preference": [base, base + gain]})
+            planned.append(run(f"05_voxel_maps/{subject}-{model.replace('/', '_')}-00000005",
+                               {"subject": subject, "model": model}, "semantic_preference.csv", preference))
+    # a run of earlier parameters (not in the index) and a failed run of the current plan are left out
+    stale = rois.assign(subject="DEMO01", r_norm_mean=0.9)  # DEMO01 again
+    run("02_alignment/DEMO01-m-0000old2", {"subject": "DEMO01", "model": "m"}, "alignment_rois.parquet", stale)
+    planned.append(run("02_alignment/DEMO04-m-00000002", {"subject": "DEMO04", "model": "m"},
+                       "alignment_rois.parquet", stale.assign(subject="DEMO04"), state="failed"))
+    # downstream probes: the pretrained model once (subject ""), brain-tuned per participant, two seeds each
+    scores = [("pretrained", "", seed, value) for seed, value in ((0, 0.5), (1, 0.7))]
+    scores += [("brain-tuned", subject, seed, mean + delta) for subject, mean in (("DEMO01", 0.7), ("DEMO02", 0.8),
+                                                                                  ("DEMO03", 0.9))
+               for seed, delta in ((0, -0.1), (1, 0.1))]
+    downstream = pd.DataFrame(scores, columns=["variant", "subject", "seed", "value"]).assign(
+        model="m", task="demo_word", metric="macro_f1")
+    planned.append(run("04_downstream/m-00000004", {"model": "m"}, "downstream.parquet", downstream))
+    pd.DataFrame({"run_id": planned, "state": "queued"}).to_csv(sweep / INDEX_NAME, index=False)
+
     out = tmp_path / "summary"
     execute_notebook("summary", out, {"sweep_dir": str(sweep)})
     summary = pd.read_csv(out / "alignment_summary_m.csv")
     tuned = summary[(summary.variant == "brain-tuned") & (summary.layer == 1)].iloc[0]
     assert tuned["mean"] == pytest.approx(0.25) and tuned.n_subjects == 3
     assert (out / "alignment_m.png").is_file() and (out / "impact_m.png").is_file()
+    # seeds averaged within a participant, then across participants; the pretrained model counts once
+    downstream = pd.read_csv(out / "downstream_summary.csv").set_index("variant")
+    assert downstream.loc["brain-tuned", "mean"] == pytest.approx(0.8)
+    assert downstream.loc["brain-tuned", "sem"] == pytest.approx(0.1 / np.sqrt(3))
+    assert downstream.loc["brain-tuned", "n_subjects"] == 3 and downstream.loc["pretrained", "n_subjects"] == 1
+    assert downstream.loc["pretrained", "mean"] == pytest.approx(0.6)
+    # the semantic preference per model, never pooled across models
+    preference = pd.read_csv(out / "semantic_preference_summary.csv").set_index(["model", "variant"])
+    assert preference.loc[("m", "brain-tuned"), "mean"] == pytest.approx(0.1 + 0.05)
+    assert preference.loc[("org/other", "brain-tuned"), "mean"] == pytest.approx(-0.2 + 0.05)
+    assert set(preference.n_subjects) == {3}
+    assert (out / "semantic_preference_m.png").is_file() and (out / "semantic_preference_org_other.png").is_file()
+    assert len(json.loads((out / "run.json").read_text())["runs"]) == len(planned) - 1  # all but the failed one
     assert (out / "summary.html").stat().st_size > 50_000

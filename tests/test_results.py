@@ -1,10 +1,15 @@
 import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 
-from bt_utils.results import atomic_path, run_record, save_figure, write_json, write_table
+from bt_utils.results import atomic_path, git_dirty, git_revision, run_record, save_figure, write_json, write_table
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -43,3 +48,79 @@ def test_tables_json_and_figures_round_trip(tmp_path):
     ax.plot([0, 1])
     assert save_figure(figure, tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     plt.close(figure)
+
+
+def _folder(path: Path, **files: str) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return path
+
+
+def _contents(path: Path) -> dict[str, str]:
+    return {file.name: file.read_text() for file in path.iterdir()}
+
+
+def test_replacing_a_folder_keeps_the_old_one_when_the_new_one_cannot_move_in(tmp_path, monkeypatch):
+    target = _folder(tmp_path / "checkpoint", weights="old", config="{}")
+    replace = os.replace
+
+    def full_disk(source, destination):
+        if Path(source).name == "checkpoint" and Path(destination) == target:  # the new folder moving in
+            raise OSError("disk full")
+        replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_path(target) as staged:
+            _folder(staged, weights="new")
+    assert _contents(target) == {"weights": "old", "config": "{}"}
+    assert list(tmp_path.iterdir()) == [target]  # no staging or backup folder left
+
+
+def test_an_interrupted_clean_up_leaves_the_new_folder_complete(tmp_path, monkeypatch):
+    target = _folder(tmp_path / "checkpoint", weights="old", config="{}")
+    rmtree = shutil.rmtree
+    interrupted = []
+
+    def interrupt_first_deletion(path, *args, **kwargs):
+        if not interrupted:  # deletes one file, then Ctrl-C
+            interrupted.append(path)
+            next(file for file in Path(path).rglob("*") if file.is_file()).unlink()
+            raise KeyboardInterrupt
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", interrupt_first_deletion)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as staged:
+            _folder(staged, weights="new", config="{\"new\": 1}")
+    assert _contents(target) == {"weights": "new", "config": "{\"new\": 1}"}
+    assert all(path == target or path.name.startswith(".") for path in tmp_path.iterdir())  # only a hidden leftover
+
+
+def test_records_are_strict_json_with_numpy_values_as_numbers(tmp_path):
+    parameters = {"n_voxels": np.int64(3), "alpha": np.float32(0.5), "layers": np.arange(3), "tuned": np.bool_(True),
+                  "score": float("nan"), "limit": np.inf, "by_layer": {np.int64(4): np.float64(-np.inf)},
+                  "grid": np.array([[0.5, np.nan]]), "missing": pd.NA, "folder": tmp_path}
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not strict JSON")
+
+    text = write_json(run_record(parameters), tmp_path / "run.json").read_text()
+    loaded = json.loads(text, parse_constant=refuse)["parameters"]
+    assert loaded == {"n_voxels": 3, "alpha": 0.5, "layers": [0, 1, 2], "tuned": True, "score": None, "limit": None,
+                      "by_layer": {"4": None}, "grid": [[0.5, None]], "missing": None, "folder": str(tmp_path)}
+    assert type(loaded["n_voxels"]) is int and type(loaded["tuned"]) is bool
+
+
+def test_git_state_says_whether_the_checkout_has_uncommitted_changes(tmp_path):
+    assert git_revision(tmp_path) is None and git_dirty(tmp_path) is None  # not a git checkout
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "-c", "commit.gpgsign=false"]
+    (tmp_path / "code.py").write_text("x = 1\n")
+    for command in (["init", "-q"], ["add", "code.py"], ["commit", "-q", "-m", "first"]):
+        subprocess.run([*git, *command], cwd=tmp_path, check=True, capture_output=True)
+    assert git_dirty(tmp_path) is False and len(git_revision(tmp_path)) == 40
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_dirty(tmp_path) is True
+    record = run_record({})
+    assert record["git_dirty"] in (True, False, None) and record["git_dirty"] == git_dirty()

@@ -104,3 +104,27 @@ def test_permutation_blocks_have_the_documented_length():
     expected = (1 + n * exceed / 6) / (1 + n)
     p = block_permutation_pvalues(prediction, target, n_permutations=n, block_size=5, rng=rng)
     assert np.abs(p - expected).max() < 0.04
+
+
+def test_a_participant_counts_once_across_subjects():
+    # S1 appears twice (an old run of other parameters and the current one): that is refused, not averaged in
+    table = pd.DataFrame({"model": "m", "variant": "v", "layer": 1, "roi": "AC",
+                          "subject": ["S1", "S1", "S2"], "r_norm_mean": [0.5, 0.1, 0.3]})
+    with pytest.raises(ValueError, match=r"2 rows share their \['model', 'variant', 'layer', 'roi', 'subject'\] "
+                                         r"\(first: .*'subject': 'S1'"):
+        across_subjects(table, "r_norm_mean")
+    row = across_subjects(table.iloc[1:], "r_norm_mean").iloc[0]
+    assert row["mean"] == pytest.approx(0.2) and row.n_subjects == 2
+    with pytest.raises(KeyError, match=r"no column\(s\) \['subject'\]"):
+        across_subjects(table.drop(columns="subject"), "r_norm_mean")
+
+
+def test_repeats_are_averaged_within_a_participant_first():
+    # A: seeds 0.1, 0.3 -> 0.2; B: seeds 0.5, 0.9 -> 0.7; C: one seed left (the other NaN) -> 0.6
+    table = pd.DataFrame({"model": "m", "variant": "v", "task": "t", "subject": list("AABBCC"), "seed": [0, 1] * 3,
+                          "value": [0.1, 0.3, 0.5, 0.9, 0.6, np.nan]})
+    row = across_subjects(table, "value", by=("model", "variant", "task"), average_over=("seed",)).iloc[0]
+    assert row["mean"] == pytest.approx(0.5) and row.n_subjects == 3
+    assert row["sem"] == pytest.approx(scipy.stats.sem([0.2, 0.7, 0.6]))
+    with pytest.raises(ValueError, match="`average_over`"):  # seeds without saying so look like duplicates
+        across_subjects(table, "value", by=("model", "variant", "task"))

@@ -1,23 +1,69 @@
+from pathlib import Path
+
 import pandas as pd
 import pytest
+import yaml
 
-from bt_utils.results import write_table
+from bt_utils.results import write_json, write_table
 from bt_utils.stats import across_subjects
-from bt_utils.summary import collect_results, collect_table
+from bt_utils.summary import collect_results, collect_table, completed_runs
+from bt_utils.sweeps import INDEX_NAME, STATUS_NAME, load_spec, plan_runs, sweep_status
+
+FIXTURES = Path(__file__).parent / "sweep_fixtures"
 
 
-def test_collect_tables_of_a_sweep(tmp_path):
-    for subject, value in (("A", 0.2), ("B", 0.4)):
-        write_table(pd.DataFrame({"subject": [subject] * 2, "model": "m", "variant": ["pretrained", "tuned"],
-                                  "layer": 1, "roi": "AC", "r_norm_mean": [value, value + 0.1], "n_voxels": 10}),
-                    tmp_path / "02_alignment" / f"{subject}-abc" / "alignment_rois.parquet")
-    (tmp_path / "02_alignment" / ".staging").mkdir()
-    write_table(pd.DataFrame({"subject": ["Z"]}), tmp_path / "02_alignment" / ".staging" / "alignment_rois.parquet")
-    table = collect_table(tmp_path, "alignment_rois.parquet")
-    assert sorted(table.run.unique()) == ["02_alignment/A-abc", "02_alignment/B-abc"] and len(table) == 4
-    summary = across_subjects(table, "r_norm_mean").set_index("variant")
-    assert summary.loc["tuned", "mean"] == pytest.approx(0.4) and summary.loc["tuned", "n_subjects"] == 2
-    results = collect_results(tmp_path)
-    assert results["downstream"].empty and len(results["alignment_rois"]) == 4
+def record(run, state: str) -> None:
+    """The status file a sweep leaves in a run folder."""
+    write_json({"run_id": run.run_id, "stage": run.stage, "notebook": run.notebook, "state": state, "axes": run.axes,
+                "parameters": run.parameters, "fingerprint": run.fingerprint}, run.path / STATUS_NAME)
+
+
+def preference(folder: Path, value: float) -> None:
+    """A semantic_preference.csv as notebook 05 writes it: no model or subject column."""
+    write_table(pd.DataFrame({"variant": ["pretrained", "tuned"], "layer": 1, "preference": [value, value + 0.1]}),
+                folder / "semantic_preference.csv")
+
+
+def test_only_completed_runs_of_the_current_plan_are_collected(tmp_path):
+    sweep = tmp_path / "sweep"
+    # an earlier sweep in the same folder, with another scale: its S1 run completed with 0.5
+    old_spec = yaml.safe_load((FIXTURES / "example.yaml").read_text())
+    old_spec["stages"][0]["parameters"]["scale"] = 3.0
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old_spec))
+    old = {(run.stage, *run.axes.values()): run for run in plan_runs(load_spec(tmp_path / "old.yaml", FIXTURES), sweep)}
+    preference(old["train", "S1", "good"].path, 0.5)
+    record(old["train", "S1", "good"], "completed")
+    # the current plan; its index is written when the sweep starts, before any run ends
+    spec = load_spec(FIXTURES / "example.yaml", FIXTURES)
+    write_table(sweep_status(spec, sweep, notebook_dir=FIXTURES), sweep / INDEX_NAME)
+    runs = {(run.stage, *run.axes.values()): run for run in plan_runs(spec, sweep)}
+    for key, value, state in ((("train", "S1", "good"), 0.1, "completed"), (("train", "S2", "good"), 0.3, "completed"),
+                              (("train", "S1", "bad"), 0.7, "completed"), (("train", "S2", "bad"), 0.9, "failed")):
+        preference(runs[key].path, value)
+        record(runs[key], state)
+    preference(runs["train", "S2", "bad"].path.parent / ".staging", 0.0)  # a staging folder of an atomic write
+
+    done = [runs[key] for key in (("train", "S1", "good"), ("train", "S1", "bad"), ("train", "S2", "good"))]
+    assert completed_runs(sweep) == {run.run_id: run.axes for run in done}
+    table = collect_table(sweep, "semantic_preference.csv")
+    assert sorted(table.run.unique()) == sorted(completed_runs(sweep)) and len(table) == 6
+    assert {"subject", "model"} <= set(table.columns)  # labelled with the run's axis values
+    summary = across_subjects(table, "preference", by=("model", "variant", "layer")).set_index(["model", "variant"])
+    assert summary.loc[("good", "pretrained"), "mean"] == pytest.approx(0.2)  # S1 current 0.1, S2 0.3
+    assert summary.loc[("good", "pretrained"), "n_subjects"] == 2
+    assert summary.loc[("bad", "tuned"), "mean"] == pytest.approx(0.8)  # S1 only: S2's run failed
+    assert summary.loc[("bad", "tuned"), "n_subjects"] == 1
+    results = collect_results(sweep)
+    assert results["downstream"].empty and len(results["semantic_preference"]) == 6
+
+
+def test_a_folder_without_a_sweep_record_is_refused(tmp_path):
+    preference(tmp_path / "05" / "A", 0.1)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} has no runs_index.csv.*bt sweep run SPEC --out"):
+        collect_table(tmp_path, "semantic_preference.csv")
     with pytest.raises(FileNotFoundError, match="run the sweep first"):
         collect_table(tmp_path / "nothing", "x.csv")
+    pd.DataFrame({"run_id": ["05/A"], "state": ["completed"]}).to_csv(tmp_path / INDEX_NAME, index=False)
+    (tmp_path / "05" / "A" / STATUS_NAME).write_text("{half")
+    with pytest.raises(ValueError, match=f"{tmp_path / '05' / 'A' / STATUS_NAME} is not valid JSON"):
+        collect_table(tmp_path, "semantic_preference.csv")
