@@ -184,7 +184,9 @@ def test_summary_notebook(tmp_path):
     preference = pd.read_csv(out / "semantic_preference_summary.csv").set_index(["model", "variant"])
     assert preference.loc[("m", "brain-tuned"), "mean"] == pytest.approx(0.1 + 0.05)
     assert preference.loc[("org/other", "brain-tuned"), "mean"] == pytest.approx(-0.2 + 0.05)
-    assert set(preference.n_subjects) == {3}
+    # the pretrained model is the same in every participant's run: it counts once
+    assert preference.loc[("m", "pretrained"), "n_subjects"] == 1 and preference.loc[("m", "pretrained"), "mean"] == 0.1
+    assert set(preference.xs("brain-tuned", level="variant").n_subjects) == {3}
     assert (out / "semantic_preference_m.png").is_file() and (out / "semantic_preference_org_other.png").is_file()
     assert len(json.loads((out / "run.json").read_text())["runs"]) == len(planned) - 1  # all but the failed one
     assert (out / "summary.html").stat().st_size > 50_000
