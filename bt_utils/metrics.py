@@ -192,12 +192,14 @@ def macro_f1(y_true, y_pred, labels=None) -> float:
     """
     y_true, y_pred = _labels_pair(y_true, y_pred)
     labels = np.unique(y_true) if labels is None else np.asarray(labels)
-    true_hits = y_true[:, None] == labels[None, :]  # (n, n_classes)
-    pred_hits = y_pred[:, None] == labels[None, :]
+    return float(_per_class_f1(y_true[:, None] == labels[None, :], y_pred[:, None] == labels[None, :]).mean())
+
+
+def _per_class_f1(true_hits: np.ndarray, pred_hits: np.ndarray) -> np.ndarray:
+    """F1 of each column, ``2 TP / (2 TP + FP + FN)``, from bool arrays (n, n_classes); 0 for an empty column."""
     tp = (true_hits & pred_hits).sum(axis=0)
-    denominator = true_hits.sum(axis=0) + pred_hits.sum(axis=0)
-    f1 = np.divide(2 * tp, denominator, out=np.zeros(len(labels)), where=denominator > 0)
-    return float(f1.mean())
+    denominator = true_hits.sum(axis=0) + pred_hits.sum(axis=0)  # 2 TP + FP + FN
+    return np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0)
 
 
 MULTILABEL_AVERAGES = ("macro", "micro")
@@ -251,12 +253,9 @@ def multilabel_f1(y_true, y_pred, average: str = "macro", labels=None) -> float:
                              "the columns")
         labels = np.flatnonzero(y_true.any(axis=0)) if average == "macro" else np.arange(y_true.shape[1])
     y_true, y_pred = y_true[:, np.asarray(labels)], y_pred[:, np.asarray(labels)]
-    tp = (y_true & y_pred).sum(axis=0)
-    denominator = y_true.sum(axis=0) + y_pred.sum(axis=0)  # 2 TP + FP + FN, per class
-    if average == "micro":
-        return float(2 * tp.sum() / denominator.sum()) if denominator.sum() else 0.0
-    f1 = np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0)
-    return float(f1.mean())
+    if average == "micro":  # every (example, class) decision in one column
+        return float(_per_class_f1(y_true.reshape(-1, 1), y_pred.reshape(-1, 1))[0])
+    return float(_per_class_f1(y_true, y_pred).mean())
 
 
 # ---------------------------------------------------------------------------
