@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -63,6 +64,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(staged, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a failed block, or the backup
+
+
+_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def file_label(value: object) -> str:
+    """``value`` as part of a file or folder name: every run of characters other than letters, digits,
+    ``.``, ``_`` and ``-`` becomes ``_`` (e.g. a Hub id ``"org/model"`` -> ``"org_model"``)."""
+    return _UNSAFE_CHARACTERS.sub("_", str(value))
 
 
 def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:

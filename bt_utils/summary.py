@@ -11,13 +11,12 @@ refused.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from .sweeps import INDEX_NAME, STATUS_NAME
+from .sweeps import INDEX_NAME, read_status_file
 
 RESULT_TABLES = {
     "alignment_rois": "alignment_rois.parquet",
@@ -73,19 +72,13 @@ def completed_runs(sweep_dir: str | os.PathLike) -> dict[str, dict]:
         raise ValueError(f"{index} has no run_id column; run the sweep again to rewrite it")
     runs = {}
     for run_id in planned.run_id:
-        path = sweep_dir / run_id / STATUS_NAME
-        try:
-            status = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            continue  # not started
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); delete it and run the sweep again") from None
+        status = read_status_file(sweep_dir / run_id) or {}  # {}: not started
         if status.get("state") == "completed" and status.get("run_id") == run_id:
             runs[run_id] = dict(status.get("axes") or {})
     return runs
 
 
-def collect_table(sweep_dir: str | os.PathLike, file_name: str) -> pd.DataFrame:
+def collect_table(sweep_dir: str | os.PathLike, file_name: str, runs: dict[str, dict] | None = None) -> pd.DataFrame:
     """Concatenate a result table over the completed runs of a sweep's current plan.
 
     Parameters
@@ -95,6 +88,8 @@ def collect_table(sweep_dir: str | os.PathLike, file_name: str) -> pd.DataFrame:
     file_name : str
         E.g. ``"alignment_rois.parquet"`` or ``"semantic_preference.csv"``,
         read from the top of each run folder.
+    runs : dict, optional
+        :func:`completed_runs` of ``sweep_dir``, if already read.
 
     Returns
     -------
@@ -106,7 +101,7 @@ def collect_table(sweep_dir: str | os.PathLike, file_name: str) -> pd.DataFrame:
     """
     sweep_dir = Path(sweep_dir)
     tables = []
-    for run_id, axes in completed_runs(sweep_dir).items():
+    for run_id, axes in (completed_runs(sweep_dir) if runs is None else runs).items():
         path = sweep_dir / run_id / file_name
         if not path.is_file():
             continue
@@ -116,6 +111,8 @@ def collect_table(sweep_dir: str | os.PathLike, file_name: str) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
-def collect_results(sweep_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
-    """Every table of :data:`RESULT_TABLES` gathered by :func:`collect_table` (empty frames for missing ones)."""
-    return {name: collect_table(sweep_dir, file_name) for name, file_name in RESULT_TABLES.items()}
+def collect_results(sweep_dir: str | os.PathLike, runs: dict[str, dict] | None = None) -> dict[str, pd.DataFrame]:
+    """Every table of :data:`RESULT_TABLES` gathered by :func:`collect_table` (empty frames for missing ones),
+    over ``runs`` (default: :func:`completed_runs`, read once for all tables)."""
+    runs = completed_runs(sweep_dir) if runs is None else runs
+    return {name: collect_table(sweep_dir, file_name, runs) for name, file_name in RESULT_TABLES.items()}

@@ -166,7 +166,7 @@ import papermill
 import yaml
 
 from .notebooks import default_notebook_dir, execute_notebook, notebook_path
-from .results import write_json, write_table
+from .results import file_label, write_json, write_table
 
 if TYPE_CHECKING:  # distributed is imported only when a sweep runs
     from distributed import Client
@@ -192,7 +192,6 @@ LOCK_NAME = "sweep.lock"
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{(?P<name>[A-Za-z_]\w*)(?::(?P<argument>[^{}]*))?\}")
 """A placeholder ``{name}`` or ``{name:argument}``, or an escaped brace ``{{`` / ``}}``."""
-_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
 _SOURCE_EXCERPT_LINES = 12
 
 
@@ -377,7 +376,7 @@ def _mapping(value: object, where: str) -> dict:
 
 
 def _check_folder_name(name: str, where: str) -> None:
-    if _UNSAFE_CHARACTERS.search(name) or name.startswith("."):
+    if file_label(name) != name or name.startswith("."):
         raise SweepSpecError(f"{where} {name!r} must be a plain folder name (letters, digits, '.', '_', '-')")
 
 
@@ -678,7 +677,7 @@ def _plan_run(spec: SweepSpec, stage: Stage, axes: dict, by_stage: dict, out: Pa
     identity = json.dumps({"notebook": stage.notebook, "parameters": defaults | parameters}, sort_keys=True,
                           default=str)
     fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:8]
-    readable = "-".join(_UNSAFE_CHARACTERS.sub("_", str(value)) for value in axes.values()) or "all"
+    readable = "-".join(file_label(value) for value in axes.values()) or "all"
     run_id = f"{stage.name}/{readable[:80]}-{fingerprint}"
     depends_on = [run.run_id for name in stage.after for run in _matching(by_stage[name], axes)]
     return Run(
@@ -744,16 +743,27 @@ def _write_status(run: Run, state: str, **fields) -> dict:
     return status
 
 
-def read_status(run: Run) -> dict | None:
-    """A run's ``status.json``, or None when it has none for the run's parameters."""
-    path = run.path / STATUS_NAME
+def read_status_file(folder: str | os.PathLike) -> dict | None:
+    """The ``status.json`` in a run folder, or None when there is none (the run has not started).
+
+    Raises
+    ------
+    ValueError
+        When the file is not valid JSON; the message says to delete it.
+    """
+    path = Path(folder) / STATUS_NAME
     try:
-        status = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); delete it to run {run.run_id} again") from None
-    return status if status.get("fingerprint") == run.fingerprint else None
+        raise ValueError(f"{path} is not valid JSON ({error}); delete it to run {path.parent.name} again") from None
+
+
+def read_status(run: Run) -> dict | None:
+    """A run's ``status.json``, or None when it has none for the run's parameters."""
+    status = read_status_file(run.path)
+    return status if status is not None and status.get("fingerprint") == run.fingerprint else None
 
 
 def _execute(run: Run, inputs: dict[str, str], *upstream: dict) -> dict:

@@ -9,7 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bt_utils.results import atomic_path, git_dirty, git_revision, run_record, save_figure, write_json, write_table
+from bt_utils.results import (
+    atomic_path, file_label, git_dirty, git_revision, run_record, save_figure, write_json, write_table,
+)
+
+
+def test_file_label_keeps_safe_characters_and_joins_the_others():
+    assert file_label("facebook/wav2vec2-base") == "facebook_wav2vec2-base"
+    assert file_label("whisper-tiny.en") == "whisper-tiny.en" and file_label(3) == "3"
+    assert file_label("a b//c:d") == "a_b_c_d"
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
