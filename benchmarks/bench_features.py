@@ -3,14 +3,16 @@
 For each encoder, on one story of synthesised speech (a demo dataset built in
 a temporary folder), prints
 
-- the wall time per minute of audio of both window modes,
+- the wall time per minute of audio of each window mode (the edge modes for
+  Whisper padded to 30 s only),
 - the encoder compute of each mode, forward passes x input length (Whisper
-  without native length: every window counts 30 s), and their ratio,
-- the agreement of the fast mode with the reference at TR level: per layer, the
+  without native length: every window counts 30 s; edge mode: the span of
+  frames its layers see), and its ratio to the reference,
+- the agreement of each mode with the reference at TR level: per layer, the
   Pearson r over the story's ``[10:-5]`` TRs of each feature dimension,
-  Lanczos-resampled from both modes, as mean and 10th percentile over dimensions;
-- beside it, the same agreement for the reference protocol run with 0.1 s more
-  context (16.1 s + 0.1 s): how far the protocol's own features move when every
+  Lanczos-resampled from both modes, as mean and 10th percentile over dimensions.
+  One of the modes is the reference protocol run with 0.1 s more context
+  (16.1 s + 0.1 s): how far the protocol's own features move when every
   window starts one chunk earlier. An approximation cannot be expected to agree
   with the reference better than that;
 - when a Whisper model runs both padded and ``:native``, the agreement of the
@@ -43,6 +45,7 @@ from bt_utils.demo_data import DemoConfig, build_demo_dataset
 from bt_utils.features import (
     CHUNK_S,
     CONTEXT_S,
+    WHISPER_FRAME_S,
     WindowSettings,
     extract_layer_features,
     plan_windows,
@@ -54,8 +57,10 @@ from bt_utils.timing import trim_trs
 
 MODELS = ("tiny-wav2vec2", "tiny-hubert", "tiny-whisper", "whisper-tiny.en", "whisper-tiny.en:native")
 MODES = {"reference": WindowSettings("reference"), "fast": WindowSettings("fast"),
+         "edge": WindowSettings("edge"), "edge-2.5+0.5s": WindowSettings("edge", span_before_s=2.5, span_after_s=0.5),
          "reference+0.1s": WindowSettings("reference", context_s=CONTEXT_S + CHUNK_S)}
-"""Window modes by name: the protocol, the fast mode, and the protocol with one more chunk of context."""
+"""Window modes by name: the protocol, the fast mode, edge mode (default span and a shorter one), and the
+protocol with one more chunk of context."""
 
 
 def speech_story(seconds: float, folder: Path) -> tuple[np.ndarray, np.ndarray, str]:
@@ -75,15 +80,20 @@ def agreement(reference: np.ndarray, fast: np.ndarray) -> tuple[float, float]:
 
 def bench_model(spec: str, audio: np.ndarray, tr_times: np.ndarray,
                 batch_size: int) -> tuple[list, list, dict[int, np.ndarray]]:
-    """Timing rows (one per mode), agreement rows (one per layer: fast, then reference+0.1s, vs reference)
+    """Timing rows (one per mode), agreement rows (one per mode and layer, vs the reference)
     and the reference's trimmed TR features per layer, each of shape (n_trs, d)."""
     name, _, variant = spec.partition(":")
     encoder = load_encoder(name, "cpu", native_length=variant == "native")
-    padded_to = WHISPER_MAX_SAMPLES / SAMPLE_RATE if encoder.family == "whisper" and not encoder.native_length else None
+    padded = encoder.family == "whisper" and not encoder.native_length
     layers = range(encoder.n_layers + 1)
     minutes = len(audio) / SAMPLE_RATE / 60
     timing, tr_level = [], {}
     for mode, settings in MODES.items():
+        if settings.mode == "edge" and not padded:
+            continue
+        padded_to = None
+        if padded:
+            padded_to = settings.span_frames * WHISPER_FRAME_S if settings.mode == "edge" else WHISPER_MAX_SAMPLES / SAMPLE_RATE
         plan = plan_windows(len(audio), settings)
         started = time.perf_counter()
         times, frames = extract_layer_features(encoder, audio, layers, settings, batch_size, progress=False)
@@ -93,8 +103,8 @@ def bench_model(spec: str, audio: np.ndarray, tr_times: np.ndarray,
     for row in timing:
         row.append(timing[0][4] / row[4])
     reference = {layer: trim_trs(tr_level["reference"][layer]) for layer in layers}
-    rows = [[spec, layer, *agreement(reference[layer], trim_trs(tr_level["fast"][layer])),
-             *agreement(reference[layer], trim_trs(tr_level["reference+0.1s"][layer]))] for layer in layers]
+    rows = [[spec, mode, layer, *agreement(reference[layer], trim_trs(values[layer]))]
+            for mode, values in tr_level.items() if mode != "reference" for layer in layers]
     return timing, rows, reference
 
 
@@ -128,8 +138,8 @@ def main() -> None:
         timing, agree, references[spec] = bench_model(spec, audio, tr_times, args.batch_size)
         print_table(["model", "mode", "s / audio min", "forwards", "input s / audio min", "compute ratio"], timing,
                     ["{}", "{}", "{:.1f}", "{}", "{:.0f}", "{:.1f}x"])
-        print_table(["model", "layer", "fast r mean", "fast r p10", "+0.1 s context r mean", "+0.1 s context r p10"],
-                    agree, ["{}", "{}", "{:.3f}", "{:.3f}", "{:.3f}", "{:.3f}"])
+        print_table(["model", "mode", "layer", "r with reference: mean", "p10"], agree,
+                    ["{}", "{}", "{}", "{:.3f}", "{:.3f}"])
     for spec, native in references.items():  # Whisper run both ways: how far native length is from the protocol
         padded = spec.removesuffix(":native")
         if spec != padded and padded in references:

@@ -145,13 +145,21 @@ __all__ = [
     "zscore_per_story",
 ]
 
-MODES = ("reference", "fast")
+MODES = ("reference", "fast", "edge")
 CONTEXT_S = 16.0
 """Causal context of every kept frame, in seconds (protocol: 16 s)."""
 CHUNK_S = 0.1
 """Spacing of the frame grid and the reference stride, in seconds."""
 FAST_STRIDE_S = 2.0
 """Default stride of ``"fast"`` mode, in seconds: 20 frames kept per window."""
+EDGE_SPAN_BEFORE_S = 8.0
+"""Default ``span_before_s`` of ``"edge"`` mode: seconds of frames before the kept frame that the layers see."""
+EDGE_SPAN_AFTER_S = 2.0
+"""Default ``span_after_s`` of ``"edge"`` mode: seconds of (padding) frames after the kept frame that the layers see."""
+WHISPER_FRAME_S = 0.02
+"""Time between Whisper encoder frames, in seconds (a 10 ms mel hop and the stride-2 ``conv2``)."""
+WHISPER_FRAMES = 1500
+"""Encoder frames of Whisper's 30 s input."""
 
 PROTOCOL_LAYERS = (2, 5, 7, 8, 10, 11, 12)
 """The protocol's layers of 12-layer models (layer 12 is the model's output)."""
@@ -190,11 +198,14 @@ class WindowSettings:
 
     Parameters
     ----------
-    mode : {"reference", "fast"}
+    mode : {"reference", "fast", "edge"}
         ``"reference"``: the protocol, one frame kept per window, stride =
         ``chunk_s``. ``"fast"``: windows of ``context_s + stride_s`` moved by
         ``stride_s``, keeping the ``stride_s / chunk_s`` grid frames of their last
-        ``stride_s`` (see the module docstring).
+        ``stride_s``. ``"edge"`` (Whisper padded to 30 s only): the reference's
+        windows and kept frames, but the transformer layers run only on the
+        frames from ``span_before_s`` before the kept frame to ``span_after_s``
+        after it (see the module docstring).
     context_s : float
         Minimum causal context of each kept frame besides its chunk, in
         seconds (shorter at the story start).
@@ -202,13 +213,19 @@ class WindowSettings:
         Spacing of the output frame grid, in seconds (whole samples at 16 kHz).
     stride_s : float, optional
         Step between windows, a whole multiple of ``chunk_s``. Default:
-        ``chunk_s`` in reference mode, :data:`FAST_STRIDE_S` in fast mode.
+        ``chunk_s`` in reference and edge mode, :data:`FAST_STRIDE_S` in fast mode.
+    span_before_s, span_after_s : float, optional
+        Edge mode only: seconds of encoder frames before and after the kept
+        frame that the transformer layers see, whole Whisper frames (0.02 s).
+        Defaults :data:`EDGE_SPAN_BEFORE_S` and :data:`EDGE_SPAN_AFTER_S`.
     """
 
     mode: str = "reference"
     context_s: float = CONTEXT_S
     chunk_s: float = CHUNK_S
     stride_s: float | None = None
+    span_before_s: float | None = None
+    span_after_s: float | None = None
 
     def __post_init__(self):
         check_option("mode", self.mode, MODES)
@@ -216,16 +233,42 @@ class WindowSettings:
             raise ValueError(f"context_s={self.context_s!r} must be >= 0 and chunk_s={self.chunk_s!r} > 0")
         stride = self.stride_s
         if stride is None:
-            stride = self.chunk_s if self.mode == "reference" else FAST_STRIDE_S
+            stride = FAST_STRIDE_S if self.mode == "fast" else self.chunk_s
         for name, value in (("context_s", self.context_s), ("chunk_s", self.chunk_s), ("stride_s", stride)):
             object.__setattr__(self, name, float(value))  # 16 and 16.0 give the same tag and cache key
+        self._check_span()
         chunk, stride_samples = _samples(self.chunk_s, "chunk_s"), _samples(self.stride_s, "stride_s")
         _samples(self.context_s, "context_s")
-        if self.mode == "reference" and stride_samples != chunk:
-            raise ValueError(f"reference mode keeps one frame per window, so stride_s={self.stride_s!r} must equal "
+        if self.mode != "fast" and stride_samples != chunk:
+            raise ValueError(f"{self.mode} mode keeps one frame per window, so stride_s={self.stride_s!r} must equal "
                              f"chunk_s={self.chunk_s!r}; use mode='fast' for a larger stride")
         if stride_samples < chunk or stride_samples % chunk:
             raise ValueError(f"stride_s={self.stride_s!r} must be a whole multiple of chunk_s={self.chunk_s!r}")
+
+    def _check_span(self) -> None:
+        """Set edge mode's span defaults as floats; refuse spans outside edge mode or off Whisper's frame grid."""
+        spans = {"span_before_s": self.span_before_s, "span_after_s": self.span_after_s}
+        if self.mode != "edge":
+            given = [name for name, value in spans.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to mode='edge' only; got mode={self.mode!r}")
+            return
+        defaults = {"span_before_s": EDGE_SPAN_BEFORE_S, "span_after_s": EDGE_SPAN_AFTER_S}
+        for name, value in spans.items():
+            value = float(defaults[name] if value is None else value)
+            frames = value / WHISPER_FRAME_S
+            if value < 0 or abs(frames - round(frames)) > 1e-6:
+                raise ValueError(f"{name}={value!r} must be a whole number of Whisper frames "
+                                 f"({WHISPER_FRAME_S} s) and >= 0")
+            object.__setattr__(self, name, value)
+        if self.span_frames > WHISPER_FRAMES:
+            raise ValueError(f"span_before_s + span_after_s = {self.span_before_s + self.span_after_s:g} s exceeds "
+                             f"Whisper's 30 s input; lower them")
+
+    @property
+    def span_frames(self) -> int:
+        """Edge mode: encoder frames the transformer layers see per window, the kept one included."""
+        return round((self.span_before_s + self.span_after_s) / WHISPER_FRAME_S) + 1
 
     @property
     def chunk_samples(self) -> int:
@@ -245,11 +288,17 @@ class WindowSettings:
     @property
     def tag(self) -> str:
         """Text that names the settings exactly, used in cache paths, e.g. ``fast-ctx16.0-chunk0.1-stride2.0``."""
-        return f"{self.mode}-ctx{self.context_s!r}-chunk{self.chunk_s!r}-stride{self.stride_s!r}"
+        tag = f"{self.mode}-ctx{self.context_s!r}-chunk{self.chunk_s!r}-stride{self.stride_s!r}"
+        if self.mode == "edge":
+            tag += f"-before{self.span_before_s!r}-after{self.span_after_s!r}"
+        return tag
 
     def to_dict(self) -> dict:
-        """The settings as a JSON-ready dict, for run records."""
-        return asdict(self)
+        """The settings as a JSON-ready dict, for run records (the span fields in edge mode only)."""
+        settings = asdict(self)
+        if self.mode != "edge":
+            del settings["span_before_s"], settings["span_after_s"]
+        return settings
 
 
 @dataclass(frozen=True)
@@ -444,6 +493,10 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     if encoder.family == "whisper" and settings.window_samples > WHISPER_MAX_SAMPLES:
         raise ValueError(f"windows of {settings.window_samples / SAMPLE_RATE:g} s ({settings.tag}) exceed Whisper's "
                          f"30 s input; lower context_s or stride_s")
+    if settings.mode == "edge" and not pads_to_30s:
+        raise ValueError(f"mode='edge' cuts the layers of Whisper padded to 30 s down to a span of frames; "
+                         f"{encoder.name} is {encoder.family}{' at native length' if encoder.family == 'whisper' else ''}"
+                         f": use mode='reference' or 'fast'")
     if encoder.family == "whisper" and settings.mode == "fast" and settings.tag not in _WARNED_FAST_WHISPER:
         _WARNED_FAST_WHISPER.add(settings.tag)  # once per settings and process, not once per story
         log.warning("fast windows give Whisper interior frames, which it represents unlike the last frame of a "
@@ -452,6 +505,10 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                     "docs/benchmarks.md); use mode='reference' to follow the protocol")
     plan = plan_windows(len(audio), settings)
     frame_index = _kept_frame_index(encoder, plan)
+    span_first = np.zeros(len(plan.starts), np.int64)  # first frame the layers see, per window
+    if settings.mode == "edge":  # one frame per window: the span ends span_after_s past it, within the 1500 frames
+        before = round(settings.span_before_s / WHISPER_FRAME_S)
+        span_first = np.clip(frame_index - before, 0, WHISPER_FRAMES - settings.span_frames)
     features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}
     batches = _batches(plan, pads_to_30s, batch_size)
     was_training = encoder.training
@@ -464,13 +521,18 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                 inputs = np.zeros((len(batch), lengths.max()), np.float32)
                 for row, window in enumerate(batch):
                     inputs[row, :lengths[row]] = audio[plan.starts[window]:plan.ends[window]]
-                output = encoder(torch.from_numpy(inputs).to(encoder.device), torch.from_numpy(lengths))
+                inputs, lengths = torch.from_numpy(inputs).to(encoder.device), torch.from_numpy(lengths)
+                if settings.mode == "edge":
+                    states = encoder.whisper_span_states(inputs, lengths, torch.from_numpy(span_first[batch]),
+                                                         settings.span_frames)
+                else:
+                    states = encoder(inputs, lengths).hidden_states
                 kept = np.concatenate([np.arange(plan.first[window], plan.stop[window]) for window in batch])
                 rows = np.repeat(np.arange(len(batch)), plan.stop[batch] - plan.first[batch])
                 rows_t = torch.from_numpy(rows).to(encoder.device)
-                frames_t = torch.from_numpy(frame_index[kept]).to(encoder.device)
+                frames_t = torch.from_numpy(frame_index[kept] - span_first[batch][rows]).to(encoder.device)
                 for layer in layers:
-                    features[layer][kept] = output.hidden_states[layer][rows_t, frames_t].float().cpu().numpy()
+                    features[layer][kept] = states[layer][rows_t, frames_t].float().cpu().numpy()
     finally:
         encoder.train(was_training)
     return plan.times, features

@@ -492,12 +492,74 @@ class SpeechEncoder(nn.Module):
             valid = torch.arange(hidden.shape[1], device=hidden.device) < frames[:, None]
             attention_mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden,
                                                        attention_mask=valid)
+        return self._whisper_layers(hidden, attention_mask)
+
+    def _whisper_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """The input ``hidden`` (B, F, D) and each Whisper layer's output (B, F, D)."""
         states = [hidden]
-        for layer in encoder.layers:
+        for layer in self.encoder.layers:
             if not self._skip_layer():
                 hidden = layer(hidden, attention_mask)
             states.append(hidden)
         return tuple(states)
+
+    def whisper_span_states(self, audio: torch.Tensor, lengths: torch.Tensor, first: torch.Tensor,
+                            n_frames: int) -> tuple[torch.Tensor, ...]:
+        """Hidden states of padded Whisper on a span of frames, with the layers run on that span alone.
+
+        Each row's audio is padded to 30 s and turned into log-mel features and
+        convolution outputs exactly as in :meth:`forward`; the positional
+        embeddings are those of the span's absolute frame indices. The
+        transformer layers then see only frames ``first .. first + n_frames - 1``
+        of each row (the rest of the 1500 frames is cut away), so a frame near
+        the span's end keeps its place in the 30 s input and its nearby past,
+        at a fraction of the compute. With ``first = 0`` and ``n_frames = 1500``
+        this is :meth:`forward`. Inference only (no dropout, SpecAugment or LayerDrop).
+
+        Parameters
+        ----------
+        audio : torch.Tensor
+            Float, shape (B, T), 16 kHz, T at most 30 s.
+        lengths : torch.Tensor
+            Long, shape (B,): valid samples per row.
+        first : torch.Tensor
+            Long, shape (B,): first frame of each row's span.
+        n_frames : int
+            Frames per span; ``first + n_frames`` must not exceed 1500.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``n_layers + 1`` states of shape (B, n_frames, D), the last after
+            the final layer norm (as ``EncoderOutput.hidden_states``).
+        """
+        if self.family != "whisper" or self.native_length:
+            raise ValueError(f"whisper_span_states needs Whisper padded to 30 s; {self.name} is {self.family}"
+                             f"{' at native length' if self.family == 'whisper' else ''}")
+        if self.training:
+            raise RuntimeError("whisper_span_states is for inference: call encoder.eval() first")
+        audio, lengths = self._check_audio(audio, lengths)
+        total = WHISPER_MAX_SAMPLES // WHISPER_HOP // 2
+        first = torch.as_tensor(first, dtype=torch.long).cpu()
+        if first.shape != lengths.shape or n_frames < 1 or int(first.min()) < 0 or int(first.max()) + n_frames > total:
+            raise ValueError(f"spans must lie within Whisper's {total} frames: got n_frames={n_frames!r} and first "
+                             f"frames {first.tolist()} for {len(lengths)} rows")
+        encoder = self.encoder
+        mel = self.preprocess(audio, lengths)["input_features"].to(encoder.conv1.weight.dtype)
+        # Frame j depends on mel frames 2j - 2 .. 2j + 2: cut each span's mel frames with a margin of
+        # two frames (four mel frames) on both sides, zero outside the 3000 frames like the convolutions' padding.
+        margin = 2 * 2
+        mel = F.pad(mel, (margin, margin))
+        width = 2 * n_frames + 2 * margin
+        mel = torch.stack([mel[row, :, 2 * start:2 * start + width] for row, start in enumerate(first.tolist())])
+        mel_index = 2 * first[:, None] - margin + torch.arange(width)
+        inside = ((mel_index >= 0) & (mel_index < 2 * total)).to(mel.device)
+        hidden = F.gelu(encoder.conv1(mel)) * inside[:, None, :]  # conv2's zero padding at the input's edges
+        hidden = F.gelu(encoder.conv2(hidden))[:, :, margin // 2:margin // 2 + n_frames].transpose(1, 2)
+        positions = (first[:, None] + torch.arange(n_frames)).to(hidden.device)
+        hidden = hidden + encoder.embed_positions.weight[positions]
+        states = self._whisper_layers(hidden, None)
+        return (*states[:-1], self._final_layer_norm()(states[-1]))
 
     def _skip_layer(self) -> bool:
         rate = self.settings["layerdrop_rate"]

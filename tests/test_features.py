@@ -82,6 +82,25 @@ def test_window_settings_defaults_and_errors():
         WindowSettings(chunk_s=1e-5)
 
 
+def test_edge_settings_defaults_tag_and_errors():
+    edge = WindowSettings("edge")
+    assert (edge.stride_s, edge.frames_per_window, edge.span_before_s, edge.span_after_s) == (0.1, 1, 8.0, 2.0)
+    assert edge.span_frames == 501  # 400 frames before the kept one, 100 after, 20 ms apart
+    assert edge.tag == "edge-ctx16.0-chunk0.1-stride0.1-before8.0-after2.0"
+    assert edge.to_dict() == {"mode": "edge", "context_s": 16.0, "chunk_s": 0.1, "stride_s": 0.1,
+                              "span_before_s": 8.0, "span_after_s": 2.0}
+    assert WindowSettings("edge", span_before_s=8, span_after_s=2) == edge
+    assert "span_before_s" not in WindowSettings().to_dict()  # reference records and cache keys are unchanged
+    with pytest.raises(ValueError, match="span_after_s apply to mode='edge' only"):
+        WindowSettings("reference", span_after_s=1.0)
+    with pytest.raises(ValueError, match="span_before_s=0.015 must be a whole number of Whisper frames"):
+        WindowSettings("edge", span_before_s=0.015)
+    with pytest.raises(ValueError, match="exceeds Whisper's 30 s input"):
+        WindowSettings("edge", span_before_s=20.0, span_after_s=10.0)
+    with pytest.raises(ValueError, match="edge mode keeps one frame per window"):
+        WindowSettings("edge", stride_s=2.0)
+
+
 @pytest.mark.parametrize("settings", [WindowSettings(), WindowSettings("fast"), WindowSettings("fast", stride_s=3.0)])
 def test_plan_covers_the_grid_once_with_causal_windows(settings):
     n_samples = 61 * SR + 700  # a partial chunk at the end is not used
@@ -178,6 +197,45 @@ def test_fast_mode_agrees_with_reference_on_speech(name, speech, one_thread):
         r = (zscore_per_story(trim_trs(ref_tr[layer])) * zscore_per_story(trim_trs(fast_tr[layer]))).mean(axis=0)
         print(f"{name} layer {layer}: TR-level r mean {r.mean():.3f}, min {r.min():.3f}")
         assert r.mean() > 0.9
+
+
+def test_edge_frames_equal_the_layers_run_on_their_span(one_thread):
+    """Each kept frame equals an independent computation: the full padded forward's layer-0 states
+    (convolutions and positions of all 1,500 frames), cut to the span, through the encoder's layers."""
+    encoder = load_encoder("tiny-whisper", "cpu", native_length=False)
+    audio = _toy_audio(2.55)
+    settings = WindowSettings("edge", context_s=1.0, span_before_s=0.2, span_after_s=0.1)
+    _, edge = extract_layer_features(encoder, audio, [0, 1, 2], settings, batch_size=4, progress=False)
+    for k in (0, 4, 10, 24):  # shorter windows at the story start, where the span starts at frame 0
+        end = (k + 1) * 1600
+        window = torch.from_numpy(audio[None, max(0, end - settings.window_samples):end])
+        kept = _authors_whisper_frame(encoder, window.shape[1])
+        first = min(max(kept - 10, 0), 1500 - 16)
+        with torch.no_grad():
+            states = [encoder(window).hidden_states[0][:, first:first + 16]]
+            for layer in encoder.encoder.layers:
+                states.append(layer(states[-1], None))
+            states[-1] = encoder.encoder.layer_norm(states[-1])
+        for layer in (0, 1, 2):
+            np.testing.assert_allclose(edge[layer][k], states[layer][0, kept - first].numpy(), atol=1e-5)
+
+
+def test_edge_span_over_all_frames_is_the_reference(one_thread):
+    encoder = load_encoder("tiny-whisper", "cpu", native_length=False)
+    audio = _toy_audio(1.5)
+    whole = WindowSettings("edge", context_s=1.0, span_before_s=29.98, span_after_s=0.0)
+    times, reference = extract_layer_features(encoder, audio, [1, 2], WindowSettings(context_s=1.0), progress=False)
+    edge_times, edge = extract_layer_features(encoder, audio, [1, 2], whole, progress=False)
+    np.testing.assert_array_equal(times, edge_times)
+    for layer in (1, 2):
+        np.testing.assert_allclose(edge[layer], reference[layer], atol=1e-5)
+
+
+@pytest.mark.parametrize("name, native", [("tiny-wav2vec2", False), ("tiny-whisper", True)])
+def test_edge_mode_needs_padded_whisper(name, native):
+    encoder = load_encoder(name, "cpu", native_length=native)
+    with pytest.raises(ValueError, match="mode='edge' cuts the layers of Whisper padded to 30 s.*use mode='reference'"):
+        extract_layer_features(encoder, _toy_audio(0.5), [1], WindowSettings("edge"), progress=False)
 
 
 def test_layer_out_of_range_names_the_choices():

@@ -179,6 +179,37 @@ def test_whisper_log_mel_equals_whisper_feature_extractor(source):
     torch.testing.assert_close(native, reference, rtol=0, atol=1e-4)
 
 
+def test_whisper_span_states_are_the_forward_cut_to_the_span():
+    """Over all 1,500 frames the span states are the forward's; on a short span, the layer-0 states
+    (convolutions and positions) equal the forward's there, at the input's first and last frames too,
+    while the layers see only the span and so differ."""
+    encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
+    audio = torch.randn(3, 3 * 16000, generator=torch.Generator().manual_seed(0)) * 0.1
+    lengths = torch.tensor([3 * 16000, 20000, 700])
+    with torch.no_grad():
+        full = encoder(audio, lengths).hidden_states
+        whole = encoder.whisper_span_states(audio, lengths, torch.zeros(3, dtype=torch.long), 1500)
+        span = encoder.whisper_span_states(audio, lengths, torch.tensor([0, 60, 1490]), 10)
+    for state, expected in zip(whole, full):
+        torch.testing.assert_close(state, expected, atol=1e-5, rtol=0)
+    for row, first in enumerate((0, 60, 1490)):
+        torch.testing.assert_close(span[0][row], full[0][row, first:first + 10], atol=1e-5, rtol=0)
+    assert not torch.allclose(span[-1][1], full[-1][1, 60:70], atol=1e-3)
+
+
+def test_whisper_span_states_refuses_bad_spans_and_other_encoders():
+    encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
+    audio = torch.zeros(2, 16000)
+    with torch.no_grad(), pytest.raises(ValueError, match="spans must lie within Whisper's 1500 frames"):
+        encoder.whisper_span_states(audio, None, torch.tensor([0, 1495]), 10)
+    with pytest.raises(RuntimeError, match="call encoder.eval"):
+        encoder.train().whisper_span_states(audio, None, torch.tensor([0, 0]), 10)
+    for name, native in (("tiny-whisper", True), ("tiny-hubert", None)):
+        other = load_encoder(name, device="cpu", native_length=native).eval()
+        with pytest.raises(ValueError, match="needs Whisper padded to 30 s"):
+            other.whisper_span_states(audio, None, torch.tensor([0, 0]), 10)
+
+
 @pytest.mark.parametrize("name", ["tiny-wav2vec2", "tiny-hubert"])
 def test_wav2vec2_normalisation_equals_wav2vec2_feature_extractor(name):
     clips = [speech(3.0) * 0.3 + 0.05, tones_and_noise(1.7)]
