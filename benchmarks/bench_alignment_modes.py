@@ -24,7 +24,8 @@ encoder compute it would need on its own: the fast windows plus one reference wi
 calibration point.
 
 Run: ``.venv/bin/python benchmarks/bench_alignment_modes.py [--model whisper-tiny.en]
-[--modes fast fast-stride1 grid-1s fast-calibrated] [--scoring test story-cv] [--threads 1]``.
+[--modes fast fast-stride1 grid-1s fast-calibrated edge edge-2.5+0.5s] [--scoring test story-cv] [--padded]
+[--threads 1]``.
 """
 
 from __future__ import annotations
@@ -69,10 +70,14 @@ MODES = {
     "fast-stride1": WindowSettings(mode="fast", stride_s=1.0),
     "grid-1s": WindowSettings(chunk_s=1.0),
     "reference+0.1s": WindowSettings(context_s=CONTEXT_S + CHUNK_S),
+    "edge": WindowSettings(mode="edge"),
+    "edge-2.5+0.5s": WindowSettings(mode="edge", span_before_s=2.5, span_after_s=0.5),
 }
 """Window modes by name: the protocol, the fast mode's default, a shorter fast stride, the
-reference protocol on a 1-s grid (10x fewer windows, no reuse), and the protocol with 0.1 s more
-context (no cheaper: how far the protocol's own scores move with its window length)."""
+reference protocol on a 1-s grid (10x fewer windows, no reuse), the protocol with 0.1 s more
+context (no cheaper: how far the protocol's own scores move with its window length), and edge
+mode with its default span (8 s + 2 s, 3x less encoder input) and a 3-s span (10x less); the
+edge modes need ``--padded``."""
 
 CALIBRATED = "fast-calibrated"
 """Name of the calibrated fast mode (fast frames mapped onto reference frames, see the module docstring)."""
@@ -245,6 +250,8 @@ def main() -> None:
     parser.add_argument("--padded", action="store_true", help="Whisper padded to 30 s (default: native length)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if not args.padded and any(mode in MODES and MODES[mode].mode == "edge" for mode in args.modes):
+        parser.error("the edge modes run Whisper padded to 30 s: add --padded")
     torch.set_num_threads(args.threads)
     dataset = open_dataset(args.data_root)
     classes = {subject: dataset.truth(subject)["voxel_class"] for subject in dataset.subjects}

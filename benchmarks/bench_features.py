@@ -45,14 +45,13 @@ from bt_utils.demo_data import DemoConfig, build_demo_dataset
 from bt_utils.features import (
     CHUNK_S,
     CONTEXT_S,
-    WHISPER_FRAME_S,
     WindowSettings,
     extract_layer_features,
     plan_windows,
     tr_features,
     zscore_per_story,
 )
-from bt_utils.models import SAMPLE_RATE, WHISPER_MAX_SAMPLES, load_encoder
+from bt_utils.models import SAMPLE_RATE, WHISPER_FRAME_S, WHISPER_MAX_SAMPLES, load_encoder
 from bt_utils.timing import trim_trs
 
 MODELS = ("tiny-wav2vec2", "tiny-hubert", "tiny-whisper", "whisper-tiny.en", "whisper-tiny.en:native")
@@ -91,9 +90,9 @@ def bench_model(spec: str, audio: np.ndarray, tr_times: np.ndarray,
     for mode, settings in MODES.items():
         if settings.mode == "edge" and not padded:
             continue
-        padded_to = None
-        if padded:
-            padded_to = settings.span_frames * WHISPER_FRAME_S if settings.mode == "edge" else WHISPER_MAX_SAMPLES / SAMPLE_RATE
+        padded_to = WHISPER_MAX_SAMPLES / SAMPLE_RATE if padded else None
+        if settings.mode == "edge":  # the layers see only the span
+            padded_to = settings.span_frames * WHISPER_FRAME_S
         plan = plan_windows(len(audio), settings)
         started = time.perf_counter()
         times, frames = extract_layer_features(encoder, audio, layers, settings, batch_size, progress=False)

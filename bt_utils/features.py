@@ -66,6 +66,24 @@ From audio to a design matrix, in this order:
      the fast mode: 0.025-0.030). Its features also differ from the padded
      protocol's (TR-level r 0.41-0.57 in layers 1-4). Whisper was trained on
      padded input; native length is a speed option for exploration and the demo.
+   - ``"edge"`` mode (Whisper padded to 30 s only) keeps the reference's
+     windows and kept frames, but runs the transformer layers on a span of
+     frames only: ``span_before_s`` (default 8 s) before the kept frame and
+     ``span_after_s`` (default 2 s, padding frames) after it
+     (:meth:`SpeechEncoder.whisper_span_states`: the log-mel features,
+     convolutions and positional embeddings are those of the padded window).
+     The kept frame thus stays an edge frame at its own place in the 30 s
+     input, which no window-sharing scheme gives. The span (10 s) instead of
+     30 s cuts the encoder input 3.0x (4.8x less wall time on CPU: attention is
+     quadratic). On 2 min of synthesised speech, whisper-tiny.en's TR-level
+     features keep r 0.991, 0.958, 0.939, 0.862 with the reference in layers 1-4
+     (the fast mode: 0.63, 0.67, 0.66, 0.46; the reference with 0.1 s more
+     context: 0.95-0.97). Shorter spans lose agreement steadily, about as
+     much per second cut after the kept frame (padding, which Whisper attends
+     to) as before it; a 3-s span (2.5 s + 0.5 s, 9.9x less input) keeps only
+     0.964, 0.870, 0.820, 0.695, so edge mode is the closest cheaper
+     approximation of the padded protocol, not a 10x one
+     (``benchmarks/bench_features.py``; docs/benchmarks.md).
 
    Windows of equal length are batched together, so no window is padded
    (Whisper without ``native_length`` pads every window to 30 s, as in
@@ -117,7 +135,7 @@ from tqdm.auto import tqdm
 from .cache import cache_root
 from .dataset import Dataset, StorySplit
 from .lanczos import LANCZOS_WINDOW, lanczos_matrix
-from .models import SAMPLE_RATE, WHISPER_MAX_SAMPLES, SpeechEncoder
+from .models import SAMPLE_RATE, WHISPER_FRAME_S, WHISPER_FRAMES, WHISPER_MAX_SAMPLES, SpeechEncoder
 from .results import atomic_path
 from .timing import TRIM_END, TRIM_START
 from .validation import DataError, check_option
@@ -156,10 +174,6 @@ EDGE_SPAN_BEFORE_S = 8.0
 """Default ``span_before_s`` of ``"edge"`` mode: seconds of frames before the kept frame that the layers see."""
 EDGE_SPAN_AFTER_S = 2.0
 """Default ``span_after_s`` of ``"edge"`` mode: seconds of (padding) frames after the kept frame that the layers see."""
-WHISPER_FRAME_S = 0.02
-"""Time between Whisper encoder frames, in seconds (a 10 ms mel hop and the stride-2 ``conv2``)."""
-WHISPER_FRAMES = 1500
-"""Encoder frames of Whisper's 30 s input."""
 
 PROTOCOL_LAYERS = (2, 5, 7, 8, 10, 11, 12)
 """The protocol's layers of 12-layer models (layer 12 is the model's output)."""
@@ -495,8 +509,8 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                          f"30 s input; lower context_s or stride_s")
     if settings.mode == "edge" and not pads_to_30s:
         raise ValueError(f"mode='edge' cuts the layers of Whisper padded to 30 s down to a span of frames; "
-                         f"{encoder.name} is {encoder.family}{' at native length' if encoder.family == 'whisper' else ''}"
-                         f": use mode='reference' or 'fast'")
+                         f"{encoder.name} ({encoder.family}, native_length={encoder.native_length}) runs at its "
+                         f"input length: use mode='reference' or 'fast'")
     if encoder.family == "whisper" and settings.mode == "fast" and settings.tag not in _WARNED_FAST_WHISPER:
         _WARNED_FAST_WHISPER.add(settings.tag)  # once per settings and process, not once per story
         log.warning("fast windows give Whisper interior frames, which it represents unlike the last frame of a "

@@ -77,6 +77,10 @@ WHISPER_N_FFT = 400
 WHISPER_HOP = 160
 WHISPER_MAX_SAMPLES = 30 * SAMPLE_RATE
 """Whisper's input window: 30 s, i.e. 3000 mel frames and 1500 encoder frames."""
+WHISPER_FRAMES = WHISPER_MAX_SAMPLES // WHISPER_HOP // 2
+"""Encoder frames of Whisper's 30 s input (10 ms mel hop, then the stride-2 ``conv2``)."""
+WHISPER_FRAME_S = 2 * WHISPER_HOP / SAMPLE_RATE
+"""Time between Whisper encoder frames, in seconds (0.02)."""
 
 ENCODER_RECORD = "bt_encoder.json"
 """File that :meth:`SpeechEncoder.save_pretrained` writes beside the Hugging Face files."""
@@ -534,16 +538,16 @@ class SpeechEncoder(nn.Module):
             the final layer norm (as ``EncoderOutput.hidden_states``).
         """
         if self.family != "whisper" or self.native_length:
-            raise ValueError(f"whisper_span_states needs Whisper padded to 30 s; {self.name} is {self.family}"
-                             f"{' at native length' if self.family == 'whisper' else ''}")
+            raise ValueError(f"whisper_span_states needs Whisper padded to 30 s; {self.name} is {self.family} "
+                             f"with native_length={self.native_length}")
         if self.training:
             raise RuntimeError("whisper_span_states is for inference: call encoder.eval() first")
         audio, lengths = self._check_audio(audio, lengths)
-        total = WHISPER_MAX_SAMPLES // WHISPER_HOP // 2
         first = torch.as_tensor(first, dtype=torch.long).cpu()
-        if first.shape != lengths.shape or n_frames < 1 or int(first.min()) < 0 or int(first.max()) + n_frames > total:
-            raise ValueError(f"spans must lie within Whisper's {total} frames: got n_frames={n_frames!r} and first "
-                             f"frames {first.tolist()} for {len(lengths)} rows")
+        if (first.shape != lengths.shape or n_frames < 1 or int(first.min()) < 0
+                or int(first.max()) + n_frames > WHISPER_FRAMES):
+            raise ValueError(f"spans must lie within Whisper's {WHISPER_FRAMES} frames: got n_frames={n_frames!r} "
+                             f"and first frames {first.tolist()} for {len(lengths)} rows")
         encoder = self.encoder
         mel = self.preprocess(audio, lengths)["input_features"].to(encoder.conv1.weight.dtype)
         # Frame j depends on mel frames 2j - 2 .. 2j + 2: cut each span's mel frames with a margin of
@@ -553,7 +557,7 @@ class SpeechEncoder(nn.Module):
         width = 2 * n_frames + 2 * margin
         mel = torch.stack([mel[row, :, 2 * start:2 * start + width] for row, start in enumerate(first.tolist())])
         mel_index = 2 * first[:, None] - margin + torch.arange(width)
-        inside = ((mel_index >= 0) & (mel_index < 2 * total)).to(mel.device)
+        inside = ((mel_index >= 0) & (mel_index < 2 * WHISPER_FRAMES)).to(mel.device)
         hidden = F.gelu(encoder.conv1(mel)) * inside[:, None, :]  # conv2's zero padding at the input's edges
         hidden = F.gelu(encoder.conv2(hidden))[:, :, margin // 2:margin // 2 + n_frames].transpose(1, 2)
         positions = (first[:, None] + torch.arange(n_frames)).to(hidden.device)
