@@ -47,7 +47,7 @@ class AlignmentSettings:
     layers : tuple of int or None
         Hidden-state indices; None: :func:`bt_utils.features.default_layers`.
     window : WindowSettings
-        Reference protocol or the fast mode.
+        Reference protocol, the fast mode, or edge mode (padded Whisper only).
     native_length : bool
         Whisper only: run the encoder on each window's real length instead of
         padding it to 30 s (2.5-4x faster on CPU; the protocol pads, and native-length

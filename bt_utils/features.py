@@ -516,7 +516,8 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
         log.warning("fast windows give Whisper interior frames, which it represents unlike the last frame of a "
                     "window that the reference keeps (whisper-tiny.en on the demo: TR-level r 0.46-0.67 with the "
                     "reference, voxel alignment r off by 0.025-0.03 on average; see bt_utils.features and "
-                    "docs/benchmarks.md); use mode='reference' to follow the protocol")
+                    "docs/benchmarks.md); use mode='reference' to follow the protocol, or, padded to 30 s, "
+                    "mode='edge' for 3x less compute with the reference's edge frames")
     plan = plan_windows(len(audio), settings)
     frame_index = _kept_frame_index(encoder, plan)
     span_first = np.zeros(len(plan.starts), np.int64)  # first frame the layers see, per window
