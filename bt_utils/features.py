@@ -284,9 +284,14 @@ class WindowSettings:
                              f"Whisper's 30 s input; lower them")
 
     @property
+    def span_before_frames(self) -> int:
+        """Edge mode: encoder frames the transformer layers see before the kept frame."""
+        return round(self.span_before_s / WHISPER_FRAME_S)
+
+    @property
     def span_frames(self) -> int:
         """Edge mode: encoder frames the transformer layers see per window, the kept one included."""
-        return round((self.span_before_s + self.span_after_s) / WHISPER_FRAME_S) + 1
+        return self.span_before_frames + round(self.span_after_s / WHISPER_FRAME_S) + 1
 
     @property
     def chunk_samples(self) -> int:
@@ -526,8 +531,7 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     frame_index = _kept_frame_index(encoder, plan)
     span_first = np.zeros(len(plan.starts), np.int64)  # first frame the layers see, per window
     if settings.mode == "edge":  # one frame per window: the span ends span_after_s past it, within the 1500 frames
-        before = round(settings.span_before_s / WHISPER_FRAME_S)
-        span_first = np.clip(frame_index - before, 0, WHISPER_FRAMES - settings.span_frames)
+        span_first = np.clip(frame_index - settings.span_before_frames, 0, WHISPER_FRAMES - settings.span_frames)
     features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}
     batches = _batches(plan, pads_to_30s, batch_size)
     was_training = encoder.training
