@@ -55,6 +55,7 @@ from bt_utils.demo_data import open_dataset  # noqa: E402
 from bt_utils.features import (  # noqa: E402
     CHUNK_S,
     CONTEXT_S,
+    EDGE_SPARSE,
     WindowSettings,
     default_layers,
     layer_design,
@@ -72,12 +73,14 @@ MODES = {
     "reference+0.1s": WindowSettings(context_s=CONTEXT_S + CHUNK_S),
     "edge": WindowSettings(mode="edge"),
     "edge-2.5+0.5s": WindowSettings(mode="edge", span_before_s=2.5, span_after_s=0.5),
+    "edge-sparse": WindowSettings(mode="edge", **EDGE_SPARSE),
 }
 """Window modes by name: the protocol, the fast mode's default, a shorter fast stride, the
 reference protocol on a 1-s grid (10x fewer windows, no reuse), the protocol with 0.1 s more
 context (no cheaper: how far the protocol's own scores move with its window length), and edge
-mode with its default span (8 s + 2 s, 3x less encoder input) and a 3-s span (10x less); the
-edge modes need ``--padded``."""
+mode with its default span (8 s + 2 s, 3x less encoder input), a 3-s span (10x less) and
+``EDGE_SPARSE`` (a 1.8-s span plus every 16th frame before it and every 128th after it, 10.7x
+less); the edge modes need ``--padded``."""
 
 CALIBRATED = "fast-calibrated"
 """Name of the calibrated fast mode (fast frames mapped onto reference frames, see the module docstring)."""

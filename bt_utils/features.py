@@ -70,7 +70,7 @@ From audio to a design matrix, in this order:
      windows and kept frames, but runs the transformer layers on a span of
      frames only: ``span_before_s`` (default 8 s) before the kept frame and
      ``span_after_s`` (default 2 s, padding frames) after it
-     (:meth:`SpeechEncoder.whisper_span_states`: the log-mel features,
+     (:meth:`SpeechEncoder.whisper_frame_states`: the log-mel features,
      convolutions and positional embeddings are those of the padded window).
      The kept frame thus stays an edge frame at its own place in the 30 s
      input, which no window-sharing scheme gives. The span (10 s) instead of
@@ -178,6 +178,9 @@ EDGE_SPAN_BEFORE_S = 8.0
 """Default ``span_before_s`` of ``"edge"`` mode: seconds of frames before the kept frame that the layers see."""
 EDGE_SPAN_AFTER_S = 2.0
 """Default ``span_after_s`` of ``"edge"`` mode: seconds of (padding) frames after the kept frame that the layers see."""
+EDGE_SPARSE = dict(span_before_s=1.5, span_after_s=0.3, sparse_stride_before=16, sparse_stride_after=128)
+"""Edge-mode settings with 10x less encoder input than the padded reference (about 140 of 1500 frames per window):
+``WindowSettings("edge", **EDGE_SPARSE)``."""
 
 PROTOCOL_LAYERS = (2, 5, 7, 8, 10, 11, 12)
 """The protocol's layers of 12-layer models (layer 12 is the model's output)."""
@@ -236,6 +239,14 @@ class WindowSettings:
         Edge mode only: seconds of encoder frames before and after the kept
         frame that the transformer layers see, whole Whisper frames (0.02 s).
         Defaults :data:`EDGE_SPAN_BEFORE_S` and :data:`EDGE_SPAN_AFTER_S`.
+    sparse_stride_before, sparse_stride_after : int, optional
+        Edge mode only: beyond the span, the layers also see one frame in
+        every ``sparse_stride_before`` frames before it (back to the window's
+        first frame) and one in every ``sparse_stride_after`` after it (to the
+        end of the 30 s), each frame standing for its stride's frames in
+        attention (:meth:`SpeechEncoder.whisper_frame_states`). Default None:
+        frames beyond the span are left out. :data:`EDGE_SPARSE` is the
+        package's 10x setting.
     """
 
     mode: str = "reference"
@@ -244,6 +255,8 @@ class WindowSettings:
     stride_s: float | None = None
     span_before_s: float | None = None
     span_after_s: float | None = None
+    sparse_stride_before: int | None = None
+    sparse_stride_after: int | None = None
 
     def __post_init__(self):
         check_option("mode", self.mode, MODES)
@@ -266,11 +279,16 @@ class WindowSettings:
     def _check_span(self) -> None:
         """Set edge mode's span defaults as floats; refuse spans outside edge mode or off Whisper's frame grid."""
         spans = {"span_before_s": self.span_before_s, "span_after_s": self.span_after_s}
+        strides = {"sparse_stride_before": self.sparse_stride_before, "sparse_stride_after": self.sparse_stride_after}
         if self.mode != "edge":
-            given = [name for name, value in spans.items() if value is not None]
+            given = [name for name, value in (spans | strides).items() if value is not None]
             if given:
                 raise ValueError(f"{', '.join(given)} apply to mode='edge' only; got mode={self.mode!r}")
             return
+        for name, value in strides.items():
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+                raise ValueError(f"{name}={value!r} must be a whole number of Whisper frames >= 1 (or None)")
+            object.__setattr__(self, name, None if value is None else int(value))
         defaults = {"span_before_s": EDGE_SPAN_BEFORE_S, "span_after_s": EDGE_SPAN_AFTER_S}
         for name, value in spans.items():
             value = float(defaults[name] if value is None else value)
@@ -314,13 +332,16 @@ class WindowSettings:
         tag = f"{self.mode}-ctx{self.context_s!r}-chunk{self.chunk_s!r}-stride{self.stride_s!r}"
         if self.mode == "edge":
             tag += f"-before{self.span_before_s!r}-after{self.span_after_s!r}"
+            if (self.sparse_stride_before, self.sparse_stride_after) != (None, None):
+                tag += f"-sparse{self.sparse_stride_before}x{self.sparse_stride_after}"
         return tag
 
     def to_dict(self) -> dict:
-        """The settings as a JSON-ready dict, for run records (the span fields in edge mode only)."""
+        """The settings as a JSON-ready dict, for run records (the span and stride fields in edge mode only)."""
         settings = asdict(self)
         if self.mode != "edge":
-            del settings["span_before_s"], settings["span_after_s"]
+            for name in ("span_before_s", "span_after_s", "sparse_stride_before", "sparse_stride_after"):
+                del settings[name]
         return settings
 
 
@@ -472,6 +493,58 @@ def _kept_frame_index(encoder: SpeechEncoder, plan: WindowPlan) -> np.ndarray:
     return index
 
 
+def _edge_frames(kept_frame: int, settings: WindowSettings) -> tuple[np.ndarray, np.ndarray, int]:
+    """The frames edge mode's layers see for one kept frame, what each stands for, and the kept one's place.
+
+    The span is ``span_before_frames`` frames before the kept frame to
+    ``span_frames`` frames in all, moved back where it would pass frame 1499.
+    With sparse strides, the frames before the span are cut, from its first
+    frame backwards, into blocks of ``sparse_stride_before`` frames (the last
+    one shorter at frame 0); those after it into blocks of
+    ``sparse_stride_after``; each block is represented by its middle frame,
+    counted as many times as the block has frames.
+
+    Returns
+    -------
+    frames : ndarray of shape (n,)
+        Increasing frame indices (0-1499).
+    counts : ndarray of shape (n,)
+        Frames each one stands for (1 in the span).
+    position : int
+        Index of ``kept_frame`` in ``frames``.
+    """
+    first = int(np.clip(kept_frame - settings.span_before_frames, 0, WHISPER_FRAMES - settings.span_frames))
+    stop = first + settings.span_frames
+    blocks = [(first, stop, 1)]
+    if settings.sparse_stride_before is not None:
+        stride = settings.sparse_stride_before
+        blocks += [(max(0, end - stride), end, stride) for end in range(first, 0, -stride)]
+    if settings.sparse_stride_after is not None:
+        stride = settings.sparse_stride_after
+        blocks += [(start, min(WHISPER_FRAMES, start + stride), stride) for start in range(stop, WHISPER_FRAMES, stride)]
+    frames, counts = [], []
+    for start, end, stride in sorted(blocks):
+        if stride == 1:
+            frames.append(np.arange(start, end))
+            counts.append(np.ones(end - start))
+        else:
+            frames.append(np.array([(start + end) // 2]))
+            counts.append(np.array([float(end - start)]))
+    frames, counts = np.concatenate(frames), np.concatenate(counts)
+    return frames, counts, int(np.searchsorted(frames, kept_frame))
+
+
+def _pad_rows(rows: Sequence[tuple[np.ndarray, np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """:func:`_edge_frames` of a batch as (B, N) frames and counts, shorter rows padded with frame 0 of count 0
+    (left out of attention), and the kept frames' places, shape (B,)."""
+    width = max(len(frames) for frames, _, _ in rows)
+    frames = np.zeros((len(rows), width), np.int64)
+    counts = np.zeros((len(rows), width), np.float32)
+    for row, (row_frames, row_counts, _) in enumerate(rows):
+        frames[row, :len(row_frames)], counts[row, :len(row_counts)] = row_frames, row_counts
+    return torch.from_numpy(frames), torch.from_numpy(counts), np.array([position for _, _, position in rows])
+
+
 def _check_audio(audio) -> np.ndarray:
     audio = np.asarray(audio)
     if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
@@ -529,9 +602,8 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                     "mode='edge' for 3x less compute with the reference's edge frames")
     plan = plan_windows(len(audio), settings)
     frame_index = _kept_frame_index(encoder, plan)
-    span_first = np.zeros(len(plan.starts), np.int64)  # first frame the layers see, per window
-    if settings.mode == "edge":  # one frame per window: the span ends span_after_s past it, within the 1500 frames
-        span_first = np.clip(frame_index - settings.span_before_frames, 0, WHISPER_FRAMES - settings.span_frames)
+    if settings.mode == "edge":  # one frame per window, so window i keeps frame_index[i]
+        edge_frames = [_edge_frames(int(frame), settings) for frame in frame_index]
     features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}
     batches = _batches(plan, pads_to_30s, batch_size)
     was_training = encoder.training
@@ -545,15 +617,16 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                 for row, window in enumerate(batch):
                     inputs[row, :lengths[row]] = audio[plan.starts[window]:plan.ends[window]]
                 inputs, lengths = torch.from_numpy(inputs).to(encoder.device), torch.from_numpy(lengths)
-                if settings.mode == "edge":
-                    states = encoder.whisper_span_states(inputs, lengths, torch.from_numpy(span_first[batch]),
-                                                         settings.span_frames)
-                else:
-                    states = encoder(inputs, lengths).hidden_states
                 kept = np.concatenate([np.arange(plan.first[window], plan.stop[window]) for window in batch])
                 rows = np.repeat(np.arange(len(batch)), plan.stop[batch] - plan.first[batch])
+                if settings.mode == "edge":
+                    frames, counts, positions = _pad_rows([edge_frames[window] for window in batch])
+                    states = encoder.whisper_frame_states(inputs, lengths, frames, counts)
+                else:
+                    states = encoder(inputs, lengths).hidden_states
+                    positions = frame_index[kept]
                 rows_t = torch.from_numpy(rows).to(encoder.device)
-                frames_t = torch.from_numpy(frame_index[kept] - span_first[batch][rows]).to(encoder.device)
+                frames_t = torch.from_numpy(positions).to(encoder.device)
                 for layer in layers:
                     features[layer][kept] = states[layer][rows_t, frames_t].float().cpu().numpy()
     finally:

@@ -507,18 +507,19 @@ class SpeechEncoder(nn.Module):
             states.append(hidden)
         return tuple(states)
 
-    def whisper_span_states(self, audio: torch.Tensor, lengths: torch.Tensor, first: torch.Tensor,
-                            n_frames: int) -> tuple[torch.Tensor, ...]:
-        """Hidden states of padded Whisper on a span of frames, with the layers run on that span alone.
+    def whisper_frame_states(self, audio: torch.Tensor, lengths: torch.Tensor, frames: torch.Tensor,
+                             counts: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Hidden states of padded Whisper at chosen frames, with the layers run on those frames alone.
 
-        Each row's audio is padded to 30 s and turned into log-mel features and
-        convolution outputs exactly as in :meth:`forward`; the positional
-        embeddings are those of the span's absolute frame indices. The
-        transformer layers then see only frames ``first .. first + n_frames - 1``
-        of each row (the rest of the 1500 frames is cut away), so a frame near
-        the span's end keeps its place in the 30 s input and its nearby past,
-        at a fraction of the compute. With ``first = 0`` and ``n_frames = 1500``
-        this is :meth:`forward`. Inference only (no dropout, SpecAugment or LayerDrop).
+        Each row's audio is padded to 30 s and turned into log-mel features,
+        convolution outputs and positional embeddings exactly as in
+        :meth:`forward`, but only at the frames named in ``frames``; the
+        transformer layers then see those frames alone. A frame may stand for
+        ``counts`` frames: attention to it is weighted by its count (the log of
+        the count is added to its attention logits), as ``count`` identical
+        copies of it would be. A count of 0 leaves a frame out (padding rows to
+        one length). With ``frames`` all 1500 frames and counts 1 this is
+        :meth:`forward`. Inference only (no dropout, SpecAugment or LayerDrop).
 
         Parameters
         ----------
@@ -526,43 +527,52 @@ class SpeechEncoder(nn.Module):
             Float, shape (B, T), 16 kHz, T at most 30 s.
         lengths : torch.Tensor
             Long, shape (B,): valid samples per row.
-        first : torch.Tensor
-            Long, shape (B,): first frame of each row's span.
-        n_frames : int
-            Frames per span; ``first + n_frames`` must not exceed 1500.
+        frames : torch.Tensor
+            Long, shape (B, N): frame indices (0-1499, 20 ms apart) per row.
+        counts : torch.Tensor, optional
+            Float, shape (B, N), >= 0: frames each one stands for. Default 1.
 
         Returns
         -------
         tuple of torch.Tensor
-            ``n_layers + 1`` states of shape (B, n_frames, D), the last after
-            the final layer norm (as ``EncoderOutput.hidden_states``).
+            ``n_layers + 1`` states of shape (B, N, D), the last after the final
+            layer norm (as ``EncoderOutput.hidden_states``).
         """
         if self.family != "whisper" or self.native_length:
-            raise ValueError(f"whisper_span_states needs Whisper padded to 30 s; {self.name} is {self.family} "
+            raise ValueError(f"whisper_frame_states needs Whisper padded to 30 s; {self.name} is {self.family} "
                              f"with native_length={self.native_length}")
         if self.training:
-            raise RuntimeError("whisper_span_states is for inference: call encoder.eval() first")
+            raise RuntimeError("whisper_frame_states is for inference: call encoder.eval() first")
         audio, lengths = self._check_audio(audio, lengths)
-        first = torch.as_tensor(first, dtype=torch.long).cpu()
-        if (first.shape != lengths.shape or n_frames < 1 or int(first.min()) < 0
-                or int(first.max()) + n_frames > WHISPER_FRAMES):
-            raise ValueError(f"spans must lie within Whisper's {WHISPER_FRAMES} frames: got n_frames={n_frames!r} "
-                             f"and first frames {first.tolist()} for {len(lengths)} rows")
+        frames = torch.as_tensor(frames, dtype=torch.long).to(self.device)
+        if frames.ndim != 2 or len(frames) != len(lengths) or frames.numel() == 0:
+            raise ValueError(f"frames must have shape (B, N) with B={len(lengths)} rows of audio; "
+                             f"got shape {tuple(frames.shape)}")
+        if int(frames.min()) < 0 or int(frames.max()) >= WHISPER_FRAMES:
+            raise ValueError(f"frames must lie within Whisper's {WHISPER_FRAMES} frames (0-{WHISPER_FRAMES - 1}); "
+                             f"got {int(frames.min())}-{int(frames.max())}")
         encoder = self.encoder
+        bias = None
+        if counts is not None:
+            counts = torch.as_tensor(counts, dtype=torch.float32).to(self.device)
+            if counts.shape != frames.shape or bool((counts < 0).any()) or bool((counts.sum(1) == 0).any()):
+                raise ValueError(f"counts must have the shape of frames {tuple(frames.shape)}, be >= 0 and leave "
+                                 f"every row a frame; got shape {tuple(counts.shape)}")
+            bias = torch.log(counts).to(encoder.conv1.weight.dtype)[:, None, None, :]
         mel = self.preprocess(audio, lengths)["input_features"].to(encoder.conv1.weight.dtype)
-        # Frame j depends on mel frames 2j - 2 .. 2j + 2: cut each span's mel frames with a margin of
-        # two frames (four mel frames) on both sides, zero outside the 3000 frames like the convolutions' padding.
-        margin = 2 * 2
-        mel = F.pad(mel, (margin, margin))
-        width = 2 * n_frames + 2 * margin
-        mel = torch.stack([mel[row, :, 2 * start:2 * start + width] for row, start in enumerate(first.tolist())])
-        mel_index = 2 * first[:, None] - margin + torch.arange(width)
-        inside = ((mel_index >= 0) & (mel_index < 2 * WHISPER_FRAMES)).to(mel.device)
-        hidden = F.gelu(encoder.conv1(mel)) * inside[:, None, :]  # conv2's zero padding at the input's edges
-        hidden = F.gelu(encoder.conv2(hidden))[:, :, margin // 2:margin // 2 + n_frames].transpose(1, 2)
-        positions = (first[:, None] + torch.arange(n_frames)).to(hidden.device)
-        hidden = hidden + encoder.embed_positions.weight[positions]
-        states = self._whisper_layers(hidden, None)
+        # Frame j is conv2 over conv1's outputs at mel frames 2j - 1 .. 2j + 1, which read mel frames
+        # 2j - 2 .. 2j + 2: one patch of 5 mel frames per frame, zero outside the 3000 as in the padding.
+        mel = F.pad(mel, (2, 2))
+        patch_index = 2 * frames[:, :, None] + torch.arange(5, device=frames.device)  # into the padded mel
+        rows = torch.arange(len(frames), device=frames.device)[:, None, None]
+        patches = mel.transpose(1, 2)[rows, patch_index]  # (B, N, 5, n_mels)
+        patches = patches.flatten(0, 1).transpose(1, 2)  # (B * N, n_mels, 5)
+        conv1_at = 2 * frames.flatten()[:, None] + torch.arange(-1, 2, device=frames.device)
+        inside = ((conv1_at >= 0) & (conv1_at < 2 * WHISPER_FRAMES)).to(mel.dtype)[:, None, :]
+        hidden = F.gelu(F.conv1d(patches, encoder.conv1.weight, encoder.conv1.bias)) * inside
+        hidden = F.gelu(F.conv1d(hidden, encoder.conv2.weight, encoder.conv2.bias))  # (B * N, D, 1)
+        hidden = hidden.view(*frames.shape, -1) + encoder.embed_positions.weight[frames]
+        states = self._whisper_layers(hidden, bias)
         return (*states[:-1], self._final_layer_norm()(states[-1]))
 
     def _skip_layer(self) -> bool:

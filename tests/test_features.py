@@ -10,6 +10,7 @@ from bt_utils.demo_data import DemoConfig, build_demo_dataset
 from bt_utils import features
 from bt_utils.features import (
     CACHE_VERSION,
+    EDGE_SPARSE,
     PROTOCOL_LAYERS,
     WindowSettings,
     check_layers,
@@ -25,6 +26,7 @@ from bt_utils.features import (
     tr_features,
     zscore_per_story,
 )
+from bt_utils.features import _edge_frames  # noqa: PLC2701 (the span and blocks edge mode builds)
 from bt_utils.lanczos import lanczos_resample
 from bt_utils.models import load_encoder
 from bt_utils.timing import trim_trs
@@ -88,11 +90,20 @@ def test_edge_settings_defaults_tag_and_errors():
     assert edge.span_frames == 501  # 400 frames before the kept one, 100 after, 20 ms apart
     assert edge.tag == "edge-ctx16.0-chunk0.1-stride0.1-before8.0-after2.0"
     assert edge.to_dict() == {"mode": "edge", "context_s": 16.0, "chunk_s": 0.1, "stride_s": 0.1,
-                              "span_before_s": 8.0, "span_after_s": 2.0}
+                              "span_before_s": 8.0, "span_after_s": 2.0,
+                              "sparse_stride_before": None, "sparse_stride_after": None}
+    sparse = WindowSettings("edge", **EDGE_SPARSE)
+    assert sparse.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-sparse16x128"
+    assert (sparse.to_dict()["sparse_stride_before"], sparse.to_dict()["sparse_stride_after"]) == (16, 128)
     assert WindowSettings("edge", span_before_s=8, span_after_s=2) == edge
     assert "span_before_s" not in WindowSettings().to_dict()  # reference records and cache keys are unchanged
     with pytest.raises(ValueError, match="span_after_s apply to mode='edge' only"):
         WindowSettings("reference", span_after_s=1.0)
+    with pytest.raises(ValueError, match="sparse_stride_before apply to mode='edge' only"):
+        WindowSettings("fast", sparse_stride_before=16)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"sparse_stride_after={bad!r} must be a whole number of Whisper frames"):
+            WindowSettings("edge", sparse_stride_after=bad)
     with pytest.raises(ValueError, match="span_before_s=0.015 must be a whole number of Whisper frames"):
         WindowSettings("edge", span_before_s=0.015)
     with pytest.raises(ValueError, match="exceeds Whisper's 30 s input"):
@@ -218,6 +229,53 @@ def test_edge_frames_equal_the_layers_run_on_their_span(one_thread):
             states[-1] = encoder.encoder.layer_norm(states[-1])
         for layer in (0, 1, 2):
             np.testing.assert_allclose(edge[layer][k], states[layer][0, kept - first].numpy(), atol=1e-5)
+
+
+def test_sparse_edge_frames_stand_for_every_frame_once():
+    """With sparse strides, the span's frames count once and each block beyond it is one middle frame
+    counted as often as the block is long: together the 1,500 frames, each once."""
+    settings = WindowSettings("edge", **EDGE_SPARSE)
+    for kept in (0, 30, 805, 1499):
+        frames, counts, position = _edge_frames(kept, settings)
+        assert frames[position] == kept and np.all(np.diff(frames) > 0)
+        assert counts.sum() == 1500
+        first = min(max(kept - 75, 0), 1500 - 91)
+        span = np.searchsorted(frames, first) + np.arange(91)
+        np.testing.assert_array_equal(frames[span], np.arange(first, first + 91))
+        assert np.all(counts[span] == 1)
+        represented = np.concatenate([np.full(int(n), f) for f, n in zip(frames, counts)])
+        assert np.abs(represented - np.arange(1500)).max() <= 128 // 2  # a frame is stood for by its block's middle
+    frames, counts, _ = _edge_frames(805, settings)
+    assert len(frames) == 91 + 46 + 6 and counts[0] == 730 - 45 * 16 and counts[-1] == 679 - 5 * 128
+
+
+def test_sparse_edge_frames_equal_the_span_with_each_block_as_copies_of_its_middle_frame(one_thread):
+    """Independent computation: each block of frames beyond the span replaced by copies of its middle
+    frame (1,500 frames in all, layer 0 of the full padded forward), through the encoder's own layers."""
+    encoder = load_encoder("tiny-whisper", "cpu", native_length=False)
+    audio = _toy_audio(2.55)
+    settings = WindowSettings("edge", context_s=1.0, span_before_s=0.2, span_after_s=0.1,
+                              sparse_stride_before=8, sparse_stride_after=256)
+    _, edge = extract_layer_features(encoder, audio, [0, 1, 2], settings, batch_size=4, progress=False)
+    for k in (0, 4, 10, 24):
+        end = (k + 1) * 1600
+        window = torch.from_numpy(audio[None, max(0, end - settings.window_samples):end])
+        kept = _authors_whisper_frame(encoder, window.shape[1])
+        first = max(kept - 10, 0)
+        sequence = list(range(first, first + 16))
+        for start in range(first, 0, -8):
+            sequence += [(max(start - 8, 0) + start) // 2] * (start - max(start - 8, 0))
+        for start in range(first + 16, 1500, 256):
+            sequence += [(start + min(start + 256, 1500)) // 2] * (min(start + 256, 1500) - start)
+        sequence = sorted(sequence)
+        assert len(sequence) == 1500
+        with torch.no_grad():
+            states = [encoder(window).hidden_states[0][:, sequence]]
+            for layer in encoder.encoder.layers:
+                states.append(layer(states[-1], None))
+            states[-1] = encoder.encoder.layer_norm(states[-1])
+        for layer in (0, 1, 2):
+            np.testing.assert_allclose(edge[layer][k], states[layer][0, sequence.index(kept)].numpy(), atol=1e-4)
 
 
 def test_edge_span_over_all_frames_is_the_reference(one_thread):

@@ -179,35 +179,60 @@ def test_whisper_log_mel_equals_whisper_feature_extractor(source):
     torch.testing.assert_close(native, reference, rtol=0, atol=1e-4)
 
 
-def test_whisper_span_states_are_the_forward_cut_to_the_span():
-    """Over all 1,500 frames the span states are the forward's; on a short span, the layer-0 states
+def test_whisper_frame_states_are_the_forward_at_those_frames():
+    """Over all 1,500 frames the frame states are the forward's; on a few frames, the layer-0 states
     (convolutions and positions) equal the forward's there, at the input's first and last frames too,
-    while the layers see only the span and so differ."""
+    while the layers see only those frames and so differ."""
     encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
     audio = torch.randn(3, 3 * 16000, generator=torch.Generator().manual_seed(0)) * 0.1
     lengths = torch.tensor([3 * 16000, 20000, 700])
+    chosen = torch.tensor([[0, 1, 2, 700, 1499], [3, 60, 61, 62, 900], [0, 37, 1200, 1498, 1499]])
     with torch.no_grad():
         full = encoder(audio, lengths).hidden_states
-        whole = encoder.whisper_span_states(audio, lengths, torch.zeros(3, dtype=torch.long), 1500)
-        span = encoder.whisper_span_states(audio, lengths, torch.tensor([0, 60, 1490]), 10)
+        whole = encoder.whisper_frame_states(audio, lengths, torch.arange(1500).repeat(3, 1))
+        some = encoder.whisper_frame_states(audio, lengths, chosen)
     for state, expected in zip(whole, full):
         torch.testing.assert_close(state, expected, atol=1e-5, rtol=0)
-    for row, first in enumerate((0, 60, 1490)):
-        torch.testing.assert_close(span[0][row], full[0][row, first:first + 10], atol=1e-5, rtol=0)
-    assert not torch.allclose(span[-1][1], full[-1][1, 60:70], atol=1e-3)
+    for row in range(3):
+        torch.testing.assert_close(some[0][row], full[0][row, chosen[row]], atol=1e-5, rtol=0)
+    assert not torch.allclose(some[-1][1], full[-1][1, chosen[1]], atol=1e-3)
 
 
-def test_whisper_span_states_refuses_bad_spans_and_other_encoders():
+def test_whisper_frame_counts_weigh_attention_as_copies():
+    """A frame counted twice gives every state what two copies of it give; a frame counted 0 is left out."""
+    encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
+    audio = torch.randn(2, 16000, generator=torch.Generator().manual_seed(1)) * 0.1
+    with torch.no_grad():
+        copies = encoder.whisper_frame_states(audio, None, torch.tensor([[5, 40, 40, 41, 1300]] * 2))
+        counted = encoder.whisper_frame_states(audio, None, torch.tensor([[5, 40, 41, 1300, 9]] * 2),
+                                               torch.tensor([[1.0, 2.0, 1.0, 1.0, 0.0], [1.0, 2.0, 1.0, 1.0, 0.0]]))
+        without = encoder.whisper_frame_states(audio, None, torch.tensor([[5, 40, 41, 1300]] * 2),
+                                               torch.tensor([[1.0, 2.0, 1.0, 1.0]] * 2))
+    for copy_states, counted_states, short in zip(copies, counted, without):
+        torch.testing.assert_close(counted_states[:, :4], copy_states[:, [0, 1, 3, 4]], atol=1e-5, rtol=0)
+        torch.testing.assert_close(counted_states[:, :4], short, atol=1e-6, rtol=0)
+    assert not torch.allclose(copies[-1][:, 0], encoder.whisper_frame_states(
+        audio, None, torch.tensor([[5, 40, 41, 1300]] * 2))[-1][:, 0], atol=1e-4)
+
+
+def test_whisper_frame_states_refuses_bad_frames_and_other_encoders():
     encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
     audio = torch.zeros(2, 16000)
-    with torch.no_grad(), pytest.raises(ValueError, match="spans must lie within Whisper's 1500 frames"):
-        encoder.whisper_span_states(audio, None, torch.tensor([0, 1495]), 10)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"within Whisper's 1500 frames \(0-1499\); got 0-1500"):
+            encoder.whisper_frame_states(audio, None, torch.tensor([[0, 1], [2, 1500]]))
+        with pytest.raises(ValueError, match=r"shape \(B, N\) with B=2 rows of audio; got shape \(3,\)"):
+            encoder.whisper_frame_states(audio, None, torch.tensor([0, 1, 2]))
+        with pytest.raises(ValueError, match="counts must have the shape of frames"):
+            encoder.whisper_frame_states(audio, None, torch.tensor([[0, 1]] * 2), torch.tensor([[1.0, -1.0]] * 2))
+        with pytest.raises(ValueError, match="leave every row a frame"):
+            encoder.whisper_frame_states(audio, None, torch.tensor([[0, 1]] * 2), torch.tensor([[1.0, 1.0], [0, 0]]))
     with pytest.raises(RuntimeError, match="call encoder.eval"):
-        encoder.train().whisper_span_states(audio, None, torch.tensor([0, 0]), 10)
+        encoder.train().whisper_frame_states(audio, None, torch.tensor([[0], [0]]))
     for name, native in (("tiny-whisper", True), ("tiny-hubert", None)):
         other = load_encoder(name, device="cpu", native_length=native).eval()
         with pytest.raises(ValueError, match="needs Whisper padded to 30 s"):
-            other.whisper_span_states(audio, None, torch.tensor([0, 0]), 10)
+            other.whisper_frame_states(audio, None, torch.tensor([[0], [0]]))
 
 
 @pytest.mark.parametrize("name", ["tiny-wav2vec2", "tiny-hubert"])
