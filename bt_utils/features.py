@@ -88,6 +88,16 @@ From audio to a design matrix, in this order:
      --padded``) edge mode moves voxel r by 0.007-0.019 on average in layers
      1-4 and class means by at most 0.004; the padded fast mode by 0.028-0.046,
      and the planted auditory voxels' mean by up to 0.032 (docs/benchmarks.md).
+     With ``sparse_stride_before`` / ``sparse_stride_after`` the layers also
+     see, beyond the span, the middle frame of every block of that many
+     frames, its attention logits raised by the log of the block's length
+     (as if the block were that many copies of it). :data:`EDGE_SPARSE` (a
+     1.5 s + 0.3 s span, blocks of 16 frames before and 128 after: about 140
+     of 1500 frames, 10.7x less input) keeps TR-level r 0.993, 0.970, 0.918,
+     0.851 in layers 1-4, as close as the 3x default span and far closer than
+     a plain 3-s span; the attention weighting matters (without it: 0.970,
+     0.886, 0.840, 0.708), and averaging each block's frames instead of taking
+     its middle frame blurs their positions (0.951, 0.861, 0.797, 0.739).
 
    Windows of equal length are batched together, so no window is padded
    (Whisper without ``native_length`` pads every window to 30 s, as in
