@@ -525,22 +525,14 @@ def _edge_frames(kept_frame: int, settings: WindowSettings) -> tuple[np.ndarray,
     """
     first = int(np.clip(kept_frame - settings.span_before_frames, 0, WHISPER_FRAMES - settings.span_frames))
     stop = first + settings.span_frames
-    blocks = [(first, stop, 1)]
-    if settings.sparse_stride_before is not None:
-        stride = settings.sparse_stride_before
-        blocks += [(max(0, end - stride), end, stride) for end in range(first, 0, -stride)]
-    if settings.sparse_stride_after is not None:
-        stride = settings.sparse_stride_after
-        blocks += [(start, min(WHISPER_FRAMES, start + stride), stride) for start in range(stop, WHISPER_FRAMES, stride)]
-    frames, counts = [], []
-    for start, end, stride in sorted(blocks):
-        if stride == 1:
-            frames.append(np.arange(start, end))
-            counts.append(np.ones(end - start))
-        else:
-            frames.append(np.array([(start + end) // 2]))
-            counts.append(np.array([float(end - start)]))
-    frames, counts = np.concatenate(frames), np.concatenate(counts)
+    blocks = [(frame, frame + 1) for frame in range(first, stop)]  # (first, stop) frames; the span's are single
+    before, after = settings.sparse_stride_before, settings.sparse_stride_after
+    if before is not None:
+        blocks += [(max(0, end - before), end) for end in range(first, 0, -before)]
+    if after is not None:
+        blocks += [(start, min(WHISPER_FRAMES, start + after)) for start in range(stop, WHISPER_FRAMES, after)]
+    starts, ends = np.array(sorted(blocks)).T
+    frames, counts = (starts + ends) // 2, (ends - starts).astype(np.float64)
     return frames, counts, int(np.searchsorted(frames, kept_frame))
 
 
