@@ -98,6 +98,10 @@ From audio to a design matrix, in this order:
      a plain 3-s span; the attention weighting matters (without it: 0.970,
      0.886, 0.840, 0.708), and averaging each block's frames instead of taking
      its middle frame blurs their positions (0.951, 0.861, 0.797, 0.739).
+   - ``"auto"`` mode (the notebooks' default) picks, once the encoder is known
+     (:meth:`WindowSettings.for_encoder`), the cheap mode closest to the
+     reference for it: edge mode with :data:`EDGE_SPARSE` for Whisper padded
+     to 30 s, fast mode for wav2vec2, HuBERT and Whisper at native length.
 
    Windows of equal length are batched together, so no window is padded
    (Whisper without ``native_length`` pads every window to 30 s, as in
@@ -177,7 +181,7 @@ __all__ = [
     "zscore_per_story",
 ]
 
-MODES = ("reference", "fast", "edge")
+MODES = ("auto", "reference", "fast", "edge")
 CONTEXT_S = 16.0
 """Causal context of every kept frame, in seconds (protocol: 16 s)."""
 CHUNK_S = 0.1
@@ -208,6 +212,9 @@ with the stimulus ``[50:-5]``: ``[40:]``."""
 CACHE_VERSION = 2
 """Version of the feature cache files; part of their path (2: padded Whisper keeps the authors' last frame)."""
 
+_MULTI_FRAME_MODES = ("fast", "auto")
+"""Modes whose ``stride_s`` may keep several frames per window (``"auto"`` may resolve to ``"fast"``)."""
+
 _WARNED_FAST_WHISPER: set[str] = set()
 """Window settings for which the fast-mode warning about Whisper was logged in this process."""
 
@@ -229,14 +236,17 @@ class WindowSettings:
 
     Parameters
     ----------
-    mode : {"reference", "fast", "edge"}
+    mode : {"reference", "fast", "edge", "auto"}
         ``"reference"``: the protocol, one frame kept per window, stride =
         ``chunk_s``. ``"fast"``: windows of ``context_s + stride_s`` moved by
         ``stride_s``, keeping the ``stride_s / chunk_s`` grid frames of their last
         ``stride_s``. ``"edge"`` (Whisper padded to 30 s only): the reference's
         windows and kept frames, but the transformer layers run only on the
         frames from ``span_before_s`` before the kept frame to ``span_after_s``
-        after it (see the module docstring).
+        after it (see the module docstring). ``"auto"``: the cheap mode that
+        stays closest to the reference for the encoder at hand, resolved by
+        :meth:`for_encoder` (edge mode with :data:`EDGE_SPARSE` for Whisper
+        padded to 30 s, fast mode with ``stride_s`` for every other encoder).
     context_s : float
         Minimum causal context of each kept frame besides its chunk, in
         seconds (shorter at the story start).
@@ -244,7 +254,8 @@ class WindowSettings:
         Spacing of the output frame grid, in seconds (whole samples at 16 kHz).
     stride_s : float, optional
         Step between windows, a whole multiple of ``chunk_s``. Default:
-        ``chunk_s`` in reference and edge mode, :data:`FAST_STRIDE_S` in fast mode.
+        ``chunk_s`` in reference and edge mode, :data:`FAST_STRIDE_S` in fast and
+        auto mode.
     span_before_s, span_after_s : float, optional
         Edge mode only: seconds of encoder frames before and after the kept
         frame that the transformer layers see, whole Whisper frames (0.02 s).
@@ -274,13 +285,13 @@ class WindowSettings:
             raise ValueError(f"context_s={self.context_s!r} must be >= 0 and chunk_s={self.chunk_s!r} > 0")
         stride = self.stride_s
         if stride is None:
-            stride = FAST_STRIDE_S if self.mode == "fast" else self.chunk_s
+            stride = FAST_STRIDE_S if self.mode in _MULTI_FRAME_MODES else self.chunk_s
         for name, value in (("context_s", self.context_s), ("chunk_s", self.chunk_s), ("stride_s", stride)):
             object.__setattr__(self, name, float(value))  # 16 and 16.0 give the same tag and cache key
         self._check_span()
         chunk, stride_samples = _samples(self.chunk_s, "chunk_s"), _samples(self.stride_s, "stride_s")
         _samples(self.context_s, "context_s")
-        if self.mode != "fast" and stride_samples != chunk:
+        if self.mode not in _MULTI_FRAME_MODES and stride_samples != chunk:
             raise ValueError(f"{self.mode} mode keeps one frame per window, so stride_s={self.stride_s!r} must equal "
                              f"chunk_s={self.chunk_s!r}; use mode='fast' for a larger stride")
         if stride_samples < chunk or stride_samples % chunk:
@@ -310,6 +321,32 @@ class WindowSettings:
         if self.span_frames > WHISPER_FRAMES:
             raise ValueError(f"span_before_s + span_after_s = {self.span_before_s + self.span_after_s:g} s exceeds "
                              f"Whisper's 30 s input; lower them")
+
+    @classmethod
+    def from_parameters(cls, mode: str, context_s: float = CONTEXT_S,
+                        fast_stride_s: float = FAST_STRIDE_S) -> WindowSettings:
+        """Settings from a notebook's ``feature_mode``, ``feature_context_s`` and ``feature_stride_s``.
+
+        ``fast_stride_s`` applies where the mode may keep several frames per
+        window (``"fast"``, ``"auto"``) and is ignored by the one-frame modes
+        (``"reference"``, ``"edge"``), so one parameter set serves every mode.
+        """
+        return cls(mode, context_s, stride_s=fast_stride_s if mode in _MULTI_FRAME_MODES else None)
+
+    def for_encoder(self, encoder: SpeechEncoder) -> WindowSettings:
+        """These settings for ``encoder``: mode ``"auto"`` resolved, any other mode unchanged.
+
+        ``"auto"`` becomes edge mode with :data:`EDGE_SPARSE` (and these
+        ``context_s`` and ``chunk_s``) for Whisper padded to 30 s, whose fast
+        mode keeps interior frames far from the protocol's edge frames, and
+        fast mode with ``stride_s`` for every other encoder (wav2vec2, HuBERT,
+        Whisper at native length).
+        """
+        if self.mode != "auto":
+            return self
+        if encoder.family == "whisper" and not encoder.native_length:
+            return WindowSettings("edge", self.context_s, self.chunk_s, **EDGE_SPARSE)
+        return WindowSettings("fast", self.context_s, self.chunk_s, self.stride_s)
 
     @property
     def span_before_frames(self) -> int:
@@ -416,6 +453,8 @@ def plan_windows(n_samples: int, settings: WindowSettings) -> WindowPlan:
     -------
     WindowPlan
     """
+    if settings.mode == "auto":
+        raise ValueError("mode='auto' depends on the encoder: plan the windows of settings.for_encoder(encoder)")
     chunk, per_window = settings.chunk_samples, settings.frames_per_window
     n_times = int(n_samples) // chunk
     if n_times < 1:
@@ -571,6 +610,7 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     layers : iterable of int
         See :func:`check_layers`.
     settings : WindowSettings
+        Mode ``"auto"`` is resolved by :meth:`WindowSettings.for_encoder`.
     batch_size : int
         Windows per forward pass.
     progress : bool
@@ -585,6 +625,7 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     """
     layers = check_layers(layers, encoder.n_layers)
     audio = _check_audio(audio)
+    settings = settings.for_encoder(encoder)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     pads_to_30s = encoder.family == "whisper" and not encoder.native_length
@@ -697,6 +738,9 @@ def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers:
     layers : iterable of int
         See :func:`check_layers`.
     settings : WindowSettings
+        Mode ``"auto"`` is resolved by :meth:`WindowSettings.for_encoder`; the
+        cache key holds the resolved settings, so ``"auto"`` shares the files
+        of the mode it becomes.
     cache_dir : path-like, optional
         Cache root (see :func:`bt_utils.cache.cache_root`).
     batch_size, progress
@@ -711,6 +755,7 @@ def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers:
     features : dict of int to ndarray of shape (n_times, hidden_size)
     """
     layers = check_layers(layers, encoder.n_layers)
+    settings = settings.for_encoder(encoder)  # the cache holds the resolved mode's features
     fingerprint = fingerprint or encoder.fingerprint()
     audio = dataset.load_audio(story)
     audio_hash = _audio_hash(audio)
@@ -937,6 +982,9 @@ def dataset_tr_features(encoder: SpeechEncoder, dataset: Dataset, stories: Itera
     """
     stories = list(stories)
     fingerprint = encoder.fingerprint()
+    if settings.mode == "auto":
+        settings = settings.for_encoder(encoder)
+        log.info("feature_mode 'auto' for %s: %s", encoder.name, settings.tag)
     features = {}
     for story in tqdm(stories, desc=f"{encoder.name} features", disable=not progress):
         times, frames = story_features(encoder, dataset, story, layers, settings, cache_dir, batch_size, progress,

@@ -11,6 +11,7 @@ from bt_utils import features
 from bt_utils.features import (
     CACHE_VERSION,
     EDGE_SPARSE,
+    FAST_STRIDE_S,
     PROTOCOL_LAYERS,
     WindowSettings,
     check_layers,
@@ -287,6 +288,43 @@ def test_edge_span_over_all_frames_is_the_reference(one_thread):
     np.testing.assert_array_equal(times, edge_times)
     for layer in (1, 2):
         np.testing.assert_allclose(edge[layer], reference[layer], atol=1e-5)
+
+
+@pytest.mark.parametrize("name, native, resolved", [
+    ("tiny-whisper", False, WindowSettings("edge", context_s=1.0, **EDGE_SPARSE)),
+    ("tiny-whisper", True, WindowSettings("fast", context_s=1.0, stride_s=0.5)),
+    ("tiny-wav2vec2", False, WindowSettings("fast", context_s=1.0, stride_s=0.5)),
+])
+def test_auto_mode_is_sparse_edge_for_padded_whisper_and_fast_otherwise(name, native, resolved, noise_dataset,
+                                                                       tmp_path, one_thread):
+    encoder = load_encoder(name, "cpu", native_length=native)
+    auto = WindowSettings("auto", context_s=1.0, stride_s=0.5)
+    assert auto.for_encoder(encoder) == resolved and resolved.for_encoder(encoder) is resolved
+    audio = _toy_audio(2.0)
+    times, values = extract_layer_features(encoder, audio, [1], auto, progress=False)
+    resolved_times, resolved_values = extract_layer_features(encoder, audio, [1], resolved, progress=False)
+    np.testing.assert_array_equal(times, resolved_times)
+    np.testing.assert_array_equal(values[1], resolved_values[1])
+    _, cached = story_features(encoder, noise_dataset, "a", [1], auto, tmp_path, progress=False)
+    (path,) = tmp_path.rglob("layer-01.npz")
+    assert resolved.tag in path.parts  # cached under the mode it became, so that mode reads it without the model
+    stub = _NoModel(encoder.fingerprint(), encoder.n_layers)
+    _, hit = story_features(stub, noise_dataset, "a", [1], resolved, tmp_path, progress=False)
+    np.testing.assert_array_equal(hit[1], cached[1])
+
+
+def test_auto_mode_settings_and_errors():
+    auto = WindowSettings("auto")
+    assert (auto.stride_s, auto.frames_per_window) == (FAST_STRIDE_S, 20)
+    assert auto.to_dict() == {"mode": "auto", "context_s": 16.0, "chunk_s": 0.1, "stride_s": 2.0}
+    with pytest.raises(ValueError, match="span_before_s apply to mode='edge' only"):
+        WindowSettings("auto", span_before_s=1.5)
+    with pytest.raises(ValueError, match="mode='auto' depends on the encoder"):
+        plan_windows(10 * SR, auto)
+    assert WindowSettings.from_parameters("auto", 8.0, 1.0) == WindowSettings("auto", context_s=8.0, stride_s=1.0)
+    assert WindowSettings.from_parameters("fast", 8.0, 1.0) == WindowSettings("fast", context_s=8.0, stride_s=1.0)
+    assert WindowSettings.from_parameters("edge", 8.0, 1.0) == WindowSettings("edge", context_s=8.0)
+    assert WindowSettings.from_parameters("reference") == WindowSettings()
 
 
 @pytest.mark.parametrize("name, native", [("tiny-wav2vec2", False), ("tiny-whisper", True)])
