@@ -24,7 +24,7 @@ encoder compute it would need on its own: the fast windows plus one reference wi
 calibration point.
 
 Run: ``.venv/bin/python benchmarks/bench_alignment_modes.py [--model whisper-tiny.en]
-[--modes fast fast-stride1 grid-1s fast-calibrated edge edge-2.5+0.5s] [--scoring test story-cv] [--padded]
+[--modes fast fast-stride1 grid-1s fast-calibrated edge edge-2.5+0.5s edge-sparse edge-shared] [--scoring test story-cv] [--padded]
 [--threads 1]``.
 """
 
@@ -55,6 +55,7 @@ from bt_utils.demo_data import open_dataset  # noqa: E402
 from bt_utils.features import (  # noqa: E402
     CHUNK_S,
     CONTEXT_S,
+    EDGE_SHARED,
     EDGE_SPARSE,
     WindowSettings,
     default_layers,
@@ -74,13 +75,15 @@ MODES = {
     "edge": WindowSettings(mode="edge"),
     "edge-2.5+0.5s": WindowSettings(mode="edge", span_before_s=2.5, span_after_s=0.5),
     "edge-sparse": WindowSettings(mode="edge", **EDGE_SPARSE),
+    "edge-shared": WindowSettings(mode="edge", **EDGE_SHARED),
 }
 """Window modes by name: the protocol, the fast mode's default, a shorter fast stride, the
 reference protocol on a 1-s grid (10x fewer windows, no reuse), the protocol with 0.1 s more
 context (no cheaper: how far the protocol's own scores move with its window length), and edge
 mode with its default span (8 s + 2 s, 3x less encoder input), a 3-s span (10x less) and
 ``EDGE_SPARSE`` (a 1.8-s span plus every 16th frame before it and every 128th after it, 10.7x
-less); the edge modes need ``--padded``."""
+less input) and ``EDGE_SHARED`` (the span reading one whole forward pass per 25 windows outside
+it, 10x less compute); the edge modes need ``--padded``."""
 
 CALIBRATED = "fast-calibrated"
 """Name of the calibrated fast mode (fast frames mapped onto reference frames, see the module docstring)."""

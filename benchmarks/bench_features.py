@@ -5,9 +5,12 @@ a temporary folder), prints
 
 - the wall time per minute of audio of each window mode (the edge modes for
   Whisper padded to 30 s only),
-- the encoder compute of each mode, forward passes x input length (Whisper
-  without native length: every window counts 30 s; edge mode: the span of
-  frames its layers see), and its ratio to the reference,
+- the encoder compute of each mode and its ratio to the reference: the frames
+  the transformer layers run on, summed over windows (Whisper without native
+  length: 1,500 per window; edge modes: the frames their layers see, a shared
+  group's lead counting 1,500), and the layers' multiply-adds, which also count
+  attention: per layer, 12 D^2 per frame (projections, MLP) plus 2 D per pair of
+  query and key frame (a shared edge window's span reads all 1,500 frames),
 - the agreement of each mode with the reference at TR level: per layer, the
   Pearson r over the story's ``[10:-5]`` TRs of each feature dimension,
   Lanczos-resampled from both modes, as mean and 10th percentile over dimensions.
@@ -22,6 +25,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_features.py [--seconds 120] [--threads 1]
         [--models tiny-wav2vec2 tiny-hubert tiny-whisper whisper-tiny.en whisper-tiny.en:native]
+        [--modes fast edge edge-sparse edge-shared ...]
 
 A ``:native`` suffix runs Whisper on each window's real length instead of 30 s.
 """
@@ -45,21 +49,50 @@ from bt_utils.demo_data import DemoConfig, build_demo_dataset
 from bt_utils.features import (
     CHUNK_S,
     CONTEXT_S,
+    EDGE_SHARED,
+    EDGE_SPARSE,
     WindowSettings,
     extract_layer_features,
     plan_windows,
     tr_features,
     zscore_per_story,
 )
-from bt_utils.models import SAMPLE_RATE, WHISPER_FRAME_S, WHISPER_MAX_SAMPLES, load_encoder
+from bt_utils.features import _edge_frames, _edge_passes, _kept_frame_index  # noqa: PLC2701 (frames per pass)
+from bt_utils.models import SAMPLE_RATE, WHISPER_FRAMES, SpeechEncoder, load_encoder
 from bt_utils.timing import trim_trs
 
 MODELS = ("tiny-wav2vec2", "tiny-hubert", "tiny-whisper", "whisper-tiny.en", "whisper-tiny.en:native")
 MODES = {"reference": WindowSettings("reference"), "fast": WindowSettings("fast"),
          "edge": WindowSettings("edge"), "edge-2.5+0.5s": WindowSettings("edge", span_before_s=2.5, span_after_s=0.5),
+         "edge-sparse": WindowSettings("edge", **EDGE_SPARSE), "edge-shared": WindowSettings("edge", **EDGE_SHARED),
          "reference+0.1s": WindowSettings("reference", context_s=CONTEXT_S + CHUNK_S)}
-"""Window modes by name: the protocol, the fast mode, edge mode (default span and a shorter one), and the
-protocol with one more chunk of context."""
+"""Window modes by name: the protocol, the fast mode, edge mode (default span, a shorter one, the sparse and
+the shared settings), and the protocol with one more chunk of context."""
+
+
+def layer_compute(encoder: SpeechEncoder, plan, settings: WindowSettings) -> tuple[int, float]:
+    """Frames the transformer layers run on and their multiply-adds per layer, summed over the windows of ``plan``.
+
+    Per window: ``n`` query frames reading ``m`` key frames cost ``n * (12 D^2 + 2 D m)``.
+    """
+    width = encoder.hidden_size
+    padded = encoder.family == "whisper" and not encoder.native_length
+    frame_index = _kept_frame_index(encoder, plan)
+    queries_keys = []  # (query frames, key frames) per window
+    if settings.mode != "edge":
+        lengths = encoder.frame_lengths(torch.as_tensor(plan.ends - plan.starts)).numpy()
+        queries_keys = [(WHISPER_FRAMES, WHISPER_FRAMES) if padded else (n, n) for n in lengths]
+    for windows, role in _edge_passes(plan, settings, batch_size=1) if settings.mode == "edge" else []:
+        window = int(windows[0])
+        if role == "lead":
+            queries_keys.append((WHISPER_FRAMES, WHISPER_FRAMES))
+        elif role == "shared":
+            queries_keys.append((settings.span_frames, WHISPER_FRAMES))
+        else:
+            n = len(_edge_frames(int(frame_index[window]), settings)[0])
+            queries_keys.append((n, n))
+    queries, keys = np.array(queries_keys, np.float64).T
+    return int(queries.sum()), float((queries * (12 * width ** 2 + 2 * width * keys)).sum())
 
 
 def speech_story(seconds: float, folder: Path) -> tuple[np.ndarray, np.ndarray, str]:
@@ -77,30 +110,28 @@ def agreement(reference: np.ndarray, fast: np.ndarray) -> tuple[float, float]:
     return float(r.mean()), float(np.percentile(r, 10))
 
 
-def bench_model(spec: str, audio: np.ndarray, tr_times: np.ndarray,
-                batch_size: int) -> tuple[list, list, dict[int, np.ndarray]]:
-    """Timing rows (one per mode), agreement rows (one per mode and layer, vs the reference)
-    and the reference's trimmed TR features per layer, each of shape (n_trs, d)."""
+def bench_model(spec: str, audio: np.ndarray, tr_times: np.ndarray, batch_size: int,
+                modes: dict[str, WindowSettings]) -> tuple[list, list, dict[int, np.ndarray]]:
+    """Timing rows (one per mode of ``modes``, which starts with the reference), agreement rows (one per mode
+    and layer, vs the reference) and the reference's trimmed TR features per layer, each of shape (n_trs, d)."""
     name, _, variant = spec.partition(":")
     encoder = load_encoder(name, "cpu", native_length=variant == "native")
     padded = encoder.family == "whisper" and not encoder.native_length
     layers = range(encoder.n_layers + 1)
     minutes = len(audio) / SAMPLE_RATE / 60
     timing, tr_level = [], {}
-    for mode, settings in MODES.items():
+    for mode, settings in modes.items():
         if settings.mode == "edge" and not padded:
             continue
-        padded_to = WHISPER_MAX_SAMPLES / SAMPLE_RATE if padded else None
-        if settings.mode == "edge":  # the layers see only the span
-            padded_to = settings.span_frames * WHISPER_FRAME_S
         plan = plan_windows(len(audio), settings)
         started = time.perf_counter()
         times, frames = extract_layer_features(encoder, audio, layers, settings, batch_size, progress=False)
         elapsed = time.perf_counter() - started
         tr_level[mode] = tr_features(times, frames, tr_times)
-        timing.append([spec, mode, elapsed / minutes, len(plan.starts), plan.input_seconds(padded_to) / minutes])
+        frames_run, multiply_adds = layer_compute(encoder, plan, settings)
+        timing.append([spec, mode, elapsed / minutes, len(plan.starts), frames_run / minutes, multiply_adds / minutes])
     for row in timing:
-        row.append(timing[0][4] / row[4])
+        row[6:] = [timing[0][4] / row[4], timing[0][5] / row[5]]
     reference = {layer: trim_trs(tr_level["reference"][layer]) for layer in layers}
     rows = [[spec, mode, layer, *agreement(reference[layer], trim_trs(values[layer]))]
             for mode, values in tr_level.items() if mode != "reference" for layer in layers]
@@ -123,20 +154,24 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+                        help="modes compared with the reference (which always runs)")
     args = parser.parse_args()
+    modes = {mode: MODES[mode] for mode in ["reference", *args.modes]}
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         audio, tr_times, story = speech_story(args.seconds, Path(folder))
     print(f"story {story!r}: {len(audio) / SAMPLE_RATE:.1f} s of speech, {len(tr_times)} TRs; "
           f"{args.threads} CPU thread(s), batch size {args.batch_size}")
-    for mode, settings in MODES.items():
+    for mode, settings in modes.items():
         print(f"  {mode}: {settings.to_dict()}")
     print()
     references = {}
     for spec in args.models:  # each model's tables as soon as it is done (the Whisper reference runs take long)
-        timing, agree, references[spec] = bench_model(spec, audio, tr_times, args.batch_size)
-        print_table(["model", "mode", "s / audio min", "forwards", "input s / audio min", "compute ratio"], timing,
-                    ["{}", "{}", "{:.1f}", "{}", "{:.0f}", "{:.1f}x"])
+        timing, agree, references[spec] = bench_model(spec, audio, tr_times, args.batch_size, modes)
+        print_table(["model", "mode", "s / audio min", "forwards", "layer frames / audio min",
+                     "layer multiply-adds / audio min", "less frames", "less compute"], timing,
+                    ["{}", "{}", "{:.1f}", "{}", "{:.0f}", "{:.3g}", "{:.1f}x", "{:.1f}x"])
         print_table(["model", "mode", "layer", "r with reference: mean", "p10"], agree,
                     ["{}", "{}", "{}", "{:.3f}", "{:.3f}"])
     for spec, native in references.items():  # Whisper run both ways: how far native length is from the protocol

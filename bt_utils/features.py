@@ -195,6 +195,10 @@ EDGE_SPAN_AFTER_S = 2.0
 EDGE_SPARSE = dict(span_before_s=1.5, span_after_s=0.3, sparse_stride_before=16, sparse_stride_after=128)
 """Edge-mode settings with 10x less encoder input than the padded reference (about 140 of 1500 frames per window):
 ``WindowSettings("edge", **EDGE_SPARSE)``."""
+EDGE_SHARED = dict(EDGE_SPARSE, shared_every=25)
+"""Edge-mode settings whose full windows' spans read, outside the span, a whole forward pass made once per 25
+windows (10x less encoder compute than the padded reference, attention included):
+``WindowSettings("edge", **EDGE_SHARED)``."""
 
 PROTOCOL_LAYERS = (2, 5, 7, 8, 10, 11, 12)
 """The protocol's layers of 12-layer models (layer 12 is the model's output)."""
@@ -268,6 +272,18 @@ class WindowSettings:
         attention (:meth:`SpeechEncoder.whisper_frame_states`). Default None:
         frames beyond the span are left out. :data:`EDGE_SPARSE` is the
         package's 10x setting.
+    shared_every : int, optional
+        Edge mode only: full-length windows (all but those of the story's
+        first ``context_s``, which share one layout in the padded input) are
+        taken in consecutive groups of this many. The first window of a group
+        runs a whole forward pass (its frame is the reference's); the layers
+        of the others run on their span alone, but their attention also reads
+        that forward pass's states at every frame outside the span (the same
+        places in the input, up to ``shared_every - 1`` strides older audio;
+        :meth:`SpeechEncoder.whisper_frame_states` with ``context``), instead
+        of the sparse frames. Windows at the story start keep the span and
+        sparse frames. Default None: no sharing. :data:`EDGE_SHARED` is the
+        package's setting.
     """
 
     mode: str = "reference"
@@ -278,6 +294,7 @@ class WindowSettings:
     span_after_s: float | None = None
     sparse_stride_before: int | None = None
     sparse_stride_after: int | None = None
+    shared_every: int | None = None
 
     def __post_init__(self):
         check_option("mode", self.mode, MODES)
@@ -300,7 +317,8 @@ class WindowSettings:
     def _check_span(self) -> None:
         """Set edge mode's span defaults as floats; refuse spans outside edge mode or off Whisper's frame grid."""
         spans = {"span_before_s": self.span_before_s, "span_after_s": self.span_after_s}
-        strides = {"sparse_stride_before": self.sparse_stride_before, "sparse_stride_after": self.sparse_stride_after}
+        strides = {"sparse_stride_before": self.sparse_stride_before, "sparse_stride_after": self.sparse_stride_after,
+                   "shared_every": self.shared_every}
         if self.mode != "edge":
             given = [name for name, value in (spans | strides).items() if value is not None]
             if given:
@@ -308,7 +326,7 @@ class WindowSettings:
             return
         for name, value in strides.items():
             if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-                raise ValueError(f"{name}={value!r} must be a whole number of Whisper frames >= 1 (or None)")
+                raise ValueError(f"{name}={value!r} must be a whole number >= 1 (or None)")
             object.__setattr__(self, name, None if value is None else int(value))
         defaults = {"span_before_s": EDGE_SPAN_BEFORE_S, "span_after_s": EDGE_SPAN_AFTER_S}
         for name, value in spans.items():
@@ -381,11 +399,16 @@ class WindowSettings:
             tag += f"-before{self.span_before_s!r}-after{self.span_after_s!r}"
             if (self.sparse_stride_before, self.sparse_stride_after) != (None, None):
                 tag += f"-sparse{self.sparse_stride_before}x{self.sparse_stride_after}"
+            if self.shared_every is not None:
+                tag += f"-shared{self.shared_every}"
         return tag
 
     def to_dict(self) -> dict:
-        """The settings as a JSON-ready dict, for run records (the span and stride fields in edge mode only)."""
+        """The settings as a JSON-ready dict, for run records and cache keys (the span and stride fields in edge
+        mode only, ``shared_every`` only when set, so that the keys of earlier settings stay valid)."""
         settings = asdict(self)
+        if self.shared_every is None:
+            del settings["shared_every"]
         if self.mode != "edge":
             for name in ("span_before_s", "span_after_s", "sparse_stride_before", "sparse_stride_after"):
                 del settings[name]
@@ -513,8 +536,40 @@ def _batches(plan: WindowPlan, pads_to_30s: bool, batch_size: int) -> list[np.nd
     batches = []
     for key in np.unique(keys):
         members = np.flatnonzero(keys == key)
-        batches += [members[i:i + batch_size] for i in range(0, len(members), batch_size)]
+        batches += _chunks(members, batch_size)
     return batches
+
+
+def _edge_passes(plan: WindowPlan, settings: WindowSettings, batch_size: int) -> list[tuple[np.ndarray, str]]:
+    """Edge mode's forward passes in order, as (windows, role): ``"edge"`` (the span and sparse frames),
+    ``"lead"`` (one window, a whole forward pass, whose states outside the span the ``"shared"`` batches up to
+    the next lead read as context) or ``"shared"`` (spans only; see ``WindowSettings.shared_every``)."""
+    windows = np.arange(len(plan.starts))
+    grouped = np.zeros(len(windows), bool)
+    if settings.shared_every is not None:  # full windows share one layout in the padded input
+        grouped = plan.ends - plan.starts == settings.window_samples
+    passes = [(batch, "edge") for batch in _chunks(windows[~grouped], batch_size)]
+    full = windows[grouped]
+    for start in range(0, len(full), settings.shared_every or 1):
+        group = full[start:start + settings.shared_every]
+        passes += [(group[:1], "lead")] + [(batch, "shared") for batch in _chunks(group[1:], batch_size)]
+    return passes
+
+
+def _chunks(items: np.ndarray, size: int) -> list[np.ndarray]:
+    """``items`` cut into consecutive pieces of ``size`` (the last may be shorter)."""
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def _window_inputs(audio: np.ndarray, plan: WindowPlan, windows: np.ndarray,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The audio of ``windows`` as a (B, T) float tensor on ``device``, zero after each window's end, and the
+    windows' lengths in samples, shape (B,)."""
+    lengths = plan.ends[windows] - plan.starts[windows]
+    inputs = np.zeros((len(windows), lengths.max()), np.float32)
+    for row, window in enumerate(windows):
+        inputs[row, :lengths[row]] = audio[plan.starts[window]:plan.ends[window]]
+    return torch.from_numpy(inputs).to(device), torch.from_numpy(lengths)
 
 
 def _kept_frame_index(encoder: SpeechEncoder, plan: WindowPlan) -> np.ndarray:
@@ -542,12 +597,17 @@ def _kept_frame_index(encoder: SpeechEncoder, plan: WindowPlan) -> np.ndarray:
     return index
 
 
+def _span(kept_frame: int, settings: WindowSettings) -> tuple[int, int]:
+    """First and one-past-last frame of edge mode's span: ``span_before_frames`` before ``kept_frame`` to
+    ``span_frames`` frames in all, moved back where it would pass frame 1499."""
+    first = int(np.clip(kept_frame - settings.span_before_frames, 0, WHISPER_FRAMES - settings.span_frames))
+    return first, first + settings.span_frames
+
+
 def _edge_frames(kept_frame: int, settings: WindowSettings) -> tuple[np.ndarray, np.ndarray, int]:
     """The frames edge mode's layers see for one kept frame, what each stands for, and the kept one's place.
 
-    The span is ``span_before_frames`` frames before the kept frame to
-    ``span_frames`` frames in all, moved back where it would pass frame 1499.
-    With sparse strides, the frames before the span are cut, from its first
+    The span is :func:`_span`. With sparse strides, the frames before the span are cut, from its first
     frame backwards, into blocks of ``sparse_stride_before`` frames (the last
     one shorter at frame 0); those after it into blocks of
     ``sparse_stride_after``; each block is represented by its middle frame,
@@ -562,8 +622,7 @@ def _edge_frames(kept_frame: int, settings: WindowSettings) -> tuple[np.ndarray,
     position : int
         Index of ``kept_frame`` in ``frames``.
     """
-    first = int(np.clip(kept_frame - settings.span_before_frames, 0, WHISPER_FRAMES - settings.span_frames))
-    stop = first + settings.span_frames
+    first, stop = _span(kept_frame, settings)
     blocks = [(frame, frame + 1) for frame in range(first, stop)]  # (first, stop) frames; the span's are single
     before, after = settings.sparse_stride_before, settings.sparse_stride_after
     if before is not None:
@@ -645,31 +704,35 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                     "mode='edge' for 3x less compute with the reference's edge frames")
     plan = plan_windows(len(audio), settings)
     frame_index = _kept_frame_index(encoder, plan)
-    if settings.mode == "edge":  # one frame per window, so window i keeps frame_index[i]
-        edge_frames = [_edge_frames(int(frame), settings) for frame in frame_index]
     features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}
-    batches = _batches(plan, pads_to_30s, batch_size)
+    passes = _edge_passes(plan, settings, batch_size) if settings.mode == "edge" else [
+        (batch, "whole") for batch in _batches(plan, pads_to_30s, batch_size)]
     was_training = encoder.training
     encoder.eval()
     try:
         with torch.no_grad():
-            for batch in tqdm(batches, desc=f"{encoder.name} {settings.mode} windows", disable=not progress,
-                              leave=False):
-                lengths = plan.ends[batch] - plan.starts[batch]
-                inputs = np.zeros((len(batch), lengths.max()), np.float32)
-                for row, window in enumerate(batch):
-                    inputs[row, :lengths[row]] = audio[plan.starts[window]:plan.ends[window]]
-                inputs, lengths = torch.from_numpy(inputs).to(encoder.device), torch.from_numpy(lengths)
+            for batch, role in tqdm(passes, desc=f"{encoder.name} {settings.mode} windows", disable=not progress,
+                                    leave=False):
+                inputs, lengths = _window_inputs(audio, plan, batch, encoder.device)
                 kept = np.concatenate([np.arange(plan.first[window], plan.stop[window]) for window in batch])
                 rows = np.repeat(np.arange(len(batch)), plan.stop[batch] - plan.first[batch])
-                if settings.mode == "edge":
-                    frames, counts, positions = _pad_rows([edge_frames[window] for window in batch])
-                    states = encoder.whisper_frame_states(inputs, lengths, frames, counts)
-                else:
+                positions = frame_index[kept]
+                if role in ("whole", "lead"):
                     states = encoder(inputs, lengths).hidden_states
-                    positions = frame_index[kept]
+                    if role == "lead":  # its layer inputs outside the span: what the group's spans also read
+                        first, stop = _span(int(positions[0]), settings)
+                        context = [state[:, np.r_[0:first, stop:WHISPER_FRAMES]] for state in states[:-1]]
+                elif role == "shared":
+                    first, stop = _span(int(positions[0]), settings)
+                    frames = torch.arange(first, stop).repeat(len(batch), 1)
+                    states = encoder.whisper_frame_states(inputs, lengths, frames, context=context)
+                    positions = positions - first
+                else:  # "edge": the span and sparse frames
+                    frames, counts, positions = _pad_rows([_edge_frames(int(frame_index[window]), settings)
+                                                           for window in batch])
+                    states = encoder.whisper_frame_states(inputs, lengths, frames, counts)
                 rows_t = torch.from_numpy(rows).to(encoder.device)
-                frames_t = torch.from_numpy(positions).to(encoder.device)
+                frames_t = torch.from_numpy(np.asarray(positions)).to(encoder.device)
                 for layer in layers:
                     features[layer][kept] = states[layer][rows_t, frames_t].float().cpu().numpy()
     finally:

@@ -45,6 +45,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -508,7 +509,8 @@ class SpeechEncoder(nn.Module):
         return tuple(states)
 
     def whisper_frame_states(self, audio: torch.Tensor, lengths: torch.Tensor, frames: torch.Tensor,
-                             counts: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+                             counts: torch.Tensor | None = None,
+                             context: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
         """Hidden states of padded Whisper at chosen frames, with the layers run on those frames alone.
 
         Each row's audio is padded to 30 s and turned into log-mel features,
@@ -521,6 +523,13 @@ class SpeechEncoder(nn.Module):
         one length). With ``frames`` all 1500 frames and counts 1 this is
         :meth:`forward`. Inference only (no dropout, SpecAugment or LayerDrop).
 
+        With ``context``, every layer's attention also reads further frames
+        as keys and values only: states computed elsewhere (typically another
+        forward pass's inputs to that layer at the frames left out of
+        ``frames``), which the layers do not update. Given the states of a
+        forward pass on the same audio at all other frames, the result equals
+        that pass at ``frames``.
+
         Parameters
         ----------
         audio : torch.Tensor
@@ -531,6 +540,9 @@ class SpeechEncoder(nn.Module):
             Long, shape (B, N): frame indices (0-1499, 20 ms apart) per row.
         counts : torch.Tensor, optional
             Float, shape (B, N), >= 0: frames each one stands for. Default 1.
+        context : sequence of torch.Tensor, optional
+            One per layer (``n_layers``): the input states of layer ``l`` at
+            the context frames, shape (B or 1, M, D), each counted once.
 
         Returns
         -------
@@ -572,8 +584,28 @@ class SpeechEncoder(nn.Module):
         hidden = F.gelu(F.conv1d(patches, encoder.conv1.weight, encoder.conv1.bias)) * inside
         hidden = F.gelu(F.conv1d(hidden, encoder.conv2.weight, encoder.conv2.bias))  # (B * N, D, 1)
         hidden = hidden.view(*frames.shape, -1) + encoder.embed_positions.weight[frames]
-        states = self._whisper_layers(hidden, bias)
+        if context is None:
+            states = self._whisper_layers(hidden, bias)
+        else:
+            states = self._whisper_layers_with_context(hidden, bias, context)
         return (*states[:-1], self._final_layer_norm()(states[-1]))
+
+    def _whisper_layers_with_context(self, hidden: torch.Tensor, bias: torch.Tensor | None,
+                                     context: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """:meth:`_whisper_layers` on ``hidden`` (B, N, D) whose attention also reads ``context[l]`` (B or 1, M, D)."""
+        layers = self.encoder.layers
+        if len(context) != len(layers) or any(c.ndim != 3 or c.shape[0] not in (1, len(hidden))
+                                              or c.shape[2] != hidden.shape[2] for c in context):
+            raise ValueError(f"context must hold {len(layers)} tensors (one per layer) of shape (B or 1, M, "
+                             f"{hidden.shape[2]}) for B={len(hidden)} rows; got shapes "
+                             f"{[tuple(c.shape) for c in context]}")
+        if bias is not None:  # the context frames count once each
+            bias = F.pad(bias, (0, context[0].shape[1]))
+        states = [hidden]
+        for layer, keys in zip(layers, context):
+            hidden = _whisper_layer_reading(layer, hidden, keys.to(hidden.dtype), bias)
+            states.append(hidden)
+        return tuple(states)
 
     def _skip_layer(self) -> bool:
         rate = self.settings["layerdrop_rate"]
@@ -669,6 +701,33 @@ class SpeechEncoder(nn.Module):
 
 
 # ----- helpers -----------------------------------------------------------------------------------
+
+
+def _whisper_layer_reading(layer: nn.Module, hidden: torch.Tensor, context: torch.Tensor,
+                           bias: torch.Tensor | None) -> torch.Tensor:
+    """A ``WhisperEncoderLayer`` (eval mode) on ``hidden`` (B, N, D), whose attention keys and values are the
+    layer-normed ``hidden`` followed by the layer-normed ``context`` (B or 1, M, D); ``bias`` (B, 1, 1, N + M) is
+    added to the attention logits. Without context, what the layer computes."""
+    attention = layer.self_attn
+    batch, n_frames, width = hidden.shape
+    heads = attention.num_heads
+
+    def split_heads(states: torch.Tensor) -> torch.Tensor:
+        return states.view(len(states), -1, heads, width // heads).transpose(1, 2)
+
+    normed = layer.self_attn_layer_norm(hidden)
+    normed_context = layer.self_attn_layer_norm(context).expand(batch, -1, -1)
+    keys_from = torch.cat([normed, normed_context], 1)
+    mixed = F.scaled_dot_product_attention(split_heads(attention.q_proj(normed)),
+                                           split_heads(attention.k_proj(keys_from)),
+                                           split_heads(attention.v_proj(keys_from)), attn_mask=bias,
+                                           scale=attention.scaling)
+    hidden = hidden + attention.out_proj(mixed.transpose(1, 2).reshape(batch, n_frames, width))
+    hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))))
+    if hidden.dtype == torch.float16:  # as the layer does
+        limit = torch.finfo(hidden.dtype).max - 1000
+        hidden = hidden.clamp(-limit, limit)
+    return hidden
 
 
 @contextlib.contextmanager

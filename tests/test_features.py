@@ -10,6 +10,7 @@ from bt_utils.demo_data import DemoConfig, build_demo_dataset
 from bt_utils import features
 from bt_utils.features import (
     CACHE_VERSION,
+    EDGE_SHARED,
     EDGE_SPARSE,
     FAST_STRIDE_S,
     PROTOCOL_LAYERS,
@@ -97,13 +98,18 @@ def test_edge_settings_defaults_tag_and_errors():
     assert sparse.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-sparse16x128"
     assert (sparse.to_dict()["sparse_stride_before"], sparse.to_dict()["sparse_stride_after"]) == (16, 128)
     assert WindowSettings("edge", span_before_s=8, span_after_s=2) == edge
+    shared = WindowSettings("edge", **EDGE_SHARED)
+    assert shared.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-sparse16x128-shared25"
+    assert shared.to_dict()["shared_every"] == 25 and "shared_every" not in sparse.to_dict()
+    with pytest.raises(ValueError, match="shared_every apply to mode='edge' only"):
+        WindowSettings("reference", shared_every=4)
     assert "span_before_s" not in WindowSettings().to_dict()  # reference records and cache keys are unchanged
     with pytest.raises(ValueError, match="span_after_s apply to mode='edge' only"):
         WindowSettings("reference", span_after_s=1.0)
     with pytest.raises(ValueError, match="sparse_stride_before apply to mode='edge' only"):
         WindowSettings("fast", sparse_stride_before=16)
     for bad in (0, 2.5, True):
-        with pytest.raises(ValueError, match=f"sparse_stride_after={bad!r} must be a whole number of Whisper frames"):
+        with pytest.raises(ValueError, match=f"sparse_stride_after={bad!r} must be a whole number >= 1"):
             WindowSettings("edge", sparse_stride_after=bad)
     with pytest.raises(ValueError, match="span_before_s=0.015 must be a whole number of Whisper frames"):
         WindowSettings("edge", span_before_s=0.015)
@@ -277,6 +283,39 @@ def test_sparse_edge_frames_equal_the_span_with_each_block_as_copies_of_its_midd
             states[-1] = encoder.encoder.layer_norm(states[-1])
         for layer in (0, 1, 2):
             np.testing.assert_allclose(edge[layer][k], states[layer][0, sequence.index(kept)].numpy(), atol=1e-4)
+
+
+def test_shared_edge_frames_read_their_lead_window_outside_the_span(one_thread):
+    """Independent computation: every layer run by the encoder itself over all 1,500 frames, with the span's
+    states the window's own and every other frame's those of its group's lead window (a whole forward pass).
+    Leads keep the reference's frames; the windows of the story start, the sparse edge mode's."""
+    encoder = load_encoder("tiny-whisper", "cpu", native_length=False)
+    audio = _toy_audio(3.05)  # 30 grid points: windows 0-9 are shorter than 1.1 s, 10-29 full
+    sparse = dict(context_s=1.0, span_before_s=0.2, span_after_s=0.1, sparse_stride_before=8, sparse_stride_after=256)
+    settings = WindowSettings("edge", **sparse, shared_every=4)  # groups led by windows 10, 14, ..., 26
+    _, shared = extract_layer_features(encoder, audio, [0, 1, 2], settings, batch_size=2, progress=False)
+    _, reference = extract_layer_features(encoder, audio, [0, 1, 2], WindowSettings(context_s=1.0), progress=False)
+    _, edge = extract_layer_features(encoder, audio, [0, 1, 2], WindowSettings("edge", **sparse), progress=False)
+    for layer in (0, 1, 2):
+        np.testing.assert_allclose(shared[layer][:10], edge[layer][:10], atol=1e-5)
+        np.testing.assert_allclose(shared[layer][10::4], reference[layer][10::4], atol=1e-5)
+
+    def window(k: int) -> torch.Tensor:
+        return torch.from_numpy(audio[None, (k + 1) * 1600 - settings.window_samples:(k + 1) * 1600])
+
+    for k in (11, 13, 27):
+        with torch.no_grad():
+            lead_states = encoder(window(10 + (k - 10) // 4 * 4)).hidden_states
+            kept = _authors_whisper_frame(encoder, window(k).shape[1])
+            span = slice(kept - 10, kept + 6)  # 0.2 s before, 0.1 s after
+            states = [encoder(window(k)).hidden_states[0][:, span]]
+            for lead_state, layer in zip(lead_states, encoder.encoder.layers):
+                sequence = lead_state.clone()
+                sequence[:, span] = states[-1]
+                states.append(layer(sequence, None)[:, span])
+            states[-1] = encoder.encoder.layer_norm(states[-1])
+        for layer in (0, 1, 2):
+            np.testing.assert_allclose(shared[layer][k], states[layer][0, 10].numpy(), atol=1e-4)
 
 
 def test_edge_span_over_all_frames_is_the_reference(one_thread):
