@@ -98,9 +98,24 @@ From audio to a design matrix, in this order:
      a plain 3-s span; the attention weighting matters (without it: 0.970,
      0.886, 0.840, 0.708), and averaging each block's frames instead of taking
      its middle frame blurs their positions (0.951, 0.861, 0.797, 0.739).
+     With ``shared_every`` the full-length windows (all but the story's first
+     16 s, which share one layout in the padded input) go in groups: the
+     group's first window runs a whole forward pass, and the others run their
+     span alone, their attention reading that pass's layer states at every
+     other frame, at the same places in the input (audio up to
+     ``shared_every - 1`` strides older). :data:`EDGE_SHARED` (the sparse
+     setting's span, groups of 25: about 151 frames per window, 10x fewer
+     layer multiply-adds than the reference, attention counted) keeps TR-level
+     r 0.996, 0.983, 0.965, 0.939 in layers 1-4 on the same story (groups of
+     20: 0.996, 0.984, 0.967, 0.945), far closer than :data:`EDGE_SPARSE` in
+     the deep layers. Sharing only the padding after the span (the frames
+     before it sparse) does not help (layer 4: 0.855-0.869), and taking the
+     shared frames with the same audio instead of the same place does harm
+     (0.872 with groups of 20): what the deep layers miss in sparse mode is
+     the past frames, at their places.
    - ``"auto"`` mode (the notebooks' default) picks, once the encoder is known
      (:meth:`WindowSettings.for_encoder`), the cheap mode closest to the
-     reference for it: edge mode with :data:`EDGE_SPARSE` for Whisper padded
+     reference for it: edge mode with :data:`EDGE_SHARED` for Whisper padded
      to 30 s, fast mode for wav2vec2, HuBERT and Whisper at native length.
 
    Windows of equal length are batched together, so no window is padded
@@ -249,7 +264,7 @@ class WindowSettings:
         frames from ``span_before_s`` before the kept frame to ``span_after_s``
         after it (see the module docstring). ``"auto"``: the cheap mode that
         stays closest to the reference for the encoder at hand, resolved by
-        :meth:`for_encoder` (edge mode with :data:`EDGE_SPARSE` for Whisper
+        :meth:`for_encoder` (edge mode with :data:`EDGE_SHARED` for Whisper
         padded to 30 s, fast mode with ``stride_s`` for every other encoder).
     context_s : float
         Minimum causal context of each kept frame besides its chunk, in
@@ -354,7 +369,7 @@ class WindowSettings:
     def for_encoder(self, encoder: SpeechEncoder) -> WindowSettings:
         """These settings for ``encoder``: mode ``"auto"`` resolved, any other mode unchanged.
 
-        ``"auto"`` becomes edge mode with :data:`EDGE_SPARSE` (and these
+        ``"auto"`` becomes edge mode with :data:`EDGE_SHARED` (and these
         ``context_s`` and ``chunk_s``) for Whisper padded to 30 s, whose fast
         mode keeps interior frames far from the protocol's edge frames, and
         fast mode with ``stride_s`` for every other encoder (wav2vec2, HuBERT,
@@ -363,7 +378,7 @@ class WindowSettings:
         if self.mode != "auto":
             return self
         if encoder.family == "whisper" and not encoder.native_length:
-            return WindowSettings("edge", self.context_s, self.chunk_s, **EDGE_SPARSE)
+            return WindowSettings("edge", self.context_s, self.chunk_s, **EDGE_SHARED)
         return WindowSettings("fast", self.context_s, self.chunk_s, self.stride_s)
 
     @property
@@ -701,7 +716,7 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                     "window that the reference keeps (whisper-tiny.en on the demo: TR-level r 0.46-0.67 with the "
                     "reference, voxel alignment r off by 0.025-0.03 on average; see bt_utils.features and "
                     "docs/benchmarks.md); use mode='reference' to follow the protocol, or, padded to 30 s, "
-                    "mode='edge' for 3x less compute with the reference's edge frames")
+                    "mode='auto' (edge mode with EDGE_SHARED) for 10x less compute with the reference's edge frames")
     plan = plan_windows(len(audio), settings)
     frame_index = _kept_frame_index(encoder, plan)
     features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}
