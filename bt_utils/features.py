@@ -81,9 +81,9 @@ From audio to a design matrix, in this order:
      context: 0.95-0.97). Shorter spans lose agreement steadily, about as
      much per second cut after the kept frame (padding, which Whisper attends
      to) as before it; a 3-s span (2.5 s + 0.5 s, 9.9x less input) keeps only
-     0.964, 0.870, 0.820, 0.695, so edge mode is the closest cheaper
-     approximation of the padded protocol, not a 10x one
-     (``benchmarks/bench_features.py``). On encoding models (a 4-story demo,
+     0.964, 0.870, 0.820, 0.695, so a plain span is the closest cheaper
+     approximation of the padded protocol only at about 3x; the shared
+     setting below reaches 10x (``benchmarks/bench_features.py``). On encoding models (a 4-story demo,
      leave-one-story-out scoring, ``benchmarks/bench_alignment_modes.py
      --padded``) edge mode moves voxel r by 0.007-0.019 on average in layers
      1-4 and class means by at most 0.004; the padded fast mode by 0.028-0.046,
