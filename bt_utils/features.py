@@ -112,10 +112,13 @@ From audio to a design matrix, in this order:
      before it sparse) does not help (layer 4: 0.855-0.869), and taking the
      shared frames with the same audio instead of the same place does harm
      (0.872 with groups of 20): what the deep layers miss in sparse mode is
-     the past frames, at their places.
+     the past frames, at their places. On the demo's encoding models it moves
+     voxel r no less than :data:`EDGE_SPARSE` (0.005-0.026 in layers 1-4)
+     at twice the wall time, so ``"auto"`` uses :data:`EDGE_SPARSE`
+     (docs/benchmarks.md).
    - ``"auto"`` mode (the notebooks' default) picks, once the encoder is known
      (:meth:`WindowSettings.for_encoder`), the cheap mode closest to the
-     reference for it: edge mode with :data:`EDGE_SHARED` for Whisper padded
+     reference for it: edge mode with :data:`EDGE_SPARSE` for Whisper padded
      to 30 s, fast mode for wav2vec2, HuBERT and Whisper at native length.
 
    Windows of equal length are batched together, so no window is padded
@@ -264,7 +267,7 @@ class WindowSettings:
         frames from ``span_before_s`` before the kept frame to ``span_after_s``
         after it (see the module docstring). ``"auto"``: the cheap mode that
         stays closest to the reference for the encoder at hand, resolved by
-        :meth:`for_encoder` (edge mode with :data:`EDGE_SHARED` for Whisper
+        :meth:`for_encoder` (edge mode with :data:`EDGE_SPARSE` for Whisper
         padded to 30 s, fast mode with ``stride_s`` for every other encoder).
     context_s : float
         Minimum causal context of each kept frame besides its chunk, in
@@ -369,7 +372,7 @@ class WindowSettings:
     def for_encoder(self, encoder: SpeechEncoder) -> WindowSettings:
         """These settings for ``encoder``: mode ``"auto"`` resolved, any other mode unchanged.
 
-        ``"auto"`` becomes edge mode with :data:`EDGE_SHARED` (and these
+        ``"auto"`` becomes edge mode with :data:`EDGE_SPARSE` (and these
         ``context_s`` and ``chunk_s``) for Whisper padded to 30 s, whose fast
         mode keeps interior frames far from the protocol's edge frames, and
         fast mode with ``stride_s`` for every other encoder (wav2vec2, HuBERT,
@@ -378,7 +381,7 @@ class WindowSettings:
         if self.mode != "auto":
             return self
         if encoder.family == "whisper" and not encoder.native_length:
-            return WindowSettings("edge", self.context_s, self.chunk_s, **EDGE_SHARED)
+            return WindowSettings("edge", self.context_s, self.chunk_s, **EDGE_SPARSE)
         return WindowSettings("fast", self.context_s, self.chunk_s, self.stride_s)
 
     @property
@@ -716,7 +719,7 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                     "window that the reference keeps (whisper-tiny.en on the demo: TR-level r 0.46-0.67 with the "
                     "reference, voxel alignment r off by 0.025-0.03 on average; see bt_utils.features and "
                     "docs/benchmarks.md); use mode='reference' to follow the protocol, or, padded to 30 s, "
-                    "mode='auto' (edge mode with EDGE_SHARED) for 10x less compute with the reference's edge frames")
+                    "mode='auto' (edge mode with EDGE_SPARSE) for 10x less compute with the reference's edge frames")
     plan = plan_windows(len(audio), settings)
     frame_index = _kept_frame_index(encoder, plan)
     features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}

@@ -330,7 +330,7 @@ def test_edge_span_over_all_frames_is_the_reference(one_thread):
 
 
 @pytest.mark.parametrize("name, native, resolved", [
-    ("tiny-whisper", False, WindowSettings("edge", context_s=1.0, **EDGE_SHARED)),
+    ("tiny-whisper", False, WindowSettings("edge", context_s=1.0, **EDGE_SPARSE)),
     ("tiny-whisper", True, WindowSettings("fast", context_s=1.0, stride_s=0.5)),
     ("tiny-wav2vec2", False, WindowSettings("fast", context_s=1.0, stride_s=0.5)),
 ])
