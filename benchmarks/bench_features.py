@@ -76,22 +76,23 @@ def layer_compute(encoder: SpeechEncoder, plan, settings: WindowSettings) -> tup
     Per window: ``n`` query frames reading ``m`` key frames cost ``n * (12 D^2 + 2 D m)``.
     """
     width = encoder.hidden_size
-    padded = encoder.family == "whisper" and not encoder.native_length
-    frame_index = _kept_frame_index(encoder, plan)
-    queries_keys = []  # (query frames, key frames) per window
     if settings.mode != "edge":
-        lengths = encoder.frame_lengths(torch.as_tensor(plan.ends - plan.starts)).numpy()
-        queries_keys = [(WHISPER_FRAMES, WHISPER_FRAMES) if padded else (n, n) for n in lengths]
-    for windows, role in _edge_passes(plan, settings, batch_size=1) if settings.mode == "edge" else []:
-        window = int(windows[0])
-        if role == "lead":
-            queries_keys.append((WHISPER_FRAMES, WHISPER_FRAMES))
-        elif role == "shared":
-            queries_keys.append((settings.span_frames, WHISPER_FRAMES))
-        else:
-            n = len(_edge_frames(int(frame_index[window]), settings)[0])
-            queries_keys.append((n, n))
-    queries, keys = np.array(queries_keys, np.float64).T
+        frames = encoder.frame_lengths(torch.as_tensor(plan.ends - plan.starts)).numpy()
+        if encoder.family == "whisper" and not encoder.native_length:
+            frames = np.full_like(frames, WHISPER_FRAMES)
+        queries = keys = frames.astype(np.float64)
+    else:
+        frame_index = _kept_frame_index(encoder, plan)
+        queries, keys = [], []
+        for windows, role in _edge_passes(plan, settings, batch_size=1):  # one window per pass
+            if role == "edge":  # the span and sparse frames attend to each other
+                frames = len(_edge_frames(int(frame_index[windows[0]]), settings)[0])
+                queries.append(frames)
+                keys.append(frames)
+            else:  # a lead runs all frames; a shared span reads all of them
+                queries.append(WHISPER_FRAMES if role == "lead" else settings.span_frames)
+                keys.append(WHISPER_FRAMES)
+        queries, keys = np.array(queries, np.float64), np.array(keys, np.float64)
     return int(queries.sum()), float((queries * (12 * width ** 2 + 2 * width * keys)).sum())
 
 

@@ -82,8 +82,8 @@ From audio to a design matrix, in this order:
      much per second cut after the kept frame (padding, which Whisper attends
      to) as before it; a 3-s span (2.5 s + 0.5 s, 9.9x less input) keeps only
      0.964, 0.870, 0.820, 0.695, so a plain span is the closest cheaper
-     approximation of the padded protocol only at about 3x; the shared
-     setting below reaches 10x (``benchmarks/bench_features.py``). On encoding models (a 4-story demo,
+     approximation of the padded protocol only at about 3x
+     (``benchmarks/bench_features.py``). On encoding models (a 4-story demo,
      leave-one-story-out scoring, ``benchmarks/bench_alignment_modes.py
      --padded``) edge mode moves voxel r by 0.007-0.019 on average in layers
      1-4 and class means by at most 0.004; the padded fast mode by 0.028-0.046,
@@ -625,11 +625,12 @@ def _span(kept_frame: int, settings: WindowSettings) -> tuple[int, int]:
 def _edge_frames(kept_frame: int, settings: WindowSettings) -> tuple[np.ndarray, np.ndarray, int]:
     """The frames edge mode's layers see for one kept frame, what each stands for, and the kept one's place.
 
-    The span is :func:`_span`. With sparse strides, the frames before the span are cut, from its first
-    frame backwards, into blocks of ``sparse_stride_before`` frames (the last
-    one shorter at frame 0); those after it into blocks of
-    ``sparse_stride_after``; each block is represented by its middle frame,
-    counted as many times as the block has frames.
+    The span is :func:`_span`. With sparse strides, the frames before the
+    span are cut, from its first frame backwards, into blocks of
+    ``sparse_stride_before`` frames (the last one shorter at frame 0); those
+    after it into blocks of ``sparse_stride_after``; each block is
+    represented by its middle frame, counted as many times as the block has
+    frames.
 
     Returns
     -------
@@ -738,10 +739,9 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                 if role in ("whole", "lead"):
                     states = encoder(inputs, lengths).hidden_states
                     if role == "lead":  # its layer inputs outside the span: what the group's spans also read
-                        first, stop = _span(int(positions[0]), settings)
+                        first, stop = _span(int(positions[0]), settings)  # the group's (one layout)
                         context = [state[:, np.r_[0:first, stop:WHISPER_FRAMES]] for state in states[:-1]]
                 elif role == "shared":
-                    first, stop = _span(int(positions[0]), settings)
                     frames = torch.arange(first, stop).repeat(len(batch), 1)
                     states = encoder.whisper_frame_states(inputs, lengths, frames, context=context)
                     positions = positions - first

@@ -715,12 +715,14 @@ def _whisper_layer_reading(layer: nn.Module, hidden: torch.Tensor, context: torc
     def split_heads(states: torch.Tensor) -> torch.Tensor:
         return states.view(len(states), -1, heads, width // heads).transpose(1, 2)
 
+    def with_context(projection: nn.Module) -> torch.Tensor:  # the context is projected once, not once per row
+        return torch.cat([projection(normed), projection(normed_context).expand(batch, -1, -1)], 1)
+
     normed = layer.self_attn_layer_norm(hidden)
-    normed_context = layer.self_attn_layer_norm(context).expand(batch, -1, -1)
-    keys_from = torch.cat([normed, normed_context], 1)
+    normed_context = layer.self_attn_layer_norm(context)
     mixed = F.scaled_dot_product_attention(split_heads(attention.q_proj(normed)),
-                                           split_heads(attention.k_proj(keys_from)),
-                                           split_heads(attention.v_proj(keys_from)), attn_mask=bias,
+                                           split_heads(with_context(attention.k_proj)),
+                                           split_heads(with_context(attention.v_proj)), attn_mask=bias,
                                            scale=attention.scaling)
     hidden = hidden + attention.out_proj(mixed.transpose(1, 2).reshape(batch, n_frames, width))
     hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))))
