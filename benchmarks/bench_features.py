@@ -10,7 +10,8 @@ a temporary folder), prints
   length: 1,500 per window; edge modes: the frames their layers see, a shared
   group's lead counting 1,500), and the layers' multiply-adds, which also count
   attention: per layer, 12 D^2 per frame (projections, MLP) plus 2 D per pair of
-  query and key frame (a shared edge window's span reads all 1,500 frames),
+  query and key frame (a shared edge window's span reads all 1,500 frames of
+  its lead besides its own; a shared pass projects the lead's keys and values),
 - the agreement of each mode with the reference at TR level: per layer, the
   Pearson r over the story's ``[10:-5]`` TRs of each feature dimension,
   Lanczos-resampled from both modes, as mean and 10th percentile over dimensions.
@@ -73,27 +74,29 @@ the shared settings), and the protocol with one more chunk of context."""
 def layer_compute(encoder: SpeechEncoder, plan, settings: WindowSettings) -> tuple[int, float]:
     """Frames the transformer layers run on and their multiply-adds per layer, summed over the windows of ``plan``.
 
-    Per window: ``n`` query frames reading ``m`` key frames cost ``n * (12 D^2 + 2 D m)``.
+    Per window: ``n`` query frames reading ``m`` key frames cost ``n * (12 D^2 + 2 D m)``. A shared edge pass
+    also projects its lead's 1,500 frames to keys and values (``2 D^2`` each), and its spans' queries read
+    them all (those at the row's own frames masked) besides the span.
     """
     width = encoder.hidden_size
     if settings.mode != "edge":
         frames = encoder.frame_lengths(torch.as_tensor(plan.ends - plan.starts)).numpy()
         if encoder.family == "whisper" and not encoder.native_length:
             frames = np.full_like(frames, WHISPER_FRAMES)
-        queries = keys = frames.astype(np.float64)
-    else:
-        frame_index = _kept_frame_index(encoder, plan)
-        queries, keys = [], []
-        for windows, role in _edge_passes(plan, settings, batch_size=1):  # one window per pass
-            if role == "edge":  # the span and sparse frames attend to each other
-                frames = len(_edge_frames(int(frame_index[windows[0]]), settings)[0])
-                queries.append(frames)
-                keys.append(frames)
-            else:  # a lead runs all frames; a shared span reads all of them
-                queries.append(WHISPER_FRAMES if role == "lead" else settings.span_frames)
-                keys.append(WHISPER_FRAMES)
-        queries, keys = np.array(queries, np.float64), np.array(keys, np.float64)
-    return int(queries.sum()), float((queries * (12 * width ** 2 + 2 * width * keys)).sum())
+        return int(frames.sum()), float((frames * (12 * width ** 2 + 2 * width * frames.astype(np.float64))).sum())
+    frame_index = _kept_frame_index(encoder, plan)
+    frames_run, multiply_adds = 0, 0.0
+    for windows, role in _edge_passes(plan, settings, frame_index, batch_size=1):
+        if role == "edge":  # the span and sparse frames attend to each other
+            queries = keys = len(_edge_frames(int(frame_index[windows[0]]), settings)[0])
+        elif role == "lead":  # a whole forward pass
+            queries = keys = WHISPER_FRAMES
+        else:
+            queries, keys = len(windows) * settings.span_frames, WHISPER_FRAMES + settings.span_frames
+            multiply_adds += WHISPER_FRAMES * 2 * width ** 2
+        frames_run += queries
+        multiply_adds += queries * (12 * width ** 2 + 2 * width * keys)
+    return frames_run, multiply_adds
 
 
 def speech_story(seconds: float, folder: Path) -> tuple[np.ndarray, np.ndarray, str]:

@@ -213,9 +213,9 @@ EDGE_SPAN_AFTER_S = 2.0
 EDGE_SPARSE = dict(span_before_s=1.5, span_after_s=0.3, sparse_stride_before=16, sparse_stride_after=128)
 """Edge-mode settings with 10x less encoder input than the padded reference (about 140 of 1500 frames per window):
 ``WindowSettings("edge", **EDGE_SPARSE)``."""
-EDGE_SHARED = dict(EDGE_SPARSE, shared_every=25)
-"""Edge-mode settings whose full windows' spans read, outside the span, a whole forward pass made once per 25
-windows (10x less encoder compute than the padded reference, attention included):
+EDGE_SHARED = dict(span_before_s=1.5, span_after_s=0.3, shared_every=25)
+"""Edge-mode settings whose windows' spans read, outside the span, a whole forward pass made once per 25 windows
+(once per 15 at the story start; 10x less encoder compute than the padded reference, attention included):
 ``WindowSettings("edge", **EDGE_SHARED)``."""
 
 PROTOCOL_LAYERS = (2, 5, 7, 8, 10, 11, 12)
@@ -291,17 +291,20 @@ class WindowSettings:
         frames beyond the span are left out. :data:`EDGE_SPARSE` is the
         package's 10x setting.
     shared_every : int, optional
-        Edge mode only: full-length windows (all but those of the story's
-        first ``context_s``, which share one layout in the padded input) are
-        taken in consecutive groups of this many. The first window of a group
-        runs a whole forward pass (its frame is the reference's); the layers
-        of the others run on their span alone, but their attention also reads
-        that forward pass's states at every frame outside the span (the same
-        places in the input, up to ``shared_every - 1`` strides older audio;
-        :meth:`SpeechEncoder.whisper_frame_states` with ``context``), instead
-        of the sparse frames. Windows at the story start keep the span and
-        sparse frames. Default None: no sharing. :data:`EDGE_SHARED` is the
-        package's setting.
+        Edge mode only: the windows are taken in consecutive groups of at
+        most this many. The first window of a group runs a whole forward pass
+        (its frame is the reference's); the layers of the others run on their
+        span alone, but their attention also reads that forward pass's states
+        at every frame outside the span
+        (:meth:`SpeechEncoder.whisper_frame_states` with ``context``), instead
+        of sparse frames (so the sparse strides must be unset). Full-length
+        windows share one layout in the padded input: the lead's frames hold
+        audio up to ``shared_every - 1`` strides older at the same places.
+        Windows of the story's first ``context_s`` all start at sample 0: the
+        lead's frames hold the same audio, and a group ends before a member's
+        span would start past the lead's audio (15 windows with a 1.5-s span
+        before the kept frame and 0.1-s strides). Default None: no sharing.
+        :data:`EDGE_SHARED` is the package's setting.
     """
 
     mode: str = "reference"
@@ -346,6 +349,11 @@ class WindowSettings:
             if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
                 raise ValueError(f"{name}={value!r} must be a whole number >= 1 (or None)")
             object.__setattr__(self, name, None if value is None else int(value))
+        if self.shared_every is not None and (self.sparse_stride_before, self.sparse_stride_after) != (None, None):
+            raise ValueError(f"shared_every={self.shared_every} gives every window the frames of its group's lead "
+                             f"outside the span, so there are no sparse frames: leave sparse_stride_before and "
+                             f"sparse_stride_after unset (got {self.sparse_stride_before}, "
+                             f"{self.sparse_stride_after})")
         defaults = {"span_before_s": EDGE_SPAN_BEFORE_S, "span_after_s": EDGE_SPAN_AFTER_S}
         for name, value in spans.items():
             value = float(defaults[name] if value is None else value)
@@ -558,20 +566,44 @@ def _batches(plan: WindowPlan, pads_to_30s: bool, batch_size: int) -> list[np.nd
     return batches
 
 
-def _edge_passes(plan: WindowPlan, settings: WindowSettings, batch_size: int) -> list[tuple[np.ndarray, str]]:
-    """Edge mode's forward passes in order, as (windows, role): ``"edge"`` (the span and sparse frames),
-    ``"lead"`` (one window, a whole forward pass, whose states outside the span the ``"shared"`` batches up to
-    the next lead read as context) or ``"shared"`` (spans only; see ``WindowSettings.shared_every``)."""
-    windows = np.arange(len(plan.starts))
-    grouped = np.zeros(len(windows), bool)
-    if settings.shared_every is not None:  # full windows share one layout in the padded input
-        grouped = plan.ends - plan.starts == settings.window_samples
-    passes = [(batch, "edge") for batch in _chunks(windows[~grouped], batch_size)]
-    full = windows[grouped]
-    for start in range(0, len(full), settings.shared_every or 1):
-        group = full[start:start + settings.shared_every]
-        passes += [(group[:1], "lead")] + [(batch, "shared") for batch in _chunks(group[1:], batch_size)]
+def _edge_passes(plan: WindowPlan, settings: WindowSettings, frame_index: np.ndarray,
+                 batch_size: int) -> list[tuple[np.ndarray, str]]:
+    """Edge mode's forward passes in order, as (windows, role): ``"edge"`` (``batch_size`` windows: the span
+    and sparse frames), ``"lead"`` (one window, a whole forward pass, whose layer states the ``"shared"`` pass
+    after it reads outside its spans) or ``"shared"`` (the rest of the lead's group, spans only, in one pass:
+    its rows are a span long, and the lead's keys and values are projected once per pass; see
+    ``WindowSettings.shared_every``). ``frame_index`` is :func:`_kept_frame_index`."""
+    if settings.shared_every is None:
+        return [(batch, "edge") for batch in _chunks(np.arange(len(plan.starts)), batch_size)]
+    passes = []
+    for group in _shared_groups(plan, settings, frame_index[plan.first]):
+        passes += [(group[:1], "lead")] + ([(group[1:], "shared")] if len(group) > 1 else [])
     return passes
+
+
+def _shared_groups(plan: WindowPlan, settings: WindowSettings, kept_frames: np.ndarray) -> list[np.ndarray]:
+    """Every window, in consecutive groups of at most ``shared_every`` led by their first window.
+
+    Full-length windows share one layout in the padded input: a member holds
+    the lead's layout with audio a few strides later. Windows of the story
+    start all begin at sample 0, so a member holds the lead's audio at the
+    same places plus more at its end; it joins the group while its span
+    still starts at or before the lead's kept frame less one, so that every
+    frame it reads from the lead before its span is computed from the lead's
+    audio alone (a frame's receptive field reaches 520 samples past its
+    centre), not from padding. ``kept_frames`` has shape (n_windows,).
+    """
+    full = plan.ends - plan.starts == settings.window_samples
+    groups = _chunks(np.flatnonzero(full), settings.shared_every)
+    start_windows = np.flatnonzero(~full)
+    span_firsts = [_span(int(frame), settings)[0] for frame in kept_frames[start_windows]]
+    lead = 0
+    for member in range(1, len(start_windows) + 1):
+        if (member == len(start_windows) or member - lead == settings.shared_every
+                or span_firsts[member] > kept_frames[start_windows[lead]] - 1):
+            groups.append(start_windows[lead:member])
+            lead = member
+    return sorted(groups, key=lambda group: group[0])
 
 
 def _chunks(items: np.ndarray, size: int) -> list[np.ndarray]:
@@ -690,7 +722,8 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     settings : WindowSettings
         Mode ``"auto"`` is resolved by :meth:`WindowSettings.for_encoder`.
     batch_size : int
-        Windows per forward pass.
+        Windows per forward pass (a shared edge group's spans run in one pass, see
+        ``WindowSettings.shared_every``).
     progress : bool
         Show a progress bar over batches.
 
@@ -724,7 +757,7 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     plan = plan_windows(len(audio), settings)
     frame_index = _kept_frame_index(encoder, plan)
     features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}
-    passes = _edge_passes(plan, settings, batch_size) if settings.mode == "edge" else [
+    passes = _edge_passes(plan, settings, frame_index, batch_size) if settings.mode == "edge" else [
         (batch, "whole") for batch in _batches(plan, pads_to_30s, batch_size)]
     was_training = encoder.training
     encoder.eval()
@@ -738,13 +771,13 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                 positions = frame_index[kept]
                 if role in ("whole", "lead"):
                     states = encoder(inputs, lengths).hidden_states
-                    if role == "lead":  # its layer inputs outside the span: what the group's spans also read
-                        first, stop = _span(int(positions[0]), settings)  # the group's (one layout)
-                        context = [state[:, np.r_[0:first, stop:WHISPER_FRAMES]] for state in states[:-1]]
+                    if role == "lead":  # its layer inputs: what the group's spans read outside themselves
+                        context = states[:-1]
                 elif role == "shared":
-                    frames = torch.arange(first, stop).repeat(len(batch), 1)
+                    firsts = np.array([_span(int(frame), settings)[0] for frame in positions])
+                    frames = torch.from_numpy(firsts[:, None] + np.arange(settings.span_frames))
                     states = encoder.whisper_frame_states(inputs, lengths, frames, context=context)
-                    positions = positions - first
+                    positions = positions - firsts
                 else:  # "edge": the span and sparse frames
                     frames, counts, positions = _pad_rows([_edge_frames(int(frame_index[window]), settings)
                                                            for window in batch])

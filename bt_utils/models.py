@@ -523,12 +523,12 @@ class SpeechEncoder(nn.Module):
         one length). With ``frames`` all 1500 frames and counts 1 this is
         :meth:`forward`. Inference only (no dropout, SpecAugment or LayerDrop).
 
-        With ``context``, every layer's attention also reads further frames
-        as keys and values only: states computed elsewhere (typically another
-        forward pass's inputs to that layer at the frames left out of
-        ``frames``), which the layers do not update. Given the states of a
-        forward pass on the same audio at all other frames, the result equals
-        that pass at ``frames``.
+        With ``context``, every layer's attention also reads, as keys and
+        values only, states computed elsewhere at all 1500 frames (typically
+        another forward pass's inputs to that layer), at every frame that is
+        not among the row's own ``frames`` (those with a count > 0); the
+        layers do not update them. Given the states of a forward pass on the
+        same audio, the result equals that pass at ``frames``.
 
         Parameters
         ----------
@@ -542,7 +542,7 @@ class SpeechEncoder(nn.Module):
             Float, shape (B, N), >= 0: frames each one stands for. Default 1.
         context : sequence of torch.Tensor, optional
             One per layer (``n_layers``): the input states of layer ``l`` at
-            the context frames, shape (B or 1, M, D), each counted once.
+            every frame, shape (B or 1, 1500, D), each counted once.
 
         Returns
         -------
@@ -587,20 +587,27 @@ class SpeechEncoder(nn.Module):
         if context is None:
             states = self._whisper_layers(hidden, bias)
         else:
-            states = self._whisper_layers_with_context(hidden, bias, context)
+            states = self._whisper_layers_with_context(hidden, bias, context, frames, counts)
         return (*states[:-1], self._final_layer_norm()(states[-1]))
 
     def _whisper_layers_with_context(self, hidden: torch.Tensor, bias: torch.Tensor | None,
-                                     context: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """:meth:`_whisper_layers` on ``hidden`` (B, N, D) whose attention also reads ``context[l]`` (B or 1, M, D)."""
+                                     context: Sequence[torch.Tensor], frames: torch.Tensor,
+                                     counts: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """:meth:`_whisper_layers` on ``hidden`` (B, N, D) at ``frames`` (B, N), whose attention also reads
+        ``context[l]`` (B or 1, 1500, D) at every frame that is not among the row's own (with a count > 0)."""
         layers = self.encoder.layers
         if len(context) != len(layers) or any(c.ndim != 3 or c.shape[0] not in (1, len(hidden))
-                                              or c.shape[2] != hidden.shape[2] for c in context):
-            raise ValueError(f"context must hold {len(layers)} tensors (one per layer) of shape (B or 1, M, "
-                             f"{hidden.shape[2]}) for B={len(hidden)} rows; got shapes "
+                                              or c.shape[1:] != (WHISPER_FRAMES, hidden.shape[2]) for c in context):
+            raise ValueError(f"context must hold {len(layers)} tensors (one per layer) of shape (B or 1, "
+                             f"{WHISPER_FRAMES}, {hidden.shape[2]}) for B={len(hidden)} rows; got shapes "
                              f"{[tuple(c.shape) for c in context]}")
-        if bias is not None:  # the context frames count once each
-            bias = F.pad(bias, (0, context[0].shape[1]))
+        listed = torch.ones_like(frames) if counts is None else (counts > 0).long()
+        own = torch.zeros(len(frames), WHISPER_FRAMES, dtype=torch.long, device=frames.device)
+        own = own.scatter_reduce(1, frames, listed, "amax").bool()  # a padding frame (count 0) is not the row's
+        context_bias = torch.zeros(own.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(own, -torch.inf)
+        if bias is None:
+            bias = torch.zeros(*frames.shape, dtype=hidden.dtype, device=hidden.device)[:, None, None, :]
+        bias = torch.cat([bias, context_bias[:, None, None, :]], -1)
         states = [hidden]
         for layer, keys in zip(layers, context):
             hidden = _whisper_layer_reading(layer, hidden, keys.to(hidden.dtype), bias)

@@ -99,8 +99,10 @@ def test_edge_settings_defaults_tag_and_errors():
     assert (sparse.to_dict()["sparse_stride_before"], sparse.to_dict()["sparse_stride_after"]) == (16, 128)
     assert WindowSettings("edge", span_before_s=8, span_after_s=2) == edge
     shared = WindowSettings("edge", **EDGE_SHARED)
-    assert shared.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-sparse16x128-shared25"
+    assert shared.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-shared25"
     assert shared.to_dict()["shared_every"] == 25 and "shared_every" not in sparse.to_dict()
+    with pytest.raises(ValueError, match="shared_every=25 gives every window the frames of its group's lead"):
+        WindowSettings("edge", **EDGE_SPARSE, shared_every=25)
     with pytest.raises(ValueError, match="shared_every apply to mode='edge' only"):
         WindowSettings("reference", shared_every=4)
     assert "span_before_s" not in WindowSettings().to_dict()  # reference records and cache keys are unchanged
@@ -288,26 +290,32 @@ def test_sparse_edge_frames_equal_the_span_with_each_block_as_copies_of_its_midd
 def test_shared_edge_frames_read_their_lead_window_outside_the_span(one_thread):
     """Independent computation: every layer run by the encoder itself over all 1,500 frames, with the span's
     states the window's own and every other frame's those of its group's lead window (a whole forward pass).
-    Leads keep the reference's frames; the windows of the story start, the sparse edge mode's."""
+    Full windows go in groups of ``shared_every``; story-start windows in groups that end before a span would
+    start past the lead's kept frame less one. Leads keep the reference's frames."""
     encoder = load_encoder("tiny-whisper", "cpu", native_length=False)
+    with torch.no_grad():  # sharper attention with larger values, so that frames depend on the context they read
+        for layer in encoder.encoder.layers:
+            for projection, scale in ((layer.self_attn.q_proj, 20.0), (layer.self_attn.k_proj, 20.0),
+                                      (layer.self_attn.v_proj, 20.0)):
+                projection.weight.mul_(scale)
     audio = _toy_audio(3.05)  # 30 grid points: windows 0-9 are shorter than 1.1 s, 10-29 full
-    sparse = dict(context_s=1.0, span_before_s=0.2, span_after_s=0.1, sparse_stride_before=8, sparse_stride_after=256)
-    settings = WindowSettings("edge", **sparse, shared_every=4)  # groups led by windows 10, 14, ..., 26
+    settings = WindowSettings("edge", context_s=1.0, span_before_s=0.3, span_after_s=0.1, shared_every=4)
+    leads = [0, 0, 0, 3, 3, 3, 6, 6, 6, 9] + [10 + (k - 10) // 4 * 4 for k in range(10, 30)]
+    # a start window's span begins 15 frames (0.3 s) before its kept frame, 5 frames per stride later than
+    # the one before: windows 1 and 2 begin theirs at or before the lead's kept frame less one, window 3 not
     _, shared = extract_layer_features(encoder, audio, [0, 1, 2], settings, batch_size=2, progress=False)
     _, reference = extract_layer_features(encoder, audio, [0, 1, 2], WindowSettings(context_s=1.0), progress=False)
-    _, edge = extract_layer_features(encoder, audio, [0, 1, 2], WindowSettings("edge", **sparse), progress=False)
     for layer in (0, 1, 2):
-        np.testing.assert_allclose(shared[layer][:10], edge[layer][:10], atol=1e-5)
-        np.testing.assert_allclose(shared[layer][10::4], reference[layer][10::4], atol=1e-5)
+        np.testing.assert_allclose(shared[layer][sorted(set(leads))], reference[layer][sorted(set(leads))], atol=1e-5)
 
     def window(k: int) -> torch.Tensor:
-        return torch.from_numpy(audio[None, (k + 1) * 1600 - settings.window_samples:(k + 1) * 1600])
+        return torch.from_numpy(audio[None, max((k + 1) * 1600 - settings.window_samples, 0):(k + 1) * 1600])
 
-    for k in (11, 13, 27):
+    for k in (1, 2, 4, 8, 11, 13, 27):
         with torch.no_grad():
-            lead_states = encoder(window(10 + (k - 10) // 4 * 4)).hidden_states
+            lead_states = encoder(window(leads[k])).hidden_states
             kept = _authors_whisper_frame(encoder, window(k).shape[1])
-            span = slice(kept - 10, kept + 6)  # 0.2 s before, 0.1 s after
+            span = slice(max(kept - 15, 0), max(kept - 15, 0) + 21)  # 0.3 s before, 0.1 s after
             states = [encoder(window(k)).hidden_states[0][:, span]]
             for lead_state, layer in zip(lead_states, encoder.encoder.layers):
                 sequence = lead_state.clone()
@@ -315,7 +323,8 @@ def test_shared_edge_frames_read_their_lead_window_outside_the_span(one_thread):
                 states.append(layer(sequence, None)[:, span])
             states[-1] = encoder.encoder.layer_norm(states[-1])
         for layer in (0, 1, 2):
-            np.testing.assert_allclose(shared[layer][k], states[layer][0, 10].numpy(), atol=1e-4)
+            np.testing.assert_allclose(shared[layer][k], states[layer][0, kept - span.start].numpy(), atol=1e-5)
+        assert np.abs(shared[2][k] - reference[2][k]).max() > 1e-4  # the lead's states are not the window's own
 
 
 def test_edge_span_over_all_frames_is_the_reference(one_thread):

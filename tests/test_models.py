@@ -217,27 +217,39 @@ def test_whisper_frame_counts_weigh_attention_as_copies():
 
 def test_whisper_frame_states_with_the_other_frames_as_context_are_the_forward():
     """Frames whose attention also reads, as context, a forward pass's layer inputs at every other frame
-    give that forward's states: per row, and with one context row shared by a batch of identical audio.
+    give that forward's states: per row, with one context row shared by a batch of identical audio, and
+    whatever the context holds at the row's own frames (a padding frame of count 0 is not the row's own).
     With other context states they differ."""
     encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
     audio = torch.randn(2, 2 * 16000, generator=torch.Generator().manual_seed(2)) * 0.1
     lengths = torch.tensor([2 * 16000, 9000])
     span = torch.arange(40, 95)
-    outside = torch.cat([torch.arange(40), torch.arange(95, 1500)])
     with torch.no_grad():
         full = encoder(audio, lengths).hidden_states
-        context = [states[:, outside] for states in full[:-1]]
+        context = list(full[:-1])
         spans = encoder.whisper_frame_states(audio, lengths, span.repeat(2, 1), context=context)
         shared = encoder.whisper_frame_states(audio[:1].repeat(3, 1), lengths[:1].repeat(3), span.repeat(3, 1),
                                               context=[states[:1] for states in context])
+        scrambled = [states.clone() for states in context]
+        for states in scrambled:
+            states[:, span] = torch.randn_like(states[:, span])
+        own_scrambled = encoder.whisper_frame_states(audio, lengths, span.repeat(2, 1), context=scrambled)
+        padded = encoder.whisper_frame_states(audio, lengths, torch.cat([span, torch.tensor([0])]).repeat(2, 1),
+                                              torch.tensor([[1.0] * len(span) + [0.0]] * 2), context=context)
         other = encoder.whisper_frame_states(audio, lengths, span.repeat(2, 1),
                                              context=[torch.randn_like(states) for states in context])
         with pytest.raises(ValueError, match=r"context must hold 2 tensors \(one per layer\)"):
             encoder.whisper_frame_states(audio, lengths, span.repeat(2, 1), context=context[:1])
+        with pytest.raises(ValueError, match=r"of shape \(B or 1, 1500, 32\)"):
+            encoder.whisper_frame_states(audio, lengths, span.repeat(2, 1),
+                                         context=[states[:, 100:] for states in context])
     for state, expected in zip(spans, full):
         torch.testing.assert_close(state, expected[:, span], atol=1e-5, rtol=0)
     for state, expected in zip(shared, full):
         torch.testing.assert_close(state, expected[:1, span].expand(3, -1, -1), atol=1e-5, rtol=0)
+    for state, padded_state, expected in zip(own_scrambled, padded, full):
+        torch.testing.assert_close(state, expected[:, span], atol=1e-5, rtol=0)
+        torch.testing.assert_close(padded_state[:, :len(span)], expected[:, span], atol=1e-5, rtol=0)
     assert not torch.allclose(other[-1], full[-1][:, span], atol=1e-3)
 
 
