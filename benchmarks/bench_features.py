@@ -10,8 +10,8 @@ a temporary folder), prints
   length: 1,500 per window; edge modes: the frames their layers see, a shared
   group's lead counting 1,500), and the layers' multiply-adds, which also count
   attention: per layer, 12 D^2 per frame (projections, MLP) plus 2 D per pair of
-  query and key frame (a shared edge window's span reads all 1,500 frames of
-  its lead besides its own; a shared pass projects the lead's keys and values),
+  query and key frame (a shared edge window's span also reads its lead's frames
+  beyond the span; a shared pass projects them to keys and values once),
 - the agreement of each mode with the reference at TR level: per layer, the
   Pearson r over the story's ``[10:-5]`` TRs of each feature dimension,
   Lanczos-resampled from both modes, as mean and 10th percentile over dimensions.
@@ -58,7 +58,7 @@ from bt_utils.features import (
     tr_features,
     zscore_per_story,
 )
-from bt_utils.features import _edge_frames, _edge_passes, _kept_frame_index  # noqa: PLC2701 (frames per pass)
+from bt_utils.features import _edge_frames, _edge_passes, _kept_frame_index, _shared_rows  # noqa: PLC2701
 from bt_utils.models import SAMPLE_RATE, WHISPER_FRAMES, SpeechEncoder, load_encoder
 from bt_utils.timing import trim_trs
 
@@ -75,8 +75,8 @@ def layer_compute(encoder: SpeechEncoder, plan, settings: WindowSettings) -> tup
     """Frames the transformer layers run on and their multiply-adds per layer, summed over the windows of ``plan``.
 
     Per window: ``n`` query frames reading ``m`` key frames cost ``n * (12 D^2 + 2 D m)``. A shared edge pass
-    also projects its lead's 1,500 frames to keys and values (``2 D^2`` each), and its spans' queries read
-    them all (those at the row's own frames masked) besides the span.
+    also projects the lead's frames that any of its rows reads to keys and values (``2 D^2`` each), and each
+    span's queries read all of them (those another row reads masked) besides the span.
     """
     width = encoder.hidden_size
     if settings.mode != "edge":
@@ -91,9 +91,10 @@ def layer_compute(encoder: SpeechEncoder, plan, settings: WindowSettings) -> tup
             queries = keys = len(_edge_frames(int(frame_index[windows[0]]), settings)[0])
         elif role == "lead":  # a whole forward pass
             queries = keys = WHISPER_FRAMES
-        else:
-            queries, keys = len(windows) * settings.span_frames, WHISPER_FRAMES + settings.span_frames
-            multiply_adds += WHISPER_FRAMES * 2 * width ** 2
+        else:  # the spans read the lead's frames that any of them reads, projected once
+            read = int((_shared_rows(frame_index[windows], settings)[1].sum(0) > 0).sum())
+            queries, keys = len(windows) * settings.span_frames, settings.span_frames + read
+            multiply_adds += read * 2 * width ** 2
         frames_run += queries
         multiply_adds += queries * (12 * width ** 2 + 2 * width * keys)
     return frames_run, multiply_adds

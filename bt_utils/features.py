@@ -213,10 +213,11 @@ EDGE_SPAN_AFTER_S = 2.0
 EDGE_SPARSE = dict(span_before_s=1.5, span_after_s=0.3, sparse_stride_before=16, sparse_stride_after=128)
 """Edge-mode settings with 10x less encoder input than the padded reference (about 140 of 1500 frames per window):
 ``WindowSettings("edge", **EDGE_SPARSE)``."""
-EDGE_SHARED = dict(span_before_s=1.5, span_after_s=0.3, shared_every=25)
-"""Edge-mode settings whose windows' spans read, outside the span, a whole forward pass made once per 25 windows
-(once per 15 at the story start; 10x less encoder compute than the padded reference, attention included):
-``WindowSettings("edge", **EDGE_SHARED)``."""
+EDGE_SHARED = dict(span_before_s=1.5, span_after_s=0.3, sparse_stride_before=1, sparse_stride_after=128,
+                   shared_every=25)
+"""Edge-mode settings whose windows' spans read, beyond the span, the states of a whole forward pass made once per
+25 windows (once per 15 at the story start): every frame before the span, one per 128 after it (10x less encoder
+compute than the padded reference, attention included): ``WindowSettings("edge", **EDGE_SHARED)``."""
 
 PROTOCOL_LAYERS = (2, 5, 7, 8, 10, 11, 12)
 """The protocol's layers of 12-layer models (layer 12 is the model's output)."""
@@ -294,16 +295,16 @@ class WindowSettings:
         Edge mode only: the windows are taken in consecutive groups of at
         most this many. The first window of a group runs a whole forward pass
         (its frame is the reference's); the layers of the others run on their
-        span alone, but their attention also reads that forward pass's states
-        at every frame outside the span
-        (:meth:`SpeechEncoder.whisper_frame_states` with ``context``), instead
-        of sparse frames (so the sparse strides must be unset). Full-length
-        windows share one layout in the padded input: the lead's frames hold
-        audio up to ``shared_every - 1`` strides older at the same places.
-        Windows of the story's first ``context_s`` all start at sample 0: the
-        lead's frames hold the same audio, and a group ends before a member's
-        span would start past the lead's audio (15 windows with a 1.5-s span
-        before the kept frame and 0.1-s strides). Default None: no sharing.
+        span alone, and the frames beyond the span that the sparse strides
+        name (a stride of 1: every frame; None: none) are that forward pass's
+        states (:meth:`SpeechEncoder.whisper_frame_states` with ``context``),
+        which the span reads but does not update. Full-length windows share
+        one layout in the padded input: the lead's frames hold audio up to
+        ``shared_every - 1`` strides older at the same places. Windows of the
+        story's first ``context_s`` all start at sample 0: the lead's frames
+        hold the same audio, and a group ends before a member's span would
+        start past the lead's audio (15 windows with a 1.5-s span before the
+        kept frame and 0.1-s strides). Default None: no sharing.
         :data:`EDGE_SHARED` is the package's setting.
     """
 
@@ -349,11 +350,6 @@ class WindowSettings:
             if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
                 raise ValueError(f"{name}={value!r} must be a whole number >= 1 (or None)")
             object.__setattr__(self, name, None if value is None else int(value))
-        if self.shared_every is not None and (self.sparse_stride_before, self.sparse_stride_after) != (None, None):
-            raise ValueError(f"shared_every={self.shared_every} gives every window the frames of its group's lead "
-                             f"outside the span, so there are no sparse frames: leave sparse_stride_before and "
-                             f"sparse_stride_after unset (got {self.sparse_stride_before}, "
-                             f"{self.sparse_stride_after})")
         defaults = {"span_before_s": EDGE_SPAN_BEFORE_S, "span_after_s": EDGE_SPAN_AFTER_S}
         for name, value in spans.items():
             value = float(defaults[name] if value is None else value)
@@ -685,6 +681,21 @@ def _edge_frames(kept_frame: int, settings: WindowSettings) -> tuple[np.ndarray,
     return frames, counts, int(np.searchsorted(frames, kept_frame))
 
 
+def _shared_rows(kept_frames: np.ndarray, settings: WindowSettings) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """A shared edge pass's rows: span frames (B, span_frames), the lead's frames each row reads beyond its span
+    as counts (B, 1500) (the sparse frames of :func:`_edge_frames`, 0 elsewhere) and the kept frames' places in
+    the spans (B,), for the kept frames ``kept_frames`` (B,)."""
+    spans = np.empty((len(kept_frames), settings.span_frames), np.int64)
+    counts = np.zeros((len(kept_frames), WHISPER_FRAMES), np.float32)
+    for row, kept_frame in enumerate(kept_frames):
+        frames, weights, _ = _edge_frames(int(kept_frame), settings)
+        first, stop = _span(int(kept_frame), settings)
+        beyond = (frames < first) | (frames >= stop)
+        counts[row, frames[beyond]] = weights[beyond]
+        spans[row] = np.arange(first, stop)
+    return torch.from_numpy(spans), torch.from_numpy(counts), np.asarray(kept_frames) - spans[:, 0]
+
+
 def _pad_rows(rows: Sequence[tuple[np.ndarray, np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """:func:`_edge_frames` of a batch as (B, N) frames and counts, shorter rows padded with frame 0 of count 0
     (left out of attention), and the kept frames' places, shape (B,)."""
@@ -774,10 +785,9 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                     if role == "lead":  # its layer inputs: what the group's spans read outside themselves
                         context = states[:-1]
                 elif role == "shared":
-                    firsts = np.array([_span(int(frame), settings)[0] for frame in positions])
-                    frames = torch.from_numpy(firsts[:, None] + np.arange(settings.span_frames))
-                    states = encoder.whisper_frame_states(inputs, lengths, frames, context=context)
-                    positions = positions - firsts
+                    frames, context_counts, positions = _shared_rows(positions, settings)
+                    states = encoder.whisper_frame_states(inputs, lengths, frames, context=context,
+                                                          context_counts=context_counts)
                 else:  # "edge": the span and sparse frames
                     frames, counts, positions = _pad_rows([_edge_frames(int(frame_index[window]), settings)
                                                            for window in batch])

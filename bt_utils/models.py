@@ -510,7 +510,8 @@ class SpeechEncoder(nn.Module):
 
     def whisper_frame_states(self, audio: torch.Tensor, lengths: torch.Tensor, frames: torch.Tensor,
                              counts: torch.Tensor | None = None,
-                             context: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+                             context: Sequence[torch.Tensor] | None = None,
+                             context_counts: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """Hidden states of padded Whisper at chosen frames, with the layers run on those frames alone.
 
         Each row's audio is padded to 30 s and turned into log-mel features,
@@ -525,10 +526,13 @@ class SpeechEncoder(nn.Module):
 
         With ``context``, every layer's attention also reads, as keys and
         values only, states computed elsewhere at all 1500 frames (typically
-        another forward pass's inputs to that layer), at every frame that is
-        not among the row's own ``frames`` (those with a count > 0); the
-        layers do not update them. Given the states of a forward pass on the
-        same audio, the result equals that pass at ``frames``.
+        another forward pass's inputs to that layer), which the layers do not
+        update: by default at every frame that is not among the row's own
+        ``frames`` (those with a count > 0), or as ``context_counts`` says,
+        each context frame standing for that many frames like ``counts``.
+        Given the states of a forward pass on the same audio, the result
+        equals that pass at ``frames``. Only the frames some row reads are
+        projected to keys and values, once for the batch.
 
         Parameters
         ----------
@@ -542,7 +546,11 @@ class SpeechEncoder(nn.Module):
             Float, shape (B, N), >= 0: frames each one stands for. Default 1.
         context : sequence of torch.Tensor, optional
             One per layer (``n_layers``): the input states of layer ``l`` at
-            every frame, shape (B or 1, 1500, D), each counted once.
+            every frame, shape (B or 1, 1500, D).
+        context_counts : torch.Tensor, optional
+            Float, shape (B or 1, 1500), >= 0: frames each context frame
+            stands for, 0 to leave it out. Default: 1 at every frame that is
+            not among the row's own, else 0.
 
         Returns
         -------
@@ -587,30 +595,40 @@ class SpeechEncoder(nn.Module):
         if context is None:
             states = self._whisper_layers(hidden, bias)
         else:
-            states = self._whisper_layers_with_context(hidden, bias, context, frames, counts)
+            states = self._whisper_layers_with_context(hidden, bias, context, frames, counts, context_counts)
         return (*states[:-1], self._final_layer_norm()(states[-1]))
 
     def _whisper_layers_with_context(self, hidden: torch.Tensor, bias: torch.Tensor | None,
                                      context: Sequence[torch.Tensor], frames: torch.Tensor,
-                                     counts: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+                                     counts: torch.Tensor | None,
+                                     context_counts: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """:meth:`_whisper_layers` on ``hidden`` (B, N, D) at ``frames`` (B, N), whose attention also reads
-        ``context[l]`` (B or 1, 1500, D) at every frame that is not among the row's own (with a count > 0)."""
+        ``context[l]`` (B or 1, 1500, D) as :meth:`whisper_frame_states` says."""
         layers = self.encoder.layers
         if len(context) != len(layers) or any(c.ndim != 3 or c.shape[0] not in (1, len(hidden))
                                               or c.shape[1:] != (WHISPER_FRAMES, hidden.shape[2]) for c in context):
             raise ValueError(f"context must hold {len(layers)} tensors (one per layer) of shape (B or 1, "
                              f"{WHISPER_FRAMES}, {hidden.shape[2]}) for B={len(hidden)} rows; got shapes "
                              f"{[tuple(c.shape) for c in context]}")
-        listed = torch.ones_like(frames) if counts is None else (counts > 0).long()
-        own = torch.zeros(len(frames), WHISPER_FRAMES, dtype=torch.long, device=frames.device)
-        own = own.scatter_reduce(1, frames, listed, "amax").bool()  # a padding frame (count 0) is not the row's
-        context_bias = torch.zeros(own.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(own, -torch.inf)
+        if context_counts is None:
+            listed = torch.ones_like(frames) if counts is None else (counts > 0).long()
+            own = torch.zeros(len(frames), WHISPER_FRAMES, dtype=torch.long, device=frames.device)
+            own = own.scatter_reduce(1, frames, listed, "amax").bool()  # a padding frame (count 0) is not the row's
+            context_counts = (~own).float()
+        else:
+            context_counts = torch.as_tensor(context_counts, dtype=torch.float32).to(frames.device)
+            if (context_counts.ndim != 2 or context_counts.shape[0] not in (1, len(frames))
+                    or context_counts.shape[1] != WHISPER_FRAMES or bool((context_counts < 0).any())):
+                raise ValueError(f"context_counts must have shape (B or 1, {WHISPER_FRAMES}) for B={len(frames)} "
+                                 f"rows and be >= 0; got shape {tuple(context_counts.shape)}")
+        read = torch.nonzero(context_counts.sum(0) > 0).flatten()  # the frames some row reads
+        context_bias = torch.log(context_counts[:, read]).to(hidden.dtype).expand(len(hidden), -1)
         if bias is None:
             bias = torch.zeros(*frames.shape, dtype=hidden.dtype, device=hidden.device)[:, None, None, :]
         bias = torch.cat([bias, context_bias[:, None, None, :]], -1)
         states = [hidden]
         for layer, keys in zip(layers, context):
-            hidden = _whisper_layer_reading(layer, hidden, keys.to(hidden.dtype), bias)
+            hidden = _whisper_layer_reading(layer, hidden, keys[:, read].to(hidden.dtype), bias)
             states.append(hidden)
         return tuple(states)
 

@@ -99,10 +99,8 @@ def test_edge_settings_defaults_tag_and_errors():
     assert (sparse.to_dict()["sparse_stride_before"], sparse.to_dict()["sparse_stride_after"]) == (16, 128)
     assert WindowSettings("edge", span_before_s=8, span_after_s=2) == edge
     shared = WindowSettings("edge", **EDGE_SHARED)
-    assert shared.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-shared25"
+    assert shared.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-sparse1x128-shared25"
     assert shared.to_dict()["shared_every"] == 25 and "shared_every" not in sparse.to_dict()
-    with pytest.raises(ValueError, match="shared_every=25 gives every window the frames of its group's lead"):
-        WindowSettings("edge", **EDGE_SPARSE, shared_every=25)
     with pytest.raises(ValueError, match="shared_every apply to mode='edge' only"):
         WindowSettings("reference", shared_every=4)
     assert "span_before_s" not in WindowSettings().to_dict()  # reference records and cache keys are unchanged
@@ -289,7 +287,8 @@ def test_sparse_edge_frames_equal_the_span_with_each_block_as_copies_of_its_midd
 
 def test_shared_edge_frames_read_their_lead_window_outside_the_span(one_thread):
     """Independent computation: every layer run by the encoder itself over all 1,500 frames, with the span's
-    states the window's own and every other frame's those of its group's lead window (a whole forward pass).
+    states the window's own, every frame before it its group's lead window's (a whole forward pass) and every
+    block of 8 frames after it copies of the lead's middle frame of the block.
     Full windows go in groups of ``shared_every``; story-start windows in groups that end before a span would
     start past the lead's kept frame less one. Leads keep the reference's frames."""
     encoder = load_encoder("tiny-whisper", "cpu", native_length=False)
@@ -299,7 +298,8 @@ def test_shared_edge_frames_read_their_lead_window_outside_the_span(one_thread):
                                       (layer.self_attn.v_proj, 20.0)):
                 projection.weight.mul_(scale)
     audio = _toy_audio(3.05)  # 30 grid points: windows 0-9 are shorter than 1.1 s, 10-29 full
-    settings = WindowSettings("edge", context_s=1.0, span_before_s=0.3, span_after_s=0.1, shared_every=4)
+    settings = WindowSettings("edge", context_s=1.0, span_before_s=0.3, span_after_s=0.1, sparse_stride_before=1,
+                              sparse_stride_after=8, shared_every=4)
     leads = [0, 0, 0, 3, 3, 3, 6, 6, 6, 9] + [10 + (k - 10) // 4 * 4 for k in range(10, 30)]
     # a start window's span begins 15 frames (0.3 s) before its kept frame, 5 frames per stride later than
     # the one before: windows 1 and 2 begin theirs at or before the lead's kept frame less one, window 3 not
@@ -319,6 +319,8 @@ def test_shared_edge_frames_read_their_lead_window_outside_the_span(one_thread):
             states = [encoder(window(k)).hidden_states[0][:, span]]
             for lead_state, layer in zip(lead_states, encoder.encoder.layers):
                 sequence = lead_state.clone()
+                for block in range(span.stop, 1500, 8):
+                    sequence[:, block:block + 8] = lead_state[:, (block + min(block + 8, 1500)) // 2, None]
                 sequence[:, span] = states[-1]
                 states.append(layer(sequence, None)[:, span])
             states[-1] = encoder.encoder.layer_norm(states[-1])

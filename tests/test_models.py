@@ -253,6 +253,40 @@ def test_whisper_frame_states_with_the_other_frames_as_context_are_the_forward()
     assert not torch.allclose(other[-1], full[-1][:, span], atol=1e-3)
 
 
+def test_whisper_frame_states_context_counts_weigh_context_frames_as_copies():
+    """A context frame counted twice, with the next frame left out, reads as two copies of it; a count of 0
+    leaves a frame out, as if the context had no such frame."""
+    encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
+    audio = torch.randn(2, 2 * 16000, generator=torch.Generator().manual_seed(3)) * 0.1
+    span = torch.arange(40, 95).repeat(2, 1)
+    default = torch.ones(1, 1500)
+    default[:, 40:95] = 0
+    with torch.no_grad():
+        context = list(encoder(audio).hidden_states[:-1])
+        copied = [states.clone() for states in context]
+        for states in copied:
+            states[:, 101] = states[:, 100]
+        as_copies = encoder.whisper_frame_states(audio, None, span, context=copied)
+        doubled = default.clone()
+        doubled[:, 100], doubled[:, 101] = 2.0, 0.0
+        counted = encoder.whisper_frame_states(audio, None, span, context=context, context_counts=doubled)
+        left_out = default.clone()
+        left_out[:, 600:] = 0
+        shorter = encoder.whisper_frame_states(audio, None, span, context=context, context_counts=left_out)
+        scrambled = [states.clone() for states in context]
+        for states in scrambled:
+            states[:, 600:] = torch.randn_like(states[:, 600:])
+        shorter_scrambled = encoder.whisper_frame_states(audio, None, span, context=scrambled,
+                                                         context_counts=left_out)
+        with pytest.raises(ValueError, match=r"context_counts must have shape \(B or 1, 1500\)"):
+            encoder.whisper_frame_states(audio, None, span, context=context, context_counts=default[:, :100])
+    for copy_states, counted_states in zip(as_copies, counted):
+        torch.testing.assert_close(counted_states, copy_states, atol=1e-5, rtol=0)
+    for state, scrambled_state in zip(shorter, shorter_scrambled):
+        torch.testing.assert_close(state, scrambled_state, atol=1e-5, rtol=0)
+    assert not torch.allclose(shorter[-1], counted[-1], atol=1e-4)
+
+
 def test_whisper_frame_states_refuses_bad_frames_and_other_encoders():
     encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
     audio = torch.zeros(2, 16000)
