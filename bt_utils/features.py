@@ -98,27 +98,27 @@ From audio to a design matrix, in this order:
      a plain 3-s span; the attention weighting matters (without it: 0.970,
      0.886, 0.840, 0.708), and averaging each block's frames instead of taking
      its middle frame blurs their positions (0.951, 0.861, 0.797, 0.739).
-     With ``shared_every`` the full-length windows (all but the story's first
-     16 s, which share one layout in the padded input) go in groups: the
-     group's first window runs a whole forward pass, and the others run their
-     span alone, their attention reading that pass's layer states at every
-     other frame, at the same places in the input (audio up to
-     ``shared_every - 1`` strides older). :data:`EDGE_SHARED` (the sparse
-     setting's span, groups of 25: about 151 frames per window, 10x fewer
-     layer multiply-adds than the reference, attention counted) keeps TR-level
-     r 0.996, 0.983, 0.965, 0.939 in layers 1-4 on the same story (groups of
-     20: 0.996, 0.984, 0.967, 0.945), far closer than :data:`EDGE_SPARSE` in
-     the deep layers. Sharing only the padding after the span (the frames
-     before it sparse) does not help (layer 4: 0.855-0.869), and taking the
-     shared frames with the same audio instead of the same place does harm
-     (0.872 with groups of 20): what the deep layers miss in sparse mode is
-     the past frames, at their places. On the demo's encoding models it moves
-     voxel r no less than :data:`EDGE_SPARSE` (0.005-0.026 in layers 1-4)
-     at twice the wall time, so ``"auto"`` uses :data:`EDGE_SPARSE`
-     (docs/benchmarks.md).
+     With ``shared_every`` the windows go in groups: the group's first
+     window runs a whole forward pass, and the others run their span alone,
+     their attention reading that pass's layer states beyond the span (the
+     frames the sparse strides name) at the same places in the input.
+     Full-length windows share one layout (the lead's audio up to
+     ``shared_every - 1`` strides older); the windows of the story's first
+     16 s all start at sample 0, so the lead holds the same audio, and a
+     group ends before a span would start past the lead's audio.
+     :data:`EDGE_SHARED` (the sparse setting's span, every frame before it
+     and one per 16 after it, groups of 25: 10.5-10.9x fewer layer
+     multiply-adds than the reference, attention and the lead's key and
+     value projections counted) moves the demo encoding models' voxel r by
+     0.004, 0.007, 0.008, 0.012 in layers 1-4, level with the protocol's own
+     sensitivity to 0.1 s more context in layers 1-3 (:data:`EDGE_SPARSE`:
+     0.006, 0.010, 0.017, 0.024). Sharing only the full windows (the story
+     start in sparse frames) gave 0.005, 0.010, 0.017, 0.026: after the
+     per-story z-scoring, the sparse start's features stand apart from the
+     shared rest (docs/benchmarks.md).
    - ``"auto"`` mode (the notebooks' default) picks, once the encoder is known
      (:meth:`WindowSettings.for_encoder`), the cheap mode closest to the
-     reference for it: edge mode with :data:`EDGE_SPARSE` for Whisper padded
+     reference for it: edge mode with :data:`EDGE_SHARED` for Whisper padded
      to 30 s, fast mode for wav2vec2, HuBERT and Whisper at native length.
 
    Windows of equal length are batched together, so no window is padded
@@ -213,10 +213,10 @@ EDGE_SPAN_AFTER_S = 2.0
 EDGE_SPARSE = dict(span_before_s=1.5, span_after_s=0.3, sparse_stride_before=16, sparse_stride_after=128)
 """Edge-mode settings with 10x less encoder input than the padded reference (about 140 of 1500 frames per window):
 ``WindowSettings("edge", **EDGE_SPARSE)``."""
-EDGE_SHARED = dict(span_before_s=1.5, span_after_s=0.3, sparse_stride_before=1, sparse_stride_after=128,
+EDGE_SHARED = dict(span_before_s=1.5, span_after_s=0.3, sparse_stride_before=1, sparse_stride_after=16,
                    shared_every=25)
 """Edge-mode settings whose windows' spans read, beyond the span, the states of a whole forward pass made once per
-25 windows (once per 15 at the story start): every frame before the span, one per 128 after it (10x less encoder
+25 windows (once per 15 at the story start): every frame before the span, one per 16 after it (10x less encoder
 compute than the padded reference, attention included): ``WindowSettings("edge", **EDGE_SHARED)``."""
 
 PROTOCOL_LAYERS = (2, 5, 7, 8, 10, 11, 12)
@@ -268,7 +268,7 @@ class WindowSettings:
         frames from ``span_before_s`` before the kept frame to ``span_after_s``
         after it (see the module docstring). ``"auto"``: the cheap mode that
         stays closest to the reference for the encoder at hand, resolved by
-        :meth:`for_encoder` (edge mode with :data:`EDGE_SPARSE` for Whisper
+        :meth:`for_encoder` (edge mode with :data:`EDGE_SHARED` for Whisper
         padded to 30 s, fast mode with ``stride_s`` for every other encoder).
     context_s : float
         Minimum causal context of each kept frame besides its chunk, in
@@ -376,7 +376,7 @@ class WindowSettings:
     def for_encoder(self, encoder: SpeechEncoder) -> WindowSettings:
         """These settings for ``encoder``: mode ``"auto"`` resolved, any other mode unchanged.
 
-        ``"auto"`` becomes edge mode with :data:`EDGE_SPARSE` (and these
+        ``"auto"`` becomes edge mode with :data:`EDGE_SHARED` (and these
         ``context_s`` and ``chunk_s``) for Whisper padded to 30 s, whose fast
         mode keeps interior frames far from the protocol's edge frames, and
         fast mode with ``stride_s`` for every other encoder (wav2vec2, HuBERT,
@@ -385,7 +385,7 @@ class WindowSettings:
         if self.mode != "auto":
             return self
         if encoder.family == "whisper" and not encoder.native_length:
-            return WindowSettings("edge", self.context_s, self.chunk_s, **EDGE_SPARSE)
+            return WindowSettings("edge", self.context_s, self.chunk_s, **EDGE_SHARED)
         return WindowSettings("fast", self.context_s, self.chunk_s, self.stride_s)
 
     @property
@@ -764,7 +764,7 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                     "window that the reference keeps (whisper-tiny.en on the demo: TR-level r 0.46-0.67 with the "
                     "reference, voxel alignment r off by 0.025-0.03 on average; see bt_utils.features and "
                     "docs/benchmarks.md); use mode='reference' to follow the protocol, or, padded to 30 s, "
-                    "mode='auto' (edge mode with EDGE_SPARSE) for 10x less compute with the reference's edge frames")
+                    "mode='auto' (edge mode with EDGE_SHARED) for 10x less compute with the reference's edge frames")
     plan = plan_windows(len(audio), settings)
     frame_index = _kept_frame_index(encoder, plan)
     features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}

@@ -99,7 +99,7 @@ def test_edge_settings_defaults_tag_and_errors():
     assert (sparse.to_dict()["sparse_stride_before"], sparse.to_dict()["sparse_stride_after"]) == (16, 128)
     assert WindowSettings("edge", span_before_s=8, span_after_s=2) == edge
     shared = WindowSettings("edge", **EDGE_SHARED)
-    assert shared.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-sparse1x128-shared25"
+    assert shared.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-sparse1x16-shared25"
     assert shared.to_dict()["shared_every"] == 25 and "shared_every" not in sparse.to_dict()
     with pytest.raises(ValueError, match="shared_every apply to mode='edge' only"):
         WindowSettings("reference", shared_every=4)
@@ -341,11 +341,11 @@ def test_edge_span_over_all_frames_is_the_reference(one_thread):
 
 
 @pytest.mark.parametrize("name, native, resolved", [
-    ("tiny-whisper", False, WindowSettings("edge", context_s=1.0, **EDGE_SPARSE)),
+    ("tiny-whisper", False, WindowSettings("edge", context_s=1.0, **EDGE_SHARED)),
     ("tiny-whisper", True, WindowSettings("fast", context_s=1.0, stride_s=0.5)),
     ("tiny-wav2vec2", False, WindowSettings("fast", context_s=1.0, stride_s=0.5)),
 ])
-def test_auto_mode_is_sparse_edge_for_padded_whisper_and_fast_otherwise(name, native, resolved, noise_dataset,
+def test_auto_mode_is_shared_edge_for_padded_whisper_and_fast_otherwise(name, native, resolved, noise_dataset,
                                                                        tmp_path, one_thread):
     encoder = load_encoder(name, "cpu", native_length=native)
     auto = WindowSettings("auto", context_s=1.0, stride_s=0.5)
