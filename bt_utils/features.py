@@ -98,24 +98,26 @@ From audio to a design matrix, in this order:
      a plain 3-s span; the attention weighting matters (without it: 0.970,
      0.886, 0.840, 0.708), and averaging each block's frames instead of taking
      its middle frame blurs their positions (0.951, 0.861, 0.797, 0.739).
-     With ``shared_every`` the windows go in groups: the group's first
+     With ``shared_every`` the windows go in groups: the group's lead
      window runs a whole forward pass, and the others run their span alone,
      their attention reading that pass's layer states beyond the span (the
      frames the sparse strides name) at the same places in the input.
-     Full-length windows share one layout (the lead's audio up to
-     ``shared_every - 1`` strides older); the windows of the story's first
-     16 s all start at sample 0, so the lead holds the same audio, and a
-     group ends before a span would start past the lead's audio.
+     Full-length windows share one layout, led by the group's middle window
+     (its audio at most ``shared_every // 2`` strides off); the windows of
+     the story's first 16 s all start at sample 0, so the first window, the
+     lead, holds the same audio, and a group ends before a span would start
+     past the lead's audio.
      :data:`EDGE_SHARED` (the sparse setting's span, every frame before it
      and one per 16 after it, groups of 25: 10.5-10.9x fewer layer
      multiply-adds than the reference, attention and the lead's key and
      value projections counted) moves the demo encoding models' voxel r by
-     0.004, 0.007, 0.008, 0.012 in layers 1-4, level with the protocol's own
-     sensitivity to 0.1 s more context in layers 1-3 (:data:`EDGE_SPARSE`:
-     0.006, 0.010, 0.017, 0.024). Sharing only the full windows (the story
-     start in sparse frames) gave 0.005, 0.010, 0.017, 0.026: after the
-     per-story z-scoring, the sparse start's features stand apart from the
-     shared rest (docs/benchmarks.md).
+     0.004, 0.005, 0.007, 0.010 in layers 1-4, level with the protocol's own
+     sensitivity to 0.1 s more context (:data:`EDGE_SPARSE`: 0.006, 0.010,
+     0.017, 0.024). Leading full groups by their first window gave 0.004,
+     0.007, 0.008, 0.012; sharing only the full windows (the story start in
+     sparse frames) 0.005, 0.010, 0.017, 0.026: after the per-story
+     z-scoring, the sparse start's features stand apart from the shared rest
+     (docs/benchmarks.md).
    - ``"auto"`` mode (the notebooks' default) picks, once the encoder is known
      (:meth:`WindowSettings.for_encoder`), the cheap mode closest to the
      reference for it: edge mode with :data:`EDGE_SHARED` for Whisper padded
@@ -293,16 +295,17 @@ class WindowSettings:
         package's 10x setting.
     shared_every : int, optional
         Edge mode only: the windows are taken in consecutive groups of at
-        most this many. The first window of a group runs a whole forward pass
-        (its frame is the reference's); the layers of the others run on their
+        most this many. The group's lead runs a whole forward pass (its
+        frame is the reference's); the layers of the others run on their
         span alone, and the frames beyond the span that the sparse strides
         name (a stride of 1: every frame; None: none) are that forward pass's
         states (:meth:`SpeechEncoder.whisper_frame_states` with ``context``),
         which the span reads but does not update. Full-length windows share
-        one layout in the padded input: the lead's frames hold audio up to
-        ``shared_every - 1`` strides older at the same places. Windows of the
-        story's first ``context_s`` all start at sample 0: the lead's frames
-        hold the same audio, and a group ends before a member's span would
+        one layout in the padded input, led by the group's middle window: the
+        lead's frames hold audio up to ``shared_every // 2`` strides older or
+        newer at the same places. Windows of the story's first ``context_s``
+        all start at sample 0, led by the group's first window: the lead's
+        frames hold the same audio, and a group ends before a member's span would
         start past the lead's audio (15 windows with a 1.5-s span before the
         kept frame and 0.1-s strides). Default None: no sharing.
         :data:`EDGE_SHARED` is the package's setting.
@@ -422,7 +425,7 @@ class WindowSettings:
             if (self.sparse_stride_before, self.sparse_stride_after) != (None, None):
                 tag += f"-sparse{self.sparse_stride_before}x{self.sparse_stride_after}"
             if self.shared_every is not None:
-                tag += f"-shared{self.shared_every}"
+                tag += f"-shared{self.shared_every}mid"  # "mid": full groups led by their middle window
         return tag
 
     def to_dict(self) -> dict:
@@ -578,19 +581,23 @@ def _edge_passes(plan: WindowPlan, settings: WindowSettings, frame_index: np.nda
 
 
 def _shared_groups(plan: WindowPlan, settings: WindowSettings, kept_frames: np.ndarray) -> list[np.ndarray]:
-    """Every window, in consecutive groups of at most ``shared_every`` led by their first window.
+    """Every window, in groups of at most ``shared_every`` consecutive windows, each listed lead first.
 
     Full-length windows share one layout in the padded input: a member holds
-    the lead's layout with audio a few strides later. Windows of the story
-    start all begin at sample 0, so a member holds the lead's audio at the
-    same places plus more at its end; it joins the group while its span
-    still starts at or before the lead's kept frame less one, so that every
-    frame it reads from the lead before its span is computed from the lead's
-    audio alone (a frame's receptive field reaches 520 samples past its
-    centre), not from padding. ``kept_frames`` has shape (n_windows,).
+    the lead's layout with audio a few strides earlier or later. The lead is
+    the group's middle window, so that what a member reads from it is at most
+    half a group of strides out of date. Windows of the story start all begin
+    at sample 0, so a member holds the lead's audio at the same places plus
+    more at its end; there the lead is the group's first window, and a
+    member joins while its span still starts at or before the lead's kept
+    frame less one, so that every frame it reads from the lead before its
+    span is computed from the lead's audio alone (a frame's receptive field
+    reaches 520 samples past its centre), not from padding. ``kept_frames``
+    has shape (n_windows,).
     """
     full = plan.ends - plan.starts == settings.window_samples
-    groups = _chunks(np.flatnonzero(full), settings.shared_every)
+    groups = [np.r_[group[len(group) // 2], np.delete(group, len(group) // 2)]
+              for group in _chunks(np.flatnonzero(full), settings.shared_every)]
     start_windows = np.flatnonzero(~full)
     span_firsts = [_span(int(frame), settings)[0] for frame in kept_frames[start_windows]]
     lead = 0
@@ -599,7 +606,7 @@ def _shared_groups(plan: WindowPlan, settings: WindowSettings, kept_frames: np.n
                 or span_firsts[member] > kept_frames[start_windows[lead]] - 1):
             groups.append(start_windows[lead:member])
             lead = member
-    return sorted(groups, key=lambda group: group[0])
+    return sorted(groups, key=lambda group: group.min())
 
 
 def _chunks(items: np.ndarray, size: int) -> list[np.ndarray]:

@@ -99,7 +99,7 @@ def test_edge_settings_defaults_tag_and_errors():
     assert (sparse.to_dict()["sparse_stride_before"], sparse.to_dict()["sparse_stride_after"]) == (16, 128)
     assert WindowSettings("edge", span_before_s=8, span_after_s=2) == edge
     shared = WindowSettings("edge", **EDGE_SHARED)
-    assert shared.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-sparse1x16-shared25"
+    assert shared.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-sparse1x16-shared25mid"
     assert shared.to_dict()["shared_every"] == 25 and "shared_every" not in sparse.to_dict()
     with pytest.raises(ValueError, match="shared_every apply to mode='edge' only"):
         WindowSettings("reference", shared_every=4)
@@ -289,8 +289,9 @@ def test_shared_edge_frames_read_their_lead_window_outside_the_span(one_thread):
     """Independent computation: every layer run by the encoder itself over all 1,500 frames, with the span's
     states the window's own, every frame before it its group's lead window's (a whole forward pass) and every
     block of 8 frames after it copies of the lead's middle frame of the block.
-    Full windows go in groups of ``shared_every``; story-start windows in groups that end before a span would
-    start past the lead's kept frame less one. Leads keep the reference's frames."""
+    Full windows go in groups of ``shared_every`` led by their middle window; story-start windows in groups led
+    by their first window that end before a span would start past the lead's kept frame less one. Leads keep the
+    reference's frames."""
     encoder = load_encoder("tiny-whisper", "cpu", native_length=False)
     with torch.no_grad():  # sharper attention with larger values, so that frames depend on the context they read
         for layer in encoder.encoder.layers:
@@ -300,7 +301,7 @@ def test_shared_edge_frames_read_their_lead_window_outside_the_span(one_thread):
     audio = _toy_audio(3.05)  # 30 grid points: windows 0-9 are shorter than 1.1 s, 10-29 full
     settings = WindowSettings("edge", context_s=1.0, span_before_s=0.3, span_after_s=0.1, sparse_stride_before=1,
                               sparse_stride_after=8, shared_every=4)
-    leads = [0, 0, 0, 3, 3, 3, 6, 6, 6, 9] + [10 + (k - 10) // 4 * 4 for k in range(10, 30)]
+    leads = [0, 0, 0, 3, 3, 3, 6, 6, 6, 9] + [12 + (k - 10) // 4 * 4 for k in range(10, 30)]  # 12, 16, ..., 28
     # a start window's span begins 15 frames (0.3 s) before its kept frame, 5 frames per stride later than
     # the one before: windows 1 and 2 begin theirs at or before the lead's kept frame less one, window 3 not
     _, shared = extract_layer_features(encoder, audio, [0, 1, 2], settings, batch_size=2, progress=False)
@@ -311,7 +312,7 @@ def test_shared_edge_frames_read_their_lead_window_outside_the_span(one_thread):
     def window(k: int) -> torch.Tensor:
         return torch.from_numpy(audio[None, max((k + 1) * 1600 - settings.window_samples, 0):(k + 1) * 1600])
 
-    for k in (1, 2, 4, 8, 11, 13, 27):
+    for k in (1, 2, 4, 8, 11, 13, 27, 29):  # 11 and 27 read a lead 1 stride newer, 13 and 29 1 stride older
         with torch.no_grad():
             lead_states = encoder(window(leads[k])).hidden_states
             kept = _authors_whisper_frame(encoder, window(k).shape[1])
