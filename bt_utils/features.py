@@ -305,9 +305,9 @@ class WindowSettings:
         lead's frames hold audio up to ``shared_every // 2`` strides older or
         newer at the same places. Windows of the story's first ``context_s``
         all start at sample 0, led by the group's first window: the lead's
-        frames hold the same audio, and a group ends before a member's span would
-        start past the lead's audio (15 windows with a 1.5-s span before the
-        kept frame and 0.1-s strides). Default None: no sharing.
+        frames hold the same audio, and a group ends before a member's span
+        would start past the lead's audio (15 windows with a 1.5-s span before
+        the kept frame and 0.1-s strides). Default None: no sharing.
         :data:`EDGE_SHARED` is the package's setting.
     """
 
@@ -575,13 +575,14 @@ def _edge_passes(plan: WindowPlan, settings: WindowSettings, frame_index: np.nda
     if settings.shared_every is None:
         return [(batch, "edge") for batch in _chunks(np.arange(len(plan.starts)), batch_size)]
     passes = []
-    for group in _shared_groups(plan, settings, frame_index[plan.first]):
-        passes += [(group[:1], "lead")] + ([(group[1:], "shared")] if len(group) > 1 else [])
+    for lead, members in _shared_groups(plan, settings, frame_index[plan.first]):
+        passes += [(np.array([lead]), "lead")] + ([(members, "shared")] if len(members) else [])
     return passes
 
 
-def _shared_groups(plan: WindowPlan, settings: WindowSettings, kept_frames: np.ndarray) -> list[np.ndarray]:
-    """Every window, in groups of at most ``shared_every`` consecutive windows, each listed lead first.
+def _shared_groups(plan: WindowPlan, settings: WindowSettings,
+                   kept_frames: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Every window, in groups of at most ``shared_every`` consecutive windows, as (lead, other members) in order.
 
     Full-length windows share one layout in the padded input: a member holds
     the lead's layout with audio a few strides earlier or later. The lead is
@@ -596,17 +597,18 @@ def _shared_groups(plan: WindowPlan, settings: WindowSettings, kept_frames: np.n
     has shape (n_windows,).
     """
     full = plan.ends - plan.starts == settings.window_samples
-    groups = [np.r_[group[len(group) // 2], np.delete(group, len(group) // 2)]
-              for group in _chunks(np.flatnonzero(full), settings.shared_every)]
-    start_windows = np.flatnonzero(~full)
+    start_windows = np.flatnonzero(~full)  # the story's first windows, before the full-length ones
     span_firsts = [_span(int(frame), settings)[0] for frame in kept_frames[start_windows]]
-    lead = 0
+    groups, lead = [], 0
     for member in range(1, len(start_windows) + 1):
         if (member == len(start_windows) or member - lead == settings.shared_every
                 or span_firsts[member] > kept_frames[start_windows[lead]] - 1):
-            groups.append(start_windows[lead:member])
+            groups.append((int(start_windows[lead]), start_windows[lead + 1:member]))
             lead = member
-    return sorted(groups, key=lambda group: group.min())
+    for group in _chunks(np.flatnonzero(full), settings.shared_every):
+        middle = len(group) // 2
+        groups.append((int(group[middle]), np.delete(group, middle)))
+    return groups
 
 
 def _chunks(items: np.ndarray, size: int) -> list[np.ndarray]:
