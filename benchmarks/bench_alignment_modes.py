@@ -82,7 +82,7 @@ reference protocol on a 1-s grid (10x fewer windows, no reuse), the protocol wit
 context (no cheaper: how far the protocol's own scores move with its window length), and edge
 mode with its default span (8 s + 2 s, 3x less encoder input), a 3-s span (10x less) and
 ``EDGE_SPARSE`` (a 1.8-s span plus every 16th frame before it and every 128th after it, 10.7x
-less input) and ``EDGE_SHARED`` (the span reading, beyond itself, one whole forward pass per 25
+less input) and ``EDGE_SHARED`` (the span reading, beyond itself, one whole forward pass per 23
 windows, 10x less compute); the edge modes need ``--padded``."""
 
 CALIBRATED = "fast-calibrated"

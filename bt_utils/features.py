@@ -108,13 +108,14 @@ From audio to a design matrix, in this order:
      lead, holds the same audio, and a group ends before a span would start
      past the lead's audio.
      :data:`EDGE_SHARED` (the sparse setting's span, every frame before it
-     and one per 16 after it, groups of 25: 10.5-10.9x fewer layer
-     multiply-adds than the reference, attention and the lead's key and
-     value projections counted) moves the demo encoding models' voxel r by
-     0.004, 0.005, 0.007, 0.010 in layers 1-4, level with the protocol's own
-     sensitivity to 0.1 s more context (:data:`EDGE_SPARSE`: 0.006, 0.010,
-     0.017, 0.024). Leading full groups by their first window gave 0.004,
-     0.007, 0.008, 0.012; sharing only the full windows (the story start in
+     and one per 16 after it, groups of 23: 10.1-10.6x fewer layer
+     multiply-adds than the reference for stories of 2-15 min, attention and
+     the lead's key and value projections counted) moves the demo encoding
+     models' voxel r by 0.003, 0.005, 0.006, 0.009 in layers 1-4, level with
+     the protocol's own sensitivity to 0.1 s more context
+     (:data:`EDGE_SPARSE`: 0.006, 0.010, 0.017, 0.024). Groups of 25 gave
+     0.004, 0.005, 0.007, 0.010; leading full groups by their first window
+     0.004, 0.007, 0.008, 0.012; sharing only the full windows (the story start in
      sparse frames) 0.005, 0.010, 0.017, 0.026: after the per-story
      z-scoring, the sparse start's features stand apart from the shared rest
      (docs/benchmarks.md).
@@ -216,9 +217,9 @@ EDGE_SPARSE = dict(span_before_s=1.5, span_after_s=0.3, sparse_stride_before=16,
 """Edge-mode settings with 10x less encoder input than the padded reference (about 140 of 1500 frames per window):
 ``WindowSettings("edge", **EDGE_SPARSE)``."""
 EDGE_SHARED = dict(span_before_s=1.5, span_after_s=0.3, sparse_stride_before=1, sparse_stride_after=16,
-                   shared_every=25)
+                   shared_every=23)
 """Edge-mode settings whose windows' spans read, beyond the span, the states of a whole forward pass made once per
-25 windows (once per 15 at the story start): every frame before the span, one per 16 after it (10x less encoder
+23 windows (once per 15 at the story start): every frame before the span, one per 16 after it (10x less encoder
 compute than the padded reference, attention included): ``WindowSettings("edge", **EDGE_SHARED)``."""
 
 PROTOCOL_LAYERS = (2, 5, 7, 8, 10, 11, 12)

@@ -99,8 +99,8 @@ def test_edge_settings_defaults_tag_and_errors():
     assert (sparse.to_dict()["sparse_stride_before"], sparse.to_dict()["sparse_stride_after"]) == (16, 128)
     assert WindowSettings("edge", span_before_s=8, span_after_s=2) == edge
     shared = WindowSettings("edge", **EDGE_SHARED)
-    assert shared.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-sparse1x16-shared25mid"
-    assert shared.to_dict()["shared_every"] == 25 and "shared_every" not in sparse.to_dict()
+    assert shared.tag == "edge-ctx16.0-chunk0.1-stride0.1-before1.5-after0.3-sparse1x16-shared23mid"
+    assert shared.to_dict()["shared_every"] == 23 and "shared_every" not in sparse.to_dict()
     with pytest.raises(ValueError, match="shared_every apply to mode='edge' only"):
         WindowSettings("reference", shared_every=4)
     assert "span_before_s" not in WindowSettings().to_dict()  # reference records and cache keys are unchanged
