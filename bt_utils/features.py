@@ -115,8 +115,8 @@ From audio to a design matrix, in this order:
      the protocol's own sensitivity to 0.1 s more context
      (:data:`EDGE_SPARSE`: 0.006, 0.010, 0.017, 0.024). Groups of 25 gave
      0.004, 0.005, 0.007, 0.010; leading full groups by their first window
-     0.004, 0.007, 0.008, 0.012; sharing only the full windows (the story start in
-     sparse frames) 0.005, 0.010, 0.017, 0.026: after the per-story
+     0.004, 0.007, 0.008, 0.012; sharing only the full windows (the story
+     start in sparse frames) 0.005, 0.010, 0.017, 0.026: after the per-story
      z-scoring, the sparse start's features stand apart from the shared rest
      (docs/benchmarks.md).
    - ``"auto"`` mode (the notebooks' default) picks, once the encoder is known

@@ -10,9 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_features import layer_compute
 
 from bt_utils.features import EDGE_SHARED, WindowSettings, plan_windows
-from bt_utils.models import load_encoder
-
-SAMPLE_RATE = 16_000
+from bt_utils.models import SAMPLE_RATE, WHISPER_FRAMES, load_encoder
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +23,8 @@ def test_reference_compute_by_hand(padded_whisper):
     plan = plan_windows(20 * SAMPLE_RATE, WindowSettings("reference"))
     frames, multiply_adds = layer_compute(padded_whisper, plan, WindowSettings("reference"))
     width = padded_whisper.hidden_size
-    assert (frames, width) == (200 * 1500, 384)  # one window per 0.1 s
-    assert multiply_adds == pytest.approx(200 * 1500 * (12 * width ** 2 + 2 * width * 1500))
+    assert (frames, width) == (200 * WHISPER_FRAMES, 384)  # one window per 0.1 s
+    assert multiply_adds == pytest.approx(200 * WHISPER_FRAMES * (12 * width ** 2 + 2 * width * WHISPER_FRAMES))
 
 
 @pytest.mark.parametrize("minutes, low, high", [(2, 10.0, 10.3), (15, 10.4, 10.7)])
