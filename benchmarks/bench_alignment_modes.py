@@ -13,7 +13,7 @@ cache to compare fits only; a cold reference run of whisper-tiny.en costs about 
 Two scorings (``--scoring``): ``test`` scores the test story as the notebooks do (the demo's
 has 56 scored TRs, so r has a sampling s.d. of about 0.13 and small feature changes move
 single voxels a lot); ``story-cv`` predicts every training story from the others
-(:func:`bt_utils.alignment.story_cv_scores`, about 900 TRs), which measures the difference
+(:func:`bt_utils.encoding.alignment.story_cv_scores`, about 900 TRs), which measures the difference
 between feature modes with far less sampling noise.
 
 Mode ``fast-calibrated`` probes a calibrated fast mode: a linear map from fast-mode frames to
@@ -43,16 +43,16 @@ import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from bench_scaling import markdown_table  # noqa: E402
-from bt_utils.alignment import (  # noqa: E402
+from bt_utils.encoding.alignment import (  # noqa: E402
     AlignmentSettings,
     score_features,
     story_cv_scores,
     subject_targets,
     variant_features,
 )
-from bt_utils.dataset import Dataset  # noqa: E402
-from bt_utils.demo_data import open_dataset  # noqa: E402
-from bt_utils.features import (  # noqa: E402
+from bt_utils.data.dataset import Dataset  # noqa: E402
+from bt_utils.data.dataset import open_dataset  # noqa: E402
+from bt_utils.features.layers import (  # noqa: E402
     CHUNK_S,
     CONTEXT_S,
     EDGE_SHARED,
@@ -64,7 +64,8 @@ from bt_utils.features import (  # noqa: E402
     story_features,
     tr_features,
 )
-from bt_utils.models import SAMPLE_RATE, WHISPER_MAX_SAMPLES, load_encoder  # noqa: E402
+from bt_utils.models.encoder import SAMPLE_RATE, WHISPER_MAX_SAMPLES  # noqa: E402
+from bt_utils.models.registry import load_encoder
 
 MODES = {
     "reference": WindowSettings(),
@@ -219,7 +220,7 @@ def mode_scores(dataset: Dataset, features_of, settings: AlignmentSettings,
     ----------
     dataset : Dataset
     features_of : callable
-        Subject -> ``(layers, features)`` as :func:`bt_utils.alignment.variant_features` returns them.
+        Subject -> ``(layers, features)`` as :func:`bt_utils.encoding.alignment.variant_features` returns them.
     settings : AlignmentSettings
     scorings : list of {"test", "story-cv"}
         Test-story r and r_norm, and/or leave-one-story-out r over the training stories.

@@ -5,7 +5,7 @@ Prints one table. The fixed problem: 4,000 TRs x 3,072 features (768 features x
 synthetic data with planted signal. Rows:
 
 - ``floor``: the unavoidable products ``X^T X`` and ``X^T Y``;
-- ``bt_utils`` :func:`~bt_utils.encoding.fit_ridge_cv` on the 5 folds;
+- ``bt_utils`` :func:`~bt_utils.encoding.ridge.fit_ridge_cv` on the 5 folds;
 - ``himalaya``: ``RidgeCV`` with its defaults (same alphas, same folds). Its
   default score is the negative MSE; with responses z-scored per story and
   whole-story folds that is exactly ``R^2 - 1``, so ``cv_scores_ + 1`` is
@@ -34,7 +34,7 @@ import numpy as np
 import scipy.signal
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from bt_utils.encoding import (
+from bt_utils.encoding.ridge import (
     HIMALAYA_ALPHAS,
     REFERENCE_ALPHAS,
     bootstrap_chunk_splits,

@@ -45,9 +45,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bt_utils.dataset import Dataset
-from bt_utils.demo_data import DemoConfig, build_demo_dataset
-from bt_utils.features import (
+from bt_utils.data.dataset import Dataset
+from bt_utils.demo.simulation import DemoConfig, build_demo_dataset
+from bt_utils.features.layers import (
     CHUNK_S,
     CONTEXT_S,
     EDGE_SHARED,
@@ -58,9 +58,10 @@ from bt_utils.features import (
     tr_features,
     zscore_per_story,
 )
-from bt_utils.features import _edge_frames, _edge_passes, _kept_frame_index, _shared_rows  # noqa: PLC2701
-from bt_utils.models import SAMPLE_RATE, WHISPER_FRAMES, SpeechEncoder, load_encoder
-from bt_utils.timing import trim_trs
+from bt_utils.features.layers import _edge_frames, _edge_passes, _kept_frame_index, _shared_rows  # noqa: PLC2701
+from bt_utils.models.encoder import SAMPLE_RATE, WHISPER_FRAMES, SpeechEncoder
+from bt_utils.models.registry import load_encoder
+from bt_utils.data.timing import trim_trs
 
 MODELS = ("tiny-wav2vec2", "tiny-hubert", "tiny-whisper", "whisper-tiny.en", "whisper-tiny.en:native")
 MODES = {"reference": WindowSettings("reference"), "fast": WindowSettings("fast"),

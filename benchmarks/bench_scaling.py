@@ -2,7 +2,7 @@
 
 Measured on this machine, one thread (BLAS and torch), printed as markdown tables:
 
-1. **Encoding fit** (:func:`bt_utils.encoding.fit_ridge_cv`, numpy, float32, 15
+1. **Encoding fit** (:func:`bt_utils.encoding.ridge.fit_ridge_cv`, numpy, float32, 15
    alphas, 5 story folds, the synthetic problem of ``bench_encoding``): wall
    time while one of TRs / feature width / voxels moves around a base point,
    the ``X^T X + X^T Y`` floor, and the fitted log-log exponent per axis, next
@@ -11,7 +11,7 @@ Measured on this machine, one thread (BLAS and torch), printed as markdown table
    extrapolating: the flop model at the median measured GFLOP/s, and the
    power law of the measured exponents.
 2. **Feature extraction**: seconds per window of encoder forward (batch of
-   equal windows, the unit of :func:`bt_utils.features.extract_layer_features`)
+   equal windows, the unit of :func:`bt_utils.features.layers.extract_layer_features`)
    at several window lengths: whisper-tiny.en padded to 30 s and on the native
    length, tiny-wav2vec2 and tiny-hubert; then the protocol's 16.1-s window on
    random-initialised copies of the protocol's architectures (wav2vec2-base,
@@ -50,7 +50,7 @@ import numpy as np
 from bench_encoding import floor_products, machine_lines, make_problem, timed
 from threadpoolctl import threadpool_limits
 
-from bt_utils.encoding import (
+from bt_utils.encoding.ridge import (
     HIMALAYA_ALPHAS,
     _strategy_costs,
     fit_ridge_cv,
@@ -232,7 +232,7 @@ def ridge_flops(n_trs: int, n_features: int, n_voxels: int, n_alphas: int = len(
                 n_folds: int = N_FOLDS) -> float:
     """FLOPs of one :func:`fit_ridge_cv` from its matrix sizes (primal form, ``n_trs >= n_features``).
 
-    The solver's own flop model (``bt_utils.encoding._strategy_costs``, the
+    The solver's own flop model (``bt_utils.encoding.ridge._strategy_costs``, the
     cheaper strategy; float64 work counted twice, an eigendecomposition as
     ``EIGH_COST * k**3`` multiply-adds) plus the steps both strategies share:
     the float64 Gram matrix (``2 n p^2``), the data in the eigenbasis
@@ -312,7 +312,7 @@ def ridge_exponents(rows: list[dict]) -> dict[str, tuple[float, float]]:
 
 
 def base_architecture(family: str):
-    """A random-initialised :class:`~bt_utils.models.SpeechEncoder` with the compute of a protocol checkpoint.
+    """A random-initialised :class:`~bt_utils.models.encoder.SpeechEncoder` with the compute of a protocol checkpoint.
 
     Hugging Face's default ``Wav2Vec2Config`` and ``HubertConfig`` are the
     base models (12 layers, 768, 7-layer CNN); whisper-small's encoder is
@@ -327,7 +327,7 @@ def base_architecture(family: str):
     )
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    from bt_utils.models import SpeechEncoder
+    from bt_utils.models.encoder import SpeechEncoder
 
     modules = {
         "wav2vec2-base": ("wav2vec2", lambda: Wav2Vec2Model(Wav2Vec2Config())),
@@ -372,7 +372,7 @@ def window_seconds(encoder, audio: np.ndarray, window_s: float, batch_size: int,
     """
     import torch
 
-    from bt_utils.models import SAMPLE_RATE
+    from bt_utils.models.encoder import SAMPLE_RATE
 
     length, step = round(window_s * SAMPLE_RATE), round(CHUNK_S * SAMPLE_RATE)
     if len(audio) < length + (batch_size - 1) * step:
@@ -395,7 +395,7 @@ def training_gflop(encoder) -> float:
     import torch
     from bench_tuning import N_VOXELS, SAMPLES_PER_INPUT
 
-    from bt_utils.tuning import BrainTuningModel, compute_loss
+    from bt_utils.models.tuning import BrainTuningModel, compute_loss
 
     encoder.freeze_feature_encoder()
     model = BrainTuningModel(encoder, N_VOXELS).train()
@@ -424,7 +424,7 @@ def measure_lengths(models: tuple[str, ...], audio: np.ndarray, lengths: tuple[f
     list of dict
         One per (model, length): ``model``, ``window_s``, ``seconds``, ``gflop``.
     """
-    from bt_utils.models import load_encoder
+    from bt_utils.models.registry import load_encoder
 
     rows = []
     for spec in models:
@@ -469,7 +469,7 @@ def measure_families(models: dict[str, str], audio: np.ndarray, window_s: float,
     """
     from bench_tuning import measure
 
-    from bt_utils.models import load_encoder
+    from bt_utils.models.registry import load_encoder
 
     rows = []
     for family, model in models.items():

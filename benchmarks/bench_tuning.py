@@ -31,8 +31,8 @@ SAMPLES_PER_INPUT = 160_000
 def _run(model_name: str, native_length: bool, batch_size: int, steps: int, device: str, queue) -> None:
     import torch
 
-    from bt_utils.models import load_encoder
-    from bt_utils.tuning import BrainTuningModel, compute_loss
+    from bt_utils.models.registry import load_encoder
+    from bt_utils.models.tuning import BrainTuningModel, compute_loss
 
     torch.manual_seed(0)
     encoder = load_encoder(model_name, device=device, native_length=native_length)
@@ -74,9 +74,9 @@ def native_length_difference() -> tuple[float, float]:
     import numpy as np
     import torch
 
-    from bt_utils.models import load_encoder
-    from bt_utils.speech import synthesize
-    from bt_utils.tuning import masked_mean
+    from bt_utils.models.registry import load_encoder
+    from bt_utils.demo.speech import synthesize
+    from bt_utils.models.tuning import masked_mean
 
     speech = synthesize("The old lighthouse keeper walked to the village market every morning before the rain came. "
                         "He bought bread and honey and talked with the baker about the winter.").audio[:SAMPLES_PER_INPUT]
@@ -102,7 +102,7 @@ def main() -> None:
 
     import torch
 
-    from bt_utils.models import select_device
+    from bt_utils.models.registry import select_device
 
     device = str(select_device(args.device))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

@@ -5,33 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 
+from .registry import COMMANDS
 
-
-def _demo_data(args: argparse.Namespace) -> None:
-    from .demo_data import DemoConfig, build_demo_dataset
-
-    started = time.perf_counter()
-    out = build_demo_dataset(args.out, DemoConfig(seed=args.seed), overwrite=args.overwrite)
-    print(f"demo dataset ready in {out} ({time.perf_counter() - started:.1f} s)")
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from .demo_data import prepare_demo_outputs
-    from .notebooks import default_notebook_dir
-
-    checkout = default_notebook_dir().parent  # a clear error where bt_utils was installed without its checkout
-    spec = checkout / "papermill_runs" / "demo.yaml"
-    started = time.perf_counter()
-    data_root, sweep_dir = prepare_demo_outputs(checkout / "demo_output")
-    print(f"demo dataset ready in {data_root} ({time.perf_counter() - started:.1f} s)")
-    args.spec, args.out = str(spec), str(sweep_dir)
-    args.scheduler, args.notebooks, args.worker_resources = None, None, None
-    status = _sweep_run(args)
-    print(f"demo finished in {time.perf_counter() - started:.0f} s; reports: {args.out}/*/*/*.html "
-          f"(summary: {args.out}/summary/all-*/summary.html)")
-    return status
 
 
 def _resource(text: str) -> tuple[str, float]:
@@ -48,7 +24,7 @@ def _resource(text: str) -> tuple[str, float]:
 def _print_sweep(table) -> None:
     import pandas as pd
 
-    from .sweeps import count_states, describe_failures
+    from .sweeps.runner import count_states, describe_failures
 
     # duration_s holds None (an object column) until a run has finished
     durations = pd.to_numeric(table.duration_s).round(1)
@@ -62,12 +38,12 @@ def _print_sweep(table) -> None:
         print(failures)
 
 
-def _sweep_run(args: argparse.Namespace) -> int:
+def run_sweep_command(args: argparse.Namespace) -> int:
     import distributed  # noqa: F401 - it configures its loggers when imported: quieten them afterwards
 
-    from .sweeps import run_sweep
+    from .sweeps.runner import run_sweep
 
-    logging.getLogger("bt_utils.sweeps").setLevel(logging.INFO)  # progress, one line per finished run
+    logging.getLogger("bt_utils.sweeps.runner").setLevel(logging.INFO)  # progress, one line per finished run
     logging.getLogger("distributed").setLevel(logging.WARNING)
     table = run_sweep(
         args.spec, args.out, cluster=args.scheduler, n_workers=args.workers, notebook_dir=args.notebooks,
@@ -78,7 +54,7 @@ def _sweep_run(args: argparse.Namespace) -> int:
 
 
 def _sweep_status(args: argparse.Namespace) -> None:
-    from .sweeps import sweep_status
+    from .sweeps.runner import sweep_status
 
     _print_sweep(sweep_status(args.spec, args.out, notebook_dir=args.notebooks))
 
@@ -95,7 +71,7 @@ def _sweep_parser(actions, name: str, summary: str, handler) -> argparse.Argumen
 def _add_sweep_commands(commands) -> None:
     sweep = commands.add_parser("sweep", help="run the notebooks over a parameter grid (papermill_runs/*.yaml)")
     actions = sweep.add_subparsers(dest="action", required=True)
-    run = _sweep_parser(actions, "run", "run the runs not completed yet, in parallel on Dask", _sweep_run)
+    run = _sweep_parser(actions, "run", "run the runs not completed yet, in parallel on Dask", run_sweep_command)
     run.add_argument("--workers", type=int, default=2, help="local or configured cluster workers (default: 2)")
     run.add_argument("--scheduler", help="Dask scheduler address, or 'local' (default: Dask config, else local)")
     run.add_argument("--worker-resources", nargs="+", type=_resource, metavar="NAME=AMOUNT",
@@ -108,17 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo_data = commands.add_parser("demo-data", help="build the embedded demo dataset (ds003020 layout)")
-    demo_data.add_argument("--out", required=True, help="destination folder (the data_root)")
-    demo_data.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo_data.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
-    demo_data.set_defaults(run=_demo_data)
-
-    demo = commands.add_parser(
-        "demo", help="build the demo data in demo_output/data and run papermill_runs/demo.yaml into demo_output/sweep")
-    demo.add_argument("--workers", type=int, default=2, help="Dask workers (default: 2)")
-    demo.set_defaults(run=_demo)
     _add_sweep_commands(commands)
+    for add_command in COMMANDS.values():  # extensions' commands, e.g. the demo's
+        add_command(commands)
     return parser
 
 

@@ -18,8 +18,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile  # noqa: E402
 
-from bt_utils.timing import RESPDICT_PAD  # noqa: E402
-from bt_utils.transcripts import Interval, Transcript, write_textgrid  # noqa: E402
+from bt_utils.data.timing import RESPDICT_PAD  # noqa: E402
+from bt_utils.data.transcripts import Interval, Transcript, write_textgrid  # noqa: E402
 
 
 TEST_WINDOW_KW = {"mode": "fast", "context_s": 8.0, "stride_s": 4.0}
@@ -35,14 +35,14 @@ QUICK_TUNING = dict(epochs=3, batch_size=8, warmup_epochs=1, head_lr=1e-2, encod
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """The default demo dataset, built once per test session."""
-    from bt_utils.demo_data import build_demo_dataset
+    from bt_utils.demo.simulation import build_demo_dataset
 
     return build_demo_dataset(tmp_path_factory.mktemp("demo") / "data")
 
 
 @pytest.fixture(scope="session")
 def demo(demo_root):
-    from bt_utils.dataset import Dataset
+    from bt_utils.data.dataset import Dataset
 
     return Dataset(demo_root)
 

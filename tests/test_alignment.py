@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import false_discovery_control
 
-from bt_utils.alignment import (
+from bt_utils.encoding.alignment import (
     AlignmentSettings,
     SubjectTargets,
     align,
@@ -13,8 +13,8 @@ from bt_utils.alignment import (
     story_cv_scores,
     subject_targets,
 )
-from bt_utils.features import WindowSettings
-from bt_utils.noise_ceiling import cc_max
+from bt_utils.features.layers import WindowSettings
+from bt_utils.data.noise_ceiling import cc_max
 from conftest import TEST_WINDOW_KW
 
 FAST = WindowSettings(mode="fast")

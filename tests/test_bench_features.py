@@ -9,8 +9,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from bench_features import layer_compute
 
-from bt_utils.features import EDGE_SHARED, WindowSettings, plan_windows
-from bt_utils.models import SAMPLE_RATE, WHISPER_FRAMES, load_encoder
+from bt_utils.features.layers import EDGE_SHARED, WindowSettings, plan_windows
+from bt_utils.models.encoder import SAMPLE_RATE, WHISPER_FRAMES
+from bt_utils.models.registry import load_encoder
 
 
 @pytest.fixture(scope="module")

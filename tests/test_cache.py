@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from bt_utils.cache import CACHE_ENV, cache_root
-from bt_utils.cortical_template import default_cache_dir
+from bt_utils.demo.template import default_cache_dir
 
 
 def test_cache_root_precedence(monkeypatch, tmp_path):

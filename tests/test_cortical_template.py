@@ -1,4 +1,4 @@
-"""Tests of bt_utils.cortical_template (offline; pycortex's bundled subject S1)."""
+"""Tests of bt_utils.demo.template (offline; pycortex's bundled subject S1)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from bt_utils import cortical_template as ct
+from bt_utils.demo import template as ct
 
 SHAPE = (31, 100, 100)
 N_THIN = 37_226

@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from bt_utils.dataset import SAMPLE_RATE, Dataset, StorySplit
-from bt_utils.transcripts import read_textgrid
+from bt_utils.data.dataset import SAMPLE_RATE, Dataset, StorySplit
+from bt_utils.data.transcripts import read_textgrid
 from bt_utils.validation import DataError
 from conftest import write_small_dataset
 
@@ -30,7 +30,7 @@ def test_small_dataset_loads_and_resamples(small, caplog):
     dataset = Dataset(small)
     assert dataset.stories == ["alpha", "beta", "gamma"]
     assert dataset.subjects == ["S01"]
-    with caplog.at_level(logging.INFO, logger="bt_utils.dataset"):
+    with caplog.at_level(logging.INFO, logger="bt_utils.data.dataset"):
         audio = dataset.load_audio("alpha")
     assert audio.dtype == np.float32 and len(audio) == SAMPLE_RATE
     assert "resampling alpha.wav from 44100 Hz to 16000 Hz" in caplog.text
@@ -63,7 +63,7 @@ def test_row_count_mismatch_names_story_and_counts(small):
 
 
 def test_too_few_repeats(small):
-    from bt_utils.noise_ceiling import cc_max
+    from bt_utils.data.noise_ceiling import cc_max
 
     path = small / "derivative" / "preprocessed_data" / "S01" / "gamma.hf5"
     with h5py.File(path, "a") as handle:
@@ -100,7 +100,7 @@ def test_small_dataset_without_split_information(small):
 
 
 def test_ds003020_split_is_the_authors(tmp_path):
-    from bt_utils.dataset import DS003020_TEST_STORY, DS003020_TRAIN_STORIES
+    from bt_utils.data.dataset import DS003020_TEST_STORY, DS003020_TRAIN_STORIES
 
     stories = {s: 30 for s in (*DS003020_TRAIN_STORIES, "stagefright", DS003020_TEST_STORY)}
     dataset = Dataset(write_small_dataset(tmp_path / "ds", stories, n_voxels=2))

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from bt_utils import demo_data
-from bt_utils.dataset import SAMPLE_RATE
-from bt_utils.demo_data import (
+from bt_utils.demo import simulation as demo_data
+from bt_utils.data.dataset import SAMPLE_RATE
+from bt_utils.demo.simulation import (
     CATEGORIES, DemoConfig, auditory_features, build_demo_dataset, canonical_hrf, semantic_features,
 )
-from bt_utils.low_level import phoneme_rate, power_spectrum
-from bt_utils.noise_ceiling import cc_max
-from bt_utils.speech import ARPABET_PHONES
-from bt_utils.timing import TR_S, tr_midpoints, trim_trs, trimmed_length
-from bt_utils.transcripts import Interval, Transcript
+from bt_utils.features.low_level import phoneme_rate, power_spectrum
+from bt_utils.data.noise_ceiling import cc_max
+from bt_utils.data.transcripts import ARPABET_PHONES
+from bt_utils.data.timing import TR_S, tr_midpoints, trim_trs, trimmed_length
+from bt_utils.data.transcripts import Interval, Transcript
 
 SMALL = DemoConfig(seed=3, n_train_stories=2, n_validation_stories=1, story_seconds=45,
                    test_story_seconds=45, n_voxels=300, n_repeats=(3, 2, 2))

@@ -14,9 +14,9 @@ import soundfile
 import torch
 from sklearn.metrics import f1_score
 
-from bt_utils import downstream
-from bt_utils import downstream_tasks as dt
-from bt_utils.downstream import (
+from bt_utils.downstream import probes as downstream
+from bt_utils.downstream import tasks as dt
+from bt_utils.downstream.probes import (
     ModelEntry,
     ProbeConfig,
     extract_features,
@@ -32,11 +32,13 @@ from bt_utils.downstream import (
     summarize,
     swap_encoder,
 )
-from bt_utils.downstream_tasks import DownstreamTask, Example, demo_task, load_task
-from bt_utils.metrics import accuracy, multilabel_f1
-from bt_utils.models import load_encoder
-from bt_utils.notebooks import execute_notebook
-from bt_utils.tuning import masked_mean
+from bt_utils.demo import tasks as demo_tasks
+from bt_utils.demo.tasks import demo_task
+from bt_utils.downstream.tasks import TASKS, DownstreamTask, Example, load_task
+from bt_utils.downstream.metrics import accuracy, multilabel_f1
+from bt_utils.models.registry import load_encoder
+from bt_utils.sweeps.notebooks import execute_notebook
+from bt_utils.models.tuning import masked_mean
 
 WORD_PER_CLASS = 20  # 10 train, 5 validation, 5 test per word
 FAST = ProbeConfig(max_epochs=25)
@@ -376,7 +378,7 @@ def test_run_downstream_with_a_multilabel_task(tmp_path):
 
 
 def test_swap_encoder_checks_the_architecture():
-    from bt_utils.whisper_ct2 import load_offline_whisper
+    from bt_utils.demo.whisper_ct2 import load_offline_whisper
 
     model, _ = load_offline_whisper()
     with pytest.raises(ValueError, match="does not fit"):
@@ -424,16 +426,16 @@ def test_ctc_head_path(tmp_path):
 
 def test_demo_phoneme_labels_the_phones_spoken(monkeypatch):
     """demo_phoneme is multi-label: each utterance's label is the set of phones of what eSpeak spoke."""
-    spoken, speak = [], dt._speak
+    spoken, speak = [], demo_tasks._speak
 
     def recording_speak(text, speaker, rng):
         audio, utterance = speak(text, speaker, rng)
         spoken.append({p.label for p in utterance.phones})
         return audio, utterance
 
-    monkeypatch.setattr(dt, "_speak", recording_speak)
+    monkeypatch.setattr(demo_tasks, "_speak", recording_speak)
     phoneme = demo_task("demo_phoneme", per_class=8)
-    assert phoneme.kind == "multilabel" and phoneme.classes == dt.ARPABET_PHONES
+    assert phoneme.kind == "multilabel" and phoneme.classes == demo_tasks.ARPABET_PHONES
     assert [len(phoneme.split(s)) for s in dt.SPLITS] == [4, 2, 2]
     assert [set(e.label.split()) for e in phoneme.examples] == spoken
     multi_hot = dt.encode_multilabel([e.label for e in phoneme.examples], phoneme.classes)
@@ -465,7 +467,7 @@ def _wav(path, seconds=0.5, rate=16000, **kwargs):
     soundfile.write(path, np.zeros(int(seconds * rate), np.float32), rate, **kwargs)
 
 
-@pytest.mark.parametrize("name", sorted(dt.REAL_TASKS))
+@pytest.mark.parametrize("name", sorted(name for name in TASKS if TASKS[name].needs_source))
 def test_missing_real_data_says_where_to_get_it(name, tmp_path):
     where = {"timit": "LDC93S1", "speech": "speech_commands_v0.02", "crema": "CREMA-D", "slurp": "slurp",
              "librispeech": "openslr.org/12"}[name.split("_")[0]]

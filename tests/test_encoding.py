@@ -7,7 +7,7 @@ import pytest
 from himalaya.ridge import RidgeCV
 from himalaya.scoring import r2_score as himalaya_r2
 
-from bt_utils.encoding import (
+from bt_utils.encoding.ridge import (
     HIMALAYA_ALPHAS,
     REFERENCE_ALPHAS,
     _strategy_costs,

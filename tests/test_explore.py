@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bt_utils import explore, maps
-from bt_utils.cortical_template import sample_layout
+from bt_utils.viz import explore
+from bt_utils.viz import maps
+from bt_utils.demo.template import sample_layout
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from conftest import write_small_dataset
 
-from bt_utils.dataset import Dataset, StorySplit
-from bt_utils.demo_data import DemoConfig, build_demo_dataset
-from bt_utils import features
-from bt_utils.features import (
+from bt_utils.data.dataset import Dataset, StorySplit
+from bt_utils.demo.simulation import DemoConfig, build_demo_dataset
+from bt_utils.features import layers as features
+from bt_utils.features.layers import (
     CACHE_VERSION,
     EDGE_SHARED,
     EDGE_SPARSE,
@@ -28,10 +28,10 @@ from bt_utils.features import (
     tr_features,
     zscore_per_story,
 )
-from bt_utils.features import _edge_frames  # noqa: PLC2701 (the span and blocks edge mode builds)
-from bt_utils.lanczos import lanczos_resample
-from bt_utils.models import load_encoder
-from bt_utils.timing import trim_trs
+from bt_utils.features.layers import _edge_frames  # noqa: PLC2701 (the span and blocks edge mode builds)
+from bt_utils.features.lanczos import lanczos_resample
+from bt_utils.models.registry import load_encoder
+from bt_utils.data.timing import trim_trs
 from bt_utils.validation import DataError
 
 SR = 16000

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bt_utils.encoding import fit_ridge_cv, story_folds
-from bt_utils.features import WindowSettings, extract_layer_features
-from bt_utils.models import load_encoder, select_device
-from bt_utils.tuning import TuningConfig, tune
+from bt_utils.encoding.ridge import fit_ridge_cv, story_folds
+from bt_utils.features.layers import WindowSettings, extract_layer_features
+from bt_utils.models.registry import load_encoder, select_device
+from bt_utils.models.tuning import TuningConfig, tune
 from conftest import QUICK_TUNING
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

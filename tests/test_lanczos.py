@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from bt_utils.lanczos import lanczos_kernel, lanczos_matrix, lanczos_resample
-from bt_utils.timing import TR_S, tr_midpoints
+from bt_utils.features.lanczos import lanczos_kernel, lanczos_matrix, lanczos_resample
+from bt_utils.data.timing import TR_S, tr_midpoints
 
 
 def _kernel_by_hand(d, cutoff, window=3):

@@ -3,17 +3,17 @@
 import numpy as np
 import pytest
 
-from bt_utils.dataset import SAMPLE_RATE, Dataset
-from bt_utils.lanczos import lanczos_resample
-from bt_utils.low_level import (
+from bt_utils.data.dataset import SAMPLE_RATE, Dataset
+from bt_utils.features.lanczos import lanczos_resample
+from bt_utils.features.low_level import (
     ARTICULATION, ARTICULATORY_FEATURES, DEFAULT_LOW_LEVEL_FEATURES, LOW_LEVEL_FEATURES, POWER_FLOOR_DB,
     articulation, build_vocabularies, clean_transcript, diphones, low_level_features, mel_band_edges,
     normalize_phone, phone_ngram_vocabulary, phoneme_rate, phonemes, power_spectrum, stack_low_level_features,
     triphones, word_rate,
 )
-from bt_utils.speech import ARPABET_PHONES
-from bt_utils.timing import TR_S, tr_midpoints, trimmed_length
-from bt_utils.transcripts import Interval, Transcript, write_textgrid
+from bt_utils.data.transcripts import ARPABET_PHONES
+from bt_utils.data.timing import TR_S, tr_midpoints, trimmed_length
+from bt_utils.data.transcripts import Interval, Transcript, write_textgrid
 from conftest import write_small_dataset
 
 TRS = tr_midpoints(12, sound_onset=0.0)

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from bt_utils.alignment import AlignmentSettings, score_features, subject_targets, variant_features
-from bt_utils.features import WindowSettings, stimulus_rows
-from bt_utils.low_level import DEFAULT_LOW_LEVEL_FEATURES
-from bt_utils.low_level_impact import (
+from bt_utils.encoding.alignment import AlignmentSettings, score_features, subject_targets, variant_features
+from bt_utils.features.layers import WindowSettings, stimulus_rows
+from bt_utils.features.low_level import DEFAULT_LOW_LEVEL_FEATURES
+from bt_utils.encoding.low_level_impact import (
     BAND_MIXES, banded_ridge_grid, contiguous_folds, default_feature_sets, impact_rois, low_level_impact,
     partition_variance, residualise, story_low_level,
 )
-from bt_utils.rois import subject_rois
+from bt_utils.data.rois import subject_rois
 from bt_utils.validation import DataError
 from conftest import TEST_WINDOW_KW
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import write_small_dataset
 
-from bt_utils import maps
-from bt_utils.cortical_template import VoxelLayout, _import_cortex, sample_layout, template_roi_table, to_cortex_volume
-from bt_utils.dataset import Dataset
+from bt_utils.viz import maps
+from bt_utils.demo.template import VoxelLayout, _import_cortex, sample_layout, template_roi_table, to_cortex_volume
+from bt_utils.data.dataset import Dataset
 from bt_utils.results import save_figure
 
 
@@ -349,7 +349,7 @@ def test_save_maps(layout, values, map_cache, tmp_path):
 
 
 def test_maps_from_results_places_values_and_differences():
-    from bt_utils.maps import maps_from_results
+    from bt_utils.viz.maps import maps_from_results
 
     ceiling = pd.DataFrame({"subject": ["A", "A", "B"], "voxel": [0, 2, 0], "cc_max": [0.5, 0.7, 0.9]})
     alignment = pd.DataFrame({"subject": "A", "variant": ["pretrained", "pretrained", "tuned", "tuned"],

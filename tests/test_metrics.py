@@ -1,4 +1,4 @@
-"""Tests of bt_utils.metrics against hand-computed values."""
+"""Tests of bt_utils.downstream.metrics against hand-computed values."""
 
 import functools
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from bt_utils.metrics import (
+from bt_utils.downstream.metrics import (
     accuracy,
     bootstrap_ci,
     corpus_word_error_rate,

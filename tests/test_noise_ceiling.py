@@ -3,7 +3,7 @@ import statistics
 import numpy as np
 import pytest
 
-from bt_utils.noise_ceiling import cc_max, explainable_variance, select_voxels, signal_power, voxel_counts
+from bt_utils.data.noise_ceiling import cc_max, explainable_variance, select_voxels, signal_power, voxel_counts
 from bt_utils.validation import DataError
 
 

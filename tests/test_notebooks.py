@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bt_utils.notebooks import execute_notebook
+from bt_utils.sweeps.notebooks import execute_notebook
 from conftest import TEST_WINDOW_KW
 
 
@@ -123,7 +123,7 @@ def test_05_voxel_maps_notebook(demo_root, tmp_path):
 
 @pytest.mark.notebook
 def test_summary_notebook(tmp_path):
-    from bt_utils.sweeps import INDEX_NAME, STATUS_NAME
+    from bt_utils.sweeps.runner import INDEX_NAME, STATUS_NAME
 
     sweep = tmp_path / "sweep"
     planned = []

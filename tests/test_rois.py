@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bt_utils.rois import HCP_ROI_GROUPS, hcp_parcel_name, hcp_rois, subject_rois
+from bt_utils.data.rois import HCP_ROI_GROUPS, hcp_parcel_name, hcp_rois, subject_rois
 from bt_utils.validation import DataError
 
 
@@ -27,7 +27,7 @@ def test_demo_rois_include_template_and_planted(demo):
 
 def test_real_data_needs_an_atlas(tmp_path):
     from conftest import write_small_dataset
-    from bt_utils.dataset import Dataset
+    from bt_utils.data.dataset import Dataset
 
     dataset = Dataset(write_small_dataset(tmp_path / "d", {"a": 30}))
     with pytest.raises(FileNotFoundError, match="pass atlas_dir"):

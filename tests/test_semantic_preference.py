@@ -8,8 +8,8 @@ import pytest
 import soundfile
 import torch
 
-from bt_utils.models import EncoderOutput
-from bt_utils.semantic_preference import (
+from bt_utils.models.encoder import EncoderOutput
+from bt_utils.downstream.semantic_preference import (
     PAIR_KINDS,
     compare_variants,
     load_pairs,
@@ -22,7 +22,7 @@ from bt_utils.semantic_preference import (
     spoken_words,
     unrelated_pairs,
 )
-from bt_utils.speech import synthesize
+from bt_utils.demo.speech import synthesize
 from bt_utils.validation import DataError
 
 SEMANTIC = pd.DataFrame({"word_a": ["big", "begin"], "word_b": ["large", "start"]})

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from bt_utils.downstream_tasks import DEMO_TASKS, REAL_TASKS
-from bt_utils.sweeps import load_spec
+from bt_utils.downstream.tasks import TASKS
+from bt_utils.sweeps.runner import load_spec
 
 SPECS = sorted((Path(__file__).parents[1] / "papermill_runs").glob("*.yaml"))
 
@@ -17,10 +17,10 @@ def test_downstream_stages_name_known_tasks_with_their_data(path):
         if "tasks" not in stage.parameters:  # the notebook's default demo tasks
             continue
         tasks, roots = stage.parameters["tasks"], stage.parameters.get("data_roots") or {}
-        unknown = [task for task in tasks if task not in DEMO_TASKS and task not in REAL_TASKS]
+        unknown = [task for task in tasks if task not in TASKS]
         assert not unknown, f"{path.name}: tasks unknown to load_task: {unknown}"
         assert set(roots) <= set(tasks), f"{path.name}: data_roots for tasks not run: {set(roots) - set(tasks)}"
-        without_data = [task for task in tasks if task in REAL_TASKS and task not in roots]
+        without_data = [task for task in tasks if TASKS[task].needs_source and task not in roots]
         assert not without_data, f"{path.name}: real tasks without a data root: {without_data}"
 
 

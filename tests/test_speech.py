@@ -1,12 +1,12 @@
-"""bt_utils.speech: eSpeak NG synthesis with word and phone timings (offline, fast)."""
+"""bt_utils.demo.speech: eSpeak NG synthesis with word and phone timings (offline, fast)."""
 
 import threading
 
 import numpy as np
 import pytest
 
-from bt_utils import speech
-from bt_utils.speech import (
+from bt_utils.demo import speech
+from bt_utils.demo.speech import (
     ARPABET_PHONES,
     ESPEAK_SAMPLE_RATE,
     ESPEAK_TO_ARPABET,

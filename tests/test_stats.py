@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from bt_utils.stats import across_subjects, block_permutation_pvalues, fdr_bh, paired_test, roi_table
+from bt_utils.encoding.stats import across_subjects, block_permutation_pvalues, fdr_bh, paired_test, roi_table
 
 
 def _voxels():

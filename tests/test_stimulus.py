@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from bt_utils.stimulus import WindowSpec, tr_input_window, trimmed_tr_indices
-from bt_utils.text_embeddings import embed_texts, window_texts
-from bt_utils.timing import tr_midpoints
-from bt_utils.transcripts import Interval, Transcript
+from bt_utils.data.stimulus import WindowSpec, tr_input_window, trimmed_tr_indices
+from bt_utils.models.text_embeddings import embed_texts, window_texts
+from bt_utils.data.timing import tr_midpoints
+from bt_utils.data.transcripts import Interval, Transcript
 
 TOY = WindowSpec(sample_rate=10)  # 2-s chunks of 20 samples, 100-sample windows
 

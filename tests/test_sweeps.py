@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from bt_utils import cli
-from bt_utils.sweeps import (
+from bt_utils.sweeps.runner import (
     INDEX_NAME,
     LOCK_NAME,
     SweepLockedError,
@@ -345,7 +345,7 @@ def test_a_run_lost_by_dask_fails_and_its_dependents_are_skipped(tmp_path, monke
     """A task that errors outside the notebook (e.g. its worker died) is recorded in dependency order."""
     from distributed import Client, LocalCluster
 
-    from bt_utils import sweeps
+    from bt_utils.sweeps import runner as sweeps
 
     write = sweeps._write_status
 

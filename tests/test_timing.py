@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bt_utils.timing import TR_S, tr_midpoints, trim_trs, trimmed_length
+from bt_utils.data.timing import TR_S, tr_midpoints, trim_trs, trimmed_length
 
 
 def test_tr_midpoints_hand_computed():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from bt_utils import tuning
-from bt_utils.encoding import correlation_score
-from bt_utils.models import load_encoder
-from bt_utils.tuning import (
+from bt_utils.models import tuning
+from bt_utils.encoding.ridge import correlation_score
+from bt_utils.models.registry import load_encoder
+from bt_utils.models.tuning import (
     BrainTuningModel, TuningConfig, block_shuffle, build_tuning_sets, compute_loss, encoder_lr_factor,
     head_lr_factor, load_brain_tuned, load_head, masked_mean, story_derangement, target_names, tune,
 )

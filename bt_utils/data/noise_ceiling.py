@@ -1,0 +1,194 @@
+"""Noise ceilings from repeated presentations of the test story.
+
+Both measures z-score every repeat over time first, so each repeat has unit
+variance per voxel. With ``N`` repeats and ``y`` their mean:
+
+- signal power (Schoppe et al. 2016) ``SP = (N * var(y) - 1) / (N - 1)``;
+- ``cc_max = 1 / sqrt(1 + (1 / N) * (1 / SP - 1))``, the highest correlation any
+  model can reach with the mean response;
+- explainable variance ``EV = var(y) / mean(var(repeat))``, bias corrected as
+  ``EV - (1 - EV) / (N - 1)``. Because repeats are z-scored, the corrected EV
+  equals ``SP``.
+
+Where ``SP <= 0`` (no reliable signal) ``cc_max`` is 0. The formula alone gives
+infinity at ``SP = -1 / (N - 1)`` (its lowest value) and NaN for any other
+negative ``SP``, since the term under the square root is then negative.
+
+``cc_max`` is not floored. The authors' evaluation calls its ``spe_and_cc_norm``
+with ``max_flooring=0.25``, but the line that would floor ``cc_max`` at that value
+is commented out there: the argument only makes it return ``r / cc_max``, as
+:func:`bt_utils.encoding.alignment.score_layer` does. Low-ceiling voxels are left out of
+the evaluation instead (``cc_max <= 0.05``, METHOD.md).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from ..validation import DataError
+
+log = logging.getLogger(__name__)
+
+MIN_REPEATS = 2
+
+
+def _zscored_repeats(repeats: np.ndarray) -> np.ndarray:
+    repeats = np.asarray(repeats, dtype=np.float64)
+    if repeats.ndim != 3:
+        raise ValueError(f"repeats must have shape (n_repeats, n_trs, n_voxels), got shape {repeats.shape}")
+    if repeats.shape[0] < MIN_REPEATS:
+        raise DataError(
+            f"a noise ceiling needs at least {MIN_REPEATS} repeats of the test story, got {repeats.shape[0]}"
+        )
+    if repeats.shape[1] < 3:
+        raise DataError(f"a noise ceiling needs at least 3 TRs per repeat, got {repeats.shape[1]}")
+    repeats = np.nan_to_num(repeats, nan=0.0)
+    mean = repeats.mean(axis=1, keepdims=True)
+    std = repeats.std(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (repeats - mean) / std
+    return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def signal_power(repeats: np.ndarray) -> np.ndarray:
+    """Schoppe signal power of each voxel, for z-scored repeats.
+
+    Parameters
+    ----------
+    repeats : ndarray of shape (n_repeats, n_trs, n_voxels)
+        Responses to the repeated test story. NaN is treated as 0.
+
+    Returns
+    -------
+    sp : ndarray of shape (n_voxels,)
+        ``(N * var(mean over repeats) - 1) / (N - 1)``.
+    """
+    z = _zscored_repeats(repeats)
+    n_repeats = z.shape[0]
+    return (n_repeats * z.mean(axis=0).var(axis=0) - 1.0) / (n_repeats - 1.0)
+
+
+def cc_max(repeats: np.ndarray) -> np.ndarray:
+    """Schoppe et al. (2016) noise ceiling of each voxel.
+
+    Parameters
+    ----------
+    repeats : ndarray of shape (n_repeats, n_trs, n_voxels)
+        Responses to the repeated test story (at least two repeats).
+
+    Returns
+    -------
+    cc_max : ndarray of shape (n_voxels,)
+        Values in [0, 1]; 0 where the signal power is not positive.
+    """
+    sp = signal_power(repeats)
+    n_repeats = np.asarray(repeats).shape[0]
+    ceiling = np.zeros_like(sp)
+    positive = sp > 0
+    ceiling[positive] = 1.0 / np.sqrt(1.0 + (1.0 / n_repeats) * (1.0 / sp[positive] - 1.0))
+    return ceiling
+
+
+def explainable_variance(repeats: np.ndarray, bias_correction: bool = True) -> np.ndarray:
+    """Fraction of variance explainable by the stimulus, per voxel.
+
+    Parameters
+    ----------
+    repeats : ndarray of shape (n_repeats, n_trs, n_voxels)
+        Responses to the repeated test story (at least two repeats).
+    bias_correction : bool
+        Apply ``EV - (1 - EV) / (N - 1)``, which removes the positive bias of
+        the raw ratio on pure noise (its expectation is then 0).
+
+    Returns
+    -------
+    ev : ndarray of shape (n_voxels,)
+        At most 1; may be negative for noise voxels when bias-corrected.
+    """
+    z = _zscored_repeats(repeats)
+    n_repeats = z.shape[0]
+    mean_var = z.var(axis=1).mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ev = np.nan_to_num(z.mean(axis=0).var(axis=0) / mean_var, nan=0.0)
+    if bias_correction:
+        ev = ev - (1.0 - ev) / (n_repeats - 1.0)
+    return ev
+
+
+def select_voxels(ceiling: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices of voxels whose noise ceiling exceeds ``threshold``.
+
+    Parameters
+    ----------
+    ceiling : ndarray of shape (n_voxels,)
+        ``cc_max`` per voxel.
+    threshold : float
+        Strict lower bound (METHOD.md: 0.4 for training targets, 0.05 for evaluation).
+
+    Returns
+    -------
+    voxels : ndarray of shape (n_selected,)
+        Sorted integer indices.
+    """
+    ceiling = np.asarray(ceiling)
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must lie in [0, 1), got {threshold!r}")
+    voxels = np.flatnonzero(ceiling > threshold)
+    if voxels.size == 0:
+        best = float(np.max(ceiling)) if ceiling.size else float("nan")
+        raise DataError(
+            f"no voxel has cc_max > {threshold} (highest: {best:.3f}); lower the threshold"
+        )
+    log.info("selected %d of %d voxels with cc_max > %s", voxels.size, ceiling.size, threshold)
+    return voxels
+
+
+def noise_ceiling_table(dataset, subject: str):
+    """Per-voxel noise ceiling of a subject, from the repeats of its test story.
+
+    Parameters
+    ----------
+    dataset : bt_utils.data.dataset.Dataset
+    subject : str
+
+    Returns
+    -------
+    table : DataFrame
+        One row per voxel: ``subject, voxel, cc_max, explainable_variance``, plus
+        ``roi`` where the dataset has a voxel layout and ``planted_class`` /
+        ``cc_max_true`` for the demo.
+    """
+    repeats = dataset.load_repeats(subject)
+    table = pd.DataFrame({
+        "subject": subject,
+        "voxel": np.arange(repeats.shape[2]),
+        "cc_max": cc_max(repeats),
+        "explainable_variance": explainable_variance(repeats),
+    })
+    layout = dataset.voxel_layout(subject)
+    if layout is not None:
+        table["roi"] = layout["roi"]
+    if dataset.demo_info is not None:
+        truth = dataset.truth(subject)
+        table["planted_class"] = truth["voxel_class"]
+        table["cc_max_true"] = truth["cc_max_true"]
+    return table
+
+
+def voxel_counts(ceiling: np.ndarray, thresholds: dict[str, float]):
+    """Number and fraction of voxels above each named threshold.
+
+    Returns
+    -------
+    table : DataFrame
+        Columns ``selection, threshold, n_voxels, fraction``.
+    """
+    ceiling = np.asarray(ceiling)
+    return pd.DataFrame([
+        {"selection": name, "threshold": value, "n_voxels": int(np.sum(ceiling > value)),
+         "fraction": float(np.mean(ceiling > value))}
+        for name, value in thresholds.items()
+    ])

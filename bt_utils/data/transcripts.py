@@ -1,0 +1,122 @@
+"""Word and phone alignments stored as Praat TextGrids (read and written with praatio).
+
+ds003020 ships one TextGrid per story with an interval tier of phones (ARPAbet)
+and one of words. Tier names vary in case and number across files ("phone",
+"phones", "Phone"...), so tiers are found by a case-insensitive match.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from praatio import textgrid as _praat_textgrid
+
+from ..results import atomic_path
+from ..validation import DataError
+
+ARPABET_PHONES: tuple[str, ...] = (
+    "AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY", "F", "G", "HH",
+    "IH", "IY", "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P", "R", "S", "SH", "T", "TH",
+    "UH", "UW", "V", "W", "Y", "Z", "ZH",
+)  # fmt: skip
+"""The 39 ARPAbet phones of the CMU dictionary, without stress digits."""
+
+PHONE_TIER_NAMES = ("phone", "phones")
+WORD_TIER_NAMES = ("word", "words")
+
+
+class Interval(NamedTuple):
+    """A labelled time interval, in seconds from the start of the audio."""
+
+    start: float
+    end: float
+    label: str
+
+    @property
+    def duration(self) -> float:
+        """Length of the interval, in seconds."""
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """Time-aligned words and phones of one story.
+
+    Attributes
+    ----------
+    words : list of Interval
+        Word intervals in time order; empty (silent) intervals are left out.
+    phones : list of Interval
+        Phone intervals in time order, labels as stored (ARPAbet).
+    duration : float
+        End time of the TextGrid, in seconds.
+    """
+
+    words: list[Interval]
+    phones: list[Interval]
+    duration: float
+
+
+def _find_tier(grid, names: tuple[str, ...], path: Path):
+    by_lower = {name.strip().lower(): name for name in grid.tierNames}
+    for name in names:
+        if name in by_lower:
+            return grid.getTier(by_lower[name])
+    raise DataError(
+        f"{path} has no tier named {' or '.join(repr(n) for n in names)} "
+        f"(tiers found: {list(grid.tierNames)}); ds003020 TextGrids have a 'phone' and a 'word' tier"
+    )
+
+
+def read_textgrid(path: str | os.PathLike) -> Transcript:
+    """Read the word and phone tiers of a TextGrid.
+
+    Parameters
+    ----------
+    path : path-like
+        A TextGrid file (long or short format).
+
+    Returns
+    -------
+    transcript : Transcript
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"TextGrid not found: {path}")
+    try:
+        grid = _praat_textgrid.openTextgrid(str(path), includeEmptyIntervals=False, reportingMode="silence")
+    except Exception as error:  # praatio raises several unrelated types on malformed files
+        raise DataError(f"could not parse TextGrid {path}: {error}") from error
+
+    def intervals(tier):
+        return [Interval(float(s), float(e), str(label).strip()) for s, e, label in tier.entries if str(label).strip()]
+
+    return Transcript(
+        words=intervals(_find_tier(grid, WORD_TIER_NAMES, path)),
+        phones=intervals(_find_tier(grid, PHONE_TIER_NAMES, path)),
+        duration=float(grid.maxTimestamp),
+    )
+
+
+def write_textgrid(transcript: Transcript, path: str | os.PathLike) -> Path:
+    """Write a transcript as a long-format TextGrid with tiers ``phone`` and ``word`` (atomic).
+
+    Parameters
+    ----------
+    transcript : Transcript
+        Words and phones; intervals must lie within ``[0, transcript.duration]``.
+    path : path-like
+        Destination file.
+    """
+    grid = _praat_textgrid.Textgrid()
+    for name, entries in (("phone", transcript.phones), ("word", transcript.words)):
+        tier = _praat_textgrid.IntervalTier(
+            name, [(s, e, label) for s, e, label in entries], 0.0, transcript.duration
+        )
+        grid.addTier(tier)
+    with atomic_path(path) as staged:
+        grid.save(str(staged), format="long_textgrid", includeBlankSpaces=True, reportingMode="error")
+    return Path(path)

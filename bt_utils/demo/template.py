@@ -1,0 +1,662 @@
+"""Voxel layout of the demo participants on pycortex's template subject ``S1``.
+
+The offline demo dataset simulates fMRI responses for a few thousand voxels. To
+render voxel maps offline those voxels must be real voxels of a real cortical
+template, so they are drawn from the functional volume of pycortex's bundled demo
+subject ``S1`` (transform ``fullhead``, a 31 x 100 x 100 volume of roughly
+2.25 x 2.25 x 4.2 mm voxels).
+
+How the ROI table is built (no Inkscape needed)
+-----------------------------------------------
+1. **Mask.** Every voxel centre is mapped to S1's surface space with the inverse
+   of the ``fullhead`` transform and matched to its nearest vertex of the
+   fiducial surface (mid-way between white matter and pia) with a KD-tree.
+   Voxels closer than 2 mm form the ``"thin"`` mask (37,226 voxels), closer
+   than 8 mm the ``"thick"`` mask (80,615 voxels). These are exactly pycortex's
+   ``get_cortical_mask(..., "thin" | "thick")`` definitions, computed here without
+   ``cortex.db.get_mask``, which would write a NIfTI file into pycortex's data
+   folder. ``"thin"`` is the default: it is essentially the cortical grey
+   matter, whereas ``"thick"`` adds white matter and CSF up to 8 mm away.
+2. **ROI vertices.** The ROI outlines of S1 are the spline paths of the
+   ``rois`` layer of S1's ``overlays.svg``. pycortex parses them into
+   matplotlib paths itself (no Inkscape); a vertex belongs to an ROI when its
+   flatmap position lies inside one of the ROI's paths. As in pycortex's
+   ``cortex.utils.get_roi_verts``, vertices that are cut out of the flatmap are
+   added when they neighbour an ROI vertex on the full surface (done here with a
+   sparse adjacency matrix, which takes a fraction of a second instead of
+   pycortex's ~15 s python loop; the vertex sets are identical).
+3. **Voxel labels.** A mask voxel gets the ROI of its nearest vertex, like
+   ``cortex.utils.get_roi_masks(gm_sampler="thin")``. The few voxels whose
+   vertex lies in two overlapping outlines (11 in the thin mask: M1F/S1F,
+   V1/V2, V2/V3) are labelled ``"other"``, as pycortex drops them too. The
+   hemisphere is that of the nearest vertex.
+
+S1's ``overlays.svg`` declares 32 ROIs, but six of them (V3A, V3B, LO, V4, V7,
+IFSFP) have no outline and therefore no voxels; they are not available here.
+Voxels in the thin mask per ROI (both hemispheres together): AC 1321, IPS 1075,
+S1H 920, V1 593, V2 521, S1M 446, EBA 432, V3 425, FEF 380, M1H 325, M1M 282,
+PPA 232, Broca 185, S1F 183, M1F 157, sPMv 151, RSC 129, FFA 106, OPA 99,
+FO 73, OFA 52, SMHA 46, S2F 44, PMvh 40, SEF 37, SMFA 37, other 28,935.
+
+The table is computed once (about 3 s including the pycortex import) and cached
+on disk (see :func:`default_cache_dir`), so later calls take milliseconds and do
+not even import pycortex.
+
+pycortex side effects
+---------------------
+* ``import cortex`` creates ``~/.config/pycortex/options.cfg`` (its user data
+  folder) if missing and prints an "Inkscape not found" notice (silenced here).
+* Its ``db.get_paths`` creates ``<filestore>/S1/views`` if missing; the
+  filestore is ``<venv>/share/pycortex/db`` for a pip install.
+* This module writes nothing else into the filestore, but rendering a
+  :func:`to_cortex_volume` result with ``cortex.quickflat.make_figure`` (which
+  works offline with ``with_rois=False, with_labels=False``; ROI overlays need
+  Inkscape) caches ``flatpixel_*.npz`` / ``flatmask_*.npz`` in
+  ``<filestore>/S1/cache`` (about 15 s the first time), so that folder must be
+  writable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import numbers
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..cache import cache_root
+from ..validation import check_option
+
+__all__ = [
+    "TEMPLATE_SUBJECT",
+    "TEMPLATE_XFM",
+    "TEMPLATE_MASK",
+    "MASKS",
+    "OTHER",
+    "DEFAULT_ROI_FRACTIONS",
+    "VoxelLayout",
+    "default_cache_dir",
+    "template_roi_table",
+    "roi_voxel_counts",
+    "sample_layout",
+    "to_volume",
+    "to_cortex_volume",
+    "voxel_coordinates",
+]
+
+TEMPLATE_SUBJECT = "S1"
+"""pycortex subject that hosts the demo voxels."""
+
+TEMPLATE_XFM = "fullhead"
+"""pycortex transform of :data:`TEMPLATE_SUBJECT` that defines the functional volume."""
+
+TEMPLATE_MASK = "thin"
+"""Default cortical mask: voxels whose centre is < 2 mm from the fiducial surface."""
+
+MASKS = {"thin": 2.0, "thick": 8.0}
+"""Supported masks and their distance threshold to the fiducial surface, in mm."""
+
+OTHER = "other"
+"""Label of mask voxels outside every (non-overlapping) ROI outline."""
+
+DEFAULT_ROI_FRACTIONS: dict[str, float] = {
+    # speech and language
+    "AC": 0.20,  # auditory cortex
+    "Broca": 0.035,  # Broca's area
+    "sPMv": 0.03,  # superior ventral premotor speech area
+    "M1M": 0.04,  # primary motor cortex, mouth (articulation)
+    # controls
+    "V1": 0.06,
+    "V2": 0.04,
+    "M1H": 0.03,  # primary motor cortex, hand
+    "M1F": 0.02,  # primary motor cortex, foot
+}
+"""Default share of the sampled voxels drawn from each ROI.
+
+Speech-related ROIs (auditory cortex, Broca's area, the speech premotor area
+sPMv and mouth motor cortex M1M) take 30.5 % of the voxels, visual and non-mouth
+motor control ROIs 15 %; the remaining 54.5 % are drawn uniformly from all other
+mask voxels (other ROIs and ``"other"``). With the thin mask these defaults work
+up to ``n_voxels`` of about 5,000, where sPMv (151 voxels) runs out.
+"""
+
+_CACHE_FORMAT = 1
+_HEMISPHERES = np.array(["L", "R"])
+_MEMORY_CACHE: dict[Path, dict] = {}
+
+
+@dataclass(frozen=True, eq=False)
+class VoxelLayout:
+    """Voxels of the template volume that the demo participants' responses live in.
+
+    The arrays are stored as read-only copies. Instances compare by identity
+    (``eq=False``), as element-wise array comparison has no single truth value.
+
+    Parameters
+    ----------
+    volume_index : numpy.ndarray of int64, shape (n_voxels,)
+        Unique flat (C-order) indices into a volume of shape `volume_shape`,
+        i.e. ``np.ravel_multi_index((z, y, x), volume_shape)``.
+    roi : numpy.ndarray of str, shape (n_voxels,)
+        ROI name of each voxel (from S1's overlays) or ``"other"``.
+    hemisphere : numpy.ndarray of str, shape (n_voxels,)
+        ``"L"`` or ``"R"``.
+    volume_shape : tuple of int, length 3
+        Shape of the template volume in pycortex's (z, y, x) order.
+    mask : str
+        pycortex mask the voxels were drawn from (``"thin"`` or ``"thick"``).
+    """
+
+    volume_index: np.ndarray
+    roi: np.ndarray
+    hemisphere: np.ndarray
+    volume_shape: tuple[int, int, int]
+    mask: str
+
+    def __post_init__(self):
+        shape = tuple(int(s) for s in self.volume_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"volume_shape={self.volume_shape!r} must be three positive sizes (z, y, x)")
+        index = np.asarray(self.volume_index)
+        if index.ndim != 1 or (index.size and not np.issubdtype(index.dtype, np.integer)):
+            raise ValueError(f"volume_index must be a 1-D integer array, got dtype {index.dtype} and shape {index.shape}")
+        index = index.astype(np.int64)
+        n = index.size
+        roi = np.asarray(self.roi, dtype=str)
+        hemi = np.asarray(self.hemisphere, dtype=str)
+        for name, arr in (("roi", roi), ("hemisphere", hemi)):
+            if arr.shape != (n,):
+                raise ValueError(f"{name} has shape {arr.shape}, expected ({n},) like volume_index")
+        if n and (index.min() < 0 or index.max() >= math.prod(shape)):
+            raise ValueError(f"volume_index has values outside [0, {math.prod(shape)}) for volume_shape={shape}")
+        if np.unique(index).size != n:
+            raise ValueError("volume_index contains duplicate voxels")
+        bad = sorted(set(np.unique(hemi)) - {"L", "R"})
+        if bad:
+            raise ValueError(f"hemisphere labels must be 'L' or 'R', got {bad}")
+        for arr in (index, roi, hemi):
+            arr.setflags(write=False)
+        object.__setattr__(self, "volume_index", index)
+        object.__setattr__(self, "roi", roi)
+        object.__setattr__(self, "hemisphere", hemi)
+        object.__setattr__(self, "volume_shape", shape)
+
+    @property
+    def n_voxels(self) -> int:
+        """Number of voxels."""
+        return int(self.volume_index.size)
+
+    def roi_counts(self) -> dict[str, int]:
+        """Voxels per ROI label, sorted by label.
+
+        Returns
+        -------
+        dict of str to int
+        """
+        names, counts = np.unique(self.roi, return_counts=True)
+        return {str(k): int(v) for k, v in zip(names, counts)}
+
+    def zyx(self) -> np.ndarray:
+        """Voxel indices along each volume axis.
+
+        Returns
+        -------
+        numpy.ndarray of int64, shape (n_voxels, 3)
+            Columns (z, y, x), matching `volume_shape`.
+        """
+        return np.column_stack(np.unravel_index(self.volume_index, self.volume_shape)).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------
+# cache
+# ----------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    """Folder where the ROI table is cached: ``cortical_template`` under :func:`bt_utils.cache.cache_root`."""
+    return cache_root() / "cortical_template"
+
+
+def _pycortex_version() -> str:
+    try:
+        return metadata.version("pycortex")
+    except metadata.PackageNotFoundError as err:  # pragma: no cover - dependency missing
+        raise ImportError("pycortex is required for the cortical template (pip install pycortex)") from err
+
+
+def _cache_file(cache_dir, mask: str) -> Path:
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    name = (
+        f"{TEMPLATE_SUBJECT}_{TEMPLATE_XFM}_{mask}_pycortex-{_pycortex_version()}"
+        f"_v{_CACHE_FORMAT}.npz"
+    )
+    return (folder / name).absolute()
+
+
+def _load_cache(path: Path) -> dict | None:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {key: npz[key] for key in npz.files}
+        if int(data["format"]) != _CACHE_FORMAT:
+            return None
+        data["volume_shape"] = tuple(int(s) for s in data["volume_shape"])
+        return data
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def _save_cache(path: Path, data: dict) -> None:
+    """Write `data` to `path` atomically (temporary file in the same folder + os.replace)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    except OSError as err:
+        warnings.warn(f"could not cache the cortical template table in {path.parent}: {err}", stacklevel=3)
+        return
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        warnings.warn(f"could not cache the cortical template table in {path}: {err}", stacklevel=3)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ----------------------------------------------------------------------------
+# computation with pycortex
+# ----------------------------------------------------------------------------
+def _import_cortex():
+    """Import pycortex without its "Inkscape not found" banner on stdout.
+
+    Importing pycortex creates ``options.cfg`` in its user data folder
+    (``~/.config/pycortex`` on Linux) when it does not exist yet.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        import cortex
+    return cortex
+
+
+def _roi_vertex_masks() -> tuple[dict[str, np.ndarray], int]:
+    """ROI membership of every vertex of S1's merged (left then right) surface.
+
+    Returns
+    -------
+    masks : dict of str to numpy.ndarray of bool, shape (n_vertices,)
+        One entry per ROI of the ``rois`` layer of S1's overlays that has at
+        least one outline, in the order of the svg file.
+    n_left : int
+        Number of left-hemisphere vertices; vertex ``i`` is in the left
+        hemisphere when ``i < n_left``.
+    """
+    from scipy import sparse
+
+    cortex = _import_cortex()
+    db = cortex.db
+    # restricting the overlay to the "rois" layer also keeps pycortex from adding
+    # missing default layers to (i.e. rewriting) the subject's overlays.svg
+    svg = db.get_overlay(TEMPLATE_SUBJECT, overlays_available=("rois",))
+    flat_pts, flat_polys = db.get_surf(TEMPLATE_SUBJECT, "flat", merge=True, nudge=True)
+    _, polys = db.get_surf(TEMPLATE_SUBJECT, "fiducial", merge=True)
+    (left_pts, _), _ = db.get_surf(TEMPLATE_SUBJECT, "fiducial", merge=False)
+    n_vertices = len(flat_pts)
+    on_flatmap = np.zeros(n_vertices, dtype=bool)
+    on_flatmap[np.unique(flat_polys)] = True
+
+    # vertex adjacency of the full (uncut) surface
+    rows = np.concatenate([polys[:, 0], polys[:, 1], polys[:, 2]])
+    cols = np.concatenate([polys[:, 1], polys[:, 2], polys[:, 0]])
+    adjacency = sparse.coo_matrix(
+        (np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n_vertices, n_vertices)
+    ).tocsr()
+    adjacency = adjacency + adjacency.T
+
+    masks: dict[str, np.ndarray] = {}
+    for name, shape in svg.rois.shapes.items():
+        if not shape.paths:  # declared but never drawn (V3A, V3B, LO, V4, V7, IFSFP)
+            continue
+        inside = np.zeros(n_vertices, dtype=bool)
+        inside[np.asarray(shape.get_mask(svg.coords), dtype=np.int64)] = True
+        inside &= on_flatmap
+        # add the vertices cut out of the flatmap that touch the ROI on the full surface
+        touching = np.asarray(adjacency @ inside.astype(np.float32)).ravel() > 0
+        masks[name] = inside | (touching & ~on_flatmap)
+    return masks, len(left_pts)
+
+
+def _compute_table(mask: str) -> dict:
+    from scipy.spatial import cKDTree
+
+    cortex = _import_cortex()
+    db = cortex.db
+    xfm = db.get_xfm(TEMPLATE_SUBJECT, TEMPLATE_XFM)
+    volume_shape = tuple(int(s) for s in xfm.shape)  # (z, y, x)
+    fiducial, _ = db.get_surf(TEMPLATE_SUBJECT, "fiducial", merge=True)
+
+    # voxel centres, enumerated in C order of (z, y, x), mapped to surface mm
+    z, y, x = np.indices(volume_shape).reshape(3, -1)
+    voxel_to_mm = np.linalg.inv(np.asarray(xfm.xfm, dtype=float))
+    mm = np.column_stack([x, y, z]) @ voxel_to_mm[:3, :3].T + voxel_to_mm[:3, 3]
+    dist, vertex = cKDTree(fiducial).query(mm, distance_upper_bound=MASKS[mask])
+    volume_index = np.flatnonzero(dist < MASKS[mask]).astype(np.int64)
+    vertex = vertex[volume_index]
+
+    roi_masks, n_left = _roi_vertex_masks()
+    names = list(roi_masks)
+    membership = np.column_stack([roi_masks[name][vertex] for name in names])
+    n_rois = membership.sum(axis=1)
+    code = np.where(n_rois == 1, membership.argmax(axis=1) + 1, 0)  # 0 = other
+    labels = np.array([OTHER, *names])
+    return {
+        "format": np.int64(_CACHE_FORMAT),
+        "volume_shape": np.asarray(volume_shape, dtype=np.int64),
+        "volume_index": volume_index,
+        "roi_code": code.astype(np.int16),
+        "roi_names": labels,
+        "hemisphere_code": (vertex >= n_left).astype(np.int8),
+        "voxel_to_mm": voxel_to_mm,
+    }
+
+
+def _table_data(cache_dir, mask: str, refresh: bool = False) -> dict:
+    check_option("mask", mask, MASKS)
+    path = _cache_file(cache_dir, mask)
+    if not refresh:
+        if path in _MEMORY_CACHE:
+            return _MEMORY_CACHE[path]
+        data = _load_cache(path)
+        if data is not None:
+            _MEMORY_CACHE[path] = data
+            return data
+    data = _compute_table(mask)
+    _save_cache(path, data)
+    data["volume_shape"] = tuple(int(s) for s in data["volume_shape"])
+    _MEMORY_CACHE[path] = data
+    return data
+
+
+def template_roi_table(cache_dir=None, *, mask: str = TEMPLATE_MASK, refresh: bool = False) -> pd.DataFrame:
+    """ROI and hemisphere of every voxel of S1's cortical mask.
+
+    Computed once with pycortex (about 3 s) and cached on disk in a file keyed
+    by the pycortex version, written atomically; later calls read the cache
+    (milliseconds) without importing pycortex. If the cache folder is not
+    writable a warning is issued and the table is only kept in memory.
+
+    Parameters
+    ----------
+    cache_dir : str or os.PathLike, optional
+        Cache folder; :func:`default_cache_dir` when None.
+    mask : {"thin", "thick"}, default "thin"
+        Voxels within 2 mm (thin) or 8 mm (thick) of S1's fiducial surface.
+    refresh : bool, default False
+        Recompute and rewrite the cache even if it exists.
+
+    Returns
+    -------
+    pandas.DataFrame, shape (n_mask_voxels, 3)
+        Columns ``volume_index`` (int64, flat C-order index into the (z, y, x)
+        volume, ascending), ``roi`` (str, ROI name or ``"other"``) and
+        ``hemisphere`` (str, ``"L"`` or ``"R"``). ``attrs`` holds
+        ``subject``, ``xfm``, ``mask``, ``volume_shape`` (tuple (z, y, x)) and
+        ``pycortex_version``.
+    """
+    data = _table_data(cache_dir, mask, refresh)
+    table = pd.DataFrame(
+        {
+            "volume_index": data["volume_index"].copy(),
+            "roi": data["roi_names"][data["roi_code"]],
+            "hemisphere": _HEMISPHERES[data["hemisphere_code"]],
+        }
+    )
+    table.attrs.update(
+        subject=TEMPLATE_SUBJECT,
+        xfm=TEMPLATE_XFM,
+        mask=mask,
+        volume_shape=data["volume_shape"],
+        pycortex_version=_pycortex_version(),
+    )
+    return table
+
+
+def roi_voxel_counts(cache_dir=None, *, mask: str = TEMPLATE_MASK) -> dict[str, int]:
+    """Number of mask voxels per ROI label (both hemispheres), largest first.
+
+    Parameters
+    ----------
+    cache_dir : str or os.PathLike, optional
+        Cache folder, see :func:`template_roi_table`.
+    mask : {"thin", "thick"}, default "thin"
+
+    Returns
+    -------
+    dict of str to int
+        Includes ``"other"``; ROIs without voxels are absent.
+    """
+    data = _table_data(cache_dir, mask)
+    counts = np.bincount(data["roi_code"], minlength=len(data["roi_names"]))
+    order = np.lexsort((data["roi_names"], -counts))
+    return {str(data["roi_names"][i]): int(counts[i]) for i in order if counts[i] > 0}
+
+
+# ----------------------------------------------------------------------------
+# sampling
+# ----------------------------------------------------------------------------
+def _apportion(fractions: dict[str, float], n: int) -> dict[str, int]:
+    """Integer voxel counts for `fractions` of `n` by the largest-remainder rule."""
+    names = sorted(fractions)
+    quotas = np.array([fractions[k] * n for k in names], dtype=float)
+    counts = np.floor(quotas + 1e-9).astype(np.int64)
+    target = min(n, int(round(math.fsum(quotas))))
+    extra = target - int(counts.sum())
+    if extra > 0:
+        order = sorted(range(len(names)), key=lambda i: (-(quotas[i] - counts[i]), names[i]))
+        counts[order[:extra]] += 1
+    return {k: int(c) for k, c in zip(names, counts)}
+
+
+def _check_fractions(roi_fractions, available: dict[str, int]) -> dict[str, float]:
+    if not isinstance(roi_fractions, Mapping):
+        raise TypeError(f"roi_fractions must be a dict of ROI name to fraction, got {type(roi_fractions).__name__}")
+    known = ", ".join(sorted(available, key=str.lower))
+    fractions: dict[str, float] = {}
+    for name, frac in roi_fractions.items():
+        if name not in available:
+            raise ValueError(f"unknown ROI {name!r} in roi_fractions; available ROIs: {known}")
+        if isinstance(frac, bool) or not isinstance(frac, numbers.Real) or not 0 <= frac <= 1:
+            raise ValueError(f"roi_fractions[{name!r}]={frac!r} must be a number between 0 and 1")
+        fractions[name] = float(frac)
+    total = math.fsum(fractions.values())
+    if total > 1 + 1e-9:
+        raise ValueError(f"roi_fractions sum to {total:g}, which is more than 1")
+    return fractions
+
+
+def sample_layout(
+    n_voxels: int,
+    rng: np.random.Generator,
+    roi_fractions: Mapping[str, float] | None = None,
+    *,
+    mask: str = TEMPLATE_MASK,
+    cache_dir=None,
+) -> VoxelLayout:
+    """Draw the voxels of a demo participant from S1's cortical mask.
+
+    ``round(fraction * n_voxels)`` voxels are drawn from each ROI of
+    `roi_fractions` (counts apportioned by the largest-remainder rule so that
+    they add up), the rest uniformly from all mask voxels whose label is not a
+    key of `roi_fractions` (voxels of other ROIs and ``"other"``). Sampling is
+    without replacement and depends only on the state of `rng` (ROIs are
+    processed in sorted order, so the order of the dict does not matter).
+    Nothing is drawn from `rng` when the arguments are invalid.
+
+    Parameters
+    ----------
+    n_voxels : int
+        Number of voxels, at most the size of the mask (37,226 for ``"thin"``).
+    rng : numpy.random.Generator
+        Source of randomness.
+    roi_fractions : dict of str to float, optional
+        Share of `n_voxels` per ROI label (``"other"`` is allowed as a key);
+        each in [0, 1], summing to at most 1. Defaults to
+        :data:`DEFAULT_ROI_FRACTIONS` (30.5 % speech ROIs AC, Broca, sPMv, M1M;
+        15 % control ROIs V1, V2, M1H, M1F; the rest anywhere else).
+    mask : {"thin", "thick"}, default "thin"
+        Mask to draw from, see :func:`template_roi_table`.
+    cache_dir : str or os.PathLike, optional
+        Cache folder of the ROI table, see :func:`template_roi_table`.
+
+    Returns
+    -------
+    VoxelLayout
+        `n_voxels` distinct voxels sorted by ``volume_index``.
+
+    Raises
+    ------
+    ValueError
+        If `n_voxels` is not a positive integer or exceeds the mask, if
+        `roi_fractions` names an ROI without voxels (the message lists the
+        available ones), has a fraction outside [0, 1] or sums to more than 1,
+        or if an ROI (or the remainder) has fewer voxels than requested.
+    TypeError
+        If `rng` is not a ``numpy.random.Generator``.
+    """
+    if isinstance(n_voxels, bool) or not isinstance(n_voxels, numbers.Integral) or n_voxels < 1:
+        raise ValueError(f"n_voxels={n_voxels!r} must be a positive integer")
+    n_voxels = int(n_voxels)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    data = _table_data(cache_dir, mask)
+    codes = data["roi_code"]
+    names = data["roi_names"]
+    n_mask = codes.size
+    if n_voxels > n_mask:
+        raise ValueError(
+            f"n_voxels={n_voxels} is larger than the {n_mask} voxels of the {mask!r} mask "
+            f"of {TEMPLATE_SUBJECT}/{TEMPLATE_XFM}"
+        )
+    counts_available = np.bincount(codes, minlength=len(names))
+    available = {str(names[i]): int(c) for i, c in enumerate(counts_available) if c > 0}
+    fractions = _check_fractions(DEFAULT_ROI_FRACTIONS if roi_fractions is None else roi_fractions, available)
+    counts = _apportion(fractions, n_voxels)
+
+    code_of = {str(name): i for i, name in enumerate(names)}
+    pools = {}
+    for name, count in counts.items():
+        pools[name] = np.flatnonzero(codes == code_of[name])
+        if count > pools[name].size:
+            raise ValueError(
+                f"roi_fractions[{name!r}]={fractions[name]:g} asks for {count} of {n_voxels} voxels, but ROI "
+                f"{name!r} has only {pools[name].size} voxels in the {mask!r} mask; "
+                "lower its fraction or n_voxels"
+            )
+    rest = np.flatnonzero(~np.isin(codes, [code_of[k] for k in counts]))
+    n_rest = n_voxels - sum(counts.values())
+    if n_rest > rest.size:
+        raise ValueError(
+            f"{n_rest} voxels must come from outside {sorted(counts)}, but only {rest.size} are left in the "
+            f"{mask!r} mask; raise their fractions or lower n_voxels"
+        )
+
+    chosen = [pools[name][rng.choice(pools[name].size, size=count, replace=False)] for name, count in counts.items()]
+    chosen.append(rest[rng.choice(rest.size, size=n_rest, replace=False)])
+    rows = np.sort(np.concatenate(chosen))  # volume_index is ascending, so rows sort it too
+    return VoxelLayout(
+        volume_index=data["volume_index"][rows],
+        roi=names[codes[rows]],
+        hemisphere=_HEMISPHERES[data["hemisphere_code"][rows]],
+        volume_shape=data["volume_shape"],
+        mask=mask,
+    )
+
+
+# ----------------------------------------------------------------------------
+# back to the volume
+# ----------------------------------------------------------------------------
+def to_volume(layout: VoxelLayout, values, fill_value: float = np.nan) -> np.ndarray:
+    """Place per-voxel values into the full template volume.
+
+    Parameters
+    ----------
+    layout : VoxelLayout
+        Voxels the values belong to.
+    values : array_like, shape (..., n_voxels)
+        One value per voxel in the order of ``layout.volume_index``; leading
+        axes (e.g. time) are kept.
+    fill_value : float, default nan
+        Value of the voxels outside the layout.
+
+    Returns
+    -------
+    numpy.ndarray, shape (..., z, y, x)
+        Floating point (float64 unless `values` is already floating) volume
+        of shape ``(*values.shape[:-1], *layout.volume_shape)``.
+    """
+    values = np.asarray(values)
+    if values.ndim == 0 or values.shape[-1] != layout.n_voxels:
+        raise ValueError(
+            f"values has shape {values.shape}, but its last axis must have the layout's {layout.n_voxels} voxels"
+        )
+    dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.float64
+    lead = values.shape[:-1]
+    volume = np.full((*lead, math.prod(layout.volume_shape)), fill_value, dtype=dtype)
+    volume[..., layout.volume_index] = values
+    return volume.reshape(*lead, *layout.volume_shape)
+
+
+def to_cortex_volume(layout: VoxelLayout, values, **kwargs):
+    """Per-voxel values as a ``cortex.Volume`` on S1/fullhead (NaN outside the layout).
+
+    Parameters
+    ----------
+    layout : VoxelLayout
+    values : array_like, shape (n_voxels,) or (n_times, n_voxels)
+    **kwargs
+        Passed to ``cortex.Volume`` (e.g. ``vmin``, ``vmax``, ``cmap``).
+
+    Returns
+    -------
+    cortex.Volume
+        Data of shape (z, y, x) or (n_times, z, y, x).
+    """
+    values = np.asarray(values)
+    if values.ndim not in (1, 2):
+        raise ValueError(f"values must have shape (n_voxels,) or (n_times, n_voxels), got {values.shape}")
+    volume = to_volume(layout, values)
+    cortex = _import_cortex()
+    return cortex.Volume(volume, TEMPLATE_SUBJECT, TEMPLATE_XFM, **kwargs)
+
+
+def voxel_coordinates(layout: VoxelLayout, cache_dir=None) -> np.ndarray:
+    """Positions of the layout's voxel centres in S1's surface space.
+
+    Useful to give simulated responses spatial structure.
+
+    Parameters
+    ----------
+    layout : VoxelLayout
+    cache_dir : str or os.PathLike, optional
+        Cache folder of the ROI table, see :func:`template_roi_table`.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (n_voxels, 3)
+        (x, y, z) in mm in the space of S1's surfaces; x grows towards the
+        right hemisphere, y towards the front, z upwards.
+    """
+    voxel_to_mm = _table_data(cache_dir, layout.mask)["voxel_to_mm"]
+    z, y, x = np.unravel_index(layout.volume_index, layout.volume_shape)
+    ijk = np.column_stack([x, y, z]).astype(float)
+    return ijk @ voxel_to_mm[:3, :3].T + voxel_to_mm[:3, 3]

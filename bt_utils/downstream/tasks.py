@@ -1,0 +1,914 @@
+"""Downstream tasks: real-data loaders and offline demo tasks made with speech synthesis.
+
+A :class:`DownstreamTask` is a list of :class:`Example` s, each in one split
+(``"train"``, ``"validation"`` or ``"test"``), with a label and its audio: a
+file path, or a waveform in memory. The task's kind says what the label is:
+
+- ``"classification"``: one class name;
+- ``"multilabel"``: the names of the classes present, in the task's class
+  order, separated by spaces (``"b d iy"``; ``""`` for none):
+  :func:`encode_multilabel` and :func:`decode_multilabel` convert to and
+  from multi-hot arrays;
+- ``"asr"``: the reference transcript.
+
+An example may cover only a time span of its audio (a TIMIT phone segment):
+its features are then pooled over that span of the whole utterance's encoding.
+
+Real data (licensed or large, never downloaded here)
+----------------------------------------------------
+========================  =================================  =========================================
+task                      loader                             where to get it
+========================  =================================  =========================================
+``timit_phoneme``         :func:`timit_phonemes`             LDC93S1 (https://catalog.ldc.upenn.edu/LDC93S1)
+``timit_sentence_type``   :func:`timit_sentence_type`        LDC93S1
+``speech_commands``       :func:`speech_commands`            download.tensorflow.org/data/speech_commands_v0.02.tar.gz
+``crema_d_emotion``       :func:`crema_d`                    https://github.com/CheyneyComputerScience/CREMA-D
+``slurp_intent``          :func:`slurp` (``target="intent"``)  https://github.com/pswietojanski/slurp
+``slurp_action``          :func:`slurp` (``target="action"``)  same
+``librispeech_asr``       :func:`librispeech`                https://www.openslr.org/12
+``timit_asr``             :func:`timit_asr`                  LDC93S1
+========================  =================================  =========================================
+
+Every loader takes a local folder, or ``"hf:<dataset id>"`` for a Hugging
+Face ``datasets`` copy (needs the optional ``datasets`` package and network
+or a filled ``datasets`` cache). Splits of the real data:
+
+- TIMIT: train = the TRAIN folder; test = the 24-speaker core test set;
+  validation = the other 144 TEST speakers (disjoint speakers everywhere).
+  Phones: the 61 TIMIT labels folded to 39 classes (:data:`TIMIT_FOLDING`,
+  Lee & Hon 1989; ``q`` is dropped, closures and pauses become ``sil``), SA
+  sentences left out as is standard. Two protocols (:func:`timit_phonemes`):
+  ``"presence"`` (default, the paper's) has one multi-label example per
+  utterance, which of the 38 phones other than ``sil`` occur in it;
+  ``"segments"`` has one example per phone segment, one of the 39 classes.
+  Sentence type: SA / SI / SX from the file name.
+- Speech Commands v0.02: the 35 words; ``validation_list.txt`` and
+  ``testing_list.txt`` give the validation and test files, the rest is train.
+- CREMA-D: 6 emotions from the file name (``1001_DFA_ANG_XX.wav``); the 91
+  actors are split 80/10/10 by their rank (every 10th actor from the 9th on
+  is validation, from the 10th on test).
+- SLURP: ``train.jsonl``, ``devel.jsonl`` and ``test.jsonl`` (real
+  recordings only); every recording is an example.
+- LibriSpeech: a subset folder such as ``test-clean``, test split only.
+
+Offline demo tasks (:func:`demo_task`)
+--------------------------------------
+Synthesised with :func:`bt_utils.demo.speech.synthesize`, each example with its own
+speaker (an English accent with a voice variant), speaking rate (120-240
+words per minute), pitch (20-80), a random lead-in silence and white noise at
+a random signal-to-noise ratio (6-30 dB). Speakers are disjoint between
+train, validation and test. Each stands in for a task of the paper:
+
+=======================  ==========================  =========================================
+demo task                classes                     stands in for
+=======================  ==========================  =========================================
+``demo_word``            10 command words            Speech Commands word identity
+``demo_sentence_type``   statement/question/command  TIMIT sentence type
+``demo_intent``          6 SLURP-like intents        SLURP intent / action
+``demo_phoneme``         which of 39 phones occur    TIMIT phoneme prediction (presence)
+``demo_asr``             (transcripts)               ASR (1 - WER)
+=======================  ==========================  =========================================
+
+CREMA-D emotion has no offline stand-in: eSpeak cannot speak with emotion.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile
+import soxr
+
+from ..registry import Registry
+from ..validation import DataError, check_option
+
+SAMPLE_RATE = 16_000
+"""Sample rate of the audio every task returns, in Hz."""
+
+SPLITS = ("train", "validation", "test")
+KINDS = ("classification", "multilabel", "asr")
+"""Kinds of task: one class per example, any number of classes per example (multi-hot), transcription."""
+
+
+# ======================================================================================
+# Data types
+# ======================================================================================
+
+
+@dataclass(frozen=True, eq=False)
+class Example:
+    """One labelled piece of audio.
+
+    Attributes
+    ----------
+    id : str
+        Unique within its task.
+    split : {"train", "validation", "test"}
+    label : str
+        Class name; for a multi-label task the names of the classes present,
+        separated by spaces, in the task's class order (``""`` for none); for
+        ASR the reference transcript.
+    audio : str or ndarray of shape (n_samples,)
+        Path of an audio file (any rate; read as mono and resampled to 16
+        kHz), or a float32 waveform at 16 kHz.
+    source : str
+        The utterance the audio comes from; examples with the same source share
+        one encoder pass. Default: the id.
+    span : tuple of float, optional
+        ``(start, end)`` in seconds: only the frames in this span are pooled.
+    speaker : str
+    """
+
+    id: str
+    split: str
+    label: str
+    audio: str | np.ndarray
+    source: str = ""
+    span: tuple[float, float] | None = None
+    speaker: str = ""
+
+    def __post_init__(self):
+        check_option("split", self.split, SPLITS)
+        if not self.source:
+            object.__setattr__(self, "source", self.id)
+
+    def signature(self) -> str:
+        """What identifies the example's content: id, source, span and audio (bytes, or path, size and mtime)."""
+        if isinstance(self.audio, np.ndarray):
+            audio = hashlib.sha1(np.ascontiguousarray(self.audio, dtype=np.float32).tobytes()).hexdigest()
+        else:
+            stat = os.stat(self.audio)
+            audio = f"{self.audio}:{stat.st_size}:{stat.st_mtime_ns}"
+        return f"{self.id}|{self.source}|{self.span}|{audio}"
+
+
+@dataclass(frozen=True, eq=False)
+class DownstreamTask:
+    """A downstream task: examples in three splits and what they mean.
+
+    Attributes
+    ----------
+    name : str
+    kind : {"classification", "multilabel", "asr"}
+    examples : tuple of Example
+    classes : tuple of str
+        Class names (classification, multi-label; no whitespace in a
+        multi-label class name); empty for ASR.
+    description : str
+    paper_task : str
+        The task of the paper this is (or stands in for).
+    origin : str
+        Where the data came from (folder, dataset id or generator settings).
+    """
+
+    name: str
+    kind: str
+    examples: tuple[Example, ...]
+    classes: tuple[str, ...] = ()
+    description: str = ""
+    paper_task: str = ""
+    origin: str = ""
+
+    def __post_init__(self):
+        check_option("kind", self.kind, KINDS)
+        ids = [e.id for e in self.examples]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i, n in Counter(ids).items() if n > 1)
+            raise ValueError(f"task {self.name!r} has duplicate example id {duplicate!r}")
+        if self.kind == "multilabel":
+            spaced = [c for c in self.classes if not c or c.split() != [c]]
+            if spaced:
+                raise ValueError(f"task {self.name!r}: multi-label class names must be non-empty and free of "
+                                 f"whitespace (labels list them separated by spaces); got {spaced[:5]}")
+        if self.kind != "asr":
+            unknown = {name for e in self.examples for name in self._label_classes(e.label)} - set(self.classes)
+            if unknown:
+                raise ValueError(f"task {self.name!r} has labels {sorted(unknown)[:5]} outside its classes")
+
+    def _label_classes(self, label: str) -> list[str]:
+        """The classes a label names (classification and multi-label tasks)."""
+        return label.split() if self.kind == "multilabel" else [label]
+
+    def split(self, name: str) -> list[Example]:
+        """The examples of one split, in task order."""
+        check_option("split", name, SPLITS)
+        return [e for e in self.examples if e.split == name]
+
+    def counts(self) -> pd.DataFrame:
+        """Examples per class (rows) and split (columns): for a multi-label task the examples each class
+        occurs in (classes that never occur have no row); one row ``"all"`` for ASR."""
+        pairs = [(name, e.split) for e in self.examples
+                 for name in (self._label_classes(e.label) if self.kind != "asr" else ["all"])]
+        classes, splits = zip(*pairs) if pairs else ((), ())
+        table = pd.crosstab(pd.Series(classes, name="class", dtype=str), pd.Series(splits, name="split", dtype=str))
+        return table.reindex(columns=list(SPLITS), fill_value=0)
+
+    def subsample(self, max_per_split: int | None, seed: int = 0) -> DownstreamTask:
+        """At most ``max_per_split`` examples per split, drawn stratified by label (deterministic).
+
+        Multi-label examples are stratified by their whole label (the set of
+        classes); where most sets are unique, as for TIMIT utterances, that is
+        a uniform random draw.
+
+        Parameters
+        ----------
+        max_per_split : int or None
+            None keeps every example.
+        seed : int
+
+        Returns
+        -------
+        DownstreamTask
+            A new task; examples keep their order.
+        """
+        if max_per_split is None:
+            return self
+        if max_per_split < 1:
+            raise ValueError(f"max_per_split={max_per_split!r} must be at least 1 (or None for all)")
+        rng = np.random.default_rng(seed)
+        keep: set[str] = set()
+        for split in SPLITS:
+            keep.update(_stratified_ids(self.split(split), max_per_split, rng))
+        return replace(self, examples=tuple(e for e in self.examples if e.id in keep))
+
+
+def encode_multilabel(labels: Iterable[str], classes: Sequence[str]) -> np.ndarray:
+    """Multi-hot matrix of multi-label labels (class names separated by spaces).
+
+    Parameters
+    ----------
+    labels : iterable of str, length n
+        E.g. ``["b iy", "", "d"]``.
+    classes : sequence of str, length n_classes
+
+    Returns
+    -------
+    ndarray of shape (n, n_classes)
+        bool; column ``j`` is ``classes[j]``.
+    """
+    index = {name: column for column, name in enumerate(classes)}
+    rows = []
+    for label in labels:
+        row = np.zeros(len(classes), dtype=bool)
+        for name in label.split():
+            if name not in index:
+                raise ValueError(f"label {label!r} names {name!r}, which is not a class; classes: "
+                                 f"{', '.join(classes[:10])}{'...' if len(classes) > 10 else ''}")
+            row[index[name]] = True
+        rows.append(row)
+    return np.array(rows, dtype=bool).reshape(len(rows), len(classes))
+
+
+def decode_multilabel(multi_hot: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Labels (class names in class order, separated by spaces) of a multi-hot matrix.
+
+    Parameters
+    ----------
+    multi_hot : ndarray of shape (n, n_classes)
+        Nonzero / True where a class is present.
+    classes : sequence of str, length n_classes
+
+    Returns
+    -------
+    list of str, length n
+        ``""`` for a row without any class.
+    """
+    multi_hot = np.asarray(multi_hot)
+    if multi_hot.ndim != 2 or multi_hot.shape[1] != len(classes):
+        raise ValueError(f"multi_hot must have shape (n, {len(classes)}) for {len(classes)} classes; "
+                         f"got {multi_hot.shape}")
+    return [" ".join(name for name, present in zip(classes, row) if present) for row in multi_hot]
+
+
+def _stratified_ids(examples: list[Example], n: int, rng: np.random.Generator) -> list[str]:
+    """Ids of ``n`` of ``examples`` (all if fewer), taken round-robin over the labels in random order."""
+    if len(examples) <= n:
+        return [e.id for e in examples]
+    by_label: dict[str, list[str]] = {}
+    for index in rng.permutation(len(examples)):
+        by_label.setdefault(examples[index].label, []).append(examples[index].id)
+    queues = [by_label[label] for label in rng.permutation(sorted(by_label))]
+    rounds = max(len(q) for q in queues)
+    interleaved = [q[i] for i in range(rounds) for q in queues if i < len(q)]
+    return interleaved[:n]
+
+
+def load_audio(example: Example) -> np.ndarray:
+    """The example's whole audio (not cut to its span) as mono float32 at 16 kHz, shape (n_samples,)."""
+    if isinstance(example.audio, np.ndarray):
+        return np.asarray(example.audio, dtype=np.float32)
+    path = Path(example.audio)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio of example {example.id!r} not found: {path}")
+    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+    return audio
+
+
+def audio_length(example: Example) -> int:
+    """Number of samples of the example's audio at 16 kHz (as :func:`load_audio` gives it), without reading it all."""
+    if isinstance(example.audio, np.ndarray):
+        return len(example.audio)
+    info = soundfile.info(example.audio)
+    # soxr rounds half up: floor(frames * 16000 / rate + 1/2), in integers
+    return (2 * info.frames * SAMPLE_RATE + info.samplerate) // (2 * info.samplerate)
+
+
+# ======================================================================================
+# Errors and Hugging Face datasets
+# ======================================================================================
+
+HF_PREFIX = "hf:"
+
+
+def _missing(what: str, path: Path, where: str, layout: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{what} not found at {path}. Expected {layout}. Get it from {where} and pass its folder, "
+        f"or pass '{HF_PREFIX}<dataset id>' to read a Hugging Face datasets copy."
+    )
+
+
+def _local_root(source: str | os.PathLike, what: str, where: str, layout: str) -> Path:
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise _missing(what, root, where, layout)
+    return root
+
+
+def _is_hf(source) -> bool:
+    return isinstance(source, str) and source.startswith(HF_PREFIX)
+
+
+def _load_hf(source: str, split: str, config: str | None = None):
+    """One split of a Hugging Face dataset (``source`` = ``"hf:<id>"``): an iterable of row dicts."""
+    try:
+        import datasets
+    except ImportError as error:
+        raise ImportError(
+            f"reading {source!r} needs the optional package 'datasets' (pip install datasets), and network "
+            "access or a filled datasets cache; or download the data and pass its local folder"
+        ) from error
+    return datasets.load_dataset(source.removeprefix(HF_PREFIX), config, split=split)
+
+
+def _hf_audio(value) -> np.ndarray:
+    """A 16-kHz mono waveform from a ``datasets`` audio value (a dict with ``array``, or a decoder)."""
+    if isinstance(value, dict):
+        audio, rate = np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"])
+    else:  # datasets >= 4 decodes audio with torchcodec
+        samples = value.get_all_samples()
+        audio, rate = samples.data.numpy().astype(np.float32), int(samples.sample_rate)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=0)
+    return audio if rate == SAMPLE_RATE else soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+
+
+def _require_columns(row: dict, columns: Iterable[str], source: str) -> None:
+    missing = [c for c in columns if c not in row]
+    if missing:
+        raise DataError(f"{source} rows have no column(s) {missing}; found {sorted(row)}. "
+                        "Use a copy that has them, or a local copy of the original files.")
+
+
+def _hf_path(row: dict) -> str:
+    """The original file name of a ``datasets`` audio row, if kept."""
+    audio = row.get("audio")
+    path = audio.get("path") if isinstance(audio, dict) else None
+    return str(row.get("file") or row.get("path") or path or "")
+
+
+# ======================================================================================
+# TIMIT
+# ======================================================================================
+
+TIMIT_URL = "LDC catalogue LDC93S1 (https://catalog.ldc.upenn.edu/LDC93S1)"
+TIMIT_LAYOUT = "TRAIN/ and TEST/ (any case) with DR*/<speaker>/<sentence>.WAV, .PHN and .TXT files"
+
+TIMIT_CORE_TEST_SPEAKERS = (
+    "MDAB0", "MWBT0", "FELC0", "MTAS1", "MWEW0", "FPAS0", "MJMP0", "MLNT0", "FPKT0", "MLLL0", "MTLS0", "FJLM0",
+    "MBPM0", "MKLT0", "FNLP0", "MCMJ0", "MJDH0", "FMGD0", "MGRT0", "MNJM0", "FDHC0", "MJLN0", "MPAM0", "FMLD0",
+)  # fmt: skip
+"""The 24 speakers of TIMIT's core test set (2 men and 1 woman per dialect region)."""
+
+_TIMIT_MERGES = {
+    "ao": "aa", "ax": "ah", "ax-h": "ah", "axr": "er", "hv": "hh", "ix": "ih", "el": "l", "em": "m",
+    "en": "n", "nx": "n", "eng": "ng", "zh": "sh", "ux": "uw",
+    "pcl": "sil", "tcl": "sil", "kcl": "sil", "bcl": "sil", "dcl": "sil", "gcl": "sil",
+    "h#": "sil", "pau": "sil", "epi": "sil",
+}  # fmt: skip
+_TIMIT_KEPT = (
+    "iy", "ih", "eh", "ey", "ae", "aa", "aw", "ay", "ah", "oy", "ow", "uh", "uw", "er", "l", "r", "w", "y",
+    "m", "n", "ng", "ch", "jh", "dh", "b", "d", "dx", "g", "p", "t", "k", "z", "v", "f", "th", "s", "sh", "hh",
+)  # fmt: skip
+TIMIT_FOLDING: dict[str, str | None] = {**{p: p for p in _TIMIT_KEPT}, **_TIMIT_MERGES, "q": None}
+"""The 61 TIMIT phone labels -> the 39 classes of Lee & Hon (1989); ``q`` (glottal stop) -> None (dropped)."""
+
+TIMIT_PHONES_39: tuple[str, ...] = tuple(sorted(set(_TIMIT_KEPT) | {"sil"}))
+"""The 39 folded phone classes."""
+
+
+@dataclass(frozen=True)
+class _TimitUtterance:
+    split: str
+    speaker: str
+    sentence: str  # e.g. "SX123"
+    audio: str | np.ndarray
+    phones: tuple[tuple[float, float, str], ...]  # (start s, end s, 61-label)
+    text: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.speaker}_{self.sentence}"
+
+    @property
+    def sentence_type(self) -> str:
+        return self.sentence[:2].upper()
+
+
+def _timit_split(folder: str, speaker: str) -> str:
+    if folder.lower() == "train":
+        return "train"
+    return "test" if speaker.upper() in TIMIT_CORE_TEST_SPEAKERS else "validation"
+
+
+def _timit_audio_file(phn: Path) -> Path | None:
+    for name in (phn.stem + ".WAV", phn.stem + ".wav", phn.stem + ".WAV.wav", phn.stem + ".wav.wav"):
+        if (phn.parent / name).is_file():
+            return phn.parent / name
+    return None
+
+
+def _read_phn(path: Path) -> tuple[tuple[float, float, str], ...]:
+    rows = []
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 3 or parts[2].lower() not in TIMIT_FOLDING:
+            raise DataError(f"{path}, line {line_number}: expected 'start end phone' with a TIMIT phone, got {line!r}")
+        rows.append((int(parts[0]) / SAMPLE_RATE, int(parts[1]) / SAMPLE_RATE, parts[2].lower()))
+    return tuple(rows)
+
+
+def _read_timit_text(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    parts = path.read_text().split(maxsplit=2)  # "start end the sentence"
+    return parts[2].strip() if len(parts) == 3 else ""
+
+
+def _timit_local(source) -> list[_TimitUtterance]:
+    root = _local_root(source, "TIMIT", TIMIT_URL, TIMIT_LAYOUT)
+    folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and p.name.lower() in ("train", "test")}
+    if not folders and (root / "data").is_dir():  # the Kaggle copy nests TRAIN/TEST under data/
+        return _timit_local(root / "data")
+    if set(folders) != {"train", "test"}:
+        raise _missing("TIMIT's TRAIN and TEST folders", root, TIMIT_URL, TIMIT_LAYOUT)
+    utterances = []
+    for folder_name, folder in sorted(folders.items()):
+        for phn in sorted(folder.glob("*/*/*.[Pp][Hh][Nn]")):
+            audio = _timit_audio_file(phn)
+            if audio is None:
+                raise DataError(f"{phn} has no audio file beside it (expected {phn.stem}.WAV)")
+            speaker = phn.parent.name.upper()
+            utterances.append(_TimitUtterance(
+                _timit_split(folder_name, speaker), speaker, phn.stem.upper(), str(audio), _read_phn(phn),
+                _read_timit_text(phn.with_suffix(phn.suffix.replace("PHN", "TXT").replace("phn", "txt")))))
+    if not utterances:
+        raise _missing("TIMIT .PHN files", root, TIMIT_URL, TIMIT_LAYOUT)
+    return utterances
+
+
+def _timit_hf(source: str) -> list[_TimitUtterance]:
+    utterances = []
+    for hf_split in ("train", "test"):
+        for row in _load_hf(source, hf_split):
+            _require_columns(row, ("audio", "file", "phonetic_detail", "text"), source)
+            detail = row["phonetic_detail"]
+            phones = tuple((start / SAMPLE_RATE, stop / SAMPLE_RATE, label.lower())
+                           for start, stop, label in zip(detail["start"], detail["stop"], detail["utterance"]))
+            file = Path(row["file"])  # .../TEST/DR1/FELC0/SX216.WAV
+            speaker = file.parent.name.upper()
+            utterances.append(_TimitUtterance(_timit_split(hf_split, speaker), speaker, file.stem.upper().split(".")[0],
+                                              _hf_audio(row["audio"]), phones, str(row["text"])))
+    return utterances
+
+
+def _timit_utterances(source) -> list[_TimitUtterance]:
+    return _timit_hf(source) if _is_hf(source) else _timit_local(source)
+
+
+TIMIT_PROTOCOLS = ("presence", "segments")
+"""Protocols of the TIMIT phoneme task (see :func:`timit_phonemes`)."""
+
+TIMIT_PRESENCE_CLASSES: tuple[str, ...] = tuple(p for p in TIMIT_PHONES_39 if p != "sil")
+"""The 38 classes of the presence protocol: the folded phones without ``sil`` (closures, pauses, silence)."""
+
+
+def timit_phonemes(source: str | os.PathLike, protocol: str = "presence", include_sa: bool = False) -> DownstreamTask:
+    """TIMIT phoneme prediction with 39 folded phones (:data:`TIMIT_FOLDING`), under one of two protocols.
+
+    ``"presence"`` (default; the paper's, after the authors' code): one
+    example per utterance, pooled over the whole utterance; the label is the
+    set of phones that occur in it (multi-label: a probe predicts each
+    phone's presence). ``sil`` (closures, pauses, silence) is not a class:
+    the authors fold ``q`` and the closures into ``h#`` and drop that class,
+    which leaves the 38 phones of :data:`TIMIT_PRESENCE_CLASSES`. Their
+    macro-F1 (scikit-learn's) averages over every output column, so a phone
+    that no test utterance has counts 0; the scores here average over the
+    phones present (:func:`bt_utils.downstream.metrics.multilabel_f1`).
+
+    ``"segments"`` (phone classification, the SUPERB-style reading): one example per
+    phone segment (``q`` dropped), pooled over the segment's span of its
+    utterance's encoding, classified into one of the 39 classes.
+
+    Parameters
+    ----------
+    source : path-like or str
+        The TIMIT folder (holding ``TRAIN/`` and ``TEST/``), or ``"hf:timit_asr"``.
+    protocol : {"presence", "segments"}
+    include_sa : bool
+        Keep the two dialect (SA) sentences every speaker read; standard
+        practice leaves them out. (The authors' utterance lists include them;
+        every speaker reads the same two texts, so under ``"presence"`` their
+        labels repeat across the splits.)
+
+    Returns
+    -------
+    DownstreamTask
+        ``"presence"``: task ``timit_phoneme``, kind ``"multilabel"``, one
+        example per utterance (id ``<speaker>_<sentence>``). ``"segments"``:
+        task ``timit_phoneme_segments``, kind ``"classification"``, one example
+        per phone (id ``<speaker>_<sentence>_<phone index>``) with its span.
+    """
+    check_option("protocol", protocol, TIMIT_PROTOCOLS)
+    utterances = [u for u in _timit_utterances(source) if include_sa or u.sentence_type != "SA"]
+    if protocol == "presence":
+        examples = []
+        for utterance in utterances:
+            present = {TIMIT_FOLDING[label] for _, _, label in utterance.phones}
+            label = " ".join(p for p in TIMIT_PRESENCE_CLASSES if p in present)
+            examples.append(Example(utterance.id, utterance.split, label, utterance.audio, speaker=utterance.speaker))
+        return DownstreamTask("timit_phoneme", "multilabel", tuple(examples), TIMIT_PRESENCE_CLASSES,
+                              "utterance -> which of 38 folded TIMIT phones occur (sil excluded)",
+                              "TIMIT phoneme prediction", str(source))
+    examples = []
+    for utterance in utterances:
+        for index, (start, end, label) in enumerate(utterance.phones):
+            folded = TIMIT_FOLDING[label]
+            if folded is not None and end > start:
+                examples.append(Example(f"{utterance.id}_{index:03d}", utterance.split, folded, utterance.audio,
+                                        source=utterance.id, span=(start, end), speaker=utterance.speaker))
+    return DownstreamTask("timit_phoneme_segments", "classification", tuple(examples), TIMIT_PHONES_39,
+                          "phone segment -> one of 39 folded TIMIT phones", "TIMIT phoneme prediction", str(source))
+
+
+def timit_sentence_type(source: str | os.PathLike) -> DownstreamTask:
+    """TIMIT sentence type: dialect (SA), phonetically compact (SX) or diverse (SI), from the file name.
+
+    Parameters
+    ----------
+    source : path-like or str
+        The TIMIT folder, or ``"hf:timit_asr"``.
+
+    Returns
+    -------
+    DownstreamTask
+    """
+    examples = tuple(Example(u.id, u.split, u.sentence_type, u.audio, speaker=u.speaker)
+                     for u in _timit_utterances(source))
+    return DownstreamTask("timit_sentence_type", "classification", examples, ("SA", "SI", "SX"),
+                          "utterance -> sentence type SA / SI / SX", "TIMIT sentence type", str(source))
+
+
+def timit_asr(source: str | os.PathLike) -> DownstreamTask:
+    """TIMIT transcription: the core test set's SI and SX sentences (192 utterances), test split only.
+
+    Parameters
+    ----------
+    source : path-like or str
+        The TIMIT folder, or ``"hf:timit_asr"``.
+
+    Returns
+    -------
+    DownstreamTask
+    """
+    examples = tuple(Example(u.id, "test", u.text, u.audio, speaker=u.speaker) for u in _timit_utterances(source)
+                     if u.split == "test" and u.sentence_type != "SA")
+    return DownstreamTask("timit_asr", "asr", examples, description="utterance -> transcript (1 - WER)",
+                          paper_task="ASR", origin=str(source))
+
+
+# ======================================================================================
+# Speech Commands
+# ======================================================================================
+
+SPEECH_COMMANDS_URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz (Warden 2018, CC BY 4.0)"
+SPEECH_COMMANDS_LAYOUT = "one folder of .wav files per word, validation_list.txt and testing_list.txt"
+SPEECH_COMMANDS_WORDS = (
+    "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go", "happy",
+    "house", "learn", "left", "marvin", "nine", "no", "off", "on", "one", "right", "seven", "sheila", "six",
+    "stop", "three", "tree", "two", "up", "visual", "wow", "yes", "zero",
+)  # fmt: skip
+"""The 35 words of Speech Commands v0.02."""
+
+
+def _speech_commands_local(source) -> list[Example]:
+    root = _local_root(source, "Speech Commands v0.02", SPEECH_COMMANDS_URL, SPEECH_COMMANDS_LAYOUT)
+    lists = {}
+    for split, name in (("validation", "validation_list.txt"), ("test", "testing_list.txt")):
+        if not (root / name).is_file():
+            raise _missing(f"Speech Commands {name}", root / name, SPEECH_COMMANDS_URL, SPEECH_COMMANDS_LAYOUT)
+        lists.update({line.strip(): split for line in (root / name).read_text().splitlines() if line.strip()})
+    examples = []
+    for word in SPEECH_COMMANDS_WORDS:
+        for path in sorted((root / word).glob("*.wav")):
+            relative = f"{word}/{path.name}"
+            examples.append(Example(relative, lists.get(relative, "train"), word, str(path),
+                                    speaker=path.name.split("_nohash_")[0]))
+    if not examples:
+        raise _missing("Speech Commands word folders", root, SPEECH_COMMANDS_URL, SPEECH_COMMANDS_LAYOUT)
+    return examples
+
+
+def _speech_commands_hf(source: str, label_column: str) -> list[Example]:
+    examples = []
+    for split in SPLITS:
+        rows = _load_hf(source, split, "v0.02")
+        names = rows.features[label_column].names
+        for index, row in enumerate(rows):
+            word = names[row[label_column]]
+            if word in SPEECH_COMMANDS_WORDS:  # drops _silence_ and _unknown_
+                examples.append(Example(f"{split}/{index}", split, word, _hf_audio(row["audio"]),
+                                        speaker=str(row.get("speaker_id", ""))))
+    return examples
+
+
+def speech_commands(source: str | os.PathLike, label_column: str = "label") -> DownstreamTask:
+    """Speech Commands v0.02 word identity (35 words).
+
+    Parameters
+    ----------
+    source : path-like or str
+        The extracted archive's folder, or ``"hf:google/speech_commands"`` (config v0.02).
+    label_column : str
+        Hugging Face copies only: the class-label column.
+
+    Returns
+    -------
+    DownstreamTask
+    """
+    examples = _speech_commands_hf(source, label_column) if _is_hf(source) else _speech_commands_local(source)
+    return DownstreamTask("speech_commands", "classification", tuple(examples), SPEECH_COMMANDS_WORDS,
+                          "one-second clip -> one of 35 words", "Speech Commands word identity", str(source))
+
+
+# ======================================================================================
+# CREMA-D
+# ======================================================================================
+
+CREMA_D_URL = "https://github.com/CheyneyComputerScience/CREMA-D (Open Database License; audio in AudioWAV/, Git LFS)"
+CREMA_D_LAYOUT = "AudioWAV/<actor>_<sentence>_<emotion>_<level>.wav, e.g. AudioWAV/1001_DFA_ANG_XX.wav"
+CREMA_D_EMOTIONS = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+"""CREMA-D's emotion codes and the class names used here."""
+
+_CREMA_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{1,2})$")
+
+
+def _crema_split(actor: str, actors: list[str]) -> str:
+    rank = actors.index(actor)
+    return "validation" if rank % 10 == 8 else "test" if rank % 10 == 9 else "train"
+
+
+def crema_d(source: str | os.PathLike, hf_split: str = "train") -> DownstreamTask:
+    """CREMA-D emotion recognition: 6 classes from the file names, split by actor (80/10/10).
+
+    Parameters
+    ----------
+    source : path-like or str
+        The CREMA-D folder (holding ``AudioWAV/``, or the .wav files themselves),
+        or ``"hf:<dataset id>"`` of a copy that keeps the original file names.
+    hf_split : str
+        Hugging Face copies only: the split that holds all files.
+
+    Returns
+    -------
+    DownstreamTask
+    """
+    if _is_hf(source):
+        items = [(Path(_hf_path(row)).stem, _hf_audio(row["audio"])) for row in _load_hf(source, hf_split)]
+    else:
+        root = _local_root(source, "CREMA-D", CREMA_D_URL, CREMA_D_LAYOUT)
+        folder = root / "AudioWAV" if (root / "AudioWAV").is_dir() else root
+        items = [(p.stem, str(p)) for p in sorted(folder.glob("*.wav"))]
+        if not items:
+            raise _missing("CREMA-D .wav files", folder, CREMA_D_URL, CREMA_D_LAYOUT)
+    parsed = [(_CREMA_NAME.match(name), name, audio) for name, audio in items]
+    bad = [name for match, name, _ in parsed if match is None]
+    if bad:
+        raise DataError(f"CREMA-D file names must look like 1001_DFA_ANG_XX; got {bad[:3]} from {source}")
+    actors = sorted({match.group(1) for match, _, _ in parsed})
+    examples = tuple(Example(name, _crema_split(match.group(1), actors), CREMA_D_EMOTIONS[match.group(3)], audio,
+                             speaker=match.group(1)) for match, name, audio in parsed)
+    return DownstreamTask("crema_d_emotion", "classification", examples, tuple(CREMA_D_EMOTIONS.values()),
+                          "acted sentence -> one of 6 emotions", "CREMA-D emotion", str(source))
+
+
+# ======================================================================================
+# SLURP
+# ======================================================================================
+
+SLURP_URL = "https://github.com/pswietojanski/slurp (text: dataset/slurp/*.jsonl; audio: slurp_real.tar.gz, CC BY 4.0)"
+SLURP_LAYOUT = "train.jsonl, devel.jsonl, test.jsonl (or dataset/slurp/*.jsonl) and the audio folder slurp_real/"
+_SLURP_FILES = {"train": "train.jsonl", "validation": "devel.jsonl", "test": "test.jsonl"}
+SLURP_TARGETS = ("intent", "action")
+
+
+def _slurp_folder(root: Path, candidates: Iterable[str], what: str) -> Path:
+    for candidate in candidates:
+        if (root / candidate).exists():
+            return root / candidate
+    raise _missing(f"SLURP {what}", root, SLURP_URL, SLURP_LAYOUT)
+
+
+def _slurp_local(source, target: str) -> list[Example]:
+    root = _local_root(source, "SLURP", SLURP_URL, SLURP_LAYOUT)
+    text_dir = _slurp_folder(root, ("dataset/slurp/test.jsonl", "slurp/test.jsonl", "test.jsonl"), "test.jsonl").parent
+    audio_dir = _slurp_folder(root, ("slurp_real", "audio/slurp_real", "scripts/audio/slurp_real"), "audio folder")
+    examples = []
+    for split, name in _SLURP_FILES.items():
+        path = text_dir / name
+        if not path.is_file():
+            raise _missing(f"SLURP {name}", path, SLURP_URL, SLURP_LAYOUT)
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            for recording in record.get("recordings", []):
+                file = audio_dir / recording["file"]
+                examples.append(Example(recording["file"], split, str(record[target]), str(file),
+                                        source=recording["file"]))
+    missing = [e.audio for e in examples[:50] if not Path(e.audio).is_file()]
+    if missing:
+        raise _missing("SLURP audio", Path(missing[0]), SLURP_URL, SLURP_LAYOUT)
+    return examples
+
+
+def slurp(source: str | os.PathLike, target: str = "intent",
+          hf_splits: tuple[str, str, str] = ("train", "validation", "test")) -> DownstreamTask:
+    """SLURP spoken language understanding: intent (e.g. ``alarm_set``) or action (e.g. ``set``).
+
+    Parameters
+    ----------
+    source : path-like or str
+        A folder with the SLURP jsonl files and ``slurp_real/`` audio, or ``"hf:<dataset id>"``
+        of a copy with an ``audio`` column and a column named ``target``.
+    target : {"intent", "action"}
+    hf_splits : tuple of str
+        Hugging Face copies only: the names of its train, validation and test splits.
+
+    Returns
+    -------
+    DownstreamTask
+        Every real recording is an example (a sentence has several); classes are those seen.
+    """
+    check_option("target", target, SLURP_TARGETS)
+    if _is_hf(source):
+        examples = []
+        for split, hf_split in zip(SPLITS, hf_splits):
+            for index, row in enumerate(_load_hf(source, hf_split)):
+                _require_columns(row, ("audio", target), source)
+                examples.append(Example(f"{split}/{index}", split, str(row[target]), _hf_audio(row["audio"])))
+    else:
+        examples = _slurp_local(source, target)
+    classes = tuple(sorted({e.label for e in examples}))
+    return DownstreamTask(f"slurp_{target}", "classification", tuple(examples), classes,
+                          f"spoken command -> {target}", f"SLURP {target}", str(source))
+
+
+# ======================================================================================
+# LibriSpeech
+# ======================================================================================
+
+LIBRISPEECH_URL = "https://www.openslr.org/12 (e.g. test-clean.tar.gz, CC BY 4.0)"
+LIBRISPEECH_LAYOUT = "<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt and .flac files"
+
+
+def librispeech(source: str | os.PathLike, subset: str = "test-clean", max_seconds: float = 30.0) -> DownstreamTask:
+    """LibriSpeech transcription, test split only (no probe is trained for ASR).
+
+    Parameters
+    ----------
+    source : path-like or str
+        The ``LibriSpeech`` folder (holding ``subset``) or the subset folder
+        itself, or ``"hf:openslr/librispeech_asr"`` (config ``clean``, split ``test``).
+    subset : str
+        Local copies: the subset folder name.
+    max_seconds : float
+        Longer utterances are left out: Whisper reads at most 30 s.
+
+    Returns
+    -------
+    DownstreamTask
+    """
+    if _is_hf(source):
+        examples = []
+        for row in _load_hf(source, "test", "clean"):
+            audio = _hf_audio(row["audio"])
+            if len(audio) <= max_seconds * SAMPLE_RATE:
+                examples.append(Example(str(row["id"]), "test", str(row["text"]), audio,
+                                        speaker=str(row["speaker_id"])))
+    else:
+        root = _local_root(source, "LibriSpeech", LIBRISPEECH_URL, LIBRISPEECH_LAYOUT)
+        folder = root / subset if (root / subset).is_dir() else root
+        examples = []
+        for transcript in sorted(folder.glob("*/*/*.trans.txt")):
+            for line in transcript.read_text().splitlines():
+                utterance, _, text = line.partition(" ")
+                audio = transcript.parent / f"{utterance}.flac"
+                example = Example(utterance, "test", text, str(audio), speaker=utterance.split("-")[0])
+                if audio_length(example) <= max_seconds * SAMPLE_RATE:
+                    examples.append(example)
+        if not examples:
+            raise _missing(f"LibriSpeech {subset}", folder, LIBRISPEECH_URL, LIBRISPEECH_LAYOUT)
+    return DownstreamTask("librispeech_asr", "asr", tuple(examples), description="utterance -> transcript (1 - WER)",
+                          paper_task="ASR", origin=str(source))
+
+
+# ======================================================================================
+# Registry
+# ======================================================================================
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: how to load it and where its data comes from.
+
+    Attributes
+    ----------
+    loader : callable
+        ``loader(source, **options)`` for real tasks, ``loader(**options)`` when
+        ``needs_source`` is False, returning a :class:`DownstreamTask`.
+    where : str
+        Where to get the data (shown when it is missing).
+    needs_source : bool
+        Whether the task reads data from a folder or ``"hf:"`` id.
+    """
+
+    loader: Callable[..., DownstreamTask]
+    where: str
+    needs_source: bool = True
+
+
+TASKS: Registry[TaskSpec] = Registry("downstream task")
+"""Tasks by name: the real-data tasks below, plus those that extensions register (the demo's)."""
+
+for _name, _loader, _where in (
+    ("timit_phoneme", timit_phonemes, TIMIT_URL),
+    ("timit_sentence_type", timit_sentence_type, TIMIT_URL),
+    ("timit_asr", timit_asr, TIMIT_URL),
+    ("speech_commands", speech_commands, SPEECH_COMMANDS_URL),
+    ("crema_d_emotion", crema_d, CREMA_D_URL),
+    ("slurp_intent", functools.partial(slurp, target="intent"), SLURP_URL),
+    ("slurp_action", functools.partial(slurp, target="action"), SLURP_URL),
+    ("librispeech_asr", librispeech, LIBRISPEECH_URL),
+):
+    TASKS.register(_name, TaskSpec(_loader, _where))
+
+
+def load_task(name: str, source: str | os.PathLike | None = None, **options) -> DownstreamTask:
+    """A task by name, read from ``source`` when it needs data.
+
+    Parameters
+    ----------
+    name : str
+        A name in :data:`TASKS`.
+    source : path-like or str, optional
+        Real tasks: the local folder or ``"hf:<dataset id>"``.
+    **options
+        Passed to the task's loader.
+
+    Returns
+    -------
+    DownstreamTask
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    spec = TASKS[name]
+    if not spec.needs_source:
+        return spec.loader(**options)
+    if source is None:
+        raise FileNotFoundError(f"task {name!r} reads real data: pass its folder as source (get it from "
+                                f"{spec.where}), or '{HF_PREFIX}<dataset id>' for a Hugging Face datasets copy")
+    return spec.loader(source, **options)

@@ -1,0 +1,321 @@
+"""Brain alignment: from a speech model's layer features to voxel-wise and ROI scores.
+
+For every participant, model variant (pretrained, brain-tuned, controls) and layer:
+layer features per TR (:mod:`bt_utils.features.layers`, cached) -> delayed design
+matrices -> ridge regression with a per-voxel penalty chosen by cross-validation
+over stories (:mod:`bt_utils.encoding.ridge`) -> Pearson r between the prediction of the
+test story and the mean of its repeats, and ``r / cc_max`` for the voxels whose
+noise ceiling exceeds ``min_ceiling`` -> optional voxel-wise block-permutation
+p-values with FDR correction -> ROI means (:mod:`bt_utils.encoding.stats`).
+
+Result tables (tidy):
+
+- voxels: ``subject, model, variant, layer, voxel, r, r_norm, alpha`` (+ ``p_value,
+  q_value, significant`` with permutations); ``r_norm`` is NaN for excluded voxels;
+- ROIs: ``subject, model, variant, layer, roi, r_norm_mean, n_voxels``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..data.dataset import Dataset
+from .ridge import HIMALAYA_ALPHAS, bootstrap_chunk_splits, correlation_score, fit_ridge_cv, normalised_score, story_folds
+from ..features.layers import DELAYS, WindowSettings, dataset_tr_features, default_layers, check_layers, layer_design, response_rows_test
+from ..models.registry import load_encoder
+from ..data.noise_ceiling import cc_max
+from ..data.rois import subject_rois
+from .stats import block_permutation_pvalues, fdr_bh, roi_table
+from ..validation import check_option
+
+log = logging.getLogger(__name__)
+
+CV_SCHEMES = ("story", "bootstrap")
+
+
+@dataclass(frozen=True)
+class AlignmentSettings:
+    """How features are extracted and encoding models fitted (recorded with the results).
+
+    Attributes
+    ----------
+    layers : tuple of int or None
+        Hidden-state indices; None: :func:`bt_utils.features.layers.default_layers`.
+    window : WindowSettings
+        Reference protocol, the fast mode, or edge mode (padded Whisper only).
+    native_length : bool
+        Whisper only: run the encoder on each window's real length instead of
+        padding it to 30 s (2.5-4x faster on CPU; the protocol pads, and native-length
+        features shift with the window's start, see :mod:`bt_utils.features.layers`).
+    delays : tuple of int
+        FIR delays in TRs.
+    cv : {"story", "bootstrap"}
+        Leave-stories-out folds, or the reference's bootstrap of 20-TR chunks.
+    n_folds : int
+        Folds of the story scheme (capped at the number of training stories).
+    alphas : tuple of float
+        Ridge penalties in himalaya's convention (METHOD.md grid, squared).
+    backend : str
+        numpy, torch or torch_cuda.
+    min_ceiling : float
+        Voxels with ``cc_max`` at or below it get ``r_norm = NaN``.
+    n_permutations : int
+        Block permutations for voxel-wise p-values (0: none; use >= 1000 so that
+        FDR correction over thousands of voxels can reject).
+    permutation_block_trs : int
+        Length of the permuted blocks of test TRs.
+    include_validation : bool
+        Train the encoding models on the validation stories too.
+    seed : int
+    """
+
+    layers: tuple[int, ...] | None = None
+    window: WindowSettings = field(default_factory=WindowSettings)
+    native_length: bool = False
+    delays: tuple[int, ...] = DELAYS
+    cv: str = "story"
+    n_folds: int = 5
+    alphas: tuple[float, ...] = tuple(HIMALAYA_ALPHAS)
+    backend: str = "numpy"
+    min_ceiling: float = 0.05
+    n_permutations: int = 0
+    permutation_block_trs: int = 5
+    include_validation: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        check_option("cv", self.cv, CV_SCHEMES)
+        if self.n_permutations < 0:
+            raise ValueError(f"n_permutations must be >= 0, got {self.n_permutations}")
+
+    def record(self) -> dict:
+        """JSON-serialisable form for run records."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SubjectTargets:
+    """Responses of one participant arranged like the design matrices."""
+
+    train: np.ndarray        # (n_train_trs, n_voxels)
+    test: np.ndarray         # (n_test_trs, n_voxels): mean of the repeats, rows [40:]
+    ceiling: np.ndarray      # (n_voxels,) cc_max from the repeats' scored rows [40:]
+
+
+def subject_targets(dataset: Dataset, subject: str, include_validation: bool = True) -> SubjectTargets:
+    """Training responses (stories in split order) and the test story's repeat mean, trimmed to pair with the design.
+
+    The noise ceiling is computed on the same test rows that are scored (``[40:]``), as in the
+    authors' evaluation, so that r / cc_max compares correlations over the same TRs.
+    """
+    split = dataset.split(subject)
+    stories = tuple(split.train) + (tuple(split.validation) if include_validation else ())
+    repeats = dataset.load_repeats(subject)
+    return SubjectTargets(
+        train=np.concatenate([dataset.load_responses(subject, story) for story in stories]),
+        test=repeats.mean(axis=0)[response_rows_test],
+        ceiling=cc_max(repeats[:, response_rows_test]),
+    )
+
+
+def cv_splits(labels: np.ndarray, settings: AlignmentSettings) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-validation splits of the training rows (``labels``: story of each row) for ``settings.cv``."""
+    if settings.cv == "story":
+        return story_folds(labels, n_folds=min(settings.n_folds, len(np.unique(labels))))
+    return bootstrap_chunk_splits(len(labels), rng=np.random.default_rng(settings.seed))
+
+
+def score_layer(x_train: np.ndarray, x_test: np.ndarray, labels: np.ndarray, targets: SubjectTargets,
+                settings: AlignmentSettings) -> pd.DataFrame:
+    """Fit the encoding model of one layer and score it on the test story.
+
+    Parameters
+    ----------
+    x_train : ndarray of shape (n_train_trs, n_features)
+    x_test : ndarray of shape (n_test_trs, n_features)
+    labels : ndarray of shape (n_train_trs,)
+        Story of each training row (for the folds).
+    targets : SubjectTargets
+    settings : AlignmentSettings
+
+    Returns
+    -------
+    table : DataFrame
+        One row per voxel: ``voxel, r, r_norm, alpha`` (+ ``p_value, q_value, significant``
+        with ``settings.n_permutations``: the block-permutation p-value of every voxel, and
+        Benjamini-Hochberg over the evaluated voxels, those with a noise ceiling above
+        ``settings.min_ceiling``; the others get ``q_value`` NaN and are never significant).
+        With ``n`` permutations the smallest p-value is ``1 / (n + 1)``.
+    """
+    if len(x_train) != len(targets.train) or len(x_test) != len(targets.test):
+        raise ValueError(f"design ({len(x_train)} train, {len(x_test)} test rows) and responses "
+                         f"({len(targets.train)} train, {len(targets.test)} test rows) do not pair")
+    fit = fit_ridge_cv(x_train, targets.train, alphas=np.asarray(settings.alphas), cv=cv_splits(labels, settings),
+                       backend=settings.backend)
+    prediction = fit.predict(x_test)
+    r = correlation_score(prediction, targets.test)
+    table = pd.DataFrame({"voxel": np.arange(len(r)), "r": r,
+                          "r_norm": normalised_score(r, targets.ceiling, settings.min_ceiling),
+                          "alpha": np.asarray(fit.best_alphas)})
+    if settings.n_permutations:
+        p = block_permutation_pvalues(prediction, targets.test, settings.n_permutations,
+                                      settings.permutation_block_trs, np.random.default_rng(settings.seed))
+        table["p_value"] = p
+        evaluated = np.asarray(targets.ceiling) > settings.min_ceiling  # FDR over the voxels that are scored
+        table["significant"], table["q_value"] = fdr_bh(np.where(evaluated, p, np.nan))
+    return table
+
+
+def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray,
+                    settings: AlignmentSettings) -> np.ndarray:
+    """Mean over stories of the Pearson r of each story's held-out prediction (leave one story out).
+
+    Each story is predicted by an encoding model fitted on the other stories
+    (per-voxel alpha chosen by ``settings.cv`` inside them) and scored on its
+    own; the scores are averaged with equal weight per story. With all ``n``
+    training TRs scored instead of the test story's few dozen, r has a much
+    smaller sampling error, which is what comparisons between feature variants
+    need (single-repeat responses, so r is lower than on the test story's
+    repeat mean and is not divided by a noise ceiling). Per-story scoring keeps
+    r unbiased under the null; one r over the concatenated predictions is not,
+    because each fold picks its own alphas, which scale its predictions (on
+    pure noise: mean r -0.04 instead of 0).
+
+    Parameters
+    ----------
+    x_train : ndarray of shape (n, n_features)
+        Design rows of the training stories (:func:`bt_utils.features.layers.layer_design`).
+    y_train : ndarray of shape (n, n_voxels)
+        Responses paired with ``x_train`` (:attr:`SubjectTargets.train`).
+    labels : ndarray of shape (n,)
+        Story of each row; at least 3 stories.
+    settings : AlignmentSettings
+        ``alphas``, ``cv``, ``n_folds``, ``backend``, ``seed``.
+
+    Returns
+    -------
+    r : ndarray of shape (n_voxels,)
+    """
+    labels = np.asarray(labels)
+    if not len(x_train) == len(y_train) == len(labels):
+        raise ValueError(f"x_train ({len(x_train)} rows), y_train ({len(y_train)}) and labels ({len(labels)}) "
+                         f"must pair row by row")
+    stories = np.unique(labels)
+    if len(stories) < 3:
+        raise ValueError(f"leave-one-story-out scoring needs at least 3 stories (an inner CV over 2); got "
+                         f"{list(stories)}")
+    scores = []
+    for story in stories:
+        held_out = labels == story
+        fit = fit_ridge_cv(x_train[~held_out], y_train[~held_out], alphas=np.asarray(settings.alphas),
+                           cv=cv_splits(labels[~held_out], settings), backend=settings.backend)
+        scores.append(correlation_score(fit.predict(x_train[held_out]), y_train[held_out]))
+    return np.mean(scores, axis=0)
+
+
+def score_features(dataset: Dataset, subject: str, features: Mapping[str, Mapping[int, np.ndarray]],
+                   layers: tuple[int, ...], targets: SubjectTargets, settings: AlignmentSettings,
+                   standardise: bool = True) -> pd.DataFrame:
+    """Encoding-model scores of every layer of precomputed TR features for one subject.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    subject : str
+    features : mapping of str to mapping of int to ndarray of shape (n_trs, d)
+        Untrimmed TR features per story and layer (e.g. from
+        :func:`bt_utils.features.layers.dataset_tr_features`, or residualised ones).
+    layers : tuple of int
+    targets : SubjectTargets
+    settings : AlignmentSettings
+    standardise : bool
+        z-score each story's features (default); ``False`` for residualised
+        features (see :func:`bt_utils.features.layers.layer_design`).
+
+    Returns
+    -------
+    table : DataFrame
+        :func:`score_layer`'s columns plus ``layer``.
+    """
+    split = dataset.split(subject)
+    tables = []
+    for layer in layers:
+        x_train, x_test, labels = layer_design(features, dataset, split, layer, settings.delays,
+                                               settings.include_validation, subject, standardise)
+        table = score_layer(x_train, x_test, labels, targets, settings).assign(layer=layer)
+        log.info("%s layer %d: median r %.3f", subject, layer, float(np.median(table.r)))
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def variant_features(dataset: Dataset, subject: str, path: str, settings: AlignmentSettings, device: str = "auto",
+                     progress: bool = True) -> tuple[tuple[int, ...], dict[str, dict[int, np.ndarray]]]:
+    """Layers and untrimmed TR features of every story of a subject's split, for one model (cached)."""
+    encoder = load_encoder(path, device=device)
+    if encoder.family == "whisper":
+        encoder.native_length = settings.native_length
+    layers = check_layers(settings.layers, encoder.n_layers) if settings.layers else default_layers(encoder.n_layers)
+    features = dataset_tr_features(encoder, dataset, dataset.split(subject).all, layers, settings.window,
+                                   progress=progress)
+    return layers, features
+
+
+def subject_model(paths: str | Mapping[str, str], subject: str, variant: str) -> str:
+    """The model of ``variant`` for ``subject``: a path with ``{subject}`` filled in, or an entry of a mapping."""
+    if isinstance(paths, str):
+        return paths.format(subject=subject)
+    if subject not in paths:
+        raise KeyError(f"variant {variant!r} has no model for {subject}; it has {sorted(paths)}")
+    return paths[subject]
+
+
+def align(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Mapping[str, str]], model: str,
+          settings: AlignmentSettings = AlignmentSettings(), device: str = "auto", progress: bool = True) -> pd.DataFrame:
+    """Voxel-wise alignment of every subject, variant and layer.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    subjects : list of str
+    variants : mapping
+        Variant name -> model (registry name, Hub id, folder or brain-tuning
+        checkpoint), the same for every subject (``{subject}`` in a path is
+        replaced by the subject), or a mapping subject -> model (brain-tuned
+        models are per participant).
+    model : str
+        Label of the model family in the tables (e.g. "whisper-tiny.en").
+    settings : AlignmentSettings
+    device : str
+    progress : bool
+
+    Returns
+    -------
+    voxels : DataFrame
+        ``subject, model, variant, layer, voxel, r, r_norm, alpha`` (+ permutation columns).
+    """
+    tables = []
+    for subject in subjects:
+        targets = subject_targets(dataset, subject, settings.include_validation)
+        for variant, paths in variants.items():
+            layers, features = variant_features(dataset, subject, subject_model(paths, subject, variant), settings,
+                                                device, progress)
+            table = score_features(dataset, subject, features, layers, targets, settings)
+            tables.append(table.assign(subject=subject, model=model, variant=variant))
+    return order_columns(pd.concat(tables, ignore_index=True))
+
+
+def order_columns(voxels: pd.DataFrame) -> pd.DataFrame:
+    """Identifying columns first: ``subject, model, variant, layer, voxel``, then the rest."""
+    first = ["subject", "model", "variant", "layer", "voxel"]
+    return voxels[first + [c for c in voxels.columns if c not in first]]
+
+
+def alignment_rois(dataset: Dataset, voxels: pd.DataFrame, atlas_dir=None) -> pd.DataFrame:
+    """ROI means of ``r_norm``: ``subject, model, variant, layer, roi, r_norm_mean, n_voxels``."""
+    rois = {subject: subject_rois(dataset, subject, atlas_dir) for subject in voxels.subject.unique()}
+    return roi_table(voxels, rois, value="r_norm")

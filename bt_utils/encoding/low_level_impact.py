@@ -1,0 +1,470 @@
+"""Low-level feature impact: how much of a layer's alignment is carried by low-level speech features.
+
+METHOD.md: every dimension of a layer's TR features is regressed on the low-level
+features (ridge, 10-fold cross-validated penalty in 1e-6 ... 1e9, fitted on the
+training TRs only); the residuals, computed for every story, replace the
+features; the encoding models are refitted on them, with the residuals in the
+units of the z-scored features they came from (not z-scored again, as in the
+authors' residual evaluation). The impact is the percentage
+drop of normalised alignment, ``100 * (orig - residual) / orig``, per voxel (where
+``orig > 0``) and per ROI (from the ROI means).
+
+Beyond the paper, :func:`variance_partition` splits the test-story variance a
+voxel shares with the model and low-level features into the part unique to
+each and the shared part, from three fits (joint banded ridge, each space alone); the
+joint banded ridge is solved by :func:`banded_ridge_grid`, a grid over the mixing of the
+two bands' penalties, each point one ordinary ridge fit (himalaya's random search is
+the reference path, ``solver="himalaya"``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from himalaya.ridge import BandedRidgeCV
+
+from .alignment import (
+    AlignmentSettings, cv_splits, order_columns, score_features, subject_model, subject_targets, variant_features,
+)
+from ..data.dataset import Dataset
+from .ridge import correlation_score, fit_ridge_cv
+from ..features.layers import layer_design, stimulus_rows, zscore_per_story
+from ..features.low_level import DEFAULT_LOW_LEVEL_FEATURES, build_vocabularies, low_level_features
+from .stats import roi_table
+from ..validation import DataError, check_option
+
+log = logging.getLogger(__name__)
+
+RESIDUAL_ALPHAS = np.logspace(-6, 9, 16)
+"""Penalties searched when regressing model features on low-level features (METHOD.md)."""
+
+
+def contiguous_folds(n_samples: int, n_folds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K folds of consecutive rows (no shuffling: neighbouring TRs are correlated)."""
+    if not 2 <= n_folds <= n_samples:
+        raise ValueError(f"n_folds must lie in 2..{n_samples}, got {n_folds}")
+    indices = np.arange(n_samples)
+    return [(np.setdiff1d(indices, held), held) for held in np.array_split(indices, n_folds)]
+
+
+def default_feature_sets(names: Sequence[str] = DEFAULT_LOW_LEVEL_FEATURES) -> dict[str, tuple[str, ...]]:
+    """All low-level spaces together (``"all"``) and each one alone."""
+    if not names:
+        raise ValueError("the list of low-level feature spaces is empty")
+    return {"all": tuple(names)} | {name: (name,) for name in names}
+
+
+def story_low_level(dataset: Dataset, stories: Sequence[str], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Untrimmed low-level features of each story, spaces concatenated: ``{story: (n_trs, k)}``."""
+    vocabularies = build_vocabularies(dataset)
+    return {story: np.hstack(list(low_level_features(dataset, story, tuple(names), vocabularies).values()))
+            for story in stories}
+
+
+def residualise(model: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], dataset: Dataset,
+                train_stories: Sequence[str], alphas: np.ndarray = RESIDUAL_ALPHAS, n_folds: int = 10,
+                backend: str = "numpy") -> dict[str, np.ndarray]:
+    """Remove what low-level features predict from model features.
+
+    Both are z-scored per story; the ridge from low-level to model features is
+    fitted on the ``[10:-5]`` rows of the training stories, with a penalty per
+    model dimension chosen by ``n_folds``-fold cross-validation, and applied to
+    every row of every story.
+
+    Parameters
+    ----------
+    model : mapping of str to ndarray of shape (n_trs, d)
+        Untrimmed TR features of one layer per story.
+    low : mapping of str to ndarray of shape (n_trs, k)
+        Untrimmed low-level features per story (same stories and TRs).
+    dataset : Dataset
+        Gives each story's TR count.
+    train_stories : sequence of str
+    alphas : ndarray
+    n_folds : int
+    backend : str
+
+    Returns
+    -------
+    residual : dict of str to ndarray of shape (n_trs, d)
+        In the units of the z-scored model features; each story's kept rows
+        have mean 0 for the training stories.
+
+    Raises
+    ------
+    ValueError
+        If the test story is among ``train_stories``, or the low-level feature set is empty.
+    KeyError
+        If a training story has no model features or a story has no low-level features.
+    DataError
+        If a story's model and low-level features differ in TRs, or the stories' low-level
+        features differ in columns.
+    """
+    test_story = dataset.split().test
+    if test_story in train_stories:
+        raise ValueError(f"the test story {test_story!r} is among the training stories of the low-level "
+                         "regression; fit it on training (and validation) stories only")
+    missing = [story for story in train_stories if story not in model]
+    if missing:
+        raise KeyError(f"no model features for training stories {missing}")
+    for story in model:
+        if story not in low:
+            raise KeyError(f"no low-level features for story {story!r}")
+        if len(model[story]) != len(low[story]):
+            raise DataError(f"story {story!r}: model features have {len(model[story])} TRs but low-level "
+                            f"features {len(low[story])}")
+    widths = {low[story].shape[1] for story in model}
+    if widths == {0}:
+        raise ValueError("the low-level feature set is empty")
+    if len(widths) > 1:
+        raise DataError(f"the stories' low-level features differ in columns ({sorted(widths)}); build them "
+                        "with one vocabulary (story_low_level)")
+    rows = {s: stimulus_rows(s, dataset.n_trs[s], is_test=False) for s in model}
+    z_model = {s: zscore_per_story(v, rows[s]) for s, v in model.items()}
+    z_low = {s: zscore_per_story(low[s], rows[s]) for s in model}
+
+    x = np.vstack([z_low[s][rows[s]] for s in train_stories])
+    y = np.vstack([z_model[s][rows[s]] for s in train_stories])
+    fit = fit_ridge_cv(x, y, cv=contiguous_folds(len(x), n_folds), alphas=alphas, backend=backend, dtype="float64")
+    return {s: z_model[s] - z_low[s] @ fit.weights for s in model}
+
+
+def low_level_impact(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Mapping[str, str]],
+                     model: str, feature_sets: Mapping[str, Sequence[str]] | None = None,
+                     settings: AlignmentSettings = AlignmentSettings(), device: str = "auto",
+                     progress: bool = True) -> pd.DataFrame:
+    """Alignment before and after removing each low-level feature set, per voxel.
+
+    Parameters
+    ----------
+    dataset, subjects, variants, model, settings, device, progress
+        As for :func:`bt_utils.encoding.alignment.align`.
+    feature_sets : mapping of str to sequence of str, optional
+        Named groups of low-level spaces (a single space may be given as a
+        string); default :func:`default_feature_sets`.
+
+    Returns
+    -------
+    voxels : DataFrame
+        ``subject, model, variant, layer, voxel, feature_set, r_norm_orig, r_norm_resid, drop_pct``
+        (``drop_pct`` NaN where ``r_norm_orig <= 0`` or excluded).
+    """
+    feature_sets = {name: (group,) if isinstance(group, str) else tuple(group)
+                    for name, group in (feature_sets or default_feature_sets()).items()}
+    for name, group in feature_sets.items():
+        if not group:
+            raise ValueError(f"feature set {name!r} is empty")
+        if len(set(group)) < len(group):
+            raise ValueError(f"feature set {name!r} names a space more than once: {list(group)}")
+    spaces = sorted({space for group in feature_sets.values() for space in group})
+    tables = []
+    for subject in subjects:
+        split = dataset.split(subject)
+        train = tuple(split.train) + (tuple(split.validation) if settings.include_validation else ())
+        targets = subject_targets(dataset, subject, settings.include_validation)
+        low_by_space = {space: story_low_level(dataset, split.all, (space,)) for space in spaces}
+        for variant, paths in variants.items():
+            layers, features = variant_features(dataset, subject, subject_model(paths, subject, variant), settings,
+                                                device, progress)
+            original = score_features(dataset, subject, features, layers, targets, settings)
+            for set_name, group in feature_sets.items():
+                low = {s: np.hstack([low_by_space[space][s] for space in group]) for s in split.all}
+                residual = {s: {} for s in split.all}
+                for layer in layers:
+                    per_story = residualise({s: features[s][layer] for s in split.all}, low, dataset, train,
+                                            backend=settings.backend)
+                    for story, values in per_story.items():
+                        residual[story][layer] = values
+                resid = score_features(dataset, subject, residual, layers, targets, settings, standardise=False)
+                merged = original[["layer", "voxel", "r_norm"]].merge(
+                    resid[["layer", "voxel", "r_norm"]], on=["layer", "voxel"], suffixes=("_orig", "_resid"))
+                tables.append(merged.assign(subject=subject, model=model, variant=variant, feature_set=set_name))
+                log.info("%s %s %s: median drop %.1f%%", subject, variant, set_name,
+                         np.nanmedian(_drop_pct(merged.r_norm_orig, merged.r_norm_resid)))
+    voxels = pd.concat(tables, ignore_index=True)
+    voxels["drop_pct"] = _drop_pct(voxels.r_norm_orig, voxels.r_norm_resid)
+    return order_columns(voxels)
+
+
+def _drop_pct(orig, resid) -> np.ndarray:
+    orig, resid = np.asarray(orig, float), np.asarray(resid, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(orig > 0, 100.0 * (orig - resid) / orig, np.nan)
+
+
+def impact_rois(voxels: pd.DataFrame, rois: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:
+    """ROI table of the impact: ``subject, model, variant, layer, roi, feature_set, r_norm_orig,
+    r_norm_resid, drop_pct``, the drop computed from the ROI means."""
+    keys = ("subject", "model", "variant", "layer", "feature_set")
+    orig = roi_table(voxels, rois, "r_norm_orig", keys).rename(columns={"r_norm_orig_mean": "r_norm_orig"})
+    resid = roi_table(voxels, rois, "r_norm_resid", keys).rename(columns={"r_norm_resid_mean": "r_norm_resid"})
+    table = orig.drop(columns="n_voxels").merge(resid.drop(columns="n_voxels"), on=[*keys, "roi"])
+    table["drop_pct"] = _drop_pct(table.r_norm_orig, table.r_norm_resid)
+    return table[["subject", "model", "variant", "layer", "roi", "feature_set", "r_norm_orig", "r_norm_resid", "drop_pct"]]
+
+
+BAND_MIXES = 1.0 / (1.0 + np.logspace(3, -3, 11))
+"""Default grid of the band mixing ``g`` of :func:`banded_ridge_grid`, ascending, strictly inside (0, 1).
+
+``g`` is the weight of the first band; the penalty ratio ``alpha_1 / alpha_2 = (1 - g) / g`` takes 11
+log-evenly spaced values from 1e3 (first band almost switched off) to 1e-3 (second band almost off),
+a factor of about 4 per step; the middle value is ``g = 0.5`` (equal penalties)."""
+
+PARTITION_SOLVERS = ("grid", "himalaya")
+PARTITION_ALPHAS = np.logspace(-2, 8, 11)
+"""Default penalties of :func:`partition_variance` and :func:`banded_ridge_grid`."""
+
+
+@dataclass
+class BandedGridFit:
+    """A two-band banded ridge fitted by :func:`banded_ridge_grid`.
+
+    Attributes
+    ----------
+    band_mixes : ndarray of shape (n_mixes,)
+        The grid of band mixing ``g`` searched.
+    alphas : ndarray of shape (n_alphas,)
+        The grid of overall penalties searched.
+    cv_scores : ndarray of shape (n_mixes, n_alphas, n_voxels)
+        Held-out score of every ``(g, alpha)``, averaged over splits (float64).
+    band_mix : ndarray of shape (n_voxels,)
+        The ``g`` chosen for each voxel (a value of ``band_mixes``).
+    alpha : ndarray of shape (n_voxels,)
+        The ``alpha`` chosen for each voxel (a value of ``alphas``).
+    best_scores : ndarray of shape (n_voxels,)
+        Cross-validated score at each voxel's ``(g, alpha)``.
+    prediction : ndarray of shape (m, n_voxels)
+        Predictions on the test rows of the model refit on all training rows with each voxel's ``(g, alpha)``.
+    """
+
+    band_mixes: np.ndarray
+    alphas: np.ndarray
+    cv_scores: np.ndarray
+    band_mix: np.ndarray
+    alpha: np.ndarray
+    best_scores: np.ndarray
+    prediction: np.ndarray
+
+    @property
+    def band_alphas(self) -> np.ndarray:
+        """Per-band penalties ``(alpha / g, alpha / (1 - g))`` of each voxel, shape (2, n_voxels)."""
+        return np.vstack([self.alpha / self.band_mix, self.alpha / (1.0 - self.band_mix)])
+
+
+def _check_rows(**arrays: np.ndarray) -> None:
+    """ValueError unless every named 2-D array has the same number of rows."""
+    rows = {name: np.shape(values)[0] if np.ndim(values) == 2 else None for name, values in arrays.items()}
+    bad = [name for name, count in rows.items() if count is None]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} must be 2-D arrays (rows, columns), got shapes "
+                         f"{[np.shape(arrays[name]) for name in bad]}")
+    if len(set(rows.values())) > 1:
+        listed = ", ".join(f"{name} {count}" for name, count in rows.items())
+        raise ValueError(f"row counts differ ({listed}); these arrays must cover the same TRs")
+
+
+def _check_columns(train: np.ndarray, test: np.ndarray, name: str) -> None:
+    if np.shape(train)[1] != np.shape(test)[1]:
+        raise ValueError(f"{name}: training features have {np.shape(train)[1]} columns but test features "
+                         f"{np.shape(test)[1]}")
+
+
+def banded_ridge_grid(x1_train: np.ndarray, x2_train: np.ndarray, y_train: np.ndarray, x1_test: np.ndarray,
+                      x2_test: np.ndarray, folds, alphas: np.ndarray = PARTITION_ALPHAS,
+                      band_mixes: np.ndarray = BAND_MIXES, backend: str = "numpy", dtype: str = "float32",
+                      score: str = "r2") -> BandedGridFit:
+    """Two-band banded ridge by grid search, with a penalty per band and voxel.
+
+    Banded ridge minimises ``||X1 w1 + X2 w2 - y||^2 + alpha_1 ||w1||^2 + alpha_2 ||w2||^2``.
+    Substituting ``w1 = sqrt(g) v1`` and ``w2 = sqrt(1 - g) v2`` makes it exactly ridge with one
+    penalty ``alpha`` on ``[sqrt(g) X1, sqrt(1 - g) X2]``, where ``alpha_1 = alpha / g`` and
+    ``alpha_2 = alpha / (1 - g)`` (himalaya's parametrisation, ``g`` its kernel weight ``gamma``).
+    So for every ``g`` of ``band_mixes``, one :func:`bt_utils.encoding.ridge.fit_ridge_cv` of the
+    rescaled features scores all ``alphas`` per voxel (sharing one eigendecomposition), and each
+    voxel keeps the ``(g, alpha)`` of the best cross-validated score (ties: the earlier ``g``, then
+    the larger ``alpha``) and the test predictions of that refit; the weights of each ``g`` are
+    discarded once its test predictions are computed. Cost: ``n_mixes`` ridge fits.
+
+    Parameters
+    ----------
+    x1_train, x2_train : ndarray of shape (n, d1), (n, d2)
+        Training features of the two bands (z-scored: no intercept is fitted).
+    y_train : ndarray of shape (n, n_voxels)
+    x1_test, x2_test : ndarray of shape (m, d1), (m, d2)
+        Test features of the two bands.
+    folds : list of (train, test) index arrays
+        Cross-validation splits of the ``n`` training rows.
+    alphas : ndarray of shape (n_alphas,)
+        Overall penalties searched.
+    band_mixes : ndarray of shape (n_mixes,)
+        Weights ``g`` of the first band, strictly inside (0, 1) (default :data:`BAND_MIXES`).
+    backend, dtype, score
+        As for :func:`bt_utils.encoding.ridge.fit_ridge_cv`.
+
+    Returns
+    -------
+    fit : BandedGridFit
+    """
+    check_option("dtype", dtype, ("float32", "float64"))
+    _check_rows(x1_train=x1_train, x2_train=x2_train, y_train=y_train)
+    _check_rows(x1_test=x1_test, x2_test=x2_test)
+    _check_columns(x1_train, x1_test, "band 1")
+    _check_columns(x2_train, x2_test, "band 2")
+    band_mixes = np.asarray(band_mixes, dtype=np.float64)
+    if band_mixes.ndim != 1 or band_mixes.size == 0 or not np.all((band_mixes > 0) & (band_mixes < 1)):
+        raise ValueError(f"band_mixes must be a non-empty 1-D array of values strictly inside (0, 1), got {band_mixes!r}")
+    if len(np.unique(band_mixes)) != band_mixes.size:
+        raise ValueError(f"band_mixes has repeated values: {band_mixes!r}")
+    work = np.float32 if dtype == "float32" else np.float64
+    x1_train, x2_train, x1_test, x2_test = (np.asarray(x, dtype=work) for x in (x1_train, x2_train, x1_test, x2_test))
+    n_voxels = np.shape(y_train)[1]
+    cv_scores = np.empty((len(band_mixes), len(np.atleast_1d(alphas)), n_voxels))
+    best_scores = np.full(n_voxels, -np.inf)
+    band_mix, alpha = np.full(n_voxels, np.nan), np.full(n_voxels, np.nan)
+    prediction = np.zeros((len(x1_test), n_voxels), dtype=work)
+    for index, g in enumerate(band_mixes):
+        scale1, scale2 = np.sqrt(g), np.sqrt(1.0 - g)
+        fit = fit_ridge_cv(np.hstack([scale1 * x1_train, scale2 * x2_train]), y_train, cv=folds, alphas=alphas,
+                           backend=backend, score=score, dtype=dtype)
+        cv_scores[index] = fit.cv_scores
+        scores = fit.best_scores
+        better = scores > best_scores
+        if better.any():
+            best_scores[better], band_mix[better], alpha[better] = scores[better], g, fit.best_alphas[better]
+            prediction[:, better] = np.hstack([scale1 * x1_test, scale2 * x2_test]) @ fit.weights[:, better]
+        del fit  # only the chosen test predictions are kept, not each mix's weights
+    return BandedGridFit(band_mixes, np.asarray(alphas, dtype=np.float64), cv_scores, band_mix, alpha, best_scores,
+                         prediction)
+
+
+def _himalaya_banded(model_train, low_train, y_train, model_test, low_test, folds, alphas, n_iter: int,
+                     random_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """himalaya's BandedRidgeCV (random search): test predictions (m, n_voxels), band mix and alpha (n_voxels,)."""
+    joint = BandedRidgeCV(groups=np.repeat([0, 1], [model_train.shape[1], low_train.shape[1]]), cv=folds,
+                          random_state=random_state,
+                          solver_params={"n_iter": n_iter, "alphas": alphas, "progress_bar": False})
+    joint.fit(np.hstack([model_train, low_train]).astype(np.float32), np.asarray(y_train, np.float32))
+    prediction = np.asarray(joint.predict(np.hstack([model_test, low_test]).astype(np.float32)))
+    # deltas_ = log(gamma / alpha) per band, with the gammas summing to 1
+    weights = np.exp(np.asarray(joint.deltas_, dtype=np.float64))
+    alpha = 1.0 / weights.sum(0)
+    return prediction, weights[0] * alpha, alpha
+
+
+def partition_variance(model_train: np.ndarray, low_train: np.ndarray, y_train: np.ndarray, model_test: np.ndarray,
+                       low_test: np.ndarray, y_test: np.ndarray, folds, alphas: np.ndarray = PARTITION_ALPHAS,
+                       n_iter: int = 20, random_state: int = 0, backend: str = "numpy", solver: str = "grid",
+                       band_mixes: np.ndarray = BAND_MIXES) -> pd.DataFrame:
+    """Unique and shared test-set variance of two feature spaces per voxel.
+
+    Three encoding models are fitted on the training rows: each space alone
+    (ridge with a cross-validated penalty per voxel) and both together with
+    banded ridge (one penalty per space and voxel). With ``R2`` the squared
+    prediction correlation on the test rows:
+    ``shared = R2_model + R2_low - R2_joint``, ``unique_model = R2_joint - R2_low``,
+    ``unique_low = R2_joint - R2_model``.
+
+    Parameters
+    ----------
+    model_train, low_train : ndarray of shape (n, d_model), (n, d_low)
+        Training features of the model and of the low-level features.
+    y_train : ndarray of shape (n, n_voxels)
+    model_test, low_test : ndarray of shape (m, d_model), (m, d_low)
+    y_test : ndarray of shape (m, n_voxels)
+    folds : list of (train, test) index arrays
+        Cross-validation splits of the ``n`` training rows.
+    alphas : ndarray of shape (n_alphas,)
+        Penalties of the single-space fits and overall penalties of the banded search.
+    n_iter : int
+        Random-search iterations of the banded ridge (``solver="himalaya"`` only).
+    random_state : int
+        Seed of the random search (``solver="himalaya"`` only).
+    backend : {"numpy", "torch", "torch_cuda"}
+        Array library of the single-space fits and of the grid solver.
+    solver : {"grid", "himalaya"}
+        ``"grid"`` (default): :func:`banded_ridge_grid`, a deterministic search of ``band_mixes`` x
+        ``alphas`` (``len(band_mixes)`` ridge fits; 5-17x faster than the reference on demo-sized
+        problems, see ``docs/benchmarks.md``); ``"himalaya"``: himalaya's ``BandedRidgeCV`` random
+        search (``n_iter`` draws of the band weights), the reference.
+    band_mixes : ndarray of shape (n_mixes,)
+        Weights ``g`` of the model band searched by ``solver="grid"`` (default :data:`BAND_MIXES`).
+
+    Returns
+    -------
+    table : DataFrame
+        ``voxel, r2_joint, r2_model, r2_low, unique_model, unique_low, shared, band_mix, alpha_joint``
+        (one row per voxel): ``band_mix`` is the joint model's weight ``g`` of the model band and
+        ``alpha_joint`` its overall penalty, so the model features were penalised by
+        ``alpha_joint / band_mix`` and the low-level ones by ``alpha_joint / (1 - band_mix)``.
+    """
+    check_option("solver", solver, PARTITION_SOLVERS)
+    _check_rows(model_train=model_train, low_train=low_train, y_train=y_train)
+    _check_rows(model_test=model_test, low_test=low_test, y_test=y_test)
+    _check_columns(model_train, model_test, "model features")
+    _check_columns(low_train, low_test, "low-level features")
+    if np.shape(y_train)[1] != np.shape(y_test)[1]:
+        raise ValueError(f"y_train has {np.shape(y_train)[1]} voxels but y_test {np.shape(y_test)[1]}")
+    r2 = {}
+    for name, (x_train, x_test) in {"model": (model_train, model_test), "low": (low_train, low_test)}.items():
+        fit = fit_ridge_cv(x_train, y_train, cv=folds, alphas=alphas, backend=backend)
+        r2[name] = correlation_score(fit.predict(x_test), y_test) ** 2
+    if solver == "grid":
+        joint = banded_ridge_grid(model_train, low_train, y_train, model_test, low_test, folds, alphas, band_mixes,
+                                  backend)
+        prediction, band_mix, alpha_joint = joint.prediction, joint.band_mix, joint.alpha
+    else:
+        prediction, band_mix, alpha_joint = _himalaya_banded(model_train, low_train, y_train, model_test, low_test,
+                                                             folds, alphas, n_iter, random_state)
+    r2["joint"] = correlation_score(prediction, y_test) ** 2
+    return pd.DataFrame({
+        "voxel": np.arange(len(r2["joint"])), "r2_joint": r2["joint"], "r2_model": r2["model"], "r2_low": r2["low"],
+        "unique_model": r2["joint"] - r2["low"], "unique_low": r2["joint"] - r2["model"],
+        "shared": r2["model"] + r2["low"] - r2["joint"], "band_mix": band_mix, "alpha_joint": alpha_joint,
+    })
+
+
+def variance_partition(features: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], dataset: Dataset,
+                       subject: str, settings: AlignmentSettings = AlignmentSettings(), n_iter: int = 20,
+                       random_state: int = 0, solver: str = "grid",
+                       band_mixes: np.ndarray = BAND_MIXES) -> pd.DataFrame:
+    """:func:`partition_variance` of one layer's features and the low-level features of a subject.
+
+    Only voxels with ``cc_max > settings.min_ceiling`` are fitted (the others
+    have no explainable variance to split). The features are delayed by
+    ``settings.delays`` and trimmed like the encoding models' (:func:`bt_utils.features.layers.layer_design`);
+    penalties, folds and backend come from ``settings``.
+
+    Parameters
+    ----------
+    features : mapping of str to ndarray of shape (n_trs, d)
+        Untrimmed TR features of one layer per story.
+    low : mapping of str to ndarray of shape (n_trs, k)
+        Untrimmed low-level features per story.
+    dataset, subject, settings
+    n_iter, random_state
+        Of ``solver="himalaya"``'s random search.
+    solver : {"grid", "himalaya"}
+    band_mixes : ndarray of shape (n_mixes,)
+        Of ``solver="grid"``; see :func:`partition_variance`.
+
+    Returns
+    -------
+    table : DataFrame
+        One row per fitted voxel: ``voxel`` (the subject's voxel index) and the other columns of
+        :func:`partition_variance`.
+    """
+    split = dataset.split(subject)
+    targets = subject_targets(dataset, subject, settings.include_validation)
+    voxels = np.flatnonzero(targets.ceiling > settings.min_ceiling)
+    designs = [layer_design({s: {0: np.asarray(space[s])} for s in split.all}, dataset, split, 0, settings.delays,
+                            settings.include_validation, subject) for space in (features, low)]
+    (model_train, model_test, labels), (low_train, low_test, _) = designs
+    table = partition_variance(model_train, low_train, targets.train[:, voxels], model_test, low_test,
+                               targets.test[:, voxels], cv_splits(labels, settings), np.asarray(settings.alphas),
+                               n_iter=n_iter, random_state=random_state, backend=settings.backend, solver=solver,
+                               band_mixes=band_mixes)
+    return table.assign(voxel=voxels)

@@ -1,0 +1,753 @@
+"""Speech encoders behind one interface: Wav2vec2.0, HuBERT and the Whisper encoder.
+
+:func:`load_encoder` turns a registry name (:data:`MODELS`), a Hugging Face Hub
+id, a local Hugging Face folder or a brain-tuned checkpoint into a
+:class:`SpeechEncoder`. Every encoder takes raw 16 kHz audio of shape
+``(B, T)`` with per-sample lengths, prepares the model inputs itself, in torch
+and on the model's device, and returns the hidden states of all layers with a
+mask of the frames computed from real (unpadded) audio.
+
+Preprocessing
+-------------
+wav2vec2, hubert
+    Zero mean and unit variance over each sample's valid audio when the
+    checkpoint's feature extractor normalises (``do_normalize``), padding set
+    to 0, and an attention mask when the model was trained with one
+    (``feat_extract_norm == "layer"``). Group-norm models (wav2vec2-base,
+    hubert-base) take no attention mask: their first convolution's GroupNorm
+    normalises each channel over the whole padded input, so padding a sample
+    changes its outputs slightly, as in Hugging Face.
+whisper
+    The log-mel spectrogram of :class:`transformers.WhisperFeatureExtractor`
+    (Hann STFT, ``n_fft`` 400, hop 160, its mel filter bank, log10, clamped to
+    the maximum minus 8, then ``(x + 4) / 4``), on audio zero-padded to 30 s
+    (3000 mel frames, 1500 encoder frames) as in pretraining. With
+    ``native_length`` the batch is padded only to its longest sample (rounded
+    up to a hop), the positional embeddings are sliced to that length and the
+    padded frames of shorter samples are masked out of the attention.
+
+Hidden states
+-------------
+``hidden_states[0]`` is the input of the first transformer layer and
+``hidden_states[i]`` the output of layer ``i``, as Hugging Face returns them:
+for Whisper the last entry is after the encoder's final layer norm; for the
+wav2vec2/HuBERT models with a final layer norm (``do_stable_layer_norm``, the
+large variants) it is the last layer's output before that norm. A layer
+skipped by LayerDrop passes its input on, so there are always
+``n_layers + 1`` entries. ``last_hidden_state`` is the model's output, after
+the final layer norm whenever there is one (Hugging Face's
+``last_hidden_state``): the state the brain-tuning head pools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import (
+    HubertModel,
+    Wav2Vec2Model,
+)
+from transformers.audio_utils import mel_filter_bank
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+FAMILIES = ("wav2vec2", "hubert", "whisper")
+"""Model families (Hugging Face ``model_type``) a :class:`SpeechEncoder` can wrap."""
+
+SAMPLE_RATE = 16_000
+"""Sampling rate (Hz) of the audio every encoder takes."""
+
+WHISPER_N_FFT = 400
+WHISPER_HOP = 160
+WHISPER_MAX_SAMPLES = 30 * SAMPLE_RATE
+"""Whisper's input window: 30 s, i.e. 3000 mel frames and 1500 encoder frames."""
+WHISPER_FRAMES = WHISPER_MAX_SAMPLES // WHISPER_HOP // 2
+"""Encoder frames of Whisper's 30 s input (10 ms mel hop, then the stride-2 ``conv2``)."""
+WHISPER_FRAME_S = 2 * WHISPER_HOP / SAMPLE_RATE
+"""Time between Whisper encoder frames, in seconds (0.02)."""
+
+ENCODER_RECORD = "bt_encoder.json"
+"""File that :meth:`SpeechEncoder.save_pretrained` writes beside the Hugging Face files."""
+
+_RECORD_VERSION = 1
+_DEFAULT_NORMALIZE = {"wav2vec2": True, "hubert": True}  # Wav2Vec2FeatureExtractor's default
+_HF_CLASSES = {"wav2vec2": Wav2Vec2Model, "hubert": HubertModel}
+
+
+def _train_only_or_provenance(config_key: str) -> bool:
+    """Whether a config field leaves eval-mode outputs unchanged (dropout, masking, names, versions)."""
+    return (config_key.startswith(("_", "mask_")) or "dropout" in config_key or config_key in {
+        "layerdrop", "apply_spec_augment", "transformers_version", "architectures", "name_or_path"})
+
+
+@dataclass
+class EncoderOutput:
+    """What :meth:`SpeechEncoder.forward` returns.
+
+    Attributes
+    ----------
+    hidden_states : tuple of torch.Tensor
+        ``n_layers + 1`` tensors of shape (B, F, D): the input of the first
+        transformer layer, then each layer's output.
+    frame_mask : torch.Tensor
+        Bool, shape (B, F): True for frames computed from real (unpadded) audio.
+    last_hidden_state : torch.Tensor or None
+        Shape (B, F, D): the model's output, i.e. the last layer's output after
+        the encoder's final layer norm when it has one (Whisper; wav2vec2/HuBERT
+        with ``do_stable_layer_norm``), as Hugging Face's ``last_hidden_state``.
+        It differs from ``hidden_states[-1]`` only for those wav2vec2/HuBERT
+        models. None (default) stands for ``hidden_states[-1]``.
+    """
+
+    hidden_states: tuple[torch.Tensor, ...]
+    frame_mask: torch.Tensor
+    last_hidden_state: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.last_hidden_state is None:
+            self.last_hidden_state = self.hidden_states[-1]
+
+
+class SpeechEncoder(nn.Module):
+    """A Wav2vec2, HuBERT or Whisper encoder that takes raw audio.
+
+    Usually built by :func:`load_encoder`. In train mode, SpecAugment and
+    LayerDrop apply only when switched on with :meth:`set_regularisation`.
+
+    Parameters
+    ----------
+    encoder : transformers.Wav2Vec2Model, HubertModel or WhisperEncoder
+        The Hugging Face module; kept as ``self.encoder``.
+    family : {"wav2vec2", "hubert", "whisper"}
+    name : str
+        Registry name, Hub id or folder it came from.
+    source : str
+        Where the weights came from (see :class:`ModelSpec`).
+    settings : dict, optional
+        Overrides of :attr:`settings`' defaults.
+
+    Attributes
+    ----------
+    settings : dict
+        ``spec_augment``, ``layerdrop`` (switches), ``layerdrop_rate`` (the
+        checkpoint's rate, used when LayerDrop is on); whisper:
+        ``native_length``; wav2vec2/hubert: ``do_normalize`` and
+        ``attention_mask`` (preprocessing).
+    checkpoint_spec_augment : bool
+        Whether the checkpoint's config switches SpecAugment on in train mode
+        (wav2vec2/HuBERT: yes; Whisper: no), read before the switch is turned off.
+    """
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, encoder: nn.Module, family: str, name: str, source: str, settings: dict | None = None):
+        super().__init__()
+        if family not in FAMILIES:
+            raise ValueError(f"family={family!r} is not valid; choose one of: {', '.join(FAMILIES)}")
+        self.encoder = encoder
+        self.family = family
+        self.name = name
+        self.source = source
+        self.settings = _default_settings(family, encoder.config)
+        unknown = set(settings or {}) - set(self.settings)
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)} for {family}; known: {sorted(self.settings)}")
+        self.settings.update(settings or {})
+        self.checkpoint_spec_augment = bool(getattr(encoder.config, "apply_spec_augment", False))
+        if family == "whisper":
+            filters = mel_filter_bank(num_frequency_bins=1 + WHISPER_N_FFT // 2,
+                                      num_mel_filters=encoder.config.num_mel_bins, min_frequency=0.0,
+                                      max_frequency=8000.0, sampling_rate=SAMPLE_RATE, norm="slaney",
+                                      mel_scale="slaney")
+            self.register_buffer("mel_filters", torch.tensor(filters.T, dtype=torch.float32), persistent=False)
+            self.register_buffer("window", torch.hann_window(WHISPER_N_FFT), persistent=False)
+        self.set_regularisation(self.settings["spec_augment"], self.settings["layerdrop"])
+
+    # ----- description -------------------------------------------------------------------------
+
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer layers."""
+        config = self.encoder.config
+        return config.encoder_layers if self.family == "whisper" else config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        """Width D of the hidden states."""
+        config = self.encoder.config
+        return config.d_model if self.family == "whisper" else config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return next(self.encoder.parameters()).device
+
+    @property
+    def native_length(self) -> bool:
+        """Whether the encoder runs on the batch's real length (always True for wav2vec2/hubert)."""
+        return self.family != "whisper" or self.settings["native_length"]
+
+    @native_length.setter
+    def native_length(self, value: bool) -> None:
+        if self.family != "whisper":
+            raise ValueError(f"native_length applies to whisper only; {self.family} always runs at the input length")
+        self.settings["native_length"] = bool(value)
+
+    # ----- training policy ---------------------------------------------------------------------
+
+    def freeze_feature_encoder(self) -> list[str]:
+        """Freeze the CNN feature encoder and make everything else trainable.
+
+        wav2vec2/hubert: the ``feature_extractor`` convolution stack; whisper:
+        ``conv1``, ``conv2`` and the positional embeddings.
+
+        Returns
+        -------
+        list of str
+            Names (in :meth:`named_parameters`) of the frozen parameters.
+        """
+        frozen_modules = (
+            [self.encoder.conv1, self.encoder.conv2, self.encoder.embed_positions]
+            if self.family == "whisper" else [self.encoder.feature_extractor]
+        )
+        frozen_ids = {id(p) for module in frozen_modules for p in module.parameters()}
+        for parameter in self.parameters():
+            parameter.requires_grad = id(parameter) not in frozen_ids
+        if self.family != "whisper":
+            self.encoder.feature_extractor._requires_grad = False  # HF skips its gradient hook when frozen
+        return [name for name, p in self.named_parameters() if id(p) in frozen_ids]
+
+    def set_regularisation(self, spec_augment: bool, layerdrop: bool, layerdrop_rate: float | None = None) -> None:
+        """Switch SpecAugment and LayerDrop (train mode only) on or off.
+
+        The Hugging Face configs keep both on in train mode; here they are off
+        unless switched on. SpecAugment uses the checkpoint's ``mask_time_*``
+        and ``mask_feature_*`` settings (Whisper: on the log-mel input, as
+        :class:`transformers.WhisperModel` does; wav2vec2/hubert: on the
+        projected features). The config is updated too, so that a saved
+        encoder carries the switches. All their random draws follow torch's
+        RNG (``torch.manual_seed``); NumPy's global RNG is left as it was.
+
+        Parameters
+        ----------
+        spec_augment, layerdrop : bool
+        layerdrop_rate : float, optional
+            Probability of skipping each layer when LayerDrop is on; default:
+            the checkpoint's rate (``settings["layerdrop_rate"]``).
+        """
+        if layerdrop_rate is not None:
+            if not 0.0 <= layerdrop_rate <= 1.0:
+                raise ValueError(f"layerdrop_rate={layerdrop_rate!r} must be in [0, 1]")
+            self.settings["layerdrop_rate"] = float(layerdrop_rate)
+        self.settings["spec_augment"] = bool(spec_augment)
+        self.settings["layerdrop"] = bool(layerdrop)
+        rate = self.settings["layerdrop_rate"] if layerdrop else 0.0
+        config = self.encoder.config
+        config.apply_spec_augment = bool(spec_augment)
+        if self.family == "whisper":
+            config.encoder_layerdrop = rate
+        else:
+            config.layerdrop = rate
+
+    # ----- inputs ------------------------------------------------------------------------------
+
+    def _check_audio(self, audio: torch.Tensor, lengths) -> tuple[torch.Tensor, torch.Tensor]:
+        if not torch.is_tensor(audio) or audio.ndim != 2 or not audio.is_floating_point():
+            shape = tuple(audio.shape) if torch.is_tensor(audio) else type(audio).__name__
+            raise ValueError(f"audio must be a float tensor of shape (batch, samples); got {shape}")
+        batch, n_samples = audio.shape
+        if lengths is None:
+            lengths = torch.full((batch,), n_samples)
+        lengths = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
+        if lengths.shape != (batch,):
+            raise ValueError(f"lengths must have shape ({batch},); got {tuple(lengths.shape)}")
+        if bool(((lengths < 1) | (lengths > n_samples)).any()):
+            raise ValueError(f"lengths must be between 1 and {n_samples} (the padded length); got {lengths.tolist()}")
+        if self.family == "whisper" and int(lengths.max()) > WHISPER_MAX_SAMPLES:
+            raise ValueError(f"Whisper takes at most 30 s ({WHISPER_MAX_SAMPLES} samples); got lengths "
+                             f"{lengths.tolist()}: cut the audio into windows first")
+        return audio.to(self.device, torch.float32), lengths
+
+    def preprocess(self, audio: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model inputs from padded raw audio, computed in torch on the model's device.
+
+        Parameters
+        ----------
+        audio : torch.Tensor
+            Float, shape (B, T), 16 kHz; samples past each length are ignored.
+        lengths : torch.Tensor
+            Long, shape (B,): valid samples per row.
+
+        Returns
+        -------
+        dict
+            whisper: ``input_features`` (B, n_mels, 3000), or (B, n_mels,
+            ceil(max(lengths) / 160)) with ``native_length``; wav2vec2/hubert:
+            ``input_values`` (B, T) and, for layer-norm models,
+            ``attention_mask`` (B, T).
+        """
+        audio, lengths = self._check_audio(audio, lengths)
+        valid = torch.arange(audio.shape[1], device=audio.device) < lengths[:, None]
+        audio = audio * valid
+        if self.family == "whisper":
+            return {"input_features": self._log_mel(audio, lengths)}
+        if self.settings["do_normalize"]:
+            audio = _normalise(audio, valid, lengths)
+        inputs = {"input_values": audio}
+        if self.settings["attention_mask"]:
+            inputs["attention_mask"] = valid.long()
+        return inputs
+
+    def _log_mel(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Whisper log-mel features, shape (B, n_mels, n_frames), of zero-padded audio (B, T)."""
+        n_frames = WHISPER_MAX_SAMPLES // WHISPER_HOP
+        if self.native_length:
+            n_frames = _ceil_div(int(lengths.max()), WHISPER_HOP)
+        n_samples = max(n_frames * WHISPER_HOP, WHISPER_N_FFT)  # the STFT's reflect padding needs n_fft / 2 + 1
+        audio = F.pad(audio, (0, max(0, n_samples - audio.shape[1])))[:, :n_samples]
+        spectrum = torch.stft(audio, WHISPER_N_FFT, WHISPER_HOP, window=self.window.float(), return_complex=True)
+        power = (spectrum[..., :n_frames].abs() ** 2).contiguous()
+        log_mel = torch.clamp(self.mel_filters.float() @ power, min=1e-10).log10()
+        peak = log_mel.amax(dim=(1, 2), keepdim=True)
+        return (torch.maximum(log_mel, peak - 8.0) + 4.0) / 4.0
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Encoder frames computed from each sample's real audio.
+
+        wav2vec2/hubert: the output length of the convolution stack; whisper:
+        ``ceil(samples / 160)`` mel frames (at most 3000) through ``conv1`` and
+        the stride-2 ``conv2``, i.e. ``ceil(mel_frames / 2)``.
+
+        Parameters
+        ----------
+        lengths : torch.Tensor
+            Long, shape (B,): valid samples.
+
+        Returns
+        -------
+        torch.Tensor
+            Long, shape (B,).
+        """
+        frames = torch.as_tensor(lengths, dtype=torch.long)
+        if self.family == "whisper":
+            frames = _ceil_div(frames, WHISPER_HOP).clamp(max=WHISPER_MAX_SAMPLES // WHISPER_HOP)
+        for conv in self._convolutions():
+            frames = (frames + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+        return frames.clamp(min=0)
+
+    def _convolutions(self) -> list[nn.Conv1d]:
+        if self.family == "whisper":
+            return [self.encoder.conv1, self.encoder.conv2]
+        return [layer.conv for layer in self.encoder.feature_extractor.conv_layers]
+
+    # ----- forward -----------------------------------------------------------------------------
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+        """Hidden states of all layers for a batch of padded audio.
+
+        Parameters
+        ----------
+        audio : torch.Tensor
+            Float, shape (B, T), 16 kHz.
+        lengths : torch.Tensor, optional
+            Long, shape (B,): valid samples per row; default: all T.
+
+        Returns
+        -------
+        EncoderOutput
+            ``n_layers + 1`` hidden states of shape (B, F, D), the frame mask
+            (B, F) and the last hidden state (B, F, D), after the final layer norm.
+        """
+        audio, lengths = self._check_audio(audio, lengths)
+        inputs = self.preprocess(audio, lengths)
+        frames = self.frame_lengths(lengths)
+        masking = self.training and self.settings["spec_augment"]
+        with _numpy_draws_from_torch() if masking else contextlib.nullcontext():
+            if self.family == "whisper":
+                hidden_states = self._whisper_states(inputs["input_features"], lengths, frames)
+            else:
+                hidden_states = self._wav2vec2_states(inputs)
+        last_hidden_state = self._final_layer_norm()(hidden_states[-1])
+        if self.family == "whisper":  # Whisper's last hidden state is after its final layer norm, as in HF
+            hidden_states = (*hidden_states[:-1], last_hidden_state)
+        n_frames = hidden_states[0].shape[1]
+        frame_mask = torch.arange(n_frames, device=frames.device) < frames[:, None]
+        return EncoderOutput(hidden_states=hidden_states, frame_mask=frame_mask, last_hidden_state=last_hidden_state)
+
+    def _final_layer_norm(self) -> nn.Module:
+        """The layer norm the encoder applies after its last layer (``nn.Identity`` when it has none).
+
+        Whisper: ``layer_norm``; wav2vec2/HuBERT with ``do_stable_layer_norm``
+        (the large variants): ``encoder.layer_norm``. The others normalise
+        before the first layer instead.
+        """
+        if self.family == "whisper":
+            return self.encoder.layer_norm
+        if self.encoder.config.do_stable_layer_norm:
+            return self.encoder.encoder.layer_norm
+        return nn.Identity()
+
+    def _wav2vec2_states(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Run the Hugging Face model and collect the input of layer 1 and each layer's output.
+
+        The dropout just before the layers gives the input of layer 1; a layer
+        that LayerDrop skipped leaves the previous state in its place. The last
+        state is before the final layer norm of ``do_stable_layer_norm`` models.
+        """
+        body = self.encoder.encoder
+        captured: dict[int, torch.Tensor] = {}
+
+        def keep(index: int):
+            def hook(module, args, output):
+                captured[index] = output[0] if isinstance(output, tuple) else output
+            return hook
+
+        handles = [body.dropout.register_forward_hook(keep(0))]
+        handles += [layer.register_forward_hook(keep(i + 1)) for i, layer in enumerate(body.layers)]
+        try:
+            self.encoder(**inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        states = [captured[0]]
+        for index in range(1, self.n_layers + 1):
+            states.append(captured.get(index, states[-1]))
+        return tuple(states)
+
+    def _whisper_states(self, features: torch.Tensor, lengths: torch.Tensor,
+                        frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The Whisper encoder's layers, on 3000 mel frames or on the native length; the last
+        state is before the final layer norm (see :meth:`_final_layer_norm`)."""
+        encoder = self.encoder
+        features = features.to(encoder.conv1.weight.dtype)
+        if self.training and self.settings["spec_augment"]:
+            features = self._mask_features(features, lengths)
+        hidden = F.gelu(encoder.conv1(features))
+        hidden = F.gelu(encoder.conv2(hidden)).transpose(1, 2)
+        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+        hidden = F.dropout(hidden, p=encoder.config.dropout, training=self.training)
+        attention_mask = None
+        if self.native_length:
+            valid = torch.arange(hidden.shape[1], device=hidden.device) < frames[:, None]
+            attention_mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden,
+                                                       attention_mask=valid)
+        return self._whisper_layers(hidden, attention_mask)
+
+    def _whisper_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """The input ``hidden`` (B, F, D) and each Whisper layer's output (B, F, D)."""
+        states = [hidden]
+        for layer in self.encoder.layers:
+            if not self._skip_layer():
+                hidden = layer(hidden, attention_mask)
+            states.append(hidden)
+        return tuple(states)
+
+    def whisper_frame_states(self, audio: torch.Tensor, lengths: torch.Tensor, frames: torch.Tensor,
+                             counts: torch.Tensor | None = None,
+                             context: Sequence[torch.Tensor] | None = None,
+                             context_counts: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Hidden states of padded Whisper at chosen frames, with the layers run on those frames alone.
+
+        Each row's audio is padded to 30 s and turned into log-mel features,
+        convolution outputs and positional embeddings exactly as in
+        :meth:`forward`, but only at the frames named in ``frames``; the
+        transformer layers then see those frames alone. A frame may stand for
+        ``counts`` frames: attention to it is weighted by its count (the log of
+        the count is added to its attention logits), as ``count`` identical
+        copies of it would be. A count of 0 leaves a frame out (padding rows to
+        one length). With ``frames`` all 1500 frames and counts 1 this is
+        :meth:`forward`. Inference only (no dropout, SpecAugment or LayerDrop).
+
+        With ``context``, every layer's attention also reads, as keys and
+        values only, states computed elsewhere at all 1500 frames (typically
+        another forward pass's inputs to that layer), which the layers do not
+        update: by default at every frame that is not among the row's own
+        ``frames`` (those with a count > 0), or as ``context_counts`` says,
+        each context frame standing for that many frames like ``counts``.
+        Given the states of a forward pass on the same audio, the result
+        equals that pass at ``frames``. Only the frames some row reads are
+        projected to keys and values, once for the batch.
+
+        Parameters
+        ----------
+        audio : torch.Tensor
+            Float, shape (B, T), 16 kHz, T at most 30 s.
+        lengths : torch.Tensor
+            Long, shape (B,): valid samples per row.
+        frames : torch.Tensor
+            Long, shape (B, N): frame indices (0-1499, 20 ms apart) per row.
+        counts : torch.Tensor, optional
+            Float, shape (B, N), >= 0: frames each one stands for. Default 1.
+        context : sequence of torch.Tensor, optional
+            One per layer (``n_layers``): the input states of layer ``l`` at
+            every frame, shape (B or 1, 1500, D).
+        context_counts : torch.Tensor, optional
+            Float, shape (B or 1, 1500), >= 0: frames each context frame
+            stands for, 0 to leave it out. Default: 1 at every frame that is
+            not among the row's own, else 0.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``n_layers + 1`` states of shape (B, N, D), the last after the final
+            layer norm (as ``EncoderOutput.hidden_states``).
+        """
+        if self.family != "whisper" or self.native_length:
+            raise ValueError(f"whisper_frame_states needs Whisper padded to 30 s; {self.name} is {self.family} "
+                             f"with native_length={self.native_length}")
+        if self.training:
+            raise RuntimeError("whisper_frame_states is for inference: call encoder.eval() first")
+        audio, lengths = self._check_audio(audio, lengths)
+        frames = torch.as_tensor(frames, dtype=torch.long).to(self.device)
+        if frames.ndim != 2 or len(frames) != len(lengths) or frames.numel() == 0:
+            raise ValueError(f"frames must have shape (B, N) with B={len(lengths)} rows of audio; "
+                             f"got shape {tuple(frames.shape)}")
+        if int(frames.min()) < 0 or int(frames.max()) >= WHISPER_FRAMES:
+            raise ValueError(f"frames must lie within Whisper's {WHISPER_FRAMES} frames (0-{WHISPER_FRAMES - 1}); "
+                             f"got {int(frames.min())}-{int(frames.max())}")
+        encoder = self.encoder
+        bias = None
+        if counts is not None:
+            counts = torch.as_tensor(counts, dtype=torch.float32).to(self.device)
+            if counts.shape != frames.shape or bool((counts < 0).any()) or bool((counts.sum(1) == 0).any()):
+                raise ValueError(f"counts must have the shape of frames {tuple(frames.shape)}, be >= 0 and leave "
+                                 f"every row a frame; got shape {tuple(counts.shape)}")
+            bias = torch.log(counts).to(encoder.conv1.weight.dtype)[:, None, None, :]
+        mel = self.preprocess(audio, lengths)["input_features"].to(encoder.conv1.weight.dtype)
+        # Frame j is conv2 over conv1's outputs at mel frames 2j - 1 .. 2j + 1, which read mel frames
+        # 2j - 2 .. 2j + 2: one patch of 5 mel frames per frame, zero outside the 3000 as in the padding.
+        mel = F.pad(mel, (2, 2))
+        patch_index = 2 * frames[:, :, None] + torch.arange(5, device=frames.device)  # into the padded mel
+        rows = torch.arange(len(frames), device=frames.device)[:, None, None]
+        patches = mel.transpose(1, 2)[rows, patch_index]  # (B, N, 5, n_mels)
+        patches = patches.flatten(0, 1).transpose(1, 2)  # (B * N, n_mels, 5)
+        conv1_at = 2 * frames.flatten()[:, None] + torch.arange(-1, 2, device=frames.device)
+        inside = ((conv1_at >= 0) & (conv1_at < 2 * WHISPER_FRAMES)).to(mel.dtype)[:, None, :]
+        hidden = F.gelu(F.conv1d(patches, encoder.conv1.weight, encoder.conv1.bias)) * inside
+        hidden = F.gelu(F.conv1d(hidden, encoder.conv2.weight, encoder.conv2.bias))  # (B * N, D, 1)
+        hidden = hidden.view(*frames.shape, -1) + encoder.embed_positions.weight[frames]
+        if context is None:
+            states = self._whisper_layers(hidden, bias)
+        else:
+            states = self._whisper_layers_with_context(hidden, bias, context, frames, counts, context_counts)
+        return (*states[:-1], self._final_layer_norm()(states[-1]))
+
+    def _whisper_layers_with_context(self, hidden: torch.Tensor, bias: torch.Tensor | None,
+                                     context: Sequence[torch.Tensor], frames: torch.Tensor,
+                                     counts: torch.Tensor | None,
+                                     context_counts: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """:meth:`_whisper_layers` on ``hidden`` (B, N, D) at ``frames`` (B, N), whose attention also reads
+        ``context[l]`` (B or 1, 1500, D) as :meth:`whisper_frame_states` says."""
+        layers = self.encoder.layers
+        if len(context) != len(layers) or any(c.ndim != 3 or c.shape[0] not in (1, len(hidden))
+                                              or c.shape[1:] != (WHISPER_FRAMES, hidden.shape[2]) for c in context):
+            raise ValueError(f"context must hold {len(layers)} tensors (one per layer) of shape (B or 1, "
+                             f"{WHISPER_FRAMES}, {hidden.shape[2]}) for B={len(hidden)} rows; got shapes "
+                             f"{[tuple(c.shape) for c in context]}")
+        if context_counts is None:
+            listed = torch.ones_like(frames) if counts is None else (counts > 0).long()
+            own = torch.zeros(len(frames), WHISPER_FRAMES, dtype=torch.long, device=frames.device)
+            own = own.scatter_reduce(1, frames, listed, "amax").bool()  # a padding frame (count 0) is not the row's
+            context_counts = (~own).float()
+        else:
+            context_counts = torch.as_tensor(context_counts, dtype=torch.float32).to(frames.device)
+            if (context_counts.ndim != 2 or context_counts.shape[0] not in (1, len(frames))
+                    or context_counts.shape[1] != WHISPER_FRAMES or bool((context_counts < 0).any())):
+                raise ValueError(f"context_counts must have shape (B or 1, {WHISPER_FRAMES}) for B={len(frames)} "
+                                 f"rows and be >= 0; got shape {tuple(context_counts.shape)}")
+        read = torch.nonzero(context_counts.sum(0) > 0).flatten()  # the frames some row reads
+        context_bias = torch.log(context_counts[:, read]).to(hidden.dtype).expand(len(hidden), -1)
+        if bias is None:
+            bias = torch.zeros(*frames.shape, dtype=hidden.dtype, device=hidden.device)[:, None, None, :]
+        bias = torch.cat([bias, context_bias[:, None, None, :]], -1)
+        states = [hidden]
+        for layer, keys in zip(layers, context):
+            hidden = _whisper_layer_reading(layer, hidden, keys[:, read].to(hidden.dtype), bias)
+            states.append(hidden)
+        return tuple(states)
+
+    def _skip_layer(self) -> bool:
+        rate = self.settings["layerdrop_rate"]
+        return self.training and self.settings["layerdrop"] and bool(torch.rand([]) < rate)
+
+    def _mask_features(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """SpecAugment on log-mel features (B, n_mels, n_frames): zero time spans (within the real
+        audio of each sample, ``lengths`` (B,) samples) and mel bands."""
+        config = self.encoder.config
+        batch, n_mels, n_frames = features.shape
+        valid = torch.arange(n_frames, device=features.device) < _ceil_div(lengths, WHISPER_HOP)[:, None]
+        if config.mask_time_prob > 0:
+            spans = _compute_mask_indices((batch, n_frames), mask_prob=config.mask_time_prob,
+                                          mask_length=config.mask_time_length, attention_mask=valid.long(),
+                                          min_masks=config.mask_time_min_masks)
+            features = features.masked_fill(torch.as_tensor(spans, device=features.device)[:, None, :], 0.0)
+        if config.mask_feature_prob > 0:
+            bands = _compute_mask_indices((batch, n_mels), mask_prob=config.mask_feature_prob,
+                                          mask_length=config.mask_feature_length,
+                                          min_masks=config.mask_feature_min_masks)
+            features = features.masked_fill(torch.as_tensor(bands, device=features.device)[:, :, None], 0.0)
+        return features
+
+    # ----- persistence -------------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """A hash of the weights, architecture, family and input settings: the key of feature caches.
+
+        Two encoders with the same fingerprint give the same outputs for the same
+        audio (eval mode): the hash covers the model config (activation, heads,
+        norms...) as well as every parameter (read once, ~0.5 s per 100M).
+
+        Returns
+        -------
+        fingerprint : str
+            16 hexadecimal characters.
+        """
+        config = {key: value for key, value in self.encoder.config.to_dict().items()
+                  if not _train_only_or_provenance(key)}
+        digest = hashlib.sha256(json.dumps([self.family, self.settings, config], sort_keys=True, default=str).encode())
+        for name, tensor in sorted(self.encoder.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Save the encoder weights and config (Hugging Face form) and ``bt_encoder.json``.
+
+        ``bt_encoder.json`` holds the family, name, source and :attr:`settings`,
+        so that :func:`load_encoder` (or :meth:`from_pretrained`) rebuilds the
+        same encoder. Whisper is saved encoder-only (a ``WhisperEncoder``).
+
+        Parameters
+        ----------
+        folder : path-like
+            Created if missing.
+
+        Returns
+        -------
+        pathlib.Path
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(folder)
+        record = {"format_version": _RECORD_VERSION, "family": self.family, "name": self.name,
+                  "source": self.source, "settings": self.settings}
+        (folder / ENCODER_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> SpeechEncoder:
+        """Load an encoder saved by :meth:`save_pretrained`, on the CPU in eval mode.
+
+        Parameters
+        ----------
+        folder : path-like
+
+        Returns
+        -------
+        SpeechEncoder
+        """
+        folder = Path(folder)
+        path = folder / ENCODER_RECORD
+        if not path.is_file():
+            raise ValueError(f"{folder} was not saved by SpeechEncoder.save_pretrained: {ENCODER_RECORD} is missing")
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("format_version") != _RECORD_VERSION or record.get("family") not in FAMILIES:
+            raise ValueError(f"{path} has format_version {record.get('format_version')!r} and family "
+                             f"{record.get('family')!r}; expected version {_RECORD_VERSION} and one of {FAMILIES}")
+        hf_class = WhisperEncoder if record["family"] == "whisper" else _HF_CLASSES[record["family"]]
+        encoder = _load_weights(hf_class, folder)
+        return cls(encoder, record["family"], record["name"], record["source"], record["settings"]).eval()
+
+
+# ----- helpers -----------------------------------------------------------------------------------
+
+
+def _whisper_layer_reading(layer: nn.Module, hidden: torch.Tensor, context: torch.Tensor,
+                           bias: torch.Tensor | None) -> torch.Tensor:
+    """A ``WhisperEncoderLayer`` (eval mode) on ``hidden`` (B, N, D), whose attention keys and values are the
+    layer-normed ``hidden`` followed by the layer-normed ``context`` (B or 1, M, D); ``bias`` (B, 1, 1, N + M) is
+    added to the attention logits. Without context, what the layer computes."""
+    attention = layer.self_attn
+    batch, n_frames, width = hidden.shape
+    heads = attention.num_heads
+
+    def split_heads(states: torch.Tensor) -> torch.Tensor:
+        return states.view(len(states), -1, heads, width // heads).transpose(1, 2)
+
+    def with_context(projection: nn.Module) -> torch.Tensor:  # the context is projected once, not once per row
+        return torch.cat([projection(normed), projection(normed_context).expand(batch, -1, -1)], 1)
+
+    normed = layer.self_attn_layer_norm(hidden)
+    normed_context = layer.self_attn_layer_norm(context)
+    mixed = F.scaled_dot_product_attention(split_heads(attention.q_proj(normed)),
+                                           split_heads(with_context(attention.k_proj)),
+                                           split_heads(with_context(attention.v_proj)), attn_mask=bias,
+                                           scale=attention.scaling)
+    hidden = hidden + attention.out_proj(mixed.transpose(1, 2).reshape(batch, n_frames, width))
+    hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))))
+    if hidden.dtype == torch.float16:  # as the layer does
+        limit = torch.finfo(hidden.dtype).max - 1000
+        hidden = hidden.clamp(-limit, limit)
+    return hidden
+
+
+@contextlib.contextmanager
+def _numpy_draws_from_torch():
+    """Seed NumPy's global RNG from torch's for the block, then restore it.
+
+    transformers draws the SpecAugment masks with ``np.random``; seeding it from
+    torch makes them follow ``torch.manual_seed`` and the torch RNG state (so a
+    resumed training run repeats them) without disturbing NumPy's own stream.
+    """
+    saved = np.random.get_state()
+    np.random.seed(int(torch.randint(0, 2**32 - 1, ())))
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
+
+
+
+def _ceil_div(numerator, denominator: int):
+    return -(-numerator // denominator)
+
+
+def _normalise(audio: torch.Tensor, valid: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over each row's valid samples; padding stays 0. Shapes (B, T)."""
+    count = lengths[:, None].to(audio.dtype)
+    mean = audio.sum(dim=1, keepdim=True) / count
+    centred = (audio - mean) * valid
+    variance = (centred**2).sum(dim=1, keepdim=True) / count
+    return centred / torch.sqrt(variance + 1e-7)
+
+
+def _default_settings(family: str, config) -> dict:
+    layerdrop_rate = config.encoder_layerdrop if family == "whisper" else config.layerdrop
+    settings = {"spec_augment": False, "layerdrop": False, "layerdrop_rate": float(layerdrop_rate)}
+    if family == "whisper":
+        settings["native_length"] = False
+    else:
+        settings["do_normalize"] = _DEFAULT_NORMALIZE[family]
+        settings["attention_mask"] = config.feat_extract_norm == "layer"
+    return settings
+
+
+def _load_weights(hf_class, location: str | os.PathLike) -> nn.Module:
+    """``hf_class.from_pretrained`` in float32, refusing checkpoints whose weights do not fit."""
+    model, info = hf_class.from_pretrained(location, dtype=torch.float32, output_loading_info=True)
+    missing = sorted(set(info["missing_keys"]) - {"masked_spec_embed"})  # SpecAugment's mask vector: may be absent
+    if missing:
+        raise ValueError(f"{location} is not a compatible {hf_class.__name__} checkpoint: {len(missing)} weights "
+                         f"are missing, e.g. {', '.join(missing[:5])}")
+    return model

@@ -1,0 +1,733 @@
+"""Brain-tuning: fine-tune a speech encoder to predict one participant's fMRI responses.
+
+Defaults follow METHOD.md: 10-s inputs per TR (:mod:`bt_utils.data.stimulus`), the
+``[10:-5]`` trim, targets = voxels with ``cc_max > 0.4``, mean pooling of the last
+hidden state over valid frames, a linear head, MSE, Adam with an encoder
+learning rate of 5e-5 (linear warm-up over 5 epochs, then linear decay) and a
+head learning rate of 1e-4 x max(0.8^epoch, 0.1), 30 epochs, batch 128, seed 42,
+the CNN feature encoder frozen. Validation runs in eval mode every epoch; the
+checkpoint kept is the one with the lowest validation loss, and training stops
+early after ``patience`` epochs without improvement or when the validation
+loss diverges.
+
+Checkpoint folder (loadable by :func:`bt_utils.models.registry.load_encoder`)::
+
+    checkpoint/encoder/               SpeechEncoder.save_pretrained (LoRA merged)
+    checkpoint/head.pt                {"state_dict", "n_targets", "target_kind", "voxels"}
+    checkpoint/training_record.json   parameters, losses per epoch, chosen epoch, data selection
+
+``target_kind`` is ``"voxels"`` (``voxels``: the selected voxel indices, one
+per head output) or, for the ``text_embedding`` control, ``"text_embedding"``
+(the outputs are embedding dimensions; ``voxels`` is None).
+
+The run folder also holds ``resume_state.pt`` (everything needed to continue an
+interrupted run exactly) and ``training_log.parquet`` (epoch, split, loss).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import numbers
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.dataset import Dataset
+from .encoder import SpeechEncoder
+from .registry import load_encoder, select_device
+from ..data.noise_ceiling import cc_max, select_voxels
+from ..results import atomic_path, run_record, write_json, write_table
+from ..data.stimulus import WindowSpec, tr_input_window, trimmed_tr_indices
+from .text_embeddings import embed_texts, window_texts
+from ..validation import DataError, check_option
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("mse", "pearson", "huber_cosine")
+CONTROLS = ("none", "story_swap", "block_shuffle", "text_embedding")
+PRECISIONS = ("auto", "off", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """Parameters of one brain-tuning run (defaults: the paper's protocol).
+
+    Attributes
+    ----------
+    model : str
+        Registry name, Hub id or folder (see :func:`bt_utils.models.registry.load_encoder`).
+    epochs, batch_size, grad_accumulation : int
+        ``batch_size`` is the effective batch; it is split into
+        ``grad_accumulation`` micro-batches.
+    encoder_lr, head_lr : float
+        Adam learning rates of the encoder and the head (> 0).
+    warmup_epochs : float
+        Linear warm-up of the encoder learning rate, then linear decay to the end (>= 0).
+    head_lr_decay, head_lr_floor : float
+        Head learning rate factor ``max(decay ** epoch, floor)``; decay in
+        (0, 1], floor in [0, 1].
+    loss : {"mse", "pearson", "huber_cosine"}
+    lora : bool
+        Train LoRA adapters (r, alpha, dropout on q/k/v/out projections) with
+        AdamW at ``lora_lr`` (> 0) and a warm-up over ``lora_warmup_fraction``
+        (in [0, 1]) of the steps instead of the full encoder.
+    spec_augment : bool or None
+        SpecAugment masking in train mode. None (default): as the checkpoint's
+        config says (on for wav2vec2/HuBERT, off for Whisper); the choice made
+        is recorded in the run record's ``encoder_settings``.
+    layerdrop : bool
+        Keep the checkpoint's LayerDrop rate in train mode (Whisper checkpoints: 0).
+    native_length : bool
+        Whisper only: run the encoder on the real 10 s instead of padding to 30 s.
+    mixed_precision : {"auto", "off", "bf16", "fp16"}
+        CUDA only; "auto" uses bf16 where supported.
+    device : str
+        "auto" (CUDA, then MPS, then CPU) or a torch device string.
+    seed : int
+    patience : int
+        Epochs without a validation improvement before stopping.
+    cc_max_threshold : float
+        Voxels with ``cc_max`` above it are the targets (unused by the
+        ``text_embedding`` control, whose targets are embedding dimensions).
+    control : {"none", "story_swap", "block_shuffle", "text_embedding"}
+        Random-fMRI controls (responses of another story; responses shuffled in
+        ``block_size``-TR blocks) or the non-brain target (text embeddings).
+    max_train_trs, max_validation_trs : int or None
+        Use a deterministic random subset of at most this many TRs (>= 1; for
+        quick runs); None = all.
+    """
+
+    model: str = "whisper-tiny.en"
+    epochs: int = 30
+    batch_size: int = 128
+    grad_accumulation: int = 1
+    encoder_lr: float = 5e-5
+    head_lr: float = 1e-4
+    warmup_epochs: float = 5.0
+    head_lr_decay: float = 0.8
+    head_lr_floor: float = 0.1
+    loss: str = "mse"
+    lora: bool = False
+    lora_rank: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_lr: float = 1e-4
+    lora_warmup_fraction: float = 0.1
+    spec_augment: bool | None = None
+    layerdrop: bool = True
+    native_length: bool = False
+    mixed_precision: str = "auto"
+    device: str = "auto"
+    seed: int = 42
+    patience: int = 5
+    cc_max_threshold: float = 0.4
+    control: str = "none"
+    block_size: int = 15
+    max_train_trs: int | None = None
+    max_validation_trs: int | None = None
+
+    def __post_init__(self):
+        check_option("loss", self.loss, LOSSES)
+        check_option("control", self.control, CONTROLS)
+        check_option("mixed_precision", self.mixed_precision, PRECISIONS)
+        for name in ("epochs", "batch_size", "grad_accumulation", "patience", "block_size", "lora_rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        for name in ("max_train_trs", "max_validation_trs"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, numbers.Integral) or value < 1):
+                raise ValueError(f"{name}={value!r} is not valid: give a number of TRs of at least 1, "
+                                 "or None for all TRs")
+        for name in ("encoder_lr", "head_lr", "lora_lr"):
+            _check_interval(name, getattr(self, name), 0.0, math.inf, closed=(False, False))
+        _check_interval("head_lr_decay", self.head_lr_decay, 0.0, 1.0, closed=(False, True))
+        _check_interval("head_lr_floor", self.head_lr_floor, 0.0, 1.0)
+        _check_interval("warmup_epochs", self.warmup_epochs, 0.0, math.inf, closed=(True, False))
+        _check_interval("lora_warmup_fraction", self.lora_warmup_fraction, 0.0, 1.0)
+        _check_interval("lora_dropout", self.lora_dropout, 0.0, 1.0, closed=(True, False))
+        if self.batch_size % self.grad_accumulation:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of grad_accumulation={self.grad_accumulation}"
+            )
+
+
+def _check_interval(name: str, value: float, low: float, high: float, closed: tuple[bool, bool] = (True, True)) -> None:
+    """Raise a ValueError naming ``name`` and ``value`` unless ``value`` lies between ``low`` and
+    ``high`` (each end included where ``closed`` says so; NaN never lies in between)."""
+    above = value >= low if closed[0] else value > low
+    below = value <= high if closed[1] else value < high
+    if not (above and below):
+        interval = f"{'[' if closed[0] else '('}{low:g}, {high:g}{']' if closed[1] else ')'}"
+        raise ValueError(f"{name}={value!r} is not valid: it must lie in {interval}")
+
+
+# ----- data -------------------------------------------------------------------------------------
+
+
+class TuningSet(torch.utils.data.Dataset):
+    """Input windows and targets of a set of TRs; windows are cut on access.
+
+    Parameters
+    ----------
+    audio : dict of str to ndarray of shape (n_samples,)
+        Audio of every story used.
+    tr_times : dict of str to ndarray of shape (n_trs,)
+    items : list of (str, int)
+        (story, untrimmed TR index) per sample.
+    targets : ndarray of shape (n_items, n_targets)
+    spec : WindowSpec
+    """
+
+    def __init__(self, audio, tr_times, items, targets, spec: WindowSpec = WindowSpec()):
+        if len(items) != len(targets):
+            raise ValueError(f"{len(items)} items but {len(targets)} target rows")
+        self.audio, self.tr_times, self.items, self.spec = audio, tr_times, list(items), spec
+        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        story, tr = self.items[index]
+        window = tr_input_window(self.audio[story], self.tr_times[story], tr, self.spec)
+        return torch.from_numpy(window), self.targets[index]
+
+
+def block_shuffle(responses: np.ndarray, block_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Permute a story's responses in blocks of ``block_size`` TRs so that no TR keeps its own block's.
+
+    The story is cut into blocks of ``block_size`` TRs (the last one may be
+    shorter), and the blocks are concatenated in a random order in which
+    every output TR gets a response from another block than the one it lies
+    in: no block stays in place (a derangement), and when the shorter last
+    block moves forward, the blocks after it, shifted by the difference, do
+    not overlap their own place either. Orders are drawn uniformly among those.
+
+    Parameters
+    ----------
+    responses : ndarray of shape (n_trs, n_voxels)
+    block_size : int
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    shuffled : ndarray of shape (n_trs, n_voxels)
+        The rows of ``responses``, reordered.
+
+    Raises
+    ------
+    ValueError
+        The story has fewer than 2 blocks, or 2 blocks of unequal lengths: no
+        order moves every TR out of its block (a control that kept the real
+        responses would be no control).
+    """
+    n_trs = len(responses)
+    n_blocks = -(-n_trs // block_size)
+    if n_blocks < 2 or (n_blocks == 2 and n_trs % block_size):
+        remedy = f"use a block_size of at most {n_trs // 2} TRs" if n_trs >= 2 else "a story needs at least 2 TRs"
+        raise ValueError(
+            f"a story of {n_trs} TRs cannot be block-shuffled in blocks of block_size={block_size} TRs: it makes "
+            f"{n_blocks} block(s){' of unequal lengths' if n_blocks == 2 else ''}, and no order of them moves every "
+            f"TR out of its own block; {remedy}"
+        )
+    own_block = np.arange(n_trs) // block_size
+    while True:  # rejection sampling: between 1 in 6 and 1 in 2 of the orders qualify
+        order = rng.permutation(n_blocks)
+        source = np.concatenate([np.arange(b * block_size, min((b + 1) * block_size, n_trs)) for b in order])
+        if np.all(source // block_size != own_block):
+            return responses[source]
+
+
+def _block_shuffle_story(story: str, responses: np.ndarray, block_size: int, rng: np.random.Generator) -> np.ndarray:
+    """:func:`block_shuffle` with the story named in its error."""
+    try:
+        return block_shuffle(responses, block_size, rng)
+    except ValueError as error:
+        raise DataError(f"story {story!r}: {error}") from error
+
+
+def story_derangement(stories: list[str], rng: np.random.Generator) -> dict[str, str]:
+    """Pair every story with a different one (a random derangement)."""
+    if len(stories) < 2:
+        raise DataError(f"the story-swap control needs at least two stories, got {stories}")
+    while True:
+        order = rng.permutation(len(stories))
+        if not np.any(order == np.arange(len(stories))):
+            return {stories[i]: stories[j] for i, j in enumerate(order)}
+
+
+def _subset(items: list, targets: np.ndarray, limit: int | None, rng: np.random.Generator):
+    if limit is None or limit >= len(items):
+        return items, targets
+    keep = np.sort(rng.choice(len(items), size=limit, replace=False))
+    return [items[i] for i in keep], targets[keep]
+
+
+def build_tuning_sets(dataset: Dataset, subject: str, config: TuningConfig, spec: WindowSpec = WindowSpec()):
+    """Training and validation sets of a subject, with the control of ``config`` applied.
+
+    Returns
+    -------
+    train, validation : TuningSet
+    selection : dict
+        ``target_kind`` (``"voxels"``, or ``"text_embedding"`` for that control),
+        ``n_targets``, ``voxels`` (the selected voxel indices, the targets; None
+        when the targets are embedding dimensions), ``cc_max`` of those voxels
+        (or None), the stories, the control and its story pairing.
+    """
+    split = dataset.split(subject)
+    brain_targets = config.control != "text_embedding"
+    if brain_targets:
+        ceiling = cc_max(dataset.load_repeats(subject))
+        voxels = select_voxels(ceiling, config.cc_max_threshold)
+    rng = np.random.default_rng(config.seed)  # the controls' draws
+    subset_rng = np.random.default_rng([config.seed, 1])  # apart, so that every control keeps the same TRs
+    stories = [*split.train, *split.validation]
+    audio = {s: dataset.load_audio(s) for s in stories}
+    tr_times = {s: dataset.tr_times(s) for s in stories}
+    selection = {"subject": subject, "target_kind": "voxels" if brain_targets else "text_embedding",
+                 "voxels": voxels.tolist() if brain_targets else None,
+                 "cc_max": ceiling[voxels].tolist() if brain_targets else None,
+                 "train_stories": list(split.train), "validation_stories": list(split.validation),
+                 "control": config.control}
+
+    if config.control == "story_swap":  # pairs span both splits, so a single validation story works
+        pairing = story_derangement(stories, rng)
+        selection["story_swap"] = pairing
+
+    def story_targets(group: list[str]) -> dict[str, np.ndarray]:
+        if not brain_targets:
+            return {s: embed_texts(window_texts(dataset.transcript(s), tr_times[s], trimmed_tr_indices(len(tr_times[s])), spec))
+                    for s in group}
+        source = pairing if config.control == "story_swap" else {s: s for s in group}
+        responses = {s: dataset.load_responses(subject, source[s])[:, voxels] for s in group}
+        if config.control == "block_shuffle":
+            return {s: _block_shuffle_story(s, r, config.block_size, rng) for s, r in responses.items()}
+        return responses
+
+    def make_set(group: list[str], limit: int | None) -> TuningSet:
+        if not group:
+            raise DataError(f"the split of {dataset.root} has no stories for this set; tuning needs training and validation stories")
+        targets = story_targets(group)
+        items, rows = [], []
+        for story in group:
+            indices = trimmed_tr_indices(len(tr_times[story]))
+            n = min(len(indices), len(targets[story]))  # swapped stories differ in length
+            items += [(story, int(i)) for i in indices[:n]]
+            rows.append(targets[story][:n])
+        items, rows = _subset(items, np.concatenate(rows), limit, subset_rng)
+        return TuningSet(audio, tr_times, items, rows, spec)
+
+    train = make_set(list(split.train), config.max_train_trs)
+    validation = make_set(list(split.validation), config.max_validation_trs)
+    selection["n_targets"] = int(train.targets.shape[1])
+    return train, validation, selection
+
+
+def target_names(selection: dict) -> list[str]:
+    """Names of the targets of a selection, one per head output: ``"voxel 1234"`` or ``"embedding dimension 7"``.
+
+    Parameters
+    ----------
+    selection : dict
+        As returned by :func:`build_tuning_sets` (or stored in a training record).
+
+    Returns
+    -------
+    names : list of str, length ``n_targets``
+    """
+    if selection["voxels"] is None:
+        return [f"embedding dimension {i}" for i in range(selection["n_targets"])]
+    return [f"voxel {v}" for v in selection["voxels"]]
+
+
+# ----- model and losses ------------------------------------------------------------------------
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` (B, F, D) over the frames where ``mask`` (B, F) is True, shape (B, D)."""
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class BrainTuningModel(nn.Module):
+    """Speech encoder + mean pooling over valid frames + linear head.
+
+    The pooled state is the encoder's last hidden state after its final layer
+    norm, if any (:attr:`bt_utils.models.encoder.EncoderOutput.last_hidden_state`, as
+    Hugging Face's ``last_hidden_state``).
+
+    Parameters
+    ----------
+    encoder : SpeechEncoder
+    n_targets : int
+        Voxels (or embedding dimensions) predicted.
+    """
+
+    def __init__(self, encoder: SpeechEncoder, n_targets: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.hidden_size, n_targets)
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted targets, shape (B, n_targets), from audio of shape (B, n_samples)."""
+        output = self.encoder(audio, lengths)
+        return self.head(masked_mean(output.last_hidden_state, output.frame_mask))
+
+
+def compute_loss(name: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean loss over a batch; ``prediction`` and ``target`` have shape (B, n_targets).
+
+    - ``mse``: mean squared error over samples and targets;
+    - ``pearson``: 1 - Pearson r across targets, averaged over samples;
+    - ``huber_cosine``: Huber loss (delta 1) + (1 - cosine similarity).
+    """
+    check_option("loss", name, LOSSES)
+    prediction, target = prediction.float(), target.float()
+    if name == "mse":
+        return nn.functional.mse_loss(prediction, target)
+    if name == "pearson":
+        p = prediction - prediction.mean(dim=1, keepdim=True)
+        t = target - target.mean(dim=1, keepdim=True)
+        r = (p * t).sum(dim=1) / (p.norm(dim=1) * t.norm(dim=1)).clamp(min=1e-8)
+        return (1.0 - r).mean()
+    cosine = nn.functional.cosine_similarity(prediction, target, dim=1)
+    return nn.functional.huber_loss(prediction, target) + (1.0 - cosine).mean()
+
+
+def encoder_lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps`` then linear decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def head_lr_factor(epoch: int, decay: float, floor: float) -> float:
+    """``max(decay ** epoch, floor)``."""
+    return max(decay**epoch, floor)
+
+
+def _add_lora(model: BrainTuningModel, config: TuningConfig) -> None:
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraModel
+
+    lora_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                             target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    model.encoder.encoder = LoraModel(model.encoder.encoder, lora_config, "default")
+    for name, parameter in model.encoder.named_parameters():
+        parameter.requires_grad = "lora_" in name
+
+
+def _plain_encoder(encoder: SpeechEncoder) -> SpeechEncoder:
+    """The encoder with LoRA adapters merged into its weights (a copy), or itself."""
+    from peft.tuners.lora import LoraModel
+
+    if not isinstance(encoder.encoder, LoraModel):
+        return encoder
+    merged = copy.deepcopy(encoder)
+    merged.encoder = merged.encoder.merge_and_unload()
+    return merged
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "off":
+        return contextlib.nullcontext(), None
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+# ----- training -------------------------------------------------------------------------------
+
+
+@dataclass
+class TuningResult:
+    """Outcome of :func:`tune`: per-epoch losses, the chosen epoch and where things are."""
+
+    history: pd.DataFrame
+    best_epoch: int
+    stop_reason: str
+    checkpoint_dir: Path
+    record: dict = field(default_factory=dict)
+
+
+def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.Tensor, micro_batch: int,
+                         loss: str, device: torch.device, autocast=contextlib.nullcontext(), scaler=None) -> torch.Tensor:
+    """Backpropagate the mean loss of a batch in micro-batches of ``micro_batch`` samples.
+
+    The gradients add up to those of the whole batch at once (each micro-batch's
+    loss is weighted by its share of the batch).
+
+    Parameters
+    ----------
+    model : BrainTuningModel
+    data : TuningSet
+    batch : LongTensor of shape (batch_size,)
+        Indices into ``data``.
+    micro_batch : int
+    loss : str
+    device : torch.device
+    autocast : context manager
+        Mixed-precision context (CUDA) or a null context.
+    scaler : torch.amp.GradScaler or None
+
+    Returns
+    -------
+    total : Tensor, scalar on ``device``
+        Sum over the batch's samples of their micro-batch mean loss (for the epoch mean).
+    """
+    total = torch.zeros((), device=device)
+    for micro in batch.split(micro_batch):
+        audio, target = (torch.stack(x) for x in zip(*(data[int(i)] for i in micro)))
+        audio, target = audio.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        with autocast:
+            value = compute_loss(loss, model(audio), target)
+        scaled = value * (len(micro) / len(batch))
+        (scaler.scale(scaled) if scaler else scaled).backward()
+        total += value.detach() * len(micro)
+    return total
+
+
+def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: int, device: torch.device):
+    """Validation loss and predictions in eval mode (no dropout, no SpecAugment, no LayerDrop).
+
+    Returns
+    -------
+    loss : float
+    predictions : ndarray of shape (n_items, n_targets)
+    """
+    was_training = model.training
+    model.eval()
+    predictions = []
+    with torch.no_grad():
+        for audio, _ in torch.utils.data.DataLoader(data, batch_size=batch_size):
+            predictions.append(model(audio.to(device)).float().cpu())
+    model.train(was_training)
+    predictions = torch.cat(predictions)
+    return float(compute_loss(loss, predictions, data.targets)), predictions.numpy()
+
+
+def _save_checkpoint(model: BrainTuningModel, folder: Path, record: dict, selection: dict) -> None:
+    with atomic_path(folder) as staged:
+        staged.mkdir()
+        _plain_encoder(model.encoder).save_pretrained(staged / "encoder")
+        torch.save({"state_dict": model.head.state_dict(), "n_targets": model.head.out_features,
+                    "target_kind": selection["target_kind"], "voxels": selection["voxels"]}, staged / "head.pt")
+        (staged / "training_record.json").write_text(json.dumps(record, indent=2, default=str))
+
+
+def load_head(checkpoint: str | os.PathLike) -> tuple[nn.Linear, list[int] | None]:
+    """The linear head of a brain-tuned checkpoint and the voxels it predicts.
+
+    Parameters
+    ----------
+    checkpoint : path-like
+        A checkpoint folder written by :func:`tune` (holding ``head.pt``).
+
+    Returns
+    -------
+    head : torch.nn.Linear
+        From the hidden size D to ``n_targets`` outputs.
+    voxels : list of int (length ``n_targets``) or None
+        The voxel index of each output; None when the outputs are text
+        embedding dimensions (the ``text_embedding`` control).
+    """
+    path = Path(checkpoint) / "head.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a brain-tuning checkpoint: {path} is missing")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    weight = saved["state_dict"]["weight"]
+    head = nn.Linear(weight.shape[1], weight.shape[0])
+    head.load_state_dict(saved["state_dict"])
+    voxels = saved["voxels"]
+    # older text_embedding checkpoints stored the voxel selection beside a head of embedding dimensions
+    if voxels is None or len(voxels) != head.out_features:
+        return head, None
+    return head, list(voxels)
+
+
+def load_brain_tuned(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> BrainTuningModel:
+    """Encoder and head of a brain-tuning checkpoint, in eval mode on ``device``."""
+    head, _ = load_head(checkpoint)
+    encoder = load_encoder(checkpoint, device=device)
+    model = BrainTuningModel(encoder, head.out_features)
+    model.head.load_state_dict(head.state_dict())
+    return model.to(encoder.device).eval()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator training draws from: torch (dropout), numpy (Hugging Face's
+    SpecAugment masks use numpy's global generator) and Python's ``random``."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    """States of the generators seeded by :func:`seed_everything` (plus CUDA's)."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    """Restore what :func:`rng_states` saved."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os.PathLike,
+         progress: bool = True, stop_after_epochs: int | None = None) -> TuningResult:
+    """Brain-tune a speech encoder on one subject; resume if ``out_dir`` holds an interrupted run.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    subject : str
+    config : TuningConfig
+    out_dir : path-like
+        Run folder: ``checkpoint/``, ``resume_state.pt``, ``training_log.parquet``.
+    progress : bool
+        Show a progress bar over epochs.
+    stop_after_epochs : int, optional
+        Stop (as if interrupted) after this many epochs of this call; for tests
+        and for splitting a long run into sessions.
+
+    Returns
+    -------
+    result : TuningResult
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = out_dir / "resume_state.pt"
+    parameters = asdict(config) | {"subject": subject, "data_root": str(dataset.root)}
+    started = time.perf_counter()
+
+    seed_everything(config.seed)
+    device = select_device(config.device)
+    train_set, validation_set, selection = build_tuning_sets(dataset, subject, config)
+    encoder = load_encoder(config.model, device=device, native_length=config.native_length, seed=config.seed)
+    encoder.freeze_feature_encoder()
+    spec_augment = encoder.checkpoint_spec_augment if config.spec_augment is None else config.spec_augment
+    encoder.set_regularisation(spec_augment=spec_augment, layerdrop=config.layerdrop)
+    model = BrainTuningModel(encoder, train_set.targets.shape[1]).to(device)
+    if config.lora:
+        _add_lora(model, config)
+
+    micro_batch = config.batch_size // config.grad_accumulation
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
+    if config.lora:
+        optimizer = torch.optim.AdamW([{"params": encoder_params, "lr": config.lora_lr},
+                                       {"params": model.head.parameters(), "lr": config.head_lr}])
+        warmup = max(1, round(config.lora_warmup_fraction * total_steps))
+        schedules = [lambda s: encoder_lr_factor(s, warmup, total_steps)] * 2
+    else:
+        optimizer = torch.optim.Adam([{"params": encoder_params, "lr": config.encoder_lr},
+                                      {"params": model.head.parameters(), "lr": config.head_lr}])
+        warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
+        schedules = [lambda s: encoder_lr_factor(s, warmup, total_steps),
+                     lambda s: head_lr_factor(s // steps_per_epoch, config.head_lr_decay, config.head_lr_floor)]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
+    autocast, scaler = _autocast(device, config.mixed_precision)
+
+    history: list[dict] = []
+    best = {"loss": math.inf, "epoch": -1}
+    bad_epochs, first_epoch, stop_reason, finished = 0, 0, "completed all epochs", False
+    if state_path.is_file():
+        # on the CPU: the RNG states must stay CPU byte tensors; the model and optimiser
+        # states move to the parameters' device when loaded into them
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state["parameters"] != parameters:
+            raise ValueError(
+                f"{out_dir} holds a run with other parameters; choose another out_dir or delete {state_path} "
+                f"(differences: { {k: (state['parameters'].get(k), v) for k, v in parameters.items() if state['parameters'].get(k) != v} })"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        restore_rng_states(state["rng"])
+        history, best, bad_epochs, first_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"] + 1
+        stop_reason, finished = state["stop_reason"], state["finished"]
+        log.info("resuming %s from epoch %d", out_dir, first_epoch)
+
+    record = run_record(parameters, selection=selection, n_train=len(train_set), n_validation=len(validation_set),
+                        encoder_settings=getattr(encoder, "settings", {}))
+    bar = tqdm(range(first_epoch, config.epochs if not finished else first_epoch), desc=f"brain-tuning {config.model} on {subject}", disable=not progress)
+    train_samples, train_seconds = 0, 0.0
+    for epoch_count, epoch in enumerate(bar, start=1):
+        model.train()
+        epoch_started = time.perf_counter()
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed + epoch))
+        total = torch.zeros((), device=device)
+        for step_start in range(0, len(order), config.batch_size):
+            batch = order[step_start:step_start + config.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            total += accumulate_gradients(model, train_set, batch, micro_batch, config.loss, device, autocast, scaler)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+        train_loss = float(total) / len(train_set)
+        train_samples += len(train_set)
+        train_seconds += time.perf_counter() - epoch_started
+        validation_loss, _ = evaluate(model, validation_set, config.loss, micro_batch, device)
+        history += [{"epoch": epoch, "split": "train", "loss": train_loss},
+                     {"epoch": epoch, "split": "validation", "loss": validation_loss}]
+        bar.set_postfix(train=f"{train_loss:.4f}", validation=f"{validation_loss:.4f}")
+
+        if not math.isfinite(validation_loss) or (best["epoch"] >= 0 and validation_loss > 10 * best["loss"]):
+            stop_reason, finished = f"validation loss diverged at epoch {epoch} ({validation_loss:.4g})", True
+        elif validation_loss < best["loss"]:
+            best, bad_epochs = {"loss": validation_loss, "epoch": epoch}, 0
+            _save_checkpoint(model, out_dir / "checkpoint", record | {"history": history, "best_epoch": epoch,
+                                                                      "stop_reason": "in progress"}, selection)
+        else:
+            bad_epochs += 1
+            if bad_epochs >= config.patience:
+                stop_reason, finished = f"no validation improvement for {bad_epochs} epochs (early stopping)", True
+        finished = finished or epoch == config.epochs - 1
+        with atomic_path(state_path) as staged:
+            torch.save({"parameters": parameters, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                        "rng": rng_states(), "history": history,
+                        "best": best, "bad_epochs": bad_epochs, "epoch": epoch, "finished": finished,
+                        "stop_reason": stop_reason}, staged)
+        if finished:
+            break
+        if stop_after_epochs is not None and epoch_count >= stop_after_epochs:
+            stop_reason = f"interrupted after epoch {epoch}"
+            break
+
+    table = pd.DataFrame(history, columns=["epoch", "split", "loss"])
+    write_table(table, out_dir / "training_log.parquet")
+    record |= {"history": history, "best_epoch": best["epoch"], "best_validation_loss": best["loss"],
+               "stop_reason": stop_reason, "timings_s": {"total": time.perf_counter() - started},
+               "train_samples_per_s": train_samples / train_seconds if train_seconds else None}
+    checkpoint = out_dir / "checkpoint"
+    if checkpoint.is_dir():
+        write_json(record, checkpoint / "training_record.json")
+    return TuningResult(table, best["epoch"], stop_reason, checkpoint, record)

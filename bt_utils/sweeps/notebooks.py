@@ -1,0 +1,135 @@
+"""Execute the suite's notebooks with papermill and render them to HTML."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import nbformat
+import papermill
+from nbconvert import HTMLExporter
+
+from ..results import atomic_path
+
+log = logging.getLogger(__name__)
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+"""The notebooks of a source checkout (``notebooks/`` beside the package); use :func:`default_notebook_dir`."""
+
+
+def default_notebook_dir() -> Path:
+    """The suite's notebook folder, :data:`NOTEBOOK_DIR`, checked to exist.
+
+    The notebooks and the sweep specifications (``papermill_runs/``) are not
+    part of the package: they are found beside it in a checkout installed with
+    ``pip install -e``.
+
+    Returns
+    -------
+    folder : Path
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``bt_utils`` was installed without its checkout (a wheel or
+        ``pip install git+...``); the message says how to install it instead.
+    """
+    if not NOTEBOOK_DIR.is_dir():
+        raise FileNotFoundError(
+            f"the suite's notebooks folder {NOTEBOOK_DIR} does not exist: bt_utils in {Path(__file__).parent} was "
+            "installed without its checkout (from a wheel or a git URL), which leaves out notebooks/ and "
+            "papermill_runs/. Install it from a checkout of the repository (`pip install -e <checkout>`), or pass "
+            "the notebooks folder of a checkout (notebook_dir=... in Python, --notebooks DIR for `bt sweep`)"
+        )
+    return NOTEBOOK_DIR
+
+
+def notebook_path(name: str, notebook_dir: str | os.PathLike | None = None) -> Path:
+    """Path of a notebook by name (``"00_data"`` or ``"00_data.ipynb"``) in ``notebook_dir`` (default: the suite's)."""
+    folder = Path(notebook_dir) if notebook_dir is not None else default_notebook_dir()
+    path = folder / (name if name.endswith(".ipynb") else f"{name}.ipynb")
+    if not path.is_file():
+        available = sorted(p.stem for p in folder.glob("*.ipynb")) if folder.is_dir() else []
+        raise FileNotFoundError(f"notebook {name!r} not found in {folder}; available: {available}")
+    return path
+
+
+def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None = None) -> Path:
+    """Render an executed notebook to a self-contained HTML file (atomic).
+
+    Returns
+    -------
+    html_path : Path
+        Defaults to the notebook's path with suffix ``.html``.
+    """
+    notebook = Path(notebook)
+    html_path = Path(html_path) if html_path is not None else notebook.with_suffix(".html")
+    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
+    with atomic_path(html_path) as staged:
+        staged.write_text(body, encoding="utf-8")
+    return html_path
+
+
+def execute_notebook(
+    name: str,
+    output_dir: str | os.PathLike,
+    parameters: Mapping | None = None,
+    html: bool = True,
+    notebook_dir: str | os.PathLike | None = None,
+    kernel_name: str | None = None,
+) -> Path:
+    """Run a notebook with papermill; save the executed copy (and its HTML) in ``output_dir``.
+
+    Parameters
+    ----------
+    name : str
+        Notebook name, e.g. ``"00_data"``.
+    output_dir : path-like
+        Folder of the executed notebook, created if needed; a relative path is
+        taken from the current folder (papermill runs the kernel in the
+        notebook's folder). The notebook's own ``output_dir`` parameter
+        defaults to this folder, as an absolute path.
+    parameters : mapping, optional
+        Values for the notebook's ``parameters`` cell.
+    html : bool
+        Also render ``<name>.html``.
+
+    Returns
+    -------
+    executed : Path
+        The executed notebook. A failed run raises papermill's error; the
+        partially executed notebook is kept beside it as ``<name>.failed.ipynb``
+        (with ``html``, also rendered as ``<name>.failed.html``).
+    """
+    source = notebook_path(name, notebook_dir)
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    parameters = {"output_dir": str(output_dir), **(parameters or {})}
+    executed = output_dir / source.name
+    failed = executed.with_suffix(".failed.ipynb")
+    log.info("executing %s into %s", source.name, output_dir)
+    try:
+        papermill.execute_notebook(
+            str(source), str(failed), parameters=parameters, kernel_name=kernel_name,
+            cwd=str(source.parent), progress_bar=False,
+        )
+    except BaseException as error:
+        log.error("notebook %s failed; partial output kept in %s", source.name, failed)
+        if html and isinstance(error, Exception) and failed.is_file():
+            _render_failed(failed)
+        raise
+    os.replace(failed, executed)
+    failed.with_suffix(".html").unlink(missing_ok=True)
+    if html:
+        render_html(executed)
+    return executed
+
+
+def _render_failed(failed: Path) -> None:
+    """Render a failed run's partial notebook; a rendering problem must not hide the run's error."""
+    try:
+        render_html(failed)
+    except Exception as error:  # noqa: BLE001 - logged; the notebook's own error is re-raised
+        log.warning("could not render %s to HTML: %s", failed, error)

@@ -1,0 +1,118 @@
+"""Gather the result tables of a sweep for the summary report.
+
+Only the runs of the sweep's current plan that completed count: the sweep's
+``runs_index.csv`` (written by :func:`bt_utils.sweeps.runner.run_sweep` when it starts)
+lists the planned runs, and each run's ``status.json`` says whether it
+completed. Folders of earlier parameter settings, runs no longer planned and
+runs that failed or have not finished are left out, so that no participant is
+counted twice. A folder without a runs index is not a sweep folder and is
+refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .runner import INDEX_NAME, read_status_file
+
+RESULT_TABLES = {
+    "alignment_rois": "alignment_rois.parquet",
+    "alignment_tests": "alignment_tests.csv",
+    "low_level_impact": "low_level_impact.parquet",
+    "downstream": "downstream.parquet",
+    "semantic_preference": "semantic_preference.csv",
+    "noise_ceiling": "noise_ceiling.parquet",
+    "training_log": "training_log.parquet",
+}
+"""Table name -> file name written by the notebooks."""
+
+
+def completed_runs(sweep_dir: str | os.PathLike) -> dict[str, dict]:
+    """The runs of a sweep's current plan that completed, with their axis values.
+
+    The plan is the sweep's ``runs_index.csv``; the state is read from each
+    run's ``status.json``, which the run writes itself when it ends (the index
+    is rewritten only once the sweep has heard of it, so a summary run could
+    find it behind).
+
+    Parameters
+    ----------
+    sweep_dir : path-like
+        The sweep's output folder.
+
+    Returns
+    -------
+    runs : dict of str to dict
+        Run id (the run folder relative to ``sweep_dir``, e.g.
+        ``"02_alignment/DEMO01-whisper-tiny.en-1a2b3c4d"``) -> the run's value
+        of each axis its stage varies over (e.g. ``{"subject": "DEMO01",
+        "model": "whisper-tiny.en"}``), in the index's order.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``sweep_dir`` or its runs index does not exist.
+    ValueError
+        When the index has no ``run_id`` column or a status file is not valid JSON.
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep folder {sweep_dir} does not exist; run the sweep first (bt sweep run SPEC)")
+    index = sweep_dir / INDEX_NAME
+    if not index.is_file():
+        raise FileNotFoundError(
+            f"{sweep_dir} has no {INDEX_NAME}, so it is not a sweep folder and its current runs are unknown; "
+            f"run the sweep first (bt sweep run SPEC --out {sweep_dir})"
+        )
+    planned = pd.read_csv(index)
+    if "run_id" not in planned.columns:
+        raise ValueError(f"{index} has no run_id column; run the sweep again to rewrite it")
+    runs = {}
+    for run_id in planned.run_id:
+        status = read_status_file(sweep_dir / run_id) or {}  # {}: not started
+        if status.get("state") == "completed" and status.get("run_id") == run_id:
+            runs[run_id] = dict(status.get("axes") or {})
+    return runs
+
+
+def collect_table(sweep_dir: str | os.PathLike, file_name: str, runs: dict[str, dict] | None = None) -> pd.DataFrame:
+    """Concatenate a result table over the completed runs of a sweep's current plan.
+
+    Parameters
+    ----------
+    sweep_dir : path-like
+        The sweep's output folder (see :func:`completed_runs`).
+    file_name : str
+        E.g. ``"alignment_rois.parquet"`` or ``"semantic_preference.csv"``,
+        read from the top of each run folder.
+    runs : dict, optional
+        :func:`completed_runs` of ``sweep_dir``, if already read.
+
+    Returns
+    -------
+    table : DataFrame
+        All rows, with a ``run`` column (the run id: its folder relative to
+        ``sweep_dir``) and, where the table lacks them, one column per axis the
+        run's stage varies over (e.g. ``model`` and ``subject``) holding the
+        run's values. Empty (no columns) when no completed run wrote the table.
+    """
+    sweep_dir = Path(sweep_dir)
+    tables = []
+    for run_id, axes in (completed_runs(sweep_dir) if runs is None else runs).items():
+        path = sweep_dir / run_id / file_name
+        if not path.is_file():
+            continue
+        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        labels = {axis: value for axis, value in axes.items() if axis not in table.columns}
+        tables.append(table.assign(**labels, run=run_id))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def collect_results(sweep_dir: str | os.PathLike, runs: dict[str, dict] | None = None) -> dict[str, pd.DataFrame]:
+    """Every table of :data:`RESULT_TABLES` gathered by :func:`collect_table` (empty frames for missing ones),
+    over ``runs`` (default: :func:`completed_runs`, read once for all tables)."""
+    runs = completed_runs(sweep_dir) if runs is None else runs
+    return {name: collect_table(sweep_dir, file_name, runs) for name, file_name in RESULT_TABLES.items()}

@@ -1,0 +1,245 @@
+"""Figures drawn by the notebooks. Every function returns a matplotlib Figure."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..data.timing import TR_S
+from ..data.transcripts import Transcript
+
+
+def plot_alignment(
+    audio: np.ndarray,
+    sample_rate: int,
+    transcript: Transcript,
+    tr_times: np.ndarray,
+    start: float = 0.0,
+    stop: float = 20.0,
+):
+    """Waveform of a story excerpt with its word alignment and the TR grid.
+
+    Parameters
+    ----------
+    audio : ndarray of shape (n_samples,)
+    sample_rate : int
+    transcript : Transcript
+        Words are drawn as labelled spans.
+    tr_times : ndarray of shape (n_trs,)
+        TR midpoints relative to sound onset; TR boundaries are drawn at
+        midpoint +- TR/2 and midpoints as dots.
+    start, stop : float
+        Excerpt, in seconds.
+    """
+    if not 0 <= start < stop:
+        raise ValueError(f"need 0 <= start < stop, got start={start}, stop={stop}")
+    first, last = int(start * sample_rate), min(len(audio), int(stop * sample_rate))
+    time = np.arange(first, last) / sample_rate
+    figure, (wave_ax, word_ax) = plt.subplots(
+        2, 1, figsize=(12, 4), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    wave_ax.plot(time, audio[first:last], lw=0.4, color="0.2")
+    edges = np.concatenate([tr_times - TR_S / 2, tr_times[-1:] + TR_S / 2])
+    for ax in (wave_ax, word_ax):
+        for edge in edges[(edges >= start) & (edges <= stop)]:
+            ax.axvline(edge, color="tab:red", lw=0.6, alpha=0.6)
+    inside = tr_times[(tr_times >= start) & (tr_times <= stop)]
+    wave_ax.plot(inside, np.zeros_like(inside), "o", color="tab:red", ms=4, label="TR midpoints")
+    wave_ax.set_ylabel("amplitude")
+    wave_ax.legend(loc="upper right")
+    for index, word in enumerate(w for w in transcript.words if w.end > start and w.start < stop):
+        word_ax.axvspan(word.start, word.end, ymin=0.1, ymax=0.9, color=f"C{index % 2}", alpha=0.3)
+        word_ax.text((word.start + word.end) / 2, 0.5, word.label, ha="center", va="center", fontsize=7, rotation=90)
+    word_ax.set_yticks([])
+    word_ax.set_xlim(start, stop)
+    word_ax.set_xlabel("time from sound onset (s); red lines: TR boundaries")
+    figure.tight_layout()
+    return figure
+
+
+def plot_carpet(responses: np.ndarray, order: np.ndarray | None = None, title: str = "", clip: float = 3.0):
+    """Carpet plot: voxels (rows) by TRs (columns), z-scored per voxel.
+
+    Parameters
+    ----------
+    responses : ndarray of shape (n_trs, n_voxels)
+    order : ndarray of shape (n_voxels,), optional
+        Row order, e.g. voxels sorted by noise ceiling.
+    title : str
+    clip : float
+        Colour range in standard deviations.
+    """
+    responses = np.asarray(responses, dtype=np.float64)
+    std = responses.std(axis=0)
+    z = (responses - responses.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    if order is not None:
+        z = z[:, order]
+    figure, ax = plt.subplots(figsize=(12, 4))
+    image = ax.imshow(z.T, aspect="auto", cmap="RdBu_r", vmin=-clip, vmax=clip, interpolation="nearest")
+    ax.set_xlabel("TR (trimmed)")
+    ax.set_ylabel("voxel")
+    ax.set_title(title)
+    figure.colorbar(image, ax=ax, label="z")
+    figure.tight_layout()
+    return figure
+
+
+def plot_noise_ceiling(ceiling: np.ndarray, thresholds: dict[str, float], explainable_variance: np.ndarray | None = None):
+    """Distribution of ``cc_max`` with selection thresholds (and explainable variance).
+
+    Parameters
+    ----------
+    ceiling : ndarray of shape (n_voxels,)
+    thresholds : dict of str to float
+        Named thresholds drawn as vertical lines with the number of voxels above.
+    explainable_variance : ndarray of shape (n_voxels,), optional
+        Drawn against ``cc_max`` in a second panel.
+    """
+    n_panels = 1 if explainable_variance is None else 2
+    figure, axes = plt.subplots(1, n_panels, figsize=(6 * n_panels, 4), squeeze=False)
+    ax = axes[0, 0]
+    ax.hist(ceiling, bins=np.linspace(0, 1, 51), color="0.5")
+    for index, (name, value) in enumerate(thresholds.items()):
+        count = int(np.sum(ceiling > value))
+        ax.axvline(value, color=f"C{index}", label=f"{name}: cc_max > {value} ({count} voxels)")
+    ax.set_xlabel("cc_max")
+    ax.set_ylabel("voxels")
+    ax.legend()
+    if explainable_variance is not None:
+        ax = axes[0, 1]
+        ax.scatter(explainable_variance, ceiling, s=3, alpha=0.4)
+        ax.set_xlabel("explainable variance (bias-corrected)")
+        ax.set_ylabel("cc_max")
+    figure.tight_layout()
+    return figure
+
+
+def _class_boxplot(ax, values: np.ndarray, classes: np.ndarray) -> None:
+    values, classes = np.asarray(values), np.asarray(classes)
+    names = sorted(set(classes.tolist()))
+    ax.boxplot([values[(classes == name) & np.isfinite(values)] for name in names], tick_labels=names)
+
+
+def plot_ceiling_by_class(ceiling: np.ndarray, voxel_class: np.ndarray, true_ceiling: np.ndarray | None = None):
+    """Estimated ``cc_max`` per planted voxel class, and against the planted ceiling.
+
+    Parameters
+    ----------
+    ceiling : ndarray of shape (n_voxels,)
+    voxel_class : ndarray of str, shape (n_voxels,)
+    true_ceiling : ndarray of shape (n_voxels,), optional
+    """
+    classes = sorted(set(voxel_class.tolist()))
+    n_panels = 1 if true_ceiling is None else 2
+    figure, axes = plt.subplots(1, n_panels, figsize=(6 * n_panels, 4), squeeze=False)
+    _class_boxplot(axes[0, 0], ceiling, voxel_class)
+    axes[0, 0].set_ylabel("estimated cc_max")
+    axes[0, 0].set_title("noise ceiling by planted class")
+    if true_ceiling is not None:
+        ax = axes[0, 1]
+        for index, name in enumerate(classes):
+            members = voxel_class == name
+            ax.scatter(true_ceiling[members], ceiling[members], s=4, alpha=0.5, color=f"C{index}", label=name)
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set_xlabel("planted cc_max")
+        ax.set_ylabel("estimated cc_max")
+        ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def plot_training_curves(history, best_epoch: int | None = None, title: str = ""):
+    """Training and validation loss per epoch.
+
+    Parameters
+    ----------
+    history : DataFrame
+        Columns ``epoch, split, loss`` (``training_log.parquet``).
+    best_epoch : int, optional
+        Marked with a vertical line (the checkpoint kept).
+    """
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for split, rows in history.groupby("split"):
+        ax.plot(rows.epoch, rows.loss, "o-", label=split)
+    if best_epoch is not None and best_epoch >= 0:
+        ax.axvline(best_epoch, color="k", ls="--", lw=0.8, label=f"chosen epoch {best_epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def plot_predictions(measured: np.ndarray, predicted: np.ndarray, voxels, labels=None, correlations=None):
+    """Predicted against measured responses of a few voxels over time.
+
+    Parameters
+    ----------
+    measured, predicted : ndarray of shape (n_trs, n_voxels)
+    voxels : sequence of int
+        Columns to draw, one panel each.
+    labels : sequence of str, optional
+        Panel titles (default: the column index).
+    correlations : ndarray of shape (n_voxels,), optional
+        Shown in the titles.
+    """
+    voxels = list(voxels)
+    figure, axes = plt.subplots(len(voxels), 1, figsize=(10, 1.8 * len(voxels)), sharex=True, squeeze=False)
+    for ax, voxel, index in zip(axes[:, 0], voxels, range(len(voxels))):
+        ax.plot(measured[:, voxel], color="0.3", lw=1, label="measured")
+        ax.plot(predicted[:, voxel], color="tab:orange", lw=1, label="predicted")
+        title = labels[index] if labels is not None else f"voxel {voxel}"
+        if correlations is not None:
+            title += f" (r = {correlations[voxel]:.2f})"
+        ax.set_title(title, fontsize=9)
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("validation TR")
+    figure.tight_layout()
+    return figure
+
+
+def plot_layer_alignment(summary, rois, value_label: str = "r / cc_max", title: str = ""):
+    """Layer-wise alignment per ROI, one line per variant, mean +- s.e.m. across participants.
+
+    Parameters
+    ----------
+    summary : DataFrame
+        ``variant, layer, roi, mean, sem`` (from :func:`bt_utils.encoding.stats.across_subjects`).
+    rois : sequence of str
+        One panel each, in this order.
+    """
+    rois = [roi for roi in rois if roi in set(summary.roi)]
+    if not rois:
+        raise ValueError(f"none of the ROIs is in the summary; it has {sorted(set(summary.roi))}")
+    figure, axes = plt.subplots(1, len(rois), figsize=(3.2 * len(rois), 3.4), sharey=True, squeeze=False)
+    for ax, roi in zip(axes[0], rois):
+        for index, (variant, rows) in enumerate(summary[summary.roi == roi].groupby("variant", sort=False)):
+            rows = rows.sort_values("layer")
+            ax.errorbar(rows.layer, rows["mean"], yerr=rows["sem"].fillna(0), marker="o", ms=4, capsize=2,
+                        color=f"C{index}", label=variant)
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.set_title(roi)
+        ax.set_xlabel("layer")
+    axes[0, 0].set_ylabel(value_label)
+    axes[0, -1].legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_by_class(values, classes, title: str = "", ylabel: str = "r"):
+    """Box plot of a voxel-wise value per planted class.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_voxels,)
+    classes : ndarray of str, shape (n_voxels,)
+    """
+    figure, ax = plt.subplots(figsize=(5, 3.5))
+    _class_boxplot(ax, values, classes)
+    ax.axhline(0, color="0.7", lw=0.8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    figure.tight_layout()
+    return figure
