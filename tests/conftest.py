@@ -70,3 +70,13 @@ def write_small_dataset(root: Path, stories: dict[str, int], n_voxels: int = 4, 
             if index == len(stories) - 1:
                 handle["individual_repeats"] = rng.standard_normal((3, n_trs - 15, n_voxels)).astype(np.float32)
     return root
+
+
+@pytest.fixture(scope="session")
+def map_cache(tmp_path_factory) -> Path:
+    """A cache root holding the demo's S1 -> fsaverage5 fit (a few seconds, computed once per session)."""
+    from bt_utils.demo.surface import template_to_fsaverage
+
+    root = tmp_path_factory.getbasetemp() / "bt_utils_cache"
+    template_to_fsaverage("thin", cache_dir=root)
+    return root

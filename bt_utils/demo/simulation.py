@@ -75,7 +75,7 @@ import soundfile
 
 from .. import __version__
 from ..features import low_level
-from .template import TEMPLATE_SUBJECT, TEMPLATE_XFM, sample_layout
+from .template import sample_layout
 from ..data.dataset import SAMPLE_RATE
 from .speech import synthesize
 from ..data.timing import RESPDICT_PAD, SOUND_ONSET_S, TR_S, tr_midpoints, trim_trs
@@ -465,16 +465,7 @@ def simulate_subject(
         "nan_story": np.array(split_stories[0]),
         "roi": layout.roi.astype("<U16"),
     }
-    layout_arrays = {
-        "template": np.array(TEMPLATE_SUBJECT),
-        "xfm": np.array(TEMPLATE_XFM),
-        "mask": np.array(layout.mask),
-        "volume_shape": np.array(layout.volume_shape),
-        "volume_index": layout.volume_index,
-        "roi": layout.roi.astype("<U16"),
-        "hemisphere": layout.hemisphere.astype("<U1"),
-    }
-    return responses, repeats, {"truth": truth, "layout": layout_arrays}
+    return responses, repeats, {"truth": truth, "layout": layout.arrays()}
 
 
 # ----- writing ------------------------------------------------------------------------------
