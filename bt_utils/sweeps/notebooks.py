@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +16,10 @@ from nbconvert import HTMLExporter
 from ..results import atomic_path
 
 log = logging.getLogger(__name__)
+
+KERNEL_START_ATTEMPTS = 3
+"""Tries to start a notebook's kernel: a kernel that dies before running any cell (e.g. two parallel kernels
+took the same TCP port, ``ZMQError: Address already in use``) is started again, up to this many times in all."""
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 """The notebooks of a source checkout (``notebooks/`` beside the package); use :func:`default_notebook_dir`."""
@@ -101,7 +107,9 @@ def execute_notebook(
     executed : Path
         The executed notebook. A failed run raises papermill's error; the
         partially executed notebook is kept beside it as ``<name>.failed.ipynb``
-        (with ``html``, also rendered as ``<name>.failed.html``).
+        (with ``html``, also rendered as ``<name>.failed.html``). A kernel
+        that dies before running any cell is started again, up to
+        :data:`KERNEL_START_ATTEMPTS` tries in all.
     """
     source = notebook_path(name, notebook_dir)
     output_dir = Path(output_dir).resolve()
@@ -111,10 +119,7 @@ def execute_notebook(
     failed = executed.with_suffix(".failed.ipynb")
     log.info("executing %s into %s", source.name, output_dir)
     try:
-        papermill.execute_notebook(
-            str(source), str(failed), parameters=parameters, kernel_name=kernel_name,
-            cwd=str(source.parent), progress_bar=False,
-        )
+        _execute_with_retries(source, failed, parameters, kernel_name)
     except BaseException as error:
         log.error("notebook %s failed; partial output kept in %s", source.name, failed)
         if html and isinstance(error, Exception) and failed.is_file():
@@ -125,6 +130,33 @@ def execute_notebook(
     if html:
         render_html(executed)
     return executed
+
+
+def _execute_with_retries(source: Path, output: Path, parameters: Mapping, kernel_name: str | None) -> None:
+    """papermill's execution of ``source`` into ``output``, starting the kernel again (up to
+    :data:`KERNEL_START_ATTEMPTS` tries in all) when it dies before running any cell."""
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        try:
+            papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
+                                       cwd=str(source.parent), progress_bar=False)
+            return
+        except Exception as error:
+            if attempt == KERNEL_START_ATTEMPTS or not _died_before_any_cell(error, output):
+                raise
+            log.warning("the kernel of %s died before running any cell (%s: %s); starting it again (try %d of %d)",
+                        source.name, type(error).__name__, error, attempt + 1, KERNEL_START_ATTEMPTS)
+            time.sleep(random.uniform(0.5, 2.0))  # apart from a parallel kernel that may take the same ports
+
+
+def _died_before_any_cell(error: Exception, partial: Path) -> bool:
+    """Whether papermill failed before any cell of ``partial`` (its output notebook) started executing."""
+    if isinstance(error, papermill.PapermillExecutionError) or not partial.is_file():
+        return False
+    try:
+        cells = nbformat.read(partial, as_version=4).cells
+    except Exception:  # noqa: BLE001 - an unreadable partial notebook: not a kernel start to retry
+        return False
+    return all(cell.metadata.get("papermill", {}).get("start_time") is None for cell in cells)
 
 
 def _render_failed(failed: Path) -> None:
