@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import jinja2
 import nbformat
 import papermill
 from nbconvert import HTMLExporter
@@ -62,8 +64,45 @@ def notebook_path(name: str, notebook_dir: str | os.PathLike | None = None) -> P
     return path
 
 
+_REPORT_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- if "widgets" in nb.metadata %}{{ super() }}{% endif -%}{%- endblock -%}
+{%- block html_head_js_mathjax -%}{%- if resources.bt_needs_math %}{{ super() }}{% endif -%}{%- endblock -%}
+{%- block body_header -%}{{ super() }}
+<p class="bt-report-network" style="margin: 0.5em 1em; font-size: 0.85em; color: #616161">{{ resources.bt_network_note }}</p>
+{%- endblock body_header -%}
+"""
+"""nbconvert's lab template without the scripts a report does not need (require.js without widgets, MathJax
+without math), with a note at the top on what the report loads from the network."""
+
+_MATH = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
+
+
+def network_needs(notebook: nbformat.NotebookNode) -> list[str]:
+    """What an HTML report of ``notebook`` loads from the network, one phrase per need (empty: nothing).
+
+    Figures, tables and text are embedded in the report; only LaTeX math
+    (MathJax), mermaid diagrams and interactive widgets (the Jupyter widget
+    manager and require.js) are loaded from CDNs when the report is opened.
+    """
+    texts = [cell.source for cell in notebook.cells if cell.cell_type == "markdown"]
+    texts += [str(output.get("data", {}).get(kind, "")) for cell in notebook.cells for output in cell.get("outputs", [])
+              for kind in ("text/markdown", "text/latex")]
+    needs = []
+    if any(_MATH.search(text) for text in texts):
+        needs.append("its math is typeset by MathJax from cdnjs.cloudflare.com (offline it shows as LaTeX source)")
+    if any("```mermaid" in text for text in texts):
+        needs.append("its diagrams are drawn by mermaid from cdnjs.cloudflare.com (offline they show as text)")
+    if "widgets" in notebook.metadata:
+        needs.append("its interactive widgets are drawn by the Jupyter widget manager from unpkg.com and "
+                     "cdnjs.cloudflare.com (offline they are missing; open the .ipynb in JupyterLab instead)")
+    return needs
+
+
 def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None = None) -> Path:
-    """Render an executed notebook to a self-contained HTML file (atomic).
+    """Render an executed notebook to an HTML report that works offline for its figures, tables and text (atomic).
+
+    Images are embedded; the report loads scripts from the network only for
+    what :func:`network_needs` lists, and says so in a note at its top.
 
     Returns
     -------
@@ -72,7 +111,14 @@ def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None
     """
     notebook = Path(notebook)
     html_path = Path(html_path) if html_path is not None else notebook.with_suffix(".html")
-    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
+    content = nbformat.read(notebook, as_version=4)
+    needs = network_needs(content)
+    note = ("Offline report: figures, tables and text are embedded" +
+            (f"; from the network: {'; '.join(needs)}." if needs else "; nothing is loaded from the network."))
+    exporter = HTMLExporter(template_name="lab", template_file="bt_report.html.j2", embed_images=True,
+                            extra_loaders=[jinja2.DictLoader({"bt_report.html.j2": _REPORT_TEMPLATE})])
+    resources = {"bt_network_note": note, "bt_needs_math": any(need.startswith("its math") for need in needs)}
+    body, _ = exporter.from_notebook_node(content, resources=resources)
     with atomic_path(html_path) as staged:
         staged.write_text(body, encoding="utf-8")
     return html_path
