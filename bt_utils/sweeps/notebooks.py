@@ -10,7 +10,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import jinja2
 import nbformat
 import papermill
 from nbconvert import HTMLExporter
@@ -115,8 +114,7 @@ def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None
     needs = network_needs(content)
     note = ("Offline report: figures, tables and text are embedded" +
             (f"; from the network: {'; '.join(needs)}." if needs else "; nothing is loaded from the network."))
-    exporter = HTMLExporter(template_name="lab", template_file="bt_report.html.j2", embed_images=True,
-                            extra_loaders=[jinja2.DictLoader({"bt_report.html.j2": _REPORT_TEMPLATE})])
+    exporter = HTMLExporter(template_name="lab", raw_template=_REPORT_TEMPLATE, embed_images=True)
     resources = {"bt_network_note": note, "bt_needs_math": any(need.startswith("its math") for need in needs)}
     body, _ = exporter.from_notebook_node(content, resources=resources)
     with atomic_path(html_path) as staged:
