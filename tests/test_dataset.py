@@ -155,10 +155,19 @@ def test_textgrid_of_another_story_is_refused_on_opening(small):
 
 
 def test_stories_without_files_are_checked_when_used(small):
-    (small / "stimuli" / "beta.wav").unlink()  # e.g. a partial download of ds003020
+    """A partial download of ds003020 (datalad leaves links to files not fetched) opens; what is missing fails
+    when it is used."""
+    (small / "stimuli" / "beta.wav").unlink()
+    (small / "stimuli" / "beta.wav").symlink_to(small / "annex" / "beta.wav")
+    response = small / "derivative" / "preprocessed_data" / "S01" / "beta.hf5"
+    response.unlink()
+    response.symlink_to(small / "annex" / "beta.hf5")
     dataset = Dataset(small)
     with pytest.raises(FileNotFoundError, match="audio of story 'beta' not found"):
         dataset.load_audio("beta")
+    assert dataset.stories_for("S01") == ["alpha", "gamma"] and dataset.load_responses("S01", "alpha").shape == (25, 4)
+    with pytest.raises(FileNotFoundError, match=r"beta.hf5 is a broken link \(not downloaded\?\)"):
+        dataset.load_responses("S01", "beta")
 
 
 @pytest.mark.parametrize("content, message", [

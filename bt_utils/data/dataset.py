@@ -211,10 +211,10 @@ class Dataset:
             raise KeyError(f"unknown subject {subject!r} in {self.root}; available: {self.subjects}")
 
     def stories_for(self, subject: str) -> list[str]:
-        """Stories with a response file for ``subject``, sorted."""
+        """Stories with a response file for ``subject``, sorted (a broken link, e.g. a file not downloaded, is none)."""
         self._check_subject(subject)
         folder = self.derivative / "preprocessed_data" / subject
-        return sorted(p.stem for p in folder.glob("*.hf5") if p.stem in self.n_trs)
+        return sorted(p.stem for p in folder.glob("*.hf5") if p.stem in self.n_trs and p.is_file())
 
     # ----- stimuli -------------------------------------------------------------------------
 
@@ -270,7 +270,8 @@ class Dataset:
         path = self.response_path(subject, story)
         if not path.is_file():
             raise FileNotFoundError(
-                f"no responses of {subject} to story {story!r}: {path} is missing "
+                f"no responses of {subject} to story {story!r}: {path} is "
+                f"{'a broken link (not downloaded?)' if path.is_symlink() else 'missing'} "
                 f"(stories with responses: {self.stories_for(subject)})"
             )
         self.validate_responses(subject)
