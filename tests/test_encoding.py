@@ -15,6 +15,7 @@ from bt_utils.encoding.ridge import (
     HIMALAYA_ALPHAS,
     REFERENCE_ALPHAS,
     EigenRidgeCV,
+    _spd_inverse,
     _strategy_costs,
     bootstrap_chunk_splits,
     check_backend,
@@ -142,6 +143,16 @@ def test_get_backend_gives_himalaya_modules():
     assert get_backend("numpy").name == "numpy" and get_backend("torch").name == "torch"
     assert check_backend("torch_cuda") == "torch_cuda"  # a valid name, whether or not a GPU is present
     assert set(BACKENDS) <= {"numpy", "cupy", "torch", "torch_cuda", "torch_mps"}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_spd_inverse_matches_numpy_inverse(backend):
+    """Large enough (300 rows) for the blockwise triangular inverse to recurse."""
+    A = np.random.default_rng(2).standard_normal((400, 300))
+    matrix = A.T @ A / 400 + 0.1 * np.eye(300)
+    module = get_backend(backend)
+    inverse = module.to_numpy(_spd_inverse(module.asarray(matrix, dtype="float64"), module))
+    np.testing.assert_allclose(inverse, np.linalg.inv(matrix), rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("strategy", ["downdate", "per_fold"])
