@@ -12,9 +12,9 @@ fraction of voxels whose alphas differ and the largest difference of the
 cross-validated score at the chosen alpha.
 
 Run: ``.venv/bin/python benchmarks/bench_encoding.py [--quick] [--repeats 3] [--threads N]
-[--backends numpy torch]``. ``--quick`` runs only the demo sizes. On a machine shared
-with other jobs, multi-threaded BLAS spins while its threads wait for cores, and
-timings swing several-fold; ``--threads 1`` gives stable ones.
+[--backends numpy torch] [--problems standard demo-1500 demo-500]``; ``--quick`` skips the
+standard problem. On a machine shared with other jobs, multi-threaded BLAS spins while
+its threads wait for cores, and timings swing several-fold; ``--threads 1`` gives stable ones.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from bt_utils.encoding.ridge import HIMALAYA_ALPHAS, EigenRidgeCV, story_folds
 #: name -> make_problem arguments; the standard problem first.
 PROBLEMS = {
     "standard": {"n_stories": 20, "trs_per_story": 200, "n_base": 768, "n_voxels": 4000},
-    "demo, 1,500 TRs": {"n_stories": 10, "trs_per_story": 150, "n_base": 384, "n_voxels": 3000},
-    "demo, 500 TRs": {"n_stories": 10, "trs_per_story": 50, "n_base": 384, "n_voxels": 3000},
+    "demo-1500": {"n_stories": 10, "trs_per_story": 150, "n_base": 384, "n_voxels": 3000},
+    "demo-500": {"n_stories": 10, "trs_per_story": 50, "n_base": 384, "n_voxels": 3000},
 }
 DELAYS = (1, 2, 3, 4)
 
@@ -170,6 +170,7 @@ def main(argv=None) -> None:
     parser = ridge_benchmark_parser(__doc__.splitlines()[0], "only the demo-sized problems",
                                     "interleaved repeats of both estimators")
     parser.add_argument("--backends", nargs="+", default=["numpy", "torch"], choices=("numpy", "torch", "torch_cuda"))
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -209,8 +210,9 @@ def run(args) -> None:
           "| speed-up (wall) | EigenRidgeCV CPU s | himalaya CPU s | speed-up (CPU) | load | alphas differing "
           "| max abs score diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    names = [name for name in PROBLEMS if not (args.quick and name == "standard")]
-    for name in names:
+    for name in args.problems:
+        if args.quick and name == "standard":
+            continue
         X, Y, groups, _ = make_problem(**PROBLEMS[name], seed=args.seed)
         folds = story_folds(groups, n_folds=5)
         for backend in args.backends:

@@ -44,7 +44,7 @@ def _himalaya(X, Y, folds, score_func=himalaya_r2):
 
 
 def _himalaya_alpha_scores(X, Y, folds, score_func):
-    """Score of every alpha (n_alphas, n_voxels) averaged over splits, recorded from the score function himalaya calls."""
+    """Score of every alpha (n_alphas, n_voxels) averaged over splits, from the score function himalaya calls."""
     recorded = []
 
     def recording(y_true, y_pred):

@@ -130,7 +130,8 @@ def residualise(model: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], 
 
     x = np.vstack([z_low[s][rows[s]] for s in train_stories])
     y = np.vstack([z_model[s][rows[s]] for s in train_stories])
-    ridge = EigenRidgeCV(alphas=alphas, cv=contiguous_folds(len(x), n_folds), backend=backend, dtype="float64").fit(x, y)
+    ridge = EigenRidgeCV(alphas=alphas, cv=contiguous_folds(len(x), n_folds), backend=backend, dtype="float64")
+    ridge.fit(x, y)
     return {s: z_model[s] - z_low[s] @ ridge.coef_ for s in model}
 
 
@@ -332,9 +333,10 @@ def banded_ridge_grid(x1_train: np.ndarray, x2_train: np.ndarray, y_train: np.nd
         ridge = EigenRidgeCV(alphas=alphas, cv=folds, scoring=score, backend=backend, dtype=dtype)
         ridge.fit(np.hstack([scale1 * x1_train, scale2 * x2_train]), y_train)
         cv_scores[index] = ridge.alpha_scores_
-        better = ridge.cv_scores_ > best_scores
+        scores = ridge.cv_scores_
+        better = scores > best_scores
         if better.any():
-            best_scores[better], band_mix[better], alpha[better] = ridge.cv_scores_[better], g, ridge.best_alphas_[better]
+            best_scores[better], band_mix[better], alpha[better] = scores[better], g, ridge.best_alphas_[better]
             prediction[:, better] = np.hstack([scale1 * x1_test, scale2 * x2_test]) @ ridge.coef_[:, better]
         del ridge  # only the chosen test predictions are kept, not each mix's weights
     return BandedGridFit(band_mixes, np.asarray(alphas, dtype=np.float64), cv_scores, band_mix, alpha, best_scores,
