@@ -26,7 +26,8 @@ import pandas as pd
 
 from ..data.dataset import Dataset
 from .ridge import (
-    HIMALAYA_ALPHAS, EigenRidgeCV, bootstrap_chunk_splits, check_backend, correlation_score, normalised_score, story_folds,
+    HIMALAYA_ALPHAS, EigenRidgeCV, bootstrap_chunk_splits, check_backend, correlation_score, normalised_score,
+    story_folds,
 )
 from ..features.layers import DELAYS, WindowSettings, dataset_tr_features, default_layers, check_layers, layer_design, response_rows_test
 from ..models.registry import load_encoder
