@@ -2,7 +2,7 @@
 
 Measured on this machine, one thread (BLAS and torch), printed as markdown tables:
 
-1. **Encoding fit** (:func:`bt_utils.encoding.ridge.fit_ridge_cv`, numpy, float32, 15
+1. **Encoding fit** (:class:`bt_utils.encoding.ridge.EigenRidgeCV`, numpy, float32, 15
    alphas, 5 story folds, the synthetic problem of ``bench_encoding``): wall
    time while one of TRs / feature width / voxels moves around a base point,
    the ``X^T X + X^T Y`` floor, and the fitted log-log exponent per axis, next
@@ -52,8 +52,8 @@ from threadpoolctl import threadpool_limits
 
 from bt_utils.encoding.ridge import (
     HIMALAYA_ALPHAS,
+    EigenRidgeCV,
     _strategy_costs,
-    fit_ridge_cv,
     story_folds,
 )
 
@@ -230,7 +230,7 @@ def cluster_seconds(protocol: Protocol, costs: dict[str, UnitCosts], n_workers: 
 
 def ridge_flops(n_trs: int, n_features: int, n_voxels: int, n_alphas: int = len(HIMALAYA_ALPHAS),
                 n_folds: int = N_FOLDS) -> float:
-    """FLOPs of one :func:`fit_ridge_cv` from its matrix sizes (primal form, ``n_trs >= n_features``).
+    """FLOPs of one :class:`EigenRidgeCV` fit from its matrix sizes (primal form, ``n_trs >= n_features``).
 
     The solver's own flop model (``bt_utils.encoding.ridge._strategy_costs``, the
     cheaper strategy; float64 work counted twice, an eigendecomposition as
@@ -265,12 +265,12 @@ def time_ridge_point(problem: dict, repeats: int) -> dict:
     X, Y, groups, _ = make_problem(**problem)
     folds = story_folds(groups, N_FOLDS)
     floor_s, _, _, _ = timed(lambda: floor_products(X, Y), repeats)
-    fit_s, _, _, load = timed(lambda: fit_ridge_cv(X, Y, cv=folds), repeats)
+    fit_s, _, _, load = timed(lambda: EigenRidgeCV(cv=folds).fit(X, Y), repeats)
     return {"fit_s": fit_s, "floor_s": floor_s, "load": load}
 
 
 def measure_ridge(base: dict, factors: dict[str, tuple], repeats: int) -> list[dict]:
-    """Fit time of :func:`fit_ridge_cv` at every point of the grid (the base point measured once).
+    """Fit time of :class:`EigenRidgeCV` at every point of the grid (the base point measured once).
 
     Returns
     -------

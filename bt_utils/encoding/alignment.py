@@ -25,7 +25,10 @@ import numpy as np
 import pandas as pd
 
 from ..data.dataset import Dataset
-from .ridge import BACKENDS, HIMALAYA_ALPHAS, bootstrap_chunk_splits, correlation_score, fit_ridge_cv, normalised_score, story_folds
+from .ridge import (
+    HIMALAYA_ALPHAS, EigenRidgeCV, bootstrap_chunk_splits, check_backend, correlation_score, normalised_score,
+    story_folds,
+)
 from ..features.layers import DELAYS, WindowSettings, dataset_tr_features, default_layers, check_layers, layer_design, response_rows_test
 from ..models.registry import load_encoder
 from ..data.noise_ceiling import cc_max
@@ -61,7 +64,7 @@ class AlignmentSettings:
     alphas : tuple of float
         Ridge penalties in himalaya's convention (the reference grid, squared; docs/method.md).
     backend : {"numpy", "torch", "torch_cuda"}
-        Of the ridge solver.
+        himalaya backend of the ridge fits.
     min_ceiling : float
         Voxels with ``cc_max`` at or below it get ``r_norm = NaN``.
     n_permutations : int
@@ -90,7 +93,7 @@ class AlignmentSettings:
 
     def __post_init__(self):
         check_option("cv", self.cv, CV_SCHEMES)
-        check_option("backend", self.backend, BACKENDS)
+        check_backend(self.backend)
         if self.n_permutations < 0:
             raise ValueError(f"n_permutations must be >= 0, got {self.n_permutations}")
 
@@ -156,13 +159,12 @@ def score_layer(x_train: np.ndarray, x_test: np.ndarray, labels: np.ndarray, tar
     if len(x_train) != len(targets.train) or len(x_test) != len(targets.test):
         raise ValueError(f"design ({len(x_train)} train, {len(x_test)} test rows) and responses "
                          f"({len(targets.train)} train, {len(targets.test)} test rows) do not pair")
-    fit = fit_ridge_cv(x_train, targets.train, alphas=np.asarray(settings.alphas), cv=cv_splits(labels, settings),
-                       backend=settings.backend)
-    prediction = fit.predict(x_test)
+    model = EigenRidgeCV(alphas=settings.alphas, cv=cv_splits(labels, settings), backend=settings.backend)
+    prediction = model.fit(x_train, targets.train).predict(x_test)
     r = correlation_score(prediction, targets.test)
     table = pd.DataFrame({"voxel": np.arange(len(r)), "r": r,
                           "r_norm": normalised_score(r, targets.ceiling, settings.min_ceiling),
-                          "alpha": np.asarray(fit.best_alphas)})
+                          "alpha": model.best_alphas_})
     if settings.n_permutations:
         p = block_permutation_pvalues(prediction, targets.test, settings.n_permutations,
                                       settings.permutation_block_trs, np.random.default_rng(settings.seed))
@@ -213,9 +215,9 @@ def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray
     scores = []
     for story in stories:
         held_out = labels == story
-        fit = fit_ridge_cv(x_train[~held_out], y_train[~held_out], alphas=np.asarray(settings.alphas),
-                           cv=cv_splits(labels[~held_out], settings), backend=settings.backend)
-        scores.append(correlation_score(fit.predict(x_train[held_out]), y_train[held_out]))
+        model = EigenRidgeCV(alphas=settings.alphas, cv=cv_splits(labels[~held_out], settings),
+                             backend=settings.backend).fit(x_train[~held_out], y_train[~held_out])
+        scores.append(correlation_score(model.predict(x_train[held_out]), y_train[held_out]))
     return np.mean(scores, axis=0)
 
 

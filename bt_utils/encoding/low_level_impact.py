@@ -32,7 +32,7 @@ from .alignment import (
     variant_features,
 )
 from ..data.dataset import Dataset
-from .ridge import correlation_score, fit_ridge_cv
+from .ridge import EigenRidgeCV, correlation_score
 from ..features.layers import layer_design, stimulus_rows, zscore_per_story
 from ..features.low_level import DEFAULT_LOW_LEVEL_FEATURES, build_vocabularies, low_level_features
 from .stats import roi_table
@@ -130,8 +130,9 @@ def residualise(model: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], 
 
     x = np.vstack([z_low[s][rows[s]] for s in train_stories])
     y = np.vstack([z_model[s][rows[s]] for s in train_stories])
-    fit = fit_ridge_cv(x, y, cv=contiguous_folds(len(x), n_folds), alphas=alphas, backend=backend, dtype="float64")
-    return {s: z_model[s] - z_low[s] @ fit.weights for s in model}
+    ridge = EigenRidgeCV(alphas=alphas, cv=contiguous_folds(len(x), n_folds), backend=backend, dtype="float64")
+    ridge.fit(x, y)
+    return {s: z_model[s] - z_low[s] @ ridge.coef_ for s in model}
 
 
 def low_level_impact(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Mapping[str, str]],
@@ -284,7 +285,7 @@ def banded_ridge_grid(x1_train: np.ndarray, x2_train: np.ndarray, y_train: np.nd
     Substituting ``w1 = sqrt(g) v1`` and ``w2 = sqrt(1 - g) v2`` makes it exactly ridge with one
     penalty ``alpha`` on ``[sqrt(g) X1, sqrt(1 - g) X2]``, where ``alpha_1 = alpha / g`` and
     ``alpha_2 = alpha / (1 - g)`` (himalaya's parametrisation, ``g`` its kernel weight ``gamma``).
-    So for every ``g`` of ``band_mixes``, one :func:`bt_utils.encoding.ridge.fit_ridge_cv` of the
+    So for every ``g`` of ``band_mixes``, one :class:`bt_utils.encoding.ridge.EigenRidgeCV` fit of the
     rescaled features scores all ``alphas`` per voxel (sharing one eigendecomposition), and each
     voxel keeps the ``(g, alpha)`` of the best cross-validated score (ties: the earlier ``g``, then
     the larger ``alpha``) and the test predictions of that refit; the weights of each ``g`` are
@@ -304,7 +305,7 @@ def banded_ridge_grid(x1_train: np.ndarray, x2_train: np.ndarray, y_train: np.nd
     band_mixes : ndarray of shape (n_mixes,)
         Weights ``g`` of the first band, strictly inside (0, 1) (default :data:`BAND_MIXES`).
     backend, dtype, score
-        As for :func:`bt_utils.encoding.ridge.fit_ridge_cv`.
+        As for :class:`bt_utils.encoding.ridge.EigenRidgeCV` (``score`` is its ``scoring``).
 
     Returns
     -------
@@ -329,15 +330,15 @@ def banded_ridge_grid(x1_train: np.ndarray, x2_train: np.ndarray, y_train: np.nd
     prediction = np.zeros((len(x1_test), n_voxels), dtype=work)
     for index, g in enumerate(band_mixes):
         scale1, scale2 = np.sqrt(g), np.sqrt(1.0 - g)
-        fit = fit_ridge_cv(np.hstack([scale1 * x1_train, scale2 * x2_train]), y_train, cv=folds, alphas=alphas,
-                           backend=backend, score=score, dtype=dtype)
-        cv_scores[index] = fit.cv_scores
-        scores = fit.best_scores
+        ridge = EigenRidgeCV(alphas=alphas, cv=folds, scoring=score, backend=backend, dtype=dtype)
+        ridge.fit(np.hstack([scale1 * x1_train, scale2 * x2_train]), y_train)
+        cv_scores[index] = ridge.alpha_scores_
+        scores = ridge.cv_scores_
         better = scores > best_scores
         if better.any():
-            best_scores[better], band_mix[better], alpha[better] = scores[better], g, fit.best_alphas[better]
-            prediction[:, better] = np.hstack([scale1 * x1_test, scale2 * x2_test]) @ fit.weights[:, better]
-        del fit  # only the chosen test predictions are kept, not each mix's weights
+            best_scores[better], band_mix[better], alpha[better] = scores[better], g, ridge.best_alphas_[better]
+            prediction[:, better] = np.hstack([scale1 * x1_test, scale2 * x2_test]) @ ridge.coef_[:, better]
+        del ridge  # only the chosen test predictions are kept, not each mix's weights
     return BandedGridFit(band_mixes, np.asarray(alphas, dtype=np.float64), cv_scores, band_mix, alpha, best_scores,
                          prediction)
 
@@ -411,8 +412,8 @@ def partition_variance(model_train: np.ndarray, low_train: np.ndarray, y_train: 
         raise ValueError(f"y_train has {np.shape(y_train)[1]} voxels but y_test {np.shape(y_test)[1]}")
     r2 = {}
     for name, (x_train, x_test) in {"model": (model_train, model_test), "low": (low_train, low_test)}.items():
-        fit = fit_ridge_cv(x_train, y_train, cv=folds, alphas=alphas, backend=backend)
-        r2[name] = correlation_score(fit.predict(x_test), y_test) ** 2
+        ridge = EigenRidgeCV(alphas=alphas, cv=folds, backend=backend).fit(x_train, y_train)
+        r2[name] = correlation_score(ridge.predict(x_test), y_test) ** 2
     if solver == "grid":
         joint = banded_ridge_grid(model_train, low_train, y_train, model_test, low_test, folds, alphas, band_mixes,
                                   backend)
