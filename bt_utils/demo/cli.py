@@ -37,7 +37,8 @@ def add_demo_data_command(commands) -> None:
     parser = commands.add_parser("demo-data", help="build the embedded demo dataset (ds003020 layout)")
     parser.add_argument("--out", required=True, help="destination folder (the data_root)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild even an intact demo, and replace a folder that holds something else")
     parser.set_defaults(run=_demo_data)
 
 

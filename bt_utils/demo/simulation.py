@@ -74,8 +74,9 @@ import scipy.stats
 import soundfile
 
 from .. import __version__
+from ..results import exclusive_lock
 from ..features import low_level
-from .template import TEMPLATE_SUBJECT, TEMPLATE_XFM, sample_layout
+from .template import sample_layout
 from ..data.dataset import SAMPLE_RATE
 from .speech import synthesize
 from ..data.timing import RESPDICT_PAD, SOUND_ONSET_S, TR_S, tr_midpoints, trim_trs
@@ -465,16 +466,7 @@ def simulate_subject(
         "nan_story": np.array(split_stories[0]),
         "roi": layout.roi.astype("<U16"),
     }
-    layout_arrays = {
-        "template": np.array(TEMPLATE_SUBJECT),
-        "xfm": np.array(TEMPLATE_XFM),
-        "mask": np.array(layout.mask),
-        "volume_shape": np.array(layout.volume_shape),
-        "volume_index": layout.volume_index,
-        "roi": layout.roi.astype("<U16"),
-        "hemisphere": layout.hemisphere.astype("<U1"),
-    }
-    return responses, repeats, {"truth": truth, "layout": layout_arrays}
+    return responses, repeats, {"truth": truth, "layout": layout.arrays()}
 
 
 # ----- writing ------------------------------------------------------------------------------
@@ -488,11 +480,15 @@ def _write_hf5(path: Path, **datasets: np.ndarray) -> None:
 
 
 def build_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), overwrite: bool = False) -> Path:
-    """Build the demo dataset in the ds003020 layout.
+    """Build the demo dataset in the ds003020 layout, unless ``out_dir`` holds it intact already.
 
     The dataset is assembled in a temporary folder beside ``out_dir`` and moved
-    into place only when complete. If ``out_dir`` already holds a demo built
-    with the same config and generator version, it is kept as is.
+    into place only when complete; ``derivative/demo.json``, written last,
+    records the settings and the size of every other file. A demo built with
+    the same config and generator version whose files all have their recorded
+    sizes is kept as is; one with missing or changed files (or an unreadable
+    ``demo.json``) is rebuilt. Builders of the same folder take turns under a
+    lock file beside it: a second one waits, then finds the demo ready.
 
     Parameters
     ----------
@@ -501,47 +497,102 @@ def build_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig = DemoConf
     config : DemoConfig
         Size and seed.
     overwrite : bool
-        Replace an existing folder that holds something else.
+        Rebuild even an intact demo, and replace a folder that holds something else.
 
     Returns
     -------
     out_dir : Path
+
+    Raises
+    ------
+    FileExistsError
+        ``out_dir`` is not empty and holds something other than this demo,
+        and ``overwrite`` is False.
     """
     out_dir = Path(out_dir).expanduser().resolve()
-    settings = {"generator_version": GENERATOR_VERSION, "config": asdict(config)}
-    info_path = out_dir / "derivative" / "demo.json"
-    if info_path.is_file():
-        existing = json.loads(info_path.read_text())
-        if {k: existing.get(k) for k in settings} == json.loads(json.dumps(settings)):
+    settings = _settings(config)
+    with exclusive_lock(out_dir.parent / f".{out_dir.name}.lock"):
+        state, reason = _demo_state(out_dir, settings)
+        if state == "intact" and not overwrite:
             log.info("demo dataset in %s is up to date", out_dir)
             return out_dir
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} is not empty and does not hold a demo dataset built with these settings; "
-            "choose another folder or pass overwrite=True (--overwrite)"
-        )
-    started = time.perf_counter()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        info = _build_into(staging, config) | settings
-        info["build_seconds"] = round(time.perf_counter() - started, 2)
-        (staging / "derivative" / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if state == "damaged":
+            log.warning("the demo dataset in %s is damaged (%s): rebuilding it", out_dir, reason)
+        elif state == "other" and not overwrite:
+            raise FileExistsError(
+                f"{out_dir} is not empty and does not hold a demo dataset built with these settings ({reason}); "
+                "choose another folder or pass overwrite=True (--overwrite)"
+            )
+        started = time.perf_counter()
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        try:
+            info = _build_into(staging, config) | settings
+            info["build_seconds"] = round(time.perf_counter() - started, 2)
+            info["files"] = _file_sizes(staging)
+            (staging / "derivative" / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     log.info("built the demo dataset in %s in %.1f s", out_dir, info["build_seconds"])
     return out_dir
 
 
-def _built_settings(root: Path) -> dict | None:
-    """Generator version and config recorded in a demo dataset's ``demo.json``, or None if there is none."""
-    info_path = root / "derivative" / "demo.json"
-    if not info_path.is_file():
+def _settings(config: DemoConfig) -> dict:
+    """Generator version and config as ``demo.json`` records them."""
+    return {"generator_version": GENERATOR_VERSION, "config": json.loads(json.dumps(asdict(config)))}
+
+
+def _file_sizes(root: Path) -> dict[str, int]:
+    """Size in bytes of every file of a demo dataset but ``derivative/demo.json``, by path relative to ``root``."""
+    return {path.relative_to(root).as_posix(): path.stat().st_size for path in sorted(root.rglob("*"))
+            if path.is_file() and path.relative_to(root).as_posix() != "derivative/demo.json"}
+
+
+def _read_info(root: Path) -> dict | None:
+    """Content of a demo's ``demo.json``: None without one, {} when it is not a JSON mapping."""
+    path = root / "derivative" / "demo.json"
+    if not path.is_file():
         return None
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _demo_state(root: Path, settings: dict) -> tuple[str, str]:
+    """What ``root`` holds: ``("empty", "")``, ``("intact", "")``, ``("damaged", why)`` (this demo with missing
+    or changed files) or ``("other", what)`` (something else)."""
+    if not root.exists() or not any(root.iterdir()):
+        return "empty", ""
+    info = _read_info(root)
+    if info is None:
+        return "other", "no derivative/demo.json"
+    if not info:
+        return "damaged", "derivative/demo.json is not a JSON mapping"
+    built = {key: info.get(key) for key in settings}
+    if built != settings:
+        return "other", f"a demo of generator version {built['generator_version']} with config {built['config']}"
+    recorded = info.get("files")
+    if not isinstance(recorded, dict):
+        return "damaged", "derivative/demo.json lists no files"
+    present = _file_sizes(root)
+    missing = sorted(set(recorded) - set(present))
+    changed = sorted(name for name in recorded if name in present and present[name] != recorded[name])
+    if missing or changed:
+        return "damaged", "; ".join(f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                                    for label, names in (("missing", missing), ("size changed", changed)) if names)
+    return "intact", ""
+
+
+def _built_settings(root: Path) -> dict | None:
+    """Generator version and config recorded in a demo dataset's ``demo.json`` (None for both when it cannot
+    be read), or None if there is none."""
+    info = _read_info(root)
+    if info is None:
+        return None
     return {"generator_version": info.get("generator_version"), "config": info.get("config")}
 
 
@@ -568,7 +619,7 @@ def prepare_demo_outputs(out_dir: str | os.PathLike, config: DemoConfig = DemoCo
     out_dir = Path(out_dir).expanduser().resolve()
     data_dir, sweep_dir = out_dir / "data", out_dir / "sweep"
     before = _built_settings(data_dir)
-    build_demo_dataset(data_dir, config, overwrite=before is not None)
+    build_demo_dataset(data_dir, config, overwrite=before is not None and before != _settings(config))
     if before is not None and before != _built_settings(data_dir) and sweep_dir.exists():
         kept = out_dir / f"sweep-before-{time.strftime('%Y%m%d-%H%M%S')}"
         sweep_dir.rename(kept)

@@ -28,7 +28,8 @@ import pandas as pd
 from himalaya.ridge import BandedRidgeCV
 
 from .alignment import (
-    AlignmentSettings, cv_splits, order_columns, score_features, subject_model, subject_targets, variant_features,
+    AlignmentSettings, check_runs, cv_splits, order_columns, score_features, subject_model, subject_targets,
+    variant_features,
 )
 from ..data.dataset import Dataset
 from .ridge import correlation_score, fit_ridge_cv
@@ -162,7 +163,7 @@ def low_level_impact(dataset: Dataset, subjects: list[str], variants: Mapping[st
             raise ValueError(f"feature set {name!r} names a space more than once: {list(group)}")
     spaces = sorted({space for group in feature_sets.values() for space in group})
     tables = []
-    for subject in subjects:
+    for subject in check_runs(dataset, subjects, variants):
         split = dataset.split(subject)
         train = tuple(split.train) + (tuple(split.validation) if settings.include_validation else ())
         targets = subject_targets(dataset, subject, settings.include_validation)

@@ -97,7 +97,9 @@ Reruns
     lists every run (:data:`INDEX_COLUMNS`, plus one column per axis) and is
     rewritten atomically as runs finish. A sweep holds ``<out>/sweep.lock``
     (:func:`sweep_lock`) while it runs, so a second sweep in the same folder
-    stops with an error naming the first one.
+    stops with an error naming the first one. A run whose status still says
+    ``queued`` or ``running`` when no sweep holds the lock (the sweep was
+    killed or interrupted) is reported ``interrupted``, in the index too.
 
 Notebooks in a sweep
     Have exactly one cell tagged ``parameters`` that declares ``output_dir``
@@ -173,8 +175,11 @@ if TYPE_CHECKING:  # distributed is imported only when a sweep runs
 
 log = logging.getLogger(__name__)
 
-STATES = ("missing", "queued", "running", "completed", "failed", "skipped")
-"""Run states: no status yet, waiting, executing, done, failed, not run because a dependency failed."""
+STATES = ("missing", "queued", "running", "interrupted", "completed", "failed", "skipped")
+"""Run states: no status yet, waiting, executing, left queued or running by a sweep that ended (killed or
+interrupted), done, failed, not run because a dependency failed."""
+UNFINISHED = ("queued", "running")
+"""States a run is in only while a sweep holds the sweep folder's lock."""
 
 SPEC_KEYS = {"name", "defaults", "grid", "stages"}
 STAGE_KEYS = {"notebook", "name", "over", "only", "parameters", "resources", "after"}
@@ -749,15 +754,21 @@ def read_status_file(folder: str | os.PathLike) -> dict | None:
     Raises
     ------
     ValueError
-        When the file is not valid JSON; the message says to delete it.
+        When the file is not a JSON mapping (e.g. truncated); the message names
+        it and says that deleting it is safe.
     """
     path = Path(folder) / STATUS_NAME
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        status = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); delete it to run {path.parent.name} again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        status = error
+    if not isinstance(status, dict):
+        reason = f"not valid JSON: {status}" if isinstance(status, ValueError) else "not a JSON mapping"
+        raise ValueError(f"{path} is damaged ({reason}). It only records the state of the run in {path.parent}: "
+                         "deleting it is safe, and the next sweep runs that run again (its other files are kept)")
+    return status
 
 
 def read_status(run: Run) -> dict | None:
@@ -850,15 +861,20 @@ def _some(run_ids: list[str], shown: int = 3) -> str:
     return ", ".join(run_ids[:shown]) + more
 
 
-def _table(spec: SweepSpec, runs: list[Run], statuses: Mapping[str, dict | None]) -> pd.DataFrame:
+def _table(spec: SweepSpec, runs: list[Run], statuses: Mapping[str, dict | None], live: bool) -> pd.DataFrame:
+    """The runs index; unless a sweep is ``live``, runs left queued or running are ``interrupted``."""
     notes = out_of_date(runs, statuses)
     rows = []
     for run in runs:
         status = statuses[run.run_id] or {}
         error = status.get("error") or {}
+        state = status.get("state", "missing")
+        if state in UNFINISHED and not live:
+            state, notes[run.run_id] = "interrupted", (
+                f"interrupted: left {state} by a sweep that ended before it finished; the next sweep runs it")
         rows.append({
             "run_id": run.run_id, "stage": run.stage, **{axis: run.axes.get(axis) for axis in spec.grid},
-            "state": status.get("state", "missing"), "started": status.get("started"),
+            "state": state, "started": status.get("started"),
             "finished": status.get("finished"), "duration_s": status.get("duration_s"),
             "error_type": error.get("type"),
             "message": error.get("message", status.get("reason", notes.get(run.run_id))),
@@ -902,13 +918,20 @@ def sweep_status(
     table : DataFrame
         One row per planned run with the columns of :data:`INDEX_COLUMNS` and
         one per grid axis; ``state`` is one of :data:`STATES` (``missing``: the
-        run has no status for these parameters yet). The ``message`` of a
-        completed run that the next sweep runs again says why
-        (:func:`out_of_date`).
+        run has no status for these parameters yet; ``interrupted``: its status
+        says queued or running but no sweep holds the folder's lock, see
+        :func:`sweep_running`). The ``message`` of a completed run that the
+        next sweep runs again says why (:func:`out_of_date`). When no sweep
+        runs, ``<out_dir>/runs_index.csv``, if any, is rewritten to agree.
     """
     spec = _as_spec(spec, notebook_dir)
-    runs = plan_runs(spec, sweep_dir(spec, out_dir))
-    return _table(spec, runs, {run.run_id: read_status(run) for run in runs})
+    out = sweep_dir(spec, out_dir)
+    runs = plan_runs(spec, out)
+    live = sweep_running(out)
+    table = _table(spec, runs, {run.run_id: read_status(run) for run in runs}, live)
+    if not live and (out / INDEX_NAME).is_file():
+        write_table(table, out / INDEX_NAME)
+    return table
 
 
 def run_sweep(
@@ -967,14 +990,18 @@ def run_sweep(
         log.info("sweep %s: %d runs, %d to run (%d out of date), in %s",
                  spec.name, len(runs), len(pending), len(stale), out)
 
-        def write_index() -> None:
-            write_table(_table(spec, runs, statuses), out / INDEX_NAME)
+        def write_index(live: bool = True) -> None:
+            write_table(_table(spec, runs, statuses, live), out / INDEX_NAME)
 
         write_index()
-        if pending:
-            with _connect(cluster, n_workers, local_resources) as (client, honour_resources):
-                _run_pending(client, pending, statuses, honour_resources, write_index)
-    table = _table(spec, runs, statuses)
+        try:
+            if pending:
+                with _connect(cluster, n_workers, local_resources) as (client, honour_resources):
+                    _run_pending(client, pending, statuses, honour_resources, write_index)
+        except BaseException:
+            write_index(live=False)  # e.g. Ctrl-C: the runs it leaves are interrupted, not queued
+            raise
+    table = _table(spec, runs, statuses, live=False)
     log.info("sweep %s: %s", spec.name, count_states(table))
     return table
 
@@ -1049,6 +1076,17 @@ def sweep_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
             path.unlink()
         else:
             log.warning("the sweep lock %s was replaced or removed while this sweep held it; left as it is", path)
+
+
+def sweep_running(out_dir: str | os.PathLike) -> bool:
+    """Whether a sweep holds the lock of a sweep folder (:func:`sweep_lock`).
+
+    False when there is no lock, or its holder was a process of this host that
+    has ended (a killed sweep); True otherwise, also for a holder on another
+    host, whose process cannot be checked.
+    """
+    holder = _read_lock(Path(out_dir) / LOCK_NAME)
+    return holder is not None and not _died_here(holder)
 
 
 def _take_lock(path: Path, mine: dict) -> None:
