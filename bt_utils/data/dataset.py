@@ -49,7 +49,7 @@ DS003020_TRAIN_STORIES = (
     "fromboyhoodtofatherhood", "adollshouse", "odetostepfather", "adventuresinsayingyes", "sloth",
     "exorcism", "buck", "inamoment",
 )
-"""The authors' split of the 27 stories every ds003020 participant heard (METHOD.md)."""
+"""The authors' split of the 27 stories every ds003020 participant heard (docs/method.md, "Data and splits")."""
 
 AUDIO_COVERAGE_SLACK_S = 10.0
 """How long before the midpoint of a story's last TR with a response its audio may end, in seconds."""

@@ -1,6 +1,9 @@
 """Regions of interest per participant: HCP-MMP1 groups for ds003020, template ROIs for the demo.
 
-ds003020 (METHOD.md): ROIs are groups of HCP-MMP1 parcels (both hemispheres):
+An ROI is a set of parcels, each a set of voxels: ``{parcel name: voxel indices}``,
+so that ROI means can weigh every parcel the same (:func:`bt_utils.encoding.stats.roi_mean`).
+
+ds003020: ROIs are groups of HCP-MMP1 parcels, a parcel pooling both hemispheres:
 
 - ``late_language``: A5, 44, 45, IFJa, IFSp, PGi, PGp, PGs, TPOJ1-3, STGa, STSda, STSdp, TA2, STSva;
 - ``primary_auditory``: A1; ``early_auditory``: A1, LBelt, PBelt, MBelt, RI, A4;
@@ -10,16 +13,11 @@ The atlas is not part of ds003020 and cannot be downloaded here. A user provides
 per subject, the HCP-MMP1 parcel of every voxel in
 ``<atlas_dir>/<subject>.npz`` with an array ``parcel`` of shape (n_voxels,) holding
 parcel names such as ``"L_A1_ROI"`` or ``"A1"`` ("" or "???" for unlabelled voxels).
-One way to make it: take the HCP-MMP1 annotation on fsaverage (``lh/rh.HCP-MMP1.annot``,
-Glasser et al. 2016, distributed projected on fsaverage on figshare), resample it to
-the subject's surface with FreeSurfer (``mri_surf2surf --sval-annot``) and project the
-surface labels into the subject's voxels with the pycortex database that ds003020
-ships (``derivative/pycortex-db/<subject>``, transform ``<subject>_auto``, ``thick`` mask:
-e.g. ``cortex.Vertex(labels, subject).map(...)`` / nearest-vertex assignment).
+docs/method.md ("ROIs") gives one way to make it from the HCP-MMP1 atlas.
 
 The demo: every voxel carries a label of the template subject S1 (AC, Broca, sPMv,
 V1, ...), and the planted classes give the ROIs ``planted_semantic``,
-``planted_auditory`` and ``planted_noise``.
+``planted_auditory`` and ``planted_noise``; each of them is a single parcel.
 """
 
 from __future__ import annotations
@@ -67,8 +65,8 @@ def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | 
     dataset : Dataset
     subject : str
     atlas_dir : path-like, optional
-        Folder with ``<subject>.npz`` per-voxel HCP-MMP1 parcels (real data; see the
-        module docstring). Not needed for the demo.
+        Folder with ``<subject>.npz`` per-voxel HCP-MMP1 parcels (real data; see
+        docs/method.md, "ROIs"). Not needed for the demo.
 
     Returns
     -------

@@ -1,59 +1,21 @@
 """The embedded demo dataset: synthesised stories and simulated participants.
 
 The demo is a small dataset in the ds003020 layout that the package builds
-itself, offline, so that every notebook and test runs anywhere. Only the
-responses are simulated; the speech is real synthesised English.
+itself, offline, so that every notebook and test runs anywhere and the loaders
+of real data read it unchanged. Only the responses are simulated; the speech is
+real synthesised English (:mod:`bt_utils.demo.speech`), with word and phone
+TextGrids from the synthesiser's own timings.
 
-Generative model
-----------------
-Stories
-    Each story is a sequence of paragraphs; each paragraph favours two of the
-    eight semantic categories of :data:`CATEGORIES` (animals, food, places,
-    people, body, objects, time, feelings), so word meaning drifts slowly as in
-    natural narratives. Sentences come from templates whose slots are filled
-    with category words. Every sentence is spoken by eSpeak NG with its own
-    speaking rate and pitch, and pauses of random length separate sentences
-    and paragraphs: the acoustics therefore vary independently of meaning.
-Stimulus features, per TR (sampled at the TR midpoints of :mod:`bt_utils.data.timing`)
-    - semantic ``S (n_trs, 8)``: the meaning of the discourse so far, a leaky
-      integration of the content words heard up to each TR midpoint: the mean
-      of their embeddings weighted by ``exp(-age / SEMANTIC_TIMESCALE_S)``
-      (0 before the first content word). A word's embedding is its category's
-      prototype (a random orthonormal vector) plus word-specific Gaussian
-      jitter (s.d. ``WORD_JITTER``). Integrating over ~12 s models the long
-      timescales of language areas; it also matters for the low-level impact
-      analysis: with a 64-word vocabulary, a TR's own phones identify its words,
-      so an instantaneous word meaning would be linearly decodable from the
-      same TR's diphone counts (and removed with them);
-    - auditory ``A (n_trs, 5)``: the mean level (dB) over the 40 mel bands of
-      :func:`bt_utils.features.low_level.power_spectrum`, the mean level of the bands
-      centred in 0.1-0.5, 0.5-2 and 2-6 kHz, and the phone rate of
-      :func:`bt_utils.features.low_level.phoneme_rate`: auditory voxels respond to
-      exactly the acoustics that the low-level feature spaces describe.
-    Each feature is z-scored over all TRs of all stories.
-Voxels
-    A few thousand voxels per participant are drawn from a real cortical
-    template (pycortex's ``S1``, see :mod:`bt_utils.demo.template`) and get
-    a class that depends on their ROI (:data:`CLASS_PROBABILITIES`): auditory
-    voxels mostly in auditory cortex, semantic voxels mostly in language areas,
-    noise voxels everywhere.
-Responses
-    A voxel's signal is ``s_v = h * (X w_v)``: its class's features ``X``
-    (``S`` or ``A``) weighted by ``w_v ~ N(0, I)`` and convolved with the SPM
-    canonical haemodynamic response ``h`` sampled at the TR, scaled to unit
-    variance over the whole experiment. One presentation gives
-    ``y_v = r_v s_v + sqrt(1 - r_v**2) e_v`` with independent AR(1) noise
-    ``e_v`` (unit variance, coefficient ``NOISE_AR``) and a per-voxel signal
-    correlation ``r_v ~ U(SIGNAL_R_RANGE)`` (0 for noise voxels). The responses
-    are trimmed ``[10:-5]`` and z-scored per run and voxel like the real data. The test story is presented
-    ``n_repeats`` times with fresh noise; its ``data`` is the mean of the repeats.
-    A few noise voxels are NaN in one training story, as dropped-out voxels
-    are in real recordings.
-Truth (``derivative/truth/<subject>.npz``)
-    ``voxel_class``, ``signal_r``, ``noise_sd``, ``cc_max_true`` (the ceiling of
-    the repeat-mean, ``sqrt(r**2 / (r**2 + (1 - r**2) / n_repeats))``),
-    ``semantic_weights``, ``auditory_weights``, ``nan_voxels``, ``roi``.
-    ``derivative/truth/stimulus_features.npz`` holds ``S`` and ``A`` per story.
+Stories mix eight semantic categories whose topics drift slowly, spoken with
+varying rate, pitch and pauses, so that meaning and acoustics vary
+independently. Each participant's voxels lie on a real cortical template
+(:mod:`bt_utils.demo.template`) and are semantic (driven by a leaky integration
+of word meanings), auditory (driven by the acoustics the low-level feature
+spaces describe) or noise, through a haemodynamic response and AR(1) noise. The
+planted truth (voxel classes, signal levels, true noise ceilings, weights,
+stimulus features) is saved beside the data, so that tests can check that each
+analysis recovers it. docs/demo_dataset.md describes the generative model, why
+it is built this way, and how to build it (``bt demo-data``).
 """
 
 from __future__ import annotations
@@ -415,7 +377,7 @@ def simulate_subject(
         One presentation per training/validation story.
     repeats : ndarray of shape (n_repeats, n_test_trs - 15, n_voxels)
     truth : dict of str to ndarray
-        Planted truth and voxel layout (see the module docstring).
+        Planted truth and voxel layout (see docs/demo_dataset.md).
     """
     layout = sample_layout(n_voxels, rng)
     groups = np.array([roi_group(r) for r in layout.roi])

@@ -59,7 +59,7 @@ class AlignmentSettings:
     n_folds : int
         Folds of the story scheme (capped at the number of training stories).
     alphas : tuple of float
-        Ridge penalties in himalaya's convention (METHOD.md grid, squared).
+        Ridge penalties in himalaya's convention (the reference grid, squared; docs/method.md).
     backend : {"numpy", "torch", "torch_cuda"}
         Of the ridge solver.
     min_ceiling : float
@@ -185,7 +185,7 @@ def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray
     repeat mean and is not divided by a noise ceiling). Per-story scoring keeps
     r unbiased under the null; one r over the concatenated predictions is not,
     because each fold picks its own alphas, which scale its predictions (on
-    pure noise: mean r -0.04 instead of 0).
+    pure noise it falls below 0).
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """Low-level feature impact: how much of a layer's alignment is carried by low-level speech features.
 
-METHOD.md: every dimension of a layer's TR features is regressed on the low-level
+Every dimension of a layer's TR features is regressed on the low-level
 features (ridge, 10-fold cross-validated penalty in 1e-6 ... 1e9, fitted on the
 training TRs only); the residuals, computed for every story, replace the
 features; the encoding models are refitted on them, with the residuals in the
@@ -41,7 +41,7 @@ from ..validation import DataError, check_option
 log = logging.getLogger(__name__)
 
 RESIDUAL_ALPHAS = np.logspace(-6, 9, 16)
-"""Penalties searched when regressing model features on low-level features (METHOD.md)."""
+"""Penalties searched when regressing model features on low-level features (docs/method.md, "Impact")."""
 
 
 def contiguous_folds(n_samples: int, n_folds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -388,8 +388,8 @@ def partition_variance(model_train: np.ndarray, low_train: np.ndarray, y_train: 
         Array library of the single-space fits and of the grid solver.
     solver : {"grid", "himalaya"}
         ``"grid"`` (default): :func:`banded_ridge_grid`, a deterministic search of ``band_mixes`` x
-        ``alphas`` (``len(band_mixes)`` ridge fits; 5-17x faster than the reference on demo-sized
-        problems, see ``docs/benchmarks.md``); ``"himalaya"``: himalaya's ``BandedRidgeCV`` random
+        ``alphas`` (``len(band_mixes)`` ridge fits; faster than the reference on demo-sized problems,
+        see ``docs/benchmarks.md``); ``"himalaya"``: himalaya's ``BandedRidgeCV`` random
         search (``n_iter`` draws of the band weights), the reference.
     band_mixes : ndarray of shape (n_mixes,)
         Weights ``g`` of the model band searched by ``solver="grid"`` (default :data:`BAND_MIXES`).

@@ -1,144 +1,20 @@
 """Papermill sweeps: run the notebooks over a grid of parameters on a Dask cluster.
 
 A sweep specification (``papermill_runs/*.yaml``) names a grid of parameter
-values and the stages (notebooks) that run over it, in order::
+values and the stages (notebooks) that run over it; a stage has one run per
+combination of the values of the axes it varies over. :func:`load_spec` reads
+and checks a specification, :func:`plan_runs` expands it into runs (parameters
+with their placeholders filled in, run folders, dependencies), :func:`run_sweep`
+executes the runs that have not completed on Dask, each once the runs it
+depends on have completed, and :func:`sweep_status` reads the state of every
+run back from its folder.
 
-    name: demo                                   # optional; default: the file's stem
-    defaults:                                    # passed to every notebook that declares them
-      data_root: "{spec_dir}/../demo_output/data"
-      build_demo_if_missing: false
-    grid:                                        # axis -> non-empty list of distinct scalars
-      subject: [DEMO01, DEMO02]
-      model: [whisper-tiny.en, tiny-hubert]
-      control: [none, story_swap]
-    stages:
-      - notebook: 00_data
-        over: [subject]                          # required; [] for a single run
-      - notebook: 01_brain_tuning
-        over: [subject, model, control]
-        parameters: {epochs: 3}
-        resources: {GPU: 1}                      # optional Dask resources per run
-      - notebook: 02_alignment
-        over: [subject, model]
-        parameters: {checkpoints: "{runs:01_brain_tuning}/checkpoint"}
-      - notebook: summary
-        over: []
-        parameters: {sweep_dir: "{sweep_dir}"}
-
-Stage keys: ``notebook`` (required), ``over`` (required), ``only`` (restrict
-axes of ``over`` to some grid values, e.g. ``only: {model: [whisper-tiny.en]}``),
-``parameters``, ``resources``, ``after`` and ``name`` (default: the notebook's name; give one
-when a notebook appears twice). A stage has one run per combination of the
-values of its ``over`` axes; each axis value is passed as the parameter of the
-same name when the notebook declares one, else it must appear in a parameter
-as a placeholder (e.g. ``subjects: ["{subject}"]``).
-
-Parameters
-    A run's parameters are the notebook's own defaults, overridden by the
-    ``defaults`` it declares, then by the stage's ``parameters``, then by its
-    axis values; ``output_dir`` is always the run folder. Every stage parameter
-    must be declared in the notebook's cell tagged ``parameters``, and every
-    ``defaults`` key and grid axis must be used by some stage.
-
-Placeholders in string values (at any depth of lists and mappings; write
-literal braces as ``{{`` and ``}}``)
-    ``{sweep_dir}``
-        The sweep's output folder.
-    ``{spec_dir}``
-        The folder of the specification file. Papermill runs a notebook in its
-        own folder, so relative paths are read from there: write paths as
-        ``{spec_dir}/...`` or absolute.
-    ``{AXIS}``
-        The run's value of an axis its stage varies over, e.g. ``{subject}``.
-    ``{run:STAGE}``
-        The run folder of the earlier stage's run with the same axis values;
-        that stage must vary over no axis this one does not.
-    ``{runs:STAGE}``
-        Only at the start of a string, which becomes a mapping from the values
-        of the axes that the earlier stage varies over and this one does not
-        (joined by ``/`` when there are several) to the matching run folders,
-        each followed by the rest of the string. For instance an alignment
-        stage over ``[subject, model]`` given
-        ``"{runs:01_brain_tuning}/checkpoint"`` receives ``{"none": ".../
-        01_brain_tuning/DEMO01-tiny-hubert-none-1a2b3c4d/checkpoint",
-        "story_swap": ...}``: the checkpoints of the tuning runs it compares.
-
-Dependencies
-    A run starts once the runs it depends on completed: the matching runs
-    (same values on the axes both stages vary over) of every stage listed in
-    ``after`` (default: all earlier stages) and of every stage it references.
-    A run whose dependency failed is marked ``skipped`` (reason ``dependency
-    failed: <run ids>``); the others go on.
-
-Run folders
-    ``<out>/<stage>/<axis values>-<hash>``: the executed notebook, its HTML,
-    whatever the notebook writes to ``output_dir`` and ``status.json`` (state
-    ``queued``, ``running``, ``completed``, ``failed`` or ``skipped``, the
-    parameters (the notebook's own defaults of those the sweep does not set
-    included), start and end times, duration, ``inputs`` (the end time of
-    each run it depends on, as it read them) and, for a failure, the error's
-    type and message and the failing cell's index in the notebook and its
-    source; the partial notebook stays as ``<notebook>.failed.ipynb`` and
-    ``.failed.html``). The 8-character hash covers the notebook's name and all
-    parameters: those the sweep sets (references to other runs included,
-    written relative to the sweep folder so that the sweep folder can be
-    moved) over the defaults of the notebook's ``parameters`` cell. Editing
-    the rest of a notebook does not change it, so delete a run folder to run
-    it again.
-
-Reruns
-    A rerun skips the runs already completed with the same parameters and
-    runs the others again in the same folder (a notebook that checkpoints can
-    resume), as ``make`` does: a completed run also runs again when a run it
-    depends on runs in this sweep or has run again since it read its results
-    (e.g. all the dependants of a deleted run folder, or a summary whose
-    parameters did not change while the runs it reads did); ``bt sweep
-    status`` lists them with the reason (:func:`out_of_date`). ``<out>/runs_index.csv``
-    lists every run (:data:`INDEX_COLUMNS`, plus one column per axis) and is
-    rewritten atomically as runs finish. A sweep holds ``<out>/sweep.lock``
-    (:func:`sweep_lock`) while it runs, so a second sweep in the same folder
-    stops with an error naming the first one. A run whose status still says
-    ``queued`` or ``running`` when no sweep holds the lock (the sweep was
-    killed or interrupted) is reported ``interrupted``, in the index too.
-
-Notebooks in a sweep
-    Have exactly one cell tagged ``parameters`` that declares ``output_dir``
-    and every parameter the spec sets; write every output under
-    ``output_dir``; let errors raise (a notebook that catches its own failure
-    looks completed); take references to other runs as folder paths (a string
-    for ``{run:...}``, a dict for ``{runs:...}``).
-
-Clusters
-    By default the runs go to a ``distributed.LocalCluster`` of ``n_workers``
-    processes with one thread each (each notebook's BLAS/OpenMP threads are set
-    to the machine's cores divided by ``n_workers``). ``cluster`` may instead be
-    a scheduler address (``"tcp://host:8786"``), a ``distributed.Client`` or a
-    cluster object, or left ``None`` to use, in order, the Dask configuration's
-    ``scheduler-address`` (environment ``DASK_SCHEDULER_ADDRESS``), a cluster
-    class named by ``bt-sweep.cluster`` (environment ``DASK_BT_SWEEP__CLUSTER``;
-    built with ``bt-sweep.cluster-kwargs`` and scaled to ``n_workers``), or a
-    local cluster. For SLURM with
-    dask-jobqueue (installed separately), ``~/.config/dask/bt.yaml``::
-
-        bt-sweep:
-          cluster: dask_jobqueue.SLURMCluster
-        jobqueue:
-          slurm:
-            cores: 8
-            memory: 64GB
-            walltime: "04:00:00"
-            job-extra-directives: ["--gres=gpu:1"]
-            worker-extra-args: ["--resources", "GPU=1"]
-
-    or, from Python, ``run_sweep(spec, cluster=SLURMCluster(...))``. Workers
-    must import ``bt_utils``, run the notebooks' kernel and see the sweep folder
-    on a shared filesystem. A stage's ``resources`` are honoured only by
-    workers that declare them (``dask worker ... --resources GPU=1``, the
-    ``worker-extra-args`` above, or ``local_resources`` for the local cluster,
-    which otherwise ignores them since it shares one machine).
-
-Command line: ``bt sweep run SPEC [--out DIR] [--workers N] [--scheduler ADDRESS]``
-and ``bt sweep status SPEC [--out DIR]`` (both take ``--notebooks DIR``).
+Every run has its own folder ``<out>/<stage>/<axis values>-<hash>``, named by a
+hash of its parameters, with a ``status.json``; ``<out>/runs_index.csv`` lists
+them all. Reruns skip what completed with the same parameters and redo what
+failed or is out of date, as ``make`` does, so an interrupted sweep resumes.
+docs/sweeps.md describes the specification format, the placeholders, the
+dependencies, the run folders, reruns and how to run on a cluster.
 """
 
 from __future__ import annotations
@@ -250,7 +126,7 @@ class Stage:
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A validated sweep specification (see the module docstring).
+    """A validated sweep specification (see docs/sweeps.md).
 
     Attributes
     ----------
@@ -947,14 +823,14 @@ def run_sweep(
     Parameters
     ----------
     spec : SweepSpec or path-like
-        The specification (see the module docstring).
+        The specification (see docs/sweeps.md).
     out_dir : path-like, optional
         The sweep folder (default: ``runs/<spec name>`` in the current folder).
     cluster : None, "local", str, distributed.Client or cluster, optional
         Where runs execute: ``"local"`` starts a ``LocalCluster`` of ``n_workers``
         single-threaded processes; a string is a scheduler address; a client is
         used as is; a cluster object (e.g. dask-jobqueue's ``SLURMCluster``) is
-        connected to. ``None`` uses the Dask configuration (module docstring),
+        connected to. ``None`` uses the Dask configuration (docs/sweeps.md),
         else a local cluster.
     n_workers : int
         Workers of a local or configured cluster.
