@@ -334,7 +334,6 @@ def test_do_normalize_is_read_from_the_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("name", TINY)
 def test_backprop_reaches_the_layers_but_not_the_frozen_feature_encoder(name):
-    start = time.perf_counter()
     encoder = load_encoder(name, device="cpu")
     frozen = encoder.freeze_feature_encoder()
     if encoder.family == "whisper":
@@ -351,7 +350,6 @@ def test_backprop_reaches_the_layers_but_not_the_frozen_feature_encoder(name):
             assert parameter.grad is None and not parameter.requires_grad, name_
         elif ".layers." in name_:
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name_
-    assert time.perf_counter() - start < 5  # about a second is expected
 
 
 def test_regularisation_is_off_by_default_and_recorded():
@@ -526,11 +524,15 @@ def test_checkpoint_whose_weights_do_not_fit_is_refused(tmp_path):
         load_encoder(tmp_path, device="cpu")
 
 
-def test_hub_id_missing_offline_fails_fast_with_instructions():
-    start = time.perf_counter()
+def test_hub_id_missing_offline_fails_fast_with_instructions(monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("offline: the Hub must not be asked")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
     with pytest.raises(FileNotFoundError, match=r"hf download no-such-org/no-such-model"):
         load_encoder("no-such-org/no-such-model", device="cpu")
-    assert time.perf_counter() - start < 5
 
 
 def test_saved_record_is_checked(tmp_path):
@@ -578,3 +580,24 @@ def test_fingerprint_tracks_weights_architecture_and_settings():
     before = whisper.fingerprint()
     whisper.native_length = True
     assert whisper.fingerprint() != before
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_run_layers_continues_the_forward_from_any_layer(name):
+    encoder = load_encoder(name, device="cpu")
+    audio, lengths = torch.randn(2, 48_000) * 0.1, torch.tensor([48_000, 40_000])
+    output = encoder(audio, lengths)
+    for start in range(encoder.n_layers):
+        last = encoder.run_layers(output.hidden_states[start], output.frame_mask, start)
+        torch.testing.assert_close(last[output.frame_mask], output.last_hidden_state[output.frame_mask])
+    with pytest.raises(ValueError, match="must lie in 0..1"):
+        encoder.run_layers(output.hidden_states[-1], output.frame_mask, encoder.n_layers)
+
+
+def test_train_top_layers_leaves_only_the_top_layers_trainable():
+    encoder = load_encoder("tiny-hubert", device="cpu")
+    names = encoder.train_top_layers(1)
+    assert names and all(n.startswith(("encoder.encoder.layers.1.", "encoder.encoder.layer_norm.")) for n in names)
+    assert {n for n, p in encoder.named_parameters() if p.requires_grad} == set(names)
+    with pytest.raises(ValueError, match="must lie in 1..2"):
+        encoder.train_top_layers(3)

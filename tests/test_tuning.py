@@ -411,3 +411,59 @@ def test_spec_augment_follows_the_checkpoint_unless_chosen(demo, tmp_path):
     chosen = tune(demo, "DEMO01", TuningConfig(model="tiny-whisper", **quick | {"spec_augment": True}),
                   tmp_path / "chosen", progress=False)
     assert chosen.record["encoder_settings"]["spec_augment"] is True
+
+
+def test_tuning_starts_from_the_model_every_notebook_loads_by_name(demo, tmp_path):
+    """A tiny random model is initialised by its registry seed, whatever the tuning seed, so that the
+    "pretrained" variant of the alignment notebook is the network that was tuned."""
+    result = tune(demo, "DEMO01", TuningConfig(model="tiny-hubert", seed=7, **QUICK_TUNING | {"epochs": 1}),
+                  tmp_path, progress=False)
+    assert result.record["initial_fingerprint"] == load_encoder("tiny-hubert", device="cpu").fingerprint()
+
+
+@pytest.mark.parametrize("name", ["tiny-wav2vec2", "tiny-whisper"])
+def test_frozen_states_equal_the_forward_and_are_cached(demo, tmp_path, name):
+    from bt_utils.models.frozen import frozen_inputs
+
+    encoder = load_encoder(name, device="cpu")
+    train, _, _ = build_tuning_sets(demo, "DEMO01", TuningConfig(model=name, **QUICK_TUNING))
+    states = frozen_inputs(encoder, train, 1, cache_dir=tmp_path, progress=False)
+    assert len(states) == len(train) and torch.equal(states.targets, train.targets)
+    for index in (0, len(train) - 1):
+        with torch.no_grad():
+            expected = encoder(train[index][0][None]).hidden_states[1][0]
+        torch.testing.assert_close(states[index][0], expected, atol=2e-3, rtol=1e-2)  # stored in float16
+    files = sorted(tmp_path.rglob("*.npy"))
+    assert len(files) == len({story for story, _ in train.items})
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = frozen_inputs(encoder, train, 1, cache_dir=tmp_path, progress=False)
+    assert [f.stat().st_mtime_ns for f in files] == stamps and torch.equal(again[3][0], states[3][0])
+
+
+def test_tuning_only_the_top_layer_changes_only_the_top_layer(demo, tmp_path, monkeypatch):
+    monkeypatch.setenv("BT_UTILS_CACHE_DIR", str(tmp_path / "cache"))
+    config = TuningConfig(model="tiny-wav2vec2", trainable_layers=1, **QUICK_TUNING | {"spec_augment": None})
+    result = tune(demo, "DEMO01", config, tmp_path / "run", progress=False)
+    before = load_encoder("tiny-wav2vec2", device="cpu").state_dict()
+    after = load_encoder(result.checkpoint_dir, device="cpu").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("encoder.encoder.layers.1.") for k in changed)
+    assert result.record["encoder_settings"]["spec_augment"] is False  # no audio to mask: switched off
+    losses = result.history[result.history.split == "train"].loss.to_numpy()
+    assert losses[-1] < losses[0]
+
+
+def test_trainable_layers_is_checked():
+    with pytest.raises(ValueError, match="trainable_layers=0"):
+        TuningConfig(trainable_layers=0)
+    with pytest.raises(ValueError, match="spec_augment=True"):
+        TuningConfig(trainable_layers=1, spec_augment=True)
+
+
+def test_precision_resolution():
+    cpu = torch.device("cpu")
+    assert tuning.resolve_precision(cpu, "off") == "off" and tuning.resolve_precision(cpu, "bf16") == "bf16"
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert tuning.resolve_precision(cpu, "auto") == ("bf16" if native else "off")
+    with pytest.raises(ValueError, match="fp16.*needs a CUDA device"):
+        tuning.resolve_precision(cpu, "fp16")

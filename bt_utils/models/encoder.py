@@ -183,6 +183,11 @@ class SpeechEncoder(nn.Module):
         return config.encoder_layers if self.family == "whisper" else config.num_hidden_layers
 
     @property
+    def layers(self) -> nn.ModuleList:
+        """The transformer layers, in order."""
+        return self.encoder.layers if self.family == "whisper" else self.encoder.encoder.layers
+
+    @property
     def hidden_size(self) -> int:
         """Width D of the hidden states."""
         config = self.encoder.config
@@ -227,6 +232,23 @@ class SpeechEncoder(nn.Module):
         if self.family != "whisper":
             self.encoder.feature_extractor._requires_grad = False  # HF skips its gradient hook when frozen
         return [name for name, p in self.named_parameters() if id(p) in frozen_ids]
+
+    def train_top_layers(self, n_layers: int) -> list[str]:
+        """Make only the top ``n_layers`` transformer layers (and the final layer norm, if any) trainable.
+
+        Returns
+        -------
+        list of str
+            Names (in :meth:`named_parameters`) of the trainable parameters.
+        """
+        if not 1 <= n_layers <= self.n_layers:
+            raise ValueError(f"n_layers={n_layers!r} must lie in 1..{self.n_layers}: {self.name} has {self.n_layers} layers")
+        for parameter in self.parameters():
+            parameter.requires_grad = False
+        for module in (*self.layers[self.n_layers - n_layers:], self._final_layer_norm()):
+            for parameter in module.parameters():
+                parameter.requires_grad = True
+        return [name for name, p in self.named_parameters() if p.requires_grad]
 
     def set_regularisation(self, spec_augment: bool, layerdrop: bool, layerdrop_rate: float | None = None) -> None:
         """Switch SpecAugment and LayerDrop (train mode only) on or off.
@@ -443,6 +465,42 @@ class SpeechEncoder(nn.Module):
             attention_mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden,
                                                        attention_mask=valid)
         return self._whisper_layers(hidden, attention_mask)
+
+    def run_layers(self, hidden: torch.Tensor, frame_mask: torch.Tensor, start: int) -> torch.Tensor:
+        """The model's output computed from the input of layer ``start + 1``.
+
+        Runs layers ``start + 1 .. n_layers`` and the final layer norm, as
+        :meth:`forward` does after its first ``start`` layers (LayerDrop
+        included in train mode), so brain-tuning can train the top layers on
+        lower-layer states computed once.
+
+        Parameters
+        ----------
+        hidden : torch.Tensor
+            Float, shape (B, F, D): ``hidden_states[start]`` of :meth:`forward`.
+        frame_mask : torch.Tensor
+            Bool, shape (B, F): the frames computed from real audio.
+        start : int
+            Layers already applied, 0 to ``n_layers - 1``.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (B, F, D): ``last_hidden_state`` of :meth:`forward`.
+        """
+        if not 0 <= start < self.n_layers:
+            raise ValueError(f"start={start!r} must lie in 0..{self.n_layers - 1}: {self.name} has {self.n_layers} layers")
+        uses_mask = self.native_length if self.family == "whisper" else self.settings["attention_mask"]
+        attention_mask = None
+        if uses_mask:
+            attention_mask = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden,
+                                                       attention_mask=frame_mask.to(hidden.device))
+        for layer in self.layers[start:]:
+            if not self._skip_layer():
+                hidden = layer(hidden, attention_mask) if self.family == "whisper" else layer(
+                    hidden, attention_mask=attention_mask)
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return self._final_layer_norm()(hidden)
 
     def _whisper_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """The input ``hidden`` (B, F, D) and each Whisper layer's output (B, F, D)."""

@@ -1,7 +1,7 @@
 """Brain-tuning: fine-tune a speech encoder to predict one participant's fMRI responses.
 
-Defaults follow METHOD.md: 10-s inputs per TR (:mod:`bt_utils.data.stimulus`), the
-``[10:-5]`` trim, targets = voxels with ``cc_max > 0.4``, mean pooling of the last
+Defaults follow the protocol (docs/method.md, "Brain-tuning"): 10-s inputs per
+TR (:mod:`bt_utils.data.stimulus`), the ``[10:-5]`` trim, targets = voxels with ``cc_max > 0.4``, mean pooling of the last
 hidden state over valid frames, a linear head, MSE, Adam with an encoder
 learning rate of 5e-5 (linear warm-up over 5 epochs, then linear decay) and a
 head learning rate of 1e-4 x max(0.8^epoch, 0.1), 30 epochs, batch 128, seed 42,
@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import Dataset
 from .encoder import SpeechEncoder
+from .frozen import frozen_inputs
 from .registry import load_encoder, select_device
 from .resume_state import load_resume_state, restore_rng_states, rng_states, save_resume_state
 from ..data.noise_ceiling import cc_max, select_voxels
@@ -93,10 +94,15 @@ class TuningConfig:
     native_length : bool
         Whisper only: run the encoder on the real 10 s instead of padding to 30 s.
     mixed_precision : {"auto", "off", "bf16", "fp16"}
-        CUDA only; "auto" uses bf16 where supported.
+        Autocast of the training and validation passes (weights stay
+        float32). "auto": bf16 on CUDA devices that support it (else fp16)
+        and on CPUs with native bf16 instructions, else off. fp16 needs CUDA.
     device : str
         "auto" (CUDA, then MPS, then CPU) or a torch device string.
     seed : int
+        Seed of the batch order, the controls' draws, dropout and the head's
+        initialisation; the encoder starts from the model as loaded by name
+        everywhere else (a tiny random model from its registry seed).
     patience : int
         Epochs without a validation improvement before stopping.
     cc_max_threshold : float
@@ -108,6 +114,13 @@ class TuningConfig:
     max_train_trs, max_validation_trs : int or None
         Use a deterministic random subset of at most this many TRs (>= 1; for
         quick runs); None = all.
+    trainable_layers : int or None
+        Train only the top ``trainable_layers`` transformer layers and the
+        head. Everything below them is frozen, runs once in eval mode, and its
+        output for every TR is cached and shared by every run from the same
+        encoder on the same stories (:func:`bt_utils.models.frozen.frozen_inputs`);
+        SpecAugment cannot apply then. None (the protocol): every transformer
+        layer is trained, from audio.
     """
 
     model: str = "whisper-tiny.en"
@@ -138,6 +151,7 @@ class TuningConfig:
     block_size: int = 15
     max_train_trs: int | None = None
     max_validation_trs: int | None = None
+    trainable_layers: int | None = None
 
     def __post_init__(self):
         check_option("loss", self.loss, LOSSES)
@@ -147,6 +161,13 @@ class TuningConfig:
             value, least = getattr(self, name), 0 if name == "seed" else 1
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise ValueError(f"{name}={value!r} is not valid: give a whole number of at least {least}")
+        if self.trainable_layers is not None and (not isinstance(self.trainable_layers, numbers.Integral)
+                                                  or self.trainable_layers < 1):
+            raise ValueError(f"trainable_layers={self.trainable_layers!r} is not valid: give a number of layers of at "
+                             "least 1, or None to train every layer")
+        if self.trainable_layers is not None and self.spec_augment:
+            raise ValueError("spec_augment=True needs the audio of every step, but trainable_layers trains on cached "
+                             "states of the frozen layers: set spec_augment=None or False")
         for name in ("max_train_trs", "max_validation_trs"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, numbers.Integral) or value < 1):
@@ -205,8 +226,15 @@ class TuningSet(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         story, tr = self.items[index]
-        window = tr_input_window(self.audio[story], self.tr_times[story], tr, self.spec)
-        return torch.from_numpy(window), self.targets[index]
+        return torch.from_numpy(self.window(story, tr)), self.targets[index]
+
+    def window(self, story: str, tr: int) -> np.ndarray:
+        """The input audio of one TR of a story (untrimmed index), shape (window_samples,)."""
+        return tr_input_window(self.audio[story], self.tr_times[story], tr, self.spec)
+
+    def story_rows(self, story: str) -> list[int]:
+        """Untrimmed indices of every TR of ``story`` that has a response row."""
+        return [int(i) for i in trimmed_tr_indices(len(self.tr_times[story]))]
 
 
 def block_shuffle(responses: np.ndarray, block_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -384,11 +412,31 @@ class BrainTuningModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.hidden_size, n_targets)
+        self.frozen_layers: int | None = None
+        self.frame_mask: torch.Tensor | None = None
 
-    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted targets, shape (B, n_targets), from audio of shape (B, n_samples)."""
-        output = self.encoder(audio, lengths)
-        return self.head(masked_mean(output.last_hidden_state, output.frame_mask))
+    def take_frozen_states(self, frozen_layers: int, frame_mask: torch.Tensor) -> None:
+        """Take, from now on, the states entering layer ``frozen_layers + 1`` instead of audio.
+
+        Parameters
+        ----------
+        frozen_layers : int
+            Transformer layers already applied to the inputs (see
+            :func:`bt_utils.models.frozen.frozen_inputs`).
+        frame_mask : torch.Tensor
+            Bool, shape (F,): the frames of the inputs computed from real audio.
+        """
+        self.frozen_layers, self.frame_mask = frozen_layers, frame_mask
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Predicted targets, shape (B, n_targets), from audio (B, n_samples) or frozen states (B, F, D)."""
+        if self.frozen_layers is None:
+            output = self.encoder(inputs)
+            hidden, mask = output.last_hidden_state, output.frame_mask
+        else:
+            mask = self.frame_mask.to(inputs.device).expand(len(inputs), -1)
+            hidden = self.encoder.run_layers(inputs, mask, self.frozen_layers)
+        return self.head(masked_mean(hidden, mask))
 
 
 def compute_loss(name: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -445,14 +493,27 @@ def _plain_encoder(encoder: SpeechEncoder) -> SpeechEncoder:
     return merged
 
 
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """The autocast precision a run uses: ``"off"``, ``"bf16"`` or ``"fp16"`` (see :class:`TuningConfig`)."""
+    check_option("mixed_precision", precision, PRECISIONS)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"mixed_precision='fp16' needs a CUDA device, not {device.type}: use 'bf16' or 'off'")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bf16"
+    return "off"
+
+
 def _autocast(device: torch.device, precision: str):
-    if device.type != "cuda" or precision == "off":
+    """Autocast context and gradient scaler (fp16 only) for a resolved precision."""
+    if precision == "off":
         return contextlib.nullcontext(), None
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return torch.autocast("cuda", dtype=dtype), scaler
+    return torch.autocast(device.type, dtype=dtype), scaler
 
 
 # ----- training -------------------------------------------------------------------------------
@@ -506,7 +567,8 @@ def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.
     return total
 
 
-def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: int, device: torch.device):
+def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: int, device: torch.device,
+             autocast=contextlib.nullcontext()):
     """Validation loss and predictions in eval mode (no dropout, no SpecAugment, no LayerDrop).
 
     Returns
@@ -519,7 +581,8 @@ def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: in
     predictions = []
     with torch.no_grad():
         for audio, _ in torch.utils.data.DataLoader(data, batch_size=batch_size):
-            predictions.append(model(audio.to(device)).float().cpu())
+            with autocast:
+                predictions.append(model(audio.to(device)).float().cpu())
     model.train(was_training)
     predictions = torch.cat(predictions)
     return float(compute_loss(loss, predictions, data.targets)), predictions.numpy()
@@ -611,11 +674,24 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
     seed_everything(config.seed)
     device = select_device(config.device)
     train_set, validation_set, selection = build_tuning_sets(dataset, subject, config)
-    encoder = load_encoder(config.model, device=device, native_length=config.native_length, seed=config.seed)
+    # the model as every other notebook loads it by name: a tiny random model's initial weights are its registry
+    # seed's, not the tuning seed's, so that "pretrained" and "brain-tuned" start from the same network
+    encoder = load_encoder(config.model, device=device, native_length=config.native_length)
+    initial_fingerprint = encoder.fingerprint()
     encoder.freeze_feature_encoder()
-    spec_augment = encoder.checkpoint_spec_augment if config.spec_augment is None else config.spec_augment
-    encoder.set_regularisation(spec_augment=spec_augment, layerdrop=config.layerdrop)
     model = BrainTuningModel(encoder, train_set.targets.shape[1]).to(device)
+    spec_augment = encoder.checkpoint_spec_augment if config.spec_augment is None else config.spec_augment
+    if config.trainable_layers is not None:
+        frozen = encoder.n_layers - config.trainable_layers
+        if frozen < 0:
+            raise ValueError(f"trainable_layers={config.trainable_layers} but {config.model} has {encoder.n_layers} "
+                             "layers")
+        train_set, validation_set = (frozen_inputs(encoder, data, frozen, initial_fingerprint, progress=progress)
+                                     for data in (train_set, validation_set))
+        encoder.train_top_layers(config.trainable_layers)
+        model.take_frozen_states(frozen, train_set.frame_mask)
+        spec_augment = False
+    encoder.set_regularisation(spec_augment=spec_augment, layerdrop=config.layerdrop)
     if config.lora:
         _add_lora(model, config)
 
@@ -635,7 +711,8 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
         schedules = [lambda s: encoder_lr_factor(s, warmup, total_steps),
                      lambda s: head_lr_factor(s // steps_per_epoch, config.head_lr_decay, config.head_lr_floor)]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
-    autocast, scaler = _autocast(device, config.mixed_precision)
+    precision = resolve_precision(device, config.mixed_precision)
+    autocast, scaler = _autocast(device, precision)
 
     history: list[dict] = []
     best = {"loss": math.inf, "epoch": -1}
@@ -660,7 +737,8 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
         log.info("resuming %s from epoch %d", out_dir, first_epoch)
 
     record = run_record(parameters, selection=selection, n_train=len(train_set), n_validation=len(validation_set),
-                        encoder_settings=getattr(encoder, "settings", {}))
+                        encoder_settings=getattr(encoder, "settings", {}), precision=precision,
+                        initial_fingerprint=initial_fingerprint)
     bar = tqdm(range(first_epoch, config.epochs if not finished else first_epoch), desc=f"brain-tuning {config.model} on {subject}", disable=not progress)
     train_samples, train_seconds = 0, 0.0
     for epoch_count, epoch in enumerate(bar, start=1):
@@ -681,7 +759,7 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
         train_loss = float(total) / len(train_set)
         train_samples += len(train_set)
         train_seconds += time.perf_counter() - epoch_started
-        validation_loss, _ = evaluate(model, validation_set, config.loss, micro_batch, device)
+        validation_loss, _ = evaluate(model, validation_set, config.loss, micro_batch, device, autocast)
         history += [{"epoch": epoch, "split": "train", "loss": train_loss},
                      {"epoch": epoch, "split": "validation", "loss": validation_loss}]
         bar.set_postfix(train=f"{train_loss:.4f}", validation=f"{validation_loss:.4f}")

@@ -171,6 +171,26 @@ def plot_training_curves(history, best_epoch: int | None = None, title: str = ""
     return figure
 
 
+def plot_validation_curves(logs, title: str = ""):
+    """Validation loss per epoch of several tuning runs (e.g. brain-tuned and its controls) on one axis.
+
+    Parameters
+    ----------
+    logs : mapping of str to DataFrame
+        Run label -> its ``training_log.parquet`` (columns ``epoch, split, loss``).
+    """
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for label, history in logs.items():
+        rows = history[history.split == "validation"]
+        ax.plot(rows.epoch, rows.loss, "o-", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss")
+    ax.set_title(title)
+    ax.legend()
+    figure.tight_layout()
+    return figure
+
+
 def plot_predictions(measured: np.ndarray, predicted: np.ndarray, voxels, labels=None, correlations=None):
     """Predicted against measured responses of a few voxels over time.
 

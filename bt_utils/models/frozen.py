@@ -1,0 +1,136 @@
+"""Brain-tuning the top layers only: the frozen layers' output per TR, computed once and cached.
+
+When only the top ``k`` transformer layers are trained, everything below them
+(feature encoder and the lower layers) gives the same output in every epoch
+and every run that starts from the same encoder: for the same stories, every
+participant and every control. :func:`frozen_inputs` computes that output once
+per story, in eval mode, stores it in the package cache (float16, one file per
+story, memory-mapped when read) and returns a dataset of it, which
+:meth:`bt_utils.models.encoder.SpeechEncoder.run_layers` continues from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..cache import cache_root
+from ..results import atomic_path
+from .encoder import SpeechEncoder
+
+log = logging.getLogger(__name__)
+
+CACHE_FOLDER = "tuning_inputs"
+CACHE_VERSION = 1
+
+
+class FrozenStates(torch.utils.data.Dataset):
+    """States entering the first trained layer, one (F, D) array per item, with their targets.
+
+    Parameters
+    ----------
+    states : dict of str to ndarray of shape (n_story_trs, F, D)
+        Per story, the states of every trimmed TR (float16, possibly memory-mapped).
+    items : list of (str, int)
+        (story, row into that story's states) per sample.
+    targets : torch.Tensor of shape (n_items, n_targets)
+    n_valid_frames : int
+        Frames computed from real audio (the rest is padding); the frame mask.
+    """
+
+    def __init__(self, states: dict[str, np.ndarray], items: list[tuple[str, int]], targets: torch.Tensor,
+                 n_valid_frames: int):
+        self.states, self.items, self.targets = states, list(items), targets
+        n_frames = next(iter(states.values())).shape[1]
+        self.frame_mask = torch.arange(n_frames) < n_valid_frames
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        story, row = self.items[index]
+        return torch.from_numpy(np.asarray(self.states[story][row], dtype=np.float32)), self.targets[index]
+
+
+def _cache_file(encoder: SpeechEncoder, fingerprint: str, start: int, spec, story: str, audio: np.ndarray,
+                n_trs: int, cache_dir) -> Path:
+    key = json.dumps([CACHE_VERSION, fingerprint, start, repr(spec), n_trs,
+                      hashlib.sha256(np.ascontiguousarray(audio, np.float32).tobytes()).hexdigest()])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return cache_root(cache_dir) / CACHE_FOLDER / f"{encoder.family}-layer{start}" / f"{story}-{digest}.npy"
+
+
+@torch.no_grad()
+def _story_states(encoder: SpeechEncoder, data, story: str, rows: list[int], start: int, batch_size: int) -> np.ndarray:
+    """``hidden_states[start]`` of the encoder (eval mode) for the windows of ``rows`` of ``data``."""
+    windows = [data.window(story, tr) for tr in rows]
+    out = None
+    for first in range(0, len(windows), batch_size):
+        batch = torch.from_numpy(np.stack(windows[first:first + batch_size])).to(encoder.device)
+        states = encoder(batch).hidden_states[start].to("cpu", torch.float16).numpy()
+        if out is None:
+            out = np.empty((len(windows), *states.shape[1:]), dtype=np.float16)
+        out[first:first + len(states)] = states
+    return out
+
+
+def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | None = None,
+                  cache_dir: str | os.PathLike | None = None, batch_size: int = 8,
+                  progress: bool = True) -> FrozenStates:
+    """The states entering layer ``start + 1`` for every item of a tuning set, from the cache or computed.
+
+    Parameters
+    ----------
+    encoder : SpeechEncoder
+        The encoder before tuning; it runs in eval mode here (no dropout, no
+        SpecAugment) and is left in the mode it was in.
+    data : bt_utils.models.tuning.TuningSet
+        Audio windows and targets; every trimmed TR of each of its stories is
+        computed and cached, whatever subset of them ``data`` holds.
+    start : int
+        Frozen transformer layers (0 to ``n_layers - 1``): the states are
+        ``hidden_states[start]`` of :meth:`SpeechEncoder.forward`.
+    fingerprint : str, optional
+        ``encoder.fingerprint()`` if already known (the cache key).
+    cache_dir : path-like, optional
+        Root of the cache (see :func:`bt_utils.cache.cache_root`).
+    batch_size : int
+    progress : bool
+
+    Returns
+    -------
+    FrozenStates
+        Same items and targets as ``data``.
+    """
+    if not 0 <= start < encoder.n_layers:
+        raise ValueError(f"start={start!r} must lie in 0..{encoder.n_layers - 1}: {encoder.name} has "
+                         f"{encoder.n_layers} layers")
+    fingerprint = fingerprint or encoder.fingerprint()
+    was_training = encoder.training
+    encoder.eval()
+    states = {}
+    try:
+        for story in tqdm(dict.fromkeys(s for s, _ in data.items), desc=f"frozen layers 0-{start} of {encoder.name}",
+                          disable=not progress):
+            rows = data.story_rows(story)
+            path = _cache_file(encoder, fingerprint, start, data.spec, story, data.audio[story], len(rows), cache_dir)
+            if not path.is_file():
+                values = _story_states(encoder, data, story, rows, start, batch_size)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as staged:
+                    with open(staged, "wb") as handle:
+                        np.save(handle, values)
+            states[story] = np.load(path, mmap_mode="r")
+    finally:
+        encoder.train(was_training)
+    row_of = {story: {tr: row for row, tr in enumerate(data.story_rows(story))} for story in states}
+    items = [(story, row_of[story][tr]) for story, tr in data.items]
+    n_valid = int(encoder.frame_lengths(torch.tensor([data.spec.window_samples]))[0])
+    return FrozenStates(states, items, data.targets, n_valid)
