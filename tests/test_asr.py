@@ -81,7 +81,7 @@ def test_ctc_heads_decode_planted_characters_but_not_noise(informative_layer):
 
 def test_frames_are_kept_or_computed_again_alike():
     encoder = load_encoder("tiny-wav2vec2", device="cpu")
-    examples = demo_task("demo_asr", per_class=4).examples
+    examples = demo_task("demo_asr", per_class=8).examples[:4]
     kept = FrameSet.encode(encoder, examples, batch_size=4)
     again = FrameSet.encode(encoder, examples, batch_size=4, memory_gb=1e-9)
     assert kept.kept is not None and again.kept is None and len(kept) == len(again) == 4
@@ -101,7 +101,7 @@ def test_frames_are_kept_or_computed_again_alike():
 @pytest.mark.parametrize("name", ["tiny-wav2vec2", "tiny-hubert", "tiny-whisper"])
 def test_asr_runs_end_to_end_for_every_family(name, tmp_path):
     """The CTC heads train on the frozen tiny random encoder of each family, WER is computed and the rows written."""
-    task = demo_task("demo_asr", per_class=12)  # 6 train, 3 validation, 3 test utterances
+    task = demo_task("demo_asr", per_class=16)  # 12 train, 2 validation, 2 test utterances
     results = run_downstream([name], [task], seeds=(0, 1), ctc=CtcConfig(max_epochs=2), device="cpu",
                              native_length=True, whisper_decoder=False, n_resamples=50, progress=False)
     encoder = load_encoder(name, device="cpu")
@@ -132,18 +132,20 @@ def test_asr_runs_end_to_end_for_every_family(name, tmp_path):
 
 
 def test_demo_asr_has_three_splits_with_disjoint_speakers():
-    task = demo_task("demo_asr", per_class=8)
-    assert task.kind == "asr" and [len(task.split(s)) for s in ("train", "validation", "test")] == [4, 2, 2]
+    task = demo_task("demo_asr", per_class=16)
+    assert task.kind == "asr" and [len(task.split(s)) for s in ("train", "validation", "test")] == [12, 2, 2]
     speakers = {split: {e.speaker for e in task.split(split)} for split in ("train", "validation", "test")}
     assert not (speakers["train"] & speakers["validation"] or speakers["train"] & speakers["test"]
                 or speakers["validation"] & speakers["test"])
     assert all(e.label.endswith((".", "?")) and len(e.label.split()) >= 3 for e in task.examples)  # sentences
-    assert [len(demo_task("demo_asr").split(s)) for s in ("train", "validation", "test")] == [96, 48, 48]
+    assert [len(demo_task("demo_asr").split(s)) for s in ("train", "validation", "test")] == [96, 16, 16]
+    with pytest.raises(ValueError, match="at least 8 utterances"):
+        demo_task("demo_asr", per_class=7)
 
 
 def test_ctc_task_needs_every_split():
     encoder = load_encoder("tiny-hubert", device="cpu")
-    task = demo_task("demo_asr", per_class=4)
+    task = demo_task("demo_asr", per_class=8)
     no_train = type(task)(task.name, "asr", tuple(e for e in task.examples if e.split != "train"))
     with pytest.raises(ValueError, match="no train utterances"):
         ctc_task(encoder, no_train, progress=False)
@@ -153,7 +155,7 @@ def test_ctc_task_needs_every_split():
 
 def test_whisper_decoder_rows_stay_apart_from_the_ctc_rows():
     """whisper-tiny.en is scored by CTC heads (one_minus_wer) and, separately, by its own decoder."""
-    task = demo_task("demo_asr", per_class=8)  # 4 train, 2 validation, 2 test utterances
+    task = demo_task("demo_asr", per_class=16)  # 12 train, 2 validation, 2 test utterances
     results = run_downstream(["whisper-tiny.en"], [task], seeds=(0, 1), ctc=CtcConfig(max_epochs=2), device="cpu",
                              native_length=True, n_resamples=50, progress=False)
     predictions = results.predictions

@@ -331,7 +331,7 @@ def test_model_entries(tuned_checkpoint):
 
 def test_run_compares_variants_with_asr(tuned_checkpoint, feature_cache):
     word = demo_task("demo_word", per_class=8)
-    asr = demo_task("demo_asr", per_class=8)
+    asr = demo_task("demo_asr", per_class=16)
     results = run_downstream(["whisper-tiny.en", {"path": str(tuned_checkpoint)}], [word, asr], seeds=(0,),
                              probe=ProbeConfig(max_epochs=5), ctc=CtcConfig(max_epochs=2), device="cpu",
                              native_length=True, n_resamples=100, cache_dir=feature_cache, progress=False)
@@ -599,7 +599,7 @@ def test_04_downstream_notebook(tmp_path, word_features, feature_cache, monkeypa
     out = tmp_path / "04"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's torch: see one_thread
     execute_notebook("04_downstream", out, {
-        "tasks": ["demo_word", "demo_asr"], "demo_per_class": {"demo_word": WORD_PER_CLASS, "demo_asr": 8},
+        "tasks": ["demo_word", "demo_asr"], "demo_per_class": {"demo_word": WORD_PER_CLASS, "demo_asr": 16},
         "seeds": [0], "max_epochs": 10, "ctc_options": {"max_epochs": 2}, "native_length": True, "device": "cpu",
         "cache_dir": str(feature_cache)})
     table = pd.read_parquet(out / "downstream.parquet")

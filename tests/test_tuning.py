@@ -265,6 +265,7 @@ def _target_driven_gradient(control: str, demo) -> float:
     config = TuningConfig(model="tiny-wav2vec2", control=control, **QUICK_TUNING)
     train, _, _ = build_tuning_sets(demo, "DEMO01", config)
     encoder = load_encoder(config.model, device="cpu", seed=config.seed)
+    encoder.freeze_feature_encoder()  # as brain-tuning does
     torch.manual_seed(0)
     model = BrainTuningModel(encoder, train.targets.shape[1]).eval()
     audio, target = (torch.stack(x) for x in zip(*(train[i] for i in range(8))))

@@ -219,7 +219,7 @@ def _phone_set_render(index: int, speaker: str, rng: np.random.Generator) -> tup
 """Names of the offline demo tasks (see :func:`demo_task`)."""
 
 _DEMO_DEFAULT_SIZE = {"demo_word": 32, "demo_sentence_type": 40, "demo_intent": 32, "demo_phoneme": 120,
-                      "demo_asr": 192}
+                      "demo_asr": 128}
 
 
 def demo_task(name: str, per_class: int | None = None, seed: int = 0) -> DownstreamTask:
@@ -230,10 +230,11 @@ def demo_task(name: str, per_class: int | None = None, seed: int = 0) -> Downstr
     name : {"demo_word", "demo_sentence_type", "demo_intent", "demo_phoneme", "demo_asr"}
     per_class : int, optional
         Examples per class, split 1/2 train, 1/4 validation, 1/4 test (rounded
-        down for validation and test); for ``demo_phoneme`` (multi-label)
-        and ``demo_asr`` the number of utterances, split the same way.
-        Defaults: word 32 (10 classes), sentence type 40 (3), intent 32 (6),
-        phoneme 120 utterances, ASR 192.
+        down for validation and test); for ``demo_phoneme`` (multi-label) the
+        number of utterances, split the same way; for ``demo_asr`` the number
+        of utterances, split 3/4 train, 1/8 validation, 1/8 test. Defaults:
+        word 32 (10 classes), sentence type 40 (3), intent 32 (6), phoneme 120
+        utterances, ASR 128.
     seed : int
         Seed of the speakers, texts, rates, pitches and noise; the same
         arguments always give the same task.
@@ -265,7 +266,12 @@ def demo_task(name: str, per_class: int | None = None, seed: int = 0) -> Downstr
         return DownstreamTask(name, "multilabel", examples, ARPABET_PHONES,
                               "three words -> which of the 39 ARPAbet phones occur (from the synthesis phone tier)",
                               "TIMIT phoneme prediction", origin)
-    examples = _make_examples(name, _split_sizes(per_class), seed, _asr_render)
+    n_held_out = per_class // 8  # a CTC head needs more training speech than a probe
+    if n_held_out < 1:
+        raise ValueError(f"per_class={per_class!r} is too small for demo_asr: use at least 8 utterances (split 3/4 "
+                         "train, 1/8 validation, 1/8 test)")
+    sizes = {"train": per_class - 2 * n_held_out, "validation": n_held_out, "test": n_held_out}
+    examples = _make_examples(name, sizes, seed, _asr_render)
     return DownstreamTask(name, "asr", examples, description="sentence -> transcript (1 - WER)", paper_task="ASR",
                           origin=origin)
 

@@ -1,21 +1,21 @@
-"""ASR scored as SUPERB scores it: a CTC head trained on the frozen encoder, for every family.
+"""ASR that measures the encoder: CTC heads trained on its frozen frames, the same way for every family.
 
-For each variant and seed, one linear CTC head per layer (frame -> characters and the blank, on the
-frame-level hidden states of that layer standardised with the training frames' statistics) is
-trained on the task's training split with Adam, all layers side by side on the same mini-batches.
-After every epoch each head transcribes the validation split greedily; the layer and epoch with the
-lowest validation WER (ties: lower CTC loss, then the lower layer and earlier epoch) are chosen, and
-only that head transcribes the test split. The vocabulary is the characters of the training
-transcripts as :func:`ctc_text` spells them (letters, apostrophe, space).
+For each variant and seed, one linear CTC head per layer (frame -> characters and the blank, on that
+layer's hidden states standardised with the training frames' statistics) is trained on the task's
+training split with Adam, all layers side by side on the same mini-batches, as SUPERB trains its
+downstream heads on a frozen upstream. After every epoch each head transcribes the validation split
+greedily; the layer and epoch with the lowest validation WER (ties: lower CTC loss, then the lower
+layer and earlier epoch) are chosen, and only that head transcribes the test split. The vocabulary
+is the characters of the training transcripts as :func:`ctc_text` spells them.
 
-The head is linear, over one layer's frames: it measures what the encoder makes linearly
-decodable, as the linear probes do for the other tasks, and it is cheap enough to train for every
-variant. SUPERB's 2-layer BiLSTM over a learned sum of layers would model acoustic context itself,
-crediting the head with what the encoder may lack.
+Why linear, over one layer: it measures what the encoder makes linearly decodable, as the linear
+probes do for the other tasks (and as SUPERB's phoneme recognition does), and it is cheap enough to
+train for every variant. SUPERB's ASR head, a 2-layer BiLSTM, models acoustic context itself and so
+credits the head with part of what the encoder may lack.
 
 Whisper variants can also be scored through Whisper's own pretrained decoder around the variant's
-encoder (:func:`whisper_decoder_task`): a different measure (how well the tuned encoder still
-serves a decoder trained on the original), reported under its own metric, :data:`WHISPER_DECODER_METRIC`.
+encoder (:func:`whisper_decoder_task`): another measure (how well the tuned encoder still serves a
+decoder trained on the original), kept apart under :data:`WHISPER_DECODER_METRIC`.
 """
 
 from __future__ import annotations
@@ -404,9 +404,10 @@ def ctc_task(encoder: SpeechEncoder, task: DownstreamTask, seeds: Sequence[int] 
     frames = {split: FrameSet.encode(encoder, examples, batch_size, config.memory_gb)
               for split, examples in splits.items()}
     test = frames["test"]
+    in_memory = all(f.kept is not None for f in frames.values())  # else the encoder runs too: keep its threads
     predictions, selections = [], []
     for seed in seeds:
-        with one_torch_thread():
+        with one_torch_thread() if in_memory else contextlib.nullcontext():
             fit = fit_ctc_heads(frames["train"], [e.label for e in splits["train"]], frames["validation"],
                                 [e.label for e in splits["validation"]], seed, config, encoder.device, progress)
             # the test split is touched only now, by the chosen head
