@@ -540,7 +540,10 @@ def timit_sentence_type(source: str | os.PathLike) -> DownstreamTask:
 
 
 def timit_asr(source: str | os.PathLike) -> DownstreamTask:
-    """TIMIT transcription: the core test set's SI and SX sentences (192 utterances), test split only.
+    """TIMIT transcription: the SI and SX sentences, in the split of the other TIMIT tasks.
+
+    Train: the TRAIN folder (3,696 utterances); test: the core test set (192);
+    validation: the other TEST speakers (disjoint speakers everywhere).
 
     Parameters
     ----------
@@ -551,8 +554,8 @@ def timit_asr(source: str | os.PathLike) -> DownstreamTask:
     -------
     DownstreamTask
     """
-    examples = tuple(Example(u.id, "test", u.text, u.audio, speaker=u.speaker) for u in _timit_utterances(source)
-                     if u.split == "test" and u.sentence_type != "SA")
+    examples = tuple(Example(u.id, u.split, u.text, u.audio, speaker=u.speaker) for u in _timit_utterances(source)
+                     if u.sentence_type != "SA")
     return DownstreamTask("timit_asr", "asr", examples, description="utterance -> transcript (1 - WER)",
                           paper_task="ASR", origin=str(source))
 
@@ -748,20 +751,24 @@ def slurp(source: str | os.PathLike, target: str = "intent",
 # LibriSpeech
 # ======================================================================================
 
-LIBRISPEECH_URL = "https://www.openslr.org/12 (e.g. test-clean.tar.gz, CC BY 4.0)"
+LIBRISPEECH_URL = "https://www.openslr.org/12 (train-clean-100, dev-clean and test-clean .tar.gz, CC BY 4.0)"
 LIBRISPEECH_LAYOUT = "<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt and .flac files"
+_LIBRISPEECH_HF_SPLITS = {"train-clean-100": "train.100", "train-clean-360": "train.360", "dev-clean": "validation",
+                          "test-clean": "test"}
 
 
-def librispeech(source: str | os.PathLike, subset: str = "test-clean", max_seconds: float = 30.0) -> DownstreamTask:
-    """LibriSpeech transcription, test split only (no probe is trained for ASR).
+def librispeech(source: str | os.PathLike, train: str = "train-clean-100", validation: str = "dev-clean",
+                test: str = "test-clean", max_seconds: float = 30.0) -> DownstreamTask:
+    """LibriSpeech transcription: one subset per split (speakers differ between subsets).
 
     Parameters
     ----------
     source : path-like or str
-        The ``LibriSpeech`` folder (holding ``subset``) or the subset folder
-        itself, or ``"hf:openslr/librispeech_asr"`` (config ``clean``, split ``test``).
-    subset : str
-        Local copies: the subset folder name.
+        The ``LibriSpeech`` folder holding the subset folders, or
+        ``"hf:openslr/librispeech_asr"`` (config ``clean``: ``train-clean-100``,
+        ``train-clean-360``, ``dev-clean`` and ``test-clean``).
+    train, validation, test : str
+        Subset of each split (e.g. ``"train-clean-360"``).
     max_seconds : float
         Longer utterances are left out: Whisper reads at most 30 s.
 
@@ -769,28 +776,41 @@ def librispeech(source: str | os.PathLike, subset: str = "test-clean", max_secon
     -------
     DownstreamTask
     """
-    if _is_hf(source):
-        examples = []
-        for row in _load_hf(source, "test", "clean"):
+    subsets = {"train": train, "validation": validation, "test": test}
+    examples = (_librispeech_hf if _is_hf(source) else _librispeech_local)(source, subsets, max_seconds)
+    return DownstreamTask("librispeech_asr", "asr", tuple(examples), description="utterance -> transcript (1 - WER)",
+                          paper_task="ASR", origin=str(source))
+
+
+def _librispeech_hf(source: str, subsets: dict[str, str], max_seconds: float) -> list[Example]:
+    examples = []
+    for split, subset in subsets.items():
+        if subset not in _LIBRISPEECH_HF_SPLITS:
+            raise ValueError(f"{split}={subset!r}: the Hugging Face copy of LibriSpeech (config 'clean') has the "
+                             f"subsets {', '.join(_LIBRISPEECH_HF_SPLITS)}")
+        for row in _load_hf(source, _LIBRISPEECH_HF_SPLITS[subset], "clean"):
             audio = _hf_audio(row["audio"])
             if len(audio) <= max_seconds * SAMPLE_RATE:
-                examples.append(Example(str(row["id"]), "test", str(row["text"]), audio,
-                                        speaker=str(row["speaker_id"])))
-    else:
-        root = _local_root(source, "LibriSpeech", LIBRISPEECH_URL, LIBRISPEECH_LAYOUT)
-        folder = root / subset if (root / subset).is_dir() else root
-        examples = []
+                examples.append(Example(str(row["id"]), split, str(row["text"]), audio, speaker=str(row["speaker_id"])))
+    return examples
+
+
+def _librispeech_local(source, subsets: dict[str, str], max_seconds: float) -> list[Example]:
+    root = _local_root(source, "LibriSpeech", LIBRISPEECH_URL, LIBRISPEECH_LAYOUT)
+    examples = []
+    for split, subset in subsets.items():
+        folder, found = root / subset, 0
         for transcript in sorted(folder.glob("*/*/*.trans.txt")):
             for line in transcript.read_text().splitlines():
                 utterance, _, text = line.partition(" ")
-                audio = transcript.parent / f"{utterance}.flac"
-                example = Example(utterance, "test", text, str(audio), speaker=utterance.split("-")[0])
+                example = Example(utterance, split, text, str(transcript.parent / f"{utterance}.flac"),
+                                  speaker=utterance.split("-")[0])
+                found += 1
                 if audio_length(example) <= max_seconds * SAMPLE_RATE:
                     examples.append(example)
-        if not examples:
-            raise _missing(f"LibriSpeech {subset}", folder, LIBRISPEECH_URL, LIBRISPEECH_LAYOUT)
-    return DownstreamTask("librispeech_asr", "asr", tuple(examples), description="utterance -> transcript (1 - WER)",
-                          paper_task="ASR", origin=str(source))
+        if not found:
+            raise _missing(f"LibriSpeech {subset} (the {split} split)", folder, LIBRISPEECH_URL, LIBRISPEECH_LAYOUT)
+    return examples
 
 
 # ======================================================================================

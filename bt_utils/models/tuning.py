@@ -13,12 +13,13 @@ loss diverges.
 Checkpoint folder (loadable by :func:`bt_utils.models.registry.load_encoder`)::
 
     checkpoint/encoder/               SpeechEncoder.save_pretrained (LoRA merged)
-    checkpoint/head.pt                {"state_dict", "n_targets", "target_kind", "voxels"}
+    checkpoint/head.pt                {"state_dict", "n_targets", "target_kind", "voxels", "target_scaling"}
     checkpoint/training_record.json   parameters, losses per epoch, chosen epoch, data selection
 
 ``target_kind`` is ``"voxels"`` (``voxels``: the selected voxel indices, one
 per head output) or, for the ``text_embedding`` control, ``"text_embedding"``
-(the outputs are embedding dimensions; ``voxels`` is None).
+(the outputs are embedding dimensions, z-scored with the training TRs'
+statistics ``target_scaling``: see :func:`zscore_targets`; ``voxels`` is None).
 
 The run folder also holds ``resume_state.pt`` (everything needed to continue an
 interrupted run exactly) and ``training_log.parquet`` (epoch, split, loss).
@@ -317,7 +318,8 @@ def build_tuning_sets(dataset: Dataset, subject: str, config: TuningConfig, spec
         ``target_kind`` (``"voxels"``, or ``"text_embedding"`` for that control),
         ``n_targets``, ``voxels`` (the selected voxel indices, the targets; None
         when the targets are embedding dimensions), ``cc_max`` of those voxels
-        (or None), the stories, the control and its story pairing.
+        (or None), the stories, the control and its story pairing; for the
+        ``text_embedding`` control ``target_scaling`` (see :func:`zscore_targets`).
     """
     split = dataset.split(subject)
     brain_targets = config.control != "text_embedding"
@@ -364,8 +366,40 @@ def build_tuning_sets(dataset: Dataset, subject: str, config: TuningConfig, spec
 
     train = make_set(list(split.train), config.max_train_trs)
     validation = make_set(list(split.validation), config.max_validation_trs)
+    if not brain_targets:
+        train.targets, validation.targets, selection["target_scaling"] = zscore_targets(train.targets, validation.targets)
     selection["n_targets"] = int(train.targets.shape[1])
     return train, validation, selection
+
+
+def zscore_targets(train: torch.Tensor, validation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """z-score every target column with the mean and standard deviation of the training rows.
+
+    The ``text_embedding`` control's targets are unit-norm embeddings (each
+    dimension's variance about 1 / n_targets); z-scored like the voxels'
+    responses, they drive the encoder as hard under the same loss and
+    learning rates. The validation rows use the training statistics.
+
+    Parameters
+    ----------
+    train : Tensor of shape (n_train, n_targets)
+    validation : Tensor of shape (n_validation, n_targets)
+
+    Returns
+    -------
+    train, validation : Tensor
+        Same shapes; the training columns have mean 0 and standard deviation 1.
+        Columns whose standard deviation is below 1e-6 of the largest one are
+        only centred (all-MiniLM-L6-v2 has dimensions that are always about 0).
+    scaling : dict
+        ``{"mean": [...], "std": [...]}`` (length n_targets each; ``std`` 1 for
+        the columns only centred): a prediction maps back to target units as
+        ``prediction * std + mean``.
+    """
+    mean, std = train.mean(dim=0), train.std(dim=0, unbiased=False)
+    std = torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
+    scaling = {"mean": mean.tolist(), "std": std.tolist()}
+    return (train - mean) / std, (validation - mean) / std, scaling
 
 
 def target_names(selection: dict) -> list[str]:
@@ -593,7 +627,8 @@ def _save_checkpoint(model: BrainTuningModel, folder: Path, record: dict, select
         staged.mkdir()
         _plain_encoder(model.encoder).save_pretrained(staged / "encoder")
         torch.save({"state_dict": model.head.state_dict(), "n_targets": model.head.out_features,
-                    "target_kind": selection["target_kind"], "voxels": selection["voxels"]}, staged / "head.pt")
+                    "target_kind": selection["target_kind"], "voxels": selection["voxels"],
+                    "target_scaling": selection.get("target_scaling")}, staged / "head.pt")
         (staged / "training_record.json").write_text(json.dumps(record, indent=2, default=str))
 
 
