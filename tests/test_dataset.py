@@ -1,3 +1,4 @@
+import json
 import logging
 import shutil
 
@@ -5,7 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from bt_utils.data.dataset import SAMPLE_RATE, Dataset, StorySplit
+from bt_utils.data.dataset import SAMPLE_RATE, Dataset, StorySplit, open_dataset
+from bt_utils.data.timing import DS003020_TR_S
 from bt_utils.data.transcripts import read_textgrid
 from bt_utils.validation import DataError
 from conftest import write_small_dataset
@@ -37,6 +39,26 @@ def test_small_dataset_loads_and_resamples(small, caplog):
     assert dataset.load_responses("S01", "alpha").shape == (25, 4)
     assert dataset.load_repeats("S01", "gamma").shape == (3, 15, 4)
     assert dataset.tr_times("beta").shape == (35,)
+
+
+def test_the_tr_grid_is_a_parameter_of_the_dataset(small):
+    # default: the reference's 2.0-s grid, sound onset 10 s after the first trigger, features at TR midpoints
+    dataset = Dataset(small)
+    assert dataset.tr == DS003020_TR_S == 2.0
+    np.testing.assert_allclose(dataset.tr_times("alpha"), np.arange(40) * 2.0 - 10.0 + 1.0)
+    slower = Dataset(small, tr=2.0045)
+    assert slower.tr == 2.0045 and "tr=2.0045" in repr(slower)
+    np.testing.assert_allclose(slower.tr_times("alpha"), np.arange(40) * 2.0045 - 10.0 + 2.0045 / 2)
+    assert open_dataset(small, tr=1.5).tr_times("beta")[1] - open_dataset(small).tr_times("beta")[1] == -0.75
+    with pytest.raises(ValueError, match="the TR must be a finite positive number of seconds, got 0"):
+        Dataset(small, tr=0)
+    # a dataset may declare its own TR (the demo does, in demo.json); an explicit tr wins
+    (small / "derivative" / "demo.json").write_text(json.dumps({"tr": 1.5}))
+    assert Dataset(small).tr == 1.5 and Dataset(small, tr=2.0).tr == 2.0
+    np.testing.assert_allclose(np.diff(Dataset(small).tr_times("gamma")), 1.5)
+    (small / "derivative" / "demo.json").write_text(json.dumps({"tr": -1}))
+    with pytest.raises(DataError, match="demo.json declares an invalid TR"):
+        _ = Dataset(small).tr
 
 
 def test_story_with_audio_but_no_textgrid(small):
