@@ -19,7 +19,7 @@ Measured on this machine, one thread (BLAS and torch), printed as markdown table
 3. **Brain-tuning**: seconds per training step of those architectures on 10-s
    inputs (``bench_tuning.measure``, a fresh process per model).
 
-Projected, from the unit costs and the protocol's sizes (METHOD.md):
+Projected, from the unit costs and the protocol's sizes (docs/method.md):
 feature extraction of every model variant, brain-tuning, and encoding fits,
 on this CPU (measured unit costs; an encoding fit at the protocol's size is
 its flop count at the median measured GFLOP/s: the local exponents do not
@@ -61,7 +61,7 @@ from bt_utils.encoding.ridge import (
 THREADS = 1
 """Threads of every measurement: unit costs are per core, and stable on a shared machine."""
 
-# ----------------------------------------------------------------------------- protocol sizes (METHOD.md)
+# ----------------------------------------------------------------------------- protocol sizes (docs/method.md)
 
 N_SUBJECTS = 8
 FAMILIES = ("wav2vec2-base", "hubert-base", "whisper-small")
@@ -89,7 +89,7 @@ N_ENCODED_VARIANTS = 4
 FITS_PER_LAYER = 2
 """Encoding fits per variant and layer: brain alignment, and the refit on low-level residual features."""
 DEFAULT_VOXELS = 90_000
-"""Voxels per participant in the preprocessed responses (whole cortex, about 80-95 thousand; METHOD.md gives
+"""Voxels per participant in the preprocessed responses (whole cortex, about 80-95 thousand; the protocol gives
 no exact count)."""
 
 # ----------------------------------------------------------------------------- measurement grids

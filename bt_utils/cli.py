@@ -53,10 +53,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     return 0 if (table.state == "completed").all() else 1
 
 
-def _sweep_status(args: argparse.Namespace) -> None:
+def _sweep_status(args: argparse.Namespace) -> int:
     from .sweeps.runner import sweep_status
 
-    _print_sweep(sweep_status(args.spec, args.out, notebook_dir=args.notebooks))
+    table = sweep_status(args.spec, args.out, notebook_dir=args.notebooks)
+    _print_sweep(table)
+    return 1 if table.state.isin(["failed", "skipped", "interrupted"]).any() else 0
 
 
 def _sweep_parser(actions, name: str, summary: str, handler) -> argparse.ArgumentParser:
@@ -76,7 +78,8 @@ def _add_sweep_commands(commands) -> None:
     run.add_argument("--scheduler", help="Dask scheduler address, or 'local' (default: Dask config, else local)")
     run.add_argument("--worker-resources", nargs="+", type=_resource, metavar="NAME=AMOUNT",
                      help="resources each local worker declares, e.g. GPU=1 (default: ignore stage resources)")
-    _sweep_parser(actions, "status", "show the state of every run", _sweep_status)
+    _sweep_parser(actions, "status", "show the state of every run (exit status 1 if a run failed, was skipped "
+                  "or interrupted)", _sweep_status)
 
 
 def build_parser() -> argparse.ArgumentParser:

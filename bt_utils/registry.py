@@ -1,11 +1,12 @@
-"""Named registries that extensions fill: models, downstream tasks, speech voices, datasets, commands.
+"""Named registries that extensions fill: models, tasks, speech voices, datasets, commands, surface mappings.
 
 The core package never imports its extensions. An extension declares an entry
 point in the group ``bt_utils.plugins`` whose target is a function without
 arguments that registers its entries; every such function runs once, the first
 time any registry is read. The embedded demo (:mod:`bt_utils.demo`) is such an
-extension: it registers the offline Whisper, the demo tasks, the eSpeak voice
-and the demo dataset, so the science modules work the same with or without it.
+extension: it registers the offline Whisper, the demo tasks, the eSpeak voice,
+the demo dataset and the fsaverage5 mapping of its template subject, so the
+science modules work the same with or without it.
 """
 
 from __future__ import annotations
@@ -79,3 +80,7 @@ DATASET_BUILDERS: Registry[Callable] = Registry("dataset builder")
 
 COMMANDS: Registry[Callable] = Registry("command")
 """Functions ``(subparsers) -> None`` that add a sub-command to the ``bt`` command line."""
+
+SURFACE_MAPPINGS: Registry[Callable] = Registry("surface mapping")
+"""Functions ``(layout, radius_mm, cache_dir) -> scipy.sparse matrix of shape (20484, n_voxels)`` that carry
+the voxels of a layout to fsaverage5 (see :mod:`bt_utils.viz.fsaverage`), keyed by pycortex subject."""

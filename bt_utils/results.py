@@ -1,4 +1,4 @@
-"""Result files: atomic writes, tidy tables, figures and run records.
+"""Result files: atomic writes, exclusive locks, tidy tables, figures and run records.
 
 Every writer goes through :func:`atomic_path`: content is written under a
 temporary name in the destination folder and renamed into place only once it
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import math
 import os
 import platform
@@ -24,6 +25,8 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -64,6 +67,54 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(staged, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a failed block, or the backup
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the file ``path`` (created, then removed); wait while another holder has it.
+
+    For work that two processes must not do at once on the same folder (e.g.
+    building a dataset there): the second waits, then finds the work done. The
+    lock is ``flock`` on POSIX, released by the system if its holder dies; the
+    file is removed by its last holder, and a waiter that locked a file
+    removed meanwhile locks the new one. Where ``fcntl`` does not exist
+    (Windows), the block runs without a lock.
+
+    Parameters
+    ----------
+    path : path-like
+        The lock file; its folder is created.
+
+    Yields
+    ------
+    path : Path
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield path
+        return
+    while True:
+        handle = path.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for %s: another process holds it", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # locked a file its holder removed meanwhile: lock the new one
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()  # releases the lock
 
 
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")

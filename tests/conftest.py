@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile  # noqa: E402
 
-from bt_utils.data.timing import RESPDICT_PAD  # noqa: E402
+from bt_utils.data.timing import DS003020_TR_S, RESPDICT_PAD, SOUND_ONSET_S  # noqa: E402
 from bt_utils.data.transcripts import Interval, Transcript, write_textgrid  # noqa: E402
 
 
@@ -47,12 +47,23 @@ def demo(demo_root):
     return Dataset(demo_root)
 
 
+SMALL_DATASET_RATE = 8000
+"""Sample rate of the audio of :func:`write_small_dataset`, in Hz."""
+
+
+def small_story_seconds(n_trs: int) -> float:
+    """Audio duration of a story of ``n_trs`` TRs in :func:`write_small_dataset`: the TR grid less the 10 s
+    of scanning before the sound and 10 s after it, as in ds003020 and the demo."""
+    return n_trs * DS003020_TR_S - 2 * SOUND_ONSET_S
+
+
 def write_small_dataset(root: Path, stories: dict[str, int], n_voxels: int = 4, seed: int = 0) -> Path:
     """A minimal hand-made dataset in the ds003020 layout.
 
-    Each story gets 1 s of noise audio at 44.1 kHz, a one-word TextGrid, and
-    responses of the right trimmed length for subject ``S01``; the last story
-    also gets three ``individual_repeats``.
+    Each story gets noise audio at 8 kHz that covers its TR grid
+    (:func:`small_story_seconds`), a one-word TextGrid of the same duration,
+    and responses of the right trimmed length for subject ``S01``; the last
+    story also gets three ``individual_repeats``.
     """
     rng = np.random.default_rng(seed)
     (root / "stimuli").mkdir(parents=True)
@@ -62,11 +73,36 @@ def write_small_dataset(root: Path, stories: dict[str, int], n_voxels: int = 4, 
     respdict = {story: n_trs + RESPDICT_PAD for story, n_trs in stories.items()}  # as ds003020 counts them
     (root / "derivative" / "respdict.json").write_text(json.dumps(respdict))
     for index, (story, n_trs) in enumerate(stories.items()):
-        soundfile.write(root / "stimuli" / f"{story}.wav", 0.1 * rng.standard_normal(44100), 44100)
-        transcript = Transcript([Interval(0.2, 0.6, "hello")], [Interval(0.2, 0.4, "HH"), Interval(0.4, 0.6, "AH")], 1.0)
+        n_samples = round(small_story_seconds(n_trs) * SMALL_DATASET_RATE)
+        soundfile.write(root / "stimuli" / f"{story}.wav", 0.1 * rng.standard_normal(n_samples), SMALL_DATASET_RATE)
+        transcript = Transcript([Interval(0.2, 0.6, "hello")], [Interval(0.2, 0.4, "HH"), Interval(0.4, 0.6, "AH")],
+                                n_samples / SMALL_DATASET_RATE)
         write_textgrid(transcript, root / "derivative" / "TextGrids" / f"{story}.TextGrid")
         with h5py.File(folder / f"{story}.hf5", "w") as handle:
             handle["data"] = rng.standard_normal((n_trs - 15, n_voxels)).astype(np.float32)
             if index == len(stories) - 1:
                 handle["individual_repeats"] = rng.standard_normal((3, n_trs - 15, n_voxels)).astype(np.float32)
     return root
+
+
+@pytest.fixture(scope="session")
+def map_cache(tmp_path_factory) -> Path:
+    """A cache root holding the demo's S1 -> fsaverage5 fit (a few seconds, computed once per session)."""
+    from bt_utils.demo.surface import template_to_fsaverage
+
+    root = tmp_path_factory.getbasetemp() / "bt_utils_cache"
+    template_to_fsaverage("thin", cache_dir=root)
+    return root
+
+
+def cut_audio(dataset, seconds: float):
+    """Cut the audio of every story of an opened dataset to ``seconds``, and return the dataset.
+
+    Opening checks that each story's audio covers its TR grid; tests of feature
+    extraction that need only a few frames per story cut it afterwards.
+    """
+    for story in dataset.stories:
+        path = dataset.audio_path(story)
+        audio, rate = soundfile.read(path)
+        soundfile.write(path, audio[:round(seconds * rate)], rate)
+    return dataset

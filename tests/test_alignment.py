@@ -56,7 +56,7 @@ def test_story_cv_scores_match_an_independent_leave_one_story_out_ridge():
         w = np.linalg.solve(x[~held].T @ x[~held] + alpha * np.eye(12), x[~held].T @ y[~held])
         per_story.append([np.corrcoef(x[held] @ w[:, v], y[held, v])[0, 1] for v in range(20)])
     np.testing.assert_allclose(r, np.mean(per_story, axis=0), atol=1e-4)
-    grid = story_cv_scores(x, y, labels, AlignmentSettings())  # per-voxel alphas from the METHOD.md grid
+    grid = story_cv_scores(x, y, labels, AlignmentSettings())  # per-voxel alphas from the protocol's grid
     assert grid[:8].min() > 0.5 and np.abs(grid[8:]).max() < 0.25
 
 
@@ -129,3 +129,31 @@ def test_bad_inputs(demo):
         align(demo, ["DEMO02"], {"tuned": {"DEMO01": "x"}}, "m", AlignmentSettings(), "cpu", False)
     with pytest.raises(ValueError, match="cv='kfold'"):
         AlignmentSettings(cv="kfold")
+
+
+@pytest.mark.parametrize("subjects, variants, error, message", [
+    ([], {"pretrained": "tiny-hubert"}, ValueError, r"subjects=\[\] is empty; give at least one of \['DEMO01'"),
+    ("DEMO01", {"pretrained": "tiny-hubert"}, ValueError, r"subjects='DEMO01' is a string; give a list"),
+    (["DEMO01", "UTS01"], {"pretrained": "tiny-hubert"}, ValueError, r"subjects \['UTS01'\] have no responses"),
+    (["DEMO01"], {}, ValueError, "variants is empty"),
+    (["DEMO01", "DEMO02"], {"tuned": {"DEMO01": "x"}}, KeyError, "variant 'tuned' has no model for DEMO02"),
+])
+def test_analyses_check_subjects_and_variants_before_any_work(demo, monkeypatch, subjects, variants, error, message):
+    from bt_utils.encoding import alignment, low_level_impact
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the inputs were checked")
+
+    monkeypatch.setattr(alignment, "subject_targets", no_work)
+    monkeypatch.setattr(low_level_impact, "subject_targets", no_work)
+    monkeypatch.setattr(low_level_impact, "story_low_level", no_work)
+    for analysis in (align, low_level_impact.low_level_impact):
+        with pytest.raises(error, match=message):
+            analysis(demo, subjects, variants, "tiny-hubert", settings=AlignmentSettings(), device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("backend", ["jax", "cupy", None])
+def test_settings_refuse_an_unknown_backend_at_construction(backend):
+    with pytest.raises(ValueError, match=rf"backend={backend!r} is not valid; choose one of: 'numpy', 'torch', "
+                                         "'torch_cuda'"):
+        AlignmentSettings(backend=backend)

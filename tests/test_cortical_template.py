@@ -7,7 +7,9 @@ import time
 import numpy as np
 import pytest
 
+from bt_utils.data.layout import VoxelLayout
 from bt_utils.demo import template as ct
+from bt_utils.viz.volumes import import_cortex
 
 SHAPE = (31, 100, 100)
 N_THIN = 37_226
@@ -33,7 +35,7 @@ def table(cache_dir):
 
 @pytest.fixture(scope="session")
 def cortex():
-    return ct._import_cortex()
+    return import_cortex()
 
 
 def surface_mm(cortex, volume_index):
@@ -126,6 +128,7 @@ def test_sample_properties(cache_dir, table):
     n = 3000
     layout = ct.sample_layout(n, np.random.default_rng(0), cache_dir=cache_dir)
     assert layout.n_voxels == n and layout.volume_shape == SHAPE and layout.mask == "thin"
+    assert (layout.subject, layout.xfm, layout.filestore) == ("S1", "fullhead", None)
     assert layout.volume_index.dtype == np.int64
     assert np.all(np.diff(layout.volume_index) > 0)  # sorted and unique
     lookup = table.set_index("volume_index")
@@ -177,31 +180,9 @@ def test_geometry(cortex, table):
 def test_voxel_coordinates(cache_dir, cortex):
     layout = ct.sample_layout(500, np.random.default_rng(3), cache_dir=cache_dir)
     np.testing.assert_allclose(ct.voxel_coordinates(layout, cache_dir), surface_mm(cortex, layout.volume_index))
-
-
-def test_to_volume(cache_dir):
-    layout = ct.sample_layout(1000, np.random.default_rng(4), cache_dir=cache_dir)
-    values = np.arange(1, 1001, dtype=float)
-    volume = ct.to_volume(layout, values)
-    assert volume.shape == SHAPE and volume.dtype == np.float64
-    assert np.isfinite(volume).sum() == 1000
-    i = 123
-    z, y, x = np.unravel_index(layout.volume_index[i], SHAPE)
-    assert volume[z, y, x] == values[i]
-    np.testing.assert_array_equal(volume[tuple(layout.zyx().T)], values)
-    series = ct.to_volume(layout, np.vstack([values, -values]).astype(np.float32), fill_value=0)
-    assert series.shape == (2, *SHAPE) and series.dtype == np.float32
-    assert series[1, z, y, x] == -values[i] and series[0].sum() == values.sum()
-    with pytest.raises(ValueError, match="1000"):
-        ct.to_volume(layout, values[:-1])
-
-
-def test_to_cortex_volume(cache_dir, cortex):
-    layout = ct.sample_layout(200, np.random.default_rng(5), cache_dir=cache_dir)
-    vol = ct.to_cortex_volume(layout, np.ones(200), vmin=0, vmax=1)
-    assert isinstance(vol, cortex.Volume)
-    assert vol.data.shape == SHAPE and vol.subject == "S1" and vol.xfmname == "fullhead"
-    assert np.nansum(vol.data) == 200
+    elsewhere = VoxelLayout("UTS01", "UTS01_auto", SHAPE, layout.volume_index, layout.roi, layout.hemisphere)
+    with pytest.raises(ValueError, match="on UTS01/UTS01_auto, not S1/fullhead"):
+        ct.voxel_coordinates(elsewhere, cache_dir)
 
 
 @pytest.mark.parametrize(
@@ -233,14 +214,3 @@ def test_bad_arguments(cache_dir, kwargs, error, match):
 def test_rng_must_be_generator(cache_dir):
     with pytest.raises(TypeError, match="Generator"):
         ct.sample_layout(10, 0, cache_dir=cache_dir)
-
-
-def test_layout_validation():
-    with pytest.raises(ValueError, match="duplicate"):
-        ct.VoxelLayout(np.array([1, 1]), np.array(["AC", "AC"]), np.array(["L", "L"]), SHAPE, "thin")
-    with pytest.raises(ValueError, match="outside"):
-        ct.VoxelLayout(np.array([31 * 100 * 100]), np.array(["AC"]), np.array(["L"]), SHAPE, "thin")
-    with pytest.raises(ValueError, match="hemisphere"):
-        ct.VoxelLayout(np.array([0]), np.array(["AC"]), np.array(["left"]), SHAPE, "thin")
-    with pytest.raises(ValueError, match="roi has shape"):
-        ct.VoxelLayout(np.array([0, 1]), np.array(["AC"]), np.array(["L", "R"]), SHAPE, "thin")

@@ -1,14 +1,18 @@
 """The embedded demo dataset: layout, determinism, planted truth and its recovery."""
 
+import dataclasses
+import functools
 import hashlib
 import json
+import shutil
+import threading
 
 import numpy as np
 import pytest
 import scipy.stats
 
 from bt_utils.demo import simulation as demo_data
-from bt_utils.data.dataset import SAMPLE_RATE, Dataset
+from bt_utils.data.dataset import SAMPLE_RATE, Dataset, open_dataset
 from bt_utils.demo.simulation import (
     CATEGORIES, DemoConfig, auditory_features, build_demo_dataset, canonical_hrf, semantic_features,
 )
@@ -234,3 +238,91 @@ def test_prepare_demo_outputs_rebuilds_an_old_demo_and_keeps_its_sweep_aside(tmp
     with pytest.raises(FileExistsError, match="not empty"):
         demo_data.prepare_demo_outputs(tmp_path / "other", SMALL)
     assert (tmp_path / "other" / "data" / "mine.txt").read_text() == "not a demo"
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """A SMALL demo, built once; tests copy it before damaging it."""
+    return build_demo_dataset(tmp_path_factory.mktemp("small") / "data", SMALL)
+
+
+def _damage(root, how):
+    if how == "missing wav":
+        next((root / "stimuli").glob("*.wav")).unlink()
+    elif how == "truncated hf5":
+        path = next((root / "derivative" / "preprocessed_data" / "DEMO01").glob("*.hf5"))
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    elif how == "missing subject":
+        shutil.rmtree(root / "derivative" / "preprocessed_data" / "DEMO03")
+    else:  # a malformed demo.json
+        (root / "derivative" / "demo.json").write_text('{"split": ')
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("missing wav", "missing: stimuli/"),
+    ("truncated hf5", "size changed: derivative/preprocessed_data/DEMO01/"),
+    ("missing subject", "missing: derivative/preprocessed_data/DEMO03/"),
+    ("malformed demo.json", "derivative/demo.json is not a JSON mapping"),
+])
+def test_a_damaged_demo_is_rebuilt(small_demo, tmp_path, caplog, how, reason):
+    root = tmp_path / "data"
+    shutil.copytree(small_demo, root)
+    _damage(root, how)
+    build_demo_dataset(root, SMALL)
+    assert f"the demo dataset in {root} is damaged ({reason}" in caplog.text
+    assert _digest(root) == _digest(small_demo)
+    assert Dataset(root).split("DEMO03").test == "echoes"
+
+
+def test_overwrite_rebuilds_an_intact_demo(small_demo, tmp_path, monkeypatch, capsys):
+    from bt_utils import cli
+
+    monkeypatch.setattr(demo_data, "DemoConfig", lambda seed: dataclasses.replace(SMALL, seed=seed))
+    root = tmp_path / "data"
+    shutil.copytree(small_demo, root)
+    stamp = (root / "derivative" / "respdict.json").stat().st_mtime_ns
+    assert cli.main(["demo-data", "--out", str(root), "--seed", "3"]) == 0
+    assert (root / "derivative" / "respdict.json").stat().st_mtime_ns == stamp  # intact: kept
+    assert cli.main(["demo-data", "--out", str(root), "--seed", "3", "--overwrite"]) == 0
+    assert (root / "derivative" / "respdict.json").stat().st_mtime_ns != stamp
+    assert _digest(root) == _digest(small_demo) and f"demo dataset ready in {root}" in capsys.readouterr().out
+
+
+def test_two_builders_of_one_folder_take_turns(tmp_path, monkeypatch):
+    """The second builder waits for the first one's lock, then finds the demo ready instead of replacing it."""
+    real_build, builds = demo_data._build_into, []
+    started, release = threading.Event(), threading.Event()
+
+    def held_build(root, config):
+        builds.append(root)
+        started.set()
+        assert release.wait(60)
+        return real_build(root, config)
+
+    monkeypatch.setattr(demo_data, "_build_into", held_build)
+    root, results = tmp_path / "data", []
+    threads = [threading.Thread(target=lambda: results.append(build_demo_dataset(root, SMALL))) for _ in range(2)]
+    threads[0].start()
+    assert started.wait(60)
+    threads[1].start()
+    threads[1].join(timeout=1.0)
+    assert threads[1].is_alive()  # waiting for the lock
+    release.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results == [root, root] and len(builds) == 1
+    assert demo_data._demo_state(root, demo_data._settings(SMALL)) == ("intact", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no lock file or staging folder left
+
+
+def test_open_dataset_builds_the_demo_only_at_its_own_location(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_data, "build_demo_dataset", functools.partial(build_demo_dataset, config=SMALL))
+    typo = tmp_path / "demo_outptu" / "data"
+    with pytest.raises(FileNotFoundError, match=f"no dataset at {typo}: the folder does not exist .*builds the demo "
+                                                "only at its own location, a folder ending in demo_output/data"):
+        open_dataset(typo, build_demo_if_missing=True)
+    assert not (tmp_path / "demo_outptu").exists()  # nothing was built at the mistyped path
+    with pytest.raises(FileNotFoundError, match=f"no dataset at {typo}: the folder does not exist. Check data_root"):
+        open_dataset(typo)
+    dataset = open_dataset(tmp_path / "demo_output" / "data", build_demo_if_missing=True)
+    assert dataset.root == tmp_path / "demo_output" / "data" and dataset.split("DEMO01").test == "echoes"

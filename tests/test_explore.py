@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bt_utils.viz import explore
-from bt_utils.viz import maps
+from bt_utils.data.layout import PycortexSpace
 from bt_utils.demo.template import sample_layout
+from bt_utils.viz import explore
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -142,11 +142,10 @@ def test_explorer_updates_on_change(tables, layouts):
     assert "the ROI table has no 'r_mean' column" in html.unescape(widget.status.value)
 
 
-def test_explorer_select_and_surface_backend(tables, layouts, tmp_path_factory, monkeypatch):
+def test_explorer_select_and_surface_backend(tables, layouts, map_cache, monkeypatch):
     from bt_utils.cache import CACHE_ENV
 
-    # the cache root of test_maps.py: the S1 -> fsaverage5 fit is computed once per session
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "bt_utils_cache"))
+    monkeypatch.setenv(CACHE_ENV, str(map_cache))  # the S1 -> fsaverage5 fit is computed once per session
     voxels, rois = tables
     widget = explore.explorer(voxels, rois, layouts, backend="nilearn")
     before = bytes(widget.map_image.value)
@@ -161,7 +160,7 @@ def test_explorer_select_and_surface_backend(tables, layouts, tmp_path_factory, 
 
 def test_explorer_shows_data_problems_in_status(tables, layouts, tmp_path):
     voxels, rois = tables
-    real = {**layouts, "DEMO02": maps.PycortexSpace("UTS02", "UTS02_auto", filestore=tmp_path / "absent")}
+    real = {**layouts, "DEMO02": PycortexSpace("UTS02", "UTS02_auto", filestore=tmp_path / "absent")}
     widget = explore.explorer(voxels, rois, real)
     widget.dropdowns["subject"].value = "DEMO02"
     assert widget.values is None and bytes(widget.map_image.value) == b""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import write_small_dataset
+from conftest import cut_audio, write_small_dataset
 
 from bt_utils.data.dataset import Dataset, StorySplit
 from bt_utils.demo.simulation import DemoConfig, build_demo_dataset
@@ -58,7 +58,7 @@ def speech(tmp_path_factory) -> Dataset:
 def noise_dataset(tmp_path_factory) -> Dataset:
     """Stories of 1 s of noise (10 frames on the 0.1-s grid), subject S01."""
     root = tmp_path_factory.mktemp("noise") / "data"
-    return Dataset(write_small_dataset(root, {"a": 40, "b": 42, "c": 44, "t": 80}))
+    return cut_audio(Dataset(write_small_dataset(root, {"a": 40, "b": 42, "c": 44, "t": 80})), seconds=1.0)
 
 
 def _toy_audio(seconds: float, seed: int = 0) -> np.ndarray:

@@ -9,6 +9,7 @@ import torch
 from bt_utils.encoding.ridge import fit_ridge_cv, story_folds
 from bt_utils.features.layers import WindowSettings, extract_layer_features
 from bt_utils.models.registry import load_encoder, select_device
+from bt_utils.models.resume_state import load_resume_state
 from bt_utils.models.tuning import TuningConfig, tune
 from conftest import QUICK_TUNING
 
@@ -61,7 +62,7 @@ def test_resume_on_cuda_continues_the_run(demo, tmp_path):
     config = TuningConfig(model="tiny-wav2vec2", **{**QUICK_TUNING, "device": "cuda", "mixed_precision": "fp16"})
     straight = tune(demo, "DEMO01", config, tmp_path / "straight", progress=False)
     tune(demo, "DEMO01", config, tmp_path / "resumed", progress=False, stop_after_epochs=1)
-    state = torch.load(tmp_path / "resumed" / "resume_state.pt", map_location="cpu", weights_only=False)
+    state = load_resume_state(tmp_path / "resumed" / "resume_state.pt")
     assert state["scaler"]["scale"] > 0
     resumed = tune(demo, "DEMO01", config, tmp_path / "resumed", progress=False)
     np.testing.assert_allclose(resumed.history.loss, straight.history.loss, rtol=1e-3)

@@ -1,4 +1,4 @@
-"""Voxel maps: pycortex flatmaps, the S1 -> fsaverage5 mapping and nilearn surfaces.
+"""Voxel maps: pycortex flatmaps, voxel -> fsaverage5 mappings and nilearn surfaces.
 
 The first pycortex flatmap of a fresh environment builds pycortex's caches
 (about 20 s, once); afterwards every map renders in about a second.
@@ -11,12 +11,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import numpy as np
 import pytest
-from conftest import write_small_dataset
+from scipy import sparse
 
-from bt_utils.viz import maps
-from bt_utils.demo.template import VoxelLayout, _import_cortex, sample_layout, template_roi_table, to_cortex_volume
-from bt_utils.data.dataset import Dataset
+from bt_utils.data.layout import PycortexSpace, VoxelLayout, as_layout
+from bt_utils.demo.template import sample_layout, template_roi_table
+from bt_utils.registry import SURFACE_MAPPINGS
 from bt_utils.results import save_figure
+from bt_utils.viz import fsaverage, maps, volumes
 
 
 @pytest.fixture(autouse=True)
@@ -41,20 +42,9 @@ def ac_layout():
     table = template_roi_table()
     rows = table["roi"].isin(["AC", "V1"]).to_numpy()
     return VoxelLayout(
-        table["volume_index"].to_numpy()[rows], table["roi"].to_numpy()[rows],
-        table["hemisphere"].to_numpy()[rows], table.attrs["volume_shape"], "thin",
+        "S1", "fullhead", table.attrs["volume_shape"], table["volume_index"].to_numpy()[rows],
+        table["roi"].to_numpy()[rows], table["hemisphere"].to_numpy()[rows], "thin",
     )
-
-
-@pytest.fixture(scope="module")
-def map_cache(tmp_path_factory):
-    """A cache root holding the S1 -> fsaverage5 fit (a few seconds, once per session).
-
-    test_explore.py uses the same folder, so the fit is computed only once.
-    """
-    root = tmp_path_factory.getbasetemp() / "bt_utils_cache"
-    maps.template_to_fsaverage("thin", cache_dir=root)
-    return root
 
 
 def png_pixels(figure, tmp_path, name="map.png"):
@@ -99,32 +89,10 @@ def test_bad_inputs_raise_clear_errors(layout, values):
         maps.flatmap(values, layout, cmap="nope")
     with pytest.raises(ValueError, match="vmin < vmax"):
         maps.flatmap(values, layout, vmin=1, vmax=0)
-    with pytest.raises(ValueError, match="subject_layout"):
-        maps.as_layout(None)
-    with pytest.raises(TypeError, match="int"):
-        maps.as_layout(3)
     with pytest.raises(ValueError, match="backend='plotly'"):
         maps.save_maps({"a": values}, layout, "unused", backends=("plotly",))
     with pytest.raises(ValueError, match="file names"):
         maps.save_maps({"../a": values}, layout, "unused")
-
-
-def test_dataset_layouts(demo, tmp_path):
-    subject = demo.subjects[0]
-    layout = maps.subject_layout(demo, subject)
-    arrays = demo.voxel_layout(subject)
-    assert isinstance(layout, VoxelLayout)
-    np.testing.assert_array_equal(layout.volume_index, arrays["volume_index"])
-    assert maps.as_layout(arrays).n_voxels == layout.n_voxels
-    with pytest.raises(ValueError, match="demo layouts must be on S1/fullhead"):
-        maps.as_layout({**arrays, "template": np.array("UTS01")})
-
-    real = Dataset(write_small_dataset(tmp_path / "real", {"story": 40}))
-    with pytest.raises(FileNotFoundError, match="derivative/pycortex-db/S01"):
-        maps.subject_layout(real, "S01")
-    (real.derivative / "pycortex-db" / "S01").mkdir(parents=True)
-    expected = maps.PycortexSpace("S01", "S01_auto", "thick", real.derivative / "pycortex-db")
-    assert maps.subject_layout(real, "S01") == expected
 
 
 # ----------------------------------------------------------------------------
@@ -133,11 +101,10 @@ def test_dataset_layouts(demo, tmp_path):
 def test_value_lands_on_its_voxel(layout):
     values = np.zeros(layout.n_voxels)
     values[17] = 5.0
-    volume = maps.volume_data(values, layout)
+    volume = volumes.volume_data(values, layout)
     assert volume.shape == layout.volume_shape
     assert volume[np.unravel_index(layout.volume_index[17], layout.volume_shape)] == 5.0
     assert np.nansum(volume) == 5.0 and np.isfinite(volume).sum() == layout.n_voxels
-    np.testing.assert_array_equal(to_cortex_volume(layout, values).data, volume)
 
 
 def test_flatmap_renders_headless_png(layout, values, tmp_path):
@@ -177,7 +144,7 @@ def test_roi_outlines_without_inkscape(monkeypatch, layout, values):
 
 
 def test_failing_inkscape_overlay_falls_back_to_outlines(monkeypatch, layout, values):
-    cortex = _import_cortex()
+    cortex = volumes.import_cortex()
     monkeypatch.setattr(maps.shutil, "which", lambda name: "/usr/bin/inkscape")
     assert maps._roi_renderer("auto") == "inkscape"
 
@@ -210,7 +177,7 @@ def fake_filestore(tmp_path_factory, layout, values):
     cache build is needed; pycortex writes the thick mask into the transform folder.
     """
     maps.flatmap(values, layout)  # makes sure S1's flatmap and curvature caches exist
-    s1 = Path(_import_cortex().db.filestore) / "S1"
+    s1 = Path(volumes.import_cortex().db.filestore) / "S1"
     root = tmp_path_factory.mktemp("pycortex-db")
     subject = root / "UTS99"
     (subject / "transforms" / "UTS99_auto").mkdir(parents=True)
@@ -225,15 +192,15 @@ def fake_filestore(tmp_path_factory, layout, values):
 
 
 def test_real_subject_flatmap_from_its_filestore(fake_filestore, tmp_path):
-    cortex = _import_cortex()
+    cortex = volumes.import_cortex()
     before = cortex.db.filestore
-    space = maps.as_layout(("UTS99", "UTS99_auto", "thick", fake_filestore))
-    n = maps.n_voxels(space)
+    space = as_layout(("UTS99", "UTS99_auto", "thick", fake_filestore))
+    n = volumes.n_voxels(space)
     assert n == 80615  # S1's thick mask
     values = np.zeros(n)
     values[1000] = 7.0
-    volume = maps.volume_data(values, space)
-    with maps.pycortex_filestore(fake_filestore) as db:
+    volume = volumes.volume_data(values, space)
+    with volumes.pycortex_filestore(fake_filestore) as db:
         mask = db.get_mask("UTS99", "UTS99_auto", "thick")
         assert db.filestore == str(fake_filestore)
     assert volume[tuple(np.argwhere(mask)[1000])] == 7.0
@@ -244,86 +211,109 @@ def test_real_subject_flatmap_from_its_filestore(fake_filestore, tmp_path):
 
 
 def test_real_subject_errors(fake_filestore, tmp_path):
-    db = _import_cortex().db
+    db = volumes.import_cortex().db
     before = db.filestore
-    with pytest.raises(RuntimeError, match="inside"), maps.pycortex_filestore(fake_filestore):
+    with pytest.raises(RuntimeError, match="inside"), volumes.pycortex_filestore(fake_filestore):
         raise RuntimeError("inside")
     assert db.filestore == before
     with pytest.raises(FileNotFoundError, match="is not a folder"):
-        maps.flatmap(np.zeros(3), maps.PycortexSpace("UTS01", "UTS01_auto", filestore=tmp_path / "absent"))
+        maps.flatmap(np.zeros(3), PycortexSpace("UTS01", "UTS01_auto", filestore=tmp_path / "absent"))
     with pytest.raises(FileNotFoundError, match="UTS01"):
-        maps.flatmap(np.zeros(3), maps.PycortexSpace("UTS01", "UTS01_auto", filestore=fake_filestore))
+        maps.flatmap(np.zeros(3), PycortexSpace("UTS01", "UTS01_auto", filestore=fake_filestore))
     with pytest.raises(FileNotFoundError, match=r"available: \['UTS99_auto'\]"):
-        maps.n_voxels(maps.PycortexSpace("UTS99", "UTS99_other", filestore=fake_filestore))
+        volumes.n_voxels(PycortexSpace("UTS99", "UTS99_other", filestore=fake_filestore))
     with pytest.raises(ValueError, match=r"shape \(3,\), expected \(80615,\)"):
-        maps.flatmap(np.zeros(3), maps.PycortexSpace("UTS99", "UTS99_auto", filestore=fake_filestore))
+        maps.flatmap(np.zeros(3), PycortexSpace("UTS99", "UTS99_auto", filestore=fake_filestore))
+
+
+def test_voxel_list_on_a_real_subject(fake_filestore):
+    """A VoxelLayout of the mask's voxels, in the subject's filestore, is the same map as its PycortexSpace."""
+    space = PycortexSpace("UTS99", "UTS99_auto", "thick", fake_filestore)
+    with volumes.pycortex_filestore(fake_filestore) as db:
+        mask = np.asarray(db.get_mask("UTS99", "UTS99_auto", "thick"))
+    index = np.flatnonzero(mask)
+    listed = VoxelLayout("UTS99", "UTS99_auto", mask.shape, index, np.full(index.size, "other"),
+                         np.full(index.size, "L"), filestore=fake_filestore)
+    values = np.random.default_rng(0).random(index.size)
+    np.testing.assert_array_equal(volumes.volume_data(values, listed), volumes.volume_data(values, space))
+    elsewhere = VoxelLayout("UTS99", "UTS99_auto", mask.shape, index[:3], ["other"] * 3, ["L"] * 3)
+    with pytest.raises(FileNotFoundError, match="'UTS99' not found"):  # not in pycortex's configured filestore
+        maps.flatmap(np.zeros(3), elsewhere)
 
 
 # ----------------------------------------------------------------------------
-# S1 -> fsaverage5 and nilearn surfaces
+# voxel -> fsaverage5 mappings and nilearn surfaces
 # ----------------------------------------------------------------------------
-def test_mapping_is_cached_atomically(map_cache, monkeypatch):
-    files = [path.name for path in (map_cache / "maps").iterdir()]
-    assert len(files) == 1 and files[0].startswith("S1_fullhead_thin_to_fsaverage5_") and files[0].endswith(".npz")
-    maps._alignment.cache_clear()
-    monkeypatch.setattr(maps, "_compute_alignment", lambda mask: pytest.fail("the cached fit should be read"))
-    table = maps.template_to_fsaverage("thin", cache_dir=map_cache)
-    assert list(table.columns) == ["volume_index", "hemisphere", "x", "y", "z", "vertex"]
-    assert table["vertex"].between(0, maps.N_FSAVERAGE_VERTICES - 1).all()
-    left = table["hemisphere"] == "L"
-    assert (table.loc[left, "vertex"] < 10242).all() and (table.loc[~left, "vertex"] >= 10242).all()
-
-
-def test_auditory_cortex_lands_on_the_superior_temporal_region(map_cache):
-    from nilearn import datasets
-
-    fsaverage = datasets.load_fsaverage("fsaverage5")
-    pial = np.vstack([fsaverage["pial"].parts[h].coordinates for h in ("left", "right")])
-    table = maps.template_to_fsaverage("thin", cache_dir=map_cache)
-    rois = template_roi_table()
-    np.testing.assert_array_equal(table["hemisphere"], rois["hemisphere"])
-    x, y, z = pial[table["vertex"]].T  # MNI305 mm
-    temporal = (np.abs(x) > 35) & (y > -50) & (y < 10) & (z < 20)
-    auditory = (rois["roi"] == "AC").to_numpy()
-    assert temporal[auditory].mean() > 0.9
-    assert temporal[~auditory].mean() < 0.3
-    visual = (rois["roi"] == "V1").to_numpy()
-    assert np.median(y[visual]) < -75  # occipital pole
-
-
-def test_value_lands_on_its_vertex(layout, map_cache):
-    table = maps.template_to_fsaverage("thin", cache_dir=map_cache).set_index("volume_index")
-    voxel = 42
-    vertex = table.loc[layout.volume_index[voxel], "vertex"]
-    values = np.full(layout.n_voxels, np.nan)
-    values[voxel] = 3.0
-    nearest = maps.fsaverage_mapping(layout, radius_mm=0, cache_dir=map_cache)
-    projected = maps.to_fsaverage(values, nearest)
-    assert projected.shape == (maps.N_FSAVERAGE_VERTICES,)
-    assert projected[vertex] == 3.0 and np.isfinite(projected).sum() == 1
-    wide = maps.fsaverage_mapping(layout, cache_dir=map_cache)
-    assert wide.shape == (maps.N_FSAVERAGE_VERTICES, layout.n_voxels)
-    shown = maps.to_fsaverage(values, wide)
-    assert shown[vertex] == 3.0
-    np.testing.assert_array_equal(np.flatnonzero(np.isfinite(shown)), np.sort(wide[:, voxel].nonzero()[0]))
-    assert wide.getnnz() > 3 * layout.n_voxels  # most voxels reach several vertices
-    values[:] = 1.0
-    values[voxel] = 3.0
-    assert 1.0 <= maps.to_fsaverage(values, wide)[vertex] <= 3.0  # a mean of the voxels it shows
-
-
-def test_mapping_errors(layout, map_cache):
+def test_mapping_from_positions_matches_brute_force_distances():
+    surfaces = fsaverage.fsaverage_meshes()["midthickness"]
+    rng = np.random.default_rng(0)
+    hemisphere = np.array(["L", "R", "R", "L", "R"])
+    vertex = rng.integers(0, 10242, hemisphere.size)
+    offset = np.where(hemisphere == "R", 10242, 0)
+    position = np.array([surfaces[int(h == "R")][v] for h, v in zip(hemisphere, vertex)]) + 0.3
+    nearest = fsaverage.mapping_from_positions(position, hemisphere, radius_mm=0)
+    assert nearest.shape == (fsaverage.N_FSAVERAGE_VERTICES, 5) and nearest.nnz == 5
+    for voxel in range(5):
+        surface = surfaces[int(hemisphere[voxel] == "R")]
+        shown = np.sort(nearest[:, voxel].nonzero()[0])
+        closest = np.argmin(np.linalg.norm(surface - position[voxel], axis=1)) + offset[voxel]
+        np.testing.assert_array_equal(shown, [closest])
+    wide = fsaverage.mapping_from_positions(position, hemisphere, radius_mm=6.0)
+    assert set(wide.data) == {1.0}
+    for voxel in range(5):
+        surface = surfaces[int(hemisphere[voxel] == "R")]
+        distance = np.linalg.norm(surface - position[voxel], axis=1)
+        expected = np.union1d(np.flatnonzero(distance <= 6.0), [np.argmin(distance)]) + offset[voxel]
+        np.testing.assert_array_equal(np.sort(wide[:, voxel].nonzero()[0]), expected)
     with pytest.raises(ValueError, match="radius_mm=-1"):
-        maps.fsaverage_mapping(layout, radius_mm=-1, cache_dir=map_cache)
+        fsaverage.mapping_from_positions(position, hemisphere, radius_mm=-1)
+    with pytest.raises(ValueError, match=r"\['left'\]"):
+        fsaverage.mapping_from_positions(position[:1], np.array(["left"]))
+
+
+def test_to_fsaverage_is_a_weighted_mean_of_the_finite_voxels():
+    mapping = sparse.lil_matrix((fsaverage.N_FSAVERAGE_VERTICES, 3))
+    mapping[0, 0], mapping[0, 1] = 1.0, 3.0
+    mapping[5, 1], mapping[5, 2] = 1.0, 1.0
+    mapping[7, 2] = 1.0
+    shown = fsaverage.to_fsaverage([2.0, 6.0, np.nan], mapping)
+    assert shown.shape == (fsaverage.N_FSAVERAGE_VERTICES,)
+    assert shown[0] == pytest.approx((2.0 + 3 * 6.0) / 4) and shown[5] == 6.0
+    assert np.isnan(shown[7]) and np.isfinite(shown).sum() == 2
     with pytest.raises(ValueError, match="rows, expected 20484"):
-        maps.to_fsaverage(np.zeros(3), np.ones((10, 3)))
-    outside = VoxelLayout(np.array([0]), np.array(["other"]), np.array(["L"]), layout.volume_shape, "thin")
-    with pytest.raises(ValueError, match="not in S1's 'thin' mask"):
-        maps.fsaverage_mapping(outside, cache_dir=map_cache)
+        fsaverage.to_fsaverage(np.zeros(3), np.ones((10, 3)))
+    with pytest.raises(ValueError, match=">= 0"):
+        fsaverage.to_fsaverage(np.zeros(3), -mapping)
+    with pytest.raises(ValueError, match=r"shape \(2,\), expected \(3,\)"):
+        fsaverage.to_fsaverage(np.zeros(2), mapping)
+
+
+def test_surface_mappings_come_from_the_registry(layout, values, monkeypatch):
+    assert "S1" in SURFACE_MAPPINGS  # registered by the demo extension
+    other = VoxelLayout("UTS99", "UTS99_auto", layout.volume_shape, layout.volume_index, layout.roi,
+                        layout.hemisphere)
+    with pytest.raises(NotImplementedError, match=r"subject UTS99 \(registered: .*S1.*mapping=M"):
+        fsaverage.fsaverage_mapping(other)
+    with pytest.raises(NotImplementedError, match="or draw a flatmap"):
+        maps.surface_map(values, other)
+
+    calls = []
+    shape = (fsaverage.N_FSAVERAGE_VERTICES, layout.n_voxels)
+    planted = sparse.csr_matrix(([1.0, 1.0], ([123, 10242 + 123], [7, 8])), shape=shape)  # a vertex per hemisphere
+
+    def mapping(given, radius_mm, cache_dir):
+        calls.append((given, radius_mm, cache_dir))
+        return planted
+
+    monkeypatch.setitem(SURFACE_MAPPINGS._entries, "UTS99", mapping)
+    assert fsaverage.fsaverage_mapping(other, 2.5, "somewhere") is planted
+    assert calls == [(other, 2.5, "somewhere")]
+    maps.surface_map(values, other)
+    assert calls[-1] == (other, fsaverage.DEFAULT_RADIUS_MM, None)
 
 
 def test_surface_map_renders_headless_png(layout, values, map_cache, tmp_path):
-    mapping = maps.fsaverage_mapping(layout, cache_dir=map_cache)
+    mapping = fsaverage.fsaverage_mapping(layout, cache_dir=map_cache)
     figure = maps.surface_map(values - 0.5, layout, "difference", kind="difference", mapping=mapping)
     assert figure._suptitle.get_text() == "difference"
     assert len([ax for ax in figure.axes if ax.name == "3d"]) == 4
@@ -331,7 +321,7 @@ def test_surface_map_renders_headless_png(layout, values, map_cache, tmp_path):
 
 
 def test_save_maps(layout, values, map_cache, tmp_path):
-    mapping = maps.fsaverage_mapping(layout, cache_dir=map_cache)
+    mapping = fsaverage.fsaverage_mapping(layout, cache_dir=map_cache)
     paths = maps.save_maps(
         {"noise_ceiling": values, "tuned_minus_pretrained": values - 0.5}, layout, tmp_path / "out",
         kind={"noise_ceiling": "noise_ceiling", "tuned_minus_pretrained": "difference"}, mapping=mapping,

@@ -1,15 +1,20 @@
 """Every notebook runs end to end with papermill on the demo data."""
 
+import base64
+import io
 import json
+import re
 import shutil
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
 
-from bt_utils.sweeps.notebooks import execute_notebook
+from bt_utils.sweeps.notebooks import execute_notebook, render_html
 from conftest import TEST_WINDOW_KW
 
 
@@ -43,6 +48,43 @@ def test_a_relative_output_dir_is_taken_from_the_current_folder(tmp_path, monkey
     assert executed == tmp_path / "work" / "run" / "prepare.ipynb" and executed.is_file()
     assert pd.read_csv(tmp_path / "work" / "run" / "data.csv").subject.tolist() == ["S7"] * 3
     assert sorted(path.name for path in notebooks.iterdir()) == ["prepare.ipynb"]
+
+
+@pytest.mark.parametrize("markdown, widgets, needs", [
+    ("Median r per layer.", False, []),
+    ("Median r per layer, and the loss $L = (y - x)^2$.", False, ["MathJax"]),
+    ("Median r per layer.", True, ["widget manager"]),
+])
+def test_reports_work_offline_and_say_what_needs_the_network(tmp_path, markdown, widgets, needs):
+    figure, axes = plt.subplots()
+    axes.plot([0, 1], [1, 0])
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    plt.close(figure)
+    image = base64.b64encode(png.getvalue()).decode()
+    table = pd.DataFrame({"layer": [1, 2], "median_r": [0.31, 0.42]})
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell(markdown),
+        nbformat.v4.new_code_cell("plot()", outputs=[nbformat.v4.new_output(
+            "display_data", data={"image/png": image, "text/plain": "<Figure>"})]),
+        nbformat.v4.new_code_cell("table", execution_count=2, outputs=[nbformat.v4.new_output(
+            "execute_result", data={"text/html": table.to_html(), "text/plain": str(table)}, execution_count=2)]),
+    ]
+    if widgets:
+        notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
+            "state": {}, "version_major": 2, "version_minor": 0}}
+    nbformat.write(notebook, tmp_path / "report.ipynb")
+    html = render_html(tmp_path / "report.ipynb").read_text()
+    assert f"data:image/png;base64,{image}" in html and "<td>0.42</td>" in html and "Median r per layer" in html
+    scripts = re.findall(r"<script[^>]*\ssrc=\"([^\"]+)\"", html)
+    assert any("mathjax" in src for src in scripts) == ("MathJax" in needs)
+    assert any("require" in src for src in scripts) == ("widget manager" in needs)
+    assert len(scripts) == len(needs)  # nothing else is loaded when the report opens
+    note = re.search(r'<p class="bt-report-network"[^>]*>([^<]*)</p>', html).group(1)
+    assert note.startswith("Offline report: figures, tables and text are embedded")
+    assert ("nothing is loaded from the network" in note) == (not needs)
+    assert all(need in note for need in needs)
 
 
 @pytest.mark.notebook

@@ -5,6 +5,7 @@ The sweeps run the tiny notebooks of ``tests/sweep_fixtures`` (``example.yaml``)
 file exists) -> ``compare`` (per subject, all models) -> ``summary`` (one run).
 """
 
+import contextlib
 import json
 import os
 import platform
@@ -377,11 +378,11 @@ def test_cli_runs_a_sweep_on_a_scheduler_address_and_reports_status(client, tmp_
     printed = capsys.readouterr().out
     assert "3 runs: 2 completed, 1 failed" in printed
     assert re.search(r"FAILED train/S1-bad-[0-9a-f]{8} in cell \d+: RuntimeError: planted failure for S1 bad", printed)
-    assert cli.main(["sweep", "status", *arguments]) == 0
+    assert cli.main(["sweep", "status", *arguments]) == 1  # a run failed
     assert "3 runs: 2 completed, 1 failed" in capsys.readouterr().out
     prepare = next((tmp_path / "sweep" / "prepare").iterdir())
     shutil.rmtree(prepare)
-    assert cli.main(["sweep", "status", *arguments]) == 0
+    assert cli.main(["sweep", "status", *arguments]) == 1
     printed = capsys.readouterr().out
     assert "3 runs: 1 missing, 1 completed, 1 failed" in printed
     assert re.search(rf"train/S1-good-[0-9a-f]{{8}}: out of date: prepare/{prepare.name} will run again", printed)
@@ -594,3 +595,131 @@ def test_the_sweep_lock_is_released_on_errors(tmp_path):
     with dask.config.set({"bt-sweep.cluster": "no_such_module.SLURMCluster"}), pytest.raises(ValueError):
         run_sweep(spec, out, notebook_dir=FIXTURES)
     assert (out / INDEX_NAME).is_file() and not (out / LOCK_NAME).exists()
+
+
+# --- honest run state ------------------------------------------------------------------------
+
+
+def _left_by_a_killed_sweep(tmp_path):
+    """The example sweep as a killed sweep leaves it: runs queued and running, the index written at submission."""
+    from bt_utils.sweeps import runner as sweeps
+
+    spec = load_spec(FIXTURES / "example.yaml", FIXTURES)
+    out = tmp_path / "sweep"
+    runs = plan_runs(spec, out)
+    statuses = {run.run_id: sweeps._write_status(run, "queued", queued="2030-01-01") for run in runs}
+    sweeps.write_table(sweeps._table(spec, runs, statuses, live=True), out / INDEX_NAME)
+    statuses[runs[0].run_id] = sweeps._write_status(runs[0], "running", started="2030-01-01")
+    return spec, out, runs
+
+
+def test_runs_of_a_sweep_that_is_gone_are_interrupted_in_the_status_and_the_index(tmp_path, capsys):
+    spec, out, runs = _left_by_a_killed_sweep(tmp_path)
+    assert set(pd.read_csv(out / INDEX_NAME).state) == {"queued"}
+    table = sweep_status(spec, out)
+    assert set(table.state) == {"interrupted"}
+    assert table.message[0] == ("interrupted: left running by a sweep that ended before it finished; the next sweep "
+                                "runs it")
+    assert pd.read_csv(out / INDEX_NAME).state.tolist() == table.state.tolist()  # the index agrees
+    arguments = [str(FIXTURES / "example.yaml"), "--out", str(out), "--notebooks", str(FIXTURES)]
+    assert cli.main(["sweep", "status", *arguments]) == 1
+    assert "9 runs: 9 interrupted" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("holder", ["this process", "a process that ended"])
+def test_runs_are_running_only_while_their_sweep_holds_the_lock(tmp_path, holder):
+    spec, out, runs = _left_by_a_killed_sweep(tmp_path)
+    if holder == "this process":
+        with sweep_lock(out):
+            table = sweep_status(spec, out)
+        assert table.state.value_counts().to_dict() == {"queued": 8, "running": 1}
+        assert set(pd.read_csv(out / INDEX_NAME).state) == {"queued"}  # the live sweep owns the index
+    else:
+        (out / LOCK_NAME).write_text(json.dumps({"host": platform.node(), "pid": ended_process(), "started": "x"}))
+        assert set(sweep_status(spec, out).state) == {"interrupted"}
+
+
+def test_an_interrupted_sweep_leaves_an_index_that_says_so(tmp_path, monkeypatch):
+    from bt_utils.sweeps import runner as sweeps
+
+    def interrupt(client, pending, statuses, honour_resources, on_change):
+        for run in pending:
+            statuses[run.run_id] = sweeps._write_status(run, "queued")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweeps, "_run_pending", interrupt)
+    monkeypatch.setattr(sweeps, "_connect", lambda *args: contextlib.nullcontext((None, False)))
+    spec = write_spec(tmp_path, single_run)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, tmp_path / "sweep", notebook_dir=FIXTURES)
+    assert pd.read_csv(tmp_path / "sweep" / INDEX_NAME).state.tolist() == ["interrupted"]
+    assert not (tmp_path / "sweep" / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("content", ['{"run_id": "prepare/S1-', "[1, 2]"])
+def test_a_damaged_status_file_is_named_and_said_safe_to_delete(tmp_path, content):
+    spec = load_spec(FIXTURES / "example.yaml", FIXTURES)
+    out = tmp_path / "sweep"
+    run = plan_runs(spec, out)[0]
+    run.path.mkdir(parents=True)
+    (run.path / "status.json").write_text(content)
+    (run.path / "data.csv").write_text("kept")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(run.path / 'status.json'))} is damaged \(not .*\)\. It "
+                                         "only records the state of the run .*: deleting it is safe, and the next "
+                                         "sweep runs that run again"):
+        sweep_status(spec, out)
+    assert (run.path / "data.csv").read_text() == "kept" and (run.path / "status.json").read_text() == content
+
+
+def _kernel_that_dies_first(tmp_path, monkeypatch) -> str:
+    """A kernel spec whose kernel exits at once the first time it starts (as one whose port was taken), then runs."""
+    wrapper = tmp_path / "kernel.py"
+    wrapper.write_text(
+        "import os, runpy, sys\n"
+        f"marker = {str(tmp_path / 'died-once')!r}\n"
+        "if not os.path.exists(marker):\n"
+        "    open(marker, 'w').close()\n"
+        "    sys.exit(1)\n"
+        "sys.argv = ['ipykernel_launcher', '-f', sys.argv[1]]\n"
+        "runpy.run_module('ipykernel_launcher', run_name='__main__')\n"
+    )
+    spec = tmp_path / "jupyter" / "kernels" / "dies-first"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({"argv": [sys.executable, str(wrapper), "{connection_file}"],
+                                                  "display_name": "dies first", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join([str(tmp_path / "jupyter"), os.environ.get("JUPYTER_PATH", "")]))
+    return "dies-first"
+
+
+def test_a_kernel_that_dies_before_any_cell_is_started_again(tmp_path, monkeypatch, caplog):
+    from bt_utils.sweeps.notebooks import execute_notebook
+
+    kernel = _kernel_that_dies_first(tmp_path, monkeypatch)
+    executed = execute_notebook("prepare", tmp_path / "run", {"subject": "S1"}, notebook_dir=FIXTURES,
+                                kernel_name=kernel)
+    assert executed.is_file() and (tmp_path / "died-once").exists()
+    assert "the kernel of prepare.ipynb died before running any cell" in caplog.text
+    assert "starting it again (try 2 of 3)" in caplog.text and "try 3 of 3" not in caplog.text
+
+
+def test_kernel_starts_are_retried_a_bounded_number_of_times(tmp_path, monkeypatch):
+    import papermill
+
+    from bt_utils.sweeps import notebooks
+
+    calls = []
+
+    def never_starts(source, output, **kwargs):
+        calls.append(output)
+        content = nbformat.read(source, as_version=4)
+        for cell in content.cells:  # as papermill leaves it: every cell pending
+            cell.metadata["papermill"] = {"start_time": None, "status": "pending"}
+        nbformat.write(content, output)
+        raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(papermill, "execute_notebook", never_starts)
+    monkeypatch.setattr(notebooks.time, "sleep", lambda seconds: None)
+    with pytest.raises(RuntimeError, match="Kernel died before replying"):
+        notebooks.execute_notebook("prepare", tmp_path / "run", notebook_dir=FIXTURES, html=False)
+    assert len(calls) == notebooks.KERNEL_START_ATTEMPTS == 3
+    assert (tmp_path / "run" / "prepare.failed.ipynb").is_file()

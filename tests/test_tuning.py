@@ -14,6 +14,7 @@ from bt_utils.models.tuning import (
     BrainTuningModel, TuningConfig, block_shuffle, build_tuning_sets, compute_loss, encoder_lr_factor,
     head_lr_factor, load_brain_tuned, load_head, masked_mean, story_derangement, target_names, tune,
 )
+from bt_utils.models.resume_state import load_resume_state, restore_rng_states, rng_states, save_resume_state
 from bt_utils.validation import DataError
 from conftest import QUICK_TUNING
 
@@ -91,8 +92,22 @@ def test_config_rejects_bad_values():
         TuningConfig(control="shuffle")
     with pytest.raises(ValueError, match="batch_size=10 must be a multiple of grad_accumulation=3"):
         TuningConfig(batch_size=10, grad_accumulation=3)
-    with pytest.raises(ValueError, match="epochs must be at least 1"):
+    with pytest.raises(ValueError, match="epochs=0 is not valid: give a whole number of at least 1"):
         TuningConfig(epochs=0)
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("epochs", "3", "a whole number of at least 1"),
+    ("epochs", 1.5, "a whole number of at least 1"),
+    ("epochs", True, "a whole number of at least 1"),
+    ("batch_size", 8.0, "a whole number of at least 1"),
+    ("seed", None, "a whole number of at least 0"),
+    ("seed", -1, "a whole number of at least 0"),
+    ("encoder_lr", "1e-4", "a number"),
+])
+def test_config_rejects_values_of_the_wrong_type(field, value, allowed):
+    with pytest.raises(ValueError, match=rf"^{field}={value!r} is not valid: give {allowed}$"):
+        TuningConfig(**{field: value})
 
 
 @pytest.mark.parametrize("field, value, allowed", [
@@ -279,6 +294,56 @@ def test_resume_equals_an_uninterrupted_run(demo, tmp_path):
     with pytest.raises(ValueError, match="other parameters.*'loss'"):
         resumed_with_other_loss = QUICK_TUNING | {"spec_augment": True, "layerdrop": True, "loss": "pearson"}
         tune(demo, "DEMO01", TuningConfig(model="tiny-wav2vec2", **resumed_with_other_loss), tmp_path / "straight")
+
+
+class _RunsCode:
+    """Pickles as a call of ``os.mkdir(marker)``: what a hostile resume file could run when loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_a_resume_state_that_would_run_code_is_refused(demo, tmp_path):
+    config = TuningConfig(model="tiny-wav2vec2", **QUICK_TUNING)
+    state_path = tmp_path / "run" / "resume_state.pt"
+    state_path.parent.mkdir()
+    marker = tmp_path / "code-ran"
+    torch.save({"parameters": _RunsCode(marker), "history": []}, state_path)
+    crafted = state_path.read_bytes()
+    with pytest.raises(DataError, match=rf"{state_path} was not loaded: it holds more than tensors and plain values "
+                                        r"\(.*posix.mkdir.*\).*loading it could run code"):
+        tune(demo, "DEMO01", config, tmp_path / "run", progress=False)
+    assert not marker.exists()  # the function was never called
+    assert state_path.read_bytes() == crafted and not (tmp_path / "run" / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("cut", [0, 200])
+def test_a_damaged_resume_state_is_named_with_what_to_do(tmp_path, cut):
+    path = save_resume_state({"epoch": 3, "rng": rng_states(), "weights": torch.ones(3)}, tmp_path / "resume_state.pt")
+    assert load_resume_state(path)["epoch"] == 3
+    path.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(DataError, match=rf"{path} is damaged \((EOFError|RuntimeError): .*\); deleting it is safe "
+                                        r"\(nothing else is lost: the run starts again from its first epoch"):
+        load_resume_state(path)
+
+
+def test_random_states_survive_a_weights_only_round_trip(tmp_path):
+    import random
+
+    tuning.seed_everything(7)
+    np.random.standard_normal()  # a cached Gaussian in numpy's legacy state
+    path = save_resume_state({"rng": rng_states()}, tmp_path / "state.pt")
+    expected = random.random(), np.random.standard_normal(3), torch.rand(3)
+    tuning.seed_everything(8)
+    restore_rng_states(load_resume_state(path)["rng"])
+    assert random.random() == expected[0]
+    np.testing.assert_array_equal(np.random.standard_normal(3), expected[1])
+    torch.testing.assert_close(torch.rand(3), expected[2], rtol=0, atol=0)
 
 
 def test_lora_trains_adapters_and_saves_a_plain_encoder(demo, tmp_path):

@@ -48,7 +48,7 @@ def _string(text: str) -> bytes:
 
 
 def _ct2_bytes(variables: dict, aliases: dict | None = None, version: int = 6) -> bytes:
-    """A CTranslate2 model.bin laid out as documented in the module docstring."""
+    """A CTranslate2 model.bin laid out as docs/offline_models.md describes the format."""
     type_ids = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3,
                 np.dtype(np.float16): 4}  # fmt: skip
     out = [struct.pack("<I", version), _string("TestSpec"), struct.pack("<I", 7), struct.pack("<I", len(variables))]

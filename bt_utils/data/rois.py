@@ -13,12 +13,7 @@ The atlas is not part of ds003020 and cannot be downloaded here. A user provides
 per subject, the HCP-MMP1 parcel of every voxel in
 ``<atlas_dir>/<subject>.npz`` with an array ``parcel`` of shape (n_voxels,) holding
 parcel names such as ``"L_A1_ROI"`` or ``"A1"`` ("" or "???" for unlabelled voxels).
-One way to make it: take the HCP-MMP1 annotation on fsaverage (``lh/rh.HCP-MMP1.annot``,
-Glasser et al. 2016, distributed projected on fsaverage on figshare), resample it to
-the subject's surface with FreeSurfer (``mri_surf2surf --sval-annot``) and project the
-surface labels into the subject's voxels with the pycortex database that ds003020
-ships (``derivative/pycortex-db/<subject>``, transform ``<subject>_auto``, ``thick`` mask:
-e.g. ``cortex.Vertex(labels, subject).map(...)`` / nearest-vertex assignment).
+docs/method.md ("ROIs") gives one way to make it from the HCP-MMP1 atlas.
 
 The demo: every voxel carries a label of the template subject S1 (AC, Broca, sPMv,
 V1, ...), and the planted classes give the ROIs ``planted_semantic``,
@@ -88,8 +83,8 @@ def subject_rois(dataset: Dataset, subject: str,
     dataset : Dataset
     subject : str
     atlas_dir : path-like, optional
-        Folder with ``<subject>.npz`` per-voxel HCP-MMP1 parcels (real data; see the
-        module docstring). Not needed for the demo.
+        Folder with ``<subject>.npz`` per-voxel HCP-MMP1 parcels (real data; see
+        docs/method.md, "ROIs"). Not needed for the demo.
 
     Returns
     -------

@@ -101,6 +101,34 @@ def read_textgrid(path: str | os.PathLike) -> Transcript:
     )
 
 
+def textgrid_duration(path: str | os.PathLike) -> float:
+    """End time (``xmax``) of a TextGrid, read from its header alone (no tier is parsed).
+
+    Parameters
+    ----------
+    path : path-like
+        A TextGrid in Praat's long or short text format (UTF-8 or UTF-16).
+
+    Returns
+    -------
+    duration : float
+        In seconds; equal to :attr:`Transcript.duration` of :func:`read_textgrid`.
+    """
+    path = Path(path)
+    with path.open("rb") as handle:
+        head = handle.read(1024)
+    encoding = "utf-16" if head.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    lines = [line.strip() for line in head.decode(encoding, errors="ignore").splitlines() if line.strip()]
+    # long format: File type, Object class, "xmin = 0", "xmax = 12.5"; short format: the same with bare numbers
+    if len(lines) > 3 and lines[1].replace(" ", "") == 'Objectclass="TextGrid"':
+        try:
+            return float(lines[3].rpartition("=")[2])
+        except ValueError:
+            pass
+    raise DataError(f"{path} does not start like a Praat TextGrid (File type, Object class, xmin, xmax); "
+                    "replace it with the story's TextGrid")
+
+
 def write_textgrid(transcript: Transcript, path: str | os.PathLike) -> Path:
     """Write a transcript as a long-format TextGrid with tiers ``phone`` and ``word`` (atomic).
 

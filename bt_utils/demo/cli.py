@@ -41,7 +41,8 @@ def add_demo_data_command(commands) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--tr", type=float, default=DS003020_TR_S,
                         help=f"TR of the simulated grid in seconds (default: {DS003020_TR_S}, as ds003020's)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild even an intact demo, and replace a folder that holds something else")
     parser.set_defaults(run=_demo_data)
 
 

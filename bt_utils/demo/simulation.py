@@ -1,59 +1,21 @@
 """The embedded demo dataset: synthesised stories and simulated participants.
 
 The demo is a small dataset in the ds003020 layout that the package builds
-itself, offline, so that every notebook and test runs anywhere. Only the
-responses are simulated; the speech is real synthesised English.
+itself, offline, so that every notebook and test runs anywhere and the loaders
+of real data read it unchanged. Only the responses are simulated; the speech is
+real synthesised English (:mod:`bt_utils.demo.speech`), with word and phone
+TextGrids from the synthesiser's own timings.
 
-Generative model
-----------------
-Stories
-    Each story is a sequence of paragraphs; each paragraph favours two of the
-    eight semantic categories of :data:`CATEGORIES` (animals, food, places,
-    people, body, objects, time, feelings), so word meaning drifts slowly as in
-    natural narratives. Sentences come from templates whose slots are filled
-    with category words. Every sentence is spoken by eSpeak NG with its own
-    speaking rate and pitch, and pauses of random length separate sentences
-    and paragraphs: the acoustics therefore vary independently of meaning.
-Stimulus features, per TR (sampled at the TR midpoints of :mod:`bt_utils.data.timing`, ``DemoConfig.tr`` apart)
-    - semantic ``S (n_trs, 8)``: the meaning of the discourse so far, a leaky
-      integration of the content words heard up to each TR midpoint: the mean
-      of their embeddings weighted by ``exp(-age / SEMANTIC_TIMESCALE_S)``
-      (0 before the first content word). A word's embedding is its category's
-      prototype (a random orthonormal vector) plus word-specific Gaussian
-      jitter (s.d. ``WORD_JITTER``). Integrating over ~12 s models the long
-      timescales of language areas; it also matters for the low-level impact
-      analysis: with a 64-word vocabulary, a TR's own phones identify its words,
-      so an instantaneous word meaning would be linearly decodable from the
-      same TR's diphone counts (and removed with them);
-    - auditory ``A (n_trs, 5)``: the mean level (dB) over the 40 mel bands of
-      :func:`bt_utils.features.low_level.power_spectrum`, the mean level of the bands
-      centred in 0.1-0.5, 0.5-2 and 2-6 kHz, and the phone rate of
-      :func:`bt_utils.features.low_level.phoneme_rate`: auditory voxels respond to
-      exactly the acoustics that the low-level feature spaces describe.
-    Each feature is z-scored over all TRs of all stories.
-Voxels
-    A few thousand voxels per participant are drawn from a real cortical
-    template (pycortex's ``S1``, see :mod:`bt_utils.demo.template`) and get
-    a class that depends on their ROI (:data:`CLASS_PROBABILITIES`): auditory
-    voxels mostly in auditory cortex, semantic voxels mostly in language areas,
-    noise voxels everywhere.
-Responses
-    A voxel's signal is ``s_v = h * (X w_v)``: its class's features ``X``
-    (``S`` or ``A``) weighted by ``w_v ~ N(0, I)`` and convolved with the SPM
-    canonical haemodynamic response ``h`` sampled at the TR, scaled to unit
-    variance over the whole experiment. One presentation gives
-    ``y_v = r_v s_v + sqrt(1 - r_v**2) e_v`` with independent AR(1) noise
-    ``e_v`` (unit variance, coefficient ``NOISE_AR``) and a per-voxel signal
-    correlation ``r_v ~ U(SIGNAL_R_RANGE)`` (0 for noise voxels). The responses
-    are trimmed ``[10:-5]`` and z-scored per run and voxel like the real data. The test story is presented
-    ``n_repeats`` times with fresh noise; its ``data`` is the mean of the repeats.
-    A few noise voxels are NaN in one training story, as dropped-out voxels
-    are in real recordings.
-Truth (``derivative/truth/<subject>.npz``)
-    ``voxel_class``, ``signal_r``, ``noise_sd``, ``cc_max_true`` (the ceiling of
-    the repeat-mean, ``sqrt(r**2 / (r**2 + (1 - r**2) / n_repeats))``),
-    ``semantic_weights``, ``auditory_weights``, ``nan_voxels``, ``roi``.
-    ``derivative/truth/stimulus_features.npz`` holds ``S`` and ``A`` per story.
+Stories mix eight semantic categories whose topics drift slowly, spoken with
+varying rate, pitch and pauses, so that meaning and acoustics vary
+independently. Each participant's voxels lie on a real cortical template
+(:mod:`bt_utils.demo.template`) and are semantic (driven by a leaky integration
+of word meanings), auditory (driven by the acoustics the low-level feature
+spaces describe) or noise, through a haemodynamic response and AR(1) noise. The
+planted truth (voxel classes, signal levels, true noise ceilings, weights,
+stimulus features) is saved beside the data, so that tests can check that each
+analysis recovers it. docs/demo_dataset.md describes the generative model, why
+it is built this way, and how to build it (``bt demo-data``).
 """
 
 from __future__ import annotations
@@ -74,8 +36,9 @@ import scipy.stats
 import soundfile
 
 from .. import __version__
+from ..results import exclusive_lock
 from ..features import low_level
-from .template import TEMPLATE_SUBJECT, TEMPLATE_XFM, sample_layout
+from .template import sample_layout
 from ..data.dataset import SAMPLE_RATE
 from .speech import synthesize
 from ..data.timing import DS003020_TR_S, RESPDICT_PAD, SOUND_ONSET_S, check_tr, tr_midpoints, trim_trs
@@ -423,7 +386,7 @@ def simulate_subject(
         One presentation per training/validation story.
     repeats : ndarray of shape (n_repeats, n_test_trs - 15, n_voxels)
     truth : dict of str to ndarray
-        Planted truth and voxel layout (see the module docstring).
+        Planted truth and voxel layout (see docs/demo_dataset.md).
     """
     layout = sample_layout(n_voxels, rng)
     groups = np.array([roi_group(r) for r in layout.roi])
@@ -474,16 +437,7 @@ def simulate_subject(
         "nan_story": np.array(split_stories[0]),
         "roi": layout.roi.astype("<U16"),
     }
-    layout_arrays = {
-        "template": np.array(TEMPLATE_SUBJECT),
-        "xfm": np.array(TEMPLATE_XFM),
-        "mask": np.array(layout.mask),
-        "volume_shape": np.array(layout.volume_shape),
-        "volume_index": layout.volume_index,
-        "roi": layout.roi.astype("<U16"),
-        "hemisphere": layout.hemisphere.astype("<U1"),
-    }
-    return responses, repeats, {"truth": truth, "layout": layout_arrays}
+    return responses, repeats, {"truth": truth, "layout": layout.arrays()}
 
 
 # ----- writing ------------------------------------------------------------------------------
@@ -497,11 +451,15 @@ def _write_hf5(path: Path, **datasets: np.ndarray) -> None:
 
 
 def build_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), overwrite: bool = False) -> Path:
-    """Build the demo dataset in the ds003020 layout.
+    """Build the demo dataset in the ds003020 layout, unless ``out_dir`` holds it intact already.
 
     The dataset is assembled in a temporary folder beside ``out_dir`` and moved
-    into place only when complete. If ``out_dir`` already holds a demo built
-    with the same config and generator version, it is kept as is.
+    into place only when complete; ``derivative/demo.json``, written last,
+    records the settings and the size of every other file. A demo built with
+    the same config and generator version whose files all have their recorded
+    sizes is kept as is; one with missing or changed files (or an unreadable
+    ``demo.json``) is rebuilt. Builders of the same folder take turns under a
+    lock file beside it: a second one waits, then finds the demo ready.
 
     Parameters
     ----------
@@ -510,47 +468,102 @@ def build_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig = DemoConf
     config : DemoConfig
         Size and seed.
     overwrite : bool
-        Replace an existing folder that holds something else.
+        Rebuild even an intact demo, and replace a folder that holds something else.
 
     Returns
     -------
     out_dir : Path
+
+    Raises
+    ------
+    FileExistsError
+        ``out_dir`` is not empty and holds something other than this demo,
+        and ``overwrite`` is False.
     """
     out_dir = Path(out_dir).expanduser().resolve()
-    settings = {"generator_version": GENERATOR_VERSION, "config": asdict(config)}
-    info_path = out_dir / "derivative" / "demo.json"
-    if info_path.is_file():
-        existing = json.loads(info_path.read_text())
-        if {k: existing.get(k) for k in settings} == json.loads(json.dumps(settings)):
+    settings = _settings(config)
+    with exclusive_lock(out_dir.parent / f".{out_dir.name}.lock"):
+        state, reason = _demo_state(out_dir, settings)
+        if state == "intact" and not overwrite:
             log.info("demo dataset in %s is up to date", out_dir)
             return out_dir
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} is not empty and does not hold a demo dataset built with these settings; "
-            "choose another folder or pass overwrite=True (--overwrite)"
-        )
-    started = time.perf_counter()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        info = _build_into(staging, config) | settings
-        info["build_seconds"] = round(time.perf_counter() - started, 2)
-        (staging / "derivative" / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if state == "damaged":
+            log.warning("the demo dataset in %s is damaged (%s): rebuilding it", out_dir, reason)
+        elif state == "other" and not overwrite:
+            raise FileExistsError(
+                f"{out_dir} is not empty and does not hold a demo dataset built with these settings ({reason}); "
+                "choose another folder or pass overwrite=True (--overwrite)"
+            )
+        started = time.perf_counter()
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        try:
+            info = _build_into(staging, config) | settings
+            info["build_seconds"] = round(time.perf_counter() - started, 2)
+            info["files"] = _file_sizes(staging)
+            (staging / "derivative" / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     log.info("built the demo dataset in %s in %.1f s", out_dir, info["build_seconds"])
     return out_dir
 
 
-def _built_settings(root: Path) -> dict | None:
-    """Generator version and config recorded in a demo dataset's ``demo.json``, or None if there is none."""
-    info_path = root / "derivative" / "demo.json"
-    if not info_path.is_file():
+def _settings(config: DemoConfig) -> dict:
+    """Generator version and config as ``demo.json`` records them."""
+    return {"generator_version": GENERATOR_VERSION, "config": json.loads(json.dumps(asdict(config)))}
+
+
+def _file_sizes(root: Path) -> dict[str, int]:
+    """Size in bytes of every file of a demo dataset but ``derivative/demo.json``, by path relative to ``root``."""
+    return {path.relative_to(root).as_posix(): path.stat().st_size for path in sorted(root.rglob("*"))
+            if path.is_file() and path.relative_to(root).as_posix() != "derivative/demo.json"}
+
+
+def _read_info(root: Path) -> dict | None:
+    """Content of a demo's ``demo.json``: None without one, {} when it is not a JSON mapping."""
+    path = root / "derivative" / "demo.json"
+    if not path.is_file():
         return None
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _demo_state(root: Path, settings: dict) -> tuple[str, str]:
+    """What ``root`` holds: ``("empty", "")``, ``("intact", "")``, ``("damaged", why)`` (this demo with missing
+    or changed files) or ``("other", what)`` (something else)."""
+    if not root.exists() or not any(root.iterdir()):
+        return "empty", ""
+    info = _read_info(root)
+    if info is None:
+        return "other", "no derivative/demo.json"
+    if not info:
+        return "damaged", "derivative/demo.json is not a JSON mapping"
+    built = {key: info.get(key) for key in settings}
+    if built != settings:
+        return "other", f"a demo of generator version {built['generator_version']} with config {built['config']}"
+    recorded = info.get("files")
+    if not isinstance(recorded, dict):
+        return "damaged", "derivative/demo.json lists no files"
+    present = _file_sizes(root)
+    missing = sorted(set(recorded) - set(present))
+    changed = sorted(name for name in recorded if name in present and present[name] != recorded[name])
+    if missing or changed:
+        return "damaged", "; ".join(f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                                    for label, names in (("missing", missing), ("size changed", changed)) if names)
+    return "intact", ""
+
+
+def _built_settings(root: Path) -> dict | None:
+    """Generator version and config recorded in a demo dataset's ``demo.json`` (None for both when it cannot
+    be read), or None if there is none."""
+    info = _read_info(root)
+    if info is None:
+        return None
     return {"generator_version": info.get("generator_version"), "config": info.get("config")}
 
 
@@ -577,7 +590,7 @@ def prepare_demo_outputs(out_dir: str | os.PathLike, config: DemoConfig = DemoCo
     out_dir = Path(out_dir).expanduser().resolve()
     data_dir, sweep_dir = out_dir / "data", out_dir / "sweep"
     before = _built_settings(data_dir)
-    build_demo_dataset(data_dir, config, overwrite=before is not None)
+    build_demo_dataset(data_dir, config, overwrite=before is not None and before != _settings(config))
     if before is not None and before != _built_settings(data_dir) and sweep_dir.exists():
         kept = out_dir / f"sweep-before-{time.strftime('%Y%m%d-%H%M%S')}"
         sweep_dir.rename(kept)

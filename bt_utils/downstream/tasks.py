@@ -1,75 +1,21 @@
-"""Downstream tasks: real-data loaders and offline demo tasks made with speech synthesis.
+"""Downstream tasks: labelled speech in train, validation and test splits, and loaders of the real datasets.
 
 A :class:`DownstreamTask` is a list of :class:`Example` s, each in one split
 (``"train"``, ``"validation"`` or ``"test"``), with a label and its audio: a
 file path, or a waveform in memory. The task's kind says what the label is:
+``"classification"`` (one class name), ``"multilabel"`` (the names of the
+classes present, separated by spaces: :func:`encode_multilabel` and
+:func:`decode_multilabel` convert to and from multi-hot arrays) or ``"asr"``
+(the reference transcript). An example may cover only a time span of its
+audio (a TIMIT phone segment): its features are then pooled over that span of
+the whole utterance's encoding.
 
-- ``"classification"``: one class name;
-- ``"multilabel"``: the names of the classes present, in the task's class
-  order, separated by spaces (``"b d iy"``; ``""`` for none):
-  :func:`encode_multilabel` and :func:`decode_multilabel` convert to and
-  from multi-hot arrays;
-- ``"asr"``: the reference transcript.
-
-An example may cover only a time span of its audio (a TIMIT phone segment):
-its features are then pooled over that span of the whole utterance's encoding.
-
-Real data (licensed or large, never downloaded here)
-----------------------------------------------------
-========================  =================================  =========================================
-task                      loader                             where to get it
-========================  =================================  =========================================
-``timit_phoneme``         :func:`timit_phonemes`             LDC93S1 (https://catalog.ldc.upenn.edu/LDC93S1)
-``timit_sentence_type``   :func:`timit_sentence_type`        LDC93S1
-``speech_commands``       :func:`speech_commands`            download.tensorflow.org/data/speech_commands_v0.02.tar.gz
-``crema_d_emotion``       :func:`crema_d`                    https://github.com/CheyneyComputerScience/CREMA-D
-``slurp_intent``          :func:`slurp` (``target="intent"``)  https://github.com/pswietojanski/slurp
-``slurp_action``          :func:`slurp` (``target="action"``)  same
-``librispeech_asr``       :func:`librispeech`                https://www.openslr.org/12
-``timit_asr``             :func:`timit_asr`                  LDC93S1
-========================  =================================  =========================================
-
-Every loader takes a local folder, or ``"hf:<dataset id>"`` for a Hugging
-Face ``datasets`` copy (needs the optional ``datasets`` package and network
-or a filled ``datasets`` cache). Splits of the real data:
-
-- TIMIT: train = the TRAIN folder; test = the 24-speaker core test set;
-  validation = the other 144 TEST speakers (disjoint speakers everywhere).
-  Phones: the 61 TIMIT labels folded to 39 classes (:data:`TIMIT_FOLDING`,
-  Lee & Hon 1989; ``q`` is dropped, closures and pauses become ``sil``), SA
-  sentences left out as is standard. Two protocols (:func:`timit_phonemes`):
-  ``"presence"`` (default, the paper's) has one multi-label example per
-  utterance, which of the 38 phones other than ``sil`` occur in it;
-  ``"segments"`` has one example per phone segment, one of the 39 classes.
-  Sentence type: SA / SI / SX from the file name.
-- Speech Commands v0.02: the 35 words; ``validation_list.txt`` and
-  ``testing_list.txt`` give the validation and test files, the rest is train.
-- CREMA-D: 6 emotions from the file name (``1001_DFA_ANG_XX.wav``); the 91
-  actors are split 80/10/10 by their rank (every 10th actor from the 9th on
-  is validation, from the 10th on test).
-- SLURP: ``train.jsonl``, ``devel.jsonl`` and ``test.jsonl`` (real
-  recordings only); every recording is an example.
-- LibriSpeech: a subset folder such as ``test-clean``, test split only.
-
-Offline demo tasks (:func:`demo_task`)
---------------------------------------
-Synthesised with :func:`bt_utils.demo.speech.synthesize`, each example with its own
-speaker (an English accent with a voice variant), speaking rate (120-240
-words per minute), pitch (20-80), a random lead-in silence and white noise at
-a random signal-to-noise ratio (6-30 dB). Speakers are disjoint between
-train, validation and test. Each stands in for a task of the paper:
-
-=======================  ==========================  =========================================
-demo task                classes                     stands in for
-=======================  ==========================  =========================================
-``demo_word``            10 command words            Speech Commands word identity
-``demo_sentence_type``   statement/question/command  TIMIT sentence type
-``demo_intent``          6 SLURP-like intents        SLURP intent / action
-``demo_phoneme``         which of 39 phones occur    TIMIT phoneme prediction (presence)
-``demo_asr``             (transcripts)               ASR (1 - WER)
-=======================  ==========================  =========================================
-
-CREMA-D emotion has no offline stand-in: eSpeak cannot speak with emotion.
+The loaders read the paper's datasets (TIMIT, Speech Commands, CREMA-D, SLURP,
+LibriSpeech) from a local folder, or from a Hugging Face ``datasets`` copy
+(``"hf:<dataset id>"``); they are licensed or large and never downloaded here.
+:data:`TASKS` names them for :func:`load_task`; extensions register more (the
+demo's offline tasks, :mod:`bt_utils.demo.tasks`). docs/method.md
+("Downstream probes") lists the tasks, their sources and their splits.
 """
 
 from __future__ import annotations

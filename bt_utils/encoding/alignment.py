@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.dataset import Dataset
-from .ridge import HIMALAYA_ALPHAS, bootstrap_chunk_splits, correlation_score, fit_ridge_cv, normalised_score, story_folds
+from .ridge import BACKENDS, HIMALAYA_ALPHAS, bootstrap_chunk_splits, correlation_score, fit_ridge_cv, normalised_score, story_folds
 from ..features.layers import DELAYS, WindowSettings, dataset_tr_features, default_layers, check_layers, layer_design, response_rows_test
 from ..models.registry import load_encoder
 from ..data.noise_ceiling import cc_max
@@ -59,9 +59,9 @@ class AlignmentSettings:
     n_folds : int
         Folds of the story scheme (capped at the number of training stories).
     alphas : tuple of float
-        Ridge penalties in himalaya's convention (METHOD.md grid, squared).
-    backend : str
-        numpy, torch or torch_cuda.
+        Ridge penalties in himalaya's convention (the reference grid, squared; docs/method.md).
+    backend : {"numpy", "torch", "torch_cuda"}
+        Of the ridge solver.
     min_ceiling : float
         Voxels with ``cc_max`` at or below it get ``r_norm = NaN``.
     n_permutations : int
@@ -90,6 +90,7 @@ class AlignmentSettings:
 
     def __post_init__(self):
         check_option("cv", self.cv, CV_SCHEMES)
+        check_option("backend", self.backend, BACKENDS)
         if self.n_permutations < 0:
             raise ValueError(f"n_permutations must be >= 0, got {self.n_permutations}")
 
@@ -184,7 +185,7 @@ def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray
     repeat mean and is not divided by a noise ceiling). Per-story scoring keeps
     r unbiased under the null; one r over the concatenated predictions is not,
     because each fold picks its own alphas, which scale its predictions (on
-    pure noise: mean r -0.04 instead of 0).
+    pure noise it falls below 0).
 
     Parameters
     ----------
@@ -274,6 +275,33 @@ def subject_model(paths: str | Mapping[str, str], subject: str, variant: str) ->
     return paths[subject]
 
 
+def check_runs(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Mapping[str, str]]) -> list[str]:
+    """Check the subjects and variants of an analysis before any work is done; return the subjects as a list.
+
+    Raises
+    ------
+    ValueError
+        ``subjects`` is a string or empty, or names subjects the dataset does
+        not have; ``variants`` is empty.
+    KeyError
+        A variant has no model for one of the subjects.
+    """
+    if isinstance(subjects, str):
+        raise ValueError(f"subjects={subjects!r} is a string; give a list of subjects, e.g. [{subjects!r}]")
+    subjects = list(subjects)
+    if not subjects:
+        raise ValueError(f"subjects={subjects!r} is empty; give at least one of {dataset.subjects}")
+    unknown = [subject for subject in subjects if subject not in dataset.subjects]
+    if unknown:
+        raise ValueError(f"subjects {unknown} have no responses in {dataset.root}; available: {dataset.subjects}")
+    if not variants:
+        raise ValueError("variants is empty; give at least one model, e.g. {'pretrained': 'whisper-tiny.en'}")
+    for subject in subjects:
+        for variant, paths in variants.items():
+            subject_model(paths, subject, variant)
+    return subjects
+
+
 def align(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Mapping[str, str]], model: str,
           settings: AlignmentSettings = AlignmentSettings(), device: str = "auto", progress: bool = True) -> pd.DataFrame:
     """Voxel-wise alignment of every subject, variant and layer.
@@ -299,7 +327,7 @@ def align(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Ma
         ``subject, model, variant, layer, voxel, r, r_norm, alpha`` (+ permutation columns).
     """
     tables = []
-    for subject in subjects:
+    for subject in check_runs(dataset, subjects, variants):
         targets = subject_targets(dataset, subject, settings.include_validation)
         for variant, paths in variants.items():
             layers, features = variant_features(dataset, subject, subject_model(paths, subject, variant), settings,

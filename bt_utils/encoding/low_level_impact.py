@@ -1,6 +1,6 @@
 """Low-level feature impact: how much of a layer's alignment is carried by low-level speech features.
 
-METHOD.md: every dimension of a layer's TR features is regressed on the low-level
+Every dimension of a layer's TR features is regressed on the low-level
 features (ridge, 10-fold cross-validated penalty in 1e-6 ... 1e9, fitted on the
 training TRs only); the residuals, computed for every story, replace the
 features; the encoding models are refitted on them, with the residuals in the
@@ -30,7 +30,8 @@ import pandas as pd
 from himalaya.ridge import BandedRidgeCV
 
 from .alignment import (
-    AlignmentSettings, cv_splits, order_columns, score_features, subject_model, subject_targets, variant_features,
+    AlignmentSettings, check_runs, cv_splits, order_columns, score_features, subject_model, subject_targets,
+    variant_features,
 )
 from ..data.dataset import Dataset
 from .ridge import correlation_score, fit_ridge_cv
@@ -42,7 +43,7 @@ from ..validation import DataError, check_option
 log = logging.getLogger(__name__)
 
 RESIDUAL_ALPHAS = np.logspace(-6, 9, 16)
-"""Penalties searched when regressing model features on low-level features (METHOD.md)."""
+"""Penalties searched when regressing model features on low-level features (docs/method.md, "Impact")."""
 
 IMPACT_MIN_ALIGNMENT = 0.05
 """Smallest ROI mean of ``r / cc_max`` (before removing low-level features) whose drop :func:`impact_rois` reports."""
@@ -178,7 +179,7 @@ def low_level_impact(dataset: Dataset, subjects: list[str], variants: Mapping[st
             raise ValueError(f"feature set {name!r} names a space more than once: {list(group)}")
     spaces = sorted({space for group in feature_sets.values() for space in group})
     tables = []
-    for subject in subjects:
+    for subject in check_runs(dataset, subjects, variants):
         split = dataset.split(subject)
         train = tuple(split.train) + (tuple(split.validation) if settings.include_validation else ())
         targets = subject_targets(dataset, subject, settings.include_validation)
@@ -463,8 +464,8 @@ def partition_variance(model_train: np.ndarray, low_train: np.ndarray, y_train: 
         Array library of the single-space fits and of the grid solver.
     solver : {"grid", "himalaya"}
         ``"grid"`` (default): :func:`banded_ridge_grid`, a deterministic search of ``band_mixes`` x
-        ``alphas`` (``len(band_mixes)`` ridge fits; 5-17x faster than the reference on demo-sized
-        problems, see ``docs/benchmarks.md``); ``"himalaya"``: himalaya's ``BandedRidgeCV`` random
+        ``alphas`` (``len(band_mixes)`` ridge fits; faster than the reference on demo-sized problems,
+        see ``docs/benchmarks.md``); ``"himalaya"``: himalaya's ``BandedRidgeCV`` random
         search (``n_iter`` draws of the band weights), the reference.
     band_mixes : ndarray of shape (n_mixes,)
         Weights ``g`` of the model band searched by ``solver="grid"`` (default :data:`BAND_MIXES`).

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from ..data.dataset import Dataset
 from .encoder import SpeechEncoder
 from .registry import load_encoder, select_device
+from .resume_state import load_resume_state, restore_rng_states, rng_states, save_resume_state
 from ..data.noise_ceiling import cc_max, select_voxels
 from ..results import atomic_path, run_record, write_json, write_table
 from ..data.stimulus import WindowSpec, tr_input_window, trimmed_tr_indices
@@ -142,9 +143,10 @@ class TuningConfig:
         check_option("loss", self.loss, LOSSES)
         check_option("control", self.control, CONTROLS)
         check_option("mixed_precision", self.mixed_precision, PRECISIONS)
-        for name in ("epochs", "batch_size", "grad_accumulation", "patience", "block_size", "lora_rank"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "grad_accumulation", "patience", "block_size", "lora_rank", "seed"):
+            value, least = getattr(self, name), 0 if name == "seed" else 1
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"{name}={value!r} is not valid: give a whole number of at least {least}")
         for name in ("max_train_trs", "max_validation_trs"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, numbers.Integral) or value < 1):
@@ -166,6 +168,8 @@ class TuningConfig:
 def _check_interval(name: str, value: float, low: float, high: float, closed: tuple[bool, bool] = (True, True)) -> None:
     """Raise a ValueError naming ``name`` and ``value`` unless ``value`` lies between ``low`` and
     ``high`` (each end included where ``closed`` says so; NaN never lies in between)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}={value!r} is not valid: give a number")
     above = value >= low if closed[0] else value > low
     below = value <= high if closed[1] else value < high
     if not (above and below):
@@ -577,23 +581,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_states() -> dict:
-    """States of the generators seeded by :func:`seed_everything` (plus CUDA's)."""
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict) -> None:
-    """Restore what :func:`rng_states` saved."""
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os.PathLike,
          progress: bool = True, stop_after_epochs: int | None = None) -> TuningResult:
     """Brain-tune a speech encoder on one subject; resume if ``out_dir`` holds an interrupted run.
@@ -656,7 +643,7 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
     if state_path.is_file():
         # on the CPU: the RNG states must stay CPU byte tensors; the model and optimiser
         # states move to the parameters' device when loaded into them
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = load_resume_state(state_path)
         if state["parameters"] != parameters:
             raise ValueError(
                 f"{out_dir} holds a run with other parameters; choose another out_dir or delete {state_path} "
@@ -710,12 +697,11 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
             if bad_epochs >= config.patience:
                 stop_reason, finished = f"no validation improvement for {bad_epochs} epochs (early stopping)", True
         finished = finished or epoch == config.epochs - 1
-        with atomic_path(state_path) as staged:
-            torch.save({"parameters": parameters, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                        "rng": rng_states(), "history": history,
-                        "best": best, "bad_epochs": bad_epochs, "epoch": epoch, "finished": finished,
-                        "stop_reason": stop_reason}, staged)
+        save_resume_state({"parameters": parameters, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                           "rng": rng_states(), "history": history,
+                           "best": best, "bad_epochs": bad_epochs, "epoch": epoch, "finished": finished,
+                           "stop_reason": stop_reason}, state_path)
         if finished:
             break
         if stop_after_epochs is not None and epoch_count >= stop_after_epochs:

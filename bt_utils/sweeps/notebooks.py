@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +17,10 @@ from nbconvert import HTMLExporter
 from ..results import atomic_path
 
 log = logging.getLogger(__name__)
+
+KERNEL_START_ATTEMPTS = 3
+"""Tries to start a notebook's kernel: a kernel that dies before running any cell (e.g. two parallel kernels
+took the same TCP port, ``ZMQError: Address already in use``) is started again, up to this many times in all."""
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 """The notebooks of a source checkout (``notebooks/`` beside the package); use :func:`default_notebook_dir`."""
@@ -56,8 +63,45 @@ def notebook_path(name: str, notebook_dir: str | os.PathLike | None = None) -> P
     return path
 
 
+_REPORT_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- if "widgets" in nb.metadata %}{{ super() }}{% endif -%}{%- endblock -%}
+{%- block html_head_js_mathjax -%}{%- if resources.bt_needs_math %}{{ super() }}{% endif -%}{%- endblock -%}
+{%- block body_header -%}{{ super() }}
+<p class="bt-report-network" style="margin: 0.5em 1em; font-size: 0.85em; color: #616161">{{ resources.bt_network_note }}</p>
+{%- endblock body_header -%}
+"""
+"""nbconvert's lab template without the scripts a report does not need (require.js without widgets, MathJax
+without math), with a note at the top on what the report loads from the network."""
+
+_MATH = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
+
+
+def network_needs(notebook: nbformat.NotebookNode) -> list[str]:
+    """What an HTML report of ``notebook`` loads from the network, one phrase per need (empty: nothing).
+
+    Figures, tables and text are embedded in the report; only LaTeX math
+    (MathJax), mermaid diagrams and interactive widgets (the Jupyter widget
+    manager and require.js) are loaded from CDNs when the report is opened.
+    """
+    texts = [cell.source for cell in notebook.cells if cell.cell_type == "markdown"]
+    texts += [str(output.get("data", {}).get(kind, "")) for cell in notebook.cells for output in cell.get("outputs", [])
+              for kind in ("text/markdown", "text/latex")]
+    needs = []
+    if any(_MATH.search(text) for text in texts):
+        needs.append("its math is typeset by MathJax from cdnjs.cloudflare.com (offline it shows as LaTeX source)")
+    if any("```mermaid" in text for text in texts):
+        needs.append("its diagrams are drawn by mermaid from cdnjs.cloudflare.com (offline they show as text)")
+    if "widgets" in notebook.metadata:
+        needs.append("its interactive widgets are drawn by the Jupyter widget manager from unpkg.com and "
+                     "cdnjs.cloudflare.com (offline they are missing; open the .ipynb in JupyterLab instead)")
+    return needs
+
+
 def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None = None) -> Path:
-    """Render an executed notebook to a self-contained HTML file (atomic).
+    """Render an executed notebook to an HTML report that works offline for its figures, tables and text (atomic).
+
+    Images are embedded; the report loads scripts from the network only for
+    what :func:`network_needs` lists, and says so in a note at its top.
 
     Returns
     -------
@@ -66,7 +110,13 @@ def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None
     """
     notebook = Path(notebook)
     html_path = Path(html_path) if html_path is not None else notebook.with_suffix(".html")
-    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
+    content = nbformat.read(notebook, as_version=4)
+    needs = network_needs(content)
+    note = ("Offline report: figures, tables and text are embedded" +
+            (f"; from the network: {'; '.join(needs)}." if needs else "; nothing is loaded from the network."))
+    exporter = HTMLExporter(template_name="lab", raw_template=_REPORT_TEMPLATE, embed_images=True)
+    resources = {"bt_network_note": note, "bt_needs_math": any(need.startswith("its math") for need in needs)}
+    body, _ = exporter.from_notebook_node(content, resources=resources)
     with atomic_path(html_path) as staged:
         staged.write_text(body, encoding="utf-8")
     return html_path
@@ -101,7 +151,9 @@ def execute_notebook(
     executed : Path
         The executed notebook. A failed run raises papermill's error; the
         partially executed notebook is kept beside it as ``<name>.failed.ipynb``
-        (with ``html``, also rendered as ``<name>.failed.html``).
+        (with ``html``, also rendered as ``<name>.failed.html``). A kernel
+        that dies before running any cell is started again, up to
+        :data:`KERNEL_START_ATTEMPTS` tries in all.
     """
     source = notebook_path(name, notebook_dir)
     output_dir = Path(output_dir).resolve()
@@ -111,10 +163,7 @@ def execute_notebook(
     failed = executed.with_suffix(".failed.ipynb")
     log.info("executing %s into %s", source.name, output_dir)
     try:
-        papermill.execute_notebook(
-            str(source), str(failed), parameters=parameters, kernel_name=kernel_name,
-            cwd=str(source.parent), progress_bar=False,
-        )
+        _execute_with_retries(source, failed, parameters, kernel_name)
     except BaseException as error:
         log.error("notebook %s failed; partial output kept in %s", source.name, failed)
         if html and isinstance(error, Exception) and failed.is_file():
@@ -125,6 +174,33 @@ def execute_notebook(
     if html:
         render_html(executed)
     return executed
+
+
+def _execute_with_retries(source: Path, output: Path, parameters: Mapping, kernel_name: str | None) -> None:
+    """papermill's execution of ``source`` into ``output``, starting the kernel again (up to
+    :data:`KERNEL_START_ATTEMPTS` tries in all) when it dies before running any cell."""
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        try:
+            papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
+                                       cwd=str(source.parent), progress_bar=False)
+            return
+        except Exception as error:
+            if attempt == KERNEL_START_ATTEMPTS or not _died_before_any_cell(error, output):
+                raise
+            log.warning("the kernel of %s died before running any cell (%s: %s); starting it again (try %d of %d)",
+                        source.name, type(error).__name__, error, attempt + 1, KERNEL_START_ATTEMPTS)
+            time.sleep(random.uniform(0.5, 2.0))  # apart from a parallel kernel that may take the same ports
+
+
+def _died_before_any_cell(error: Exception, partial: Path) -> bool:
+    """Whether papermill failed before any cell of ``partial`` (its output notebook) started executing."""
+    if isinstance(error, papermill.PapermillExecutionError) or not partial.is_file():
+        return False
+    try:
+        cells = nbformat.read(partial, as_version=4).cells
+    except Exception:  # noqa: BLE001 - an unreadable partial notebook: not a kernel start to retry
+        return False
+    return all(cell.metadata.get("papermill", {}).get("start_time") is None for cell in cells)
 
 
 def _render_failed(failed: Path) -> None:

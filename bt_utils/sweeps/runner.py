@@ -1,142 +1,20 @@
 """Papermill sweeps: run the notebooks over a grid of parameters on a Dask cluster.
 
 A sweep specification (``papermill_runs/*.yaml``) names a grid of parameter
-values and the stages (notebooks) that run over it, in order::
+values and the stages (notebooks) that run over it; a stage has one run per
+combination of the values of the axes it varies over. :func:`load_spec` reads
+and checks a specification, :func:`plan_runs` expands it into runs (parameters
+with their placeholders filled in, run folders, dependencies), :func:`run_sweep`
+executes the runs that have not completed on Dask, each once the runs it
+depends on have completed, and :func:`sweep_status` reads the state of every
+run back from its folder.
 
-    name: demo                                   # optional; default: the file's stem
-    defaults:                                    # passed to every notebook that declares them
-      data_root: "{spec_dir}/../demo_output/data"
-      build_demo_if_missing: false
-    grid:                                        # axis -> non-empty list of distinct scalars
-      subject: [DEMO01, DEMO02]
-      model: [whisper-tiny.en, tiny-hubert]
-      control: [none, story_swap]
-    stages:
-      - notebook: 00_data
-        over: [subject]                          # required; [] for a single run
-      - notebook: 01_brain_tuning
-        over: [subject, model, control]
-        parameters: {epochs: 3}
-        resources: {GPU: 1}                      # optional Dask resources per run
-      - notebook: 02_alignment
-        over: [subject, model]
-        parameters: {checkpoints: "{runs:01_brain_tuning}/checkpoint"}
-      - notebook: summary
-        over: []
-        parameters: {sweep_dir: "{sweep_dir}"}
-
-Stage keys: ``notebook`` (required), ``over`` (required), ``only`` (restrict
-axes of ``over`` to some grid values, e.g. ``only: {model: [whisper-tiny.en]}``),
-``parameters``, ``resources``, ``after`` and ``name`` (default: the notebook's name; give one
-when a notebook appears twice). A stage has one run per combination of the
-values of its ``over`` axes; each axis value is passed as the parameter of the
-same name when the notebook declares one, else it must appear in a parameter
-as a placeholder (e.g. ``subjects: ["{subject}"]``).
-
-Parameters
-    A run's parameters are the notebook's own defaults, overridden by the
-    ``defaults`` it declares, then by the stage's ``parameters``, then by its
-    axis values; ``output_dir`` is always the run folder. Every stage parameter
-    must be declared in the notebook's cell tagged ``parameters``, and every
-    ``defaults`` key and grid axis must be used by some stage.
-
-Placeholders in string values (at any depth of lists and mappings; write
-literal braces as ``{{`` and ``}}``)
-    ``{sweep_dir}``
-        The sweep's output folder.
-    ``{spec_dir}``
-        The folder of the specification file. Papermill runs a notebook in its
-        own folder, so relative paths are read from there: write paths as
-        ``{spec_dir}/...`` or absolute.
-    ``{AXIS}``
-        The run's value of an axis its stage varies over, e.g. ``{subject}``.
-    ``{run:STAGE}``
-        The run folder of the earlier stage's run with the same axis values;
-        that stage must vary over no axis this one does not.
-    ``{runs:STAGE}``
-        Only at the start of a string, which becomes a mapping from the values
-        of the axes that the earlier stage varies over and this one does not
-        (joined by ``/`` when there are several) to the matching run folders,
-        each followed by the rest of the string. For instance an alignment
-        stage over ``[subject, model]`` given
-        ``"{runs:01_brain_tuning}/checkpoint"`` receives ``{"none": ".../
-        01_brain_tuning/DEMO01-tiny-hubert-none-1a2b3c4d/checkpoint",
-        "story_swap": ...}``: the checkpoints of the tuning runs it compares.
-
-Dependencies
-    A run starts once the runs it depends on completed: the matching runs
-    (same values on the axes both stages vary over) of every stage listed in
-    ``after`` (default: all earlier stages) and of every stage it references.
-    A run whose dependency failed is marked ``skipped`` (reason ``dependency
-    failed: <run ids>``); the others go on.
-
-Run folders
-    ``<out>/<stage>/<axis values>-<hash>``: the executed notebook, its HTML,
-    whatever the notebook writes to ``output_dir`` and ``status.json`` (state
-    ``queued``, ``running``, ``completed``, ``failed`` or ``skipped``, the
-    parameters (the notebook's own defaults of those the sweep does not set
-    included), start and end times, duration, ``inputs`` (the end time of
-    each run it depends on, as it read them) and, for a failure, the error's
-    type and message and the failing cell's index in the notebook and its
-    source; the partial notebook stays as ``<notebook>.failed.ipynb`` and
-    ``.failed.html``). The 8-character hash covers the notebook's name and all
-    parameters: those the sweep sets (references to other runs included,
-    written relative to the sweep folder so that the sweep folder can be
-    moved) over the defaults of the notebook's ``parameters`` cell. Editing
-    the rest of a notebook does not change it, so delete a run folder to run
-    it again.
-
-Reruns
-    A rerun skips the runs already completed with the same parameters and
-    runs the others again in the same folder (a notebook that checkpoints can
-    resume), as ``make`` does: a completed run also runs again when a run it
-    depends on runs in this sweep or has run again since it read its results
-    (e.g. all the dependants of a deleted run folder, or a summary whose
-    parameters did not change while the runs it reads did); ``bt sweep
-    status`` lists them with the reason (:func:`out_of_date`). ``<out>/runs_index.csv``
-    lists every run (:data:`INDEX_COLUMNS`, plus one column per axis) and is
-    rewritten atomically as runs finish. A sweep holds ``<out>/sweep.lock``
-    (:func:`sweep_lock`) while it runs, so a second sweep in the same folder
-    stops with an error naming the first one.
-
-Notebooks in a sweep
-    Have exactly one cell tagged ``parameters`` that declares ``output_dir``
-    and every parameter the spec sets; write every output under
-    ``output_dir``; let errors raise (a notebook that catches its own failure
-    looks completed); take references to other runs as folder paths (a string
-    for ``{run:...}``, a dict for ``{runs:...}``).
-
-Clusters
-    By default the runs go to a ``distributed.LocalCluster`` of ``n_workers``
-    processes with one thread each (each notebook's BLAS/OpenMP threads are set
-    to the machine's cores divided by ``n_workers``). ``cluster`` may instead be
-    a scheduler address (``"tcp://host:8786"``), a ``distributed.Client`` or a
-    cluster object, or left ``None`` to use, in order, the Dask configuration's
-    ``scheduler-address`` (environment ``DASK_SCHEDULER_ADDRESS``), a cluster
-    class named by ``bt-sweep.cluster`` (environment ``DASK_BT_SWEEP__CLUSTER``;
-    built with ``bt-sweep.cluster-kwargs`` and scaled to ``n_workers``), or a
-    local cluster. For SLURM with
-    dask-jobqueue (installed separately), ``~/.config/dask/bt.yaml``::
-
-        bt-sweep:
-          cluster: dask_jobqueue.SLURMCluster
-        jobqueue:
-          slurm:
-            cores: 8
-            memory: 64GB
-            walltime: "04:00:00"
-            job-extra-directives: ["--gres=gpu:1"]
-            worker-extra-args: ["--resources", "GPU=1"]
-
-    or, from Python, ``run_sweep(spec, cluster=SLURMCluster(...))``. Workers
-    must import ``bt_utils``, run the notebooks' kernel and see the sweep folder
-    on a shared filesystem. A stage's ``resources`` are honoured only by
-    workers that declare them (``dask worker ... --resources GPU=1``, the
-    ``worker-extra-args`` above, or ``local_resources`` for the local cluster,
-    which otherwise ignores them since it shares one machine).
-
-Command line: ``bt sweep run SPEC [--out DIR] [--workers N] [--scheduler ADDRESS]``
-and ``bt sweep status SPEC [--out DIR]`` (both take ``--notebooks DIR``).
+Every run has its own folder ``<out>/<stage>/<axis values>-<hash>``, named by a
+hash of its parameters, with a ``status.json``; ``<out>/runs_index.csv`` lists
+them all. Reruns skip what completed with the same parameters and redo what
+failed or is out of date, as ``make`` does, so an interrupted sweep resumes.
+docs/sweeps.md describes the specification format, the placeholders, the
+dependencies, the run folders, reruns and how to run on a cluster.
 """
 
 from __future__ import annotations
@@ -173,8 +51,11 @@ if TYPE_CHECKING:  # distributed is imported only when a sweep runs
 
 log = logging.getLogger(__name__)
 
-STATES = ("missing", "queued", "running", "completed", "failed", "skipped")
-"""Run states: no status yet, waiting, executing, done, failed, not run because a dependency failed."""
+STATES = ("missing", "queued", "running", "interrupted", "completed", "failed", "skipped")
+"""Run states: no status yet, waiting, executing, left queued or running by a sweep that ended (killed or
+interrupted), done, failed, not run because a dependency failed."""
+UNFINISHED = ("queued", "running")
+"""States a run is in only while a sweep holds the sweep folder's lock."""
 
 SPEC_KEYS = {"name", "defaults", "grid", "stages"}
 STAGE_KEYS = {"notebook", "name", "over", "only", "parameters", "resources", "after"}
@@ -245,7 +126,7 @@ class Stage:
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A validated sweep specification (see the module docstring).
+    """A validated sweep specification (see docs/sweeps.md).
 
     Attributes
     ----------
@@ -749,15 +630,21 @@ def read_status_file(folder: str | os.PathLike) -> dict | None:
     Raises
     ------
     ValueError
-        When the file is not valid JSON; the message says to delete it.
+        When the file is not a JSON mapping (e.g. truncated); the message names
+        it and says that deleting it is safe.
     """
     path = Path(folder) / STATUS_NAME
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        status = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); delete it to run {path.parent.name} again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        status = error
+    if not isinstance(status, dict):
+        reason = f"not valid JSON: {status}" if isinstance(status, ValueError) else "not a JSON mapping"
+        raise ValueError(f"{path} is damaged ({reason}). It only records the state of the run in {path.parent}: "
+                         "deleting it is safe, and the next sweep runs that run again (its other files are kept)")
+    return status
 
 
 def read_status(run: Run) -> dict | None:
@@ -850,15 +737,20 @@ def _some(run_ids: list[str], shown: int = 3) -> str:
     return ", ".join(run_ids[:shown]) + more
 
 
-def _table(spec: SweepSpec, runs: list[Run], statuses: Mapping[str, dict | None]) -> pd.DataFrame:
+def _table(spec: SweepSpec, runs: list[Run], statuses: Mapping[str, dict | None], live: bool) -> pd.DataFrame:
+    """The runs index; unless a sweep is ``live``, runs left queued or running are ``interrupted``."""
     notes = out_of_date(runs, statuses)
     rows = []
     for run in runs:
         status = statuses[run.run_id] or {}
         error = status.get("error") or {}
+        state = status.get("state", "missing")
+        if state in UNFINISHED and not live:
+            state, notes[run.run_id] = "interrupted", (
+                f"interrupted: left {state} by a sweep that ended before it finished; the next sweep runs it")
         rows.append({
             "run_id": run.run_id, "stage": run.stage, **{axis: run.axes.get(axis) for axis in spec.grid},
-            "state": status.get("state", "missing"), "started": status.get("started"),
+            "state": state, "started": status.get("started"),
             "finished": status.get("finished"), "duration_s": status.get("duration_s"),
             "error_type": error.get("type"),
             "message": error.get("message", status.get("reason", notes.get(run.run_id))),
@@ -902,13 +794,20 @@ def sweep_status(
     table : DataFrame
         One row per planned run with the columns of :data:`INDEX_COLUMNS` and
         one per grid axis; ``state`` is one of :data:`STATES` (``missing``: the
-        run has no status for these parameters yet). The ``message`` of a
-        completed run that the next sweep runs again says why
-        (:func:`out_of_date`).
+        run has no status for these parameters yet; ``interrupted``: its status
+        says queued or running but no sweep holds the folder's lock, see
+        :func:`sweep_running`). The ``message`` of a completed run that the
+        next sweep runs again says why (:func:`out_of_date`). When no sweep
+        runs, ``<out_dir>/runs_index.csv``, if any, is rewritten to agree.
     """
     spec = _as_spec(spec, notebook_dir)
-    runs = plan_runs(spec, sweep_dir(spec, out_dir))
-    return _table(spec, runs, {run.run_id: read_status(run) for run in runs})
+    out = sweep_dir(spec, out_dir)
+    runs = plan_runs(spec, out)
+    live = sweep_running(out)
+    table = _table(spec, runs, {run.run_id: read_status(run) for run in runs}, live)
+    if not live and (out / INDEX_NAME).is_file():
+        write_table(table, out / INDEX_NAME)
+    return table
 
 
 def run_sweep(
@@ -924,14 +823,14 @@ def run_sweep(
     Parameters
     ----------
     spec : SweepSpec or path-like
-        The specification (see the module docstring).
+        The specification (see docs/sweeps.md).
     out_dir : path-like, optional
         The sweep folder (default: ``runs/<spec name>`` in the current folder).
     cluster : None, "local", str, distributed.Client or cluster, optional
         Where runs execute: ``"local"`` starts a ``LocalCluster`` of ``n_workers``
         single-threaded processes; a string is a scheduler address; a client is
         used as is; a cluster object (e.g. dask-jobqueue's ``SLURMCluster``) is
-        connected to. ``None`` uses the Dask configuration (module docstring),
+        connected to. ``None`` uses the Dask configuration (docs/sweeps.md),
         else a local cluster.
     n_workers : int
         Workers of a local or configured cluster.
@@ -967,14 +866,18 @@ def run_sweep(
         log.info("sweep %s: %d runs, %d to run (%d out of date), in %s",
                  spec.name, len(runs), len(pending), len(stale), out)
 
-        def write_index() -> None:
-            write_table(_table(spec, runs, statuses), out / INDEX_NAME)
+        def write_index(live: bool = True) -> None:
+            write_table(_table(spec, runs, statuses, live), out / INDEX_NAME)
 
         write_index()
-        if pending:
-            with _connect(cluster, n_workers, local_resources) as (client, honour_resources):
-                _run_pending(client, pending, statuses, honour_resources, write_index)
-    table = _table(spec, runs, statuses)
+        try:
+            if pending:
+                with _connect(cluster, n_workers, local_resources) as (client, honour_resources):
+                    _run_pending(client, pending, statuses, honour_resources, write_index)
+        except BaseException:
+            write_index(live=False)  # e.g. Ctrl-C: the runs it leaves are interrupted, not queued
+            raise
+    table = _table(spec, runs, statuses, live=False)
     log.info("sweep %s: %s", spec.name, count_states(table))
     return table
 
@@ -1049,6 +952,17 @@ def sweep_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
             path.unlink()
         else:
             log.warning("the sweep lock %s was replaced or removed while this sweep held it; left as it is", path)
+
+
+def sweep_running(out_dir: str | os.PathLike) -> bool:
+    """Whether a sweep holds the lock of a sweep folder (:func:`sweep_lock`).
+
+    False when there is no lock, or its holder was a process of this host that
+    has ended (a killed sweep); True otherwise, also for a holder on another
+    host, whose process cannot be checked.
+    """
+    holder = _read_lock(Path(out_dir) / LOCK_NAME)
+    return holder is not None and not _died_here(holder)
 
 
 def _take_lock(path: Path, mine: dict) -> None:

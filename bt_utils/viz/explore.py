@@ -2,14 +2,11 @@
 
 :func:`explorer` shows, for a choice of subject, model, variant, layer and
 metric, the voxel map of that choice (pycortex flatmap or nilearn fsaverage5
-surface, see :mod:`bt_utils.viz.maps`) and a bar chart of its ROI means. The logic
-is in pure functions that tests and scripts call directly (:func:`choices`,
-:func:`select_values`, :func:`roi_bars`, :func:`color_limits`,
-:func:`render_map`, :func:`render_bars`); :class:`Explorer` only wires them to
-widgets, and its callbacks run without a browser (set a dropdown's ``value``).
+surface, see :mod:`bt_utils.viz.maps`) and a bar chart of its ROI means. The
+logic is in pure functions that tests and scripts call directly; :class:`Explorer`
+only wires them to widgets, and its callbacks run without a browser (set a
+dropdown's ``value``). It reads the tables of the alignment notebook:
 
-Tables (written by the alignment notebook)
-------------------------------------------
 ``alignment_voxels.parquet``
     subject, model, variant, layer, voxel, r, r_norm: one row per voxel and
     choice; ``voxel`` is the position of the voxel in the subject's layout
@@ -33,7 +30,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import maps
+from . import maps, volumes
+from ..data.layout import as_layout
 from ..validation import check_option
 
 __all__ = [
@@ -61,7 +59,16 @@ _PNG_DPI = 72
 
 @dataclass(frozen=True)
 class Selection:
-    """One choice of the explorer's dropdowns."""
+    """One choice of the explorer's dropdowns.
+
+    Parameters
+    ----------
+    subject, model, variant : str
+    layer : int or str
+        As in the tables' ``layer`` column.
+    metric : str
+        A metric column of the voxel table (e.g. ``"r_norm"``).
+    """
 
     subject: str
     model: str
@@ -263,7 +270,7 @@ def render_map(values: np.ndarray, layout, backend: str, title: str, vmin: float
     ----------
     values : numpy.ndarray, shape (n_voxels,)
     layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.viz.maps.as_layout`.
+        See :func:`bt_utils.data.layout.as_layout`.
     backend : {"pycortex", "nilearn"}
         :func:`bt_utils.viz.maps.flatmap` or :func:`bt_utils.viz.maps.surface_map`.
     title : str
@@ -330,7 +337,7 @@ class Explorer(widgets.VBox):
     voxel_table, roi_table : pandas.DataFrame
         See the module docstring.
     layouts : dict of str to layout
-        Layout of every subject of `voxel_table` (see :func:`bt_utils.viz.maps.as_layout`).
+        Layout of every subject of `voxel_table` (see :func:`bt_utils.data.layout.as_layout`).
     backend : {"pycortex", "nilearn"}, default "pycortex"
     """
 
@@ -344,7 +351,7 @@ class Explorer(widgets.VBox):
         if missing:
             raise ValueError(f"layouts has no entry for subjects {missing}; it has {sorted(layouts)}")
         self.voxel_table, self.roi_table, self.backend = voxel_table, roi_table, backend
-        self.layouts = {subject: maps.as_layout(layouts[subject]) for subject in options["subject"]}
+        self.layouts = {subject: as_layout(layouts[subject]) for subject in options["subject"]}
         self._n_voxels: dict[str, int] = {}
         self._updating = False
         metric = "r_norm" if "r_norm" in options["metric"] else options["metric"][0]
@@ -372,6 +379,11 @@ class Explorer(widgets.VBox):
 
     def select(self, **choice) -> None:
         """Set several dropdowns at once and redraw once, e.g. ``select(model="hubert", layer=3)``.
+
+        Parameters
+        ----------
+        **choice
+            Dropdown name (subject, model, variant, layer, metric) to value.
 
         Raises
         ------
@@ -417,7 +429,7 @@ class Explorer(widgets.VBox):
 
     def _layout_size(self, subject: str) -> int:
         if subject not in self._n_voxels:
-            self._n_voxels[subject] = maps.n_voxels(self.layouts[subject])
+            self._n_voxels[subject] = volumes.n_voxels(self.layouts[subject])
         return self._n_voxels[subject]
 
     def update(self) -> None:
@@ -458,7 +470,8 @@ def explorer(
     roi_table : pandas.DataFrame
         ``alignment_rois.parquet``: subject, model, variant, layer, roi, r_norm_mean, n_voxels.
     layouts : dict of str to layout
-        Layout of every subject, e.g. ``{s: maps.subject_layout(dataset, s) for s in dataset.subjects}``.
+        Layout of every subject, e.g. ``{s: subject_layout(dataset, s) for s in dataset.subjects}``
+        (:func:`bt_utils.data.layout.subject_layout`).
     backend : {"pycortex", "nilearn"}, default "pycortex"
         Flatmaps (~1 s per redraw) or fsaverage5 surfaces (demo subjects only, ~1 s).
 
