@@ -67,7 +67,7 @@ def test_a_folder_without_a_sweep_record_is_refused(tmp_path):
         collect_table(tmp_path / "nothing", "x.csv")
     pd.DataFrame({"run_id": ["05/A"], "state": ["completed"]}).to_csv(tmp_path / INDEX_NAME, index=False)
     (tmp_path / "05" / "A" / STATUS_NAME).write_text("{half")
-    with pytest.raises(ValueError, match=f"{tmp_path / '05' / 'A' / STATUS_NAME} is not valid JSON"):
+    with pytest.raises(ValueError, match=rf"{tmp_path / '05' / 'A' / STATUS_NAME} is damaged \(not valid JSON"):
         collect_table(tmp_path, "semantic_preference.csv")
 
 
