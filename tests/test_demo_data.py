@@ -277,7 +277,7 @@ def test_a_damaged_demo_is_rebuilt(small_demo, tmp_path, caplog, how, reason):
 def test_overwrite_rebuilds_an_intact_demo(small_demo, tmp_path, monkeypatch, capsys):
     from bt_utils import cli
 
-    monkeypatch.setattr(demo_data, "DemoConfig", lambda seed: dataclasses.replace(SMALL, seed=seed))
+    monkeypatch.setattr(demo_data, "DemoConfig", lambda seed, tr: dataclasses.replace(SMALL, seed=seed, tr=tr))
     root = tmp_path / "data"
     shutil.copytree(small_demo, root)
     stamp = (root / "derivative" / "respdict.json").stat().st_mtime_ns
