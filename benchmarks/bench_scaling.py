@@ -50,6 +50,7 @@ import numpy as np
 from bench_encoding import floor_products, machine_lines, make_problem, timed
 from threadpoolctl import threadpool_limits
 
+from bt_utils.data.timing import DS003020_TR_S
 from bt_utils.encoding.ridge import (
     HIMALAYA_ALPHAS,
     EigenRidgeCV,
@@ -59,9 +60,6 @@ from bt_utils.encoding.ridge import (
 
 THREADS = 1
 """Threads of every measurement: unit costs are per core, and stable on a shared machine."""
-
-TR_S = 2.0045
-"""Repetition time of ds003020, in seconds."""
 
 # ----------------------------------------------------------------------------- protocol sizes (docs/method.md)
 
@@ -138,7 +136,7 @@ class Protocol:
 
     n_subjects: int = N_SUBJECTS
     n_families: int = len(FAMILIES)
-    n_train_trs: int = round(N_TRAIN_STORIES * (STORY_SECONDS / TR_S - TRIMMED_TRS))
+    n_train_trs: int = round(N_TRAIN_STORIES * (STORY_SECONDS / DS003020_TR_S - TRIMMED_TRS))
     n_windows: int = round(N_FEATURISED_STORIES * STORY_SECONDS / CHUNK_S)
     n_voxels: int = DEFAULT_VOXELS
     n_epochs: int = N_EPOCHS
@@ -561,7 +559,7 @@ def print_projection(protocol: Protocol, cpu: dict[str, UnitCosts], gpu: dict[st
     print("### Projection of the full protocol (projected, not measured)\n")
     print(f"Protocol: {protocol.n_subjects} subjects x {protocol.n_families} families = {protocol.n_runs} "
           f"independent runs; {protocol.n_train_trs:,} training TRs per subject ({N_TRAIN_STORIES} stories of "
-          f"{STORY_SECONDS / TR_S:.0f} TRs on average, [10:-5] trimmed), {protocol.n_epochs} epochs; "
+          f"{STORY_SECONDS / DS003020_TR_S:.0f} TRs on average, [10:-5] trimmed), {protocol.n_epochs} epochs; "
           f"{protocol.n_windows:,} windows per model variant ({N_FEATURISED_STORIES} stories, one 16.1-s window per "
           f"0.1 s); {N_TUNED_VARIANTS} tuned models per run (brain, random-fMRI, LM-tuned) + the pretrained one per "
           f"family; {protocol.n_fits_per_run} encoding fits per run ({N_ENCODED_VARIANTS} variants x {N_LAYERS} layers "

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile  # noqa: E402
 
-from bt_utils.data.timing import RESPDICT_PAD, SOUND_ONSET_S, TR_S  # noqa: E402
+from bt_utils.data.timing import DS003020_TR_S, RESPDICT_PAD, SOUND_ONSET_S  # noqa: E402
 from bt_utils.data.transcripts import Interval, Transcript, write_textgrid  # noqa: E402
 
 
@@ -54,7 +54,7 @@ SMALL_DATASET_RATE = 8000
 def small_story_seconds(n_trs: int) -> float:
     """Audio duration of a story of ``n_trs`` TRs in :func:`write_small_dataset`: the TR grid less the 10 s
     of scanning before the sound and 10 s after it, as in ds003020 and the demo."""
-    return n_trs * TR_S - 2 * SOUND_ONSET_S
+    return n_trs * DS003020_TR_S - 2 * SOUND_ONSET_S
 
 
 def write_small_dataset(root: Path, stories: dict[str, int], n_voxels: int = 4, seed: int = 0) -> Path:

@@ -464,7 +464,7 @@ def test_corrupt_cache_file_is_recomputed(noise_dataset, tmp_path, one_thread, c
 
 def test_tr_features_is_lanczos_at_tr_midpoints():
     rng = np.random.default_rng(0)
-    times, tr_times = np.arange(1, 401) / 10, np.arange(20) * 2.0045 - 9.0
+    times, tr_times = np.arange(1, 401) / 10, np.arange(20) * 2.0 - 9.0
     values = rng.standard_normal((400, 3))
     expected = lanczos_resample(values, times, tr_times, window=3)
     np.testing.assert_allclose(tr_features(times, values, tr_times), expected, rtol=1e-5, atol=1e-5)

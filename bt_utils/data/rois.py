@@ -51,13 +51,31 @@ def hcp_parcel_name(label: str | bytes) -> str:
     return re.sub(r"^[LR]_|_ROI$", "", str(label).strip())
 
 
-def hcp_rois(parcels: np.ndarray) -> dict[str, np.ndarray]:
-    """Voxel indices of each HCP ROI group, from per-voxel parcel names (shape (n_voxels,))."""
+def hcp_rois(parcels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Parcels of each HCP ROI group with their voxels, from per-voxel parcel names.
+
+    Parameters
+    ----------
+    parcels : ndarray of shape (n_voxels,)
+        HCP-MMP1 parcel name of every voxel (``"L_A1_ROI"``, ``"A1"``, bytes, ...).
+
+    Returns
+    -------
+    rois : dict of str to dict of str to ndarray of int
+        ``rois[group][parcel]``: indices of the voxels of that parcel, both
+        hemispheres pooled (``"L_A1_ROI"`` and ``"R_A1_ROI"`` are parcel ``"A1"``);
+        parcels without voxels are left out.
+    """
     names = np.array([hcp_parcel_name(p) for p in parcels])
-    return {group: np.flatnonzero(np.isin(names, members)) for group, members in HCP_ROI_GROUPS.items()}
+    rois = {}
+    for group, members in HCP_ROI_GROUPS.items():
+        voxels = {parcel: np.flatnonzero(names == parcel) for parcel in members}
+        rois[group] = {parcel: indices for parcel, indices in voxels.items() if indices.size}
+    return rois
 
 
-def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+def subject_rois(dataset: Dataset, subject: str,
+                 atlas_dir: str | os.PathLike | None = None) -> dict[str, dict[str, np.ndarray]]:
     """ROIs of a participant as voxel indices.
 
     Parameters
@@ -70,9 +88,11 @@ def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | 
 
     Returns
     -------
-    rois : dict of str to ndarray of int
-        Demo: each template ROI (except "other") plus ``planted_<class>``.
-        ds003020: the groups of :data:`HCP_ROI_GROUPS`.
+    rois : dict of str to dict of str to ndarray of int
+        ``rois[roi][parcel]``: voxel indices of each parcel of each ROI.
+        Demo: each template ROI (except "other") plus ``planted_<class>``, each
+        one parcel named like the ROI. ds003020: the groups of
+        :data:`HCP_ROI_GROUPS` and their parcels (:func:`hcp_rois`).
 
     Raises
     ------
@@ -84,10 +104,10 @@ def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | 
     """
     layout = dataset.voxel_layout(subject)
     if layout is not None and dataset.demo_info is not None:
-        rois = {str(name): np.flatnonzero(layout["roi"] == name) for name in np.unique(layout["roi"]) if name != "other"}
+        labels = {str(name): layout["roi"] == name for name in np.unique(layout["roi"]) if name != "other"}
         classes = dataset.truth(subject)["voxel_class"]
-        rois |= {f"planted_{c}": np.flatnonzero(classes == c) for c in PLANTED_CLASSES}
-        return rois
+        labels |= {f"planted_{c}": classes == c for c in PLANTED_CLASSES}
+        return {name: {name: np.flatnonzero(members)} for name, members in labels.items()}
     if atlas_dir is None:
         raise FileNotFoundError(
             f"{subject} has no ROI definitions: pass atlas_dir, a folder with {subject}.npz holding the HCP-MMP1 "
@@ -106,8 +126,8 @@ def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | 
                         "voxels: the atlas was projected into another voxel mask (ds003020 uses the pycortex "
                         f"'thick' mask of transform {subject}_auto); rebuild it for that mask")
     rois = hcp_rois(parcels)
-    for group, voxels in rois.items():
-        if not voxels.size:
+    for group, parcels_of_group in rois.items():
+        if not parcels_of_group:
             found = sorted({hcp_parcel_name(p) for p in parcels[:1000]})[:8]
             raise DataError(f"no voxel of {path} lies in the HCP-MMP1 parcels of ROI {group!r} "
                             f"({', '.join(HCP_ROI_GROUPS[group])}); its parcel names look like {found}. Expected "

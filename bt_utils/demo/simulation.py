@@ -41,12 +41,12 @@ from ..features import low_level
 from .template import sample_layout
 from ..data.dataset import SAMPLE_RATE
 from .speech import synthesize
-from ..data.timing import RESPDICT_PAD, SOUND_ONSET_S, TR_S, tr_midpoints, trim_trs
+from ..data.timing import DS003020_TR_S, RESPDICT_PAD, SOUND_ONSET_S, check_tr, tr_midpoints, trim_trs
 from ..data.transcripts import Interval, Transcript, write_textgrid
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 """Bumped whenever the generator's output changes for the same settings."""
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -133,6 +133,9 @@ class DemoConfig:
         Voxels per participant.
     n_repeats : tuple of int
         Repeats of the test story, one entry per participant.
+    tr : float
+        TR of the simulated grid in seconds (recorded in ``demo.json``, which
+        :attr:`bt_utils.data.dataset.Dataset.tr` reads); default ds003020's.
     """
 
     seed: int = 0
@@ -143,8 +146,10 @@ class DemoConfig:
     n_voxels: int = 3000
     n_repeats: tuple[int, ...] = (10, 10, 5)
     subjects: tuple[str, ...] = field(default=SUBJECTS)
+    tr: float = DS003020_TR_S
 
     def __post_init__(self):
+        object.__setattr__(self, "tr", check_tr(self.tr))
         if len(self.n_repeats) != len(self.subjects):
             raise ValueError(
                 f"n_repeats has {len(self.n_repeats)} entries but there are {len(self.subjects)} subjects"
@@ -203,12 +208,13 @@ def _story_sentences(rng: np.random.Generator, n_sentences: int) -> list[tuple[s
     return sentences[:n_sentences]
 
 
-def synthesize_story(name: str, target_seconds: float, voice: str, rng: np.random.Generator) -> Story:
+def synthesize_story(name: str, target_seconds: float, voice: str, rng: np.random.Generator, tr: float) -> Story:
     """Speak sentences until the story lasts about ``target_seconds``.
 
     Each sentence gets its own rate (130-200 words per minute) and pitch
     (30-70); sentences are separated by 0.2-0.7 s of silence, paragraphs by
-    1.0-2.5 s. The audio starts with 0.5 s of silence.
+    1.0-2.5 s. The audio starts with 0.5 s of silence. The story's TR grid
+    (``tr`` seconds apart) covers the sound and 10 s after it.
     """
     chunks = [np.zeros(int(0.5 * SAMPLE_RATE), dtype=np.float32)]
     clock = 0.5
@@ -233,7 +239,7 @@ def synthesize_story(name: str, target_seconds: float, voice: str, rng: np.rando
                 break
     audio = np.concatenate(chunks)
     duration = len(audio) / SAMPLE_RATE
-    n_trs = int(np.ceil((SOUND_ONSET_S + duration + 10.0) / TR_S))
+    n_trs = int(np.ceil((SOUND_ONSET_S + duration + 10.0) / tr))
     return Story(name, audio, Transcript(words, phones, duration), n_trs)
 
 
@@ -317,7 +323,7 @@ def auditory_features(audio: np.ndarray, transcript: Transcript, tr_times: np.nd
     return np.column_stack([*levels, rate])
 
 
-def canonical_hrf(tr: float = TR_S, length_s: float = 32.0) -> np.ndarray:
+def canonical_hrf(tr: float, length_s: float = 32.0) -> np.ndarray:
     """SPM canonical double-gamma haemodynamic response sampled every ``tr``, unit sum.
 
     Returns
@@ -353,6 +359,7 @@ def simulate_subject(
     n_voxels: int,
     n_repeats: int,
     rng: np.random.Generator,
+    tr: float,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
     """Simulate one participant.
 
@@ -370,6 +377,8 @@ def simulate_subject(
     n_repeats : int
         Presentations of the test story.
     rng : numpy.random.Generator
+    tr : float
+        TR of the features' grid in seconds (the haemodynamic response is sampled at it).
 
     Returns
     -------
@@ -391,7 +400,7 @@ def simulate_subject(
         * (classes == name)[:, None]
         for name in ("semantic", "auditory")
     }
-    hrf = canonical_hrf()
+    hrf = canonical_hrf(tr)
     stories = (*split_stories, test_story)
     signal = {}
     for story in stories:
@@ -601,7 +610,7 @@ def _build_into(root: Path, config: DemoConfig) -> dict:
     stories: dict[str, Story] = {}
     for index, name in enumerate((*config.stories, TEST_STORY)):
         seconds = config.test_story_seconds if name == TEST_STORY else config.story_seconds
-        stories[name] = synthesize_story(name, seconds, voices[index % len(voices)], rng)
+        stories[name] = synthesize_story(name, seconds, voices[index % len(voices)], rng, config.tr)
         soundfile.write(root / "stimuli" / f"{name}.wav", stories[name].audio, SAMPLE_RATE, subtype="PCM_16")
         write_textgrid(stories[name].transcript, derivative / "TextGrids" / f"{name}.TextGrid")
     respdict = {s.name: s.n_trs + RESPDICT_PAD for s in stories.values()}  # ds003020 counts 5 more TRs
@@ -610,7 +619,7 @@ def _build_into(root: Path, config: DemoConfig) -> dict:
     embeddings = word_embeddings(rng)
     raw = {"semantic": {}, "auditory": {}}
     for name, story in stories.items():
-        times = tr_midpoints(story.n_trs)
+        times = tr_midpoints(story.n_trs, config.tr)
         raw["semantic"][name] = semantic_features(story.transcript, times, embeddings)
         raw["auditory"][name] = auditory_features(story.audio, story.transcript, times)
     features = {kind: _zscore_across(values) for kind, values in raw.items()}
@@ -625,7 +634,7 @@ def _build_into(root: Path, config: DemoConfig) -> dict:
     split_stories = config.stories
     for subject, n_repeats in zip(config.subjects, config.n_repeats):
         responses, repeats, extra = simulate_subject(
-            features, split_stories, TEST_STORY, config.n_voxels, n_repeats, rng
+            features, split_stories, TEST_STORY, config.n_voxels, n_repeats, rng, config.tr
         )
         folder = derivative / "preprocessed_data" / subject
         for story, values in responses.items():
@@ -644,6 +653,7 @@ def _build_into(root: Path, config: DemoConfig) -> dict:
             "test": TEST_STORY,
         },
         "subjects": list(config.subjects),
+        "tr": config.tr,
         "generative_model": "see bt_utils.demo.simulation (module docstring)",
     }
 

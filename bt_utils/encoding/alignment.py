@@ -12,7 +12,7 @@ Result tables (tidy):
 
 - voxels: ``subject, model, variant, layer, voxel, r, r_norm, alpha`` (+ ``p_value,
   q_value, significant`` with permutations); ``r_norm`` is NaN for excluded voxels;
-- ROIs: ``subject, model, variant, layer, roi, r_norm_mean, n_voxels``.
+- ROIs: ``subject, model, variant, layer, roi, r_norm_mean, n_voxels, n_parcels`` (parcels weigh the same).
 """
 
 from __future__ import annotations
@@ -345,7 +345,11 @@ def order_columns(voxels: pd.DataFrame) -> pd.DataFrame:
     return voxels[first + [c for c in voxels.columns if c not in first]]
 
 
-def alignment_rois(dataset: Dataset, voxels: pd.DataFrame, atlas_dir=None) -> pd.DataFrame:
-    """ROI means of ``r_norm``: ``subject, model, variant, layer, roi, r_norm_mean, n_voxels``."""
+def alignment_rois(dataset: Dataset, voxels: pd.DataFrame, atlas_dir=None, weighting: str = "parcel") -> pd.DataFrame:
+    """ROI means of ``r_norm``: ``subject, model, variant, layer, roi, r_norm_mean, n_voxels, n_parcels``.
+
+    ``weighting="parcel"`` (default) averages within each parcel of an ROI, then over its
+    parcels; ``"voxel"`` averages over its voxels (see :func:`bt_utils.encoding.stats.roi_mean`).
+    """
     rois = {subject: subject_rois(dataset, subject, atlas_dir) for subject in voxels.subject.unique()}
-    return roi_table(voxels, rois, value="r_norm")
+    return roi_table(voxels, rois, value="r_norm", weighting=weighting)

@@ -8,7 +8,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..data.timing import TR_S
 from ..data.transcripts import Transcript
 from ..downstream.asr import ASR_METRIC
 
@@ -33,20 +32,25 @@ def plot_alignment(
     transcript : Transcript
         Words are drawn as labelled spans.
     tr_times : ndarray of shape (n_trs,)
-        TR midpoints relative to sound onset; TR boundaries are drawn at
-        midpoint +- TR/2 and midpoints as dots.
+        TR midpoints relative to sound onset (:meth:`Dataset.tr_times`, at least
+        two); TR boundaries are drawn at midpoint +- TR/2, with the TR their
+        spacing, and midpoints as dots.
     start, stop : float
         Excerpt, in seconds.
     """
     if not 0 <= start < stop:
         raise ValueError(f"need 0 <= start < stop, got start={start}, stop={stop}")
+    tr_times = np.asarray(tr_times, dtype=float)
+    if tr_times.ndim != 1 or len(tr_times) < 2:
+        raise ValueError(f"tr_times must hold at least two TR midpoints, got shape {tr_times.shape}")
+    half_tr = np.mean(np.diff(tr_times)) / 2
     first, last = int(start * sample_rate), min(len(audio), int(stop * sample_rate))
     time = np.arange(first, last) / sample_rate
     figure, (wave_ax, word_ax) = plt.subplots(
         2, 1, figsize=(12, 4), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     wave_ax.plot(time, audio[first:last], lw=0.4, color="0.2")
-    edges = np.concatenate([tr_times - TR_S / 2, tr_times[-1:] + TR_S / 2])
+    edges = np.concatenate([tr_times - half_tr, tr_times[-1:] + half_tr])
     for ax in (wave_ax, word_ax):
         for edge in edges[(edges >= start) & (edges <= stop)]:
             ax.axvline(edge, color="tab:red", lw=0.6, alpha=0.6)
