@@ -80,7 +80,7 @@ import scipy.sparse
 from tqdm.auto import tqdm
 
 from ..data.dataset import SAMPLE_RATE, Dataset
-from .layers import zscore_per_story
+from .design import zscore_per_story
 from .lanczos import LANCZOS_WINDOW, lanczos_matrix
 from ..data.transcripts import ARPABET_PHONES
 from ..data.timing import trim_trs
