@@ -8,9 +8,9 @@ import torch
 from conftest import cut_audio, write_small_dataset
 
 from bt_utils.data.dataset import Dataset, StorySplit
+from bt_utils.data.timing import trim_trs
 from bt_utils.demo.simulation import DemoConfig, build_demo_dataset
 from bt_utils.features import (
-    DELAYS,
     PROTOCOL_LAYERS,
     WindowSettings,
     check_layers,
@@ -18,6 +18,7 @@ from bt_utils.features import (
     default_layers,
     encoder_plan,
     extract_layer_features,
+    extraction,
     feature_tag,
     kept_frame_index,
     layer_design,
@@ -31,13 +32,11 @@ from bt_utils.features import (
     window_stride_s,
     zscore_per_story,
 )
-from bt_utils.features import extraction
 from bt_utils.features.extraction import CACHE_VERSION
+from bt_utils.features.lanczos import lanczos_resample
 from bt_utils.features.whisper_edge import TAG as SHARED_TAG
 from bt_utils.features.windows import FAST_STRIDE_S
-from bt_utils.features.lanczos import lanczos_resample
 from bt_utils.models.registry import load_encoder
-from bt_utils.data.timing import trim_trs
 from bt_utils.validation import DataError
 
 SR = 16000

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from bt_utils.features import WindowSettings, encoder_plan, extract_layer_features, kept_frame_index
+from bt_utils.features import (
+    WindowSettings,
+    encoder_plan,
+    extract_layer_features,
+    kept_frame_index,
+)
 from bt_utils.features.whisper_edge import (
     AFTER_EVERY,
     GROUP_SIZE,

@@ -22,7 +22,15 @@ from .extraction import (
     story_features,
     window_stride_s,
 )
-from .windows import CHUNK_S, CONTEXT_S, MODES, WindowPlan, WindowSettings, pads_to_30s, plan_windows
+from .windows import (
+    CHUNK_S,
+    CONTEXT_S,
+    MODES,
+    WindowPlan,
+    WindowSettings,
+    pads_to_30s,
+    plan_windows,
+)
 
 __all__ = ["CHUNK_S", "CONTEXT_S", "DELAYS", "MODES", "PROTOCOL_LAYERS", "TEST_STIMULUS_START", "WindowPlan",
            "WindowSettings", "check_layers", "dataset_tr_features", "default_layers", "encoder_plan",

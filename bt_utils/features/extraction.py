@@ -35,7 +35,13 @@ from ..models.encoder import SAMPLE_RATE, WHISPER_MAX_SAMPLES, SpeechEncoder
 from ..results import atomic_path
 from . import whisper_edge
 from .design import tr_features
-from .windows import FAST_STRIDE_S, WindowPlan, WindowSettings, pads_to_30s, plan_windows
+from .windows import (
+    FAST_STRIDE_S,
+    WindowPlan,
+    WindowSettings,
+    pads_to_30s,
+    plan_windows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +206,12 @@ def _check_audio(audio) -> np.ndarray:
 
 
 def _warn_native_whisper(encoder: SpeechEncoder, settings: WindowSettings) -> None:
-    """Log once per process and settings that native-length Whisper's fast frames are not edge frames."""
+    """In the fast mode of Whisper at native length, log once per process and settings that its frames are not
+    the reference's edge frames."""
+    if encoder.family != "whisper" or settings.mode != "fast" or pads_to_30s(encoder):
+        return
     tag = feature_tag(encoder, settings)
-    if encoder.family == "whisper" and settings.mode == "fast" and tag not in _WARNED_NATIVE_WHISPER:
+    if tag not in _WARNED_NATIVE_WHISPER:
         _WARNED_NATIVE_WHISPER.add(tag)
         log.warning("the fast mode of Whisper at native length keeps interior frames of longer windows, which "
                     "Whisper represents unlike the last frame of a window that the reference keeps (see "
@@ -249,11 +258,11 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     if encoder.family == "whisper" and plan.window_samples > WHISPER_MAX_SAMPLES:
         raise ValueError(f"windows of {plan.window_samples / SAMPLE_RATE:g} s ({feature_tag(encoder, settings)}) "
                          f"exceed Whisper's 30 s input; lower context_s")
-    if not pads_to_30s(encoder):
-        _warn_native_whisper(encoder, settings)
+    _warn_native_whisper(encoder, settings)
     frame_index = kept_frame_index(encoder, plan)
     features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}
     passes = _passes(encoder, settings, plan, frame_index, batch_size)
+    lead_inputs = None  # a shared group's lead: its inputs to every layer, read by the group's members
     was_training = encoder.training
     encoder.eval()
     try:
@@ -270,7 +279,7 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                                                        context_counts=context_counts)
                 else:
                     states = encoder(inputs, lengths).hidden_states
-                    if role == "lead":  # its layer inputs: what the group's members read beyond their spans
+                    if role == "lead":
                         lead_inputs = states[:-1]
                 rows_t = torch.from_numpy(rows).to(encoder.device)
                 frames_t = torch.from_numpy(np.asarray(positions)).to(encoder.device)

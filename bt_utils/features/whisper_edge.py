@@ -31,7 +31,8 @@ from torch.nn import functional as F
 from ..models.encoder import WHISPER_FRAMES, SpeechEncoder
 from .windows import WindowPlan, pads_to_30s
 
-__all__ = ["GROUP_SIZE", "SPAN_FRAMES", "TAG", "frame_states", "member_rows", "shared_groups", "span_first"]
+__all__ = ["AFTER_EVERY", "GROUP_SIZE", "SPAN_AFTER_FRAMES", "SPAN_BEFORE_FRAMES", "SPAN_FRAMES", "TAG", "frame_states",
+           "member_rows", "shared_groups", "span_first"]
 
 SPAN_BEFORE_FRAMES = 75
 """Frames of a member's span before its kept frame (1.5 s)."""
