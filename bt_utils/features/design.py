@@ -149,7 +149,8 @@ def stimulus_rows(story: str, n_trs: int, is_test: bool) -> slice:
 
 def _story_design(values: np.ndarray, story: str, n_trs: int, is_test: bool, delays: Sequence[int],
                   standardise: bool) -> np.ndarray:
-    """z-score (if ``standardise``), delay, then trim one story's TR features, (n_trs, d) -> (kept rows, len(delays) d)."""
+    """z-score (if ``standardise``), delay, then trim one story's TR features: (n_trs, d) -> (kept rows,
+    len(delays) * d)."""
     rows = stimulus_rows(story, n_trs, is_test)
     if values.shape[0] != n_trs:
         kept = max(values.shape[0] - rows.start - TRIM_END, 0)
