@@ -180,11 +180,11 @@ def frame_states(encoder: SpeechEncoder, audio: torch.Tensor, lengths: torch.Ten
     if int(frames.min()) < 0 or int(frames.max()) >= WHISPER_FRAMES:
         raise ValueError(f"frames must lie within Whisper's {WHISPER_FRAMES} frames (0-{WHISPER_FRAMES - 1}); "
                          f"got {int(frames.min())}-{int(frames.max())}")
+    if context is None and context_counts is not None:
+        raise ValueError("context_counts weigh the frames of a context: give context too")
     hidden = _frame_inputs(encoder, audio, lengths, frames)
     states = [hidden]
     if context is None:
-        if context_counts is not None:
-            raise ValueError("context_counts weigh the frames of a context: give context too")
         for layer in encoder.encoder.layers:
             hidden = layer(hidden, None)
             states.append(hidden)
