@@ -11,7 +11,7 @@ Measured on this machine, one thread (BLAS and torch), printed as markdown table
    extrapolating: the flop model at the median measured GFLOP/s, and the
    power law of the measured exponents.
 2. **Feature extraction**: seconds per window of encoder forward (batch of
-   equal windows, the unit of :func:`bt_utils.features.layers.extract_layer_features`)
+   equal windows, the unit of :func:`bt_utils.features.extraction.extract_layer_features`)
    at several window lengths: whisper-tiny.en padded to 30 s and on the native
    length, tiny-wav2vec2 and tiny-hubert; then the protocol's 16.1-s window on
    random-initialised copies of the protocol's architectures (wav2vec2-base,

@@ -13,7 +13,7 @@ from bt_utils.encoding.alignment import (
     story_cv_scores,
     subject_targets,
 )
-from bt_utils.features.layers import WindowSettings
+from bt_utils.features import WindowSettings
 from bt_utils.data.noise_ceiling import cc_max
 from conftest import TEST_WINDOW_KW
 

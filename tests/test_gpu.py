@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bt_utils.encoding.ridge import HIMALAYA_ALPHAS, EigenRidgeCV, story_folds
-from bt_utils.features.layers import WindowSettings, extract_layer_features
+from bt_utils.features import WindowSettings, extract_layer_features
 from bt_utils.models.registry import load_encoder, select_device
 from bt_utils.models.resume_state import load_resume_state
 from bt_utils.models.tuning import TuningConfig, tune

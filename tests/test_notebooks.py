@@ -103,7 +103,7 @@ def test_01_brain_tuning_notebook(demo_root, tmp_path):
 
 
 WHISPER_NOTEBOOK = {"model": "whisper-tiny.en", "native_length": True, "feature_mode": TEST_WINDOW_KW["mode"],
-                    "feature_context_s": TEST_WINDOW_KW["context_s"], "feature_stride_s": TEST_WINDOW_KW["stride_s"],
+                    "feature_context_s": TEST_WINDOW_KW["context_s"],
                     "checkpoints": {}, "device": "cpu", "build_demo_if_missing": False}
 
 

@@ -1,7 +1,7 @@
 """Brain alignment: from a speech model's layer features to voxel-wise and ROI scores.
 
 For every participant, model variant (pretrained, brain-tuned, controls) and layer:
-layer features per TR (:mod:`bt_utils.features.layers`, cached) -> delayed design
+layer features per TR (:mod:`bt_utils.features.extraction`, cached) -> delayed design
 matrices -> ridge regression with a per-voxel penalty chosen by cross-validation
 over stories (:mod:`bt_utils.encoding.ridge`) -> Pearson r between the prediction of the
 test story and the mean of its repeats, and ``r / cc_max`` for the voxels whose
@@ -29,7 +29,9 @@ from .ridge import (
     HIMALAYA_ALPHAS, EigenRidgeCV, bootstrap_chunk_splits, check_backend, correlation_score, normalised_score,
     story_folds,
 )
-from ..features.layers import DELAYS, WindowSettings, dataset_tr_features, default_layers, check_layers, layer_design, response_rows_test
+from ..features.design import DELAYS, layer_design, response_rows_test
+from ..features.extraction import check_layers, dataset_tr_features, default_layers
+from ..features.windows import WindowSettings
 from ..models.registry import load_encoder
 from ..data.noise_ceiling import cc_max
 from ..data.rois import subject_rois
@@ -48,13 +50,13 @@ class AlignmentSettings:
     Attributes
     ----------
     layers : tuple of int or None
-        Hidden-state indices; None: :func:`bt_utils.features.layers.default_layers`.
+        Hidden-state indices; None: :func:`bt_utils.features.extraction.default_layers`.
     window : WindowSettings
-        Reference protocol, the fast mode, or edge mode (padded Whisper only).
+        The reference protocol or the fast mode (see docs/feature_windows.md).
     native_length : bool
         Whisper only: run the encoder on each window's real length instead of
         padding it to 30 s (2.5-4x faster on CPU; the protocol pads, and native-length
-        features shift with the window's start, see :mod:`bt_utils.features.layers`).
+        features shift with the window's start, see docs/feature_windows.md).
     delays : tuple of int
         FIR delays in TRs.
     cv : {"story", "bootstrap"}
@@ -192,7 +194,7 @@ def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray
     Parameters
     ----------
     x_train : ndarray of shape (n, n_features)
-        Design rows of the training stories (:func:`bt_utils.features.layers.layer_design`).
+        Design rows of the training stories (:func:`bt_utils.features.design.layer_design`).
     y_train : ndarray of shape (n, n_voxels)
         Responses paired with ``x_train`` (:attr:`SubjectTargets.train`).
     labels : ndarray of shape (n,)
@@ -232,13 +234,13 @@ def score_features(dataset: Dataset, subject: str, features: Mapping[str, Mappin
     subject : str
     features : mapping of str to mapping of int to ndarray of shape (n_trs, d)
         Untrimmed TR features per story and layer (e.g. from
-        :func:`bt_utils.features.layers.dataset_tr_features`, or residualised ones).
+        :func:`bt_utils.features.extraction.dataset_tr_features`, or residualised ones).
     layers : tuple of int
     targets : SubjectTargets
     settings : AlignmentSettings
     standardise : bool
         z-score each story's features (default); ``False`` for residualised
-        features (see :func:`bt_utils.features.layers.layer_design`).
+        features (see :func:`bt_utils.features.design.layer_design`).
 
     Returns
     -------

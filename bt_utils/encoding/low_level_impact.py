@@ -35,7 +35,7 @@ from .alignment import (
 )
 from ..data.dataset import Dataset
 from .ridge import EigenRidgeCV, correlation_score
-from ..features.layers import layer_design, stimulus_rows, zscore_per_story
+from ..features.design import layer_design, stimulus_rows, zscore_per_story
 from ..features.low_level import DEFAULT_LOW_LEVEL_FEATURES, build_vocabularies, low_level_features
 from .stats import ROI_WEIGHTINGS, roi_mean, roi_parcels
 from ..validation import DataError, check_option
@@ -513,7 +513,7 @@ def variance_partition(features: Mapping[str, np.ndarray], low: Mapping[str, np.
 
     Only voxels with ``cc_max > settings.min_ceiling`` are fitted (the others
     have no explainable variance to split). The features are delayed by
-    ``settings.delays`` and trimmed like the encoding models' (:func:`bt_utils.features.layers.layer_design`);
+    ``settings.delays`` and trimmed like the encoding models' (:func:`bt_utils.features.design.layer_design`);
     penalties, folds and backend come from ``settings``.
 
     Parameters

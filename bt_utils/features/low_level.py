@@ -1,9 +1,10 @@
-"""Low-level speech features per TR, computed from the stimuli themselves (METHOD.md).
+"""Low-level speech features per TR, computed from the stimuli themselves.
 
-The low-level feature impact analysis regresses these features out of a speech
-model's features. Each feature space is a time series sampled at the TR
-midpoints of a story (untrimmed, as :meth:`bt_utils.data.dataset.Dataset.tr_times`
-gives them), of shape ``(n_trs, n_dims)``, with one name per dimension:
+The low-level feature impact analysis (docs/method.md, "Low-level features")
+regresses these features out of a speech model's features. Each feature space
+is a time series sampled at the TR midpoints of a story (untrimmed, as
+:meth:`bt_utils.data.dataset.Dataset.tr_times` gives them), of shape
+``(n_trs, n_dims)``, with one name per dimension:
 
 ==================  ======  =========================================================
 space               dims    what
@@ -80,7 +81,7 @@ import scipy.sparse
 from tqdm.auto import tqdm
 
 from ..data.dataset import SAMPLE_RATE, Dataset
-from .layers import zscore_per_story
+from .design import zscore_per_story
 from .lanczos import LANCZOS_WINDOW, lanczos_matrix
 from ..data.transcripts import ARPABET_PHONES
 from ..data.timing import trim_trs
@@ -759,7 +760,8 @@ LOW_LEVEL_FEATURES: Mapping[str, Callable[[StoryStimulus], FeatureSpace]] = Mapp
 """Every low-level feature space by name: a function of a :class:`StoryStimulus`."""
 
 DEFAULT_LOW_LEVEL_FEATURES = ("power_spectrum", "phonemes", "diphones", "articulation", "word_rate", "phoneme_rate")
-"""The spaces of METHOD.md plus the rates; triphones are left out by default (thousands of columns)."""
+"""The protocol's spaces (docs/method.md, "Low-level features") plus the rates; triphones are left out by default
+(thousands of columns)."""
 
 _NGRAM_SPACES = frozenset({"diphones", "triphones"})
 
