@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .runner import INDEX_NAME, read_status_file
+from .state import INDEX_NAME, read_status_file
 
 RESULT_TABLES = {
     "alignment_rois": "alignment_rois.parquet",
