@@ -378,7 +378,7 @@ def test_run_downstream_with_a_multilabel_task(tmp_path):
 
 
 def test_swap_encoder_checks_the_architecture():
-    from bt_utils.demo.whisper_ct2 import load_offline_whisper
+    from bt_utils.demo.offline_whisper import load_offline_whisper
 
     model, _ = load_offline_whisper()
     with pytest.raises(ValueError, match="does not fit"):
