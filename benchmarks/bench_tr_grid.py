@@ -34,10 +34,11 @@ from bt_utils.demo.simulation import DemoConfig, build_demo_dataset  # noqa: E40
 from bt_utils.encoding.alignment import (  # noqa: E402
     AlignmentSettings, score_features, story_cv_scores, subject_targets, variant_features,
 )
-from bt_utils.features.layers import WindowSettings, layer_design  # noqa: E402
+from bt_utils.features.design import layer_design  # noqa: E402
+from bt_utils.features.windows import WindowSettings  # noqa: E402
 
 SUBJECT = "DEMO01"
-SETTINGS = AlignmentSettings(window=WindowSettings(mode="fast", context_s=8.0, stride_s=4.0), native_length=True)
+SETTINGS = AlignmentSettings(window=WindowSettings(mode="fast", context_s=8.0), native_length=True)
 """The demo sweep's feature windows (papermill_runs/demo.yaml) and otherwise the notebooks' defaults."""
 
 

@@ -6,11 +6,11 @@ import pytest
 from bt_utils.data.dataset import SAMPLE_RATE, Dataset
 from bt_utils.features.lanczos import lanczos_resample
 from bt_utils.features.low_level import (
-    ARTICULATION, ARTICULATORY_FEATURES, DEFAULT_LOW_LEVEL_FEATURES, LOW_LEVEL_FEATURES, POWER_FLOOR_DB,
-    articulation, build_vocabularies, clean_transcript, diphones, low_level_features, mel_band_edges,
-    normalize_phone, phone_ngram_vocabulary, phoneme_rate, phonemes, power_spectrum, stack_low_level_features,
-    triphones, word_rate,
+    ARTICULATION, ARTICULATORY_FEATURES, DEFAULT_LOW_LEVEL_FEATURES, LOW_LEVEL_FEATURES, articulation,
+    build_vocabularies, clean_transcript, diphones, low_level_features, mel_band_edges, normalize_phone,
+    phone_ngram_vocabulary, phoneme_rate, phonemes, power_spectrum, stack_low_level_features, triphones, word_rate,
 )
+from bt_utils.features.spectral import POWER_FLOOR_DB
 from bt_utils.data.transcripts import ARPABET_PHONES
 from bt_utils.data.timing import tr_midpoints, trimmed_length
 from bt_utils.data.transcripts import Interval, Transcript, write_textgrid

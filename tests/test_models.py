@@ -357,7 +357,7 @@ def test_native_length_whisper_is_close_to_padded_and_faster(whisper_tiny_en):
 
 
 def test_full_whisper_folder_keeps_only_the_encoder(whisper_tiny_en):
-    from bt_utils.demo.whisper_ct2 import offline_whisper_dir
+    from bt_utils.demo.offline_whisper import offline_whisper_dir
 
     encoder = load_encoder(offline_whisper_dir("tiny.en"), device="cpu")
     assert isinstance(encoder.encoder, WhisperEncoder)
@@ -386,7 +386,7 @@ def test_folder_with_a_non_speech_config_is_refused(tmp_path):
 
 
 def test_checkpoint_whose_weights_do_not_fit_is_refused(tmp_path):
-    from bt_utils.demo.whisper_ct2 import offline_whisper_dir
+    from bt_utils.demo.offline_whisper import offline_whisper_dir
 
     full = offline_whisper_dir("tiny.en")  # full encoder-decoder weights, declared as encoder-only below
     config = json.loads((full / "config.json").read_text())

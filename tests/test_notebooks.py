@@ -167,7 +167,7 @@ def test_05_voxel_maps_notebook(demo_root, tmp_path):
 
 @pytest.mark.notebook
 def test_summary_notebook(tmp_path):
-    from bt_utils.sweeps.runner import INDEX_NAME, STATUS_NAME
+    from bt_utils.sweeps.state import INDEX_NAME, STATUS_NAME
 
     sweep = tmp_path / "sweep"
     planned = []

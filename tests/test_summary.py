@@ -9,7 +9,10 @@ import yaml
 from bt_utils.results import write_json, write_table
 from bt_utils.encoding.stats import across_subjects
 from bt_utils.sweeps.summary import collect_results, collect_table, completed_runs, impact_summary
-from bt_utils.sweeps.runner import INDEX_NAME, STATUS_NAME, load_spec, plan_runs, sweep_status
+from bt_utils.sweeps.plan import plan_runs
+from bt_utils.sweeps.runner import sweep_status
+from bt_utils.sweeps.spec import load_spec
+from bt_utils.sweeps.state import INDEX_NAME, STATUS_NAME
 
 FIXTURES = Path(__file__).parent / "sweep_fixtures"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..encoding.stats import across_subjects
-from .runner import INDEX_NAME, read_status_file
+from .state import INDEX_NAME, read_status_file
 
 RESULT_TABLES = {
     "alignment_rois": "alignment_rois.parquet",
