@@ -283,6 +283,31 @@ def test_cache_hit_skips_the_model(noise_dataset, tmp_path, one_thread):
             story_features(stub, noise_dataset, cache_dir=tmp_path, progress=False, **call)
 
 
+def test_a_story_being_computed_elsewhere_is_waited_for_then_read(noise_dataset, tmp_path, one_thread):
+    """Parallel runs (a sweep's workers) needing the same story's features compute them once."""
+    import shutil
+    import threading
+
+    from bt_utils.results import exclusive_lock
+
+    encoder = load_encoder("tiny-hubert", "cpu")
+    settings = WindowSettings(context_s=0.5)
+    _, features = story_features(encoder, noise_dataset, "a", [1], settings, tmp_path / "done", progress=False)
+    (done_file,) = (tmp_path / "done").rglob("layer-01.npz")
+    shared_folder = tmp_path / "shared" / done_file.parent.relative_to(tmp_path / "done")
+    results = {}
+    with exclusive_lock(shared_folder / ".lock"):  # another run is computing the story
+        waiter = threading.Thread(target=lambda: results.update(story_features(
+            _NoModel(encoder), noise_dataset, "a", [1], settings, tmp_path / "shared", progress=False)[1]))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive()  # waits for the lock instead of computing
+        shutil.copy(done_file, shared_folder / done_file.name)  # the other run writes its result
+    waiter.join(timeout=30)
+    assert not waiter.is_alive()
+    np.testing.assert_array_equal(results[1], features[1])  # read back: the stub model was never needed
+
+
 def test_corrupt_cache_file_is_recomputed(noise_dataset, tmp_path, one_thread, caplog):
     encoder = load_encoder("tiny-wav2vec2", "cpu")
     settings = WindowSettings(context_s=0.5)

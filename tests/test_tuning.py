@@ -491,6 +491,41 @@ def test_frozen_states_equal_the_forward_and_are_cached(demo, tmp_path, name):
     assert [f.stat().st_mtime_ns for f in files] == stamps and torch.equal(again[3][0], states[3][0])
 
 
+def test_frozen_states_being_computed_elsewhere_are_waited_for_then_read(demo, tmp_path, monkeypatch):
+    """Parallel tunings (a participant and its controls) compute the shared frozen states once."""
+    import contextlib
+    import shutil
+    import threading
+
+    from bt_utils.models import frozen
+    from bt_utils.results import exclusive_lock
+
+    encoder = load_encoder("tiny-wav2vec2", device="cpu")
+    train, _, _ = build_tuning_sets(demo, "DEMO01", TuningConfig(model="tiny-wav2vec2", **QUICK_TUNING))
+    states = frozen.frozen_inputs(encoder, train, 1, cache_dir=tmp_path / "done", progress=False)
+    done = sorted((tmp_path / "done").rglob("*.npy"))
+    shared = [tmp_path / "shared" / f.relative_to(tmp_path / "done") for f in done]
+
+    def no_computing(*args, **kwargs):
+        raise AssertionError("computed the states again")
+
+    monkeypatch.setattr(frozen, "_story_states", no_computing)
+    results = {}
+    with contextlib.ExitStack() as held:  # another tuning is computing every story
+        for path in shared:
+            held.enter_context(exclusive_lock(path.with_name(path.name + ".lock")))
+        waiter = threading.Thread(target=lambda: results.update(
+            states=frozen.frozen_inputs(encoder, train, 1, cache_dir=tmp_path / "shared", progress=False)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive()
+        for source, target in zip(done, shared):
+            shutil.copy(source, target)
+    waiter.join(timeout=30)
+    assert not waiter.is_alive()
+    assert torch.equal(results["states"][3][0], states[3][0])
+
+
 def test_tuning_only_the_top_layer_changes_only_the_top_layer(demo, tmp_path, monkeypatch):
     monkeypatch.setenv("BT_UTILS_CACHE_DIR", str(tmp_path / "cache"))
     config = TuningConfig(model="tiny-wav2vec2", trainable_layers=1, **QUICK_TUNING | {"spec_augment": None})

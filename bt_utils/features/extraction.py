@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..cache import cache_root
 from ..data.dataset import Dataset
 from ..models.encoder import SAMPLE_RATE, WHISPER_MAX_SAMPLES, SpeechEncoder
-from ..results import atomic_path
+from ..results import atomic_path, exclusive_lock
 from . import whisper_edge
 from .design import tr_features
 from .windows import (
@@ -381,12 +381,15 @@ def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers:
     key = _cache_key(encoder, settings, fingerprint, story, audio_hash)
     paths = {layer: folder / f"layer-{layer:02d}.npz" for layer in layers}
     cached = {layer: _read_cached(path, key) for layer, path in paths.items()}
-    missing = [layer for layer, entry in cached.items() if entry is None]
-    if missing:
-        times, computed = extract_layer_features(encoder, audio, missing, settings, batch_size, progress)
-        for layer in missing:
-            _write_cached(paths[layer], key, times, computed[layer])
-            cached[layer] = (times, computed[layer])
+    if any(entry is None for entry in cached.values()):
+        with exclusive_lock(folder / ".lock"):  # a parallel run on the same story computes it once; the other reads
+            cached = {layer: _read_cached(path, key) for layer, path in paths.items()}
+            missing = [layer for layer, entry in cached.items() if entry is None]
+            if missing:
+                times, computed = extract_layer_features(encoder, audio, missing, settings, batch_size, progress)
+                for layer in missing:
+                    _write_cached(paths[layer], key, times, computed[layer])
+                    cached[layer] = (times, computed[layer])
     times = cached[layers[0]][0]
     return times, {layer: values for layer, (_, values) in cached.items()}
 

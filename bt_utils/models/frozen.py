@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cache import cache_root
-from ..results import atomic_path
+from ..results import atomic_path, exclusive_lock
 from .encoder import SpeechEncoder
 
 log = logging.getLogger(__name__)
@@ -122,11 +122,12 @@ def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | N
             rows = data.story_rows(story)
             path = _cache_file(encoder, fingerprint, start, data.spec, story, data.audio[story], len(rows), cache_dir)
             if not path.is_file():
-                values = _story_states(encoder, data, story, rows, start, batch_size)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(path) as staged:
-                    with open(staged, "wb") as handle:
-                        np.save(handle, values)
+                with exclusive_lock(path.with_name(path.name + ".lock")):  # parallel tunings compute a story once
+                    if not path.is_file():
+                        values = _story_states(encoder, data, story, rows, start, batch_size)
+                        with atomic_path(path) as staged:
+                            with open(staged, "wb") as handle:
+                                np.save(handle, values)
             states[story] = np.load(path, mmap_mode="r")
     finally:
         encoder.train(was_training)
