@@ -91,7 +91,7 @@ def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | N
     encoder : SpeechEncoder
         The encoder before tuning; it runs in eval mode here (no dropout, no
         SpecAugment) and is left in the mode it was in.
-    data : bt_utils.models.tuning.TuningSet
+    data : bt_utils.models.tuning_data.TuningSet
         Audio windows and targets; every trimmed TR of each of its stories is
         computed and cached, whatever subset of them ``data`` holds.
     start : int
