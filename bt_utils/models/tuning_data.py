@@ -1,14 +1,18 @@
 """Training and validation sets of brain-tuning: 10-s input windows per TR paired with responses.
 
-:func:`build_tuning_sets` reads a participant's split, selects the target
+:func:`build_tuning_sets` reads the split, selects each participant's target
 voxels by their noise ceiling, applies the random-fMRI controls
 (:func:`block_shuffle`, :func:`story_derangement`) or the text-embedding
 targets, and returns :class:`TuningSet` objects that cut the input windows on
-access. :mod:`bt_utils.models.tuning` trains on them.
+access. With several participants, an item is a (story, TR) of the stimulus:
+its targets are every participant's responses side by side (one block of
+columns, a head, per participant), so one encoder pass serves them all.
+:mod:`bt_utils.models.tuning` trains on them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,14 +39,20 @@ class TuningSet(torch.utils.data.Dataset):
     items : list of (str, int)
         (story, untrimmed TR index) per sample.
     targets : ndarray of shape (n_items, n_targets)
+        NaN where a participant has no response for the item.
     spec : WindowSpec
+    heads : mapping of str to slice
+        Participant -> its columns of ``targets`` (its head's outputs), in
+        order; the slices tile the columns.
     """
 
-    def __init__(self, audio, tr_times, items, targets, spec: WindowSpec = WindowSpec()):
+    def __init__(self, audio, tr_times, items, targets, spec: WindowSpec = WindowSpec(), *,
+                 heads: Mapping[str, slice]):
         if len(items) != len(targets):
             raise ValueError(f"{len(items)} items but {len(targets)} target rows")
         self.audio, self.tr_times, self.items, self.spec = audio, tr_times, list(items), spec
         self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+        self.heads = dict(heads)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -130,69 +140,192 @@ def _subset(items: list, targets: np.ndarray, limit: int | None, rng: np.random.
     return [items[i] for i in keep], targets[keep]
 
 
-def build_tuning_sets(dataset: Dataset, subject: str, config: TuningConfig, spec: WindowSpec = WindowSpec()):
-    """Training and validation sets of a subject, with the control of ``config`` applied.
+def subject_or_subjects(subject: str | None, subjects: Sequence[str] | None) -> str | list[str]:
+    """The participants of a tuning notebook, of which exactly one parameter is set.
+
+    Parameters
+    ----------
+    subject : str or None
+        One participant.
+    subjects : sequence of str or None
+        Several participants tuned together.
+
+    Returns
+    -------
+    str or list of str
+        ``subject``, or ``subjects`` as a list (checked by :func:`tuning_participants` when the run starts).
+
+    Raises
+    ------
+    ValueError
+        Both or neither are set, or ``subjects`` is a single string.
+    """
+    if (subject is None) == (subjects is None):
+        raise ValueError(f"set either subject (one participant) or subjects (a list of participants tuned together), "
+                         f"and the other to None; got subject={subject!r}, subjects={subjects!r}")
+    if isinstance(subjects, str):
+        raise ValueError(f"subjects={subjects!r} is a string; give a list of participants, e.g. [{subjects!r}], "
+                         "or set subject instead")
+    return subject if subject is not None else list(subjects)
+
+
+def tuning_participants(dataset: Dataset, subjects: str | Sequence[str], control: str = "none") -> list[str]:
+    """The participants of a tuning run, checked: one name, or a list of distinct names the dataset has.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    subjects : str or sequence of str
+        One participant, or several tuned together (a list of one is the same
+        as its name).
+    control : str
+        The run's control: ``text_embedding`` (targets without a participant)
+        takes one participant only.
+
+    Returns
+    -------
+    participants : list of str
+
+    Raises
+    ------
+    ValueError
+        An empty list, a name given twice, a name the dataset has no responses
+        for, or several participants with the ``text_embedding`` control.
+    """
+    if isinstance(subjects, str):
+        return [subjects]
+    participants = list(subjects)
+    if not participants:
+        raise ValueError(f"subjects={participants!r} is empty; give one participant or a list of them, from "
+                         f"{dataset.subjects}")
+    not_names = [s for s in participants if not isinstance(s, str)]
+    if not_names:
+        raise ValueError(f"subjects={participants!r} holds {not_names}, not participant names (strings)")
+    repeated = sorted({s for s in participants if participants.count(s) > 1})
+    if repeated:
+        raise ValueError(f"subjects={participants!r} names {repeated} more than once; give each participant once")
+    unknown = [s for s in participants if s not in dataset.subjects]
+    if unknown:
+        raise ValueError(f"subjects {unknown} have no responses in {dataset.root}; available: {dataset.subjects}")
+    if control == "text_embedding" and len(participants) > 1:
+        raise ValueError(f"control='text_embedding' predicts text embeddings, which belong to no participant: "
+                         f"tune it with one participant, not {participants}")
+    return participants
+
+
+def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig,
+                      spec: WindowSpec = WindowSpec()):
+    """Training and validation sets of one participant or several, with the control of ``config`` applied.
+
+    Every participant is tuned on the dataset's split: :meth:`Dataset.split`
+    requires responses to all of its stories and names the missing ones
+    otherwise, and stories outside the split (such as the extra stories that
+    UTS01-UTS03 of ds003020 heard) are not used. An item is a (story, TR) of
+    the split; its targets hold each participant's responses to it, in one
+    block of columns per participant (``heads``), and NaN where a participant
+    has none (with ``story_swap``, the TRs of a story beyond the length of the
+    participant's partner story). Controls apply per participant: each gets
+    its own story pairing and its own block orders, drawn in the order of
+    ``subjects`` (the first participant's draws are those of a run on it alone).
+    ``max_train_trs`` and ``max_validation_trs`` keep a random subset of items,
+    the same for every participant.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    subjects : str or sequence of str
+        See :func:`tuning_participants`.
+    config : TuningConfig
+    spec : WindowSpec
 
     Returns
     -------
     train, validation : TuningSet
     selection : dict
-        ``target_kind`` (``"voxels"``, or ``"text_embedding"`` for that control),
-        ``n_targets``, ``voxels`` (the selected voxel indices, the targets; None
-        when the targets are embedding dimensions), ``cc_max`` of those voxels
-        (or None), the stories, the control and its story pairing.
+        ``subjects`` (the participants, in head order), ``target_kind``
+        (``"voxels"``, or ``"text_embedding"`` for that control),
+        ``n_targets``, ``voxels`` (the selected voxel indices, the targets;
+        None when the targets are embedding dimensions), ``cc_max`` of those
+        voxels (or None), the stories, the control and its story pairing
+        (``story_swap``). One participant: also ``subject``; several:
+        ``voxels``, ``cc_max`` and ``story_swap`` map each participant to its
+        own, and ``n_outputs`` gives each participant's number of head outputs.
     """
-    split = dataset.split(subject)
+    participants = tuning_participants(dataset, subjects, config.control)
+    split = [dataset.split(subject) for subject in participants][0]
     brain_targets = config.control != "text_embedding"
-    if brain_targets:
-        ceiling = cc_max(dataset.load_repeats(subject))
-        voxels = select_voxels(ceiling, config.cc_max_threshold)
     rng = np.random.default_rng(config.seed)  # the controls' draws
     subset_rng = np.random.default_rng([config.seed, 1])  # apart, so that every control keeps the same TRs
     stories = [*split.train, *split.validation]
+    groups = {"train": list(split.train), "validation": list(split.validation)}
     audio = {s: dataset.load_audio(s) for s in stories}
     tr_times = {s: dataset.tr_times(s) for s in stories}
-    selection = {"subject": subject, "target_kind": "voxels" if brain_targets else "text_embedding",
-                 "voxels": voxels.tolist() if brain_targets else None,
-                 "cc_max": ceiling[voxels].tolist() if brain_targets else None,
-                 "train_stories": list(split.train), "validation_stories": list(split.validation),
-                 "control": config.control}
 
-    if config.control == "story_swap":  # pairs span both splits, so a single validation story works
-        pairing = story_derangement(stories, rng)
-        selection["story_swap"] = pairing
-
-    def story_targets(group: list[str]) -> dict[str, np.ndarray]:
+    def story_targets(subject: str, group: list[str], voxels: np.ndarray, pairing: dict | None) -> dict[str, np.ndarray]:
         if not brain_targets:
             return {s: embed_texts(window_texts(dataset.transcript(s), tr_times[s], trimmed_tr_indices(len(tr_times[s])), spec))
                     for s in group}
-        source = pairing if config.control == "story_swap" else {s: s for s in group}
+        source = pairing or {s: s for s in group}
         responses = {s: dataset.load_responses(subject, source[s])[:, voxels] for s in group}
         if config.control == "block_shuffle":
             return {s: _block_shuffle_story(s, r, config.block_size, rng) for s, r in responses.items()}
         return responses
 
-    def make_set(group: list[str], limit: int | None) -> TuningSet:
-        if not group:
-            raise DataError(f"the split of {dataset.root} has no stories for this set; tuning needs training and validation stories")
-        targets = story_targets(group)
-        items, rows = [], []
-        for story in group:
-            indices = trimmed_tr_indices(len(tr_times[story]))
-            n = min(len(indices), len(targets[story]))  # swapped stories differ in length
-            items += [(story, int(i)) for i in indices[:n]]
-            rows.append(targets[story][:n])
-        items, rows = _subset(items, np.concatenate(rows), limit, subset_rng)
-        return TuningSet(audio, tr_times, items, rows, spec)
+    chosen, targets = {}, {}  # per participant: selection entries, and targets per group and story
+    for subject in participants:
+        voxels = ceiling = pairing = None
+        if brain_targets:
+            ceiling = cc_max(dataset.load_repeats(subject))
+            voxels = select_voxels(ceiling, config.cc_max_threshold)
+        if config.control == "story_swap":  # pairs span both splits, so a single validation story works
+            pairing = story_derangement(stories, rng)
+        chosen[subject] = {"voxels": voxels.tolist() if brain_targets else None,
+                           "cc_max": ceiling[voxels].tolist() if brain_targets else None, "story_swap": pairing}
+        targets[subject] = {}
+        for name, group in groups.items():
+            if not group:
+                raise DataError(f"the split of {dataset.root} has no {name} stories; tuning needs training and "
+                                "validation stories")
+            targets[subject][name] = story_targets(subject, group, voxels, pairing)
 
-    train = make_set(list(split.train), config.max_train_trs)
-    validation = make_set(list(split.validation), config.max_validation_trs)
-    selection["n_targets"] = int(train.targets.shape[1])
+    widths = {subject: next(iter(targets[subject]["train"].values())).shape[1] for subject in participants}
+    bounds = np.cumsum([0, *widths.values()])
+    heads = {subject: slice(int(a), int(b)) for subject, a, b in zip(participants, bounds[:-1], bounds[1:])}
+
+    def make_set(name: str, limit: int | None) -> TuningSet:
+        items, rows = [], []
+        for story in groups[name]:
+            indices = trimmed_tr_indices(len(tr_times[story]))
+            lengths = {s: min(len(indices), len(targets[s][name][story])) for s in participants}  # swapped stories differ in length
+            block = np.full((max(lengths.values()), int(bounds[-1])), np.nan, dtype=np.float32)
+            for subject, n in lengths.items():
+                block[:n, heads[subject]] = targets[subject][name][story][:n]
+            items += [(story, int(i)) for i in indices[:len(block)]]
+            rows.append(block)
+        items, rows = _subset(items, np.concatenate(rows), limit, subset_rng)
+        return TuningSet(audio, tr_times, items, rows, spec, heads=heads)
+
+    train = make_set("train", config.max_train_trs)
+    validation = make_set("validation", config.max_validation_trs)
+    selection = {"subjects": participants, "target_kind": "voxels" if brain_targets else "text_embedding",
+                 "train_stories": groups["train"], "validation_stories": groups["validation"],
+                 "control": config.control, "n_targets": int(train.targets.shape[1])}
+    if len(participants) == 1:
+        (subject,) = participants
+        selection |= {"subject": subject, "voxels": chosen[subject]["voxels"], "cc_max": chosen[subject]["cc_max"]}
+        if chosen[subject]["story_swap"] is not None:
+            selection["story_swap"] = chosen[subject]["story_swap"]
+    else:
+        selection |= {key: {s: chosen[s][key] for s in participants} for key in ("voxels", "cc_max")}
+        selection["n_outputs"] = {s: widths[s] for s in participants}
+        if config.control == "story_swap":
+            selection["story_swap"] = {s: chosen[s]["story_swap"] for s in participants}
     return train, validation, selection
 
 
 def target_names(selection: dict) -> list[str]:
-    """Names of the targets of a selection, one per head output: ``"voxel 1234"`` or ``"embedding dimension 7"``.
+    """Names of the targets of a selection, one per head output: ``"voxel 1234"`` or ``"embedding dimension 7"``
+    (``"DEMO01 voxel 1234"`` when several participants were tuned together).
 
     Parameters
     ----------
@@ -205,4 +338,6 @@ def target_names(selection: dict) -> list[str]:
     """
     if selection["voxels"] is None:
         return [f"embedding dimension {i}" for i in range(selection["n_targets"])]
+    if isinstance(selection["voxels"], dict):
+        return [f"{subject} voxel {v}" for subject in selection["subjects"] for v in selection["voxels"][subject]]
     return [f"voxel {v}" for v in selection["voxels"]]

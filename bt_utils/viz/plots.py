@@ -154,13 +154,16 @@ def plot_training_curves(history, best_epoch: int | None = None, title: str = ""
     Parameters
     ----------
     history : DataFrame
-        Columns ``epoch, split, loss`` (``training_log.parquet``).
+        Columns ``epoch, split, loss`` and optionally ``subject``
+        (``training_log.parquet``); one line per split, and per participant
+        when there are several (a run tuned on several participants).
     best_epoch : int, optional
         Marked with a vertical line (the checkpoint kept).
     """
     figure, ax = plt.subplots(figsize=(6, 4))
-    for split, rows in history.groupby("split"):
-        ax.plot(rows.epoch, rows.loss, "o-", label=split)
+    keys = ["split", "subject"] if "subject" in history and history["subject"].nunique() > 1 else ["split"]
+    for key, rows in history.groupby(keys):
+        ax.plot(rows.epoch, rows.loss, "o-", label=" ".join(map(str, key)))
     if best_epoch is not None and best_epoch >= 0:
         ax.axvline(best_epoch, color="k", ls="--", lw=0.8, label=f"chosen epoch {best_epoch}")
     ax.set_xlabel("epoch")
