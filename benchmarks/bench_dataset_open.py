@@ -27,7 +27,7 @@ import soundfile
 
 from bench_scaling import markdown_table
 from bt_utils.data.dataset import DS003020_TEST_STORY, DS003020_TRAIN_STORIES, DS003020_VALIDATION_STORIES, Dataset
-from bt_utils.data.timing import RESPDICT_PAD, SOUND_ONSET_S, TR_S, trimmed_length
+from bt_utils.data.timing import DS003020_TR_S, RESPDICT_PAD, SOUND_ONSET_S, trimmed_length
 from bt_utils.data.transcripts import Interval, Transcript, read_textgrid, write_textgrid
 
 WAV_RATE = 100
@@ -44,7 +44,7 @@ def write_dataset(root: Path, seed: int = 0) -> Path:
     n_trs = {}
     for story in stories:
         seconds = float(rng.uniform(300, 900))
-        n_trs[story] = int(np.ceil((seconds + 2 * SOUND_ONSET_S) / TR_S))
+        n_trs[story] = int(np.ceil((seconds + 2 * SOUND_ONSET_S) / DS003020_TR_S))
         soundfile.write(root / "stimuli" / f"{story}.wav", np.zeros(round(seconds * WAV_RATE)), WAV_RATE)
         words = [Interval(t, t + 0.3, "word") for t in np.arange(0.5, seconds - 1, 0.4)]
         phones = [Interval(t, t + 0.1, "AH") for t in np.arange(0.5, seconds - 1, 0.125)]

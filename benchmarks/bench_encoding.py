@@ -1,24 +1,20 @@
-"""Benchmark of the voxelwise ridge fit: bt_utils vs himalaya vs the reference bootstrap ridge.
+"""Benchmark of the voxelwise ridge fit: EigenRidgeCV against himalaya's RidgeCV, side by side.
 
-Prints one table. The fixed problem: 4,000 TRs x 3,072 features (768 features x
-4 FIR delays) x 4,000 voxels, 15 alphas, 5 leave-stories-out folds, float32,
-synthetic data with planted signal. Rows:
+Prints one markdown table. Problems (synthetic, float32, planted signal, 15 alphas
+``logspace(2, 8, 15)``, 5 leave-stories-out folds): the standard one, 4,000 TRs x
+3,072 features (768 x 4 FIR delays) x 4,000 voxels, and two of the demo's size,
+500 and 1,500 TRs x 1,536 features (384 x 4) x 3,000 voxels. On each problem and
+backend (numpy; torch on the CPU) both estimators get the same data, alphas,
+folds and selection score (R^2: himalaya's ``r2_score`` as ``score_func``); their
+fits alternate within every repeat, so both see the same load on a shared
+machine, and the speed-up is the median of the per-repeat ratios. Agreement: the
+fraction of voxels whose alphas differ and the largest difference of the
+cross-validated score at the chosen alpha.
 
-- ``floor``: the unavoidable products ``X^T X`` and ``X^T Y``;
-- ``bt_utils`` :func:`~bt_utils.encoding.ridge.fit_ridge_cv` on the 5 folds;
-- ``himalaya``: ``RidgeCV`` with its defaults (same alphas, same folds). Its
-  default score is the negative MSE; with responses z-scored per story and
-  whole-story folds that is exactly ``R^2 - 1``, so ``cv_scores_ + 1`` is
-  compared with the R^2 of bt_utils;
-- ``reference``: a plain numpy implementation of the Huth lab bootstrap ridge
-  (one SVD per bootstrap, penalty ``alpha**2`` on ``logspace(1, 4, 15)``, 3
-  bootstraps of 20-TR chunks holding out 25%, refit with an SVD of all rows),
-  next to ``fit_ridge_cv`` on the same bootstrap splits with the squared grid.
-
-Run: ``.venv/bin/python benchmarks/bench_encoding.py [--quick] [--backend numpy|torch|torch_cuda] [--repeats 3]
-[--threads N]``. On a machine shared with other jobs, multi-threaded BLAS spins
-while its threads wait for cores, and timings swing several-fold; ``--threads 1``
-gives stable ones.
+Run: ``.venv/bin/python benchmarks/bench_encoding.py [--quick] [--repeats 3] [--threads N]
+[--backends numpy torch] [--problems standard demo-1500 demo-500]``; ``--quick`` skips the
+standard problem. On a machine shared with other jobs, multi-threaded BLAS spins while
+its threads wait for cores, and timings swing several-fold; ``--threads 1`` gives stable ones.
 """
 
 from __future__ import annotations
@@ -28,22 +24,20 @@ import os
 import platform
 import statistics
 import time
-import tracemalloc
+import warnings
 
 import numpy as np
 import scipy.signal
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from bt_utils.encoding.ridge import (
-    HIMALAYA_ALPHAS,
-    REFERENCE_ALPHAS,
-    bootstrap_chunk_splits,
-    fit_ridge_cv,
-    story_folds,
-)
+from bt_utils.encoding.ridge import HIMALAYA_ALPHAS, EigenRidgeCV, story_folds
 
-FULL = {"n_stories": 20, "trs_per_story": 200, "n_base": 768, "n_voxels": 4000}
-QUICK = {"n_stories": 10, "trs_per_story": 100, "n_base": 192, "n_voxels": 1000}
+#: name -> make_problem arguments; the standard problem first.
+PROBLEMS = {
+    "standard": {"n_stories": 20, "trs_per_story": 200, "n_base": 768, "n_voxels": 4000},
+    "demo-1500": {"n_stories": 10, "trs_per_story": 150, "n_base": 384, "n_voxels": 3000},
+    "demo-500": {"n_stories": 10, "trs_per_story": 50, "n_base": 384, "n_voxels": 3000},
+}
 DELAYS = (1, 2, 3, 4)
 
 
@@ -101,42 +95,22 @@ def make_problem(n_stories: int, trs_per_story: int, n_base: int, n_voxels: int,
 # ----------------------------------------------------------------------------- methods
 
 
-def reference_bootstrap_ridge(X: np.ndarray, Y: np.ndarray, splits, alphas=REFERENCE_ALPHAS):
-    """The Huth lab bootstrap ridge, written plainly: penalty ``alpha**2``, one SVD per bootstrap.
-
-    Returns
-    -------
-    best_alphas : ndarray of shape (n_voxels,)
-    mean_r2 : ndarray of shape (n_alphas, n_voxels)
-        Held-out R^2 averaged over bootstraps.
-    weights : ndarray of shape (n_features, n_voxels)
-    """
-    total = np.zeros((len(alphas), Y.shape[1]))
-    for train, test in splits:
-        U, s, Vt = np.linalg.svd(X[train], full_matrices=False)
-        projected = U.T @ Y[train]
-        test_basis = X[test] @ Vt.T
-        centred = Y[test] - Y[test].mean(0)
-        variance = (centred**2).sum(0)
-        for index, alpha in enumerate(alphas):
-            prediction = (test_basis * (s / (s**2 + alpha**2))) @ projected
-            total[index] += 1 - ((Y[test] - prediction) ** 2).sum(0) / variance
-    mean_r2 = total / len(splits)
-    best = np.argmax(mean_r2, axis=0)
-    U, s, Vt = np.linalg.svd(X, full_matrices=False)
-    weights = np.empty((X.shape[1], Y.shape[1]), dtype=X.dtype)
-    for index in np.unique(best):
-        voxels = np.flatnonzero(best == index)
-        shrink = s / (s**2 + alphas[index] ** 2)
-        weights[:, voxels] = Vt.T @ (shrink[:, None] * (U.T @ Y[:, voxels]))
-    return alphas[best], mean_r2, weights
-
-
-def himalaya_default(X: np.ndarray, Y: np.ndarray, splits, alphas=HIMALAYA_ALPHAS):
-    """himalaya's RidgeCV with its defaults (numpy backend, negative-MSE score)."""
+def himalaya_ridge_cv(X: np.ndarray, Y: np.ndarray, splits, backend: str):
+    """himalaya's RidgeCV on ``backend`` with R^2 as the score: best alphas and CV scores as numpy (n_voxels,)."""
+    from himalaya.backend import get_backend, set_backend
     from himalaya.ridge import RidgeCV
+    from himalaya.scoring import r2_score
 
-    return RidgeCV(alphas=alphas, cv=splits).fit(X, Y)
+    previous = get_backend().name
+    set_backend(backend)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # when n_samples < n_features: "kernel ridge would be faster"
+            model = RidgeCV(alphas=HIMALAYA_ALPHAS, cv=splits, solver_params={"score_func": r2_score}).fit(X, Y)
+        current = get_backend()
+        return current.to_numpy(model.best_alphas_).astype(np.float64), current.to_numpy(model.cv_scores_)
+    finally:
+        set_backend(previous)
 
 
 def floor_products(X: np.ndarray, Y: np.ndarray):
@@ -161,15 +135,6 @@ def timed(function, repeats: int):
     return statistics.median(walls), statistics.median(cpus), result, os.getloadavg()[0]
 
 
-def peak_memory_mb(function) -> float:
-    """Peak of the memory numpy and Python allocate during one call (tracemalloc), in MB, beyond what existed before."""
-    tracemalloc.start()
-    function()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak / 1e6
-
-
 def machine_lines() -> list[str]:
     import himalaya
     import torch
@@ -189,11 +154,6 @@ def machine_lines() -> list[str]:
     ]
 
 
-def alpha_mismatch(alphas_a: np.ndarray, alphas_b: np.ndarray) -> float:
-    """Fraction of voxels whose chosen alphas differ by more than float32 rounding."""
-    return float(np.mean(~np.isclose(alphas_a, alphas_b, rtol=1e-4)))
-
-
 def ridge_benchmark_parser(description: str, quick_help: str, repeats_help: str) -> argparse.ArgumentParser:
     """Options shared by the ridge benchmarks: ``--quick``, ``--repeats``, ``--threads``, ``--seed``."""
     parser = argparse.ArgumentParser(description=description)
@@ -206,66 +166,61 @@ def ridge_benchmark_parser(description: str, quick_help: str, repeats_help: str)
 
 
 def main(argv=None) -> None:
-    """Parse the options and run the benchmark under the requested BLAS thread count."""
-    parser = ridge_benchmark_parser(__doc__.splitlines()[0], "a 1,000 x 768 x 1,000 problem",
-                                    "repeats of the fast rows (himalaya and reference: 1)")
-    parser.add_argument("--backend", default="numpy", choices=("numpy", "torch", "torch_cuda"),
-                        help="backend of fit_ridge_cv")
+    """Parse the options and run the benchmark under the requested thread count."""
+    parser = ridge_benchmark_parser(__doc__.splitlines()[0], "only the demo-sized problems",
+                                    "interleaved repeats of both estimators")
+    parser.add_argument("--backends", nargs="+", default=["numpy", "torch"], choices=("numpy", "torch", "torch_cuda"))
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     with threadpool_limits(args.threads):
         run(args)
 
 
+def compare(X: np.ndarray, Y: np.ndarray, folds, backend: str, repeats: int) -> dict:
+    """Alternate the two fits ``repeats`` times; medians, the median per-repeat ratio and their agreement."""
+    ours = EigenRidgeCV(alphas=HIMALAYA_ALPHAS, cv=folds, backend=backend)
+    times = {"ours": [], "himalaya": [], "ours_cpu": [], "himalaya_cpu": []}
+    for _ in range(repeats):
+        seconds, cpu, _, _ = timed(lambda: ours.fit(X, Y), 1)
+        times["ours"].append(seconds)
+        times["ours_cpu"].append(cpu)
+        seconds, cpu, (alphas, scores), load = timed(lambda: himalaya_ridge_cv(X, Y, folds, backend), 1)
+        times["himalaya"].append(seconds)
+        times["himalaya_cpu"].append(cpu)
+    return {
+        **{key: statistics.median(values) for key, values in times.items()},
+        "ratio": statistics.median(h / o for h, o in zip(times["himalaya"], times["ours"])),
+        "cpu_ratio": statistics.median(h / o for h, o in zip(times["himalaya_cpu"], times["ours_cpu"])),
+        "method": ours.method_, "load": load,
+        "alphas_differ": float(np.mean(~np.isclose(ours.best_alphas_, alphas, rtol=1e-4))),
+        "score_diff": float(np.abs(ours.cv_scores_ - scores).max()),
+    }
+
+
 def run(args) -> None:
-    """Build the problem, time every method and print the machine and the table."""
-    size = QUICK if args.quick else FULL
-    X, Y, groups, signal_voxels = make_problem(**size, seed=args.seed)
-    folds = story_folds(groups, n_folds=5)
-    boots = bootstrap_chunk_splits(len(X), n_boots=3, chunk_len=20, held_out_fraction=0.25, rng=args.seed)
-    n_voxels = Y.shape[1]
+    """Build each problem, compare the estimators on every backend and print the machine and the table."""
     print("\n".join(machine_lines()))
-    print(f"problem: {X.shape[0]} TRs x {X.shape[1]} features x {n_voxels} voxels, {len(HIMALAYA_ALPHAS)} alphas, "
-          f"5 story folds / 3 bootstraps, float32; {signal_voxels.sum()} voxels with planted signal\n")
-
-    rows = []
-    floor_s, floor_cpu, _, load = timed(lambda: floor_products(X, Y), args.repeats)
-    rows.append(("floor: X^T X + X^T Y", "numpy", args.repeats, floor_s, floor_cpu, load, "", ""))
-
-    suite_s, suite_cpu, suite, load = timed(lambda: fit_ridge_cv(X, Y, cv=folds, backend=args.backend), args.repeats)
-    himalaya_s, himalaya_cpu, himalaya_fit, himalaya_load = timed(lambda: himalaya_default(X, Y, folds), 1)
-    mismatch = alpha_mismatch(suite.best_alphas, himalaya_fit.best_alphas_)
-    score_diff = np.abs(suite.best_scores - (himalaya_fit.cv_scores_ + 1)).max()
-    rows.append((f"bt_utils fit_ridge_cv ({suite.method})", args.backend, args.repeats, suite_s, suite_cpu, load,
-                 f"{mismatch:.4%}", f"{score_diff:.1e}"))
-    rows.append(("himalaya RidgeCV (defaults)", "numpy", 1, himalaya_s, himalaya_cpu, himalaya_load,
-                 "reference", "reference"))
-
-    boot_s, boot_cpu, boot_fit, boot_load = timed(lambda: fit_ridge_cv(X, Y, cv=boots, backend=args.backend),
-                                                  args.repeats)
-    reference_s, reference_cpu, reference, reference_load = timed(lambda: reference_bootstrap_ridge(X, Y, boots), 1)
-    reference_alphas, reference_r2, _ = reference
-    boot_mismatch = alpha_mismatch(boot_fit.best_alphas, reference_alphas**2)
-    boot_diff = np.abs(boot_fit.best_scores - reference_r2.max(0)).max()
-    rows.append((f"bt_utils fit_ridge_cv, bootstrap splits ({boot_fit.method})", args.backend, args.repeats,
-                 boot_s, boot_cpu, boot_load, f"{boot_mismatch:.4%}", f"{boot_diff:.1e}"))
-    rows.append(("reference bootstrap ridge (numpy SVD)", "numpy", 1, reference_s, reference_cpu, reference_load,
-                 "reference", "reference"))
-
-    print("| method | backend | repeats | median wall s | median CPU s | wall vs himalaya | CPU vs himalaya "
-          "| voxels/s | load | alphas differing | max abs score diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, backend, repeats, seconds, cpu, load, alphas_diff, scores_diff in rows:
-        print(f"| {name} | {backend} | {repeats} | {seconds:.2f} | {cpu:.2f} | {himalaya_s / seconds:.1f}x | "
-              f"{himalaya_cpu / cpu:.1f}x | {n_voxels / seconds:,.0f} | {load:.1f} | {alphas_diff} | {scores_diff} |")
-    print(f"\nbt_utils speed-up over himalaya: {himalaya_s / suite_s:.1f}x wall, {himalaya_cpu / suite_cpu:.1f}x CPU "
-          f"(5 folds); over the reference bootstrap ridge: {reference_s / boot_s:.1f}x wall, "
-          f"{reference_cpu / boot_cpu:.1f}x CPU (3 bootstraps)")
-    if args.backend == "numpy":
-        peak = peak_memory_mb(lambda: fit_ridge_cv(X, Y, cv=folds))
-        print(f"peak memory fit_ridge_cv allocates (tracemalloc): {peak:.0f} MB, "
-              f"on top of its inputs X and Y ({(X.nbytes + Y.nbytes) / 1e6:.0f} MB)")
-    print(f"mean CV R^2 at the chosen alpha: signal voxels {suite.best_scores[signal_voxels].mean():.3f}, "
-          f"noise voxels {suite.best_scores[~signal_voxels].mean():.3f}")
+    print(f"threads: {args.threads or 'BLAS default'}, repeats: {args.repeats}, "
+          f"{len(HIMALAYA_ALPHAS)} alphas, 5 story folds, float32\n")
+    print("| problem (TRs x features x voxels) | backend | EigenRidgeCV method | EigenRidgeCV wall s | himalaya wall s "
+          "| speed-up (wall) | EigenRidgeCV CPU s | himalaya CPU s | speed-up (CPU) | load | alphas differing "
+          "| max abs score diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.problems:
+        if args.quick and name == "standard":
+            continue
+        X, Y, groups, _ = make_problem(**PROBLEMS[name], seed=args.seed)
+        folds = story_folds(groups, n_folds=5)
+        for backend in args.backends:
+            row = compare(X, Y, folds, backend, args.repeats)
+            print(f"| {name}: {X.shape[0]:,} x {X.shape[1]:,} x {Y.shape[1]:,} | {backend} | {row['method']} "
+                  f"| {row['ours']:.2f} | {row['himalaya']:.2f} | **{row['ratio']:.1f}x** | {row['ours_cpu']:.2f} "
+                  f"| {row['himalaya_cpu']:.2f} | {row['cpu_ratio']:.1f}x | {row['load']:.1f} "
+                  f"| {row['alphas_differ']:.2%} | {row['score_diff']:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

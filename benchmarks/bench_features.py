@@ -1,17 +1,16 @@
-"""Benchmark layer-feature extraction: reference vs fast sliding windows, on CPU.
+"""Benchmark layer-feature extraction: the reference and the fast mode, on CPU.
 
 For each encoder, on one story of synthesised speech (a demo dataset built in
 a temporary folder), prints
 
-- the wall time per minute of audio of each window mode (the edge modes for
-  Whisper padded to 30 s only),
+- the wall time per minute of audio of each mode,
 - the encoder compute of each mode and its ratio to the reference: the frames
   the transformer layers run on, summed over windows (Whisper without native
-  length: 1,500 per window; edge modes: the frames their layers see, a shared
-  group's lead counting 1,500), and the layers' multiply-adds, which also count
-  attention: per layer, 12 D^2 per frame (projections, MLP) plus 2 D per pair of
-  query and key frame (a shared edge window's span also reads its lead's frames
-  beyond the span; a shared pass projects them to keys and values once),
+  length: 1,500 per window; its fast mode: a group's lead 1,500, each member its
+  span), and the layers' multiply-adds, which also count attention: per layer,
+  12 D^2 per frame (projections, MLP) plus 2 D per pair of query and key frame
+  (a member's span also reads the lead's frames beyond the span, which a
+  group's member pass projects to keys and values once),
 - the agreement of each mode with the reference at TR level: per layer, the
   Pearson r over the story's ``[10:-5]`` TRs of each feature dimension,
   Lanczos-resampled from both modes, as mean and 10th percentile over dimensions.
@@ -26,7 +25,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_features.py [--seconds 120] [--threads 1]
         [--models tiny-wav2vec2 tiny-hubert tiny-whisper whisper-tiny.en whisper-tiny.en:native]
-        [--modes fast edge edge-sparse edge-shared ...]
+        [--modes fast reference+0.1s]
 
 A ``:native`` suffix runs Whisper on each window's real length instead of 30 s.
 """
@@ -46,58 +45,54 @@ import numpy as np
 import torch
 
 from bt_utils.data.dataset import Dataset
+from bt_utils.data.timing import trim_trs
 from bt_utils.demo.simulation import DemoConfig, build_demo_dataset
-from bt_utils.features.layers import (
+from bt_utils.features import (
     CHUNK_S,
     CONTEXT_S,
-    EDGE_SHARED,
-    EDGE_SPARSE,
     WindowSettings,
+    encoder_plan,
     extract_layer_features,
-    plan_windows,
+    kept_frame_index,
+    pads_to_30s,
     tr_features,
     zscore_per_story,
 )
-from bt_utils.features.layers import _edge_frames, _edge_passes, _kept_frame_index, _shared_rows  # noqa: PLC2701
+from bt_utils.features.whisper_edge import SPAN_FRAMES, member_rows, shared_groups
 from bt_utils.models.encoder import SAMPLE_RATE, WHISPER_FRAMES, SpeechEncoder
 from bt_utils.models.registry import load_encoder
-from bt_utils.data.timing import trim_trs
 
 MODELS = ("tiny-wav2vec2", "tiny-hubert", "tiny-whisper", "whisper-tiny.en", "whisper-tiny.en:native")
 MODES = {"reference": WindowSettings("reference"), "fast": WindowSettings("fast"),
-         "edge": WindowSettings("edge"), "edge-2.5+0.5s": WindowSettings("edge", span_before_s=2.5, span_after_s=0.5),
-         "edge-sparse": WindowSettings("edge", **EDGE_SPARSE), "edge-shared": WindowSettings("edge", **EDGE_SHARED),
          "reference+0.1s": WindowSettings("reference", context_s=CONTEXT_S + CHUNK_S)}
-"""Window modes by name: the protocol, the fast mode, edge mode (default span, a shorter one, the sparse and
-the shared settings), and the protocol with one more chunk of context."""
+"""Feature modes by name: the protocol, the fast mode, and the protocol with one more chunk of context."""
 
 
-def layer_compute(encoder: SpeechEncoder, plan, settings: WindowSettings) -> tuple[int, float]:
-    """Frames the transformer layers run on and their multiply-adds per layer, summed over the windows of ``plan``.
+def layer_compute(encoder: SpeechEncoder, n_samples: int, settings: WindowSettings) -> tuple[int, float]:
+    """Frames the transformer layers run on and their multiply-adds per layer, summed over a story's windows.
 
-    Per window: ``n`` query frames reading ``m`` key frames cost ``n * (12 D^2 + 2 D m)``. A shared edge pass
-    also projects the lead's frames that any of its rows reads to keys and values (``2 D^2`` each), and each
-    span's queries read all of them (those another row reads masked) besides the span.
+    Per window: ``n`` query frames reading ``m`` key frames cost ``n * (12 D^2 + 2 D m)``. In the fast mode of
+    Whisper padded to 30 s, a group's lead runs all 1,500 frames; its members' pass also projects the lead's
+    frames that any member reads to keys and values (``2 D^2`` each), and each span's queries read all of them
+    (those another member reads masked) besides the span.
     """
     width = encoder.hidden_size
-    if settings.mode != "edge":
+    plan = encoder_plan(encoder, n_samples, settings)
+    if not (settings.mode == "fast" and pads_to_30s(encoder)):
         frames = encoder.frame_lengths(torch.as_tensor(plan.ends - plan.starts)).numpy()
-        if encoder.family == "whisper" and not encoder.native_length:
+        if pads_to_30s(encoder):
             frames = np.full_like(frames, WHISPER_FRAMES)
         return int(frames.sum()), float((frames * (12 * width ** 2 + 2 * width * frames.astype(np.float64))).sum())
-    frame_index = _kept_frame_index(encoder, plan)
+    kept_frames = kept_frame_index(encoder, plan)[plan.first]
     frames_run, multiply_adds = 0, 0.0
-    for windows, role in _edge_passes(plan, settings, frame_index, batch_size=1):
-        if role == "edge":  # the span and sparse frames attend to each other
-            queries = keys = len(_edge_frames(int(frame_index[windows[0]]), settings)[0])
-        elif role == "lead":  # a whole forward pass
-            queries = keys = WHISPER_FRAMES
-        else:  # the spans read the lead's frames that any of them reads, projected once
-            read = int((_shared_rows(frame_index[windows], settings)[1].sum(0) > 0).sum())
-            queries, keys = len(windows) * settings.span_frames, settings.span_frames + read
-            multiply_adds += read * 2 * width ** 2
-        frames_run += queries
-        multiply_adds += queries * (12 * width ** 2 + 2 * width * keys)
+    for _, members in shared_groups(plan, kept_frames):
+        frames_run += WHISPER_FRAMES  # the lead: a whole forward pass
+        multiply_adds += WHISPER_FRAMES * (12 * width ** 2 + 2 * width * WHISPER_FRAMES)
+        if len(members):
+            read = int((member_rows(kept_frames[members])[1].sum(0) > 0).sum())
+            queries, keys = len(members) * SPAN_FRAMES, SPAN_FRAMES + read
+            frames_run += queries
+            multiply_adds += read * 2 * width ** 2 + queries * (12 * width ** 2 + 2 * width * keys)
     return frames_run, multiply_adds
 
 
@@ -122,19 +117,16 @@ def bench_model(spec: str, audio: np.ndarray, tr_times: np.ndarray, batch_size: 
     and layer, vs the reference) and the reference's trimmed TR features per layer, each of shape (n_trs, d)."""
     name, _, variant = spec.partition(":")
     encoder = load_encoder(name, "cpu", native_length=variant == "native")
-    padded = encoder.family == "whisper" and not encoder.native_length
     layers = range(encoder.n_layers + 1)
     minutes = len(audio) / SAMPLE_RATE / 60
     timing, tr_level = [], {}
     for mode, settings in modes.items():
-        if settings.mode == "edge" and not padded:
-            continue
-        plan = plan_windows(len(audio), settings)
+        plan = encoder_plan(encoder, len(audio), settings)
         started = time.perf_counter()
         times, frames = extract_layer_features(encoder, audio, layers, settings, batch_size, progress=False)
         elapsed = time.perf_counter() - started
         tr_level[mode] = tr_features(times, frames, tr_times)
-        frames_run, multiply_adds = layer_compute(encoder, plan, settings)
+        frames_run, multiply_adds = layer_compute(encoder, len(audio), settings)
         timing.append([spec, mode, elapsed / minutes, len(plan.starts), frames_run / minutes, multiply_adds / minutes])
     for row in timing:
         row[6:] = [timing[0][4] / row[4], timing[0][5] / row[5]]

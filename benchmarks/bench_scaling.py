@@ -2,7 +2,7 @@
 
 Measured on this machine, one thread (BLAS and torch), printed as markdown tables:
 
-1. **Encoding fit** (:func:`bt_utils.encoding.ridge.fit_ridge_cv`, numpy, float32, 15
+1. **Encoding fit** (:class:`bt_utils.encoding.ridge.EigenRidgeCV`, numpy, float32, 15
    alphas, 5 story folds, the synthetic problem of ``bench_encoding``): wall
    time while one of TRs / feature width / voxels moves around a base point,
    the ``X^T X + X^T Y`` floor, and the fitted log-log exponent per axis, next
@@ -11,7 +11,7 @@ Measured on this machine, one thread (BLAS and torch), printed as markdown table
    extrapolating: the flop model at the median measured GFLOP/s, and the
    power law of the measured exponents.
 2. **Feature extraction**: seconds per window of encoder forward (batch of
-   equal windows, the unit of :func:`bt_utils.features.layers.extract_layer_features`)
+   equal windows, the unit of :func:`bt_utils.features.extraction.extract_layer_features`)
    at several window lengths: whisper-tiny.en padded to 30 s and on the native
    length, tiny-wav2vec2 and tiny-hubert; then the protocol's 16.1-s window on
    random-initialised copies of the protocol's architectures (wav2vec2-base,
@@ -19,7 +19,7 @@ Measured on this machine, one thread (BLAS and torch), printed as markdown table
 3. **Brain-tuning**: seconds per training step of those architectures on 10-s
    inputs (``bench_tuning.measure``, a fresh process per model).
 
-Projected, from the unit costs and the protocol's sizes (METHOD.md):
+Projected, from the unit costs and the protocol's sizes (docs/method.md):
 feature extraction of every model variant, brain-tuning, and encoding fits,
 on this CPU (measured unit costs; an encoding fit at the protocol's size is
 its flop count at the median measured GFLOP/s: the local exponents do not
@@ -50,20 +50,18 @@ import numpy as np
 from bench_encoding import floor_products, machine_lines, make_problem, timed
 from threadpoolctl import threadpool_limits
 
+from bt_utils.data.timing import DS003020_TR_S
 from bt_utils.encoding.ridge import (
     HIMALAYA_ALPHAS,
+    EigenRidgeCV,
     _strategy_costs,
-    fit_ridge_cv,
     story_folds,
 )
 
 THREADS = 1
 """Threads of every measurement: unit costs are per core, and stable on a shared machine."""
 
-TR_S = 2.0045
-"""Repetition time of ds003020, in seconds."""
-
-# ----------------------------------------------------------------------------- protocol sizes (METHOD.md)
+# ----------------------------------------------------------------------------- protocol sizes (docs/method.md)
 
 N_SUBJECTS = 8
 FAMILIES = ("wav2vec2-base", "hubert-base", "whisper-small")
@@ -91,7 +89,7 @@ N_ENCODED_VARIANTS = 4
 FITS_PER_LAYER = 2
 """Encoding fits per variant and layer: brain alignment, and the refit on low-level residual features."""
 DEFAULT_VOXELS = 90_000
-"""Voxels per participant in the preprocessed responses (whole cortex, about 80-95 thousand; METHOD.md gives
+"""Voxels per participant in the preprocessed responses (whole cortex, about 80-95 thousand; the protocol gives
 no exact count)."""
 
 # ----------------------------------------------------------------------------- measurement grids
@@ -138,7 +136,7 @@ class Protocol:
 
     n_subjects: int = N_SUBJECTS
     n_families: int = len(FAMILIES)
-    n_train_trs: int = round(N_TRAIN_STORIES * (STORY_SECONDS / TR_S - TRIMMED_TRS))
+    n_train_trs: int = round(N_TRAIN_STORIES * (STORY_SECONDS / DS003020_TR_S - TRIMMED_TRS))
     n_windows: int = round(N_FEATURISED_STORIES * STORY_SECONDS / CHUNK_S)
     n_voxels: int = DEFAULT_VOXELS
     n_epochs: int = N_EPOCHS
@@ -230,7 +228,7 @@ def cluster_seconds(protocol: Protocol, costs: dict[str, UnitCosts], n_workers: 
 
 def ridge_flops(n_trs: int, n_features: int, n_voxels: int, n_alphas: int = len(HIMALAYA_ALPHAS),
                 n_folds: int = N_FOLDS) -> float:
-    """FLOPs of one :func:`fit_ridge_cv` from its matrix sizes (primal form, ``n_trs >= n_features``).
+    """FLOPs of one :class:`EigenRidgeCV` fit from its matrix sizes (primal form, ``n_trs >= n_features``).
 
     The solver's own flop model (``bt_utils.encoding.ridge._strategy_costs``, the
     cheaper strategy; float64 work counted twice, an eigendecomposition as
@@ -265,12 +263,12 @@ def time_ridge_point(problem: dict, repeats: int) -> dict:
     X, Y, groups, _ = make_problem(**problem)
     folds = story_folds(groups, N_FOLDS)
     floor_s, _, _, _ = timed(lambda: floor_products(X, Y), repeats)
-    fit_s, _, _, load = timed(lambda: fit_ridge_cv(X, Y, cv=folds), repeats)
+    fit_s, _, _, load = timed(lambda: EigenRidgeCV(cv=folds).fit(X, Y), repeats)
     return {"fit_s": fit_s, "floor_s": floor_s, "load": load}
 
 
 def measure_ridge(base: dict, factors: dict[str, tuple], repeats: int) -> list[dict]:
-    """Fit time of :func:`fit_ridge_cv` at every point of the grid (the base point measured once).
+    """Fit time of :class:`EigenRidgeCV` at every point of the grid (the base point measured once).
 
     Returns
     -------
@@ -561,7 +559,7 @@ def print_projection(protocol: Protocol, cpu: dict[str, UnitCosts], gpu: dict[st
     print("### Projection of the full protocol (projected, not measured)\n")
     print(f"Protocol: {protocol.n_subjects} subjects x {protocol.n_families} families = {protocol.n_runs} "
           f"independent runs; {protocol.n_train_trs:,} training TRs per subject ({N_TRAIN_STORIES} stories of "
-          f"{STORY_SECONDS / TR_S:.0f} TRs on average, [10:-5] trimmed), {protocol.n_epochs} epochs; "
+          f"{STORY_SECONDS / DS003020_TR_S:.0f} TRs on average, [10:-5] trimmed), {protocol.n_epochs} epochs; "
           f"{protocol.n_windows:,} windows per model variant ({N_FEATURISED_STORIES} stories, one 16.1-s window per "
           f"0.1 s); {N_TUNED_VARIANTS} tuned models per run (brain, random-fMRI, LM-tuned) + the pretrained one per "
           f"family; {protocol.n_fits_per_run} encoding fits per run ({N_ENCODED_VARIANTS} variants x {N_LAYERS} layers "

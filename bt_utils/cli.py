@@ -24,7 +24,7 @@ def _resource(text: str) -> tuple[str, float]:
 def _print_sweep(table) -> None:
     import pandas as pd
 
-    from .sweeps.runner import count_states, describe_failures
+    from .sweeps.state import count_states, describe_failures
 
     # duration_s holds None (an object column) until a run has finished
     durations = pd.to_numeric(table.duration_s).round(1)

@@ -18,13 +18,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile  # noqa: E402
 
-from bt_utils.data.timing import RESPDICT_PAD, SOUND_ONSET_S, TR_S  # noqa: E402
+from bt_utils.data.timing import DS003020_TR_S, RESPDICT_PAD, SOUND_ONSET_S  # noqa: E402
 from bt_utils.data.transcripts import Interval, Transcript, write_textgrid  # noqa: E402
 
 
-TEST_WINDOW_KW = {"mode": "fast", "context_s": 8.0, "stride_s": 4.0}
-"""Feature windows of the tests that run the real Whisper on the whole demo (about 3x less
-compute than the fast mode's defaults; every such test uses them so the feature cache is shared)."""
+TEST_WINDOW_KW = {"mode": "fast", "context_s": 8.0}
+"""Feature windows of the tests that run the real Whisper on the whole demo (less compute than the
+16 s of context of the defaults; every such test uses them so the feature cache is shared)."""
 
 
 QUICK_TUNING = dict(epochs=3, batch_size=8, warmup_epochs=1, head_lr=1e-2, encoder_lr=1e-4, max_train_trs=24,
@@ -54,7 +54,7 @@ SMALL_DATASET_RATE = 8000
 def small_story_seconds(n_trs: int) -> float:
     """Audio duration of a story of ``n_trs`` TRs in :func:`write_small_dataset`: the TR grid less the 10 s
     of scanning before the sound and 10 s after it, as in ds003020 and the demo."""
-    return n_trs * TR_S - 2 * SOUND_ONSET_S
+    return n_trs * DS003020_TR_S - 2 * SOUND_ONSET_S
 
 
 def write_small_dataset(root: Path, stories: dict[str, int], n_voxels: int = 4, seed: int = 0,

@@ -13,7 +13,7 @@ from bt_utils.encoding.alignment import (
     story_cv_scores,
     subject_targets,
 )
-from bt_utils.features.layers import WindowSettings
+from bt_utils.features import WindowSettings
 from bt_utils.data.noise_ceiling import cc_max
 from conftest import TEST_WINDOW_KW
 
@@ -56,7 +56,7 @@ def test_story_cv_scores_match_an_independent_leave_one_story_out_ridge():
         w = np.linalg.solve(x[~held].T @ x[~held] + alpha * np.eye(12), x[~held].T @ y[~held])
         per_story.append([np.corrcoef(x[held] @ w[:, v], y[held, v])[0, 1] for v in range(20)])
     np.testing.assert_allclose(r, np.mean(per_story, axis=0), atol=1e-4)
-    grid = story_cv_scores(x, y, labels, AlignmentSettings())  # per-voxel alphas from the METHOD.md grid
+    grid = story_cv_scores(x, y, labels, AlignmentSettings())  # per-voxel alphas from the protocol's grid
     assert grid[:8].min() > 0.5 and np.abs(grid[8:]).max() < 0.25
 
 
@@ -98,7 +98,7 @@ def test_alignment_tables(demo, tiny_alignment):
     assert list(voxels.columns[:7]) == ["subject", "model", "variant", "layer", "voxel", "r", "r_norm"]
     assert len(voxels) == 2 * 2 * 3000
     rois = alignment_rois(demo, voxels)
-    assert list(rois.columns) == ["subject", "model", "variant", "layer", "roi", "r_norm_mean", "n_voxels"]
+    assert list(rois.columns) == ["subject", "model", "variant", "layer", "roi", "r_norm_mean", "n_voxels", "n_parcels"]
     assert {"planted_auditory", "planted_semantic", "planted_noise", "AC"} <= set(rois.roi)
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from bt_utils.data.dataset import SAMPLE_RATE, Dataset, StorySplit
-from bt_utils.data.timing import TR_S
+from bt_utils.data.dataset import SAMPLE_RATE, Dataset, StorySplit, open_dataset
+from bt_utils.data.timing import DS003020_TR_S
 from bt_utils.data.transcripts import Interval, Transcript, read_textgrid, textgrid_duration, write_textgrid
 from bt_utils.validation import DataError
 from conftest import small_story_seconds, write_small_dataset
@@ -43,6 +43,27 @@ def test_small_dataset_loads_and_resamples(small, caplog):
     assert dataset.load_responses("S01", "alpha").shape == (25, 4)
     assert dataset.load_repeats("S01", "gamma").shape == (3, 15, 4)
     assert dataset.tr_times("beta").shape == (35,)
+
+
+def test_the_tr_grid_is_a_parameter_of_the_dataset(small):
+    # default: the reference's 2.0-s grid, sound onset 10 s after the first trigger, features at TR midpoints
+    dataset = Dataset(small)
+    assert dataset.tr == DS003020_TR_S == 2.0
+    np.testing.assert_allclose(dataset.tr_times("alpha"), np.arange(40) * 2.0 - 10.0 + 1.0)
+    slower = Dataset(small, tr=2.0045)
+    assert slower.tr == 2.0045 and "tr=2.0045" in repr(slower)
+    np.testing.assert_allclose(slower.tr_times("alpha"), np.arange(40) * 2.0045 - 10.0 + 2.0045 / 2)
+    assert open_dataset(small, tr=1.5).tr_times("beta")[1] - open_dataset(small).tr_times("beta")[1] == -0.75
+    with pytest.raises(ValueError, match="the TR must be a finite positive number of seconds, got 0"):
+        Dataset(small, tr=0)
+    # a dataset may declare its own TR (the demo does, in demo.json); an explicit tr wins
+    split = {"train": ["alpha"], "validation": ["beta"], "test": "gamma"}
+    (small / "derivative" / "demo.json").write_text(json.dumps({"split": split, "tr": 1.5}))
+    assert Dataset(small).tr == 1.5 and Dataset(small, tr=2.0).tr == 2.0
+    np.testing.assert_allclose(np.diff(Dataset(small).tr_times("gamma")), 1.5)
+    (small / "derivative" / "demo.json").write_text(json.dumps({"split": split, "tr": -1}))
+    with pytest.raises(DataError, match="demo.json declares an invalid TR"):
+        _ = Dataset(small).tr
 
 
 def test_story_with_audio_but_no_textgrid(small):
@@ -127,7 +148,7 @@ def test_audio_that_does_not_cover_its_tr_grid_is_refused_on_opening(small, kept
     path = small / "stimuli" / "beta.wav"
     audio, rate = soundfile.read(path)
     soundfile.write(path, audio[:int(kept * len(audio))], rate)  # a valid header with 0 frames, or half the story
-    last_response = (35 - 5 - 1) * TR_S - 10.0 + TR_S / 2  # midpoint of TR 29, the last kept by the [10:-5] trim
+    last_response = (35 - 5 - 1) * DS003020_TR_S - 10.0 + DS003020_TR_S / 2  # midpoint of TR 29, the last kept by the [10:-5] trim
     with pytest.raises(DataError, match=rf"the audio of story 'beta' lasts {kept * small_story_seconds(35):.2f} s "
                                         rf"\({path}\) but its TR grid \(35 TRs, from respdict.json\) has responses "
                                         rf"until {last_response:.1f} s after sound onset: the file is truncated or empty"):

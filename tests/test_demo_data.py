@@ -19,7 +19,7 @@ from bt_utils.demo.simulation import (
 from bt_utils.features.low_level import phoneme_rate, power_spectrum
 from bt_utils.data.noise_ceiling import cc_max
 from bt_utils.data.transcripts import ARPABET_PHONES
-from bt_utils.data.timing import TR_S, tr_midpoints, trim_trs, trimmed_length
+from bt_utils.data.timing import tr_midpoints, trim_trs, trimmed_length
 from bt_utils.data.transcripts import Interval, Transcript
 
 SMALL = DemoConfig(seed=3, n_train_stories=2, n_validation_stories=1, story_seconds=45,
@@ -90,6 +90,29 @@ def test_demo_follows_the_ds003020_layout(demo):
     assert n_train_trs >= 500
     info = json.loads((demo.root / "derivative" / "demo.json").read_text())
     assert info["build_seconds"] < 120
+    assert info["tr"] == demo.tr == 2.0  # ds003020's grid, recorded in demo.json
+
+
+def test_the_demo_is_simulated_on_the_tr_it_records(tmp_path):
+    root = build_demo_dataset(tmp_path / "slow", DemoConfig(**{**SMALL.__dict__, "tr": 2.0045}))
+    dataset = Dataset(root)
+    assert json.loads((root / "derivative" / "demo.json").read_text())["tr"] == dataset.tr == 2.0045
+    for story in dataset.stories:  # the grid covers 10 s before the sound, the sound, and 10 s after it
+        assert dataset.n_trs[story] == int(np.ceil((20.0 + dataset.transcript(story).duration) / 2.0045))
+    # the planted auditory features are those of the audio at the recorded grid's midpoints (z-scored over stories)
+    planted = np.load(root / "derivative" / "truth" / "stimulus_features.npz")
+    stacked = np.vstack([planted[f"auditory/{s}"] for s in dataset.stories])
+
+    def recomputed(grid: Dataset) -> np.ndarray:
+        return np.vstack([auditory_features(grid.load_audio(s), grid.transcript(s), grid.tr_times(s))
+                          for s in grid.stories])
+
+    def fit(grid: Dataset) -> float:
+        values = recomputed(grid)
+        return min(np.corrcoef(values[:, k], stacked[:, k])[0, 1] for k in range(values.shape[1]))
+
+    assert fit(dataset) > 1 - 1e-7  # the audio was stored as 16-bit PCM
+    assert fit(Dataset(root, tr=2.0)) < 0.9999  # another grid over the same stories (measured: 0.999)
 
 
 def test_voxels_sit_on_the_template_with_roi_labels(demo):
@@ -169,8 +192,8 @@ def test_semantic_features_integrate_word_meanings_over_time():
 
 def test_auditory_features_see_a_tone_in_its_band():
     tone = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(int(4 * SAMPLE_RATE)) / SAMPLE_RATE)
-    audio = np.concatenate([np.zeros(int(4.009 * SAMPLE_RATE)), tone]).astype(np.float32)
-    times = tr_midpoints(5, sound_onset=0.0)
+    audio = np.concatenate([np.zeros(int(4.0 * SAMPLE_RATE)), tone]).astype(np.float32)
+    times = tr_midpoints(5, 2.0, sound_onset=0.0)
     phones = Transcript([], [Interval(4.1 + 0.1 * i, 4.15 + 0.1 * i, "AH") for i in range(10)], 8.0)
     features = auditory_features(audio, phones, times)
     silent, loud = features[0], features[2]
@@ -183,9 +206,9 @@ def test_auditory_features_see_a_tone_in_its_band():
 
 
 def test_canonical_hrf_peaks_near_five_seconds():
-    hrf = canonical_hrf()
+    hrf = canonical_hrf(2.0)
     assert hrf.sum() == pytest.approx(1.0)
-    assert 4.0 <= np.argmax(hrf) * TR_S <= 6.1
+    assert 4.0 <= np.argmax(hrf) * 2.0 <= 6.1
     assert hrf[8:].min() < 0  # undershoot
 
 
@@ -254,7 +277,7 @@ def test_a_damaged_demo_is_rebuilt(small_demo, tmp_path, caplog, how, reason):
 def test_overwrite_rebuilds_an_intact_demo(small_demo, tmp_path, monkeypatch, capsys):
     from bt_utils import cli
 
-    monkeypatch.setattr(demo_data, "DemoConfig", lambda seed: dataclasses.replace(SMALL, seed=seed))
+    monkeypatch.setattr(demo_data, "DemoConfig", lambda seed, tr: dataclasses.replace(SMALL, seed=seed, tr=tr))
     root = tmp_path / "data"
     shutil.copytree(small_demo, root)
     stamp = (root / "derivative" / "respdict.json").stat().st_mtime_ns

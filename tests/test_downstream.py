@@ -1,4 +1,4 @@
-"""Tests of the downstream probes, ASR scoring, the task loaders and notebook 04.
+"""Tests of the downstream probes, scores, the task loaders and notebook 04 (the CTC heads: test_asr.py).
 
 The real pretrained Whisper tiny.en encodes one small offline demo task per
 session (features cached in a session folder, which the notebook test reuses).
@@ -14,23 +14,19 @@ import soundfile
 import torch
 from sklearn.metrics import f1_score
 
-from bt_utils.downstream import probes as downstream
+from bt_utils.downstream import features as downstream_features
 from bt_utils.downstream import tasks as dt
+from bt_utils.downstream.asr import CtcConfig
+from bt_utils.downstream.features import extract_features, feature_cache_path, frame_centres
 from bt_utils.downstream.probes import (
     ModelEntry,
     ProbeConfig,
-    extract_features,
-    feature_cache_path,
     fit_probe,
-    frame_centres,
-    load_transcriber,
     model_entry,
-    plot_downstream,
     probe_task,
     run_downstream,
     score_predictions,
     summarize,
-    swap_encoder,
 )
 from bt_utils.demo import tasks as demo_tasks
 from bt_utils.demo.tasks import demo_task
@@ -39,6 +35,7 @@ from bt_utils.downstream.metrics import accuracy, multilabel_f1
 from bt_utils.models.registry import load_encoder
 from bt_utils.sweeps.notebooks import execute_notebook
 from bt_utils.models.tuning import masked_mean
+from bt_utils.viz.plots import plot_downstream
 
 WORD_PER_CLASS = 20  # 10 train, 5 validation, 5 test per word
 FAST = ProbeConfig(max_epochs=25)
@@ -176,7 +173,7 @@ def test_feature_cache(encoder, word_task, word_features, feature_cache, monkeyp
                                            *word_task.examples[1:]))
     assert feature_cache_path(encoder.fingerprint(), changed, feature_cache) != path
     # features computed by another version of the code: another cache entry
-    monkeypatch.setattr(downstream, "_FEATURE_VERSION", downstream._FEATURE_VERSION + 1)
+    monkeypatch.setattr(downstream_features, "_FEATURE_VERSION", downstream_features._FEATURE_VERSION + 1)
     assert feature_cache_path(encoder.fingerprint(), word_task, feature_cache) != path
 
 
@@ -306,7 +303,7 @@ def test_summary_pools_seeds_and_reports_chance():
 
 
 # ---------------------------------------------------------------------------
-# Comparison of variants, ASR through the decoder
+# Comparison of variants
 # ---------------------------------------------------------------------------
 
 
@@ -334,22 +331,21 @@ def test_model_entries(tuned_checkpoint):
 
 def test_run_compares_variants_with_asr(tuned_checkpoint, feature_cache):
     word = demo_task("demo_word", per_class=8)
-    asr = demo_task("demo_asr", per_class=3)
+    asr = demo_task("demo_asr", per_class=16)
     results = run_downstream(["whisper-tiny.en", {"path": str(tuned_checkpoint)}], [word, asr], seeds=(0,),
-                             probe=ProbeConfig(max_epochs=5), device="cpu", native_length=True, n_resamples=100,
-                             cache_dir=feature_cache, progress=False)
+                             probe=ProbeConfig(max_epochs=5), ctc=CtcConfig(max_epochs=2), device="cpu",
+                             native_length=True, n_resamples=100, cache_dir=feature_cache, progress=False)
     scores = results.scores
     assert list(scores.columns) == ["model", "variant", "subject", "task", "layer", "metric", "value", "seed",
                                     "ci_low", "ci_high", "n_test"]
     assert set(scores.variant) == {"pretrained", "brain-tuned"}
     assert set(scores[scores.variant == "brain-tuned"].subject) == {"DEMO01"}
-    assert set(scores.metric) == {"macro_f1", "accuracy", "one_minus_wer"}
+    assert set(scores.metric) == {"macro_f1", "accuracy", "one_minus_wer", "one_minus_wer_whisper_decoder"}
     assert (scores.ci_low <= scores.value + 1e-12).all() and (scores.value <= scores.ci_high + 1e-12).all()
-    asr_rows = scores[scores.task == "demo_asr"]
-    assert len(asr_rows) == 2 and set(asr_rows.layer) == {4}
-    pretrained_asr = results.predictions.query("task == 'demo_asr' and variant == 'pretrained'")
-    assert pretrained_asr.prediction.str.len().min() > 0
-    assert set(results.selection.task) == {"demo_word"}
+    decoder_rows = scores[scores.metric == "one_minus_wer_whisper_decoder"]
+    assert len(decoder_rows) == 2 and set(decoder_rows.layer) == {4}
+    assert len(scores[scores.metric == "one_minus_wer"]) == 2
+    assert set(results.selection.task) == {"demo_word", "demo_asr"}
     figure = plot_downstream(summarize(results.predictions, n_resamples=100))
     assert len(figure.axes) == 2
 
@@ -375,48 +371,6 @@ def test_run_downstream_with_a_multilabel_task(tmp_path):
     summary = summarize(back, n_resamples=50).set_index("metric")
     assert 0 < summary.loc["macro_f1", "chance"] < 1
     assert len(plot_downstream(summary.reset_index()).axes) == 1
-
-
-def test_swap_encoder_checks_the_architecture():
-    from bt_utils.demo.whisper_ct2 import load_offline_whisper
-
-    model, _ = load_offline_whisper()
-    with pytest.raises(ValueError, match="does not fit"):
-        swap_encoder(model.model.encoder, load_encoder("tiny-whisper", device="cpu"))
-    with pytest.raises(ValueError, match="random test model"):
-        load_transcriber(load_encoder("tiny-whisper", device="cpu"), "tiny-whisper")
-
-
-def _ctc_folder(folder, encoder):
-    """A tiny CTC model of the tiny-wav2vec2 architecture with a 6-character vocabulary."""
-    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
-
-    vocabulary = {"<pad>": 0, "<unk>": 1, "|": 2, "a": 3, "b": 4, "c": 5}
-    folder.mkdir()
-    (folder / "vocab.json").write_text(json.dumps(vocabulary))
-    config = encoder.encoder.config.to_dict() | {"vocab_size": len(vocabulary), "pad_token_id": 0,
-                                                 "architectures": ["Wav2Vec2ForCTC"]}
-    Wav2Vec2ForCTC(type(encoder.encoder.config).from_dict(config)).save_pretrained(folder)
-    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), word_delimiter_token="|")
-    Wav2Vec2Processor(Wav2Vec2FeatureExtractor(), tokenizer).save_pretrained(folder)
-    return folder
-
-
-def test_ctc_head_path(tmp_path):
-    encoder = load_encoder("tiny-wav2vec2", device="cpu", seed=3)
-    with pytest.raises(ValueError, match="needs a CTC head.*ctc_checkpoint"):
-        load_transcriber(encoder, "tiny-wav2vec2")
-    plain = encoder.save_pretrained(tmp_path / "plain")
-    with pytest.raises(ValueError, match="needs a CTC head"):
-        load_transcriber(encoder, str(plain))
-    transcriber = load_transcriber(encoder, "tiny-wav2vec2", ctc_checkpoint=str(_ctc_folder(tmp_path / "ctc", encoder)))
-    swapped = transcriber.model.wav2vec2.state_dict()
-    for name, value in encoder.encoder.state_dict().items():
-        assert torch.equal(swapped[name], value), name
-    texts = transcriber([np.zeros(16000, np.float32), 0.1 * np.ones(8000, np.float32)])
-    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
-    with pytest.raises(FileNotFoundError, match="hf download nobody/no-such-ctc-model"):
-        load_transcriber(encoder, "tiny-wav2vec2", ctc_checkpoint="nobody/no-such-ctc-model")
 
 
 # ---------------------------------------------------------------------------
@@ -512,9 +466,16 @@ def test_hugging_face_copies(monkeypatch):
                             for speaker in speakers] for split, speakers in (("train", ["FCJF0"]),
                                                                              ("test", ["FELC0", "MABC0"]))},
     }
+    rows["x/libri"] = {split: [{"audio": tone, "id": f"{split}-1", "text": "HELLO", "speaker_id": 7}]
+                       for split in ("train.100", "validation", "test")}
     fake = types.ModuleType("datasets")
     fake.load_dataset = lambda name, config=None, split=None: rows[name][split]
     monkeypatch.setitem(sys.modules, "datasets", fake)
+    libri = dt.librispeech("hf:x/libri")
+    assert [(e.id, e.split, e.label) for e in libri.examples] == [
+        ("train.100-1", "train", "HELLO"), ("validation-1", "validation", "HELLO"), ("test-1", "test", "HELLO")]
+    with pytest.raises(ValueError, match="train='train-other-500'"):
+        dt.librispeech("hf:x/libri", train="train-other-500")
     crema = dt.crema_d("hf:x/crema")
     assert {e.label for e in crema.examples} == {"happy"} and crema.examples[0].audio.shape == (8000,)
     assert dt.slurp("hf:x/slurp", "action").classes == ("set",)
@@ -572,8 +533,10 @@ def test_timit_loader(tmp_path):
     assert dt.audio_length(odd) == len(dt.load_audio(odd)) == 501  # soxr rounds half up
     sentence = dt.timit_sentence_type(root)
     assert min((e.id, e.label) for e in sentence.examples) == ("FCJF0_SA1", "SA")
-    asr = dt.timit_asr(root)
-    assert [(e.id, e.label) for e in asr.examples] == [("FELC0_SX216", "A short sentence.")]
+    asr = dt.timit_asr(root)  # the split of the other TIMIT tasks, SA left out
+    assert {(e.id, e.split, e.label) for e in asr.examples} == {
+        ("FCJF0_SI1027", "train", "A short sentence."), ("FELC0_SX216", "test", "A short sentence."),
+        ("MABC0_SI1620", "validation", "A short sentence.")}
 
 
 def test_speech_commands_crema_slurp_and_librispeech_loaders(tmp_path):
@@ -611,12 +574,19 @@ def test_speech_commands_crema_slurp_and_librispeech_loaders(tmp_path):
     with pytest.raises(ValueError, match="target='scenario'"):
         dt.slurp(slurp, "scenario")
 
-    libri = tmp_path / "LibriSpeech" / "test-clean" / "61" / "70968"
-    _wav(libri / "61-70968-0000.flac")
-    _wav(libri / "61-70968-0001.flac", seconds=31)
-    (libri / "61-70968.trans.txt").write_text("61-70968-0000 HE BEGAN A CONFUSED COMPLAINT\n61-70968-0001 TOO LONG\n")
-    task = dt.librispeech(tmp_path / "LibriSpeech")
-    assert task.kind == "asr" and [e.label for e in task.examples] == ["HE BEGAN A CONFUSED COMPLAINT"]
+    root = tmp_path / "LibriSpeech"
+    for subset, speaker in (("train-clean-100", "19"), ("dev-clean", "84"), ("test-clean", "61")):
+        chapter = root / subset / speaker / "70968"
+        _wav(chapter / f"{speaker}-70968-0000.flac")
+        _wav(chapter / f"{speaker}-70968-0001.flac", seconds=31)
+        (chapter / f"{speaker}-70968.trans.txt").write_text(
+            f"{speaker}-70968-0000 HE BEGAN A CONFUSED COMPLAINT\n{speaker}-70968-0001 TOO LONG\n")
+    task = dt.librispeech(root)  # one subset per split; utterances over 30 s left out
+    assert task.kind == "asr" and {(e.id, e.split, e.speaker) for e in task.examples} == {
+        ("19-70968-0000", "train", "19"), ("84-70968-0000", "validation", "84"), ("61-70968-0000", "test", "61")}
+    assert {e.label for e in task.examples} == {"HE BEGAN A CONFUSED COMPLAINT"}
+    with pytest.raises(FileNotFoundError, match="LibriSpeech train-clean-360 \\(the train split\\)"):
+        dt.librispeech(root, train="train-clean-360")
 
 
 # ---------------------------------------------------------------------------
@@ -629,12 +599,15 @@ def test_04_downstream_notebook(tmp_path, word_features, feature_cache, monkeypa
     out = tmp_path / "04"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's torch: see one_thread
     execute_notebook("04_downstream", out, {
-        "tasks": ["demo_word", "demo_asr"], "demo_per_class": {"demo_word": WORD_PER_CLASS, "demo_asr": 3},
-        "seeds": [0], "max_epochs": 10, "native_length": True, "device": "cpu", "cache_dir": str(feature_cache)})
+        "tasks": ["demo_word", "demo_asr"], "demo_per_class": {"demo_word": WORD_PER_CLASS, "demo_asr": 16},
+        "seeds": [0], "max_epochs": 10, "ctc_options": {"max_epochs": 2}, "native_length": True, "device": "cpu",
+        "cache_dir": str(feature_cache)})
     table = pd.read_parquet(out / "downstream.parquet")
     assert set(table) == {"model", "variant", "subject", "task", "layer", "metric", "value", "seed", "ci_low",
                           "ci_high", "n_test"}
     assert set(table.task) == {"demo_word", "demo_asr"} and set(table.variant) == {"pretrained"}
+    assert set(table[table.task == "demo_asr"].metric) == {"one_minus_wer", "one_minus_wer_whisper_decoder"}
+    assert set(pd.read_parquet(out / "probe_selection.parquet").task) == {"demo_word", "demo_asr"}
     word = table[(table.task == "demo_word") & (table.metric == "accuracy")].value.iloc[0]
     assert word > 0.5
     assert (out / "downstream.png").stat().st_size > 10_000

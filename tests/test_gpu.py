@@ -1,13 +1,11 @@
 """Checks that need a CUDA GPU; skipped elsewhere. On a GPU machine: ``pytest -m gpu``."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
-from bt_utils.encoding.ridge import fit_ridge_cv, story_folds
-from bt_utils.features.layers import WindowSettings, extract_layer_features
+from bt_utils.encoding.ridge import HIMALAYA_ALPHAS, EigenRidgeCV, story_folds
+from bt_utils.features import WindowSettings, extract_layer_features
 from bt_utils.models.registry import load_encoder, select_device
 from bt_utils.models.resume_state import load_resume_state
 from bt_utils.models.tuning import TuningConfig, tune
@@ -20,20 +18,23 @@ def test_auto_device_picks_cuda():
     assert select_device("auto").type == "cuda"
 
 
-def test_torch_cuda_ridge_matches_numpy():
+@pytest.mark.parametrize("strategy", ["downdate", "per_fold"])
+def test_torch_cuda_ridge_matches_numpy(strategy):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((300, 40))
     Y = X @ rng.standard_normal((40, 50)) + 2.0 * rng.standard_normal((300, 50))
     folds = story_folds(np.repeat(np.arange(6), 50))
-    cpu = fit_ridge_cv(X, Y, cv=folds)
-    gpu = fit_ridge_cv(X, Y, cv=folds, backend="torch_cuda", voxel_batch=16)
-    np.testing.assert_allclose(gpu.cv_scores, cpu.cv_scores, atol=1e-4)
+    cpu = EigenRidgeCV(cv=folds, solver_params={"strategy": strategy}).fit(X, Y)
+    gpu = EigenRidgeCV(cv=folds, backend="torch_cuda", solver_params={"strategy": strategy, "n_targets_batch": 16})
+    gpu.fit(X, Y)
+    assert isinstance(gpu.coef_, np.ndarray) and gpu.method_ == cpu.method_
+    np.testing.assert_allclose(gpu.alpha_scores_, cpu.alpha_scores_, atol=1e-4)
     # a voxel may choose another alpha only where two alphas tie to float32 rounding on the CPU too
-    cpu_scores_at_gpu_alphas = dataclasses.replace(cpu, best_alphas=gpu.best_alphas).best_scores
-    np.testing.assert_allclose(cpu_scores_at_gpu_alphas, cpu.best_scores, atol=1e-4)
-    same = gpu.best_alphas == cpu.best_alphas
+    cpu_scores_at_gpu_alphas = cpu.alpha_scores_[np.searchsorted(HIMALAYA_ALPHAS, gpu.best_alphas_), np.arange(50)]
+    np.testing.assert_allclose(cpu_scores_at_gpu_alphas, cpu.cv_scores_, atol=1e-4)
+    same = gpu.best_alphas_ == cpu.best_alphas_
     assert same.mean() >= 0.9
-    np.testing.assert_allclose(gpu.weights[:, same], cpu.weights[:, same], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(gpu.coef_[:, same], cpu.coef_[:, same], rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["tiny-wav2vec2", "tiny-whisper"])

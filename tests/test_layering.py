@@ -14,7 +14,7 @@ import pytest
 import bt_utils
 
 LAYERS = (
-    ("__init__", "validation", "cache", "results", "registry"),
+    ("__init__", "validation", "cache", "results", "registry", "protocols"),
     ("data",),
     ("models",),
     ("features",),

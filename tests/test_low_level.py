@@ -6,17 +6,18 @@ import pytest
 from bt_utils.data.dataset import SAMPLE_RATE, Dataset
 from bt_utils.features.lanczos import lanczos_resample
 from bt_utils.features.low_level import (
-    ARTICULATION, ARTICULATORY_FEATURES, DEFAULT_LOW_LEVEL_FEATURES, LOW_LEVEL_FEATURES, POWER_FLOOR_DB,
-    articulation, build_vocabularies, clean_transcript, diphones, low_level_features, mel_band_edges,
-    normalize_phone, phone_ngram_vocabulary, phoneme_rate, phonemes, power_spectrum, stack_low_level_features,
-    triphones, word_rate,
+    ARTICULATION, ARTICULATORY_FEATURES, DEFAULT_LOW_LEVEL_FEATURES, LOW_LEVEL_FEATURES, articulation,
+    build_vocabularies, clean_transcript, diphones, low_level_features, mel_band_edges, normalize_phone,
+    phone_ngram_vocabulary, phoneme_rate, phonemes, power_spectrum, stack_low_level_features, triphones, word_rate,
 )
+from bt_utils.features.spectral import POWER_FLOOR_DB
 from bt_utils.data.transcripts import ARPABET_PHONES
-from bt_utils.data.timing import TR_S, tr_midpoints, trimmed_length
+from bt_utils.data.timing import tr_midpoints, trimmed_length
 from bt_utils.data.transcripts import Interval, Transcript, write_textgrid
 from conftest import write_small_dataset
 
-TRS = tr_midpoints(12, sound_onset=0.0)
+TR = 2.0
+TRS = tr_midpoints(12, TR, sound_onset=0.0)
 
 
 def _word(label, phones, centre, width=0.01):
@@ -156,8 +157,8 @@ def test_impulses_at_a_tr_midpoint_count_exactly():
 
 @pytest.mark.parametrize("per_tr", [2, 3, 5])
 def test_a_steady_rate_gives_that_many_per_tr(per_tr):
-    trs = tr_midpoints(60, sound_onset=0.0)
-    centres = np.arange(0.0, trs[-1] + 10, TR_S / per_tr) + 0.123
+    trs = tr_midpoints(60, TR, sound_onset=0.0)
+    centres = np.arange(0.0, trs[-1] + 10, TR / per_tr) + 0.123
     phones = [Interval(c - 0.01, c + 0.01, "AH") for c in centres]
     rate = phoneme_rate(Transcript([], phones, trs[-1]), trs).values[:, 0]
     np.testing.assert_allclose(rate[5:-5], per_tr, rtol=0.01)
@@ -165,7 +166,7 @@ def test_a_steady_rate_gives_that_many_per_tr(per_tr):
 
 def test_blockwise_resampling_matches_the_lanczos_filter():
     rng = np.random.default_rng(0)
-    trs = tr_midpoints(150, sound_onset=0.0)  # more TRs than one block
+    trs = tr_midpoints(150, TR, sound_onset=0.0)  # more TRs than one block
     centres = np.sort(rng.uniform(-5, trs[-1] + 5, 900))
     phones = [Interval(c - 0.01, c + 0.01, "AH") for c in centres]
     expected = lanczos_resample(np.ones((len(centres), 1)), centres, trs)

@@ -1,13 +1,15 @@
 """Low-level feature impact and variance partitioning."""
 
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.stats
 
 from bt_utils.encoding.alignment import AlignmentSettings, score_features, subject_targets, variant_features
-from bt_utils.features.layers import WindowSettings, stimulus_rows
+from bt_utils.features import WindowSettings, stimulus_rows
 from bt_utils.features.low_level import DEFAULT_LOW_LEVEL_FEATURES
 from bt_utils.encoding.low_level_impact import (
-    BAND_MIXES, banded_ridge_grid, contiguous_folds, default_feature_sets, impact_rois, low_level_impact,
+    BAND_MIXES, DROP_STATUSES, banded_ridge_grid, contiguous_folds, default_feature_sets, impact_rois, low_level_impact,
     partition_variance, residualise, story_low_level,
 )
 from bt_utils.data.rois import subject_rois
@@ -66,8 +68,9 @@ def test_removing_low_level_features_hits_auditory_voxels_hardest(demo):
                               settings, "cpu", False)
     assert list(voxels.columns[:5]) == ["subject", "model", "variant", "layer", "voxel"]
     rois = impact_rois(voxels, {"DEMO01": subject_rois(demo, "DEMO01")})
-    assert set(rois.columns) == {"subject", "model", "variant", "layer", "roi", "feature_set", "r_norm_orig",
-                                 "r_norm_resid", "drop_pct"}
+    assert list(rois.columns) == ["subject", "model", "variant", "layer", "roi", "feature_set", "r_norm_orig",
+                                  "r_norm_resid", "drop_pct", "p_orig", "drop_status", "n_voxels", "n_parcels"]
+    assert (rois.set_index("roi").loc["planted_noise"].drop_status != "ok").all()  # no alignment to lose
     drop = rois.set_index(["feature_set", "roi"]).drop_pct
     assert drop["all", "planted_auditory"] > 20 and drop["all", "planted_auditory"] > drop["power_spectrum", "planted_auditory"]
     assert drop["all", "planted_semantic"] > drop["power_spectrum", "planted_semantic"] + 20
@@ -87,6 +90,68 @@ def test_removing_low_level_features_hits_auditory_voxels_hardest(demo):
                            standardise=False)
     from_table = voxels[voxels.feature_set == "power_spectrum"].set_index("voxel").r_norm_resid
     np.testing.assert_allclose(resid.set_index("voxel").r_norm.loc[from_table.index], from_table, atol=1e-6)
+
+
+def _impact_voxels(orig: np.ndarray, resid: np.ndarray) -> pd.DataFrame:
+    voxels = pd.DataFrame({"subject": "S", "model": "m", "variant": "v", "layer": 1, "feature_set": "all",
+                           "voxel": np.arange(len(orig)), "r_norm_orig": orig, "r_norm_resid": resid})
+    voxels["drop_pct"] = np.where(orig > 0, 100 * (orig - resid) / orig, np.nan)
+    return voxels
+
+
+def test_impact_per_roi_is_the_drop_of_the_roi_mean():
+    rng = np.random.default_rng(0)
+    # "lang": parcels of 5, 20 and 60 voxels aligned at 0.6, 0.3 and 0.1, which keep 80 %, 50 % and 0 % of it
+    sizes, levels, kept = (5, 20, 60), (0.6, 0.3, 0.1), (0.8, 0.5, 0.0)
+    orig = np.concatenate([level + 0.02 * rng.standard_normal(n) for n, level in zip(sizes, levels)])
+    resid = np.concatenate([orig[a:b] * k for a, b, k in zip(np.cumsum((0, *sizes[:-1])), np.cumsum(sizes), kept)])
+    bounds = np.cumsum((0, *sizes))
+    lang = {name: np.arange(a, b) for name, a, b in zip(("44", "45", "STSdp"), bounds[:-1], bounds[1:])}
+    n = bounds[-1]
+    # "silent": 200 voxels of alignment ~0 (a near-0 mean would give any percentage); "faint": many voxels at 0.03,
+    # significantly above 0 but below min_alignment; "noisy": a mean of 0.09 from 5 voxels that disagree;
+    # "excluded": no voxel above the noise-ceiling cut
+    silent = 0.1 * rng.standard_normal(200)
+    faint = 0.03 + 0.01 * rng.standard_normal(300)
+    noisy = np.array([0.5, -0.3, 0.4, -0.25, 0.1])
+    orig = np.concatenate([orig, silent, faint, noisy, [np.nan, np.nan]])
+    resid = np.concatenate([resid, silent - 0.05, faint / 2, noisy / 2, [np.nan, np.nan]])
+    orig[3], resid[4] = np.nan, np.nan  # an excluded voxel, and one whose refit failed: both left out
+    rois = {"S": {"lang": lang, "silent": np.arange(n, n + 200), "faint": np.arange(n + 200, n + 500),
+                  "noisy": np.arange(n + 500, n + 505), "excluded": np.array([n + 505, n + 506])}}
+    voxels = _impact_voxels(orig, resid)
+    table = impact_rois(voxels, rois).set_index("roi")
+
+    # independent computation: the mean over each parcel of the voxels with both values, then over the parcels
+    both = np.isfinite(orig) & np.isfinite(resid)
+    mean_orig = np.mean([orig[v][both[v]].mean() for v in lang.values()])
+    mean_resid = np.mean([resid[v][both[v]].mean() for v in lang.values()])
+    row = table.loc["lang"]
+    assert row.r_norm_orig == pytest.approx(mean_orig) and row.r_norm_resid == pytest.approx(mean_resid)
+    assert row.drop_pct == pytest.approx(100 * (mean_orig - mean_resid) / mean_orig)
+    assert row.drop_status == "ok" and row.n_voxels == n - 2 and row.n_parcels == 3 and row.p_orig < 1e-6
+    # planted: parcel means 0.6 -> 0.48, 0.3 -> 0.15, 0.1 -> 0: drop 100 * (1/3 - 0.21) / (1/3) = 37 %
+    assert row.drop_pct == pytest.approx(37.0, abs=1.5)
+    voxel_weighted = impact_rois(voxels, rois, weighting="voxel").set_index("roi").loc["lang"]
+    assert voxel_weighted.drop_pct == pytest.approx(
+        100 * (orig[:n][both[:n]].mean() - resid[:n][both[:n]].mean()) / orig[:n][both[:n]].mean())
+    # per-voxel percentages are not averaged into the ROI's drop (here they would give 84 %, not 37 %)
+    assert voxels.drop_pct[:n].mean() > row.drop_pct + 30
+
+    assert np.isnan(table.loc["silent", "drop_pct"]) and table.loc["silent", "drop_status"] == "low_alignment"
+    assert abs(table.loc["silent", "r_norm_orig"]) < 0.02
+    assert np.isnan(table.loc["noisy", "drop_pct"]) and table.loc["noisy", "drop_status"] == "not_above_zero"
+    assert table.loc["noisy", "p_orig"] == pytest.approx(scipy.stats.ttest_1samp(noisy, 0, alternative="greater").pvalue)
+    assert np.isnan(table.loc["faint", "drop_pct"]) and table.loc["faint", "drop_status"] == "low_alignment"
+    assert table.loc["faint", "p_orig"] < 1e-6  # significant, yet too small a base for a percentage
+    loose = impact_rois(voxels, rois, min_alignment=0.02).set_index("roi")
+    assert loose.loc["faint", "drop_pct"] == pytest.approx(50, abs=0.5) and loose.loc["faint", "drop_status"] == "ok"
+    assert table.loc["excluded", "drop_status"] == "no_voxels" and table.loc["excluded", "n_voxels"] == 0
+    assert set(table.drop_status) <= set(DROP_STATUSES)
+    with pytest.raises(KeyError, match=r"no ROI definitions for subjects \['S'\]"):
+        impact_rois(voxels, {})
+    with pytest.raises(ValueError, match="alpha"):
+        impact_rois(voxels, rois, alpha=0)
 
 
 def test_partition_recovers_planted_unique_and_shared_variance():

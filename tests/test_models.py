@@ -172,134 +172,6 @@ def test_whisper_log_mel_equals_whisper_feature_extractor(source):
     torch.testing.assert_close(native, reference, rtol=0, atol=1e-4)
 
 
-def test_whisper_frame_states_are_the_forward_at_those_frames():
-    """Over all 1,500 frames the frame states are the forward's; on a few frames, the layer-0 states
-    (convolutions and positions) equal the forward's there, at the input's first and last frames too,
-    while the layers see only those frames and so differ."""
-    encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
-    audio = torch.randn(3, 3 * 16000, generator=torch.Generator().manual_seed(0)) * 0.1
-    lengths = torch.tensor([3 * 16000, 20000, 700])
-    chosen = torch.tensor([[0, 1, 2, 700, 1499], [3, 60, 61, 62, 900], [0, 37, 1200, 1498, 1499]])
-    with torch.no_grad():
-        full = encoder(audio, lengths).hidden_states
-        whole = encoder.whisper_frame_states(audio, lengths, torch.arange(1500).repeat(3, 1))
-        some = encoder.whisper_frame_states(audio, lengths, chosen)
-    for state, expected in zip(whole, full):
-        torch.testing.assert_close(state, expected, atol=1e-5, rtol=0)
-    for row in range(3):
-        torch.testing.assert_close(some[0][row], full[0][row, chosen[row]], atol=1e-5, rtol=0)
-    assert not torch.allclose(some[-1][1], full[-1][1, chosen[1]], atol=1e-3)
-
-
-def test_whisper_frame_counts_weigh_attention_as_copies():
-    """A frame counted twice gives every state what two copies of it give; a frame counted 0 is left out."""
-    encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
-    audio = torch.randn(2, 16000, generator=torch.Generator().manual_seed(1)) * 0.1
-    with torch.no_grad():
-        copies = encoder.whisper_frame_states(audio, None, torch.tensor([[5, 40, 40, 41, 1300]] * 2))
-        counted = encoder.whisper_frame_states(audio, None, torch.tensor([[5, 40, 41, 1300, 9]] * 2),
-                                               torch.tensor([[1.0, 2.0, 1.0, 1.0, 0.0], [1.0, 2.0, 1.0, 1.0, 0.0]]))
-        without = encoder.whisper_frame_states(audio, None, torch.tensor([[5, 40, 41, 1300]] * 2),
-                                               torch.tensor([[1.0, 2.0, 1.0, 1.0]] * 2))
-    for copy_states, counted_states, short in zip(copies, counted, without):
-        torch.testing.assert_close(counted_states[:, :4], copy_states[:, [0, 1, 3, 4]], atol=1e-5, rtol=0)
-        torch.testing.assert_close(counted_states[:, :4], short, atol=1e-6, rtol=0)
-    assert not torch.allclose(copies[-1][:, 0], encoder.whisper_frame_states(
-        audio, None, torch.tensor([[5, 40, 41, 1300]] * 2))[-1][:, 0], atol=1e-4)
-
-
-def test_whisper_frame_states_with_the_other_frames_as_context_are_the_forward():
-    """Frames whose attention also reads, as context, a forward pass's layer inputs at every other frame
-    give that forward's states: per row, with one context row shared by a batch of identical audio, and
-    whatever the context holds at the row's own frames (a padding frame of count 0 is not the row's own).
-    With other context states they differ."""
-    encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
-    audio = torch.randn(2, 2 * 16000, generator=torch.Generator().manual_seed(2)) * 0.1
-    lengths = torch.tensor([2 * 16000, 9000])
-    span = torch.arange(40, 95)
-    with torch.no_grad():
-        full = encoder(audio, lengths).hidden_states
-        context = list(full[:-1])
-        spans = encoder.whisper_frame_states(audio, lengths, span.repeat(2, 1), context=context)
-        shared = encoder.whisper_frame_states(audio[:1].repeat(3, 1), lengths[:1].repeat(3), span.repeat(3, 1),
-                                              context=[states[:1] for states in context])
-        scrambled = [states.clone() for states in context]
-        for states in scrambled:
-            states[:, span] = torch.randn_like(states[:, span])
-        own_scrambled = encoder.whisper_frame_states(audio, lengths, span.repeat(2, 1), context=scrambled)
-        padded = encoder.whisper_frame_states(audio, lengths, torch.cat([span, torch.tensor([0])]).repeat(2, 1),
-                                              torch.tensor([[1.0] * len(span) + [0.0]] * 2), context=context)
-        other = encoder.whisper_frame_states(audio, lengths, span.repeat(2, 1),
-                                             context=[torch.randn_like(states) for states in context])
-        with pytest.raises(ValueError, match=r"context must hold 2 tensors \(one per layer\)"):
-            encoder.whisper_frame_states(audio, lengths, span.repeat(2, 1), context=context[:1])
-        with pytest.raises(ValueError, match=r"of shape \(B or 1, 1500, 32\)"):
-            encoder.whisper_frame_states(audio, lengths, span.repeat(2, 1),
-                                         context=[states[:, 100:] for states in context])
-    for state, expected in zip(spans, full):
-        torch.testing.assert_close(state, expected[:, span], atol=1e-5, rtol=0)
-    for state, expected in zip(shared, full):
-        torch.testing.assert_close(state, expected[:1, span].expand(3, -1, -1), atol=1e-5, rtol=0)
-    for state, padded_state, expected in zip(own_scrambled, padded, full):
-        torch.testing.assert_close(state, expected[:, span], atol=1e-5, rtol=0)
-        torch.testing.assert_close(padded_state[:, :len(span)], expected[:, span], atol=1e-5, rtol=0)
-    assert not torch.allclose(other[-1], full[-1][:, span], atol=1e-3)
-
-
-def test_whisper_frame_states_context_counts_weigh_context_frames_as_copies():
-    """A context frame counted twice, with the next frame left out, reads as two copies of it; a count of 0
-    leaves a frame out, as if the context had no such frame."""
-    encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
-    audio = torch.randn(2, 2 * 16000, generator=torch.Generator().manual_seed(3)) * 0.1
-    span = torch.arange(40, 95).repeat(2, 1)
-    default = torch.ones(1, 1500)
-    default[:, 40:95] = 0
-    with torch.no_grad():
-        context = list(encoder(audio).hidden_states[:-1])
-        copied = [states.clone() for states in context]
-        for states in copied:
-            states[:, 101] = states[:, 100]
-        as_copies = encoder.whisper_frame_states(audio, None, span, context=copied)
-        doubled = default.clone()
-        doubled[:, 100], doubled[:, 101] = 2.0, 0.0
-        counted = encoder.whisper_frame_states(audio, None, span, context=context, context_counts=doubled)
-        left_out = default.clone()
-        left_out[:, 600:] = 0
-        shorter = encoder.whisper_frame_states(audio, None, span, context=context, context_counts=left_out)
-        scrambled = [states.clone() for states in context]
-        for states in scrambled:
-            states[:, 600:] = torch.randn_like(states[:, 600:])
-        shorter_scrambled = encoder.whisper_frame_states(audio, None, span, context=scrambled,
-                                                         context_counts=left_out)
-        with pytest.raises(ValueError, match=r"context_counts must have shape \(B or 1, 1500\)"):
-            encoder.whisper_frame_states(audio, None, span, context=context, context_counts=default[:, :100])
-    for copy_states, counted_states in zip(as_copies, counted):
-        torch.testing.assert_close(counted_states, copy_states, atol=1e-5, rtol=0)
-    for state, scrambled_state in zip(shorter, shorter_scrambled):
-        torch.testing.assert_close(state, scrambled_state, atol=1e-5, rtol=0)
-    assert not torch.allclose(shorter[-1], counted[-1], atol=1e-4)
-
-
-def test_whisper_frame_states_refuses_bad_frames_and_other_encoders():
-    encoder = load_encoder("tiny-whisper", device="cpu", native_length=False).eval()
-    audio = torch.zeros(2, 16000)
-    with torch.no_grad():
-        with pytest.raises(ValueError, match=r"within Whisper's 1500 frames \(0-1499\); got 0-1500"):
-            encoder.whisper_frame_states(audio, None, torch.tensor([[0, 1], [2, 1500]]))
-        with pytest.raises(ValueError, match=r"shape \(B, N\) with B=2 rows of audio; got shape \(3,\)"):
-            encoder.whisper_frame_states(audio, None, torch.tensor([0, 1, 2]))
-        with pytest.raises(ValueError, match="counts must have the shape of frames"):
-            encoder.whisper_frame_states(audio, None, torch.tensor([[0, 1]] * 2), torch.tensor([[1.0, -1.0]] * 2))
-        with pytest.raises(ValueError, match="leave every row a frame"):
-            encoder.whisper_frame_states(audio, None, torch.tensor([[0, 1]] * 2), torch.tensor([[1.0, 1.0], [0, 0]]))
-    with pytest.raises(RuntimeError, match="call encoder.eval"):
-        encoder.train().whisper_frame_states(audio, None, torch.tensor([[0], [0]]))
-    for name, native in (("tiny-whisper", True), ("tiny-hubert", None)):
-        other = load_encoder(name, device="cpu", native_length=native).eval()
-        with pytest.raises(ValueError, match="needs Whisper padded to 30 s"):
-            other.whisper_frame_states(audio, None, torch.tensor([[0], [0]]))
-
-
 @pytest.mark.parametrize("name", ["tiny-wav2vec2", "tiny-hubert"])
 def test_wav2vec2_normalisation_equals_wav2vec2_feature_extractor(name):
     clips = [speech(3.0) * 0.3 + 0.05, tones_and_noise(1.7)]
@@ -485,7 +357,7 @@ def test_native_length_whisper_is_close_to_padded_and_faster(whisper_tiny_en):
 
 
 def test_full_whisper_folder_keeps_only_the_encoder(whisper_tiny_en):
-    from bt_utils.demo.whisper_ct2 import offline_whisper_dir
+    from bt_utils.demo.offline_whisper import offline_whisper_dir
 
     encoder = load_encoder(offline_whisper_dir("tiny.en"), device="cpu")
     assert isinstance(encoder.encoder, WhisperEncoder)
@@ -514,7 +386,7 @@ def test_folder_with_a_non_speech_config_is_refused(tmp_path):
 
 
 def test_checkpoint_whose_weights_do_not_fit_is_refused(tmp_path):
-    from bt_utils.demo.whisper_ct2 import offline_whisper_dir
+    from bt_utils.demo.offline_whisper import offline_whisper_dir
 
     full = offline_whisper_dir("tiny.en")  # full encoder-decoder weights, declared as encoder-only below
     config = json.loads((full / "config.json").read_text())

@@ -12,6 +12,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
 from bt_utils.sweeps.notebooks import execute_notebook, render_html
 from conftest import TEST_WINDOW_KW
@@ -102,7 +103,7 @@ def test_01_brain_tuning_notebook(demo_root, tmp_path):
 
 
 WHISPER_NOTEBOOK = {"model": "whisper-tiny.en", "native_length": True, "feature_mode": TEST_WINDOW_KW["mode"],
-                    "feature_context_s": TEST_WINDOW_KW["context_s"], "feature_stride_s": TEST_WINDOW_KW["stride_s"],
+                    "feature_context_s": TEST_WINDOW_KW["context_s"],
                     "checkpoints": {}, "device": "cpu", "build_demo_if_missing": False}
 
 
@@ -114,7 +115,7 @@ def test_02_alignment_notebook(demo_root, tmp_path):
     voxels = pd.read_parquet(out / "alignment_voxels.parquet")
     rois = pd.read_parquet(out / "alignment_rois.parquet")
     assert list(voxels.columns[:7]) == ["subject", "model", "variant", "layer", "voxel", "r", "r_norm"]
-    assert list(rois.columns) == ["subject", "model", "variant", "layer", "roi", "r_norm_mean", "n_voxels"]
+    assert list(rois.columns) == ["subject", "model", "variant", "layer", "roi", "r_norm_mean", "n_voxels", "n_parcels"]
     assert len(voxels) == 2 * 3000 and set(voxels.layer) == {1, 4}
     for figure in ("alignment_layers.png", "planted_recovery_DEMO01.png"):
         assert (out / figure).stat().st_size > 10_000
@@ -129,7 +130,8 @@ def test_03_low_level_impact_notebook(demo_root, tmp_path):
         **WHISPER_NOTEBOOK})
     impact = pd.read_parquet(out / "low_level_impact.parquet")
     assert list(impact.columns) == ["subject", "model", "variant", "layer", "roi", "feature_set", "r_norm_orig",
-                                    "r_norm_resid", "drop_pct"]
+                                    "r_norm_resid", "drop_pct", "p_orig", "drop_status", "n_voxels", "n_parcels"]
+    assert impact.drop_pct.notna().eq(impact.drop_status == "ok").all()
     assert set(impact.feature_set) == {"all", "phonemes"}
     assert (out / "impact_layers.png").is_file()
     partition = pd.read_parquet(out / "variance_partition.parquet")
@@ -165,7 +167,7 @@ def test_05_voxel_maps_notebook(demo_root, tmp_path):
 
 @pytest.mark.notebook
 def test_summary_notebook(tmp_path):
-    from bt_utils.sweeps.runner import INDEX_NAME, STATUS_NAME
+    from bt_utils.sweeps.state import INDEX_NAME, STATUS_NAME
 
     sweep = tmp_path / "sweep"
     planned = []
@@ -187,8 +189,8 @@ def test_summary_notebook(tmp_path):
                              "r_norm_mean": [0.2, 0.2 + gain, 0.3, 0.3 + gain], "n_voxels": 10})
         axes = {"subject": subject, "model": "m"}
         planned.append(run(f"02_alignment/{subject}-m-00000002", axes, "alignment_rois.parquet", rois))
-        impact = rois.rename(columns={"r_norm_mean": "r_norm_orig"}).drop(columns="n_voxels").assign(
-            feature_set="all", r_norm_resid=0.1, drop_pct=50.0)
+        impact = rois.rename(columns={"r_norm_mean": "r_norm_orig"}).assign(
+            feature_set="all", r_norm_resid=0.1, drop_pct=50.0, p_orig=1e-4, drop_status="ok", n_parcels=1)
         planned.append(run(f"03_low_level_impact/{subject}-m-00000003", axes, "low_level_impact.parquet", impact))
         for model, base in (("m", 0.1), ("org/other", -0.2)):  # semantic_preference.csv has no model or subject
             preference = pd.DataFrame({"variant": ["pretrained", "brain-tuned"], "layer": 1,
@@ -216,6 +218,12 @@ def test_summary_notebook(tmp_path):
     tuned = summary[(summary.variant == "brain-tuned") & (summary.layer == 1)].iloc[0]
     assert tuned["mean"] == pytest.approx(0.25) and tuned.n_subjects == 3
     assert (out / "alignment_m.png").is_file() and (out / "impact_m.png").is_file()
+    # paired tests of the chosen ROIs at every layer, with Benjamini-Hochberg q-values over those comparisons
+    tests = pd.read_csv(out / "alignment_tests_m_brain-tuned.csv")
+    assert len(tests) == 2 and (tests.n_comparisons == 2).all()
+    np.testing.assert_allclose(tests.q_value, scipy.stats.false_discovery_control(tests.p_value))
+    impact = pd.read_csv(out / "impact_summary_m.csv")
+    assert (impact["mean"] == 50.0).all() and (impact.n_subjects == 3).all() and (impact.n_participants == 3).all()
     # seeds averaged within a participant, then across participants; the pretrained model counts once
     downstream = pd.read_csv(out / "downstream_summary.csv").set_index("variant")
     assert downstream.loc["brain-tuned", "mean"] == pytest.approx(0.8)

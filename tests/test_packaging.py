@@ -94,7 +94,7 @@ def test_a_wheel_install_leaves_out_the_notebooks_and_says_to_install_from_a_che
     with zipfile.ZipFile(next((tmp_path / "dist").glob("*.whl"))) as wheel:
         names = wheel.namelist()
         wheel.extractall(tmp_path / "site")
-    assert "bt_utils/notebooks.py" in names
+    assert "bt_utils/sweeps/notebooks.py" in names and "bt_utils/demo/__init__.py" in names
     assert not [name for name in names if name.startswith(("notebooks/", "papermill_runs/"))]
 
     environment = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}  # the wheel's bt_utils, not the checkout's

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from bt_utils.downstream.tasks import TASKS
-from bt_utils.sweeps.runner import load_spec
+from bt_utils.sweeps.spec import load_spec
 
 SPECS = sorted((Path(__file__).parents[1] / "papermill_runs").glob("*.yaml"))
 

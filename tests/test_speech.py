@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from bt_utils.demo import speech
+from bt_utils.demo import phonetics, speech
 from bt_utils.demo.speech import (
     ARPABET_PHONES,
     ESPEAK_SAMPLE_RATE,
@@ -232,7 +232,7 @@ def test_wrong_types_raise_type_error():
 
 
 def test_unknown_mnemonic_raises_naming_it_and_the_word(monkeypatch):
-    monkeypatch.delitem(speech._ESPEAK_TO_ARPABET, "S")
+    monkeypatch.delitem(phonetics._ESPEAK_TO_ARPABET, "S")
     with pytest.raises(ValueError, match=r"'S'.*'she'"):
         synthesize("Hello, she said.")
     with pytest.raises(ValueError, match=r"'zz'.*'word'"):

@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from bt_utils.encoding.stats import across_subjects, block_permutation_pvalues, fdr_bh, paired_test, roi_table
+from bt_utils.encoding.stats import (
+    across_subjects, block_permutation_pvalues, fdr_bh, paired_test, roi_mean, roi_table,
+)
 
 
 def _voxels():
@@ -27,6 +29,61 @@ def test_roi_means_skip_excluded_voxels():
     assert row.r_norm_mean == pytest.approx(0.1 + 0.05 + 0.035) and row.n_voxels == 2
     with pytest.raises(KeyError, match=r"\['A', 'B', 'C'\]"):
         roi_table(_voxels(), {})
+
+
+def test_roi_means_weigh_parcels_equally_by_default():
+    # an ROI of three parcels of 1, 4 and 10 voxels (one of them excluded), values far apart per parcel
+    rng = np.random.default_rng(0)
+    sizes, centres = (1, 4, 10), (0.9, 0.5, 0.1)
+    values, parcels, start = [], {}, 0
+    for name, size, centre in zip(("small", "middle", "large"), sizes, centres):
+        values.append(centre + 0.05 * rng.standard_normal(size))
+        parcels[name] = np.arange(start, start + size)
+        start += size
+    r_norm = np.concatenate(values)
+    r_norm[7] = np.nan  # a voxel of the large parcel below the noise-ceiling cut
+    voxels = pd.DataFrame({"subject": "A", "model": "m", "variant": "v", "layer": 1, "voxel": np.arange(start),
+                           "r_norm": r_norm})
+    by_parcel = roi_table(voxels, {"A": {"lang": parcels}})
+    by_voxel = roi_table(voxels, {"A": {"lang": parcels}}, weighting="voxel")
+    finite = r_norm[np.isfinite(r_norm)]
+    parcel_means = [np.nanmean(r_norm[members]) for members in parcels.values()]
+    assert by_parcel.r_norm_mean.iloc[0] == pytest.approx(sum(parcel_means) / 3)
+    assert by_voxel.r_norm_mean.iloc[0] == pytest.approx(finite.sum() / 14)
+    assert by_parcel.r_norm_mean.iloc[0] > by_voxel.r_norm_mean.iloc[0] + 0.1  # the large parcel dominates voxels
+    assert by_parcel.n_voxels.iloc[0] == 14 and by_parcel.n_parcels.iloc[0] == 3
+    # a parcel without a finite value is left out; an array of voxel indices is one parcel
+    r_norm[0] = np.nan
+    alone = roi_table(voxels.assign(r_norm=r_norm), {"A": {"lang": parcels, "flat": np.arange(start)}})
+    lang, flat = alone.set_index("roi").loc["lang"], alone.set_index("roi").loc["flat"]
+    assert lang.r_norm_mean == pytest.approx(np.mean(parcel_means[1:])) and lang.n_parcels == 2
+    assert flat.r_norm_mean == pytest.approx(np.nanmean(r_norm)) and flat.n_parcels == 1
+    with pytest.raises(ValueError, match="weighting"):
+        roi_table(voxels, {"A": {"lang": parcels}}, weighting="parcels")
+
+
+def test_roi_mean_standard_errors_match_independent_computations():
+    rng = np.random.default_rng(1)
+    one = rng.normal(0.1, 0.2, 30)
+    single = roi_mean({"p": one})  # one parcel: the usual one-sample t-test
+    expected = scipy.stats.ttest_1samp(one, 0.0, alternative="greater")
+    assert single.sem == pytest.approx(scipy.stats.sem(one)) and single.dof == 29
+    assert single.p_above_zero() == pytest.approx(expected.pvalue)
+    # parcels of unequal size: the stratified standard error with the variance pooled within parcels
+    parcels = {"a": rng.normal(0.5, 0.1, 3), "b": rng.normal(0.0, 0.1, 12), "c": rng.normal(0.2, 0.1, 6)}
+    mean = roi_mean(parcels)
+    pooled = sum(((v - v.mean()) ** 2).sum() for v in parcels.values()) / (21 - 3)
+    variance = sum(pooled / len(v) for v in parcels.values()) / 9  # var(mean of 3 parcel means)
+    assert mean.mean == pytest.approx(np.mean([v.mean() for v in parcels.values()]))
+    assert mean.sem == pytest.approx(np.sqrt(variance)) and mean.dof == 18
+    assert mean.p_above_zero() == pytest.approx(scipy.stats.t.sf(mean.mean / np.sqrt(variance), 18))
+    voxel = roi_mean(parcels, "voxel")
+    stacked = np.concatenate(list(parcels.values()))
+    assert voxel.mean == pytest.approx(stacked.mean()) and voxel.sem == pytest.approx(scipy.stats.sem(stacked))
+    # one voxel per parcel leaves no within-parcel spread: no standard error, no p-value
+    lonely = roi_mean({"a": [0.3], "b": [0.4, np.nan]})
+    assert lonely.n_voxels == 2 and np.isnan(lonely.sem) and np.isnan(lonely.p_above_zero())
+    assert np.isnan(roi_mean({"a": [np.nan]}).mean) and roi_mean({}).n_voxels == 0
 
 
 def test_summary_and_paired_test_match_scipy():
@@ -74,6 +131,44 @@ def test_fdr_matches_scipy():
     assert np.isnan(q[3]) and not rejected[3]
     with pytest.raises(ValueError, match="alpha"):
         fdr_bh(p, 1.5)
+
+
+def test_paired_tests_are_fdr_corrected_per_model_over_layers_and_rois():
+    rng = np.random.default_rng(2)
+    rows = []
+    for model, layer, roi, subject in itertools.product(("m1", "m2"), (1, 2, 3), ("AC", "Broca", "V1", "lang"),
+                                                         "ABCDEF"):
+        base = rng.normal(0.3, 0.1)
+        gain = 0.1 if (model == "m1" and roi == "AC") else 0.0  # a planted effect in one model's AC only
+        rows += [dict(model=model, layer=layer, roi=roi, subject=subject, variant="pretrained", value=base),
+                 dict(model=model, layer=layer, roi=roi, subject=subject, variant="tuned",
+                      value=base + gain + rng.normal(0, 0.02))]
+    table = pd.DataFrame(rows)
+    table.loc[(table.model == "m2") & (table.layer == 3) & (table.roi == "V1") & (table.variant == "tuned")
+              & (table.subject != "A"), "value"] = np.nan  # one participant left: no test
+    result = paired_test(table, "value", "pretrained", "tuned")
+    assert list(result.columns) == ["model", "layer", "roi", "mean_difference", "statistic", "p_value", "q_value",
+                                    "n_comparisons", "n_subjects"]
+    for model, rows_of_model in result.groupby("model"):
+        # Benjamini-Hochberg by hand over this model's layer x ROI comparisons that have a p-value
+        tested = rows_of_model[rows_of_model.p_value.notna()]
+        p, m = tested.p_value.to_numpy(), len(tested)
+        order = np.argsort(p)
+        ranked = p[order] * m / np.arange(1, m + 1)
+        q = np.empty(m)
+        q[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+        np.testing.assert_allclose(tested.q_value, q, rtol=1e-12)
+        np.testing.assert_allclose(tested.q_value, scipy.stats.false_discovery_control(p), rtol=1e-12)
+        assert (rows_of_model.n_comparisons == m).all() and m == (12 if model == "m1" else 11)
+    assert result.q_value.isna().sum() == 1
+    planted = (result.model == "m1") & (result.roi == "AC")
+    assert (result.q_value[planted] < 0.05).all() and (result.q_value.dropna() >= result.p_value.dropna()).all()
+    # one family across both models: 23 comparisons
+    pooled = paired_test(table, "value", "pretrained", "tuned", family=())
+    assert (pooled.n_comparisons == 23).all()
+    np.testing.assert_allclose(pooled.q_value.dropna(), scipy.stats.false_discovery_control(pooled.p_value.dropna()))
+    with pytest.raises(ValueError, match=r"family columns \['subject'\]"):
+        paired_test(table, "value", "pretrained", "tuned", family=("subject",))
 
 
 def test_constant_differences_have_no_t_statistic():

@@ -3,7 +3,7 @@ import pytest
 
 from bt_utils.data.stimulus import WindowSpec, tr_input_window, trimmed_tr_indices
 from bt_utils.models.text_embeddings import embed_texts, window_texts
-from bt_utils.data.timing import tr_midpoints
+from bt_utils.data.timing import DS003020_TR_S, tr_midpoints
 from bt_utils.data.transcripts import Interval, Transcript
 
 TOY = WindowSpec(sample_rate=10)  # 2-s chunks of 20 samples, 100-sample windows
@@ -28,19 +28,20 @@ def test_window_zero_pads_past_the_story_end():
     assert window[:50].sum() == 50 and window[50:].sum() == 0
 
 
-def test_paper_protocol_window_on_the_real_tr_grid():
+@pytest.mark.parametrize("tr, gap", [(DS003020_TR_S, 0), (2.0045, 72)])
+def test_paper_protocol_window_on_a_tr_grid(tr, gap):
     spec = WindowSpec()
     assert spec.window_samples == 160_000
-    times = tr_midpoints(40)
+    times = tr_midpoints(40, tr)
     audio = np.random.default_rng(0).standard_normal(16000 * 60).astype(np.float32)
     first = tr_input_window(audio, times, 0, spec)
     assert not first.any()  # the first TR's chunks all lie before sound onset
     window = tr_input_window(audio, times, 10, spec)
     end = int(round((times[10] + 1.0) * 16000))
     np.testing.assert_array_equal(window[-32000:], audio[end - 32000:end])
-    # chunks last 2 s but TRs are 2.0045 s apart: 72 samples between consecutive chunks are not used
+    # chunks last 2 s: on ds003020's 2.0-s grid they tile the audio; TRs 2.0045 s apart leave 72 samples out
     previous_end = int(round((times[9] + 1.0) * 16000))
-    assert end - previous_end == 32000 + 72
+    assert end - previous_end == 32000 + gap
     np.testing.assert_array_equal(window[-64000:-32000], audio[previous_end - 32000:previous_end])
 
 

@@ -1,13 +1,18 @@
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 import yaml
 
 from bt_utils.results import write_json, write_table
 from bt_utils.encoding.stats import across_subjects
-from bt_utils.sweeps.summary import collect_results, collect_table, completed_runs
-from bt_utils.sweeps.runner import INDEX_NAME, STATUS_NAME, load_spec, plan_runs, sweep_status
+from bt_utils.sweeps.summary import collect_results, collect_table, completed_runs, impact_summary
+from bt_utils.sweeps.plan import plan_runs
+from bt_utils.sweeps.runner import sweep_status
+from bt_utils.sweeps.spec import load_spec
+from bt_utils.sweeps.state import INDEX_NAME, STATUS_NAME
 
 FIXTURES = Path(__file__).parent / "sweep_fixtures"
 
@@ -65,5 +70,31 @@ def test_a_folder_without_a_sweep_record_is_refused(tmp_path):
         collect_table(tmp_path / "nothing", "x.csv")
     pd.DataFrame({"run_id": ["05/A"], "state": ["completed"]}).to_csv(tmp_path / INDEX_NAME, index=False)
     (tmp_path / "05" / "A" / STATUS_NAME).write_text("{half")
-    with pytest.raises(ValueError, match=f"{tmp_path / '05' / 'A' / STATUS_NAME} is not valid JSON"):
+    with pytest.raises(ValueError, match=rf"{tmp_path / '05' / 'A' / STATUS_NAME} is damaged \(not valid JSON"):
         collect_table(tmp_path, "semantic_preference.csv")
+
+
+def test_impact_summary_averages_the_reported_roi_drops_of_participants():
+    # per participant: ROI means before/after and the drop of the ROI mean where it is reported (C's AC is not)
+    rows = [("A", "AC", 0.40, 0.20, 50.0, "ok"), ("B", "AC", 0.30, 0.24, 20.0, "ok"),
+            ("C", "AC", 0.02, 0.05, np.nan, "low_alignment"),
+            ("A", "V1", 0.10, 0.09, 10.0, "ok"), ("B", "V1", 0.20, 0.10, 50.0, "ok"), ("C", "V1", 0.10, 0.07, 30.0, "ok")]
+    impact = pd.DataFrame(rows, columns=["subject", "roi", "r_norm_orig", "r_norm_resid", "drop_pct", "drop_status"])
+    impact = impact.assign(model="m", variant="pretrained", layer=3, feature_set="all", run="03/x")
+    other_set = impact.assign(feature_set="phonemes", drop_pct=99.0)
+    summary = impact_summary(pd.concat([impact, other_set]))
+    assert list(summary.columns) == ["model", "variant", "layer", "roi", "mean", "sem", "n_subjects", "n_participants",
+                                     "r_norm_orig", "r_norm_resid"]
+    summary = summary.set_index("roi")
+    ac, v1 = summary.loc["AC"], summary.loc["V1"]
+    assert ac["mean"] == pytest.approx(35.0) and ac["sem"] == pytest.approx(scipy.stats.sem([50.0, 20.0]))
+    assert ac.n_subjects == 2 and ac.n_participants == 3
+    assert ac.r_norm_orig == pytest.approx(0.24) and ac.r_norm_resid == pytest.approx(0.49 / 3)
+    assert v1["mean"] == pytest.approx(30.0) and v1.n_subjects == 3
+    assert impact_summary(impact.assign(feature_set="phonemes"), "phonemes").loc[0, "mean"] == pytest.approx(35.0)
+    with pytest.raises(ValueError, match=r"no low-level impact rows of feature set 'rates'"):
+        impact_summary(impact, "rates")
+    # tables of an older version (no drop_status) are refused, naming their runs
+    old = impact.drop(columns="drop_status").assign(run="03_low_level_impact/DEMO01-m-1")
+    with pytest.raises(ValueError, match=r"6 low-level impact rows have no drop_status.*'03_low_level_impact/DEMO01-m-1'"):
+        impact_summary(pd.concat([impact, old], ignore_index=True))

@@ -22,19 +22,19 @@ import pytest
 import yaml
 
 from bt_utils import cli
-from bt_utils.sweeps.runner import (
+from bt_utils.results import write_table
+from bt_utils.sweeps.plan import critical_path_priorities, plan_runs
+from bt_utils.sweeps.runner import run_sweep, sweep_status
+from bt_utils.sweeps.spec import SweepSpecError, load_spec
+from bt_utils.sweeps.state import (
     INDEX_NAME,
     LOCK_NAME,
     SweepLockedError,
-    SweepSpecError,
     count_states,
-    critical_path_priorities,
     describe_failures,
-    load_spec,
-    plan_runs,
-    run_sweep,
+    index_table,
     sweep_lock,
-    sweep_status,
+    write_status,
 )
 
 FIXTURES = Path(__file__).parent / "sweep_fixtures"
@@ -348,14 +348,14 @@ def test_a_run_lost_by_dask_fails_and_its_dependents_are_skipped(tmp_path, monke
 
     from bt_utils.sweeps import runner as sweeps
 
-    write = sweeps._write_status
+    write = sweeps.write_status
 
     def broken_disk(run, state, **fields):
         if state == "running":
             raise OSError("disk full")
         return write(run, state, **fields)
 
-    monkeypatch.setattr(sweeps, "_write_status", broken_disk)
+    monkeypatch.setattr(sweeps, "write_status", broken_disk)
     spec = write_spec(tmp_path, lambda spec: spec.update(grid={"subject": ["S1"], "model": ["good"]},
                                                          stages=spec["stages"][:2]))
     with LocalCluster(n_workers=1, processes=False, resources={"slots": 1}, dashboard_address=":0") as cluster, \
@@ -602,14 +602,12 @@ def test_the_sweep_lock_is_released_on_errors(tmp_path):
 
 def _left_by_a_killed_sweep(tmp_path):
     """The example sweep as a killed sweep leaves it: runs queued and running, the index written at submission."""
-    from bt_utils.sweeps import runner as sweeps
-
     spec = load_spec(FIXTURES / "example.yaml", FIXTURES)
     out = tmp_path / "sweep"
     runs = plan_runs(spec, out)
-    statuses = {run.run_id: sweeps._write_status(run, "queued", queued="2030-01-01") for run in runs}
-    sweeps.write_table(sweeps._table(spec, runs, statuses, live=True), out / INDEX_NAME)
-    statuses[runs[0].run_id] = sweeps._write_status(runs[0], "running", started="2030-01-01")
+    statuses = {run.run_id: write_status(run, "queued", queued="2030-01-01") for run in runs}
+    write_table(index_table(spec, runs, statuses, live=True), out / INDEX_NAME)
+    statuses[runs[0].run_id] = write_status(runs[0], "running", started="2030-01-01")
     return spec, out, runs
 
 
@@ -644,7 +642,7 @@ def test_an_interrupted_sweep_leaves_an_index_that_says_so(tmp_path, monkeypatch
 
     def interrupt(client, pending, statuses, honour_resources, on_change):
         for run in pending:
-            statuses[run.run_id] = sweeps._write_status(run, "queued")
+            statuses[run.run_id] = write_status(run, "queued")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sweeps, "_run_pending", interrupt)

@@ -1,13 +1,15 @@
 import numpy as np
 import pytest
 
-from bt_utils.data.timing import TR_S, tr_midpoints, trim_trs, trimmed_length
+from bt_utils.data.timing import DS003020_TR_S, check_tr, tr_midpoints, trim_trs, trimmed_length
 
 
 def test_tr_midpoints_hand_computed():
-    # trigger i at i * 2.0045 s, sound onset at 10 s, midpoint = trigger - 10 + 2.0045 / 2
-    np.testing.assert_allclose(tr_midpoints(3), [-8.99775, -6.99325, -4.98875])
-    assert TR_S == 2.0045
+    # trigger i at i * 2.0 s, sound onset at 10 s, midpoint = trigger - 10 + 2.0 / 2 (the reference's tr=2.0)
+    assert DS003020_TR_S == 2.0
+    np.testing.assert_allclose(tr_midpoints(3, DS003020_TR_S), [-9.0, -7.0, -5.0])
+    # another TR: trigger i at i * 2.0045 s
+    np.testing.assert_allclose(tr_midpoints(3, 2.0045), [-8.99775, -6.99325, -4.98875])
 
 
 def test_tr_midpoints_spacing_and_custom_tr():
@@ -19,7 +21,14 @@ def test_tr_midpoints_spacing_and_custom_tr():
 @pytest.mark.parametrize("bad", [0, -3, 2.5])
 def test_tr_midpoints_rejects_bad_counts(bad):
     with pytest.raises(ValueError, match=str(bad)):
-        tr_midpoints(bad)
+        tr_midpoints(bad, DS003020_TR_S)
+
+
+@pytest.mark.parametrize("bad", [0, -2.0, float("nan"), float("inf"), "two"])
+def test_bad_trs_are_refused(bad):
+    with pytest.raises(ValueError, match="the TR must be a"):
+        tr_midpoints(5, bad)
+    assert check_tr("2.5") == 2.5
 
 
 def test_trim_matches_reference_slice():

@@ -9,7 +9,9 @@ import torch
 
 from bt_utils.models import tuning
 from bt_utils.encoding.ridge import correlation_score
+from bt_utils.data.stimulus import WindowSpec
 from bt_utils.models.registry import load_encoder
+from bt_utils.models.text_embeddings import embed_texts, window_texts
 from bt_utils.models.tuning import (
     BrainTuningModel, TuningConfig, block_shuffle, build_tuning_sets, compute_loss, encoder_lr_factor,
     head_lr_factor, load_brain_tuned, load_head, masked_mean, story_derangement, target_names, tune,
@@ -246,6 +248,53 @@ def test_loss_falls_and_checkpoint_round_trips(demo, tmp_path):
     assert loss == pytest.approx(record["best_validation_loss"], rel=1e-5)
 
 
+def _raw_embeddings(demo, items) -> np.ndarray:
+    """Embeddings of the words heard in each (story, TR) input window, computed afresh, shape (n_items, 384)."""
+    texts = [window_texts(demo.transcript(story), demo.tr_times(story), np.array([tr]), WindowSpec())[0]
+             for story, tr in items]
+    return embed_texts(texts)
+
+
+def test_text_embedding_targets_are_zscored_with_training_statistics(demo):
+    config = TuningConfig(**QUICK_TUNING, control="text_embedding")
+    train, validation, selection = build_tuning_sets(demo, "DEMO01", config)
+    raw_train, raw_validation = _raw_embeddings(demo, train.items), _raw_embeddings(demo, validation.items)
+    mean, std = raw_train.mean(axis=0), raw_train.std(axis=0)
+    assert np.median(std) < 0.1  # unit-norm embeddings: a small spread per dimension
+    constant = std < 1e-6 * std.max()  # MiniLM's dimensions that are always ~0 (1e-33, 1e-9): only centred
+    assert constant.sum() == 3 and np.sort(std)[3] > 0.1 * std.max()
+    std[constant] = 1.0
+    np.testing.assert_allclose(train.targets.numpy(), (raw_train - mean) / std, atol=1e-3)
+    np.testing.assert_allclose(validation.targets.numpy(), (raw_validation - mean) / std, atol=1e-3)
+    np.testing.assert_allclose(train.targets.mean(dim=0).numpy(), 0, atol=1e-5)
+    np.testing.assert_allclose(train.targets.std(dim=0, unbiased=False).numpy(), np.where(constant, 0, 1), atol=1e-4)
+    assert np.abs(validation.targets.mean(dim=0).numpy()).max() > 0.1  # not z-scored with its own statistics
+    np.testing.assert_allclose(selection["target_scaling"]["mean"], mean, atol=1e-6)
+    np.testing.assert_allclose(selection["target_scaling"]["std"], std, rtol=1e-4)
+    assert "target_scaling" not in build_tuning_sets(demo, "DEMO01", TuningConfig(**QUICK_TUNING))[2]
+
+
+def _target_driven_gradient(control: str, demo) -> float:
+    """Norm of the encoder gradient that the targets drive at the first step: MSE's cross term
+    ``-2 mean(prediction * target)`` (the rest of the loss does not depend on the targets), tiny-wav2vec2, 8 TRs."""
+    config = TuningConfig(model="tiny-wav2vec2", control=control, **QUICK_TUNING)
+    train, _, _ = build_tuning_sets(demo, "DEMO01", config)
+    encoder = load_encoder(config.model, device="cpu", seed=config.seed)
+    encoder.freeze_feature_encoder()  # as brain-tuning does
+    torch.manual_seed(0)
+    model = BrainTuningModel(encoder, train.targets.shape[1]).eval()
+    audio, target = (torch.stack(x) for x in zip(*(train[i] for i in range(8))))
+    (-2 * (model(audio) * target).mean()).backward()
+    return float(torch.sqrt(sum((p.grad**2).sum() for p in encoder.parameters() if p.grad is not None)))
+
+
+def test_text_embedding_control_drives_the_encoder_as_hard_as_brain_tuning(demo):
+    """Raw unit-norm embeddings drove the encoder about 7x less than the voxels under the same loss;
+    z-scored, they drive it about as hard."""
+    ratio = _target_driven_gradient("none", demo) / _target_driven_gradient("text_embedding", demo)
+    assert 1 / 3 < ratio < 3
+
+
 def test_text_embedding_checkpoint_records_embedding_dimensions(demo, tmp_path):
     """The LM-tuned control predicts embedding dimensions: its checkpoint and record say so (no voxel
     list), and it reloads like any other checkpoint."""
@@ -256,6 +305,8 @@ def test_text_embedding_checkpoint_records_embedding_dimensions(demo, tmp_path):
     assert record["selection"]["voxels"] is None
     saved = torch.load(result.checkpoint_dir / "head.pt", weights_only=True)
     assert saved["target_kind"] == "text_embedding" and saved["voxels"] is None and saved["n_targets"] == 384
+    scaling = record["selection"]["target_scaling"]
+    assert saved["target_scaling"] == scaling and len(scaling["mean"]) == len(scaling["std"]) == 384
     head, voxels = load_head(result.checkpoint_dir)
     assert voxels is None and head.out_features == 384
     reloaded = load_brain_tuned(result.checkpoint_dir, device="cpu")

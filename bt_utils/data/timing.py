@@ -1,11 +1,14 @@
 """The TR grid of ds003020 and the trim that aligns stimuli with responses.
 
 The reference pipeline simulates a TR file per story: the scanner starts
-``SOUND_ONSET_S`` seconds before the sound, with one trigger every ``TR_S``
-seconds. Stimulus features are sampled at the TR *midpoints* relative to sound
-onset, ``trigger - sound_onset + TR / 2``. The published responses lack the first
-``TRIM_START`` and last ``TRIM_END`` TRs, so every stimulus sequence is sliced
-with :func:`trim_trs` before it is paired with responses.
+``SOUND_ONSET_S`` seconds before the sound, with one trigger every TR seconds.
+The TR is a property of the dataset (:attr:`bt_utils.data.dataset.Dataset.tr`;
+ds003020: :data:`DS003020_TR_S`, the reference's ``tr=2.0``), so every function
+here takes it as an argument. Stimulus features are sampled at the TR
+*midpoints* relative to sound onset, ``trigger - sound_onset + TR / 2``. The
+published responses lack the first ``TRIM_START`` and last ``TRIM_END`` TRs, so
+every stimulus sequence is sliced with :func:`trim_trs` before it is paired with
+responses.
 
 ds003020's ``respdict.json`` counts :data:`RESPDICT_PAD` TRs more than that grid:
 the reference pipeline simulates ``respdict[story] - 5`` triggers, and the stored
@@ -17,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-TR_S = 2.0045
-"""Repetition time of ds003020, in seconds."""
+DS003020_TR_S = 2.0
+"""TR of ds003020's grid in seconds, as the reference pipeline simulates it (``load_simulated_trfiles(tr=2.0)``)."""
 
 SOUND_ONSET_S = 10.0
 """Time of sound onset after the first trigger in the simulated TR file, in seconds."""
@@ -33,7 +36,7 @@ TRIM_END = 5
 """TRs removed at the end of every story in the preprocessed responses."""
 
 
-def tr_midpoints(n_trs: int, tr: float = TR_S, sound_onset: float = SOUND_ONSET_S) -> np.ndarray:
+def tr_midpoints(n_trs: int, tr: float, sound_onset: float = SOUND_ONSET_S) -> np.ndarray:
     """TR midpoints relative to sound onset.
 
     Parameters
@@ -41,7 +44,7 @@ def tr_midpoints(n_trs: int, tr: float = TR_S, sound_onset: float = SOUND_ONSET_
     n_trs : int
         Number of TRs of the full (untrimmed) story: ``respdict.json`` minus :data:`RESPDICT_PAD`.
     tr : float
-        Repetition time in seconds.
+        Repetition time in seconds (the dataset's, :attr:`bt_utils.data.dataset.Dataset.tr`).
     sound_onset : float
         Time of sound onset after the first trigger, in seconds.
 
@@ -52,9 +55,19 @@ def tr_midpoints(n_trs: int, tr: float = TR_S, sound_onset: float = SOUND_ONSET_
     """
     if int(n_trs) != n_trs or n_trs < 1:
         raise ValueError(f"n_trs must be a positive integer, got {n_trs!r}")
-    if tr <= 0:
-        raise ValueError(f"tr must be positive, got {tr!r}")
+    tr = check_tr(tr)
     return np.arange(int(n_trs)) * tr - sound_onset + tr / 2.0
+
+
+def check_tr(tr: float) -> float:
+    """``tr`` as a float; ValueError unless it is a finite positive number of seconds."""
+    try:
+        value = float(tr)
+    except (TypeError, ValueError):
+        raise ValueError(f"the TR must be a number of seconds, got {tr!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"the TR must be a finite positive number of seconds, got {tr!r}")
+    return value
 
 
 def trimmed_length(n_trs: int) -> int:

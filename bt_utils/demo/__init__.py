@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def _offline_whisper_available(name: str) -> bool:
-    from .whisper_ct2 import ct2_whisper_files
+    from .offline_whisper import ct2_whisper_files
 
     try:
         ct2_whisper_files(name)
@@ -24,7 +24,7 @@ def _offline_whisper_available(name: str) -> bool:
 
 
 def _offline_whisper_folder(name: str) -> Path:
-    from .whisper_ct2 import offline_whisper_dir
+    from .offline_whisper import offline_whisper_dir
 
     return offline_whisper_dir(name)
 

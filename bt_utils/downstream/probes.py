@@ -1,21 +1,14 @@
-"""Downstream evaluation: linear probes on frozen encoders, and ASR through a decoder or CTC head.
+"""Downstream evaluation: linear probes on frozen encoders, ASR with CTC heads, scores and tables.
 
 Protocol
 --------
 For every model variant (pretrained, brain-tuned, controls; a list of
 :class:`ModelEntry`) and every classification or multi-label task:
 
-1. The frozen encoder (eval mode, no gradients) encodes each example once; the
-   hidden states of every layer (``n_layers + 1``, the input of the first
-   transformer layer included) are mean-pooled over the frames computed from
-   real audio (and inside the example's span, if it has one: the frames whose
-   receptive field is centred in it, see :func:`frame_centres`). A clip's
-   features do not depend on the other clips of its batch: where padding
-   would change them (group-norm wav2vec2/HuBERT, Whisper at native length),
-   only clips of equal length share a batch. Features of
-   shape (n_examples, n_layers + 1, D) are cached under
-   ``cache_root()/downstream/<encoder fingerprint>/``, keyed by the task name
-   and the examples' ids, spans and audio.
+1. The frozen encoder encodes each example once; the hidden states of every
+   layer (``n_layers + 1``, the input of the first transformer layer
+   included) are mean-pooled over the example's frames and cached
+   (:func:`bt_utils.downstream.features.extract_features`).
 2. For each seed, one linear probe per layer (features standardised with the
    training split's mean and standard deviation) is trained with Adam (lr
    1e-3) and mini-batches for a fixed number of epochs: with cross-entropy
@@ -35,41 +28,31 @@ For every model variant (pretrained, brain-tuned, controls; a list of
    present in the scored labels (macro-F1), and the micro-F1 of all
    (example, class) decisions (:func:`bt_utils.downstream.metrics.multilabel_f1`).
 
-ASR tasks are scored as 1 - WER (all edits over all reference words, after
-Whisper's English text normaliser: :func:`bt_utils.downstream.metrics.normalize_words`) on
-the test split, once per variant (decoding is deterministic, greedy):
-
-- Whisper: the variant's encoder weights are put into the full
-  :class:`transformers.WhisperForConditionalGeneration` of its base model
-  (the pretrained decoder), which decodes with ``generate`` on 30-s inputs.
-- Wav2vec2 / HuBERT: decoding needs a CTC head. A CTC fine-tuned checkpoint
-  (e.g. ``facebook/wav2vec2-base-960h``) is used as it is; for an encoder
-  without one (a self-supervised or brain-tuned encoder), pass
-  ``ctc_checkpoint``: the encoder's weights are swapped into that CTC model,
-  which must have the same architecture. The head was trained on the
-  checkpoint's own encoder, so this measures how well the tuned encoder still
-  serves that head; fine-tune a CTC head on the tuned encoder for the paper's
-  protocol.
+ASR tasks follow the same protocol with a linear CTC head per layer on the
+frozen encoder's frames, for every family (:mod:`bt_utils.downstream.asr`),
+scored as 1 - WER (all edits over all reference words, after Whisper's English
+text normaliser: :func:`bt_utils.downstream.metrics.normalize_words`). Whisper
+variants may also be scored through Whisper's pretrained decoder around the
+variant's encoder, under their own metric and ``kind``, never mixed with the
+CTC rows.
 
 Tables
 ------
 ``downstream.parquet`` (:attr:`DownstreamResults.scores`): one row per model,
 variant, subject, task, seed and metric, with columns ``model, variant,
 subject, task, layer, metric, value, seed, ci_low, ci_high, n_test``.
-``layer`` is the chosen layer (ASR: the last layer). ``metric`` is
-``macro_f1``, ``accuracy`` (classification), ``micro_f1`` (multi-label) or
-``one_minus_wer``. In ``downstream_predictions.parquet`` a multi-label
-``label`` or ``prediction`` is a string: the names of the classes present, in
-the task's class order, separated by spaces (``""`` for none; see
+``layer`` is the chosen layer (Whisper's decoder: the last layer). ``metric``
+is ``macro_f1``, ``accuracy`` (classification), ``micro_f1`` (multi-label),
+``one_minus_wer`` (ASR, CTC head) or ``one_minus_wer_whisper_decoder``. In
+``downstream_predictions.parquet`` a multi-label ``label`` or ``prediction``
+is a string: the names of the classes present, in the task's class order,
+separated by spaces (``""`` for none; see
 :func:`bt_utils.downstream.tasks.encode_multilabel`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-import itertools
 import json
 import logging
 import os
@@ -81,23 +64,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
-from ..cache import cache_root
-from .tasks import (
-    SAMPLE_RATE,
-    DownstreamTask,
-    Example,
-    audio_length,
-    decode_multilabel,
-    encode_multilabel,
-    load_audio,
-)
+from ..models.registry import load_encoder
+from ..results import write_table
+from .asr import ASR_METRICS, WHISPER_DECODER_KIND, CtcConfig, ctc_task, whisper_decoder_task
+from .features import extract_features, one_torch_thread
 from .metrics import accuracy, bootstrap_ci, macro_f1, multilabel_f1, normalize_words, word_edits
-from ..models.encoder import WHISPER_HOP, WHISPER_N_FFT, SpeechEncoder
-from ..models.registry import MODELS, RANDOM_INIT, load_encoder
-from ..results import atomic_path, write_table
-from ..models.tuning import masked_mean
+from .tasks import DownstreamTask, Example, decode_multilabel, encode_multilabel
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +81,11 @@ PROBE_METRICS = {
 }
 """Metrics of the probed task kinds: kind -> {name: ``f(y_true, y_pred) -> float``}. Classification: labels of
 shape (n,); multi-label: multi-hot arrays of shape (n, n_classes). Validation and test use the same ones."""
-ASR_METRIC = "one_minus_wer"
 KEYS = ("model", "variant", "subject", "task")
 SCORE_COLUMNS = ("model", "variant", "subject", "task", "layer", "metric", "value", "seed", "ci_low", "ci_high",
                  "n_test")
-
-_FEATURE_VERSION = 2  # part of the feature cache key: raise it when the same encoder and examples give other features
-_METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "micro_f1": "micro-F1", ASR_METRIC: "1 - WER"}
-_HATCHES = ("", "//", "..", "xx")
+SELECTION_COLUMNS = (*KEYS, "seed", "layer", "epoch", "macro_f1", "accuracy", "micro_f1", "wer", "loss", "chosen")
+"""Columns of ``probe_selection.parquet`` (:attr:`DownstreamResults.selection`)."""
 
 
 # ======================================================================================
@@ -187,182 +157,6 @@ def model_entry(spec: ModelEntry | Mapping | str) -> ModelEntry:
                     "model": str(parameters["model"]), "subject": str(parameters.get("subject", ""))}
         path = str(checkpoint)
     return ModelEntry(**(defaults | {k: str(v) for k, v in spec.items() if k != "path"} | {"path": path}))
-
-
-# ======================================================================================
-# Features
-# ======================================================================================
-
-
-def _frame_layers(encoder: SpeechEncoder) -> list[tuple[int, int, int]]:
-    """The layers that turn samples into encoder frames, first to last, as ``(kernel, stride, padding)``.
-
-    wav2vec2/HuBERT: the convolutions of the feature encoder (no padding).
-    Whisper: the log-mel STFT (400-sample windows every 160 samples, centred:
-    padded by 200), then ``conv1`` and ``conv2`` (kernel 3, stride 1 and 2, padding 1).
-    """
-    if encoder.family == "whisper":
-        convolutions = [(conv.kernel_size[0], conv.stride[0], conv.padding[0])
-                        for conv in (encoder.encoder.conv1, encoder.encoder.conv2)]
-        return [(WHISPER_N_FFT, WHISPER_HOP, WHISPER_N_FFT // 2), *convolutions]
-    config = encoder.encoder.config
-    return [(kernel, stride, 0) for kernel, stride in zip(config.conv_kernel, config.conv_stride)]
-
-
-def frame_centres(encoder: SpeechEncoder, n_frames: int) -> np.ndarray:
-    """Time of the centre of each encoder frame's receptive field, in seconds.
-
-    Frame ``k`` is centred at ``k * hop + offset``, from the layers that make
-    the frames (:func:`_frame_layers`): the hop is the product of their
-    strides; the receptive field of frame 0 starts at ``-sum(padding * hop
-    of the layer's input)`` and spans ``1 + sum((kernel - 1) * hop of the
-    layer's input)`` samples; ``offset`` is its start plus half its span.
-    wav2vec2/HuBERT: hop 320 samples (0.02 s), receptive field 400 samples,
-    so frame ``k`` is centred at ``0.0125 + 0.02 k`` s. Whisper: mel frame
-    ``m`` is centred on sample ``160 m``, ``conv1`` keeps that and the
-    stride-2 ``conv2`` keeps every other one: ``0.02 k`` s.
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-    n_frames : int
-
-    Returns
-    -------
-    ndarray of shape (n_frames,)
-        float64, seconds from the start of the audio.
-    """
-    hop, start, field = 1, 0, 1  # in samples
-    for kernel, stride, padding in _frame_layers(encoder):
-        start -= padding * hop
-        field += (kernel - 1) * hop
-        hop *= stride
-    return (np.arange(n_frames) * hop + start + field / 2) / SAMPLE_RATE
-
-
-def feature_cache_path(fingerprint: str, task: DownstreamTask, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the features of ``task`` under the encoder with ``fingerprint`` are cached.
-
-    The key holds the task's name, its examples' signatures and the version of
-    the feature computation, so that features computed differently are never reused.
-    """
-    digest = hashlib.sha256(f"{task.name}\nversion {_FEATURE_VERSION}".encode())
-    for example in task.examples:
-        digest.update(example.signature().encode())
-    return cache_root(cache_dir) / "downstream" / fingerprint / f"{task.name}-{digest.hexdigest()[:16]}.npz"
-
-
-def _span_masks(examples: Sequence[Example], valid: torch.Tensor, centres: np.ndarray) -> torch.Tensor:
-    """Frames to pool per example, shape (E, F): the valid frames of its source row ``valid`` (E, F),
-    inside its span if it has one (frame centres ``centres`` (F,), in seconds; the frame nearest the
-    span's middle if no centre falls inside)."""
-    masks = valid.clone()
-    centres = torch.from_numpy(centres)
-    for i, example in enumerate(examples):
-        if example.span is None:
-            continue
-        start, end = example.span
-        inside = valid[i] & (centres >= start) & (centres < end)
-        if not inside.any():
-            nearest = int(torch.argmin((centres - (start + end) / 2).abs() + (~valid[i]) * 1e9))
-            inside = torch.zeros_like(inside)
-            inside[nearest] = True
-        masks[i] = inside
-    return masks
-
-
-def _padding_changes_features(encoder: SpeechEncoder) -> bool:
-    """Whether zero-padding a clip to a longer one in its batch changes its features.
-
-    Group-norm wav2vec2/HuBERT (no attention mask): the padding enters the
-    first GroupNorm's statistics and the attention. Whisper at native length:
-    the padding changes the last mel frames and what the convolutions see
-    past the clip's end. Not so for an attention mask over the padding, nor
-    for Whisper padded to 30 s (every clip is padded the same way).
-    """
-    if encoder.family == "whisper":
-        return encoder.native_length
-    return not encoder.settings["attention_mask"]
-
-
-def _source_batches(task: DownstreamTask, batch_size: int, equal_lengths: bool) -> list[list[list[int]]]:
-    """Example indices grouped by source, sources sorted by length (longest first), in batches of at most
-    ``batch_size`` sources; with ``equal_lengths``, only sources of the same length share a batch."""
-    groups: dict[str, list[int]] = {}
-    for index, example in enumerate(task.examples):
-        groups.setdefault(example.source, []).append(index)
-    lengths = {source: audio_length(task.examples[group[0]]) for source, group in groups.items()}
-    ordered = sorted(groups, key=lambda source: -lengths[source])
-    batches = []
-    for _, run in itertools.groupby(ordered, key=lambda source: lengths[source] if equal_lengths else 0):
-        run = [groups[source] for source in run]
-        batches += [run[i:i + batch_size] for i in range(0, len(run), batch_size)]
-    return batches
-
-
-@torch.inference_mode()
-def _encode_batch(encoder: SpeechEncoder, task: DownstreamTask, sources: list[list[int]], out: np.ndarray) -> None:
-    """Pool every layer for the examples of a batch of sources into ``out`` (N, n_layers + 1, D)."""
-    audio = [load_audio(task.examples[group[0]]) for group in sources]
-    lengths = torch.tensor([len(a) for a in audio])
-    padded = torch.zeros(len(audio), int(lengths.max()))
-    for row, samples in enumerate(audio):
-        padded[row, : len(samples)] = torch.from_numpy(samples)
-    output = encoder(padded, lengths)
-    n_frames = int(output.frame_mask.sum(dim=1).max())  # frames past this are padding for every row
-    rows = torch.tensor([row for row, group in enumerate(sources) for _ in group])
-    indices = [index for group in sources for index in group]
-    valid = output.frame_mask[rows, :n_frames].cpu()
-    masks = _span_masks([task.examples[i] for i in indices], valid, frame_centres(encoder, n_frames))
-    masks = masks.to(output.frame_mask.device)
-    for layer, hidden in enumerate(output.hidden_states):
-        out[indices, layer] = masked_mean(hidden[rows, :n_frames].float(), masks).cpu().numpy()
-
-
-def extract_features(encoder: SpeechEncoder, task: DownstreamTask, batch_size: int = 8, cache: bool = True,
-                     cache_dir: str | os.PathLike | None = None, fingerprint: str | None = None,
-                     progress: bool = True) -> np.ndarray:
-    """Mean-pooled hidden states of every layer for every example of a task.
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-        Used frozen, in eval mode.
-    task : DownstreamTask
-    batch_size : int
-        Most sources (utterances) per encoder pass. Where padding would change
-        a clip's features (see the module documentation), only sources of equal
-        length share a pass, so the features equal those of one clip at a time.
-    cache : bool
-        Read and write the on-disk cache (:func:`feature_cache_path`).
-    cache_dir : path-like, optional
-        Root of the cache (default :func:`bt_utils.cache.cache_root`).
-    fingerprint : str, optional
-        ``encoder.fingerprint()``, if already computed.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    features : ndarray of shape (n_examples, n_layers + 1, D)
-        float32, in the order of ``task.examples``.
-    """
-    ids = np.array([e.id for e in task.examples])
-    path = feature_cache_path(fingerprint or encoder.fingerprint(), task, cache_dir)
-    if cache and path.is_file():
-        with np.load(path) as stored:
-            if np.array_equal(stored["ids"], ids):
-                return stored["features"]
-        log.warning("feature cache %s holds other examples; recomputing", path)
-    encoder.eval()
-    out = np.zeros((len(task.examples), encoder.n_layers + 1, encoder.hidden_size), dtype=np.float32)
-    batches = _source_batches(task, batch_size, equal_lengths=_padding_changes_features(encoder))
-    for sources in tqdm(batches, desc=f"features {task.name}", disable=not progress):
-        _encode_batch(encoder, task, sources, out)
-    if cache:
-        with atomic_path(path) as staged:
-            np.savez(staged, features=out, ids=ids)
-    return out
 
 
 # ======================================================================================
@@ -457,18 +251,6 @@ def _validation_scores(logits: torch.Tensor, labels: torch.Tensor) -> list[dict]
             for p, loss in zip(predicted, losses)]
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run torch on one CPU thread inside the block: the probes' matrices are so small that
-    thread start-up and synchronisation cost more than they save (up to 30x on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _labels_tensor(labels: np.ndarray, n_classes: int, split: str) -> torch.Tensor:
     """Class indices (N,) as int64, or multi-hot labels (N, n_classes) as float32, checked."""
     labels = np.asarray(labels)
@@ -520,7 +302,7 @@ def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, validation_f
     mean, std = x.mean(dim=0), x.std(dim=0).clamp(min=1e-6)  # (L, D)
     x = ((x - mean) / std).transpose(0, 1).contiguous()  # (L, N, D): one batched matmul for all layers
     x_validation = ((torch.as_tensor(validation_features, dtype=torch.float32) - mean) / std).transpose(0, 1)
-    with _one_thread():
+    with one_torch_thread():
         history, best = _train_probes(x, y, x_validation, y_validation, n_classes, seed, config)
     layer = max(range(len(best)), key=lambda i: (best[i]["macro_f1"], -best[i]["loss"], -i))
     chosen = best[layer]
@@ -624,166 +406,6 @@ def probe_task(features: np.ndarray, task: DownstreamTask, seeds: Iterable[int] 
 
 
 # ======================================================================================
-# ASR
-# ======================================================================================
-
-
-class Transcriber:
-    """Greedy speech recognition with a Whisper decoder or a CTC head, around a given encoder.
-
-    Built by :func:`load_transcriber`. Call it with a list of 16-kHz waveforms
-    (each of shape (n_samples,)) to get their transcripts. Whisper generates
-    at most ``10 + 8 * seconds`` tokens (the longest waveform of the batch).
-    """
-
-    def __init__(self, model, processor, kind: str):
-        self.model, self.processor, self.kind = model.eval(), processor, kind
-
-    @torch.inference_mode()
-    def __call__(self, audio: Sequence[np.ndarray]) -> list[str]:
-        device = next(self.model.parameters()).device
-        if self.kind == "whisper":
-            features = self.processor.feature_extractor(list(audio), sampling_rate=SAMPLE_RATE,
-                                                        return_tensors="pt").input_features.to(device)
-            options = {"language": "en", "task": "transcribe"} if self.model.generation_config.is_multilingual else {}
-            seconds = max(len(a) for a in audio) / SAMPLE_RATE
-            tokens = self.model.generate(features, max_new_tokens=_token_budget(seconds), num_beams=1, **options)
-            return self.processor.batch_decode(tokens, skip_special_tokens=True)
-        inputs = self.processor(list(audio), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
-        logits = self.model(**{k: v.to(device) for k, v in inputs.items()}).logits
-        return self.processor.batch_decode(logits.argmax(dim=-1))
-
-
-def _token_budget(seconds: float) -> int:
-    """Most tokens Whisper may generate for ``seconds`` of speech: about twice a fast speaker's rate
-    (3 words/s, ~1.3 tokens a word), so that a decoder stuck repeating itself stops early."""
-    return min(440, 10 + round(8 * seconds))
-
-
-@contextlib.contextmanager
-def _unavailable_model(source: str):
-    """Turn Hugging Face's error for a model that is neither a folder nor downloaded into one that says what to do."""
-    try:
-        yield
-    except OSError as error:
-        raise FileNotFoundError(
-            f"cannot load {source!r} for ASR: it is not a local folder with a config.json and not in the Hugging Face "
-            f"cache. Download it on a machine with internet (`hf download {source}`) and copy the cache here, or "
-            f"pass a local folder ({error.__class__.__name__}: {str(error).splitlines()[0]})") from error
-
-
-def _full_whisper(base: str):
-    """The full pretrained Whisper (model, processor) of a registry name, Hub id or folder."""
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    spec = MODELS[base] if base in MODELS else None
-    source = spec.source if spec else base
-    if spec and spec.local_folder is not None:
-        source = spec.local_folder()
-    if source == RANDOM_INIT:
-        raise ValueError(f"{base!r} is a random test model without a trained decoder; ASR needs a pretrained "
-                         "Whisper such as 'whisper-tiny.en'")
-    with _unavailable_model(source):
-        model, info = WhisperForConditionalGeneration.from_pretrained(source, output_loading_info=True)
-    if info["missing_keys"]:
-        raise ValueError(f"{base!r} is not a complete Whisper ({len(info['missing_keys'])} weights missing, e.g. "
-                         f"{info['missing_keys'][0]}): ASR needs the full pretrained model the encoder was tuned "
-                         "from, e.g. 'openai/whisper-small'")
-    return model.eval(), WhisperProcessor.from_pretrained(source)
-
-
-def _ctc_model(checkpoint: str, family: str):
-    """A CTC model and its processor; a clear error if ``checkpoint`` has no CTC head."""
-    from transformers import AutoConfig, AutoModelForCTC, AutoProcessor
-
-    source = MODELS[checkpoint].source if checkpoint in MODELS else checkpoint
-    architectures = []
-    if source != RANDOM_INIT:
-        with _unavailable_model(source):
-            architectures = AutoConfig.from_pretrained(source).architectures or []
-    if not any(a.endswith("ForCTC") for a in architectures):
-        raise ValueError(
-            f"ASR with a {family} encoder needs a CTC head, and {checkpoint!r} has none (architectures: "
-            f"{architectures or 'not given'}). Pass ctc_checkpoint= a CTC fine-tuned model of the same size, e.g. "
-            "'facebook/wav2vec2-base-960h' (wav2vec2-base) or 'facebook/hubert-large-ls960-ft' (hubert-large); "
-            "the encoder's weights are swapped into it")
-    return AutoModelForCTC.from_pretrained(source).eval(), AutoProcessor.from_pretrained(source)
-
-
-def swap_encoder(target: torch.nn.Module, encoder: SpeechEncoder) -> torch.nn.Module:
-    """Copy ``encoder``'s weights into the encoder part of a full model, in place.
-
-    Parameters
-    ----------
-    target : torch.nn.Module
-        The Hugging Face module that plays the encoder's role: ``model.model.encoder``
-        of a WhisperForConditionalGeneration, ``model.wav2vec2`` / ``model.hubert``
-        of a CTC model.
-    encoder : SpeechEncoder
-        The (brain-tuned) encoder; same architecture as ``target``.
-
-    Returns
-    -------
-    torch.nn.Module
-        ``target``.
-    """
-    state = encoder.encoder.state_dict()
-    mismatched = [k for k, v in target.state_dict().items() if k in state and state[k].shape != v.shape]
-    result = target.load_state_dict(state, strict=False) if not mismatched else None
-    ignored = {"masked_spec_embed"}  # SpecAugment's mask vector: no part of inference
-    problems = mismatched or sorted((set(result.missing_keys) | set(result.unexpected_keys)) - ignored)
-    if problems:
-        raise ValueError(f"encoder {encoder.name!r} does not fit the decoding model's encoder "
-                         f"({len(problems)} weights differ, e.g. {problems[:3]}): use a decoder or CTC head "
-                         "of the same base architecture")
-    return target
-
-
-def load_transcriber(encoder: SpeechEncoder, base_model: str, ctc_checkpoint: str | None = None) -> Transcriber:
-    """A greedy ASR model that runs ``encoder``: its weights inside a pretrained decoder or CTC head.
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-    base_model : str
-        Registry name, Hub id or folder of the model the encoder was tuned
-        from; Whisper's decoder comes from it, and so does the CTC head when it
-        is a CTC fine-tuned checkpoint.
-    ctc_checkpoint : str, optional
-        Wav2vec2 / HuBERT: the CTC model to take the head from when
-        ``base_model`` has none.
-
-    Returns
-    -------
-    Transcriber
-    """
-    if encoder.family == "whisper":
-        model, processor = _full_whisper(base_model)
-        swap_encoder(model.model.encoder, encoder)
-        return Transcriber(model.to(encoder.device), processor, "whisper")
-    model, processor = _ctc_model(ctc_checkpoint or base_model, encoder.family)
-    swap_encoder(getattr(model, model.base_model_prefix), encoder)
-    return Transcriber(model.to(encoder.device), processor, "ctc")
-
-
-def transcribe_task(transcriber: Transcriber, task: DownstreamTask, batch_size: int = 8,
-                    progress: bool = True) -> pd.DataFrame:
-    """Transcripts of the test split of an ASR task.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``example_id, label`` (reference) ``, prediction`` (hypothesis).
-    """
-    examples = task.split("test")
-    hypotheses = []
-    for start in tqdm(range(0, len(examples), batch_size), desc=f"ASR {task.name}", disable=not progress):
-        hypotheses += transcriber([load_audio(e) for e in examples[start:start + batch_size]])
-    return pd.DataFrame({"example_id": [e.id for e in examples], "label": [e.label for e in examples],
-                         "prediction": [h.strip() for h in hypotheses]})
-
-
-# ======================================================================================
 # Scores
 # ======================================================================================
 
@@ -810,10 +432,10 @@ def _metric_samples(group: pd.DataFrame) -> tuple[tuple[np.ndarray, ...], dict]:
     labels = group.drop_duplicates("example_id").set_index("example_id").loc[wide.index, "label"].to_numpy()
     predictions = wide.to_numpy()  # (n_examples, n_seeds)
     kind = group["kind"].iloc[0]
-    if kind == "asr":
+    if kind in ASR_METRICS:
         edits = np.array([[word_edits(r, h) for h in row] for r, row in zip(labels, predictions)], dtype=float)
         n_words = np.array([len(normalize_words(r)) for r in labels], dtype=float)
-        return (edits, n_words), {ASR_METRIC: lambda e, n: 1.0 - float(e.sum(axis=0).mean() / max(n.sum(), 1.0))}
+        return (edits, n_words), {ASR_METRICS[kind]: lambda e, n: 1.0 - float(e.sum(axis=0).mean() / max(n.sum(), 1.0))}
     if kind == "multilabel":
         classes = _scored_classes(labels, predictions)
         labels, predictions = _multi_hot(labels, classes), _multi_hot(predictions, classes)
@@ -851,8 +473,8 @@ def score_predictions(predictions: pd.DataFrame, n_resamples: int = 1000, confid
         Columns :data:`SCORE_COLUMNS` (the ``downstream.parquet`` schema).
     """
     rows = []
-    for key, group in predictions.groupby([*KEYS, "seed", "layer"], sort=False):
-        fields = dict(zip([*KEYS, "seed", "layer"], key))
+    for key, group in predictions.groupby([*KEYS, "kind", "seed", "layer"], sort=False):  # kind: CTC or decoder
+        fields = dict(zip([*KEYS, "kind", "seed", "layer"], key))
         rows += [fields | row for row in _score_rows(group, n_resamples, confidence, seed)]
     return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
 
@@ -884,7 +506,7 @@ def summarize(predictions: pd.DataFrame, n_resamples: int = 1000, confidence: fl
         chance, n_test, n_seeds, layers`` (chosen layer per seed, e.g. ``"3,3,4"``).
     """
     rows = []
-    for key, group in predictions.groupby(list(KEYS), sort=False):
+    for key, group in predictions.groupby([*KEYS, "kind"], sort=False):  # kind: CTC or decoder rows of ASR
         layers = group.drop_duplicates("seed").sort_values("seed").layer.astype(str)
         chance = _chance_levels(group, seed)
         for row in _score_rows(group, n_resamples, confidence, seed):
@@ -897,7 +519,7 @@ def summarize(predictions: pd.DataFrame, n_resamples: int = 1000, confidence: fl
 def _chance_levels(group: pd.DataFrame, seed: int, n_permutations: int = 200) -> dict[str, float]:
     """Mean scores of random permutations of the test labels (see :func:`summarize`); empty for ASR."""
     kind = group["kind"].iloc[0]
-    if kind == "asr":
+    if kind in ASR_METRICS:
         return {}
     labels = group.drop_duplicates("example_id").label.to_numpy()
     if kind == "multilabel":
@@ -922,12 +544,15 @@ class DownstreamResults:
         Per-seed test scores (:data:`SCORE_COLUMNS`): ``downstream.parquet``.
     predictions : pandas.DataFrame
         Test predictions: ``model, variant, subject, task, kind, seed, layer,
-        example_id, label, prediction``.
+        example_id, label, prediction``; ``kind`` is the task's, or
+        ``"asr_whisper_decoder"`` for the transcripts of Whisper's decoder.
     selection : pandas.DataFrame
-        Validation scores per layer at its best epoch: ``model, variant,
-        subject, task, seed, layer, epoch, macro_f1, accuracy, micro_f1, loss,
-        chosen`` (``accuracy`` NaN for multi-label tasks, ``micro_f1`` for
-        classification tasks).
+        Validation scores per layer at its best epoch (:data:`SELECTION_COLUMNS`):
+        ``model, variant, subject, task, seed, layer, epoch, macro_f1,
+        accuracy, micro_f1, wer, loss, chosen``; the scores a task's kind has
+        no use for are NaN (``accuracy`` for multi-label tasks, ``micro_f1`` for
+        classification tasks, ``wer`` for both, the F1s and accuracy for ASR,
+        whose ``loss`` is the CTC loss per character).
     """
 
     scores: pd.DataFrame
@@ -943,9 +568,9 @@ class DownstreamResults:
 
 
 def run_downstream(entries: Iterable[ModelEntry | Mapping | str], tasks: Iterable[DownstreamTask],
-                   seeds: Iterable[int] = (0, 1, 2), probe: ProbeConfig = ProbeConfig(), device: str = "auto",
-                   native_length: bool = False, batch_size: int = 8, ctc_checkpoint: str | None = None,
-                   n_resamples: int = 1000, confidence: float = 0.95, cache: bool = True,
+                   seeds: Iterable[int] = (0, 1, 2), probe: ProbeConfig = ProbeConfig(), ctc: CtcConfig = CtcConfig(),
+                   device: str = "auto", native_length: bool = False, batch_size: int = 8,
+                   whisper_decoder: bool = True, n_resamples: int = 1000, confidence: float = 0.95, cache: bool = True,
                    cache_dir: str | os.PathLike | None = None, progress: bool = True) -> DownstreamResults:
     """Evaluate every model variant on every task (see the module documentation for the protocol).
 
@@ -956,21 +581,28 @@ def run_downstream(entries: Iterable[ModelEntry | Mapping | str], tasks: Iterabl
         "path": "whisper-tiny.en"}, {"variant": "brain-tuned", "path": "runs/DEMO01/01_brain_tuning"}]``.
     tasks : iterable of DownstreamTask
     seeds : iterable of int
-        Probe seeds (classification and multi-label tasks); ASR is decoded once, under the first seed.
+        Seeds of the probes and of the CTC heads; Whisper's decoder runs once, under the first seed.
     probe : ProbeConfig
+    ctc : CtcConfig
+        Training of the CTC heads (ASR tasks).
     device : str
         See :func:`bt_utils.models.registry.select_device`.
     native_length : bool
-        Whisper: encode the real length instead of 30 s for the probes (much
-        faster on short clips; the paper pads to 30 s). ASR always decodes 30-s inputs.
+        Whisper: encode the real length instead of 30 s for the probes and
+        CTC heads (much faster on short clips; the paper pads to 30 s).
+        Whisper's decoder always reads 30-s inputs.
     batch_size : int
-        Most utterances per encoder pass (see :func:`extract_features`) and per ASR batch.
-    ctc_checkpoint : str, optional
-        CTC model for wav2vec2 / HuBERT variants whose base has no CTC head.
+        Most utterances per encoder pass (see :func:`bt_utils.downstream.features.extract_features`)
+        and per batch of Whisper's decoder.
+    whisper_decoder : bool
+        Also transcribe ASR tasks with Whisper's pretrained decoder around
+        each Whisper variant's encoder (``kind`` ``"asr_whisper_decoder"``,
+        metric ``one_minus_wer_whisper_decoder``). Needs a base model with a
+        trained decoder (not the random ``tiny-whisper``).
     n_resamples, confidence : int, float
         Bootstrap of the per-seed intervals.
     cache, cache_dir
-        Feature cache (see :func:`extract_features`).
+        Feature cache of the probes (see :func:`bt_utils.downstream.features.extract_features`).
     progress : bool
 
     Returns
@@ -992,113 +624,18 @@ def run_downstream(entries: Iterable[ModelEntry | Mapping | str], tasks: Iterabl
         for task in tasks:
             log.info("%s (%s) on %s", entry.variant, entry.path, task.name)
             if task.kind == "asr":
-                transcriber = load_transcriber(encoder, entry.model, ctc_checkpoint)
-                table = transcribe_task(transcriber, task, batch_size, progress).assign(seed=seeds[0],
-                                                                                          layer=encoder.n_layers)
-                del transcriber
+                table, selection = ctc_task(encoder, task, seeds, ctc, batch_size, progress)
+                if whisper_decoder and encoder.family == "whisper":
+                    decoded = whisper_decoder_task(encoder, entry.model, task, batch_size, progress)
+                    predictions.append(decoded.assign(**labels, task=task.name, kind=WHISPER_DECODER_KIND,
+                                                      seed=seeds[0], layer=encoder.n_layers))
             else:
                 features = extract_features(encoder, task, batch_size, cache, cache_dir, fingerprint, progress)
                 table, selection = probe_task(features, task, seeds, probe)
-                selections.append(selection.assign(**labels, task=task.name))
+            selections.append(selection.assign(**labels, task=task.name))
             predictions.append(table.assign(**labels, task=task.name, kind=task.kind))
         del encoder
     predictions = pd.concat(predictions, ignore_index=True)[
         [*KEYS, "kind", "seed", "layer", "example_id", "label", "prediction"]]
-    selection_columns = [*KEYS, "seed", "layer", "epoch", "macro_f1", "accuracy", "micro_f1", "loss", "chosen"]
-    selection = (pd.concat(selections, ignore_index=True).reindex(columns=selection_columns) if selections
-                 else pd.DataFrame(columns=selection_columns))
+    selection = pd.concat(selections, ignore_index=True).reindex(columns=list(SELECTION_COLUMNS))
     return DownstreamResults(score_predictions(predictions, n_resamples, confidence), predictions, selection)
-
-
-# ======================================================================================
-# Figure
-# ======================================================================================
-
-
-def plot_downstream(summary: pd.DataFrame, metric: str = "macro_f1", tasks: Sequence[str] | None = None):
-    """Bar chart per task, variants side by side with their confidence intervals (the paper's Figure 4).
-
-    Parameters
-    ----------
-    summary : pandas.DataFrame
-        From :func:`summarize`.
-    metric : str
-        Metric of the probed (classification and multi-label) tasks; ASR tasks show ``one_minus_wer``.
-    tasks : sequence of str, optional
-        Tasks and their order (default: as in ``summary``).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        One panel per task; a group of bars per model, one bar per variant (and
-        subject); dashed line: chance.
-    """
-    import matplotlib.pyplot as plt
-
-    tasks = list(tasks or summary.task.unique())
-    bars = list(dict.fromkeys(zip(summary.variant, summary.subject)))  # a variant tuned on each subject
-    colours = dict(zip(dict.fromkeys(summary.variant), plt.get_cmap("tab10").colors))
-    models = list(dict.fromkeys(summary.model))
-    width = 0.8 / len(bars)
-    figure, axes = plt.subplots(1, len(tasks), figsize=(2.2 + 0.5 * len(bars) * len(models) * len(tasks), 3.6),
-                                squeeze=False)
-    legend = {}
-    for ax, task in zip(axes[0], tasks):
-        rows = summary[(summary.task == task) & summary.metric.isin([metric, ASR_METRIC])]
-        if rows.empty:
-            raise ValueError(f"summary has no {metric!r} or {ASR_METRIC!r} rows for task {task!r}")
-        for row in rows.itertuples():
-            b = bars.index((row.variant, row.subject))
-            x = models.index(row.model) - 0.4 + width * (b + 0.5)
-            label = f"{row.variant} ({row.subject})" if row.subject else row.variant
-            hatch = _HATCHES[[v for v, _ in bars[:b]].count(row.variant) % len(_HATCHES)]  # subjects of a variant
-            legend[label] = ax.bar(x, row.value, width, color=colours[row.variant], hatch=hatch, edgecolor="white")
-            ax.errorbar(x, row.value, yerr=[[row.value - row.ci_low], [row.ci_high - row.value]], color="black",
-                        capsize=3, linewidth=1)
-        chance = rows.chance.dropna()
-        if len(chance):
-            legend["chance"] = ax.axhline(chance.mean(), color="grey", linestyle="--", linewidth=1)
-        ax.set_xticks(range(len(models)), models, fontsize=8)
-        ax.set_title(task, fontsize=10)
-        ax.set_ylabel(_METRIC_NAMES[rows.metric.iloc[0]])
-        ax.set_ylim(0, 1.05)
-    figure.legend(legend.values(), legend.keys(), loc="upper center", ncol=len(legend), frameon=False,
-                  bbox_to_anchor=(0.5, 1.08))
-    figure.tight_layout()
-    return figure
-
-
-def plot_layer_selection(selection: pd.DataFrame):
-    """Validation macro-F1 of each layer's probe (mean over seeds), one panel per task, one line per variant.
-
-    Parameters
-    ----------
-    selection : pandas.DataFrame
-        :attr:`DownstreamResults.selection`.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        Chosen layers are marked with a dot per seed.
-    """
-    import matplotlib.pyplot as plt
-
-    tasks = list(selection.task.unique())
-    if not tasks:
-        raise ValueError("selection is empty: no classification or multi-label task was probed")
-    figure, axes = plt.subplots(1, len(tasks), figsize=(1.5 + 3.2 * len(tasks), 3.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        rows = selection[selection.task == task]
-        for (model, variant, subject), group in rows.groupby(["model", "variant", "subject"], sort=False):
-            label = " ".join(part for part in (model, variant, subject) if part)
-            mean = group.groupby("layer").macro_f1.mean()
-            line, = ax.plot(mean.index, mean.to_numpy(), marker="", label=label)
-            chosen = group[group.chosen]
-            ax.scatter(chosen.layer, chosen.macro_f1, color=line.get_color(), s=18, zorder=3)
-        ax.set_title(task, fontsize=10)
-        ax.set_xlabel("layer (0 = input of layer 1)")
-        ax.set_ylabel("validation macro-F1")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
-    return figure

@@ -2,32 +2,19 @@
 
 Following the analysis of Choi et al. (2024), each word is spoken on its own,
 encoded, and every layer's hidden states are mean-pooled over the frames
-computed from real audio. For each layer:
-
-- semantic similarity: mean cosine similarity of synonym pairs (``big/large``),
-  which share meaning but not sound;
-- phonetic similarity: mean cosine similarity of minimal pairs (``cat/cap``),
-  which differ by one phoneme and are unrelated in meaning;
-- unrelated similarity: mean cosine similarity of random pairs of the same
-  words (neither synonyms nor minimal pairs), the baseline that shows how
-  similar any two words are in that layer;
-- preference = semantic - phonetic. Positive: the layer puts synonyms closer
-  together than words that sound alike, i.e. it is more semantic.
+computed from real audio. Per layer, the mean cosine similarity of synonym
+pairs (``big/large``: same meaning, different sound), of minimal pairs
+(``cat/cap``: one phoneme apart, unrelated meaning) and of unrelated pairs of
+the same words (the baseline of how similar any two words are); the
+preference is semantic minus phonetic similarity, positive where the layer
+puts synonyms closer together than words that sound alike.
 
 Words are synthesised with several eSpeak NG voices (:data:`DEFAULT_VOICES`)
-and each word's embedding is the average over voices, which reduces the
-influence of any one speaker. Recorded audio can be used instead (see
-:func:`pairs_from_file`). Pooled embeddings are cached per encoder
-fingerprint, word and voice under ``cache_root()/semantic_preference/``.
-
-The pair lists shipped in ``bt_utils/data/word_pairs/`` (:func:`load_pairs`)
-were written for this package; their README gives the criteria.
-
-Example
--------
->>> table = compare_variants({"pretrained": "whisper-tiny.en",
-...                           "brain-tuned": "runs/DEMO01/01_brain_tuning"})  # doctest: +SKIP
->>> save_figure(plot_preference(table), "semantic_preference.png")  # doctest: +SKIP
+and averaged over them, or read from recordings (:func:`pairs_from_file`).
+Pooled embeddings are cached per encoder fingerprint, word and voice. The pair
+lists of ``bt_utils/data/word_pairs/`` (:func:`load_pairs`) were written for
+this package; their README gives the criteria. docs/method.md ("Semantic
+preference") gives the protocol's settings.
 """
 
 from __future__ import annotations

@@ -1,75 +1,21 @@
-"""Downstream tasks: real-data loaders and offline demo tasks made with speech synthesis.
+"""Downstream tasks: labelled speech in train, validation and test splits, and loaders of the real datasets.
 
 A :class:`DownstreamTask` is a list of :class:`Example` s, each in one split
 (``"train"``, ``"validation"`` or ``"test"``), with a label and its audio: a
 file path, or a waveform in memory. The task's kind says what the label is:
+``"classification"`` (one class name), ``"multilabel"`` (the names of the
+classes present, separated by spaces: :func:`encode_multilabel` and
+:func:`decode_multilabel` convert to and from multi-hot arrays) or ``"asr"``
+(the reference transcript). An example may cover only a time span of its
+audio (a TIMIT phone segment): its features are then pooled over that span of
+the whole utterance's encoding.
 
-- ``"classification"``: one class name;
-- ``"multilabel"``: the names of the classes present, in the task's class
-  order, separated by spaces (``"b d iy"``; ``""`` for none):
-  :func:`encode_multilabel` and :func:`decode_multilabel` convert to and
-  from multi-hot arrays;
-- ``"asr"``: the reference transcript.
-
-An example may cover only a time span of its audio (a TIMIT phone segment):
-its features are then pooled over that span of the whole utterance's encoding.
-
-Real data (licensed or large, never downloaded here)
-----------------------------------------------------
-========================  =================================  =========================================
-task                      loader                             where to get it
-========================  =================================  =========================================
-``timit_phoneme``         :func:`timit_phonemes`             LDC93S1 (https://catalog.ldc.upenn.edu/LDC93S1)
-``timit_sentence_type``   :func:`timit_sentence_type`        LDC93S1
-``speech_commands``       :func:`speech_commands`            download.tensorflow.org/data/speech_commands_v0.02.tar.gz
-``crema_d_emotion``       :func:`crema_d`                    https://github.com/CheyneyComputerScience/CREMA-D
-``slurp_intent``          :func:`slurp` (``target="intent"``)  https://github.com/pswietojanski/slurp
-``slurp_action``          :func:`slurp` (``target="action"``)  same
-``librispeech_asr``       :func:`librispeech`                https://www.openslr.org/12
-``timit_asr``             :func:`timit_asr`                  LDC93S1
-========================  =================================  =========================================
-
-Every loader takes a local folder, or ``"hf:<dataset id>"`` for a Hugging
-Face ``datasets`` copy (needs the optional ``datasets`` package and network
-or a filled ``datasets`` cache). Splits of the real data:
-
-- TIMIT: train = the TRAIN folder; test = the 24-speaker core test set;
-  validation = the other 144 TEST speakers (disjoint speakers everywhere).
-  Phones: the 61 TIMIT labels folded to 39 classes (:data:`TIMIT_FOLDING`,
-  Lee & Hon 1989; ``q`` is dropped, closures and pauses become ``sil``), SA
-  sentences left out as is standard. Two protocols (:func:`timit_phonemes`):
-  ``"presence"`` (default, the paper's) has one multi-label example per
-  utterance, which of the 38 phones other than ``sil`` occur in it;
-  ``"segments"`` has one example per phone segment, one of the 39 classes.
-  Sentence type: SA / SI / SX from the file name.
-- Speech Commands v0.02: the 35 words; ``validation_list.txt`` and
-  ``testing_list.txt`` give the validation and test files, the rest is train.
-- CREMA-D: 6 emotions from the file name (``1001_DFA_ANG_XX.wav``); the 91
-  actors are split 80/10/10 by their rank (every 10th actor from the 9th on
-  is validation, from the 10th on test).
-- SLURP: ``train.jsonl``, ``devel.jsonl`` and ``test.jsonl`` (real
-  recordings only); every recording is an example.
-- LibriSpeech: a subset folder such as ``test-clean``, test split only.
-
-Offline demo tasks (:func:`demo_task`)
---------------------------------------
-Synthesised with :func:`bt_utils.demo.speech.synthesize`, each example with its own
-speaker (an English accent with a voice variant), speaking rate (120-240
-words per minute), pitch (20-80), a random lead-in silence and white noise at
-a random signal-to-noise ratio (6-30 dB). Speakers are disjoint between
-train, validation and test. Each stands in for a task of the paper:
-
-=======================  ==========================  =========================================
-demo task                classes                     stands in for
-=======================  ==========================  =========================================
-``demo_word``            10 command words            Speech Commands word identity
-``demo_sentence_type``   statement/question/command  TIMIT sentence type
-``demo_intent``          6 SLURP-like intents        SLURP intent / action
-``demo_phoneme``         which of 39 phones occur    TIMIT phoneme prediction (presence)
-``demo_asr``             (transcripts)               ASR (1 - WER)
-=======================  ==========================  =========================================
-
-CREMA-D emotion has no offline stand-in: eSpeak cannot speak with emotion.
+The loaders read the paper's datasets (TIMIT, Speech Commands, CREMA-D, SLURP,
+LibriSpeech) from a local folder, or from a Hugging Face ``datasets`` copy
+(``"hf:<dataset id>"``); they are licensed or large and never downloaded here.
+:data:`TASKS` names them for :func:`load_task`; extensions register more (the
+demo's offline tasks, :mod:`bt_utils.demo.tasks`). docs/method.md
+("Downstream probes") lists the tasks, their sources and their splits.
 """
 
 from __future__ import annotations
@@ -594,7 +540,10 @@ def timit_sentence_type(source: str | os.PathLike) -> DownstreamTask:
 
 
 def timit_asr(source: str | os.PathLike) -> DownstreamTask:
-    """TIMIT transcription: the core test set's SI and SX sentences (192 utterances), test split only.
+    """TIMIT transcription: the SI and SX sentences, in the split of the other TIMIT tasks.
+
+    Train: the TRAIN folder (3,696 utterances); test: the core test set (192);
+    validation: the other TEST speakers (disjoint speakers everywhere).
 
     Parameters
     ----------
@@ -605,8 +554,8 @@ def timit_asr(source: str | os.PathLike) -> DownstreamTask:
     -------
     DownstreamTask
     """
-    examples = tuple(Example(u.id, "test", u.text, u.audio, speaker=u.speaker) for u in _timit_utterances(source)
-                     if u.split == "test" and u.sentence_type != "SA")
+    examples = tuple(Example(u.id, u.split, u.text, u.audio, speaker=u.speaker) for u in _timit_utterances(source)
+                     if u.sentence_type != "SA")
     return DownstreamTask("timit_asr", "asr", examples, description="utterance -> transcript (1 - WER)",
                           paper_task="ASR", origin=str(source))
 
@@ -802,20 +751,24 @@ def slurp(source: str | os.PathLike, target: str = "intent",
 # LibriSpeech
 # ======================================================================================
 
-LIBRISPEECH_URL = "https://www.openslr.org/12 (e.g. test-clean.tar.gz, CC BY 4.0)"
+LIBRISPEECH_URL = "https://www.openslr.org/12 (train-clean-100, dev-clean and test-clean .tar.gz, CC BY 4.0)"
 LIBRISPEECH_LAYOUT = "<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt and .flac files"
+_LIBRISPEECH_HF_SPLITS = {"train-clean-100": "train.100", "train-clean-360": "train.360", "dev-clean": "validation",
+                          "test-clean": "test"}
 
 
-def librispeech(source: str | os.PathLike, subset: str = "test-clean", max_seconds: float = 30.0) -> DownstreamTask:
-    """LibriSpeech transcription, test split only (no probe is trained for ASR).
+def librispeech(source: str | os.PathLike, train: str = "train-clean-100", validation: str = "dev-clean",
+                test: str = "test-clean", max_seconds: float = 30.0) -> DownstreamTask:
+    """LibriSpeech transcription: one subset per split (speakers differ between subsets).
 
     Parameters
     ----------
     source : path-like or str
-        The ``LibriSpeech`` folder (holding ``subset``) or the subset folder
-        itself, or ``"hf:openslr/librispeech_asr"`` (config ``clean``, split ``test``).
-    subset : str
-        Local copies: the subset folder name.
+        The ``LibriSpeech`` folder holding the subset folders, or
+        ``"hf:openslr/librispeech_asr"`` (config ``clean``: ``train-clean-100``,
+        ``train-clean-360``, ``dev-clean`` and ``test-clean``).
+    train, validation, test : str
+        Subset of each split (e.g. ``"train-clean-360"``).
     max_seconds : float
         Longer utterances are left out: Whisper reads at most 30 s.
 
@@ -823,28 +776,41 @@ def librispeech(source: str | os.PathLike, subset: str = "test-clean", max_secon
     -------
     DownstreamTask
     """
-    if _is_hf(source):
-        examples = []
-        for row in _load_hf(source, "test", "clean"):
+    subsets = {"train": train, "validation": validation, "test": test}
+    examples = (_librispeech_hf if _is_hf(source) else _librispeech_local)(source, subsets, max_seconds)
+    return DownstreamTask("librispeech_asr", "asr", tuple(examples), description="utterance -> transcript (1 - WER)",
+                          paper_task="ASR", origin=str(source))
+
+
+def _librispeech_hf(source: str, subsets: dict[str, str], max_seconds: float) -> list[Example]:
+    examples = []
+    for split, subset in subsets.items():
+        if subset not in _LIBRISPEECH_HF_SPLITS:
+            raise ValueError(f"{split}={subset!r}: the Hugging Face copy of LibriSpeech (config 'clean') has the "
+                             f"subsets {', '.join(_LIBRISPEECH_HF_SPLITS)}")
+        for row in _load_hf(source, _LIBRISPEECH_HF_SPLITS[subset], "clean"):
             audio = _hf_audio(row["audio"])
             if len(audio) <= max_seconds * SAMPLE_RATE:
-                examples.append(Example(str(row["id"]), "test", str(row["text"]), audio,
-                                        speaker=str(row["speaker_id"])))
-    else:
-        root = _local_root(source, "LibriSpeech", LIBRISPEECH_URL, LIBRISPEECH_LAYOUT)
-        folder = root / subset if (root / subset).is_dir() else root
-        examples = []
+                examples.append(Example(str(row["id"]), split, str(row["text"]), audio, speaker=str(row["speaker_id"])))
+    return examples
+
+
+def _librispeech_local(source, subsets: dict[str, str], max_seconds: float) -> list[Example]:
+    root = _local_root(source, "LibriSpeech", LIBRISPEECH_URL, LIBRISPEECH_LAYOUT)
+    examples = []
+    for split, subset in subsets.items():
+        folder, found = root / subset, 0
         for transcript in sorted(folder.glob("*/*/*.trans.txt")):
             for line in transcript.read_text().splitlines():
                 utterance, _, text = line.partition(" ")
-                audio = transcript.parent / f"{utterance}.flac"
-                example = Example(utterance, "test", text, str(audio), speaker=utterance.split("-")[0])
+                example = Example(utterance, split, text, str(transcript.parent / f"{utterance}.flac"),
+                                  speaker=utterance.split("-")[0])
+                found += 1
                 if audio_length(example) <= max_seconds * SAMPLE_RATE:
                     examples.append(example)
-        if not examples:
-            raise _missing(f"LibriSpeech {subset}", folder, LIBRISPEECH_URL, LIBRISPEECH_LAYOUT)
-    return DownstreamTask("librispeech_asr", "asr", tuple(examples), description="utterance -> transcript (1 - WER)",
-                          paper_task="ASR", origin=str(source))
+        if not found:
+            raise _missing(f"LibriSpeech {subset} (the {split} split)", folder, LIBRISPEECH_URL, LIBRISPEECH_LAYOUT)
+    return examples
 
 
 # ======================================================================================

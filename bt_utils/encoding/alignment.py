@@ -1,7 +1,7 @@
 """Brain alignment: from a speech model's layer features to voxel-wise and ROI scores.
 
 For every participant, model variant (pretrained, brain-tuned, controls) and layer:
-layer features per TR (:mod:`bt_utils.features.layers`, cached) -> delayed design
+layer features per TR (:mod:`bt_utils.features.extraction`, cached) -> delayed design
 matrices -> ridge regression with a per-voxel penalty chosen by cross-validation
 over stories (:mod:`bt_utils.encoding.ridge`) -> Pearson r between the prediction of the
 test story and the mean of its repeats, and ``r / cc_max`` for the voxels whose
@@ -14,7 +14,7 @@ Result tables (tidy):
   ``p_value, q_value, significant`` with permutations); ``r_norm`` is NaN for
   excluded voxels; ``tuned_on`` names the participants a brain-tuned variant was
   tuned on, from its checkpoint (so that a participant it never saw is known);
-- ROIs: ``subject, model, variant, tuned_on, layer, roi, r_norm_mean, n_voxels``.
+- ROIs: ``subject, model, variant, tuned_on, layer, roi, r_norm_mean, n_voxels, n_parcels`` (parcels weigh the same).
 """
 
 from __future__ import annotations
@@ -27,8 +27,13 @@ import numpy as np
 import pandas as pd
 
 from ..data.dataset import Dataset
-from .ridge import BACKENDS, HIMALAYA_ALPHAS, bootstrap_chunk_splits, correlation_score, fit_ridge_cv, normalised_score, story_folds
-from ..features.layers import DELAYS, WindowSettings, dataset_tr_features, default_layers, check_layers, layer_design, response_rows_test
+from .ridge import (
+    HIMALAYA_ALPHAS, EigenRidgeCV, bootstrap_chunk_splits, check_backend, correlation_score, normalised_score,
+    story_folds,
+)
+from ..features.design import DELAYS, layer_design, response_rows_test
+from ..features.extraction import check_layers, dataset_tr_features, default_layers
+from ..features.windows import WindowSettings
 from ..models.registry import load_encoder
 from ..models.tuning import tuned_participants
 from ..data.noise_ceiling import cc_max
@@ -48,13 +53,13 @@ class AlignmentSettings:
     Attributes
     ----------
     layers : tuple of int or None
-        Hidden-state indices; None: :func:`bt_utils.features.layers.default_layers`.
+        Hidden-state indices; None: :func:`bt_utils.features.extraction.default_layers`.
     window : WindowSettings
-        Reference protocol, the fast mode, or edge mode (padded Whisper only).
+        The reference protocol or the fast mode (see docs/feature_windows.md).
     native_length : bool
         Whisper only: run the encoder on each window's real length instead of
         padding it to 30 s (2.5-4x faster on CPU; the protocol pads, and native-length
-        features shift with the window's start, see :mod:`bt_utils.features.layers`).
+        features shift with the window's start, see docs/feature_windows.md).
     delays : tuple of int
         FIR delays in TRs.
     cv : {"story", "bootstrap"}
@@ -62,9 +67,9 @@ class AlignmentSettings:
     n_folds : int
         Folds of the story scheme (capped at the number of training stories).
     alphas : tuple of float
-        Ridge penalties in himalaya's convention (METHOD.md grid, squared).
+        Ridge penalties in himalaya's convention (the reference grid, squared; docs/method.md).
     backend : {"numpy", "torch", "torch_cuda"}
-        Of the ridge solver.
+        himalaya backend of the ridge fits.
     min_ceiling : float
         Voxels with ``cc_max`` at or below it get ``r_norm = NaN``.
     n_permutations : int
@@ -93,7 +98,7 @@ class AlignmentSettings:
 
     def __post_init__(self):
         check_option("cv", self.cv, CV_SCHEMES)
-        check_option("backend", self.backend, BACKENDS)
+        check_backend(self.backend)
         if self.n_permutations < 0:
             raise ValueError(f"n_permutations must be >= 0, got {self.n_permutations}")
 
@@ -159,13 +164,12 @@ def score_layer(x_train: np.ndarray, x_test: np.ndarray, labels: np.ndarray, tar
     if len(x_train) != len(targets.train) or len(x_test) != len(targets.test):
         raise ValueError(f"design ({len(x_train)} train, {len(x_test)} test rows) and responses "
                          f"({len(targets.train)} train, {len(targets.test)} test rows) do not pair")
-    fit = fit_ridge_cv(x_train, targets.train, alphas=np.asarray(settings.alphas), cv=cv_splits(labels, settings),
-                       backend=settings.backend)
-    prediction = fit.predict(x_test)
+    model = EigenRidgeCV(alphas=settings.alphas, cv=cv_splits(labels, settings), backend=settings.backend)
+    prediction = model.fit(x_train, targets.train).predict(x_test)
     r = correlation_score(prediction, targets.test)
     table = pd.DataFrame({"voxel": np.arange(len(r)), "r": r,
                           "r_norm": normalised_score(r, targets.ceiling, settings.min_ceiling),
-                          "alpha": np.asarray(fit.best_alphas)})
+                          "alpha": model.best_alphas_})
     if settings.n_permutations:
         p = block_permutation_pvalues(prediction, targets.test, settings.n_permutations,
                                       settings.permutation_block_trs, np.random.default_rng(settings.seed))
@@ -188,12 +192,12 @@ def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray
     repeat mean and is not divided by a noise ceiling). Per-story scoring keeps
     r unbiased under the null; one r over the concatenated predictions is not,
     because each fold picks its own alphas, which scale its predictions (on
-    pure noise: mean r -0.04 instead of 0).
+    pure noise it falls below 0).
 
     Parameters
     ----------
     x_train : ndarray of shape (n, n_features)
-        Design rows of the training stories (:func:`bt_utils.features.layers.layer_design`).
+        Design rows of the training stories (:func:`bt_utils.features.design.layer_design`).
     y_train : ndarray of shape (n, n_voxels)
         Responses paired with ``x_train`` (:attr:`SubjectTargets.train`).
     labels : ndarray of shape (n,)
@@ -216,9 +220,9 @@ def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray
     scores = []
     for story in stories:
         held_out = labels == story
-        fit = fit_ridge_cv(x_train[~held_out], y_train[~held_out], alphas=np.asarray(settings.alphas),
-                           cv=cv_splits(labels[~held_out], settings), backend=settings.backend)
-        scores.append(correlation_score(fit.predict(x_train[held_out]), y_train[held_out]))
+        model = EigenRidgeCV(alphas=settings.alphas, cv=cv_splits(labels[~held_out], settings),
+                             backend=settings.backend).fit(x_train[~held_out], y_train[~held_out])
+        scores.append(correlation_score(model.predict(x_train[held_out]), y_train[held_out]))
     return np.mean(scores, axis=0)
 
 
@@ -233,13 +237,13 @@ def score_features(dataset: Dataset, subject: str, features: Mapping[str, Mappin
     subject : str
     features : mapping of str to mapping of int to ndarray of shape (n_trs, d)
         Untrimmed TR features per story and layer (e.g. from
-        :func:`bt_utils.features.layers.dataset_tr_features`, or residualised ones).
+        :func:`bt_utils.features.extraction.dataset_tr_features`, or residualised ones).
     layers : tuple of int
     targets : SubjectTargets
     settings : AlignmentSettings
     standardise : bool
         z-score each story's features (default); ``False`` for residualised
-        features (see :func:`bt_utils.features.layers.layer_design`).
+        features (see :func:`bt_utils.features.design.layer_design`).
 
     Returns
     -------
@@ -353,9 +357,13 @@ def order_columns(voxels: pd.DataFrame) -> pd.DataFrame:
     return voxels[first + [c for c in voxels.columns if c not in first]]
 
 
-def alignment_rois(dataset: Dataset, voxels: pd.DataFrame, atlas_dir=None) -> pd.DataFrame:
-    """ROI means of ``r_norm``: ``subject, model, variant, tuned_on, layer, roi, r_norm_mean, n_voxels``
-    (``tuned_on`` when the voxel table has it)."""
+def alignment_rois(dataset: Dataset, voxels: pd.DataFrame, atlas_dir=None, weighting: str = "parcel") -> pd.DataFrame:
+    """ROI means of ``r_norm``: ``subject, model, variant, tuned_on, layer, roi, r_norm_mean, n_voxels, n_parcels``
+    (``tuned_on`` when the voxel table has it).
+
+    ``weighting="parcel"`` (default) averages within each parcel of an ROI, then over its
+    parcels; ``"voxel"`` averages over its voxels (see :func:`bt_utils.encoding.stats.roi_mean`).
+    """
     rois = {subject: subject_rois(dataset, subject, atlas_dir) for subject in voxels.subject.unique()}
     keys = ("subject", "model", "variant", *(["tuned_on"] if "tuned_on" in voxels else []), "layer")
-    return roi_table(voxels, rois, value="r_norm", keys=keys)
+    return roi_table(voxels, rois, value="r_norm", keys=keys, weighting=weighting)

@@ -1,13 +1,15 @@
 """Low-level feature impact: how much of a layer's alignment is carried by low-level speech features.
 
-METHOD.md: every dimension of a layer's TR features is regressed on the low-level
+Every dimension of a layer's TR features is regressed on the low-level
 features (ridge, 10-fold cross-validated penalty in 1e-6 ... 1e9, fitted on the
 training TRs only); the residuals, computed for every story, replace the
 features; the encoding models are refitted on them, with the residuals in the
 units of the z-scored features they came from (not z-scored again, as in the
 authors' residual evaluation). The impact is the percentage
 drop of normalised alignment, ``100 * (orig - residual) / orig``, per voxel (where
-``orig > 0``) and per ROI (from the ROI means).
+``orig > 0``) and per ROI, where it is the drop of the ROI's mean alignment
+(:func:`impact_rois`), reported only where that mean is clearly above 0: a ratio
+to a mean near 0 is noise, not an impact.
 
 Beyond the paper, :func:`variance_partition` splits the test-story variance a
 voxel shares with the model and low-level features into the part unique to
@@ -32,16 +34,30 @@ from .alignment import (
     variant_features,
 )
 from ..data.dataset import Dataset
-from .ridge import correlation_score, fit_ridge_cv
-from ..features.layers import layer_design, stimulus_rows, zscore_per_story
+from .ridge import EigenRidgeCV, correlation_score
+from ..features.design import layer_design, stimulus_rows, zscore_per_story
 from ..features.low_level import DEFAULT_LOW_LEVEL_FEATURES, build_vocabularies, low_level_features
-from .stats import roi_table
+from .stats import ROI_WEIGHTINGS, roi_mean, roi_parcels
 from ..validation import DataError, check_option
 
 log = logging.getLogger(__name__)
 
 RESIDUAL_ALPHAS = np.logspace(-6, 9, 16)
-"""Penalties searched when regressing model features on low-level features (METHOD.md)."""
+"""Penalties searched when regressing model features on low-level features (docs/method.md, "Impact")."""
+
+IMPACT_MIN_ALIGNMENT = 0.05
+"""Smallest ROI mean of ``r / cc_max`` (before removing low-level features) whose drop :func:`impact_rois` reports."""
+
+IMPACT_ALPHA = 0.05
+"""Level of the one-sided test across voxels that an ROI's mean ``r / cc_max`` is above 0 (:func:`impact_rois`)."""
+
+DROP_STATUSES = {
+    "ok": "the drop is reported",
+    "no_voxels": "no voxel of the ROI above the noise-ceiling cut",
+    "low_alignment": "the ROI's mean r / cc_max is below min_alignment",
+    "not_above_zero": "the ROI's mean r / cc_max is not significantly above 0 across its voxels",
+}
+"""Values of the ``drop_status`` column of :func:`impact_rois`: why ``drop_pct`` is or is not reported."""
 
 
 def contiguous_folds(n_samples: int, n_folds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -130,8 +146,9 @@ def residualise(model: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], 
 
     x = np.vstack([z_low[s][rows[s]] for s in train_stories])
     y = np.vstack([z_model[s][rows[s]] for s in train_stories])
-    fit = fit_ridge_cv(x, y, cv=contiguous_folds(len(x), n_folds), alphas=alphas, backend=backend, dtype="float64")
-    return {s: z_model[s] - z_low[s] @ fit.weights for s in model}
+    ridge = EigenRidgeCV(alphas=alphas, cv=contiguous_folds(len(x), n_folds), backend=backend, dtype="float64")
+    ridge.fit(x, y)
+    return {s: z_model[s] - z_low[s] @ ridge.coef_ for s in model}
 
 
 def low_level_impact(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Mapping[str, str]],
@@ -197,15 +214,75 @@ def _drop_pct(orig, resid) -> np.ndarray:
         return np.where(orig > 0, 100.0 * (orig - resid) / orig, np.nan)
 
 
-def impact_rois(voxels: pd.DataFrame, rois: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:
-    """ROI table of the impact: ``subject, model, variant, layer, roi, feature_set, r_norm_orig,
-    r_norm_resid, drop_pct``, the drop computed from the ROI means."""
-    keys = ("subject", "model", "variant", "layer", "feature_set")
-    orig = roi_table(voxels, rois, "r_norm_orig", keys).rename(columns={"r_norm_orig_mean": "r_norm_orig"})
-    resid = roi_table(voxels, rois, "r_norm_resid", keys).rename(columns={"r_norm_resid_mean": "r_norm_resid"})
-    table = orig.drop(columns="n_voxels").merge(resid.drop(columns="n_voxels"), on=[*keys, "roi"])
-    table["drop_pct"] = _drop_pct(table.r_norm_orig, table.r_norm_resid)
-    return table[["subject", "model", "variant", "layer", "roi", "feature_set", "r_norm_orig", "r_norm_resid", "drop_pct"]]
+def impact_rois(voxels: pd.DataFrame, rois: Mapping[str, Mapping], weighting: str = "parcel",
+                min_alignment: float = IMPACT_MIN_ALIGNMENT, alpha: float = IMPACT_ALPHA) -> pd.DataFrame:
+    """Low-level impact per ROI: the drop of the ROI's mean alignment.
+
+    For every condition and ROI, over the ROI's voxels with a finite ``r_norm_orig``
+    and ``r_norm_resid``: the ROI means ``orig`` and ``resid``
+    (:func:`bt_utils.encoding.stats.roi_mean`, each parcel weighing the same by
+    default) and ``drop_pct = 100 * (orig - resid) / orig``. The drop is
+    reported only where the original alignment is meaningfully above 0: ``orig``
+    at least ``min_alignment`` and significantly above 0 across the ROI's voxels
+    (one-sided t-test of the ROI mean at level ``alpha``, from the voxel-to-voxel
+    spread within parcels); elsewhere ``drop_pct`` is NaN and ``drop_status`` says
+    why (:data:`DROP_STATUSES`). Per-voxel percentages are never averaged.
+
+    Parameters
+    ----------
+    voxels : DataFrame
+        :func:`low_level_impact`'s table: ``subject, model, variant, layer, feature_set,
+        voxel, r_norm_orig, r_norm_resid``.
+    rois : mapping
+        ``rois[subject][roi]``: parcels ``{parcel: voxel indices}``
+        (:func:`bt_utils.data.rois.subject_rois`) or an array of voxel indices (one parcel).
+    weighting : {"parcel", "voxel"}
+    min_alignment : float
+        Smallest ``orig`` (mean ``r / cc_max``) whose drop is reported.
+    alpha : float
+        Level of the test that ``orig`` is above 0.
+
+    Returns
+    -------
+    table : DataFrame
+        ``subject, model, variant, layer, roi, feature_set, r_norm_orig, r_norm_resid, drop_pct,
+        p_orig, drop_status, n_voxels, n_parcels``; ``p_orig`` is the one-sided p-value of
+        ``r_norm_orig > 0``.
+    """
+    check_option("weighting", weighting, ROI_WEIGHTINGS)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    keys = ["subject", "model", "variant", "layer", "feature_set"]
+    missing = set(voxels.subject.unique()) - set(rois)
+    if missing:
+        raise KeyError(f"no ROI definitions for subjects {sorted(missing)}")
+    rows = []
+    for condition, group in voxels.groupby(keys, sort=True):
+        labels = dict(zip(keys, condition))
+        by_voxel = group.set_index("voxel")[["r_norm_orig", "r_norm_resid"]]
+        for roi, definition in rois[labels["subject"]].items():
+            orig, resid = {}, {}
+            for parcel, members in roi_parcels(definition, roi).items():
+                values = by_voxel.reindex(members).to_numpy(dtype=float)
+                kept = np.isfinite(values).all(axis=1)
+                orig[parcel], resid[parcel] = values[kept, 0], values[kept, 1]
+            before, after = roi_mean(orig, weighting), roi_mean(resid, weighting)
+            p_orig = before.p_above_zero()
+            if before.n_voxels == 0:
+                status = "no_voxels"
+            elif before.mean < min_alignment:
+                status = "low_alignment"
+            elif not p_orig < alpha:
+                status = "not_above_zero"
+            else:
+                status = "ok"
+            drop = 100.0 * (before.mean - after.mean) / before.mean if status == "ok" else np.nan
+            rows.append({**labels, "roi": roi, "r_norm_orig": before.mean, "r_norm_resid": after.mean,
+                         "drop_pct": drop, "p_orig": p_orig, "drop_status": status, "n_voxels": before.n_voxels,
+                         "n_parcels": before.n_parcels})
+    columns = ["subject", "model", "variant", "layer", "roi", "feature_set", "r_norm_orig", "r_norm_resid",
+               "drop_pct", "p_orig", "drop_status", "n_voxels", "n_parcels"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 BAND_MIXES = 1.0 / (1.0 + np.logspace(3, -3, 11))
@@ -284,7 +361,7 @@ def banded_ridge_grid(x1_train: np.ndarray, x2_train: np.ndarray, y_train: np.nd
     Substituting ``w1 = sqrt(g) v1`` and ``w2 = sqrt(1 - g) v2`` makes it exactly ridge with one
     penalty ``alpha`` on ``[sqrt(g) X1, sqrt(1 - g) X2]``, where ``alpha_1 = alpha / g`` and
     ``alpha_2 = alpha / (1 - g)`` (himalaya's parametrisation, ``g`` its kernel weight ``gamma``).
-    So for every ``g`` of ``band_mixes``, one :func:`bt_utils.encoding.ridge.fit_ridge_cv` of the
+    So for every ``g`` of ``band_mixes``, one :class:`bt_utils.encoding.ridge.EigenRidgeCV` fit of the
     rescaled features scores all ``alphas`` per voxel (sharing one eigendecomposition), and each
     voxel keeps the ``(g, alpha)`` of the best cross-validated score (ties: the earlier ``g``, then
     the larger ``alpha``) and the test predictions of that refit; the weights of each ``g`` are
@@ -304,7 +381,7 @@ def banded_ridge_grid(x1_train: np.ndarray, x2_train: np.ndarray, y_train: np.nd
     band_mixes : ndarray of shape (n_mixes,)
         Weights ``g`` of the first band, strictly inside (0, 1) (default :data:`BAND_MIXES`).
     backend, dtype, score
-        As for :func:`bt_utils.encoding.ridge.fit_ridge_cv`.
+        As for :class:`bt_utils.encoding.ridge.EigenRidgeCV` (``score`` is its ``scoring``).
 
     Returns
     -------
@@ -329,15 +406,15 @@ def banded_ridge_grid(x1_train: np.ndarray, x2_train: np.ndarray, y_train: np.nd
     prediction = np.zeros((len(x1_test), n_voxels), dtype=work)
     for index, g in enumerate(band_mixes):
         scale1, scale2 = np.sqrt(g), np.sqrt(1.0 - g)
-        fit = fit_ridge_cv(np.hstack([scale1 * x1_train, scale2 * x2_train]), y_train, cv=folds, alphas=alphas,
-                           backend=backend, score=score, dtype=dtype)
-        cv_scores[index] = fit.cv_scores
-        scores = fit.best_scores
+        ridge = EigenRidgeCV(alphas=alphas, cv=folds, scoring=score, backend=backend, dtype=dtype)
+        ridge.fit(np.hstack([scale1 * x1_train, scale2 * x2_train]), y_train)
+        cv_scores[index] = ridge.alpha_scores_
+        scores = ridge.cv_scores_
         better = scores > best_scores
         if better.any():
-            best_scores[better], band_mix[better], alpha[better] = scores[better], g, fit.best_alphas[better]
-            prediction[:, better] = np.hstack([scale1 * x1_test, scale2 * x2_test]) @ fit.weights[:, better]
-        del fit  # only the chosen test predictions are kept, not each mix's weights
+            best_scores[better], band_mix[better], alpha[better] = scores[better], g, ridge.best_alphas_[better]
+            prediction[:, better] = np.hstack([scale1 * x1_test, scale2 * x2_test]) @ ridge.coef_[:, better]
+        del ridge  # only the chosen test predictions are kept, not each mix's weights
     return BandedGridFit(band_mixes, np.asarray(alphas, dtype=np.float64), cv_scores, band_mix, alpha, best_scores,
                          prediction)
 
@@ -388,8 +465,8 @@ def partition_variance(model_train: np.ndarray, low_train: np.ndarray, y_train: 
         Array library of the single-space fits and of the grid solver.
     solver : {"grid", "himalaya"}
         ``"grid"`` (default): :func:`banded_ridge_grid`, a deterministic search of ``band_mixes`` x
-        ``alphas`` (``len(band_mixes)`` ridge fits; 5-17x faster than the reference on demo-sized
-        problems, see ``docs/benchmarks.md``); ``"himalaya"``: himalaya's ``BandedRidgeCV`` random
+        ``alphas`` (``len(band_mixes)`` ridge fits; faster than the reference on demo-sized problems,
+        see ``docs/benchmarks.md``); ``"himalaya"``: himalaya's ``BandedRidgeCV`` random
         search (``n_iter`` draws of the band weights), the reference.
     band_mixes : ndarray of shape (n_mixes,)
         Weights ``g`` of the model band searched by ``solver="grid"`` (default :data:`BAND_MIXES`).
@@ -411,8 +488,8 @@ def partition_variance(model_train: np.ndarray, low_train: np.ndarray, y_train: 
         raise ValueError(f"y_train has {np.shape(y_train)[1]} voxels but y_test {np.shape(y_test)[1]}")
     r2 = {}
     for name, (x_train, x_test) in {"model": (model_train, model_test), "low": (low_train, low_test)}.items():
-        fit = fit_ridge_cv(x_train, y_train, cv=folds, alphas=alphas, backend=backend)
-        r2[name] = correlation_score(fit.predict(x_test), y_test) ** 2
+        ridge = EigenRidgeCV(alphas=alphas, cv=folds, backend=backend).fit(x_train, y_train)
+        r2[name] = correlation_score(ridge.predict(x_test), y_test) ** 2
     if solver == "grid":
         joint = banded_ridge_grid(model_train, low_train, y_train, model_test, low_test, folds, alphas, band_mixes,
                                   backend)
@@ -436,7 +513,7 @@ def variance_partition(features: Mapping[str, np.ndarray], low: Mapping[str, np.
 
     Only voxels with ``cc_max > settings.min_ceiling`` are fitted (the others
     have no explainable variance to split). The features are delayed by
-    ``settings.delays`` and trimmed like the encoding models' (:func:`bt_utils.features.layers.layer_design`);
+    ``settings.delays`` and trimmed like the encoding models' (:func:`bt_utils.features.design.layer_design`);
     penalties, folds and backend come from ``settings``.
 
     Parameters

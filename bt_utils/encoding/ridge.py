@@ -1,75 +1,26 @@
-"""Voxelwise ridge encoding models with a cross-validated regularisation per voxel.
+"""Voxelwise ridge encoding models with a cross-validated penalty per voxel.
 
-The model (METHOD.md) predicts every voxel's response ``Y[:, j]`` from the
-delayed features ``X`` with ridge regression without intercept (``X`` and ``Y``
-are z-scored per story, so both are centred)::
+Every voxel's response ``Y[:, j]`` is predicted from the delayed features ``X`` by
+ridge regression without intercept (both are z-scored per story, so centred)::
 
     w_j = argmin_w ||X w - Y[:, j]||^2 + alpha_j ||w||^2
 
-The penalty ``alpha_j`` is chosen per voxel from a grid by the held-out score
-averaged over cross-validation splits, then the weights are refit on all the
-training data. :func:`fit_ridge_cv` does this with its own solver and
-:func:`fit_himalaya` with himalaya's ``RidgeCV``, the reference; both return a
-:class:`RidgeFit`.
+``alpha_j`` is chosen per voxel from a grid by the held-out score averaged over
+cross-validation splits (:func:`story_folds`, :func:`bootstrap_chunk_splits`), then
+the weights are refit on all training rows. :class:`EigenRidgeCV` does this with the
+estimator interface of himalaya's ``RidgeCV`` and the same results, but faster: one
+eigendecomposition serves every alpha and split (see the class). Its arrays go
+through himalaya's backends (:func:`get_backend`), chosen per estimator rather than
+through himalaya's global backend.
 
-How :func:`fit_ridge_cv` is fast
---------------------------------
-Everything goes through one symmetric eigendecomposition (``eigh``) of the
-Gram matrix ``G = X^T X`` (the *primal* form, when ``n_features <= n_samples``)
-or of the kernel ``K = X X^T`` (the *kernel* form, otherwise), so the solver
-works in ``k = min(n_samples, n_features)`` dimensions. In that eigenbasis
-``(G + alpha I)^-1`` is the diagonal ``1 / (lambda + alpha)``, so trying
-another alpha only rescales a diagonal, and all alphas reuse the same
-projections of the data. Splits are handled by one of two strategies, picked
-by a flop count (``strategy="auto"``):
-
-``"downdate"`` (held-out sets small next to ``k``)
-    No decomposition per split. With the hat matrix ``S = X (G + alpha I)^-1 X^T``
-    of the fit on all rows, the Woodbury identity gives the predictions of the
-    model fitted without the held-out rows ``h`` exactly::
-
-        P_h = (I - S_hh)^-1 X_h (G + alpha I)^-1 X_t^T Y_t
-
-    (``t``: the training rows), which costs one ``n_h x n_h`` inverse per split
-    and alpha instead of one ``k x k`` eigendecomposition per split; the
-    predictions are formed directly, not as ``Y_h`` minus residuals, which would
-    cancel in float32 when strong shrinkage makes them small.
-``"per_fold"`` (few features next to the held-out sets)
-    One ``eigh`` per split of the training rows' Gram matrix, obtained from the
-    shared one as ``G - X_h^T X_h`` (primal) or as the training block of ``K``
-    (kernel); held-out predictions are ``X_test V diag(1 / (lambda + alpha)) V^T X_train^T Y_train``.
-
-Precision: data, projections and predictions use ``dtype`` (float32 by
-default); the Gram or kernel matrix, its eigendecomposition and the small
-``n_h x n_h`` systems use float64, because float32 there loses the small
-eigenvalues that the smallest alphas depend on.
-
-Memory: with ``b`` bytes per value of ``dtype``, ``k = min(n, p)`` and
-``n_h`` held-out rows per split, the peak is at most about
-``b (n p + 2 n m + n k + 2 k m + p m) + 8 (n p + 2 k^2 + 3 n_h k)`` bytes:
-``X``, ``Y`` and the held-out rows of ``Y``, the data projected onto the
-eigenvectors (``n k`` and ``k m``), the weights (``p m``), float64 copies of
-``X`` (for the Gram matrix) and of the eigenvectors, and one split's float64
-system. ``"per_fold"`` in the primal form adds ``X^T Y`` (``b p m``). Within a
-split each alpha adds ``b n_h (k + 2 m_b)`` bytes for ``m_b = voxel_batch``
-voxels: ``voxel_batch`` bounds only that term. (The benchmark problem, 4,000 x
-3,072 x 4,000 in float32, allocates 0.44 GB on top of its 0.11 GB inputs, as
-the float64 copy of ``X`` is freed before the splits are solved.)
-
-Scores
-------
-``"r2"`` is ``1 - SSE / sum((y - mean(y))^2)`` per split and ``"correlation"``
-the Pearson r per split, both 0 for a voxel that is constant over the held-out
-rows, as in himalaya. Ties between alphas go to the largest alpha.
-
-Evaluation on the test story: :func:`correlation_score` between the
-predictions and the mean of the test repeats, and :func:`normalised_score`
-(``r / cc_max``), which is NaN for voxels with ``cc_max <= 0.05``, whose
-ceiling is too unreliable to divide by; callers mask them with ``np.isfinite``.
+Evaluation on the test story: :func:`correlation_score` between the predictions and
+the mean of the test repeats, and :func:`normalised_score` (``r / cc_max``), NaN for
+voxels whose noise ceiling is too unreliable to divide by.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -83,60 +34,17 @@ REFERENCE_ALPHAS = np.logspace(1, 4, 15)
 #: this module's loss ``||X w - y||^2 + alpha ||w||^2``): ``logspace(2, 8, 15)``.
 HIMALAYA_ALPHAS = REFERENCE_ALPHAS**2
 
+#: himalaya backends :class:`EigenRidgeCV` runs on (its float64 eigendecomposition
+#: rules out ``"torch_mps"``; ``"cupy"`` is not supported).
 BACKENDS = ("numpy", "torch", "torch_cuda")
-SCORES = ("r2", "correlation")
-SOLVERS = ("eigh", "himalaya")
+SCORINGS = ("r2", "correlation")
 STRATEGIES = ("auto", "downdate", "per_fold")
 DTYPES = ("float32", "float64")
+SOLVER_PARAMS = ("strategy", "n_targets_batch")
 
 #: Cost of a ``k x k`` float64 eigendecomposition in multiply-adds of float32
-#: matrix products, in units of ``k**3``; measured on a 2-core AVX-512 CPU
-#: (``np.linalg.eigh`` of 3072 x 3072: 2.6 s; GEMM: 170 G multiply-adds/s).
+#: matrix products, in units of ``k**3`` (measured on a 2-core AVX-512 CPU).
 EIGH_COST = 15.0
-
-
-@dataclass
-class RidgeFit:
-    """A fitted voxelwise ridge model.
-
-    Attributes
-    ----------
-    alphas : ndarray of shape (n_alphas,)
-        The grid searched.
-    best_alphas : ndarray of shape (n_voxels,)
-        The alpha chosen for each voxel (a value of ``alphas``).
-    cv_scores : ndarray of shape (n_alphas, n_voxels)
-        Held-out score of every alpha, averaged over splits (float64).
-    weights : ndarray of shape (n_features, n_voxels)
-        Weights refit on all training rows with each voxel's alpha.
-    score : str
-        ``"r2"`` or ``"correlation"``.
-    method : str
-        How it was fitted, e.g. ``"eigh/downdate/primal"`` or ``"himalaya"``.
-    """
-
-    alphas: np.ndarray
-    best_alphas: np.ndarray
-    cv_scores: np.ndarray
-    weights: np.ndarray
-    score: str
-    method: str
-
-    @property
-    def best_scores(self) -> np.ndarray:
-        """Cross-validated score at each voxel's alpha, shape (n_voxels,)."""
-        rows = np.argmax(self.alphas[:, None] == self.best_alphas[None, :], axis=0)
-        return self.cv_scores[rows, np.arange(self.cv_scores.shape[1])]
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predicted responses, shape (n_samples, n_voxels), for features ``X`` (n_samples, n_features)."""
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.weights.shape[0]:
-            raise ValueError(
-                f"X must have shape (n_samples, {self.weights.shape[0]}) like the training features, "
-                f"got shape {X.shape}"
-            )
-        return X.astype(self.weights.dtype, copy=False) @ self.weights
 
 
 # ----------------------------------------------------------------------------- splits
@@ -246,7 +154,7 @@ def correlation_score(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
             f"got {prediction.shape} and {target.shape}"
         )
     prediction, target = prediction - prediction.mean(0), target - target.mean(0)
-    return _centred_correlation(prediction, target, (target * target).sum(0), _NumpyOps())
+    return _centred_correlation(prediction, target, (target * target).sum(0), get_backend("numpy"))
 
 
 def normalised_score(r: np.ndarray, ceiling: np.ndarray, min_ceiling: float = 0.05) -> np.ndarray:
@@ -275,31 +183,31 @@ def normalised_score(r: np.ndarray, ceiling: np.ndarray, min_ceiling: float = 0.
     return np.divide(r, ceiling, out=np.full(r.shape, np.nan), where=kept)
 
 
-def _column_sums(values, ops) -> np.ndarray:
-    return ops.numpy(values.sum(0)).astype(np.float64)
+def _column_sums(values, backend) -> np.ndarray:
+    return backend.to_numpy(values.sum(0)).astype(np.float64)
 
 
-def _centred_correlation(prediction, target, target_total, ops) -> np.ndarray:
+def _centred_correlation(prediction, target, target_total, backend) -> np.ndarray:
     """Column-wise Pearson r of centred backend arrays (n_samples, n_voxels), given ``sum(target**2)``.
 
     Returns float64 numpy (n_voxels,), 0 where either column is constant.
     """
-    covariance = _column_sums(prediction * target, ops)
-    scale = np.sqrt(_column_sums(prediction * prediction, ops) * target_total)
+    covariance = _column_sums(prediction * target, backend)
+    scale = np.sqrt(_column_sums(prediction * prediction, backend) * target_total)
     return np.divide(covariance, scale, out=np.zeros_like(covariance), where=scale > 0)
 
 
-def _held_out_score(prediction, target, centred_target, target_total, score: str, ops) -> np.ndarray:
+def _held_out_score(prediction, target, centred_target, target_total, scoring: str, backend) -> np.ndarray:
     """Score per voxel (float64) of held-out predictions against targets (n_test, n_voxels).
 
     ``centred_target`` is ``target - mean(target)`` and ``target_total`` its column sums of squares
     (both computed once per split, not per alpha); constant targets score 0.
     """
-    if score == "r2":
+    if scoring == "r2":
         residual = target - prediction
-        error = _column_sums(residual * residual, ops)
+        error = _column_sums(residual * residual, backend)
         return np.divide(target_total - error, target_total, out=np.zeros_like(target_total), where=target_total > 0)
-    return _centred_correlation(prediction - prediction.mean(0), centred_target, target_total, ops)
+    return _centred_correlation(prediction - prediction.mean(0), centred_target, target_total, backend)
 
 
 def _best_alpha_index(cv_scores: np.ndarray, alphas: np.ndarray) -> np.ndarray:
@@ -311,75 +219,63 @@ def _best_alpha_index(cv_scores: np.ndarray, alphas: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- backends
 
 
-class _NumpyOps:
-    """Array operations of the numpy backend (the solver otherwise uses operators shared with torch).
+def check_backend(name: str) -> str:
+    """Return ``name`` if it is a himalaya backend :class:`EigenRidgeCV` runs on, else raise a ValueError.
 
-    Linear algebra goes through numpy's LAPACK, not scipy's: scipy wheels bundle
-    a second OpenBLAS whose threads and numpy's spin against each other when
-    calls alternate (a 200 x 200 Cholesky then takes 0.3 s on 2 cores).
+    Only the name is checked (nothing is imported): call it where settings are made.
     """
-
-    def __init__(self):
-        self.dtypes = {"float32": np.float32, "float64": np.float64}
-
-    def array(self, values, dtype: str):
-        return np.asarray(values, dtype=self.dtypes[dtype])
-
-    def index(self, indices: np.ndarray):
-        return indices
-
-    def numpy(self, values) -> np.ndarray:
-        return values
-
-    def eye(self, n: int):
-        return np.eye(n)
-
-    def eigh(self, matrix):
-        """Ascending eigenvalues (clipped at 0) and eigenvectors of a float64 PSD matrix."""
-        values, vectors = np.linalg.eigh(matrix)
-        return values.clip(min=0), vectors
-
-    def inverse(self, matrix):
-        """Inverse of a symmetric positive-definite matrix from its Cholesky factor (1.7x faster than np.linalg.inv)."""
-        root_inverse = _lower_triangular_inverse(np.linalg.cholesky(matrix))
-        return root_inverse.T @ root_inverse
+    return check_option("backend", name, BACKENDS)
 
 
-class _TorchOps:
-    """Array operations of the torch backends (CPU or one CUDA device)."""
+def get_backend(name: str):
+    """himalaya's backend module ``name``, leaving himalaya's global backend as it is.
 
-    def __init__(self, device: str):
+    Parameters
+    ----------
+    name : {"numpy", "torch", "torch_cuda"}
+
+    Returns
+    -------
+    module
+        ``himalaya.backend.<name>`` (``asarray``, ``to_numpy``, ``eigh``, ...).
+
+    Raises
+    ------
+    ValueError
+        For a name not in :data:`BACKENDS`.
+    RuntimeError
+        For ``"torch_cuda"`` on a machine without a CUDA GPU.
+    """
+    check_backend(name)
+    if name == "torch_cuda":
         import torch
 
-        if device == "cuda" and not torch.cuda.is_available():
+        if not torch.cuda.is_available():
             raise RuntimeError(
                 "backend='torch_cuda' needs a CUDA GPU, but torch.cuda.is_available() is False on this machine; "
                 "use backend='torch' or backend='numpy'"
             )
-        self.torch = torch
-        self.device = torch.device(device)
-        self.dtypes = {"float32": torch.float32, "float64": torch.float64}
+    return importlib.import_module(f"himalaya.backend.{name}")
 
-    def array(self, values, dtype: str):
-        if isinstance(values, self.torch.Tensor):
-            return values.to(device=self.device, dtype=self.dtypes[dtype])
-        return self.torch.as_tensor(np.asarray(values), dtype=self.dtypes[dtype], device=self.device)
 
-    def index(self, indices: np.ndarray):
-        return self.torch.as_tensor(indices, dtype=self.torch.int64, device=self.device)
+def _eigh(matrix, backend):
+    """Ascending eigenvalues (clipped at 0) and eigenvectors of a float64 PSD backend matrix."""
+    values, vectors = backend.eigh(matrix)
+    return backend.clip(values, 0, None), vectors
 
-    def numpy(self, values) -> np.ndarray:
-        return values.cpu().numpy()
 
-    def eye(self, n: int):
-        return self.torch.eye(n, dtype=self.torch.float64, device=self.device)
+def _spd_inverse(matrix, backend):
+    """Inverse of a symmetric positive-definite float64 backend matrix (n, n), from its Cholesky factor.
 
-    def eigh(self, matrix):
-        values, vectors = self.torch.linalg.eigh(matrix)
-        return values.clip(min=0), vectors
+    himalaya's backends have no Cholesky factorisation; numpy's LAPACK is used, not
+    scipy's, whose bundled OpenBLAS threads spin against numpy's when calls alternate.
+    """
+    if backend.name == "numpy":
+        root_inverse = _lower_triangular_inverse(np.linalg.cholesky(matrix))
+        return root_inverse.T @ root_inverse
+    import torch
 
-    def inverse(self, matrix):
-        return self.torch.cholesky_inverse(self.torch.linalg.cholesky(matrix))
+    return torch.cholesky_inverse(torch.linalg.cholesky(matrix))
 
 
 def _lower_triangular_inverse(lower: np.ndarray) -> np.ndarray:
@@ -395,13 +291,6 @@ def _lower_triangular_inverse(lower: np.ndarray) -> np.ndarray:
     inverse[half:, half:] = bottom
     inverse[half:, :half] = -bottom @ (lower[half:, :half] @ top)
     return inverse
-
-
-def _get_ops(backend: str):
-    check_option("backend", backend, BACKENDS)
-    if backend == "numpy":
-        return _NumpyOps()
-    return _TorchOps("cpu" if backend == "torch" else "cuda")
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -463,12 +352,21 @@ def _check_splits(cv, n_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return splits
 
 
-# ----------------------------------------------------------------------------- the eigh solver
+def _check_solver_params(solver_params) -> dict:
+    """``solver_params`` with defaults filled in: ``strategy`` and ``n_targets_batch``."""
+    params = {"strategy": "auto", "n_targets_batch": None}
+    unknown = sorted(set(solver_params or {}) - set(SOLVER_PARAMS))
+    if unknown:
+        raise ValueError(f"solver_params has unknown keys {unknown}; valid keys: {', '.join(SOLVER_PARAMS)}")
+    params.update(solver_params or {})
+    check_option("strategy", params["strategy"], STRATEGIES)
+    batch = params["n_targets_batch"]
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1):
+        raise ValueError(f"n_targets_batch must be a positive integer or None, got {batch!r}")
+    return params
 
 
-def _gram_eigh(X64, form: str, ops):
-    """Eigenvalues (k,) and eigenvectors (k, k) of X^T X (primal) or X X^T (kernel), all float64."""
-    return ops.eigh(X64.T @ X64 if form == "primal" else X64 @ X64.T)
+# ----------------------------------------------------------------------------- the solver
 
 
 class _Spectrum:
@@ -480,10 +378,10 @@ class _Spectrum:
     form ``factor = U`` and ``shrinkage = lambda / (lambda + alpha)``.
     """
 
-    def __init__(self, X, X64, form: str, ops, dtype: str):
-        self.X, self.form, self.ops, self.dtype = X, form, ops, dtype
-        self.values, self.vectors64 = _gram_eigh(X64, form, ops)
-        self.vectors = ops.array(self.vectors64, dtype)
+    def __init__(self, X, X64, form: str, backend, dtype: str):
+        self.X, self.form, self.backend, self.dtype = X, form, backend, dtype
+        self.values, self.vectors64 = _eigh(X64.T @ X64 if form == "primal" else X64 @ X64.T, backend)
+        self.vectors = backend.asarray(self.vectors64, dtype=dtype)
 
     @cached_property
     def factor(self):
@@ -498,7 +396,7 @@ class _Spectrum:
 
     def weights(self, projected, alpha: float):
         """Weights (n_features, n_cols) of the fit on all rows, from ``factor^T Y`` (k, n_cols)."""
-        inverse = self.ops.array(1.0 / (self.values + alpha), self.dtype)
+        inverse = self.backend.asarray(1.0 / (self.values + alpha), dtype=self.dtype)
         in_basis = self.vectors @ (projected * inverse[:, None])
         return in_basis if self.form == "primal" else self.X.T @ in_basis
 
@@ -529,12 +427,14 @@ class _Downdate:
 
     def split(self, train: np.ndarray, test: np.ndarray, alphas: np.ndarray):
         """The split's right factor (k, n_voxels) and a generator of one _HeldOutMap per alpha."""
-        ops, spectrum = self.spectrum.ops, self.spectrum
+        spectrum = self.spectrum
+        backend, dtype = spectrum.backend, spectrum.dtype
         held = np.setdiff1d(np.arange(spectrum.factor.shape[0]), train)
-        test_rows = ops.index(np.searchsorted(held, test))
-        factor = spectrum.factor[ops.index(held)]
-        factor64 = ops.array(factor, "float64")
-        right = self.projected - factor.T @ self.Y[ops.index(held)]
+        test_rows = backend.asarray(np.searchsorted(held, test))
+        held_rows = backend.asarray(held)
+        factor = spectrum.factor[held_rows]
+        factor64 = backend.asarray(factor, dtype="float64")
+        right = self.projected - factor.T @ self.Y[held_rows]
         n_held, n_test, k, n_voxels = len(held), len(test), factor.shape[1], right.shape[1]
         # mix @ (left @ right) costs n_held k m + n_test n_held m; (mix @ left) @ right, n_test n_held k + n_test k m
         mix_first = n_test * k * (n_held + n_voxels) < n_held * n_voxels * (k + n_test)
@@ -543,8 +443,10 @@ class _Downdate:
             for alpha in alphas:
                 shrinkage = spectrum.shrinkage(alpha)
                 root = factor64 * shrinkage**0.5
-                mix = ops.array(ops.inverse(ops.eye(n_held) - root @ root.T)[test_rows], spectrum.dtype)
-                left = factor * ops.array(shrinkage, spectrum.dtype)
+                system = -(root @ root.T)
+                backend.diagonal_view(system)[:] += 1.0
+                mix = backend.asarray(_spd_inverse(system, backend)[test_rows], dtype=dtype)
+                left = factor * backend.asarray(shrinkage, dtype=dtype)
                 yield _HeldOutMap(None, mix @ left) if mix_first else _HeldOutMap(mix, left)
 
         return right, maps()
@@ -570,22 +472,22 @@ class _PerFold:
 
     def split(self, train: np.ndarray, test: np.ndarray, alphas: np.ndarray):
         """The split's right factor (k_train, n_voxels) and a generator of one _HeldOutMap per alpha."""
-        ops, dtype, X = self.spectrum.ops, self.spectrum.dtype, self.spectrum.X
-        train_rows, test_rows = ops.index(train), ops.index(test)
+        backend, dtype, X = self.spectrum.backend, self.spectrum.dtype, self.spectrum.X
+        train_rows, test_rows = backend.asarray(train), backend.asarray(test)
         if self.spectrum.form == "primal":
-            held = ops.index(np.setdiff1d(np.arange(X.shape[0]), train))
-            values, vectors64 = ops.eigh(self.gram - self.X64[held].T @ self.X64[held])
-            vectors = ops.array(vectors64, dtype)
+            held = backend.asarray(np.setdiff1d(np.arange(X.shape[0]), train))
+            values, vectors64 = _eigh(self.gram - self.X64[held].T @ self.X64[held], backend)
+            vectors = backend.asarray(vectors64, dtype=dtype)
             right = vectors.T @ (self.cross - X[held].T @ self.Y[held])
             left = X[test_rows] @ vectors
         else:
-            values, vectors64 = ops.eigh(self.gram[train_rows][:, train_rows])
-            right = ops.array(vectors64, dtype).T @ self.Y[train_rows]
-            left = ops.array(self.gram[test_rows][:, train_rows] @ vectors64, dtype)
+            values, vectors64 = _eigh(self.gram[train_rows][:, train_rows], backend)
+            right = backend.asarray(vectors64, dtype=dtype).T @ self.Y[train_rows]
+            left = backend.asarray(self.gram[test_rows][:, train_rows] @ vectors64, dtype=dtype)
 
         def maps():
             for alpha in alphas:
-                yield _HeldOutMap(None, left * ops.array(1.0 / (values + alpha), dtype))
+                yield _HeldOutMap(None, left * backend.asarray(1.0 / (values + alpha), dtype=dtype))
 
         return right, maps()
 
@@ -606,148 +508,161 @@ def _strategy_costs(n_samples: int, n_features: int, n_voxels: int, n_alphas: in
     return costs
 
 
-def _voxel_batches(n_voxels: int, voxel_batch: int | None) -> list[slice]:
-    if voxel_batch is None:
-        return [slice(0, n_voxels)]
-    if isinstance(voxel_batch, bool) or not isinstance(voxel_batch, (int, np.integer)) or voxel_batch < 1:
-        raise ValueError(f"voxel_batch must be a positive integer or None, got {voxel_batch!r}")
-    return [slice(start, start + voxel_batch) for start in range(0, n_voxels, voxel_batch)]
-
-
-def fit_ridge_cv(X: np.ndarray, Y: np.ndarray, *, cv, alphas=HIMALAYA_ALPHAS, backend: str = "numpy",
-                 voxel_batch: int | None = None, score: str = "r2", solver: str = "eigh",
-                 strategy: str = "auto", dtype: str = "float32") -> RidgeFit:
-    """Ridge regression with a cross-validated alpha per voxel, refit on all rows.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_samples, n_features)
-        Training features (z-scored per story: no intercept is fitted).
-    Y : ndarray of shape (n_samples, n_voxels)
-        Training responses (z-scored per story).
-    cv : list of (train, test) index arrays
-        Splits, e.g. :func:`story_folds` or :func:`bootstrap_chunk_splits`;
-        test rows must not be training rows.
-    alphas : ndarray of shape (n_alphas,)
-        Penalties of ``||X w - y||^2 + alpha ||w||^2`` (default :data:`HIMALAYA_ALPHAS`).
-    backend : {"numpy", "torch", "torch_cuda"}
-        Array library; ``"torch_cuda"`` runs the same code on the first CUDA device.
-    voxel_batch : int or None
-        Voxels scored at once (None: all), to bound the memory of each split (see module docstring).
-    score : {"r2", "correlation"}
-        Held-out score that chooses alpha.
-    solver : {"eigh", "himalaya"}
-        This module's solver, or :func:`fit_himalaya` (the reference; ignores
-        ``voxel_batch`` and ``strategy``).
-    strategy : {"auto", "downdate", "per_fold"}
-        How splits are solved (module docstring); ``"auto"`` picks the fewer flops.
-    dtype : {"float32", "float64"}
-        Working precision of data, projections and weights.
-
-    Returns
-    -------
-    fit : RidgeFit
-        ``weights`` are a numpy array of ``dtype``.
-    """
-    check_option("solver", solver, SOLVERS)
-    check_option("score", score, SCORES)
-    check_option("strategy", strategy, STRATEGIES)
-    check_option("dtype", dtype, DTYPES)
-    if solver == "himalaya":
-        return fit_himalaya(X, Y, cv=cv, alphas=alphas, backend=backend, score=score, dtype=dtype)
-    X, Y = _check_data(X, Y)
-    alphas = _check_alphas(alphas)
-    splits = _check_splits(cv, X.shape[0])
-    batches = _voxel_batches(Y.shape[1], voxel_batch)
-    ops = _get_ops(backend)
-    if strategy == "auto":
-        costs = _strategy_costs(*X.shape, Y.shape[1], len(alphas), splits)
-        strategy = min(costs, key=costs.get)
-
-    X_work, Y_work, X64 = ops.array(X, dtype), ops.array(Y, dtype), ops.array(X, "float64")
-    form = "primal" if X.shape[1] <= X.shape[0] else "kernel"
-    spectrum = _Spectrum(X_work, X64, form, ops, dtype)
-    system = _Downdate(spectrum, Y_work) if strategy == "downdate" else _PerFold(spectrum, X64, Y_work)
-    del X64
-    cv_scores = _cross_validate(system, Y_work, splits, alphas, batches, score, ops)
-    best = _best_alpha_index(cv_scores, alphas)
-    projected = system.projected
-    weights = np.empty((X.shape[1], Y.shape[1]), dtype=np.dtype(dtype))
-    for index in np.unique(best):
-        voxels = np.flatnonzero(best == index)
-        weights[:, voxels] = ops.numpy(spectrum.weights(projected[:, ops.index(voxels)], alphas[index]))
-    return RidgeFit(alphas, alphas[best], cv_scores, weights, score, f"eigh/{strategy}/{form}")
-
-
-def _cross_validate(system, Y, splits, alphas, batches, score, ops) -> np.ndarray:
+def _cross_validate(system, Y, splits, alphas, batches, scoring, backend) -> np.ndarray:
     """Held-out scores (n_alphas, n_voxels) averaged over splits, float64."""
     totals = np.zeros((len(alphas), Y.shape[1]))
     for train, test in splits:
         right, maps = system.split(train, test, alphas)
-        target = Y[ops.index(test)]
+        target = Y[backend.asarray(test)]
         centred = target - target.mean(0)
-        target_total = _column_sums(centred * centred, ops)
+        target_total = _column_sums(centred * centred, backend)
         for index, held_out in enumerate(maps):
             for batch in batches:
                 prediction = held_out.left @ right[:, batch]
                 if held_out.mix is not None:
                     prediction = held_out.mix @ prediction
                 totals[index, batch] += _held_out_score(prediction, target[:, batch], centred[:, batch],
-                                                        target_total[batch], score, ops)
+                                                        target_total[batch], scoring, backend)
     return totals / len(splits)
 
 
-# ----------------------------------------------------------------------------- the reference
+# ----------------------------------------------------------------------------- the estimator
 
 
-def fit_himalaya(X: np.ndarray, Y: np.ndarray, *, cv, alphas=HIMALAYA_ALPHAS, backend: str = "numpy",
-                 score: str = "r2", dtype: str = "float32") -> RidgeFit:
-    """The same fit with himalaya's ``RidgeCV`` (default solver settings), the reference path.
+class EigenRidgeCV:
+    """Ridge regression with a cross-validated alpha per voxel, refit on all rows.
 
-    Parameters are those of :func:`fit_ridge_cv`. himalaya reports only the
-    score of the best alpha, so the score of every alpha is recorded from the
-    score function it calls once per split; ``best_alphas`` are himalaya's,
-    snapped back onto the grid (it returns them in ``dtype``).
+    The interface and results of himalaya's ``RidgeCV`` (``fit``, ``predict``,
+    ``score``, ``best_alphas_``, ``cv_scores_``, ``coef_``), with a faster solver.
+    Everything goes through one float64 eigendecomposition of ``G = X^T X``
+    (primal form, ``n_features <= n_samples``) or of ``K = X X^T`` (kernel form), in
+    whose basis ``(G + alpha I)^-1`` is the diagonal ``1 / (lambda + alpha)``: another
+    alpha only rescales a diagonal. Splits are solved by one of two strategies, the
+    fewer flops by default (``solver_params={"strategy": ...}``):
 
-    Returns
-    -------
-    fit : RidgeFit
+    ``"downdate"``
+        No decomposition per split: with the hat matrix ``S`` of the fit on all rows,
+        the model fitted without the held-out rows ``h`` predicts them exactly as
+        ``(I - S_hh)^-1 X_h (G + alpha I)^-1 X_t^T Y_t`` (Woodbury; ``t`` the training
+        rows), one ``n_h x n_h`` inverse per split and alpha.
+    ``"per_fold"``
+        One ``eigh`` per split of its training rows' Gram matrix ``G - X_h^T X_h``
+        (primal) or kernel block (kernel); best with few features.
+
+    Data, projections and predictions use ``dtype``; the Gram matrix, its
+    eigenvectors and the ``n_h x n_h`` systems use float64, as float32 loses the
+    small eigenvalues that the smallest alphas depend on. Held-out predictions are
+    formed directly, never as ``Y_h`` minus residuals, which cancel in float32 when
+    strong shrinkage makes them small.
+
+    Parameters
+    ----------
+    alphas : array-like of shape (n_alphas,)
+        Penalties of ``||X w - y||^2 + alpha ||w||^2`` (default :data:`HIMALAYA_ALPHAS`).
+    cv : list of (train, test) index arrays
+        Splits, e.g. :func:`story_folds` or :func:`bootstrap_chunk_splits`; test rows
+        must not be training rows (rows in neither are allowed).
+    scoring : {"r2", "correlation"}
+        Held-out score that chooses alpha (per split, averaged; 0 for a voxel constant
+        over the held-out rows, as in himalaya). Ties go to the largest alpha.
+    backend : {"numpy", "torch", "torch_cuda"}
+        himalaya backend of the computation (:func:`get_backend`); himalaya's global
+        backend is neither read nor changed.
+    dtype : {"float32", "float64"}
+        Working precision of data, projections and weights.
+    solver_params : dict or None
+        ``"strategy"``: ``"auto"`` (default), ``"downdate"`` or ``"per_fold"``;
+        ``"n_targets_batch"``: voxels scored at once (default None: all), which bounds
+        the memory each alpha of a split adds (``n_h x n_targets_batch`` values).
+
+    Attributes
+    ----------
+    best_alphas_ : ndarray of shape (n_voxels,)
+        The alpha chosen for each voxel (a value of ``alphas``), float64.
+    cv_scores_ : ndarray of shape (n_voxels,)
+        Cross-validated score at each voxel's alpha, float64.
+    alpha_scores_ : ndarray of shape (n_alphas, n_voxels)
+        Cross-validated score of every alpha, float64.
+    coef_ : ndarray of shape (n_features, n_voxels)
+        Weights refit on all rows with each voxel's alpha (numpy, ``dtype``).
+    method_ : str
+        Strategy and form used, e.g. ``"downdate/primal"``.
+    n_features_in_ : int
     """
-    from himalaya.backend import get_backend, set_backend
-    from himalaya.ridge import RidgeCV
-    from himalaya.scoring import correlation_score as himalaya_correlation
-    from himalaya.scoring import r2_score as himalaya_r2
 
-    check_option("backend", backend, BACKENDS)
-    check_option("score", score, SCORES)
-    check_option("dtype", dtype, DTYPES)
-    X, Y = _check_data(X, Y)
-    alphas = _check_alphas(alphas)
-    splits = _check_splits(cv, X.shape[0])
-    if backend == "torch_cuda":
-        _get_ops(backend)  # a clear error without CUDA
-    score_function = himalaya_r2 if score == "r2" else himalaya_correlation
-    recorded = []
+    def __init__(self, alphas=HIMALAYA_ALPHAS, cv=None, scoring: str = "r2", backend: str = "numpy",
+                 dtype: str = "float32", solver_params: dict | None = None):
+        self.alphas = _check_alphas(alphas)
+        self.cv = cv
+        self.scoring = check_option("scoring", scoring, SCORINGS)
+        self.backend = check_backend(backend)
+        self.dtype = check_option("dtype", dtype, DTYPES)
+        self.solver_params = _check_solver_params(solver_params)
 
-    def recording_score(y_true, y_pred):
-        scores = score_function(y_true, y_pred)
-        recorded.append(get_backend().to_numpy(scores).astype(np.float64))
-        return scores
+    def fit(self, X, Y) -> EigenRidgeCV:
+        """Choose each voxel's alpha by cross-validation and refit the weights on all rows.
 
-    previous = get_backend()
-    set_backend(backend, on_error="raise")
-    try:
-        model = RidgeCV(alphas=alphas, cv=splits, solver_params={"score_func": recording_score})
-        model.fit(X.astype(dtype, copy=False), Y.astype(dtype, copy=False))
-        himalaya_backend = get_backend()
-        chosen = himalaya_backend.to_numpy(model.best_alphas_).astype(np.float64)
-        weights = himalaya_backend.to_numpy(model.coef_).astype(dtype, copy=False)
-    finally:
-        set_backend(previous)
-    if len(recorded) != len(splits) or recorded[0].shape != (len(alphas), Y.shape[1]):
-        raise RuntimeError(
-            f"himalaya scored {len(recorded)} batches for {len(splits)} splits; this himalaya version batches "
-            "alphas or voxels differently from 0.4, which fit_himalaya expects"
-        )
-    nearest = np.abs(np.log(chosen)[None, :] - np.log(alphas)[:, None]).argmin(axis=0)
-    return RidgeFit(alphas, alphas[nearest], np.mean(recorded, axis=0), weights, score, "himalaya")
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training features (z-scored per story: no intercept is fitted).
+        Y : array-like of shape (n_samples, n_voxels)
+            Training responses (z-scored per story).
+
+        Returns
+        -------
+        self : EigenRidgeCV
+        """
+        X, Y = _check_data(X, Y)
+        splits = _check_splits(self.cv, X.shape[0])
+        backend = get_backend(self.backend)
+        strategy, batch = self.solver_params["strategy"], self.solver_params["n_targets_batch"]
+        if strategy == "auto":
+            costs = _strategy_costs(*X.shape, Y.shape[1], len(self.alphas), splits)
+            strategy = min(costs, key=costs.get)
+        batch = batch or Y.shape[1]
+        batches = [slice(start, start + batch) for start in range(0, Y.shape[1], batch)]
+
+        X_work, Y_work = backend.asarray(X, dtype=self.dtype), backend.asarray(Y, dtype=self.dtype)
+        X64 = backend.asarray(X, dtype="float64")
+        form = "primal" if X.shape[1] <= X.shape[0] else "kernel"
+        spectrum = _Spectrum(X_work, X64, form, backend, self.dtype)
+        system = _Downdate(spectrum, Y_work) if strategy == "downdate" else _PerFold(spectrum, X64, Y_work)
+        del X64
+        self.alpha_scores_ = _cross_validate(system, Y_work, splits, self.alphas, batches, self.scoring, backend)
+        best = _best_alpha_index(self.alpha_scores_, self.alphas)
+        self.best_alphas_ = self.alphas[best]
+        self.cv_scores_ = self.alpha_scores_[best, np.arange(Y.shape[1])]
+        projected = system.projected
+        self.coef_ = np.empty((X.shape[1], Y.shape[1]), dtype=np.dtype(self.dtype))
+        for index in np.unique(best):
+            voxels = np.flatnonzero(best == index)
+            weights = spectrum.weights(projected[:, backend.asarray(voxels)], self.alphas[index])
+            self.coef_[:, voxels] = backend.to_numpy(weights)
+        self.method_ = f"{strategy}/{form}"
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted responses, shape (n_samples, n_voxels), for features ``X`` (n_samples, n_features)."""
+        if not hasattr(self, "coef_"):
+            raise RuntimeError("this EigenRidgeCV is not fitted yet; call fit(X, Y) first")
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X must have shape (n_samples, {self.n_features_in_}) like the training features, got shape {X.shape}"
+            )
+        return X.astype(self.coef_.dtype, copy=False) @ self.coef_
+
+    def score(self, X, Y) -> np.ndarray:
+        """R^2 of the predictions of ``X`` against ``Y`` (n_samples, n_voxels) per voxel, shape (n_voxels,).
+
+        Like himalaya's ``RidgeCV.score``: ``1 - SSE / sum((y - mean(y))^2)``, whatever
+        ``scoring`` chose the alphas; 0 for a constant voxel.
+        """
+        prediction = self.predict(X)
+        Y = np.asarray(Y, dtype=np.float64)
+        if Y.shape != prediction.shape:
+            raise ValueError(f"Y must have shape {prediction.shape} like the predictions, got {Y.shape}")
+        centred = Y - Y.mean(0)
+        return _held_out_score(prediction, Y, centred, (centred * centred).sum(0), "r2", get_backend("numpy"))

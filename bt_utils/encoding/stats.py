@@ -3,11 +3,17 @@
 Conventions: result tables are tidy (one row per observation). A participant is the
 unit of replication: ROI values are averaged over voxels within a participant
 first, then summarised (mean, standard error) and tested across participants.
+An ROI is a set of parcels (:mod:`bt_utils.data.rois`); its mean weighs every
+parcel the same by default, as the authors average within each parcel and then
+over the parcels, so that a large parcel does not outweigh the others.
+Tests across participants are corrected for multiple comparisons with
+Benjamini-Hochberg over the layer x ROI comparisons of one pair of variants.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -15,10 +21,88 @@ import scipy.stats
 
 from ..validation import check_option
 
+ROI_WEIGHTINGS = ("parcel", "voxel")
 
-def roi_table(voxel_table: pd.DataFrame, rois: Mapping[str, Mapping[str, np.ndarray]], value: str = "r_norm",
-              keys: Sequence[str] = ("subject", "model", "variant", "layer")) -> pd.DataFrame:
-    """Mean of a voxel-wise value within each ROI.
+
+@dataclass(frozen=True)
+class RoiMean:
+    """Mean of a voxel-wise value over an ROI, with its standard error from the spread across voxels.
+
+    Attributes
+    ----------
+    mean : float
+        NaN when no voxel of the ROI has a finite value.
+    sem : float
+        Standard error of ``mean`` (NaN when ``dof < 1``).
+    dof : int
+        Degrees of freedom of ``sem``.
+    n_voxels : int
+        Voxels with a finite value.
+    n_parcels : int
+        Parcels with at least one such voxel.
+    """
+
+    mean: float
+    sem: float
+    dof: int
+    n_voxels: int
+    n_parcels: int
+
+    def p_above_zero(self) -> float:
+        """One-sided p-value of ``mean > 0``: Student's t of ``mean / sem`` with ``dof`` (NaN without a sem)."""
+        if not np.isfinite(self.sem) or self.sem <= 0:
+            return np.nan
+        return float(scipy.stats.t.sf(self.mean / self.sem, self.dof))
+
+
+def roi_mean(parcel_values: Mapping[str, np.ndarray], weighting: str = "parcel") -> RoiMean:
+    """Mean of a voxel-wise value over the parcels of an ROI.
+
+    Parameters
+    ----------
+    parcel_values : mapping of str to ndarray of shape (n_voxels_of_parcel,)
+        The value at each voxel of each parcel; NaN values (e.g. voxels excluded
+        by the noise ceiling) are left out, and so are parcels left without a value.
+    weighting : {"parcel", "voxel"}
+        ``"parcel"``: the mean of the parcel means, every parcel weighing the
+        same; its standard error is ``s * sqrt(sum_p 1 / n_p) / P`` over the ``P``
+        parcels of ``n_p`` voxels, with ``s`` the pooled standard deviation
+        within parcels (``N - P`` degrees of freedom for ``N`` voxels).
+        ``"voxel"``: the mean over all voxels, standard error ``std / sqrt(N)``
+        (``N - 1`` degrees of freedom).
+
+    Returns
+    -------
+    RoiMean
+    """
+    check_option("weighting", weighting, ROI_WEIGHTINGS)
+    parcels = [values[np.isfinite(values)] for values in (np.asarray(v, float) for v in parcel_values.values())]
+    parcels = [values for values in parcels if values.size]
+    n_voxels, n_parcels = sum(v.size for v in parcels), len(parcels)
+    if not n_voxels:
+        return RoiMean(np.nan, np.nan, 0, 0, 0)
+    if weighting == "voxel":
+        pooled = np.concatenate(parcels)
+        dof = n_voxels - 1
+        sem = pooled.std(ddof=1) / np.sqrt(n_voxels) if dof else np.nan
+        return RoiMean(float(pooled.mean()), float(sem), dof, n_voxels, n_parcels)
+    dof = n_voxels - n_parcels
+    within = sum(((v - v.mean()) ** 2).sum() for v in parcels)
+    sem = np.sqrt(within / dof * sum(1.0 / v.size for v in parcels)) / n_parcels if dof else np.nan
+    return RoiMean(float(np.mean([v.mean() for v in parcels])), float(sem), dof, n_voxels, n_parcels)
+
+
+def roi_parcels(definition: Mapping[str, np.ndarray] | np.ndarray, roi: str) -> dict[str, np.ndarray]:
+    """An ROI's ``{parcel: voxel indices}``; an array of voxel indices is one parcel named like the ROI."""
+    if isinstance(definition, Mapping):
+        return {str(parcel): np.asarray(voxels, dtype=int) for parcel, voxels in definition.items()}
+    return {roi: np.asarray(definition, dtype=int)}
+
+
+def roi_table(voxel_table: pd.DataFrame, rois: Mapping[str, Mapping], value: str = "r_norm",
+              keys: Sequence[str] = ("subject", "model", "variant", "layer"),
+              weighting: str = "parcel") -> pd.DataFrame:
+    """Mean of a voxel-wise value within each ROI (:func:`roi_mean`).
 
     Parameters
     ----------
@@ -26,29 +110,35 @@ def roi_table(voxel_table: pd.DataFrame, rois: Mapping[str, Mapping[str, np.ndar
         One row per voxel and condition: ``keys``, ``voxel`` and ``value``. NaN values
         (e.g. voxels excluded by the noise ceiling) are left out of the means.
     rois : mapping
-        ``rois[subject][roi_name]`` = voxel indices of that ROI.
+        ``rois[subject][roi_name]``: the ROI's parcels, ``{parcel: voxel indices}``
+        (:func:`bt_utils.data.rois.subject_rois`), or an array of voxel indices (one parcel).
     value : str
         Column to average.
     keys : sequence of str
         Columns that identify a condition.
+    weighting : {"parcel", "voxel"}
+        Every parcel weighs the same (default), or every voxel.
 
     Returns
     -------
     table : DataFrame
-        ``keys``, ``roi``, ``<value>_mean``, ``n_voxels`` (voxels with a finite value).
+        ``keys``, ``roi``, ``<value>_mean``, ``n_voxels`` (voxels with a finite value), ``n_parcels``
+        (parcels with at least one).
     """
+    check_option("weighting", weighting, ROI_WEIGHTINGS)
     missing = set(voxel_table.subject.unique()) - set(rois)
     if missing:
         raise KeyError(f"no ROI definitions for subjects {sorted(missing)}")
     rows = []
     for condition, group in voxel_table.groupby(list(keys), sort=True):
         by_voxel = group.set_index("voxel")[value]
-        subject = dict(zip(keys, condition))["subject"]
-        for roi, voxels in rois[subject].items():
-            values = by_voxel.reindex(np.asarray(voxels)).to_numpy(dtype=float)
-            finite = values[np.isfinite(values)]
-            rows.append({**dict(zip(keys, condition)), "roi": roi,
-                         f"{value}_mean": float(finite.mean()) if finite.size else np.nan, "n_voxels": int(finite.size)})
+        labels = dict(zip(keys, condition))
+        for roi, definition in rois[labels["subject"]].items():
+            parcel_values = {parcel: by_voxel.reindex(voxels).to_numpy(dtype=float)
+                             for parcel, voxels in roi_parcels(definition, roi).items()}
+            mean = roi_mean(parcel_values, weighting)
+            rows.append({**labels, "roi": roi, f"{value}_mean": mean.mean, "n_voxels": mean.n_voxels,
+                         "n_parcels": mean.n_parcels})
     return pd.DataFrame(rows)
 
 
@@ -118,8 +208,16 @@ def across_subjects(table: pd.DataFrame, value: str, by: Sequence[str] = ("model
 
 
 def paired_test(table: pd.DataFrame, value: str, variant_a: str, variant_b: str,
-                by: Sequence[str] = ("model", "layer", "roi"), test: str = "t") -> pd.DataFrame:
-    """Paired test across participants between two variants (``b - a``).
+                by: Sequence[str] = ("model", "layer", "roi"), test: str = "t",
+                family: Sequence[str] = ("model",)) -> pd.DataFrame:
+    """Paired test across participants between two variants (``b - a``), with FDR-corrected q-values.
+
+    One test per condition (``by``); the conditions that share their ``family``
+    columns (default: one model's layer x ROI comparisons of this variant pair)
+    are one family of comparisons, corrected together with Benjamini-Hochberg
+    (:func:`fdr_bh`): ``q_value`` is the adjusted p-value, to be compared with the
+    chosen false discovery rate. Conditions without a p-value (fewer than two
+    participants, or the same difference for all) are not counted in the family.
 
     Parameters
     ----------
@@ -127,15 +225,23 @@ def paired_test(table: pd.DataFrame, value: str, variant_a: str, variant_b: str,
         Columns ``subject``, ``variant``, ``by`` and ``value``.
     variant_a, variant_b : str
         E.g. "pretrained" and "brain-tuned".
+    by : sequence of str
+        Columns that identify a condition.
     test : {"t", "wilcoxon"}
         Paired t-test, or Wilcoxon signed-rank (needs more participants to reach small p).
+    family : sequence of str
+        Columns of ``by`` that separate families of comparisons (``()``: all conditions are one family).
 
     Returns
     -------
     result : DataFrame
-        ``by``, ``mean_difference``, ``statistic``, ``p_value``, ``n_subjects``.
+        ``by``, ``mean_difference``, ``statistic``, ``p_value`` (uncorrected), ``q_value`` (Benjamini-Hochberg
+        within the family), ``n_comparisons`` (tests in the family), ``n_subjects``.
     """
     check_option("test", test, ("t", "wilcoxon"))
+    outside = [column for column in family if column not in by]
+    if outside:
+        raise ValueError(f"family columns {outside} are not among the condition columns by={list(by)}")
     for variant in (variant_a, variant_b):
         if variant not in set(table.variant):
             raise ValueError(f"variant {variant!r} not in the table; variants: {sorted(set(table.variant))}")
@@ -155,7 +261,15 @@ def paired_test(table: pd.DataFrame, value: str, variant_a: str, variant_b: str,
         rows.append({**dict(zip(by, condition if isinstance(condition, tuple) else (condition,))),
                      "mean_difference": float(difference.mean()) if len(difference) else np.nan,
                      "statistic": float(statistic), "p_value": float(p_value), "n_subjects": len(difference)})
-    return pd.DataFrame(rows)
+    result = pd.DataFrame(rows, columns=[*by, "mean_difference", "statistic", "p_value", "n_subjects"])
+    result.insert(result.columns.get_loc("n_subjects"), "q_value", np.nan)
+    result.insert(result.columns.get_loc("n_subjects"), "n_comparisons", 0)
+    families = result.groupby(list(family), sort=False, dropna=False) if family else [(None, result)]
+    for _, members in families:
+        p_values = members.p_value.to_numpy()
+        result.loc[members.index, "q_value"] = fdr_bh(p_values)[1]
+        result.loc[members.index, "n_comparisons"] = int(np.isfinite(p_values).sum())
+    return result
 
 
 def block_permutation_pvalues(prediction: np.ndarray, target: np.ndarray, n_permutations: int = 1000,

@@ -45,7 +45,6 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,8 +73,6 @@ WHISPER_MAX_SAMPLES = 30 * SAMPLE_RATE
 """Whisper's input window: 30 s, i.e. 3000 mel frames and 1500 encoder frames."""
 WHISPER_FRAMES = WHISPER_MAX_SAMPLES // WHISPER_HOP // 2
 """Encoder frames of Whisper's 30 s input (10 ms mel hop, then the stride-2 ``conv2``)."""
-WHISPER_FRAME_S = 2 * WHISPER_HOP / SAMPLE_RATE
-"""Time between Whisper encoder frames, in seconds (0.02)."""
 
 ENCODER_RECORD = "bt_encoder.json"
 """File that :meth:`SpeechEncoder.save_pretrained` writes beside the Hugging Face files."""
@@ -511,130 +508,6 @@ class SpeechEncoder(nn.Module):
             states.append(hidden)
         return tuple(states)
 
-    def whisper_frame_states(self, audio: torch.Tensor, lengths: torch.Tensor, frames: torch.Tensor,
-                             counts: torch.Tensor | None = None,
-                             context: Sequence[torch.Tensor] | None = None,
-                             context_counts: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """Hidden states of padded Whisper at chosen frames, with the layers run on those frames alone.
-
-        Each row's audio is padded to 30 s and turned into log-mel features,
-        convolution outputs and positional embeddings exactly as in
-        :meth:`forward`, but only at the frames named in ``frames``; the
-        transformer layers then see those frames alone. A frame may stand for
-        ``counts`` frames: attention to it is weighted by its count (the log of
-        the count is added to its attention logits), as ``count`` identical
-        copies of it would be. A count of 0 leaves a frame out (padding rows to
-        one length). With ``frames`` all 1500 frames and counts 1 this is
-        :meth:`forward`. Inference only (no dropout, SpecAugment or LayerDrop).
-
-        With ``context``, every layer's attention also reads, as keys and
-        values only, states computed elsewhere at all 1500 frames (typically
-        another forward pass's inputs to that layer), which the layers do not
-        update: by default at every frame that is not among the row's own
-        ``frames`` (those with a count > 0), or as ``context_counts`` says,
-        each context frame standing for that many frames like ``counts``.
-        Given the states of a forward pass on the same audio, the result
-        equals that pass at ``frames``. Only the frames some row reads are
-        projected to keys and values, once for the batch.
-
-        Parameters
-        ----------
-        audio : torch.Tensor
-            Float, shape (B, T), 16 kHz, T at most 30 s.
-        lengths : torch.Tensor
-            Long, shape (B,): valid samples per row.
-        frames : torch.Tensor
-            Long, shape (B, N): frame indices (0-1499, 20 ms apart) per row.
-        counts : torch.Tensor, optional
-            Float, shape (B, N), >= 0: frames each one stands for. Default 1.
-        context : sequence of torch.Tensor, optional
-            One per layer (``n_layers``): the input states of layer ``l`` at
-            every frame, shape (B or 1, 1500, D).
-        context_counts : torch.Tensor, optional
-            Float, shape (B or 1, 1500), >= 0: frames each context frame
-            stands for, 0 to leave it out. Default: 1 at every frame that is
-            not among the row's own, else 0.
-
-        Returns
-        -------
-        tuple of torch.Tensor
-            ``n_layers + 1`` states of shape (B, N, D), the last after the final
-            layer norm (as ``EncoderOutput.hidden_states``).
-        """
-        if self.family != "whisper" or self.native_length:
-            raise ValueError(f"whisper_frame_states needs Whisper padded to 30 s; {self.name} is {self.family} "
-                             f"with native_length={self.native_length}")
-        if self.training:
-            raise RuntimeError("whisper_frame_states is for inference: call encoder.eval() first")
-        audio, lengths = self._check_audio(audio, lengths)
-        frames = torch.as_tensor(frames, dtype=torch.long).to(self.device)
-        if frames.ndim != 2 or len(frames) != len(lengths) or frames.numel() == 0:
-            raise ValueError(f"frames must have shape (B, N) with B={len(lengths)} rows of audio; "
-                             f"got shape {tuple(frames.shape)}")
-        if int(frames.min()) < 0 or int(frames.max()) >= WHISPER_FRAMES:
-            raise ValueError(f"frames must lie within Whisper's {WHISPER_FRAMES} frames (0-{WHISPER_FRAMES - 1}); "
-                             f"got {int(frames.min())}-{int(frames.max())}")
-        encoder = self.encoder
-        bias = None
-        if counts is not None:
-            counts = torch.as_tensor(counts, dtype=torch.float32).to(self.device)
-            if counts.shape != frames.shape or bool((counts < 0).any()) or bool((counts.sum(1) == 0).any()):
-                raise ValueError(f"counts must have the shape of frames {tuple(frames.shape)}, be >= 0 and leave "
-                                 f"every row a frame; got shape {tuple(counts.shape)}")
-            bias = torch.log(counts).to(encoder.conv1.weight.dtype)[:, None, None, :]
-        mel = self.preprocess(audio, lengths)["input_features"].to(encoder.conv1.weight.dtype)
-        # Frame j is conv2 over conv1's outputs at mel frames 2j - 1 .. 2j + 1, which read mel frames
-        # 2j - 2 .. 2j + 2: one patch of 5 mel frames per frame, zero outside the 3000 as in the padding.
-        mel = F.pad(mel, (2, 2))
-        patch_index = 2 * frames[:, :, None] + torch.arange(5, device=frames.device)  # into the padded mel
-        rows = torch.arange(len(frames), device=frames.device)[:, None, None]
-        patches = mel.transpose(1, 2)[rows, patch_index]  # (B, N, 5, n_mels)
-        patches = patches.flatten(0, 1).transpose(1, 2)  # (B * N, n_mels, 5)
-        conv1_at = 2 * frames.flatten()[:, None] + torch.arange(-1, 2, device=frames.device)
-        inside = ((conv1_at >= 0) & (conv1_at < 2 * WHISPER_FRAMES)).to(mel.dtype)[:, None, :]
-        hidden = F.gelu(F.conv1d(patches, encoder.conv1.weight, encoder.conv1.bias)) * inside
-        hidden = F.gelu(F.conv1d(hidden, encoder.conv2.weight, encoder.conv2.bias))  # (B * N, D, 1)
-        hidden = hidden.view(*frames.shape, -1) + encoder.embed_positions.weight[frames]
-        if context is None:
-            states = self._whisper_layers(hidden, bias)
-        else:
-            states = self._whisper_layers_with_context(hidden, bias, context, frames, counts, context_counts)
-        return (*states[:-1], self._final_layer_norm()(states[-1]))
-
-    def _whisper_layers_with_context(self, hidden: torch.Tensor, bias: torch.Tensor | None,
-                                     context: Sequence[torch.Tensor], frames: torch.Tensor,
-                                     counts: torch.Tensor | None,
-                                     context_counts: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """:meth:`_whisper_layers` on ``hidden`` (B, N, D) at ``frames`` (B, N), whose attention also reads
-        ``context[l]`` (B or 1, 1500, D) as :meth:`whisper_frame_states` says."""
-        layers = self.encoder.layers
-        if len(context) != len(layers) or any(c.ndim != 3 or c.shape[0] not in (1, len(hidden))
-                                              or c.shape[1:] != (WHISPER_FRAMES, hidden.shape[2]) for c in context):
-            raise ValueError(f"context must hold {len(layers)} tensors (one per layer) of shape (B or 1, "
-                             f"{WHISPER_FRAMES}, {hidden.shape[2]}) for B={len(hidden)} rows; got shapes "
-                             f"{[tuple(c.shape) for c in context]}")
-        if context_counts is None:
-            listed = torch.ones_like(frames) if counts is None else (counts > 0).long()
-            own = torch.zeros(len(frames), WHISPER_FRAMES, dtype=torch.long, device=frames.device)
-            own = own.scatter_reduce(1, frames, listed, "amax").bool()  # a padding frame (count 0) is not the row's
-            context_counts = (~own).float()
-        else:
-            context_counts = torch.as_tensor(context_counts, dtype=torch.float32).to(frames.device)
-            if (context_counts.ndim != 2 or context_counts.shape[0] not in (1, len(frames))
-                    or context_counts.shape[1] != WHISPER_FRAMES or bool((context_counts < 0).any())):
-                raise ValueError(f"context_counts must have shape (B or 1, {WHISPER_FRAMES}) for B={len(frames)} "
-                                 f"rows and be >= 0; got shape {tuple(context_counts.shape)}")
-        read = torch.nonzero(context_counts.sum(0) > 0).flatten()  # the frames some row reads
-        context_bias = torch.log(context_counts[:, read]).to(hidden.dtype).expand(len(hidden), -1)
-        if bias is None:
-            bias = torch.zeros(*frames.shape, dtype=hidden.dtype, device=hidden.device)[:, None, None, :]
-        bias = torch.cat([bias, context_bias[:, None, None, :]], -1)
-        states = [hidden]
-        for layer, keys in zip(layers, context):
-            hidden = _whisper_layer_reading(layer, hidden, keys[:, read].to(hidden.dtype), bias)
-            states.append(hidden)
-        return tuple(states)
-
     def _skip_layer(self) -> bool:
         rate = self.settings["layerdrop_rate"]
         return self.training and self.settings["layerdrop"] and bool(torch.rand([]) < rate)
@@ -729,35 +602,6 @@ class SpeechEncoder(nn.Module):
 
 
 # ----- helpers -----------------------------------------------------------------------------------
-
-
-def _whisper_layer_reading(layer: nn.Module, hidden: torch.Tensor, context: torch.Tensor,
-                           bias: torch.Tensor | None) -> torch.Tensor:
-    """A ``WhisperEncoderLayer`` (eval mode) on ``hidden`` (B, N, D), whose attention keys and values are the
-    layer-normed ``hidden`` followed by the layer-normed ``context`` (B or 1, M, D); ``bias`` (B, 1, 1, N + M) is
-    added to the attention logits. Without context, what the layer computes."""
-    attention = layer.self_attn
-    batch, n_frames, width = hidden.shape
-    heads = attention.num_heads
-
-    def split_heads(states: torch.Tensor) -> torch.Tensor:
-        return states.view(len(states), -1, heads, width // heads).transpose(1, 2)
-
-    def with_context(projection: nn.Module) -> torch.Tensor:  # the context is projected once, not once per row
-        return torch.cat([projection(normed), projection(normed_context).expand(batch, -1, -1)], 1)
-
-    normed = layer.self_attn_layer_norm(hidden)
-    normed_context = layer.self_attn_layer_norm(context)
-    mixed = F.scaled_dot_product_attention(split_heads(attention.q_proj(normed)),
-                                           split_heads(with_context(attention.k_proj)),
-                                           split_heads(with_context(attention.v_proj)), attn_mask=bias,
-                                           scale=attention.scaling)
-    hidden = hidden + attention.out_proj(mixed.transpose(1, 2).reshape(batch, n_frames, width))
-    hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))))
-    if hidden.dtype == torch.float16:  # as the layer does
-        limit = torch.finfo(hidden.dtype).max - 1000
-        hidden = hidden.clamp(-limit, limit)
-    return hidden
 
 
 @contextlib.contextmanager

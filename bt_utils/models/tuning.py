@@ -14,13 +14,16 @@ loss diverges. Several participants share the encoder, with one head each
 Checkpoint folder (loadable by :func:`bt_utils.models.registry.load_encoder`)::
 
     checkpoint/encoder/               SpeechEncoder.save_pretrained (LoRA merged)
-    checkpoint/head.pt                {"state_dict", "n_targets", "target_kind", "voxels", "subjects", "n_outputs"}
+    checkpoint/head.pt                {"state_dict", "n_targets", "target_kind", "voxels", "subjects", "n_outputs",
+                                       "target_scaling"}
     checkpoint/training_record.json   parameters, losses per epoch, chosen epoch, data selection
 
 ``target_kind`` is ``"voxels"`` (``voxels``: the selected voxel indices, one
 per head output) or, for the ``text_embedding`` control, ``"text_embedding"``
-(the outputs are embedding dimensions; ``voxels`` is None). ``subjects`` are
-the participants tuned on and ``n_outputs`` their numbers of outputs, in order.
+(the outputs are embedding dimensions, z-scored with the training TRs'
+statistics ``target_scaling``: see :func:`zscore_targets`; ``voxels`` is None).
+``subjects`` are the participants tuned on and ``n_outputs`` their numbers of
+outputs, in order.
 
 The run folder also holds ``resume_state.pt`` (everything needed to continue an
 interrupted run exactly) and ``training_log.parquet`` (epoch, split, subject, loss).
@@ -56,8 +59,9 @@ from .frozen import frozen_inputs
 from .registry import load_encoder, select_device
 from .resume_state import load_resume_state, restore_rng_states, rng_states, save_resume_state
 from ..results import atomic_path, run_record, write_json, write_table
-from .tuning_data import (  # noqa: F401  (block_shuffle, story_derangement, target_names: re-exported)
-    TuningSet, block_shuffle, build_tuning_sets, story_derangement, target_names, tuning_participants,
+from .tuning_data import (  # noqa: F401  (re-exported)
+    TuningSet, block_shuffle, build_tuning_sets, selected_voxels, story_derangement, target_names, tuning_participants,
+    zscore_targets,
 )
 from ..validation import check_option
 
@@ -353,7 +357,8 @@ def _save_checkpoint(model: BrainTuningModel, folder: Path, record: dict, select
         _plain_encoder(model.encoder).save_pretrained(staged / "encoder")
         torch.save({"state_dict": model.head.state_dict(), "n_targets": model.head.out_features,
                     "target_kind": selection["target_kind"], "voxels": voxels, "subjects": list(heads),
-                    "n_outputs": [columns.stop - columns.start for columns in heads.values()]}, staged / "head.pt")
+                    "n_outputs": [columns.stop - columns.start for columns in heads.values()],
+                    "target_scaling": selection.get("target_scaling")}, staged / "head.pt")
         (staged / "training_record.json").write_text(json.dumps(record, indent=2, default=str))
 
 

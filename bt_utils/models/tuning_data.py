@@ -250,6 +250,7 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
         (``story_swap``). One participant: also ``subject``; several:
         ``voxels``, ``cc_max`` and ``story_swap`` map each participant to its
         own, and ``n_outputs`` gives each participant's number of head outputs.
+        For the ``text_embedding`` control, ``target_scaling`` (see :func:`zscore_targets`).
     """
     participants = tuning_participants(dataset, subjects, config.control)
     split = [dataset.split(subject) for subject in participants][0]
@@ -310,6 +311,8 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
     selection = {"subjects": participants, "target_kind": "voxels" if brain_targets else "text_embedding",
                  "train_stories": groups["train"], "validation_stories": groups["validation"],
                  "control": config.control, "n_targets": int(train.targets.shape[1])}
+    if not brain_targets:
+        train.targets, validation.targets, selection["target_scaling"] = zscore_targets(train.targets, validation.targets)
     if len(participants) == 1:
         (subject,) = participants
         selection |= {"subject": subject, "voxels": chosen[subject]["voxels"], "cc_max": chosen[subject]["cc_max"]}
@@ -321,6 +324,57 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
         if config.control == "story_swap":
             selection["story_swap"] = {s: chosen[s]["story_swap"] for s in participants}
     return train, validation, selection
+
+
+def zscore_targets(train: torch.Tensor, validation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """z-score every target column with the mean and standard deviation of the training rows.
+
+    The ``text_embedding`` control's targets are unit-norm embeddings (each
+    dimension's variance about 1 / n_targets); z-scored like the voxels'
+    responses, they drive the encoder as hard under the same loss and
+    learning rates. The validation rows use the training statistics.
+
+    Parameters
+    ----------
+    train : Tensor of shape (n_train, n_targets)
+    validation : Tensor of shape (n_validation, n_targets)
+
+    Returns
+    -------
+    train, validation : Tensor
+        Same shapes; the training columns have mean 0 and standard deviation 1.
+        Columns whose standard deviation is below 1e-6 of the largest one are
+        only centred (all-MiniLM-L6-v2 has dimensions that are always about 0).
+    scaling : dict
+        ``{"mean": [...], "std": [...]}`` (length n_targets each; ``std`` 1 for
+        the columns only centred): a prediction maps back to target units as
+        ``prediction * std + mean``.
+    """
+    mean, std = train.mean(dim=0), train.std(dim=0, unbiased=False)
+    std = torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
+    scaling = {"mean": mean.tolist(), "std": std.tolist()}
+    return (train - mean) / std, (validation - mean) / std, scaling
+
+
+def selected_voxels(selection: dict) -> dict[str, list[int]]:
+    """Each participant's target voxels, in head order, from a selection of :func:`build_tuning_sets`.
+
+    Parameters
+    ----------
+    selection : dict
+        Of one participant or several.
+
+    Returns
+    -------
+    voxels : dict of str to list of int
+        Participant -> the voxel index of each of its head's outputs; empty
+        when the targets are embedding dimensions (``text_embedding``).
+    """
+    if selection["voxels"] is None:
+        return {}
+    if isinstance(selection["voxels"], dict):
+        return {subject: list(selection["voxels"][subject]) for subject in selection["subjects"]}
+    return {selection["subject"]: list(selection["voxels"])}
 
 
 def target_names(selection: dict) -> list[str]:

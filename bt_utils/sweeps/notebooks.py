@@ -19,29 +19,19 @@ from ..results import atomic_path
 log = logging.getLogger(__name__)
 
 KERNEL_START_ATTEMPTS = 3
-"""Tries to start a notebook's kernel: a kernel that dies before running any cell (e.g. two parallel kernels
-took the same TCP port, ``ZMQError: Address already in use``) is started again, up to this many times in all."""
+"""Tries in all to start a notebook's kernel that dies before running any cell (e.g. a port taken twice)."""
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 """The notebooks of a source checkout (``notebooks/`` beside the package); use :func:`default_notebook_dir`."""
 
 
 def default_notebook_dir() -> Path:
-    """The suite's notebook folder, :data:`NOTEBOOK_DIR`, checked to exist.
-
-    The notebooks and the sweep specifications (``papermill_runs/``) are not
-    part of the package: they are found beside it in a checkout installed with
-    ``pip install -e``.
-
-    Returns
-    -------
-    folder : Path
+    """The suite's notebook folder, :data:`NOTEBOOK_DIR`, checked to exist (it is not part of a wheel).
 
     Raises
     ------
     FileNotFoundError
-        When ``bt_utils`` was installed without its checkout (a wheel or
-        ``pip install git+...``); the message says how to install it instead.
+        When ``bt_utils`` was installed without its checkout; the message says how to install it instead.
     """
     if not NOTEBOOK_DIR.is_dir():
         raise FileNotFoundError(
@@ -79,9 +69,7 @@ _MATH = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
 def network_needs(notebook: nbformat.NotebookNode) -> list[str]:
     """What an HTML report of ``notebook`` loads from the network, one phrase per need (empty: nothing).
 
-    Figures, tables and text are embedded in the report; only LaTeX math
-    (MathJax), mermaid diagrams and interactive widgets (the Jupyter widget
-    manager and require.js) are loaded from CDNs when the report is opened.
+    Only LaTeX math, mermaid diagrams and interactive widgets need scripts from CDNs.
     """
     texts = [cell.source for cell in notebook.cells if cell.cell_type == "markdown"]
     texts += [str(output.get("data", {}).get(kind, "")) for cell in notebook.cells for output in cell.get("outputs", [])
@@ -98,10 +86,7 @@ def network_needs(notebook: nbformat.NotebookNode) -> list[str]:
 
 
 def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None = None) -> Path:
-    """Render an executed notebook to an HTML report that works offline for its figures, tables and text (atomic).
-
-    Images are embedded; the report loads scripts from the network only for
-    what :func:`network_needs` lists, and says so in a note at its top.
+    """Render an executed notebook to HTML (atomic) with embedded images and a note on its network needs.
 
     Returns
     -------
@@ -137,10 +122,8 @@ def execute_notebook(
     name : str
         Notebook name, e.g. ``"00_data"``.
     output_dir : path-like
-        Folder of the executed notebook, created if needed; a relative path is
-        taken from the current folder (papermill runs the kernel in the
-        notebook's folder). The notebook's own ``output_dir`` parameter
-        defaults to this folder, as an absolute path.
+        Folder of the executed notebook, created if needed (relative to the current folder); also the
+        notebook's ``output_dir`` parameter unless ``parameters`` sets it.
     parameters : mapping, optional
         Values for the notebook's ``parameters`` cell.
     html : bool
@@ -149,11 +132,8 @@ def execute_notebook(
     Returns
     -------
     executed : Path
-        The executed notebook. A failed run raises papermill's error; the
-        partially executed notebook is kept beside it as ``<name>.failed.ipynb``
-        (with ``html``, also rendered as ``<name>.failed.html``). A kernel
-        that dies before running any cell is started again, up to
-        :data:`KERNEL_START_ATTEMPTS` tries in all.
+        The executed notebook. A failed run raises papermill's error and keeps the partial notebook as
+        ``<name>.failed.ipynb`` (and ``.failed.html``).
     """
     source = notebook_path(name, notebook_dir)
     output_dir = Path(output_dir).resolve()
@@ -177,8 +157,7 @@ def execute_notebook(
 
 
 def _execute_with_retries(source: Path, output: Path, parameters: Mapping, kernel_name: str | None) -> None:
-    """papermill's execution of ``source`` into ``output``, starting the kernel again (up to
-    :data:`KERNEL_START_ATTEMPTS` tries in all) when it dies before running any cell."""
+    """papermill's execution of ``source`` into ``output``, retrying a kernel that dies before any cell."""
     for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
         try:
             papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,

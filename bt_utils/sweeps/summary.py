@@ -6,7 +6,8 @@ lists the planned runs, and each run's ``status.json`` says whether it
 completed. Folders of earlier parameter settings, runs no longer planned and
 runs that failed or have not finished are left out, so that no participant is
 counted twice. A folder without a runs index is not a sweep folder and is
-refused.
+refused. :func:`impact_summary` summarises the low-level impact across
+participants from each participant's ROI drops, never from per-voxel percentages.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .runner import INDEX_NAME, read_status_file
+from ..encoding.stats import across_subjects
+from .state import INDEX_NAME, read_status_file
 
 RESULT_TABLES = {
     "alignment_rois": "alignment_rois.parquet",
@@ -116,6 +118,54 @@ def collect_results(sweep_dir: str | os.PathLike, runs: dict[str, dict] | None =
     over ``runs`` (default: :func:`completed_runs`, read once for all tables)."""
     runs = completed_runs(sweep_dir) if runs is None else runs
     return {name: collect_table(sweep_dir, file_name, runs) for name, file_name in RESULT_TABLES.items()}
+
+
+def impact_summary(impact: pd.DataFrame, feature_set: str = "all") -> pd.DataFrame:
+    """Low-level impact per model, variant, layer and ROI, across participants.
+
+    A participant's impact on an ROI is the drop of the ROI's mean alignment
+    (:func:`bt_utils.encoding.low_level_impact.impact_rois`), NaN where the ROI's
+    original alignment is not meaningfully above 0; such participants are left out
+    of the mean, and counted in ``n_participants`` but not in ``n_subjects``.
+
+    Parameters
+    ----------
+    impact : DataFrame
+        Collected ``low_level_impact.parquet`` tables: ``subject, model, variant, layer, roi,
+        feature_set, r_norm_orig, r_norm_resid, drop_pct, drop_status`` (and ``run``).
+    feature_set : str
+        The low-level feature set to summarise.
+
+    Returns
+    -------
+    summary : DataFrame
+        ``model, variant, layer, roi``; ``mean``, ``sem``, ``n_subjects``: the drop (%) over the
+        participants where it is reported; ``n_participants``; ``r_norm_orig``, ``r_norm_resid``:
+        the ROI means before and after removing the low-level features, averaged over all participants.
+
+    Raises
+    ------
+    ValueError
+        When rows lack ``drop_status`` (tables written before ROI impacts were drops of the ROI
+        means: the message names their runs, to be run again), or no row has ``feature_set``.
+    """
+    by = ["model", "variant", "layer", "roi"]
+    status = impact["drop_status"] if "drop_status" in impact.columns else pd.Series(index=impact.index, dtype=object)
+    old = impact[status.isna()]
+    if len(old):
+        runs = sorted(set(old["run"])) if "run" in old.columns else []
+        raise ValueError(f"{len(old)} low-level impact rows have no drop_status: written by an older version, whose "
+                         f"ROI drops were not restricted to ROIs aligned above 0; run 03_low_level_impact again "
+                         f"for {runs or 'these tables'}")
+    rows = impact[impact.feature_set == feature_set]
+    if rows.empty:
+        raise ValueError(f"no low-level impact rows of feature set {feature_set!r}; feature sets: "
+                         f"{sorted(set(impact.feature_set))}")
+    drop = across_subjects(rows, "drop_pct", by)
+    grouped = rows.groupby(by, sort=True)
+    means = grouped[["r_norm_orig", "r_norm_resid"]].mean().join(grouped.subject.nunique().rename("n_participants"))
+    summary = drop.merge(means.reset_index(), on=by)
+    return summary[[*by, "mean", "sem", "n_subjects", "n_participants", "r_norm_orig", "r_norm_resid"]]
 
 
 SEEN, HELD_OUT = "seen", "held-out"

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
-from ..data.timing import TR_S
 from ..data.transcripts import Transcript
+from ..downstream.asr import ASR_METRIC
+
+_METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "micro_f1": "micro-F1", ASR_METRIC: "1 - WER"}
+_HATCHES = ("", "//", "..", "xx")
 
 
 def plot_alignment(
@@ -26,20 +32,25 @@ def plot_alignment(
     transcript : Transcript
         Words are drawn as labelled spans.
     tr_times : ndarray of shape (n_trs,)
-        TR midpoints relative to sound onset; TR boundaries are drawn at
-        midpoint +- TR/2 and midpoints as dots.
+        TR midpoints relative to sound onset (:meth:`Dataset.tr_times`, at least
+        two); TR boundaries are drawn at midpoint +- TR/2, with the TR their
+        spacing, and midpoints as dots.
     start, stop : float
         Excerpt, in seconds.
     """
     if not 0 <= start < stop:
         raise ValueError(f"need 0 <= start < stop, got start={start}, stop={stop}")
+    tr_times = np.asarray(tr_times, dtype=float)
+    if tr_times.ndim != 1 or len(tr_times) < 2:
+        raise ValueError(f"tr_times must hold at least two TR midpoints, got shape {tr_times.shape}")
+    half_tr = np.mean(np.diff(tr_times)) / 2
     first, last = int(start * sample_rate), min(len(audio), int(stop * sample_rate))
     time = np.arange(first, last) / sample_rate
     figure, (wave_ax, word_ax) = plt.subplots(
         2, 1, figsize=(12, 4), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     wave_ax.plot(time, audio[first:last], lw=0.4, color="0.2")
-    edges = np.concatenate([tr_times - TR_S / 2, tr_times[-1:] + TR_S / 2])
+    edges = np.concatenate([tr_times - half_tr, tr_times[-1:] + half_tr])
     for ax in (wave_ax, word_ax):
         for edge in edges[(edges >= start) & (edges <= stop)]:
             ax.axvline(edge, color="tab:red", lw=0.6, alpha=0.6)
@@ -174,6 +185,26 @@ def plot_training_curves(history, best_epoch: int | None = None, title: str = ""
     return figure
 
 
+def plot_validation_curves(logs, title: str = ""):
+    """Validation loss per epoch of several tuning runs (e.g. brain-tuned and its controls) on one axis.
+
+    Parameters
+    ----------
+    logs : mapping of str to DataFrame
+        Run label -> its ``training_log.parquet`` (columns ``epoch, split, loss``).
+    """
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for label, history in logs.items():
+        rows = history[history.split == "validation"]
+        ax.plot(rows.epoch, rows.loss, "o-", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss")
+    ax.set_title(title)
+    ax.legend()
+    figure.tight_layout()
+    return figure
+
+
 def plot_predictions(measured: np.ndarray, predicted: np.ndarray, voxels, labels=None, correlations=None):
     """Predicted against measured responses of a few voxels over time.
 
@@ -244,5 +275,95 @@ def plot_by_class(values, classes, title: str = "", ylabel: str = "r"):
     ax.axhline(0, color="0.7", lw=0.8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_downstream(summary: pd.DataFrame, metric: str = "macro_f1", tasks: Sequence[str] | None = None):
+    """Bar chart per task, variants side by side with their confidence intervals (the paper's Figure 4).
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        From :func:`bt_utils.downstream.probes.summarize`.
+    metric : str
+        Metric of the probed (classification and multi-label) tasks; ASR tasks show ``one_minus_wer``
+        (the CTC heads).
+    tasks : sequence of str, optional
+        Tasks and their order (default: as in ``summary``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per task; a group of bars per model, one bar per variant (and
+        subject); dashed line: chance.
+    """
+    tasks = list(tasks or summary.task.unique())
+    bars = list(dict.fromkeys(zip(summary.variant, summary.subject)))  # a variant tuned on each subject
+    colours = dict(zip(dict.fromkeys(summary.variant), plt.get_cmap("tab10").colors))
+    models = list(dict.fromkeys(summary.model))
+    width = 0.8 / len(bars)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(2.2 + 0.5 * len(bars) * len(models) * len(tasks), 3.6),
+                                squeeze=False)
+    legend = {}
+    for ax, task in zip(axes[0], tasks):
+        rows = summary[(summary.task == task) & summary.metric.isin([metric, ASR_METRIC])]
+        if rows.empty:
+            raise ValueError(f"summary has no {metric!r} or {ASR_METRIC!r} rows for task {task!r}")
+        for row in rows.itertuples():
+            b = bars.index((row.variant, row.subject))
+            x = models.index(row.model) - 0.4 + width * (b + 0.5)
+            label = f"{row.variant} ({row.subject})" if row.subject else row.variant
+            hatch = _HATCHES[[v for v, _ in bars[:b]].count(row.variant) % len(_HATCHES)]  # subjects of a variant
+            legend[label] = ax.bar(x, row.value, width, color=colours[row.variant], hatch=hatch, edgecolor="white")
+            ax.errorbar(x, row.value, yerr=[[row.value - row.ci_low], [row.ci_high - row.value]], color="black",
+                        capsize=3, linewidth=1)
+        chance = rows.chance.dropna()
+        if len(chance):
+            legend["chance"] = ax.axhline(chance.mean(), color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(models)), models, fontsize=8)
+        ax.set_title(task, fontsize=10)
+        ax.set_ylabel(_METRIC_NAMES[rows.metric.iloc[0]])
+        ax.set_ylim(0, 1.05)
+    figure.legend(legend.values(), legend.keys(), loc="upper center", ncol=len(legend), frameon=False,
+                  bbox_to_anchor=(0.5, 1.08))
+    figure.tight_layout()
+    return figure
+
+
+def plot_layer_selection(selection: pd.DataFrame):
+    """Validation score of each layer's probe or CTC head (mean over seeds), one panel per task, one line per variant.
+
+    The score is macro-F1, or for ASR tasks 1 - WER.
+
+    Parameters
+    ----------
+    selection : pandas.DataFrame
+        :attr:`bt_utils.downstream.probes.DownstreamResults.selection`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Chosen layers are marked with a dot per seed.
+    """
+    tasks = list(selection.task.unique())
+    if not tasks:
+        raise ValueError("selection is empty: no task was evaluated")
+    figure, axes = plt.subplots(1, len(tasks), figsize=(1.5 + 3.2 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = selection[selection.task == task]
+        asr = rows.wer.notna().all()
+        rows = rows.assign(score=1 - rows.wer if asr else rows.macro_f1)
+        for (model, variant, subject), group in rows.groupby(["model", "variant", "subject"], sort=False):
+            label = " ".join(part for part in (model, variant, subject) if part)
+            mean = group.groupby("layer").score.mean()
+            line, = ax.plot(mean.index, mean.to_numpy(), marker="", label=label)
+            chosen = group[group.chosen]
+            ax.scatter(chosen.layer, chosen.score, color=line.get_color(), s=18, zorder=3)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("layer (0 = input of layer 1)")
+        ax.set_ylabel("validation 1 - WER" if asr else "validation macro-F1")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     return figure

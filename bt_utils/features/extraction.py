@@ -1,0 +1,421 @@
+"""Layer features of a speech encoder per story: sliding windows, the kept frames, the disk cache.
+
+:func:`extract_layer_features` runs an encoder over the causal windows of
+:mod:`bt_utils.features.windows` and keeps one frame per grid point; in
+``"fast"`` mode the encoder's family decides how (:func:`window_stride_s`, and
+:mod:`bt_utils.features.whisper_edge` for Whisper padded to 30 s).
+:func:`story_features` caches the result per story and layer, keyed by the
+encoder's weights, the story's audio and exactly what was computed
+(:func:`feature_tag`); :func:`dataset_tr_features` resamples it to TRs.
+
+Layers are indices into ``EncoderOutput.hidden_states``: 0 is the input of the
+first transformer layer, ``k`` the output of layer ``k`` and ``n_layers`` the
+output of the last one (for Whisper, after the encoder's final layer norm). The
+protocol's "layers 2, 5, 7, 8, 10, 11, 12 and the output" of its 12-layer
+models are therefore :data:`PROTOCOL_LAYERS`: layer 12 *is* the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..cache import cache_root
+from ..data.dataset import Dataset
+from ..models.encoder import SAMPLE_RATE, WHISPER_MAX_SAMPLES, SpeechEncoder
+from ..results import atomic_path
+from . import whisper_edge
+from .design import tr_features
+from .windows import (
+    FAST_STRIDE_S,
+    WindowPlan,
+    WindowSettings,
+    pads_to_30s,
+    plan_windows,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CACHE_VERSION", "PROTOCOL_LAYERS", "check_layers", "dataset_tr_features", "default_layers",
+           "encoder_plan", "extract_layer_features", "feature_tag", "kept_frame_index", "story_features",
+           "window_stride_s"]
+
+PROTOCOL_LAYERS = (2, 5, 7, 8, 10, 11, 12)
+"""The protocol's layers of 12-layer models (layer 12 is the model's output)."""
+
+CACHE_VERSION = 2
+"""Version of the feature cache files; part of their path (2: padded Whisper keeps the authors' last frame)."""
+
+_WARNED_NATIVE_WHISPER: set[str] = set()
+"""Feature tags for which the fast-mode warning about native-length Whisper was logged in this process."""
+
+
+# ----- layers ------------------------------------------------------------------------------------
+
+
+def check_layers(layers: Iterable[int], n_layers: int) -> tuple[int, ...]:
+    """Validate layer indices against a model's depth.
+
+    Parameters
+    ----------
+    layers : iterable of int
+        Indices into ``hidden_states``: 0 (input of the first layer) to
+        ``n_layers`` (output of the last).
+    n_layers : int
+        Transformer layers of the model.
+
+    Returns
+    -------
+    tuple of int
+        The layers, sorted, without repeats.
+    """
+    layers = list(layers)
+    if not layers:
+        raise ValueError(f"no layers given; choose from 0 to {n_layers}")
+    bad = [layer for layer in layers
+           if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} are not available: this model has {n_layers} layers, so choose integers "
+                         f"from 0 (input of the first layer) to {n_layers} (output of the last layer)")
+    return tuple(sorted({int(layer) for layer in layers}))
+
+
+def default_layers(n_layers: int) -> tuple[int, ...]:
+    """The protocol's layers for 12-layer models, else every layer's output (1 .. n_layers)."""
+    return PROTOCOL_LAYERS if n_layers == 12 else tuple(range(1, n_layers + 1))
+
+
+# ----- windows of an encoder ---------------------------------------------------------------------
+
+
+def _shares_spans(encoder: SpeechEncoder, settings: WindowSettings) -> bool:
+    """Whether the windows run as :mod:`whisper_edge` groups: the fast mode of Whisper padded to 30 s."""
+    return settings.mode == "fast" and pads_to_30s(encoder)
+
+
+def window_stride_s(encoder: SpeechEncoder, settings: WindowSettings) -> float:
+    """Step between the windows ``encoder`` runs in ``settings.mode``, in seconds.
+
+    :data:`~bt_utils.features.windows.FAST_STRIDE_S` in the fast mode of
+    encoders that run at their input length (wav2vec2, HuBERT, Whisper with
+    ``native_length``); otherwise ``chunk_s``, one window per grid point (the
+    reference, and the fast mode of Whisper padded to 30 s).
+    """
+    if settings.mode == "fast" and not pads_to_30s(encoder):
+        return FAST_STRIDE_S
+    return settings.chunk_s
+
+
+def encoder_plan(encoder: SpeechEncoder, n_samples: int, settings: WindowSettings) -> WindowPlan:
+    """The windows ``encoder`` runs over a story of ``n_samples`` samples: :func:`plan_windows` with
+    :func:`window_stride_s`."""
+    return plan_windows(n_samples, settings, window_stride_s(encoder, settings))
+
+
+def feature_tag(encoder: SpeechEncoder, settings: WindowSettings) -> str:
+    """Text that names exactly which features ``encoder`` computes with ``settings``, used in cache paths.
+
+    For example ``reference-ctx16.0-chunk0.1-stride0.1``, ``fast-ctx16.0-chunk0.1-stride2.0`` (strided
+    windows) or ``fast-ctx16.0-chunk0.1-shared23-span75+15-every16`` (Whisper padded to 30 s, see
+    :data:`bt_utils.features.whisper_edge.TAG`).
+    """
+    tag = f"{settings.mode}-ctx{settings.context_s!r}-chunk{settings.chunk_s!r}"
+    if _shares_spans(encoder, settings):
+        return f"{tag}-{whisper_edge.TAG}"
+    return f"{tag}-stride{window_stride_s(encoder, settings)!r}"
+
+
+def kept_frame_index(encoder: SpeechEncoder, plan: WindowPlan) -> np.ndarray:
+    """Index, within its window's frames, of each grid point's frame, shape (n_times,).
+
+    It is the last frame of a window that would end at the grid point: the
+    number of frames computed from the audio up to there, minus one. Whisper
+    padded to 30 s keeps, as the authors' extraction code does, the last frame
+    that any real audio reaches: the feature extractor's attention mask
+    (``ceil(samples / 160)`` mel frames) passed through ``conv1`` and ``conv2``.
+    That is one frame later: the frame centred on the window's end, whose
+    receptive field also covers padding.
+    """
+    heard = plan.grid_ends - plan.starts[plan.window_of_frame]
+    frames = encoder.frame_lengths(torch.as_tensor(heard)).numpy()
+    if pads_to_30s(encoder):
+        last_frame = int(encoder.frame_lengths(torch.tensor([WHISPER_MAX_SAMPLES]))[0]) - 1
+        index = np.minimum(frames, last_frame)
+    else:
+        index = frames - 1
+    if index.min() < 0:
+        shortest = int(heard[index < 0].min())
+        raise ValueError(f"a window of {shortest} samples yields no {encoder.family} frame; make chunk_s longer "
+                         f"than {shortest / SAMPLE_RATE:g} s")
+    return index
+
+
+# ----- extraction --------------------------------------------------------------------------------
+
+
+def _chunks(items: np.ndarray, size: int) -> list[np.ndarray]:
+    """``items`` cut into consecutive pieces of ``size`` (the last may be shorter)."""
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def _passes(encoder: SpeechEncoder, settings: WindowSettings, plan: WindowPlan, frame_index: np.ndarray,
+            batch_size: int) -> list[tuple[np.ndarray, str]]:
+    """The forward passes in order, as (windows, role).
+
+    ``"whole"``: up to ``batch_size`` windows of equal length (any length when
+    padded to 30 s), so that no window is padded beyond its own input.
+    ``"lead"`` and ``"members"``: a :func:`whisper_edge.shared_groups` group,
+    its lead alone, then its members in one pass reading the lead's states.
+    """
+    if _shares_spans(encoder, settings):
+        passes = []
+        for lead, members in whisper_edge.shared_groups(plan, frame_index[plan.first]):
+            passes += [(np.array([lead]), "lead")] + ([(members, "members")] if len(members) else [])
+        return passes
+    lengths = plan.ends - plan.starts
+    keys = np.zeros_like(lengths) if pads_to_30s(encoder) else lengths
+    return [(batch, "whole") for key in np.unique(keys) for batch in _chunks(np.flatnonzero(keys == key), batch_size)]
+
+
+def _window_inputs(audio: np.ndarray, plan: WindowPlan, windows: np.ndarray,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The audio of ``windows`` as a (B, T) float tensor on ``device``, zero after each window's end, and the
+    windows' lengths in samples, shape (B,)."""
+    lengths = plan.ends[windows] - plan.starts[windows]
+    inputs = np.zeros((len(windows), lengths.max()), np.float32)
+    for row, window in enumerate(windows):
+        inputs[row, :lengths[row]] = audio[plan.starts[window]:plan.ends[window]]
+    return torch.from_numpy(inputs).to(device), torch.from_numpy(lengths)
+
+
+def _check_audio(audio) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"audio must be a 1-D float array of 16 kHz samples; got dtype {audio.dtype} and shape "
+                         f"{audio.shape}")
+    return audio.astype(np.float32, copy=False)
+
+
+def _warn_native_whisper(encoder: SpeechEncoder, settings: WindowSettings) -> None:
+    """In the fast mode of Whisper at native length, log once per process and settings that its frames are not
+    the reference's edge frames."""
+    if encoder.family != "whisper" or settings.mode != "fast" or pads_to_30s(encoder):
+        return
+    tag = feature_tag(encoder, settings)
+    if tag not in _WARNED_NATIVE_WHISPER:
+        _WARNED_NATIVE_WHISPER.add(tag)
+        log.warning("the fast mode of Whisper at native length keeps interior frames of longer windows, which "
+                    "Whisper represents unlike the last frame of a window that the reference keeps (see "
+                    "docs/feature_windows.md); use mode='reference' to follow the protocol, or native_length=False "
+                    "for the fast mode that keeps the reference's edge frames")
+
+
+def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: Iterable[int],
+                           settings: WindowSettings = WindowSettings(), batch_size: int = 8,
+                           progress: bool = True) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Frame features of a story's audio from causal sliding windows, one frame per grid point.
+
+    Runs in eval mode without gradients on the encoder's device (the
+    encoder's train/eval mode is restored afterwards). Every frame is what a
+    forward pass on its window alone gives, up to float rounding, except in
+    the fast mode of Whisper padded to 30 s (see
+    :mod:`bt_utils.features.whisper_edge`).
+
+    Parameters
+    ----------
+    encoder : SpeechEncoder
+    audio : ndarray of shape (n_samples,)
+        16 kHz; sample 0 is sound onset.
+    layers : iterable of int
+        See :func:`check_layers`.
+    settings : WindowSettings
+    batch_size : int
+        Windows per forward pass (a shared group's members run in one pass).
+    progress : bool
+        Show a progress bar over batches.
+
+    Returns
+    -------
+    times : ndarray of shape (n_times,)
+        Time of each frame (end of its window's chunk), seconds after sound onset.
+    features : dict of int to ndarray of shape (n_times, hidden_size)
+        float32, one entry per layer.
+    """
+    layers = check_layers(layers, encoder.n_layers)
+    audio = _check_audio(audio)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    plan = encoder_plan(encoder, len(audio), settings)
+    if encoder.family == "whisper" and plan.window_samples > WHISPER_MAX_SAMPLES:
+        raise ValueError(f"windows of {plan.window_samples / SAMPLE_RATE:g} s ({feature_tag(encoder, settings)}) "
+                         f"exceed Whisper's 30 s input; lower context_s")
+    _warn_native_whisper(encoder, settings)
+    frame_index = kept_frame_index(encoder, plan)
+    features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}
+    passes = _passes(encoder, settings, plan, frame_index, batch_size)
+    lead_inputs = None  # a shared group's lead: its inputs to every layer, read by the group's members
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            for batch, role in tqdm(passes, desc=f"{encoder.name} {settings.mode} windows", disable=not progress,
+                                    leave=False):
+                inputs, lengths = _window_inputs(audio, plan, batch, encoder.device)
+                kept = np.concatenate([np.arange(plan.first[window], plan.stop[window]) for window in batch])
+                rows = np.repeat(np.arange(len(batch)), plan.stop[batch] - plan.first[batch])
+                positions = frame_index[kept]
+                if role == "members":
+                    spans, context_counts, positions = whisper_edge.member_rows(positions)
+                    states = whisper_edge.frame_states(encoder, inputs, lengths, spans, context=lead_inputs,
+                                                       context_counts=context_counts)
+                else:
+                    states = encoder(inputs, lengths).hidden_states
+                    if role == "lead":
+                        lead_inputs = states[:-1]
+                rows_t = torch.from_numpy(rows).to(encoder.device)
+                frames_t = torch.from_numpy(np.asarray(positions)).to(encoder.device)
+                for layer in layers:
+                    features[layer][kept] = states[layer][rows_t, frames_t].float().cpu().numpy()
+    finally:
+        encoder.train(was_training)
+    return plan.times, features
+
+
+# ----- cache -------------------------------------------------------------------------------------
+
+
+def _audio_hash(audio: np.ndarray) -> str:
+    """First 16 hex digits of the SHA-256 of the 16 kHz float32 samples."""
+    return hashlib.sha256(np.ascontiguousarray(audio, np.float32).tobytes()).hexdigest()[:16]
+
+
+def _read_cached(path: Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(times, values)`` from a cache file, or None if it is missing, unreadable or for another key."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            times, values, stored_key = stored["times"], stored["values"], str(stored["key"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        log.warning("feature cache file %s is unreadable (%s); recomputing it", path, error)
+        return None
+    if stored_key != key or values.ndim != 2 or times.shape != (values.shape[0],):
+        log.warning("feature cache file %s does not hold the expected features; recomputing it", path)
+        return None
+    return times, values
+
+
+def _write_cached(path: Path, key: str, times: np.ndarray, values: np.ndarray) -> None:
+    with atomic_path(path) as staged, open(staged, "wb") as handle:
+        np.savez(handle, times=times, values=values, key=np.array(key))
+
+
+def _cache_key(encoder: SpeechEncoder, settings: WindowSettings, fingerprint: str, story: str,
+               audio_hash: str) -> str:
+    """The full key of a story's cache files (JSON); its settings are those of :func:`feature_tag`."""
+    described = settings.to_dict()
+    if _shares_spans(encoder, settings):
+        described["method"] = whisper_edge.TAG
+    else:
+        described["stride_s"] = window_stride_s(encoder, settings)
+    return json.dumps({"version": CACHE_VERSION, "fingerprint": fingerprint, "settings": described,
+                       "story": story, "audio_sha256": audio_hash}, sort_keys=True)
+
+
+def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers: Iterable[int],
+                   settings: WindowSettings = WindowSettings(), cache_dir: str | os.PathLike | None = None,
+                   batch_size: int = 8, progress: bool = True,
+                   fingerprint: str | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Frame features of one story, read from the disk cache or computed and cached.
+
+    Cache key and layout: one ``.npz`` file per story and layer at
+    ``<cache_root>/features/v<CACHE_VERSION>/<fingerprint>/<feature tag>/<story>-<audio hash>/layer-<LL>.npz``,
+    where ``fingerprint`` is :meth:`SpeechEncoder.fingerprint` (weights, family
+    and input settings such as Whisper's ``native_length``), the feature tag is
+    :func:`feature_tag` (the mode, the window geometry and the method the
+    encoder's family uses), and the audio hash is the SHA-256 of the story's
+    16 kHz samples (so a moved or rebuilt identical dataset still hits the
+    cache, and changed audio misses it). Each file holds ``times``, ``values``
+    and the full key, which is checked on reading. Files are written
+    atomically; a missing, unreadable or mismatched file is recomputed. When
+    every layer is cached the encoder's forward never runs. The device and
+    batch size are not part of the key (they change the values only by float
+    rounding).
+
+    Parameters
+    ----------
+    encoder : SpeechEncoder
+    dataset : Dataset
+    story : str
+    layers : iterable of int
+        See :func:`check_layers`.
+    settings : WindowSettings
+    cache_dir : path-like, optional
+        Cache root (see :func:`bt_utils.cache.cache_root`).
+    batch_size, progress
+        See :func:`extract_layer_features`.
+    fingerprint : str, optional
+        ``encoder.fingerprint()`` computed beforehand, to hash the weights once
+        for many stories.
+
+    Returns
+    -------
+    times : ndarray of shape (n_times,)
+    features : dict of int to ndarray of shape (n_times, hidden_size)
+    """
+    layers = check_layers(layers, encoder.n_layers)
+    fingerprint = fingerprint or encoder.fingerprint()
+    audio = dataset.load_audio(story)
+    audio_hash = _audio_hash(audio)
+    folder = (cache_root(cache_dir) / "features" / f"v{CACHE_VERSION}" / fingerprint / feature_tag(encoder, settings)
+              / f"{story}-{audio_hash}")
+    key = _cache_key(encoder, settings, fingerprint, story, audio_hash)
+    paths = {layer: folder / f"layer-{layer:02d}.npz" for layer in layers}
+    cached = {layer: _read_cached(path, key) for layer, path in paths.items()}
+    missing = [layer for layer, entry in cached.items() if entry is None]
+    if missing:
+        times, computed = extract_layer_features(encoder, audio, missing, settings, batch_size, progress)
+        for layer in missing:
+            _write_cached(paths[layer], key, times, computed[layer])
+            cached[layer] = (times, computed[layer])
+    times = cached[layers[0]][0]
+    return times, {layer: values for layer, (_, values) in cached.items()}
+
+
+def dataset_tr_features(encoder: SpeechEncoder, dataset: Dataset, stories: Iterable[str], layers: Iterable[int],
+                        settings: WindowSettings = WindowSettings(), cache_dir: str | os.PathLike | None = None,
+                        batch_size: int = 8, progress: bool = True) -> dict[str, dict[int, np.ndarray]]:
+    """TR features of several stories: :func:`story_features` (cached), then :func:`tr_features`.
+
+    Parameters
+    ----------
+    encoder : SpeechEncoder
+    dataset : Dataset
+    stories : iterable of str
+    layers : iterable of int
+    settings, cache_dir, batch_size, progress
+        See :func:`story_features`.
+
+    Returns
+    -------
+    dict of str to dict of int to ndarray of shape (n_trs, hidden_size)
+        Untrimmed, at :meth:`Dataset.tr_times` of each story; float32.
+    """
+    stories = list(stories)
+    fingerprint = encoder.fingerprint()
+    log.info("%s features: %s", encoder.name, feature_tag(encoder, settings))
+    features = {}
+    for story in tqdm(stories, desc=f"{encoder.name} features", disable=not progress):
+        times, frames = story_features(encoder, dataset, story, layers, settings, cache_dir, batch_size, progress,
+                                       fingerprint)
+        features[story] = tr_features(times, frames, dataset.tr_times(story))
+    return features
