@@ -79,3 +79,19 @@ def protocol_values(protocol: str, values: Mapping[str, object], is_demo: bool) 
     name = resolve_protocol(protocol, is_demo)
     defaults = PROTOCOLS[name]
     return name, {key: defaults[key] if value is None and key in defaults else value for key, value in values.items()}
+
+
+def protocol_notes(protocol: str, values: Mapping[str, object]) -> list[str]:
+    """One line per demo shortcut among ``values``, saying what it trades away (nothing for other protocols).
+
+    Parameters
+    ----------
+    protocol : str
+        The protocol that ran (as :func:`protocol_values` returns it).
+    values : mapping
+        The resolved settings, notebook parameter name -> value.
+    """
+    if protocol != "demo":
+        return []
+    return [f"demo shortcut: {name} = {values[name]!r}: {why}" for name, why in DEMO_SHORTCUTS.items()
+            if name in values and values[name] == PROTOCOLS["demo"][name]]

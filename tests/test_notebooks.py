@@ -187,6 +187,8 @@ def test_summary_notebook(tmp_path):
         rois = pd.DataFrame({"subject": subject, "model": "m", "variant": ["pretrained", "brain-tuned"] * 2,
                              "layer": [1, 1, 2, 2], "roi": "planted_semantic",
                              "r_norm_mean": [0.2, 0.2 + gain, 0.3, 0.3 + gain], "n_voxels": 10})
+        control = rois[rois.variant == "pretrained"].assign(variant="block_shuffle", r_norm_mean=lambda t: t.r_norm_mean - gain)
+        rois = pd.concat([rois, control], ignore_index=True)
         axes = {"subject": subject, "model": "m"}
         planned.append(run(f"02_alignment/{subject}-m-00000002", axes, "alignment_rois.parquet", rois))
         impact = rois.rename(columns={"r_norm_mean": "r_norm_orig"}).assign(
@@ -222,6 +224,12 @@ def test_summary_notebook(tmp_path):
     tests = pd.read_csv(out / "alignment_tests_m_brain-tuned.csv")
     assert len(tests) == 2 and (tests.n_comparisons == 2).all()
     np.testing.assert_allclose(tests.q_value, scipy.stats.false_discovery_control(tests.p_value))
+    # brain-tuning against the reference and each control, per layer, with the relative change
+    gains = pd.read_csv(out / "brain_tuning_gain_m.csv").set_index(["reference", "layer"])
+    assert sorted(gains.index) == [("block_shuffle", 1), ("block_shuffle", 2), ("pretrained", 1), ("pretrained", 2)]
+    mean_gain = np.mean([0.05, 0.08, 0.02])
+    assert gains.loc[("pretrained", 1), "relative_pct"] == pytest.approx(100 * mean_gain / 0.2)
+    assert gains.loc[("block_shuffle", 2), "relative_pct"] == pytest.approx(100 * 2 * mean_gain / (0.3 - mean_gain))
     impact = pd.read_csv(out / "impact_summary_m.csv")
     assert (impact["mean"] == 50.0).all() and (impact.n_subjects == 3).all() and (impact.n_participants == 3).all()
     # seeds averaged within a participant, then across participants; the pretrained model counts once

@@ -3,7 +3,7 @@
 import pytest
 
 from bt_utils.models.tuning import TuningConfig
-from bt_utils.protocols import DEMO_SHORTCUTS, PROTOCOLS, protocol_values, resolve_protocol
+from bt_utils.protocols import DEMO_SHORTCUTS, PROTOCOLS, protocol_notes, protocol_values, resolve_protocol
 
 
 def test_auto_runs_the_demo_settings_only_on_the_demo():
@@ -32,3 +32,13 @@ def test_every_demo_shortcut_is_explained_and_differs_from_the_paper():
     assert set(PROTOCOLS["demo"]) == set(PROTOCOLS["paper"])
     assert changed - {"batch_size", "head_lr", "warmup_epochs", "encoder_lr"} <= set(DEMO_SHORTCUTS)
     assert set(DEMO_SHORTCUTS) <= changed
+
+
+def test_notes_name_the_demo_shortcuts_taken_and_nothing_else():
+    name, values = protocol_values("auto", {"epochs": None, "feature_mode": "reference", "n_permutations": None},
+                                   is_demo=True)
+    notes = protocol_notes(name, values)
+    demo = PROTOCOLS["demo"]
+    assert notes == [f"demo shortcut: epochs = {demo['epochs']}: {DEMO_SHORTCUTS['epochs']}",
+                     f"demo shortcut: n_permutations = {demo['n_permutations']}: {DEMO_SHORTCUTS['n_permutations']}"]
+    assert protocol_notes(*protocol_values("auto", {"epochs": None}, is_demo=False)) == []

@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 
 from bt_utils.encoding.stats import (
-    across_subjects, block_permutation_pvalues, fdr_bh, paired_test, roi_mean, roi_table,
+    across_subjects, block_permutation_pvalues, fdr_bh, paired_test, paired_tests, roi_mean, roi_table,
 )
 
 
@@ -102,6 +102,8 @@ def test_summary_and_paired_test_match_scipy():
     expected = scipy.stats.ttest_rel(b.to_numpy(), a.to_numpy())
     row = result[result.roi == "front"].iloc[0]
     assert row.p_value == pytest.approx(expected.pvalue) and row.mean_difference == pytest.approx((b.to_numpy() - a.to_numpy()).mean())
+    assert row.mean_a == pytest.approx(a.mean()) and row.mean_b == pytest.approx(b.mean())
+    assert row.relative_pct == pytest.approx(100 * (b.mean() - a.mean()) / abs(a.mean()))
     with pytest.raises(ValueError, match="variant 'lm'"):
         paired_test(table, "r_norm_mean", "pretrained", "lm")
     with pytest.raises(ValueError, match=r"12 rows share their \['model', 'layer', 'subject', 'variant'\]"):
@@ -147,8 +149,8 @@ def test_paired_tests_are_fdr_corrected_per_model_over_layers_and_rois():
     table.loc[(table.model == "m2") & (table.layer == 3) & (table.roi == "V1") & (table.variant == "tuned")
               & (table.subject != "A"), "value"] = np.nan  # one participant left: no test
     result = paired_test(table, "value", "pretrained", "tuned")
-    assert list(result.columns) == ["model", "layer", "roi", "mean_difference", "statistic", "p_value", "q_value",
-                                    "n_comparisons", "n_subjects"]
+    assert list(result.columns) == ["model", "layer", "roi", "mean_a", "mean_b", "mean_difference", "relative_pct",
+                                    "statistic", "p_value", "q_value", "n_comparisons", "n_subjects"]
     for model, rows_of_model in result.groupby("model"):
         # Benjamini-Hochberg by hand over this model's layer x ROI comparisons that have a p-value
         tested = rows_of_model[rows_of_model.p_value.notna()]
@@ -223,3 +225,20 @@ def test_repeats_are_averaged_within_a_participant_first():
     assert row["sem"] == pytest.approx(scipy.stats.sem([0.2, 0.7, 0.6]))
     with pytest.raises(ValueError, match="`average_over`"):  # seeds without saying so look like duplicates
         across_subjects(table, "value", by=("model", "variant", "task"))
+
+
+def test_paired_tests_compare_one_variant_with_each_reference():
+    rng = np.random.default_rng(1)
+    subjects = ["A", "B", "C", "D"]
+    means = {"pretrained": 0.10, "shuffled": 0.09, "tuned": 0.15}
+    table = pd.DataFrame([{"subject": s, "model": "m", "layer": 1, "roi": "sem", "variant": v,
+                           "value": mean + 0.01 * rng.standard_normal()} for s in subjects for v, mean in means.items()])
+    result = paired_tests(table, "value", "tuned", ["pretrained", "shuffled"])
+    assert list(result.reference) == ["pretrained", "shuffled"] and set(result.variant) == {"tuned"}
+    for _, row in result.iterrows():
+        a = table[table.variant == row.reference].sort_values("subject").value.to_numpy()
+        b = table[table.variant == "tuned"].sort_values("subject").value.to_numpy()
+        assert row.p_value == pytest.approx(scipy.stats.ttest_rel(b, a).pvalue)
+        assert row.relative_pct == pytest.approx(100 * (b.mean() - a.mean()) / a.mean())
+        assert row.n_comparisons == 1  # each reference is its own family
+    assert paired_tests(table, "value", "tuned", []).empty

@@ -283,8 +283,9 @@ def subject_model(paths: str | Mapping[str, str], subject: str, variant: str) ->
 
 
 def tuned_on(path: str) -> str:
-    """The participants a model was brain-tuned on, joined by ``+`` (``"DEMO01+DEMO02"``); ``""`` for a model
-    that is no brain-tuning checkpoint (see :func:`bt_utils.models.tuning.tuned_participants`)."""
+    """The participants whose responses a model was brain-tuned on, joined by ``+`` (``"DEMO01+DEMO02"``); ``""``
+    for a model that is no brain-tuning checkpoint or learned no participant's responses (``text_embedding``; see
+    :func:`bt_utils.models.tuning.tuned_participants`)."""
     return "+".join(tuned_participants(path) or [])
 
 

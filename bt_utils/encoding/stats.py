@@ -235,8 +235,10 @@ def paired_test(table: pd.DataFrame, value: str, variant_a: str, variant_b: str,
     Returns
     -------
     result : DataFrame
-        ``by``, ``mean_difference``, ``statistic``, ``p_value`` (uncorrected), ``q_value`` (Benjamini-Hochberg
-        within the family), ``n_comparisons`` (tests in the family), ``n_subjects``.
+        ``by``, ``mean_a``, ``mean_b`` (the variants' means over the paired participants), ``mean_difference``
+        (``mean_b - mean_a``), ``relative_pct`` (``100 * mean_difference / |mean_a|``), ``statistic``,
+        ``p_value`` (uncorrected), ``q_value`` (Benjamini-Hochberg within the family), ``n_comparisons``
+        (tests in the family), ``n_subjects``.
     """
     check_option("test", test, ("t", "wilcoxon"))
     outside = [column for column in family if column not in by]
@@ -258,10 +260,14 @@ def paired_test(table: pd.DataFrame, value: str, variant_a: str, variant_b: str,
             statistic, p_value = scipy.stats.ttest_rel(pairs[variant_b], pairs[variant_a])
         else:
             statistic, p_value = scipy.stats.wilcoxon(difference)
+        mean_a, mean_b = (float(pairs[v].mean()) if len(pairs) else np.nan for v in (variant_a, variant_b))
         rows.append({**dict(zip(by, condition if isinstance(condition, tuple) else (condition,))),
+                     "mean_a": mean_a, "mean_b": mean_b,
                      "mean_difference": float(difference.mean()) if len(difference) else np.nan,
+                     "relative_pct": 100 * (mean_b - mean_a) / abs(mean_a) if mean_a else np.nan,
                      "statistic": float(statistic), "p_value": float(p_value), "n_subjects": len(difference)})
-    result = pd.DataFrame(rows, columns=[*by, "mean_difference", "statistic", "p_value", "n_subjects"])
+    result = pd.DataFrame(rows, columns=[*by, "mean_a", "mean_b", "mean_difference", "relative_pct", "statistic",
+                                         "p_value", "n_subjects"])
     result.insert(result.columns.get_loc("n_subjects"), "q_value", np.nan)
     result.insert(result.columns.get_loc("n_subjects"), "n_comparisons", 0)
     families = result.groupby(list(family), sort=False, dropna=False) if family else [(None, result)]
@@ -270,6 +276,36 @@ def paired_test(table: pd.DataFrame, value: str, variant_a: str, variant_b: str,
         result.loc[members.index, "q_value"] = fdr_bh(p_values)[1]
         result.loc[members.index, "n_comparisons"] = int(np.isfinite(p_values).sum())
     return result
+
+
+def paired_tests(table: pd.DataFrame, value: str, variant: str, references: Sequence[str],
+                 **options) -> pd.DataFrame:
+    """:func:`paired_test` of one variant against each of several references (``variant - reference``).
+
+    Parameters
+    ----------
+    table : DataFrame
+        As for :func:`paired_test`.
+    value : str
+    variant : str
+        E.g. "brain-tuned".
+    references : sequence of str
+        E.g. ``["pretrained", "block_shuffle", "text_embedding"]``; each is one family of comparisons.
+    **options
+        ``by``, ``test``, ``family`` of :func:`paired_test`.
+
+    Returns
+    -------
+    result : DataFrame
+        ``variant``, ``reference`` and the columns of :func:`paired_test` (``mean_a`` is the reference's mean,
+        ``mean_b`` the variant's); empty when ``references`` is.
+    """
+    tests = [paired_test(table, value, reference, variant, **options).assign(variant=variant, reference=reference)
+             for reference in references]
+    if not tests:
+        return pd.DataFrame(columns=["variant", "reference"])
+    result = pd.concat(tests, ignore_index=True)
+    return result[["variant", "reference", *[c for c in result.columns if c not in ("variant", "reference")]]]
 
 
 def block_permutation_pvalues(prediction: np.ndarray, target: np.ndarray, n_permutations: int = 1000,

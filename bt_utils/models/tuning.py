@@ -373,14 +373,19 @@ def tuned_participants(checkpoint: str | os.PathLike) -> list[str] | None:
     Returns
     -------
     subjects : list of str or None
-        In the order of the head's outputs; None for anything but a checkpoint
-        (a registry name, a Hub id, a pretrained model's folder).
+        The participants whose responses it learned, in the order of the
+        head's outputs; empty for the ``text_embedding`` control (its targets
+        belong to no participant); None for anything but a checkpoint (a
+        registry name, a Hub id, a pretrained model's folder).
     """
     folder = Path(checkpoint)
     if not (folder / "head.pt").is_file() or not (folder / "training_record.json").is_file():
         return None
     record = json.loads((folder / "training_record.json").read_text())
-    subjects = record.get("selection", {}).get("subjects")  # absent from records written before several participants
+    selection = record.get("selection", {})
+    if selection.get("target_kind") == "text_embedding":
+        return []
+    subjects = selection.get("subjects")  # absent from records written before several participants
     return list(subjects) if subjects else [record["parameters"]["subject"]]
 
 
@@ -396,7 +401,7 @@ def _read_head(checkpoint: str | os.PathLike) -> tuple[nn.Linear, list[int] | No
     voxels = saved["voxels"]
     # older text_embedding checkpoints stored the voxel selection beside a head of embedding dimensions
     voxels = None if voxels is None or len(voxels) != head.out_features else list(voxels)
-    subjects = saved.get("subjects") or tuned_participants(checkpoint)
+    subjects = saved.get("subjects") or tuned_participants(checkpoint) or []
     return head, voxels, list(subjects), list(saved.get("n_outputs", [head.out_features]))
 
 
