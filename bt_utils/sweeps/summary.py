@@ -230,7 +230,8 @@ def held_out_gains(table: pd.DataFrame, value: str = "r_norm_mean", reference: s
         The variant of the pretrained model.
     tuned_alone : str
         The variant holding each participant's own brain-tuned model; its
-        checkpoint must have been tuned on that participant only.
+        checkpoint must have been tuned on that participant only (rows
+        without a recorded ``tuned_on`` are taken as they are).
 
     Returns
     -------
@@ -248,7 +249,8 @@ def held_out_gains(table: pd.DataFrame, value: str = "r_norm_mean", reference: s
     keys = ["subject", "model", "layer", "roi"]
     roles = pd.Series([participant_role(s, t) for s, t in zip(table.subject, table.tuned_on)], index=table.index)
     alone = table[table.variant == tuned_alone]
-    wrong = alone[alone.tuned_on != alone.subject]
+    recorded = alone.tuned_on.fillna("") != ""  # tables written before the column have no record to check
+    wrong = alone[recorded & (alone.tuned_on != alone.subject)]
     if len(wrong):
         raise ValueError(f"variant {tuned_alone!r} of {wrong.subject.iloc[0]} was tuned on {wrong.tuned_on.iloc[0]!r}, "
                          f"not on that participant alone; name its own brain-tuned variant (tuned_alone=...)")
