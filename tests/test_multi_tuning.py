@@ -194,6 +194,8 @@ def test_one_encoder_pass_serves_every_participant(uneven, tmp_path, monkeypatch
     figure = plots.plot_training_curves(result.history, result.best_epoch)
     labels = {line.get_label() for line in figure.axes[0].get_lines()}
     assert {"validation S01", "validation S02", "validation pooled", "train pooled"} <= labels
+    (line,) = plots.plot_validation_curves({"several": result.history}).axes[0].get_lines()
+    np.testing.assert_allclose(line.get_ydata(), validation.pooled.to_numpy())  # the pooled loss, once per epoch
 
 
 def test_participants_with_different_voxel_counts_get_their_own_heads(uneven, tmp_path):

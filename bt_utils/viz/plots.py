@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..data.transcripts import Transcript
 from ..downstream.asr import ASR_METRIC
+from ..models.tuning import POOLED
 
 _METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "micro_f1": "micro-F1", ASR_METRIC: "1 - WER"}
 _HATCHES = ("", "//", "..", "xx")
@@ -191,11 +192,14 @@ def plot_validation_curves(logs, title: str = ""):
     Parameters
     ----------
     logs : mapping of str to DataFrame
-        Run label -> its ``training_log.parquet`` (columns ``epoch, split, loss``).
+        Run label -> its ``training_log.parquet`` (columns ``epoch, split, loss``, optionally
+        ``subject``); of a run on several participants, its pooled validation loss is drawn.
     """
     figure, ax = plt.subplots(figsize=(6, 4))
     for label, history in logs.items():
         rows = history[history.split == "validation"]
+        if "subject" in rows and rows.subject.nunique() > 1:
+            rows = rows[rows.subject == POOLED]
         ax.plot(rows.epoch, rows.loss, "o-", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation loss")
