@@ -173,7 +173,7 @@ def test_whisper_decoder_rows_stay_apart_from_the_ctc_rows():
 
 
 def test_whisper_decoder_needs_a_pretrained_whisper():
-    from bt_utils.demo.whisper_ct2 import load_offline_whisper
+    from bt_utils.demo.offline_whisper import load_offline_whisper
 
     model, _ = load_offline_whisper()
     with pytest.raises(ValueError, match="does not fit"):
