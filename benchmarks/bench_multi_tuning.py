@@ -68,7 +68,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         for n in range(1, len(PARTICIPANTS) + 1):
             command = [sys.executable, __file__, "--data", str(args.data), "--model", args.model,
-                       "--trainable-layers", str(args.trainable_layers), "--threads", str(args.threads), "--one", str(n)]
+                       "--trainable-layers", str(args.trainable_layers), "--threads", str(args.threads),
+                       "--one", str(n)]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]) | {"repeat": repeat})
             print(rows[-1], flush=True)

@@ -44,7 +44,7 @@ def test_participant_lists_are_checked(demo):
 def test_notebook_takes_subject_or_subjects():
     assert subject_or_subjects("DEMO01", None) == "DEMO01"
     assert subject_or_subjects(None, ("DEMO01", "DEMO02")) == PAIR
-    with pytest.raises(ValueError, match="set either subject .* or subjects .*got subject='DEMO01', subjects=\\['DEMO02'\\]"):
+    with pytest.raises(ValueError, match=r"set either subject .*got subject='DEMO01', subjects=\['DEMO02'\]"):
         subject_or_subjects("DEMO01", ["DEMO02"])
     with pytest.raises(ValueError, match="set either subject"):
         subject_or_subjects(None, None)

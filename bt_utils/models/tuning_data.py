@@ -253,7 +253,8 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
         For the ``text_embedding`` control, ``target_scaling`` (see :func:`zscore_targets`).
     """
     participants = tuning_participants(dataset, subjects, config.control)
-    split = [dataset.split(subject) for subject in participants][0]
+    splits = [dataset.split(subject) for subject in participants]  # each checks that its participant heard the stories
+    split = splits[0]  # the dataset's split, the same for every participant
     brain_targets = config.control != "text_embedding"
     rng = np.random.default_rng(config.seed)  # the controls' draws
     subset_rng = np.random.default_rng([config.seed, 1])  # apart, so that every control keeps the same TRs
@@ -262,7 +263,8 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
     audio = {s: dataset.load_audio(s) for s in stories}
     tr_times = {s: dataset.tr_times(s) for s in stories}
 
-    def story_targets(subject: str, group: list[str], voxels: np.ndarray, pairing: dict | None) -> dict[str, np.ndarray]:
+    def story_targets(subject: str, group: list[str], voxels: np.ndarray,
+                      pairing: dict | None) -> dict[str, np.ndarray]:
         if not brain_targets:
             return {s: embed_texts(window_texts(dataset.transcript(s), tr_times[s], trimmed_tr_indices(len(tr_times[s])), spec))
                     for s in group}
@@ -297,7 +299,8 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
         items, rows = [], []
         for story in groups[name]:
             indices = trimmed_tr_indices(len(tr_times[story]))
-            lengths = {s: min(len(indices), len(targets[s][name][story])) for s in participants}  # swapped stories differ in length
+            # swapped stories differ in length
+            lengths = {s: min(len(indices), len(targets[s][name][story])) for s in participants}
             block = np.full((max(lengths.values()), int(bounds[-1])), np.nan, dtype=np.float32)
             for subject, n in lengths.items():
                 block[:n, heads[subject]] = targets[subject][name][story][:n]
@@ -312,7 +315,8 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
                  "train_stories": groups["train"], "validation_stories": groups["validation"],
                  "control": config.control, "n_targets": int(train.targets.shape[1])}
     if not brain_targets:
-        train.targets, validation.targets, selection["target_scaling"] = zscore_targets(train.targets, validation.targets)
+        train.targets, validation.targets, selection["target_scaling"] = zscore_targets(train.targets,
+                                                                                        validation.targets)
     if len(participants) == 1:
         (subject,) = participants
         selection |= {"subject": subject, "voxels": chosen[subject]["voxels"], "cc_max": chosen[subject]["cc_max"]}
