@@ -57,31 +57,39 @@ def small_story_seconds(n_trs: int) -> float:
     return n_trs * DS003020_TR_S - 2 * SOUND_ONSET_S
 
 
-def write_small_dataset(root: Path, stories: dict[str, int], n_voxels: int = 4, seed: int = 0) -> Path:
+def write_small_dataset(root: Path, stories: dict[str, int], n_voxels: int = 4, seed: int = 0,
+                        subjects: dict[str, int] | None = None, split: dict | None = None) -> Path:
     """A minimal hand-made dataset in the ds003020 layout.
 
     Each story gets noise audio at 8 kHz that covers its TR grid
     (:func:`small_story_seconds`), a one-word TextGrid of the same duration,
-    and responses of the right trimmed length for subject ``S01``; the last
-    story also gets three ``individual_repeats``.
+    and responses of the right trimmed length for subject ``S01`` (or for each
+    of ``subjects``: name -> number of voxels, instead of ``n_voxels``); the
+    last story also gets three ``individual_repeats``. ``split`` (``{"train":
+    [...], "validation": [...], "test": ...}``) is written as the dataset's own
+    split (``derivative/demo.json``), for datasets that are not ds003020.
     """
     rng = np.random.default_rng(seed)
     (root / "stimuli").mkdir(parents=True)
     (root / "derivative" / "TextGrids").mkdir(parents=True)
-    folder = root / "derivative" / "preprocessed_data" / "S01"
-    folder.mkdir(parents=True)
     respdict = {story: n_trs + RESPDICT_PAD for story, n_trs in stories.items()}  # as ds003020 counts them
     (root / "derivative" / "respdict.json").write_text(json.dumps(respdict))
+    if split is not None:
+        (root / "derivative" / "demo.json").write_text(json.dumps({"split": split}))
+    subjects = subjects or {"S01": n_voxels}
+    for subject in subjects:
+        (root / "derivative" / "preprocessed_data" / subject).mkdir(parents=True)
     for index, (story, n_trs) in enumerate(stories.items()):
         n_samples = round(small_story_seconds(n_trs) * SMALL_DATASET_RATE)
         soundfile.write(root / "stimuli" / f"{story}.wav", 0.1 * rng.standard_normal(n_samples), SMALL_DATASET_RATE)
         transcript = Transcript([Interval(0.2, 0.6, "hello")], [Interval(0.2, 0.4, "HH"), Interval(0.4, 0.6, "AH")],
                                 n_samples / SMALL_DATASET_RATE)
         write_textgrid(transcript, root / "derivative" / "TextGrids" / f"{story}.TextGrid")
-        with h5py.File(folder / f"{story}.hf5", "w") as handle:
-            handle["data"] = rng.standard_normal((n_trs - 15, n_voxels)).astype(np.float32)
-            if index == len(stories) - 1:
-                handle["individual_repeats"] = rng.standard_normal((3, n_trs - 15, n_voxels)).astype(np.float32)
+        for subject, width in subjects.items():
+            with h5py.File(root / "derivative" / "preprocessed_data" / subject / f"{story}.hf5", "w") as handle:
+                handle["data"] = rng.standard_normal((n_trs - 15, width)).astype(np.float32)
+                if index == len(stories) - 1:
+                    handle["individual_repeats"] = rng.standard_normal((3, n_trs - 15, width)).astype(np.float32)
     return root
 
 

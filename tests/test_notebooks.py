@@ -88,13 +88,18 @@ def test_reports_work_offline_and_say_what_needs_the_network(tmp_path, markdown,
 
 
 @pytest.mark.notebook
-def test_01_brain_tuning_notebook(demo_root, tmp_path):
+@pytest.mark.parametrize("participants", [{}, {"subject": None, "subjects": ["DEMO01", "DEMO02"]}],
+                         ids=["one", "several"])
+def test_01_brain_tuning_notebook(demo_root, tmp_path, participants):
     out = tmp_path / "01"
     execute_notebook("01_brain_tuning", out, {
         "data_root": str(demo_root), "build_demo_if_missing": False, "model": "tiny-whisper", "epochs": 2,
-        "max_train_trs": 16, "max_validation_trs": 8, "batch_size": 8, "device": "cpu"})
+        "max_train_trs": 16, "max_validation_trs": 8, "batch_size": 8, "device": "cpu", **participants})
     log = pd.read_parquet(out / "training_log.parquet")
-    assert list(log.columns) == ["epoch", "split", "loss"] and len(log) == 4
+    # per epoch: the training and validation losses, and each participant's validation loss when there are several
+    assert list(log.columns) == ["epoch", "split", "subject", "loss"] and len(log) == (8 if participants else 4)
+    run = json.loads((out / "run.json").read_text())
+    assert set(run["validation_median_r_by_participant"]) == set(participants.get("subjects", ["DEMO01"]))
     assert (out / "checkpoint" / "encoder").is_dir() and (out / "checkpoint" / "head.pt").is_file()
     record = json.loads((out / "checkpoint" / "training_record.json").read_text())
     assert record["parameters"]["model"] == "tiny-whisper" and record["best_epoch"] in (0, 1)
@@ -115,7 +120,9 @@ def test_02_alignment_notebook(demo_root, tmp_path):
     voxels = pd.read_parquet(out / "alignment_voxels.parquet")
     rois = pd.read_parquet(out / "alignment_rois.parquet")
     assert list(voxels.columns[:7]) == ["subject", "model", "variant", "layer", "voxel", "r", "r_norm"]
-    assert list(rois.columns) == ["subject", "model", "variant", "layer", "roi", "r_norm_mean", "n_voxels", "n_parcels"]
+    assert list(rois.columns) == ["subject", "model", "variant", "tuned_on", "layer", "roi", "r_norm_mean", "n_voxels",
+                                  "n_parcels"]
+    assert set(rois.tuned_on) == {""}  # the pretrained model was tuned on no participant
     assert len(voxels) == 2 * 3000 and set(voxels.layer) == {1, 4}
     for figure in ("alignment_layers.png", "planted_recovery_DEMO01.png"):
         assert (out / figure).stat().st_size > 10_000
@@ -189,8 +196,13 @@ def test_summary_notebook(tmp_path):
                              "r_norm_mean": [0.2, 0.2 + gain, 0.3, 0.3 + gain], "n_voxels": 10})
         control = rois[rois.variant == "pretrained"].assign(variant="block_shuffle", r_norm_mean=lambda t: t.r_norm_mean - gain)
         rois = pd.concat([rois, control], ignore_index=True)
+        rois["tuned_on"] = np.where(rois.variant == "pretrained", "", subject)  # from each checkpoint
         axes = {"subject": subject, "model": "m"}
         planned.append(run(f"02_alignment/{subject}-m-00000002", axes, "alignment_rois.parquet", rois))
+        # a model tuned on DEMO01 and DEMO02 together, aligned on all three
+        multi = rois[rois.variant == "pretrained"].assign(variant="multi", tuned_on="DEMO01+DEMO02",
+                                                          r_norm_mean=lambda t: t.r_norm_mean + 0.03)
+        planned.append(run(f"02_multi_alignment/{subject}-m-00000012", axes, "alignment_rois.parquet", multi))
         impact = rois.rename(columns={"r_norm_mean": "r_norm_orig"}).assign(
             feature_set="all", r_norm_resid=0.1, drop_pct=50.0, p_orig=1e-4, drop_status="ok", n_parcels=1)
         planned.append(run(f"03_low_level_impact/{subject}-m-00000003", axes, "low_level_impact.parquet", impact))
@@ -226,10 +238,20 @@ def test_summary_notebook(tmp_path):
     np.testing.assert_allclose(tests.q_value, scipy.stats.false_discovery_control(tests.p_value))
     # brain-tuning against the reference and each control, per layer, with the relative change
     gains = pd.read_csv(out / "brain_tuning_gain_m.csv").set_index(["reference", "layer"])
-    assert sorted(gains.index) == [("block_shuffle", 1), ("block_shuffle", 2), ("pretrained", 1), ("pretrained", 2)]
+    assert sorted(gains.index) == [(reference, layer) for reference in ("block_shuffle", "multi (held-out)",
+                                                                        "multi (seen)", "pretrained")
+                                   for layer in (1, 2)]
     mean_gain = np.mean([0.05, 0.08, 0.02])
     assert gains.loc[("pretrained", 1), "relative_pct"] == pytest.approx(100 * mean_gain / 0.2)
     assert gains.loc[("block_shuffle", 2), "relative_pct"] == pytest.approx(100 * 2 * mean_gain / (0.3 - mean_gain))
+    # the model tuned on DEMO01 and DEMO02: seen on those, held out on DEMO03, as its checkpoint records
+    multi = summary[summary.variant.str.startswith("multi")].set_index(["variant", "layer"])
+    assert multi.loc[("multi (seen)", 1), "n_subjects"] == 2 and multi.loc[("multi (held-out)", 1), "n_subjects"] == 1
+    assert multi.loc[("multi (held-out)", 2), "mean"] == pytest.approx(0.33)
+    held_out = pd.read_csv(out / "held_out_gains.csv")
+    assert list(held_out.subject) == ["DEMO03", "DEMO03"] and list(held_out.layer) == [1, 2]
+    np.testing.assert_allclose(held_out.gain_over_reference, 0.03)
+    np.testing.assert_allclose(held_out.gain_over_tuned_alone, 0.03 - 0.02)
     impact = pd.read_csv(out / "impact_summary_m.csv")
     assert (impact["mean"] == 50.0).all() and (impact.n_subjects == 3).all() and (impact.n_participants == 3).all()
     # seeds averaged within a participant, then across participants; the pretrained model counts once

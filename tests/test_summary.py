@@ -8,7 +8,9 @@ import yaml
 
 from bt_utils.results import write_json, write_table
 from bt_utils.encoding.stats import across_subjects
-from bt_utils.sweeps.summary import collect_results, collect_table, completed_runs, impact_summary
+from bt_utils.sweeps.summary import (
+    collect_results, collect_table, completed_runs, held_out_gains, impact_summary, label_held_out, participant_role,
+)
 from bt_utils.sweeps.plan import plan_runs
 from bt_utils.sweeps.runner import sweep_status
 from bt_utils.sweeps.spec import load_spec
@@ -98,3 +100,41 @@ def test_impact_summary_averages_the_reported_roi_drops_of_participants():
     old = impact.drop(columns="drop_status").assign(run="03_low_level_impact/DEMO01-m-1")
     with pytest.raises(ValueError, match=r"6 low-level impact rows have no drop_status.*'03_low_level_impact/DEMO01-m-1'"):
         impact_summary(pd.concat([impact, old], ignore_index=True))
+
+
+def _alignment_with_a_multi_model() -> pd.DataFrame:
+    """ROI rows of S1-S3: pretrained, each one's own tuned model, and a model tuned on S1 and S2 (named 'shared')."""
+    rows = []
+    for i, subject in enumerate(["S1", "S2", "S3"]):
+        for layer in (1, 2):
+            base = 0.1 * (i + 1) + 0.01 * layer
+            rows += [(subject, "pretrained", "", layer, base), (subject, "own", subject, layer, base + 0.05),
+                     (subject, "shared", "S1+S2", layer, base + 0.02 * (i + 1))]
+    table = pd.DataFrame(rows, columns=["subject", "variant", "tuned_on", "layer", "r_norm_mean"])
+    return table.assign(model="m", roi="planted_semantic", n_voxels=10, n_parcels=1)
+
+
+def test_participants_a_model_never_saw_are_labelled_from_its_checkpoint():
+    assert [participant_role("S3", t) for t in ("S1+S2", "S3", "S13+S2", "")] == ["held-out", "seen", "held-out", ""]
+    labelled = label_held_out(_alignment_with_a_multi_model())
+    variants = labelled.groupby("subject").variant.apply(set)
+    assert variants["S1"] == variants["S2"] == {"pretrained", "own", "shared (seen)"}
+    assert variants["S3"] == {"pretrained", "own", "shared (held-out)"}
+    # the names decide nothing: a model tuned on every participant keeps its name, whatever it is called
+    everyone = _alignment_with_a_multi_model().replace({"tuned_on": {"S1+S2": "S1+S2+S3"}})
+    assert set(label_held_out(everyone).variant) == {"pretrained", "own", "shared"}
+    # tables written before the column keep their variants
+    assert label_held_out(everyone.drop(columns="tuned_on")).equals(everyone.drop(columns="tuned_on"))
+
+
+def test_held_out_gains_compare_with_pretrained_and_the_participants_own_model():
+    table = _alignment_with_a_multi_model()
+    gains = held_out_gains(table, reference="pretrained", tuned_alone="own")
+    assert list(gains.subject) == ["S3", "S3"] and list(gains.variant) == ["shared", "shared"]
+    s3 = table[table.subject == "S3"].pivot(index="layer", columns="variant", values="r_norm_mean")
+    np.testing.assert_allclose(gains.gain_over_reference, (s3.shared - s3.pretrained).to_numpy())
+    np.testing.assert_allclose(gains.gain_over_tuned_alone, (s3.shared - s3.own).to_numpy())
+    assert gains.held_out.tolist() == pytest.approx(s3.shared.tolist())
+    assert held_out_gains(table[table.variant != "shared"], tuned_alone="own").empty
+    with pytest.raises(ValueError, match=r"variant 'shared' of S1 was tuned on 'S1\+S2', not on that participant alone"):
+        held_out_gains(table, tuned_alone="shared")

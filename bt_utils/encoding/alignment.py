@@ -10,9 +10,11 @@ p-values with FDR correction -> ROI means (:mod:`bt_utils.encoding.stats`).
 
 Result tables (tidy):
 
-- voxels: ``subject, model, variant, layer, voxel, r, r_norm, alpha`` (+ ``p_value,
-  q_value, significant`` with permutations); ``r_norm`` is NaN for excluded voxels;
-- ROIs: ``subject, model, variant, layer, roi, r_norm_mean, n_voxels, n_parcels`` (parcels weigh the same).
+- voxels: ``subject, model, variant, layer, voxel, r, r_norm, alpha, tuned_on`` (+
+  ``p_value, q_value, significant`` with permutations); ``r_norm`` is NaN for
+  excluded voxels; ``tuned_on`` names the participants a brain-tuned variant was
+  tuned on, from its checkpoint (so that a participant it never saw is known);
+- ROIs: ``subject, model, variant, tuned_on, layer, roi, r_norm_mean, n_voxels, n_parcels`` (parcels weigh the same).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..features.design import DELAYS, layer_design, response_rows_test
 from ..features.extraction import check_layers, dataset_tr_features, default_layers
 from ..features.windows import WindowSettings
 from ..models.registry import load_encoder
+from ..models.tuning import tuned_participants
 from ..data.noise_ceiling import cc_max
 from ..data.rois import subject_rois
 from .stats import block_permutation_pvalues, fdr_bh, roi_table
@@ -279,6 +282,13 @@ def subject_model(paths: str | Mapping[str, str], subject: str, variant: str) ->
     return paths[subject]
 
 
+def tuned_on(path: str) -> str:
+    """The participants whose responses a model was brain-tuned on, joined by ``+`` (``"DEMO01+DEMO02"``); ``""``
+    for a model that is no brain-tuning checkpoint or learned no participant's responses (``text_embedding``; see
+    :func:`bt_utils.models.tuning.tuned_participants`)."""
+    return "+".join(tuned_participants(path) or [])
+
+
 def check_runs(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Mapping[str, str]]) -> list[str]:
     """Check the subjects and variants of an analysis before any work is done; return the subjects as a list.
 
@@ -328,16 +338,17 @@ def align(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Ma
     Returns
     -------
     voxels : DataFrame
-        ``subject, model, variant, layer, voxel, r, r_norm, alpha`` (+ permutation columns).
+        ``subject, model, variant, layer, voxel, r, r_norm, alpha, tuned_on`` (+
+        permutation columns); ``tuned_on``: see :func:`tuned_on`.
     """
     tables = []
     for subject in check_runs(dataset, subjects, variants):
         targets = subject_targets(dataset, subject, settings.include_validation)
         for variant, paths in variants.items():
-            layers, features = variant_features(dataset, subject, subject_model(paths, subject, variant), settings,
-                                                device, progress)
+            path = subject_model(paths, subject, variant)
+            layers, features = variant_features(dataset, subject, path, settings, device, progress)
             table = score_features(dataset, subject, features, layers, targets, settings)
-            tables.append(table.assign(subject=subject, model=model, variant=variant))
+            tables.append(table.assign(subject=subject, model=model, variant=variant, tuned_on=tuned_on(path)))
     return order_columns(pd.concat(tables, ignore_index=True))
 
 
@@ -348,10 +359,12 @@ def order_columns(voxels: pd.DataFrame) -> pd.DataFrame:
 
 
 def alignment_rois(dataset: Dataset, voxels: pd.DataFrame, atlas_dir=None, weighting: str = "parcel") -> pd.DataFrame:
-    """ROI means of ``r_norm``: ``subject, model, variant, layer, roi, r_norm_mean, n_voxels, n_parcels``.
+    """ROI means of ``r_norm``: ``subject, model, variant, tuned_on, layer, roi, r_norm_mean, n_voxels, n_parcels``
+    (``tuned_on`` when the voxel table has it).
 
     ``weighting="parcel"`` (default) averages within each parcel of an ROI, then over its
     parcels; ``"voxel"`` averages over its voxels (see :func:`bt_utils.encoding.stats.roi_mean`).
     """
     rois = {subject: subject_rois(dataset, subject, atlas_dir) for subject in voxels.subject.unique()}
-    return roi_table(voxels, rois, value="r_norm", weighting=weighting)
+    keys = ("subject", "model", "variant", *(["tuned_on"] if "tuned_on" in voxels else []), "layer")
+    return roi_table(voxels, rois, value="r_norm", keys=keys, weighting=weighting)

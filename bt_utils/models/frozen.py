@@ -43,11 +43,13 @@ class FrozenStates(torch.utils.data.Dataset):
     targets : torch.Tensor of shape (n_items, n_targets)
     n_valid_frames : int
         Frames computed from real audio (the rest is padding); the frame mask.
+    heads : dict of str to slice
+        Participant -> its columns of ``targets`` (as :class:`bt_utils.models.tuning_data.TuningSet`).
     """
 
     def __init__(self, states: dict[str, np.ndarray], items: list[tuple[str, int]], targets: torch.Tensor,
-                 n_valid_frames: int):
-        self.states, self.items, self.targets = states, list(items), targets
+                 n_valid_frames: int, heads: dict[str, slice]):
+        self.states, self.items, self.targets, self.heads = states, list(items), targets, dict(heads)
         n_frames = next(iter(states.values())).shape[1]
         self.frame_mask = torch.arange(n_frames) < n_valid_frames
 
@@ -91,7 +93,7 @@ def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | N
     encoder : SpeechEncoder
         The encoder before tuning; it runs in eval mode here (no dropout, no
         SpecAugment) and is left in the mode it was in.
-    data : bt_utils.models.tuning.TuningSet
+    data : bt_utils.models.tuning_data.TuningSet
         Audio windows and targets; every trimmed TR of each of its stories is
         computed and cached, whatever subset of them ``data`` holds.
     start : int
@@ -107,7 +109,7 @@ def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | N
     Returns
     -------
     FrozenStates
-        Same items and targets as ``data``.
+        Same items, targets and heads as ``data``.
     """
     if not 0 <= start < encoder.n_layers:
         raise ValueError(f"start={start!r} must lie in 0..{encoder.n_layers - 1}: {encoder.name} has "
@@ -134,4 +136,4 @@ def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | N
     row_of = {story: {tr: row for row, tr in enumerate(data.story_rows(story))} for story in states}
     items = [(story, row_of[story][tr]) for story, tr in data.items]
     n_valid = int(encoder.frame_lengths(torch.tensor([data.spec.window_samples]))[0])
-    return FrozenStates(states, items, data.targets, n_valid)
+    return FrozenStates(states, items, data.targets, n_valid, data.heads)

@@ -1,4 +1,4 @@
-"""Brain-tuning: fine-tune a speech encoder to predict one participant's fMRI responses.
+"""Brain-tuning: fine-tune a speech encoder to predict the fMRI responses of one participant or several.
 
 Defaults follow the protocol (docs/method.md, "Brain-tuning"): 10-s inputs per
 TR (:mod:`bt_utils.data.stimulus`), the ``[10:-5]`` trim, targets = voxels with ``cc_max > 0.4``, mean pooling of the last
@@ -8,21 +8,25 @@ head learning rate of 1e-4 x max(0.8^epoch, 0.1), 30 epochs, batch 128, seed 42,
 the CNN feature encoder frozen. Validation runs in eval mode every epoch; the
 checkpoint kept is the one with the lowest validation loss, and training stops
 early after ``patience`` epochs without improvement or when the validation
-loss diverges.
+loss diverges. Several participants share the encoder, with one head each
+(:func:`tune`).
 
 Checkpoint folder (loadable by :func:`bt_utils.models.registry.load_encoder`)::
 
     checkpoint/encoder/               SpeechEncoder.save_pretrained (LoRA merged)
-    checkpoint/head.pt                {"state_dict", "n_targets", "target_kind", "voxels", "target_scaling"}
+    checkpoint/head.pt                {"state_dict", "n_targets", "target_kind", "voxels", "subjects", "n_outputs",
+                                       "target_scaling"}
     checkpoint/training_record.json   parameters, losses per epoch, chosen epoch, data selection
 
 ``target_kind`` is ``"voxels"`` (``voxels``: the selected voxel indices, one
 per head output) or, for the ``text_embedding`` control, ``"text_embedding"``
 (the outputs are embedding dimensions, z-scored with the training TRs'
 statistics ``target_scaling``: see :func:`zscore_targets`; ``voxels`` is None).
+``subjects`` are the participants tuned on and ``n_outputs`` their numbers of
+outputs, in order.
 
 The run folder also holds ``resume_state.pt`` (everything needed to continue an
-interrupted run exactly) and ``training_log.parquet`` (epoch, split, loss).
+interrupted run exactly) and ``training_log.parquet`` (epoch, split, subject, loss).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import numbers
 import os
 import random
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,19 +51,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.dataset import Dataset
+from .brain_model import (  # noqa: F401  (masked_mean, by_participant: re-exported)
+    LOSSES, BrainTuningModel, by_participant, compute_loss, masked_mean, participant_losses, pooled_loss,
+)
 from .encoder import SpeechEncoder
 from .frozen import frozen_inputs
 from .registry import load_encoder, select_device
 from .resume_state import load_resume_state, restore_rng_states, rng_states, save_resume_state
-from ..data.noise_ceiling import cc_max, select_voxels
 from ..results import atomic_path, run_record, write_json, write_table
-from ..data.stimulus import WindowSpec, tr_input_window, trimmed_tr_indices
-from .text_embeddings import embed_texts, window_texts
-from ..validation import DataError, check_option
+from .tuning_data import (  # noqa: F401  (re-exported)
+    TuningSet, block_shuffle, build_tuning_sets, selected_voxels, story_derangement, target_names, tuning_participants,
+    zscore_targets,
+)
+from ..validation import check_option
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("mse", "pearson", "huber_cosine")
+POOLED = "pooled"
+"""The ``subject`` of the pooled losses of a run on several participants in its history."""
 CONTROLS = ("none", "story_swap", "block_shuffle", "text_embedding")
 PRECISIONS = ("auto", "off", "bf16", "fp16")
 
@@ -199,300 +209,6 @@ def _check_interval(name: str, value: float, low: float, high: float, closed: tu
         raise ValueError(f"{name}={value!r} is not valid: it must lie in {interval}")
 
 
-# ----- data -------------------------------------------------------------------------------------
-
-
-class TuningSet(torch.utils.data.Dataset):
-    """Input windows and targets of a set of TRs; windows are cut on access.
-
-    Parameters
-    ----------
-    audio : dict of str to ndarray of shape (n_samples,)
-        Audio of every story used.
-    tr_times : dict of str to ndarray of shape (n_trs,)
-    items : list of (str, int)
-        (story, untrimmed TR index) per sample.
-    targets : ndarray of shape (n_items, n_targets)
-    spec : WindowSpec
-    """
-
-    def __init__(self, audio, tr_times, items, targets, spec: WindowSpec = WindowSpec()):
-        if len(items) != len(targets):
-            raise ValueError(f"{len(items)} items but {len(targets)} target rows")
-        self.audio, self.tr_times, self.items, self.spec = audio, tr_times, list(items), spec
-        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int):
-        story, tr = self.items[index]
-        return torch.from_numpy(self.window(story, tr)), self.targets[index]
-
-    def window(self, story: str, tr: int) -> np.ndarray:
-        """The input audio of one TR of a story (untrimmed index), shape (window_samples,)."""
-        return tr_input_window(self.audio[story], self.tr_times[story], tr, self.spec)
-
-    def story_rows(self, story: str) -> list[int]:
-        """Untrimmed indices of every TR of ``story`` that has a response row."""
-        return [int(i) for i in trimmed_tr_indices(len(self.tr_times[story]))]
-
-
-def block_shuffle(responses: np.ndarray, block_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Permute a story's responses in blocks of ``block_size`` TRs so that no TR keeps its own block's.
-
-    The story is cut into blocks of ``block_size`` TRs (the last one may be
-    shorter), and the blocks are concatenated in a random order in which
-    every output TR gets a response from another block than the one it lies
-    in: no block stays in place (a derangement), and when the shorter last
-    block moves forward, the blocks after it, shifted by the difference, do
-    not overlap their own place either. Orders are drawn uniformly among those.
-
-    Parameters
-    ----------
-    responses : ndarray of shape (n_trs, n_voxels)
-    block_size : int
-    rng : numpy.random.Generator
-
-    Returns
-    -------
-    shuffled : ndarray of shape (n_trs, n_voxels)
-        The rows of ``responses``, reordered.
-
-    Raises
-    ------
-    ValueError
-        The story has fewer than 2 blocks, or 2 blocks of unequal lengths: no
-        order moves every TR out of its block (a control that kept the real
-        responses would be no control).
-    """
-    n_trs = len(responses)
-    n_blocks = -(-n_trs // block_size)
-    if n_blocks < 2 or (n_blocks == 2 and n_trs % block_size):
-        remedy = f"use a block_size of at most {n_trs // 2} TRs" if n_trs >= 2 else "a story needs at least 2 TRs"
-        raise ValueError(
-            f"a story of {n_trs} TRs cannot be block-shuffled in blocks of block_size={block_size} TRs: it makes "
-            f"{n_blocks} block(s){' of unequal lengths' if n_blocks == 2 else ''}, and no order of them moves every "
-            f"TR out of its own block; {remedy}"
-        )
-    own_block = np.arange(n_trs) // block_size
-    while True:  # rejection sampling: between 1 in 6 and 1 in 2 of the orders qualify
-        order = rng.permutation(n_blocks)
-        source = np.concatenate([np.arange(b * block_size, min((b + 1) * block_size, n_trs)) for b in order])
-        if np.all(source // block_size != own_block):
-            return responses[source]
-
-
-def _block_shuffle_story(story: str, responses: np.ndarray, block_size: int, rng: np.random.Generator) -> np.ndarray:
-    """:func:`block_shuffle` with the story named in its error."""
-    try:
-        return block_shuffle(responses, block_size, rng)
-    except ValueError as error:
-        raise DataError(f"story {story!r}: {error}") from error
-
-
-def story_derangement(stories: list[str], rng: np.random.Generator) -> dict[str, str]:
-    """Pair every story with a different one (a random derangement)."""
-    if len(stories) < 2:
-        raise DataError(f"the story-swap control needs at least two stories, got {stories}")
-    while True:
-        order = rng.permutation(len(stories))
-        if not np.any(order == np.arange(len(stories))):
-            return {stories[i]: stories[j] for i, j in enumerate(order)}
-
-
-def _subset(items: list, targets: np.ndarray, limit: int | None, rng: np.random.Generator):
-    if limit is None or limit >= len(items):
-        return items, targets
-    keep = np.sort(rng.choice(len(items), size=limit, replace=False))
-    return [items[i] for i in keep], targets[keep]
-
-
-def build_tuning_sets(dataset: Dataset, subject: str, config: TuningConfig, spec: WindowSpec = WindowSpec()):
-    """Training and validation sets of a subject, with the control of ``config`` applied.
-
-    Returns
-    -------
-    train, validation : TuningSet
-    selection : dict
-        ``target_kind`` (``"voxels"``, or ``"text_embedding"`` for that control),
-        ``n_targets``, ``voxels`` (the selected voxel indices, the targets; None
-        when the targets are embedding dimensions), ``cc_max`` of those voxels
-        (or None), the stories, the control and its story pairing; for the
-        ``text_embedding`` control ``target_scaling`` (see :func:`zscore_targets`).
-    """
-    split = dataset.split(subject)
-    brain_targets = config.control != "text_embedding"
-    if brain_targets:
-        ceiling = cc_max(dataset.load_repeats(subject))
-        voxels = select_voxels(ceiling, config.cc_max_threshold)
-    rng = np.random.default_rng(config.seed)  # the controls' draws
-    subset_rng = np.random.default_rng([config.seed, 1])  # apart, so that every control keeps the same TRs
-    stories = [*split.train, *split.validation]
-    audio = {s: dataset.load_audio(s) for s in stories}
-    tr_times = {s: dataset.tr_times(s) for s in stories}
-    selection = {"subject": subject, "target_kind": "voxels" if brain_targets else "text_embedding",
-                 "voxels": voxels.tolist() if brain_targets else None,
-                 "cc_max": ceiling[voxels].tolist() if brain_targets else None,
-                 "train_stories": list(split.train), "validation_stories": list(split.validation),
-                 "control": config.control}
-
-    if config.control == "story_swap":  # pairs span both splits, so a single validation story works
-        pairing = story_derangement(stories, rng)
-        selection["story_swap"] = pairing
-
-    def story_targets(group: list[str]) -> dict[str, np.ndarray]:
-        if not brain_targets:
-            return {s: embed_texts(window_texts(dataset.transcript(s), tr_times[s], trimmed_tr_indices(len(tr_times[s])), spec))
-                    for s in group}
-        source = pairing if config.control == "story_swap" else {s: s for s in group}
-        responses = {s: dataset.load_responses(subject, source[s])[:, voxels] for s in group}
-        if config.control == "block_shuffle":
-            return {s: _block_shuffle_story(s, r, config.block_size, rng) for s, r in responses.items()}
-        return responses
-
-    def make_set(group: list[str], limit: int | None) -> TuningSet:
-        if not group:
-            raise DataError(f"the split of {dataset.root} has no stories for this set; tuning needs training and validation stories")
-        targets = story_targets(group)
-        items, rows = [], []
-        for story in group:
-            indices = trimmed_tr_indices(len(tr_times[story]))
-            n = min(len(indices), len(targets[story]))  # swapped stories differ in length
-            items += [(story, int(i)) for i in indices[:n]]
-            rows.append(targets[story][:n])
-        items, rows = _subset(items, np.concatenate(rows), limit, subset_rng)
-        return TuningSet(audio, tr_times, items, rows, spec)
-
-    train = make_set(list(split.train), config.max_train_trs)
-    validation = make_set(list(split.validation), config.max_validation_trs)
-    if not brain_targets:
-        train.targets, validation.targets, selection["target_scaling"] = zscore_targets(train.targets, validation.targets)
-    selection["n_targets"] = int(train.targets.shape[1])
-    return train, validation, selection
-
-
-def zscore_targets(train: torch.Tensor, validation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """z-score every target column with the mean and standard deviation of the training rows.
-
-    The ``text_embedding`` control's targets are unit-norm embeddings (each
-    dimension's variance about 1 / n_targets); z-scored like the voxels'
-    responses, they drive the encoder as hard under the same loss and
-    learning rates. The validation rows use the training statistics.
-
-    Parameters
-    ----------
-    train : Tensor of shape (n_train, n_targets)
-    validation : Tensor of shape (n_validation, n_targets)
-
-    Returns
-    -------
-    train, validation : Tensor
-        Same shapes; the training columns have mean 0 and standard deviation 1.
-        Columns whose standard deviation is below 1e-6 of the largest one are
-        only centred (all-MiniLM-L6-v2 has dimensions that are always about 0).
-    scaling : dict
-        ``{"mean": [...], "std": [...]}`` (length n_targets each; ``std`` 1 for
-        the columns only centred): a prediction maps back to target units as
-        ``prediction * std + mean``.
-    """
-    mean, std = train.mean(dim=0), train.std(dim=0, unbiased=False)
-    std = torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
-    scaling = {"mean": mean.tolist(), "std": std.tolist()}
-    return (train - mean) / std, (validation - mean) / std, scaling
-
-
-def target_names(selection: dict) -> list[str]:
-    """Names of the targets of a selection, one per head output: ``"voxel 1234"`` or ``"embedding dimension 7"``.
-
-    Parameters
-    ----------
-    selection : dict
-        As returned by :func:`build_tuning_sets` (or stored in a training record).
-
-    Returns
-    -------
-    names : list of str, length ``n_targets``
-    """
-    if selection["voxels"] is None:
-        return [f"embedding dimension {i}" for i in range(selection["n_targets"])]
-    return [f"voxel {v}" for v in selection["voxels"]]
-
-
-# ----- model and losses ------------------------------------------------------------------------
-
-
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``hidden`` (B, F, D) over the frames where ``mask`` (B, F) is True, shape (B, D)."""
-    weights = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-
-
-class BrainTuningModel(nn.Module):
-    """Speech encoder + mean pooling over valid frames + linear head.
-
-    The pooled state is the encoder's last hidden state after its final layer
-    norm, if any (:attr:`bt_utils.models.encoder.EncoderOutput.last_hidden_state`, as
-    Hugging Face's ``last_hidden_state``).
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-    n_targets : int
-        Voxels (or embedding dimensions) predicted.
-    """
-
-    def __init__(self, encoder: SpeechEncoder, n_targets: int):
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(encoder.hidden_size, n_targets)
-        self.frozen_layers: int | None = None
-        self.frame_mask: torch.Tensor | None = None
-
-    def take_frozen_states(self, frozen_layers: int, frame_mask: torch.Tensor) -> None:
-        """Take, from now on, the states entering layer ``frozen_layers + 1`` instead of audio.
-
-        Parameters
-        ----------
-        frozen_layers : int
-            Transformer layers already applied to the inputs (see
-            :func:`bt_utils.models.frozen.frozen_inputs`).
-        frame_mask : torch.Tensor
-            Bool, shape (F,): the frames of the inputs computed from real audio.
-        """
-        self.frozen_layers, self.frame_mask = frozen_layers, frame_mask
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Predicted targets, shape (B, n_targets), from audio (B, n_samples) or frozen states (B, F, D)."""
-        if self.frozen_layers is None:
-            output = self.encoder(inputs)
-            hidden, mask = output.last_hidden_state, output.frame_mask
-        else:
-            mask = self.frame_mask.to(inputs.device).expand(len(inputs), -1)
-            hidden = self.encoder.run_layers(inputs, mask, self.frozen_layers)
-        return self.head(masked_mean(hidden, mask))
-
-
-def compute_loss(name: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean loss over a batch; ``prediction`` and ``target`` have shape (B, n_targets).
-
-    - ``mse``: mean squared error over samples and targets;
-    - ``pearson``: 1 - Pearson r across targets, averaged over samples;
-    - ``huber_cosine``: Huber loss (delta 1) + (1 - cosine similarity).
-    """
-    check_option("loss", name, LOSSES)
-    prediction, target = prediction.float(), target.float()
-    if name == "mse":
-        return nn.functional.mse_loss(prediction, target)
-    if name == "pearson":
-        p = prediction - prediction.mean(dim=1, keepdim=True)
-        t = target - target.mean(dim=1, keepdim=True)
-        r = (p * t).sum(dim=1) / (p.norm(dim=1) * t.norm(dim=1)).clamp(min=1e-8)
-        return (1.0 - r).mean()
-    cosine = nn.functional.cosine_similarity(prediction, target, dim=1)
-    return nn.functional.huber_loss(prediction, target) + (1.0 - cosine).mean()
-
-
 def encoder_lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Linear warm-up over ``warmup_steps`` then linear decay to 0 at ``total_steps``."""
     if step < warmup_steps:
@@ -566,10 +282,13 @@ class TuningResult:
 
 def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.Tensor, micro_batch: int,
                          loss: str, device: torch.device, autocast=contextlib.nullcontext(), scaler=None) -> torch.Tensor:
-    """Backpropagate the mean loss of a batch in micro-batches of ``micro_batch`` samples.
+    """Backpropagate the pooled loss of a batch in micro-batches of ``micro_batch`` samples.
 
-    The gradients add up to those of the whole batch at once (each micro-batch's
-    loss is weighted by its share of the batch).
+    The batch's loss is :func:`pooled_loss` of the participants with responses
+    in it, each participant's loss taken over its items of the batch. The
+    gradients add up to those of the whole batch at once (each micro-batch's
+    loss of a participant is weighted by its share of that participant's items
+    in the batch).
 
     Parameters
     ----------
@@ -587,17 +306,22 @@ def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.
     Returns
     -------
     total : Tensor, scalar on ``device``
-        Sum over the batch's samples of their micro-batch mean loss (for the epoch mean).
+        The batch's loss times its number of items (for the epoch mean).
     """
+    batch_targets = data.targets[batch]
+    counts = {subject: int(torch.isfinite(batch_targets[:, columns]).all(dim=1).sum())
+              for subject, columns in data.heads.items()}
+    n_present = sum(1 for n in counts.values() if n)
     total = torch.zeros((), device=device)
     for micro in batch.split(micro_batch):
         audio, target = (torch.stack(x) for x in zip(*(data[int(i)] for i in micro)))
         audio, target = audio.to(device, non_blocking=True), target.to(device, non_blocking=True)
         with autocast:
-            value = compute_loss(loss, model(audio), target)
-        scaled = value * (len(micro) / len(batch))
-        (scaler.scale(scaled) if scaler else scaled).backward()
-        total += value.detach() * len(micro)
+            pairs = by_participant(model(audio), target, data.heads)
+            share = sum(compute_loss(loss, p, t) * (len(p) / counts[subject]) for subject, (p, t) in pairs.items())
+        share = share / n_present
+        (scaler.scale(share) if scaler else share).backward()
+        total += share.detach() * len(batch)
     return total
 
 
@@ -608,6 +332,7 @@ def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: in
     Returns
     -------
     loss : float
+        :func:`pooled_loss` of the participants' losses over all items.
     predictions : ndarray of shape (n_items, n_targets)
     """
     was_training = model.training
@@ -619,35 +344,53 @@ def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: in
                 predictions.append(model(audio.to(device)).float().cpu())
     model.train(was_training)
     predictions = torch.cat(predictions)
-    return float(compute_loss(loss, predictions, data.targets)), predictions.numpy()
+    return float(pooled_loss(participant_losses(loss, predictions, data.targets, data.heads))), predictions.numpy()
 
 
-def _save_checkpoint(model: BrainTuningModel, folder: Path, record: dict, selection: dict) -> None:
+def _save_checkpoint(model: BrainTuningModel, folder: Path, record: dict, selection: dict,
+                     heads: Mapping[str, slice]) -> None:
+    voxels = selection["voxels"]
+    if isinstance(voxels, dict):  # several participants: one list each, in head order
+        voxels = [v for subject in heads for v in voxels[subject]]
     with atomic_path(folder) as staged:
         staged.mkdir()
         _plain_encoder(model.encoder).save_pretrained(staged / "encoder")
         torch.save({"state_dict": model.head.state_dict(), "n_targets": model.head.out_features,
-                    "target_kind": selection["target_kind"], "voxels": selection["voxels"],
+                    "target_kind": selection["target_kind"], "voxels": voxels, "subjects": list(heads),
+                    "n_outputs": [columns.stop - columns.start for columns in heads.values()],
                     "target_scaling": selection.get("target_scaling")}, staged / "head.pt")
         (staged / "training_record.json").write_text(json.dumps(record, indent=2, default=str))
 
 
-def load_head(checkpoint: str | os.PathLike) -> tuple[nn.Linear, list[int] | None]:
-    """The linear head of a brain-tuned checkpoint and the voxels it predicts.
+def tuned_participants(checkpoint: str | os.PathLike) -> list[str] | None:
+    """The participants a brain-tuning checkpoint was tuned on, from its ``training_record.json``.
 
     Parameters
     ----------
     checkpoint : path-like
-        A checkpoint folder written by :func:`tune` (holding ``head.pt``).
+        Any model path; only a checkpoint folder written by :func:`tune` has participants.
 
     Returns
     -------
-    head : torch.nn.Linear
-        From the hidden size D to ``n_targets`` outputs.
-    voxels : list of int (length ``n_targets``) or None
-        The voxel index of each output; None when the outputs are text
-        embedding dimensions (the ``text_embedding`` control).
+    subjects : list of str or None
+        The participants whose responses it learned, in the order of the
+        head's outputs; empty for the ``text_embedding`` control (its targets
+        belong to no participant); None for anything but a checkpoint (a
+        registry name, a Hub id, a pretrained model's folder).
     """
+    folder = Path(checkpoint)
+    if not (folder / "head.pt").is_file() or not (folder / "training_record.json").is_file():
+        return None
+    record = json.loads((folder / "training_record.json").read_text())
+    selection = record.get("selection", {})
+    if selection.get("target_kind") == "text_embedding":
+        return []
+    subjects = selection.get("subjects")  # absent from records written before several participants
+    return list(subjects) if subjects else [record["parameters"]["subject"]]
+
+
+def _read_head(checkpoint: str | os.PathLike) -> tuple[nn.Linear, list[int] | None, list[str], list[int]]:
+    """The whole head of a checkpoint, its voxels (or None), its participants and their numbers of outputs."""
     path = Path(checkpoint) / "head.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{checkpoint} is not a brain-tuning checkpoint: {path} is missing")
@@ -657,14 +400,62 @@ def load_head(checkpoint: str | os.PathLike) -> tuple[nn.Linear, list[int] | Non
     head.load_state_dict(saved["state_dict"])
     voxels = saved["voxels"]
     # older text_embedding checkpoints stored the voxel selection beside a head of embedding dimensions
-    if voxels is None or len(voxels) != head.out_features:
-        return head, None
-    return head, list(voxels)
+    voxels = None if voxels is None or len(voxels) != head.out_features else list(voxels)
+    subjects = saved.get("subjects") or tuned_participants(checkpoint) or []
+    return head, voxels, list(subjects), list(saved.get("n_outputs", [head.out_features]))
 
 
-def load_brain_tuned(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> BrainTuningModel:
-    """Encoder and head of a brain-tuning checkpoint, in eval mode on ``device``."""
-    head, _ = load_head(checkpoint)
+def load_head(checkpoint: str | os.PathLike, subject: str | None = None) -> tuple[nn.Linear, list[int] | None]:
+    """The linear head of a brain-tuned checkpoint and the voxels it predicts.
+
+    Parameters
+    ----------
+    checkpoint : path-like
+        A checkpoint folder written by :func:`tune` (holding ``head.pt``).
+    subject : str, optional
+        The participant whose head to return: required for a checkpoint tuned
+        on several participants; for one tuned on one participant, it must be
+        that participant.
+
+    Returns
+    -------
+    head : torch.nn.Linear
+        From the hidden size D to the participant's ``n_targets`` outputs.
+    voxels : list of int (length ``n_targets``) or None
+        The voxel index of each output; None when the outputs are text
+        embedding dimensions (the ``text_embedding`` control).
+
+    Raises
+    ------
+    ValueError
+        ``subject`` is missing for a checkpoint of several participants, or
+        names a participant the checkpoint was not tuned on.
+    """
+    head, voxels, subjects, n_outputs = _read_head(checkpoint)
+    if subject is None:
+        if len(subjects) > 1:
+            raise ValueError(f"{checkpoint} was tuned on {subjects}, with one head each: name the participant whose "
+                             "head to load (subject=...)")
+        return head, voxels
+    if subject not in subjects:
+        raise ValueError(f"{checkpoint} was tuned on {subjects}, not on {subject!r}: it has no head for {subject!r}")
+    index = subjects.index(subject)
+    start, stop = sum(n_outputs[:index]), sum(n_outputs[:index + 1])
+    own = nn.Linear(head.in_features, stop - start)
+    own.load_state_dict({"weight": head.weight.detach()[start:stop], "bias": head.bias.detach()[start:stop]})
+    return own, None if voxels is None else voxels[start:stop]
+
+
+def load_brain_tuned(checkpoint: str | os.PathLike, device: str | torch.device = "auto",
+                     subject: str | None = None) -> BrainTuningModel:
+    """Encoder and head of a brain-tuning checkpoint, in eval mode on ``device``.
+
+    ``subject`` picks one participant's head (see :func:`load_head`); without
+    it the model has the whole head: every participant's outputs side by side,
+    in the order of :func:`tuned_participants` (the columns of
+    :func:`bt_utils.models.tuning_data.build_tuning_sets` for those participants).
+    """
+    head = _read_head(checkpoint)[0] if subject is None else load_head(checkpoint, subject)[0]
     encoder = load_encoder(checkpoint, device=device)
     model = BrainTuningModel(encoder, head.out_features)
     model.head.load_state_dict(head.state_dict())
@@ -679,14 +470,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os.PathLike,
+def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, out_dir: str | os.PathLike,
          progress: bool = True, stop_after_epochs: int | None = None) -> TuningResult:
-    """Brain-tune a speech encoder on one subject; resume if ``out_dir`` holds an interrupted run.
+    """Brain-tune a speech encoder on one participant or several; resume if ``out_dir`` holds an interrupted run.
+
+    Several participants share one encoder and get one linear head each, over
+    their own voxels with ``cc_max > cc_max_threshold`` (stored as one linear
+    layer whose outputs are the heads' side by side). The items are the
+    (story, TR) pairs of the split, shuffled together: one encoder pass per
+    item serves every participant with a response to it (how participants'
+    stories and the controls are handled: :func:`bt_utils.models.tuning_data.build_tuning_sets`).
+    The loss of a batch, and the validation loss the checkpoint is chosen on,
+    is :func:`pooled_loss`: the mean over participants of each one's loss; the
+    history also holds each participant's validation loss. Full fine-tuning,
+    LoRA and ``trainable_layers`` work alike.
 
     Parameters
     ----------
     dataset : Dataset
-    subject : str
+    subjects : str or sequence of str
+        One participant, or a list of distinct participants (see
+        :func:`bt_utils.models.tuning_data.tuning_participants`).
     config : TuningConfig
     out_dir : path-like
         Run folder: ``checkpoint/``, ``resume_state.pt``, ``training_log.parquet``.
@@ -699,16 +503,21 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
     Returns
     -------
     result : TuningResult
+        ``history`` has the columns ``epoch, split, subject, loss``: ``subject``
+        is the participant, or ``"pooled"`` for the pooled losses of several.
     """
+    participants = tuning_participants(dataset, subjects, config.control)
+    several = len(participants) > 1
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / "resume_state.pt"
-    parameters = asdict(config) | {"subject": subject, "data_root": str(dataset.root)}
+    parameters = (asdict(config) | ({"subjects": participants} if several else {"subject": participants[0]})
+                  | {"data_root": str(dataset.root)})
     started = time.perf_counter()
 
     seed_everything(config.seed)
     device = select_device(config.device)
-    train_set, validation_set, selection = build_tuning_sets(dataset, subject, config)
+    train_set, validation_set, selection = build_tuning_sets(dataset, participants, config)
     # the model as every other notebook loads it by name: a tiny random model's initial weights are its registry
     # seed's, not the tuning seed's, so that "pretrained" and "brain-tuned" start from the same network
     encoder = load_encoder(config.model, device=device, native_length=config.native_length)
@@ -774,7 +583,9 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
     record = run_record(parameters, selection=selection, n_train=len(train_set), n_validation=len(validation_set),
                         encoder_settings=getattr(encoder, "settings", {}), precision=precision,
                         initial_fingerprint=initial_fingerprint)
-    bar = tqdm(range(first_epoch, config.epochs if not finished else first_epoch), desc=f"brain-tuning {config.model} on {subject}", disable=not progress)
+    label = POOLED if several else participants[0]
+    bar = tqdm(range(first_epoch, config.epochs if not finished else first_epoch),
+               desc=f"brain-tuning {config.model} on {'+'.join(participants)}", disable=not progress)
     train_samples, train_seconds = 0, 0.0
     for epoch_count, epoch in enumerate(bar, start=1):
         model.train()
@@ -794,9 +605,13 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
         train_loss = float(total) / len(train_set)
         train_samples += len(train_set)
         train_seconds += time.perf_counter() - epoch_started
-        validation_loss, _ = evaluate(model, validation_set, config.loss, micro_batch, device, autocast)
-        history += [{"epoch": epoch, "split": "train", "loss": train_loss},
-                     {"epoch": epoch, "split": "validation", "loss": validation_loss}]
+        validation_loss, predictions = evaluate(model, validation_set, config.loss, micro_batch, device, autocast)
+        history += [{"epoch": epoch, "split": "train", "subject": label, "loss": train_loss},
+                    {"epoch": epoch, "split": "validation", "subject": label, "loss": validation_loss}]
+        if several:
+            history += [{"epoch": epoch, "split": "validation", "subject": subject, "loss": float(value)}
+                        for subject, value in participant_losses(config.loss, predictions, validation_set.targets,
+                                                                 validation_set.heads).items()]
         bar.set_postfix(train=f"{train_loss:.4f}", validation=f"{validation_loss:.4f}")
 
         if not math.isfinite(validation_loss) or (best["epoch"] >= 0 and validation_loss > 10 * best["loss"]):
@@ -804,7 +619,8 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
         elif validation_loss < best["loss"]:
             best, bad_epochs = {"loss": validation_loss, "epoch": epoch}, 0
             _save_checkpoint(model, out_dir / "checkpoint", record | {"history": history, "best_epoch": epoch,
-                                                                      "stop_reason": "in progress"}, selection)
+                                                                      "stop_reason": "in progress"}, selection,
+                             train_set.heads)
         else:
             bad_epochs += 1
             if bad_epochs >= config.patience:
@@ -821,9 +637,12 @@ def tune(dataset: Dataset, subject: str, config: TuningConfig, out_dir: str | os
             stop_reason = f"interrupted after epoch {epoch}"
             break
 
-    table = pd.DataFrame(history, columns=["epoch", "split", "loss"])
+    table = pd.DataFrame(history, columns=["epoch", "split", "subject", "loss"])
     write_table(table, out_dir / "training_log.parquet")
+    best_by_participant = {row.get("subject"): row["loss"] for row in history if row["epoch"] == best["epoch"]
+                           and row["split"] == "validation" and row.get("subject") != POOLED}
     record |= {"history": history, "best_epoch": best["epoch"], "best_validation_loss": best["loss"],
+               "best_validation_losses": best_by_participant,
                "stop_reason": stop_reason, "timings_s": {"total": time.perf_counter() - started},
                "train_samples_per_s": train_samples / train_seconds if train_seconds else None}
     checkpoint = out_dir / "checkpoint"

@@ -166,3 +166,99 @@ def impact_summary(impact: pd.DataFrame, feature_set: str = "all") -> pd.DataFra
     means = grouped[["r_norm_orig", "r_norm_resid"]].mean().join(grouped.subject.nunique().rename("n_participants"))
     summary = drop.merge(means.reset_index(), on=by)
     return summary[[*by, "mean", "sem", "n_subjects", "n_participants", "r_norm_orig", "r_norm_resid"]]
+
+
+SEEN, HELD_OUT = "seen", "held-out"
+"""Roles of a participant for a brain-tuned model: among those it was tuned on, or not."""
+
+
+def participant_role(subject: str, tuned_on: str) -> str:
+    """``"seen"`` if ``subject`` is among ``tuned_on`` (participants joined by ``+``, the alignment tables'
+    column), ``"held-out"`` if not, ``""`` when ``tuned_on`` is empty (a model that was not brain-tuned)."""
+    if not isinstance(tuned_on, str) or not tuned_on:
+        return ""
+    return SEEN if subject in tuned_on.split("+") else HELD_OUT
+
+
+def label_held_out(table: pd.DataFrame) -> pd.DataFrame:
+    """Tell apart, in the variant names, the participants a model was tuned on from those it never saw.
+
+    A variant evaluated on at least one participant outside those its
+    checkpoint was tuned on (the ``tuned_on`` column the alignment writes from
+    each checkpoint) becomes ``"<variant> (seen)"`` on the participants it was
+    tuned on and ``"<variant> (held-out)"`` on the others; every other variant
+    (the pretrained model, each participant's own brain-tuned model) keeps its
+    name. Names never decide it: a participant is held out when the checkpoint
+    does not list it.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Columns ``subject``, ``model``, ``variant`` and ``tuned_on`` (e.g. the
+        alignment ROI table); a table without ``tuned_on`` (written before the
+        column existed) is returned as it is.
+
+    Returns
+    -------
+    table : DataFrame
+        A copy, with ``variant`` relabelled and a column ``participant``
+        (:func:`participant_role` of each row).
+    """
+    if "tuned_on" not in table:
+        return table.copy()
+    roles = [participant_role(s, t) for s, t in zip(table.subject, table.tuned_on)]
+    table = table.assign(participant=roles)
+    held_out = table.loc[table.participant == HELD_OUT, ["model", "variant"]]
+    mixed = pd.MultiIndex.from_frame(table[["model", "variant"]]).isin(pd.MultiIndex.from_frame(held_out))
+    relabel = mixed & (table.participant != "").to_numpy()
+    table.loc[relabel, "variant"] = table.variant[relabel] + " (" + table.participant[relabel] + ")"
+    return table
+
+
+def held_out_gains(table: pd.DataFrame, value: str = "r_norm_mean", reference: str = "pretrained",
+                   tuned_alone: str = "brain-tuned") -> pd.DataFrame:
+    """Scores of brain-tuned models on participants they never saw, against the pretrained model and against a
+    model tuned on that participant alone.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Columns ``subject, model, variant, tuned_on, layer, roi`` and ``value``
+        (the alignment ROI table of a sweep, variants not relabelled).
+    value : str
+    reference : str
+        The variant of the pretrained model.
+    tuned_alone : str
+        The variant holding each participant's own brain-tuned model; its
+        checkpoint must have been tuned on that participant only (rows
+        without a recorded ``tuned_on`` are taken as they are).
+
+    Returns
+    -------
+    gains : DataFrame
+        One row per held-out participant, model, variant, layer and ROI:
+        ``model, variant, tuned_on, subject, layer, roi, held_out, reference,
+        tuned_alone, gain_over_reference, gain_over_tuned_alone`` (NaN where the
+        participant has no such variant). Empty when no participant was held out.
+
+    Raises
+    ------
+    ValueError
+        A ``tuned_alone`` model of a participant was tuned on other participants.
+    """
+    keys = ["subject", "model", "layer", "roi"]
+    roles = pd.Series([participant_role(s, t) for s, t in zip(table.subject, table.tuned_on)], index=table.index)
+    alone = table[table.variant == tuned_alone]
+    recorded = alone.tuned_on.fillna("") != ""  # tables written before the column have no record to check
+    wrong = alone[recorded & (alone.tuned_on != alone.subject)]
+    if len(wrong):
+        raise ValueError(f"variant {tuned_alone!r} of {wrong.subject.iloc[0]} was tuned on {wrong.tuned_on.iloc[0]!r}, "
+                         f"not on that participant alone; name its own brain-tuned variant (tuned_alone=...)")
+    held = table[roles == HELD_OUT][[*keys, "variant", "tuned_on", value]].rename(columns={value: "held_out"})
+    for name, rows in (("reference", table[table.variant == reference]), ("tuned_alone", alone)):
+        held = held.merge(rows[[*keys, value]].rename(columns={value: name}), on=keys, how="left")
+    held["gain_over_reference"] = held.held_out - held.reference
+    held["gain_over_tuned_alone"] = held.held_out - held.tuned_alone
+    columns = ["model", "variant", "tuned_on", "subject", "layer", "roi", "held_out", "reference", "tuned_alone",
+               "gain_over_reference", "gain_over_tuned_alone"]
+    return held[columns].sort_values(["model", "variant", "subject", "roi", "layer"], ignore_index=True)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..data.transcripts import Transcript
 from ..downstream.asr import ASR_METRIC
+from ..models.tuning import POOLED
 
 _METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "micro_f1": "micro-F1", ASR_METRIC: "1 - WER"}
 _HATCHES = ("", "//", "..", "xx")
@@ -165,13 +166,16 @@ def plot_training_curves(history, best_epoch: int | None = None, title: str = ""
     Parameters
     ----------
     history : DataFrame
-        Columns ``epoch, split, loss`` (``training_log.parquet``).
+        Columns ``epoch, split, loss`` and optionally ``subject``
+        (``training_log.parquet``); one line per split, and per participant
+        when there are several (a run tuned on several participants).
     best_epoch : int, optional
         Marked with a vertical line (the checkpoint kept).
     """
     figure, ax = plt.subplots(figsize=(6, 4))
-    for split, rows in history.groupby("split"):
-        ax.plot(rows.epoch, rows.loss, "o-", label=split)
+    keys = ["split", "subject"] if "subject" in history and history["subject"].nunique() > 1 else ["split"]
+    for key, rows in history.groupby(keys):
+        ax.plot(rows.epoch, rows.loss, "o-", label=" ".join(map(str, key)))
     if best_epoch is not None and best_epoch >= 0:
         ax.axvline(best_epoch, color="k", ls="--", lw=0.8, label=f"chosen epoch {best_epoch}")
     ax.set_xlabel("epoch")
@@ -188,11 +192,14 @@ def plot_validation_curves(logs, title: str = ""):
     Parameters
     ----------
     logs : mapping of str to DataFrame
-        Run label -> its ``training_log.parquet`` (columns ``epoch, split, loss``).
+        Run label -> its ``training_log.parquet`` (columns ``epoch, split, loss``, optionally
+        ``subject``); of a run on several participants, its pooled validation loss is drawn.
     """
     figure, ax = plt.subplots(figsize=(6, 4))
     for label, history in logs.items():
         rows = history[history.split == "validation"]
+        if "subject" in rows and rows.subject.nunique() > 1:
+            rows = rows[rows.subject == POOLED]
         ax.plot(rows.epoch, rows.loss, "o-", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation loss")
