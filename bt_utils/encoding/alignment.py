@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -277,6 +278,36 @@ def subject_model(paths: str | Mapping[str, str], subject: str, variant: str) ->
     if subject not in paths:
         raise KeyError(f"variant {variant!r} has no model for {subject}; it has {sorted(paths)}")
     return paths[subject]
+
+
+def model_variants(model: str, checkpoints: Mapping[str, str], subjects: list[str],
+                   skip_missing: bool = False) -> dict[str, str]:
+    """The variants of an analysis: the pretrained ``model``, then each checkpoint (``{subject}`` filled in).
+
+    Parameters
+    ----------
+    model : str
+        The pretrained model (registry name, Hub id or folder), variant ``"pretrained"``.
+    checkpoints : mapping of str to str
+        Variant name -> checkpoint path, with ``{subject}`` standing for each participant.
+    subjects : list of str
+    skip_missing : bool
+        Leave out (with a message) a variant whose checkpoint is missing for some subject, e.g. before
+        01_brain_tuning has run; otherwise keep it (the analysis then stops on the missing folder).
+
+    Returns
+    -------
+    variants : dict of str to str
+        Variant -> model, as :func:`align` takes them.
+    """
+    variants = {"pretrained": model}
+    for variant, path in checkpoints.items():
+        missing = [subject for subject in subjects if not Path(path.format(subject=subject)).exists()]
+        if missing and skip_missing:
+            print(f"leaving out {variant!r}: no checkpoint for {missing} at {path} (run 01_brain_tuning first)")
+            continue
+        variants[variant] = path
+    return variants
 
 
 def check_runs(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Mapping[str, str]]) -> list[str]:
