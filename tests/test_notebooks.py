@@ -277,3 +277,4 @@ def test_bt_sweep_run_has_a_show_code_option():
 
     assert build_parser().parse_args(["sweep", "run", "spec.yaml", "--show-code"]).show_code is True
     assert build_parser().parse_args(["sweep", "run", "spec.yaml"]).show_code is False
+    assert build_parser().parse_args(["demo"]).show_code is False  # bt demo passes its arguments to bt sweep run
