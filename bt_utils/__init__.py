@@ -57,6 +57,7 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[st
 
 SUBPACKAGES = ("data", "models", "features", "encoding", "downstream", "viz", "sweeps")
 
-__all__ = ["NotebookRun", "__version__", *SUBPACKAGES, "notebook_setup", "open_dataset"]
+__all__ = ["NotebookRun", "__version__", *SUBPACKAGES, "notebook_setup", "open_dataset", "optional_table"]
 __getattr__, __dir__ = lazy_exports(__name__, {"NotebookRun": "notebook", "notebook_setup": "notebook",
+                                               "optional_table": "notebook",
                                                "open_dataset": "data.dataset", **{name: name for name in SUBPACKAGES}})

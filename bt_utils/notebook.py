@@ -88,6 +88,20 @@ def notebook_parameters(namespace: Mapping[str, object]) -> dict:
             if not name.startswith("_") and name not in _IPYTHON_NAMES and isinstance(value, _PARAMETER_TYPES)}
 
 
+def optional_table(folder: str | os.PathLike | None, name: str):
+    """The table ``folder / name`` (Parquet or CSV) of an earlier run, or None (with a message) where it is absent.
+
+    For notebooks that draw what earlier notebooks left: an empty ``folder`` means "skip".
+    """
+    import pandas as pd
+
+    path = notebook_path(folder) / name if folder else None
+    if path is None or not path.is_file():
+        print(f"no {name} in {str(folder)!r}: what needs it is left out")
+        return None
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
 @dataclass
 class NotebookRun:
     """One notebook run: its output folder, parameters, dataset, and the wall time of each step.

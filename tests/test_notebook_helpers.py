@@ -17,7 +17,7 @@ from bt_utils.encoding import AlignmentSettings, model_variants, partition_varia
 from bt_utils.encoding import low_level_impact
 from bt_utils.features import DEFAULT_LOW_LEVEL_FEATURES, WindowSettings
 from bt_utils.notebook import (CHECKOUT, NotebookRun, install_in_colab, notebook_parameters, notebook_path,
-                               notebook_setup)
+                               notebook_setup, optional_table)
 
 
 @pytest.fixture
@@ -65,6 +65,16 @@ def test_a_run_records_its_steps_figures_tables_and_parameters(tmp_path):
     assert record["timings_s"]["total"] >= record["timings_s"]["load"] + record["timings_s"]["fit"]
     assert record["bt_utils_version"] and record["python"]
     assert pd.read_csv(tmp_path / "scores.csv").r.tolist() == [0.1, 0.2]
+
+
+def test_tables_of_earlier_runs_are_read_where_present(tmp_path, capsys):
+    table = pd.DataFrame({"voxel": [0, 1], "cc_max": [0.2, 0.7]})
+    table.to_parquet(tmp_path / "noise_ceiling.parquet")
+    table.to_csv(tmp_path / "counts.csv", index=False)
+    pd.testing.assert_frame_equal(optional_table(tmp_path, "noise_ceiling.parquet"), table)
+    pd.testing.assert_frame_equal(optional_table(str(tmp_path), "counts.csv"), table)
+    assert optional_table(tmp_path, "absent.parquet") is None and optional_table("", "counts.csv") is None
+    assert "no absent.parquet in" in capsys.readouterr().out
 
 
 def test_setup_opens_the_dataset_and_creates_the_output_folder(demo_root, tmp_path, monkeypatch, pip_calls):
