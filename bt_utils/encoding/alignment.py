@@ -56,8 +56,8 @@ class AlignmentSettings:
         The reference protocol or the fast mode (see docs/feature_windows.md).
     native_length : bool
         Whisper only: run the encoder on each window's real length instead of
-        padding it to 30 s (2.5-4x faster on CPU; the protocol pads, and native-length
-        features shift with the window's start, see docs/feature_windows.md).
+        padding it to 30 s (faster; the protocol pads, and native-length features
+        shift with the window's start, see docs/feature_windows.md).
     delays : tuple of int
         FIR delays in TRs.
     cv : {"story", "bootstrap"}
