@@ -132,7 +132,8 @@ def test_variants_are_the_pretrained_model_and_the_checkpoints_found(tmp_path, c
     assert model_variants("m", checkpoints, ["S1", "S2"]) == {"pretrained": "m", **checkpoints}
 
 
-def test_partition_of_every_variant_partitions_its_layer_features_against_the_low_level_features(demo, monkeypatch):
+def test_partition_of_every_variant_partitions_its_layer_features_against_the_low_level_features(demo,
+                                                                                                monkeypatch):
     """The loop alone, on stand-in features: the partition itself is tested in test_low_level_impact.py."""
     models = {"tiny-hubert": 1.0, "tiny-wav2vec2": 10.0}
     calls = []

@@ -466,7 +466,8 @@ def partition_variance(model_train: np.ndarray, low_train: np.ndarray, y_train: 
     solver : {"grid", "himalaya"}
         ``"grid"`` (default): :func:`banded_ridge_grid`, a deterministic search of ``band_mixes`` x
         ``alphas`` (``len(band_mixes)`` ridge fits; faster than the reference on demo-sized problems,
-        see docs/benchmarks.md, "Variance partitioning: `bench_partition.py`"); ``"himalaya"``: himalaya's ``BandedRidgeCV`` random
+        see docs/benchmarks.md, "Variance partitioning: `bench_partition.py`"); ``"himalaya"``:
+        himalaya's ``BandedRidgeCV`` random
         search (``n_iter`` draws of the band weights), the reference.
     band_mixes : ndarray of shape (n_mixes,)
         Weights ``g`` of the model band searched by ``solver="grid"`` (default :data:`BAND_MIXES`).

@@ -60,8 +60,9 @@ _REPORT_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block body_header -%}{{ super() }}
 <p class="bt-report-network" style="margin: 0.5em 1em; font-size: 0.85em; color: #616161">{{ resources.bt_network_note }}</p>
 {%- if resources.bt_parameters %}
-<details class="bt-report-parameters" style="margin: 0.5em 1em; font-size: 0.85em"><summary>Parameters of this run</summary>
-<table>{% for name, value in resources.bt_parameters %}<tr><td><code>{{ name | e }}</code></td><td><code>{{ value | e }}</code></td></tr>{% endfor %}</table>
+<details class="bt-report-parameters" style="margin: 0.5em 1em; font-size: 0.85em">
+<summary>Parameters of this run</summary><table>{% for name, value in resources.bt_parameters %}
+<tr><td><code>{{ name | e }}</code></td><td><code>{{ value | e }}</code></td></tr>{% endfor %}</table>
 </details>
 {%- endif %}
 {%- endblock body_header -%}
