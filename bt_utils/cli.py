@@ -47,7 +47,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     logging.getLogger("distributed").setLevel(logging.WARNING)
     table = run_sweep(
         args.spec, args.out, cluster=args.scheduler, n_workers=args.workers, notebook_dir=args.notebooks,
-        local_resources=dict(args.worker_resources) if args.worker_resources else None,
+        local_resources=dict(args.worker_resources) if args.worker_resources else None, show_code=args.show_code,
     )
     _print_sweep(table)
     return 0 if (table.state == "completed").all() else 1
@@ -78,6 +78,8 @@ def _add_sweep_commands(commands) -> None:
     run.add_argument("--scheduler", help="Dask scheduler address, or 'local' (default: Dask config, else local)")
     run.add_argument("--worker-resources", nargs="+", type=_resource, metavar="NAME=AMOUNT",
                      help="resources each local worker declares, e.g. GPU=1 (default: ignore stage resources)")
+    run.add_argument("--show-code", action="store_true",
+                     help="keep the code cells in the HTML reports (default: text, figures and tables only)")
     _sweep_parser(actions, "status", "show the state of every run (exit status 1 if a run failed, was skipped "
                   "or interrupted)", _sweep_status)
 

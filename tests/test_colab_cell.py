@@ -1,9 +1,7 @@
-"""The Colab setup cell that opens every notebook: identical everywhere, inert outside Colab, and in Colab
-it mounts Google Drive and pip-installs the suite from BT_SUITE_SOURCE (default: a checkout on the Drive)."""
+"""The Colab cell that opens every notebook: identical everywhere, inert outside Colab, and in Colab it
+mounts Google Drive and puts the suite's checkout (BT_SUITE_SOURCE, default: on the Drive) on sys.path;
+``notebook_setup`` then installs its dependencies (tests/test_notebook_helpers.py)."""
 
-import importlib.util
-import re
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -14,6 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 DEFAULT_SOURCE = "/content/drive/MyDrive/brain-tuning"
+NOT_CONVERTED = {"01_brain_tuning", "02_alignment", "summary"}
+"""Notebooks that still open with the former 30-line cell (strict xfail: converting one makes its test fail until
+it is removed from this set)."""
 
 
 def first_code_cell(path: Path) -> tuple[int, nbformat.NotebookNode]:
@@ -32,90 +33,53 @@ def run_cell() -> dict:
 
 
 @pytest.fixture
-def pip_calls(monkeypatch):
-    """Arguments of every subprocess.run call (none is really run)."""
-    calls = []
-    monkeypatch.setattr(subprocess, "run", lambda args, **kwargs: calls.append((list(args), kwargs)))
-    return calls
-
-
-@pytest.fixture
 def colab(monkeypatch):
-    """A fake Colab session: ``google.colab.drive.mount`` records its mount points; bt_utils not installed."""
+    """A fake Colab session: ``google.colab.drive.mount`` records its mount points."""
     mounts = []
     drive = types.ModuleType("google.colab.drive")
     drive.mount = lambda mountpoint, **kwargs: mounts.append(mountpoint)
     module = types.ModuleType("google.colab")
     module.drive = drive
     monkeypatch.setitem(sys.modules, "google.colab", module)
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args, **kwargs: None if name == "bt_utils" else real_find_spec(name, *args, **kwargs))
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.delenv("BT_SUITE_SOURCE", raising=False)
     return mounts
 
 
-def test_every_notebook_opens_with_the_same_colab_cell_before_its_parameters():
-    assert len(NOTEBOOKS) == 7
-    for path in NOTEBOOKS:
-        cells = nbformat.read(path, as_version=4).cells
-        index, cell = first_code_cell(path)
-        parameters = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
-        assert cell.metadata.get("tags") == ["colab-setup"], path.name
-        assert cell.source == CELL_SOURCE, f"{path.name}: the Colab cell differs from 00_data's"
-        assert index < parameters, path.name
-        assert not cell.outputs and cell.execution_count is None, path.name
+@pytest.mark.parametrize("path", [pytest.param(path, marks=pytest.mark.xfail(
+    path.stem in NOT_CONVERTED, reason="still the former Colab cell", strict=True)) for path in NOTEBOOKS],
+    ids=[path.stem for path in NOTEBOOKS])
+def test_every_notebook_opens_with_the_same_short_colab_cell_before_its_parameters(path):
+    cells = nbformat.read(path, as_version=4).cells
+    index, cell = first_code_cell(path)
+    parameters = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+    assert cell.metadata.get("tags") == ["colab-setup"]
+    assert cell.source == CELL_SOURCE, f"{path.name}: the Colab cell differs from 00_data's"
+    assert index < parameters
+    assert not cell.outputs and cell.execution_count is None
+
+
+def test_the_cell_is_a_few_lines():
+    assert len(CELL_SOURCE.splitlines()) <= 5
     assert 'os.environ.get("BT_SUITE_SOURCE", "/content/drive/MyDrive/brain-tuning")' in CELL_SOURCE
 
 
-def test_outside_colab_the_cell_does_nothing(monkeypatch, pip_calls, capsys):
+def test_outside_colab_the_cell_does_nothing(monkeypatch, capsys):
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda *a, **k: pytest.fail("looked for bt_utils"))
+    path_before = list(sys.path)
     namespace = run_cell()
-    assert pip_calls == []
-    assert set(namespace) == {"__name__", "__builtins__", "sys"}
+    assert sys.path == path_before
+    assert set(namespace) == {"__name__", "__builtins__", "os", "sys"}
     assert capsys.readouterr().out == ""
 
 
-def test_in_colab_it_mounts_the_drive_and_installs_the_source_given(colab, pip_calls, monkeypatch, capsys):
-    monkeypatch.setenv("BT_SUITE_SOURCE", "git+https://example.invalid/brain-tuning.git@main")
-    path_before = list(sys.path)
+def test_in_colab_it_mounts_the_drive_and_puts_the_checkout_first_on_the_path(colab):
     run_cell()
     assert colab == ["/content/drive"]
-    assert pip_calls == [([sys.executable, "-m", "pip", "install", "-q",
-                           "git+https://example.invalid/brain-tuning.git@main"], {"check": True})]
-    assert sys.path == path_before
-    assert "pip install git+https://example.invalid/brain-tuning.git@main" in capsys.readouterr().out
+    assert sys.path[0] == DEFAULT_SOURCE
 
 
-def test_in_colab_a_folder_source_is_installed_editable_and_importable_now(colab, pip_calls, monkeypatch, tmp_path):
-    checkout = tmp_path / "brain-tuning"
-    checkout.mkdir()
-    monkeypatch.setenv("BT_SUITE_SOURCE", str(checkout))
+def test_in_colab_bt_suite_source_names_another_checkout(colab, monkeypatch, tmp_path):
+    monkeypatch.setenv("BT_SUITE_SOURCE", str(tmp_path))
     run_cell()
-    assert colab == ["/content/drive"]
-    assert pip_calls == [([sys.executable, "-m", "pip", "install", "-q", "-e", str(checkout)], {"check": True})]
-    assert sys.path[0] == str(checkout)
-
-
-def test_in_colab_with_the_suite_installed_it_does_nothing(colab, pip_calls, monkeypatch, capsys):
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: object())
-    run_cell()
-    assert colab == [] and pip_calls == []
-    assert "already installed" in capsys.readouterr().out
-
-
-def test_in_colab_a_missing_default_checkout_is_a_clear_error(colab, pip_calls):
-    assert not Path(DEFAULT_SOURCE).exists()
-    with pytest.raises(FileNotFoundError, match=f"no folder {re.escape(DEFAULT_SOURCE)}: .*BT_SUITE_SOURCE"):
-        run_cell()
-    assert colab == ["/content/drive"]  # the Drive is mounted first: the default checkout is on it
-    assert pip_calls == []
-
-
-def test_in_colab_a_missing_folder_in_bt_suite_source_is_the_same_error(colab, pip_calls, monkeypatch, tmp_path):
-    monkeypatch.setenv("BT_SUITE_SOURCE", str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match=f"no folder {re.escape(str(tmp_path / 'nowhere'))}: .*BT_SUITE_SOURCE"):
-        run_cell()
-    assert pip_calls == []
+    assert sys.path[0] == str(tmp_path)

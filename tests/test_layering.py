@@ -21,7 +21,7 @@ LAYERS = (
     ("encoding",),
     ("downstream",),
     ("viz",),
-    ("sweeps",),
+    ("sweeps", "notebook"),
     ("cli",),
 )
 """Units of bt_utils from the bottom up; ``__init__`` is the package itself. A unit may import

@@ -270,3 +270,41 @@ def test_summary_notebook(tmp_path):
     assert (out / "semantic_preference_m.png").is_file() and (out / "semantic_preference_org_other.png").is_file()
     assert len(json.loads((out / "run.json").read_text())["runs"]) == len(planned) - 1  # all but the failed one
     assert (out / "summary.html").stat().st_size > 50_000
+
+
+def test_reports_leave_out_the_code_unless_asked_and_open_with_the_parameters(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["papermill"] = {"parameters": {"subject": "DEMO02", "layers": [1, 4], "note": "<b>"}}
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell("## Noise ceiling per voxel"),
+        nbformat.v4.new_code_cell("ceiling_table = compute_the_ceiling()", execution_count=1, outputs=[
+            nbformat.v4.new_output("execute_result", data={"text/plain": "median cc_max 0.61"}, execution_count=1)]),
+    ]
+    nbformat.write(notebook, tmp_path / "report.ipynb")
+    hidden = render_html(tmp_path / "report.ipynb").read_text()
+    shown = render_html(tmp_path / "report.ipynb", tmp_path / "code.html", show_code=True).read_text()
+    for html in (hidden, shown):
+        assert "Noise ceiling per voxel" in html and "median cc_max 0.61" in html
+        parameters = re.search(r'<details class="bt-report-parameters".*?</details>', html, re.S).group(0)
+        assert '<code>subject</code></td><td><code>"DEMO02"</code>' in parameters
+        assert '<code>note</code></td><td><code>"&lt;b&gt;"</code>' in parameters
+        assert "<code>layers</code></td><td><code>[1, 4]</code>" in parameters
+    assert "compute_the_ceiling" not in hidden and "Out[1]" not in hidden
+    assert "compute_the_ceiling" in shown
+
+
+def test_executed_notebooks_and_sweeps_render_without_code_unless_asked(tmp_path):
+    notebooks = Path(__file__).parent / "sweep_fixtures"
+    plain = execute_notebook("prepare", tmp_path / "plain", {"subject": "S7"}, notebook_dir=notebooks)
+    coded = execute_notebook("prepare", tmp_path / "coded", {"subject": "S7"}, notebook_dir=notebooks,
+                             show_code=True)
+    assert "writerows" not in plain.with_suffix(".html").read_text()
+    assert "writerows" in coded.with_suffix(".html").read_text()
+
+
+def test_bt_sweep_run_has_a_show_code_option():
+    from bt_utils.cli import build_parser
+
+    assert build_parser().parse_args(["sweep", "run", "spec.yaml", "--show-code"]).show_code is True
+    assert build_parser().parse_args(["sweep", "run", "spec.yaml"]).show_code is False
+    assert build_parser().parse_args(["demo"]).show_code is False  # bt demo passes its arguments to bt sweep run

@@ -51,6 +51,8 @@ def add_demo_command(commands) -> None:
     parser = commands.add_parser(
         "demo", help="build the demo data in demo_output/data and run papermill_runs/demo.yaml into demo_output/sweep")
     parser.add_argument("--workers", type=int, default=2, help="Dask workers (default: 2)")
+    parser.add_argument("--show-code", action="store_true",
+                        help="keep the code cells in the HTML reports (default: text, figures and tables only)")
     parser.set_defaults(run=_demo)
 
 

@@ -1,53 +1,21 @@
 """Downstream evaluation: linear probes on frozen encoders, ASR with CTC heads, scores and tables.
 
-Protocol
---------
-For every model variant (pretrained, brain-tuned, controls; a list of
-:class:`ModelEntry`) and every classification or multi-label task:
+For every model variant (a list of :class:`ModelEntry`) and task, the frozen encoder's hidden states of
+every layer are mean-pooled per example and cached (:func:`bt_utils.downstream.features.extract_features`);
+for each seed, one linear probe per layer is trained (Adam, mini-batches; cross-entropy, or binary
+cross-entropy per class for a multi-label task); the layer and epoch with the best validation macro-F1 are
+chosen, and only then is the test split predicted. Test scores (:data:`PROBE_METRICS`) come per seed with
+bootstrap intervals over test examples; :func:`summarize` averages the seeds. ASR tasks follow the same
+protocol with a linear CTC head per layer (:mod:`bt_utils.downstream.asr`), scored as 1 - WER; Whisper
+variants may also be scored through Whisper's pretrained decoder, under their own metric, never mixed with
+the CTC rows. docs/method.md ("Downstream probes") states the protocol in full.
 
-1. The frozen encoder encodes each example once; the hidden states of every
-   layer (``n_layers + 1``, the input of the first transformer layer
-   included) are mean-pooled over the example's frames and cached
-   (:func:`bt_utils.downstream.features.extract_features`).
-2. For each seed, one linear probe per layer (features standardised with the
-   training split's mean and standard deviation) is trained with Adam (lr
-   1e-3) and mini-batches for a fixed number of epochs: with cross-entropy
-   for a classification task; for a multi-label task with binary
-   cross-entropy of each class's logit (the mean over classes and examples),
-   a class being predicted where its sigmoid is at least 0.5 (logit >= 0).
-   After every epoch the probes are scored on the validation split; the
-   layer and epoch with the best validation macro-F1 (ties: lower validation
-   loss, then the lower layer and earlier epoch) are chosen. Test labels are
-   not read until the chosen probe has predicted the test split.
-3. Test scores (:data:`PROBE_METRICS`) are reported per seed, with
-   percentile bootstrap intervals over test examples; :func:`summarize`
-   averages the seeds and bootstraps the seed average (the same resampled
-   examples for all seeds). Classification: macro-F1 over the classes present
-   in the scored labels (:func:`bt_utils.downstream.metrics.macro_f1`) and accuracy.
-   Multi-label: the per-class F1 over examples averaged over the classes
-   present in the scored labels (macro-F1), and the micro-F1 of all
-   (example, class) decisions (:func:`bt_utils.downstream.metrics.multilabel_f1`).
-
-ASR tasks follow the same protocol with a linear CTC head per layer on the
-frozen encoder's frames, for every family (:mod:`bt_utils.downstream.asr`),
-scored as 1 - WER (all edits over all reference words, after Whisper's English
-text normaliser: :func:`bt_utils.downstream.metrics.normalize_words`). Whisper
-variants may also be scored through Whisper's pretrained decoder around the
-variant's encoder, under their own metric and ``kind``, never mixed with the
-CTC rows.
-
-Tables
-------
-``downstream.parquet`` (:attr:`DownstreamResults.scores`): one row per model,
-variant, subject, task, seed and metric, with columns ``model, variant,
-subject, task, layer, metric, value, seed, ci_low, ci_high, n_test``.
-``layer`` is the chosen layer (Whisper's decoder: the last layer). ``metric``
-is ``macro_f1``, ``accuracy`` (classification), ``micro_f1`` (multi-label),
-``one_minus_wer`` (ASR, CTC head) or ``one_minus_wer_whisper_decoder``. In
-``downstream_predictions.parquet`` a multi-label ``label`` or ``prediction``
-is a string: the names of the classes present, in the task's class order,
-separated by spaces (``""`` for none; see
-:func:`bt_utils.downstream.tasks.encode_multilabel`).
+``downstream.parquet`` (:attr:`DownstreamResults.scores`) has one row per model, variant, subject, task,
+seed and metric: ``model, variant, subject, task, layer, metric, value, seed, ci_low, ci_high, n_test``
+(``layer``: the chosen one, the last for Whisper's decoder; ``metric``: ``macro_f1``, ``accuracy``,
+``micro_f1``, ``one_minus_wer`` or ``one_minus_wer_whisper_decoder``). In ``downstream_predictions.parquet``
+a multi-label label or prediction is the names of the classes present, in the task's class order, separated
+by spaces (:func:`bt_utils.downstream.tasks.encode_multilabel`).
 """
 
 from __future__ import annotations

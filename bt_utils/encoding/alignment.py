@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -58,8 +59,8 @@ class AlignmentSettings:
         The reference protocol or the fast mode (see docs/feature_windows.md).
     native_length : bool
         Whisper only: run the encoder on each window's real length instead of
-        padding it to 30 s (2.5-4x faster on CPU; the protocol pads, and native-length
-        features shift with the window's start, see docs/feature_windows.md).
+        padding it to 30 s (faster; the protocol pads, and native-length features
+        shift with the window's start, see docs/feature_windows.md).
     delays : tuple of int
         FIR delays in TRs.
     cv : {"story", "bootstrap"}
@@ -287,6 +288,36 @@ def tuned_on(path: str) -> str:
     for a model that is no brain-tuning checkpoint or learned no participant's responses (``text_embedding``; see
     :func:`bt_utils.models.tuning.tuned_participants`)."""
     return "+".join(tuned_participants(path) or [])
+
+
+def model_variants(model: str, checkpoints: Mapping[str, str], subjects: list[str],
+                   skip_missing: bool = False) -> dict[str, str]:
+    """The variants of an analysis: the pretrained ``model``, then each checkpoint (``{subject}`` filled in).
+
+    Parameters
+    ----------
+    model : str
+        The pretrained model (registry name, Hub id or folder), variant ``"pretrained"``.
+    checkpoints : mapping of str to str
+        Variant name -> checkpoint path, with ``{subject}`` standing for each participant.
+    subjects : list of str
+    skip_missing : bool
+        Leave out (with a message) a variant whose checkpoint is missing for some subject, e.g. before
+        01_brain_tuning has run; otherwise keep it (the analysis then stops on the missing folder).
+
+    Returns
+    -------
+    variants : dict of str to str
+        Variant -> model, as :func:`align` takes them.
+    """
+    variants = {"pretrained": model}
+    for variant, path in checkpoints.items():
+        missing = [subject for subject in subjects if not Path(path.format(subject=subject)).exists()]
+        if missing and skip_missing:
+            print(f"leaving out {variant!r}: no checkpoint for {missing} at {path} (run 01_brain_tuning first)")
+            continue
+        variants[variant] = path
+    return variants
 
 
 def check_runs(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Mapping[str, str]]) -> list[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -466,7 +466,8 @@ def partition_variance(model_train: np.ndarray, low_train: np.ndarray, y_train: 
     solver : {"grid", "himalaya"}
         ``"grid"`` (default): :func:`banded_ridge_grid`, a deterministic search of ``band_mixes`` x
         ``alphas`` (``len(band_mixes)`` ridge fits; faster than the reference on demo-sized problems,
-        see ``docs/benchmarks.md``); ``"himalaya"``: himalaya's ``BandedRidgeCV`` random
+        see docs/benchmarks.md, "Variance partitioning: `bench_partition.py`"); ``"himalaya"``:
+        himalaya's ``BandedRidgeCV`` random
         search (``n_iter`` draws of the band weights), the reference.
     band_mixes : ndarray of shape (n_mixes,)
         Weights ``g`` of the model band searched by ``solver="grid"`` (default :data:`BAND_MIXES`).
@@ -546,3 +547,35 @@ def variance_partition(features: Mapping[str, np.ndarray], low: Mapping[str, np.
                                n_iter=n_iter, random_state=random_state, backend=settings.backend, solver=solver,
                                band_mixes=band_mixes)
     return table.assign(voxel=voxels)
+
+
+def partition_variants(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Mapping[str, str]],
+                       model: str, layer: int, settings: AlignmentSettings = AlignmentSettings(),
+                       low_level: Sequence[str] = DEFAULT_LOW_LEVEL_FEATURES, device: str = "auto") -> pd.DataFrame:
+    """:func:`variance_partition` of one layer against the low-level features, for every subject and variant.
+
+    Parameters
+    ----------
+    dataset, subjects, variants, model, device
+        As for :func:`bt_utils.encoding.alignment.align`.
+    layer : int
+        The layer whose features are partitioned.
+    settings : AlignmentSettings
+        Its ``layers`` are replaced by ``(layer,)``.
+    low_level : sequence of str
+        The low-level spaces, stacked into one band.
+
+    Returns
+    -------
+    table : DataFrame
+        The rows of :func:`variance_partition` with ``subject, model, variant, layer``.
+    """
+    settings = replace(settings, layers=(layer,))
+    tables = []
+    for subject in check_runs(dataset, subjects, variants):
+        low = story_low_level(dataset, dataset.split(subject).all, low_level)
+        for variant, paths in variants.items():
+            _, features = variant_features(dataset, subject, subject_model(paths, subject, variant), settings, device)
+            table = variance_partition({s: f[layer] for s, f in features.items()}, low, dataset, subject, settings)
+            tables.append(table.assign(subject=subject, model=model, variant=variant, layer=layer))
+    return pd.concat(tables, ignore_index=True)

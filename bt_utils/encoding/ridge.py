@@ -43,7 +43,7 @@ DTYPES = ("float32", "float64")
 SOLVER_PARAMS = ("strategy", "n_targets_batch")
 
 #: Cost of a ``k x k`` float64 eigendecomposition in multiply-adds of float32
-#: matrix products, in units of ``k**3`` (measured on a 2-core AVX-512 CPU).
+#: matrix products, in units of ``k**3`` (an empirical constant).
 EIGH_COST = 15.0
 
 

@@ -5,38 +5,8 @@ id, a local Hugging Face folder or a brain-tuned checkpoint into a
 :class:`SpeechEncoder`. Every encoder takes raw 16 kHz audio of shape
 ``(B, T)`` with per-sample lengths, prepares the model inputs itself, in torch
 and on the model's device, and returns the hidden states of all layers with a
-mask of the frames computed from real (unpadded) audio.
-
-Preprocessing
--------------
-wav2vec2, hubert
-    Zero mean and unit variance over each sample's valid audio when the
-    checkpoint's feature extractor normalises (``do_normalize``), padding set
-    to 0, and an attention mask when the model was trained with one
-    (``feat_extract_norm == "layer"``). Group-norm models (wav2vec2-base,
-    hubert-base) take no attention mask: their first convolution's GroupNorm
-    normalises each channel over the whole padded input, so padding a sample
-    changes its outputs slightly, as in Hugging Face.
-whisper
-    The log-mel spectrogram of :class:`transformers.WhisperFeatureExtractor`
-    (Hann STFT, ``n_fft`` 400, hop 160, its mel filter bank, log10, clamped to
-    the maximum minus 8, then ``(x + 4) / 4``), on audio zero-padded to 30 s
-    (3000 mel frames, 1500 encoder frames) as in pretraining. With
-    ``native_length`` the batch is padded only to its longest sample (rounded
-    up to a hop), the positional embeddings are sliced to that length and the
-    padded frames of shorter samples are masked out of the attention.
-
-Hidden states
--------------
-``hidden_states[0]`` is the input of the first transformer layer and
-``hidden_states[i]`` the output of layer ``i``, as Hugging Face returns them:
-for Whisper the last entry is after the encoder's final layer norm; for the
-wav2vec2/HuBERT models with a final layer norm (``do_stable_layer_norm``, the
-large variants) it is the last layer's output before that norm. A layer
-skipped by LayerDrop passes its input on, so there are always
-``n_layers + 1`` entries. ``last_hidden_state`` is the model's output, after
-the final layer norm whenever there is one (Hugging Face's
-``last_hidden_state``): the state the brain-tuning head pools.
+mask of the frames computed from real (unpadded) audio. How each family's audio is
+prepared, and which hidden states are returned: :class:`SpeechEncoder`, "Notes".
 """
 
 from __future__ import annotations
@@ -144,6 +114,37 @@ class SpeechEncoder(nn.Module):
     checkpoint_spec_augment : bool
         Whether the checkpoint's config switches SpecAugment on in train mode
         (wav2vec2/HuBERT: yes; Whisper: no), read before the switch is turned off.
+
+    Notes
+    -----
+    Preprocessing
+    wav2vec2, hubert
+        Zero mean and unit variance over each sample's valid audio when the
+        checkpoint's feature extractor normalises (``do_normalize``), padding set
+        to 0, and an attention mask when the model was trained with one
+        (``feat_extract_norm == "layer"``). Group-norm models (wav2vec2-base,
+        hubert-base) take no attention mask: their first convolution's GroupNorm
+        normalises each channel over the whole padded input, so padding a sample
+        changes its outputs slightly, as in Hugging Face.
+    whisper
+        The log-mel spectrogram of :class:`transformers.WhisperFeatureExtractor`
+        (Hann STFT, ``n_fft`` 400, hop 160, its mel filter bank, log10, clamped to
+        the maximum minus 8, then ``(x + 4) / 4``), on audio zero-padded to 30 s
+        (3000 mel frames, 1500 encoder frames) as in pretraining. With
+        ``native_length`` the batch is padded only to its longest sample (rounded
+        up to a hop), the positional embeddings are sliced to that length and the
+        padded frames of shorter samples are masked out of the attention.
+
+    Hidden states
+    ``hidden_states[0]`` is the input of the first transformer layer and
+    ``hidden_states[i]`` the output of layer ``i``, as Hugging Face returns them:
+    for Whisper the last entry is after the encoder's final layer norm; for the
+    wav2vec2/HuBERT models with a final layer norm (``do_stable_layer_norm``, the
+    large variants) it is the last layer's output before that norm. A layer
+    skipped by LayerDrop passes its input on, so there are always
+    ``n_layers + 1`` entries. ``last_hidden_state`` is the model's output, after
+    the final layer norm whenever there is one (Hugging Face's
+    ``last_hidden_state``): the state the brain-tuning head pools.
     """
 
     sample_rate = SAMPLE_RATE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -58,10 +59,16 @@ _REPORT_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_mathjax -%}{%- if resources.bt_needs_math %}{{ super() }}{% endif -%}{%- endblock -%}
 {%- block body_header -%}{{ super() }}
 <p class="bt-report-network" style="margin: 0.5em 1em; font-size: 0.85em; color: #616161">{{ resources.bt_network_note }}</p>
+{%- if resources.bt_parameters %}
+<details class="bt-report-parameters" style="margin: 0.5em 1em; font-size: 0.85em">
+<summary>Parameters of this run</summary><table>{% for name, value in resources.bt_parameters %}
+<tr><td><code>{{ name | e }}</code></td><td><code>{{ value | e }}</code></td></tr>{% endfor %}</table>
+</details>
+{%- endif %}
 {%- endblock body_header -%}
 """
 """nbconvert's lab template without the scripts a report does not need (require.js without widgets, MathJax
-without math), with a note at the top on what the report loads from the network."""
+without math), with a note at the top on what the report loads from the network and the run's parameters."""
 
 _MATH = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
 
@@ -85,13 +92,24 @@ def network_needs(notebook: nbformat.NotebookNode) -> list[str]:
     return needs
 
 
-def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None = None) -> Path:
-    """Render an executed notebook to HTML (atomic) with embedded images and a note on its network needs.
+def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None = None,
+                show_code: bool = False) -> Path:
+    """Render an executed notebook to HTML (atomic): its text, figures and tables, embedded.
+
+    The report opens with a note on what it loads from the network and the run's parameters (those
+    papermill set); the code cells are left out unless ``show_code``.
+
+    Parameters
+    ----------
+    notebook : path-like
+    html_path : path-like, optional
+        Defaults to the notebook's path with suffix ``.html``.
+    show_code : bool
+        Keep the code cells (input and prompts) in the report.
 
     Returns
     -------
     html_path : Path
-        Defaults to the notebook's path with suffix ``.html``.
     """
     notebook = Path(notebook)
     html_path = Path(html_path) if html_path is not None else notebook.with_suffix(".html")
@@ -99,8 +117,11 @@ def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None
     needs = network_needs(content)
     note = ("Offline report: figures, tables and text are embedded" +
             (f"; from the network: {'; '.join(needs)}." if needs else "; nothing is loaded from the network."))
-    exporter = HTMLExporter(template_name="lab", raw_template=_REPORT_TEMPLATE, embed_images=True)
-    resources = {"bt_network_note": note, "bt_needs_math": any(need.startswith("its math") for need in needs)}
+    exporter = HTMLExporter(template_name="lab", raw_template=_REPORT_TEMPLATE, embed_images=True,
+                            exclude_input=not show_code, exclude_output_prompt=not show_code)
+    parameters = content.metadata.get("papermill", {}).get("parameters", {})
+    resources = {"bt_network_note": note, "bt_needs_math": any(need.startswith("its math") for need in needs),
+                 "bt_parameters": [(name, json.dumps(value)) for name, value in parameters.items()]}
     body, _ = exporter.from_notebook_node(content, resources=resources)
     with atomic_path(html_path) as staged:
         staged.write_text(body, encoding="utf-8")
@@ -114,6 +135,7 @@ def execute_notebook(
     html: bool = True,
     notebook_dir: str | os.PathLike | None = None,
     kernel_name: str | None = None,
+    show_code: bool = False,
 ) -> Path:
     """Run a notebook with papermill; save the executed copy (and its HTML) in ``output_dir``.
 
@@ -127,7 +149,9 @@ def execute_notebook(
     parameters : mapping, optional
         Values for the notebook's ``parameters`` cell.
     html : bool
-        Also render ``<name>.html``.
+        Also render ``<name>.html`` (:func:`render_html`).
+    show_code : bool
+        Keep the code cells in the HTML (the report of a failed run always keeps them).
 
     Returns
     -------
@@ -152,7 +176,7 @@ def execute_notebook(
     os.replace(failed, executed)
     failed.with_suffix(".html").unlink(missing_ok=True)
     if html:
-        render_html(executed)
+        render_html(executed, show_code=show_code)
     return executed
 
 
@@ -185,6 +209,6 @@ def _died_before_any_cell(error: Exception, partial: Path) -> bool:
 def _render_failed(failed: Path) -> None:
     """Render a failed run's partial notebook; a rendering problem must not hide the run's error."""
     try:
-        render_html(failed)
+        render_html(failed, show_code=True)
     except Exception as error:  # noqa: BLE001 - logged; the notebook's own error is re-raised
         log.warning("could not render %s to HTML: %s", failed, error)

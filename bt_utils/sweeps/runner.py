@@ -90,6 +90,7 @@ def run_sweep(
     n_workers: int = 2,
     notebook_dir: str | os.PathLike | None = None,
     local_resources: Mapping[str, float] | None = None,
+    show_code: bool = False,
 ) -> pd.DataFrame:
     """Run every run of a sweep that has not completed yet, in parallel on Dask.
 
@@ -110,6 +111,8 @@ def run_sweep(
     local_resources : mapping, optional
         Resources each local worker declares (e.g. ``{"GPU": 1}``); without them the local cluster
         ignores the stages' ``resources``.
+    show_code : bool
+        Keep the code cells in the runs' HTML reports (default: text, figures and tables only).
 
     Returns
     -------
@@ -141,7 +144,7 @@ def run_sweep(
         try:
             if pending:
                 with _connect(cluster, n_workers, local_resources) as (client, honour_resources):
-                    _run_pending(client, pending, statuses, honour_resources, write_index)
+                    _run_pending(client, pending, statuses, honour_resources, write_index, show_code)
         except BaseException:
             write_index(live=False)  # e.g. Ctrl-C: the runs it leaves are interrupted, not queued
             raise
@@ -151,7 +154,8 @@ def run_sweep(
 
 
 def _run_pending(
-    client: Client, pending: list[Run], statuses: dict, honour_resources: bool, on_change: Callable[[], None]
+    client: Client, pending: list[Run], statuses: dict, honour_resources: bool, on_change: Callable[[], None],
+    show_code: bool = False,
 ) -> None:
     """Submit the pending runs with their dependencies, record each final status as it arrives."""
     from distributed import as_completed
@@ -166,6 +170,7 @@ def _run_pending(
         futures[run.run_id] = client.submit(
             _execute, run, inputs, *upstream, key=f"{run.stage}-{uuid.uuid4().hex}", pure=False,
             resources=(run.resources or None) if honour_resources else None, priority=priorities[run.run_id],
+            show_code=show_code,
         )
     on_change()
     run_of = {future.key: run for run, future in zip(pending, futures.values(), strict=True)}
@@ -184,7 +189,7 @@ def _run_pending(
         on_change()
 
 
-def _execute(run: Run, inputs: dict[str, str], *upstream: dict) -> dict:
+def _execute(run: Run, inputs: dict[str, str], *upstream: dict, show_code: bool = False) -> dict:
     """Execute one run on a worker (never raises): its final status.
 
     ``inputs``: ``finished`` times of dependencies completed before this sweep; ``upstream``: final
@@ -203,7 +208,7 @@ def _execute(run: Run, inputs: dict[str, str], *upstream: dict) -> dict:
                 "inputs": inputs}
 
     try:
-        execute_notebook(run.notebook, run.path, run.parameters, notebook_dir=run.notebook_dir)
+        execute_notebook(run.notebook, run.path, run.parameters, notebook_dir=run.notebook_dir, show_code=show_code)
     except Exception as error:  # noqa: BLE001 - a failed run is reported, the sweep goes on
         return write_status(run, "failed", **timing(), error=_describe_error(error, run))
     return write_status(run, "completed", **timing())

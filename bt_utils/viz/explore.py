@@ -473,7 +473,7 @@ def explorer(
         Layout of every subject, e.g. ``{s: subject_layout(dataset, s) for s in dataset.subjects}``
         (:func:`bt_utils.data.layout.subject_layout`).
     backend : {"pycortex", "nilearn"}, default "pycortex"
-        Flatmaps (~1 s per redraw) or fsaverage5 surfaces (demo subjects only, ~1 s).
+        Flatmaps or fsaverage5 surfaces (demo subjects only).
 
     Returns
     -------

@@ -186,7 +186,7 @@ def flatmap(
         ``overlays.svg`` drawn with matplotlib (no Inkscape needed, see the
         module docstring). False: none.
     with_curvature : bool, default True
-        Grey curvature background (pycortex computes it once per subject, ~5 s).
+        Grey curvature background (pycortex computes it once per subject).
 
     Returns
     -------
