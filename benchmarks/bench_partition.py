@@ -1,17 +1,17 @@
 """Benchmark of variance partitioning: the grid banded ridge vs himalaya's BandedRidgeCV random search.
 
 Prints one markdown table. The fixed problem is the size of the demo's
-:func:`bt_utils.encoding.low_level_impact.variance_partition`: 550 training TRs in 5
+:func:`bt_utils.encoding.impact.variance_partition`: 550 training TRs in 5
 stories (5 leave-stories-out folds) and 200 test TRs; model features 384 x 4
 FIR delays = 1,536 columns, low-level features 500 x 4 delays = 2,000 columns;
 1,500 voxels; float32; the suite's alphas (``logspace(2, 8, 15)``). A third of
 the voxels follow the model features only, a third the low-level ones only, a
 third a mix of both, all with noise. Rows:
 
-- ``grid``: :func:`~bt_utils.encoding.low_level_impact.partition_variance` with
+- ``grid``: :func:`~bt_utils.encoding.impact.partition_variance` with
   ``solver="grid"`` (11 band mixes x 15 alphas, one ridge fit per mix), median
   of ``--repeats`` runs;
-- ``grid, joint fit only``: :func:`~bt_utils.encoding.low_level_impact.banded_ridge_grid` alone;
+- ``grid, joint fit only``: :func:`~bt_utils.encoding.impact.banded_ridge_grid` alone;
 - ``himalaya``: ``partition_variance(solver="himalaya")``, BandedRidgeCV random
   search with ``n_iter=20`` (one run).
 
@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from bench_encoding import delay_within_stories, machine_lines, ridge_benchmark_parser, timed, zscore_per_story
 from bt_utils.encoding.ridge import HIMALAYA_ALPHAS, story_folds
-from bt_utils.encoding.low_level_impact import BAND_MIXES, banded_ridge_grid, partition_variance
+from bt_utils.encoding.impact import BAND_MIXES, banded_ridge_grid, partition_variance
 
 FULL = {"n_train": 550, "n_test": 200, "n_model": 384, "n_low": 500, "n_voxels": 1500}
 QUICK = {"n_train": 300, "n_test": 100, "n_model": 96, "n_low": 125, "n_voxels": 300}

@@ -12,9 +12,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 DEFAULT_SOURCE = "/content/drive/MyDrive/brain-tuning"
-NOT_CONVERTED = {"01_brain_tuning", "02_alignment", "summary"}
-"""Notebooks that still open with the former 30-line cell (strict xfail: converting one makes its test fail until
-it is removed from this set)."""
 
 
 def first_code_cell(path: Path) -> tuple[int, nbformat.NotebookNode]:
@@ -46,9 +43,7 @@ def colab(monkeypatch):
     return mounts
 
 
-@pytest.mark.parametrize("path", [pytest.param(path, marks=pytest.mark.xfail(
-    path.stem in NOT_CONVERTED, reason="still the former Colab cell", strict=True)) for path in NOTEBOOKS],
-    ids=[path.stem for path in NOTEBOOKS])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
 def test_every_notebook_opens_with_the_same_short_colab_cell_before_its_parameters(path):
     cells = nbformat.read(path, as_version=4).cells
     index, cell = first_code_cell(path)

@@ -14,7 +14,7 @@ import pytest
 
 from bt_utils import notebook
 from bt_utils.encoding import AlignmentSettings, model_variants, partition_variants
-from bt_utils.encoding import low_level_impact
+from bt_utils.encoding import impact as low_level_impact
 from bt_utils.features import DEFAULT_LOW_LEVEL_FEATURES, WindowSettings
 from bt_utils.notebook import (CHECKOUT, NotebookRun, install_in_colab, notebook_parameters, notebook_path,
                                notebook_setup, optional_table)
@@ -134,7 +134,7 @@ def test_variants_are_the_pretrained_model_and_the_checkpoints_found(tmp_path, c
 
 def test_partition_of_every_variant_partitions_its_layer_features_against_the_low_level_features(demo,
                                                                                                 monkeypatch):
-    """The loop alone, on stand-in features: the partition itself is tested in test_low_level_impact.py."""
+    """The loop alone, on stand-in features: the partition itself is tested in test_impact.py."""
     models = {"tiny-hubert": 1.0, "tiny-wav2vec2": 10.0}
     calls = []
 

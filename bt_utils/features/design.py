@@ -186,7 +186,7 @@ def layer_design(features_by_story: Mapping[str, Mapping[int, np.ndarray]], data
     standardise : bool
         z-score each story (default). ``False`` takes the features as they are,
         for features already standardised per story such as the residuals of
-        :func:`bt_utils.encoding.low_level_impact.residualise`: they keep the units of the
+        :func:`bt_utils.encoding.impact.residualise`: they keep the units of the
         z-scored features they came from, as in the authors' residual
         evaluation. z-scoring them again would give a dimension that the
         low-level features explain almost entirely, and whose residual is

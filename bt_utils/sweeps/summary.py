@@ -124,7 +124,7 @@ def impact_summary(impact: pd.DataFrame, feature_set: str = "all") -> pd.DataFra
     """Low-level impact per model, variant, layer and ROI, across participants.
 
     A participant's impact on an ROI is the drop of the ROI's mean alignment
-    (:func:`bt_utils.encoding.low_level_impact.impact_rois`), NaN where the ROI's
+    (:func:`bt_utils.encoding.impact.impact_rois`), NaN where the ROI's
     original alignment is not meaningfully above 0; such participants are left out
     of the mean, and counted in ``n_participants`` but not in ``n_subjects``.
 

@@ -8,7 +8,7 @@ import scipy.stats
 from bt_utils.encoding.alignment import AlignmentSettings, score_features, subject_targets, variant_features
 from bt_utils.features import WindowSettings, stimulus_rows
 from bt_utils.features.low_level import DEFAULT_LOW_LEVEL_FEATURES
-from bt_utils.encoding.low_level_impact import (
+from bt_utils.encoding.impact import (
     BAND_MIXES, DROP_STATUSES, banded_ridge_grid, contiguous_folds, default_feature_sets, impact_rois, low_level_impact,
     partition_variance, residualise, story_low_level,
 )
