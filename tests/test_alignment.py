@@ -98,7 +98,7 @@ def test_alignment_tables(demo, tiny_alignment):
     assert list(voxels.columns[:7]) == ["subject", "model", "variant", "layer", "voxel", "r", "r_norm"]
     assert len(voxels) == 2 * 2 * 3000
     rois = alignment_rois(demo, voxels)
-    assert list(rois.columns) == ["subject", "model", "variant", "layer", "roi", "r_norm_mean", "n_voxels", "n_parcels"]
+    assert list(rois.columns) == ["subject", "model", "variant", "tuned_on", "layer", "roi", "r_norm_mean", "n_voxels", "n_parcels"]
     assert {"planted_auditory", "planted_semantic", "planted_noise", "AC"} <= set(rois.roi)
 
 
