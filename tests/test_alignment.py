@@ -139,15 +139,15 @@ def test_bad_inputs(demo):
     (["DEMO01", "DEMO02"], {"tuned": {"DEMO01": "x"}}, KeyError, "variant 'tuned' has no model for DEMO02"),
 ])
 def test_analyses_check_subjects_and_variants_before_any_work(demo, monkeypatch, subjects, variants, error, message):
-    from bt_utils.encoding import alignment, low_level_impact
+    from bt_utils.encoding import alignment, impact
 
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the inputs were checked")
 
     monkeypatch.setattr(alignment, "subject_targets", no_work)
-    monkeypatch.setattr(low_level_impact, "subject_targets", no_work)
-    monkeypatch.setattr(low_level_impact, "story_low_level", no_work)
-    for analysis in (align, low_level_impact.low_level_impact):
+    monkeypatch.setattr(impact, "subject_targets", no_work)
+    monkeypatch.setattr(impact, "story_low_level", no_work)
+    for analysis in (align, impact.low_level_impact):
         with pytest.raises(error, match=message):
             analysis(demo, subjects, variants, "tiny-hubert", settings=AlignmentSettings(), device="cpu", progress=False)
 
