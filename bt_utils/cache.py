@@ -14,12 +14,8 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     Parameters
     ----------
     cache_dir : path-like, optional
-        Explicit root. Default: ``$BT_UTILS_CACHE_DIR`` if set, else
-        ``$XDG_CACHE_HOME/bt_utils`` (``~/.cache/bt_utils`` when unset).
-
-    Returns
-    -------
-    root : Path
+        Explicit root. Default: ``$BT_UTILS_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/bt_utils``
+        (``~/.cache/bt_utils`` when unset).
     """
     if cache_dir is not None:
         return Path(cache_dir).expanduser()

@@ -108,9 +108,7 @@ class NotebookRun:
 
     Attributes
     ----------
-    output_dir : Path
     parameters : dict
-    dataset : Dataset or None
     timings : dict of str to float
         Seconds per step, filled by :meth:`step`.
     """

@@ -1,17 +1,15 @@
 """Voxel layouts: which cortical voxels the values of a participant's voxel arrays belong to.
 
-A response matrix or a map has one column per voxel; a *layout* places those
-voxels in the functional volume of a pycortex subject, so that maps can be drawn.
+A response matrix or a map has one column per voxel; a *layout* places those voxels in the functional volume of a
+pycortex subject, so that maps can be drawn.
 
-* :class:`VoxelLayout` lists the voxels: pycortex subject, transform, volume
-  shape, flat volume indices, ROI labels and hemispheres. A dataset may store
-  one per participant in ``derivative/voxel_layout/<subject>.npz`` (the demo
+* :class:`VoxelLayout` lists the voxels: pycortex subject, transform, volume shape, flat volume indices, ROI labels
+  and hemispheres. A dataset may store one per participant in ``derivative/voxel_layout/<subject>.npz`` (the demo
   does, on pycortex's bundled subject ``S1``).
-* :class:`PycortexSpace` names a pycortex mask instead: ds003020's responses are
-  the voxels of the ``"thick"`` mask of subject ``UTS0X``, transform
-  ``UTS0X_auto``, in C order of the (z, y, x) volume; the dataset ships that
-  subject's pycortex folder in ``derivative/pycortex-db/UTS0X``. Reading the mask
-  needs pycortex, which :mod:`bt_utils.viz.volumes` does.
+* :class:`PycortexSpace` names a pycortex mask instead: ds003020's responses are the voxels of the ``"thick"`` mask
+  of subject ``UTS0X``, transform ``UTS0X_auto``, in C order of the (z, y, x) volume; the dataset ships that
+  subject's pycortex folder in ``derivative/pycortex-db/UTS0X``. Reading the mask needs pycortex, which
+  :mod:`bt_utils.viz.volumes` does.
 
 This module is plain numpy: it describes voxels and never imports pycortex.
 """
@@ -135,9 +133,8 @@ class VoxelLayout:
         Returns
         -------
         dict of str to numpy.ndarray
-            0-d string arrays ``template``, ``xfm`` and ``mask`` (``""`` for
-            none), ``volume_shape`` of shape (3,), ``volume_index``, ``roi``
-            and ``hemisphere`` of shape (n_voxels,).
+            0-d string arrays ``template``, ``xfm`` and ``mask`` (``""`` for none), ``volume_shape`` of shape (3,),
+            ``volume_index``, ``roi`` and ``hemisphere`` of shape (n_voxels,).
         """
         return {
             "template": np.array(self.subject),
@@ -159,10 +156,6 @@ class VoxelLayout:
             Keys :data:`LAYOUT_KEYS`.
         filestore : path-like, optional
             pycortex filestore of the subject (the arrays do not hold one).
-
-        Returns
-        -------
-        VoxelLayout
 
         Raises
         ------
@@ -223,19 +216,14 @@ def as_layout(layout) -> VoxelLayout | PycortexSpace:
     Parameters
     ----------
     layout : VoxelLayout, PycortexSpace, dict or tuple
-        A ``VoxelLayout`` or ``PycortexSpace`` (returned as is); the dict of
-        arrays of ``Dataset.voxel_layout(subject)`` (see :meth:`VoxelLayout.from_arrays`);
-        or a tuple ``(subject, xfm, mask)`` or ``(subject, xfm, mask, filestore)``.
-
-    Returns
-    -------
-    VoxelLayout or PycortexSpace
+        A ``VoxelLayout`` or ``PycortexSpace`` (returned as is); the dict of arrays of
+        ``Dataset.voxel_layout(subject)`` (see :meth:`VoxelLayout.from_arrays`); or a tuple
+        ``(subject, xfm, mask)`` or ``(subject, xfm, mask, filestore)``.
 
     Raises
     ------
     ValueError
-        If `layout` is None (a real-data subject: use :func:`subject_layout`)
-        or a layout dict lacks arrays.
+        If `layout` is None (a real-data subject: use :func:`subject_layout`) or a layout dict lacks arrays.
     TypeError
         For any other type.
     """
@@ -259,18 +247,13 @@ def as_layout(layout) -> VoxelLayout | PycortexSpace:
 def subject_layout(dataset, subject: str) -> VoxelLayout | PycortexSpace:
     """Layout of a dataset subject's voxels: its layout file, or its ds003020 pycortex space.
 
-    Parameters
-    ----------
-    dataset : bt_utils.data.dataset.Dataset
-    subject : str
-
     Returns
     -------
     VoxelLayout
         When the dataset has ``derivative/voxel_layout/<subject>.npz`` (demo subjects).
     PycortexSpace
-        Otherwise (real ds003020 subjects): ``PycortexSpace(subject, subject + "_auto",
-        "thick", <root>/derivative/pycortex-db)``.
+        Otherwise (real ds003020 subjects):
+        ``PycortexSpace(subject, subject + "_auto", "thick", <root>/derivative/pycortex-db)``.
 
     Raises
     ------
@@ -299,16 +282,15 @@ def to_volume(layout: VoxelLayout, values, fill_value: float = np.nan) -> np.nda
     layout : VoxelLayout
         Voxels the values belong to.
     values : array_like, shape (..., n_voxels)
-        One value per voxel in the order of ``layout.volume_index``; leading
-        axes (e.g. time) are kept.
+        One value per voxel in the order of ``layout.volume_index``; leading axes (e.g. time) are kept.
     fill_value : float, default nan
         Value of the voxels outside the layout.
 
     Returns
     -------
     numpy.ndarray, shape (..., z, y, x)
-        Floating point (float64 unless `values` is already floating) volume
-        of shape ``(*values.shape[:-1], *layout.volume_shape)``.
+        Floating point (float64 unless `values` is already floating) volume of shape
+        ``(*values.shape[:-1], *layout.volume_shape)``.
 
     Raises
     ------

@@ -1,19 +1,17 @@
 """Noise ceilings from repeated presentations of the test story.
 
-Both measures z-score every repeat over time first, so each repeat has unit
-variance per voxel. With ``N`` repeats and ``y`` their mean:
+Both measures z-score every repeat over time first, so each repeat has unit variance per voxel. With ``N`` repeats
+and ``y`` their mean:
 
 - signal power (Schoppe et al. 2016) ``SP = (N * var(y) - 1) / (N - 1)``;
-- ``cc_max = 1 / sqrt(1 + (1 / N) * (1 / SP - 1))``, the highest correlation any
-  model can reach with the mean response;
-- explainable variance ``EV = var(y) / mean(var(repeat))``, bias corrected as
-  ``EV - (1 - EV) / (N - 1)``. Because repeats are z-scored, the corrected EV
-  equals ``SP``.
+- ``cc_max = 1 / sqrt(1 + (1 / N) * (1 / SP - 1))``, the highest correlation any model can reach with the mean
+  response;
+- explainable variance ``EV = var(y) / mean(var(repeat))``, bias corrected as ``EV - (1 - EV) / (N - 1)``. Because
+  repeats are z-scored, the corrected EV equals ``SP``.
 
-Where ``SP <= 0`` (no reliable signal) ``cc_max`` is 0: the formula alone gives
-infinity or NaN there. ``cc_max`` is not floored; voxels whose ceiling is too
-low to divide by are left out of the evaluation instead (docs/method.md, "Noise
-ceiling and voxel selection").
+Where ``SP <= 0`` (no reliable signal) ``cc_max`` is 0: the formula alone gives infinity or NaN there. ``cc_max``
+is not floored; voxels whose ceiling is too low to divide by are left out of the evaluation instead
+(docs/method.md, "Noise ceiling and voxel selection").
 """
 
 from __future__ import annotations
@@ -144,17 +142,11 @@ def select_voxels(ceiling: np.ndarray, threshold: float) -> np.ndarray:
 def noise_ceiling_table(dataset, subject: str):
     """Per-voxel noise ceiling of a subject, from the repeats of its test story.
 
-    Parameters
-    ----------
-    dataset : bt_utils.data.dataset.Dataset
-    subject : str
-
     Returns
     -------
     table : DataFrame
-        One row per voxel: ``subject, voxel, cc_max, explainable_variance``, plus
-        ``roi`` where the dataset has a voxel layout and ``planted_class`` /
-        ``cc_max_true`` for the demo.
+        One row per voxel: ``subject, voxel, cc_max, explainable_variance``, plus ``roi`` where the dataset has a
+        voxel layout and ``planted_class`` / ``cc_max_true`` for the demo.
     """
     repeats = dataset.load_repeats(subject)
     table = pd.DataFrame({

@@ -1,19 +1,15 @@
 """The TR grid of ds003020 and the trim that aligns stimuli with responses.
 
-The reference pipeline simulates a TR file per story: the scanner starts
-``SOUND_ONSET_S`` seconds before the sound, with one trigger every TR seconds.
-The TR is a property of the dataset (:attr:`bt_utils.data.dataset.Dataset.tr`;
-ds003020: :data:`DS003020_TR_S`, the reference's ``tr=2.0``), so every function
-here takes it as an argument. Stimulus features are sampled at the TR
-*midpoints* relative to sound onset, ``trigger - sound_onset + TR / 2``. The
-published responses lack the first ``TRIM_START`` and last ``TRIM_END`` TRs, so
-every stimulus sequence is sliced with :func:`trim_trs` before it is paired with
-responses.
+The reference pipeline simulates a TR file per story: the scanner starts ``SOUND_ONSET_S`` seconds before the
+sound, with one trigger every TR seconds. The TR is a property of the dataset
+(:attr:`bt_utils.data.dataset.Dataset.tr`; ds003020: :data:`DS003020_TR_S`, the reference's ``tr=2.0``), so every
+function here takes it as an argument. Stimulus features are sampled at the TR *midpoints* relative to sound onset,
+``trigger - sound_onset + TR / 2``. The published responses lack the first ``TRIM_START`` and last ``TRIM_END``
+TRs, so every stimulus sequence is sliced with :func:`trim_trs` before it is paired with responses.
 
-ds003020's ``respdict.json`` counts :data:`RESPDICT_PAD` TRs more than that grid:
-the reference pipeline simulates ``respdict[story] - 5`` triggers, and the stored
-responses have ``respdict[story] - 20`` rows (the test story ``wheretheressmoke``:
-311 in ``respdict.json``, 306 TRs, 291 response rows).
+ds003020's ``respdict.json`` counts :data:`RESPDICT_PAD` TRs more than that grid: the reference pipeline simulates
+``respdict[story] - 5`` triggers, and the stored responses have ``respdict[story] - 20`` rows (the test story
+``wheretheressmoke``: 311 in ``respdict.json``, 306 TRs, 291 response rows).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Word and phone alignments stored as Praat TextGrids (read and written with praatio).
 
-ds003020 ships one TextGrid per story with an interval tier of phones (ARPAbet)
-and one of words. Tier names vary in case and number across files ("phone",
-"phones", "Phone"...), so tiers are found by a case-insensitive match.
+ds003020 ships one TextGrid per story with an interval tier of phones (ARPAbet) and one of words. Tier names vary
+in case and number across files ("phone", "phones", "Phone"...), so tiers are found by a case-insensitive match.
 """
 
 from __future__ import annotations
@@ -78,10 +77,6 @@ def read_textgrid(path: str | os.PathLike) -> Transcript:
     ----------
     path : path-like
         A TextGrid file (long or short format).
-
-    Returns
-    -------
-    transcript : Transcript
     """
     path = Path(path)
     if not path.is_file():

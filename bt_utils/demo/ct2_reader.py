@@ -155,20 +155,19 @@ def read_ct2_checkpoint(path_or_parts) -> CT2Checkpoint:
     Parameters
     ----------
     path_or_parts : path-like or sequence of path-like
-        The ``model.bin`` file; a folder holding ``model.bin`` or ``model.bin.part1``, ``.part2``...; or
-        the parts of a split ``model.bin`` in order.
+        The ``model.bin`` file; a folder holding ``model.bin`` or ``model.bin.part1``, ``.part2``...; or the parts
+        of a split ``model.bin`` in order.
 
     Returns
     -------
     CT2Checkpoint
-        Arrays are writable views into one buffer holding the file, in their stored type (bfloat16
-        becomes float32).
+        Arrays are writable views into one buffer holding the file, in their stored type (bfloat16 becomes
+        float32).
 
     Raises
     ------
     CT2FormatError
-        Another format version, truncated or corrupt content, or trailing bytes; the message names the
-        file.
+        Another format version, truncated or corrupt content, or trailing bytes; the message names the file.
     FileNotFoundError
         A file is missing.
     """

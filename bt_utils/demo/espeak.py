@@ -1,9 +1,8 @@
 """The eSpeak NG library through ``ctypes``: synthesis with word and phoneme events, and its English voices.
 
-The shared library and voice data come from the PyPI wheel ``espeakng-loader`` (no system package, no
-subprocess). eSpeak keeps synthesis state between calls, so every synthesis loads a private copy of the
-library and re-seeds its C ``rand``: the same arguments then give the same audio (docs/demo_dataset.md,
-"How the speech is made").
+The shared library and voice data come from the PyPI wheel ``espeakng-loader`` (no system package, no subprocess).
+eSpeak keeps synthesis state between calls, so every synthesis loads a private copy of the library and re-seeds its
+C ``rand``: the same arguments then give the same audio (docs/demo_dataset.md, "How the speech is made").
 """
 
 from __future__ import annotations

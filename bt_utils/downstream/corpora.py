@@ -210,19 +210,15 @@ TIMIT_PRESENCE_CLASSES: tuple[str, ...] = tuple(p for p in TIMIT_PHONES_39 if p 
 def timit_phonemes(source: str | os.PathLike, protocol: str = "presence", include_sa: bool = False) -> DownstreamTask:
     """TIMIT phoneme prediction with 39 folded phones (:data:`TIMIT_FOLDING`), under one of two protocols.
 
-    ``"presence"`` (default; the paper's, after the authors' code): one
-    example per utterance, pooled over the whole utterance; the label is the
-    set of phones that occur in it (multi-label: a probe predicts each
-    phone's presence). ``sil`` (closures, pauses, silence) is not a class:
-    the authors fold ``q`` and the closures into ``h#`` and drop that class,
-    which leaves the 38 phones of :data:`TIMIT_PRESENCE_CLASSES`. Their
-    macro-F1 (scikit-learn's) averages over every output column, so a phone
-    that no test utterance has counts 0; the scores here average over the
-    phones present (:func:`bt_utils.downstream.metrics.multilabel_f1`).
+    ``"presence"`` (default; the paper's, after the authors' code): one example per utterance, pooled over the
+    whole utterance; the label is the set of phones that occur in it (multi-label: a probe predicts each phone's
+    presence). ``sil`` (closures, pauses, silence) is not a class: the authors fold ``q`` and the closures into
+    ``h#`` and drop that class, which leaves the 38 phones of :data:`TIMIT_PRESENCE_CLASSES`. Their macro-F1
+    (scikit-learn's) averages over every output column, so a phone that no test utterance has counts 0; the scores
+    here average over the phones present (:func:`bt_utils.downstream.metrics.multilabel_f1`).
 
-    ``"segments"`` (phone classification, the SUPERB-style reading): one example per
-    phone segment (``q`` dropped), pooled over the segment's span of its
-    utterance's encoding, classified into one of the 39 classes.
+    ``"segments"`` (phone classification, the SUPERB-style reading): one example per phone segment (``q`` dropped),
+    pooled over the segment's span of its utterance's encoding, classified into one of the 39 classes.
 
     Parameters
     ----------
@@ -230,18 +226,16 @@ def timit_phonemes(source: str | os.PathLike, protocol: str = "presence", includ
         The TIMIT folder (holding ``TRAIN/`` and ``TEST/``), or ``"hf:timit_asr"``.
     protocol : {"presence", "segments"}
     include_sa : bool
-        Keep the two dialect (SA) sentences every speaker read; standard
-        practice leaves them out. (The authors' utterance lists include them;
-        every speaker reads the same two texts, so under ``"presence"`` their
-        labels repeat across the splits.)
+        Keep the two dialect (SA) sentences every speaker read; standard practice leaves them out. (The authors'
+        utterance lists include them; every speaker reads the same two texts, so under ``"presence"`` their labels
+        repeat across the splits.)
 
     Returns
     -------
     DownstreamTask
-        ``"presence"``: task ``timit_phoneme``, kind ``"multilabel"``, one
-        example per utterance (id ``<speaker>_<sentence>``). ``"segments"``:
-        task ``timit_phoneme_segments``, kind ``"classification"``, one example
-        per phone (id ``<speaker>_<sentence>_<phone index>``) with its span.
+        ``"presence"``: task ``timit_phoneme``, kind ``"multilabel"``, one example per utterance (id
+        ``<speaker>_<sentence>``). ``"segments"``: task ``timit_phoneme_segments``, kind ``"classification"``, one
+        example per phone (id ``<speaker>_<sentence>_<phone index>``) with its span.
     """
     check_option("protocol", protocol, TIMIT_PROTOCOLS)
     utterances = [u for u in _timit_utterances(source) if include_sa or u.sentence_type != "SA"]
@@ -272,10 +266,6 @@ def timit_sentence_type(source: str | os.PathLike) -> DownstreamTask:
     ----------
     source : path-like or str
         The TIMIT folder, or ``"hf:timit_asr"``.
-
-    Returns
-    -------
-    DownstreamTask
     """
     examples = tuple(Example(u.id, u.split, u.sentence_type, u.audio, speaker=u.speaker)
                      for u in _timit_utterances(source))
@@ -286,17 +276,13 @@ def timit_sentence_type(source: str | os.PathLike) -> DownstreamTask:
 def timit_asr(source: str | os.PathLike) -> DownstreamTask:
     """TIMIT transcription: the SI and SX sentences, in the split of the other TIMIT tasks.
 
-    Train: the TRAIN folder (3,696 utterances); test: the core test set (192);
-    validation: the other TEST speakers (disjoint speakers everywhere).
+    Train: the TRAIN folder (3,696 utterances); test: the core test set (192); validation: the other TEST speakers
+    (disjoint speakers everywhere).
 
     Parameters
     ----------
     source : path-like or str
         The TIMIT folder, or ``"hf:timit_asr"``.
-
-    Returns
-    -------
-    DownstreamTask
     """
     examples = tuple(Example(u.id, u.split, u.text, u.audio, speaker=u.speaker) for u in _timit_utterances(source)
                      if u.sentence_type != "SA")
@@ -358,10 +344,6 @@ def speech_commands(source: str | os.PathLike, label_column: str = "label") -> D
         The extracted archive's folder, or ``"hf:google/speech_commands"`` (config v0.02).
     label_column : str
         Hugging Face copies only: the class-label column.
-
-    Returns
-    -------
-    DownstreamTask
     """
     examples = _speech_commands_hf(source, label_column) if _is_hf(source) else _speech_commands_local(source)
     return DownstreamTask("speech_commands", "classification", tuple(examples), SPEECH_COMMANDS_WORDS,
@@ -391,14 +373,10 @@ def crema_d(source: str | os.PathLike, hf_split: str = "train") -> DownstreamTas
     Parameters
     ----------
     source : path-like or str
-        The CREMA-D folder (holding ``AudioWAV/``, or the .wav files themselves),
-        or ``"hf:<dataset id>"`` of a copy that keeps the original file names.
+        The CREMA-D folder (holding ``AudioWAV/``, or the .wav files themselves), or ``"hf:<dataset id>"`` of a
+        copy that keeps the original file names.
     hf_split : str
         Hugging Face copies only: the split that holds all files.
-
-    Returns
-    -------
-    DownstreamTask
     """
     if _is_hf(source):
         items = [(Path(_hf_path(row)).stem, _hf_audio(row["audio"])) for row in _load_hf(source, hf_split)]
@@ -508,17 +486,12 @@ def librispeech(source: str | os.PathLike, train: str = "train-clean-100", valid
     Parameters
     ----------
     source : path-like or str
-        The ``LibriSpeech`` folder holding the subset folders, or
-        ``"hf:openslr/librispeech_asr"`` (config ``clean``: ``train-clean-100``,
-        ``train-clean-360``, ``dev-clean`` and ``test-clean``).
+        The ``LibriSpeech`` folder holding the subset folders, or ``"hf:openslr/librispeech_asr"`` (config
+        ``clean``: ``train-clean-100``, ``train-clean-360``, ``dev-clean`` and ``test-clean``).
     train, validation, test : str
         Subset of each split (e.g. ``"train-clean-360"``).
     max_seconds : float
         Longer utterances are left out: Whisper reads at most 30 s.
-
-    Returns
-    -------
-    DownstreamTask
     """
     subsets = {"train": train, "validation": validation, "test": test}
     examples = (_librispeech_hf if _is_hf(source) else _librispeech_local)(source, subsets, max_seconds)

@@ -36,19 +36,15 @@ def normalize_words(text: str, normalizer: str = "english") -> list[str]:
 
     Parameters
     ----------
-    text : str
     normalizer : {"english", "basic"}
-        ``"english"`` (default): Whisper's English text normaliser, the usual
-        one for English word error rates (Open ASR Leaderboard), so that a
-        transcript is not charged for writing ``"5 am"`` for ``"five a m"``
-        or ``"won't"`` for ``"will not"``: numbers become digits,
-        contractions and titles are spelled out, hesitations (``uh``, ``um``)
-        and bracketed noise tags are dropped, diacritics removed, case and
-        punctuation ignored (currency and percent signs stay with their
-        numbers: ``"25 dollars"`` -> ``"$25"``). British spellings are kept (the normaliser's
-        spelling table is not shipped offline). ``"basic"``: lower-case,
-        punctuation removed, Unicode letters kept (``"Café"`` -> ``"café"``),
-        apostrophes kept inside words, a typographic apostrophe counted as ``'``.
+        ``"english"`` (default): Whisper's English text normaliser, the usual one for English word error rates
+        (Open ASR Leaderboard), so that a transcript is not charged for writing ``"5 am"`` for ``"five a m"`` or
+        ``"won't"`` for ``"will not"``: numbers become digits, contractions and titles are spelled out, hesitations
+        (``uh``, ``um``) and bracketed noise tags are dropped, diacritics removed, case and punctuation ignored
+        (currency and percent signs stay with their numbers: ``"25 dollars"`` -> ``"$25"``). British spellings are
+        kept (the normaliser's spelling table is not shipped offline). ``"basic"``: lower-case, punctuation
+        removed, Unicode letters kept (``"Café"`` -> ``"café"``), apostrophes kept inside words, a typographic
+        apostrophe counted as ``'``.
 
     Returns
     -------
@@ -70,14 +66,9 @@ def word_edits(reference: str | Iterable[str], hypothesis: str | Iterable[str], 
     Parameters
     ----------
     reference, hypothesis : str or iterable of str
-        Strings are split with :func:`normalize_words`; lists of words are
-        compared as given.
+        Strings are split with :func:`normalize_words`; lists of words are compared as given.
     normalizer : {"english", "basic"}
         See :func:`normalize_words`.
-
-    Returns
-    -------
-    int
     """
     ref, hyp = _words(reference, normalizer), _words(hypothesis, normalizer)
     previous = list(range(len(hyp) + 1))
@@ -93,8 +84,7 @@ def word_error_rate(reference: str | Iterable[str], hypothesis: str | Iterable[s
                     normalizer: str = "english") -> float:
     """Word error rate: (substitutions + deletions + insertions) / reference words.
 
-    Strings are split with :func:`normalize_words`; lists of words are
-    compared as given.
+    Strings are split with :func:`normalize_words`; lists of words are compared as given.
 
     Parameters
     ----------
@@ -106,8 +96,8 @@ def word_error_rate(reference: str | Iterable[str], hypothesis: str | Iterable[s
     Returns
     -------
     float
-        Levenshtein distance over words divided by the reference length; 0 for
-        two empty texts, ``inf`` for an empty reference and a non-empty hypothesis.
+        Levenshtein distance over words divided by the reference length; 0 for two empty texts, ``inf`` for an
+        empty reference and a non-empty hypothesis.
     """
     ref, hyp = _words(reference, normalizer), _words(hypothesis, normalizer)
     if not ref:
@@ -160,10 +150,6 @@ def accuracy(y_true, y_pred) -> float:
     Parameters
     ----------
     y_true, y_pred : array-like of shape (n,)
-
-    Returns
-    -------
-    float
     """
     y_true, y_pred = _labels_pair(y_true, y_pred)
     return float(np.mean(y_true == y_pred))
@@ -172,18 +158,17 @@ def accuracy(y_true, y_pred) -> float:
 def macro_f1(y_true, y_pred, labels=None) -> float:
     """Unweighted mean of the per-class F1 scores, over the classes present in ``y_true``.
 
-    A prediction of a class absent from ``y_true`` is still an error (it
-    lowers the recall of the true class) but adds no class of F1 0 to the
-    average; a test split (or a bootstrap resample of it) that lacks some
-    classes is scored on the classes it has. scikit-learn's default averages
-    over the classes of ``y_true`` or ``y_pred`` instead.
+    A prediction of a class absent from ``y_true`` is still an error (it lowers the recall of the true class) but
+    adds no class of F1 0 to the average; a test split (or a bootstrap resample of it) that lacks some classes is
+    scored on the classes it has. scikit-learn's default averages over the classes of ``y_true`` or ``y_pred``
+    instead.
 
     Parameters
     ----------
     y_true, y_pred : array-like of shape (n,)
     labels : array-like, optional
-        Classes to average over; default: the classes in ``y_true``. A class
-        that is never true and never predicted scores 0.
+        Classes to average over; default: the classes in ``y_true``. A class that is never true and never predicted
+        scores 0.
 
     Returns
     -------
@@ -209,13 +194,11 @@ MULTILABEL_AVERAGES = ("macro", "micro")
 def multilabel_f1(y_true, y_pred, average: str = "macro", labels=None) -> float:
     """F1 of multi-label predictions (each example may have any number of classes).
 
-    ``"macro"``: the per-class F1 (over the examples, ``2 TP / (2 TP + FP +
-    FN)`` of the class's column) averaged over the classes present in
-    ``y_true``, as :func:`macro_f1` does: predicting a class that no example
-    has is an error of no class of its own. ``"micro"``: one F1 of all
-    (example, class) decisions pooled. scikit-learn's ``f1_score`` averages
-    its macro-F1 over every column instead; with ``labels`` = the columns
-    present in ``y_true`` the two agree.
+    ``"macro"``: the per-class F1 (over the examples, ``2 TP / (2 TP + FP + FN)`` of the class's column) averaged
+    over the classes present in ``y_true``, as :func:`macro_f1` does: predicting a class that no example has is an
+    error of no class of its own. ``"micro"``: one F1 of all (example, class) decisions pooled. scikit-learn's
+    ``f1_score`` averages its macro-F1 over every column instead; with ``labels`` = the columns present in
+    ``y_true`` the two agree.
 
     Parameters
     ----------
@@ -223,9 +206,8 @@ def multilabel_f1(y_true, y_pred, average: str = "macro", labels=None) -> float:
         Multi-hot: 1 (or True) where the class is present / predicted.
     average : {"macro", "micro"}
     labels : array-like of int, optional
-        Columns to score; default: for ``"macro"`` the columns with a
-        positive in ``y_true``, for ``"micro"`` all columns. A column that is
-        never true and never predicted scores 0 in the macro average.
+        Columns to score; default: for ``"macro"`` the columns with a positive in ``y_true``, for ``"micro"`` all
+        columns. A column that is never true and never predicted scores 0 in the macro average.
 
     Returns
     -------
@@ -235,8 +217,8 @@ def multilabel_f1(y_true, y_pred, average: str = "macro", labels=None) -> float:
     Raises
     ------
     ValueError
-        Arrays of other shapes or values than 0/1, or no positive in ``y_true``
-        (with ``labels`` unset: no class to average over).
+        Arrays of other shapes or values than 0/1, or no positive in ``y_true`` (with ``labels`` unset: no class to
+        average over).
     """
     check_option("average", average, MULTILABEL_AVERAGES)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
@@ -280,9 +262,8 @@ def bootstrap_ci(
 ) -> ConfidenceInterval:
     """Percentile bootstrap interval of ``metric`` over resampled examples.
 
-    The same example indices (drawn with replacement) are applied to every
-    array in ``samples``, so paired arrays (true labels and predictions, or
-    several seeds' predictions of the same examples) stay paired.
+    The same example indices (drawn with replacement) are applied to every array in ``samples``, so paired arrays
+    (true labels and predictions, or several seeds' predictions of the same examples) stay paired.
 
     Parameters
     ----------
@@ -300,8 +281,8 @@ def bootstrap_ci(
     Returns
     -------
     ConfidenceInterval
-        ``metric(*samples)`` and the ``(1 - confidence) / 2`` and
-        ``(1 + confidence) / 2`` quantiles of the replicates.
+        ``metric(*samples)`` and the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the
+        replicates.
     """
     if not samples:
         raise ValueError("bootstrap_ci needs at least one array of per-example data")

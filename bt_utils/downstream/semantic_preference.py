@@ -1,20 +1,16 @@
 """Semantic preference: do a model's layers group spoken words by meaning or by sound?
 
-Following the analysis of Choi et al. (2024), each word is spoken on its own,
-encoded, and every layer's hidden states are mean-pooled over the frames
-computed from real audio. Per layer, the mean cosine similarity of synonym
-pairs (``big/large``: same meaning, different sound), of minimal pairs
-(``cat/cap``: one phoneme apart, unrelated meaning) and of unrelated pairs of
-the same words (the baseline of how similar any two words are); the
-preference is semantic minus phonetic similarity, positive where the layer
-puts synonyms closer together than words that sound alike.
+Following the analysis of Choi et al. (2024), each word is spoken on its own, encoded, and every layer's hidden
+states are mean-pooled over the frames computed from real audio. Per layer, the mean cosine similarity of synonym
+pairs (``big/large``: same meaning, different sound), of minimal pairs (``cat/cap``: one phoneme apart, unrelated
+meaning) and of unrelated pairs of the same words (the baseline of how similar any two words are); the preference
+is semantic minus phonetic similarity, positive where the layer puts synonyms closer together than words that sound
+alike.
 
-Words are synthesised with several eSpeak NG voices (:data:`DEFAULT_VOICES`)
-and averaged over them, or read from recordings (:func:`pairs_from_file`).
-Pooled embeddings are cached per encoder fingerprint, word and voice. The pair
-lists of ``bt_utils/data/word_pairs/`` (:func:`load_pairs`) were written for
-this package; their README gives the criteria. docs/method.md ("Semantic
-preference") gives the protocol's settings.
+Words are synthesised with several eSpeak NG voices (:data:`DEFAULT_VOICES`) and averaged over them, or read from
+recordings (:func:`pairs_from_file`). Pooled embeddings are cached per encoder fingerprint, word and voice. The
+pair lists of ``bt_utils/data/word_pairs/`` (:func:`load_pairs`) were written for this package; their README gives
+the criteria. docs/method.md ("Semantic preference") gives the protocol's settings.
 """
 
 from __future__ import annotations
@@ -81,29 +77,23 @@ def load_pairs(kind: str) -> pd.DataFrame:
 def pairs_from_file(path: str | os.PathLike) -> pd.DataFrame:
     """Read a list of word pairs from a CSV file.
 
-    The file has columns ``word_a`` and ``word_b`` (single words; compared in
-    lower case) and, to use recordings instead of synthesised speech,
-    ``audio_a`` and ``audio_b``: paths of audio files (absolute, or relative to
-    the CSV's folder) of those words. Recordings may have any sample rate and
-    channel count; they are read as mono and resampled to 16 kHz.
-
-    Parameters
-    ----------
-    path : path-like
+    The file has columns ``word_a`` and ``word_b`` (single words; compared in lower case) and, to use recordings
+    instead of synthesised speech, ``audio_a`` and ``audio_b``: paths of audio files (absolute, or relative to the
+    CSV's folder) of those words. Recordings may have any sample rate and channel count; they are read as mono and
+    resampled to 16 kHz.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``word_a, word_b`` and, if the file has them, ``audio_a,
-        audio_b`` (absolute paths); one row per pair.
+        Columns ``word_a, word_b`` and, if the file has them, ``audio_a, audio_b`` (absolute paths); one row per
+        pair.
 
     Raises
     ------
     FileNotFoundError
         The CSV or one of the audio files it names does not exist.
     bt_utils.validation.DataError
-        No pairs, missing columns, empty or multi-word entries, a word
-        paired with itself, or the same pair twice.
+        No pairs, missing columns, empty or multi-word entries, a word paired with itself, or the same pair twice.
     """
     path = Path(path)
     if not path.is_file():
@@ -165,13 +155,12 @@ def unrelated_pairs(related: Iterable[pd.DataFrame], n_pairs: int, seed: int = 0
         Pair tables (``word_a, word_b``), e.g. the semantic and phonetic lists.
     n_pairs : int
         Pairs to draw, without repetition.
-    seed : int
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``word_a, word_b``: ``n_pairs`` distinct pairs of different
-        words, none of which is a pair (in either order) of ``related``.
+        Columns ``word_a, word_b``: ``n_pairs`` distinct pairs of different words, none of which is a pair (in
+        either order) of ``related``.
     """
     related = list(related)
     words = sorted({w for table in related for w in (*table.word_a, *table.word_b)})
@@ -203,17 +192,16 @@ def spoken_words(words: Iterable[str], voices: Iterable[str] = DEFAULT_VOICES, w
     words : iterable of str
     voices : iterable of str
         Voices of the registered speech synthesiser (the demo registers eSpeak NG's:
-        :func:`bt_utils.demo.speech.available_voices`).
-        Breathy variants such as ``+f2`` or ``+whisper`` differ from process
-        to process; the default voices do not.
+        :func:`bt_utils.demo.speech.available_voices`). Breathy variants such as ``+f2`` or ``+whisper`` differ
+        from process to process; the default voices do not.
     words_per_minute, pitch : int
         See :func:`bt_utils.demo.speech.synthesize`.
 
     Returns
     -------
     dict
-        ``{word: {voice_label: audio}}``; ``audio`` float32 of shape
-        (n_samples,) at 16 kHz; labels from :func:`voice_label`.
+        ``{word: {voice_label: audio}}``; ``audio`` float32 of shape (n_samples,) at 16 kHz; labels from
+        :func:`voice_label`.
     """
     labels = {voice: voice_label(voice, words_per_minute, pitch) for voice in voices}
     if not labels:
@@ -235,9 +223,8 @@ def recorded_words(pairs: Iterable[pd.DataFrame]) -> dict[str, dict[str, np.ndar
     Returns
     -------
     dict
-        ``{word: {file path: audio}}``; ``audio`` float32 of shape
-        (n_samples,) at 16 kHz, mono. A word recorded in several files has
-        several entries.
+        ``{word: {file path: audio}}``; ``audio`` float32 of shape (n_samples,) at 16 kHz, mono. A word recorded in
+        several files has several entries.
     """
     audio: dict[str, dict[str, np.ndarray]] = {}
     for table in pairs:
@@ -269,12 +256,10 @@ def embedding_cache_path(fingerprint: str, word: str, label: str, audio: np.ndar
 def pooled_states(encoder: SpeechEncoder, audio: np.ndarray) -> np.ndarray:
     """Every layer's hidden states of one piece of audio, averaged over its valid frames.
 
-    The audio is encoded alone (a batch of one), so the result does not
-    depend on what else is being encoded.
+    The audio is encoded alone (a batch of one), so the result does not depend on what else is being encoded.
 
     Parameters
     ----------
-    encoder : SpeechEncoder
     audio : ndarray of shape (n_samples,)
         16 kHz.
 
@@ -375,25 +360,22 @@ def preference_table(similarities: Mapping[str, pd.DataFrame], n_bootstrap: int 
     Parameters
     ----------
     similarities : mapping
-        ``{"semantic": table, "phonetic": table, "unrelated": table}`` of
-        :func:`pair_similarity` tables.
+        ``{"semantic": table, "phonetic": table, "unrelated": table}`` of :func:`pair_similarity` tables.
     n_bootstrap : int
-        Resamples of the interval: the semantic and the phonetic pairs are each
-        drawn with replacement, the same draws for every layer.
+        Resamples of the interval: the semantic and the phonetic pairs are each drawn with replacement, the same
+        draws for every layer.
     confidence : float
         Coverage of the percentile interval, in (0, 1).
     seed : int
-        Seed of the resamples. Tables of several models on the same pair lists
-        with the same seed use the same resamples.
+        Seed of the resamples. Tables of several models on the same pair lists with the same seed use the same
+        resamples.
 
     Returns
     -------
     pandas.DataFrame
-        ``layer, semantic, phonetic, unrelated, preference, preference_low,
-        preference_high``; one row per layer. ``preference = semantic -
-        phonetic``; ``preference_low``/``preference_high`` bound its interval
-        over resampled pairs (how much the preference depends on the pairs
-        chosen).
+        ``layer, semantic, phonetic, unrelated, preference, preference_low, preference_high``; one row per layer.
+        ``preference = semantic - phonetic``; ``preference_low``/``preference_high`` bound its interval over
+        resampled pairs (how much the preference depends on the pairs chosen).
     """
     missing = [kind for kind in SIMILARITY_KINDS if kind not in similarities]
     if missing:
@@ -476,39 +458,34 @@ def semantic_preference(model: SpeechEncoder | str | os.PathLike,
     Parameters
     ----------
     model : SpeechEncoder, str or path-like
-        An encoder, or anything :func:`bt_utils.models.registry.load_encoder` loads
-        (registry name, Hub id, folder, brain-tuned checkpoint).
+        An encoder, or anything :func:`bt_utils.models.registry.load_encoder` loads (registry name, Hub id, folder,
+        brain-tuned checkpoint).
     pairs : mapping, optional
-        ``{"semantic": pairs, "phonetic": pairs}``, each a table with columns
-        ``word_a, word_b`` or a CSV path for :func:`pairs_from_file`. Default:
-        the shipped lists (:func:`load_pairs`). If the lists name recordings
-        (``audio_a, audio_b``), those are used and ``voices``,
-        ``words_per_minute`` and ``pitch`` are ignored; both lists must, or neither.
+        ``{"semantic": pairs, "phonetic": pairs}``, each a table with columns ``word_a, word_b`` or a CSV path for
+        :func:`pairs_from_file`. Default: the shipped lists (:func:`load_pairs`). If the lists name recordings
+        (``audio_a, audio_b``), those are used and ``voices``, ``words_per_minute`` and ``pitch`` are ignored; both
+        lists must, or neither.
     voices : iterable of str
         eSpeak voices each word is spoken with; embeddings are averaged over them.
     words_per_minute, pitch : int
         See :func:`bt_utils.demo.speech.synthesize`.
     n_unrelated : int, optional
-        Unrelated pairs to draw from the words of both lists (default: as
-        many as the longer list has pairs).
+        Unrelated pairs to draw from the words of both lists (default: as many as the longer list has pairs).
     seed : int
         Seed of the unrelated pairs.
     native_length : bool
-        When ``model`` is loaded here and is a Whisper encoder: encode each
-        word at its own length instead of padded to 30 s (faster; Whisper was
-        trained on 30-s inputs). A given encoder is used as it is.
+        When ``model`` is loaded here and is a Whisper encoder: encode each word at its own length instead of
+        padded to 30 s (faster; Whisper was trained on 30-s inputs). A given encoder is used as it is.
     device : str
         Where a model loaded here runs (see :func:`bt_utils.models.registry.select_device`).
     cache, cache_dir
         Per-word embedding cache (see :func:`word_embeddings`).
-    progress : bool
 
     Returns
     -------
     pandas.DataFrame
-        ``layer, semantic, phonetic, unrelated, preference, preference_low,
-        preference_high``: one row per hidden state (``n_layers + 1``; layer 0
-        is the input of the first transformer layer). ``preference = semantic
+        ``layer, semantic, phonetic, unrelated, preference, preference_low, preference_high``: one row per hidden
+        state (``n_layers + 1``; layer 0 is the input of the first transformer layer). ``preference = semantic
         - phonetic``, with its 95 % bootstrap interval over pairs
         (:func:`preference_table`).
     """
@@ -561,16 +538,13 @@ def plot_preference(table: pd.DataFrame):
     Parameters
     ----------
     table : pandas.DataFrame
-        From :func:`compare_variants`, or from :func:`semantic_preference`
-        (a single model, no ``variant`` column).
+        From :func:`compare_variants`, or from :func:`semantic_preference` (a single model, no ``variant`` column).
 
     Returns
     -------
     matplotlib.figure.Figure
-        Left: preference (semantic - phonetic) per layer with its bootstrap
-        interval (shaded), 0 dashed. Right:
-        mean cosine similarity of semantic (solid), phonetic (dashed) and
-        unrelated (dotted) pairs per layer.
+        Left: preference (semantic - phonetic) per layer with its bootstrap interval (shaded), 0 dashed. Right:
+        mean cosine similarity of semantic (solid), phonetic (dashed) and unrelated (dotted) pairs per layer.
     """
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D

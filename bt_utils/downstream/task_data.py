@@ -46,18 +46,14 @@ class Example:
         Unique within its task.
     split : {"train", "validation", "test"}
     label : str
-        Class name; for a multi-label task the names of the classes present,
-        separated by spaces, in the task's class order (``""`` for none); for
-        ASR the reference transcript.
+        Class name; for a multi-label task the names of the classes present, separated by spaces, in the task's
+        class order (``""`` for none); for ASR the reference transcript.
     audio : str or ndarray of shape (n_samples,)
-        Path of an audio file (any rate; read as mono and resampled to 16
-        kHz), or a float32 waveform at 16 kHz.
+        Path of an audio file (any rate; read as mono and resampled to 16 kHz), or a float32 waveform at 16 kHz.
     source : str
-        The utterance the audio comes from; examples with the same source share
-        one encoder pass. Default: the id.
+        The utterance the audio comes from; examples with the same source share one encoder pass. Default: the id.
     span : tuple of float, optional
         ``(start, end)`` in seconds: only the frames in this span are pooled.
-    speaker : str
     """
 
     id: str
@@ -89,13 +85,10 @@ class DownstreamTask:
 
     Attributes
     ----------
-    name : str
     kind : {"classification", "multilabel", "asr"}
     examples : tuple of Example
     classes : tuple of str
-        Class names (classification, multi-label; no whitespace in a
-        multi-label class name); empty for ASR.
-    description : str
+        Class names (classification, multi-label; no whitespace in a multi-label class name); empty for ASR.
     paper_task : str
         The task of the paper this is (or stands in for).
     origin : str
@@ -147,15 +140,13 @@ class DownstreamTask:
     def subsample(self, max_per_split: int | None, seed: int = 0) -> DownstreamTask:
         """At most ``max_per_split`` examples per split, drawn stratified by label (deterministic).
 
-        Multi-label examples are stratified by their whole label (the set of
-        classes); where most sets are unique, as for TIMIT utterances, that is
-        a uniform random draw.
+        Multi-label examples are stratified by their whole label (the set of classes); where most sets are unique,
+        as for TIMIT utterances, that is a uniform random draw.
 
         Parameters
         ----------
         max_per_split : int or None
             None keeps every example.
-        seed : int
 
         Returns
         -------

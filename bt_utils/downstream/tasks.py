@@ -1,8 +1,7 @@
 """Downstream tasks by name: :data:`TASKS` and :func:`load_task`.
 
-The real-data tasks (:mod:`bt_utils.downstream.corpora`) are registered here; extensions register more
-(the demo's offline tasks). The task types live in :mod:`bt_utils.downstream.task_data` and are
-importable from here too.
+The real-data tasks (:mod:`bt_utils.downstream.corpora`) are registered here; extensions register more (the demo's
+offline tasks). The task types live in :mod:`bt_utils.downstream.task_data` and are importable from here too.
 """
 
 from __future__ import annotations
@@ -103,10 +102,6 @@ def load_task(name: str, source: str | os.PathLike | None = None, **options) -> 
         Real tasks: the local folder or ``"hf:<dataset id>"``.
     **options
         Passed to the task's loader.
-
-    Returns
-    -------
-    DownstreamTask
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")

@@ -58,9 +58,8 @@ class AlignmentSettings:
     window : WindowSettings
         The reference protocol or the fast mode (see docs/feature_windows.md).
     native_length : bool
-        Whisper only: run the encoder on each window's real length instead of
-        padding it to 30 s (faster; the protocol pads, and native-length features
-        shift with the window's start, see docs/feature_windows.md).
+        Whisper only: run the encoder on each window's real length instead of padding it to 30 s (faster; the
+        protocol pads, and native-length features shift with the window's start, see docs/feature_windows.md).
     delays : tuple of int
         FIR delays in TRs.
     cv : {"story", "bootstrap"}
@@ -74,13 +73,12 @@ class AlignmentSettings:
     min_ceiling : float
         Voxels with ``cc_max`` at or below it get ``r_norm = NaN``.
     n_permutations : int
-        Block permutations for voxel-wise p-values (0: none; use >= 1000 so that
-        FDR correction over thousands of voxels can reject).
+        Block permutations for voxel-wise p-values (0: none; use >= 1000 so that FDR correction over thousands of
+        voxels can reject).
     permutation_block_trs : int
         Length of the permuted blocks of test TRs.
     include_validation : bool
         Train the encoding models on the validation stories too.
-    seed : int
     """
 
     layers: tuple[int, ...] | None = None
@@ -150,17 +148,14 @@ def score_layer(x_train: np.ndarray, x_test: np.ndarray, labels: np.ndarray, tar
     x_test : ndarray of shape (n_test_trs, n_features)
     labels : ndarray of shape (n_train_trs,)
         Story of each training row (for the folds).
-    targets : SubjectTargets
-    settings : AlignmentSettings
 
     Returns
     -------
     table : DataFrame
-        One row per voxel: ``voxel, r, r_norm, alpha`` (+ ``p_value, q_value, significant``
-        with ``settings.n_permutations``: the block-permutation p-value of every voxel, and
-        Benjamini-Hochberg over the evaluated voxels, those with a noise ceiling above
-        ``settings.min_ceiling``; the others get ``q_value`` NaN and are never significant).
-        With ``n`` permutations the smallest p-value is ``1 / (n + 1)``.
+        One row per voxel: ``voxel, r, r_norm, alpha`` (+ ``p_value, q_value, significant`` with
+        ``settings.n_permutations``: the block-permutation p-value of every voxel, and Benjamini-Hochberg over the
+        evaluated voxels, those with a noise ceiling above ``settings.min_ceiling``; the others get ``q_value`` NaN
+        and are never significant). With ``n`` permutations the smallest p-value is ``1 / (n + 1)``.
     """
     if len(x_train) != len(targets.train) or len(x_test) != len(targets.test):
         raise ValueError(f"design ({len(x_train)} train, {len(x_test)} test rows) and responses "
@@ -184,16 +179,13 @@ def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray
                     settings: AlignmentSettings) -> np.ndarray:
     """Mean over stories of the Pearson r of each story's held-out prediction (leave one story out).
 
-    Each story is predicted by an encoding model fitted on the other stories
-    (per-voxel alpha chosen by ``settings.cv`` inside them) and scored on its
-    own; the scores are averaged with equal weight per story. With all ``n``
-    training TRs scored instead of the test story's few dozen, r has a much
-    smaller sampling error, which is what comparisons between feature variants
-    need (single-repeat responses, so r is lower than on the test story's
-    repeat mean and is not divided by a noise ceiling). Per-story scoring keeps
-    r unbiased under the null; one r over the concatenated predictions is not,
-    because each fold picks its own alphas, which scale its predictions (on
-    pure noise it falls below 0).
+    Each story is predicted by an encoding model fitted on the other stories (per-voxel alpha chosen by
+    ``settings.cv`` inside them) and scored on its own; the scores are averaged with equal weight per story. With
+    all ``n`` training TRs scored instead of the test story's few dozen, r has a much smaller sampling error, which
+    is what comparisons between feature variants need (single-repeat responses, so r is lower than on the test
+    story's repeat mean and is not divided by a noise ceiling). Per-story scoring keeps r unbiased under the null;
+    one r over the concatenated predictions is not, because each fold picks its own alphas, which scale its
+    predictions (on pure noise it falls below 0).
 
     Parameters
     ----------
@@ -234,17 +226,13 @@ def score_features(dataset: Dataset, subject: str, features: Mapping[str, Mappin
 
     Parameters
     ----------
-    dataset : Dataset
-    subject : str
     features : mapping of str to mapping of int to ndarray of shape (n_trs, d)
         Untrimmed TR features per story and layer (e.g. from
         :func:`bt_utils.features.extraction.dataset_tr_features`, or residualised ones).
     layers : tuple of int
-    targets : SubjectTargets
-    settings : AlignmentSettings
     standardise : bool
-        z-score each story's features (default); ``False`` for residualised
-        features (see :func:`bt_utils.features.design.layer_design`).
+        z-score each story's features (default); ``False`` for residualised features (see
+        :func:`bt_utils.features.design.layer_design`).
 
     Returns
     -------
@@ -326,8 +314,7 @@ def check_runs(dataset: Dataset, subjects: list[str], variants: Mapping[str, str
     Raises
     ------
     ValueError
-        ``subjects`` is a string or empty, or names subjects the dataset does
-        not have; ``variants`` is empty.
+        ``subjects`` is a string or empty, or names subjects the dataset does not have; ``variants`` is empty.
     KeyError
         A variant has no model for one of the subjects.
     """
@@ -353,24 +340,19 @@ def align(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Ma
 
     Parameters
     ----------
-    dataset : Dataset
     subjects : list of str
     variants : mapping
-        Variant name -> model (registry name, Hub id, folder or brain-tuning
-        checkpoint), the same for every subject (``{subject}`` in a path is
-        replaced by the subject), or a mapping subject -> model (brain-tuned
+        Variant name -> model (registry name, Hub id, folder or brain-tuning checkpoint), the same for every
+        subject (``{subject}`` in a path is replaced by the subject), or a mapping subject -> model (brain-tuned
         models are per participant).
     model : str
         Label of the model family in the tables (e.g. "whisper-tiny.en").
-    settings : AlignmentSettings
-    device : str
-    progress : bool
 
     Returns
     -------
     voxels : DataFrame
-        ``subject, model, variant, layer, voxel, r, r_norm, alpha, tuned_on`` (+
-        permutation columns); ``tuned_on``: see :func:`tuned_on`.
+        ``subject, model, variant, layer, voxel, r, r_norm, alpha, tuned_on`` (+ permutation columns);
+        ``tuned_on``: see :func:`tuned_on`.
     """
     tables = []
     for subject in check_runs(dataset, subjects, variants):

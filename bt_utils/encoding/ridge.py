@@ -1,21 +1,18 @@
 """Voxelwise ridge encoding models with a cross-validated penalty per voxel.
 
-Every voxel's response ``Y[:, j]`` is predicted from the delayed features ``X`` by
-ridge regression without intercept (both are z-scored per story, so centred)::
+Every voxel's response ``Y[:, j]`` is predicted from the delayed features ``X`` by ridge regression without
+intercept (both are z-scored per story, so centred)::
 
     w_j = argmin_w ||X w - Y[:, j]||^2 + alpha_j ||w||^2
 
-``alpha_j`` is chosen per voxel from a grid by the held-out score averaged over
-cross-validation splits (:func:`story_folds`, :func:`bootstrap_chunk_splits`), then
-the weights are refit on all training rows. :class:`EigenRidgeCV` does this with the
-estimator interface of himalaya's ``RidgeCV`` and the same results, but faster: one
-eigendecomposition serves every alpha and split (see the class). Its arrays go
-through himalaya's backends (:func:`get_backend`), chosen per estimator rather than
-through himalaya's global backend.
+``alpha_j`` is chosen per voxel from a grid by the held-out score averaged over cross-validation splits
+(:func:`story_folds`, :func:`bootstrap_chunk_splits`), then the weights are refit on all training rows.
+:class:`EigenRidgeCV` does this with the estimator interface of himalaya's ``RidgeCV`` and the same results, but
+faster: one eigendecomposition serves every alpha and split (see the class). Its arrays go through himalaya's
+backends (:func:`get_backend`), chosen per estimator rather than through himalaya's global backend.
 
-Evaluation on the test story: :func:`correlation_score` between the predictions and
-the mean of the test repeats, and :func:`normalised_score` (``r / cc_max``), NaN for
-voxels whose noise ceiling is too unreliable to divide by.
+Evaluation on the test story: :func:`correlation_score` between the predictions and the mean of the test repeats,
+and :func:`normalised_score` (``r / cc_max``), NaN for voxels whose noise ceiling is too unreliable to divide by.
 """
 
 from __future__ import annotations
@@ -53,9 +50,8 @@ EIGH_COST = 15.0
 def story_folds(groups, n_folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
     """Leave-stories-out cross-validation splits.
 
-    Whole stories go to each test fold; stories are dealt longest first to the
-    fold with the fewest TRs so far (ties: the story seen first, the lowest
-    fold), which balances fold sizes and is deterministic.
+    Whole stories go to each test fold; stories are dealt longest first to the fold with the fewest TRs so far
+    (ties: the story seen first, the lowest fold), which balances fold sizes and is deterministic.
 
     Parameters
     ----------
@@ -188,21 +184,14 @@ def _column_sums(values, backend) -> np.ndarray:
 
 
 def _centred_correlation(prediction, target, target_total, backend) -> np.ndarray:
-    """Column-wise Pearson r of centred backend arrays (n_samples, n_voxels), given ``sum(target**2)``.
-
-    Returns float64 numpy (n_voxels,), 0 where either column is constant.
-    """
+    """Column-wise Pearson r of centred backend arrays (n_samples, n_voxels), given ``sum(target**2)``."""
     covariance = _column_sums(prediction * target, backend)
     scale = np.sqrt(_column_sums(prediction * prediction, backend) * target_total)
     return np.divide(covariance, scale, out=np.zeros_like(covariance), where=scale > 0)
 
 
 def _held_out_score(prediction, target, centred_target, target_total, scoring: str, backend) -> np.ndarray:
-    """Score per voxel (float64) of held-out predictions against targets (n_test, n_voxels).
-
-    ``centred_target`` is ``target - mean(target)`` and ``target_total`` its column sums of squares
-    (both computed once per split, not per alpha); constant targets score 0.
-    """
+    """Score per voxel (float64) of held-out predictions against targets (n_test, n_voxels)."""
     if scoring == "r2":
         residual = target - prediction
         error = _column_sums(residual * residual, backend)
@@ -265,11 +254,7 @@ def _eigh(matrix, backend):
 
 
 def _spd_inverse(matrix, backend):
-    """Inverse of a symmetric positive-definite float64 backend matrix (n, n), from its Cholesky factor.
-
-    himalaya's backends have no Cholesky factorisation; numpy's LAPACK is used, not
-    scipy's, whose bundled OpenBLAS threads spin against numpy's when calls alternate.
-    """
+    """Inverse of a symmetric positive-definite float64 backend matrix (n, n), from its Cholesky factor."""
     if backend.name == "numpy":
         root_inverse = _lower_triangular_inverse(np.linalg.cholesky(matrix))
         return root_inverse.T @ root_inverse
@@ -370,13 +355,7 @@ def _check_solver_params(solver_params) -> dict:
 
 
 class _Spectrum:
-    """The eigendecomposition of the full Gram (or kernel) matrix and the data in its basis.
-
-    ``factor`` (n_samples, k) and ``shrinkage(alpha)`` (k,) give the hat matrix of
-    the fit on all rows as ``S = factor diag(shrinkage) factor^T``: in the primal
-    form ``factor = X V`` and ``shrinkage = 1 / (lambda + alpha)``; in the kernel
-    form ``factor = U`` and ``shrinkage = lambda / (lambda + alpha)``.
-    """
+    """The eigendecomposition of the full Gram (or kernel) matrix and the data in its basis."""
 
     def __init__(self, X, X64, form: str, backend, dtype: str):
         self.X, self.form, self.backend, self.dtype = X, form, backend, dtype
@@ -403,23 +382,14 @@ class _Spectrum:
 
 @dataclass
 class _HeldOutMap:
-    """Held-out predictions of one split and alpha: ``mix @ (left @ right)`` (no mix if None).
-
-    ``left`` (n_rows, k) and ``mix`` (n_test, n_rows) depend on alpha; ``right``
-    (k, n_voxels), the training rows' targets in the eigenbasis, does not.
-    """
+    """Held-out predictions of one split and alpha: ``mix @ (left @ right)`` (no mix if None)."""
 
     mix: object
     left: object
 
 
 class _Downdate:
-    """Held-out predictions of every split from the full fit (no decomposition per split).
-
-    For held-out rows ``h`` (the rows not in train) and the full fit's hat
-    matrix ``S``, the model fitted without ``h`` predicts
-    ``(I - S_hh)^-1 F_h diag(shrinkage) F_t^T Y_t`` there, with ``F_t^T Y_t = F^T Y - F_h^T Y_h``.
-    """
+    """Held-out predictions of every split from the full fit (no decomposition per split)."""
 
     def __init__(self, spectrum: _Spectrum, Y):
         self.spectrum, self.Y = spectrum, Y
@@ -532,48 +502,44 @@ def _cross_validate(system, Y, splits, alphas, batches, scoring, backend) -> np.
 class EigenRidgeCV:
     """Ridge regression with a cross-validated alpha per voxel, refit on all rows.
 
-    The interface and results of himalaya's ``RidgeCV`` (``fit``, ``predict``,
-    ``score``, ``best_alphas_``, ``cv_scores_``, ``coef_``), with a faster solver.
-    Everything goes through one float64 eigendecomposition of ``G = X^T X``
-    (primal form, ``n_features <= n_samples``) or of ``K = X X^T`` (kernel form), in
-    whose basis ``(G + alpha I)^-1`` is the diagonal ``1 / (lambda + alpha)``: another
-    alpha only rescales a diagonal. Splits are solved by one of two strategies, the
-    fewer flops by default (``solver_params={"strategy": ...}``):
+    The interface and results of himalaya's ``RidgeCV`` (``fit``, ``predict``, ``score``, ``best_alphas_``,
+    ``cv_scores_``, ``coef_``), with a faster solver. Everything goes through one float64 eigendecomposition of
+    ``G = X^T X`` (primal form, ``n_features <= n_samples``) or of ``K = X X^T`` (kernel form), in whose basis
+    ``(G + alpha I)^-1`` is the diagonal ``1 / (lambda + alpha)``: another alpha only rescales a diagonal. Splits
+    are solved by one of two strategies, the fewer flops by default (``solver_params={"strategy": ...}``):
 
     ``"downdate"``
-        No decomposition per split: with the hat matrix ``S`` of the fit on all rows,
-        the model fitted without the held-out rows ``h`` predicts them exactly as
-        ``(I - S_hh)^-1 X_h (G + alpha I)^-1 X_t^T Y_t`` (Woodbury; ``t`` the training
-        rows), one ``n_h x n_h`` inverse per split and alpha.
+        No decomposition per split: with the hat matrix ``S`` of the fit on all rows, the model fitted without the
+        held-out rows ``h`` predicts them exactly as ``(I - S_hh)^-1 X_h (G + alpha I)^-1 X_t^T Y_t`` (Woodbury;
+        ``t`` the training rows), one ``n_h x n_h`` inverse per split and alpha.
     ``"per_fold"``
         One ``eigh`` per split of its training rows' Gram matrix ``G - X_h^T X_h``
         (primal) or kernel block (kernel); best with few features.
 
-    Data, projections and predictions use ``dtype``; the Gram matrix, its
-    eigenvectors and the ``n_h x n_h`` systems use float64, as float32 loses the
-    small eigenvalues that the smallest alphas depend on. Held-out predictions are
-    formed directly, never as ``Y_h`` minus residuals, which cancel in float32 when
-    strong shrinkage makes them small.
+    Data, projections and predictions use ``dtype``; the Gram matrix, its eigenvectors and the ``n_h x n_h``
+    systems use float64, as float32 loses the small eigenvalues that the smallest alphas depend on. Held-out
+    predictions are formed directly, never as ``Y_h`` minus residuals, which cancel in float32 when strong
+    shrinkage makes them small.
 
     Parameters
     ----------
     alphas : array-like of shape (n_alphas,)
         Penalties of ``||X w - y||^2 + alpha ||w||^2`` (default :data:`HIMALAYA_ALPHAS`).
     cv : list of (train, test) index arrays
-        Splits, e.g. :func:`story_folds` or :func:`bootstrap_chunk_splits`; test rows
-        must not be training rows (rows in neither are allowed).
+        Splits, e.g. :func:`story_folds` or :func:`bootstrap_chunk_splits`; test rows must not be training rows
+        (rows in neither are allowed).
     scoring : {"r2", "correlation"}
-        Held-out score that chooses alpha (per split, averaged; 0 for a voxel constant
-        over the held-out rows, as in himalaya). Ties go to the largest alpha.
+        Held-out score that chooses alpha (per split, averaged; 0 for a voxel constant over the held-out rows, as
+        in himalaya). Ties go to the largest alpha.
     backend : {"numpy", "torch", "torch_cuda"}
-        himalaya backend of the computation (:func:`get_backend`); himalaya's global
-        backend is neither read nor changed.
+        himalaya backend of the computation (:func:`get_backend`); himalaya's global backend is neither read nor
+        changed.
     dtype : {"float32", "float64"}
         Working precision of data, projections and weights.
     solver_params : dict or None
-        ``"strategy"``: ``"auto"`` (default), ``"downdate"`` or ``"per_fold"``;
-        ``"n_targets_batch"``: voxels scored at once (default None: all), which bounds
-        the memory each alpha of a split adds (``n_h x n_targets_batch`` values).
+        ``"strategy"``: ``"auto"`` (default), ``"downdate"`` or ``"per_fold"``; ``"n_targets_batch"``: voxels
+        scored at once (default None: all), which bounds the memory each alpha of a split adds
+        (``n_h x n_targets_batch`` values).
 
     Attributes
     ----------
@@ -587,7 +553,6 @@ class EigenRidgeCV:
         Weights refit on all rows with each voxel's alpha (numpy, ``dtype``).
     method_ : str
         Strategy and form used, e.g. ``"downdate/primal"``.
-    n_features_in_ : int
     """
 
     def __init__(self, alphas=HIMALAYA_ALPHAS, cv=None, scoring: str = "r2", backend: str = "numpy",
@@ -608,10 +573,6 @@ class EigenRidgeCV:
             Training features (z-scored per story: no intercept is fitted).
         Y : array-like of shape (n_samples, n_voxels)
             Training responses (z-scored per story).
-
-        Returns
-        -------
-        self : EigenRidgeCV
         """
         X, Y = _check_data(X, Y)
         splits = _check_splits(self.cv, X.shape[0])

@@ -71,7 +71,6 @@ def build_vocabularies(dataset: Dataset, stories: Sequence[str] | None = None,
 
     Parameters
     ----------
-    dataset : Dataset
     stories : sequence of str, optional
         Stories whose TextGrids are read; default all, so every call gives the same columns.
     phone_map : mapping, optional
@@ -92,8 +91,6 @@ class StoryStimulus:
 
     Parameters
     ----------
-    dataset : Dataset
-    story : str
     vocabularies : mapping of str to sequence of str
         Columns of ``diphones`` and ``triphones`` (keys as in :func:`build_vocabularies`).
     phone_map : mapping, optional
@@ -187,13 +184,11 @@ def low_level_features(dataset: Dataset, story: str, names: str | Sequence[str] 
 
     Parameters
     ----------
-    dataset : Dataset
-    story : str
     names : str or sequence of str
         Spaces from :data:`LOW_LEVEL_FEATURES`.
     vocabularies : mapping, optional
-        Columns of ``diphones`` and ``triphones`` (:func:`build_vocabularies`); by default built from
-        every TextGrid of the dataset, so pass them when computing many stories.
+        Columns of ``diphones`` and ``triphones`` (:func:`build_vocabularies`); by default built from every
+        TextGrid of the dataset, so pass them when computing many stories.
     phone_map : mapping, optional
         Extra phone labels, see :func:`normalize_phone`.
     duration_tolerance : float
@@ -207,8 +202,8 @@ def low_level_features(dataset: Dataset, story: str, names: str | Sequence[str] 
     Raises
     ------
     ValueError
-        No or unknown names, phone labels outside the 39 ARPAbet phones, or audio shorter than its
-        TextGrid by more than ``duration_tolerance``.
+        No or unknown names, phone labels outside the 39 ARPAbet phones, or audio shorter than its TextGrid by more
+        than ``duration_tolerance``.
     """
     names = _check_names(names)
     vocabularies = _vocabularies_for(dataset, names, vocabularies, phone_map)
@@ -259,7 +254,6 @@ def stack_low_level_features(dataset: Dataset, stories: Sequence[str],
 
     Parameters
     ----------
-    dataset : Dataset
     stories : sequence of str
     names : str or sequence of str
         Spaces from :data:`LOW_LEVEL_FEATURES`, stacked in this order.
@@ -271,10 +265,6 @@ def stack_low_level_features(dataset: Dataset, stories: Sequence[str],
         See :func:`low_level_features`.
     progress : bool
         Show a progress bar over stories.
-
-    Returns
-    -------
-    LowLevelStack
     """
     names = _check_names(names)
     stories = list(stories)

@@ -44,7 +44,6 @@ def mel_band_edges(n_bands: int = N_MEL_BANDS, max_frequency: float = MAX_FREQUE
 
     Parameters
     ----------
-    n_bands : int
     max_frequency : float
         Upper edge of the highest band, in Hz.
 
@@ -69,12 +68,7 @@ def _mel_filterbank(edges: np.ndarray, frequencies: np.ndarray) -> np.ndarray:
 
 def _frame_band_power_db(audio: np.ndarray, centres: np.ndarray, frame_length: int, filterbank: np.ndarray,
                          n_fft: int) -> np.ndarray:
-    """Band power in dB of Hann frames centred on sample indices ``centres`` (zeros outside the audio).
-
-    Returns
-    -------
-    power_db : ndarray of shape (len(centres), n_bands)
-    """
+    """Band power in dB of Hann frames centred on sample indices ``centres`` (zeros outside the audio)."""
     window = np.hanning(frame_length)
     scale = 2.0 / (n_fft * np.sum(window ** 2))  # a sine of amplitude A at a band's peak gives about A**2 / 2
     starts = centres - frame_length // 2

@@ -1,10 +1,9 @@
 """The brain-tuning model and its losses: encoder, mean pooling over valid frames, linear head(s).
 
-:class:`BrainTuningModel` predicts the targets of a TR from its 10-s input
-window (or from the cached states of the frozen layers). With several
-participants its head holds every participant's outputs side by side, and the
-loss is computed per participant over the items it has responses for, then
-pooled (:func:`participant_losses`, :func:`pooled_loss`).
+:class:`BrainTuningModel` predicts the targets of a TR from its 10-s input window (or from the cached states of the
+frozen layers). With several participants its head holds every participant's outputs side by side, and the loss is
+computed per participant over the items it has responses for, then pooled (:func:`participant_losses`,
+:func:`pooled_loss`).
 """
 
 from __future__ import annotations
@@ -29,13 +28,11 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class BrainTuningModel(nn.Module):
     """Speech encoder + mean pooling over valid frames + linear head.
 
-    The pooled state is the encoder's last hidden state after its final layer
-    norm, if any (:attr:`bt_utils.models.encoder.EncoderOutput.last_hidden_state`, as
-    Hugging Face's ``last_hidden_state``).
+    The pooled state is the encoder's last hidden state after its final layer norm, if any
+    (:attr:`bt_utils.models.encoder.EncoderOutput.last_hidden_state`, as Hugging Face's ``last_hidden_state``).
 
     Parameters
     ----------
-    encoder : SpeechEncoder
     n_targets : int
         Voxels (or embedding dimensions) predicted.
     """
@@ -53,8 +50,7 @@ class BrainTuningModel(nn.Module):
         Parameters
         ----------
         frozen_layers : int
-            Transformer layers already applied to the inputs (see
-            :func:`bt_utils.models.frozen.frozen_inputs`).
+            Transformer layers already applied to the inputs (see :func:`bt_utils.models.frozen.frozen_inputs`).
         frame_mask : torch.Tensor
             Bool, shape (F,): the frames of the inputs computed from real audio.
         """
@@ -105,9 +101,8 @@ def by_participant(prediction, target, heads: Mapping[str, slice]) -> dict[str, 
     Returns
     -------
     pairs : dict of str to (Tensor, Tensor)
-        Participant -> (prediction, target), each of shape (n_rows, n_columns):
-        the items whose targets of that participant are all finite.
-        Participants without such an item are left out.
+        Participant -> (prediction, target), each of shape (n_rows, n_columns): the items whose targets of that
+        participant are all finite. Participants without such an item are left out.
     """
     prediction, target = torch.as_tensor(prediction), torch.as_tensor(target)
     pairs = {}

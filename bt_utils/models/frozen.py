@@ -1,12 +1,10 @@
 """Brain-tuning the top layers only: the frozen layers' output per TR, computed once and cached.
 
-When only the top ``k`` transformer layers are trained, everything below them
-(feature encoder and the lower layers) gives the same output in every epoch
-and every run that starts from the same encoder: for the same stories, every
-participant and every control. :func:`frozen_inputs` computes that output once
-per story, in eval mode, stores it in the package cache (float16, one file per
-story, memory-mapped when read) and returns a dataset of it, which
-:meth:`bt_utils.models.encoder.SpeechEncoder.run_layers` continues from.
+When only the top ``k`` transformer layers are trained, everything below them (feature encoder and the lower
+layers) gives the same output in every epoch and every run that starts from the same encoder: for the same stories,
+every participant and every control. :func:`frozen_inputs` computes that output once per story, in eval mode,
+stores it in the package cache (float16, one file per story, memory-mapped when read) and returns a dataset of it,
+which :meth:`bt_utils.models.encoder.SpeechEncoder.run_layers` continues from.
 """
 
 from __future__ import annotations
@@ -91,20 +89,18 @@ def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | N
     Parameters
     ----------
     encoder : SpeechEncoder
-        The encoder before tuning; it runs in eval mode here (no dropout, no
-        SpecAugment) and is left in the mode it was in.
+        The encoder before tuning; it runs in eval mode here (no dropout, no SpecAugment) and is left in the mode
+        it was in.
     data : bt_utils.models.tuning_data.TuningSet
-        Audio windows and targets; every trimmed TR of each of its stories is
-        computed and cached, whatever subset of them ``data`` holds.
+        Audio windows and targets; every trimmed TR of each of its stories is computed and cached, whatever subset
+        of them ``data`` holds.
     start : int
-        Frozen transformer layers (0 to ``n_layers - 1``): the states are
-        ``hidden_states[start]`` of :meth:`SpeechEncoder.forward`.
+        Frozen transformer layers (0 to ``n_layers - 1``): the states are ``hidden_states[start]`` of
+        :meth:`SpeechEncoder.forward`.
     fingerprint : str, optional
         ``encoder.fingerprint()`` if already known (the cache key).
     cache_dir : path-like, optional
         Root of the cache (see :func:`bt_utils.cache.cache_root`).
-    batch_size : int
-    progress : bool
 
     Returns
     -------

@@ -96,20 +96,15 @@ def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None
                 show_code: bool = False) -> Path:
     """Render an executed notebook to HTML (atomic): its text, figures and tables, embedded.
 
-    The report opens with a note on what it loads from the network and the run's parameters (those
-    papermill set); the code cells are left out unless ``show_code``.
+    The report opens with a note on what it loads from the network and the run's parameters (those papermill set);
+    the code cells are left out unless ``show_code``.
 
     Parameters
     ----------
-    notebook : path-like
     html_path : path-like, optional
         Defaults to the notebook's path with suffix ``.html``.
     show_code : bool
         Keep the code cells (input and prompts) in the report.
-
-    Returns
-    -------
-    html_path : Path
     """
     notebook = Path(notebook)
     html_path = Path(html_path) if html_path is not None else notebook.with_suffix(".html")

@@ -22,7 +22,6 @@ class Run:
     ----------
     run_id : str
         ``<stage>/<folder>``, unique in the sweep.
-    stage, notebook : str
     axes : dict
         The run's value of each axis its stage varies over.
     parameters : dict
@@ -37,7 +36,6 @@ class Run:
         Run ids that must complete first.
     resources : dict
         Dask resources the run needs.
-    notebook_dir : Path
     """
 
     run_id: str
@@ -58,7 +56,6 @@ def plan_runs(spec: SweepSpec, out_dir: str | os.PathLike) -> list[Run]:
 
     Parameters
     ----------
-    spec : SweepSpec
     out_dir : path-like
         The sweep folder.
 
@@ -116,12 +113,7 @@ def _plan_run(spec: SweepSpec, stage: Stage, axes: dict, by_stage: dict, out: Pa
 
 
 def _expand(value: object, replace: Callable[[str, str | None], object], unescape: bool) -> object:
-    """Replace the placeholders in the strings of ``value`` by ``replace(name, argument)`` (None: keep it).
-
-    A string that is one placeholder becomes its value; one that begins with a placeholder whose value is
-    a mapping becomes that mapping, the rest of the string appended to each value. Escaped braces are
-    kept, or made single with ``unescape``.
-    """
+    """Replace the placeholders in the strings of ``value`` by ``replace(name, argument)`` (None: keep it)."""
     if isinstance(value, Mapping):
         return {key: _expand(item, replace, unescape) for key, item in value.items()}
     if isinstance(value, list):

@@ -78,7 +78,6 @@ class SweepSpec:
 
     Attributes
     ----------
-    name : str
     path : Path
         The specification file.
     grid : dict
@@ -106,15 +105,11 @@ def load_spec(path: str | os.PathLike, notebook_dir: str | os.PathLike | None = 
     notebook_dir : path-like, optional
         Folder of the notebooks (default: the suite's ``notebooks/``).
 
-    Returns
-    -------
-    spec : SweepSpec
-
     Raises
     ------
     SweepSpecError
-        For an unknown key, notebook, parameter, axis or stage, a bad grid or a bad reference; the
-        message says which and how to fix it.
+        For an unknown key, notebook, parameter, axis or stage, a bad grid or a bad reference; the message says
+        which and how to fix it.
     """
     path = Path(path)
     if not path.is_file():

@@ -1,13 +1,11 @@
 """Gather the result tables of a sweep for the summary report.
 
-Only the runs of the sweep's current plan that completed count: the sweep's
-``runs_index.csv`` (written by :func:`bt_utils.sweeps.runner.run_sweep` when it starts)
-lists the planned runs, and each run's ``status.json`` says whether it
-completed. Folders of earlier parameter settings, runs no longer planned and
-runs that failed or have not finished are left out, so that no participant is
-counted twice. A folder without a runs index is not a sweep folder and is
-refused. :func:`impact_summary` summarises the low-level impact across
-participants from each participant's ROI drops, never from per-voxel percentages.
+Only the runs of the sweep's current plan that completed count: the sweep's ``runs_index.csv`` (written by
+:func:`bt_utils.sweeps.runner.run_sweep` when it starts) lists the planned runs, and each run's ``status.json``
+says whether it completed. Folders of earlier parameter settings, runs no longer planned and runs that failed or
+have not finished are left out, so that no participant is counted twice. A folder without a runs index is not a
+sweep folder and is refused. :func:`impact_summary` summarises the low-level impact across participants from each
+participant's ROI drops, never from per-voxel percentages.
 """
 
 from __future__ import annotations
@@ -35,9 +33,8 @@ RESULT_TABLES = {
 def completed_runs(sweep_dir: str | os.PathLike) -> dict[str, dict]:
     """The runs of a sweep's current plan that completed, with their axis values.
 
-    The plan is the sweep's ``runs_index.csv``; the state is read from each
-    run's ``status.json``, which the run writes itself when it ends (the index
-    is rewritten only once the sweep has heard of it, so a summary run could
+    The plan is the sweep's ``runs_index.csv``; the state is read from each run's ``status.json``, which the run
+    writes itself when it ends (the index is rewritten only once the sweep has heard of it, so a summary run could
     find it behind).
 
     Parameters
@@ -48,10 +45,9 @@ def completed_runs(sweep_dir: str | os.PathLike) -> dict[str, dict]:
     Returns
     -------
     runs : dict of str to dict
-        Run id (the run folder relative to ``sweep_dir``, e.g.
-        ``"02_alignment/DEMO01-whisper-tiny.en-1a2b3c4d"``) -> the run's value
-        of each axis its stage varies over (e.g. ``{"subject": "DEMO01",
-        "model": "whisper-tiny.en"}``), in the index's order.
+        Run id (the run folder relative to ``sweep_dir``, e.g. ``"02_alignment/DEMO01-whisper-tiny.en-1a2b3c4d"``)
+        -> the run's value of each axis its stage varies over (e.g. ``{"subject": "DEMO01", "model":
+        "whisper-tiny.en"}``), in the index's order.
 
     Raises
     ------
@@ -88,17 +84,15 @@ def collect_table(sweep_dir: str | os.PathLike, file_name: str, runs: dict[str, 
     sweep_dir : path-like
         The sweep's output folder (see :func:`completed_runs`).
     file_name : str
-        E.g. ``"alignment_rois.parquet"`` or ``"semantic_preference.csv"``,
-        read from the top of each run folder.
+        E.g. ``"alignment_rois.parquet"`` or ``"semantic_preference.csv"``, read from the top of each run folder.
     runs : dict, optional
         :func:`completed_runs` of ``sweep_dir``, if already read.
 
     Returns
     -------
     table : DataFrame
-        All rows, with a ``run`` column (the run id: its folder relative to
-        ``sweep_dir``) and, where the table lacks them, one column per axis the
-        run's stage varies over (e.g. ``model`` and ``subject``) holding the
+        All rows, with a ``run`` column (the run id: its folder relative to ``sweep_dir``) and, where the table
+        lacks them, one column per axis the run's stage varies over (e.g. ``model`` and ``subject``) holding the
         run's values. Empty (no columns) when no completed run wrote the table.
     """
     sweep_dir = Path(sweep_dir)
@@ -183,26 +177,22 @@ def participant_role(subject: str, tuned_on: str) -> str:
 def label_held_out(table: pd.DataFrame) -> pd.DataFrame:
     """Tell apart, in the variant names, the participants a model was tuned on from those it never saw.
 
-    A variant evaluated on at least one participant outside those its
-    checkpoint was tuned on (the ``tuned_on`` column the alignment writes from
-    each checkpoint) becomes ``"<variant> (seen)"`` on the participants it was
-    tuned on and ``"<variant> (held-out)"`` on the others; every other variant
-    (the pretrained model, each participant's own brain-tuned model) keeps its
-    name. Names never decide it: a participant is held out when the checkpoint
-    does not list it.
+    A variant evaluated on at least one participant outside those its checkpoint was tuned on (the ``tuned_on``
+    column the alignment writes from each checkpoint) becomes ``"<variant> (seen)"`` on the participants it was
+    tuned on and ``"<variant> (held-out)"`` on the others; every other variant (the pretrained model, each
+    participant's own brain-tuned model) keeps its name. Names never decide it: a participant is held out when the
+    checkpoint does not list it.
 
     Parameters
     ----------
     table : DataFrame
-        Columns ``subject``, ``model``, ``variant`` and ``tuned_on`` (e.g. the
-        alignment ROI table); a table without ``tuned_on`` (written before the
-        column existed) is returned as it is.
+        Columns ``subject``, ``model``, ``variant`` and ``tuned_on`` (e.g. the alignment ROI table); a table
+        without ``tuned_on`` (written before the column existed) is returned as it is.
 
     Returns
     -------
     table : DataFrame
-        A copy, with ``variant`` relabelled and a column ``participant``
-        (:func:`participant_role` of each row).
+        A copy, with ``variant`` relabelled and a column ``participant`` (:func:`participant_role` of each row).
     """
     if "tuned_on" not in table:
         return table.copy()
@@ -223,22 +213,19 @@ def held_out_gains(table: pd.DataFrame, value: str = "r_norm_mean", reference: s
     Parameters
     ----------
     table : DataFrame
-        Columns ``subject, model, variant, tuned_on, layer, roi`` and ``value``
-        (the alignment ROI table of a sweep, variants not relabelled).
-    value : str
+        Columns ``subject, model, variant, tuned_on, layer, roi`` and ``value`` (the alignment ROI table of a
+        sweep, variants not relabelled).
     reference : str
         The variant of the pretrained model.
     tuned_alone : str
-        The variant holding each participant's own brain-tuned model; its
-        checkpoint must have been tuned on that participant only (rows
-        without a recorded ``tuned_on`` are taken as they are).
+        The variant holding each participant's own brain-tuned model; its checkpoint must have been tuned on that
+        participant only (rows without a recorded ``tuned_on`` are taken as they are).
 
     Returns
     -------
     gains : DataFrame
-        One row per held-out participant, model, variant, layer and ROI:
-        ``model, variant, tuned_on, subject, layer, roi, held_out, reference,
-        tuned_alone, gain_over_reference, gain_over_tuned_alone`` (NaN where the
+        One row per held-out participant, model, variant, layer and ROI: ``model, variant, tuned_on, subject,
+        layer, roi, held_out, reference, tuned_alone, gain_over_reference, gain_over_tuned_alone`` (NaN where the
         participant has no such variant). Empty when no participant was held out.
 
     Raises

@@ -1,20 +1,17 @@
 """Interactive exploration of alignment results in JupyterLab (ipywidgets).
 
-:func:`explorer` shows, for a choice of subject, model, variant, layer and
-metric, the voxel map of that choice (pycortex flatmap or nilearn fsaverage5
-surface, see :mod:`bt_utils.viz.maps`) and a bar chart of its ROI means. The
-logic is in pure functions that tests and scripts call directly; :class:`Explorer`
-only wires them to widgets, and its callbacks run without a browser (set a
-dropdown's ``value``). It reads the tables of the alignment notebook:
+:func:`explorer` shows, for a choice of subject, model, variant, layer and metric, the voxel map of that choice
+(pycortex flatmap or nilearn fsaverage5 surface, see :mod:`bt_utils.viz.maps`) and a bar chart of its ROI means.
+The logic is in pure functions that tests and scripts call directly; :class:`Explorer` only wires them to widgets,
+and its callbacks run without a browser (set a dropdown's ``value``). It reads the tables of the alignment
+notebook:
 
 ``alignment_voxels.parquet``
-    subject, model, variant, layer, voxel, r, r_norm: one row per voxel and
-    choice; ``voxel`` is the position of the voxel in the subject's layout
-    (0 .. n_voxels - 1). Every other numeric column is offered as a metric.
+    subject, model, variant, layer, voxel, r, r_norm: one row per voxel and choice; ``voxel`` is the position of
+    the voxel in the subject's layout (0 .. n_voxels - 1). Every other numeric column is offered as a metric.
 ``alignment_rois.parquet``
-    subject, model, variant, layer, roi, r_norm_mean, n_voxels. The bar chart
-    of metric ``m`` shows column ``m + "_mean"``; a metric without such a
-    column (``r``) gets a note instead of bars.
+    subject, model, variant, layer, roi, r_norm_mean, n_voxels. The bar chart of metric ``m`` shows column
+    ``m + "_mean"``; a metric without such a column (``r``) gets a note instead of bars.
 """
 
 from __future__ import annotations
@@ -63,7 +60,6 @@ class Selection:
 
     Parameters
     ----------
-    subject, model, variant : str
     layer : int or str
         As in the tables' ``layer`` column.
     metric : str
@@ -120,22 +116,19 @@ def _sorted_unique(series: pd.Series) -> list:
 def choices(voxel_table: pd.DataFrame, **upstream) -> dict[str, list]:
     """Values each dropdown can take, given the values chosen above it.
 
-    The dropdowns cascade in the order of :data:`CHOICE_COLUMNS`: the models
-    offered are those of the chosen subject, the variants those of the chosen
-    subject and model, and so on.
+    The dropdowns cascade in the order of :data:`CHOICE_COLUMNS`: the models offered are those of the chosen
+    subject, the variants those of the chosen subject and model, and so on.
 
     Parameters
     ----------
-    voxel_table : pandas.DataFrame
     **upstream
         Chosen values of some of subject, model, variant (e.g. ``subject="DEMO01"``).
 
     Returns
     -------
     dict of str to list
-        Keys subject, model, variant, layer (sorted values present in the
-        table for the upstream choice, from the first level without a choice
-        on: unrestricted) and metric (:func:`metric_columns`).
+        Keys subject, model, variant, layer (sorted values present in the table for the upstream choice, from the
+        first level without a choice on: unrestricted) and metric (:func:`metric_columns`).
 
     Raises
     ------
@@ -170,7 +163,6 @@ def select_values(voxel_table: pd.DataFrame, selection: Selection, n_voxels: int
     ----------
     voxel_table : pandas.DataFrame
         Columns subject, model, variant, layer, voxel and metrics.
-    selection : Selection
     n_voxels : int
         Voxels of the subject's layout; voxels without a row get NaN.
 
@@ -181,9 +173,8 @@ def select_values(voxel_table: pd.DataFrame, selection: Selection, n_voxels: int
     Raises
     ------
     ValueError
-        If a value of `selection` is not in the table (the message lists the
-        available ones), the metric is unknown, a voxel index is outside
-        [0, n_voxels) or a voxel appears twice.
+        If a value of `selection` is not in the table (the message lists the available ones), the metric is
+        unknown, a voxel index is outside [0, n_voxels) or a voxel appears twice.
     """
     options = choices(voxel_table, subject=selection.subject, model=selection.model, variant=selection.variant)
     check_option("layer", selection.layer, options["layer"])
@@ -209,7 +200,6 @@ def roi_bars(roi_table: pd.DataFrame, selection: Selection) -> pd.Series:
     ----------
     roi_table : pandas.DataFrame
         Columns subject, model, variant, layer, roi, n_voxels and ``<metric>_mean``.
-    selection : Selection
 
     Returns
     -------
@@ -238,17 +228,10 @@ def roi_bars(roi_table: pd.DataFrame, selection: Selection) -> pd.Series:
 def color_limits(voxel_table: pd.DataFrame, subject: str, metric: str) -> tuple[float, float]:
     """Colour range shared by all maps of a subject and metric, so layers and models compare.
 
-    Parameters
-    ----------
-    voxel_table : pandas.DataFrame
-    subject : str
-    metric : str
-
     Returns
     -------
     (float, float)
-        vmin, vmax of :func:`bt_utils.viz.maps.map_defaults` ``("alignment", values)``
-        over all the subject's rows.
+        vmin, vmax of :func:`bt_utils.viz.maps.map_defaults` ``("alignment", values)`` over all the subject's rows.
     """
     options = choices(voxel_table, subject=subject)
     check_option("metric", metric, options["metric"])
@@ -273,8 +256,6 @@ def render_map(values: np.ndarray, layout, backend: str, title: str, vmin: float
         See :func:`bt_utils.data.layout.as_layout`.
     backend : {"pycortex", "nilearn"}
         :func:`bt_utils.viz.maps.flatmap` or :func:`bt_utils.viz.maps.surface_map`.
-    title : str
-    vmin, vmax : float
 
     Returns
     -------
@@ -297,7 +278,6 @@ def render_bars(bars: pd.Series, title: str) -> bytes:
     ----------
     bars : pandas.Series, shape (n_rois,)
         Values indexed by ROI name, as from :func:`roi_bars`.
-    title : str
 
     Returns
     -------
@@ -326,11 +306,10 @@ def _message(error: Exception) -> str:
 class Explorer(widgets.VBox):
     """Dropdowns, a voxel map and an ROI bar chart that follow each other.
 
-    Build it with :func:`explorer`. Attributes useful in tests and scripts:
-    ``dropdowns`` (dict of name to ``ipywidgets.Dropdown``), ``map_image`` and
-    ``bars_image`` (``ipywidgets.Image``, PNG bytes in ``.value``), ``status``
-    (``ipywidgets.HTML`` with messages), ``values`` (the mapped values,
-    shape (n_voxels,)) and ``bars`` (the ROI means, a Series, or None).
+    Build it with :func:`explorer`. Attributes useful in tests and scripts: ``dropdowns`` (dict of name to
+    ``ipywidgets.Dropdown``), ``map_image`` and ``bars_image`` (``ipywidgets.Image``, PNG bytes in ``.value``),
+    ``status`` (``ipywidgets.HTML`` with messages), ``values`` (the mapped values, shape (n_voxels,)) and ``bars``
+    (the ROI means, a Series, or None).
 
     Parameters
     ----------
@@ -388,8 +367,7 @@ class Explorer(widgets.VBox):
         Raises
         ------
         ValueError
-            For an unknown dropdown or a value it does not offer (after the
-            choices above it are applied).
+            For an unknown dropdown or a value it does not offer (after the choices above it are applied).
         """
         unknown = sorted(set(choice) - set(self.dropdowns))
         if unknown:
@@ -435,9 +413,8 @@ class Explorer(widgets.VBox):
     def update(self) -> None:
         """Recompute the values, the map image and the ROI bars for the current selection.
 
-        Data problems (a missing filestore, no fsaverage mapping for a real
-        subject, no ROI column for the metric) are shown in ``status``
-        instead of raising, so the widget stays usable.
+        Data problems (a missing filestore, no fsaverage mapping for a real subject, no ROI column for the metric)
+        are shown in ``status`` instead of raising, so the widget stays usable.
         """
         selection = self.selection
         messages = []

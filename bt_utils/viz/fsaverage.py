@@ -1,15 +1,12 @@
 """Voxel values on nilearn's fsaverage5 surface, through a voxel -> vertex mapping.
 
-A *mapping* is a non-negative sparse matrix of shape (20484, n_voxels): row
-``v`` weighs the voxels that fsaverage5 vertex ``v`` shows, and a vertex shows
-their weighted mean (:func:`to_fsaverage`). Where the voxels of a pycortex
-subject land on fsaverage5 depends on that subject's registration, so mappings
-come from :data:`bt_utils.registry.SURFACE_MAPPINGS`, keyed by pycortex subject
-(the demo registers one for its template subject ``S1``). ds003020 ships no
-registration to fsaverage, so for its subjects a caller passes its own mapping
-(e.g. from FreeSurfer's ``mri_vol2surf`` + ``mri_surf2surf``) or draws flatmaps.
-:func:`mapping_from_positions` builds a mapping from voxel positions on the
-fsaverage5 mid-thickness surface, as a registration gives them.
+A *mapping* is a non-negative sparse matrix of shape (20484, n_voxels): row ``v`` weighs the voxels that fsaverage5
+vertex ``v`` shows, and a vertex shows their weighted mean (:func:`to_fsaverage`). Where the voxels of a pycortex
+subject land on fsaverage5 depends on that subject's registration, so mappings come from
+:data:`bt_utils.registry.SURFACE_MAPPINGS`, keyed by pycortex subject (the demo registers one for its template
+subject ``S1``). ds003020 ships no registration to fsaverage, so for its subjects a caller passes its own mapping
+(e.g. from FreeSurfer's ``mri_vol2surf`` + ``mri_surf2surf``) or draws flatmaps. :func:`mapping_from_positions`
+builds a mapping from voxel positions on the fsaverage5 mid-thickness surface, as a registration gives them.
 """
 
 from __future__ import annotations
@@ -54,11 +51,10 @@ def fsaverage_meshes() -> dict:
     Returns
     -------
     dict
-        ``inflated``: nilearn ``PolyMesh`` with parts ``left`` and ``right``;
-        ``midthickness``: list of two arrays of shape (10242, 3), the mean of
-        the pial and white surfaces per hemisphere (mm, about MNI305);
-        ``background``: dict of hemisphere to array of shape (10242,), two
-        grey levels (sulci darker), like pycortex's curvature.
+        ``inflated``: nilearn ``PolyMesh`` with parts ``left`` and ``right``; ``midthickness``: list of two arrays
+        of shape (10242, 3), the mean of the pial and white surfaces per hemisphere (mm, about MNI305);
+        ``background``: dict of hemisphere to array of shape (10242,), two grey levels (sulci darker), like
+        pycortex's curvature.
     """
     from nilearn import datasets
 
@@ -149,11 +145,10 @@ def fsaverage_mapping(layout, radius_mm: float = DEFAULT_RADIUS_MM, cache_dir=No
     Raises
     ------
     NotImplementedError
-        If no mapping is registered for the layout's subject (real ds003020
-        subjects have no fsaverage registration here).
+        If no mapping is registered for the layout's subject (real ds003020 subjects have no fsaverage registration
+        here).
     ValueError
-        If `radius_mm` is negative, or the registered mapping cannot place the
-        layout's voxels.
+        If `radius_mm` is negative, or the registered mapping cannot place the layout's voxels.
     """
     layout = as_layout(layout)
     radius_mm = _check_radius(radius_mm)
@@ -185,8 +180,7 @@ def to_fsaverage(values, mapping) -> np.ndarray:
     Raises
     ------
     ValueError
-        If `mapping` does not have 20484 rows, has negative weights, or
-        `values` does not match its columns.
+        If `mapping` does not have 20484 rows, has negative weights, or `values` does not match its columns.
     """
     mapping = sparse.csr_matrix(mapping)
     if mapping.shape[0] != N_FSAVERAGE_VERTICES:

@@ -29,13 +29,11 @@ def plot_alignment(
     Parameters
     ----------
     audio : ndarray of shape (n_samples,)
-    sample_rate : int
     transcript : Transcript
         Words are drawn as labelled spans.
     tr_times : ndarray of shape (n_trs,)
-        TR midpoints relative to sound onset (:meth:`Dataset.tr_times`, at least
-        two); TR boundaries are drawn at midpoint +- TR/2, with the TR their
-        spacing, and midpoints as dots.
+        TR midpoints relative to sound onset (:meth:`Dataset.tr_times`, at least two); TR boundaries are drawn at
+        midpoint +- TR/2, with the TR their spacing, and midpoints as dots.
     start, stop : float
         Excerpt, in seconds.
     """
@@ -77,7 +75,6 @@ def plot_carpet(responses: np.ndarray, order: np.ndarray | None = None, title: s
     responses : ndarray of shape (n_trs, n_voxels)
     order : ndarray of shape (n_voxels,), optional
         Row order, e.g. voxels sorted by noise ceiling.
-    title : str
     clip : float
         Colour range in standard deviations.
     """
@@ -166,9 +163,8 @@ def plot_training_curves(history, best_epoch: int | None = None, title: str = ""
     Parameters
     ----------
     history : DataFrame
-        Columns ``epoch, split, loss`` and optionally ``subject``
-        (``training_log.parquet``); one line per split, and per participant
-        when there are several (a run tuned on several participants).
+        Columns ``epoch, split, loss`` and optionally ``subject`` (``training_log.parquet``); one line per split,
+        and per participant when there are several (a run tuned on several participants).
     best_epoch : int, optional
         Marked with a vertical line (the checkpoint kept).
     """
@@ -291,16 +287,15 @@ def plot_downstream(summary: pd.DataFrame, metric: str = "macro_f1", tasks: Sequ
     summary : pandas.DataFrame
         From :func:`bt_utils.downstream.probes.summarize`.
     metric : str
-        Metric of the probed (classification and multi-label) tasks; ASR tasks show ``one_minus_wer``
-        (the CTC heads).
+        Metric of the probed (classification and multi-label) tasks; ASR tasks show ``one_minus_wer`` (the CTC
+        heads).
     tasks : sequence of str, optional
         Tasks and their order (default: as in ``summary``).
 
     Returns
     -------
     matplotlib.figure.Figure
-        One panel per task; a group of bars per model, one bar per variant (and
-        subject); dashed line: chance.
+        One panel per task; a group of bars per model, one bar per variant (and subject); dashed line: chance.
     """
     tasks = list(tasks or summary.task.unique())
     bars = list(dict.fromkeys(zip(summary.variant, summary.subject)))  # a variant tuned on each subject

@@ -1,15 +1,13 @@
 """Voxel values as pycortex volumes, read from the pycortex filestore a layout names.
 
-pycortex reads every subject from one folder, the *filestore* (option
-``[basic] filestore`` of ``~/.config/pycortex/options.cfg``), through its
-singleton ``cortex.db``. Rather than editing that file, :func:`pycortex_filestore`
-points ``cortex.db`` at another folder (e.g. ds003020's ``derivative/pycortex-db``)
-for the duration of a ``with`` block and then restores it (its folder, subject
-list and memoised surfaces); every pycortex module shares that one object, so
-rendering inside the block reads the dataset's subject. This is not thread-safe.
-pycortex writes caches into ``<filestore>/<subject>/cache`` (flatmap pixel maps),
-``surface-info/curvature.npz`` and, when ``transforms/<xfm>/mask_<mask>.nii.gz``
-is missing, the mask itself, so the folder must be writable.
+pycortex reads every subject from one folder, the *filestore* (option ``[basic] filestore`` of
+``~/.config/pycortex/options.cfg``), through its singleton ``cortex.db``. Rather than editing that file,
+:func:`pycortex_filestore` points ``cortex.db`` at another folder (e.g. ds003020's ``derivative/pycortex-db``) for
+the duration of a ``with`` block and then restores it (its folder, subject list and memoised surfaces); every
+pycortex module shares that one object, so rendering inside the block reads the dataset's subject. This is not
+thread-safe. pycortex writes caches into ``<filestore>/<subject>/cache`` (flatmap pixel maps),
+``surface-info/curvature.npz`` and, when ``transforms/<xfm>/mask_<mask>.nii.gz`` is missing, the mask itself, so
+the folder must be writable.
 """
 
 from __future__ import annotations
@@ -47,15 +45,14 @@ def import_cortex():
 def pycortex_filestore(filestore: str | os.PathLike | None) -> Iterator:
     """Point pycortex's database at `filestore` inside a ``with`` block.
 
-    Leaves the user's pycortex configuration file alone: the shared
-    ``cortex.db`` object gets the new folder (and an empty subject list and
-    surface memo) and has its previous state back when the block ends.
+    Leaves the user's pycortex configuration file alone: the shared ``cortex.db`` object gets the new folder (and
+    an empty subject list and surface memo) and has its previous state back when the block ends.
 
     Parameters
     ----------
     filestore : path-like or None
-        Folder holding pycortex subject folders; None, or the folder already
-        in use (as in nested blocks), changes nothing.
+        Folder holding pycortex subject folders; None, or the folder already in use (as in nested blocks), changes
+        nothing.
 
     Yields
     ------
@@ -142,10 +139,6 @@ def n_voxels(layout) -> int:
     ----------
     layout : VoxelLayout, PycortexSpace, dict or tuple
         See :func:`bt_utils.data.layout.as_layout`.
-
-    Returns
-    -------
-    int
     """
     layout = as_layout(layout)
     if isinstance(layout, VoxelLayout):
