@@ -2,17 +2,8 @@
 
 Subpackages follow the data flow, and imports only point down this list:
 
-- :mod:`bt_utils.data`: the ds003020 layout, TR grid, transcripts, stimulus windows, noise ceiling, ROIs;
-- :mod:`bt_utils.models`: the model registry, the speech-encoder wrapper and brain-tuning;
-- :mod:`bt_utils.features`: layer features per TR, Lanczos resampling, low-level feature spaces;
-- :mod:`bt_utils.encoding`: voxelwise ridge, brain alignment, low-level impact, statistics;
-- :mod:`bt_utils.downstream`: downstream tasks, linear probes, ASR, semantic preference;
-- :mod:`bt_utils.viz`: figures, voxel maps and the interactive explorer;
-- :mod:`bt_utils.sweeps`: papermill sweeps over models and participants, and their summary;
-- :mod:`bt_utils.notebook`: what every notebook does first and last (set-up, run record).
-
-:mod:`bt_utils.demo` (the simulated demo dataset, offline Whisper, speech synthesis, demo tasks) is an
-extension that registers itself through :mod:`bt_utils.registry`; nothing else imports it.
+:mod:`bt_utils.demo` (the simulated demo dataset, offline Whisper, speech synthesis, demo tasks) is an extension
+that registers itself through :mod:`bt_utils.registry`; nothing else imports it.
 
 Each subpackage exports its public names in ``__all__``; they are imported on first use, so that
 ``import bt_utils`` stays fast and loads neither torch nor pycortex.
@@ -27,21 +18,7 @@ __version__ = "0.1.0"
 
 
 def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], object], Callable[[], list]]:
-    """``__getattr__`` and ``__dir__`` for a package whose public names are imported from submodules on first use.
-
-    Parameters
-    ----------
-    package : str
-        The package's ``__name__``.
-    exports : mapping of str to str
-        Public name -> submodule (relative to ``package``) that defines it. A name that its submodule does
-        not define is the submodule itself (e.g. ``"plots": "plots"``).
-
-    Returns
-    -------
-    getattr, dir : callables
-        To assign to the package's ``__getattr__`` and ``__dir__`` (PEP 562).
-    """
+    """``__getattr__`` and ``__dir__`` for a package whose public names are imported from submodules on first use."""
 
     def __getattr__(name: str) -> object:
         if name not in exports:

@@ -40,21 +40,7 @@ def in_colab() -> bool:
 
 
 def install_in_colab(source: str | os.PathLike | None = None) -> bool:
-    """In Colab, pip-install the suite's dependencies once per session; elsewhere do nothing.
-
-    The notebook's first cell puts the checkout (on Google Drive) on ``sys.path``, so ``bt_utils`` imports
-    before its dependencies are installed; this installs the checkout editable, with its dependencies.
-
-    Parameters
-    ----------
-    source : path-like, optional
-        The checkout to install (default: ``$BT_SUITE_SOURCE``, else the checkout this package is in).
-
-    Returns
-    -------
-    installed : bool
-        True when pip ran.
-    """
+    """In Colab, pip-install the suite's dependencies once per session; elsewhere do nothing."""
     if not in_colab():
         return False
     try:
@@ -89,10 +75,7 @@ def notebook_parameters(namespace: Mapping[str, object]) -> dict:
 
 
 def optional_table(folder: str | os.PathLike | None, name: str):
-    """The table ``folder / name`` (Parquet or CSV) of an earlier run, or None (with a message) where it is absent.
-
-    For notebooks that draw what earlier notebooks left: an empty ``folder`` means "skip".
-    """
+    """The table ``folder / name`` (Parquet or CSV) of an earlier run, or None (with a message) where it is absent."""
     import pandas as pd
 
     path = notebook_path(folder) / name if folder else None

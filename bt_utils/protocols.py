@@ -62,7 +62,6 @@ def protocol_values(protocol: str, values: Mapping[str, object], is_demo: bool) 
     protocol : {"auto", "paper", "demo"}
     values : mapping
         Notebook parameter name -> value; None means "the protocol's value".
-        Names the protocols do not define are returned unchanged.
     is_demo : bool
         Whether the dataset is the embedded demo (decides ``"auto"``).
 

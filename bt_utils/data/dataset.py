@@ -2,13 +2,6 @@
 
 Layout (relative to ``data_root``)::
 
-    stimuli/<story>.wav
-    derivative/TextGrids/<story>.TextGrid          tiers "phone" and "word"
-    derivative/respdict.json                       {story: n_trs + 5} (see bt_utils.data.timing)
-    derivative/preprocessed_data/<subject>/<story>.hf5
-        data                (n_trs - 15, n_voxels)  responses, already trimmed [10:-5]
-        individual_repeats  (n_repeats, n_trs - 15, n_voxels)  test story only
-
 The demo dataset adds ``derivative/demo.json`` (its split, TR and generator settings),
 ``derivative/voxel_layout/<subject>.npz`` and ``derivative/truth/<subject>.npz``; nothing else differs, so the same
 code reads both.
@@ -87,9 +80,6 @@ class StorySplit:
 class Dataset:
     """A story-listening fMRI dataset in the ds003020 layout.
 
-    Opening a dataset runs :meth:`validate` (file headers only, so it stays fast for ds003020's 84 stories); each
-    subject's response files are checked by :meth:`validate_responses` the first time the subject is used.
-
     Parameters
     ----------
     data_root : path-like
@@ -161,12 +151,7 @@ class Dataset:
 
     @cached_property
     def tr(self) -> float:
-        """Repetition time of the TR grid in seconds, used wherever TR times are computed.
-
-        The ``tr`` given to the constructor; else the ``tr`` that the dataset declares in ``derivative/demo.json``
-        (the demo records the TR it was simulated with); else :data:`bt_utils.data.timing.DS003020_TR_S` (2.0 s),
-        the TR with which the reference pipeline simulates ds003020's TR files.
-        """
+        """Repetition time of the TR grid in seconds, used wherever TR times are computed."""
         if self._tr is not None:
             return self._tr
         declared = (self.demo_info or {}).get("tr")
@@ -181,14 +166,11 @@ class Dataset:
     def n_trs(self) -> dict[str, int]:
         """Number of TRs of every story before the ``[10:-5]`` trim.
 
-        ``respdict.json`` minus :data:`bt_utils.data.timing.RESPDICT_PAD` (5), as the
-        reference pipeline reads it: ds003020 counts 5 TRs beyond the TR grid.
-
         Raises
         ------
         DataError
-            ``respdict.json`` is not a JSON mapping of story names to integers,
-            or leaves a story no TR after the trim.
+            ``respdict.json`` is not a JSON mapping of story names to integers, or leaves a story no TR after the
+            trim.
         """
         path = self.derivative / "respdict.json"
         try:
@@ -345,12 +327,6 @@ class Dataset:
     def validate(self) -> None:
         """Check the dataset's descriptions and stimuli, reading file headers only.
 
-        ``respdict.json`` must map story names to integers and ``demo.json`` (if any) hold a split of stories that
-        ``respdict.json`` lists. Every story whose audio is present must have audio that lasts until its last TR
-        with a response (:data:`AUDIO_COVERAGE_SLACK_S` before that TR's midpoint at the earliest) and a TextGrid,
-        if present, that ends where the audio ends (within :data:`TEXTGRID_TOLERANCE_S`; a TextGrid copied from
-        another story does not). Stories without files (a partial download) are checked when they are used.
-
         Raises
         ------
         DataError
@@ -395,10 +371,6 @@ class Dataset:
     def validate_responses(self, subject: str) -> None:
         """Check the headers of every response file of ``subject`` (once per subject; no data is read).
 
-        Each file must open as HDF5 and hold ``data`` of shape (n_trs - 15, n_voxels), with the story's TR count
-        from ``respdict.json`` and the same number of voxels in every story, and ``individual_repeats``, if
-        present, of shape (n_repeats, n_trs - 15, n_voxels).
-
         Raises
         ------
         DataError
@@ -440,11 +412,7 @@ class Dataset:
     # ----- splits and tables ---------------------------------------------------------------
 
     def split(self, subject: str | None = None) -> StorySplit:
-        """Train / validation / test stories.
-
-        ds003020: the authors' split of the 27 shared stories. The demo: the split recorded by its generator. If
-        ``subject`` is given, every story of the split must have responses for that subject.
-        """
+        """Train / validation / test stories."""
         if subject is not None:
             self.validate_responses(subject)
         if self.demo_info is not None:

@@ -3,14 +3,6 @@
 A response matrix or a map has one column per voxel; a *layout* places those voxels in the functional volume of a
 pycortex subject, so that maps can be drawn.
 
-* :class:`VoxelLayout` lists the voxels: pycortex subject, transform, volume shape, flat volume indices, ROI labels
-  and hemispheres. A dataset may store one per participant in ``derivative/voxel_layout/<subject>.npz`` (the demo
-  does, on pycortex's bundled subject ``S1``).
-* :class:`PycortexSpace` names a pycortex mask instead: ds003020's responses are the voxels of the ``"thick"`` mask
-  of subject ``UTS0X``, transform ``UTS0X_auto``, in C order of the (z, y, x) volume; the dataset ships that
-  subject's pycortex folder in ``derivative/pycortex-db/UTS0X``. Reading the mask needs pycortex, which
-  :mod:`bt_utils.viz.volumes` does.
-
 This module is plain numpy: it describes voxels and never imports pycortex.
 """
 
@@ -33,9 +25,6 @@ LAYOUT_KEYS = ("template", "xfm", "mask", "volume_shape", "volume_index", "roi",
 class VoxelLayout:
     """Voxels of a pycortex subject's functional volume that a values array holds, in order.
 
-    The arrays are stored as read-only copies. Instances compare by identity
-    (``eq=False``), as element-wise array comparison has no single truth value.
-
     Parameters
     ----------
     subject : str
@@ -45,8 +34,8 @@ class VoxelLayout:
     volume_shape : tuple of int, length 3
         Shape of the functional volume in pycortex's (z, y, x) order.
     volume_index : numpy.ndarray of int64, shape (n_voxels,)
-        Unique flat (C-order) indices into a volume of shape `volume_shape`,
-        i.e. ``np.ravel_multi_index((z, y, x), volume_shape)``.
+        Unique flat (C-order) indices into a volume of shape `volume_shape`, i.e. ``np.ravel_multi_index((z, y, x),
+        volume_shape)``.
     roi : numpy.ndarray of str, shape (n_voxels,)
         ROI name of each voxel, ``"other"`` outside every ROI.
     hemisphere : numpy.ndarray of str, shape (n_voxels,)
@@ -181,9 +170,6 @@ class VoxelLayout:
 class PycortexSpace:
     """Voxels of a pycortex mask of a subject in a pycortex filestore (real data).
 
-    Values for this space are the mask's voxels in C order of the (z, y, x)
-    volume, i.e. ``volume[mask]``, as in ds003020's responses.
-
     Parameters
     ----------
     subject : str
@@ -212,13 +198,6 @@ class PycortexSpace:
 
 def as_layout(layout) -> VoxelLayout | PycortexSpace:
     """Normalise the ways a voxel layout can be given.
-
-    Parameters
-    ----------
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        A ``VoxelLayout`` or ``PycortexSpace`` (returned as is); the dict of arrays of
-        ``Dataset.voxel_layout(subject)`` (see :meth:`VoxelLayout.from_arrays`); or a tuple
-        ``(subject, xfm, mask)`` or ``(subject, xfm, mask, filestore)``.
 
     Raises
     ------
@@ -279,18 +258,14 @@ def to_volume(layout: VoxelLayout, values, fill_value: float = np.nan) -> np.nda
 
     Parameters
     ----------
-    layout : VoxelLayout
-        Voxels the values belong to.
     values : array_like, shape (..., n_voxels)
         One value per voxel in the order of ``layout.volume_index``; leading axes (e.g. time) are kept.
-    fill_value : float, default nan
-        Value of the voxels outside the layout.
 
     Returns
     -------
     numpy.ndarray, shape (..., z, y, x)
-        Floating point (float64 unless `values` is already floating) volume of shape
-        ``(*values.shape[:-1], *layout.volume_shape)``.
+        Floating point (float64 unless `values` is already floating) volume of shape ``(*values.shape[:-1],
+        *layout.volume_shape)``.
 
     Raises
     ------

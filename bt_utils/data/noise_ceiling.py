@@ -3,12 +3,6 @@
 Both measures z-score every repeat over time first, so each repeat has unit variance per voxel. With ``N`` repeats
 and ``y`` their mean:
 
-- signal power (Schoppe et al. 2016) ``SP = (N * var(y) - 1) / (N - 1)``;
-- ``cc_max = 1 / sqrt(1 + (1 / N) * (1 / SP - 1))``, the highest correlation any model can reach with the mean
-  response;
-- explainable variance ``EV = var(y) / mean(var(repeat))``, bias corrected as ``EV - (1 - EV) / (N - 1)``. Because
-  repeats are z-scored, the corrected EV equals ``SP``.
-
 Where ``SP <= 0`` (no reliable signal) ``cc_max`` is 0: the formula alone gives infinity or NaN there. ``cc_max``
 is not floored; voxels whose ceiling is too low to divide by are left out of the evaluation instead
 (docs/method.md, "Noise ceiling and voxel selection").

@@ -46,8 +46,6 @@ def tr_input_window(audio: np.ndarray, tr_times: np.ndarray, index: int, spec: W
         The story's audio at ``spec.sample_rate``; time 0 is sound onset.
     tr_times : ndarray of shape (n_trs,)
         TR midpoints relative to sound onset (untrimmed).
-    index : int
-        The TR (untrimmed index).
 
     Returns
     -------

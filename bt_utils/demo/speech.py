@@ -50,14 +50,6 @@ class Utterance:
     ----------
     audio : ndarray of shape (n_samples,)
         Mono waveform, float32, in [-1, 1].
-    sample_rate : int
-        Sample rate of ``audio`` in Hz.
-    words : list of Interval
-        One interval per written word, in order; times in seconds. The label is
-        the word as written, in lower case, without surrounding punctuation.
-    phones : list of Interval
-        The ARPAbet phones of all words, in order, each inside its word's
-        interval; times in seconds. Pauses are gaps, not intervals.
     """
 
     audio: np.ndarray
@@ -337,26 +329,10 @@ def synthesize(
 ) -> Utterance:
     """Speak English text with eSpeak NG and time-align its words and phones.
 
-    Parameters
-    ----------
-    text : str
-        ASCII English: words, digits, whitespace and ``. , ; : ! ? ' " ( ) -`` (docs/demo_dataset.md, "Words").
-    voice : str, default "en-us"
-        An English voice of :func:`available_voices`, optionally with a variant of :func:`available_variants`, e.g.
-        ``"en-gb-scotland+f2"`` (case-insensitive).
-    words_per_minute : int, default 160
-        Speaking rate, 80 to 450.
-    pitch : int, default 50
-        eSpeak's base pitch setting, 0 to 100 (50 is the voice's normal pitch).
-    sample_rate : int, default 16000
-        Sample rate of the returned audio in Hz (4,000 to 192,000), resampled with ``soxr`` from eSpeak's 22,050
-        Hz.
-
     Returns
     -------
     Utterance
-        ``audio`` of shape (n_samples,); ``words`` and ``phones`` in seconds. The same arguments always give
-        identical audio.
+        ``audio`` of shape (n_samples,); ``words`` and ``phones`` in seconds.
 
     Raises
     ------
@@ -365,12 +341,6 @@ def synthesize(
         rate out of range.
     TypeError
         Arguments of the wrong type.
-
-    Examples
-    --------
-    >>> utterance = synthesize("She sells cats.")  # doctest: +SKIP
-    >>> [w.label for w in utterance.words]  # doctest: +SKIP
-    ['she', 'sells', 'cats']
     """
     words_per_minute = _check_int("words_per_minute", words_per_minute, MIN_WORDS_PER_MINUTE, MAX_WORDS_PER_MINUTE)
     pitch = _check_int("pitch", pitch, 0, 100)

@@ -107,15 +107,6 @@ def _alignment(mask: str, cache_dir: Path) -> dict:
 def template_to_fsaverage(mask: str = "thin", cache_dir=None) -> pd.DataFrame:
     """Position on fsaverage5 of every voxel of S1's cortical mask (display approximation).
 
-    Computed once (a few seconds, see the module docstring) and cached in ``cache_root(cache_dir)/maps``.
-
-    Parameters
-    ----------
-    mask : {"thin", "thick"}, default "thin"
-        Mask of :func:`bt_utils.demo.template.template_roi_table`.
-    cache_dir : path-like, optional
-        Cache root, see :func:`bt_utils.cache.cache_root`.
-
     Returns
     -------
     pandas.DataFrame, shape (n_mask_voxels, 6)
@@ -141,15 +132,6 @@ def template_to_fsaverage(mask: str = "thin", cache_dir=None) -> pd.DataFrame:
 
 def s1_fsaverage_mapping(layout: VoxelLayout, radius_mm: float, cache_dir=None) -> sparse.csr_matrix:
     """Which fsaverage5 vertices show which voxels of a layout on S1/fullhead.
-
-    Parameters
-    ----------
-    layout : VoxelLayout
-        Voxels of S1's ``fullhead`` volume, all in its mask ``layout.mask`` (``"thin"`` or ``"thick"``).
-    radius_mm : float
-        See :func:`bt_utils.viz.fsaverage.mapping_from_positions`.
-    cache_dir : path-like, optional
-        Cache root of the fit, see :func:`template_to_fsaverage`.
 
     Returns
     -------

@@ -208,35 +208,7 @@ TIMIT_PRESENCE_CLASSES: tuple[str, ...] = tuple(p for p in TIMIT_PHONES_39 if p 
 
 
 def timit_phonemes(source: str | os.PathLike, protocol: str = "presence", include_sa: bool = False) -> DownstreamTask:
-    """TIMIT phoneme prediction with 39 folded phones (:data:`TIMIT_FOLDING`), under one of two protocols.
-
-    ``"presence"`` (default; the paper's, after the authors' code): one example per utterance, pooled over the
-    whole utterance; the label is the set of phones that occur in it (multi-label: a probe predicts each phone's
-    presence). ``sil`` (closures, pauses, silence) is not a class: the authors fold ``q`` and the closures into
-    ``h#`` and drop that class, which leaves the 38 phones of :data:`TIMIT_PRESENCE_CLASSES`. Their macro-F1
-    (scikit-learn's) averages over every output column, so a phone that no test utterance has counts 0; the scores
-    here average over the phones present (:func:`bt_utils.downstream.metrics.multilabel_f1`).
-
-    ``"segments"`` (phone classification, the SUPERB-style reading): one example per phone segment (``q`` dropped),
-    pooled over the segment's span of its utterance's encoding, classified into one of the 39 classes.
-
-    Parameters
-    ----------
-    source : path-like or str
-        The TIMIT folder (holding ``TRAIN/`` and ``TEST/``), or ``"hf:timit_asr"``.
-    protocol : {"presence", "segments"}
-    include_sa : bool
-        Keep the two dialect (SA) sentences every speaker read; standard practice leaves them out. (The authors'
-        utterance lists include them; every speaker reads the same two texts, so under ``"presence"`` their labels
-        repeat across the splits.)
-
-    Returns
-    -------
-    DownstreamTask
-        ``"presence"``: task ``timit_phoneme``, kind ``"multilabel"``, one example per utterance (id
-        ``<speaker>_<sentence>``). ``"segments"``: task ``timit_phoneme_segments``, kind ``"classification"``, one
-        example per phone (id ``<speaker>_<sentence>_<phone index>``) with its span.
-    """
+    """TIMIT phoneme prediction with 39 folded phones (:data:`TIMIT_FOLDING`), under one of two protocols."""
     check_option("protocol", protocol, TIMIT_PROTOCOLS)
     utterances = [u for u in _timit_utterances(source) if include_sa or u.sentence_type != "SA"]
     if protocol == "presence":
@@ -260,13 +232,7 @@ def timit_phonemes(source: str | os.PathLike, protocol: str = "presence", includ
 
 
 def timit_sentence_type(source: str | os.PathLike) -> DownstreamTask:
-    """TIMIT sentence type: dialect (SA), phonetically compact (SX) or diverse (SI), from the file name.
-
-    Parameters
-    ----------
-    source : path-like or str
-        The TIMIT folder, or ``"hf:timit_asr"``.
-    """
+    """TIMIT sentence type: dialect (SA), phonetically compact (SX) or diverse (SI), from the file name."""
     examples = tuple(Example(u.id, u.split, u.sentence_type, u.audio, speaker=u.speaker)
                      for u in _timit_utterances(source))
     return DownstreamTask("timit_sentence_type", "classification", examples, ("SA", "SI", "SX"),
@@ -274,16 +240,7 @@ def timit_sentence_type(source: str | os.PathLike) -> DownstreamTask:
 
 
 def timit_asr(source: str | os.PathLike) -> DownstreamTask:
-    """TIMIT transcription: the SI and SX sentences, in the split of the other TIMIT tasks.
-
-    Train: the TRAIN folder (3,696 utterances); test: the core test set (192); validation: the other TEST speakers
-    (disjoint speakers everywhere).
-
-    Parameters
-    ----------
-    source : path-like or str
-        The TIMIT folder, or ``"hf:timit_asr"``.
-    """
+    """TIMIT transcription: the SI and SX sentences, in the split of the other TIMIT tasks."""
     examples = tuple(Example(u.id, u.split, u.text, u.audio, speaker=u.speaker) for u in _timit_utterances(source)
                      if u.sentence_type != "SA")
     return DownstreamTask("timit_asr", "asr", examples, description="utterance -> transcript (1 - WER)",
@@ -336,15 +293,7 @@ def _speech_commands_hf(source: str, label_column: str) -> list[Example]:
 
 
 def speech_commands(source: str | os.PathLike, label_column: str = "label") -> DownstreamTask:
-    """Speech Commands v0.02 word identity (35 words).
-
-    Parameters
-    ----------
-    source : path-like or str
-        The extracted archive's folder, or ``"hf:google/speech_commands"`` (config v0.02).
-    label_column : str
-        Hugging Face copies only: the class-label column.
-    """
+    """Speech Commands v0.02 word identity (35 words)."""
     examples = _speech_commands_hf(source, label_column) if _is_hf(source) else _speech_commands_local(source)
     return DownstreamTask("speech_commands", "classification", tuple(examples), SPEECH_COMMANDS_WORDS,
                           "one-second clip -> one of 35 words", "Speech Commands word identity", str(source))
@@ -368,16 +317,7 @@ def _crema_split(actor: str, actors: list[str]) -> str:
 
 
 def crema_d(source: str | os.PathLike, hf_split: str = "train") -> DownstreamTask:
-    """CREMA-D emotion recognition: 6 classes from the file names, split by actor (80/10/10).
-
-    Parameters
-    ----------
-    source : path-like or str
-        The CREMA-D folder (holding ``AudioWAV/``, or the .wav files themselves), or ``"hf:<dataset id>"`` of a
-        copy that keeps the original file names.
-    hf_split : str
-        Hugging Face copies only: the split that holds all files.
-    """
+    """CREMA-D emotion recognition: 6 classes from the file names, split by actor (80/10/10)."""
     if _is_hf(source):
         items = [(Path(_hf_path(row)).stem, _hf_audio(row["audio"])) for row in _load_hf(source, hf_split)]
     else:
@@ -439,22 +379,7 @@ def _slurp_local(source, target: str) -> list[Example]:
 
 def slurp(source: str | os.PathLike, target: str = "intent",
           hf_splits: tuple[str, str, str] = ("train", "validation", "test")) -> DownstreamTask:
-    """SLURP spoken language understanding: intent (e.g. ``alarm_set``) or action (e.g. ``set``).
-
-    Parameters
-    ----------
-    source : path-like or str
-        A folder with the SLURP jsonl files and ``slurp_real/`` audio, or ``"hf:<dataset id>"``
-        of a copy with an ``audio`` column and a column named ``target``.
-    target : {"intent", "action"}
-    hf_splits : tuple of str
-        Hugging Face copies only: the names of its train, validation and test splits.
-
-    Returns
-    -------
-    DownstreamTask
-        Every real recording is an example (a sentence has several); classes are those seen.
-    """
+    """SLURP spoken language understanding: intent (e.g. ``alarm_set``) or action (e.g. ``set``)."""
     check_option("target", target, SLURP_TARGETS)
     if _is_hf(source):
         examples = []
@@ -481,18 +406,7 @@ _LIBRISPEECH_HF_SPLITS = {"train-clean-100": "train.100", "train-clean-360": "tr
 
 def librispeech(source: str | os.PathLike, train: str = "train-clean-100", validation: str = "dev-clean",
                 test: str = "test-clean", max_seconds: float = 30.0) -> DownstreamTask:
-    """LibriSpeech transcription: one subset per split (speakers differ between subsets).
-
-    Parameters
-    ----------
-    source : path-like or str
-        The ``LibriSpeech`` folder holding the subset folders, or ``"hf:openslr/librispeech_asr"`` (config
-        ``clean``: ``train-clean-100``, ``train-clean-360``, ``dev-clean`` and ``test-clean``).
-    train, validation, test : str
-        Subset of each split (e.g. ``"train-clean-360"``).
-    max_seconds : float
-        Longer utterances are left out: Whisper reads at most 30 s.
-    """
+    """LibriSpeech transcription: one subset per split (speakers differ between subsets)."""
     subsets = {"train": train, "validation": validation, "test": test}
     examples = (_librispeech_hf if _is_hf(source) else _librispeech_local)(source, subsets, max_seconds)
     return DownstreamTask("librispeech_asr", "asr", tuple(examples), description="utterance -> transcript (1 - WER)",

@@ -1,21 +1,14 @@
 """Downstream evaluation: linear probes on frozen encoders, ASR with CTC heads, scores and tables.
 
-For every model variant (a list of :class:`ModelEntry`) and task, the frozen encoder's hidden states of
-every layer are mean-pooled per example and cached (:func:`bt_utils.downstream.features.extract_features`);
-for each seed, one linear probe per layer is trained (Adam, mini-batches; cross-entropy, or binary
-cross-entropy per class for a multi-label task); the layer and epoch with the best validation macro-F1 are
-chosen, and only then is the test split predicted. Test scores (:data:`PROBE_METRICS`) come per seed with
-bootstrap intervals over test examples; :func:`summarize` averages the seeds. ASR tasks follow the same
-protocol with a linear CTC head per layer (:mod:`bt_utils.downstream.asr`), scored as 1 - WER; Whisper
-variants may also be scored through Whisper's pretrained decoder, under their own metric, never mixed with
-the CTC rows. docs/method.md ("Downstream probes") states the protocol in full.
-
-``downstream.parquet`` (:attr:`DownstreamResults.scores`) has one row per model, variant, subject, task,
-seed and metric: ``model, variant, subject, task, layer, metric, value, seed, ci_low, ci_high, n_test``
-(``layer``: the chosen one, the last for Whisper's decoder; ``metric``: ``macro_f1``, ``accuracy``,
-``micro_f1``, ``one_minus_wer`` or ``one_minus_wer_whisper_decoder``). In ``downstream_predictions.parquet``
-a multi-label label or prediction is the names of the classes present, in the task's class order, separated
-by spaces (:func:`bt_utils.downstream.tasks.encode_multilabel`).
+For every model variant (a list of :class:`ModelEntry`) and task, the frozen encoder's hidden states of every layer
+are mean-pooled per example and cached (:func:`bt_utils.downstream.features.extract_features`); for each seed, one
+linear probe per layer is trained (Adam, mini-batches; cross-entropy, or binary cross-entropy per class for a
+multi-label task); the layer and epoch with the best validation macro-F1 are chosen, and only then is the test
+split predicted. Test scores (:data:`PROBE_METRICS`) come per seed with bootstrap intervals over test examples;
+:func:`summarize` averages the seeds. ASR tasks follow the same protocol with a linear CTC head per layer
+(:mod:`bt_utils.downstream.asr`), scored as 1 - WER; Whisper variants may also be scored through Whisper's
+pretrained decoder, under their own metric, never mixed with the CTC rows. docs/method.md ("Downstream probes")
+states the protocol in full.
 """
 
 from __future__ import annotations
@@ -95,10 +88,6 @@ def _checkpoint_folder(path: Path) -> Path | None:
 def model_entry(spec: ModelEntry | Mapping | str) -> ModelEntry:
     """A :class:`ModelEntry` from a dict ``{"variant", "path"[, "model", "subject"]}`` or a path.
 
-    Missing fields are read from a brain-tuned checkpoint's ``training_record.json`` (base model, subject; variant
-    ``"brain-tuned"``, or ``"control: <name>"`` for a control run); for anything else the base model is the path
-    itself and the variant ``"pretrained"``.
-
     Parameters
     ----------
     spec : ModelEntry, mapping or str
@@ -157,20 +146,10 @@ class ProbeFit:
 
     Attributes
     ----------
-    layer, epoch : int
-        Chosen hidden-state index (0 = input of the first layer) and epoch (1-based).
     weight : torch.Tensor
         Shape (D, n_classes).
     bias : torch.Tensor
         Shape (n_classes,).
-    mean, std : torch.Tensor
-        Shape (D,): the standardisation of the chosen layer (training split).
-    history : pandas.DataFrame
-        Validation scores (:data:`PROBE_METRICS` of the task kind) and ``loss`` per ``layer`` and ``epoch``.
-    layers : pandas.DataFrame
-        The best epoch of each layer: ``layer, epoch``, the scores, ``loss``.
-    multilabel : bool
-        Trained on multi-hot labels (binary cross-entropy per class).
     """
 
     layer: int
@@ -232,17 +211,12 @@ def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, validation_f
               config: ProbeConfig = ProbeConfig()) -> ProbeFit:
     """Train one linear probe per layer and choose the layer and epoch on the validation split.
 
-    All layers' probes are trained side by side (independent weights, the same mini-batches); the sum of their
-    losses has each probe's gradient, so this is the same as training them one by one.
-
     Parameters
     ----------
     train_features, validation_features : ndarray of shape (N, n_layers + 1, D)
     train_labels, validation_labels : ndarray of shape (N,) or (N, n_classes)
         Class indices in ``[0, n_classes)`` (classification: cross-entropy), or multi-hot 0/1 labels (multi-label:
         binary cross-entropy per class, validation scored with :data:`PROBE_METRICS` ``["multilabel"]``).
-    seed : int
-        Seed of the initial weights and of the mini-batch order.
     """
     x = torch.as_tensor(train_features, dtype=torch.float32)
     y = _labels_tensor(train_labels, n_classes, "training")
@@ -316,18 +290,6 @@ def probe_task(features: np.ndarray, task: DownstreamTask, seeds: Iterable[int] 
     ----------
     features : ndarray of shape (n_examples, n_layers + 1, D)
         From :func:`extract_features`, in the order of ``task.examples``.
-    task : DownstreamTask
-        A classification or multi-label task.
-    seeds : iterable of int
-
-    Returns
-    -------
-    predictions : pandas.DataFrame
-        Test predictions: ``seed, layer, example_id, label, prediction`` (multi-label: the predicted classes
-        separated by spaces, as labels are).
-    selection : pandas.DataFrame
-        Validation scores of every layer at its best epoch: ``seed, layer, epoch``, the metrics of the task's kind
-        (:data:`PROBE_METRICS`), ``loss, chosen``.
     """
     if task.kind not in PROBE_METRICS:
         raise ValueError(f"task {task.name!r} is an {task.kind} task; probes are for "
@@ -401,20 +363,7 @@ def _score_rows(group: pd.DataFrame, n_resamples: int, confidence: float, seed: 
 
 def score_predictions(predictions: pd.DataFrame, n_resamples: int = 1000, confidence: float = 0.95,
                       seed: int = 0) -> pd.DataFrame:
-    """Test scores per model, variant, subject, task and seed, with bootstrap intervals over test examples.
-
-    Parameters
-    ----------
-    predictions : pandas.DataFrame
-        :attr:`DownstreamResults.predictions`.
-    n_resamples, confidence, seed
-        See :func:`bt_utils.downstream.metrics.bootstrap_ci`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns :data:`SCORE_COLUMNS` (the ``downstream.parquet`` schema).
-    """
+    """Test scores per model, variant, subject, task and seed, with bootstrap intervals over test examples."""
     rows = []
     for key, group in predictions.groupby([*KEYS, "kind", "seed", "layer"], sort=False):  # kind: CTC or decoder
         fields = dict(zip([*KEYS, "kind", "seed", "layer"], key))
@@ -425,13 +374,6 @@ def score_predictions(predictions: pd.DataFrame, n_resamples: int = 1000, confid
 def summarize(predictions: pd.DataFrame, n_resamples: int = 1000, confidence: float = 0.95,
               seed: int = 0) -> pd.DataFrame:
     """Scores averaged over seeds, with a bootstrap interval of that average and the chance level.
-
-    Each bootstrap replicate resamples the test examples once and scores every seed's predictions on them, so the
-    interval reflects the test set's size with the seeds averaged. ``chance`` is the mean score of predictions that
-    are a random permutation of the test labels (guessing with the label frequencies; multi-label: whole label sets
-    are permuted, which keeps each class's frequency); NaN for ASR. A multi-label probe can beat this chance
-    without reading the audio: predicting a class of frequency ``p`` in every example scores its F1
-    ``2p / (1 + p)``, above the ``p`` of guessing.
 
     Parameters
     ----------
@@ -526,14 +468,13 @@ def run_downstream(entries: Iterable[ModelEntry | Mapping | str], tasks: Iterabl
         See :func:`bt_utils.models.registry.select_device`.
     native_length : bool
         Whisper: encode the real length instead of 30 s for the probes and CTC heads (much faster on short clips;
-        the paper pads to 30 s). Whisper's decoder always reads 30-s inputs.
+        the paper pads to 30 s).
     batch_size : int
         Most utterances per encoder pass (see :func:`bt_utils.downstream.features.extract_features`) and per batch
         of Whisper's decoder.
     whisper_decoder : bool
         Also transcribe ASR tasks with Whisper's pretrained decoder around each Whisper variant's encoder (``kind``
-        ``"asr_whisper_decoder"``, metric ``one_minus_wer_whisper_decoder``). Needs a base model with a trained
-        decoder (not the random ``tiny-whisper``).
+        ``"asr_whisper_decoder"``, metric ``one_minus_wer_whisper_decoder``).
     n_resamples, confidence : int, float
         Bootstrap of the per-seed intervals.
     cache, cache_dir

@@ -140,9 +140,6 @@ class DownstreamTask:
     def subsample(self, max_per_split: int | None, seed: int = 0) -> DownstreamTask:
         """At most ``max_per_split`` examples per split, drawn stratified by label (deterministic).
 
-        Multi-label examples are stratified by their whole label (the set of classes); where most sets are unique,
-        as for TIMIT utterances, that is a uniform random draw.
-
         Parameters
         ----------
         max_per_split : int or None
@@ -166,12 +163,6 @@ class DownstreamTask:
 
 def encode_multilabel(labels: Iterable[str], classes: Sequence[str]) -> np.ndarray:
     """Multi-hot matrix of multi-label labels (class names separated by spaces).
-
-    Parameters
-    ----------
-    labels : iterable of str, length n
-        E.g. ``["b iy", "", "d"]``.
-    classes : sequence of str, length n_classes
 
     Returns
     -------
@@ -198,12 +189,6 @@ def decode_multilabel(multi_hot: np.ndarray, classes: Sequence[str]) -> list[str
     ----------
     multi_hot : ndarray of shape (n, n_classes)
         Nonzero / True where a class is present.
-    classes : sequence of str, length n_classes
-
-    Returns
-    -------
-    list of str, length n
-        ``""`` for a row without any class.
     """
     multi_hot = np.asarray(multi_hot)
     if multi_hot.ndim != 2 or multi_hot.shape[1] != len(classes):

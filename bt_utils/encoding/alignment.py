@@ -1,20 +1,11 @@
 """Brain alignment: from a speech model's layer features to voxel-wise and ROI scores.
 
-For every participant, model variant (pretrained, brain-tuned, controls) and layer:
-layer features per TR (:mod:`bt_utils.features.extraction`, cached) -> delayed design
-matrices -> ridge regression with a per-voxel penalty chosen by cross-validation
-over stories (:mod:`bt_utils.encoding.ridge`) -> Pearson r between the prediction of the
-test story and the mean of its repeats, and ``r / cc_max`` for the voxels whose
-noise ceiling exceeds ``min_ceiling`` -> optional voxel-wise block-permutation
-p-values with FDR correction -> ROI means (:mod:`bt_utils.encoding.stats`).
-
-Result tables (tidy):
-
-- voxels: ``subject, model, variant, layer, voxel, r, r_norm, alpha, tuned_on`` (+
-  ``p_value, q_value, significant`` with permutations); ``r_norm`` is NaN for
-  excluded voxels; ``tuned_on`` names the participants a brain-tuned variant was
-  tuned on, from its checkpoint (so that a participant it never saw is known);
-- ROIs: ``subject, model, variant, tuned_on, layer, roi, r_norm_mean, n_voxels, n_parcels`` (parcels weigh the same).
+For every participant, model variant (pretrained, brain-tuned, controls) and layer: layer features per TR
+(:mod:`bt_utils.features.extraction`, cached) -> delayed design matrices -> ridge regression with a per-voxel
+penalty chosen by cross-validation over stories (:mod:`bt_utils.encoding.ridge`) -> Pearson r between the
+prediction of the test story and the mean of its repeats, and ``r / cc_max`` for the voxels whose noise ceiling
+exceeds ``min_ceiling`` -> optional voxel-wise block-permutation p-values with FDR correction -> ROI means
+(:mod:`bt_utils.encoding.stats`).
 """
 
 from __future__ import annotations
@@ -116,10 +107,8 @@ class SubjectTargets:
 
 
 def subject_targets(dataset: Dataset, subject: str, include_validation: bool = True) -> SubjectTargets:
-    """Training responses (stories in split order) and the test story's repeat mean, trimmed to pair with the design.
-
-    The noise ceiling is computed on the same test rows that are scored (``[40:]``), as in the
-    authors' evaluation, so that r / cc_max compares correlations over the same TRs.
+    """Training responses (stories in split order) and the test story's repeat mean, trimmed to pair with the
+    design.
     """
     split = dataset.split(subject)
     stories = tuple(split.train) + (tuple(split.validation) if include_validation else ())
@@ -148,14 +137,6 @@ def score_layer(x_train: np.ndarray, x_test: np.ndarray, labels: np.ndarray, tar
     x_test : ndarray of shape (n_test_trs, n_features)
     labels : ndarray of shape (n_train_trs,)
         Story of each training row (for the folds).
-
-    Returns
-    -------
-    table : DataFrame
-        One row per voxel: ``voxel, r, r_norm, alpha`` (+ ``p_value, q_value, significant`` with
-        ``settings.n_permutations``: the block-permutation p-value of every voxel, and Benjamini-Hochberg over the
-        evaluated voxels, those with a noise ceiling above ``settings.min_ceiling``; the others get ``q_value`` NaN
-        and are never significant). With ``n`` permutations the smallest p-value is ``1 / (n + 1)``.
     """
     if len(x_train) != len(targets.train) or len(x_test) != len(targets.test):
         raise ValueError(f"design ({len(x_train)} train, {len(x_test)} test rows) and responses "
@@ -179,14 +160,6 @@ def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray
                     settings: AlignmentSettings) -> np.ndarray:
     """Mean over stories of the Pearson r of each story's held-out prediction (leave one story out).
 
-    Each story is predicted by an encoding model fitted on the other stories (per-voxel alpha chosen by
-    ``settings.cv`` inside them) and scored on its own; the scores are averaged with equal weight per story. With
-    all ``n`` training TRs scored instead of the test story's few dozen, r has a much smaller sampling error, which
-    is what comparisons between feature variants need (single-repeat responses, so r is lower than on the test
-    story's repeat mean and is not divided by a noise ceiling). Per-story scoring keeps r unbiased under the null;
-    one r over the concatenated predictions is not, because each fold picks its own alphas, which scale its
-    predictions (on pure noise it falls below 0).
-
     Parameters
     ----------
     x_train : ndarray of shape (n, n_features)
@@ -195,8 +168,6 @@ def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray
         Responses paired with ``x_train`` (:attr:`SubjectTargets.train`).
     labels : ndarray of shape (n,)
         Story of each row; at least 3 stories.
-    settings : AlignmentSettings
-        ``alphas``, ``cv``, ``n_folds``, ``backend``, ``seed``.
 
     Returns
     -------
@@ -229,15 +200,6 @@ def score_features(dataset: Dataset, subject: str, features: Mapping[str, Mappin
     features : mapping of str to mapping of int to ndarray of shape (n_trs, d)
         Untrimmed TR features per story and layer (e.g. from
         :func:`bt_utils.features.extraction.dataset_tr_features`, or residualised ones).
-    layers : tuple of int
-    standardise : bool
-        z-score each story's features (default); ``False`` for residualised features (see
-        :func:`bt_utils.features.design.layer_design`).
-
-    Returns
-    -------
-    table : DataFrame
-        :func:`score_layer`'s columns plus ``layer``.
     """
     split = dataset.split(subject)
     tables = []
@@ -374,9 +336,6 @@ def order_columns(voxels: pd.DataFrame) -> pd.DataFrame:
 def alignment_rois(dataset: Dataset, voxels: pd.DataFrame, atlas_dir=None, weighting: str = "parcel") -> pd.DataFrame:
     """ROI means of ``r_norm``: ``subject, model, variant, tuned_on, layer, roi, r_norm_mean, n_voxels, n_parcels``
     (``tuned_on`` when the voxel table has it).
-
-    ``weighting="parcel"`` (default) averages within each parcel of an ROI, then over its
-    parcels; ``"voxel"`` averages over its voxels (see :func:`bt_utils.encoding.stats.roi_mean`).
     """
     rois = {subject: subject_rois(dataset, subject, atlas_dir) for subject in voxels.subject.unique()}
     keys = ("subject", "model", "variant", *(["tuned_on"] if "tuned_on" in voxels else []), "layer")

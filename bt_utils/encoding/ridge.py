@@ -5,12 +5,6 @@ intercept (both are z-scored per story, so centred)::
 
     w_j = argmin_w ||X w - Y[:, j]||^2 + alpha_j ||w||^2
 
-``alpha_j`` is chosen per voxel from a grid by the held-out score averaged over cross-validation splits
-(:func:`story_folds`, :func:`bootstrap_chunk_splits`), then the weights are refit on all training rows.
-:class:`EigenRidgeCV` does this with the estimator interface of himalaya's ``RidgeCV`` and the same results, but
-faster: one eigendecomposition serves every alpha and split (see the class). Its arrays go through himalaya's
-backends (:func:`get_backend`), chosen per estimator rather than through himalaya's global backend.
-
 Evaluation on the test story: :func:`correlation_score` between the predictions and the mean of the test repeats,
 and :func:`normalised_score` (``r / cc_max``), NaN for voxels whose noise ceiling is too unreliable to divide by.
 """
@@ -50,15 +44,10 @@ EIGH_COST = 15.0
 def story_folds(groups, n_folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
     """Leave-stories-out cross-validation splits.
 
-    Whole stories go to each test fold; stories are dealt longest first to the fold with the fewest TRs so far
-    (ties: the story seen first, the lowest fold), which balances fold sizes and is deterministic.
-
     Parameters
     ----------
     groups : array-like of shape (n_trs,)
         Story label of every TR of the concatenated training data.
-    n_folds : int
-        Number of splits, from 2 to the number of stories.
 
     Returns
     -------
@@ -85,28 +74,11 @@ def bootstrap_chunk_splits(n_trs: int, n_boots: int = 3, chunk_len: int = 20, he
                            rng=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Random held-out chunks of consecutive TRs, the reference bootstrap scheme.
 
-    The TRs are cut into ``n_trs // chunk_len`` whole chunks (a shorter tail
-    always trains); each bootstrap holds out ``int(n_trs * held_out_fraction / chunk_len)``
-    chunks drawn without replacement and trains on every other TR.
-
-    Parameters
-    ----------
-    n_trs : int
-        Number of training TRs.
-    n_boots : int
-        Number of splits.
-    chunk_len : int
-        TRs per chunk (consecutive TRs are autocorrelated, so they are held out together).
-    held_out_fraction : float
-        Target fraction of TRs held out, in (0, 1).
-    rng : None, int or numpy.random.Generator
-        Seed or generator for the draw.
-
     Returns
     -------
     splits : list of (train, test) pairs
-        Sorted integer index arrays; every test array has
-        ``chunk_len * int(n_trs * held_out_fraction / chunk_len)`` TRs.
+        Sorted integer index arrays; every test array has ``chunk_len * int(n_trs * held_out_fraction /
+        chunk_len)`` TRs.
     """
     if n_boots < 1 or chunk_len < 1:
         raise ValueError(f"n_boots={n_boots!r} and chunk_len={chunk_len!r} must be positive")
@@ -162,8 +134,6 @@ def normalised_score(r: np.ndarray, ceiling: np.ndarray, min_ceiling: float = 0.
         :func:`correlation_score` on the test story.
     ceiling : ndarray of shape (n_voxels,)
         :func:`bt_utils.data.noise_ceiling.cc_max` of the test repeats.
-    min_ceiling : float
-        Voxels with ``ceiling <= min_ceiling`` get NaN (METHOD.md: 0.05).
 
     Returns
     -------
@@ -209,24 +179,12 @@ def _best_alpha_index(cv_scores: np.ndarray, alphas: np.ndarray) -> np.ndarray:
 
 
 def check_backend(name: str) -> str:
-    """Return ``name`` if it is a himalaya backend :class:`EigenRidgeCV` runs on, else raise a ValueError.
-
-    Only the name is checked (nothing is imported): call it where settings are made.
-    """
+    """Return ``name`` if it is a himalaya backend :class:`EigenRidgeCV` runs on, else raise a ValueError."""
     return check_option("backend", name, BACKENDS)
 
 
 def get_backend(name: str):
     """himalaya's backend module ``name``, leaving himalaya's global backend as it is.
-
-    Parameters
-    ----------
-    name : {"numpy", "torch", "torch_cuda"}
-
-    Returns
-    -------
-    module
-        ``himalaya.backend.<name>`` (``asarray``, ``to_numpy``, ``eigh``, ...).
 
     Raises
     ------
@@ -502,25 +460,6 @@ def _cross_validate(system, Y, splits, alphas, batches, scoring, backend) -> np.
 class EigenRidgeCV:
     """Ridge regression with a cross-validated alpha per voxel, refit on all rows.
 
-    The interface and results of himalaya's ``RidgeCV`` (``fit``, ``predict``, ``score``, ``best_alphas_``,
-    ``cv_scores_``, ``coef_``), with a faster solver. Everything goes through one float64 eigendecomposition of
-    ``G = X^T X`` (primal form, ``n_features <= n_samples``) or of ``K = X X^T`` (kernel form), in whose basis
-    ``(G + alpha I)^-1`` is the diagonal ``1 / (lambda + alpha)``: another alpha only rescales a diagonal. Splits
-    are solved by one of two strategies, the fewer flops by default (``solver_params={"strategy": ...}``):
-
-    ``"downdate"``
-        No decomposition per split: with the hat matrix ``S`` of the fit on all rows, the model fitted without the
-        held-out rows ``h`` predicts them exactly as ``(I - S_hh)^-1 X_h (G + alpha I)^-1 X_t^T Y_t`` (Woodbury;
-        ``t`` the training rows), one ``n_h x n_h`` inverse per split and alpha.
-    ``"per_fold"``
-        One ``eigh`` per split of its training rows' Gram matrix ``G - X_h^T X_h``
-        (primal) or kernel block (kernel); best with few features.
-
-    Data, projections and predictions use ``dtype``; the Gram matrix, its eigenvectors and the ``n_h x n_h``
-    systems use float64, as float32 loses the small eigenvalues that the smallest alphas depend on. Held-out
-    predictions are formed directly, never as ``Y_h`` minus residuals, which cancel in float32 when strong
-    shrinkage makes them small.
-
     Parameters
     ----------
     alphas : array-like of shape (n_alphas,)
@@ -530,7 +469,7 @@ class EigenRidgeCV:
         (rows in neither are allowed).
     scoring : {"r2", "correlation"}
         Held-out score that chooses alpha (per split, averaged; 0 for a voxel constant over the held-out rows, as
-        in himalaya). Ties go to the largest alpha.
+        in himalaya).
     backend : {"numpy", "torch", "torch_cuda"}
         himalaya backend of the computation (:func:`get_backend`); himalaya's global backend is neither read nor
         changed.
@@ -616,11 +555,7 @@ class EigenRidgeCV:
         return X.astype(self.coef_.dtype, copy=False) @ self.coef_
 
     def score(self, X, Y) -> np.ndarray:
-        """R^2 of the predictions of ``X`` against ``Y`` (n_samples, n_voxels) per voxel, shape (n_voxels,).
-
-        Like himalaya's ``RidgeCV.score``: ``1 - SSE / sum((y - mean(y))^2)``, whatever
-        ``scoring`` chose the alphas; 0 for a constant voxel.
-        """
+        """R^2 of the predictions of ``X`` against ``Y`` (n_samples, n_voxels) per voxel, shape (n_voxels,)."""
         prediction = self.predict(X)
         Y = np.asarray(Y, dtype=np.float64)
         if Y.shape != prediction.shape:

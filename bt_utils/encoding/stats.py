@@ -24,21 +24,7 @@ ROI_WEIGHTINGS = ("parcel", "voxel")
 
 @dataclass(frozen=True)
 class RoiMean:
-    """Mean of a voxel-wise value over an ROI, with its standard error from the spread across voxels.
-
-    Attributes
-    ----------
-    mean : float
-        NaN when no voxel of the ROI has a finite value.
-    sem : float
-        Standard error of ``mean`` (NaN when ``dof < 1``).
-    dof : int
-        Degrees of freedom of ``sem``.
-    n_voxels : int
-        Voxels with a finite value.
-    n_parcels : int
-        Parcels with at least one such voxel.
-    """
+    """Mean of a voxel-wise value over an ROI, with its standard error from the spread across voxels."""
 
     mean: float
     sem: float
@@ -61,11 +47,6 @@ def roi_mean(parcel_values: Mapping[str, np.ndarray], weighting: str = "parcel")
     parcel_values : mapping of str to ndarray of shape (n_voxels_of_parcel,)
         The value at each voxel of each parcel; NaN values (e.g. voxels excluded by the noise ceiling) are left
         out, and so are parcels left without a value.
-    weighting : {"parcel", "voxel"}
-        ``"parcel"``: the mean of the parcel means, every parcel weighing the same; its standard error is
-        ``s * sqrt(sum_p 1 / n_p) / P`` over the ``P`` parcels of ``n_p`` voxels, with ``s`` the pooled standard
-        deviation within parcels (``N - P`` degrees of freedom for ``N`` voxels). ``"voxel"``: the mean over all
-        voxels, standard error ``std / sqrt(N)`` (``N - 1`` degrees of freedom).
     """
     check_option("weighting", weighting, ROI_WEIGHTINGS)
     parcels = [values[np.isfinite(values)] for values in (np.asarray(v, float) for v in parcel_values.values())]
@@ -94,29 +75,7 @@ def roi_parcels(definition: Mapping[str, np.ndarray] | np.ndarray, roi: str) -> 
 def roi_table(voxel_table: pd.DataFrame, rois: Mapping[str, Mapping], value: str = "r_norm",
               keys: Sequence[str] = ("subject", "model", "variant", "layer"),
               weighting: str = "parcel") -> pd.DataFrame:
-    """Mean of a voxel-wise value within each ROI (:func:`roi_mean`).
-
-    Parameters
-    ----------
-    voxel_table : DataFrame
-        One row per voxel and condition: ``keys``, ``voxel`` and ``value``. NaN values
-        (e.g. voxels excluded by the noise ceiling) are left out of the means.
-    rois : mapping
-        ``rois[subject][roi_name]``: the ROI's parcels, ``{parcel: voxel indices}``
-        (:func:`bt_utils.data.rois.subject_rois`), or an array of voxel indices (one parcel).
-    value : str
-        Column to average.
-    keys : sequence of str
-        Columns that identify a condition.
-    weighting : {"parcel", "voxel"}
-        Every parcel weighs the same (default), or every voxel.
-
-    Returns
-    -------
-    table : DataFrame
-        ``keys``, ``roi``, ``<value>_mean``, ``n_voxels`` (voxels with a finite value), ``n_parcels``
-        (parcels with at least one).
-    """
+    """Mean of a voxel-wise value within each ROI (:func:`roi_mean`)."""
     check_option("weighting", weighting, ROI_WEIGHTINGS)
     missing = set(voxel_table.subject.unique()) - set(rois)
     if missing:
@@ -149,9 +108,6 @@ def _check_one_row_each(table: pd.DataFrame, keys: Sequence[str], remedy: str) -
 def across_subjects(table: pd.DataFrame, value: str, by: Sequence[str] = ("model", "variant", "layer", "roi"),
                     average_over: Sequence[str] = ()) -> pd.DataFrame:
     """Mean and standard error of the mean across participants.
-
-    Each participant counts once: its repeated measurements (the columns ``average_over``, e.g. probe seeds) are
-    averaged first, then the participants' values are summarised.
 
     Parameters
     ----------
@@ -191,12 +147,6 @@ def paired_test(table: pd.DataFrame, value: str, variant_a: str, variant_b: str,
                 by: Sequence[str] = ("model", "layer", "roi"), test: str = "t",
                 family: Sequence[str] = ("model",)) -> pd.DataFrame:
     """Paired test across participants between two variants (``b - a``), with FDR-corrected q-values.
-
-    One test per condition (``by``); the conditions that share their ``family`` columns (default: one model's layer
-    x ROI comparisons of this variant pair) are one family of comparisons, corrected together with
-    Benjamini-Hochberg (:func:`fdr_bh`): ``q_value`` is the adjusted p-value, to be compared with the chosen false
-    discovery rate. Conditions without a p-value (fewer than two participants, or the same difference for all) are
-    not counted in the family.
 
     Parameters
     ----------
@@ -289,10 +239,6 @@ def paired_tests(table: pd.DataFrame, value: str, variant: str, references: Sequ
 def block_permutation_pvalues(prediction: np.ndarray, target: np.ndarray, n_permutations: int = 1000,
                               block_size: int = 10, rng: np.random.Generator | None = None) -> np.ndarray:
     """One-sided p-values of voxel-wise prediction correlations by block permutation.
-
-    The target time series is cut into consecutive blocks of ``block_size`` TRs (the last one shorter when
-    ``block_size`` does not divide the TRs) whose order is permuted (keeping the autocorrelation within blocks);
-    the same permutation is applied to every voxel. ``p = (1 + #{null r >= observed r}) / (1 + n_permutations)``.
 
     Parameters
     ----------

@@ -1,15 +1,4 @@
-"""From frame features to the design matrix of the encoding models: TRs, z-scoring, delays, trims.
-
-Per story, :func:`tr_features` Lanczos-resamples each layer's frame series (window 3, cutoff 1/TR) to the TR
-midpoints. :func:`layer_design` then applies :func:`zscore_per_story` with the mean and standard deviation of the
-rows that :func:`stimulus_rows` keeps (as the reference pipeline z-scores the trimmed series), :func:`make_delays`
-(FIR delays 1-4 TRs, zero-filled) and that trim. The statistics leave out the trimmed TRs because the first five
-lie before sound onset, where the features are near 0: with them, a column with a large mean would be scaled down
-by its mean, not its spread. Delays come *before* the trim so that the delayed copies of the first kept TRs hold
-the real features of the TRs before them rather than zeros; they come after the z-scoring so that the zero fill
-equals the story mean. Training and validation stories keep ``[10:-5]``; the test story keeps ``[50:-5]``, to be
-paired with its stored responses ``[40:]`` (:data:`response_rows_test`).
-"""
+"""From frame features to the design matrix of the encoding models: TRs, z-scoring, delays, trims."""
 
 from __future__ import annotations
 
@@ -154,9 +143,6 @@ def layer_design(features_by_story: Mapping[str, Mapping[int, np.ndarray]], data
                  layer: int, delays: Sequence[int] = DELAYS, include_validation: bool = True,
                  subject: str | None = None, standardise: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Delayed, z-scored, trimmed features of one layer, ready for ridge regression.
-
-    Per story: :func:`zscore_per_story` with the statistics of the rows that :func:`stimulus_rows` keeps,
-    :func:`make_delays`, then that trim (see the module docstring for why in this order).
 
     Parameters
     ----------

@@ -5,11 +5,6 @@ keeps one frame per grid point; in ``"fast"`` mode the encoder's family decides 
 :mod:`bt_utils.features.whisper_edge` for Whisper padded to 30 s). :func:`story_features` caches the result per
 story and layer, keyed by the encoder's weights, the story's audio and exactly what was computed
 (:func:`feature_tag`); :func:`dataset_tr_features` resamples it to TRs.
-
-Layers are indices into ``EncoderOutput.hidden_states``: 0 is the input of the first transformer layer, ``k`` the
-output of layer ``k`` and ``n_layers`` the output of the last one (for Whisper, after the encoder's final layer
-norm). The protocol's "layers 2, 5, 7, 8, 10, 11, 12 and the output" of its 12-layer models are therefore
-:data:`PROTOCOL_LAYERS`: layer 12 *is* the output.
 """
 
 from __future__ import annotations
@@ -99,12 +94,7 @@ def _shares_spans(encoder: SpeechEncoder, settings: WindowSettings) -> bool:
 
 
 def window_stride_s(encoder: SpeechEncoder, settings: WindowSettings) -> float:
-    """Step between the windows ``encoder`` runs in ``settings.mode``, in seconds.
-
-    :data:`~bt_utils.features.windows.FAST_STRIDE_S` in the fast mode of encoders that run at their input length
-    (wav2vec2, HuBERT, Whisper with ``native_length``); otherwise ``chunk_s``, one window per grid point (the
-    reference, and the fast mode of Whisper padded to 30 s).
-    """
+    """Step between the windows ``encoder`` runs in ``settings.mode``, in seconds."""
     if settings.mode == "fast" and not pads_to_30s(encoder):
         return FAST_STRIDE_S
     return settings.chunk_s
@@ -117,12 +107,7 @@ def encoder_plan(encoder: SpeechEncoder, n_samples: int, settings: WindowSetting
 
 
 def feature_tag(encoder: SpeechEncoder, settings: WindowSettings) -> str:
-    """Text that names exactly which features ``encoder`` computes with ``settings``, used in cache paths.
-
-    For example ``reference-ctx16.0-chunk0.1-stride0.1``, ``fast-ctx16.0-chunk0.1-stride2.0`` (strided
-    windows) or ``fast-ctx16.0-chunk0.1-shared23-span75+15-every16`` (Whisper padded to 30 s, see
-    :data:`bt_utils.features.whisper_edge.TAG`).
-    """
+    """Text that names exactly which features ``encoder`` computes with ``settings``, used in cache paths."""
     tag = f"{settings.mode}-ctx{settings.context_s!r}-chunk{settings.chunk_s!r}"
     if _shares_spans(encoder, settings):
         return f"{tag}-{whisper_edge.TAG}"
@@ -130,14 +115,7 @@ def feature_tag(encoder: SpeechEncoder, settings: WindowSettings) -> str:
 
 
 def kept_frame_index(encoder: SpeechEncoder, plan: WindowPlan) -> np.ndarray:
-    """Index, within its window's frames, of each grid point's frame, shape (n_times,).
-
-    It is the last frame of a window that would end at the grid point: the number of frames computed from the audio
-    up to there, minus one. Whisper padded to 30 s keeps, as the authors' extraction code does, the last frame that
-    any real audio reaches: the feature extractor's attention mask (``ceil(samples / 160)`` mel frames) passed
-    through ``conv1`` and ``conv2``. That is one frame later: the frame centred on the window's end, whose
-    receptive field also covers padding.
-    """
+    """Index, within its window's frames, of each grid point's frame, shape (n_times,)."""
     heard = plan.grid_ends - plan.starts[plan.window_of_frame]
     frames = encoder.frame_lengths(torch.as_tensor(heard)).numpy()
     if pads_to_30s(encoder):
@@ -210,10 +188,6 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                            settings: WindowSettings = WindowSettings(), batch_size: int = 8,
                            progress: bool = True) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Frame features of a story's audio from causal sliding windows, one frame per grid point.
-
-    Runs in eval mode without gradients on the encoder's device (the encoder's train/eval mode is restored
-    afterwards). Every frame is what a forward pass on its window alone gives, up to float rounding, except in the
-    fast mode of Whisper padded to 30 s (see :mod:`bt_utils.features.whisper_edge`).
 
     Parameters
     ----------
@@ -319,16 +293,6 @@ def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers:
                    batch_size: int = 8, progress: bool = True,
                    fingerprint: str | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Frame features of one story, read from the disk cache or computed and cached.
-
-    Cache key and layout: one ``.npz`` file per story and layer at
-    ``<cache_root>/features/v<CACHE_VERSION>/<fingerprint>/<feature tag>/<story>-<audio hash>/layer-<LL>.npz``,
-    where ``fingerprint`` is :meth:`SpeechEncoder.fingerprint` (weights, family and input settings such as
-    Whisper's ``native_length``), the feature tag is :func:`feature_tag` (the mode, the window geometry and the
-    method the encoder's family uses), and the audio hash is the SHA-256 of the story's 16 kHz samples (so a moved
-    or rebuilt identical dataset still hits the cache, and changed audio misses it). Each file holds ``times``,
-    ``values`` and the full key, which is checked on reading. Files are written atomically; a missing, unreadable
-    or mismatched file is recomputed. When every layer is cached the encoder's forward never runs. The device and
-    batch size are not part of the key (they change the values only by float rounding).
 
     Parameters
     ----------

@@ -32,12 +32,6 @@ def lanczos_matrix(old_times: np.ndarray, new_times: np.ndarray, cutoff: float |
     old_times : ndarray of shape (n_old,)
     new_times : ndarray of shape (n_new,)
         Regularly spaced; the default cutoff is ``1 / mean spacing`` (1/TR).
-    cutoff : float, optional
-        In Hz.
-    window : int
-        Lobes of the kernel.
-    normalize : bool
-        Divide each row by its sum (rows with no weight stay 0).
 
     Returns
     -------
@@ -66,8 +60,6 @@ def lanczos_resample(values: np.ndarray, old_times: np.ndarray, new_times: np.nd
     values : ndarray of shape (n_old, n_features)
     old_times : ndarray of shape (n_old,)
     new_times : ndarray of shape (n_new,)
-    cutoff, window, normalize
-        See :func:`lanczos_matrix`.
 
     Returns
     -------

@@ -67,37 +67,14 @@ def _clean_story_transcript(dataset: Dataset, story: str, phone_map: Mapping[str
 
 def build_vocabularies(dataset: Dataset, stories: Sequence[str] | None = None,
                        phone_map: Mapping[str, str | None] | None = None) -> dict[str, tuple[str, ...]]:
-    """Fixed diphone and triphone vocabularies of a dataset.
-
-    Parameters
-    ----------
-    stories : sequence of str, optional
-        Stories whose TextGrids are read; default all, so every call gives the same columns.
-    phone_map : mapping, optional
-        See :func:`normalize_phone`.
-
-    Returns
-    -------
-    vocabularies : dict
-        ``{"diphones": tuple of str, "triphones": tuple of str}``, each sorted.
-    """
+    """Fixed diphone and triphone vocabularies of a dataset."""
     stories = dataset.stories if stories is None else list(stories)
     transcripts = [_clean_story_transcript(dataset, story, phone_map) for story in stories]
     return {"diphones": phone_ngram_vocabulary(transcripts, 2), "triphones": phone_ngram_vocabulary(transcripts, 3)}
 
 
 class StoryStimulus:
-    """What the feature spaces of one story are computed from, read when first needed.
-
-    Parameters
-    ----------
-    vocabularies : mapping of str to sequence of str
-        Columns of ``diphones`` and ``triphones`` (keys as in :func:`build_vocabularies`).
-    phone_map : mapping, optional
-        See :func:`normalize_phone`.
-    duration_tolerance : float
-        How much shorter than the TextGrid the audio may be, in seconds.
-    """
+    """What the feature spaces of one story are computed from, read when first needed."""
 
     def __init__(self, dataset: Dataset, story: str, vocabularies: Mapping[str, Sequence[str]],
                  phone_map: Mapping[str, str | None] | None = None, duration_tolerance: float = DURATION_TOLERANCE_S):
@@ -218,12 +195,8 @@ class LowLevelStack:
     Attributes
     ----------
     features : dict of str to ndarray
-        ``{story: values of shape (n_trs - 15, n_columns)}``, float32, trimmed ``[10:-5]`` and z-scored per
-        story and column (constant columns become 0).
-    columns : dict of str to slice
-        The columns of each feature space, in stacking order.
-    column_names : tuple of str, length n_columns
-        ``"<space>:<dimension>"``, e.g. ``"phonemes:AA"``.
+        ``{story: values of shape (n_trs - 15, n_columns)}``, float32, trimmed ``[10:-5]`` and z-scored per story
+        and column (constant columns become 0).
     """
 
     features: dict[str, np.ndarray]
@@ -250,22 +223,7 @@ def stack_low_level_features(dataset: Dataset, stories: Sequence[str],
                              phone_map: Mapping[str, str | None] | None = None,
                              duration_tolerance: float = DURATION_TOLERANCE_S,
                              progress: bool = True) -> LowLevelStack:
-    """Feature spaces of several stories side by side, trimmed and z-scored per story.
-
-    Parameters
-    ----------
-    stories : sequence of str
-    names : str or sequence of str
-        Spaces from :data:`LOW_LEVEL_FEATURES`, stacked in this order.
-    vocabularies : mapping, optional
-        Default: built from all stories of the dataset, so stacks of different stories share columns.
-    phone_map : mapping, optional
-        See :func:`normalize_phone`.
-    duration_tolerance : float
-        See :func:`low_level_features`.
-    progress : bool
-        Show a progress bar over stories.
-    """
+    """Feature spaces of several stories side by side, trimmed and z-scored per story."""
     names = _check_names(names)
     stories = list(stories)
     if not stories:

@@ -111,21 +111,6 @@ def normalize_phone(label: str, source: str = "a transcript",
                     phone_map: Mapping[str, str | None] | None = None) -> str | None:
     """One of the 39 ARPAbet phones for a TextGrid phone label, or None for silence and noise.
 
-    Parameters
-    ----------
-    label : str
-        As stored in the TextGrid, e.g. ``"AH0"``, ``"iy1"``, ``"sp"``, ``"{SL}"``.
-    source : str
-        Where the label comes from (story or TextGrid path), named in errors.
-    phone_map : mapping of str to str or None, optional
-        Extra labels (upper-cased, stress digit removed) and the ARPAbet phone each stands for, or None
-        to drop it, e.g. ``{"AX": "AH"}``.
-
-    Returns
-    -------
-    phone : str or None
-        An element of :data:`ARPABET_PHONES`, or None for a non-speech label.
-
     Raises
     ------
     ValueError
@@ -148,22 +133,7 @@ def normalize_phone(label: str, source: str = "a transcript",
 
 def clean_transcript(transcript: Transcript, source: str = "a transcript",
                      phone_map: Mapping[str, str | None] | None = None) -> Transcript:
-    """Normalise phone labels and drop silence and noise from both tiers.
-
-    Parameters
-    ----------
-    transcript : Transcript
-        As read from a TextGrid.
-    source : str
-        Story or TextGrid path, named in errors.
-    phone_map : mapping, optional
-        See :func:`normalize_phone`.
-
-    Returns
-    -------
-    cleaned : Transcript
-        Phone labels in :data:`ARPABET_PHONES`, non-speech intervals dropped from both tiers.
-    """
+    """Normalise phone labels and drop silence and noise from both tiers."""
     phone_map = _check_phone_map(phone_map or {})
     phones = []
     for interval in transcript.phones:
@@ -199,8 +169,6 @@ def phonemes(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
 
     Parameters
     ----------
-    transcript : Transcript
-        Cleaned with :func:`clean_transcript`.
     tr_times : ndarray of shape (n_trs,)
 
     Returns
@@ -219,8 +187,6 @@ def articulation(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
 
     Parameters
     ----------
-    transcript : Transcript
-        Cleaned with :func:`clean_transcript`.
     tr_times : ndarray of shape (n_trs,)
 
     Returns
@@ -285,19 +251,7 @@ def _phone_ngrams(transcript: Transcript, n: int) -> tuple[list[str], np.ndarray
 
 
 def phone_ngram_vocabulary(transcripts: Iterable[Transcript], n: int) -> tuple[str, ...]:
-    """Sorted within-word n-phones (``"AH_N"`` for n=2) that occur in cleaned transcripts.
-
-    Parameters
-    ----------
-    transcripts : iterable of Transcript
-        Cleaned with :func:`clean_transcript`.
-    n : int
-        2 for diphones, 3 for triphones.
-
-    Returns
-    -------
-    vocabulary : tuple of str
-    """
+    """Sorted within-word n-phones (``"AH_N"`` for n=2) that occur in cleaned transcripts."""
     return tuple(sorted({label for transcript in transcripts for label in _phone_ngrams(transcript, n)[0]}))
 
 
@@ -337,11 +291,7 @@ def diphones(transcript: Transcript, tr_times: np.ndarray, vocabulary: Sequence[
 
     Parameters
     ----------
-    transcript : Transcript
-        Cleaned with :func:`clean_transcript`.
     tr_times : ndarray of shape (n_trs,)
-    vocabulary : sequence of str
-        The columns, e.g. ``build_vocabularies(dataset)["diphones"]``; pairs not in it are left out.
 
     Returns
     -------
@@ -356,11 +306,7 @@ def triphones(transcript: Transcript, tr_times: np.ndarray, vocabulary: Sequence
 
     Parameters
     ----------
-    transcript : Transcript
-        Cleaned with :func:`clean_transcript`.
     tr_times : ndarray of shape (n_trs,)
-    vocabulary : sequence of str
-        The columns, e.g. ``build_vocabularies(dataset)["triphones"]``.
 
     Returns
     -------

@@ -134,11 +134,6 @@ class WindowPlan:
 def plan_windows(n_samples: int, settings: WindowSettings, stride_s: float | None = None) -> WindowPlan:
     """Causal windows over a story of ``n_samples`` samples at 16 kHz.
 
-    The grid has ``n_samples // chunk_samples`` points (audio after the last full chunk is not used). With
-    ``m = stride_s / chunk_s`` frames per window, window ``j`` yields grid points ``j * m .. (j + 1) * m - 1``
-    (fewer for the last window), ends at the last of them and starts ``context_s + stride_s`` earlier, or at sample
-    0. Each kept frame has thus heard at least ``context_s + chunk_s`` of audio (less near the story start).
-
     Parameters
     ----------
     stride_s : float, optional

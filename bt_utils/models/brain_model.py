@@ -26,16 +26,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class BrainTuningModel(nn.Module):
-    """Speech encoder + mean pooling over valid frames + linear head.
-
-    The pooled state is the encoder's last hidden state after its final layer norm, if any
-    (:attr:`bt_utils.models.encoder.EncoderOutput.last_hidden_state`, as Hugging Face's ``last_hidden_state``).
-
-    Parameters
-    ----------
-    n_targets : int
-        Voxels (or embedding dimensions) predicted.
-    """
+    """Speech encoder + mean pooling over valid frames + linear head."""
 
     def __init__(self, encoder: SpeechEncoder, n_targets: int):
         super().__init__()
@@ -49,8 +40,6 @@ class BrainTuningModel(nn.Module):
 
         Parameters
         ----------
-        frozen_layers : int
-            Transformer layers already applied to the inputs (see :func:`bt_utils.models.frozen.frozen_inputs`).
         frame_mask : torch.Tensor
             Bool, shape (F,): the frames of the inputs computed from real audio.
         """
@@ -68,12 +57,7 @@ class BrainTuningModel(nn.Module):
 
 
 def compute_loss(name: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean loss over a batch; ``prediction`` and ``target`` have shape (B, n_targets).
-
-    - ``mse``: mean squared error over samples and targets;
-    - ``pearson``: 1 - Pearson r across targets, averaged over samples;
-    - ``huber_cosine``: Huber loss (delta 1) + (1 - cosine similarity).
-    """
+    """Mean loss over a batch; ``prediction`` and ``target`` have shape (B, n_targets)."""
     check_option("loss", name, LOSSES)
     prediction, target = prediction.float(), target.float()
     if name == "mse":
@@ -119,9 +103,5 @@ def participant_losses(name: str, prediction, target, heads: Mapping[str, slice]
 
 
 def pooled_loss(losses: Mapping[str, torch.Tensor | float]):
-    """The loss of a run on several participants: the mean of their losses.
-
-    Each participant counts once, whatever its number of voxels or items; with
-    one participant it is that participant's loss.
-    """
+    """The loss of a run on several participants: the mean of their losses."""
     return sum(losses.values()) / len(losses)

@@ -67,11 +67,6 @@ class EncoderOutput:
         output.
     frame_mask : torch.Tensor
         Bool, shape (B, F): True for frames computed from real (unpadded) audio.
-    last_hidden_state : torch.Tensor or None
-        Shape (B, F, D): the model's output, i.e. the last layer's output after the encoder's final layer norm when
-        it has one (Whisper; wav2vec2/HuBERT with ``do_stable_layer_norm``), as Hugging Face's
-        ``last_hidden_state``. It differs from ``hidden_states[-1]`` only for those wav2vec2/HuBERT models. None
-        (default) stands for ``hidden_states[-1]``.
     """
 
     hidden_states: tuple[torch.Tensor, ...]
@@ -85,9 +80,6 @@ class EncoderOutput:
 
 class SpeechEncoder(nn.Module):
     """A Wav2vec2, HuBERT or Whisper encoder that takes raw audio.
-
-    Usually built by :func:`load_encoder`. In train mode, SpecAugment and LayerDrop apply only when switched on
-    with :meth:`set_regularisation`.
 
     Parameters
     ----------
@@ -199,9 +191,6 @@ class SpeechEncoder(nn.Module):
     def freeze_feature_encoder(self) -> list[str]:
         """Freeze the CNN feature encoder and make everything else trainable.
 
-        wav2vec2/hubert: the ``feature_extractor`` convolution stack; whisper:
-        ``conv1``, ``conv2`` and the positional embeddings.
-
         Returns
         -------
         list of str
@@ -237,12 +226,6 @@ class SpeechEncoder(nn.Module):
 
     def set_regularisation(self, spec_augment: bool, layerdrop: bool, layerdrop_rate: float | None = None) -> None:
         """Switch SpecAugment and LayerDrop (train mode only) on or off.
-
-        The Hugging Face configs keep both on in train mode; here they are off unless switched on. SpecAugment uses
-        the checkpoint's ``mask_time_*`` and ``mask_feature_*`` settings (Whisper: on the log-mel input, as
-        :class:`transformers.WhisperModel` does; wav2vec2/hubert: on the projected features). The config is updated
-        too, so that a saved encoder carries the switches. All their random draws follow torch's RNG
-        (``torch.manual_seed``); NumPy's global RNG is left as it was.
 
         Parameters
         ----------
@@ -327,9 +310,6 @@ class SpeechEncoder(nn.Module):
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Encoder frames computed from each sample's real audio.
-
-        wav2vec2/hubert: the output length of the convolution stack; whisper: ``ceil(samples / 160)`` mel frames
-        (at most 3000) through ``conv1`` and the stride-2 ``conv2``, i.e. ``ceil(mel_frames / 2)``.
 
         Parameters
         ----------
@@ -439,10 +419,6 @@ class SpeechEncoder(nn.Module):
     def run_layers(self, hidden: torch.Tensor, frame_mask: torch.Tensor, start: int) -> torch.Tensor:
         """The model's output computed from the input of layer ``start + 1``.
 
-        Runs layers ``start + 1 .. n_layers`` and the final layer norm, as :meth:`forward` does after its first
-        ``start`` layers (LayerDrop included in train mode), so brain-tuning can train the top layers on
-        lower-layer states computed once.
-
         Parameters
         ----------
         hidden : torch.Tensor
@@ -507,10 +483,6 @@ class SpeechEncoder(nn.Module):
     def fingerprint(self) -> str:
         """A hash of the weights, architecture, family and input settings: the key of feature caches.
 
-        Two encoders with the same fingerprint give the same outputs for the same
-        audio (eval mode): the hash covers the model config (activation, heads,
-        norms...) as well as every parameter (read once, ~0.5 s per 100M).
-
         Returns
         -------
         fingerprint : str
@@ -526,9 +498,6 @@ class SpeechEncoder(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Save the encoder weights and config (Hugging Face form) and ``bt_encoder.json``.
-
-        ``bt_encoder.json`` holds the family, name, source and :attr:`settings`, so that :func:`load_encoder` (or
-        :meth:`from_pretrained`) rebuilds the same encoder. Whisper is saved encoder-only (a ``WhisperEncoder``).
 
         Parameters
         ----------

@@ -231,8 +231,7 @@ def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "
         See :func:`select_device`.
     native_length : bool or None
         Whisper only: run on the batch's real length (True) or padded to 30 s (False); None (default) keeps the
-        folder's saved setting (registry and Hub models: padded). Ignored by wav2vec2/hubert, which always run on
-        the real length.
+        folder's saved setting (registry and Hub models: padded).
     seed : int
         Initialisation seed of the tiny random models.
 

@@ -46,13 +46,7 @@ def restore_rng_states(states: dict) -> None:
 
 
 def save_resume_state(state: dict, path: str | os.PathLike) -> Path:
-    """Write a resume state atomically.
-
-    Parameters
-    ----------
-    state : dict
-        Tensors and plain values only (:func:`rng_states` for the generators).
-    """
+    """Write a resume state atomically."""
     with atomic_path(path) as staged:
         torch.save(state, staged)
     return Path(path)

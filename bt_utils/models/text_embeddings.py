@@ -26,13 +26,6 @@ def window_texts(transcript: Transcript, tr_times: np.ndarray, indices: np.ndarr
         TR midpoints relative to sound onset.
     indices : ndarray of shape (n_items,)
         Untrimmed TR indices.
-    spec : WindowSpec
-        The window that the audio input of a TR spans.
-
-    Returns
-    -------
-    texts : list of str, length n_items
-        Space-joined words; "" where the window holds no word.
     """
     ends = np.array([w.end for w in transcript.words])
     labels = [w.label for w in transcript.words]

@@ -7,21 +7,6 @@ decay) and a head learning rate of 1e-4 x max(0.8^epoch, 0.1), 30 epochs, batch 
 encoder frozen. Validation runs in eval mode every epoch; the checkpoint kept is the one with the lowest validation
 loss, and training stops early after ``patience`` epochs without improvement or when the validation loss diverges.
 Several participants share the encoder, with one head each (:func:`tune`).
-
-Checkpoint folder (loadable by :func:`bt_utils.models.registry.load_encoder`)::
-
-    checkpoint/encoder/               SpeechEncoder.save_pretrained (LoRA merged)
-    checkpoint/head.pt                {"state_dict", "n_targets", "target_kind", "voxels", "subjects", "n_outputs",
-                                       "target_scaling"}
-    checkpoint/training_record.json   parameters, losses per epoch, chosen epoch, data selection
-
-``target_kind`` is ``"voxels"`` (``voxels``: the selected voxel indices, one per head output) or, for the
-``text_embedding`` control, ``"text_embedding"`` (the outputs are embedding dimensions, z-scored with the training
-TRs' statistics ``target_scaling``: see :func:`zscore_targets`; ``voxels`` is None). ``subjects`` are the
-participants tuned on and ``n_outputs`` their numbers of outputs, in order.
-
-The run folder also holds ``resume_state.pt`` (everything needed to continue an interrupted run exactly) and
-``training_log.parquet`` (epoch, split, subject, loss).
 """
 
 from __future__ import annotations
@@ -114,10 +99,8 @@ class TuningConfig:
     max_train_trs, max_validation_trs : int or None
         Use a deterministic random subset of at most this many TRs (>= 1; for quick runs); None = all.
     trainable_layers : int or None
-        Train only the top ``trainable_layers`` transformer layers and the head. Everything below them is frozen,
-        runs once in eval mode, and its output for every TR is cached and shared by every run from the same encoder
-        on the same stories (:func:`bt_utils.models.frozen.frozen_inputs`); SpecAugment cannot apply then. None
-        (the protocol): every transformer layer is trained, from audio.
+        Train only the top ``trainable_layers`` transformer layers and the head. None (the protocol): every
+        transformer layer is trained, from audio.
     """
 
     model: str = "whisper-tiny.en"
@@ -270,21 +253,10 @@ def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.
                          loss: str, device: torch.device, autocast=contextlib.nullcontext(), scaler=None) -> torch.Tensor:
     """Backpropagate the pooled loss of a batch in micro-batches of ``micro_batch`` samples.
 
-    The batch's loss is :func:`pooled_loss` of the participants with responses in it, each participant's loss taken
-    over its items of the batch. The gradients add up to those of the whole batch at once (each micro-batch's loss
-    of a participant is weighted by its share of that participant's items in the batch).
-
     Parameters
     ----------
     batch : LongTensor of shape (batch_size,)
         Indices into ``data``.
-    autocast : context manager
-        Mixed-precision context (CUDA) or a null context.
-
-    Returns
-    -------
-    total : Tensor, scalar on ``device``
-        The batch's loss times its number of items (for the epoch mean).
     """
     batch_targets = data.targets[batch]
     counts = {subject: int(torch.isfinite(batch_targets[:, columns]).all(dim=1).sum())
@@ -341,20 +313,7 @@ def _save_checkpoint(model: BrainTuningModel, folder: Path, record: dict, select
 
 
 def tuned_participants(checkpoint: str | os.PathLike) -> list[str] | None:
-    """The participants a brain-tuning checkpoint was tuned on, from its ``training_record.json``.
-
-    Parameters
-    ----------
-    checkpoint : path-like
-        Any model path; only a checkpoint folder written by :func:`tune` has participants.
-
-    Returns
-    -------
-    subjects : list of str or None
-        The participants whose responses it learned, in the order of the head's outputs; empty for the
-        ``text_embedding`` control (its targets belong to no participant); None for anything but a checkpoint (a
-        registry name, a Hub id, a pretrained model's folder).
-    """
+    """The participants a brain-tuning checkpoint was tuned on, from its ``training_record.json``."""
     folder = Path(checkpoint)
     if not (folder / "head.pt").is_file() or not (folder / "training_record.json").is_file():
         return None
@@ -385,22 +344,6 @@ def _read_head(checkpoint: str | os.PathLike) -> tuple[nn.Linear, list[int] | No
 def load_head(checkpoint: str | os.PathLike, subject: str | None = None) -> tuple[nn.Linear, list[int] | None]:
     """The linear head of a brain-tuned checkpoint and the voxels it predicts.
 
-    Parameters
-    ----------
-    checkpoint : path-like
-        A checkpoint folder written by :func:`tune` (holding ``head.pt``).
-    subject : str, optional
-        The participant whose head to return: required for a checkpoint tuned on several participants; for one
-        tuned on one participant, it must be that participant.
-
-    Returns
-    -------
-    head : torch.nn.Linear
-        From the hidden size D to the participant's ``n_targets`` outputs.
-    voxels : list of int (length ``n_targets``) or None
-        The voxel index of each output; None when the outputs are text embedding dimensions (the ``text_embedding``
-        control).
-
     Raises
     ------
     ValueError
@@ -424,12 +367,7 @@ def load_head(checkpoint: str | os.PathLike, subject: str | None = None) -> tupl
 
 def load_brain_tuned(checkpoint: str | os.PathLike, device: str | torch.device = "auto",
                      subject: str | None = None) -> BrainTuningModel:
-    """Encoder and head of a brain-tuning checkpoint, in eval mode on ``device``.
-
-    ``subject`` picks one participant's head (see :func:`load_head`); without it the model has the whole head:
-    every participant's outputs side by side, in the order of :func:`tuned_participants` (the columns of
-    :func:`bt_utils.models.tuning_data.build_tuning_sets` for those participants).
-    """
+    """Encoder and head of a brain-tuning checkpoint, in eval mode on ``device``."""
     head = _read_head(checkpoint)[0] if subject is None else load_head(checkpoint, subject)[0]
     encoder = load_encoder(checkpoint, device=device)
     model = BrainTuningModel(encoder, head.out_features)
@@ -448,14 +386,6 @@ def seed_everything(seed: int) -> None:
 def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, out_dir: str | os.PathLike,
          progress: bool = True, stop_after_epochs: int | None = None) -> TuningResult:
     """Brain-tune a speech encoder on one participant or several; resume if ``out_dir`` holds an interrupted run.
-
-    Several participants share one encoder and get one linear head each, over their own voxels with
-    ``cc_max > cc_max_threshold`` (stored as one linear layer whose outputs are the heads' side by side). The items
-    are the (story, TR) pairs of the split, shuffled together: one encoder pass per item serves every participant
-    with a response to it (how participants' stories and the controls are handled:
-    :func:`bt_utils.models.tuning_data.build_tuning_sets`). The loss of a batch, and the validation loss the
-    checkpoint is chosen on, is :func:`pooled_loss`: the mean over participants of each one's loss; the history
-    also holds each participant's validation loss. Full fine-tuning, LoRA and ``trainable_layers`` work alike.
 
     Parameters
     ----------

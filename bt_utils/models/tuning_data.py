@@ -33,12 +33,8 @@ class TuningSet(torch.utils.data.Dataset):
     audio : dict of str to ndarray of shape (n_samples,)
         Audio of every story used.
     tr_times : dict of str to ndarray of shape (n_trs,)
-    items : list of (str, int)
-        (story, untrimmed TR index) per sample.
     targets : ndarray of shape (n_items, n_targets)
         NaN where a participant has no response for the item.
-    heads : mapping of str to slice
-        Participant -> its columns of ``targets`` (its head's outputs), in order; the slices tile the columns.
     """
 
     def __init__(self, audio, tr_times, items, targets, spec: WindowSpec = WindowSpec(), *,
@@ -67,11 +63,6 @@ class TuningSet(torch.utils.data.Dataset):
 
 def block_shuffle(responses: np.ndarray, block_size: int, rng: np.random.Generator) -> np.ndarray:
     """Permute a story's responses in blocks of ``block_size`` TRs so that no TR keeps its own block's.
-
-    The story is cut into blocks of ``block_size`` TRs (the last one may be shorter), and the blocks are
-    concatenated in a random order in which every output TR gets a response from another block than the one it lies
-    in: no block stays in place (a derangement), and when the shorter last block moves forward, the blocks after
-    it, shifted by the difference, do not overlap their own place either. Orders are drawn uniformly among those.
 
     Parameters
     ----------
@@ -162,17 +153,6 @@ def subject_or_subjects(subject: str | None, subjects: Sequence[str] | None) -> 
 def tuning_participants(dataset: Dataset, subjects: str | Sequence[str], control: str = "none") -> list[str]:
     """The participants of a tuning run, checked: one name, or a list of distinct names the dataset has.
 
-    Parameters
-    ----------
-    subjects : str or sequence of str
-        One participant, or several tuned together (a list of one is the same as its name).
-    control : str
-        The run's control: ``text_embedding`` (targets without a participant) takes one participant only.
-
-    Returns
-    -------
-    participants : list of str
-
     Raises
     ------
     ValueError
@@ -204,15 +184,6 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
                       spec: WindowSpec = WindowSpec()):
     """Training and validation sets of one participant or several, with the control of ``config`` applied.
 
-    Every participant is tuned on the dataset's split: :meth:`Dataset.split` requires responses to all of its
-    stories and names the missing ones otherwise, and stories outside the split (such as the extra stories that
-    UTS01-UTS03 of ds003020 heard) are not used. An item is a (story, TR) of the split; its targets hold each
-    participant's responses to it, in one block of columns per participant (``heads``), and NaN where a participant
-    has none (with ``story_swap``, the TRs of a story beyond the length of the participant's partner story).
-    Controls apply per participant: each gets its own story pairing and its own block orders, drawn in the order of
-    ``subjects`` (the first participant's draws are those of a run on it alone). ``max_train_trs`` and
-    ``max_validation_trs`` keep a random subset of items, the same for every participant.
-
     Parameters
     ----------
     subjects : str or sequence of str
@@ -225,9 +196,7 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
         ``subjects`` (the participants, in head order), ``target_kind`` (``"voxels"``, or ``"text_embedding"`` for
         that control), ``n_targets``, ``voxels`` (the selected voxel indices, the targets; None when the targets
         are embedding dimensions), ``cc_max`` of those voxels (or None), the stories, the control and its story
-        pairing (``story_swap``). One participant: also ``subject``; several: ``voxels``, ``cc_max`` and
-        ``story_swap`` map each participant to its own, and ``n_outputs`` gives each participant's number of head
-        outputs. For the ``text_embedding`` control, ``target_scaling`` (see :func:`zscore_targets`).
+        pairing (``story_swap``).
     """
     participants = tuning_participants(dataset, subjects, config.control)
     splits = [dataset.split(subject) for subject in participants]  # each checks that its participant heard the stories
@@ -310,10 +279,6 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
 def zscore_targets(train: torch.Tensor, validation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """z-score every target column with the mean and standard deviation of the training rows.
 
-    The ``text_embedding`` control's targets are unit-norm embeddings (each dimension's variance about 1 /
-    n_targets); z-scored like the voxels' responses, they drive the encoder as hard under the same loss and
-    learning rates. The validation rows use the training statistics.
-
     Parameters
     ----------
     train : Tensor of shape (n_train, n_targets)
@@ -322,11 +287,7 @@ def zscore_targets(train: torch.Tensor, validation: torch.Tensor) -> tuple[torch
     Returns
     -------
     train, validation : Tensor
-        Same shapes; the training columns have mean 0 and standard deviation 1. Columns whose standard deviation is
-        below 1e-6 of the largest one are only centred (all-MiniLM-L6-v2 has dimensions that are always about 0).
-    scaling : dict
-        ``{"mean": [...], "std": [...]}`` (length n_targets each; ``std`` 1 for the columns only centred): a
-        prediction maps back to target units as ``prediction * std + mean``.
+        Same shapes; the training columns have mean 0 and standard deviation 1.
     """
     mean, std = train.mean(dim=0), train.std(dim=0, unbiased=False)
     std = torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))

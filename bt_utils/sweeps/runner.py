@@ -68,8 +68,7 @@ def sweep_status(
     -------
     table : DataFrame
         One row per planned run: the columns of :data:`~bt_utils.sweeps.state.INDEX_COLUMNS` and one per grid axis;
-        ``state`` is one of :data:`~bt_utils.sweeps.state.STATES`. The ``message`` of a completed run that the next
-        sweep runs again says why. When no sweep runs, ``<out_dir>/runs_index.csv``, if any, is rewritten to agree.
+        ``state`` is one of :data:`~bt_utils.sweeps.state.STATES`.
     """
     spec = _as_spec(spec, notebook_dir)
     out = sweep_dir(spec, out_dir)

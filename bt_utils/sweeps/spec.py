@@ -36,30 +36,7 @@ class SweepSpecError(ValueError):
 
 @dataclass(frozen=True)
 class Stage:
-    """One notebook of a sweep and the grid axes it varies over.
-
-    Attributes
-    ----------
-    name : str
-        Stage name: its runs' folder under the sweep folder.
-    notebook : str
-        Notebook name in the notebook folder.
-    over : tuple of str
-        Grid axes with one run per combination of values.
-    parameters : dict
-        The spec's defaults the notebook declares, updated with the stage's parameters; placeholders
-        not yet expanded.
-    notebook_defaults : dict
-        The notebook's own defaults but ``output_dir``: literals as values, other expressions as source.
-    resources : dict
-        Dask resources each run needs.
-    after : tuple of str
-        Earlier stages whose matching runs must complete first.
-    passed_axes : tuple of str
-        The axes of ``over`` that the notebook declares, passed as parameters.
-    only : dict of str to tuple
-        Axes of ``over`` restricted to some of their grid values; empty: the whole grid.
-    """
+    """One notebook of a sweep and the grid axes it varies over."""
 
     name: str
     notebook: str

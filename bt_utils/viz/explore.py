@@ -5,13 +5,6 @@
 The logic is in pure functions that tests and scripts call directly; :class:`Explorer` only wires them to widgets,
 and its callbacks run without a browser (set a dropdown's ``value``). It reads the tables of the alignment
 notebook:
-
-``alignment_voxels.parquet``
-    subject, model, variant, layer, voxel, r, r_norm: one row per voxel and choice; ``voxel`` is the position of
-    the voxel in the subject's layout (0 .. n_voxels - 1). Every other numeric column is offered as a metric.
-``alignment_rois.parquet``
-    subject, model, variant, layer, roi, r_norm_mean, n_voxels. The bar chart of metric ``m`` shows column
-    ``m + "_mean"``; a metric without such a column (``r``) gets a note instead of bars.
 """
 
 from __future__ import annotations
@@ -56,15 +49,7 @@ _PNG_DPI = 72
 
 @dataclass(frozen=True)
 class Selection:
-    """One choice of the explorer's dropdowns.
-
-    Parameters
-    ----------
-    layer : int or str
-        As in the tables' ``layer`` column.
-    metric : str
-        A metric column of the voxel table (e.g. ``"r_norm"``).
-    """
+    """One choice of the explorer's dropdowns."""
 
     subject: str
     model: str
@@ -89,18 +74,7 @@ def _check_columns(table: pd.DataFrame, required, name: str) -> None:
 
 
 def metric_columns(voxel_table: pd.DataFrame) -> list[str]:
-    """Numeric columns of the voxel table that can be mapped (e.g. ``["r", "r_norm"]``).
-
-    Parameters
-    ----------
-    voxel_table : pandas.DataFrame
-        Columns subject, model, variant, layer, voxel and metrics.
-
-    Returns
-    -------
-    list of str
-        In table order.
-    """
+    """Numeric columns of the voxel table that can be mapped (e.g. ``["r", "r_norm"]``)."""
     _check_columns(voxel_table, _VOXEL_COLUMNS, "voxel_table")
     return [
         column for column in voxel_table.columns
@@ -115,20 +89,6 @@ def _sorted_unique(series: pd.Series) -> list:
 
 def choices(voxel_table: pd.DataFrame, **upstream) -> dict[str, list]:
     """Values each dropdown can take, given the values chosen above it.
-
-    The dropdowns cascade in the order of :data:`CHOICE_COLUMNS`: the models offered are those of the chosen
-    subject, the variants those of the chosen subject and model, and so on.
-
-    Parameters
-    ----------
-    **upstream
-        Chosen values of some of subject, model, variant (e.g. ``subject="DEMO01"``).
-
-    Returns
-    -------
-    dict of str to list
-        Keys subject, model, variant, layer (sorted values present in the table for the upstream choice, from the
-        first level without a choice on: unrestricted) and metric (:func:`metric_columns`).
 
     Raises
     ------
@@ -158,13 +118,6 @@ def _rows(table: pd.DataFrame, selection: Selection) -> pd.DataFrame:
 
 def select_values(voxel_table: pd.DataFrame, selection: Selection, n_voxels: int) -> np.ndarray:
     """Values of one metric per voxel for one choice.
-
-    Parameters
-    ----------
-    voxel_table : pandas.DataFrame
-        Columns subject, model, variant, layer, voxel and metrics.
-    n_voxels : int
-        Voxels of the subject's layout; voxels without a row get NaN.
 
     Returns
     -------
@@ -226,13 +179,7 @@ def roi_bars(roi_table: pd.DataFrame, selection: Selection) -> pd.Series:
 
 
 def color_limits(voxel_table: pd.DataFrame, subject: str, metric: str) -> tuple[float, float]:
-    """Colour range shared by all maps of a subject and metric, so layers and models compare.
-
-    Returns
-    -------
-    (float, float)
-        vmin, vmax of :func:`bt_utils.viz.maps.map_defaults` ``("alignment", values)`` over all the subject's rows.
-    """
+    """Colour range shared by all maps of a subject and metric, so layers and models compare."""
     options = choices(voxel_table, subject=subject)
     check_option("metric", metric, options["metric"])
     values = voxel_table.loc[voxel_table["subject"] == subject, metric].to_numpy(dtype=np.float64)
@@ -252,15 +199,6 @@ def render_map(values: np.ndarray, layout, backend: str, title: str, vmin: float
     Parameters
     ----------
     values : numpy.ndarray, shape (n_voxels,)
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.data.layout.as_layout`.
-    backend : {"pycortex", "nilearn"}
-        :func:`bt_utils.viz.maps.flatmap` or :func:`bt_utils.viz.maps.surface_map`.
-
-    Returns
-    -------
-    bytes
-        PNG image.
     """
     check_option("backend", backend, maps.BACKENDS)
     draw = maps.flatmap if backend == "pycortex" else maps.surface_map
@@ -278,11 +216,6 @@ def render_bars(bars: pd.Series, title: str) -> bytes:
     ----------
     bars : pandas.Series, shape (n_rois,)
         Values indexed by ROI name, as from :func:`roi_bars`.
-
-    Returns
-    -------
-    bytes
-        PNG image.
     """
     figure = Figure(figsize=(7, 3.2))
     ax = figure.add_subplot()
@@ -305,11 +238,6 @@ def _message(error: Exception) -> str:
 
 class Explorer(widgets.VBox):
     """Dropdowns, a voxel map and an ROI bar chart that follow each other.
-
-    Build it with :func:`explorer`. Attributes useful in tests and scripts: ``dropdowns`` (dict of name to
-    ``ipywidgets.Dropdown``), ``map_image`` and ``bars_image`` (``ipywidgets.Image``, PNG bytes in ``.value``),
-    ``status`` (``ipywidgets.HTML`` with messages), ``values`` (the mapped values, shape (n_voxels,)) and ``bars``
-    (the ROI means, a Series, or None).
 
     Parameters
     ----------
@@ -411,11 +339,7 @@ class Explorer(widgets.VBox):
         return self._n_voxels[subject]
 
     def update(self) -> None:
-        """Recompute the values, the map image and the ROI bars for the current selection.
-
-        Data problems (a missing filestore, no fsaverage mapping for a real subject, no ROI column for the metric)
-        are shown in ``status`` instead of raising, so the widget stays usable.
-        """
+        """Recompute the values, the map image and the ROI bars for the current selection."""
         selection = self.selection
         messages = []
         try:

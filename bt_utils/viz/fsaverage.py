@@ -87,9 +87,6 @@ def mapping_from_positions(position: np.ndarray, hemisphere: np.ndarray,
         Voxel positions in the space of the fsaverage5 mid-thickness surface (mm).
     hemisphere : numpy.ndarray of str, shape (n_voxels,)
         ``"L"`` or ``"R"``: the hemisphere whose vertices may show the voxel.
-    radius_mm : float, default 4.0
-        A vertex shows every voxel of its hemisphere within this distance; each
-        voxel also reaches its nearest vertex. 0 keeps only the nearest vertex.
 
     Returns
     -------
@@ -128,15 +125,6 @@ def mapping_from_positions(position: np.ndarray, hemisphere: np.ndarray,
 
 def fsaverage_mapping(layout, radius_mm: float = DEFAULT_RADIUS_MM, cache_dir=None) -> sparse.csr_matrix:
     """The registered voxel -> fsaverage5 mapping of a layout's pycortex subject.
-
-    Parameters
-    ----------
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.data.layout.as_layout`.
-    radius_mm : float, default 4.0
-        See :func:`mapping_from_positions`.
-    cache_dir : path-like, optional
-        Cache root for the mapping, see :func:`bt_utils.cache.cache_root`.
 
     Returns
     -------

@@ -331,9 +331,8 @@ def plot_downstream(summary: pd.DataFrame, metric: str = "macro_f1", tasks: Sequ
 
 
 def plot_layer_selection(selection: pd.DataFrame):
-    """Validation score of each layer's probe or CTC head (mean over seeds), one panel per task, one line per variant.
-
-    The score is macro-F1, or for ASR tasks 1 - WER.
+    """Validation score of each layer's probe or CTC head (mean over seeds), one panel per task, one line per
+    variant.
 
     Parameters
     ----------

@@ -1,14 +1,4 @@
-"""Voxel values as pycortex volumes, read from the pycortex filestore a layout names.
-
-pycortex reads every subject from one folder, the *filestore* (option ``[basic] filestore`` of
-``~/.config/pycortex/options.cfg``), through its singleton ``cortex.db``. Rather than editing that file,
-:func:`pycortex_filestore` points ``cortex.db`` at another folder (e.g. ds003020's ``derivative/pycortex-db``) for
-the duration of a ``with`` block and then restores it (its folder, subject list and memoised surfaces); every
-pycortex module shares that one object, so rendering inside the block reads the dataset's subject. This is not
-thread-safe. pycortex writes caches into ``<filestore>/<subject>/cache`` (flatmap pixel maps),
-``surface-info/curvature.npz`` and, when ``transforms/<xfm>/mask_<mask>.nii.gz`` is missing, the mask itself, so
-the folder must be writable.
-"""
+"""Voxel values as pycortex volumes, read from the pycortex filestore a layout names."""
 
 from __future__ import annotations
 
@@ -26,16 +16,7 @@ __all__ = ["check_values", "import_cortex", "n_voxels", "pycortex_filestore", "v
 
 
 def import_cortex():
-    """Import pycortex without its "Inkscape not found" banner on stdout.
-
-    Importing pycortex creates ``options.cfg`` in its user data folder
-    (``~/.config/pycortex`` on Linux) when it does not exist yet.
-
-    Returns
-    -------
-    module
-        ``cortex``.
-    """
+    """Import pycortex without its "Inkscape not found" banner on stdout."""
     with contextlib.redirect_stdout(io.StringIO()):
         import cortex
     return cortex
@@ -44,20 +25,6 @@ def import_cortex():
 @contextlib.contextmanager
 def pycortex_filestore(filestore: str | os.PathLike | None) -> Iterator:
     """Point pycortex's database at `filestore` inside a ``with`` block.
-
-    Leaves the user's pycortex configuration file alone: the shared ``cortex.db`` object gets the new folder (and
-    an empty subject list and surface memo) and has its previous state back when the block ends.
-
-    Parameters
-    ----------
-    filestore : path-like or None
-        Folder holding pycortex subject folders; None, or the folder already in use (as in nested blocks), changes
-        nothing.
-
-    Yields
-    ------
-    cortex.database.Database
-        ``cortex.db``.
 
     Raises
     ------
@@ -109,8 +76,6 @@ def check_values(values, n: int) -> np.ndarray:
     Parameters
     ----------
     values : array_like, shape (n,)
-    n : int
-        Voxels of the layout.
 
     Returns
     -------
@@ -153,15 +118,12 @@ def volume_data(values, layout) -> np.ndarray:
     Parameters
     ----------
     values : array_like, shape (n_voxels,)
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.data.layout.as_layout`.
 
     Returns
     -------
     numpy.ndarray of float64, shape (z, y, x)
-        What :func:`bt_utils.viz.maps.flatmap` draws, e.g. as
-        ``cortex.Volume(volume_data(values, layout), layout.subject, layout.xfm)``
-        inside ``pycortex_filestore(layout.filestore)``.
+        What :func:`bt_utils.viz.maps.flatmap` draws, e.g. as ``cortex.Volume(volume_data(values, layout),
+        layout.subject, layout.xfm)`` inside ``pycortex_filestore(layout.filestore)``.
 
     Raises
     ------
