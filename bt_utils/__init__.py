@@ -4,9 +4,6 @@ Subpackages follow the data flow, and imports only point down this list:
 
 :mod:`bt_utils.demo` (the simulated demo dataset, offline Whisper, speech synthesis, demo tasks) is an extension
 that registers itself through :mod:`bt_utils.registry`; nothing else imports it.
-
-Each subpackage exports its public names in ``__all__``; they are imported on first use, so that
-``import bt_utils`` stays fast and loads neither torch nor pycortex.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """What every notebook does first and last: set up the session, then record the run beside its outputs.
 
-A notebook calls :func:`notebook_setup` right after its parameters cell. It completes a Colab
-installation, logs progress, opens the dataset and returns a :class:`NotebookRun`, through which the
-notebook saves its figures and tables and, at the end, writes ``run.json`` (parameters, step timings,
-versions; :func:`bt_utils.results.run_record`). Relative paths are taken from the current folder (the
-notebooks folder in JupyterLab and in sweeps) and, in Colab, from the checkout's ``notebooks/`` folder.
-"""
+:func:`notebook_setup` (right after the parameters cell) opens the dataset and returns a :class:`NotebookRun`,
+which saves figures and tables and, at the end, writes ``run.json``."""
 
 from __future__ import annotations
 

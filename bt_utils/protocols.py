@@ -1,11 +1,7 @@
 """Named protocols: the values of the notebooks' settings for the paper's protocol and for the offline demo.
 
-A notebook parameter left at ``None`` takes its value from the protocol the notebook runs (its ``protocol``
-parameter): ``"paper"`` is the published protocol (docs/method.md); ``"demo"`` holds the lighter settings that let
-the demo run on two CPU cores, each a named shortcut; ``"auto"`` picks ``"demo"`` for the embedded demo dataset and
-``"paper"`` for any other data, so that a notebook pointed at real data never runs demo settings by accident. A
-value given explicitly always wins. The run record stores the protocol and every resolved value.
-"""
+A notebook parameter left at ``None`` takes the value of the notebook's protocol: ``"paper"``, ``"demo"`` or
+``"auto"`` (the demo's settings only for the demo dataset). A value given explicitly always wins."""
 
 from __future__ import annotations
 

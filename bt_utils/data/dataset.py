@@ -1,10 +1,6 @@
 """Read a dataset in the OpenNeuro ds003020 layout (real data or the embedded demo).
 
 Layout (relative to ``data_root``)::
-
-The demo dataset adds ``derivative/demo.json`` (its split, TR and generator settings),
-``derivative/voxel_layout/<subject>.npz`` and ``derivative/truth/<subject>.npz``; nothing else differs, so the same
-code reads both.
 """
 
 from __future__ import annotations

@@ -4,11 +4,6 @@ An ROI is a set of parcels, each a set of voxels: ``{parcel name: voxel indices}
 every parcel the same (:func:`bt_utils.encoding.stats.roi_mean`).
 
 ds003020: ROIs are groups of HCP-MMP1 parcels, a parcel pooling both hemispheres:
-
-The atlas is not part of ds003020 and cannot be downloaded here. A user provides, per subject, the HCP-MMP1 parcel
-of every voxel in ``<atlas_dir>/<subject>.npz`` with an array ``parcel`` of shape (n_voxels,) holding parcel names
-such as ``"L_A1_ROI"`` or ``"A1"`` ("" or "???" for unlabelled voxels). docs/method.md ("ROIs") gives one way to
-make it from the HCP-MMP1 atlas.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """The TR grid of ds003020 and the trim that aligns stimuli with responses.
 
-The reference pipeline simulates a TR file per story: the scanner starts ``SOUND_ONSET_S`` seconds before the
-sound, with one trigger every TR seconds. The TR is a property of the dataset
-(:attr:`bt_utils.data.dataset.Dataset.tr`; ds003020: :data:`DS003020_TR_S`, the reference's ``tr=2.0``), so every
-function here takes it as an argument. Stimulus features are sampled at the TR *midpoints* relative to sound onset,
-``trigger - sound_onset + TR / 2``. The published responses lack the first ``TRIM_START`` and last ``TRIM_END``
-TRs, so every stimulus sequence is sliced with :func:`trim_trs` before it is paired with responses.
-"""
+Stimulus features are sampled at the TR midpoints relative to sound onset; the published responses lack the first
+``TRIM_START`` and last ``TRIM_END`` TRs, so stimulus sequences go through :func:`trim_trs` before they meet
+responses. docs/method.md ("TR grid and trims") gives the arithmetic."""
 
 from __future__ import annotations
 

@@ -4,14 +4,6 @@ The demo is a small dataset in the ds003020 layout that the package builds itsel
 and test runs anywhere and the loaders of real data read it unchanged. Only the responses are simulated; the speech
 is real synthesised English (:mod:`bt_utils.demo.speech`), with word and phone TextGrids from the synthesiser's own
 timings.
-
-Stories mix eight semantic categories whose topics drift slowly, spoken with varying rate, pitch and pauses, so
-that meaning and acoustics vary independently. Each participant's voxels lie on a real cortical template
-(:mod:`bt_utils.demo.template`) and are semantic (driven by a leaky integration of word meanings), auditory (driven
-by the acoustics the low-level feature spaces describe) or noise, through a haemodynamic response and AR(1) noise.
-The planted truth (voxel classes, signal levels, true noise ceilings, weights, stimulus features) is saved beside
-the data, so that tests can check that each analysis recovers it. docs/demo_dataset.md describes the generative
-model, why it is built this way, and how to build it (``bt demo-data``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """Offline English speech synthesis with eSpeak NG, with word and phone timings.
 
-:func:`synthesize` returns the audio with one time interval per written word and one per ARPAbet phone, so
-that synthesised stories come with the same kind of alignment as the TextGrids of ds003020. The timings are
-the sample positions of eSpeak's word and phoneme events (:mod:`bt_utils.demo.espeak`), its mnemonics
-mapped to ARPAbet (:mod:`bt_utils.demo.phonetics`); words that eSpeak reads as one are split by aligning
-their phones to the words' own pronunciations. docs/demo_dataset.md ("How the speech is made") gives the
-rules for phones, pauses, words and numbers.
-"""
+:func:`synthesize` returns the audio with one interval per written word and one per ARPAbet phone, the same kind
+of alignment as ds003020's TextGrids. docs/demo_dataset.md ("How the speech is made") gives the rules."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
 """The demo voxels on fsaverage5: an affine surface fit from pycortex's ``S1`` (display only).
 
-``S1`` has no spherical registration (its filestore holds fiducial, pial, white, inflated and flat surfaces, no
-sphere), so its voxels reach nilearn's fsaverage5 by a surface-to-surface fit. Each voxel of a mask goes to its
-nearest vertex of S1's fiducial (mid-thickness) surface. Per hemisphere, an affine map of S1's fiducial surface
-onto fsaverage5's mid-thickness surface starts by matching the means and per-axis spreads of the vertex
-coordinates, then refines by rounds of symmetric iterative closest point (least squares between every 10th S1
-vertex and its nearest fsaverage5 vertex, and every fsaverage5 vertex and its nearest S1 vertex). A voxel's vertex,
-moved by that map, is its position on fsaverage5.
-
 An affine fit cannot follow individual folds: a voxel can land a sulcus away or on the opposite bank, so these maps
 show where effects are, not a registration to compute statistics on (docs/maps.md gives its measured accuracy). The
 fit takes a few seconds per mask and is cached in ``cache_root()/maps/``. :func:`bt_utils.demo.register` adds

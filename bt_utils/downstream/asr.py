@@ -1,12 +1,7 @@
 """ASR that measures the encoder: CTC heads trained on its frozen frames, the same way for every family.
 
-For each variant and seed, one linear CTC head per layer (frame -> characters and the blank, on that layer's hidden
-states standardised with the training frames' statistics) is trained on the task's training split with Adam, all
-layers side by side on the same mini-batches, as SUPERB trains its downstream heads on a frozen upstream. After
-every epoch each head transcribes the validation split greedily; the layer and epoch with the lowest validation WER
-(ties: lower CTC loss, then the lower layer and earlier epoch) are chosen, and only that head transcribes the test
-split. The vocabulary is the characters of the training transcripts as :func:`ctc_text` spells them.
-"""
+One linear CTC head per layer, chosen on validation WER, transcribes the test split, as SUPERB evaluates a frozen
+upstream; docs/method.md ("ASR") gives the protocol."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
 """Frozen-encoder features of downstream examples: every layer, pooled per example, cached on disk.
 
-The encoder runs in eval mode without gradients. A clip's features do not depend on the other clips of its batch:
-where zero-padding would change them (group-norm wav2vec2/HuBERT, Whisper at native length), only clips of equal
-length share an encoder pass (:func:`source_batches`). :func:`extract_features` mean-pools the hidden states of
-every layer over the frames computed from real audio (and inside the example's span, if it has one: the frames
-whose receptive field is centred in it, see :func:`frame_centres`) and caches them under
-``cache_root()/downstream/<encoder fingerprint>/``, keyed by the task name and the examples' ids, spans and audio.
-"""
+Hidden states are mean-pooled over the frames computed from real audio (inside the example's span, if any). Only
+clips of equal length share an encoder pass where padding would change the features (:func:`source_batches`)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,7 @@
 """Downstream evaluation: linear probes on frozen encoders, ASR with CTC heads, scores and tables.
 
-For every model variant (a list of :class:`ModelEntry`) and task, the frozen encoder's hidden states of every layer
-are mean-pooled per example and cached (:func:`bt_utils.downstream.features.extract_features`); for each seed, one
-linear probe per layer is trained (Adam, mini-batches; cross-entropy, or binary cross-entropy per class for a
-multi-label task); the layer and epoch with the best validation macro-F1 are chosen, and only then is the test
-split predicted. Test scores (:data:`PROBE_METRICS`) come per seed with bootstrap intervals over test examples;
-:func:`summarize` averages the seeds. ASR tasks follow the same protocol with a linear CTC head per layer
-(:mod:`bt_utils.downstream.asr`), scored as 1 - WER; Whisper variants may also be scored through Whisper's
-pretrained decoder, under their own metric, never mixed with the CTC rows. docs/method.md ("Downstream probes")
-states the protocol in full.
-"""
+Per model variant, task and seed, one linear probe per layer; the layer and epoch with the best validation score
+are chosen before the test split is predicted. docs/method.md ("Downstream probes") states the protocol."""
 
 from __future__ import annotations
 
@@ -379,8 +371,6 @@ def summarize(predictions: pd.DataFrame, n_resamples: int = 1000, confidence: fl
     ----------
     predictions : pandas.DataFrame
         :attr:`DownstreamResults.predictions`.
-    n_resamples, confidence, seed
-        See :func:`bt_utils.downstream.metrics.bootstrap_ci`.
 
     Returns
     -------
@@ -464,8 +454,6 @@ def run_downstream(entries: Iterable[ModelEntry | Mapping | str], tasks: Iterabl
         Seeds of the probes and of the CTC heads; Whisper's decoder runs once, under the first seed.
     ctc : CtcConfig
         Training of the CTC heads (ASR tasks).
-    device : str
-        See :func:`bt_utils.models.registry.select_device`.
     native_length : bool
         Whisper: encode the real length instead of 30 s for the probes and CTC heads (much faster on short clips;
         the paper pads to 30 s).

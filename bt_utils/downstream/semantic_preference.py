@@ -1,12 +1,5 @@
 """Semantic preference: do a model's layers group spoken words by meaning or by sound?
 
-Following the analysis of Choi et al. (2024), each word is spoken on its own, encoded, and every layer's hidden
-states are mean-pooled over the frames computed from real audio. Per layer, the mean cosine similarity of synonym
-pairs (``big/large``: same meaning, different sound), of minimal pairs (``cat/cap``: one phoneme apart, unrelated
-meaning) and of unrelated pairs of the same words (the baseline of how similar any two words are); the preference
-is semantic minus phonetic similarity, positive where the layer puts synonyms closer together than words that sound
-alike.
-
 Words are synthesised with several eSpeak NG voices (:data:`DEFAULT_VOICES`) and averaged over them, or read from
 recordings (:func:`pairs_from_file`). Pooled embeddings are cached per encoder fingerprint, word and voice. The
 pair lists of ``bt_utils/data/word_pairs/`` (:func:`load_pairs`) were written for this package; their README gives
@@ -377,8 +370,6 @@ def semantic_preference(model: SpeechEncoder | str | os.PathLike,
         :func:`pairs_from_file`. Default: the shipped lists (:func:`load_pairs`).
     voices : iterable of str
         eSpeak voices each word is spoken with; embeddings are averaged over them.
-    words_per_minute, pitch : int
-        See :func:`bt_utils.demo.speech.synthesize`.
     n_unrelated : int, optional
         Unrelated pairs to draw from the words of both lists (default: as many as the longer list has pairs).
     seed : int

@@ -1,11 +1,7 @@
 """Labelled speech for downstream tasks: :class:`Example`, :class:`DownstreamTask` and their audio.
 
-A task's examples are each in one split (``"train"``, ``"validation"``, ``"test"``) with a label: one class name
-(``"classification"``), the names of the classes present separated by spaces (``"multilabel"``;
-:func:`encode_multilabel` and :func:`decode_multilabel` convert to multi-hot arrays) or the reference transcript
-(``"asr"``). An example's audio is a file path or a waveform in memory; an example may cover only a time span of it
-(a TIMIT phone segment), whose frames are then pooled.
-"""
+A label is one class name (``"classification"``), class names separated by spaces (``"multilabel"``, see
+:func:`encode_multilabel`) or a transcript (``"asr"``); audio is a file path or a waveform in memory."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
 """Brain alignment: from a speech model's layer features to voxel-wise and ROI scores.
 
-For every participant, model variant (pretrained, brain-tuned, controls) and layer: layer features per TR
-(:mod:`bt_utils.features.extraction`, cached) -> delayed design matrices -> ridge regression with a per-voxel
-penalty chosen by cross-validation over stories (:mod:`bt_utils.encoding.ridge`) -> Pearson r between the
-prediction of the test story and the mean of its repeats, and ``r / cc_max`` for the voxels whose noise ceiling
-exceeds ``min_ceiling`` -> optional voxel-wise block-permutation p-values with FDR correction -> ROI means
-(:mod:`bt_utils.encoding.stats`).
-"""
+Per participant, variant and layer: cached TR features -> delayed design -> ridge with a cross-validated penalty per
+voxel -> ``r`` and ``r / cc_max`` on the test story -> optional permutation p-values -> ROI means."""
 
 from __future__ import annotations
 

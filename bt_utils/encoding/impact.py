@@ -1,13 +1,7 @@
 """Low-level feature impact: how much of a layer's alignment is carried by low-level speech features.
 
-Every dimension of a layer's TR features is regressed on the low-level features (ridge, 10-fold cross-validated
-penalty in 1e-6 ... 1e9, fitted on the training TRs only); the residuals, computed for every story, replace the
-features; the encoding models are refitted on them, with the residuals in the units of the z-scored features they
-came from (not z-scored again, as in the authors' residual evaluation). The impact is the percentage drop of
-normalised alignment, ``100 * (orig - residual) / orig``, per voxel (where ``orig > 0``) and per ROI, where it is
-the drop of the ROI's mean alignment (:func:`impact_rois`), reported only where that mean is clearly above 0: a
-ratio to a mean near 0 is noise, not an impact.
-"""
+A layer's features are replaced by their residuals after regressing out the low-level features, the encoding
+models refitted, and the drop of alignment reported per voxel and ROI. docs/method.md ("Impact") defines it."""
 
 from __future__ import annotations
 

@@ -4,9 +4,6 @@ Every voxel's response ``Y[:, j]`` is predicted from the delayed features ``X`` 
 intercept (both are z-scored per story, so centred)::
 
     w_j = argmin_w ||X w - Y[:, j]||^2 + alpha_j ||w||^2
-
-Evaluation on the test story: :func:`correlation_score` between the predictions and the mean of the test repeats,
-and :func:`normalised_score` (``r / cc_max``), NaN for voxels whose noise ceiling is too unreliable to divide by.
 """
 
 from __future__ import annotations

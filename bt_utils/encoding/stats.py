@@ -1,12 +1,7 @@
 """Statistics of alignment results: ROI summaries, tests across participants, voxel-wise permutation tests.
 
-Conventions: result tables are tidy (one row per observation). A participant is the unit of replication: ROI values
-are averaged over voxels within a participant first, then summarised (mean, standard error) and tested across
-participants. An ROI is a set of parcels (:mod:`bt_utils.data.rois`); its mean weighs every parcel the same by
-default, as the authors average within each parcel and then over the parcels, so that a large parcel does not
-outweigh the others. Tests across participants are corrected for multiple comparisons with Benjamini-Hochberg over
-the layer x ROI comparisons of one pair of variants.
-"""
+The participant is the unit of replication: values are averaged within an ROI of one participant, then summarised
+and tested across participants (docs/method.md, "Statistics")."""
 
 from __future__ import annotations
 

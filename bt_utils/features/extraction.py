@@ -1,11 +1,8 @@
 """Layer features of a speech encoder per story: sliding windows, the kept frames, the disk cache.
 
-:func:`extract_layer_features` runs an encoder over the causal windows of :mod:`bt_utils.features.windows` and
-keeps one frame per grid point; in ``"fast"`` mode the encoder's family decides how (:func:`window_stride_s`, and
-:mod:`bt_utils.features.whisper_edge` for Whisper padded to 30 s). :func:`story_features` caches the result per
-story and layer, keyed by the encoder's weights, the story's audio and exactly what was computed
-(:func:`feature_tag`); :func:`dataset_tr_features` resamples it to TRs.
-"""
+:func:`extract_layer_features` runs an encoder over the windows of :mod:`bt_utils.features.windows`;
+:func:`story_features` caches the result per story and layer (:func:`feature_tag`); :func:`dataset_tr_features`
+resamples it to TRs."""
 
 from __future__ import annotations
 
@@ -193,8 +190,6 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     ----------
     audio : ndarray of shape (n_samples,)
         16 kHz; sample 0 is sound onset.
-    layers : iterable of int
-        See :func:`check_layers`.
     batch_size : int
         Windows per forward pass (a shared group's members run in one pass).
     progress : bool
@@ -296,12 +291,8 @@ def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers:
 
     Parameters
     ----------
-    layers : iterable of int
-        See :func:`check_layers`.
     cache_dir : path-like, optional
         Cache root (see :func:`bt_utils.cache.cache_root`).
-    batch_size, progress
-        See :func:`extract_layer_features`.
     fingerprint : str, optional
         ``encoder.fingerprint()`` computed beforehand, to hash the weights once for many stories.
 
@@ -341,8 +332,6 @@ def dataset_tr_features(encoder: SpeechEncoder, dataset: Dataset, stories: Itera
     ----------
     stories : iterable of str
     layers : iterable of int
-    settings, cache_dir, batch_size, progress
-        See :func:`story_features`.
 
     Returns
     -------

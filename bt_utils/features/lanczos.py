@@ -1,12 +1,7 @@
 """Lanczos resampling of irregular feature time series onto the TR grid.
 
-Following the reference pipeline (docs/method.md, "From frames to a design matrix"), the value at a new time ``t``
-is ``sum_j L(t - s_j) x_j`` over the old samples ``(s_j, x_j)``, with the Lanczos kernel
-``L(d) = w sin(pi c d) sin(pi c d / w) / (pi c d)^2`` (``L(0) = 1``, 0 beyond ``|c d| > w``), window ``w = 3`` and
-cutoff ``c = 1 / TR``. The weights are not normalised: the output scales with the density of the old samples, which
-the per-story z-scoring that follows removes (``normalize=True`` divides by the sum of weights instead, giving an
-interpolating low-pass filter).
-"""
+Window 3, cutoff ``1 / TR``, weights not normalised as in the reference pipeline (``normalize=True`` divides by
+their sum); docs/method.md ("From frames to a design matrix") gives the kernel."""
 
 from __future__ import annotations
 

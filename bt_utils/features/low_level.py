@@ -1,13 +1,8 @@
 """Low-level speech features per TR, computed from the stimuli themselves, for a dataset's stories.
 
-The low-level feature impact analysis (docs/method.md, "Low-level features") regresses these features out
-of a speech model's features. Each space (:data:`LOW_LEVEL_FEATURES`) is a time series at the TR midpoints
-of a story (untrimmed, as :meth:`bt_utils.data.dataset.Dataset.tr_times` gives them), of shape
-``(n_trs, n_dims)``: ``power_spectrum`` (:mod:`bt_utils.features.spectral`), ``phonemes``, ``diphones``,
-``triphones``, ``articulation``, ``word_rate`` and ``phoneme_rate`` (:mod:`bt_utils.features.phonetic`).
-:func:`stack_low_level_features` trims each story ``[10:-5]`` to match the responses and z-scores every
-column within each story.
-"""
+Each space of :data:`LOW_LEVEL_FEATURES` is an array of shape (n_trs, n_dims) at a story's TR midpoints;
+:func:`stack_low_level_features` trims and z-scores them per story. docs/method.md ("Low-level features") lists
+them."""
 
 from __future__ import annotations
 

@@ -3,13 +3,6 @@
 Frames are read on a grid of *chunk ends* every ``chunk_s`` (0.1 s) after sound onset: grid point ``k`` lies at
 ``(k + 1) * chunk_s``, the time up to which its frame has heard the story. Every encoder window is causal: it ends
 at a grid point and starts ``context_s`` plus its stride earlier, or at sound onset near the story start.
-
-``"reference"`` is the protocol: one window per grid point (16 s of context plus the 0.1-s chunk), its last frame
-kept. ``"fast"`` is one cheaper approximation per encoder family, chosen by the extraction code (see
-:mod:`bt_utils.features.extraction` and docs/feature_windows.md): encoders that run at their input length
-(wav2vec2, HuBERT, Whisper with ``native_length``) run longer windows every :data:`FAST_STRIDE_S` and keep the
-frames of the stride at the end of each; Whisper padded to 30 s keeps the reference's windows and shares most of
-their work (:mod:`bt_utils.features.whisper_edge`).
 """
 
 from __future__ import annotations

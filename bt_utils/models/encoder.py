@@ -1,11 +1,7 @@
 """Speech encoders behind one interface: Wav2vec2.0, HuBERT and the Whisper encoder.
 
-:func:`load_encoder` turns a registry name (:data:`MODELS`), a Hugging Face Hub id, a local Hugging Face folder or
-a brain-tuned checkpoint into a :class:`SpeechEncoder`. Every encoder takes raw 16 kHz audio of shape ``(B, T)``
-with per-sample lengths, prepares the model inputs itself, in torch and on the model's device, and returns the
-hidden states of all layers with a mask of the frames computed from real (unpadded) audio. How each family's audio
-is prepared, and which hidden states are returned: :class:`SpeechEncoder`, "Notes".
-"""
+A :class:`SpeechEncoder` takes raw 16 kHz audio of shape ``(B, T)`` with per-sample lengths, prepares the model
+inputs itself on the model's device, and returns every layer's hidden states with a mask of the real frames."""
 
 from __future__ import annotations
 

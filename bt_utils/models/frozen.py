@@ -1,11 +1,7 @@
 """Brain-tuning the top layers only: the frozen layers' output per TR, computed once and cached.
 
-When only the top ``k`` transformer layers are trained, everything below them (feature encoder and the lower
-layers) gives the same output in every epoch and every run that starts from the same encoder: for the same stories,
-every participant and every control. :func:`frozen_inputs` computes that output once per story, in eval mode,
-stores it in the package cache (float16, one file per story, memory-mapped when read) and returns a dataset of it,
-which :meth:`bt_utils.models.encoder.SpeechEncoder.run_layers` continues from.
-"""
+Below the trained layers the output is the same in every epoch and run, so :func:`frozen_inputs` stores it per story
+(float16, memory-mapped) and :meth:`bt_utils.models.encoder.SpeechEncoder.run_layers` continues from it."""
 
 from __future__ import annotations
 

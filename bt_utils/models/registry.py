@@ -227,8 +227,6 @@ def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "
         - a brain-tuned checkpoint folder, whose ``encoder/`` is loaded.
 
         A full Whisper (encoder-decoder) keeps only its encoder.
-    device : str or torch.device
-        See :func:`select_device`.
     native_length : bool or None
         Whisper only: run on the batch's real length (True) or padded to 30 s (False); None (default) keeps the
         folder's saved setting (registry and Hub models: padded).

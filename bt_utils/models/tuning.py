@@ -1,13 +1,7 @@
 """Brain-tuning: fine-tune a speech encoder to predict the fMRI responses of one participant or several.
 
-Defaults follow the protocol (docs/method.md, "Brain-tuning"): 10-s inputs per TR (:mod:`bt_utils.data.stimulus`),
-the ``[10:-5]`` trim, targets = voxels with ``cc_max > 0.4``, mean pooling of the last hidden state over valid
-frames, a linear head, MSE, Adam with an encoder learning rate of 5e-5 (linear warm-up over 5 epochs, then linear
-decay) and a head learning rate of 1e-4 x max(0.8^epoch, 0.1), 30 epochs, batch 128, seed 42, the CNN feature
-encoder frozen. Validation runs in eval mode every epoch; the checkpoint kept is the one with the lowest validation
-loss, and training stops early after ``patience`` epochs without improvement or when the validation loss diverges.
-Several participants share the encoder, with one head each (:func:`tune`).
-"""
+Defaults follow the protocol (docs/method.md, "Brain-tuning"); the checkpoint kept has the lowest validation loss.
+Several participants share the encoder, with one head each (:func:`tune`)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
 """Training and validation sets of brain-tuning: 10-s input windows per TR paired with responses.
 
-:func:`build_tuning_sets` reads the split, selects each participant's target voxels by their noise ceiling, applies
-the random-fMRI controls (:func:`block_shuffle`, :func:`story_derangement`) or the text-embedding targets, and
-returns :class:`TuningSet` objects that cut the input windows on access. With several participants, an item is a
-(story, TR) of the stimulus: its targets are every participant's responses side by side (one block of columns, a
-head, per participant), so one encoder pass serves them all. :mod:`bt_utils.models.tuning` trains on them.
-"""
+:func:`build_tuning_sets` selects each participant's target voxels, applies the controls and returns
+:class:`TuningSet` objects; with several participants an item holds every participant's responses side by side."""
 
 from __future__ import annotations
 
@@ -183,11 +179,6 @@ def tuning_participants(dataset: Dataset, subjects: str | Sequence[str], control
 def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig,
                       spec: WindowSpec = WindowSpec()):
     """Training and validation sets of one participant or several, with the control of ``config`` applied.
-
-    Parameters
-    ----------
-    subjects : str or sequence of str
-        See :func:`tuning_participants`.
 
     Returns
     -------

@@ -1,11 +1,7 @@
 """Papermill sweeps: run the notebooks over a grid of parameters on a Dask cluster.
 
-:func:`run_sweep` executes the runs of a specification (:mod:`bt_utils.sweeps.spec`, planned by
-:mod:`bt_utils.sweeps.plan`) that have not completed, each once the runs it depends on have completed;
-:func:`sweep_status` reads the state of every run back from its folder (:mod:`bt_utils.sweeps.state`). Reruns skip
-what completed with the same parameters and redo what failed or is out of date, as ``make`` does, so an interrupted
-sweep resumes. docs/sweeps.md describes the specification, the run folders, reruns and clusters.
-"""
+:func:`run_sweep` runs what has not completed, each run after those it depends on, so an interrupted sweep resumes;
+:func:`sweep_status` reads the runs' states back. docs/sweeps.md describes specifications, reruns and clusters."""
 
 from __future__ import annotations
 

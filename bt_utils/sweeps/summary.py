@@ -1,12 +1,7 @@
 """Gather the result tables of a sweep for the summary report.
 
-Only the runs of the sweep's current plan that completed count: the sweep's ``runs_index.csv`` (written by
-:func:`bt_utils.sweeps.runner.run_sweep` when it starts) lists the planned runs, and each run's ``status.json``
-says whether it completed. Folders of earlier parameter settings, runs no longer planned and runs that failed or
-have not finished are left out, so that no participant is counted twice. A folder without a runs index is not a
-sweep folder and is refused. :func:`impact_summary` summarises the low-level impact across participants from each
-participant's ROI drops, never from per-voxel percentages.
-"""
+Only the completed runs of the sweep's current plan (``runs_index.csv``) count, so that no participant is counted
+twice; a folder without a runs index is refused."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
 """Interactive exploration of alignment results in JupyterLab (ipywidgets).
 
-:func:`explorer` shows, for a choice of subject, model, variant, layer and metric, the voxel map of that choice
-(pycortex flatmap or nilearn fsaverage5 surface, see :mod:`bt_utils.viz.maps`) and a bar chart of its ROI means.
-The logic is in pure functions that tests and scripts call directly; :class:`Explorer` only wires them to widgets,
-and its callbacks run without a browser (set a dropdown's ``value``). It reads the tables of the alignment
-notebook:
-"""
+:func:`explorer` shows the voxel map and ROI bars of a chosen subject, model, variant, layer and metric; the logic
+is in pure functions, and :class:`Explorer` only wires them to widgets."""
 
 from __future__ import annotations
 
@@ -241,8 +237,6 @@ class Explorer(widgets.VBox):
 
     Parameters
     ----------
-    voxel_table, roi_table : pandas.DataFrame
-        See the module docstring.
     layouts : dict of str to layout
         Layout of every subject of `voxel_table` (see :func:`bt_utils.data.layout.as_layout`).
     backend : {"pycortex", "nilearn"}, default "pycortex"

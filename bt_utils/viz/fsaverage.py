@@ -1,13 +1,8 @@
 """Voxel values on nilearn's fsaverage5 surface, through a voxel -> vertex mapping.
 
-A *mapping* is a non-negative sparse matrix of shape (20484, n_voxels): row ``v`` weighs the voxels that fsaverage5
-vertex ``v`` shows, and a vertex shows their weighted mean (:func:`to_fsaverage`). Where the voxels of a pycortex
-subject land on fsaverage5 depends on that subject's registration, so mappings come from
-:data:`bt_utils.registry.SURFACE_MAPPINGS`, keyed by pycortex subject (the demo registers one for its template
-subject ``S1``). ds003020 ships no registration to fsaverage, so for its subjects a caller passes its own mapping
-(e.g. from FreeSurfer's ``mri_vol2surf`` + ``mri_surf2surf``) or draws flatmaps. :func:`mapping_from_positions`
-builds a mapping from voxel positions on the fsaverage5 mid-thickness surface, as a registration gives them.
-"""
+A mapping is a sparse matrix of shape (20484, n_voxels) (:func:`to_fsaverage`), registered per pycortex subject in
+:data:`bt_utils.registry.SURFACE_MAPPINGS` (the demo's ``S1``). ds003020 ships no registration to fsaverage: pass
+your own mapping (e.g. from FreeSurfer) or draw flatmaps."""
 
 from __future__ import annotations
 

@@ -325,8 +325,6 @@ def save_maps(
     ----------
     values_by_name : dict of str to array_like, shape (n_voxels,)
         Maps to draw; each name (letters, digits, ``_``, ``-``, ``.``) becomes the file name stem and the title.
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.data.layout.as_layout`.
     out_dir : path-like
         Created if missing.
     backends : sequence of {"pycortex", "nilearn"}, default both

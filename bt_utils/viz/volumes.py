@@ -98,13 +98,7 @@ def check_values(values, n: int) -> np.ndarray:
 
 
 def n_voxels(layout) -> int:
-    """Number of voxels of a layout (reads the mask of a :class:`~bt_utils.data.layout.PycortexSpace`).
-
-    Parameters
-    ----------
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.data.layout.as_layout`.
-    """
+    """Number of voxels of a layout (reads the mask of a :class:`~bt_utils.data.layout.PycortexSpace`)."""
     layout = as_layout(layout)
     if isinstance(layout, VoxelLayout):
         return layout.n_voxels
