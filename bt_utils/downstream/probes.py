@@ -55,9 +55,8 @@ class ModelEntry:
     variant : str
         Its name in tables and figures, e.g. ``"pretrained"``, ``"brain-tuned"``.
     path : str
-        Anything :func:`bt_utils.models.registry.load_encoder` loads: a registry name,
-        a Hub id, a folder, or a brain-tuned checkpoint (or the run folder of
-        :func:`bt_utils.models.tuning.tune` that holds ``checkpoint/``).
+        Anything :func:`bt_utils.models.registry.load_encoder` loads, or the run folder of
+        :func:`bt_utils.models.tuning.tune`.
     model : str
         The base model (registry name or Hub id): the decoder or CTC head for ASR comes from it.
     subject : str
@@ -78,12 +77,7 @@ def _checkpoint_folder(path: Path) -> Path | None:
 
 
 def model_entry(spec: ModelEntry | Mapping | str) -> ModelEntry:
-    """A :class:`ModelEntry` from a dict ``{"variant", "path"[, "model", "subject"]}`` or a path.
-
-    Parameters
-    ----------
-    spec : ModelEntry, mapping or str
-    """
+    """A :class:`ModelEntry` from a dict ``{"variant", "path"[, "model", "subject"]}`` or a path."""
     if isinstance(spec, ModelEntry):
         return spec
     spec = {"path": spec} if isinstance(spec, (str, os.PathLike)) else dict(spec)
@@ -134,15 +128,7 @@ class ProbeConfig:
 
 @dataclass(frozen=True, eq=False)
 class ProbeFit:
-    """The probe chosen on the validation split.
-
-    Attributes
-    ----------
-    weight : torch.Tensor
-        Shape (D, n_classes).
-    bias : torch.Tensor
-        Shape (n_classes,).
-    """
+    """The probe chosen on the validation split: ``weight`` of shape (D, n_classes), ``bias`` of shape (n_classes,)."""
 
     layer: int
     epoch: int
@@ -276,12 +262,8 @@ def _prediction_labels(task: DownstreamTask, predicted: np.ndarray) -> list[str]
 
 def probe_task(features: np.ndarray, task: DownstreamTask, seeds: Iterable[int] = (0, 1, 2),
                config: ProbeConfig = ProbeConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Fit probes for several seeds and predict the test split with the chosen ones.
-
-    Parameters
-    ----------
-    features : ndarray of shape (n_examples, n_layers + 1, D)
-        From :func:`extract_features`, in the order of ``task.examples``.
+    """Fit probes for several seeds and predict the test split with the chosen ones, from ``features`` of shape
+    (n_examples, n_layers + 1, D) in the order of ``task.examples``.
     """
     if task.kind not in PROBE_METRICS:
         raise ValueError(f"task {task.name!r} is an {task.kind} task; probes are for "

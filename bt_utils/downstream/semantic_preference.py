@@ -142,13 +142,8 @@ def voice_label(voice: str, words_per_minute: int, pitch: int) -> str:
 
 def spoken_words(words: Iterable[str], voices: Iterable[str] = DEFAULT_VOICES, words_per_minute: int = 160,
                  pitch: int = 50) -> dict[str, dict[str, np.ndarray]]:
-    """Synthesise each word on its own with several voices.
-
-    Returns
-    -------
-    dict
-        ``{word: {voice_label: audio}}``; ``audio`` float32 of shape (n_samples,) at 16 kHz; labels from
-        :func:`voice_label`.
+    """Synthesise each word on its own with several voices: ``{word: {voice_label: audio}}``, audio float32 of shape
+    (n_samples,) at 16 kHz.
     """
     labels = {voice: voice_label(voice, words_per_minute, pitch) for voice in voices}
     if not labels:
@@ -160,12 +155,8 @@ def spoken_words(words: Iterable[str], voices: Iterable[str] = DEFAULT_VOICES, w
 
 
 def recorded_words(pairs: Iterable[pd.DataFrame]) -> dict[str, dict[str, np.ndarray]]:
-    """The recordings named in the ``audio_a`` and ``audio_b`` columns of pair tables.
-
-    Returns
-    -------
-    dict
-        ``{word: {file path: audio}}``; ``audio`` float32 of shape (n_samples,) at 16 kHz, mono.
+    """The recordings named in the ``audio_a`` and ``audio_b`` columns of pair tables: ``{word: {file path: audio}}``,
+    audio float32 mono of shape (n_samples,) at 16 kHz.
     """
     audio: dict[str, dict[str, np.ndarray]] = {}
     for table in pairs:
@@ -192,17 +183,8 @@ def embedding_cache_path(fingerprint: str, word: str, label: str, audio: np.ndar
 
 @torch.inference_mode()
 def pooled_states(encoder: SpeechEncoder, audio: np.ndarray) -> np.ndarray:
-    """Every layer's hidden states of one piece of audio, averaged over its valid frames.
-
-    Parameters
-    ----------
-    audio : ndarray of shape (n_samples,)
-        16 kHz.
-
-    Returns
-    -------
-    ndarray of shape (n_layers + 1, D)
-        float32.
+    """Every layer's hidden states of 16-kHz ``audio`` (n_samples,) averaged over its valid frames: float32
+    (n_layers + 1, D).
     """
     samples = torch.as_tensor(np.asarray(audio, dtype=np.float32))[None]
     output = encoder(samples, torch.tensor([samples.shape[1]]))
@@ -215,16 +197,8 @@ def word_embeddings(encoder: SpeechEncoder, audio_by_word: Mapping[str, Mapping[
                     progress: bool = True) -> dict[str, np.ndarray]:
     """Each word's pooled hidden states, averaged over its voices (or recordings).
 
-    Parameters
-    ----------
-    audio_by_word : mapping
-        ``{word: {voice_label: audio}}`` as :func:`spoken_words` or :func:`recorded_words` return; ``audio`` of
-        shape (n_samples,) at 16 kHz.
-
-    Returns
-    -------
-    dict
-        ``{word: ndarray of shape (n_layers + 1, D)}``, float64.
+    ``audio_by_word`` is ``{word: {label: audio of shape (n_samples,)}}`` (:func:`spoken_words`,
+    :func:`recorded_words`); returns ``{word: float64 ndarray of shape (n_layers + 1, D)}``.
     """
     empty = [word for word, voices in audio_by_word.items() if not voices]
     if empty:
@@ -254,16 +228,8 @@ def word_embeddings(encoder: SpeechEncoder, audio_by_word: Mapping[str, Mapping[
 def pair_similarity(embeddings: Mapping[str, np.ndarray], pairs: pd.DataFrame) -> pd.DataFrame:
     """Cosine similarity of the two words of each pair, per layer.
 
-    Parameters
-    ----------
-    embeddings : mapping
-        ``{word: ndarray of shape (n_layers + 1, D)}`` (:func:`word_embeddings`).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``pair`` (``"word_a/word_b"``), ``layer`` (0 = input of the first transformer layer), ``similarity``: P *
-        (n_layers + 1) rows.
+    ``embeddings`` is ``{word: ndarray of shape (n_layers + 1, D)}``; returns columns ``pair`` (``"word_a/word_b"``),
+    ``layer`` and ``similarity``, P * (n_layers + 1) rows.
     """
     if pairs.empty:
         raise ValueError("pairs is empty")
@@ -434,15 +400,7 @@ def compare_variants(variants: Mapping[str, SpeechEncoder | str | os.PathLike],
 def plot_preference(table: pd.DataFrame):
     """Semantic preference and pair similarities per layer, one colour per variant.
 
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        From :func:`compare_variants`, or from :func:`semantic_preference` (a single model, no ``variant`` column).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        Left: preference (semantic - phonetic) per layer with its bootstrap interval (shaded), 0 dashed.
+    ``table`` comes from :func:`compare_variants` or :func:`semantic_preference` (one model, no ``variant`` column).
     """
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D

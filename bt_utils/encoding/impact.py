@@ -69,19 +69,10 @@ def story_low_level(dataset: Dataset, stories: Sequence[str], names: Sequence[st
 def residualise(model: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], dataset: Dataset,
                 train_stories: Sequence[str], alphas: np.ndarray = RESIDUAL_ALPHAS, n_folds: int = 10,
                 backend: str = "numpy") -> dict[str, np.ndarray]:
-    """Remove what low-level features predict from model features.
+    """Remove what low-level features predict from model features, per story.
 
-    Parameters
-    ----------
-    model : mapping of str to ndarray of shape (n_trs, d)
-        Untrimmed TR features of one layer per story.
-    low : mapping of str to ndarray of shape (n_trs, k)
-        Untrimmed low-level features per story (same stories and TRs).
-
-    Returns
-    -------
-    residual : dict of str to ndarray of shape (n_trs, d)
-        In the units of the z-scored model features; each story's kept rows have mean 0 for the training stories.
+    ``model`` maps stories to untrimmed TR features of shape (n_trs, d), ``low`` to low-level features of shape
+    (n_trs, k); returns residuals of shape (n_trs, d) per story, in the units of the z-scored model features.
 
     Raises
     ------
@@ -318,17 +309,8 @@ def banded_ridge_grid(x1_train: np.ndarray, x2_train: np.ndarray, y_train: np.nd
                       score: str = "r2") -> BandedGridFit:
     """Two-band banded ridge by grid search, with a penalty per band and voxel.
 
-    Parameters
-    ----------
-    x1_train, x2_train : ndarray of shape (n, d1), (n, d2)
-        Training features of the two bands (z-scored: no intercept is fitted).
-    y_train : ndarray of shape (n, n_voxels)
-    x1_test, x2_test : ndarray of shape (m, d1), (m, d2)
-        Test features of the two bands.
-    alphas : ndarray of shape (n_alphas,)
-        Overall penalties searched.
-    band_mixes : ndarray of shape (n_mixes,)
-        Weights ``g`` of the first band, strictly inside (0, 1) (default :data:`BAND_MIXES`).
+    ``x1_*``, ``x2_*`` are the two bands' z-scored features, of shapes (n, d1), (n, d2) for training and (m, d1),
+    (m, d2) for test; ``y_train`` has shape (n, n_voxels); ``band_mixes`` are weights of the first band in (0, 1).
     """
     check_option("dtype", dtype, ("float32", "float64"))
     _check_rows(x1_train=x1_train, x2_train=x2_train, y_train=y_train)
@@ -382,17 +364,9 @@ def partition_variance(model_train: np.ndarray, low_train: np.ndarray, y_train: 
                        band_mixes: np.ndarray = BAND_MIXES) -> pd.DataFrame:
     """Unique and shared test-set variance of two feature spaces per voxel.
 
-    Parameters
-    ----------
-    model_train, low_train : ndarray of shape (n, d_model), (n, d_low)
-        Training features of the model and of the low-level features.
-    y_train : ndarray of shape (n, n_voxels)
-    model_test, low_test : ndarray of shape (m, d_model), (m, d_low)
-    y_test : ndarray of shape (m, n_voxels)
-    alphas : ndarray of shape (n_alphas,)
-        Penalties of the single-space fits and overall penalties of the banded search.
-    band_mixes : ndarray of shape (n_mixes,)
-        Weights ``g`` of the model band searched by ``solver="grid"`` (default :data:`BAND_MIXES`).
+    Features have shapes (n, d_model), (n, d_low) for training and (m, d_model), (m, d_low) for test; ``y_train``
+    (n, n_voxels) and ``y_test`` (m, n_voxels). ``band_mixes`` are the weights of the model band searched by
+    ``solver="grid"``.
     """
     check_option("solver", solver, PARTITION_SOLVERS)
     _check_rows(model_train=model_train, low_train=low_train, y_train=y_train)
@@ -463,21 +437,9 @@ def partition_variants(dataset: Dataset, subjects: list[str], variants: Mapping[
                        low_level: Sequence[str] = DEFAULT_LOW_LEVEL_FEATURES, device: str = "auto") -> pd.DataFrame:
     """:func:`variance_partition` of one layer against the low-level features, for every subject and variant.
 
-    Parameters
-    ----------
-    dataset, subjects, variants, model, device
-        As for :func:`bt_utils.encoding.alignment.align`.
-    layer : int
-        The layer whose features are partitioned.
-    settings : AlignmentSettings
-        Its ``layers`` are replaced by ``(layer,)``.
-    low_level : sequence of str
-        The low-level spaces, stacked into one band.
-
-    Returns
-    -------
-    table : DataFrame
-        The rows of :func:`variance_partition` with ``subject, model, variant, layer``.
+    ``dataset, subjects, variants, model, device`` are as for :func:`bt_utils.encoding.alignment.align`; ``low_level``
+    names the low-level spaces stacked into one band. Returns the rows of :func:`variance_partition` with ``subject,
+    model, variant, layer``.
     """
     settings = replace(settings, layers=(layer,))
     tables = []

@@ -96,30 +96,13 @@ class SpeechEncoder(nn.Module):
         is on); whisper: ``native_length``; wav2vec2/hubert: ``do_normalize`` and ``attention_mask``
         (preprocessing).
     checkpoint_spec_augment : bool
-        Whether the checkpoint's config switches SpecAugment on in train mode (wav2vec2/HuBERT: yes; Whisper: no),
-        read before the switch is turned off.
+        Whether the checkpoint's config switches SpecAugment on in train mode (wav2vec2/HuBERT: yes; Whisper: no).
 
     Notes
     -----
-    Preprocessing wav2vec2, hubert
-        Zero mean and unit variance over each sample's valid audio when the checkpoint's feature extractor
-        normalises (``do_normalize``), padding set to 0, and an attention mask when the model was trained with one
-        (``feat_extract_norm == "layer"``). Group-norm models (wav2vec2-base, hubert-base) take no attention mask:
-        their first convolution's GroupNorm normalises each channel over the whole padded input, so padding a
-        sample changes its outputs slightly, as in Hugging Face.
-    whisper
-        The log-mel spectrogram of :class:`transformers.WhisperFeatureExtractor` (Hann STFT, ``n_fft`` 400, hop
-        160, its mel filter bank, log10, clamped to the maximum minus 8, then ``(x + 4) / 4``), on audio
-        zero-padded to 30 s (3000 mel frames, 1500 encoder frames) as in pretraining. With ``native_length`` the
-        batch is padded only to its longest sample (rounded up to a hop), the positional embeddings are sliced to
-        that length and the padded frames of shorter samples are masked out of the attention.
-
-    Hidden states ``hidden_states[0]`` is the input of the first transformer layer and ``hidden_states[i]`` the
-    output of layer ``i``, as Hugging Face returns them: for Whisper the last entry is after the encoder's final
-    layer norm; for the wav2vec2/HuBERT models with a final layer norm (``do_stable_layer_norm``, the large
-    variants) it is the last layer's output before that norm. A layer skipped by LayerDrop passes its input on, so
-    there are always ``n_layers + 1`` entries. ``last_hidden_state`` is the model's output, after the final layer
-    norm whenever there is one (Hugging Face's ``last_hidden_state``): the state the brain-tuning head pools.
+    Inputs are prepared as the Hugging Face feature extractors do (Whisper: log-mel of the audio padded to 30 s,
+    or to the batch's longest sample with ``native_length``); docs/method.md ("Feature windows") says which hidden
+    states are returned.
     """
 
     sample_rate = SAMPLE_RATE
@@ -185,13 +168,7 @@ class SpeechEncoder(nn.Module):
     # ----- training policy ---------------------------------------------------------------------
 
     def freeze_feature_encoder(self) -> list[str]:
-        """Freeze the CNN feature encoder and make everything else trainable.
-
-        Returns
-        -------
-        list of str
-            Names (in :meth:`named_parameters`) of the frozen parameters.
-        """
+        """Freeze the CNN feature encoder and make everything else trainable; returns the frozen parameters' names."""
         frozen_modules = (
             [self.encoder.conv1, self.encoder.conv2, self.encoder.embed_positions]
             if self.family == "whisper" else [self.encoder.feature_extractor]
@@ -204,12 +181,8 @@ class SpeechEncoder(nn.Module):
         return [name for name, p in self.named_parameters() if id(p) in frozen_ids]
 
     def train_top_layers(self, n_layers: int) -> list[str]:
-        """Make only the top ``n_layers`` transformer layers (and the final layer norm, if any) trainable.
-
-        Returns
-        -------
-        list of str
-            Names (in :meth:`named_parameters`) of the trainable parameters.
+        """Make only the top ``n_layers`` transformer layers (and the final layer norm, if any) trainable; returns the
+        trainable parameters' names.
         """
         if not 1 <= n_layers <= self.n_layers:
             raise ValueError(f"n_layers={n_layers!r} must lie in 1..{self.n_layers}: {self.name} has {self.n_layers} layers")
@@ -305,17 +278,7 @@ class SpeechEncoder(nn.Module):
         return (torch.maximum(log_mel, peak - 8.0) + 4.0) / 4.0
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Encoder frames computed from each sample's real audio.
-
-        Parameters
-        ----------
-        lengths : torch.Tensor
-            Long, shape (B,): valid samples.
-
-        Returns
-        -------
-        torch.Tensor
-            Long, shape (B,).
+        """Encoder frames computed from each sample's real audio, from its valid samples ``lengths`` (long, shape (B,)).
         """
         frames = torch.as_tensor(lengths, dtype=torch.long)
         if self.family == "whisper":
@@ -477,12 +440,7 @@ class SpeechEncoder(nn.Module):
     # ----- persistence -------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """A hash of the weights, architecture, family and input settings: the key of feature caches.
-
-        Returns
-        -------
-        fingerprint : str
-            16 hexadecimal characters.
+        """A hash (16 hexadecimal characters) of the weights, architecture, family and input settings: the key of feature caches.
         """
         config = {key: value for key, value in self.encoder.config.to_dict().items()
                   if not _train_only_or_provenance(key)}
@@ -493,12 +451,7 @@ class SpeechEncoder(nn.Module):
         return digest.hexdigest()[:16]
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Save the encoder weights and config (Hugging Face form) and ``bt_encoder.json``.
-
-        Parameters
-        ----------
-        folder : path-like
-            Created if missing.
+        """Save the encoder weights and config (Hugging Face form) and ``bt_encoder.json`` to ``folder`` (created if missing).
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
