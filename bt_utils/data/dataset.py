@@ -1,6 +1,15 @@
 """Read a dataset in the OpenNeuro ds003020 layout (real data or the embedded demo).
 
 Layout (relative to ``data_root``)::
+
+    stimuli/<story>.wav
+    derivative/TextGrids/<story>.TextGrid          tiers "phone" and "word"
+    derivative/respdict.json                       {story: n_trs + 5} (see bt_utils.data.timing)
+    derivative/preprocessed_data/<subject>/<story>.hf5
+        data                (n_trs - 15, n_voxels)  responses, already trimmed [10:-5]
+        individual_repeats  (n_repeats, n_trs - 15, n_voxels)  test story only
+
+The demo adds ``derivative/demo.json``, ``voxel_layout/`` and ``truth/``; the same code reads both.
 """
 
 from __future__ import annotations
@@ -227,13 +236,7 @@ class Dataset:
         return self.derivative / "TextGrids" / f"{story}.TextGrid"
 
     def load_audio(self, story: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        """Audio of a story as mono float32, resampled to ``sample_rate`` if needed.
-
-        Returns
-        -------
-        audio : ndarray of shape (n_samples,)
-            Samples in [-1, 1] at ``sample_rate`` Hz.
-        """
+        """Audio of a story as mono float32 in [-1, 1], resampled to ``sample_rate`` if needed: shape (n_samples,)."""
         path = self.audio_path(story)
         if not path.is_file():
             raise FileNotFoundError(f"audio of story {story!r} not found: {path}")
@@ -308,12 +311,8 @@ class Dataset:
         return self._read_hf5(subject, story, "data")
 
     def load_repeats(self, subject: str, story: str | None = None) -> np.ndarray:
-        """Individual repeats of the test story (default: the split's test story).
-
-        Returns
-        -------
-        repeats : ndarray of shape (n_repeats, n_trs - 15, n_voxels)
-            float32; dropped-out voxels of each repeat set to 0 (see :meth:`load_responses`).
+        """Individual repeats of the test story (default: the split's test story), float32 of shape (n_repeats, n_trs - 15,
+        n_voxels), dropped-out voxels of each repeat set to 0.
         """
         story = story or self.split().test  # only the test story is needed, not the whole split
         return self._read_hf5(subject, story, "individual_repeats")
@@ -321,12 +320,8 @@ class Dataset:
     # ----- validation ----------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Check the dataset's descriptions and stimuli, reading file headers only.
-
-        Raises
-        ------
-        DataError
-            Naming the file, the story and what was expected.
+        """Check the dataset's descriptions and stimuli, reading file headers only; raises DataError naming the file, the
+        story and what was expected.
         """
         if self.demo_info is not None:
             split = self.demo_info["split"]
@@ -365,12 +360,8 @@ class Dataset:
                 )
 
     def validate_responses(self, subject: str) -> None:
-        """Check the headers of every response file of ``subject`` (once per subject; no data is read).
-
-        Raises
-        ------
-        DataError
-            Naming the file and what was expected.
+        """Check the headers of every response file of ``subject`` (once per subject; no data is read); raises DataError
+        naming the file and what was expected.
         """
         if subject in self._valid_subjects:
             return
@@ -433,13 +424,7 @@ class Dataset:
         return split
 
     def stories_table(self) -> pd.DataFrame:
-        """One row per story: TRs, trimmed TRs, duration, word and phone counts, split.
-
-        Returns
-        -------
-        table : DataFrame
-            Columns ``story, split, n_trs, n_trs_trimmed, duration_s, n_words, n_phones``.
-        """
+        """One row per story: ``story, split, n_trs, n_trs_trimmed, duration_s, n_words, n_phones``."""
         split = self.split()
         role = {s: "train" for s in split.train} | {s: "validation" for s in split.validation}
         role[split.test] = "test"

@@ -97,33 +97,18 @@ class VoxelLayout:
         return int(self.volume_index.size)
 
     def roi_counts(self) -> dict[str, int]:
-        """Voxels per ROI label, sorted by label.
-
-        Returns
-        -------
-        dict of str to int
-        """
+        """Voxels per ROI label, sorted by label."""
         names, counts = np.unique(self.roi, return_counts=True)
         return {str(k): int(v) for k, v in zip(names, counts)}
 
     def zyx(self) -> np.ndarray:
-        """Voxel indices along each volume axis.
-
-        Returns
-        -------
-        numpy.ndarray of int64, shape (n_voxels, 3)
-            Columns (z, y, x), matching `volume_shape`.
-        """
+        """Voxel indices along each volume axis: int64 of shape (n_voxels, 3), columns (z, y, x)."""
         return np.column_stack(np.unravel_index(self.volume_index, self.volume_shape)).astype(np.int64)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The layout as the arrays of a ``voxel_layout/<subject>.npz`` file (keys :data:`LAYOUT_KEYS`).
-
-        Returns
-        -------
-        dict of str to numpy.ndarray
-            0-d string arrays ``template``, ``xfm`` and ``mask`` (``""`` for none), ``volume_shape`` of shape (3,),
-            ``volume_index``, ``roi`` and ``hemisphere`` of shape (n_voxels,).
+        """The layout as the arrays of a ``voxel_layout/<subject>.npz`` file (keys :data:`LAYOUT_KEYS`): 0-d string arrays
+        ``template``, ``xfm`` and ``mask``, ``volume_shape`` of shape (3,), ``volume_index``, ``roi`` and ``hemisphere``
+        of shape (n_voxels,).
         """
         return {
             "template": np.array(self.subject),
@@ -137,14 +122,7 @@ class VoxelLayout:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping, filestore=None) -> VoxelLayout:
-        """Inverse of :meth:`arrays`, e.g. on the dict that ``Dataset.voxel_layout(subject)`` returns.
-
-        Parameters
-        ----------
-        arrays : dict of str to numpy.ndarray
-            Keys :data:`LAYOUT_KEYS`.
-        filestore : path-like, optional
-            pycortex filestore of the subject (the arrays do not hold one).
+        """Inverse of :meth:`arrays` (``filestore``: the subject's pycortex filestore, which the arrays do not hold).
 
         Raises
         ------

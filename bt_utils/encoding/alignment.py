@@ -124,14 +124,8 @@ def cv_splits(labels: np.ndarray, settings: AlignmentSettings) -> list[tuple[np.
 
 def score_layer(x_train: np.ndarray, x_test: np.ndarray, labels: np.ndarray, targets: SubjectTargets,
                 settings: AlignmentSettings) -> pd.DataFrame:
-    """Fit the encoding model of one layer and score it on the test story.
-
-    Parameters
-    ----------
-    x_train : ndarray of shape (n_train_trs, n_features)
-    x_test : ndarray of shape (n_test_trs, n_features)
-    labels : ndarray of shape (n_train_trs,)
-        Story of each training row (for the folds).
+    """Fit the encoding model of one layer and score it on the test story, from ``x_train`` (n_train_trs, n_features),
+    ``x_test`` (n_test_trs, n_features) and the story of each training row, ``labels`` (n_train_trs,).
     """
     if len(x_train) != len(targets.train) or len(x_test) != len(targets.test):
         raise ValueError(f"design ({len(x_train)} train, {len(x_test)} test rows) and responses "
@@ -153,20 +147,8 @@ def score_layer(x_train: np.ndarray, x_test: np.ndarray, labels: np.ndarray, tar
 
 def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray,
                     settings: AlignmentSettings) -> np.ndarray:
-    """Mean over stories of the Pearson r of each story's held-out prediction (leave one story out).
-
-    Parameters
-    ----------
-    x_train : ndarray of shape (n, n_features)
-        Design rows of the training stories (:func:`bt_utils.features.design.layer_design`).
-    y_train : ndarray of shape (n, n_voxels)
-        Responses paired with ``x_train`` (:attr:`SubjectTargets.train`).
-    labels : ndarray of shape (n,)
-        Story of each row; at least 3 stories.
-
-    Returns
-    -------
-    r : ndarray of shape (n_voxels,)
+    """Mean over stories of the Pearson r of each story's held-out prediction (leave one story out), of shape
+    (n_voxels,), from ``x_train`` (n, n_features), ``y_train`` (n, n_voxels) and ``labels`` (n,), at least 3 stories.
     """
     labels = np.asarray(labels)
     if not len(x_train) == len(y_train) == len(labels):
@@ -188,13 +170,8 @@ def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray
 def score_features(dataset: Dataset, subject: str, features: Mapping[str, Mapping[int, np.ndarray]],
                    layers: tuple[int, ...], targets: SubjectTargets, settings: AlignmentSettings,
                    standardise: bool = True) -> pd.DataFrame:
-    """Encoding-model scores of every layer of precomputed TR features for one subject.
-
-    Parameters
-    ----------
-    features : mapping of str to mapping of int to ndarray of shape (n_trs, d)
-        Untrimmed TR features per story and layer (e.g. from
-        :func:`bt_utils.features.extraction.dataset_tr_features`, or residualised ones).
+    """Encoding-model scores of every layer of precomputed TR features for one subject: ``features`` maps story and
+    layer to untrimmed ndarray of shape (n_trs, d) (e.g. :func:`bt_utils.features.extraction.dataset_tr_features`).
     """
     split = dataset.split(subject)
     tables = []

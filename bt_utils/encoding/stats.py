@@ -35,13 +35,8 @@ class RoiMean:
 
 
 def roi_mean(parcel_values: Mapping[str, np.ndarray], weighting: str = "parcel") -> RoiMean:
-    """Mean of a voxel-wise value over the parcels of an ROI.
-
-    Parameters
-    ----------
-    parcel_values : mapping of str to ndarray of shape (n_voxels_of_parcel,)
-        The value at each voxel of each parcel; NaN values (e.g. voxels excluded by the noise ceiling) are left
-        out, and so are parcels left without a value.
+    """Mean of a voxel-wise value over the parcels of an ROI, from ``parcel_values`` (parcel -> ndarray of shape
+    (n_voxels_of_parcel,)); NaN values are left out, and so are parcels left without a value.
     """
     check_option("weighting", weighting, ROI_WEIGHTINGS)
     parcels = [values[np.isfinite(values)] for values in (np.asarray(v, float) for v in parcel_values.values())]
@@ -233,15 +228,8 @@ def paired_tests(table: pd.DataFrame, value: str, variant: str, references: Sequ
 
 def block_permutation_pvalues(prediction: np.ndarray, target: np.ndarray, n_permutations: int = 1000,
                               block_size: int = 10, rng: np.random.Generator | None = None) -> np.ndarray:
-    """One-sided p-values of voxel-wise prediction correlations by block permutation.
-
-    Parameters
-    ----------
-    prediction, target : ndarray of shape (n_trs, n_voxels)
-
-    Returns
-    -------
-    p_values : ndarray of shape (n_voxels,)
+    """One-sided p-values of shape (n_voxels,) of voxel-wise prediction correlations by block permutation of the TRs of
+    ``target``; ``prediction`` and ``target`` have shape (n_trs, n_voxels).
     """
     prediction, target = np.asarray(prediction, float), np.asarray(target, float)
     if prediction.shape != target.shape:
@@ -268,18 +256,13 @@ def block_permutation_pvalues(prediction: np.ndarray, target: np.ndarray, n_perm
 
 
 def fdr_bh(p_values: np.ndarray, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Benjamini-Hochberg false discovery rate control.
-
-    Parameters
-    ----------
-    p_values : ndarray of shape (n,)
-        NaN entries are ignored (never rejected, q = NaN).
+    """Benjamini-Hochberg false discovery rate control of ``p_values`` (n,); NaN entries are never rejected.
 
     Returns
     -------
     rejected : ndarray of bool, shape (n,)
     q_values : ndarray of shape (n,)
-        Adjusted p-values.
+        Adjusted p-values (NaN where ``p_values`` is).
     """
     p_values = np.asarray(p_values, float)
     if not 0 < alpha < 1:

@@ -245,12 +245,8 @@ class TuningResult:
 
 def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.Tensor, micro_batch: int,
                          loss: str, device: torch.device, autocast=contextlib.nullcontext(), scaler=None) -> torch.Tensor:
-    """Backpropagate the pooled loss of a batch in micro-batches of ``micro_batch`` samples.
-
-    Parameters
-    ----------
-    batch : LongTensor of shape (batch_size,)
-        Indices into ``data``.
+    """Backpropagate the pooled loss of a batch (indices into ``data``, LongTensor of shape (batch_size,)) in
+    micro-batches of ``micro_batch`` samples.
     """
     batch_targets = data.targets[batch]
     counts = {subject: int(torch.isfinite(batch_targets[:, columns]).all(dim=1).sum())
@@ -271,13 +267,8 @@ def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.
 
 def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: int, device: torch.device,
              autocast=contextlib.nullcontext()):
-    """Validation loss and predictions in eval mode (no dropout, no SpecAugment, no LayerDrop).
-
-    Returns
-    -------
-    loss : float
-        :func:`pooled_loss` of the participants' losses over all items.
-    predictions : ndarray of shape (n_items, n_targets)
+    """Validation loss (:func:`pooled_loss` over all items) and predictions of shape (n_items, n_targets), in eval mode
+    (no dropout, no SpecAugment, no LayerDrop).
     """
     was_training = model.training
     model.eval()

@@ -24,13 +24,8 @@ if TYPE_CHECKING:
 class TuningSet(torch.utils.data.Dataset):
     """Input windows and targets of a set of TRs; windows are cut on access.
 
-    Parameters
-    ----------
-    audio : dict of str to ndarray of shape (n_samples,)
-        Audio of every story used.
-    tr_times : dict of str to ndarray of shape (n_trs,)
-    targets : ndarray of shape (n_items, n_targets)
-        NaN where a participant has no response for the item.
+    ``audio`` and ``tr_times`` map each story used to its samples (n_samples,) and TR times (n_trs,); ``targets`` has
+    shape (n_items, n_targets), NaN where a participant has no response for the item.
     """
 
     def __init__(self, audio, tr_times, items, targets, spec: WindowSpec = WindowSpec(), *,
@@ -58,22 +53,12 @@ class TuningSet(torch.utils.data.Dataset):
 
 
 def block_shuffle(responses: np.ndarray, block_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Permute a story's responses in blocks of ``block_size`` TRs so that no TR keeps its own block's.
-
-    Parameters
-    ----------
-    responses : ndarray of shape (n_trs, n_voxels)
-
-    Returns
-    -------
-    shuffled : ndarray of shape (n_trs, n_voxels)
-        The rows of ``responses``, reordered.
+    """Permute a story's responses (n_trs, n_voxels) in blocks of ``block_size`` TRs so that no TR keeps its own block's.
 
     Raises
     ------
     ValueError
-        The story has fewer than 2 blocks, or 2 blocks of unequal lengths: no order moves every TR out of its block
-        (a control that kept the real responses would be no control).
+        The story has fewer than 2 blocks, or 2 blocks of unequal lengths: no order moves every TR out of its block.
     """
     n_trs = len(responses)
     n_blocks = -(-n_trs // block_size)
@@ -118,19 +103,8 @@ def _subset(items: list, targets: np.ndarray, limit: int | None, rng: np.random.
 
 
 def subject_or_subjects(subject: str | None, subjects: Sequence[str] | None) -> str | list[str]:
-    """The participants of a tuning notebook, of which exactly one parameter is set.
-
-    Parameters
-    ----------
-    subject : str or None
-        One participant.
-    subjects : sequence of str or None
-        Several participants tuned together.
-
-    Returns
-    -------
-    str or list of str
-        ``subject``, or ``subjects`` as a list (checked by :func:`tuning_participants` when the run starts).
+    """The participants of a tuning notebook, of which exactly one parameter is set: ``subject``, or ``subjects`` as a
+    list (checked by :func:`tuning_participants` when the run starts).
 
     Raises
     ------
@@ -268,17 +242,8 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
 
 
 def zscore_targets(train: torch.Tensor, validation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """z-score every target column with the mean and standard deviation of the training rows.
-
-    Parameters
-    ----------
-    train : Tensor of shape (n_train, n_targets)
-    validation : Tensor of shape (n_validation, n_targets)
-
-    Returns
-    -------
-    train, validation : Tensor
-        Same shapes; the training columns have mean 0 and standard deviation 1.
+    """z-score every target column of ``train`` (n_train, n_targets) and ``validation`` (n_validation, n_targets) with the
+    mean and standard deviation of the training rows.
     """
     mean, std = train.mean(dim=0), train.std(dim=0, unbiased=False)
     std = torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
@@ -287,18 +252,8 @@ def zscore_targets(train: torch.Tensor, validation: torch.Tensor) -> tuple[torch
 
 
 def selected_voxels(selection: dict) -> dict[str, list[int]]:
-    """Each participant's target voxels, in head order, from a selection of :func:`build_tuning_sets`.
-
-    Parameters
-    ----------
-    selection : dict
-        Of one participant or several.
-
-    Returns
-    -------
-    voxels : dict of str to list of int
-        Participant -> the voxel index of each of its head's outputs; empty
-        when the targets are embedding dimensions (``text_embedding``).
+    """Each participant's target voxels, in head order, from a selection of :func:`build_tuning_sets`: participant -> the
+    voxel index of each head output (empty when the targets are embedding dimensions).
     """
     if selection["voxels"] is None:
         return {}
@@ -308,17 +263,9 @@ def selected_voxels(selection: dict) -> dict[str, list[int]]:
 
 
 def target_names(selection: dict) -> list[str]:
-    """Names of the targets of a selection, one per head output: ``"voxel 1234"`` or ``"embedding dimension 7"``
-    (``"DEMO01 voxel 1234"`` when several participants were tuned together).
-
-    Parameters
-    ----------
-    selection : dict
-        As returned by :func:`build_tuning_sets` (or stored in a training record).
-
-    Returns
-    -------
-    names : list of str, length ``n_targets``
+    """Names of the targets of a selection (:func:`build_tuning_sets`, or a training record), one per head output:
+    ``"voxel 1234"`` or ``"embedding dimension 7"`` (``"DEMO01 voxel 1234"`` when several participants were tuned
+    together).
     """
     if selection["voxels"] is None:
         return [f"embedding dimension {i}" for i in range(selection["n_targets"])]
