@@ -56,17 +56,8 @@ def _resample(weights: np.ndarray, values: np.ndarray, n_times: int) -> np.ndarr
 
 
 def zscore_per_story(values: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
-    """z-score every column of one story's TR features; constant columns become 0.
-
-    Parameters
-    ----------
-    values : ndarray of shape (n_trs, d)
-    rows : slice
-        Rows whose mean and standard deviation are used (default: all); every row is standardised with them.
-
-    Returns
-    -------
-    ndarray of shape (n_trs, d), float32
+    """z-score every column of one story's TR features (n_trs, d) with the mean and standard deviation of ``rows``
+    (default: all); constant columns become 0. Returns float32 of the same shape.
     """
     values = np.asarray(values, dtype=np.float64)
     std = values[rows].std(axis=0)
@@ -75,18 +66,8 @@ def zscore_per_story(values: np.ndarray, rows: slice = slice(None)) -> np.ndarra
 
 
 def make_delays(values: np.ndarray, delays: Sequence[int] = DELAYS) -> np.ndarray:
-    """Delayed copies of a TR series side by side (FIR model), zero-filled.
-
-    Parameters
-    ----------
-    values : ndarray of shape (n_trs, d)
-    delays : sequence of int
-        In TRs; block ``j`` holds ``values`` shifted later by ``delays[j]`` (negative: earlier).
-
-    Returns
-    -------
-    ndarray of shape (n_trs, len(delays) * d)
-        Row ``t`` of block ``j`` is ``values[t - delays[j]]``, or 0 outside the series.
+    """Delayed copies of a TR series (n_trs, d) side by side (FIR model), zero-filled: shape (n_trs, len(delays) * d),
+    row ``t`` of block ``j`` is ``values[t - delays[j]]`` (negative delays: earlier).
     """
     values = np.asarray(values)
     if values.ndim != 2:
@@ -107,17 +88,8 @@ def make_delays(values: np.ndarray, delays: Sequence[int] = DELAYS) -> np.ndarra
 
 
 def stimulus_rows(story: str, n_trs: int, is_test: bool) -> slice:
-    """Rows of a story's untrimmed TR series that pair with its response rows.
-
-    Parameters
-    ----------
-    story : str
-        Named in errors.
-    n_trs : int
-        TRs of the untrimmed story (:attr:`bt_utils.data.dataset.Dataset.n_trs`).
-    is_test : bool
-        The test story keeps ``[50:-5]`` (against its responses :data:`response_rows_test`, ``[40:]``); the others
-        ``[10:-5]``.
+    """Rows of a story's untrimmed TR series (``n_trs`` TRs) that pair with its response rows: ``[50:-5]`` for the test
+    story (against its responses :data:`response_rows_test`, ``[40:]``), ``[10:-5]`` for the others.
     """
     start = TEST_STIMULUS_START if is_test else TRIM_START
     if n_trs - TRIM_END <= start:
@@ -153,16 +125,12 @@ def layer_design(features_by_story: Mapping[str, Mapping[int, np.ndarray]], data
         Gives each story's TR count.
     delays : sequence of int
     include_validation : bool
-        Append the validation stories to the training stories (default: the alignment fit has no early stopping, so
-        they are training data).
+        Append the validation stories to the training stories (the alignment fit has no early stopping).
     subject : str, optional
         If given, every story of the design must have responses for this subject.
     standardise : bool
-        z-score each story (default). ``False`` takes the features as they are, for features already standardised
-        per story such as the residuals of :func:`bt_utils.encoding.impact.residualise`: they keep the units of the
-        z-scored features they came from, as in the authors' residual evaluation. z-scoring them again would give a
-        dimension that the low-level features explain almost entirely, and whose residual is mostly noise, as much
-        weight as one they leave intact.
+        z-score each story (default). ``False`` for features already standardised per story, such as the
+        residuals of :func:`bt_utils.encoding.impact.residualise` (docs/method.md, "Impact").
 
     Returns
     -------

@@ -146,16 +146,9 @@ def participant_role(subject: str, tuned_on: str) -> str:
 def label_held_out(table: pd.DataFrame) -> pd.DataFrame:
     """Tell apart, in the variant names, the participants a model was tuned on from those it never saw.
 
-    Parameters
-    ----------
-    table : DataFrame
-        Columns ``subject``, ``model``, ``variant`` and ``tuned_on`` (e.g. the alignment ROI table); a table
-        without ``tuned_on`` (written before the column existed) is returned as it is.
-
-    Returns
-    -------
-    table : DataFrame
-        A copy, with ``variant`` relabelled and a column ``participant`` (:func:`participant_role` of each row).
+    ``table`` has columns ``subject``, ``model``, ``variant`` and ``tuned_on`` (returned as it is without
+    ``tuned_on``); returns a copy with ``variant`` relabelled and a column ``participant``
+    (:func:`participant_role`).
     """
     if "tuned_on" not in table:
         return table.copy()

@@ -84,13 +84,7 @@ def _sorted_unique(series: pd.Series) -> list:
 
 
 def choices(voxel_table: pd.DataFrame, **upstream) -> dict[str, list]:
-    """Values each dropdown can take, given the values chosen above it.
-
-    Raises
-    ------
-    ValueError
-        For an unknown column or a value absent from the table.
-    """
+    """Values each dropdown can take, given the values chosen above it; ValueError for an unknown column or value."""
     _check_columns(voxel_table, _VOXEL_COLUMNS, "voxel_table")
     for name in upstream:
         check_option("choice", name, CHOICE_COLUMNS[:-1])
@@ -113,11 +107,7 @@ def _rows(table: pd.DataFrame, selection: Selection) -> pd.DataFrame:
 
 
 def select_values(voxel_table: pd.DataFrame, selection: Selection, n_voxels: int) -> np.ndarray:
-    """Values of one metric per voxel for one choice.
-
-    Returns
-    -------
-    numpy.ndarray of float64, shape (n_voxels,)
+    """Values of one metric per voxel for one choice: float64 of shape (n_voxels,).
 
     Raises
     ------
@@ -143,17 +133,8 @@ def select_values(voxel_table: pd.DataFrame, selection: Selection, n_voxels: int
 
 
 def roi_bars(roi_table: pd.DataFrame, selection: Selection) -> pd.Series:
-    """ROI means of the selected metric (column ``<metric>_mean`` of the ROI table).
-
-    Parameters
-    ----------
-    roi_table : pandas.DataFrame
-        Columns subject, model, variant, layer, roi, n_voxels and ``<metric>_mean``.
-
-    Returns
-    -------
-    pandas.Series of float, shape (n_rois,)
-        Indexed by ROI name, alphabetical with ``"other"`` last.
+    """ROI means of the selected metric (column ``<metric>_mean`` of ``roi_table``): a Series of shape (n_rois,) indexed
+    by ROI name, alphabetical with ``"other"`` last.
 
     Raises
     ------
@@ -190,12 +171,7 @@ def _png(figure: Figure) -> bytes:
 
 
 def render_map(values: np.ndarray, layout, backend: str, title: str, vmin: float, vmax: float) -> bytes:
-    """PNG of a voxel map.
-
-    Parameters
-    ----------
-    values : numpy.ndarray, shape (n_voxels,)
-    """
+    """PNG of a voxel map of ``values`` (n_voxels,)."""
     check_option("backend", backend, maps.BACKENDS)
     draw = maps.flatmap if backend == "pycortex" else maps.surface_map
     figure = draw(values, layout, title, vmin=vmin, vmax=vmax, kind="alignment")
@@ -206,13 +182,7 @@ def render_map(values: np.ndarray, layout, backend: str, title: str, vmin: float
 
 
 def render_bars(bars: pd.Series, title: str) -> bytes:
-    """PNG of a bar chart of ROI means.
-
-    Parameters
-    ----------
-    bars : pandas.Series, shape (n_rois,)
-        Values indexed by ROI name, as from :func:`roi_bars`.
-    """
+    """PNG of a bar chart of ROI means, ``bars`` of shape (n_rois,) as from :func:`roi_bars`."""
     figure = Figure(figsize=(7, 3.2))
     ax = figure.add_subplot()
     ax.bar(range(len(bars)), bars.to_numpy(), color="tab:blue")

@@ -1,9 +1,7 @@
 """Voxel maps: pycortex flatmaps and nilearn fsaverage5 surfaces, rendered headless.
 
-Every map is a pyplot figure, like those of :mod:`bt_utils.viz.plots`: a notebook shows it with ``plt.show()``, a
-script or test renders it with Agg (``MPLBACKEND=Agg``; nothing needs a display, a browser or Inkscape). Save it
-with :func:`bt_utils.results.save_figure` (or :func:`save_maps`, which also closes it) and close it with
-``plt.close(figure)`` when drawing many.
+Every map is a pyplot figure, shown with ``plt.show()`` or rendered with Agg (no display, browser or Inkscape);
+save it with :func:`bt_utils.results.save_figure` or :func:`save_maps`.
 """
 
 from __future__ import annotations
@@ -79,12 +77,8 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # values and colours
 # ----------------------------------------------------------------------------
 def map_defaults(kind: str, values=None) -> dict:
-    """Colormap and colour limits for a kind of map.
-
-    Parameters
-    ----------
-    values : array_like, shape (n_voxels,), optional
-        Data the limits are computed from; without it the data-driven limits are None.
+    """Colormap and colour limits for a kind of map; the data-driven limits come from ``values`` (n_voxels,), None
+    without it.
     """
     check_option("kind", kind, MAP_KINDS)
     style = _STYLES[kind]
