@@ -1,9 +1,7 @@
 """Regions of interest per participant: HCP-MMP1 groups for ds003020, template ROIs for the demo.
 
 An ROI is a set of parcels, each a set of voxels: ``{parcel name: voxel indices}``, so that ROI means can weigh
-every parcel the same (:func:`bt_utils.encoding.stats.roi_mean`).
-
-ds003020: ROIs are groups of HCP-MMP1 parcels, a parcel pooling both hemispheres:
+every parcel the same. docs/method.md ("ROIs") lists ds003020's ROIs and how to provide the atlas they need.
 """
 
 from __future__ import annotations

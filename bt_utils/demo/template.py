@@ -1,11 +1,8 @@
 """Voxels of the demo participants, drawn from pycortex's bundled template subject ``S1``.
 
-To render voxel maps offline, the demo's voxels are real voxels of a real cortical template: the functional volume
-of ``S1`` (transform ``fullhead``, 31 x 100 x 100 voxels of about 2.25 x 2.25 x 4.2 mm). :func:`template_roi_table`
-labels every voxel of a cortical mask, without Inkscape and without writing into pycortex's filestore:
-
-The table is cached on disk (:func:`default_cache_dir`); :func:`sample_layout` draws a participant's voxels from
-it. docs/maps.md lists the voxels per ROI.
+The demo's voxels are real voxels of S1's functional volume (transform ``fullhead``), so maps render offline.
+:func:`template_roi_table` labels every voxel of a cortical mask as pycortex would, without Inkscape or writing
+to pycortex's filestore; :func:`sample_layout` draws a participant's voxels. docs/maps.md lists the voxels per ROI.
 """
 
 from __future__ import annotations

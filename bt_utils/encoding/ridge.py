@@ -39,17 +39,8 @@ EIGH_COST = 15.0
 
 
 def story_folds(groups, n_folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Leave-stories-out cross-validation splits.
-
-    Parameters
-    ----------
-    groups : array-like of shape (n_trs,)
-        Story label of every TR of the concatenated training data.
-
-    Returns
-    -------
-    splits : list of (train, test) pairs
-        Sorted integer index arrays of shape (n_train,) and (n_test,).
+    """Leave-stories-out cross-validation splits from the story label of every TR, ``groups`` (n_trs,): a list of
+    (train, test) pairs of sorted integer index arrays.
     """
     groups = np.asarray(groups)
     if groups.ndim != 1 or groups.size == 0:
@@ -69,13 +60,8 @@ def story_folds(groups, n_folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]
 
 def bootstrap_chunk_splits(n_trs: int, n_boots: int = 3, chunk_len: int = 20, held_out_fraction: float = 0.25,
                            rng=None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Random held-out chunks of consecutive TRs, the reference bootstrap scheme.
-
-    Returns
-    -------
-    splits : list of (train, test) pairs
-        Sorted integer index arrays; every test array has ``chunk_len * int(n_trs * held_out_fraction /
-        chunk_len)`` TRs.
+    """Random held-out chunks of consecutive TRs, the reference bootstrap scheme: a list of (train, test) pairs of sorted
+    index arrays, each test array of ``chunk_len * int(n_trs * held_out_fraction / chunk_len)`` TRs.
     """
     if n_boots < 1 or chunk_len < 1:
         raise ValueError(f"n_boots={n_boots!r} and chunk_len={chunk_len!r} must be positive")
@@ -101,16 +87,8 @@ def bootstrap_chunk_splits(n_trs: int, n_boots: int = 3, chunk_len: int = 20, he
 
 
 def correlation_score(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Pearson r between prediction and target of each voxel.
-
-    Parameters
-    ----------
-    prediction, target : ndarray of shape (n_samples, n_voxels)
-
-    Returns
-    -------
-    r : ndarray of shape (n_voxels,)
-        float64; 0 where either series is constant.
+    """Pearson r of shape (n_voxels,) between ``prediction`` and ``target`` of shape (n_samples, n_voxels), per voxel;
+    0 where either series is constant.
     """
     prediction, target = np.asarray(prediction, dtype=np.float64), np.asarray(target, dtype=np.float64)
     if prediction.shape != target.shape or prediction.ndim != 2:
@@ -123,19 +101,8 @@ def correlation_score(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def normalised_score(r: np.ndarray, ceiling: np.ndarray, min_ceiling: float = 0.05) -> np.ndarray:
-    """Correlation as a fraction of the noise ceiling, ``r / cc_max``.
-
-    Parameters
-    ----------
-    r : ndarray of shape (n_voxels,)
-        :func:`correlation_score` on the test story.
-    ceiling : ndarray of shape (n_voxels,)
-        :func:`bt_utils.data.noise_ceiling.cc_max` of the test repeats.
-
-    Returns
-    -------
-    normalised : ndarray of shape (n_voxels,)
-        float64; NaN for excluded voxels (mask them with ``np.isfinite``).
+    """Correlation as a fraction of the noise ceiling, ``r / cc_max``, both of shape (n_voxels,); NaN for excluded
+    voxels (mask them with ``np.isfinite``).
     """
     r, ceiling = np.asarray(r, dtype=np.float64), np.asarray(ceiling, dtype=np.float64)
     if r.shape != ceiling.shape:
@@ -501,14 +468,8 @@ class EigenRidgeCV:
         self.solver_params = _check_solver_params(solver_params)
 
     def fit(self, X, Y) -> EigenRidgeCV:
-        """Choose each voxel's alpha by cross-validation and refit the weights on all rows.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training features (z-scored per story: no intercept is fitted).
-        Y : array-like of shape (n_samples, n_voxels)
-            Training responses (z-scored per story).
+        """Choose each voxel's alpha by cross-validation and refit the weights on all rows, from ``X`` (n_samples,
+        n_features) and ``Y`` (n_samples, n_voxels), both z-scored per story (no intercept is fitted).
         """
         X, Y = _check_data(X, Y)
         splits = _check_splits(self.cv, X.shape[0])

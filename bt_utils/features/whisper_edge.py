@@ -36,12 +36,8 @@ def span_first(kept_frame: int) -> int:
 
 
 def shared_groups(plan: WindowPlan, kept_frames: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Every window of ``plan``, in groups of at most :data:`GROUP_SIZE` consecutive windows, as (lead, members).
-
-    Parameters
-    ----------
-    kept_frames : ndarray of shape (n_windows,)
-        The frame each window keeps.
+    """Every window of ``plan``, in groups of at most :data:`GROUP_SIZE` consecutive windows, as (lead, members);
+    ``kept_frames`` (n_windows,) is the frame each window keeps.
     """
     full = plan.ends - plan.starts == plan.window_samples
     start_windows = np.flatnonzero(~full)  # the story's first windows, before the full-length ones

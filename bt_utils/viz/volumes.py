@@ -24,13 +24,7 @@ def import_cortex():
 
 @contextlib.contextmanager
 def pycortex_filestore(filestore: str | os.PathLike | None) -> Iterator:
-    """Point pycortex's database at `filestore` inside a ``with`` block.
-
-    Raises
-    ------
-    FileNotFoundError
-        If `filestore` is not a folder.
-    """
+    """Point pycortex's database at `filestore` inside a ``with`` block; FileNotFoundError if it is not a folder."""
     db = import_cortex().db
     folder = None if filestore is None else Path(filestore).expanduser()
     if folder is not None and not folder.is_dir():
@@ -71,20 +65,8 @@ def _space_mask(db, space: PycortexSpace) -> np.ndarray:
 
 
 def check_values(values, n: int) -> np.ndarray:
-    """One finite-or-NaN real number per voxel, as float64.
-
-    Parameters
-    ----------
-    values : array_like, shape (n,)
-
-    Returns
-    -------
-    numpy.ndarray of float64, shape (n,)
-
-    Raises
-    ------
-    ValueError
-        For another shape, a non-real dtype or infinite entries.
+    """One finite-or-NaN real number per voxel, as float64 of shape (n,); ValueError for another shape, a non-real dtype
+    or infinite entries.
     """
     array = np.asarray(values)
     if array.ndim != 1 or array.shape[0] != n:
