@@ -43,7 +43,8 @@ PROTOCOL_NAMES = ("auto", *PROTOCOLS)
 
 
 def resolve_protocol(protocol: str, is_demo: bool) -> str:
-    """The protocol a notebook runs: ``protocol`` itself, or for ``"auto"`` the demo's on demo data, else the paper's."""
+    """The protocol a notebook runs: ``protocol`` itself, or for ``"auto"`` the demo's on demo data, else the
+    paper's."""
     check_option("protocol", protocol, PROTOCOL_NAMES)
     if protocol == "auto":
         return "demo" if is_demo else "paper"

@@ -311,8 +311,8 @@ class Dataset:
         return self._read_hf5(subject, story, "data")
 
     def load_repeats(self, subject: str, story: str | None = None) -> np.ndarray:
-        """Individual repeats of the test story (default: the split's test story), float32 of shape (n_repeats, n_trs - 15,
-        n_voxels), dropped-out voxels of each repeat set to 0.
+        """Individual repeats of the test story (default: the split's test story), dropped-out voxels set to 0:
+        float32 of shape (n_repeats, n_trs - 15, n_voxels).
         """
         story = story or self.split().test  # only the test story is needed, not the whole split
         return self._read_hf5(subject, story, "individual_repeats")
@@ -320,8 +320,8 @@ class Dataset:
     # ----- validation ----------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Check the dataset's descriptions and stimuli, reading file headers only; raises DataError naming the file, the
-        story and what was expected.
+        """Check the dataset's descriptions and stimuli, reading file headers only; raises DataError naming the file,
+        the story and what was expected.
         """
         if self.demo_info is not None:
             split = self.demo_info["split"]

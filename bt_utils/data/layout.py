@@ -106,9 +106,9 @@ class VoxelLayout:
         return np.column_stack(np.unravel_index(self.volume_index, self.volume_shape)).astype(np.int64)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The layout as the arrays of a ``voxel_layout/<subject>.npz`` file (keys :data:`LAYOUT_KEYS`): 0-d string arrays
-        ``template``, ``xfm`` and ``mask``, ``volume_shape`` of shape (3,), ``volume_index``, ``roi`` and ``hemisphere``
-        of shape (n_voxels,).
+        """The layout as the arrays of a ``voxel_layout/<subject>.npz`` file (keys :data:`LAYOUT_KEYS`): 0-d string
+        arrays ``template``, ``xfm`` and ``mask``, ``volume_shape`` of shape (3,), ``volume_index``, ``roi`` and
+        ``hemisphere`` of shape (n_voxels,).
         """
         return {
             "template": np.array(self.subject),

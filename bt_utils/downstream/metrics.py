@@ -92,23 +92,13 @@ def _labels_pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
 
 
 def accuracy(y_true, y_pred) -> float:
-    """Fraction of correct predictions.
-
-    Parameters
-    ----------
-    y_true, y_pred : array-like of shape (n,)
-    """
+    """Fraction of correct predictions; ``y_true`` and ``y_pred`` of shape (n,)."""
     y_true, y_pred = _labels_pair(y_true, y_pred)
     return float(np.mean(y_true == y_pred))
 
 
 def macro_f1(y_true, y_pred, labels=None) -> float:
-    """Unweighted mean of the per-class F1 scores, over the classes present in ``y_true``.
-
-    Parameters
-    ----------
-    y_true, y_pred : array-like of shape (n,)
-    """
+    """Unweighted mean of the per-class F1 scores over the classes present in ``y_true``; both of shape (n,)."""
     y_true, y_pred = _labels_pair(y_true, y_pred)
     labels = np.unique(y_true) if labels is None else np.asarray(labels)
     return float(_per_class_f1(y_true[:, None] == labels[None, :], y_pred[:, None] == labels[None, :]).mean())

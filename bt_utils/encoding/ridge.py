@@ -60,8 +60,8 @@ def story_folds(groups, n_folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]
 
 def bootstrap_chunk_splits(n_trs: int, n_boots: int = 3, chunk_len: int = 20, held_out_fraction: float = 0.25,
                            rng=None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Random held-out chunks of consecutive TRs, the reference bootstrap scheme: a list of (train, test) pairs of sorted
-    index arrays, each test array of ``chunk_len * int(n_trs * held_out_fraction / chunk_len)`` TRs.
+    """Random held-out chunks of consecutive TRs, the reference bootstrap scheme: a list of (train, test) pairs of
+    sorted index arrays, each test array of ``chunk_len * int(n_trs * held_out_fraction / chunk_len)`` TRs.
     """
     if n_boots < 1 or chunk_len < 1:
         raise ValueError(f"n_boots={n_boots!r} and chunk_len={chunk_len!r} must be positive")

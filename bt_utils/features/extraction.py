@@ -52,19 +52,8 @@ _WARNED_NATIVE_WHISPER: set[str] = set()
 
 
 def check_layers(layers: Iterable[int], n_layers: int) -> tuple[int, ...]:
-    """Validate layer indices against a model's depth.
-
-    Parameters
-    ----------
-    layers : iterable of int
-        Indices into ``hidden_states``: 0 (input of the first layer) to ``n_layers`` (output of the last).
-    n_layers : int
-        Transformer layers of the model.
-
-    Returns
-    -------
-    tuple of int
-        The layers, sorted, without repeats.
+    """Validate layer indices into ``hidden_states`` (0, the input of the first layer, to ``n_layers``) against a
+    model's depth; returns them sorted, without repeats.
     """
     layers = list(layers)
     if not layers:
@@ -287,19 +276,9 @@ def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers:
                    settings: WindowSettings = WindowSettings(), cache_dir: str | os.PathLike | None = None,
                    batch_size: int = 8, progress: bool = True,
                    fingerprint: str | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """Frame features of one story, read from the disk cache or computed and cached.
-
-    Parameters
-    ----------
-    cache_dir : path-like, optional
-        Cache root (see :func:`bt_utils.cache.cache_root`).
-    fingerprint : str, optional
-        ``encoder.fingerprint()`` computed beforehand, to hash the weights once for many stories.
-
-    Returns
-    -------
-    times : ndarray of shape (n_times,)
-    features : dict of int to ndarray of shape (n_times, hidden_size)
+    """Frame features of one story, read from the disk cache or computed and cached: ``times`` (n_times,) and
+    ``{layer: ndarray of shape (n_times, hidden_size)}``. ``fingerprint`` (``encoder.fingerprint()``) saves hashing
+    the weights once per story.
     """
     layers = check_layers(layers, encoder.n_layers)
     fingerprint = fingerprint or encoder.fingerprint()
@@ -326,17 +305,8 @@ def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers:
 def dataset_tr_features(encoder: SpeechEncoder, dataset: Dataset, stories: Iterable[str], layers: Iterable[int],
                         settings: WindowSettings = WindowSettings(), cache_dir: str | os.PathLike | None = None,
                         batch_size: int = 8, progress: bool = True) -> dict[str, dict[int, np.ndarray]]:
-    """TR features of several stories: :func:`story_features` (cached), then :func:`tr_features`.
-
-    Parameters
-    ----------
-    stories : iterable of str
-    layers : iterable of int
-
-    Returns
-    -------
-    dict of str to dict of int to ndarray of shape (n_trs, hidden_size)
-        Untrimmed, at :meth:`Dataset.tr_times` of each story; float32.
+    """TR features of several stories: :func:`story_features` (cached), then :func:`tr_features`; ``{story: {layer:
+    float32 ndarray of shape (n_trs, hidden_size)}}``, untrimmed, at each story's :meth:`Dataset.tr_times`.
     """
     stories = list(stories)
     fingerprint = encoder.fingerprint()

@@ -199,11 +199,8 @@ class LowLevelStack:
     column_names: tuple[str, ...]
 
     def concatenate(self, stories: Sequence[str] | None = None) -> np.ndarray:
-        """Rows of ``stories`` (default: all, in stacking order) one after another.
-
-        Returns
-        -------
-        values : ndarray of shape (sum of n_trs - 15, n_columns)
+        """Rows of ``stories`` (default: all, in stacking order) one after another: shape (sum of n_trs - 15,
+        n_columns).
         """
         stories = list(self.features) if stories is None else list(stories)
         missing = [story for story in stories if story not in self.features]

@@ -165,16 +165,8 @@ def _centres(intervals: Sequence[Interval]) -> np.ndarray:
 
 
 def phonemes(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
-    """Count of each ARPAbet phone per TR (impulses at phone centres).
-
-    Parameters
-    ----------
-    tr_times : ndarray of shape (n_trs,)
-
-    Returns
-    -------
-    FeatureSpace
-        ``values`` of shape (n_trs, 39), columns in the order of :data:`ARPABET_PHONES`.
+    """Count of each ARPAbet phone per TR at ``tr_times`` (n_trs,): ``values`` of shape (n_trs, 39), columns
+    :data:`ARPABET_PHONES`.
     """
     phones = _checked_phones(transcript)
     one_hot = np.zeros((len(phones), len(ARPABET_PHONES)))
@@ -183,16 +175,8 @@ def phonemes(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
 
 
 def articulation(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
-    """Count of phones with each articulatory feature per TR (impulses at phone centres).
-
-    Parameters
-    ----------
-    tr_times : ndarray of shape (n_trs,)
-
-    Returns
-    -------
-    FeatureSpace
-        ``values`` of shape (n_trs, 26), columns :data:`ARTICULATORY_FEATURES` (from :data:`ARTICULATION`).
+    """Count of phones with each articulatory feature per TR at ``tr_times`` (n_trs,): ``values`` of shape (n_trs, 26),
+    columns :data:`ARTICULATORY_FEATURES`.
     """
     phones = _checked_phones(transcript)
     table = np.array(
@@ -204,24 +188,12 @@ def articulation(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
 
 
 def word_rate(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
-    """Count of words per TR (impulses at word centres).
-
-    Returns
-    -------
-    FeatureSpace
-        ``values`` of shape (n_trs, 1), name ``"word_rate"``.
-    """
+    """Count of words per TR (impulses at word centres): ``values`` of shape (n_trs, 1)."""
     return _impulses(_centres(transcript.words), tr_times, "word_rate")
 
 
 def phoneme_rate(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
-    """Count of phones per TR (impulses at phone centres).
-
-    Returns
-    -------
-    FeatureSpace
-        ``values`` of shape (n_trs, 1), name ``"phoneme_rate"``.
-    """
+    """Count of phones per TR (impulses at phone centres): ``values`` of shape (n_trs, 1)."""
     return _impulses(_centres(_checked_phones(transcript)), tr_times, "phoneme_rate")
 
 
@@ -287,30 +259,14 @@ def _ngram_features(transcript: Transcript, tr_times: np.ndarray, vocabulary: Se
 
 
 def diphones(transcript: Transcript, tr_times: np.ndarray, vocabulary: Sequence[str]) -> FeatureSpace:
-    """Count of each within-word phone pair per TR (impulses at the centre of the pair).
-
-    Parameters
-    ----------
-    tr_times : ndarray of shape (n_trs,)
-
-    Returns
-    -------
-    FeatureSpace
-        ``values`` of shape (n_trs, len(vocabulary)), ``names`` the vocabulary.
+    """Count of each within-word phone pair per TR at ``tr_times`` (n_trs,): ``values`` of shape (n_trs,
+    len(vocabulary)), ``names`` the vocabulary.
     """
     return _ngram_features(transcript, tr_times, vocabulary, 2, "diphones")
 
 
 def triphones(transcript: Transcript, tr_times: np.ndarray, vocabulary: Sequence[str]) -> FeatureSpace:
-    """Count of each within-word phone triple per TR (impulses at the centre of the triple).
-
-    Parameters
-    ----------
-    tr_times : ndarray of shape (n_trs,)
-
-    Returns
-    -------
-    FeatureSpace
-        ``values`` of shape (n_trs, len(vocabulary)), ``names`` the vocabulary.
+    """Count of each within-word phone triple per TR at ``tr_times`` (n_trs,): ``values`` of shape (n_trs,
+    len(vocabulary)), ``names`` the vocabulary.
     """
     return _ngram_features(transcript, tr_times, vocabulary, 3, "triphones")

@@ -440,7 +440,8 @@ class SpeechEncoder(nn.Module):
     # ----- persistence -------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """A hash (16 hexadecimal characters) of the weights, architecture, family and input settings: the key of feature caches.
+        """A hash (16 hexadecimal characters) of the weights, architecture, family and input settings: the key of
+        feature caches.
         """
         config = {key: value for key, value in self.encoder.config.to_dict().items()
                   if not _train_only_or_provenance(key)}
@@ -451,7 +452,8 @@ class SpeechEncoder(nn.Module):
         return digest.hexdigest()[:16]
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Save the encoder weights and config (Hugging Face form) and ``bt_encoder.json`` to ``folder`` (created if missing).
+        """Save the encoder weights and config (Hugging Face form) and ``bt_encoder.json`` to ``folder`` (created if
+        missing).
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -300,13 +300,8 @@ def _offline_ready(spec: ModelSpec) -> bool:
 
 
 def available_models() -> pd.DataFrame:
-    """The registry, with whether each model loads without network now.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``name``, ``family``, ``source``, ``offline`` (bool: a tiny random model, an installed offline
-        wheel, or a Hub model in the local cache) and ``description``.
+    """The registry: ``name``, ``family``, ``source``, ``offline`` (loads without network now: a tiny random model, an
+    installed offline wheel, or a Hub model in the local cache) and ``description``.
     """
     rows = [{"name": spec.name, "family": spec.family, "source": spec.source, "offline": _offline_ready(spec),
              "description": spec.description} for spec in MODELS.values()]

@@ -53,7 +53,8 @@ class TuningSet(torch.utils.data.Dataset):
 
 
 def block_shuffle(responses: np.ndarray, block_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Permute a story's responses (n_trs, n_voxels) in blocks of ``block_size`` TRs so that no TR keeps its own block's.
+    """Permute a story's responses (n_trs, n_voxels) in blocks of ``block_size`` TRs so that no TR keeps its own
+    block's.
 
     Raises
     ------
@@ -242,8 +243,8 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
 
 
 def zscore_targets(train: torch.Tensor, validation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """z-score every target column of ``train`` (n_train, n_targets) and ``validation`` (n_validation, n_targets) with the
-    mean and standard deviation of the training rows.
+    """z-score every target column of ``train`` (n_train, n_targets) and ``validation`` (n_validation, n_targets)
+    with the mean and standard deviation of the training rows.
     """
     mean, std = train.mean(dim=0), train.std(dim=0, unbiased=False)
     std = torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
@@ -252,8 +253,8 @@ def zscore_targets(train: torch.Tensor, validation: torch.Tensor) -> tuple[torch
 
 
 def selected_voxels(selection: dict) -> dict[str, list[int]]:
-    """Each participant's target voxels, in head order, from a selection of :func:`build_tuning_sets`: participant -> the
-    voxel index of each head output (empty when the targets are embedding dimensions).
+    """Each participant's target voxels, in head order, from a selection of :func:`build_tuning_sets`: participant ->
+    the voxel index of each head output (empty when the targets are embedding dimensions).
     """
     if selection["voxels"] is None:
         return {}

@@ -41,15 +41,8 @@ _HEMISPHERES = ("left", "right")
 
 @functools.lru_cache(maxsize=1)
 def fsaverage_meshes() -> dict:
-    """fsaverage5 meshes and a sulcal background from nilearn's bundled copy (loaded once).
-
-    Returns
-    -------
-    dict
-        ``inflated``: nilearn ``PolyMesh`` with parts ``left`` and ``right``; ``midthickness``: list of two arrays
-        of shape (10242, 3), the mean of the pial and white surfaces per hemisphere (mm, about MNI305);
-        ``background``: dict of hemisphere to array of shape (10242,), two grey levels (sulci darker), like
-        pycortex's curvature.
+    """fsaverage5 meshes from nilearn's bundled copy (loaded once): ``inflated`` (nilearn ``PolyMesh``),
+    ``midthickness`` (two arrays of shape (10242, 3), mm) and a sulcal ``background`` per hemisphere (10242,).
     """
     from nilearn import datasets
 

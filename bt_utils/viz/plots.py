@@ -130,13 +130,8 @@ def _class_boxplot(ax, values: np.ndarray, classes: np.ndarray) -> None:
 
 
 def plot_ceiling_by_class(ceiling: np.ndarray, voxel_class: np.ndarray, true_ceiling: np.ndarray | None = None):
-    """Estimated ``cc_max`` per planted voxel class, and against the planted ceiling.
-
-    Parameters
-    ----------
-    ceiling : ndarray of shape (n_voxels,)
-    voxel_class : ndarray of str, shape (n_voxels,)
-    true_ceiling : ndarray of shape (n_voxels,), optional
+    """Estimated ``cc_max`` (n_voxels,) per planted voxel class (n_voxels,), and against the planted ceiling
+    ``true_ceiling`` (n_voxels,) if given.
     """
     classes = sorted(set(voxel_class.tolist()))
     n_panels = 1 if true_ceiling is None else 2
@@ -183,13 +178,8 @@ def plot_training_curves(history, best_epoch: int | None = None, title: str = ""
 
 
 def plot_validation_curves(logs, title: str = ""):
-    """Validation loss per epoch of several tuning runs (e.g. brain-tuned and its controls) on one axis.
-
-    Parameters
-    ----------
-    logs : mapping of str to DataFrame
-        Run label -> its ``training_log.parquet`` (columns ``epoch, split, loss``, optionally
-        ``subject``); of a run on several participants, its pooled validation loss is drawn.
+    """Validation loss per epoch of several tuning runs (e.g. brain-tuned and its controls) on one axis, from ``logs``:
+    run label -> ``training_log.parquet`` (the pooled validation loss of a run on several participants).
     """
     figure, ax = plt.subplots(figsize=(6, 4))
     for label, history in logs.items():
@@ -263,13 +253,7 @@ def plot_layer_alignment(summary, rois, value_label: str = "r / cc_max", title: 
 
 
 def plot_by_class(values, classes, title: str = "", ylabel: str = "r"):
-    """Box plot of a voxel-wise value per planted class.
-
-    Parameters
-    ----------
-    values : ndarray of shape (n_voxels,)
-    classes : ndarray of str, shape (n_voxels,)
-    """
+    """Box plot of a voxel-wise value ``values`` (n_voxels,) per planted class ``classes`` (n_voxels,)."""
     figure, ax = plt.subplots(figsize=(5, 3.5))
     _class_boxplot(ax, values, classes)
     ax.axhline(0, color="0.7", lw=0.8)
