@@ -54,14 +54,16 @@ def docstring_lines(source: str) -> int:
     """Lines of a module's, its classes' and its functions' docstrings (each docstring expression's lines)."""
     lines = 0
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and ast.get_docstring(node):
+        documented = isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        if documented and ast.get_docstring(node):
             expr = node.body[0]
             lines += expr.end_lineno - expr.lineno + 1
     return lines
 
 
 def test_docstring_lines_counts_every_kind_of_docstring():
-    source = '"""Module.\n\nMore.\n"""\n\n\ndef f():\n    """One line."""\n\n\nclass C:\n    """Two\n    lines."""\n\n    x = "not a docstring"\n'
+    source = ('"""Module.\n\nMore.\n"""\n\n\ndef f():\n    """One line."""\n\n\n'
+              'class C:\n    """Two\n    lines."""\n\n    x = "not a docstring"\n')
     assert docstring_lines(source) == 4 + 1 + 2
 
 
