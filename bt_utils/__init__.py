@@ -11,11 +11,9 @@ Subpackages follow the data flow, and imports only point down this list:
 - :mod:`bt_utils.sweeps`: papermill sweeps over models and participants, and their summary;
 - :mod:`bt_utils.notebook`: what every notebook does first and last (set-up, run record).
 
-:mod:`bt_utils.demo` (the simulated demo dataset, offline Whisper, speech synthesis, demo tasks) is an
-extension that registers itself through :mod:`bt_utils.registry`; nothing else imports it.
-
-Each subpackage exports its public names in ``__all__``; they are imported on first use, so that
-``import bt_utils`` stays fast and loads neither torch nor pycortex.
+:mod:`bt_utils.demo` (demo dataset, offline Whisper, speech synthesis, demo tasks) is an extension that registers
+itself through :mod:`bt_utils.registry`; nothing else imports it. Public names are imported on first use, so
+``import bt_utils`` loads neither torch nor pycortex.
 """
 
 from __future__ import annotations
@@ -27,21 +25,7 @@ __version__ = "0.1.0"
 
 
 def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], object], Callable[[], list]]:
-    """``__getattr__`` and ``__dir__`` for a package whose public names are imported from submodules on first use.
-
-    Parameters
-    ----------
-    package : str
-        The package's ``__name__``.
-    exports : mapping of str to str
-        Public name -> submodule (relative to ``package``) that defines it. A name that its submodule does
-        not define is the submodule itself (e.g. ``"plots": "plots"``).
-
-    Returns
-    -------
-    getattr, dir : callables
-        To assign to the package's ``__getattr__`` and ``__dir__`` (PEP 562).
-    """
+    """``__getattr__`` and ``__dir__`` for a package whose public names are imported from submodules on first use."""
 
     def __getattr__(name: str) -> object:
         if name not in exports:

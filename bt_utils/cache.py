@@ -9,18 +9,7 @@ CACHE_ENV = "BT_UTILS_CACHE_DIR"
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Root folder of the bt_utils cache.
-
-    Parameters
-    ----------
-    cache_dir : path-like, optional
-        Explicit root. Default: ``$BT_UTILS_CACHE_DIR`` if set, else
-        ``$XDG_CACHE_HOME/bt_utils`` (``~/.cache/bt_utils`` when unset).
-
-    Returns
-    -------
-    root : Path
-    """
+    """Root folder of the bt_utils cache."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     if os.environ.get(CACHE_ENV):

@@ -1,11 +1,7 @@
 """What every notebook does first and last: set up the session, then record the run beside its outputs.
 
-A notebook calls :func:`notebook_setup` right after its parameters cell. It completes a Colab
-installation, logs progress, opens the dataset and returns a :class:`NotebookRun`, through which the
-notebook saves its figures and tables and, at the end, writes ``run.json`` (parameters, step timings,
-versions; :func:`bt_utils.results.run_record`). Relative paths are taken from the current folder (the
-notebooks folder in JupyterLab and in sweeps) and, in Colab, from the checkout's ``notebooks/`` folder.
-"""
+:func:`notebook_setup` (right after the parameters cell) opens the dataset and returns a :class:`NotebookRun`,
+which saves figures and tables and, at the end, writes ``run.json``."""
 
 from __future__ import annotations
 
@@ -40,21 +36,7 @@ def in_colab() -> bool:
 
 
 def install_in_colab(source: str | os.PathLike | None = None) -> bool:
-    """In Colab, pip-install the suite's dependencies once per session; elsewhere do nothing.
-
-    The notebook's first cell puts the checkout (on Google Drive) on ``sys.path``, so ``bt_utils`` imports
-    before its dependencies are installed; this installs the checkout editable, with its dependencies.
-
-    Parameters
-    ----------
-    source : path-like, optional
-        The checkout to install (default: ``$BT_SUITE_SOURCE``, else the checkout this package is in).
-
-    Returns
-    -------
-    installed : bool
-        True when pip ran.
-    """
+    """In Colab, pip-install the suite's dependencies once per session; elsewhere do nothing."""
     if not in_colab():
         return False
     try:
@@ -89,10 +71,7 @@ def notebook_parameters(namespace: Mapping[str, object]) -> dict:
 
 
 def optional_table(folder: str | os.PathLike | None, name: str):
-    """The table ``folder / name`` (Parquet or CSV) of an earlier run, or None (with a message) where it is absent.
-
-    For notebooks that draw what earlier notebooks left: an empty ``folder`` means "skip".
-    """
+    """The table ``folder / name`` (Parquet or CSV) of an earlier run, or None (with a message) where it is absent."""
     import pandas as pd
 
     path = notebook_path(folder) / name if folder else None
@@ -108,9 +87,7 @@ class NotebookRun:
 
     Attributes
     ----------
-    output_dir : Path
     parameters : dict
-    dataset : Dataset or None
     timings : dict of str to float
         Seconds per step, filled by :meth:`step`.
     """

@@ -1,14 +1,7 @@
 """Named protocols: the values of the notebooks' settings for the paper's protocol and for the offline demo.
 
-A notebook parameter left at ``None`` takes its value from the protocol the
-notebook runs (its ``protocol`` parameter): ``"paper"`` is the published
-protocol (docs/method.md); ``"demo"`` holds the lighter settings that let the
-demo run on two CPU cores, each a named shortcut; ``"auto"`` picks ``"demo"``
-for the embedded demo dataset and ``"paper"`` for any other data, so that a
-notebook pointed at real data never runs demo settings by accident. A value
-given explicitly always wins. The run record stores the protocol and every
-resolved value.
-"""
+A notebook parameter left at ``None`` takes the value of the notebook's protocol: ``"paper"``, ``"demo"`` or
+``"auto"`` (the demo's settings only for the demo dataset). A value given explicitly always wins."""
 
 from __future__ import annotations
 
@@ -50,7 +43,8 @@ PROTOCOL_NAMES = ("auto", *PROTOCOLS)
 
 
 def resolve_protocol(protocol: str, is_demo: bool) -> str:
-    """The protocol a notebook runs: ``protocol`` itself, or for ``"auto"`` the demo's on demo data, else the paper's."""
+    """The protocol a notebook runs: ``protocol`` itself, or for ``"auto"`` the demo's on demo data, else the
+    paper's."""
     check_option("protocol", protocol, PROTOCOL_NAMES)
     if protocol == "auto":
         return "demo" if is_demo else "paper"
@@ -65,7 +59,6 @@ def protocol_values(protocol: str, values: Mapping[str, object], is_demo: bool) 
     protocol : {"auto", "paper", "demo"}
     values : mapping
         Notebook parameter name -> value; None means "the protocol's value".
-        Names the protocols do not define are returned unchanged.
     is_demo : bool
         Whether the dataset is the embedded demo (decides ``"auto"``).
 

@@ -1,13 +1,7 @@
 """Named registries that extensions fill: models, tasks, speech voices, datasets, commands, surface mappings.
 
-The core package never imports its extensions. An extension declares an entry
-point in the group ``bt_utils.plugins`` whose target is a function without
-arguments that registers its entries; every such function runs once, the first
-time any registry is read. The embedded demo (:mod:`bt_utils.demo`) is such an
-extension: it registers the offline Whisper, the demo tasks, the eSpeak voice,
-the demo dataset and the fsaverage5 mapping of its template subject, so the
-science modules work the same with or without it.
-"""
+The core package never imports its extensions: each declares an entry point in ``bt_utils.plugins`` whose function
+registers its entries, run once when a registry is first read (the demo, :mod:`bt_utils.demo`, is one)."""
 
 from __future__ import annotations
 

@@ -31,22 +31,7 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path that replaces ``path`` when the block succeeds.
-
-    The temporary file (or folder, if the block creates one) lives beside
-    ``path`` and is removed if the block raises. A file replaces the old one
-    in a single rename. A folder cannot be renamed over a folder, so the old
-    one is first renamed to a backup in the same staging folder, the new one
-    renamed in, and only then the backup deleted; should the second rename
-    fail, the backup is renamed back. At every moment ``path`` is either the
-    complete old content, the complete new one, or (between the two renames)
-    absent with the old one intact in the backup.
-
-    Parameters
-    ----------
-    path : path-like
-        Final destination. Parent folders are created.
-    """
+    """Yield a temporary path that replaces ``path`` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -71,24 +56,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
-    """Hold an exclusive lock on the file ``path`` (created, then removed); wait while another holder has it.
-
-    For work that two processes must not do at once on the same folder (e.g.
-    building a dataset there): the second waits, then finds the work done. The
-    lock is ``flock`` on POSIX, released by the system if its holder dies; the
-    file is removed by its last holder, and a waiter that locked a file
-    removed meanwhile locks the new one. Where ``fcntl`` does not exist
-    (Windows), the block runs without a lock.
-
-    Parameters
-    ----------
-    path : path-like
-        The lock file; its folder is created.
-
-    Yields
-    ------
-    path : Path
-    """
+    """Hold an exclusive lock on the file ``path`` (created, then removed); wait while another holder has it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -135,10 +103,6 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
         The table, one observation per row.
     path : path-like
         Destination; the suffix selects the format.
-
-    Returns
-    -------
-    path : Path
     """
     path = Path(path)
     if path.suffix not in (".parquet", ".csv"):
@@ -152,23 +116,7 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def _json_ready(value: object) -> object:
-    """``value`` with everything turned into what strict JSON can hold.
-
-    Mappings and sequences are converted item by item (keys that are NumPy
-    scalars become Python ones); NumPy scalars and arrays become Python
-    numbers and (nested) lists; NaN, infinities and ``pandas.NA`` become None
-    (``null``); anything else JSON cannot hold (paths, dates, ...) becomes its
-    ``str``.
-
-    Parameters
-    ----------
-    value : object
-
-    Returns
-    -------
-    object
-        Made of dict, list, str, int, float (finite), bool and None only.
-    """
+    """``value`` with everything turned into what strict JSON can hold."""
     if isinstance(value, Mapping):
         return {(key.item() if isinstance(key, np.generic) else key): _json_ready(item) for key, item in value.items()}
     if isinstance(value, list | tuple | np.ndarray):
@@ -185,11 +133,7 @@ def _json_ready(value: object) -> object:
 
 
 def write_json(data: Mapping, path: str | os.PathLike) -> Path:
-    """Write a strict JSON document atomically (sorted keys, 2-space indent).
-
-    NumPy scalars and arrays are written as numbers and lists, NaN and
-    infinities as ``null``, other values JSON cannot hold as their ``str``.
-    """
+    """Write a strict JSON document atomically (sorted keys, 2-space indent)."""
     path = Path(path)
     with atomic_path(path) as staged:
         staged.write_text(json.dumps(_json_ready(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
@@ -221,35 +165,13 @@ def git_revision(start: str | os.PathLike | None = None) -> str | None:
 
 
 def git_dirty(start: str | os.PathLike | None = None) -> bool | None:
-    """Whether the checkout that holds ``start`` (default: this package) differs from its commit.
-
-    True when ``git status --porcelain`` lists anything (changed, staged or
-    untracked files that are not ignored), False for a clean checkout, None
-    outside a git checkout (or without git).
-    """
+    """Whether the checkout that holds ``start`` (default: this package) differs from its commit."""
     out = _git(["status", "--porcelain"], start)
     return None if out is None else bool(out.strip())
 
 
 def run_record(parameters: Mapping, timings: Mapping[str, float] | None = None, **extra) -> dict:
-    """The provenance record stored beside every result table.
-
-    Parameters
-    ----------
-    parameters : mapping
-        The notebook or function parameters of the run.
-    timings : mapping of str to float, optional
-        Wall times of the run's steps, in seconds.
-    **extra
-        Further JSON-serialisable fields.
-
-    Returns
-    -------
-    record : dict
-        Parameters, timings, package version, git revision and whether the
-        checkout had uncommitted changes (``git_dirty``, None outside git),
-        Python and host, UTC time.
-    """
+    """The provenance record stored beside every result table."""
     return {
         "parameters": dict(parameters),
         "timings_s": dict(timings or {}),

@@ -10,17 +10,7 @@ class DataError(ValueError):
 
 
 def check_option(name: str, value, allowed: Iterable):
-    """Return ``value`` if it is one of ``allowed``, else raise a ValueError listing them.
-
-    Parameters
-    ----------
-    name : str
-        Name of the argument, used in the message.
-    value : object
-        The value given.
-    allowed : iterable
-        The accepted values.
-    """
+    """Return ``value`` if it is one of ``allowed``, else raise a ValueError listing them."""
     allowed = list(allowed)
     if value not in allowed:
         shown = ", ".join(repr(a) for a in allowed)

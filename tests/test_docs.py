@@ -1,4 +1,4 @@
-"""References from the package's docstrings and the README to docs/ must point at files and sections that exist."""
+"""The docs: references from docstrings and the README to docs/ exist, and docstrings stay a minority of the package."""
 
 from __future__ import annotations
 
@@ -48,3 +48,34 @@ def test_broken_references_names_missing_docs_and_sections(tmp_path):
     texts = {"a.py": 'see docs/guide.md ("Setup") and docs/guide.md, "Teardown", and docs/absent.md'}
     assert broken_references(texts, tmp_path) == ["a.py: docs/guide.md has no section 'Teardown'",
                                                  "a.py: docs/absent.md does not exist"]
+
+
+def docstring_lines(source: str) -> int:
+    """Lines of a module's, its classes' and its functions' docstrings (each docstring expression's lines)."""
+    lines = 0
+    for node in ast.walk(ast.parse(source)):
+        documented = isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        if documented and ast.get_docstring(node):
+            expr = node.body[0]
+            lines += expr.end_lineno - expr.lineno + 1
+    return lines
+
+
+def test_docstring_lines_counts_every_kind_of_docstring():
+    source = ('"""Module.\n\nMore.\n"""\n\n\ndef f():\n    """One line."""\n\n\n'
+              'class C:\n    """Two\n    lines."""\n\n    x = "not a docstring"\n')
+    assert docstring_lines(source) == 4 + 1 + 2
+
+
+def test_package_is_mostly_code_and_no_module_is_long():
+    total = docs = 0
+    long_modules = []
+    for path in sorted((ROOT / "bt_utils").rglob("*.py")):
+        source = path.read_text()
+        n_lines = len(source.splitlines())
+        total += n_lines
+        docs += docstring_lines(source)
+        if n_lines > 700:
+            long_modules.append(f"{path.relative_to(ROOT)}: {n_lines} lines")
+    assert docs / total < 0.20, f"docstrings are {docs} of {total} lines ({docs / total:.1%}); the limit is 20 %"
+    assert long_modules == []

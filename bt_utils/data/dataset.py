@@ -9,10 +9,7 @@ Layout (relative to ``data_root``)::
         data                (n_trs - 15, n_voxels)  responses, already trimmed [10:-5]
         individual_repeats  (n_repeats, n_trs - 15, n_voxels)  test story only
 
-The demo dataset adds ``derivative/demo.json`` (its split, TR and generator
-settings), ``derivative/voxel_layout/<subject>.npz`` and
-``derivative/truth/<subject>.npz``; nothing else differs, so the same code
-reads both.
+The demo adds ``derivative/demo.json``, ``voxel_layout/`` and ``truth/``; the same code reads both.
 """
 
 from __future__ import annotations
@@ -88,17 +85,13 @@ class StorySplit:
 class Dataset:
     """A story-listening fMRI dataset in the ds003020 layout.
 
-    Opening a dataset runs :meth:`validate` (file headers only, so it stays
-    fast for ds003020's 84 stories); each subject's response files are checked
-    by :meth:`validate_responses` the first time the subject is used.
-
     Parameters
     ----------
     data_root : path-like
         Folder that holds ``stimuli/`` and ``derivative/``.
     tr : float, optional
-        Repetition time of the TR grid in seconds (see :attr:`tr`); None: the
-        TR the dataset declares, else :data:`bt_utils.data.timing.DS003020_TR_S`.
+        Repetition time of the TR grid in seconds (see :attr:`tr`); None: the TR the dataset declares, else
+        :data:`bt_utils.data.timing.DS003020_TR_S`.
 
     Raises
     ------
@@ -163,13 +156,7 @@ class Dataset:
 
     @cached_property
     def tr(self) -> float:
-        """Repetition time of the TR grid in seconds, used wherever TR times are computed.
-
-        The ``tr`` given to the constructor; else the ``tr`` that the dataset
-        declares in ``derivative/demo.json`` (the demo records the TR it was
-        simulated with); else :data:`bt_utils.data.timing.DS003020_TR_S` (2.0 s),
-        the TR with which the reference pipeline simulates ds003020's TR files.
-        """
+        """Repetition time of the TR grid in seconds, used wherever TR times are computed."""
         if self._tr is not None:
             return self._tr
         declared = (self.demo_info or {}).get("tr")
@@ -184,14 +171,11 @@ class Dataset:
     def n_trs(self) -> dict[str, int]:
         """Number of TRs of every story before the ``[10:-5]`` trim.
 
-        ``respdict.json`` minus :data:`bt_utils.data.timing.RESPDICT_PAD` (5), as the
-        reference pipeline reads it: ds003020 counts 5 TRs beyond the TR grid.
-
         Raises
         ------
         DataError
-            ``respdict.json`` is not a JSON mapping of story names to integers,
-            or leaves a story no TR after the trim.
+            ``respdict.json`` is not a JSON mapping of story names to integers, or leaves a story no TR after the
+            trim.
         """
         path = self.derivative / "respdict.json"
         try:
@@ -252,13 +236,7 @@ class Dataset:
         return self.derivative / "TextGrids" / f"{story}.TextGrid"
 
     def load_audio(self, story: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        """Audio of a story as mono float32, resampled to ``sample_rate`` if needed.
-
-        Returns
-        -------
-        audio : ndarray of shape (n_samples,)
-            Samples in [-1, 1] at ``sample_rate`` Hz.
-        """
+        """Audio of a story as mono float32 in [-1, 1], resampled to ``sample_rate`` if needed: shape (n_samples,)."""
         path = self.audio_path(story)
         if not path.is_file():
             raise FileNotFoundError(f"audio of story {story!r} not found: {path}")
@@ -328,18 +306,13 @@ class Dataset:
         Raises
         ------
         DataError
-            The file holds NaN or infinite values other than dropped-out
-            voxels, or no voxel with data.
+            The file holds NaN or infinite values other than dropped-out voxels, or no voxel with data.
         """
         return self._read_hf5(subject, story, "data")
 
     def load_repeats(self, subject: str, story: str | None = None) -> np.ndarray:
-        """Individual repeats of the test story (default: the split's test story).
-
-        Returns
-        -------
-        repeats : ndarray of shape (n_repeats, n_trs - 15, n_voxels)
-            float32; dropped-out voxels of each repeat set to 0 (see :meth:`load_responses`).
+        """Individual repeats of the test story (default: the split's test story), dropped-out voxels set to 0:
+        float32 of shape (n_repeats, n_trs - 15, n_voxels).
         """
         story = story or self.split().test  # only the test story is needed, not the whole split
         return self._read_hf5(subject, story, "individual_repeats")
@@ -347,21 +320,8 @@ class Dataset:
     # ----- validation ----------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Check the dataset's descriptions and stimuli, reading file headers only.
-
-        ``respdict.json`` must map story names to integers and ``demo.json``
-        (if any) hold a split of stories that ``respdict.json`` lists. Every
-        story whose audio is present must have audio that lasts until its last
-        TR with a response (:data:`AUDIO_COVERAGE_SLACK_S` before that TR's
-        midpoint at the earliest) and a TextGrid, if present, that ends where
-        the audio ends (within :data:`TEXTGRID_TOLERANCE_S`; a TextGrid copied
-        from another story does not). Stories without files (a partial
-        download) are checked when they are used.
-
-        Raises
-        ------
-        DataError
-            Naming the file, the story and what was expected.
+        """Check the dataset's descriptions and stimuli, reading file headers only; raises DataError naming the file,
+        the story and what was expected.
         """
         if self.demo_info is not None:
             split = self.demo_info["split"]
@@ -400,17 +360,8 @@ class Dataset:
                 )
 
     def validate_responses(self, subject: str) -> None:
-        """Check the headers of every response file of ``subject`` (once per subject; no data is read).
-
-        Each file must open as HDF5 and hold ``data`` of shape (n_trs - 15,
-        n_voxels), with the story's TR count from ``respdict.json`` and the same
-        number of voxels in every story, and ``individual_repeats``, if present,
-        of shape (n_repeats, n_trs - 15, n_voxels).
-
-        Raises
-        ------
-        DataError
-            Naming the file and what was expected.
+        """Check the headers of every response file of ``subject`` (once per subject; no data is read); raises DataError
+        naming the file and what was expected.
         """
         if subject in self._valid_subjects:
             return
@@ -448,12 +399,7 @@ class Dataset:
     # ----- splits and tables ---------------------------------------------------------------
 
     def split(self, subject: str | None = None) -> StorySplit:
-        """Train / validation / test stories.
-
-        ds003020: the authors' split of the 27 shared stories. The demo: the
-        split recorded by its generator. If ``subject`` is given, every story of
-        the split must have responses for that subject.
-        """
+        """Train / validation / test stories."""
         if subject is not None:
             self.validate_responses(subject)
         if self.demo_info is not None:
@@ -478,13 +424,7 @@ class Dataset:
         return split
 
     def stories_table(self) -> pd.DataFrame:
-        """One row per story: TRs, trimmed TRs, duration, word and phone counts, split.
-
-        Returns
-        -------
-        table : DataFrame
-            Columns ``story, split, n_trs, n_trs_trimmed, duration_s, n_words, n_phones``.
-        """
+        """One row per story: ``story, split, n_trs, n_trs_trimmed, duration_s, n_words, n_phones``."""
         split = self.split()
         role = {s: "train" for s in split.train} | {s: "validation" for s in split.validation}
         role[split.test] = "test"
@@ -538,26 +478,7 @@ def _hf5_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _zero_dropped_voxels(values: np.ndarray, path: Path, story: str, key: str) -> np.ndarray:
-    """``values`` with dropped-out voxels set to 0, refusing every other NaN or infinite value.
-
-    Parameters
-    ----------
-    values : ndarray of shape (..., n_trs, n_voxels)
-        Responses of one or more presentations (e.g. repeats) of a story.
-    path, story, key
-        Named in the log and in errors.
-
-    Returns
-    -------
-    values : ndarray of the same shape
-        A dropped-out voxel, NaN in every TR of a presentation, is 0 there.
-
-    Raises
-    ------
-    DataError
-        NaN or infinite values outside dropped-out voxels (naming rows and
-        voxels), or a presentation whose every voxel dropped out.
-    """
+    """``values`` with dropped-out voxels set to 0, refusing every other NaN or infinite value."""
     finite = np.isfinite(values)
     if finite.all():
         return values
@@ -599,21 +520,16 @@ def open_dataset(data_root: str | os.PathLike, build_demo_if_missing: bool = Fal
     data_root : path-like
         A ds003020-layout folder (real data or a demo).
     build_demo_if_missing : bool
-        If True and ``data_root`` does not exist, let the registered dataset
-        builders (:data:`bt_utils.registry.DATASET_BUILDERS`; the demo's) build
-        it when it is theirs to build.
+        If True and ``data_root`` does not exist, let the registered dataset builders
+        (:data:`bt_utils.registry.DATASET_BUILDERS`; the demo's) build it when it is theirs to build.
     tr : float, optional
         TR of the grid in seconds, see :class:`Dataset` (None: the dataset's own).
-
-    Returns
-    -------
-    Dataset
 
     Raises
     ------
     FileNotFoundError
-        No dataset at ``data_root`` and no builder claims it ("no dataset at
-        PATH"): a mistyped path to real data is never replaced by a demo.
+        No dataset at ``data_root`` and no builder claims it ("no dataset at PATH"): a mistyped path to real data
+        is never replaced by a demo.
     """
     root = Path(data_root).expanduser()
     if not root.exists():

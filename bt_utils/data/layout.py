@@ -1,17 +1,7 @@
 """Voxel layouts: which cortical voxels the values of a participant's voxel arrays belong to.
 
-A response matrix or a map has one column per voxel; a *layout* places those
-voxels in the functional volume of a pycortex subject, so that maps can be drawn.
-
-* :class:`VoxelLayout` lists the voxels: pycortex subject, transform, volume
-  shape, flat volume indices, ROI labels and hemispheres. A dataset may store
-  one per participant in ``derivative/voxel_layout/<subject>.npz`` (the demo
-  does, on pycortex's bundled subject ``S1``).
-* :class:`PycortexSpace` names a pycortex mask instead: ds003020's responses are
-  the voxels of the ``"thick"`` mask of subject ``UTS0X``, transform
-  ``UTS0X_auto``, in C order of the (z, y, x) volume; the dataset ships that
-  subject's pycortex folder in ``derivative/pycortex-db/UTS0X``. Reading the mask
-  needs pycortex, which :mod:`bt_utils.viz.volumes` does.
+A response matrix or a map has one column per voxel; a *layout* places those voxels in the functional volume of a
+pycortex subject, so that maps can be drawn.
 
 This module is plain numpy: it describes voxels and never imports pycortex.
 """
@@ -35,9 +25,6 @@ LAYOUT_KEYS = ("template", "xfm", "mask", "volume_shape", "volume_index", "roi",
 class VoxelLayout:
     """Voxels of a pycortex subject's functional volume that a values array holds, in order.
 
-    The arrays are stored as read-only copies. Instances compare by identity
-    (``eq=False``), as element-wise array comparison has no single truth value.
-
     Parameters
     ----------
     subject : str
@@ -47,8 +34,8 @@ class VoxelLayout:
     volume_shape : tuple of int, length 3
         Shape of the functional volume in pycortex's (z, y, x) order.
     volume_index : numpy.ndarray of int64, shape (n_voxels,)
-        Unique flat (C-order) indices into a volume of shape `volume_shape`,
-        i.e. ``np.ravel_multi_index((z, y, x), volume_shape)``.
+        Unique flat (C-order) indices into a volume of shape `volume_shape`, i.e. ``np.ravel_multi_index((z, y, x),
+        volume_shape)``.
     roi : numpy.ndarray of str, shape (n_voxels,)
         ROI name of each voxel, ``"other"`` outside every ROI.
     hemisphere : numpy.ndarray of str, shape (n_voxels,)
@@ -110,34 +97,18 @@ class VoxelLayout:
         return int(self.volume_index.size)
 
     def roi_counts(self) -> dict[str, int]:
-        """Voxels per ROI label, sorted by label.
-
-        Returns
-        -------
-        dict of str to int
-        """
+        """Voxels per ROI label, sorted by label."""
         names, counts = np.unique(self.roi, return_counts=True)
         return {str(k): int(v) for k, v in zip(names, counts)}
 
     def zyx(self) -> np.ndarray:
-        """Voxel indices along each volume axis.
-
-        Returns
-        -------
-        numpy.ndarray of int64, shape (n_voxels, 3)
-            Columns (z, y, x), matching `volume_shape`.
-        """
+        """Voxel indices along each volume axis: int64 of shape (n_voxels, 3), columns (z, y, x)."""
         return np.column_stack(np.unravel_index(self.volume_index, self.volume_shape)).astype(np.int64)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The layout as the arrays of a ``voxel_layout/<subject>.npz`` file (keys :data:`LAYOUT_KEYS`).
-
-        Returns
-        -------
-        dict of str to numpy.ndarray
-            0-d string arrays ``template``, ``xfm`` and ``mask`` (``""`` for
-            none), ``volume_shape`` of shape (3,), ``volume_index``, ``roi``
-            and ``hemisphere`` of shape (n_voxels,).
+        """The layout as the arrays of a ``voxel_layout/<subject>.npz`` file (keys :data:`LAYOUT_KEYS`): 0-d string
+        arrays ``template``, ``xfm`` and ``mask``, ``volume_shape`` of shape (3,), ``volume_index``, ``roi`` and
+        ``hemisphere`` of shape (n_voxels,).
         """
         return {
             "template": np.array(self.subject),
@@ -151,18 +122,7 @@ class VoxelLayout:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping, filestore=None) -> VoxelLayout:
-        """Inverse of :meth:`arrays`, e.g. on the dict that ``Dataset.voxel_layout(subject)`` returns.
-
-        Parameters
-        ----------
-        arrays : dict of str to numpy.ndarray
-            Keys :data:`LAYOUT_KEYS`.
-        filestore : path-like, optional
-            pycortex filestore of the subject (the arrays do not hold one).
-
-        Returns
-        -------
-        VoxelLayout
+        """Inverse of :meth:`arrays` (``filestore``: the subject's pycortex filestore, which the arrays do not hold).
 
         Raises
         ------
@@ -187,9 +147,6 @@ class VoxelLayout:
 @dataclass(frozen=True)
 class PycortexSpace:
     """Voxels of a pycortex mask of a subject in a pycortex filestore (real data).
-
-    Values for this space are the mask's voxels in C order of the (z, y, x)
-    volume, i.e. ``volume[mask]``, as in ds003020's responses.
 
     Parameters
     ----------
@@ -220,22 +177,10 @@ class PycortexSpace:
 def as_layout(layout) -> VoxelLayout | PycortexSpace:
     """Normalise the ways a voxel layout can be given.
 
-    Parameters
-    ----------
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        A ``VoxelLayout`` or ``PycortexSpace`` (returned as is); the dict of
-        arrays of ``Dataset.voxel_layout(subject)`` (see :meth:`VoxelLayout.from_arrays`);
-        or a tuple ``(subject, xfm, mask)`` or ``(subject, xfm, mask, filestore)``.
-
-    Returns
-    -------
-    VoxelLayout or PycortexSpace
-
     Raises
     ------
     ValueError
-        If `layout` is None (a real-data subject: use :func:`subject_layout`)
-        or a layout dict lacks arrays.
+        If `layout` is None (a real-data subject: use :func:`subject_layout`) or a layout dict lacks arrays.
     TypeError
         For any other type.
     """
@@ -259,18 +204,13 @@ def as_layout(layout) -> VoxelLayout | PycortexSpace:
 def subject_layout(dataset, subject: str) -> VoxelLayout | PycortexSpace:
     """Layout of a dataset subject's voxels: its layout file, or its ds003020 pycortex space.
 
-    Parameters
-    ----------
-    dataset : bt_utils.data.dataset.Dataset
-    subject : str
-
     Returns
     -------
     VoxelLayout
         When the dataset has ``derivative/voxel_layout/<subject>.npz`` (demo subjects).
     PycortexSpace
-        Otherwise (real ds003020 subjects): ``PycortexSpace(subject, subject + "_auto",
-        "thick", <root>/derivative/pycortex-db)``.
+        Otherwise (real ds003020 subjects):
+        ``PycortexSpace(subject, subject + "_auto", "thick", <root>/derivative/pycortex-db)``.
 
     Raises
     ------
@@ -296,19 +236,14 @@ def to_volume(layout: VoxelLayout, values, fill_value: float = np.nan) -> np.nda
 
     Parameters
     ----------
-    layout : VoxelLayout
-        Voxels the values belong to.
     values : array_like, shape (..., n_voxels)
-        One value per voxel in the order of ``layout.volume_index``; leading
-        axes (e.g. time) are kept.
-    fill_value : float, default nan
-        Value of the voxels outside the layout.
+        One value per voxel in the order of ``layout.volume_index``; leading axes (e.g. time) are kept.
 
     Returns
     -------
     numpy.ndarray, shape (..., z, y, x)
-        Floating point (float64 unless `values` is already floating) volume
-        of shape ``(*values.shape[:-1], *layout.volume_shape)``.
+        Floating point (float64 unless `values` is already floating) volume of shape ``(*values.shape[:-1],
+        *layout.volume_shape)``.
 
     Raises
     ------

@@ -1,19 +1,8 @@
 """Noise ceilings from repeated presentations of the test story.
 
-Both measures z-score every repeat over time first, so each repeat has unit
-variance per voxel. With ``N`` repeats and ``y`` their mean:
-
-- signal power (Schoppe et al. 2016) ``SP = (N * var(y) - 1) / (N - 1)``;
-- ``cc_max = 1 / sqrt(1 + (1 / N) * (1 / SP - 1))``, the highest correlation any
-  model can reach with the mean response;
-- explainable variance ``EV = var(y) / mean(var(repeat))``, bias corrected as
-  ``EV - (1 - EV) / (N - 1)``. Because repeats are z-scored, the corrected EV
-  equals ``SP``.
-
-Where ``SP <= 0`` (no reliable signal) ``cc_max`` is 0: the formula alone gives
-infinity or NaN there. ``cc_max`` is not floored; voxels whose ceiling is too
-low to divide by are left out of the evaluation instead (docs/method.md, "Noise
-ceiling and voxel selection").
+Every repeat is z-scored over time first. With ``N`` repeats and ``y`` their mean, the signal power is
+``SP = (N * var(y) - 1) / (N - 1)`` (Schoppe et al. 2016) and ``cc_max = 1 / sqrt(1 + (1 / N) * (1 / SP - 1))``,
+0 where ``SP <= 0``; docs/method.md ("Noise ceiling and voxel selection") gives the selection.
 """
 
 from __future__ import annotations
@@ -49,17 +38,8 @@ def _zscored_repeats(repeats: np.ndarray) -> np.ndarray:
 
 
 def signal_power(repeats: np.ndarray) -> np.ndarray:
-    """Schoppe signal power of each voxel, for z-scored repeats.
-
-    Parameters
-    ----------
-    repeats : ndarray of shape (n_repeats, n_trs, n_voxels)
-        Responses to the repeated test story. NaN is treated as 0.
-
-    Returns
-    -------
-    sp : ndarray of shape (n_voxels,)
-        ``(N * var(mean over repeats) - 1) / (N - 1)``.
+    """Schoppe signal power ``(N * var(mean over repeats) - 1) / (N - 1)`` of each voxel, shape (n_voxels,), from
+    z-scored ``repeats`` of shape (n_repeats, n_trs, n_voxels) (NaN treated as 0).
     """
     z = _zscored_repeats(repeats)
     n_repeats = z.shape[0]
@@ -67,17 +47,8 @@ def signal_power(repeats: np.ndarray) -> np.ndarray:
 
 
 def cc_max(repeats: np.ndarray) -> np.ndarray:
-    """Schoppe et al. (2016) noise ceiling of each voxel.
-
-    Parameters
-    ----------
-    repeats : ndarray of shape (n_repeats, n_trs, n_voxels)
-        Responses to the repeated test story (at least two repeats).
-
-    Returns
-    -------
-    cc_max : ndarray of shape (n_voxels,)
-        Values in [0, 1]; 0 where the signal power is not positive.
+    """Schoppe et al. (2016) noise ceiling in [0, 1] of each voxel, shape (n_voxels,), from ``repeats`` of shape
+    (n_repeats, n_trs, n_voxels) (at least two); 0 where the signal power is not positive.
     """
     sp = signal_power(repeats)
     n_repeats = np.asarray(repeats).shape[0]
@@ -88,20 +59,8 @@ def cc_max(repeats: np.ndarray) -> np.ndarray:
 
 
 def explainable_variance(repeats: np.ndarray, bias_correction: bool = True) -> np.ndarray:
-    """Fraction of variance explainable by the stimulus, per voxel.
-
-    Parameters
-    ----------
-    repeats : ndarray of shape (n_repeats, n_trs, n_voxels)
-        Responses to the repeated test story (at least two repeats).
-    bias_correction : bool
-        Apply ``EV - (1 - EV) / (N - 1)``, which removes the positive bias of
-        the raw ratio on pure noise (its expectation is then 0).
-
-    Returns
-    -------
-    ev : ndarray of shape (n_voxels,)
-        At most 1; may be negative for noise voxels when bias-corrected.
+    """Fraction of variance explainable by the stimulus, per voxel: shape (n_voxels,), from ``repeats`` of shape
+    (n_repeats, n_trs, n_voxels). ``bias_correction`` applies ``EV - (1 - EV) / (N - 1)`` (expectation 0 on noise).
     """
     z = _zscored_repeats(repeats)
     n_repeats = z.shape[0]
@@ -114,19 +73,8 @@ def explainable_variance(repeats: np.ndarray, bias_correction: bool = True) -> n
 
 
 def select_voxels(ceiling: np.ndarray, threshold: float) -> np.ndarray:
-    """Indices of voxels whose noise ceiling exceeds ``threshold``.
-
-    Parameters
-    ----------
-    ceiling : ndarray of shape (n_voxels,)
-        ``cc_max`` per voxel.
-    threshold : float
-        Strict lower bound (the protocol: 0.4 for training targets, 0.05 for evaluation).
-
-    Returns
-    -------
-    voxels : ndarray of shape (n_selected,)
-        Sorted integer indices.
+    """Sorted indices of the voxels whose noise ceiling ``ceiling`` (n_voxels,) exceeds ``threshold`` (the protocol: 0.4
+    for training targets, 0.05 for evaluation).
     """
     ceiling = np.asarray(ceiling)
     if not 0.0 <= threshold < 1.0:
@@ -144,17 +92,11 @@ def select_voxels(ceiling: np.ndarray, threshold: float) -> np.ndarray:
 def noise_ceiling_table(dataset, subject: str):
     """Per-voxel noise ceiling of a subject, from the repeats of its test story.
 
-    Parameters
-    ----------
-    dataset : bt_utils.data.dataset.Dataset
-    subject : str
-
     Returns
     -------
     table : DataFrame
-        One row per voxel: ``subject, voxel, cc_max, explainable_variance``, plus
-        ``roi`` where the dataset has a voxel layout and ``planted_class`` /
-        ``cc_max_true`` for the demo.
+        One row per voxel: ``subject, voxel, cc_max, explainable_variance``, plus ``roi`` where the dataset has a
+        voxel layout and ``planted_class`` / ``cc_max_true`` for the demo.
     """
     repeats = dataset.load_repeats(subject)
     table = pd.DataFrame({
@@ -174,13 +116,7 @@ def noise_ceiling_table(dataset, subject: str):
 
 
 def voxel_counts(ceiling: np.ndarray, thresholds: dict[str, float]):
-    """Number and fraction of voxels above each named threshold.
-
-    Returns
-    -------
-    table : DataFrame
-        Columns ``selection, threshold, n_voxels, fraction``.
-    """
+    """Number and fraction of voxels above each named threshold: ``selection, threshold, n_voxels, fraction``."""
     ceiling = np.asarray(ceiling)
     return pd.DataFrame([
         {"selection": name, "threshold": value, "n_voxels": int(np.sum(ceiling > value)),

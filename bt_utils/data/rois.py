@@ -1,23 +1,7 @@
 """Regions of interest per participant: HCP-MMP1 groups for ds003020, template ROIs for the demo.
 
-An ROI is a set of parcels, each a set of voxels: ``{parcel name: voxel indices}``,
-so that ROI means can weigh every parcel the same (:func:`bt_utils.encoding.stats.roi_mean`).
-
-ds003020: ROIs are groups of HCP-MMP1 parcels, a parcel pooling both hemispheres:
-
-- ``late_language``: A5, 44, 45, IFJa, IFSp, PGi, PGp, PGs, TPOJ1-3, STGa, STSda, STSdp, TA2, STSva;
-- ``primary_auditory``: A1; ``early_auditory``: A1, LBelt, PBelt, MBelt, RI, A4;
-- ``visual_control``: V1, V2.
-
-The atlas is not part of ds003020 and cannot be downloaded here. A user provides,
-per subject, the HCP-MMP1 parcel of every voxel in
-``<atlas_dir>/<subject>.npz`` with an array ``parcel`` of shape (n_voxels,) holding
-parcel names such as ``"L_A1_ROI"`` or ``"A1"`` ("" or "???" for unlabelled voxels).
-docs/method.md ("ROIs") gives one way to make it from the HCP-MMP1 atlas.
-
-The demo: every voxel carries a label of the template subject S1 (AC, Broca, sPMv,
-V1, ...), and the planted classes give the ROIs ``planted_semantic``,
-``planted_auditory`` and ``planted_noise``; each of them is a single parcel.
+An ROI is a set of parcels, each a set of voxels: ``{parcel name: voxel indices}``, so that ROI means can weigh
+every parcel the same. docs/method.md ("ROIs") lists ds003020's ROIs and how to provide the atlas they need.
 """
 
 from __future__ import annotations
@@ -42,10 +26,7 @@ PLANTED_CLASSES = ("semantic", "auditory", "noise")
 
 
 def hcp_parcel_name(label: str | bytes) -> str:
-    """Bare HCP-MMP1 parcel name: ``"L_A1_ROI"`` -> ``"A1"``, ``"R_STSdp_ROI"`` -> ``"STSdp"``.
-
-    Bytes (as nibabel's ``read_annot`` returns names) are decoded as UTF-8.
-    """
+    """Bare HCP-MMP1 parcel name: ``"L_A1_ROI"`` -> ``"A1"``, ``"R_STSdp_ROI"`` -> ``"STSdp"``."""
     if isinstance(label, (bytes, np.bytes_)):
         label = label.decode("utf-8")
     return re.sub(r"^[LR]_|_ROI$", "", str(label).strip())
@@ -58,13 +39,6 @@ def hcp_rois(parcels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     ----------
     parcels : ndarray of shape (n_voxels,)
         HCP-MMP1 parcel name of every voxel (``"L_A1_ROI"``, ``"A1"``, bytes, ...).
-
-    Returns
-    -------
-    rois : dict of str to dict of str to ndarray of int
-        ``rois[group][parcel]``: indices of the voxels of that parcel, both
-        hemispheres pooled (``"L_A1_ROI"`` and ``"R_A1_ROI"`` are parcel ``"A1"``);
-        parcels without voxels are left out.
     """
     names = np.array([hcp_parcel_name(p) for p in parcels])
     rois = {}
@@ -80,27 +54,21 @@ def subject_rois(dataset: Dataset, subject: str,
 
     Parameters
     ----------
-    dataset : Dataset
-    subject : str
     atlas_dir : path-like, optional
-        Folder with ``<subject>.npz`` per-voxel HCP-MMP1 parcels (real data; see
-        docs/method.md, "ROIs"). Not needed for the demo.
+        Folder with ``<subject>.npz`` per-voxel HCP-MMP1 parcels (real data; see docs/method.md, "ROIs").
 
     Returns
     -------
     rois : dict of str to dict of str to ndarray of int
         ``rois[roi][parcel]``: voxel indices of each parcel of each ROI.
-        Demo: each template ROI (except "other") plus ``planted_<class>``, each
-        one parcel named like the ROI. ds003020: the groups of
-        :data:`HCP_ROI_GROUPS` and their parcels (:func:`hcp_rois`).
 
     Raises
     ------
     FileNotFoundError
         Real data without ``atlas_dir`` or without ``<atlas_dir>/<subject>.npz``.
     DataError
-        The atlas file has no array ``parcel``, its length differs from the
-        subject's voxel count, or an ROI group matches none of its voxels.
+        The atlas file has no array ``parcel``, its length differs from the subject's voxel count, or an ROI group
+        matches none of its voxels.
     """
     layout = dataset.voxel_layout(subject)
     if layout is not None and dataset.demo_info is not None:

@@ -1,11 +1,9 @@
 """Audio inputs per TR for brain-tuning (docs/method.md, "Inputs and targets").
 
-The input of TR ``i`` is five 2-s chunks, those of TRs ``i-4 .. i``, each ending
-one second after its TR midpoint, concatenated in time order: 10 s of 16 kHz
-audio (160,000 samples) that ends at the midpoint of TR ``i`` plus 1 s, zero-padded
-before the sound starts. The haemodynamic delay is thus part of the input.
-Windows are cut lazily from the story's audio, so a story costs its audio's
-memory, not ``n_trs`` copies of 10 s.
+The input of TR ``i`` is five 2-s chunks, those of TRs ``i-4 .. i``, each ending one second after its TR midpoint,
+concatenated in time order: 10 s of 16 kHz audio (160,000 samples) that ends at the midpoint of TR ``i`` plus 1 s,
+zero-padded before the sound starts. The haemodynamic delay is thus part of the input. Windows are cut lazily from
+the story's audio, so a story costs its audio's memory, not ``n_trs`` copies of 10 s.
 """
 
 from __future__ import annotations
@@ -48,15 +46,12 @@ def tr_input_window(audio: np.ndarray, tr_times: np.ndarray, index: int, spec: W
         The story's audio at ``spec.sample_rate``; time 0 is sound onset.
     tr_times : ndarray of shape (n_trs,)
         TR midpoints relative to sound onset (untrimmed).
-    index : int
-        The TR (untrimmed index).
-    spec : WindowSpec
 
     Returns
     -------
     window : ndarray of shape (spec.window_samples,)
-        float32; chunks of TRs ``index - n_chunks + 1 .. index`` in time order,
-        zeros where a chunk lies before the sound, the story start or after its end.
+        float32; chunks of TRs ``index - n_chunks + 1 .. index`` in time order, zeros where a chunk lies before the
+        sound, the story start or after its end.
 
     Raises
     ------

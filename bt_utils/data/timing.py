@@ -1,20 +1,8 @@
 """The TR grid of ds003020 and the trim that aligns stimuli with responses.
 
-The reference pipeline simulates a TR file per story: the scanner starts
-``SOUND_ONSET_S`` seconds before the sound, with one trigger every TR seconds.
-The TR is a property of the dataset (:attr:`bt_utils.data.dataset.Dataset.tr`;
-ds003020: :data:`DS003020_TR_S`, the reference's ``tr=2.0``), so every function
-here takes it as an argument. Stimulus features are sampled at the TR
-*midpoints* relative to sound onset, ``trigger - sound_onset + TR / 2``. The
-published responses lack the first ``TRIM_START`` and last ``TRIM_END`` TRs, so
-every stimulus sequence is sliced with :func:`trim_trs` before it is paired with
-responses.
-
-ds003020's ``respdict.json`` counts :data:`RESPDICT_PAD` TRs more than that grid:
-the reference pipeline simulates ``respdict[story] - 5`` triggers, and the stored
-responses have ``respdict[story] - 20`` rows (the test story ``wheretheressmoke``:
-311 in ``respdict.json``, 306 TRs, 291 response rows).
-"""
+Stimulus features are sampled at the TR midpoints relative to sound onset; the published responses lack the first
+``TRIM_START`` and last ``TRIM_END`` TRs, so stimulus sequences go through :func:`trim_trs` before they meet
+responses. docs/method.md ("TR grid and trims") gives the arithmetic."""
 
 from __future__ import annotations
 
@@ -38,15 +26,6 @@ TRIM_END = 5
 
 def tr_midpoints(n_trs: int, tr: float, sound_onset: float = SOUND_ONSET_S) -> np.ndarray:
     """TR midpoints relative to sound onset.
-
-    Parameters
-    ----------
-    n_trs : int
-        Number of TRs of the full (untrimmed) story: ``respdict.json`` minus :data:`RESPDICT_PAD`.
-    tr : float
-        Repetition time in seconds (the dataset's, :attr:`bt_utils.data.dataset.Dataset.tr`).
-    sound_onset : float
-        Time of sound onset after the first trigger, in seconds.
 
     Returns
     -------
@@ -82,8 +61,6 @@ def trim_trs(sequence: np.ndarray, axis: int = 0) -> np.ndarray:
     ----------
     sequence : ndarray of shape (n_trs, ...)
         Any array whose ``axis`` indexes the full, untrimmed TRs of one story.
-    axis : int
-        Axis that indexes TRs.
 
     Returns
     -------

@@ -1,8 +1,7 @@
 """Word and phone alignments stored as Praat TextGrids (read and written with praatio).
 
-ds003020 ships one TextGrid per story with an interval tier of phones (ARPAbet)
-and one of words. Tier names vary in case and number across files ("phone",
-"phones", "Phone"...), so tiers are found by a case-insensitive match.
+ds003020 ships one TextGrid per story with an interval tier of phones (ARPAbet) and one of words. Tier names vary
+in case and number across files ("phone", "phones", "Phone"...), so tiers are found by a case-insensitive match.
 """
 
 from __future__ import annotations
@@ -72,17 +71,7 @@ def _find_tier(grid, names: tuple[str, ...], path: Path):
 
 
 def read_textgrid(path: str | os.PathLike) -> Transcript:
-    """Read the word and phone tiers of a TextGrid.
-
-    Parameters
-    ----------
-    path : path-like
-        A TextGrid file (long or short format).
-
-    Returns
-    -------
-    transcript : Transcript
-    """
+    """Read the word and phone tiers of a TextGrid."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"TextGrid not found: {path}")
@@ -102,18 +91,7 @@ def read_textgrid(path: str | os.PathLike) -> Transcript:
 
 
 def textgrid_duration(path: str | os.PathLike) -> float:
-    """End time (``xmax``) of a TextGrid, read from its header alone (no tier is parsed).
-
-    Parameters
-    ----------
-    path : path-like
-        A TextGrid in Praat's long or short text format (UTF-8 or UTF-16).
-
-    Returns
-    -------
-    duration : float
-        In seconds; equal to :attr:`Transcript.duration` of :func:`read_textgrid`.
-    """
+    """End time (``xmax``) of a TextGrid, read from its header alone (no tier is parsed)."""
     path = Path(path)
     with path.open("rb") as handle:
         head = handle.read(1024)
@@ -130,15 +108,7 @@ def textgrid_duration(path: str | os.PathLike) -> float:
 
 
 def write_textgrid(transcript: Transcript, path: str | os.PathLike) -> Path:
-    """Write a transcript as a long-format TextGrid with tiers ``phone`` and ``word`` (atomic).
-
-    Parameters
-    ----------
-    transcript : Transcript
-        Words and phones; intervals must lie within ``[0, transcript.duration]``.
-    path : path-like
-        Destination file.
-    """
+    """Write a transcript as a long-format TextGrid with tiers ``phone`` and ``word`` (atomic)."""
     grid = _praat_textgrid.Textgrid()
     for name, entries in (("phone", transcript.phones), ("word", transcript.words)):
         tier = _praat_textgrid.IntervalTier(

@@ -1,10 +1,8 @@
 """The embedded demo: a simulated dataset, an offline Whisper, synthesised speech and demo tasks.
 
-Nothing in the core package imports this subpackage. It is an extension:
-:func:`register` (the ``bt_utils.plugins`` entry point ``demo``) adds its
-models, tasks, speech synthesiser, dataset builder, ``bt`` commands and the
-fsaverage5 mapping of its template subject ``S1`` to the registries, the first
-time one of them is read.
+Nothing in the core package imports this subpackage. It is an extension: :func:`register` (the ``bt_utils.plugins``
+entry point ``demo``) adds its models, tasks, speech synthesiser, dataset builder, ``bt`` commands and the
+fsaverage5 mapping of its template subject ``S1`` to the registries, the first time one of them is read.
 """
 
 from __future__ import annotations

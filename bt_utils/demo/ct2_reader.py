@@ -29,19 +29,7 @@ class CT2FormatError(DataError):
 
 
 class CT2Checkpoint(NamedTuple):
-    """Everything stored in a CTranslate2 ``model.bin``.
-
-    Attributes
-    ----------
-    spec : str
-        Name of the model specification, e.g. ``"WhisperSpec"``.
-    revision : int
-        Revision of that specification.
-    variables : dict of str to numpy.ndarray
-        The stored tensors by name; an alias maps to the same array object as its target.
-    aliases : dict of str to str
-        Alias name to target name.
-    """
+    """Everything stored in a CTranslate2 ``model.bin``."""
 
     spec: str
     revision: int
@@ -152,23 +140,10 @@ class _Cursor:
 def read_ct2_checkpoint(path_or_parts) -> CT2Checkpoint:
     """Read a CTranslate2 ``model.bin`` (format version 6) with its header.
 
-    Parameters
-    ----------
-    path_or_parts : path-like or sequence of path-like
-        The ``model.bin`` file; a folder holding ``model.bin`` or ``model.bin.part1``, ``.part2``...; or
-        the parts of a split ``model.bin`` in order.
-
-    Returns
-    -------
-    CT2Checkpoint
-        Arrays are writable views into one buffer holding the file, in their stored type (bfloat16
-        becomes float32).
-
     Raises
     ------
     CT2FormatError
-        Another format version, truncated or corrupt content, or trailing bytes; the message names the
-        file.
+        Another format version, truncated or corrupt content, or trailing bytes; the message names the file.
     FileNotFoundError
         A file is missing.
     """
@@ -230,16 +205,6 @@ def read_ct2_checkpoint(path_or_parts) -> CT2Checkpoint:
 
 def read_ct2_model(path_or_parts) -> dict[str, np.ndarray]:
     """Read the tensors of a CTranslate2 ``model.bin`` (format version 6).
-
-    Parameters
-    ----------
-    path_or_parts : path-like or sequence of path-like
-        As for :func:`read_ct2_checkpoint`.
-
-    Returns
-    -------
-    dict of str to numpy.ndarray
-        Tensors by name, aliases resolved to the same arrays; scalars are 0-d arrays.
 
     Raises
     ------

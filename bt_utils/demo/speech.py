@@ -1,12 +1,7 @@
 """Offline English speech synthesis with eSpeak NG, with word and phone timings.
 
-:func:`synthesize` returns the audio with one time interval per written word and one per ARPAbet phone, so
-that synthesised stories come with the same kind of alignment as the TextGrids of ds003020. The timings are
-the sample positions of eSpeak's word and phoneme events (:mod:`bt_utils.demo.espeak`), its mnemonics
-mapped to ARPAbet (:mod:`bt_utils.demo.phonetics`); words that eSpeak reads as one are split by aligning
-their phones to the words' own pronunciations. docs/demo_dataset.md ("How the speech is made") gives the
-rules for phones, pauses, words and numbers.
-"""
+:func:`synthesize` returns the audio with one interval per written word and one per ARPAbet phone, the same kind
+of alignment as ds003020's TextGrids. docs/demo_dataset.md ("How the speech is made") gives the rules."""
 
 from __future__ import annotations
 
@@ -50,14 +45,6 @@ class Utterance:
     ----------
     audio : ndarray of shape (n_samples,)
         Mono waveform, float32, in [-1, 1].
-    sample_rate : int
-        Sample rate of ``audio`` in Hz.
-    words : list of Interval
-        One interval per written word, in order; times in seconds. The label is
-        the word as written, in lower case, without surrounding punctuation.
-    phones : list of Interval
-        The ARPAbet phones of all words, in order, each inside its word's
-        interval; times in seconds. Pauses are gaps, not intervals.
     """
 
     audio: np.ndarray
@@ -192,11 +179,7 @@ def _phone_cost(a: str, b: str) -> float:
 
 
 def _align_to_words(observed: Sequence[str], references: Sequence[Sequence[str]]) -> list[int]:
-    """For each observed phone, the index of its word: minimum edit distance to the words said alone.
-
-    Every word keeps at least one phone; without a usable alignment, phones are split in proportion to
-    the words' reference lengths.
-    """
+    """For each observed phone, the index of its word: minimum edit distance to the words said alone."""
     n_words = len(references)
     reference = [(label, word) for word, phones in enumerate(references) for label in phones]
     n, m = len(observed), len(reference)
@@ -341,41 +324,18 @@ def synthesize(
 ) -> Utterance:
     """Speak English text with eSpeak NG and time-align its words and phones.
 
-    Parameters
-    ----------
-    text : str
-        ASCII English: words, digits, whitespace and ``. , ; : ! ? ' " ( ) -`` (docs/demo_dataset.md,
-        "Words").
-    voice : str, default "en-us"
-        An English voice of :func:`available_voices`, optionally with a variant of
-        :func:`available_variants`, e.g. ``"en-gb-scotland+f2"`` (case-insensitive).
-    words_per_minute : int, default 160
-        Speaking rate, 80 to 450.
-    pitch : int, default 50
-        eSpeak's base pitch setting, 0 to 100 (50 is the voice's normal pitch).
-    sample_rate : int, default 16000
-        Sample rate of the returned audio in Hz (4,000 to 192,000), resampled with ``soxr`` from eSpeak's
-        22,050 Hz.
-
     Returns
     -------
     Utterance
-        ``audio`` of shape (n_samples,); ``words`` and ``phones`` in seconds. The same arguments always
-        give identical audio.
+        ``audio`` of shape (n_samples,); ``words`` and ``phones`` in seconds.
 
     Raises
     ------
     ValueError
-        Empty text or text with unsupported characters, an unknown voice or variant, or a rate, pitch or
-        sample rate out of range.
+        Empty text or text with unsupported characters, an unknown voice or variant, or a rate, pitch or sample
+        rate out of range.
     TypeError
         Arguments of the wrong type.
-
-    Examples
-    --------
-    >>> utterance = synthesize("She sells cats.")  # doctest: +SKIP
-    >>> [w.label for w in utterance.words]  # doctest: +SKIP
-    ['she', 'sells', 'cats']
     """
     words_per_minute = _check_int("words_per_minute", words_per_minute, MIN_WORDS_PER_MINUTE, MAX_WORDS_PER_MINUTE)
     pitch = _check_int("pitch", pitch, 0, 100)

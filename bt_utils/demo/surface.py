@@ -1,21 +1,9 @@
 """The demo voxels on fsaverage5: an affine surface fit from pycortex's ``S1`` (display only).
 
-``S1`` has no spherical registration (its filestore holds fiducial, pial, white,
-inflated and flat surfaces, no sphere), so its voxels reach nilearn's fsaverage5
-by a surface-to-surface fit. Each voxel of a mask goes to its nearest vertex of
-S1's fiducial (mid-thickness) surface. Per hemisphere, an affine map of S1's
-fiducial surface onto fsaverage5's mid-thickness surface starts by matching the
-means and per-axis spreads of the vertex coordinates, then refines by rounds of
-symmetric iterative closest point (least squares between every 10th S1 vertex
-and its nearest fsaverage5 vertex, and every fsaverage5 vertex and its nearest
-S1 vertex). A voxel's vertex, moved by that map, is its position on fsaverage5.
-
-An affine fit cannot follow individual folds: a voxel can land a sulcus away or
-on the opposite bank, so these maps show where effects are, not a registration
-to compute statistics on (docs/maps.md gives its measured accuracy). The fit
-takes a few seconds per mask and is cached in ``cache_root()/maps/``.
-:func:`bt_utils.demo.register` adds :func:`s1_fsaverage_mapping` to
-:data:`bt_utils.registry.SURFACE_MAPPINGS` under ``S1``.
+An affine fit cannot follow individual folds: a voxel can land a sulcus away or on the opposite bank, so these maps
+show where effects are, not a registration to compute statistics on (docs/maps.md gives its measured accuracy). The
+fit takes a few seconds per mask and is cached in ``cache_root()/maps/``. :func:`bt_utils.demo.register` adds
+:func:`s1_fsaverage_mapping` to :data:`bt_utils.registry.SURFACE_MAPPINGS` under ``S1``.
 """
 
 from __future__ import annotations
@@ -48,18 +36,7 @@ _MAPPING_FORMAT = 1
 
 
 def _fit_affine(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Affine map of `source` points onto the `target` surface by symmetric ICP.
-
-    Parameters
-    ----------
-    source : numpy.ndarray, shape (n_source, 3)
-    target : numpy.ndarray, shape (n_target, 3)
-
-    Returns
-    -------
-    numpy.ndarray, shape (4, 3)
-        ``np.c_[points, ones] @ affine`` maps points of the source space.
-    """
+    """Affine map of `source` points onto the `target` surface by symmetric ICP."""
     scale = target.std(axis=0) / source.std(axis=0)
     affine = np.vstack([np.diag(scale), target.mean(axis=0) - source.mean(axis=0) * scale])
     augmented = np.c_[source, np.ones(len(source))]
@@ -75,14 +52,7 @@ def _fit_affine(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def _compute_alignment(mask: str) -> dict:
-    """fsaverage5 position and hemisphere of every voxel of S1's `mask`.
-
-    Returns
-    -------
-    dict
-        ``volume_index`` (int64, shape (n_mask_voxels,)), ``hemisphere``
-        (int8, 0 left, 1 right) and ``position`` (float32, shape (n_mask_voxels, 3)).
-    """
+    """fsaverage5 position and hemisphere of every voxel of S1's `mask`."""
     table = template_roi_table(mask=mask)
     layout = VoxelLayout(TEMPLATE_SUBJECT, TEMPLATE_XFM, table.attrs["volume_shape"], table["volume_index"].to_numpy(),
                          table["roi"].to_numpy(), table["hemisphere"].to_numpy(), mask)
@@ -129,22 +99,12 @@ def _alignment(mask: str, cache_dir: Path) -> dict:
 def template_to_fsaverage(mask: str = "thin", cache_dir=None) -> pd.DataFrame:
     """Position on fsaverage5 of every voxel of S1's cortical mask (display approximation).
 
-    Computed once (a few seconds, see the module docstring) and cached in
-    ``cache_root(cache_dir)/maps``.
-
-    Parameters
-    ----------
-    mask : {"thin", "thick"}, default "thin"
-        Mask of :func:`bt_utils.demo.template.template_roi_table`.
-    cache_dir : path-like, optional
-        Cache root, see :func:`bt_utils.cache.cache_root`.
-
     Returns
     -------
     pandas.DataFrame, shape (n_mask_voxels, 6)
-        Columns ``volume_index`` (ascending), ``hemisphere`` ("L"/"R"),
-        ``x``, ``y``, ``z`` (mm, fsaverage5 mid-thickness space, about MNI305)
-        and ``vertex`` (nearest fsaverage5 vertex, 0..20483, left hemisphere first).
+        Columns ``volume_index`` (ascending), ``hemisphere`` ("L"/"R"), ``x``, ``y``, ``z`` (mm, fsaverage5
+        mid-thickness space, about MNI305) and ``vertex`` (nearest fsaverage5 vertex, 0..20483, left hemisphere
+        first).
     """
     check_option("mask", mask, MASKS)
     data = _alignment(mask, (cache_root(cache_dir) / "maps").absolute())
@@ -165,16 +125,6 @@ def template_to_fsaverage(mask: str = "thin", cache_dir=None) -> pd.DataFrame:
 def s1_fsaverage_mapping(layout: VoxelLayout, radius_mm: float, cache_dir=None) -> sparse.csr_matrix:
     """Which fsaverage5 vertices show which voxels of a layout on S1/fullhead.
 
-    Parameters
-    ----------
-    layout : VoxelLayout
-        Voxels of S1's ``fullhead`` volume, all in its mask ``layout.mask``
-        (``"thin"`` or ``"thick"``).
-    radius_mm : float
-        See :func:`bt_utils.viz.fsaverage.mapping_from_positions`.
-    cache_dir : path-like, optional
-        Cache root of the fit, see :func:`template_to_fsaverage`.
-
     Returns
     -------
     scipy.sparse.csr_matrix of float64, shape (20484, n_voxels)
@@ -182,8 +132,7 @@ def s1_fsaverage_mapping(layout: VoxelLayout, radius_mm: float, cache_dir=None) 
     Raises
     ------
     ValueError
-        If the layout is not a voxel list on S1/fullhead with mask thin or
-        thick, or a voxel is outside that mask.
+        If the layout is not a voxel list on S1/fullhead with mask thin or thick, or a voxel is outside that mask.
     """
     if isinstance(layout, PycortexSpace) or (layout.subject, layout.xfm) != (TEMPLATE_SUBJECT, TEMPLATE_XFM):
         raise ValueError(

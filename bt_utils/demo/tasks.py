@@ -1,21 +1,8 @@
 """Offline demo tasks made with speech synthesis, one for each kind of task of the paper.
 
-Each example has its own speaker (an English accent with a voice variant),
-speaking rate, pitch, a random lead-in silence and white noise at a random
-signal-to-noise ratio (:data:`DEMO_SPEECH`). Speakers are disjoint between
+Each example has its own speaker (an English accent with a voice variant), speaking rate, pitch, a random lead-in
+silence and white noise at a random signal-to-noise ratio (:data:`DEMO_SPEECH`). Speakers are disjoint between
 train, validation and test.
-
-=======================  ==========================  =========================================
-demo task                classes                     stands in for
-=======================  ==========================  =========================================
-``demo_word``            10 command words            Speech Commands word identity
-``demo_sentence_type``   statement/question/command  TIMIT sentence type
-``demo_intent``          6 SLURP-like intents        SLURP intent / action
-``demo_phoneme``         which of 39 phones occur    TIMIT phoneme prediction (presence)
-``demo_asr``             (transcripts)               ASR (1 - WER)
-=======================  ==========================  =========================================
-
-CREMA-D emotion has no offline stand-in: eSpeak cannot speak with emotion.
 """
 
 from __future__ import annotations
@@ -114,21 +101,7 @@ def _fill(template: str, rng: np.random.Generator) -> str:
 
 
 def demo_speakers(seed: int = 0) -> dict[str, list[str]]:
-    """Speakers of the demo tasks, disjoint between splits.
-
-    Each of :data:`DEMO_VARIANTS` becomes one speaker with a random accent
-    from :data:`DEMO_VOICES`; half of them speak the training examples, a
-    quarter the validation and a quarter the test examples.
-
-    Parameters
-    ----------
-    seed : int
-
-    Returns
-    -------
-    dict of str to list of str
-        Split -> eSpeak voices such as ``"en-gb-scotland+m3"``.
-    """
+    """Speakers of the demo tasks, disjoint between splits."""
     rng = np.random.default_rng([seed, 7])
     variants = [DEMO_VARIANTS[i] for i in rng.permutation(len(DEMO_VARIANTS))]
     speakers = [f"{DEMO_VOICES[rng.integers(len(DEMO_VOICES))]}+{variant}" for variant in variants]
@@ -138,15 +111,7 @@ def demo_speakers(seed: int = 0) -> dict[str, list[str]]:
 
 
 def _speak(text: str, speaker: str, rng: np.random.Generator):
-    """Synthesise ``text`` with random rate and pitch, a lead-in silence and white noise.
-
-    Returns
-    -------
-    audio : ndarray of shape (n_samples,)
-        float32, 16 kHz.
-    utterance : bt_utils.demo.speech.Utterance
-        The clean synthesis (its phone tier gives phoneme labels).
-    """
+    """Synthesise ``text`` with random rate and pitch, a lead-in silence and white noise."""
     low, high = DEMO_SPEECH["words_per_minute"]
     rate = int(rng.integers(low, high + 1))
     pitch = int(rng.integers(DEMO_SPEECH["pitch"][0], DEMO_SPEECH["pitch"][1] + 1))
@@ -223,26 +188,7 @@ _DEMO_DEFAULT_SIZE = {"demo_word": 32, "demo_sentence_type": 40, "demo_intent": 
 
 
 def demo_task(name: str, per_class: int | None = None, seed: int = 0) -> DownstreamTask:
-    """An offline downstream task synthesised with eSpeak NG (see the module documentation).
-
-    Parameters
-    ----------
-    name : {"demo_word", "demo_sentence_type", "demo_intent", "demo_phoneme", "demo_asr"}
-    per_class : int, optional
-        Examples per class, split 1/2 train, 1/4 validation, 1/4 test (rounded
-        down for validation and test); for ``demo_phoneme`` (multi-label) the
-        number of utterances, split the same way; for ``demo_asr`` the number
-        of utterances, split 3/4 train, 1/8 validation, 1/8 test. Defaults:
-        word 32 (10 classes), sentence type 40 (3), intent 32 (6), phoneme 120
-        utterances, ASR 128.
-    seed : int
-        Seed of the speakers, texts, rates, pitches and noise; the same
-        arguments always give the same task.
-
-    Returns
-    -------
-    DownstreamTask
-    """
+    """An offline downstream task synthesised with eSpeak NG (see the module documentation)."""
     check_option("name", name, DEMO_TASKS)
     per_class = per_class or _DEMO_DEFAULT_SIZE[name]
     origin = f"bt_utils demo: seed={seed}, per_class={per_class}, speech={DEMO_SPEECH}"

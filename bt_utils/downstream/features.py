@@ -1,15 +1,7 @@
 """Frozen-encoder features of downstream examples: every layer, pooled per example, cached on disk.
 
-The encoder runs in eval mode without gradients. A clip's features do not
-depend on the other clips of its batch: where zero-padding would change them
-(group-norm wav2vec2/HuBERT, Whisper at native length), only clips of equal
-length share an encoder pass (:func:`source_batches`). :func:`extract_features`
-mean-pools the hidden states of every layer over the frames computed from
-real audio (and inside the example's span, if it has one: the frames whose
-receptive field is centred in it, see :func:`frame_centres`) and caches them
-under ``cache_root()/downstream/<encoder fingerprint>/``, keyed by the task
-name and the examples' ids, spans and audio.
-"""
+Hidden states are mean-pooled over the frames computed from real audio (inside the example's span, if any). Only
+clips of equal length share an encoder pass where padding would change the features (:func:`source_batches`)."""
 
 from __future__ import annotations
 
@@ -37,12 +29,7 @@ _FEATURE_VERSION = 2  # part of the feature cache key: raise it when the same en
 
 
 def _frame_layers(encoder: SpeechEncoder) -> list[tuple[int, int, int]]:
-    """The layers that turn samples into encoder frames, first to last, as ``(kernel, stride, padding)``.
-
-    wav2vec2/HuBERT: the convolutions of the feature encoder (no padding).
-    Whisper: the log-mel STFT (400-sample windows every 160 samples, centred:
-    padded by 200), then ``conv1`` and ``conv2`` (kernel 3, stride 1 and 2, padding 1).
-    """
+    """The layers that turn samples into encoder frames, first to last, as ``(kernel, stride, padding)``."""
     if encoder.family == "whisper":
         convolutions = [(conv.kernel_size[0], conv.stride[0], conv.padding[0])
                         for conv in (encoder.encoder.conv1, encoder.encoder.conv2)]
@@ -53,21 +40,6 @@ def _frame_layers(encoder: SpeechEncoder) -> list[tuple[int, int, int]]:
 
 def frame_centres(encoder: SpeechEncoder, n_frames: int) -> np.ndarray:
     """Time of the centre of each encoder frame's receptive field, in seconds.
-
-    Frame ``k`` is centred at ``k * hop + offset``, from the layers that make
-    the frames (:func:`_frame_layers`): the hop is the product of their
-    strides; the receptive field of frame 0 starts at ``-sum(padding * hop
-    of the layer's input)`` and spans ``1 + sum((kernel - 1) * hop of the
-    layer's input)`` samples; ``offset`` is its start plus half its span.
-    wav2vec2/HuBERT: hop 320 samples (0.02 s), receptive field 400 samples,
-    so frame ``k`` is centred at ``0.0125 + 0.02 k`` s. Whisper: mel frame
-    ``m`` is centred on sample ``160 m``, ``conv1`` keeps that and the
-    stride-2 ``conv2`` keeps every other one: ``0.02 k`` s.
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-    n_frames : int
 
     Returns
     -------
@@ -83,11 +55,7 @@ def frame_centres(encoder: SpeechEncoder, n_frames: int) -> np.ndarray:
 
 
 def feature_cache_path(fingerprint: str, task: DownstreamTask, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the features of ``task`` under the encoder with ``fingerprint`` are cached.
-
-    The key holds the task's name, its examples' signatures and the version of
-    the feature computation, so that features computed differently are never reused.
-    """
+    """Where the features of ``task`` under the encoder with ``fingerprint`` are cached."""
     digest = hashlib.sha256(f"{task.name}\nversion {_FEATURE_VERSION}".encode())
     for example in task.examples:
         digest.update(example.signature().encode())
@@ -114,14 +82,7 @@ def _span_masks(examples: Sequence[Example], valid: torch.Tensor, centres: np.nd
 
 
 def padding_changes_features(encoder: SpeechEncoder) -> bool:
-    """Whether zero-padding a clip to a longer one in its batch changes its features.
-
-    Group-norm wav2vec2/HuBERT (no attention mask): the padding enters the
-    first GroupNorm's statistics and the attention. Whisper at native length:
-    the padding changes the last mel frames and what the convolutions see
-    past the clip's end. Not so for an attention mask over the padding, nor
-    for Whisper padded to 30 s (every clip is padded the same way).
-    """
+    """Whether zero-padding a clip to a longer one in its batch changes its features."""
     if encoder.family == "whisper":
         return encoder.native_length
     return not encoder.settings["attention_mask"]
@@ -171,24 +132,6 @@ def extract_features(encoder: SpeechEncoder, task: DownstreamTask, batch_size: i
                      progress: bool = True) -> np.ndarray:
     """Mean-pooled hidden states of every layer for every example of a task.
 
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-        Used frozen, in eval mode.
-    task : DownstreamTask
-    batch_size : int
-        Most sources (utterances) per encoder pass. Where padding would change
-        a clip's features (see the module documentation), only sources of equal
-        length share a pass, so the features equal those of one clip at a time.
-    cache : bool
-        Read and write the on-disk cache (:func:`feature_cache_path`).
-    cache_dir : path-like, optional
-        Root of the cache (default :func:`bt_utils.cache.cache_root`).
-    fingerprint : str, optional
-        ``encoder.fingerprint()``, if already computed.
-    progress : bool
-        Show a progress bar.
-
     Returns
     -------
     features : ndarray of shape (n_examples, n_layers + 1, D)
@@ -215,17 +158,6 @@ def extract_features(encoder: SpeechEncoder, task: DownstreamTask, batch_size: i
 @torch.inference_mode()
 def encode_frames(encoder: SpeechEncoder, examples: Sequence[Example], batch_size: int = 8) -> list[torch.Tensor]:
     """Hidden states of every layer at every frame computed from each example's real audio.
-
-    Batched as :func:`extract_features` batches (so a clip's frames do not depend on its batch).
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-        Used frozen, in eval mode.
-    examples : sequence of Example
-        Their whole audio is encoded (spans are ignored).
-    batch_size : int
-        Most clips per encoder pass.
 
     Returns
     -------

@@ -32,28 +32,7 @@ def _english_normalizer():
 
 
 def normalize_words(text: str, normalizer: str = "english") -> list[str]:
-    """Words of ``text`` as ASR scoring compares them.
-
-    Parameters
-    ----------
-    text : str
-    normalizer : {"english", "basic"}
-        ``"english"`` (default): Whisper's English text normaliser, the usual
-        one for English word error rates (Open ASR Leaderboard), so that a
-        transcript is not charged for writing ``"5 am"`` for ``"five a m"``
-        or ``"won't"`` for ``"will not"``: numbers become digits,
-        contractions and titles are spelled out, hesitations (``uh``, ``um``)
-        and bracketed noise tags are dropped, diacritics removed, case and
-        punctuation ignored (currency and percent signs stay with their
-        numbers: ``"25 dollars"`` -> ``"$25"``). British spellings are kept (the normaliser's
-        spelling table is not shipped offline). ``"basic"``: lower-case,
-        punctuation removed, Unicode letters kept (``"Café"`` -> ``"café"``),
-        apostrophes kept inside words, a typographic apostrophe counted as ``'``.
-
-    Returns
-    -------
-    list of str
-    """
+    """Words of ``text`` as ASR scoring compares them."""
     check_option("normalizer", normalizer, NORMALIZERS)
     if normalizer == "english":
         return _english_normalizer()(text).split()
@@ -65,20 +44,7 @@ def _words(text: str | Iterable[str], normalizer: str) -> list[str]:
 
 
 def word_edits(reference: str | Iterable[str], hypothesis: str | Iterable[str], normalizer: str = "english") -> int:
-    """Word-level Levenshtein distance: substitutions + deletions + insertions.
-
-    Parameters
-    ----------
-    reference, hypothesis : str or iterable of str
-        Strings are split with :func:`normalize_words`; lists of words are
-        compared as given.
-    normalizer : {"english", "basic"}
-        See :func:`normalize_words`.
-
-    Returns
-    -------
-    int
-    """
+    """Word-level Levenshtein distance: substitutions + deletions + insertions."""
     ref, hyp = _words(reference, normalizer), _words(hypothesis, normalizer)
     previous = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, start=1):
@@ -91,24 +57,7 @@ def word_edits(reference: str | Iterable[str], hypothesis: str | Iterable[str], 
 
 def word_error_rate(reference: str | Iterable[str], hypothesis: str | Iterable[str],
                     normalizer: str = "english") -> float:
-    """Word error rate: (substitutions + deletions + insertions) / reference words.
-
-    Strings are split with :func:`normalize_words`; lists of words are
-    compared as given.
-
-    Parameters
-    ----------
-    reference, hypothesis : str or iterable of str
-        The true and the recognised text.
-    normalizer : {"english", "basic"}
-        See :func:`normalize_words`.
-
-    Returns
-    -------
-    float
-        Levenshtein distance over words divided by the reference length; 0 for
-        two empty texts, ``inf`` for an empty reference and a non-empty hypothesis.
-    """
+    """Word error rate: (substitutions + deletions + insertions) / reference words."""
     ref, hyp = _words(reference, normalizer), _words(hypothesis, normalizer)
     if not ref:
         return 0.0 if not hyp else float("inf")
@@ -116,19 +65,7 @@ def word_error_rate(reference: str | Iterable[str], hypothesis: str | Iterable[s
 
 
 def corpus_word_error_rate(references: Sequence[str], hypotheses: Sequence[str], normalizer: str = "english") -> float:
-    """Word error rate of a corpus: all edits over all reference words.
-
-    Parameters
-    ----------
-    references, hypotheses : sequence of str, length n_utterances
-    normalizer : {"english", "basic"}
-        See :func:`normalize_words`.
-
-    Returns
-    -------
-    float
-        ``inf`` if the references hold no words but the hypotheses do, 0 if neither does.
-    """
+    """Word error rate of a corpus: all edits over all reference words."""
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses; "
                          "give one of each per utterance")
@@ -155,41 +92,13 @@ def _labels_pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
 
 
 def accuracy(y_true, y_pred) -> float:
-    """Fraction of correct predictions.
-
-    Parameters
-    ----------
-    y_true, y_pred : array-like of shape (n,)
-
-    Returns
-    -------
-    float
-    """
+    """Fraction of correct predictions; ``y_true`` and ``y_pred`` of shape (n,)."""
     y_true, y_pred = _labels_pair(y_true, y_pred)
     return float(np.mean(y_true == y_pred))
 
 
 def macro_f1(y_true, y_pred, labels=None) -> float:
-    """Unweighted mean of the per-class F1 scores, over the classes present in ``y_true``.
-
-    A prediction of a class absent from ``y_true`` is still an error (it
-    lowers the recall of the true class) but adds no class of F1 0 to the
-    average; a test split (or a bootstrap resample of it) that lacks some
-    classes is scored on the classes it has. scikit-learn's default averages
-    over the classes of ``y_true`` or ``y_pred`` instead.
-
-    Parameters
-    ----------
-    y_true, y_pred : array-like of shape (n,)
-    labels : array-like, optional
-        Classes to average over; default: the classes in ``y_true``. A class
-        that is never true and never predicted scores 0.
-
-    Returns
-    -------
-    float
-        In [0, 1].
-    """
+    """Unweighted mean of the per-class F1 scores over the classes present in ``y_true``; both of shape (n,)."""
     y_true, y_pred = _labels_pair(y_true, y_pred)
     labels = np.unique(y_true) if labels is None else np.asarray(labels)
     return float(_per_class_f1(y_true[:, None] == labels[None, :], y_pred[:, None] == labels[None, :]).mean())
@@ -209,34 +118,16 @@ MULTILABEL_AVERAGES = ("macro", "micro")
 def multilabel_f1(y_true, y_pred, average: str = "macro", labels=None) -> float:
     """F1 of multi-label predictions (each example may have any number of classes).
 
-    ``"macro"``: the per-class F1 (over the examples, ``2 TP / (2 TP + FP +
-    FN)`` of the class's column) averaged over the classes present in
-    ``y_true``, as :func:`macro_f1` does: predicting a class that no example
-    has is an error of no class of its own. ``"micro"``: one F1 of all
-    (example, class) decisions pooled. scikit-learn's ``f1_score`` averages
-    its macro-F1 over every column instead; with ``labels`` = the columns
-    present in ``y_true`` the two agree.
-
     Parameters
     ----------
     y_true, y_pred : array-like of shape (n_examples, n_classes)
         Multi-hot: 1 (or True) where the class is present / predicted.
-    average : {"macro", "micro"}
-    labels : array-like of int, optional
-        Columns to score; default: for ``"macro"`` the columns with a
-        positive in ``y_true``, for ``"micro"`` all columns. A column that is
-        never true and never predicted scores 0 in the macro average.
-
-    Returns
-    -------
-    float
-        In [0, 1].
 
     Raises
     ------
     ValueError
-        Arrays of other shapes or values than 0/1, or no positive in ``y_true``
-        (with ``labels`` unset: no class to average over).
+        Arrays of other shapes or values than 0/1, or no positive in ``y_true`` (with ``labels`` unset: no class to
+        average over).
     """
     check_option("average", average, MULTILABEL_AVERAGES)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
@@ -280,28 +171,10 @@ def bootstrap_ci(
 ) -> ConfidenceInterval:
     """Percentile bootstrap interval of ``metric`` over resampled examples.
 
-    The same example indices (drawn with replacement) are applied to every
-    array in ``samples``, so paired arrays (true labels and predictions, or
-    several seeds' predictions of the same examples) stay paired.
-
     Parameters
     ----------
-    metric : callable
-        ``metric(*resampled) -> float``.
     *samples : array-like, each of shape (n, ...)
         Per-example data; indexed along the first axis.
-    n_resamples : int
-        Bootstrap replicates.
-    confidence : float
-        Coverage of the interval, in (0, 1).
-    seed : int
-        Seed of the resampling generator.
-
-    Returns
-    -------
-    ConfidenceInterval
-        ``metric(*samples)`` and the ``(1 - confidence) / 2`` and
-        ``(1 + confidence) / 2`` quantiles of the replicates.
     """
     if not samples:
         raise ValueError("bootstrap_ci needs at least one array of per-example data")

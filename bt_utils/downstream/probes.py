@@ -1,22 +1,7 @@
 """Downstream evaluation: linear probes on frozen encoders, ASR with CTC heads, scores and tables.
 
-For every model variant (a list of :class:`ModelEntry`) and task, the frozen encoder's hidden states of
-every layer are mean-pooled per example and cached (:func:`bt_utils.downstream.features.extract_features`);
-for each seed, one linear probe per layer is trained (Adam, mini-batches; cross-entropy, or binary
-cross-entropy per class for a multi-label task); the layer and epoch with the best validation macro-F1 are
-chosen, and only then is the test split predicted. Test scores (:data:`PROBE_METRICS`) come per seed with
-bootstrap intervals over test examples; :func:`summarize` averages the seeds. ASR tasks follow the same
-protocol with a linear CTC head per layer (:mod:`bt_utils.downstream.asr`), scored as 1 - WER; Whisper
-variants may also be scored through Whisper's pretrained decoder, under their own metric, never mixed with
-the CTC rows. docs/method.md ("Downstream probes") states the protocol in full.
-
-``downstream.parquet`` (:attr:`DownstreamResults.scores`) has one row per model, variant, subject, task,
-seed and metric: ``model, variant, subject, task, layer, metric, value, seed, ci_low, ci_high, n_test``
-(``layer``: the chosen one, the last for Whisper's decoder; ``metric``: ``macro_f1``, ``accuracy``,
-``micro_f1``, ``one_minus_wer`` or ``one_minus_wer_whisper_decoder``). In ``downstream_predictions.parquet``
-a multi-label label or prediction is the names of the classes present, in the task's class order, separated
-by spaces (:func:`bt_utils.downstream.tasks.encode_multilabel`).
-"""
+Per model variant, task and seed, one linear probe per layer; the layer and epoch with the best validation score
+are chosen before the test split is predicted. docs/method.md ("Downstream probes") states the protocol."""
 
 from __future__ import annotations
 
@@ -70,9 +55,8 @@ class ModelEntry:
     variant : str
         Its name in tables and figures, e.g. ``"pretrained"``, ``"brain-tuned"``.
     path : str
-        Anything :func:`bt_utils.models.registry.load_encoder` loads: a registry name,
-        a Hub id, a folder, or a brain-tuned checkpoint (or the run folder of
-        :func:`bt_utils.models.tuning.tune` that holds ``checkpoint/``).
+        Anything :func:`bt_utils.models.registry.load_encoder` loads, or the run folder of
+        :func:`bt_utils.models.tuning.tune`.
     model : str
         The base model (registry name or Hub id): the decoder or CTC head for ASR comes from it.
     subject : str
@@ -93,21 +77,7 @@ def _checkpoint_folder(path: Path) -> Path | None:
 
 
 def model_entry(spec: ModelEntry | Mapping | str) -> ModelEntry:
-    """A :class:`ModelEntry` from a dict ``{"variant", "path"[, "model", "subject"]}`` or a path.
-
-    Missing fields are read from a brain-tuned checkpoint's
-    ``training_record.json`` (base model, subject; variant ``"brain-tuned"``,
-    or ``"control: <name>"`` for a control run); for anything else the base
-    model is the path itself and the variant ``"pretrained"``.
-
-    Parameters
-    ----------
-    spec : ModelEntry, mapping or str
-
-    Returns
-    -------
-    ModelEntry
-    """
+    """A :class:`ModelEntry` from a dict ``{"variant", "path"[, "model", "subject"]}`` or a path."""
     if isinstance(spec, ModelEntry):
         return spec
     spec = {"path": spec} if isinstance(spec, (str, os.PathLike)) else dict(spec)
@@ -140,7 +110,6 @@ class ProbeConfig:
     ----------
     max_epochs : int
         Epochs trained; the epoch used is chosen on the validation split.
-    batch_size : int
     learning_rate : float
         Adam's learning rate.
     """
@@ -159,25 +128,7 @@ class ProbeConfig:
 
 @dataclass(frozen=True, eq=False)
 class ProbeFit:
-    """The probe chosen on the validation split.
-
-    Attributes
-    ----------
-    layer, epoch : int
-        Chosen hidden-state index (0 = input of the first layer) and epoch (1-based).
-    weight : torch.Tensor
-        Shape (D, n_classes).
-    bias : torch.Tensor
-        Shape (n_classes,).
-    mean, std : torch.Tensor
-        Shape (D,): the standardisation of the chosen layer (training split).
-    history : pandas.DataFrame
-        Validation scores (:data:`PROBE_METRICS` of the task kind) and ``loss`` per ``layer`` and ``epoch``.
-    layers : pandas.DataFrame
-        The best epoch of each layer: ``layer, epoch``, the scores, ``loss``.
-    multilabel : bool
-        Trained on multi-hot labels (binary cross-entropy per class).
-    """
+    """The probe chosen on the validation split: ``weight`` of shape (D, n_classes), ``bias`` of shape (n_classes,)."""
 
     layer: int
     epoch: int
@@ -238,25 +189,12 @@ def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, validation_f
               config: ProbeConfig = ProbeConfig()) -> ProbeFit:
     """Train one linear probe per layer and choose the layer and epoch on the validation split.
 
-    All layers' probes are trained side by side (independent weights, the
-    same mini-batches); the sum of their losses has each probe's gradient, so
-    this is the same as training them one by one.
-
     Parameters
     ----------
     train_features, validation_features : ndarray of shape (N, n_layers + 1, D)
     train_labels, validation_labels : ndarray of shape (N,) or (N, n_classes)
-        Class indices in ``[0, n_classes)`` (classification: cross-entropy),
-        or multi-hot 0/1 labels (multi-label: binary cross-entropy per class,
-        validation scored with :data:`PROBE_METRICS` ``["multilabel"]``).
-    n_classes : int
-    seed : int
-        Seed of the initial weights and of the mini-batch order.
-    config : ProbeConfig
-
-    Returns
-    -------
-    ProbeFit
+        Class indices in ``[0, n_classes)`` (classification: cross-entropy), or multi-hot 0/1 labels (multi-label:
+        binary cross-entropy per class, validation scored with :data:`PROBE_METRICS` ``["multilabel"]``).
     """
     x = torch.as_tensor(train_features, dtype=torch.float32)
     y = _labels_tensor(train_labels, n_classes, "training")
@@ -282,12 +220,7 @@ def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, validation_f
 
 def _train_probes(x: torch.Tensor, y: torch.Tensor, x_validation: torch.Tensor, y_validation: torch.Tensor,
                   n_classes: int, seed: int, config: ProbeConfig) -> tuple[list[dict], list[dict]]:
-    """Train probes on standardised features ``x`` (L, N, D); score them on ``x_validation`` (L, Nv, D).
-
-    ``y`` and ``y_validation``: class indices (N,) or multi-hot (N, C) (see :func:`_layer_losses`).
-    Returns the validation history (one dict per layer and epoch) and, per layer, its best epoch
-    (highest macro-F1, then lowest loss, then earliest) with the weights (D, C) and bias (C,) of then.
-    """
+    """Train probes on standardised features ``x`` (L, N, D); score them on ``x_validation`` (L, Nv, D)."""
     n_layers, _, width = x.shape
     generator = torch.Generator().manual_seed(seed)
     bound = width**-0.5  # torch.nn.Linear's initialisation range
@@ -329,25 +262,8 @@ def _prediction_labels(task: DownstreamTask, predicted: np.ndarray) -> list[str]
 
 def probe_task(features: np.ndarray, task: DownstreamTask, seeds: Iterable[int] = (0, 1, 2),
                config: ProbeConfig = ProbeConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Fit probes for several seeds and predict the test split with the chosen ones.
-
-    Parameters
-    ----------
-    features : ndarray of shape (n_examples, n_layers + 1, D)
-        From :func:`extract_features`, in the order of ``task.examples``.
-    task : DownstreamTask
-        A classification or multi-label task.
-    seeds : iterable of int
-    config : ProbeConfig
-
-    Returns
-    -------
-    predictions : pandas.DataFrame
-        Test predictions: ``seed, layer, example_id, label, prediction``
-        (multi-label: the predicted classes separated by spaces, as labels are).
-    selection : pandas.DataFrame
-        Validation scores of every layer at its best epoch: ``seed, layer,
-        epoch``, the metrics of the task's kind (:data:`PROBE_METRICS`), ``loss, chosen``.
+    """Fit probes for several seeds and predict the test split with the chosen ones, from ``features`` of shape
+    (n_examples, n_layers + 1, D) in the order of ``task.examples``.
     """
     if task.kind not in PROBE_METRICS:
         raise ValueError(f"task {task.name!r} is an {task.kind} task; probes are for "
@@ -390,12 +306,7 @@ def _scored_classes(*labels: np.ndarray) -> list[str]:
 
 
 def _metric_samples(group: pd.DataFrame) -> tuple[tuple[np.ndarray, ...], dict]:
-    """Per-example arrays of a prediction group (one task, one or several seeds) and the metrics on them.
-
-    Returns arrays of shape (n_examples, ...) and ``{metric: f(*arrays) -> float}``; each metric
-    averages the seeds. Classification: labels (n_examples,) and predictions (n_examples, n_seeds);
-    multi-label: multi-hot labels (n_examples, n_classes) and predictions (n_examples, n_seeds, n_classes).
-    """
+    """Per-example arrays of a prediction group (one task, one or several seeds) and the metrics on them."""
     wide = group.pivot(index="example_id", columns="seed", values="prediction")
     labels = group.drop_duplicates("example_id").set_index("example_id").loc[wide.index, "label"].to_numpy()
     predictions = wide.to_numpy()  # (n_examples, n_seeds)
@@ -426,20 +337,7 @@ def _score_rows(group: pd.DataFrame, n_resamples: int, confidence: float, seed: 
 
 def score_predictions(predictions: pd.DataFrame, n_resamples: int = 1000, confidence: float = 0.95,
                       seed: int = 0) -> pd.DataFrame:
-    """Test scores per model, variant, subject, task and seed, with bootstrap intervals over test examples.
-
-    Parameters
-    ----------
-    predictions : pandas.DataFrame
-        :attr:`DownstreamResults.predictions`.
-    n_resamples, confidence, seed
-        See :func:`bt_utils.downstream.metrics.bootstrap_ci`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns :data:`SCORE_COLUMNS` (the ``downstream.parquet`` schema).
-    """
+    """Test scores per model, variant, subject, task and seed, with bootstrap intervals over test examples."""
     rows = []
     for key, group in predictions.groupby([*KEYS, "kind", "seed", "layer"], sort=False):  # kind: CTC or decoder
         fields = dict(zip([*KEYS, "kind", "seed", "layer"], key))
@@ -451,27 +349,16 @@ def summarize(predictions: pd.DataFrame, n_resamples: int = 1000, confidence: fl
               seed: int = 0) -> pd.DataFrame:
     """Scores averaged over seeds, with a bootstrap interval of that average and the chance level.
 
-    Each bootstrap replicate resamples the test examples once and scores every
-    seed's predictions on them, so the interval reflects the test set's size
-    with the seeds averaged. ``chance`` is the mean score of predictions that
-    are a random permutation of the test labels (guessing with the label
-    frequencies; multi-label: whole label sets are permuted, which keeps each
-    class's frequency); NaN for ASR. A multi-label probe can beat this chance
-    without reading the audio: predicting a class of frequency ``p`` in every
-    example scores its F1 ``2p / (1 + p)``, above the ``p`` of guessing.
-
     Parameters
     ----------
     predictions : pandas.DataFrame
         :attr:`DownstreamResults.predictions`.
-    n_resamples, confidence, seed
-        See :func:`bt_utils.downstream.metrics.bootstrap_ci`.
 
     Returns
     -------
     pandas.DataFrame
-        ``model, variant, subject, task, metric, value, ci_low, ci_high,
-        chance, n_test, n_seeds, layers`` (chosen layer per seed, e.g. ``"3,3,4"``).
+        ``model, variant, subject, task, metric, value, ci_low, ci_high, chance, n_test, n_seeds, layers`` (chosen
+        layer per seed, e.g. ``"3,3,4"``).
     """
     rows = []
     for key, group in predictions.groupby([*KEYS, "kind"], sort=False):  # kind: CTC or decoder rows of ASR
@@ -511,16 +398,13 @@ class DownstreamResults:
     scores : pandas.DataFrame
         Per-seed test scores (:data:`SCORE_COLUMNS`): ``downstream.parquet``.
     predictions : pandas.DataFrame
-        Test predictions: ``model, variant, subject, task, kind, seed, layer,
-        example_id, label, prediction``; ``kind`` is the task's, or
-        ``"asr_whisper_decoder"`` for the transcripts of Whisper's decoder.
+        Test predictions: ``model, variant, subject, task, kind, seed, layer, example_id, label, prediction``;
+        ``kind`` is the task's, or ``"asr_whisper_decoder"`` for the transcripts of Whisper's decoder.
     selection : pandas.DataFrame
-        Validation scores per layer at its best epoch (:data:`SELECTION_COLUMNS`):
-        ``model, variant, subject, task, seed, layer, epoch, macro_f1,
-        accuracy, micro_f1, wer, loss, chosen``; the scores a task's kind has
-        no use for are NaN (``accuracy`` for multi-label tasks, ``micro_f1`` for
-        classification tasks, ``wer`` for both, the F1s and accuracy for ASR,
-        whose ``loss`` is the CTC loss per character).
+        Validation scores per layer at its best epoch (:data:`SELECTION_COLUMNS`): ``model, variant, subject, task,
+        seed, layer, epoch, macro_f1, accuracy, micro_f1, wer, loss, chosen``; the scores a task's kind has no use
+        for are NaN (``accuracy`` for multi-label tasks, ``micro_f1`` for classification tasks, ``wer`` for both,
+        the F1s and accuracy for ASR, whose ``loss`` is the CTC loss per character).
     """
 
     scores: pd.DataFrame
@@ -545,37 +429,26 @@ def run_downstream(entries: Iterable[ModelEntry | Mapping | str], tasks: Iterabl
     Parameters
     ----------
     entries : iterable of ModelEntry, mapping or str
-        The variants (see :func:`model_entry`), e.g. ``[{"variant": "pretrained",
-        "path": "whisper-tiny.en"}, {"variant": "brain-tuned", "path": "runs/DEMO01/01_brain_tuning"}]``.
+        The variants (see :func:`model_entry`), e.g. ``[{"variant": "pretrained", "path": "whisper-tiny.en"},
+        {"variant": "brain-tuned", "path": "runs/DEMO01/01_brain_tuning"}]``.
     tasks : iterable of DownstreamTask
     seeds : iterable of int
         Seeds of the probes and of the CTC heads; Whisper's decoder runs once, under the first seed.
-    probe : ProbeConfig
     ctc : CtcConfig
         Training of the CTC heads (ASR tasks).
-    device : str
-        See :func:`bt_utils.models.registry.select_device`.
     native_length : bool
-        Whisper: encode the real length instead of 30 s for the probes and
-        CTC heads (much faster on short clips; the paper pads to 30 s).
-        Whisper's decoder always reads 30-s inputs.
+        Whisper: encode the real length instead of 30 s for the probes and CTC heads (much faster on short clips;
+        the paper pads to 30 s).
     batch_size : int
-        Most utterances per encoder pass (see :func:`bt_utils.downstream.features.extract_features`)
-        and per batch of Whisper's decoder.
+        Most utterances per encoder pass (see :func:`bt_utils.downstream.features.extract_features`) and per batch
+        of Whisper's decoder.
     whisper_decoder : bool
-        Also transcribe ASR tasks with Whisper's pretrained decoder around
-        each Whisper variant's encoder (``kind`` ``"asr_whisper_decoder"``,
-        metric ``one_minus_wer_whisper_decoder``). Needs a base model with a
-        trained decoder (not the random ``tiny-whisper``).
+        Also transcribe ASR tasks with Whisper's pretrained decoder around each Whisper variant's encoder (``kind``
+        ``"asr_whisper_decoder"``, metric ``one_minus_wer_whisper_decoder``).
     n_resamples, confidence : int, float
         Bootstrap of the per-seed intervals.
     cache, cache_dir
         Feature cache of the probes (see :func:`bt_utils.downstream.features.extract_features`).
-    progress : bool
-
-    Returns
-    -------
-    DownstreamResults
     """
     entries, tasks, seeds = [model_entry(e) for e in entries], list(tasks), list(seeds)
     keys = [(e.model, e.variant, e.subject) for e in entries]

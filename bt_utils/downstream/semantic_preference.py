@@ -1,20 +1,9 @@
 """Semantic preference: do a model's layers group spoken words by meaning or by sound?
 
-Following the analysis of Choi et al. (2024), each word is spoken on its own,
-encoded, and every layer's hidden states are mean-pooled over the frames
-computed from real audio. Per layer, the mean cosine similarity of synonym
-pairs (``big/large``: same meaning, different sound), of minimal pairs
-(``cat/cap``: one phoneme apart, unrelated meaning) and of unrelated pairs of
-the same words (the baseline of how similar any two words are); the
-preference is semantic minus phonetic similarity, positive where the layer
-puts synonyms closer together than words that sound alike.
-
-Words are synthesised with several eSpeak NG voices (:data:`DEFAULT_VOICES`)
-and averaged over them, or read from recordings (:func:`pairs_from_file`).
-Pooled embeddings are cached per encoder fingerprint, word and voice. The pair
-lists of ``bt_utils/data/word_pairs/`` (:func:`load_pairs`) were written for
-this package; their README gives the criteria. docs/method.md ("Semantic
-preference") gives the protocol's settings.
+Words are synthesised with several eSpeak NG voices (:data:`DEFAULT_VOICES`) and averaged over them, or read from
+recordings (:func:`pairs_from_file`). Pooled embeddings are cached per encoder fingerprint, word and voice. The
+pair lists of ``bt_utils/data/word_pairs/`` (:func:`load_pairs`) were written for this package; their README gives
+the criteria. docs/method.md ("Semantic preference") gives the protocol's settings.
 """
 
 from __future__ import annotations
@@ -60,18 +49,7 @@ _CACHE_FOLDER = "semantic_preference"
 
 
 def load_pairs(kind: str) -> pd.DataFrame:
-    """A word-pair list shipped with the package.
-
-    Parameters
-    ----------
-    kind : {"semantic", "phonetic"}
-        Synonym pairs, or minimal pairs (one phoneme apart) unrelated in meaning.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``word_a, word_b``; one row per pair.
-    """
+    """A word-pair list shipped with the package."""
     check_option("kind", kind, PAIR_KINDS)
     resource = resources.files("bt_utils").joinpath("data", "word_pairs", f"{kind}_pairs.csv")
     with resources.as_file(resource) as path:
@@ -81,29 +59,12 @@ def load_pairs(kind: str) -> pd.DataFrame:
 def pairs_from_file(path: str | os.PathLike) -> pd.DataFrame:
     """Read a list of word pairs from a CSV file.
 
-    The file has columns ``word_a`` and ``word_b`` (single words; compared in
-    lower case) and, to use recordings instead of synthesised speech,
-    ``audio_a`` and ``audio_b``: paths of audio files (absolute, or relative to
-    the CSV's folder) of those words. Recordings may have any sample rate and
-    channel count; they are read as mono and resampled to 16 kHz.
-
-    Parameters
-    ----------
-    path : path-like
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``word_a, word_b`` and, if the file has them, ``audio_a,
-        audio_b`` (absolute paths); one row per pair.
-
     Raises
     ------
     FileNotFoundError
         The CSV or one of the audio files it names does not exist.
     bt_utils.validation.DataError
-        No pairs, missing columns, empty or multi-word entries, a word
-        paired with itself, or the same pair twice.
+        No pairs, missing columns, empty or multi-word entries, a word paired with itself, or the same pair twice.
     """
     path = Path(path)
     if not path.is_file():
@@ -157,22 +118,7 @@ def _line(row: int) -> int:
 
 
 def unrelated_pairs(related: Iterable[pd.DataFrame], n_pairs: int, seed: int = 0) -> pd.DataFrame:
-    """Random pairs of the words of some pair lists that are not pairs of those lists.
-
-    Parameters
-    ----------
-    related : iterable of pandas.DataFrame
-        Pair tables (``word_a, word_b``), e.g. the semantic and phonetic lists.
-    n_pairs : int
-        Pairs to draw, without repetition.
-    seed : int
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``word_a, word_b``: ``n_pairs`` distinct pairs of different
-        words, none of which is a pair (in either order) of ``related``.
-    """
+    """Random pairs of the words of some pair lists that are not pairs of those lists."""
     related = list(related)
     words = sorted({w for table in related for w in (*table.word_a, *table.word_b)})
     taken = {frozenset(p) for table in related for p in zip(table.word_a, table.word_b)}
@@ -196,24 +142,8 @@ def voice_label(voice: str, words_per_minute: int, pitch: int) -> str:
 
 def spoken_words(words: Iterable[str], voices: Iterable[str] = DEFAULT_VOICES, words_per_minute: int = 160,
                  pitch: int = 50) -> dict[str, dict[str, np.ndarray]]:
-    """Synthesise each word on its own with several voices.
-
-    Parameters
-    ----------
-    words : iterable of str
-    voices : iterable of str
-        Voices of the registered speech synthesiser (the demo registers eSpeak NG's:
-        :func:`bt_utils.demo.speech.available_voices`).
-        Breathy variants such as ``+f2`` or ``+whisper`` differ from process
-        to process; the default voices do not.
-    words_per_minute, pitch : int
-        See :func:`bt_utils.demo.speech.synthesize`.
-
-    Returns
-    -------
-    dict
-        ``{word: {voice_label: audio}}``; ``audio`` float32 of shape
-        (n_samples,) at 16 kHz; labels from :func:`voice_label`.
+    """Synthesise each word on its own with several voices: ``{word: {voice_label: audio}}``, audio float32 of shape
+    (n_samples,) at 16 kHz.
     """
     labels = {voice: voice_label(voice, words_per_minute, pitch) for voice in voices}
     if not labels:
@@ -225,19 +155,8 @@ def spoken_words(words: Iterable[str], voices: Iterable[str] = DEFAULT_VOICES, w
 
 
 def recorded_words(pairs: Iterable[pd.DataFrame]) -> dict[str, dict[str, np.ndarray]]:
-    """The recordings named in the ``audio_a`` and ``audio_b`` columns of pair tables.
-
-    Parameters
-    ----------
-    pairs : iterable of pandas.DataFrame
-        From :func:`pairs_from_file`, with audio columns.
-
-    Returns
-    -------
-    dict
-        ``{word: {file path: audio}}``; ``audio`` float32 of shape
-        (n_samples,) at 16 kHz, mono. A word recorded in several files has
-        several entries.
+    """The recordings named in the ``audio_a`` and ``audio_b`` columns of pair tables: ``{word: {file path: audio}}``,
+    audio float32 mono of shape (n_samples,) at 16 kHz.
     """
     audio: dict[str, dict[str, np.ndarray]] = {}
     for table in pairs:
@@ -255,10 +174,7 @@ def recorded_words(pairs: Iterable[pd.DataFrame]) -> dict[str, dict[str, np.ndar
 
 def embedding_cache_path(fingerprint: str, word: str, label: str, audio: np.ndarray,
                          cache_dir: str | os.PathLike | None = None) -> Path:
-    """Cache file of one word's pooled hidden states under one voice (or recording).
-
-    The key is the encoder's fingerprint, the word, the voice label and the audio itself.
-    """
+    """Cache file of one word's pooled hidden states under one voice (or recording)."""
     digest = hashlib.sha256(f"{word}\n{label}\n".encode())
     digest.update(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
     stem = re.sub(r"[^a-z0-9]+", "_", word.lower()).strip("_") or "word"
@@ -267,21 +183,8 @@ def embedding_cache_path(fingerprint: str, word: str, label: str, audio: np.ndar
 
 @torch.inference_mode()
 def pooled_states(encoder: SpeechEncoder, audio: np.ndarray) -> np.ndarray:
-    """Every layer's hidden states of one piece of audio, averaged over its valid frames.
-
-    The audio is encoded alone (a batch of one), so the result does not
-    depend on what else is being encoded.
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-    audio : ndarray of shape (n_samples,)
-        16 kHz.
-
-    Returns
-    -------
-    ndarray of shape (n_layers + 1, D)
-        float32.
+    """Every layer's hidden states of 16-kHz ``audio`` (n_samples,) averaged over its valid frames: float32
+    (n_layers + 1, D).
     """
     samples = torch.as_tensor(np.asarray(audio, dtype=np.float32))[None]
     output = encoder(samples, torch.tensor([samples.shape[1]]))
@@ -294,24 +197,8 @@ def word_embeddings(encoder: SpeechEncoder, audio_by_word: Mapping[str, Mapping[
                     progress: bool = True) -> dict[str, np.ndarray]:
     """Each word's pooled hidden states, averaged over its voices (or recordings).
 
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-        Used in eval mode, without gradients.
-    audio_by_word : mapping
-        ``{word: {voice_label: audio}}`` as :func:`spoken_words` or
-        :func:`recorded_words` return; ``audio`` of shape (n_samples,) at 16 kHz.
-    cache : bool
-        Read and write the per-word cache (:func:`embedding_cache_path`).
-    cache_dir : path-like, optional
-        Root of the cache (default :func:`bt_utils.cache.cache_root`).
-    progress : bool
-        Show a progress bar over the pieces of audio that are not cached.
-
-    Returns
-    -------
-    dict
-        ``{word: ndarray of shape (n_layers + 1, D)}``, float64.
+    ``audio_by_word`` is ``{word: {label: audio of shape (n_samples,)}}`` (:func:`spoken_words`,
+    :func:`recorded_words`); returns ``{word: float64 ndarray of shape (n_layers + 1, D)}``.
     """
     empty = [word for word, voices in audio_by_word.items() if not voices]
     if empty:
@@ -341,18 +228,8 @@ def word_embeddings(encoder: SpeechEncoder, audio_by_word: Mapping[str, Mapping[
 def pair_similarity(embeddings: Mapping[str, np.ndarray], pairs: pd.DataFrame) -> pd.DataFrame:
     """Cosine similarity of the two words of each pair, per layer.
 
-    Parameters
-    ----------
-    embeddings : mapping
-        ``{word: ndarray of shape (n_layers + 1, D)}`` (:func:`word_embeddings`).
-    pairs : pandas.DataFrame
-        Columns ``word_a, word_b``; P rows.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``pair`` (``"word_a/word_b"``), ``layer`` (0 = input of the first
-        transformer layer), ``similarity``: P * (n_layers + 1) rows.
+    ``embeddings`` is ``{word: ndarray of shape (n_layers + 1, D)}``; returns columns ``pair`` (``"word_a/word_b"``),
+    ``layer`` and ``similarity``, P * (n_layers + 1) rows.
     """
     if pairs.empty:
         raise ValueError("pairs is empty")
@@ -370,31 +247,7 @@ def pair_similarity(embeddings: Mapping[str, np.ndarray], pairs: pd.DataFrame) -
 
 def preference_table(similarities: Mapping[str, pd.DataFrame], n_bootstrap: int = 2000, confidence: float = 0.95,
                      seed: int = 0) -> pd.DataFrame:
-    """Mean similarity of each kind of pair per layer, and the semantic preference with a bootstrap interval.
-
-    Parameters
-    ----------
-    similarities : mapping
-        ``{"semantic": table, "phonetic": table, "unrelated": table}`` of
-        :func:`pair_similarity` tables.
-    n_bootstrap : int
-        Resamples of the interval: the semantic and the phonetic pairs are each
-        drawn with replacement, the same draws for every layer.
-    confidence : float
-        Coverage of the percentile interval, in (0, 1).
-    seed : int
-        Seed of the resamples. Tables of several models on the same pair lists
-        with the same seed use the same resamples.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``layer, semantic, phonetic, unrelated, preference, preference_low,
-        preference_high``; one row per layer. ``preference = semantic -
-        phonetic``; ``preference_low``/``preference_high`` bound its interval
-        over resampled pairs (how much the preference depends on the pairs
-        chosen).
-    """
+    """Mean similarity of each kind of pair per layer, and the semantic preference with a bootstrap interval."""
     missing = [kind for kind in SIMILARITY_KINDS if kind not in similarities]
     if missing:
         raise ValueError(f"similarities lacks {missing}; it needs a table for each of {list(SIMILARITY_KINDS)}")
@@ -476,39 +329,30 @@ def semantic_preference(model: SpeechEncoder | str | os.PathLike,
     Parameters
     ----------
     model : SpeechEncoder, str or path-like
-        An encoder, or anything :func:`bt_utils.models.registry.load_encoder` loads
-        (registry name, Hub id, folder, brain-tuned checkpoint).
+        An encoder, or anything :func:`bt_utils.models.registry.load_encoder` loads (registry name, Hub id, folder,
+        brain-tuned checkpoint).
     pairs : mapping, optional
-        ``{"semantic": pairs, "phonetic": pairs}``, each a table with columns
-        ``word_a, word_b`` or a CSV path for :func:`pairs_from_file`. Default:
-        the shipped lists (:func:`load_pairs`). If the lists name recordings
-        (``audio_a, audio_b``), those are used and ``voices``,
-        ``words_per_minute`` and ``pitch`` are ignored; both lists must, or neither.
+        ``{"semantic": pairs, "phonetic": pairs}``, each a table with columns ``word_a, word_b`` or a CSV path for
+        :func:`pairs_from_file`. Default: the shipped lists (:func:`load_pairs`).
     voices : iterable of str
         eSpeak voices each word is spoken with; embeddings are averaged over them.
-    words_per_minute, pitch : int
-        See :func:`bt_utils.demo.speech.synthesize`.
     n_unrelated : int, optional
-        Unrelated pairs to draw from the words of both lists (default: as
-        many as the longer list has pairs).
+        Unrelated pairs to draw from the words of both lists (default: as many as the longer list has pairs).
     seed : int
         Seed of the unrelated pairs.
     native_length : bool
-        When ``model`` is loaded here and is a Whisper encoder: encode each
-        word at its own length instead of padded to 30 s (faster; Whisper was
-        trained on 30-s inputs). A given encoder is used as it is.
+        When ``model`` is loaded here and is a Whisper encoder: encode each word at its own length instead of
+        padded to 30 s (faster; Whisper was trained on 30-s inputs).
     device : str
         Where a model loaded here runs (see :func:`bt_utils.models.registry.select_device`).
     cache, cache_dir
         Per-word embedding cache (see :func:`word_embeddings`).
-    progress : bool
 
     Returns
     -------
     pandas.DataFrame
-        ``layer, semantic, phonetic, unrelated, preference, preference_low,
-        preference_high``: one row per hidden state (``n_layers + 1``; layer 0
-        is the input of the first transformer layer). ``preference = semantic
+        ``layer, semantic, phonetic, unrelated, preference, preference_low, preference_high``: one row per hidden
+        state (``n_layers + 1``; layer 0 is the input of the first transformer layer). ``preference = semantic
         - phonetic``, with its 95 % bootstrap interval over pairs
         (:func:`preference_table`).
     """
@@ -528,17 +372,15 @@ def compare_variants(variants: Mapping[str, SpeechEncoder | str | os.PathLike],
     Parameters
     ----------
     variants : mapping
-        ``{variant name: model}``, e.g. ``{"pretrained": "whisper-tiny.en",
-        "brain-tuned": "runs/DEMO01/01_brain_tuning"}``; each model as in
-        :func:`semantic_preference`. Models are loaded one at a time.
+        ``{variant name: model}``, e.g. ``{"pretrained": "whisper-tiny.en", "brain-tuned":
+        "runs/DEMO01/01_brain_tuning"}``; each model as in :func:`semantic_preference`.
     pairs, voices, words_per_minute, pitch, n_unrelated, seed, native_length, device, cache, cache_dir, progress
         As in :func:`semantic_preference`.
 
     Returns
     -------
     pandas.DataFrame
-        ``variant`` and :func:`semantic_preference`'s columns; one row per
-        variant and layer. Every variant's interval uses the same resampled pairs.
+        ``variant`` and :func:`semantic_preference`'s columns; one row per variant and layer.
     """
     if not variants:
         raise ValueError("variants is empty: give at least one {name: model}")
@@ -558,19 +400,7 @@ def compare_variants(variants: Mapping[str, SpeechEncoder | str | os.PathLike],
 def plot_preference(table: pd.DataFrame):
     """Semantic preference and pair similarities per layer, one colour per variant.
 
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        From :func:`compare_variants`, or from :func:`semantic_preference`
-        (a single model, no ``variant`` column).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        Left: preference (semantic - phonetic) per layer with its bootstrap
-        interval (shaded), 0 dashed. Right:
-        mean cosine similarity of semantic (solid), phonetic (dashed) and
-        unrelated (dotted) pairs per layer.
+    ``table`` comes from :func:`compare_variants` or :func:`semantic_preference` (one model, no ``variant`` column).
     """
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D

@@ -1,21 +1,7 @@
 """Brain alignment: from a speech model's layer features to voxel-wise and ROI scores.
 
-For every participant, model variant (pretrained, brain-tuned, controls) and layer:
-layer features per TR (:mod:`bt_utils.features.extraction`, cached) -> delayed design
-matrices -> ridge regression with a per-voxel penalty chosen by cross-validation
-over stories (:mod:`bt_utils.encoding.ridge`) -> Pearson r between the prediction of the
-test story and the mean of its repeats, and ``r / cc_max`` for the voxels whose
-noise ceiling exceeds ``min_ceiling`` -> optional voxel-wise block-permutation
-p-values with FDR correction -> ROI means (:mod:`bt_utils.encoding.stats`).
-
-Result tables (tidy):
-
-- voxels: ``subject, model, variant, layer, voxel, r, r_norm, alpha, tuned_on`` (+
-  ``p_value, q_value, significant`` with permutations); ``r_norm`` is NaN for
-  excluded voxels; ``tuned_on`` names the participants a brain-tuned variant was
-  tuned on, from its checkpoint (so that a participant it never saw is known);
-- ROIs: ``subject, model, variant, tuned_on, layer, roi, r_norm_mean, n_voxels, n_parcels`` (parcels weigh the same).
-"""
+Per participant, variant and layer: cached TR features -> delayed design -> ridge with a cross-validated penalty per
+voxel -> ``r`` and ``r / cc_max`` on the test story -> optional permutation p-values -> ROI means."""
 
 from __future__ import annotations
 
@@ -58,9 +44,8 @@ class AlignmentSettings:
     window : WindowSettings
         The reference protocol or the fast mode (see docs/feature_windows.md).
     native_length : bool
-        Whisper only: run the encoder on each window's real length instead of
-        padding it to 30 s (faster; the protocol pads, and native-length features
-        shift with the window's start, see docs/feature_windows.md).
+        Whisper only: run the encoder on each window's real length instead of padding it to 30 s (faster; the
+        protocol pads, and native-length features shift with the window's start, see docs/feature_windows.md).
     delays : tuple of int
         FIR delays in TRs.
     cv : {"story", "bootstrap"}
@@ -74,13 +59,12 @@ class AlignmentSettings:
     min_ceiling : float
         Voxels with ``cc_max`` at or below it get ``r_norm = NaN``.
     n_permutations : int
-        Block permutations for voxel-wise p-values (0: none; use >= 1000 so that
-        FDR correction over thousands of voxels can reject).
+        Block permutations for voxel-wise p-values (0: none; use >= 1000 so that FDR correction over thousands of
+        voxels can reject).
     permutation_block_trs : int
         Length of the permuted blocks of test TRs.
     include_validation : bool
         Train the encoding models on the validation stories too.
-    seed : int
     """
 
     layers: tuple[int, ...] | None = None
@@ -118,10 +102,8 @@ class SubjectTargets:
 
 
 def subject_targets(dataset: Dataset, subject: str, include_validation: bool = True) -> SubjectTargets:
-    """Training responses (stories in split order) and the test story's repeat mean, trimmed to pair with the design.
-
-    The noise ceiling is computed on the same test rows that are scored (``[40:]``), as in the
-    authors' evaluation, so that r / cc_max compares correlations over the same TRs.
+    """Training responses (stories in split order) and the test story's repeat mean, trimmed to pair with the
+    design.
     """
     split = dataset.split(subject)
     stories = tuple(split.train) + (tuple(split.validation) if include_validation else ())
@@ -142,25 +124,8 @@ def cv_splits(labels: np.ndarray, settings: AlignmentSettings) -> list[tuple[np.
 
 def score_layer(x_train: np.ndarray, x_test: np.ndarray, labels: np.ndarray, targets: SubjectTargets,
                 settings: AlignmentSettings) -> pd.DataFrame:
-    """Fit the encoding model of one layer and score it on the test story.
-
-    Parameters
-    ----------
-    x_train : ndarray of shape (n_train_trs, n_features)
-    x_test : ndarray of shape (n_test_trs, n_features)
-    labels : ndarray of shape (n_train_trs,)
-        Story of each training row (for the folds).
-    targets : SubjectTargets
-    settings : AlignmentSettings
-
-    Returns
-    -------
-    table : DataFrame
-        One row per voxel: ``voxel, r, r_norm, alpha`` (+ ``p_value, q_value, significant``
-        with ``settings.n_permutations``: the block-permutation p-value of every voxel, and
-        Benjamini-Hochberg over the evaluated voxels, those with a noise ceiling above
-        ``settings.min_ceiling``; the others get ``q_value`` NaN and are never significant).
-        With ``n`` permutations the smallest p-value is ``1 / (n + 1)``.
+    """Fit the encoding model of one layer and score it on the test story, from ``x_train`` (n_train_trs, n_features),
+    ``x_test`` (n_test_trs, n_features) and the story of each training row, ``labels`` (n_train_trs,).
     """
     if len(x_train) != len(targets.train) or len(x_test) != len(targets.test):
         raise ValueError(f"design ({len(x_train)} train, {len(x_test)} test rows) and responses "
@@ -182,33 +147,8 @@ def score_layer(x_train: np.ndarray, x_test: np.ndarray, labels: np.ndarray, tar
 
 def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray,
                     settings: AlignmentSettings) -> np.ndarray:
-    """Mean over stories of the Pearson r of each story's held-out prediction (leave one story out).
-
-    Each story is predicted by an encoding model fitted on the other stories
-    (per-voxel alpha chosen by ``settings.cv`` inside them) and scored on its
-    own; the scores are averaged with equal weight per story. With all ``n``
-    training TRs scored instead of the test story's few dozen, r has a much
-    smaller sampling error, which is what comparisons between feature variants
-    need (single-repeat responses, so r is lower than on the test story's
-    repeat mean and is not divided by a noise ceiling). Per-story scoring keeps
-    r unbiased under the null; one r over the concatenated predictions is not,
-    because each fold picks its own alphas, which scale its predictions (on
-    pure noise it falls below 0).
-
-    Parameters
-    ----------
-    x_train : ndarray of shape (n, n_features)
-        Design rows of the training stories (:func:`bt_utils.features.design.layer_design`).
-    y_train : ndarray of shape (n, n_voxels)
-        Responses paired with ``x_train`` (:attr:`SubjectTargets.train`).
-    labels : ndarray of shape (n,)
-        Story of each row; at least 3 stories.
-    settings : AlignmentSettings
-        ``alphas``, ``cv``, ``n_folds``, ``backend``, ``seed``.
-
-    Returns
-    -------
-    r : ndarray of shape (n_voxels,)
+    """Mean over stories of the Pearson r of each story's held-out prediction (leave one story out), of shape
+    (n_voxels,), from ``x_train`` (n, n_features), ``y_train`` (n, n_voxels) and ``labels`` (n,), at least 3 stories.
     """
     labels = np.asarray(labels)
     if not len(x_train) == len(y_train) == len(labels):
@@ -230,26 +170,8 @@ def story_cv_scores(x_train: np.ndarray, y_train: np.ndarray, labels: np.ndarray
 def score_features(dataset: Dataset, subject: str, features: Mapping[str, Mapping[int, np.ndarray]],
                    layers: tuple[int, ...], targets: SubjectTargets, settings: AlignmentSettings,
                    standardise: bool = True) -> pd.DataFrame:
-    """Encoding-model scores of every layer of precomputed TR features for one subject.
-
-    Parameters
-    ----------
-    dataset : Dataset
-    subject : str
-    features : mapping of str to mapping of int to ndarray of shape (n_trs, d)
-        Untrimmed TR features per story and layer (e.g. from
-        :func:`bt_utils.features.extraction.dataset_tr_features`, or residualised ones).
-    layers : tuple of int
-    targets : SubjectTargets
-    settings : AlignmentSettings
-    standardise : bool
-        z-score each story's features (default); ``False`` for residualised
-        features (see :func:`bt_utils.features.design.layer_design`).
-
-    Returns
-    -------
-    table : DataFrame
-        :func:`score_layer`'s columns plus ``layer``.
+    """Encoding-model scores of every layer of precomputed TR features for one subject: ``features`` maps story and
+    layer to untrimmed ndarray of shape (n_trs, d) (e.g. :func:`bt_utils.features.extraction.dataset_tr_features`).
     """
     split = dataset.split(subject)
     tables = []
@@ -326,8 +248,7 @@ def check_runs(dataset: Dataset, subjects: list[str], variants: Mapping[str, str
     Raises
     ------
     ValueError
-        ``subjects`` is a string or empty, or names subjects the dataset does
-        not have; ``variants`` is empty.
+        ``subjects`` is a string or empty, or names subjects the dataset does not have; ``variants`` is empty.
     KeyError
         A variant has no model for one of the subjects.
     """
@@ -353,24 +274,19 @@ def align(dataset: Dataset, subjects: list[str], variants: Mapping[str, str | Ma
 
     Parameters
     ----------
-    dataset : Dataset
     subjects : list of str
     variants : mapping
-        Variant name -> model (registry name, Hub id, folder or brain-tuning
-        checkpoint), the same for every subject (``{subject}`` in a path is
-        replaced by the subject), or a mapping subject -> model (brain-tuned
+        Variant name -> model (registry name, Hub id, folder or brain-tuning checkpoint), the same for every
+        subject (``{subject}`` in a path is replaced by the subject), or a mapping subject -> model (brain-tuned
         models are per participant).
     model : str
         Label of the model family in the tables (e.g. "whisper-tiny.en").
-    settings : AlignmentSettings
-    device : str
-    progress : bool
 
     Returns
     -------
     voxels : DataFrame
-        ``subject, model, variant, layer, voxel, r, r_norm, alpha, tuned_on`` (+
-        permutation columns); ``tuned_on``: see :func:`tuned_on`.
+        ``subject, model, variant, layer, voxel, r, r_norm, alpha, tuned_on`` (+ permutation columns);
+        ``tuned_on``: see :func:`tuned_on`.
     """
     tables = []
     for subject in check_runs(dataset, subjects, variants):
@@ -392,9 +308,6 @@ def order_columns(voxels: pd.DataFrame) -> pd.DataFrame:
 def alignment_rois(dataset: Dataset, voxels: pd.DataFrame, atlas_dir=None, weighting: str = "parcel") -> pd.DataFrame:
     """ROI means of ``r_norm``: ``subject, model, variant, tuned_on, layer, roi, r_norm_mean, n_voxels, n_parcels``
     (``tuned_on`` when the voxel table has it).
-
-    ``weighting="parcel"`` (default) averages within each parcel of an ROI, then over its
-    parcels; ``"voxel"`` averages over its voxels (see :func:`bt_utils.encoding.stats.roi_mean`).
     """
     rois = {subject: subject_rois(dataset, subject, atlas_dir) for subject in voxels.subject.unique()}
     keys = ("subject", "model", "variant", *(["tuned_on"] if "tuned_on" in voxels else []), "layer")

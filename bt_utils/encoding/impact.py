@@ -1,23 +1,7 @@
 """Low-level feature impact: how much of a layer's alignment is carried by low-level speech features.
 
-Every dimension of a layer's TR features is regressed on the low-level
-features (ridge, 10-fold cross-validated penalty in 1e-6 ... 1e9, fitted on the
-training TRs only); the residuals, computed for every story, replace the
-features; the encoding models are refitted on them, with the residuals in the
-units of the z-scored features they came from (not z-scored again, as in the
-authors' residual evaluation). The impact is the percentage
-drop of normalised alignment, ``100 * (orig - residual) / orig``, per voxel (where
-``orig > 0``) and per ROI, where it is the drop of the ROI's mean alignment
-(:func:`impact_rois`), reported only where that mean is clearly above 0: a ratio
-to a mean near 0 is noise, not an impact.
-
-Beyond the paper, :func:`variance_partition` splits the test-story variance a
-voxel shares with the model and low-level features into the part unique to
-each and the shared part, from three fits (joint banded ridge, each space alone); the
-joint banded ridge is solved by :func:`banded_ridge_grid`, a grid over the mixing of the
-two bands' penalties, each point one ordinary ridge fit (himalaya's random search is
-the reference path, ``solver="himalaya"``).
-"""
+A layer's features are replaced by their residuals after regressing out the low-level features, the encoding
+models refitted, and the drop of alignment reported per voxel and ROI. docs/method.md ("Impact") defines it."""
 
 from __future__ import annotations
 
@@ -85,31 +69,10 @@ def story_low_level(dataset: Dataset, stories: Sequence[str], names: Sequence[st
 def residualise(model: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], dataset: Dataset,
                 train_stories: Sequence[str], alphas: np.ndarray = RESIDUAL_ALPHAS, n_folds: int = 10,
                 backend: str = "numpy") -> dict[str, np.ndarray]:
-    """Remove what low-level features predict from model features.
+    """Remove what low-level features predict from model features, per story.
 
-    Both are z-scored per story; the ridge from low-level to model features is
-    fitted on the ``[10:-5]`` rows of the training stories, with a penalty per
-    model dimension chosen by ``n_folds``-fold cross-validation, and applied to
-    every row of every story.
-
-    Parameters
-    ----------
-    model : mapping of str to ndarray of shape (n_trs, d)
-        Untrimmed TR features of one layer per story.
-    low : mapping of str to ndarray of shape (n_trs, k)
-        Untrimmed low-level features per story (same stories and TRs).
-    dataset : Dataset
-        Gives each story's TR count.
-    train_stories : sequence of str
-    alphas : ndarray
-    n_folds : int
-    backend : str
-
-    Returns
-    -------
-    residual : dict of str to ndarray of shape (n_trs, d)
-        In the units of the z-scored model features; each story's kept rows
-        have mean 0 for the training stories.
+    ``model`` maps stories to untrimmed TR features of shape (n_trs, d), ``low`` to low-level features of shape
+    (n_trs, k); returns residuals of shape (n_trs, d) per story, in the units of the z-scored model features.
 
     Raises
     ------
@@ -118,8 +81,8 @@ def residualise(model: Mapping[str, np.ndarray], low: Mapping[str, np.ndarray], 
     KeyError
         If a training story has no model features or a story has no low-level features.
     DataError
-        If a story's model and low-level features differ in TRs, or the stories' low-level
-        features differ in columns.
+        If a story's model and low-level features differ in TRs, or the stories' low-level features differ in
+        columns.
     """
     test_story = dataset.split().test
     if test_story in train_stories:
@@ -218,24 +181,14 @@ def impact_rois(voxels: pd.DataFrame, rois: Mapping[str, Mapping], weighting: st
                 min_alignment: float = IMPACT_MIN_ALIGNMENT, alpha: float = IMPACT_ALPHA) -> pd.DataFrame:
     """Low-level impact per ROI: the drop of the ROI's mean alignment.
 
-    For every condition and ROI, over the ROI's voxels with a finite ``r_norm_orig``
-    and ``r_norm_resid``: the ROI means ``orig`` and ``resid``
-    (:func:`bt_utils.encoding.stats.roi_mean`, each parcel weighing the same by
-    default) and ``drop_pct = 100 * (orig - resid) / orig``. The drop is
-    reported only where the original alignment is meaningfully above 0: ``orig``
-    at least ``min_alignment`` and significantly above 0 across the ROI's voxels
-    (one-sided t-test of the ROI mean at level ``alpha``, from the voxel-to-voxel
-    spread within parcels); elsewhere ``drop_pct`` is NaN and ``drop_status`` says
-    why (:data:`DROP_STATUSES`). Per-voxel percentages are never averaged.
-
     Parameters
     ----------
     voxels : DataFrame
-        :func:`low_level_impact`'s table: ``subject, model, variant, layer, feature_set,
-        voxel, r_norm_orig, r_norm_resid``.
+        :func:`low_level_impact`'s table: ``subject, model, variant, layer, feature_set, voxel, r_norm_orig,
+        r_norm_resid``.
     rois : mapping
-        ``rois[subject][roi]``: parcels ``{parcel: voxel indices}``
-        (:func:`bt_utils.data.rois.subject_rois`) or an array of voxel indices (one parcel).
+        ``rois[subject][roi]``: parcels ``{parcel: voxel indices}`` (:func:`bt_utils.data.rois.subject_rois`) or an
+        array of voxel indices (one parcel).
     weighting : {"parcel", "voxel"}
     min_alignment : float
         Smallest ``orig`` (mean ``r / cc_max``) whose drop is reported.
@@ -245,9 +198,8 @@ def impact_rois(voxels: pd.DataFrame, rois: Mapping[str, Mapping], weighting: st
     Returns
     -------
     table : DataFrame
-        ``subject, model, variant, layer, roi, feature_set, r_norm_orig, r_norm_resid, drop_pct,
-        p_orig, drop_status, n_voxels, n_parcels``; ``p_orig`` is the one-sided p-value of
-        ``r_norm_orig > 0``.
+        ``subject, model, variant, layer, roi, feature_set, r_norm_orig, r_norm_resid, drop_pct, p_orig,
+        drop_status, n_voxels, n_parcels``; ``p_orig`` is the one-sided p-value of ``r_norm_orig > 0``.
     """
     check_option("weighting", weighting, ROI_WEIGHTINGS)
     if not 0 < alpha < 1:
@@ -357,35 +309,8 @@ def banded_ridge_grid(x1_train: np.ndarray, x2_train: np.ndarray, y_train: np.nd
                       score: str = "r2") -> BandedGridFit:
     """Two-band banded ridge by grid search, with a penalty per band and voxel.
 
-    Banded ridge minimises ``||X1 w1 + X2 w2 - y||^2 + alpha_1 ||w1||^2 + alpha_2 ||w2||^2``.
-    Substituting ``w1 = sqrt(g) v1`` and ``w2 = sqrt(1 - g) v2`` makes it exactly ridge with one
-    penalty ``alpha`` on ``[sqrt(g) X1, sqrt(1 - g) X2]``, where ``alpha_1 = alpha / g`` and
-    ``alpha_2 = alpha / (1 - g)`` (himalaya's parametrisation, ``g`` its kernel weight ``gamma``).
-    So for every ``g`` of ``band_mixes``, one :class:`bt_utils.encoding.ridge.EigenRidgeCV` fit of the
-    rescaled features scores all ``alphas`` per voxel (sharing one eigendecomposition), and each
-    voxel keeps the ``(g, alpha)`` of the best cross-validated score (ties: the earlier ``g``, then
-    the larger ``alpha``) and the test predictions of that refit; the weights of each ``g`` are
-    discarded once its test predictions are computed. Cost: ``n_mixes`` ridge fits.
-
-    Parameters
-    ----------
-    x1_train, x2_train : ndarray of shape (n, d1), (n, d2)
-        Training features of the two bands (z-scored: no intercept is fitted).
-    y_train : ndarray of shape (n, n_voxels)
-    x1_test, x2_test : ndarray of shape (m, d1), (m, d2)
-        Test features of the two bands.
-    folds : list of (train, test) index arrays
-        Cross-validation splits of the ``n`` training rows.
-    alphas : ndarray of shape (n_alphas,)
-        Overall penalties searched.
-    band_mixes : ndarray of shape (n_mixes,)
-        Weights ``g`` of the first band, strictly inside (0, 1) (default :data:`BAND_MIXES`).
-    backend, dtype, score
-        As for :class:`bt_utils.encoding.ridge.EigenRidgeCV` (``score`` is its ``scoring``).
-
-    Returns
-    -------
-    fit : BandedGridFit
+    ``x1_*``, ``x2_*`` are the two bands' z-scored features, of shapes (n, d1), (n, d2) for training and (m, d1),
+    (m, d2) for test; ``y_train`` has shape (n, n_voxels); ``band_mixes`` are weights of the first band in (0, 1).
     """
     check_option("dtype", dtype, ("float32", "float64"))
     _check_rows(x1_train=x1_train, x2_train=x2_train, y_train=y_train)
@@ -439,46 +364,9 @@ def partition_variance(model_train: np.ndarray, low_train: np.ndarray, y_train: 
                        band_mixes: np.ndarray = BAND_MIXES) -> pd.DataFrame:
     """Unique and shared test-set variance of two feature spaces per voxel.
 
-    Three encoding models are fitted on the training rows: each space alone
-    (ridge with a cross-validated penalty per voxel) and both together with
-    banded ridge (one penalty per space and voxel). With ``R2`` the squared
-    prediction correlation on the test rows:
-    ``shared = R2_model + R2_low - R2_joint``, ``unique_model = R2_joint - R2_low``,
-    ``unique_low = R2_joint - R2_model``.
-
-    Parameters
-    ----------
-    model_train, low_train : ndarray of shape (n, d_model), (n, d_low)
-        Training features of the model and of the low-level features.
-    y_train : ndarray of shape (n, n_voxels)
-    model_test, low_test : ndarray of shape (m, d_model), (m, d_low)
-    y_test : ndarray of shape (m, n_voxels)
-    folds : list of (train, test) index arrays
-        Cross-validation splits of the ``n`` training rows.
-    alphas : ndarray of shape (n_alphas,)
-        Penalties of the single-space fits and overall penalties of the banded search.
-    n_iter : int
-        Random-search iterations of the banded ridge (``solver="himalaya"`` only).
-    random_state : int
-        Seed of the random search (``solver="himalaya"`` only).
-    backend : {"numpy", "torch", "torch_cuda"}
-        Array library of the single-space fits and of the grid solver.
-    solver : {"grid", "himalaya"}
-        ``"grid"`` (default): :func:`banded_ridge_grid`, a deterministic search of ``band_mixes`` x
-        ``alphas`` (``len(band_mixes)`` ridge fits; faster than the reference on demo-sized problems,
-        see docs/benchmarks.md, "Variance partitioning: `bench_partition.py`"); ``"himalaya"``:
-        himalaya's ``BandedRidgeCV`` random
-        search (``n_iter`` draws of the band weights), the reference.
-    band_mixes : ndarray of shape (n_mixes,)
-        Weights ``g`` of the model band searched by ``solver="grid"`` (default :data:`BAND_MIXES`).
-
-    Returns
-    -------
-    table : DataFrame
-        ``voxel, r2_joint, r2_model, r2_low, unique_model, unique_low, shared, band_mix, alpha_joint``
-        (one row per voxel): ``band_mix`` is the joint model's weight ``g`` of the model band and
-        ``alpha_joint`` its overall penalty, so the model features were penalised by
-        ``alpha_joint / band_mix`` and the low-level ones by ``alpha_joint / (1 - band_mix)``.
+    Features have shapes (n, d_model), (n, d_low) for training and (m, d_model), (m, d_low) for test; ``y_train``
+    (n, n_voxels) and ``y_test`` (m, n_voxels). ``band_mixes`` are the weights of the model band searched by
+    ``solver="grid"``.
     """
     check_option("solver", solver, PARTITION_SOLVERS)
     _check_rows(model_train=model_train, low_train=low_train, y_train=y_train)
@@ -511,11 +399,6 @@ def variance_partition(features: Mapping[str, np.ndarray], low: Mapping[str, np.
                        random_state: int = 0, solver: str = "grid",
                        band_mixes: np.ndarray = BAND_MIXES) -> pd.DataFrame:
     """:func:`partition_variance` of one layer's features and the low-level features of a subject.
-
-    Only voxels with ``cc_max > settings.min_ceiling`` are fitted (the others
-    have no explainable variance to split). The features are delayed by
-    ``settings.delays`` and trimmed like the encoding models' (:func:`bt_utils.features.design.layer_design`);
-    penalties, folds and backend come from ``settings``.
 
     Parameters
     ----------
@@ -554,21 +437,9 @@ def partition_variants(dataset: Dataset, subjects: list[str], variants: Mapping[
                        low_level: Sequence[str] = DEFAULT_LOW_LEVEL_FEATURES, device: str = "auto") -> pd.DataFrame:
     """:func:`variance_partition` of one layer against the low-level features, for every subject and variant.
 
-    Parameters
-    ----------
-    dataset, subjects, variants, model, device
-        As for :func:`bt_utils.encoding.alignment.align`.
-    layer : int
-        The layer whose features are partitioned.
-    settings : AlignmentSettings
-        Its ``layers`` are replaced by ``(layer,)``.
-    low_level : sequence of str
-        The low-level spaces, stacked into one band.
-
-    Returns
-    -------
-    table : DataFrame
-        The rows of :func:`variance_partition` with ``subject, model, variant, layer``.
+    ``dataset, subjects, variants, model, device`` are as for :func:`bt_utils.encoding.alignment.align`; ``low_level``
+    names the low-level spaces stacked into one band. Returns the rows of :func:`variance_partition` with ``subject,
+    model, variant, layer``.
     """
     settings = replace(settings, layers=(layer,))
     tables = []

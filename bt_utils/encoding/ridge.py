@@ -1,21 +1,9 @@
 """Voxelwise ridge encoding models with a cross-validated penalty per voxel.
 
-Every voxel's response ``Y[:, j]`` is predicted from the delayed features ``X`` by
-ridge regression without intercept (both are z-scored per story, so centred)::
+Every voxel's response ``Y[:, j]`` is predicted from the delayed features ``X`` by ridge regression without
+intercept (both are z-scored per story, so centred)::
 
     w_j = argmin_w ||X w - Y[:, j]||^2 + alpha_j ||w||^2
-
-``alpha_j`` is chosen per voxel from a grid by the held-out score averaged over
-cross-validation splits (:func:`story_folds`, :func:`bootstrap_chunk_splits`), then
-the weights are refit on all training rows. :class:`EigenRidgeCV` does this with the
-estimator interface of himalaya's ``RidgeCV`` and the same results, but faster: one
-eigendecomposition serves every alpha and split (see the class). Its arrays go
-through himalaya's backends (:func:`get_backend`), chosen per estimator rather than
-through himalaya's global backend.
-
-Evaluation on the test story: :func:`correlation_score` between the predictions and
-the mean of the test repeats, and :func:`normalised_score` (``r / cc_max``), NaN for
-voxels whose noise ceiling is too unreliable to divide by.
 """
 
 from __future__ import annotations
@@ -51,23 +39,8 @@ EIGH_COST = 15.0
 
 
 def story_folds(groups, n_folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Leave-stories-out cross-validation splits.
-
-    Whole stories go to each test fold; stories are dealt longest first to the
-    fold with the fewest TRs so far (ties: the story seen first, the lowest
-    fold), which balances fold sizes and is deterministic.
-
-    Parameters
-    ----------
-    groups : array-like of shape (n_trs,)
-        Story label of every TR of the concatenated training data.
-    n_folds : int
-        Number of splits, from 2 to the number of stories.
-
-    Returns
-    -------
-    splits : list of (train, test) pairs
-        Sorted integer index arrays of shape (n_train,) and (n_test,).
+    """Leave-stories-out cross-validation splits from the story label of every TR, ``groups`` (n_trs,): a list of
+    (train, test) pairs of sorted integer index arrays.
     """
     groups = np.asarray(groups)
     if groups.ndim != 1 or groups.size == 0:
@@ -87,30 +60,8 @@ def story_folds(groups, n_folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]
 
 def bootstrap_chunk_splits(n_trs: int, n_boots: int = 3, chunk_len: int = 20, held_out_fraction: float = 0.25,
                            rng=None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Random held-out chunks of consecutive TRs, the reference bootstrap scheme.
-
-    The TRs are cut into ``n_trs // chunk_len`` whole chunks (a shorter tail
-    always trains); each bootstrap holds out ``int(n_trs * held_out_fraction / chunk_len)``
-    chunks drawn without replacement and trains on every other TR.
-
-    Parameters
-    ----------
-    n_trs : int
-        Number of training TRs.
-    n_boots : int
-        Number of splits.
-    chunk_len : int
-        TRs per chunk (consecutive TRs are autocorrelated, so they are held out together).
-    held_out_fraction : float
-        Target fraction of TRs held out, in (0, 1).
-    rng : None, int or numpy.random.Generator
-        Seed or generator for the draw.
-
-    Returns
-    -------
-    splits : list of (train, test) pairs
-        Sorted integer index arrays; every test array has
-        ``chunk_len * int(n_trs * held_out_fraction / chunk_len)`` TRs.
+    """Random held-out chunks of consecutive TRs, the reference bootstrap scheme: a list of (train, test) pairs of
+    sorted index arrays, each test array of ``chunk_len * int(n_trs * held_out_fraction / chunk_len)`` TRs.
     """
     if n_boots < 1 or chunk_len < 1:
         raise ValueError(f"n_boots={n_boots!r} and chunk_len={chunk_len!r} must be positive")
@@ -136,16 +87,8 @@ def bootstrap_chunk_splits(n_trs: int, n_boots: int = 3, chunk_len: int = 20, he
 
 
 def correlation_score(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Pearson r between prediction and target of each voxel.
-
-    Parameters
-    ----------
-    prediction, target : ndarray of shape (n_samples, n_voxels)
-
-    Returns
-    -------
-    r : ndarray of shape (n_voxels,)
-        float64; 0 where either series is constant.
+    """Pearson r of shape (n_voxels,) between ``prediction`` and ``target`` of shape (n_samples, n_voxels), per voxel;
+    0 where either series is constant.
     """
     prediction, target = np.asarray(prediction, dtype=np.float64), np.asarray(target, dtype=np.float64)
     if prediction.shape != target.shape or prediction.ndim != 2:
@@ -158,21 +101,8 @@ def correlation_score(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def normalised_score(r: np.ndarray, ceiling: np.ndarray, min_ceiling: float = 0.05) -> np.ndarray:
-    """Correlation as a fraction of the noise ceiling, ``r / cc_max``.
-
-    Parameters
-    ----------
-    r : ndarray of shape (n_voxels,)
-        :func:`correlation_score` on the test story.
-    ceiling : ndarray of shape (n_voxels,)
-        :func:`bt_utils.data.noise_ceiling.cc_max` of the test repeats.
-    min_ceiling : float
-        Voxels with ``ceiling <= min_ceiling`` get NaN (METHOD.md: 0.05).
-
-    Returns
-    -------
-    normalised : ndarray of shape (n_voxels,)
-        float64; NaN for excluded voxels (mask them with ``np.isfinite``).
+    """Correlation as a fraction of the noise ceiling, ``r / cc_max``, both of shape (n_voxels,); NaN for excluded
+    voxels (mask them with ``np.isfinite``).
     """
     r, ceiling = np.asarray(r, dtype=np.float64), np.asarray(ceiling, dtype=np.float64)
     if r.shape != ceiling.shape:
@@ -188,21 +118,14 @@ def _column_sums(values, backend) -> np.ndarray:
 
 
 def _centred_correlation(prediction, target, target_total, backend) -> np.ndarray:
-    """Column-wise Pearson r of centred backend arrays (n_samples, n_voxels), given ``sum(target**2)``.
-
-    Returns float64 numpy (n_voxels,), 0 where either column is constant.
-    """
+    """Column-wise Pearson r of centred backend arrays (n_samples, n_voxels), given ``sum(target**2)``."""
     covariance = _column_sums(prediction * target, backend)
     scale = np.sqrt(_column_sums(prediction * prediction, backend) * target_total)
     return np.divide(covariance, scale, out=np.zeros_like(covariance), where=scale > 0)
 
 
 def _held_out_score(prediction, target, centred_target, target_total, scoring: str, backend) -> np.ndarray:
-    """Score per voxel (float64) of held-out predictions against targets (n_test, n_voxels).
-
-    ``centred_target`` is ``target - mean(target)`` and ``target_total`` its column sums of squares
-    (both computed once per split, not per alpha); constant targets score 0.
-    """
+    """Score per voxel (float64) of held-out predictions against targets (n_test, n_voxels)."""
     if scoring == "r2":
         residual = target - prediction
         error = _column_sums(residual * residual, backend)
@@ -220,24 +143,12 @@ def _best_alpha_index(cv_scores: np.ndarray, alphas: np.ndarray) -> np.ndarray:
 
 
 def check_backend(name: str) -> str:
-    """Return ``name`` if it is a himalaya backend :class:`EigenRidgeCV` runs on, else raise a ValueError.
-
-    Only the name is checked (nothing is imported): call it where settings are made.
-    """
+    """Return ``name`` if it is a himalaya backend :class:`EigenRidgeCV` runs on, else raise a ValueError."""
     return check_option("backend", name, BACKENDS)
 
 
 def get_backend(name: str):
     """himalaya's backend module ``name``, leaving himalaya's global backend as it is.
-
-    Parameters
-    ----------
-    name : {"numpy", "torch", "torch_cuda"}
-
-    Returns
-    -------
-    module
-        ``himalaya.backend.<name>`` (``asarray``, ``to_numpy``, ``eigh``, ...).
 
     Raises
     ------
@@ -265,11 +176,7 @@ def _eigh(matrix, backend):
 
 
 def _spd_inverse(matrix, backend):
-    """Inverse of a symmetric positive-definite float64 backend matrix (n, n), from its Cholesky factor.
-
-    himalaya's backends have no Cholesky factorisation; numpy's LAPACK is used, not
-    scipy's, whose bundled OpenBLAS threads spin against numpy's when calls alternate.
-    """
+    """Inverse of a symmetric positive-definite float64 backend matrix (n, n), from its Cholesky factor."""
     if backend.name == "numpy":
         root_inverse = _lower_triangular_inverse(np.linalg.cholesky(matrix))
         return root_inverse.T @ root_inverse
@@ -370,13 +277,7 @@ def _check_solver_params(solver_params) -> dict:
 
 
 class _Spectrum:
-    """The eigendecomposition of the full Gram (or kernel) matrix and the data in its basis.
-
-    ``factor`` (n_samples, k) and ``shrinkage(alpha)`` (k,) give the hat matrix of
-    the fit on all rows as ``S = factor diag(shrinkage) factor^T``: in the primal
-    form ``factor = X V`` and ``shrinkage = 1 / (lambda + alpha)``; in the kernel
-    form ``factor = U`` and ``shrinkage = lambda / (lambda + alpha)``.
-    """
+    """The eigendecomposition of the full Gram (or kernel) matrix and the data in its basis."""
 
     def __init__(self, X, X64, form: str, backend, dtype: str):
         self.X, self.form, self.backend, self.dtype = X, form, backend, dtype
@@ -403,23 +304,14 @@ class _Spectrum:
 
 @dataclass
 class _HeldOutMap:
-    """Held-out predictions of one split and alpha: ``mix @ (left @ right)`` (no mix if None).
-
-    ``left`` (n_rows, k) and ``mix`` (n_test, n_rows) depend on alpha; ``right``
-    (k, n_voxels), the training rows' targets in the eigenbasis, does not.
-    """
+    """Held-out predictions of one split and alpha: ``mix @ (left @ right)`` (no mix if None)."""
 
     mix: object
     left: object
 
 
 class _Downdate:
-    """Held-out predictions of every split from the full fit (no decomposition per split).
-
-    For held-out rows ``h`` (the rows not in train) and the full fit's hat
-    matrix ``S``, the model fitted without ``h`` predicts
-    ``(I - S_hh)^-1 F_h diag(shrinkage) F_t^T Y_t`` there, with ``F_t^T Y_t = F^T Y - F_h^T Y_h``.
-    """
+    """Held-out predictions of every split from the full fit (no decomposition per split)."""
 
     def __init__(self, spectrum: _Spectrum, Y):
         self.spectrum, self.Y = spectrum, Y
@@ -532,48 +424,25 @@ def _cross_validate(system, Y, splits, alphas, batches, scoring, backend) -> np.
 class EigenRidgeCV:
     """Ridge regression with a cross-validated alpha per voxel, refit on all rows.
 
-    The interface and results of himalaya's ``RidgeCV`` (``fit``, ``predict``,
-    ``score``, ``best_alphas_``, ``cv_scores_``, ``coef_``), with a faster solver.
-    Everything goes through one float64 eigendecomposition of ``G = X^T X``
-    (primal form, ``n_features <= n_samples``) or of ``K = X X^T`` (kernel form), in
-    whose basis ``(G + alpha I)^-1`` is the diagonal ``1 / (lambda + alpha)``: another
-    alpha only rescales a diagonal. Splits are solved by one of two strategies, the
-    fewer flops by default (``solver_params={"strategy": ...}``):
-
-    ``"downdate"``
-        No decomposition per split: with the hat matrix ``S`` of the fit on all rows,
-        the model fitted without the held-out rows ``h`` predicts them exactly as
-        ``(I - S_hh)^-1 X_h (G + alpha I)^-1 X_t^T Y_t`` (Woodbury; ``t`` the training
-        rows), one ``n_h x n_h`` inverse per split and alpha.
-    ``"per_fold"``
-        One ``eigh`` per split of its training rows' Gram matrix ``G - X_h^T X_h``
-        (primal) or kernel block (kernel); best with few features.
-
-    Data, projections and predictions use ``dtype``; the Gram matrix, its
-    eigenvectors and the ``n_h x n_h`` systems use float64, as float32 loses the
-    small eigenvalues that the smallest alphas depend on. Held-out predictions are
-    formed directly, never as ``Y_h`` minus residuals, which cancel in float32 when
-    strong shrinkage makes them small.
-
     Parameters
     ----------
     alphas : array-like of shape (n_alphas,)
         Penalties of ``||X w - y||^2 + alpha ||w||^2`` (default :data:`HIMALAYA_ALPHAS`).
     cv : list of (train, test) index arrays
-        Splits, e.g. :func:`story_folds` or :func:`bootstrap_chunk_splits`; test rows
-        must not be training rows (rows in neither are allowed).
+        Splits, e.g. :func:`story_folds` or :func:`bootstrap_chunk_splits`; test rows must not be training rows
+        (rows in neither are allowed).
     scoring : {"r2", "correlation"}
-        Held-out score that chooses alpha (per split, averaged; 0 for a voxel constant
-        over the held-out rows, as in himalaya). Ties go to the largest alpha.
+        Held-out score that chooses alpha (per split, averaged; 0 for a voxel constant over the held-out rows, as
+        in himalaya).
     backend : {"numpy", "torch", "torch_cuda"}
-        himalaya backend of the computation (:func:`get_backend`); himalaya's global
-        backend is neither read nor changed.
+        himalaya backend of the computation (:func:`get_backend`); himalaya's global backend is neither read nor
+        changed.
     dtype : {"float32", "float64"}
         Working precision of data, projections and weights.
     solver_params : dict or None
-        ``"strategy"``: ``"auto"`` (default), ``"downdate"`` or ``"per_fold"``;
-        ``"n_targets_batch"``: voxels scored at once (default None: all), which bounds
-        the memory each alpha of a split adds (``n_h x n_targets_batch`` values).
+        ``"strategy"``: ``"auto"`` (default), ``"downdate"`` or ``"per_fold"``; ``"n_targets_batch"``: voxels
+        scored at once (default None: all), which bounds the memory each alpha of a split adds
+        (``n_h x n_targets_batch`` values).
 
     Attributes
     ----------
@@ -587,7 +456,6 @@ class EigenRidgeCV:
         Weights refit on all rows with each voxel's alpha (numpy, ``dtype``).
     method_ : str
         Strategy and form used, e.g. ``"downdate/primal"``.
-    n_features_in_ : int
     """
 
     def __init__(self, alphas=HIMALAYA_ALPHAS, cv=None, scoring: str = "r2", backend: str = "numpy",
@@ -600,18 +468,8 @@ class EigenRidgeCV:
         self.solver_params = _check_solver_params(solver_params)
 
     def fit(self, X, Y) -> EigenRidgeCV:
-        """Choose each voxel's alpha by cross-validation and refit the weights on all rows.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training features (z-scored per story: no intercept is fitted).
-        Y : array-like of shape (n_samples, n_voxels)
-            Training responses (z-scored per story).
-
-        Returns
-        -------
-        self : EigenRidgeCV
+        """Choose each voxel's alpha by cross-validation and refit the weights on all rows, from ``X`` (n_samples,
+        n_features) and ``Y`` (n_samples, n_voxels), both z-scored per story (no intercept is fitted).
         """
         X, Y = _check_data(X, Y)
         splits = _check_splits(self.cv, X.shape[0])
@@ -655,11 +513,7 @@ class EigenRidgeCV:
         return X.astype(self.coef_.dtype, copy=False) @ self.coef_
 
     def score(self, X, Y) -> np.ndarray:
-        """R^2 of the predictions of ``X`` against ``Y`` (n_samples, n_voxels) per voxel, shape (n_voxels,).
-
-        Like himalaya's ``RidgeCV.score``: ``1 - SSE / sum((y - mean(y))^2)``, whatever
-        ``scoring`` chose the alphas; 0 for a constant voxel.
-        """
+        """R^2 of the predictions of ``X`` against ``Y`` (n_samples, n_voxels) per voxel, shape (n_voxels,)."""
         prediction = self.predict(X)
         Y = np.asarray(Y, dtype=np.float64)
         if Y.shape != prediction.shape:

@@ -1,14 +1,7 @@
 """Statistics of alignment results: ROI summaries, tests across participants, voxel-wise permutation tests.
 
-Conventions: result tables are tidy (one row per observation). A participant is the
-unit of replication: ROI values are averaged over voxels within a participant
-first, then summarised (mean, standard error) and tested across participants.
-An ROI is a set of parcels (:mod:`bt_utils.data.rois`); its mean weighs every
-parcel the same by default, as the authors average within each parcel and then
-over the parcels, so that a large parcel does not outweigh the others.
-Tests across participants are corrected for multiple comparisons with
-Benjamini-Hochberg over the layer x ROI comparisons of one pair of variants.
-"""
+The participant is the unit of replication: values are averaged within an ROI of one participant, then summarised
+and tested across participants (docs/method.md, "Statistics")."""
 
 from __future__ import annotations
 
@@ -26,21 +19,7 @@ ROI_WEIGHTINGS = ("parcel", "voxel")
 
 @dataclass(frozen=True)
 class RoiMean:
-    """Mean of a voxel-wise value over an ROI, with its standard error from the spread across voxels.
-
-    Attributes
-    ----------
-    mean : float
-        NaN when no voxel of the ROI has a finite value.
-    sem : float
-        Standard error of ``mean`` (NaN when ``dof < 1``).
-    dof : int
-        Degrees of freedom of ``sem``.
-    n_voxels : int
-        Voxels with a finite value.
-    n_parcels : int
-        Parcels with at least one such voxel.
-    """
+    """Mean of a voxel-wise value over an ROI, with its standard error from the spread across voxels."""
 
     mean: float
     sem: float
@@ -56,24 +35,8 @@ class RoiMean:
 
 
 def roi_mean(parcel_values: Mapping[str, np.ndarray], weighting: str = "parcel") -> RoiMean:
-    """Mean of a voxel-wise value over the parcels of an ROI.
-
-    Parameters
-    ----------
-    parcel_values : mapping of str to ndarray of shape (n_voxels_of_parcel,)
-        The value at each voxel of each parcel; NaN values (e.g. voxels excluded
-        by the noise ceiling) are left out, and so are parcels left without a value.
-    weighting : {"parcel", "voxel"}
-        ``"parcel"``: the mean of the parcel means, every parcel weighing the
-        same; its standard error is ``s * sqrt(sum_p 1 / n_p) / P`` over the ``P``
-        parcels of ``n_p`` voxels, with ``s`` the pooled standard deviation
-        within parcels (``N - P`` degrees of freedom for ``N`` voxels).
-        ``"voxel"``: the mean over all voxels, standard error ``std / sqrt(N)``
-        (``N - 1`` degrees of freedom).
-
-    Returns
-    -------
-    RoiMean
+    """Mean of a voxel-wise value over the parcels of an ROI, from ``parcel_values`` (parcel -> ndarray of shape
+    (n_voxels_of_parcel,)); NaN values are left out, and so are parcels left without a value.
     """
     check_option("weighting", weighting, ROI_WEIGHTINGS)
     parcels = [values[np.isfinite(values)] for values in (np.asarray(v, float) for v in parcel_values.values())]
@@ -102,29 +65,7 @@ def roi_parcels(definition: Mapping[str, np.ndarray] | np.ndarray, roi: str) -> 
 def roi_table(voxel_table: pd.DataFrame, rois: Mapping[str, Mapping], value: str = "r_norm",
               keys: Sequence[str] = ("subject", "model", "variant", "layer"),
               weighting: str = "parcel") -> pd.DataFrame:
-    """Mean of a voxel-wise value within each ROI (:func:`roi_mean`).
-
-    Parameters
-    ----------
-    voxel_table : DataFrame
-        One row per voxel and condition: ``keys``, ``voxel`` and ``value``. NaN values
-        (e.g. voxels excluded by the noise ceiling) are left out of the means.
-    rois : mapping
-        ``rois[subject][roi_name]``: the ROI's parcels, ``{parcel: voxel indices}``
-        (:func:`bt_utils.data.rois.subject_rois`), or an array of voxel indices (one parcel).
-    value : str
-        Column to average.
-    keys : sequence of str
-        Columns that identify a condition.
-    weighting : {"parcel", "voxel"}
-        Every parcel weighs the same (default), or every voxel.
-
-    Returns
-    -------
-    table : DataFrame
-        ``keys``, ``roi``, ``<value>_mean``, ``n_voxels`` (voxels with a finite value), ``n_parcels``
-        (parcels with at least one).
-    """
+    """Mean of a voxel-wise value within each ROI (:func:`roi_mean`)."""
     check_option("weighting", weighting, ROI_WEIGHTINGS)
     missing = set(voxel_table.subject.unique()) - set(rois)
     if missing:
@@ -143,16 +84,7 @@ def roi_table(voxel_table: pd.DataFrame, rois: Mapping[str, Mapping], value: str
 
 
 def _check_one_row_each(table: pd.DataFrame, keys: Sequence[str], remedy: str) -> None:
-    """Raise a ValueError naming the rows of ``table`` that share their ``keys``.
-
-    Parameters
-    ----------
-    table : DataFrame
-    keys : sequence of str
-        Columns that must identify one row each.
-    remedy : str
-        What to do about repeated rows, appended to the message.
-    """
+    """Raise a ValueError naming the rows of ``table`` that share their ``keys``."""
     keys = list(keys)
     missing = [key for key in keys if key not in table.columns]
     if missing:
@@ -167,15 +99,10 @@ def across_subjects(table: pd.DataFrame, value: str, by: Sequence[str] = ("model
                     average_over: Sequence[str] = ()) -> pd.DataFrame:
     """Mean and standard error of the mean across participants.
 
-    Each participant counts once: its repeated measurements (the columns
-    ``average_over``, e.g. probe seeds) are averaged first, then the
-    participants' values are summarised.
-
     Parameters
     ----------
     table : DataFrame
-        Columns ``subject``, ``by``, ``average_over`` and ``value``; one row per
-        participant, condition and repeat.
+        Columns ``subject``, ``by``, ``average_over`` and ``value``; one row per participant, condition and repeat.
     value : str
         Column to summarise.
     by : sequence of str
@@ -186,15 +113,14 @@ def across_subjects(table: pd.DataFrame, value: str, by: Sequence[str] = ("model
     Returns
     -------
     summary : DataFrame
-        ``by``, ``mean``, ``sem`` (NaN with fewer than two participants), ``n_subjects``:
-        participants whose value is NaN (e.g. an ROI without a voxel above the
-        noise-ceiling cut) are left out of all three.
+        ``by``, ``mean``, ``sem`` (NaN with fewer than two participants), ``n_subjects``: participants whose value
+        is NaN (e.g. an ROI without a voxel above the noise-ceiling cut) are left out of all three.
 
     Raises
     ------
     ValueError
-        When rows share their ``by``, ``subject`` and ``average_over`` (e.g. the
-        same participant collected from two runs): the message names them.
+        When rows share their ``by``, ``subject`` and ``average_over`` (e.g. the same participant collected from
+        two runs): the message names them.
     """
     by, average_over = list(by), list(average_over)
     _check_one_row_each(table, [*by, "subject", *average_over],
@@ -211,13 +137,6 @@ def paired_test(table: pd.DataFrame, value: str, variant_a: str, variant_b: str,
                 by: Sequence[str] = ("model", "layer", "roi"), test: str = "t",
                 family: Sequence[str] = ("model",)) -> pd.DataFrame:
     """Paired test across participants between two variants (``b - a``), with FDR-corrected q-values.
-
-    One test per condition (``by``); the conditions that share their ``family``
-    columns (default: one model's layer x ROI comparisons of this variant pair)
-    are one family of comparisons, corrected together with Benjamini-Hochberg
-    (:func:`fdr_bh`): ``q_value`` is the adjusted p-value, to be compared with the
-    chosen false discovery rate. Conditions without a p-value (fewer than two
-    participants, or the same difference for all) are not counted in the family.
 
     Parameters
     ----------
@@ -236,9 +155,9 @@ def paired_test(table: pd.DataFrame, value: str, variant_a: str, variant_b: str,
     -------
     result : DataFrame
         ``by``, ``mean_a``, ``mean_b`` (the variants' means over the paired participants), ``mean_difference``
-        (``mean_b - mean_a``), ``relative_pct`` (``100 * mean_difference / |mean_a|``), ``statistic``,
-        ``p_value`` (uncorrected), ``q_value`` (Benjamini-Hochberg within the family), ``n_comparisons``
-        (tests in the family), ``n_subjects``.
+        (``mean_b - mean_a``), ``relative_pct`` (``100 * mean_difference / |mean_a|``), ``statistic``, ``p_value``
+        (uncorrected), ``q_value`` (Benjamini-Hochberg within the family), ``n_comparisons`` (tests in the family),
+        ``n_subjects``.
     """
     check_option("test", test, ("t", "wilcoxon"))
     outside = [column for column in family if column not in by]
@@ -286,7 +205,6 @@ def paired_tests(table: pd.DataFrame, value: str, variant: str, references: Sequ
     ----------
     table : DataFrame
         As for :func:`paired_test`.
-    value : str
     variant : str
         E.g. "brain-tuned".
     references : sequence of str
@@ -310,23 +228,8 @@ def paired_tests(table: pd.DataFrame, value: str, variant: str, references: Sequ
 
 def block_permutation_pvalues(prediction: np.ndarray, target: np.ndarray, n_permutations: int = 1000,
                               block_size: int = 10, rng: np.random.Generator | None = None) -> np.ndarray:
-    """One-sided p-values of voxel-wise prediction correlations by block permutation.
-
-    The target time series is cut into consecutive blocks of ``block_size`` TRs
-    (the last one shorter when ``block_size`` does not divide the TRs) whose order is
-    permuted (keeping the autocorrelation within blocks); the same permutation is
-    applied to every voxel. ``p = (1 + #{null r >= observed r}) / (1 + n_permutations)``.
-
-    Parameters
-    ----------
-    prediction, target : ndarray of shape (n_trs, n_voxels)
-    n_permutations : int
-    block_size : int
-    rng : numpy.random.Generator, optional
-
-    Returns
-    -------
-    p_values : ndarray of shape (n_voxels,)
+    """One-sided p-values of shape (n_voxels,) of voxel-wise prediction correlations by block permutation of the TRs of
+    ``target``; ``prediction`` and ``target`` have shape (n_trs, n_voxels).
     """
     prediction, target = np.asarray(prediction, float), np.asarray(target, float)
     if prediction.shape != target.shape:
@@ -353,19 +256,13 @@ def block_permutation_pvalues(prediction: np.ndarray, target: np.ndarray, n_perm
 
 
 def fdr_bh(p_values: np.ndarray, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Benjamini-Hochberg false discovery rate control.
-
-    Parameters
-    ----------
-    p_values : ndarray of shape (n,)
-        NaN entries are ignored (never rejected, q = NaN).
-    alpha : float
+    """Benjamini-Hochberg false discovery rate control of ``p_values`` (n,); NaN entries are never rejected.
 
     Returns
     -------
     rejected : ndarray of bool, shape (n,)
     q_values : ndarray of shape (n,)
-        Adjusted p-values.
+        Adjusted p-values (NaN where ``p_values`` is).
     """
     p_values = np.asarray(p_values, float)
     if not 0 < alpha < 1:

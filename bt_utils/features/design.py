@@ -1,19 +1,4 @@
-"""From frame features to the design matrix of the encoding models: TRs, z-scoring, delays, trims.
-
-Per story, :func:`tr_features` Lanczos-resamples each layer's frame series
-(window 3, cutoff 1/TR) to the TR midpoints. :func:`layer_design` then applies
-:func:`zscore_per_story` with the mean and standard deviation of the rows that
-:func:`stimulus_rows` keeps (as the reference pipeline z-scores the trimmed
-series), :func:`make_delays` (FIR delays 1-4 TRs, zero-filled) and that trim.
-The statistics leave out the trimmed TRs because the first five lie before
-sound onset, where the features are near 0: with them, a column with a large
-mean would be scaled down by its mean, not its spread. Delays come *before* the
-trim so that the delayed copies of the first kept TRs hold the real features of
-the TRs before them rather than zeros; they come after the z-scoring so that
-the zero fill equals the story mean. Training and validation stories keep
-``[10:-5]``; the test story keeps ``[50:-5]``, to be paired with its stored
-responses ``[40:]`` (:data:`response_rows_test`).
-"""
+"""From frame features to the design matrix of the encoding models: TRs, z-scoring, delays, trims."""
 
 from __future__ import annotations
 
@@ -71,18 +56,8 @@ def _resample(weights: np.ndarray, values: np.ndarray, n_times: int) -> np.ndarr
 
 
 def zscore_per_story(values: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
-    """z-score every column of one story's TR features; constant columns become 0.
-
-    Parameters
-    ----------
-    values : ndarray of shape (n_trs, d)
-    rows : slice
-        Rows whose mean and standard deviation are used (default: all); every
-        row is standardised with them.
-
-    Returns
-    -------
-    ndarray of shape (n_trs, d), float32
+    """z-score every column of one story's TR features (n_trs, d) with the mean and standard deviation of ``rows``
+    (default: all); constant columns become 0. Returns float32 of the same shape.
     """
     values = np.asarray(values, dtype=np.float64)
     std = values[rows].std(axis=0)
@@ -91,19 +66,8 @@ def zscore_per_story(values: np.ndarray, rows: slice = slice(None)) -> np.ndarra
 
 
 def make_delays(values: np.ndarray, delays: Sequence[int] = DELAYS) -> np.ndarray:
-    """Delayed copies of a TR series side by side (FIR model), zero-filled.
-
-    Parameters
-    ----------
-    values : ndarray of shape (n_trs, d)
-    delays : sequence of int
-        In TRs; block ``j`` holds ``values`` shifted later by ``delays[j]``
-        (negative: earlier).
-
-    Returns
-    -------
-    ndarray of shape (n_trs, len(delays) * d)
-        Row ``t`` of block ``j`` is ``values[t - delays[j]]``, or 0 outside the series.
+    """Delayed copies of a TR series (n_trs, d) side by side (FIR model), zero-filled: shape (n_trs, len(delays) * d),
+    row ``t`` of block ``j`` is ``values[t - delays[j]]`` (negative delays: earlier).
     """
     values = np.asarray(values)
     if values.ndim != 2:
@@ -124,21 +88,8 @@ def make_delays(values: np.ndarray, delays: Sequence[int] = DELAYS) -> np.ndarra
 
 
 def stimulus_rows(story: str, n_trs: int, is_test: bool) -> slice:
-    """Rows of a story's untrimmed TR series that pair with its response rows.
-
-    Parameters
-    ----------
-    story : str
-        Named in errors.
-    n_trs : int
-        TRs of the untrimmed story (:attr:`bt_utils.data.dataset.Dataset.n_trs`).
-    is_test : bool
-        The test story keeps ``[50:-5]`` (against its responses
-        :data:`response_rows_test`, ``[40:]``); the others ``[10:-5]``.
-
-    Returns
-    -------
-    slice
+    """Rows of a story's untrimmed TR series (``n_trs`` TRs) that pair with its response rows: ``[50:-5]`` for the test
+    story (against its responses :data:`response_rows_test`, ``[40:]``), ``[10:-5]`` for the others.
     """
     start = TEST_STIMULUS_START if is_test else TRIM_START
     if n_trs - TRIM_END <= start:
@@ -165,32 +116,21 @@ def layer_design(features_by_story: Mapping[str, Mapping[int, np.ndarray]], data
                  subject: str | None = None, standardise: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Delayed, z-scored, trimmed features of one layer, ready for ridge regression.
 
-    Per story: :func:`zscore_per_story` with the statistics of the rows that
-    :func:`stimulus_rows` keeps, :func:`make_delays`, then that trim (see the
-    module docstring for why in this order).
-
     Parameters
     ----------
     features_by_story : mapping of str to mapping of int to ndarray of shape (n_trs, d)
-        Untrimmed TR features per story and layer, as :func:`bt_utils.features.extraction.dataset_tr_features` returns.
+        Untrimmed TR features per story and layer, as :func:`bt_utils.features.extraction.dataset_tr_features`
+        returns.
     dataset : Dataset
         Gives each story's TR count.
-    split : StorySplit
-    layer : int
     delays : sequence of int
     include_validation : bool
-        Append the validation stories to the training stories (default: the
-        alignment fit has no early stopping, so they are training data).
+        Append the validation stories to the training stories (the alignment fit has no early stopping).
     subject : str, optional
         If given, every story of the design must have responses for this subject.
     standardise : bool
-        z-score each story (default). ``False`` takes the features as they are,
-        for features already standardised per story such as the residuals of
-        :func:`bt_utils.encoding.impact.residualise`: they keep the units of the
-        z-scored features they came from, as in the authors' residual
-        evaluation. z-scoring them again would give a dimension that the
-        low-level features explain almost entirely, and whose residual is
-        mostly noise, as much weight as one they leave intact.
+        z-score each story (default). ``False`` for features already standardised per story, such as the
+        residuals of :func:`bt_utils.encoding.impact.residualise` (docs/method.md, "Impact").
 
     Returns
     -------

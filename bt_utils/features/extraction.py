@@ -1,19 +1,8 @@
 """Layer features of a speech encoder per story: sliding windows, the kept frames, the disk cache.
 
-:func:`extract_layer_features` runs an encoder over the causal windows of
-:mod:`bt_utils.features.windows` and keeps one frame per grid point; in
-``"fast"`` mode the encoder's family decides how (:func:`window_stride_s`, and
-:mod:`bt_utils.features.whisper_edge` for Whisper padded to 30 s).
-:func:`story_features` caches the result per story and layer, keyed by the
-encoder's weights, the story's audio and exactly what was computed
-(:func:`feature_tag`); :func:`dataset_tr_features` resamples it to TRs.
-
-Layers are indices into ``EncoderOutput.hidden_states``: 0 is the input of the
-first transformer layer, ``k`` the output of layer ``k`` and ``n_layers`` the
-output of the last one (for Whisper, after the encoder's final layer norm). The
-protocol's "layers 2, 5, 7, 8, 10, 11, 12 and the output" of its 12-layer
-models are therefore :data:`PROTOCOL_LAYERS`: layer 12 *is* the output.
-"""
+:func:`extract_layer_features` runs an encoder over the windows of :mod:`bt_utils.features.windows`;
+:func:`story_features` caches the result per story and layer (:func:`feature_tag`); :func:`dataset_tr_features`
+resamples it to TRs."""
 
 from __future__ import annotations
 
@@ -63,20 +52,8 @@ _WARNED_NATIVE_WHISPER: set[str] = set()
 
 
 def check_layers(layers: Iterable[int], n_layers: int) -> tuple[int, ...]:
-    """Validate layer indices against a model's depth.
-
-    Parameters
-    ----------
-    layers : iterable of int
-        Indices into ``hidden_states``: 0 (input of the first layer) to
-        ``n_layers`` (output of the last).
-    n_layers : int
-        Transformer layers of the model.
-
-    Returns
-    -------
-    tuple of int
-        The layers, sorted, without repeats.
+    """Validate layer indices into ``hidden_states`` (0, the input of the first layer, to ``n_layers``) against a
+    model's depth; returns them sorted, without repeats.
     """
     layers = list(layers)
     if not layers:
@@ -103,13 +80,7 @@ def _shares_spans(encoder: SpeechEncoder, settings: WindowSettings) -> bool:
 
 
 def window_stride_s(encoder: SpeechEncoder, settings: WindowSettings) -> float:
-    """Step between the windows ``encoder`` runs in ``settings.mode``, in seconds.
-
-    :data:`~bt_utils.features.windows.FAST_STRIDE_S` in the fast mode of
-    encoders that run at their input length (wav2vec2, HuBERT, Whisper with
-    ``native_length``); otherwise ``chunk_s``, one window per grid point (the
-    reference, and the fast mode of Whisper padded to 30 s).
-    """
+    """Step between the windows ``encoder`` runs in ``settings.mode``, in seconds."""
     if settings.mode == "fast" and not pads_to_30s(encoder):
         return FAST_STRIDE_S
     return settings.chunk_s
@@ -122,12 +93,7 @@ def encoder_plan(encoder: SpeechEncoder, n_samples: int, settings: WindowSetting
 
 
 def feature_tag(encoder: SpeechEncoder, settings: WindowSettings) -> str:
-    """Text that names exactly which features ``encoder`` computes with ``settings``, used in cache paths.
-
-    For example ``reference-ctx16.0-chunk0.1-stride0.1``, ``fast-ctx16.0-chunk0.1-stride2.0`` (strided
-    windows) or ``fast-ctx16.0-chunk0.1-shared23-span75+15-every16`` (Whisper padded to 30 s, see
-    :data:`bt_utils.features.whisper_edge.TAG`).
-    """
+    """Text that names exactly which features ``encoder`` computes with ``settings``, used in cache paths."""
     tag = f"{settings.mode}-ctx{settings.context_s!r}-chunk{settings.chunk_s!r}"
     if _shares_spans(encoder, settings):
         return f"{tag}-{whisper_edge.TAG}"
@@ -135,16 +101,7 @@ def feature_tag(encoder: SpeechEncoder, settings: WindowSettings) -> str:
 
 
 def kept_frame_index(encoder: SpeechEncoder, plan: WindowPlan) -> np.ndarray:
-    """Index, within its window's frames, of each grid point's frame, shape (n_times,).
-
-    It is the last frame of a window that would end at the grid point: the
-    number of frames computed from the audio up to there, minus one. Whisper
-    padded to 30 s keeps, as the authors' extraction code does, the last frame
-    that any real audio reaches: the feature extractor's attention mask
-    (``ceil(samples / 160)`` mel frames) passed through ``conv1`` and ``conv2``.
-    That is one frame later: the frame centred on the window's end, whose
-    receptive field also covers padding.
-    """
+    """Index, within its window's frames, of each grid point's frame, shape (n_times,)."""
     heard = plan.grid_ends - plan.starts[plan.window_of_frame]
     frames = encoder.frame_lengths(torch.as_tensor(heard)).numpy()
     if pads_to_30s(encoder):
@@ -169,13 +126,7 @@ def _chunks(items: np.ndarray, size: int) -> list[np.ndarray]:
 
 def _passes(encoder: SpeechEncoder, settings: WindowSettings, plan: WindowPlan, frame_index: np.ndarray,
             batch_size: int) -> list[tuple[np.ndarray, str]]:
-    """The forward passes in order, as (windows, role).
-
-    ``"whole"``: up to ``batch_size`` windows of equal length (any length when
-    padded to 30 s), so that no window is padded beyond its own input.
-    ``"lead"`` and ``"members"``: a :func:`whisper_edge.shared_groups` group,
-    its lead alone, then its members in one pass reading the lead's states.
-    """
+    """The forward passes in order, as (windows, role)."""
     if _shares_spans(encoder, settings):
         passes = []
         for lead, members in whisper_edge.shared_groups(plan, frame_index[plan.first]):
@@ -224,20 +175,10 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                            progress: bool = True) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Frame features of a story's audio from causal sliding windows, one frame per grid point.
 
-    Runs in eval mode without gradients on the encoder's device (the
-    encoder's train/eval mode is restored afterwards). Every frame is what a
-    forward pass on its window alone gives, up to float rounding, except in
-    the fast mode of Whisper padded to 30 s (see
-    :mod:`bt_utils.features.whisper_edge`).
-
     Parameters
     ----------
-    encoder : SpeechEncoder
     audio : ndarray of shape (n_samples,)
         16 kHz; sample 0 is sound onset.
-    layers : iterable of int
-        See :func:`check_layers`.
-    settings : WindowSettings
     batch_size : int
         Windows per forward pass (a shared group's members run in one pass).
     progress : bool
@@ -335,42 +276,9 @@ def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers:
                    settings: WindowSettings = WindowSettings(), cache_dir: str | os.PathLike | None = None,
                    batch_size: int = 8, progress: bool = True,
                    fingerprint: str | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """Frame features of one story, read from the disk cache or computed and cached.
-
-    Cache key and layout: one ``.npz`` file per story and layer at
-    ``<cache_root>/features/v<CACHE_VERSION>/<fingerprint>/<feature tag>/<story>-<audio hash>/layer-<LL>.npz``,
-    where ``fingerprint`` is :meth:`SpeechEncoder.fingerprint` (weights, family
-    and input settings such as Whisper's ``native_length``), the feature tag is
-    :func:`feature_tag` (the mode, the window geometry and the method the
-    encoder's family uses), and the audio hash is the SHA-256 of the story's
-    16 kHz samples (so a moved or rebuilt identical dataset still hits the
-    cache, and changed audio misses it). Each file holds ``times``, ``values``
-    and the full key, which is checked on reading. Files are written
-    atomically; a missing, unreadable or mismatched file is recomputed. When
-    every layer is cached the encoder's forward never runs. The device and
-    batch size are not part of the key (they change the values only by float
-    rounding).
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-    dataset : Dataset
-    story : str
-    layers : iterable of int
-        See :func:`check_layers`.
-    settings : WindowSettings
-    cache_dir : path-like, optional
-        Cache root (see :func:`bt_utils.cache.cache_root`).
-    batch_size, progress
-        See :func:`extract_layer_features`.
-    fingerprint : str, optional
-        ``encoder.fingerprint()`` computed beforehand, to hash the weights once
-        for many stories.
-
-    Returns
-    -------
-    times : ndarray of shape (n_times,)
-    features : dict of int to ndarray of shape (n_times, hidden_size)
+    """Frame features of one story, read from the disk cache or computed and cached: ``times`` (n_times,) and
+    ``{layer: ndarray of shape (n_times, hidden_size)}``. ``fingerprint`` (``encoder.fingerprint()``) saves hashing
+    the weights once per story.
     """
     layers = check_layers(layers, encoder.n_layers)
     fingerprint = fingerprint or encoder.fingerprint()
@@ -397,21 +305,8 @@ def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers:
 def dataset_tr_features(encoder: SpeechEncoder, dataset: Dataset, stories: Iterable[str], layers: Iterable[int],
                         settings: WindowSettings = WindowSettings(), cache_dir: str | os.PathLike | None = None,
                         batch_size: int = 8, progress: bool = True) -> dict[str, dict[int, np.ndarray]]:
-    """TR features of several stories: :func:`story_features` (cached), then :func:`tr_features`.
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-    dataset : Dataset
-    stories : iterable of str
-    layers : iterable of int
-    settings, cache_dir, batch_size, progress
-        See :func:`story_features`.
-
-    Returns
-    -------
-    dict of str to dict of int to ndarray of shape (n_trs, hidden_size)
-        Untrimmed, at :meth:`Dataset.tr_times` of each story; float32.
+    """TR features of several stories: :func:`story_features` (cached), then :func:`tr_features`; ``{story: {layer:
+    float32 ndarray of shape (n_trs, hidden_size)}}``, untrimmed, at each story's :meth:`Dataset.tr_times`.
     """
     stories = list(stories)
     fingerprint = encoder.fingerprint()

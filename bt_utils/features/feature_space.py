@@ -22,8 +22,6 @@ class FeatureSpace(NamedTuple):
     ----------
     values : ndarray of shape (n_trs, n_dims)
         float64, at the TR midpoints, untrimmed.
-    names : tuple of str, length n_dims
-        Name of each column.
     """
 
     values: np.ndarray
@@ -44,15 +42,11 @@ def check_tr_times(tr_times: np.ndarray) -> np.ndarray:
 def resample_to_trs(values, times: np.ndarray, tr_times: np.ndarray, normalize: bool = False) -> np.ndarray:
     """Lanczos-resample samples or events to the TR midpoints, a block of TRs at a time.
 
-    Equals ``lanczos_resample(values, times, tr_times, normalize=normalize)``, but only the samples within
-    reach of a block enter its weight matrix, so memory stays small for long stories.
-
     Parameters
     ----------
     values : ndarray or scipy sparse array of shape (n_samples, n_dims)
     times : ndarray of shape (n_samples,)
     tr_times : ndarray of shape (n_trs,)
-    normalize : bool
 
     Returns
     -------

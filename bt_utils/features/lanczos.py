@@ -1,14 +1,7 @@
 """Lanczos resampling of irregular feature time series onto the TR grid.
 
-Following the reference pipeline (docs/method.md, "From frames to a design
-matrix"), the value at a new time ``t`` is
-``sum_j L(t - s_j) x_j`` over the old samples ``(s_j, x_j)``, with the Lanczos
-kernel ``L(d) = w sin(pi c d) sin(pi c d / w) / (pi c d)^2`` (``L(0) = 1``,
-0 beyond ``|c d| > w``), window ``w = 3`` and cutoff ``c = 1 / TR``. The weights
-are not normalised: the output scales with the density of the old samples,
-which the per-story z-scoring that follows removes (``normalize=True`` divides
-by the sum of weights instead, giving an interpolating low-pass filter).
-"""
+Window 3, cutoff ``1 / TR``, weights not normalised as in the reference pipeline (``normalize=True`` divides by
+their sum); docs/method.md ("From frames to a design matrix") gives the kernel."""
 
 from __future__ import annotations
 
@@ -34,12 +27,6 @@ def lanczos_matrix(old_times: np.ndarray, new_times: np.ndarray, cutoff: float |
     old_times : ndarray of shape (n_old,)
     new_times : ndarray of shape (n_new,)
         Regularly spaced; the default cutoff is ``1 / mean spacing`` (1/TR).
-    cutoff : float, optional
-        In Hz.
-    window : int
-        Lobes of the kernel.
-    normalize : bool
-        Divide each row by its sum (rows with no weight stay 0).
 
     Returns
     -------
@@ -68,8 +55,6 @@ def lanczos_resample(values: np.ndarray, old_times: np.ndarray, new_times: np.nd
     values : ndarray of shape (n_old, n_features)
     old_times : ndarray of shape (n_old,)
     new_times : ndarray of shape (n_new,)
-    cutoff, window, normalize
-        See :func:`lanczos_matrix`.
 
     Returns
     -------

@@ -1,13 +1,8 @@
 """Low-level speech features per TR, computed from the stimuli themselves, for a dataset's stories.
 
-The low-level feature impact analysis (docs/method.md, "Low-level features") regresses these features out
-of a speech model's features. Each space (:data:`LOW_LEVEL_FEATURES`) is a time series at the TR midpoints
-of a story (untrimmed, as :meth:`bt_utils.data.dataset.Dataset.tr_times` gives them), of shape
-``(n_trs, n_dims)``: ``power_spectrum`` (:mod:`bt_utils.features.spectral`), ``phonemes``, ``diphones``,
-``triphones``, ``articulation``, ``word_rate`` and ``phoneme_rate`` (:mod:`bt_utils.features.phonetic`).
-:func:`stack_low_level_features` trims each story ``[10:-5]`` to match the responses and z-scores every
-column within each story.
-"""
+Each space of :data:`LOW_LEVEL_FEATURES` is an array of shape (n_trs, n_dims) at a story's TR midpoints;
+:func:`stack_low_level_features` trims and z-scores them per story. docs/method.md ("Low-level features") lists
+them."""
 
 from __future__ import annotations
 
@@ -67,40 +62,14 @@ def _clean_story_transcript(dataset: Dataset, story: str, phone_map: Mapping[str
 
 def build_vocabularies(dataset: Dataset, stories: Sequence[str] | None = None,
                        phone_map: Mapping[str, str | None] | None = None) -> dict[str, tuple[str, ...]]:
-    """Fixed diphone and triphone vocabularies of a dataset.
-
-    Parameters
-    ----------
-    dataset : Dataset
-    stories : sequence of str, optional
-        Stories whose TextGrids are read; default all, so every call gives the same columns.
-    phone_map : mapping, optional
-        See :func:`normalize_phone`.
-
-    Returns
-    -------
-    vocabularies : dict
-        ``{"diphones": tuple of str, "triphones": tuple of str}``, each sorted.
-    """
+    """Fixed diphone and triphone vocabularies of a dataset."""
     stories = dataset.stories if stories is None else list(stories)
     transcripts = [_clean_story_transcript(dataset, story, phone_map) for story in stories]
     return {"diphones": phone_ngram_vocabulary(transcripts, 2), "triphones": phone_ngram_vocabulary(transcripts, 3)}
 
 
 class StoryStimulus:
-    """What the feature spaces of one story are computed from, read when first needed.
-
-    Parameters
-    ----------
-    dataset : Dataset
-    story : str
-    vocabularies : mapping of str to sequence of str
-        Columns of ``diphones`` and ``triphones`` (keys as in :func:`build_vocabularies`).
-    phone_map : mapping, optional
-        See :func:`normalize_phone`.
-    duration_tolerance : float
-        How much shorter than the TextGrid the audio may be, in seconds.
-    """
+    """What the feature spaces of one story are computed from, read when first needed."""
 
     def __init__(self, dataset: Dataset, story: str, vocabularies: Mapping[str, Sequence[str]],
                  phone_map: Mapping[str, str | None] | None = None, duration_tolerance: float = DURATION_TOLERANCE_S):
@@ -187,13 +156,11 @@ def low_level_features(dataset: Dataset, story: str, names: str | Sequence[str] 
 
     Parameters
     ----------
-    dataset : Dataset
-    story : str
     names : str or sequence of str
         Spaces from :data:`LOW_LEVEL_FEATURES`.
     vocabularies : mapping, optional
-        Columns of ``diphones`` and ``triphones`` (:func:`build_vocabularies`); by default built from
-        every TextGrid of the dataset, so pass them when computing many stories.
+        Columns of ``diphones`` and ``triphones`` (:func:`build_vocabularies`); by default built from every
+        TextGrid of the dataset, so pass them when computing many stories.
     phone_map : mapping, optional
         Extra phone labels, see :func:`normalize_phone`.
     duration_tolerance : float
@@ -207,8 +174,8 @@ def low_level_features(dataset: Dataset, story: str, names: str | Sequence[str] 
     Raises
     ------
     ValueError
-        No or unknown names, phone labels outside the 39 ARPAbet phones, or audio shorter than its
-        TextGrid by more than ``duration_tolerance``.
+        No or unknown names, phone labels outside the 39 ARPAbet phones, or audio shorter than its TextGrid by more
+        than ``duration_tolerance``.
     """
     names = _check_names(names)
     vocabularies = _vocabularies_for(dataset, names, vocabularies, phone_map)
@@ -223,12 +190,8 @@ class LowLevelStack:
     Attributes
     ----------
     features : dict of str to ndarray
-        ``{story: values of shape (n_trs - 15, n_columns)}``, float32, trimmed ``[10:-5]`` and z-scored per
-        story and column (constant columns become 0).
-    columns : dict of str to slice
-        The columns of each feature space, in stacking order.
-    column_names : tuple of str, length n_columns
-        ``"<space>:<dimension>"``, e.g. ``"phonemes:AA"``.
+        ``{story: values of shape (n_trs - 15, n_columns)}``, float32, trimmed ``[10:-5]`` and z-scored per story
+        and column (constant columns become 0).
     """
 
     features: dict[str, np.ndarray]
@@ -236,11 +199,8 @@ class LowLevelStack:
     column_names: tuple[str, ...]
 
     def concatenate(self, stories: Sequence[str] | None = None) -> np.ndarray:
-        """Rows of ``stories`` (default: all, in stacking order) one after another.
-
-        Returns
-        -------
-        values : ndarray of shape (sum of n_trs - 15, n_columns)
+        """Rows of ``stories`` (default: all, in stacking order) one after another: shape (sum of n_trs - 15,
+        n_columns).
         """
         stories = list(self.features) if stories is None else list(stories)
         missing = [story for story in stories if story not in self.features]
@@ -255,27 +215,7 @@ def stack_low_level_features(dataset: Dataset, stories: Sequence[str],
                              phone_map: Mapping[str, str | None] | None = None,
                              duration_tolerance: float = DURATION_TOLERANCE_S,
                              progress: bool = True) -> LowLevelStack:
-    """Feature spaces of several stories side by side, trimmed and z-scored per story.
-
-    Parameters
-    ----------
-    dataset : Dataset
-    stories : sequence of str
-    names : str or sequence of str
-        Spaces from :data:`LOW_LEVEL_FEATURES`, stacked in this order.
-    vocabularies : mapping, optional
-        Default: built from all stories of the dataset, so stacks of different stories share columns.
-    phone_map : mapping, optional
-        See :func:`normalize_phone`.
-    duration_tolerance : float
-        See :func:`low_level_features`.
-    progress : bool
-        Show a progress bar over stories.
-
-    Returns
-    -------
-    LowLevelStack
-    """
+    """Feature spaces of several stories side by side, trimmed and z-scored per story."""
     names = _check_names(names)
     stories = list(stories)
     if not stories:

@@ -111,21 +111,6 @@ def normalize_phone(label: str, source: str = "a transcript",
                     phone_map: Mapping[str, str | None] | None = None) -> str | None:
     """One of the 39 ARPAbet phones for a TextGrid phone label, or None for silence and noise.
 
-    Parameters
-    ----------
-    label : str
-        As stored in the TextGrid, e.g. ``"AH0"``, ``"iy1"``, ``"sp"``, ``"{SL}"``.
-    source : str
-        Where the label comes from (story or TextGrid path), named in errors.
-    phone_map : mapping of str to str or None, optional
-        Extra labels (upper-cased, stress digit removed) and the ARPAbet phone each stands for, or None
-        to drop it, e.g. ``{"AX": "AH"}``.
-
-    Returns
-    -------
-    phone : str or None
-        An element of :data:`ARPABET_PHONES`, or None for a non-speech label.
-
     Raises
     ------
     ValueError
@@ -148,22 +133,7 @@ def normalize_phone(label: str, source: str = "a transcript",
 
 def clean_transcript(transcript: Transcript, source: str = "a transcript",
                      phone_map: Mapping[str, str | None] | None = None) -> Transcript:
-    """Normalise phone labels and drop silence and noise from both tiers.
-
-    Parameters
-    ----------
-    transcript : Transcript
-        As read from a TextGrid.
-    source : str
-        Story or TextGrid path, named in errors.
-    phone_map : mapping, optional
-        See :func:`normalize_phone`.
-
-    Returns
-    -------
-    cleaned : Transcript
-        Phone labels in :data:`ARPABET_PHONES`, non-speech intervals dropped from both tiers.
-    """
+    """Normalise phone labels and drop silence and noise from both tiers."""
     phone_map = _check_phone_map(phone_map or {})
     phones = []
     for interval in transcript.phones:
@@ -195,18 +165,8 @@ def _centres(intervals: Sequence[Interval]) -> np.ndarray:
 
 
 def phonemes(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
-    """Count of each ARPAbet phone per TR (impulses at phone centres).
-
-    Parameters
-    ----------
-    transcript : Transcript
-        Cleaned with :func:`clean_transcript`.
-    tr_times : ndarray of shape (n_trs,)
-
-    Returns
-    -------
-    FeatureSpace
-        ``values`` of shape (n_trs, 39), columns in the order of :data:`ARPABET_PHONES`.
+    """Count of each ARPAbet phone per TR at ``tr_times`` (n_trs,): ``values`` of shape (n_trs, 39), columns
+    :data:`ARPABET_PHONES`.
     """
     phones = _checked_phones(transcript)
     one_hot = np.zeros((len(phones), len(ARPABET_PHONES)))
@@ -215,18 +175,8 @@ def phonemes(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
 
 
 def articulation(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
-    """Count of phones with each articulatory feature per TR (impulses at phone centres).
-
-    Parameters
-    ----------
-    transcript : Transcript
-        Cleaned with :func:`clean_transcript`.
-    tr_times : ndarray of shape (n_trs,)
-
-    Returns
-    -------
-    FeatureSpace
-        ``values`` of shape (n_trs, 26), columns :data:`ARTICULATORY_FEATURES` (from :data:`ARTICULATION`).
+    """Count of phones with each articulatory feature per TR at ``tr_times`` (n_trs,): ``values`` of shape (n_trs, 26),
+    columns :data:`ARTICULATORY_FEATURES`.
     """
     phones = _checked_phones(transcript)
     table = np.array(
@@ -238,24 +188,12 @@ def articulation(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
 
 
 def word_rate(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
-    """Count of words per TR (impulses at word centres).
-
-    Returns
-    -------
-    FeatureSpace
-        ``values`` of shape (n_trs, 1), name ``"word_rate"``.
-    """
+    """Count of words per TR (impulses at word centres): ``values`` of shape (n_trs, 1)."""
     return _impulses(_centres(transcript.words), tr_times, "word_rate")
 
 
 def phoneme_rate(transcript: Transcript, tr_times: np.ndarray) -> FeatureSpace:
-    """Count of phones per TR (impulses at phone centres).
-
-    Returns
-    -------
-    FeatureSpace
-        ``values`` of shape (n_trs, 1), name ``"phoneme_rate"``.
-    """
+    """Count of phones per TR (impulses at phone centres): ``values`` of shape (n_trs, 1)."""
     return _impulses(_centres(_checked_phones(transcript)), tr_times, "phoneme_rate")
 
 
@@ -285,19 +223,7 @@ def _phone_ngrams(transcript: Transcript, n: int) -> tuple[list[str], np.ndarray
 
 
 def phone_ngram_vocabulary(transcripts: Iterable[Transcript], n: int) -> tuple[str, ...]:
-    """Sorted within-word n-phones (``"AH_N"`` for n=2) that occur in cleaned transcripts.
-
-    Parameters
-    ----------
-    transcripts : iterable of Transcript
-        Cleaned with :func:`clean_transcript`.
-    n : int
-        2 for diphones, 3 for triphones.
-
-    Returns
-    -------
-    vocabulary : tuple of str
-    """
+    """Sorted within-word n-phones (``"AH_N"`` for n=2) that occur in cleaned transcripts."""
     return tuple(sorted({label for transcript in transcripts for label in _phone_ngrams(transcript, n)[0]}))
 
 
@@ -333,38 +259,14 @@ def _ngram_features(transcript: Transcript, tr_times: np.ndarray, vocabulary: Se
 
 
 def diphones(transcript: Transcript, tr_times: np.ndarray, vocabulary: Sequence[str]) -> FeatureSpace:
-    """Count of each within-word phone pair per TR (impulses at the centre of the pair).
-
-    Parameters
-    ----------
-    transcript : Transcript
-        Cleaned with :func:`clean_transcript`.
-    tr_times : ndarray of shape (n_trs,)
-    vocabulary : sequence of str
-        The columns, e.g. ``build_vocabularies(dataset)["diphones"]``; pairs not in it are left out.
-
-    Returns
-    -------
-    FeatureSpace
-        ``values`` of shape (n_trs, len(vocabulary)), ``names`` the vocabulary.
+    """Count of each within-word phone pair per TR at ``tr_times`` (n_trs,): ``values`` of shape (n_trs,
+    len(vocabulary)), ``names`` the vocabulary.
     """
     return _ngram_features(transcript, tr_times, vocabulary, 2, "diphones")
 
 
 def triphones(transcript: Transcript, tr_times: np.ndarray, vocabulary: Sequence[str]) -> FeatureSpace:
-    """Count of each within-word phone triple per TR (impulses at the centre of the triple).
-
-    Parameters
-    ----------
-    transcript : Transcript
-        Cleaned with :func:`clean_transcript`.
-    tr_times : ndarray of shape (n_trs,)
-    vocabulary : sequence of str
-        The columns, e.g. ``build_vocabularies(dataset)["triphones"]``.
-
-    Returns
-    -------
-    FeatureSpace
-        ``values`` of shape (n_trs, len(vocabulary)), ``names`` the vocabulary.
+    """Count of each within-word phone triple per TR at ``tr_times`` (n_trs,): ``values`` of shape (n_trs,
+    len(vocabulary)), ``names`` the vocabulary.
     """
     return _ngram_features(transcript, tr_times, vocabulary, 3, "triphones")

@@ -42,12 +42,6 @@ def _mel_to_hz(mel):
 def mel_band_edges(n_bands: int = N_MEL_BANDS, max_frequency: float = MAX_FREQUENCY_HZ) -> np.ndarray:
     """Corner frequencies of triangular bands evenly spaced on the mel scale from 0 Hz.
 
-    Parameters
-    ----------
-    n_bands : int
-    max_frequency : float
-        Upper edge of the highest band, in Hz.
-
     Returns
     -------
     edges : ndarray of shape (n_bands + 2,)
@@ -69,12 +63,7 @@ def _mel_filterbank(edges: np.ndarray, frequencies: np.ndarray) -> np.ndarray:
 
 def _frame_band_power_db(audio: np.ndarray, centres: np.ndarray, frame_length: int, filterbank: np.ndarray,
                          n_fft: int) -> np.ndarray:
-    """Band power in dB of Hann frames centred on sample indices ``centres`` (zeros outside the audio).
-
-    Returns
-    -------
-    power_db : ndarray of shape (len(centres), n_bands)
-    """
+    """Band power in dB of Hann frames centred on sample indices ``centres`` (zeros outside the audio)."""
     window = np.hanning(frame_length)
     scale = 2.0 / (n_fft * np.sum(window ** 2))  # a sine of amplitude A at a band's peak gives about A**2 / 2
     starts = centres - frame_length // 2
@@ -101,17 +90,13 @@ def power_spectrum(audio: np.ndarray, tr_times: np.ndarray, sample_rate: int = S
         Mono audio in [-1, 1]; sample 0 is sound onset.
     tr_times : ndarray of shape (n_trs,)
         TR midpoints relative to sound onset, in seconds.
-    sample_rate : int
-        Of ``audio``, in Hz.
-    n_bands : int
-        Triangular mel bands from 0 Hz to ``min(8 kHz, sample_rate / 2)``.
 
     Returns
     -------
     FeatureSpace
-        ``values`` of shape (n_trs, n_bands): band power in dB relative to a full-scale signal (a sine of
-        amplitude A at a band's centre gives about ``10 log10(A**2 / 2)``), floored at
-        :data:`POWER_FLOOR_DB`; ``names`` the centre frequencies, e.g. ``"1000Hz"``.
+        ``values`` of shape (n_trs, n_bands): band power in dB relative to a full-scale signal (a sine of amplitude
+        A at a band's centre gives about ``10 log10(A**2 / 2)``), floored at :data:`POWER_FLOOR_DB`; ``names`` the
+        centre frequencies, e.g. ``"1000Hz"``.
     """
     audio = np.asarray(audio)
     if audio.ndim != 1:

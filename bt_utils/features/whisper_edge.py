@@ -1,23 +1,4 @@
-"""The fast mode of Whisper padded to 30 s: short spans of frames that read a shared forward pass.
-
-Whisper represents the last frame of its real audio (the frame the protocol
-keeps) unlike interior frames, and every layer state of every frame depends on
-where the window ends; so running long windows and keeping several frames of
-each, as the fast mode does for other encoders, gives features of another kind.
-Here every window of the reference and its kept frame stay, but most of the
-transformer work is shared. Consecutive windows go in groups; the group's lead
-window runs a whole forward pass. For every other window, the transformer
-layers run only on a short span of frames around its kept frame, computed from
-its own padded input (log-mel, convolutions, positions), and each layer's
-attention also reads, as keys and values, the lead's inputs to that layer at
-the same places in the input beyond the span: every frame before it and, after
-it, one frame per block of padding, weighted as the block's copies. Neighbouring
-windows differ by a few chunks of audio, so the lead's states stand in closely
-for those the window would compute itself. Full-length windows are led by their
-group's middle window; the story's first windows all start at sample 0, are led
-by their first window, and a group ends before a member's span would start
-past the lead's audio, so that nothing a member reads comes from padding.
-"""
+"""The fast mode of Whisper padded to 30 s: short spans of frames that read a shared forward pass."""
 
 from __future__ import annotations
 
@@ -55,28 +36,8 @@ def span_first(kept_frame: int) -> int:
 
 
 def shared_groups(plan: WindowPlan, kept_frames: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Every window of ``plan``, in groups of at most :data:`GROUP_SIZE` consecutive windows, as (lead, members).
-
-    Full-length windows share one layout in the padded input: a member holds
-    the lead's layout with audio a few strides earlier or later, and the lead
-    is the group's middle window. Windows of the story start all begin at
-    sample 0, so a member holds the lead's audio at the same places plus more
-    at its end; there the lead is the group's first window, and a member joins
-    while its span starts at or before the lead's kept frame less one, so that
-    every frame it reads from the lead before its span is computed from the
-    lead's audio alone (a frame's receptive field reaches past its centre).
-
-    Parameters
-    ----------
-    plan : WindowPlan
-        One window per grid point.
-    kept_frames : ndarray of shape (n_windows,)
-        The frame each window keeps.
-
-    Returns
-    -------
-    list of (int, ndarray of int)
-        In window order; every window is a lead or a member exactly once.
+    """Every window of ``plan``, in groups of at most :data:`GROUP_SIZE` consecutive windows, as (lead, members);
+    ``kept_frames`` (n_windows,) is the frame each window keeps.
     """
     full = plan.ends - plan.starts == plan.window_samples
     start_windows = np.flatnonzero(~full)  # the story's first windows, before the full-length ones
@@ -107,9 +68,8 @@ def member_rows(kept_frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np
     spans : torch.Tensor
         Long, shape (B, SPAN_FRAMES): the frames each member's layers run on.
     context_counts : torch.Tensor
-        Float, shape (B, 1500): 1 at every frame before the span, the block's
-        length at the middle frame of every block of :data:`AFTER_EVERY`
-        frames after it, 0 elsewhere.
+        Float, shape (B, 1500): 1 at every frame before the span, the block's length at the middle frame of every
+        block of :data:`AFTER_EVERY` frames after it, 0 elsewhere.
     positions : ndarray of shape (B,)
         Place of each kept frame in its span.
     """
@@ -131,23 +91,8 @@ def frame_states(encoder: SpeechEncoder, audio: torch.Tensor, lengths: torch.Ten
                  context_counts: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Hidden states of padded Whisper at chosen frames, with the transformer layers run on those frames.
 
-    Each row's audio is padded to 30 s and turned into log-mel features,
-    convolution outputs and positional embeddings exactly as in
-    :meth:`SpeechEncoder.forward`, but only at ``frames``; the layers then run
-    on those frames alone. With ``context``, every layer's attention also
-    reads, as keys and values that the layers do not update, states computed
-    elsewhere (typically another forward pass's inputs to that layer), each
-    frame standing for ``context_counts`` frames: the log of its count is
-    added to its attention logits, as that many copies of it would draw; a
-    count of 0 leaves it out. Given a forward pass's states on the same audio
-    as context at every frame not in ``frames``, the result equals that pass
-    at ``frames``. Only the context frames some row reads are projected, once
-    for the batch. Inference only (eval mode).
-
     Parameters
     ----------
-    encoder : SpeechEncoder
-        Whisper padded to 30 s, in eval mode.
     audio : torch.Tensor
         Float, shape (B, T), 16 kHz, T at most 30 s.
     lengths : torch.Tensor or None
@@ -155,16 +100,15 @@ def frame_states(encoder: SpeechEncoder, audio: torch.Tensor, lengths: torch.Ten
     frames : torch.Tensor
         Long, shape (B, N): frame indices (0-1499, 20 ms apart) per row.
     context : sequence of torch.Tensor, optional
-        One per layer (``n_layers``): the input states of layer ``l`` at
-        every frame, shape (B or 1, 1500, D).
+        One per layer (``n_layers``): the input states of layer ``l`` at every frame, shape (B or 1, 1500, D).
     context_counts : torch.Tensor, optional
         Float, shape (B or 1, 1500), >= 0; required with ``context``.
 
     Returns
     -------
     tuple of torch.Tensor
-        ``n_layers + 1`` states of shape (B, N, D), the last after the final
-        layer norm (as ``EncoderOutput.hidden_states``).
+        ``n_layers + 1`` states of shape (B, N, D), the last after the final layer norm (as
+        ``EncoderOutput.hidden_states``).
     """
     if not pads_to_30s(encoder):
         raise ValueError(f"frame_states needs Whisper padded to 30 s; {encoder.name} is {encoder.family} "

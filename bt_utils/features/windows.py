@@ -1,19 +1,8 @@
 """Feature windows: the two modes, and the causal windows that cover a story.
 
-Frames are read on a grid of *chunk ends* every ``chunk_s`` (0.1 s) after
-sound onset: grid point ``k`` lies at ``(k + 1) * chunk_s``, the time up to
-which its frame has heard the story. Every encoder window is causal: it ends at
-a grid point and starts ``context_s`` plus its stride earlier, or at sound onset
-near the story start.
-
-``"reference"`` is the protocol: one window per grid point (16 s of context
-plus the 0.1-s chunk), its last frame kept. ``"fast"`` is one cheaper
-approximation per encoder family, chosen by the extraction code (see
-:mod:`bt_utils.features.extraction` and docs/feature_windows.md): encoders that
-run at their input length (wav2vec2, HuBERT, Whisper with ``native_length``)
-run longer windows every :data:`FAST_STRIDE_S` and keep the frames of the
-stride at the end of each; Whisper padded to 30 s keeps the reference's windows
-and shares most of their work (:mod:`bt_utils.features.whisper_edge`).
+Frames are read on a grid of *chunk ends* every ``chunk_s`` (0.1 s) after sound onset: grid point ``k`` lies at
+``(k + 1) * chunk_s``, the time up to which its frame has heard the story. Every encoder window is causal: it ends
+at a grid point and starts ``context_s`` plus its stride earlier, or at sound onset near the story start.
 """
 
 from __future__ import annotations
@@ -53,12 +42,11 @@ class WindowSettings:
     Parameters
     ----------
     mode : {"reference", "fast"}
-        ``"reference"``: the protocol, one window per grid point, its last
-        frame kept. ``"fast"``: the cheaper approximation of the encoder's
-        family (see the module docstring).
+        ``"reference"``: the protocol, one window per grid point, its last frame kept. ``"fast"``: the cheaper
+        approximation of the encoder's family (see the module docstring).
     context_s : float
-        Causal context of each kept frame besides its chunk, in seconds
-        (shorter at the story start); whole samples at 16 kHz.
+        Causal context of each kept frame besides its chunk, in seconds (shorter at the story start); whole samples
+        at 16 kHz.
     chunk_s : float
         Spacing of the output frame grid, in seconds; whole samples at 16 kHz.
     """
@@ -103,8 +91,7 @@ class WindowPlan:
     grid_ends : ndarray of shape (n_times,)
         Sample at which each grid point's chunk ends, ``(k + 1) * chunk_samples``.
     window_samples : int
-        Length of a full window (context plus stride), in samples; windows
-        near the story start are shorter.
+        Length of a full window (context plus stride), in samples; windows near the story start are shorter.
     """
 
     starts: np.ndarray
@@ -140,24 +127,11 @@ class WindowPlan:
 def plan_windows(n_samples: int, settings: WindowSettings, stride_s: float | None = None) -> WindowPlan:
     """Causal windows over a story of ``n_samples`` samples at 16 kHz.
 
-    The grid has ``n_samples // chunk_samples`` points (audio after the last
-    full chunk is not used). With ``m = stride_s / chunk_s`` frames per window,
-    window ``j`` yields grid points ``j * m .. (j + 1) * m - 1`` (fewer for the
-    last window), ends at the last of them and starts ``context_s + stride_s``
-    earlier, or at sample 0. Each kept frame has thus heard at least
-    ``context_s + chunk_s`` of audio (less near the story start).
-
     Parameters
     ----------
-    n_samples : int
-    settings : WindowSettings
     stride_s : float, optional
-        Step between windows, a whole multiple of ``chunk_s``. Default
-        ``chunk_s``: one window per grid point, as the reference protocol.
-
-    Returns
-    -------
-    WindowPlan
+        Step between windows, a whole multiple of ``chunk_s``. Default ``chunk_s``: one window per grid point, as
+        the reference protocol.
     """
     chunk = settings.chunk_samples
     stride = chunk if stride_s is None else _samples(stride_s, "stride_s")

@@ -1,10 +1,9 @@
 """The brain-tuning model and its losses: encoder, mean pooling over valid frames, linear head(s).
 
-:class:`BrainTuningModel` predicts the targets of a TR from its 10-s input
-window (or from the cached states of the frozen layers). With several
-participants its head holds every participant's outputs side by side, and the
-loss is computed per participant over the items it has responses for, then
-pooled (:func:`participant_losses`, :func:`pooled_loss`).
+:class:`BrainTuningModel` predicts the targets of a TR from its 10-s input window (or from the cached states of the
+frozen layers). With several participants its head holds every participant's outputs side by side, and the loss is
+computed per participant over the items it has responses for, then pooled (:func:`participant_losses`,
+:func:`pooled_loss`).
 """
 
 from __future__ import annotations
@@ -27,18 +26,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class BrainTuningModel(nn.Module):
-    """Speech encoder + mean pooling over valid frames + linear head.
-
-    The pooled state is the encoder's last hidden state after its final layer
-    norm, if any (:attr:`bt_utils.models.encoder.EncoderOutput.last_hidden_state`, as
-    Hugging Face's ``last_hidden_state``).
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-    n_targets : int
-        Voxels (or embedding dimensions) predicted.
-    """
+    """Speech encoder + mean pooling over valid frames + linear head."""
 
     def __init__(self, encoder: SpeechEncoder, n_targets: int):
         super().__init__()
@@ -52,9 +40,6 @@ class BrainTuningModel(nn.Module):
 
         Parameters
         ----------
-        frozen_layers : int
-            Transformer layers already applied to the inputs (see
-            :func:`bt_utils.models.frozen.frozen_inputs`).
         frame_mask : torch.Tensor
             Bool, shape (F,): the frames of the inputs computed from real audio.
         """
@@ -72,12 +57,7 @@ class BrainTuningModel(nn.Module):
 
 
 def compute_loss(name: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean loss over a batch; ``prediction`` and ``target`` have shape (B, n_targets).
-
-    - ``mse``: mean squared error over samples and targets;
-    - ``pearson``: 1 - Pearson r across targets, averaged over samples;
-    - ``huber_cosine``: Huber loss (delta 1) + (1 - cosine similarity).
-    """
+    """Mean loss over a batch; ``prediction`` and ``target`` have shape (B, n_targets)."""
     check_option("loss", name, LOSSES)
     prediction, target = prediction.float(), target.float()
     if name == "mse":
@@ -105,9 +85,8 @@ def by_participant(prediction, target, heads: Mapping[str, slice]) -> dict[str, 
     Returns
     -------
     pairs : dict of str to (Tensor, Tensor)
-        Participant -> (prediction, target), each of shape (n_rows, n_columns):
-        the items whose targets of that participant are all finite.
-        Participants without such an item are left out.
+        Participant -> (prediction, target), each of shape (n_rows, n_columns): the items whose targets of that
+        participant are all finite. Participants without such an item are left out.
     """
     prediction, target = torch.as_tensor(prediction), torch.as_tensor(target)
     pairs = {}
@@ -124,9 +103,5 @@ def participant_losses(name: str, prediction, target, heads: Mapping[str, slice]
 
 
 def pooled_loss(losses: Mapping[str, torch.Tensor | float]):
-    """The loss of a run on several participants: the mean of their losses.
-
-    Each participant counts once, whatever its number of voxels or items; with
-    one participant it is that participant's loss.
-    """
+    """The loss of a run on several participants: the mean of their losses."""
     return sum(losses.values()) / len(losses)

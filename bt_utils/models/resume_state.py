@@ -1,10 +1,9 @@
 """The resume state of a brain-tuning run: saved and loaded as tensors and plain values only.
 
-A run folder's ``resume_state.pt`` holds what an interrupted run needs to go on
-exactly (model, optimiser, schedules, random-number states, history). Run folders
-are shared, so the file is read with ``torch.load(weights_only=True)``: it may
-hold tensors, numbers, strings, lists, tuples and dicts, never an object whose
-unpickling could run code. The random-number states are stored in those types.
+A run folder's ``resume_state.pt`` holds what an interrupted run needs to go on exactly (model, optimiser,
+schedules, random-number states, history). Run folders are shared, so the file is read with
+``torch.load(weights_only=True)``: it may hold tensors, numbers, strings, lists, tuples and dicts, never an object
+whose unpickling could run code. The random-number states are stored in those types.
 """
 
 from __future__ import annotations
@@ -47,18 +46,7 @@ def restore_rng_states(states: dict) -> None:
 
 
 def save_resume_state(state: dict, path: str | os.PathLike) -> Path:
-    """Write a resume state atomically.
-
-    Parameters
-    ----------
-    state : dict
-        Tensors and plain values only (:func:`rng_states` for the generators).
-    path : path-like
-
-    Returns
-    -------
-    path : Path
-    """
+    """Write a resume state atomically."""
     with atomic_path(path) as staged:
         torch.save(state, staged)
     return Path(path)
@@ -70,9 +58,8 @@ def load_resume_state(path: str | os.PathLike) -> dict:
     Raises
     ------
     DataError
-        The file holds anything but tensors and plain values (it was not
-        written by bt_utils and is not loaded), or is damaged; the message
-        names it and says that deleting it restarts the run from its first epoch.
+        The file holds anything but tensors and plain values (it was not written by bt_utils and is not loaded), or
+        is damaged; the message names it and says that deleting it restarts the run from its first epoch.
     """
     path = Path(path)
     restart = (f"deleting it is safe (nothing else is lost: the run starts again from its first epoch and "

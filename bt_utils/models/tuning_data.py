@@ -1,14 +1,7 @@
 """Training and validation sets of brain-tuning: 10-s input windows per TR paired with responses.
 
-:func:`build_tuning_sets` reads the split, selects each participant's target
-voxels by their noise ceiling, applies the random-fMRI controls
-(:func:`block_shuffle`, :func:`story_derangement`) or the text-embedding
-targets, and returns :class:`TuningSet` objects that cut the input windows on
-access. With several participants, an item is a (story, TR) of the stimulus:
-its targets are every participant's responses side by side (one block of
-columns, a head, per participant), so one encoder pass serves them all.
-:mod:`bt_utils.models.tuning` trains on them.
-"""
+:func:`build_tuning_sets` selects each participant's target voxels, applies the controls and returns
+:class:`TuningSet` objects; with several participants an item holds every participant's responses side by side."""
 
 from __future__ import annotations
 
@@ -31,19 +24,8 @@ if TYPE_CHECKING:
 class TuningSet(torch.utils.data.Dataset):
     """Input windows and targets of a set of TRs; windows are cut on access.
 
-    Parameters
-    ----------
-    audio : dict of str to ndarray of shape (n_samples,)
-        Audio of every story used.
-    tr_times : dict of str to ndarray of shape (n_trs,)
-    items : list of (str, int)
-        (story, untrimmed TR index) per sample.
-    targets : ndarray of shape (n_items, n_targets)
-        NaN where a participant has no response for the item.
-    spec : WindowSpec
-    heads : mapping of str to slice
-        Participant -> its columns of ``targets`` (its head's outputs), in
-        order; the slices tile the columns.
+    ``audio`` and ``tr_times`` map each story used to its samples (n_samples,) and TR times (n_trs,); ``targets`` has
+    shape (n_items, n_targets), NaN where a participant has no response for the item.
     """
 
     def __init__(self, audio, tr_times, items, targets, spec: WindowSpec = WindowSpec(), *,
@@ -71,32 +53,13 @@ class TuningSet(torch.utils.data.Dataset):
 
 
 def block_shuffle(responses: np.ndarray, block_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Permute a story's responses in blocks of ``block_size`` TRs so that no TR keeps its own block's.
-
-    The story is cut into blocks of ``block_size`` TRs (the last one may be
-    shorter), and the blocks are concatenated in a random order in which
-    every output TR gets a response from another block than the one it lies
-    in: no block stays in place (a derangement), and when the shorter last
-    block moves forward, the blocks after it, shifted by the difference, do
-    not overlap their own place either. Orders are drawn uniformly among those.
-
-    Parameters
-    ----------
-    responses : ndarray of shape (n_trs, n_voxels)
-    block_size : int
-    rng : numpy.random.Generator
-
-    Returns
-    -------
-    shuffled : ndarray of shape (n_trs, n_voxels)
-        The rows of ``responses``, reordered.
+    """Permute a story's responses (n_trs, n_voxels) in blocks of ``block_size`` TRs so that no TR keeps its own
+    block's.
 
     Raises
     ------
     ValueError
-        The story has fewer than 2 blocks, or 2 blocks of unequal lengths: no
-        order moves every TR out of its block (a control that kept the real
-        responses would be no control).
+        The story has fewer than 2 blocks, or 2 blocks of unequal lengths: no order moves every TR out of its block.
     """
     n_trs = len(responses)
     n_blocks = -(-n_trs // block_size)
@@ -141,19 +104,8 @@ def _subset(items: list, targets: np.ndarray, limit: int | None, rng: np.random.
 
 
 def subject_or_subjects(subject: str | None, subjects: Sequence[str] | None) -> str | list[str]:
-    """The participants of a tuning notebook, of which exactly one parameter is set.
-
-    Parameters
-    ----------
-    subject : str or None
-        One participant.
-    subjects : sequence of str or None
-        Several participants tuned together.
-
-    Returns
-    -------
-    str or list of str
-        ``subject``, or ``subjects`` as a list (checked by :func:`tuning_participants` when the run starts).
+    """The participants of a tuning notebook, of which exactly one parameter is set: ``subject``, or ``subjects`` as a
+    list (checked by :func:`tuning_participants` when the run starts).
 
     Raises
     ------
@@ -172,25 +124,11 @@ def subject_or_subjects(subject: str | None, subjects: Sequence[str] | None) -> 
 def tuning_participants(dataset: Dataset, subjects: str | Sequence[str], control: str = "none") -> list[str]:
     """The participants of a tuning run, checked: one name, or a list of distinct names the dataset has.
 
-    Parameters
-    ----------
-    dataset : Dataset
-    subjects : str or sequence of str
-        One participant, or several tuned together (a list of one is the same
-        as its name).
-    control : str
-        The run's control: ``text_embedding`` (targets without a participant)
-        takes one participant only.
-
-    Returns
-    -------
-    participants : list of str
-
     Raises
     ------
     ValueError
-        An empty list, a name given twice, a name the dataset has no responses
-        for, or several participants with the ``text_embedding`` control.
+        An empty list, a name given twice, a name the dataset has no responses for, or several participants with
+        the ``text_embedding`` control.
     """
     if isinstance(subjects, str):
         return [subjects]
@@ -217,40 +155,14 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
                       spec: WindowSpec = WindowSpec()):
     """Training and validation sets of one participant or several, with the control of ``config`` applied.
 
-    Every participant is tuned on the dataset's split: :meth:`Dataset.split`
-    requires responses to all of its stories and names the missing ones
-    otherwise, and stories outside the split (such as the extra stories that
-    UTS01-UTS03 of ds003020 heard) are not used. An item is a (story, TR) of
-    the split; its targets hold each participant's responses to it, in one
-    block of columns per participant (``heads``), and NaN where a participant
-    has none (with ``story_swap``, the TRs of a story beyond the length of the
-    participant's partner story). Controls apply per participant: each gets
-    its own story pairing and its own block orders, drawn in the order of
-    ``subjects`` (the first participant's draws are those of a run on it alone).
-    ``max_train_trs`` and ``max_validation_trs`` keep a random subset of items,
-    the same for every participant.
-
-    Parameters
-    ----------
-    dataset : Dataset
-    subjects : str or sequence of str
-        See :func:`tuning_participants`.
-    config : TuningConfig
-    spec : WindowSpec
-
     Returns
     -------
     train, validation : TuningSet
     selection : dict
-        ``subjects`` (the participants, in head order), ``target_kind``
-        (``"voxels"``, or ``"text_embedding"`` for that control),
-        ``n_targets``, ``voxels`` (the selected voxel indices, the targets;
-        None when the targets are embedding dimensions), ``cc_max`` of those
-        voxels (or None), the stories, the control and its story pairing
-        (``story_swap``). One participant: also ``subject``; several:
-        ``voxels``, ``cc_max`` and ``story_swap`` map each participant to its
-        own, and ``n_outputs`` gives each participant's number of head outputs.
-        For the ``text_embedding`` control, ``target_scaling`` (see :func:`zscore_targets`).
+        ``subjects`` (the participants, in head order), ``target_kind`` (``"voxels"``, or ``"text_embedding"`` for
+        that control), ``n_targets``, ``voxels`` (the selected voxel indices, the targets; None when the targets
+        are embedding dimensions), ``cc_max`` of those voxels (or None), the stories, the control and its story
+        pairing (``story_swap``).
     """
     participants = tuning_participants(dataset, subjects, config.control)
     splits = [dataset.split(subject) for subject in participants]  # each checks that its participant heard the stories
@@ -331,28 +243,8 @@ def build_tuning_sets(dataset: Dataset, subjects: str | Sequence[str], config: T
 
 
 def zscore_targets(train: torch.Tensor, validation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """z-score every target column with the mean and standard deviation of the training rows.
-
-    The ``text_embedding`` control's targets are unit-norm embeddings (each
-    dimension's variance about 1 / n_targets); z-scored like the voxels'
-    responses, they drive the encoder as hard under the same loss and
-    learning rates. The validation rows use the training statistics.
-
-    Parameters
-    ----------
-    train : Tensor of shape (n_train, n_targets)
-    validation : Tensor of shape (n_validation, n_targets)
-
-    Returns
-    -------
-    train, validation : Tensor
-        Same shapes; the training columns have mean 0 and standard deviation 1.
-        Columns whose standard deviation is below 1e-6 of the largest one are
-        only centred (all-MiniLM-L6-v2 has dimensions that are always about 0).
-    scaling : dict
-        ``{"mean": [...], "std": [...]}`` (length n_targets each; ``std`` 1 for
-        the columns only centred): a prediction maps back to target units as
-        ``prediction * std + mean``.
+    """z-score every target column of ``train`` (n_train, n_targets) and ``validation`` (n_validation, n_targets)
+    with the mean and standard deviation of the training rows.
     """
     mean, std = train.mean(dim=0), train.std(dim=0, unbiased=False)
     std = torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
@@ -361,18 +253,8 @@ def zscore_targets(train: torch.Tensor, validation: torch.Tensor) -> tuple[torch
 
 
 def selected_voxels(selection: dict) -> dict[str, list[int]]:
-    """Each participant's target voxels, in head order, from a selection of :func:`build_tuning_sets`.
-
-    Parameters
-    ----------
-    selection : dict
-        Of one participant or several.
-
-    Returns
-    -------
-    voxels : dict of str to list of int
-        Participant -> the voxel index of each of its head's outputs; empty
-        when the targets are embedding dimensions (``text_embedding``).
+    """Each participant's target voxels, in head order, from a selection of :func:`build_tuning_sets`: participant ->
+    the voxel index of each head output (empty when the targets are embedding dimensions).
     """
     if selection["voxels"] is None:
         return {}
@@ -382,17 +264,9 @@ def selected_voxels(selection: dict) -> dict[str, list[int]]:
 
 
 def target_names(selection: dict) -> list[str]:
-    """Names of the targets of a selection, one per head output: ``"voxel 1234"`` or ``"embedding dimension 7"``
-    (``"DEMO01 voxel 1234"`` when several participants were tuned together).
-
-    Parameters
-    ----------
-    selection : dict
-        As returned by :func:`build_tuning_sets` (or stored in a training record).
-
-    Returns
-    -------
-    names : list of str, length ``n_targets``
+    """Names of the targets of a selection (:func:`build_tuning_sets`, or a training record), one per head output:
+    ``"voxel 1234"`` or ``"embedding dimension 7"`` (``"DEMO01 voxel 1234"`` when several participants were tuned
+    together).
     """
     if selection["voxels"] is None:
         return [f"embedding dimension {i}" for i in range(selection["n_targets"])]

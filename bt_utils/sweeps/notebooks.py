@@ -74,10 +74,7 @@ _MATH = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
 
 
 def network_needs(notebook: nbformat.NotebookNode) -> list[str]:
-    """What an HTML report of ``notebook`` loads from the network, one phrase per need (empty: nothing).
-
-    Only LaTeX math, mermaid diagrams and interactive widgets need scripts from CDNs.
-    """
+    """What an HTML report of ``notebook`` loads from the network, one phrase per need (empty: nothing)."""
     texts = [cell.source for cell in notebook.cells if cell.cell_type == "markdown"]
     texts += [str(output.get("data", {}).get(kind, "")) for cell in notebook.cells for output in cell.get("outputs", [])
               for kind in ("text/markdown", "text/latex")]
@@ -96,20 +93,12 @@ def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None
                 show_code: bool = False) -> Path:
     """Render an executed notebook to HTML (atomic): its text, figures and tables, embedded.
 
-    The report opens with a note on what it loads from the network and the run's parameters (those
-    papermill set); the code cells are left out unless ``show_code``.
-
     Parameters
     ----------
-    notebook : path-like
     html_path : path-like, optional
         Defaults to the notebook's path with suffix ``.html``.
     show_code : bool
         Keep the code cells (input and prompts) in the report.
-
-    Returns
-    -------
-    html_path : Path
     """
     notebook = Path(notebook)
     html_path = Path(html_path) if html_path is not None else notebook.with_suffix(".html")
@@ -144,8 +133,8 @@ def execute_notebook(
     name : str
         Notebook name, e.g. ``"00_data"``.
     output_dir : path-like
-        Folder of the executed notebook, created if needed (relative to the current folder); also the
-        notebook's ``output_dir`` parameter unless ``parameters`` sets it.
+        Folder of the executed notebook, created if needed (relative to the current folder); also the notebook's
+        ``output_dir`` parameter unless ``parameters`` sets it.
     parameters : mapping, optional
         Values for the notebook's ``parameters`` cell.
     html : bool
@@ -156,8 +145,7 @@ def execute_notebook(
     Returns
     -------
     executed : Path
-        The executed notebook. A failed run raises papermill's error and keeps the partial notebook as
-        ``<name>.failed.ipynb`` (and ``.failed.html``).
+        The executed notebook.
     """
     source = notebook_path(name, notebook_dir)
     output_dir = Path(output_dir).resolve()

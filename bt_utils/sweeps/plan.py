@@ -16,29 +16,7 @@ from ..results import file_label
 
 @dataclass(frozen=True)
 class Run:
-    """One notebook execution of a sweep.
-
-    Attributes
-    ----------
-    run_id : str
-        ``<stage>/<folder>``, unique in the sweep.
-    stage, notebook : str
-    axes : dict
-        The run's value of each axis its stage varies over.
-    parameters : dict
-        The parameters the sweep passes to the notebook (placeholders expanded, ``output_dir`` left out).
-    defaults : dict
-        The notebook's own defaults of its other parameters, recorded with ``parameters``.
-    fingerprint : str
-        8 hex digits of the hash of the notebook and its parameters (defaults included).
-    path : Path
-        Run folder (the notebook's ``output_dir``).
-    depends_on : tuple of str
-        Run ids that must complete first.
-    resources : dict
-        Dask resources the run needs.
-    notebook_dir : Path
-    """
+    """One notebook execution of a sweep."""
 
     run_id: str
     stage: str
@@ -54,18 +32,7 @@ class Run:
 
 
 def plan_runs(spec: SweepSpec, out_dir: str | os.PathLike) -> list[Run]:
-    """Every run of a sweep, in an order where dependencies come first.
-
-    Parameters
-    ----------
-    spec : SweepSpec
-    out_dir : path-like
-        The sweep folder.
-
-    Returns
-    -------
-    runs : list of Run
-    """
+    """Every run of a sweep, in an order where dependencies come first."""
     out = Path(out_dir).resolve()
     roots = {"sweep_dir": out.as_posix(), "spec_dir": spec.path.parent.as_posix()}
     by_stage: dict[str, list[Run]] = {}
@@ -116,12 +83,7 @@ def _plan_run(spec: SweepSpec, stage: Stage, axes: dict, by_stage: dict, out: Pa
 
 
 def _expand(value: object, replace: Callable[[str, str | None], object], unescape: bool) -> object:
-    """Replace the placeholders in the strings of ``value`` by ``replace(name, argument)`` (None: keep it).
-
-    A string that is one placeholder becomes its value; one that begins with a placeholder whose value is
-    a mapping becomes that mapping, the rest of the string appended to each value. Escaped braces are
-    kept, or made single with ``unescape``.
-    """
+    """Replace the placeholders in the strings of ``value`` by ``replace(name, argument)`` (None: keep it)."""
     if isinstance(value, Mapping):
         return {key: _expand(item, replace, unescape) for key, item in value.items()}
     if isinstance(value, list):
@@ -150,20 +112,7 @@ def _substitute(text: str, replace: Callable[[str, str | None], object], unescap
 
 
 def critical_path_priorities(runs: Sequence[Run]) -> dict[str, int]:
-    """Dask priority of each run: the number of runs on the longest chain that starts with it.
-
-    Ready runs start highest priority first, so the runs that long chains wait on start before leaves.
-
-    Parameters
-    ----------
-    runs : sequence of Run
-        Runs in dependency order; dependencies outside ``runs`` are ignored.
-
-    Returns
-    -------
-    priorities : dict of str to int
-        ``run_id -> chain length`` (1 for a run nothing in ``runs`` depends on).
-    """
+    """Dask priority of each run: the number of runs on the longest chain that starts with it."""
     dependents: dict[str, list[str]] = {run.run_id: [] for run in runs}
     for run in runs:
         for run_id in run.depends_on:

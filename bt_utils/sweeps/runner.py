@@ -1,12 +1,7 @@
 """Papermill sweeps: run the notebooks over a grid of parameters on a Dask cluster.
 
-:func:`run_sweep` executes the runs of a specification (:mod:`bt_utils.sweeps.spec`, planned by
-:mod:`bt_utils.sweeps.plan`) that have not completed, each once the runs it depends on have completed;
-:func:`sweep_status` reads the state of every run back from its folder (:mod:`bt_utils.sweeps.state`).
-Reruns skip what completed with the same parameters and redo what failed or is out of date, as ``make``
-does, so an interrupted sweep resumes. docs/sweeps.md describes the specification, the run folders, reruns
-and clusters.
-"""
+:func:`run_sweep` runs what has not completed, each run after those it depends on, so an interrupted sweep resumes;
+:func:`sweep_status` reads the runs' states back. docs/sweeps.md describes specifications, reruns and clusters."""
 
 from __future__ import annotations
 
@@ -68,10 +63,8 @@ def sweep_status(
     Returns
     -------
     table : DataFrame
-        One row per planned run: the columns of :data:`~bt_utils.sweeps.state.INDEX_COLUMNS` and one
-        per grid axis; ``state`` is one of :data:`~bt_utils.sweeps.state.STATES`. The ``message`` of a
-        completed run that the next sweep runs again says why. When no sweep runs,
-        ``<out_dir>/runs_index.csv``, if any, is rewritten to agree.
+        One row per planned run: the columns of :data:`~bt_utils.sweeps.state.INDEX_COLUMNS` and one per grid axis;
+        ``state`` is one of :data:`~bt_utils.sweeps.state.STATES`.
     """
     spec = _as_spec(spec, notebook_dir)
     out = sweep_dir(spec, out_dir)
@@ -190,12 +183,7 @@ def _run_pending(
 
 
 def _execute(run: Run, inputs: dict[str, str], *upstream: dict, show_code: bool = False) -> dict:
-    """Execute one run on a worker (never raises): its final status.
-
-    ``inputs``: ``finished`` times of dependencies completed before this sweep; ``upstream``: final
-    statuses of those this sweep executed. The status records every dependency's ``finished`` time, to
-    tell later whether one ran again since.
-    """
+    """Execute one run on a worker (never raises): its final status."""
     unfinished = [status["run_id"] for status in upstream if status["state"] != "completed"]
     if unfinished:
         return write_status(run, "skipped", reason=f"dependency failed: {', '.join(unfinished)}")

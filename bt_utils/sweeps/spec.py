@@ -36,30 +36,7 @@ class SweepSpecError(ValueError):
 
 @dataclass(frozen=True)
 class Stage:
-    """One notebook of a sweep and the grid axes it varies over.
-
-    Attributes
-    ----------
-    name : str
-        Stage name: its runs' folder under the sweep folder.
-    notebook : str
-        Notebook name in the notebook folder.
-    over : tuple of str
-        Grid axes with one run per combination of values.
-    parameters : dict
-        The spec's defaults the notebook declares, updated with the stage's parameters; placeholders
-        not yet expanded.
-    notebook_defaults : dict
-        The notebook's own defaults but ``output_dir``: literals as values, other expressions as source.
-    resources : dict
-        Dask resources each run needs.
-    after : tuple of str
-        Earlier stages whose matching runs must complete first.
-    passed_axes : tuple of str
-        The axes of ``over`` that the notebook declares, passed as parameters.
-    only : dict of str to tuple
-        Axes of ``over`` restricted to some of their grid values; empty: the whole grid.
-    """
+    """One notebook of a sweep and the grid axes it varies over."""
 
     name: str
     notebook: str
@@ -78,7 +55,6 @@ class SweepSpec:
 
     Attributes
     ----------
-    name : str
     path : Path
         The specification file.
     grid : dict
@@ -106,15 +82,11 @@ def load_spec(path: str | os.PathLike, notebook_dir: str | os.PathLike | None = 
     notebook_dir : path-like, optional
         Folder of the notebooks (default: the suite's ``notebooks/``).
 
-    Returns
-    -------
-    spec : SweepSpec
-
     Raises
     ------
     SweepSpecError
-        For an unknown key, notebook, parameter, axis or stage, a bad grid or a bad reference; the
-        message says which and how to fix it.
+        For an unknown key, notebook, parameter, axis or stage, a bad grid or a bad reference; the message says
+        which and how to fix it.
     """
     path = Path(path)
     if not path.is_file():

@@ -92,23 +92,7 @@ def read_status(run: Run) -> dict | None:
 
 
 def out_of_date(runs: Sequence[Run], statuses: Mapping[str, dict | None]) -> dict[str, str]:
-    """The completed runs that must run again because a run they depend on changed (as ``make`` does).
-
-    A dependency changed when it runs in this sweep or finished again since the run recorded its
-    ``finished`` time in ``inputs``.
-
-    Parameters
-    ----------
-    runs : sequence of Run
-        Runs in dependency order (:func:`bt_utils.sweeps.plan.plan_runs`).
-    statuses : mapping
-        ``run_id -> status`` (:func:`read_status`; None for a run without one).
-
-    Returns
-    -------
-    reasons : dict of str to str
-        ``run_id -> why it runs again`` for each out-of-date run.
-    """
+    """The completed runs that must run again because a run they depend on changed (as ``make`` does)."""
     reasons: dict[str, str] = {}
     for run in runs:
         status = statuses[run.run_id]
@@ -159,19 +143,6 @@ def index_table(spec: SweepSpec, runs: list[Run], statuses: Mapping[str, dict | 
 def sweep_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Hold ``<out_dir>/sweep.lock`` so that no other sweep runs in the folder meanwhile.
 
-    The lock is created atomically and removed when the block exits; a lock left by an ended process of
-    this host (a killed sweep) is taken over with a warning.
-
-    Parameters
-    ----------
-    out_dir : path-like
-        The sweep folder, created if needed.
-
-    Yields
-    ------
-    lock : Path
-        The lock file.
-
     Raises
     ------
     SweepLockedError
@@ -191,11 +162,7 @@ def sweep_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
 
 
 def sweep_running(out_dir: str | os.PathLike) -> bool:
-    """Whether a sweep holds the lock of a sweep folder (:func:`sweep_lock`).
-
-    False when there is no lock or its holder was a process of this host that has ended; True for a
-    holder on another host, whose process cannot be checked.
-    """
+    """Whether a sweep holds the lock of a sweep folder (:func:`sweep_lock`)."""
     holder = _read_lock(Path(out_dir) / LOCK_NAME)
     return holder is not None and not _died_here(holder)
 

@@ -1,14 +1,7 @@
 """Gather the result tables of a sweep for the summary report.
 
-Only the runs of the sweep's current plan that completed count: the sweep's
-``runs_index.csv`` (written by :func:`bt_utils.sweeps.runner.run_sweep` when it starts)
-lists the planned runs, and each run's ``status.json`` says whether it
-completed. Folders of earlier parameter settings, runs no longer planned and
-runs that failed or have not finished are left out, so that no participant is
-counted twice. A folder without a runs index is not a sweep folder and is
-refused. :func:`impact_summary` summarises the low-level impact across
-participants from each participant's ROI drops, never from per-voxel percentages.
-"""
+Only the completed runs of the sweep's current plan (``runs_index.csv``) count, so that no participant is counted
+twice; a folder without a runs index is refused."""
 
 from __future__ import annotations
 
@@ -35,11 +28,6 @@ RESULT_TABLES = {
 def completed_runs(sweep_dir: str | os.PathLike) -> dict[str, dict]:
     """The runs of a sweep's current plan that completed, with their axis values.
 
-    The plan is the sweep's ``runs_index.csv``; the state is read from each
-    run's ``status.json``, which the run writes itself when it ends (the index
-    is rewritten only once the sweep has heard of it, so a summary run could
-    find it behind).
-
     Parameters
     ----------
     sweep_dir : path-like
@@ -48,10 +36,9 @@ def completed_runs(sweep_dir: str | os.PathLike) -> dict[str, dict]:
     Returns
     -------
     runs : dict of str to dict
-        Run id (the run folder relative to ``sweep_dir``, e.g.
-        ``"02_alignment/DEMO01-whisper-tiny.en-1a2b3c4d"``) -> the run's value
-        of each axis its stage varies over (e.g. ``{"subject": "DEMO01",
-        "model": "whisper-tiny.en"}``), in the index's order.
+        Run id (the run folder relative to ``sweep_dir``, e.g. ``"02_alignment/DEMO01-whisper-tiny.en-1a2b3c4d"``)
+        -> the run's value of each axis its stage varies over (e.g. ``{"subject": "DEMO01", "model":
+        "whisper-tiny.en"}``), in the index's order.
 
     Raises
     ------
@@ -81,26 +68,7 @@ def completed_runs(sweep_dir: str | os.PathLike) -> dict[str, dict]:
 
 
 def collect_table(sweep_dir: str | os.PathLike, file_name: str, runs: dict[str, dict] | None = None) -> pd.DataFrame:
-    """Concatenate a result table over the completed runs of a sweep's current plan.
-
-    Parameters
-    ----------
-    sweep_dir : path-like
-        The sweep's output folder (see :func:`completed_runs`).
-    file_name : str
-        E.g. ``"alignment_rois.parquet"`` or ``"semantic_preference.csv"``,
-        read from the top of each run folder.
-    runs : dict, optional
-        :func:`completed_runs` of ``sweep_dir``, if already read.
-
-    Returns
-    -------
-    table : DataFrame
-        All rows, with a ``run`` column (the run id: its folder relative to
-        ``sweep_dir``) and, where the table lacks them, one column per axis the
-        run's stage varies over (e.g. ``model`` and ``subject``) holding the
-        run's values. Empty (no columns) when no completed run wrote the table.
-    """
+    """Concatenate a result table over the completed runs of a sweep's current plan."""
     sweep_dir = Path(sweep_dir)
     tables = []
     for run_id, axes in (completed_runs(sweep_dir) if runs is None else runs).items():
@@ -123,31 +91,26 @@ def collect_results(sweep_dir: str | os.PathLike, runs: dict[str, dict] | None =
 def impact_summary(impact: pd.DataFrame, feature_set: str = "all") -> pd.DataFrame:
     """Low-level impact per model, variant, layer and ROI, across participants.
 
-    A participant's impact on an ROI is the drop of the ROI's mean alignment
-    (:func:`bt_utils.encoding.impact.impact_rois`), NaN where the ROI's
-    original alignment is not meaningfully above 0; such participants are left out
-    of the mean, and counted in ``n_participants`` but not in ``n_subjects``.
-
     Parameters
     ----------
     impact : DataFrame
-        Collected ``low_level_impact.parquet`` tables: ``subject, model, variant, layer, roi,
-        feature_set, r_norm_orig, r_norm_resid, drop_pct, drop_status`` (and ``run``).
+        Collected ``low_level_impact.parquet`` tables: ``subject, model, variant, layer, roi, feature_set,
+        r_norm_orig, r_norm_resid, drop_pct, drop_status`` (and ``run``).
     feature_set : str
         The low-level feature set to summarise.
 
     Returns
     -------
     summary : DataFrame
-        ``model, variant, layer, roi``; ``mean``, ``sem``, ``n_subjects``: the drop (%) over the
-        participants where it is reported; ``n_participants``; ``r_norm_orig``, ``r_norm_resid``:
-        the ROI means before and after removing the low-level features, averaged over all participants.
+        ``model, variant, layer, roi``; ``mean``, ``sem``, ``n_subjects``: the drop (%) over the participants where
+        it is reported; ``n_participants``; ``r_norm_orig``, ``r_norm_resid``: the ROI means before and after
+        removing the low-level features, averaged over all participants.
 
     Raises
     ------
     ValueError
-        When rows lack ``drop_status`` (tables written before ROI impacts were drops of the ROI
-        means: the message names their runs, to be run again), or no row has ``feature_set``.
+        When rows lack ``drop_status`` (tables written before ROI impacts were drops of the ROI means: the message
+        names their runs, to be run again), or no row has ``feature_set``.
     """
     by = ["model", "variant", "layer", "roi"]
     status = impact["drop_status"] if "drop_status" in impact.columns else pd.Series(index=impact.index, dtype=object)
@@ -183,26 +146,9 @@ def participant_role(subject: str, tuned_on: str) -> str:
 def label_held_out(table: pd.DataFrame) -> pd.DataFrame:
     """Tell apart, in the variant names, the participants a model was tuned on from those it never saw.
 
-    A variant evaluated on at least one participant outside those its
-    checkpoint was tuned on (the ``tuned_on`` column the alignment writes from
-    each checkpoint) becomes ``"<variant> (seen)"`` on the participants it was
-    tuned on and ``"<variant> (held-out)"`` on the others; every other variant
-    (the pretrained model, each participant's own brain-tuned model) keeps its
-    name. Names never decide it: a participant is held out when the checkpoint
-    does not list it.
-
-    Parameters
-    ----------
-    table : DataFrame
-        Columns ``subject``, ``model``, ``variant`` and ``tuned_on`` (e.g. the
-        alignment ROI table); a table without ``tuned_on`` (written before the
-        column existed) is returned as it is.
-
-    Returns
-    -------
-    table : DataFrame
-        A copy, with ``variant`` relabelled and a column ``participant``
-        (:func:`participant_role` of each row).
+    ``table`` has columns ``subject``, ``model``, ``variant`` and ``tuned_on`` (returned as it is without
+    ``tuned_on``); returns a copy with ``variant`` relabelled and a column ``participant``
+    (:func:`participant_role`).
     """
     if "tuned_on" not in table:
         return table.copy()
@@ -223,22 +169,19 @@ def held_out_gains(table: pd.DataFrame, value: str = "r_norm_mean", reference: s
     Parameters
     ----------
     table : DataFrame
-        Columns ``subject, model, variant, tuned_on, layer, roi`` and ``value``
-        (the alignment ROI table of a sweep, variants not relabelled).
-    value : str
+        Columns ``subject, model, variant, tuned_on, layer, roi`` and ``value`` (the alignment ROI table of a
+        sweep, variants not relabelled).
     reference : str
         The variant of the pretrained model.
     tuned_alone : str
-        The variant holding each participant's own brain-tuned model; its
-        checkpoint must have been tuned on that participant only (rows
-        without a recorded ``tuned_on`` are taken as they are).
+        The variant holding each participant's own brain-tuned model; its checkpoint must have been tuned on that
+        participant only (rows without a recorded ``tuned_on`` are taken as they are).
 
     Returns
     -------
     gains : DataFrame
-        One row per held-out participant, model, variant, layer and ROI:
-        ``model, variant, tuned_on, subject, layer, roi, held_out, reference,
-        tuned_alone, gain_over_reference, gain_over_tuned_alone`` (NaN where the
+        One row per held-out participant, model, variant, layer and ROI: ``model, variant, tuned_on, subject,
+        layer, roi, held_out, reference, tuned_alone, gain_over_reference, gain_over_tuned_alone`` (NaN where the
         participant has no such variant). Empty when no participant was held out.
 
     Raises

@@ -1,21 +1,7 @@
 """Interactive exploration of alignment results in JupyterLab (ipywidgets).
 
-:func:`explorer` shows, for a choice of subject, model, variant, layer and
-metric, the voxel map of that choice (pycortex flatmap or nilearn fsaverage5
-surface, see :mod:`bt_utils.viz.maps`) and a bar chart of its ROI means. The
-logic is in pure functions that tests and scripts call directly; :class:`Explorer`
-only wires them to widgets, and its callbacks run without a browser (set a
-dropdown's ``value``). It reads the tables of the alignment notebook:
-
-``alignment_voxels.parquet``
-    subject, model, variant, layer, voxel, r, r_norm: one row per voxel and
-    choice; ``voxel`` is the position of the voxel in the subject's layout
-    (0 .. n_voxels - 1). Every other numeric column is offered as a metric.
-``alignment_rois.parquet``
-    subject, model, variant, layer, roi, r_norm_mean, n_voxels. The bar chart
-    of metric ``m`` shows column ``m + "_mean"``; a metric without such a
-    column (``r``) gets a note instead of bars.
-"""
+:func:`explorer` shows the voxel map and ROI bars of a chosen subject, model, variant, layer and metric; the logic
+is in pure functions, and :class:`Explorer` only wires them to widgets."""
 
 from __future__ import annotations
 
@@ -59,16 +45,7 @@ _PNG_DPI = 72
 
 @dataclass(frozen=True)
 class Selection:
-    """One choice of the explorer's dropdowns.
-
-    Parameters
-    ----------
-    subject, model, variant : str
-    layer : int or str
-        As in the tables' ``layer`` column.
-    metric : str
-        A metric column of the voxel table (e.g. ``"r_norm"``).
-    """
+    """One choice of the explorer's dropdowns."""
 
     subject: str
     model: str
@@ -93,18 +70,7 @@ def _check_columns(table: pd.DataFrame, required, name: str) -> None:
 
 
 def metric_columns(voxel_table: pd.DataFrame) -> list[str]:
-    """Numeric columns of the voxel table that can be mapped (e.g. ``["r", "r_norm"]``).
-
-    Parameters
-    ----------
-    voxel_table : pandas.DataFrame
-        Columns subject, model, variant, layer, voxel and metrics.
-
-    Returns
-    -------
-    list of str
-        In table order.
-    """
+    """Numeric columns of the voxel table that can be mapped (e.g. ``["r", "r_norm"]``)."""
     _check_columns(voxel_table, _VOXEL_COLUMNS, "voxel_table")
     return [
         column for column in voxel_table.columns
@@ -118,30 +84,7 @@ def _sorted_unique(series: pd.Series) -> list:
 
 
 def choices(voxel_table: pd.DataFrame, **upstream) -> dict[str, list]:
-    """Values each dropdown can take, given the values chosen above it.
-
-    The dropdowns cascade in the order of :data:`CHOICE_COLUMNS`: the models
-    offered are those of the chosen subject, the variants those of the chosen
-    subject and model, and so on.
-
-    Parameters
-    ----------
-    voxel_table : pandas.DataFrame
-    **upstream
-        Chosen values of some of subject, model, variant (e.g. ``subject="DEMO01"``).
-
-    Returns
-    -------
-    dict of str to list
-        Keys subject, model, variant, layer (sorted values present in the
-        table for the upstream choice, from the first level without a choice
-        on: unrestricted) and metric (:func:`metric_columns`).
-
-    Raises
-    ------
-    ValueError
-        For an unknown column or a value absent from the table.
-    """
+    """Values each dropdown can take, given the values chosen above it; ValueError for an unknown column or value."""
     _check_columns(voxel_table, _VOXEL_COLUMNS, "voxel_table")
     for name in upstream:
         check_option("choice", name, CHOICE_COLUMNS[:-1])
@@ -164,26 +107,13 @@ def _rows(table: pd.DataFrame, selection: Selection) -> pd.DataFrame:
 
 
 def select_values(voxel_table: pd.DataFrame, selection: Selection, n_voxels: int) -> np.ndarray:
-    """Values of one metric per voxel for one choice.
-
-    Parameters
-    ----------
-    voxel_table : pandas.DataFrame
-        Columns subject, model, variant, layer, voxel and metrics.
-    selection : Selection
-    n_voxels : int
-        Voxels of the subject's layout; voxels without a row get NaN.
-
-    Returns
-    -------
-    numpy.ndarray of float64, shape (n_voxels,)
+    """Values of one metric per voxel for one choice: float64 of shape (n_voxels,).
 
     Raises
     ------
     ValueError
-        If a value of `selection` is not in the table (the message lists the
-        available ones), the metric is unknown, a voxel index is outside
-        [0, n_voxels) or a voxel appears twice.
+        If a value of `selection` is not in the table (the message lists the available ones), the metric is
+        unknown, a voxel index is outside [0, n_voxels) or a voxel appears twice.
     """
     options = choices(voxel_table, subject=selection.subject, model=selection.model, variant=selection.variant)
     check_option("layer", selection.layer, options["layer"])
@@ -203,18 +133,8 @@ def select_values(voxel_table: pd.DataFrame, selection: Selection, n_voxels: int
 
 
 def roi_bars(roi_table: pd.DataFrame, selection: Selection) -> pd.Series:
-    """ROI means of the selected metric (column ``<metric>_mean`` of the ROI table).
-
-    Parameters
-    ----------
-    roi_table : pandas.DataFrame
-        Columns subject, model, variant, layer, roi, n_voxels and ``<metric>_mean``.
-    selection : Selection
-
-    Returns
-    -------
-    pandas.Series of float, shape (n_rois,)
-        Indexed by ROI name, alphabetical with ``"other"`` last.
+    """ROI means of the selected metric (column ``<metric>_mean`` of ``roi_table``): a Series of shape (n_rois,) indexed
+    by ROI name, alphabetical with ``"other"`` last.
 
     Raises
     ------
@@ -236,20 +156,7 @@ def roi_bars(roi_table: pd.DataFrame, selection: Selection) -> pd.Series:
 
 
 def color_limits(voxel_table: pd.DataFrame, subject: str, metric: str) -> tuple[float, float]:
-    """Colour range shared by all maps of a subject and metric, so layers and models compare.
-
-    Parameters
-    ----------
-    voxel_table : pandas.DataFrame
-    subject : str
-    metric : str
-
-    Returns
-    -------
-    (float, float)
-        vmin, vmax of :func:`bt_utils.viz.maps.map_defaults` ``("alignment", values)``
-        over all the subject's rows.
-    """
+    """Colour range shared by all maps of a subject and metric, so layers and models compare."""
     options = choices(voxel_table, subject=subject)
     check_option("metric", metric, options["metric"])
     values = voxel_table.loc[voxel_table["subject"] == subject, metric].to_numpy(dtype=np.float64)
@@ -264,23 +171,7 @@ def _png(figure: Figure) -> bytes:
 
 
 def render_map(values: np.ndarray, layout, backend: str, title: str, vmin: float, vmax: float) -> bytes:
-    """PNG of a voxel map.
-
-    Parameters
-    ----------
-    values : numpy.ndarray, shape (n_voxels,)
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.data.layout.as_layout`.
-    backend : {"pycortex", "nilearn"}
-        :func:`bt_utils.viz.maps.flatmap` or :func:`bt_utils.viz.maps.surface_map`.
-    title : str
-    vmin, vmax : float
-
-    Returns
-    -------
-    bytes
-        PNG image.
-    """
+    """PNG of a voxel map of ``values`` (n_voxels,)."""
     check_option("backend", backend, maps.BACKENDS)
     draw = maps.flatmap if backend == "pycortex" else maps.surface_map
     figure = draw(values, layout, title, vmin=vmin, vmax=vmax, kind="alignment")
@@ -291,19 +182,7 @@ def render_map(values: np.ndarray, layout, backend: str, title: str, vmin: float
 
 
 def render_bars(bars: pd.Series, title: str) -> bytes:
-    """PNG of a bar chart of ROI means.
-
-    Parameters
-    ----------
-    bars : pandas.Series, shape (n_rois,)
-        Values indexed by ROI name, as from :func:`roi_bars`.
-    title : str
-
-    Returns
-    -------
-    bytes
-        PNG image.
-    """
+    """PNG of a bar chart of ROI means, ``bars`` of shape (n_rois,) as from :func:`roi_bars`."""
     figure = Figure(figsize=(7, 3.2))
     ax = figure.add_subplot()
     ax.bar(range(len(bars)), bars.to_numpy(), color="tab:blue")
@@ -326,16 +205,8 @@ def _message(error: Exception) -> str:
 class Explorer(widgets.VBox):
     """Dropdowns, a voxel map and an ROI bar chart that follow each other.
 
-    Build it with :func:`explorer`. Attributes useful in tests and scripts:
-    ``dropdowns`` (dict of name to ``ipywidgets.Dropdown``), ``map_image`` and
-    ``bars_image`` (``ipywidgets.Image``, PNG bytes in ``.value``), ``status``
-    (``ipywidgets.HTML`` with messages), ``values`` (the mapped values,
-    shape (n_voxels,)) and ``bars`` (the ROI means, a Series, or None).
-
     Parameters
     ----------
-    voxel_table, roi_table : pandas.DataFrame
-        See the module docstring.
     layouts : dict of str to layout
         Layout of every subject of `voxel_table` (see :func:`bt_utils.data.layout.as_layout`).
     backend : {"pycortex", "nilearn"}, default "pycortex"
@@ -388,8 +259,7 @@ class Explorer(widgets.VBox):
         Raises
         ------
         ValueError
-            For an unknown dropdown or a value it does not offer (after the
-            choices above it are applied).
+            For an unknown dropdown or a value it does not offer (after the choices above it are applied).
         """
         unknown = sorted(set(choice) - set(self.dropdowns))
         if unknown:
@@ -433,12 +303,7 @@ class Explorer(widgets.VBox):
         return self._n_voxels[subject]
 
     def update(self) -> None:
-        """Recompute the values, the map image and the ROI bars for the current selection.
-
-        Data problems (a missing filestore, no fsaverage mapping for a real
-        subject, no ROI column for the metric) are shown in ``status``
-        instead of raising, so the widget stays usable.
-        """
+        """Recompute the values, the map image and the ROI bars for the current selection."""
         selection = self.selection
         messages = []
         try:

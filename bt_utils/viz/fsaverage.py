@@ -1,16 +1,8 @@
 """Voxel values on nilearn's fsaverage5 surface, through a voxel -> vertex mapping.
 
-A *mapping* is a non-negative sparse matrix of shape (20484, n_voxels): row
-``v`` weighs the voxels that fsaverage5 vertex ``v`` shows, and a vertex shows
-their weighted mean (:func:`to_fsaverage`). Where the voxels of a pycortex
-subject land on fsaverage5 depends on that subject's registration, so mappings
-come from :data:`bt_utils.registry.SURFACE_MAPPINGS`, keyed by pycortex subject
-(the demo registers one for its template subject ``S1``). ds003020 ships no
-registration to fsaverage, so for its subjects a caller passes its own mapping
-(e.g. from FreeSurfer's ``mri_vol2surf`` + ``mri_surf2surf``) or draws flatmaps.
-:func:`mapping_from_positions` builds a mapping from voxel positions on the
-fsaverage5 mid-thickness surface, as a registration gives them.
-"""
+A mapping is a sparse matrix of shape (20484, n_voxels) (:func:`to_fsaverage`), registered per pycortex subject in
+:data:`bt_utils.registry.SURFACE_MAPPINGS` (the demo's ``S1``). ds003020 ships no registration to fsaverage: pass
+your own mapping (e.g. from FreeSurfer) or draw flatmaps."""
 
 from __future__ import annotations
 
@@ -49,16 +41,8 @@ _HEMISPHERES = ("left", "right")
 
 @functools.lru_cache(maxsize=1)
 def fsaverage_meshes() -> dict:
-    """fsaverage5 meshes and a sulcal background from nilearn's bundled copy (loaded once).
-
-    Returns
-    -------
-    dict
-        ``inflated``: nilearn ``PolyMesh`` with parts ``left`` and ``right``;
-        ``midthickness``: list of two arrays of shape (10242, 3), the mean of
-        the pial and white surfaces per hemisphere (mm, about MNI305);
-        ``background``: dict of hemisphere to array of shape (10242,), two
-        grey levels (sulci darker), like pycortex's curvature.
+    """fsaverage5 meshes from nilearn's bundled copy (loaded once): ``inflated`` (nilearn ``PolyMesh``),
+    ``midthickness`` (two arrays of shape (10242, 3), mm) and a sulcal ``background`` per hemisphere (10242,).
     """
     from nilearn import datasets
 
@@ -91,9 +75,6 @@ def mapping_from_positions(position: np.ndarray, hemisphere: np.ndarray,
         Voxel positions in the space of the fsaverage5 mid-thickness surface (mm).
     hemisphere : numpy.ndarray of str, shape (n_voxels,)
         ``"L"`` or ``"R"``: the hemisphere whose vertices may show the voxel.
-    radius_mm : float, default 4.0
-        A vertex shows every voxel of its hemisphere within this distance; each
-        voxel also reaches its nearest vertex. 0 keeps only the nearest vertex.
 
     Returns
     -------
@@ -133,15 +114,6 @@ def mapping_from_positions(position: np.ndarray, hemisphere: np.ndarray,
 def fsaverage_mapping(layout, radius_mm: float = DEFAULT_RADIUS_MM, cache_dir=None) -> sparse.csr_matrix:
     """The registered voxel -> fsaverage5 mapping of a layout's pycortex subject.
 
-    Parameters
-    ----------
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.data.layout.as_layout`.
-    radius_mm : float, default 4.0
-        See :func:`mapping_from_positions`.
-    cache_dir : path-like, optional
-        Cache root for the mapping, see :func:`bt_utils.cache.cache_root`.
-
     Returns
     -------
     scipy.sparse.csr_matrix of float64, shape (20484, n_voxels)
@@ -149,11 +121,10 @@ def fsaverage_mapping(layout, radius_mm: float = DEFAULT_RADIUS_MM, cache_dir=No
     Raises
     ------
     NotImplementedError
-        If no mapping is registered for the layout's subject (real ds003020
-        subjects have no fsaverage registration here).
+        If no mapping is registered for the layout's subject (real ds003020 subjects have no fsaverage registration
+        here).
     ValueError
-        If `radius_mm` is negative, or the registered mapping cannot place the
-        layout's voxels.
+        If `radius_mm` is negative, or the registered mapping cannot place the layout's voxels.
     """
     layout = as_layout(layout)
     radius_mm = _check_radius(radius_mm)
@@ -185,8 +156,7 @@ def to_fsaverage(values, mapping) -> np.ndarray:
     Raises
     ------
     ValueError
-        If `mapping` does not have 20484 rows, has negative weights, or
-        `values` does not match its columns.
+        If `mapping` does not have 20484 rows, has negative weights, or `values` does not match its columns.
     """
     mapping = sparse.csr_matrix(mapping)
     if mapping.shape[0] != N_FSAVERAGE_VERTICES:

@@ -1,19 +1,7 @@
 """Voxel maps: pycortex flatmaps and nilearn fsaverage5 surfaces, rendered headless.
 
-Every map is a pyplot figure, like those of :mod:`bt_utils.viz.plots`: a notebook
-shows it with ``plt.show()``, a script or test renders it with Agg
-(``MPLBACKEND=Agg``; nothing needs a display, a browser or Inkscape). Save it
-with :func:`bt_utils.results.save_figure` (or :func:`save_maps`, which also
-closes it) and close it with ``plt.close(figure)`` when drawing many.
-
-A map draws one value per voxel of a layout (:mod:`bt_utils.data.layout`).
-:func:`flatmap` draws them on the layout subject's pycortex flatmap, read from
-the layout's filestore (:mod:`bt_utils.viz.volumes`). ROI outlines come from the
-subject's ``overlays.svg``: pycortex rasterises them with Inkscape; without it
-(or if that fails) they are drawn here as plain white lines and labels from the
-same polygons, losing only pycortex's styling. :func:`surface_map` draws them
-on fsaverage5 through a voxel -> vertex mapping (:mod:`bt_utils.viz.fsaverage`):
-a registered one for the subject, or one the caller passes.
+Every map is a pyplot figure, shown with ``plt.show()`` or rendered with Agg (no display, browser or Inkscape);
+save it with :func:`bt_utils.results.save_figure` or :func:`save_maps`.
 """
 
 from __future__ import annotations
@@ -89,30 +77,8 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # values and colours
 # ----------------------------------------------------------------------------
 def map_defaults(kind: str, values=None) -> dict:
-    """Colormap and colour limits for a kind of map.
-
-    Rules (see :data:`MAP_KINDS`): ``"noise_ceiling"`` 0..1 with ``inferno``;
-    ``"alignment"`` 0 .. the 99th percentile of the finite values, at most 1
-    (no model correlates better than 1, and ``r / cc_max`` above 1 only comes
-    from voxels with a low noise ceiling), with ``inferno``; ``"difference"``
-    (``RdBu_r``) symmetric around 0 at +- the 99th percentile of the absolute
-    values; ``"low_level_impact"`` and ``"impact_difference"`` (``PuOr_r``)
-    fixed at -100..100 %: a percentage drop has no bound where the original
-    alignment is near 0, and those voxels would otherwise set the range and
-    wash out the informative ones (they saturate instead).
-
-    Parameters
-    ----------
-    kind : str
-        One of :data:`MAP_KINDS`.
-    values : array_like, shape (n_voxels,), optional
-        Data the limits are computed from; without it the data-driven limits are None.
-
-    Returns
-    -------
-    dict
-        ``cmap`` (str), ``vmin`` and ``vmax`` (float or None) and ``label``
-        (str, for a colorbar).
+    """Colormap and colour limits for a kind of map; the data-driven limits come from ``values`` (n_voxels,), None
+    without it.
     """
     check_option("kind", kind, MAP_KINDS)
     style = _STYLES[kind]
@@ -173,33 +139,12 @@ def flatmap(
     ----------
     values : array_like, shape (n_voxels,)
         One value per voxel of `layout`; NaN voxels are not drawn.
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.data.layout.as_layout`.
-    title : str, default ""
-    cmap, vmin, vmax : optional
-        Override the defaults of `kind` (see :func:`map_defaults`).
-    kind : str, default "alignment"
-        One of :data:`MAP_KINDS`.
-    with_rois : {"auto", True, "outlines", False}, default "auto"
-        ``"auto"`` (or True): pycortex's own ROI overlay when Inkscape is
-        installed, otherwise ``"outlines"``: the outlines of the subject's
-        ``overlays.svg`` drawn with matplotlib (no Inkscape needed, see the
-        module docstring). False: none.
-    with_curvature : bool, default True
-        Grey curvature background (pycortex computes it once per subject).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        10 inches wide: the title (with a note if ROI outlines could not be
-        drawn) in a band above the flatmap axes, a horizontal colorbar in a
-        band below. Outline patches carry their ROI name as label.
 
     Raises
     ------
     ValueError
-        If `values` does not have one finite-or-NaN number per voxel, or for an
-        unknown `kind`, `cmap` or `with_rois`.
+        If `values` does not have one finite-or-NaN number per voxel, or for an unknown `kind`, `cmap` or
+        `with_rois`.
     FileNotFoundError
         If the layout's filestore, subject or transform is missing.
     """
@@ -273,12 +218,7 @@ def _add_rois(ax, volume, renderer: str | None) -> str:
 
 
 def _draw_roi_outlines(ax, subject: str) -> None:
-    """Draw the ``rois`` layer of `subject`'s overlays.svg on a flatmap axes with matplotlib.
-
-    The svg canvas spans the flatmap's bounding box with y pointing down, so
-    ``x_flat = left + x_svg * (right - left) / width`` and
-    ``y_flat = top - y_svg * (top - bottom) / height``.
-    """
+    """Draw the ``rois`` layer of `subject`'s overlays.svg on a flatmap axes with matplotlib."""
     from matplotlib import patheffects
 
     cortex = import_cortex()
@@ -328,24 +268,10 @@ def surface_map(
     Parameters
     ----------
     values : array_like, shape (n_voxels,)
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.data.layout.as_layout`.
-    title : str, default ""
-    cmap, vmin, vmax : optional
-        Override the defaults of `kind` (see :func:`map_defaults`).
-    kind : str, default "alignment"
     mapping : scipy.sparse matrix or numpy.ndarray, shape (20484, n_voxels), optional
-        Voxel -> vertex weights (see :func:`bt_utils.viz.fsaverage.to_fsaverage`);
-        its columns are the layout's voxels. Default: the mapping registered for
-        the layout's subject (:func:`bt_utils.viz.fsaverage.fsaverage_mapping`).
-    radius_mm : float, default 4.0
-        Passed to :func:`~bt_utils.viz.fsaverage.fsaverage_mapping` when `mapping` is None.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        Four views (left lateral, left medial, right medial, right lateral) of
-        the inflated fsaverage5 surface over its sulcal depth, and a colorbar.
+        Voxel -> vertex weights (see :func:`bt_utils.viz.fsaverage.to_fsaverage`); its columns are the layout's
+        voxels. Default: the mapping registered for the layout's subject
+        (:func:`bt_utils.viz.fsaverage.fsaverage_mapping`).
 
     Raises
     ------
@@ -392,10 +318,7 @@ def save_maps(
     Parameters
     ----------
     values_by_name : dict of str to array_like, shape (n_voxels,)
-        Maps to draw; each name (letters, digits, ``_``, ``-``, ``.``) becomes
-        the file name stem and the title.
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.data.layout.as_layout`.
+        Maps to draw; each name (letters, digits, ``_``, ``-``, ``.``) becomes the file name stem and the title.
     out_dir : path-like
         Created if missing.
     backends : sequence of {"pycortex", "nilearn"}, default both
@@ -407,9 +330,8 @@ def save_maps(
     Returns
     -------
     list of pathlib.Path
-        ``<out_dir>/<name>_flatmap.png`` (pycortex) and
-        ``<out_dir>/<name>_surface.png`` (nilearn), map by map, written
-        atomically; the figures are closed.
+        ``<out_dir>/<name>_flatmap.png`` (pycortex) and ``<out_dir>/<name>_surface.png`` (nilearn), map by map,
+        written atomically; the figures are closed.
     """
     backends = tuple(backends)
     for backend in backends:
@@ -443,18 +365,14 @@ def maps_from_results(subject: str, n_voxels: int, noise_ceiling: pd.DataFrame |
 
     Parameters
     ----------
-    subject : str
-    n_voxels : int
     noise_ceiling : DataFrame, optional
         ``noise_ceiling.parquet`` (subject, voxel, cc_max): map ``noise_ceiling``.
     alignment : DataFrame, optional
-        ``alignment_voxels.parquet``: maps ``alignment_<variant>_layer<L>`` of ``r_norm``,
-        and ``difference_<variant>_layer<L>`` (variant minus ``reference_variant``).
+        ``alignment_voxels.parquet``: maps ``alignment_<variant>_layer<L>`` of ``r_norm``, and
+        ``difference_<variant>_layer<L>`` (variant minus ``reference_variant``).
     impact : DataFrame, optional
-        ``low_level_impact_voxels.parquet``: maps ``impact_<variant>_layer<L>`` of
-        ``drop_pct`` for ``feature_set`` and their difference to the reference.
-    reference_variant : str
-    feature_set : str
+        ``low_level_impact_voxels.parquet``: maps ``impact_<variant>_layer<L>`` of ``drop_pct`` for ``feature_set``
+        and their difference to the reference.
 
     Returns
     -------

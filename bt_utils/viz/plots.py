@@ -29,13 +29,11 @@ def plot_alignment(
     Parameters
     ----------
     audio : ndarray of shape (n_samples,)
-    sample_rate : int
     transcript : Transcript
         Words are drawn as labelled spans.
     tr_times : ndarray of shape (n_trs,)
-        TR midpoints relative to sound onset (:meth:`Dataset.tr_times`, at least
-        two); TR boundaries are drawn at midpoint +- TR/2, with the TR their
-        spacing, and midpoints as dots.
+        TR midpoints relative to sound onset (:meth:`Dataset.tr_times`, at least two); TR boundaries are drawn at
+        midpoint +- TR/2, with the TR their spacing, and midpoints as dots.
     start, stop : float
         Excerpt, in seconds.
     """
@@ -77,7 +75,6 @@ def plot_carpet(responses: np.ndarray, order: np.ndarray | None = None, title: s
     responses : ndarray of shape (n_trs, n_voxels)
     order : ndarray of shape (n_voxels,), optional
         Row order, e.g. voxels sorted by noise ceiling.
-    title : str
     clip : float
         Colour range in standard deviations.
     """
@@ -133,13 +130,8 @@ def _class_boxplot(ax, values: np.ndarray, classes: np.ndarray) -> None:
 
 
 def plot_ceiling_by_class(ceiling: np.ndarray, voxel_class: np.ndarray, true_ceiling: np.ndarray | None = None):
-    """Estimated ``cc_max`` per planted voxel class, and against the planted ceiling.
-
-    Parameters
-    ----------
-    ceiling : ndarray of shape (n_voxels,)
-    voxel_class : ndarray of str, shape (n_voxels,)
-    true_ceiling : ndarray of shape (n_voxels,), optional
+    """Estimated ``cc_max`` (n_voxels,) per planted voxel class (n_voxels,), and against the planted ceiling
+    ``true_ceiling`` (n_voxels,) if given.
     """
     classes = sorted(set(voxel_class.tolist()))
     n_panels = 1 if true_ceiling is None else 2
@@ -166,9 +158,8 @@ def plot_training_curves(history, best_epoch: int | None = None, title: str = ""
     Parameters
     ----------
     history : DataFrame
-        Columns ``epoch, split, loss`` and optionally ``subject``
-        (``training_log.parquet``); one line per split, and per participant
-        when there are several (a run tuned on several participants).
+        Columns ``epoch, split, loss`` and optionally ``subject`` (``training_log.parquet``); one line per split,
+        and per participant when there are several (a run tuned on several participants).
     best_epoch : int, optional
         Marked with a vertical line (the checkpoint kept).
     """
@@ -187,13 +178,8 @@ def plot_training_curves(history, best_epoch: int | None = None, title: str = ""
 
 
 def plot_validation_curves(logs, title: str = ""):
-    """Validation loss per epoch of several tuning runs (e.g. brain-tuned and its controls) on one axis.
-
-    Parameters
-    ----------
-    logs : mapping of str to DataFrame
-        Run label -> its ``training_log.parquet`` (columns ``epoch, split, loss``, optionally
-        ``subject``); of a run on several participants, its pooled validation loss is drawn.
+    """Validation loss per epoch of several tuning runs (e.g. brain-tuned and its controls) on one axis, from ``logs``:
+    run label -> ``training_log.parquet`` (the pooled validation loss of a run on several participants).
     """
     figure, ax = plt.subplots(figsize=(6, 4))
     for label, history in logs.items():
@@ -267,13 +253,7 @@ def plot_layer_alignment(summary, rois, value_label: str = "r / cc_max", title: 
 
 
 def plot_by_class(values, classes, title: str = "", ylabel: str = "r"):
-    """Box plot of a voxel-wise value per planted class.
-
-    Parameters
-    ----------
-    values : ndarray of shape (n_voxels,)
-    classes : ndarray of str, shape (n_voxels,)
-    """
+    """Box plot of a voxel-wise value ``values`` (n_voxels,) per planted class ``classes`` (n_voxels,)."""
     figure, ax = plt.subplots(figsize=(5, 3.5))
     _class_boxplot(ax, values, classes)
     ax.axhline(0, color="0.7", lw=0.8)
@@ -291,16 +271,15 @@ def plot_downstream(summary: pd.DataFrame, metric: str = "macro_f1", tasks: Sequ
     summary : pandas.DataFrame
         From :func:`bt_utils.downstream.probes.summarize`.
     metric : str
-        Metric of the probed (classification and multi-label) tasks; ASR tasks show ``one_minus_wer``
-        (the CTC heads).
+        Metric of the probed (classification and multi-label) tasks; ASR tasks show ``one_minus_wer`` (the CTC
+        heads).
     tasks : sequence of str, optional
         Tasks and their order (default: as in ``summary``).
 
     Returns
     -------
     matplotlib.figure.Figure
-        One panel per task; a group of bars per model, one bar per variant (and
-        subject); dashed line: chance.
+        One panel per task; a group of bars per model, one bar per variant (and subject); dashed line: chance.
     """
     tasks = list(tasks or summary.task.unique())
     bars = list(dict.fromkeys(zip(summary.variant, summary.subject)))  # a variant tuned on each subject
@@ -336,9 +315,8 @@ def plot_downstream(summary: pd.DataFrame, metric: str = "macro_f1", tasks: Sequ
 
 
 def plot_layer_selection(selection: pd.DataFrame):
-    """Validation score of each layer's probe or CTC head (mean over seeds), one panel per task, one line per variant.
-
-    The score is macro-F1, or for ASR tasks 1 - WER.
+    """Validation score of each layer's probe or CTC head (mean over seeds), one panel per task, one line per
+    variant.
 
     Parameters
     ----------

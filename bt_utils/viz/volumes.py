@@ -1,16 +1,4 @@
-"""Voxel values as pycortex volumes, read from the pycortex filestore a layout names.
-
-pycortex reads every subject from one folder, the *filestore* (option
-``[basic] filestore`` of ``~/.config/pycortex/options.cfg``), through its
-singleton ``cortex.db``. Rather than editing that file, :func:`pycortex_filestore`
-points ``cortex.db`` at another folder (e.g. ds003020's ``derivative/pycortex-db``)
-for the duration of a ``with`` block and then restores it (its folder, subject
-list and memoised surfaces); every pycortex module shares that one object, so
-rendering inside the block reads the dataset's subject. This is not thread-safe.
-pycortex writes caches into ``<filestore>/<subject>/cache`` (flatmap pixel maps),
-``surface-info/curvature.npz`` and, when ``transforms/<xfm>/mask_<mask>.nii.gz``
-is missing, the mask itself, so the folder must be writable.
-"""
+"""Voxel values as pycortex volumes, read from the pycortex filestore a layout names."""
 
 from __future__ import annotations
 
@@ -28,16 +16,7 @@ __all__ = ["check_values", "import_cortex", "n_voxels", "pycortex_filestore", "v
 
 
 def import_cortex():
-    """Import pycortex without its "Inkscape not found" banner on stdout.
-
-    Importing pycortex creates ``options.cfg`` in its user data folder
-    (``~/.config/pycortex`` on Linux) when it does not exist yet.
-
-    Returns
-    -------
-    module
-        ``cortex``.
-    """
+    """Import pycortex without its "Inkscape not found" banner on stdout."""
     with contextlib.redirect_stdout(io.StringIO()):
         import cortex
     return cortex
@@ -45,28 +24,7 @@ def import_cortex():
 
 @contextlib.contextmanager
 def pycortex_filestore(filestore: str | os.PathLike | None) -> Iterator:
-    """Point pycortex's database at `filestore` inside a ``with`` block.
-
-    Leaves the user's pycortex configuration file alone: the shared
-    ``cortex.db`` object gets the new folder (and an empty subject list and
-    surface memo) and has its previous state back when the block ends.
-
-    Parameters
-    ----------
-    filestore : path-like or None
-        Folder holding pycortex subject folders; None, or the folder already
-        in use (as in nested blocks), changes nothing.
-
-    Yields
-    ------
-    cortex.database.Database
-        ``cortex.db``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If `filestore` is not a folder.
-    """
+    """Point pycortex's database at `filestore` inside a ``with`` block; FileNotFoundError if it is not a folder."""
     db = import_cortex().db
     folder = None if filestore is None else Path(filestore).expanduser()
     if folder is not None and not folder.is_dir():
@@ -107,22 +65,8 @@ def _space_mask(db, space: PycortexSpace) -> np.ndarray:
 
 
 def check_values(values, n: int) -> np.ndarray:
-    """One finite-or-NaN real number per voxel, as float64.
-
-    Parameters
-    ----------
-    values : array_like, shape (n,)
-    n : int
-        Voxels of the layout.
-
-    Returns
-    -------
-    numpy.ndarray of float64, shape (n,)
-
-    Raises
-    ------
-    ValueError
-        For another shape, a non-real dtype or infinite entries.
+    """One finite-or-NaN real number per voxel, as float64 of shape (n,); ValueError for another shape, a non-real dtype
+    or infinite entries.
     """
     array = np.asarray(values)
     if array.ndim != 1 or array.shape[0] != n:
@@ -136,17 +80,7 @@ def check_values(values, n: int) -> np.ndarray:
 
 
 def n_voxels(layout) -> int:
-    """Number of voxels of a layout (reads the mask of a :class:`~bt_utils.data.layout.PycortexSpace`).
-
-    Parameters
-    ----------
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.data.layout.as_layout`.
-
-    Returns
-    -------
-    int
-    """
+    """Number of voxels of a layout (reads the mask of a :class:`~bt_utils.data.layout.PycortexSpace`)."""
     layout = as_layout(layout)
     if isinstance(layout, VoxelLayout):
         return layout.n_voxels
@@ -160,15 +94,12 @@ def volume_data(values, layout) -> np.ndarray:
     Parameters
     ----------
     values : array_like, shape (n_voxels,)
-    layout : VoxelLayout, PycortexSpace, dict or tuple
-        See :func:`bt_utils.data.layout.as_layout`.
 
     Returns
     -------
     numpy.ndarray of float64, shape (z, y, x)
-        What :func:`bt_utils.viz.maps.flatmap` draws, e.g. as
-        ``cortex.Volume(volume_data(values, layout), layout.subject, layout.xfm)``
-        inside ``pycortex_filestore(layout.filestore)``.
+        What :func:`bt_utils.viz.maps.flatmap` draws, e.g. as ``cortex.Volume(volume_data(values, layout),
+        layout.subject, layout.xfm)`` inside ``pycortex_filestore(layout.filestore)``.
 
     Raises
     ------
