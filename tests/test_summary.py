@@ -62,6 +62,11 @@ def test_only_completed_runs_of_the_current_plan_are_collected(tmp_path):
     assert summary.loc[("bad", "tuned"), "n_subjects"] == 1
     results = collect_results(sweep)
     assert results["downstream"].empty and len(results["semantic_preference"]) == 6
+    # a run whose table is empty (an alignment without paired tests writes a CSV without columns) adds no rows
+    write_table(pd.DataFrame(), runs["train", "S1", "good"].path / "alignment_tests.csv")
+    write_table(pd.DataFrame({"variant": ["tuned"], "p_value": [0.01]}), runs["train", "S2", "good"].path / "alignment_tests.csv")
+    tests = collect_table(sweep, "alignment_tests.csv")
+    assert list(tests.variant) == ["tuned"] and list(tests.run) == [runs["train", "S2", "good"].run_id]
 
 
 def test_a_folder_without_a_sweep_record_is_refused(tmp_path):

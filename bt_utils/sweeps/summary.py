@@ -75,7 +75,10 @@ def collect_table(sweep_dir: str | os.PathLike, file_name: str, runs: dict[str, 
         path = sweep_dir / run_id / file_name
         if not path.is_file():
             continue
-        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        try:
+            table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        except pd.errors.EmptyDataError:  # a CSV of an empty table (e.g. no paired tests in that run)
+            continue
         labels = {axis: value for axis, value in axes.items() if axis not in table.columns}
         tables.append(table.assign(**labels, run=run_id))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
