@@ -226,8 +226,7 @@ def test_banded_grid_matches_brute_force_per_band_penalties(n, d1, d2):
 
 def test_grid_and_himalaya_banded_ridge_agree_on_joint_r2():
     """The search spaces differ (an 11-point grid of g vs 20 random Dirichlet draws of himalaya), so the
-    chosen penalties differ; the joint test R2 agrees within 0.02 per voxel on average and 0.06 at worst
-    (measured on this problem with seeds 2, 3, 4: mean |delta| 0.004-0.006, max 0.020-0.031)."""
+    chosen penalties differ; the joint test R2 agrees within 0.02 per voxel on average and 0.06 at worst."""
     x1, x2, y, x1_test, x2_test, y_test = _banded_problem(200, 100, 20, 30, 30, seed=2)
     folds = contiguous_folds(200, 5)
     grid = partition_variance(x1, x2, y, x1_test, x2_test, y_test, folds)
