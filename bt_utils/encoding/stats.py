@@ -37,6 +37,9 @@ class RoiMean:
 def roi_mean(parcel_values: Mapping[str, np.ndarray], weighting: str = "parcel") -> RoiMean:
     """Mean of a voxel-wise value over the parcels of an ROI, from ``parcel_values`` (parcel -> ndarray of shape
     (n_voxels_of_parcel,)); NaN values are left out, and so are parcels left without a value.
+
+    ``"parcel"`` weighting: the mean of the parcel means, standard error ``s * sqrt(sum_p 1 / n_p) / P`` with ``s``
+    the pooled within-parcel standard deviation (``N - P`` degrees of freedom); ``"voxel"``: ``std / sqrt(N)``.
     """
     check_option("weighting", weighting, ROI_WEIGHTINGS)
     parcels = [values[np.isfinite(values)] for values in (np.asarray(v, float) for v in parcel_values.values())]
@@ -65,7 +68,11 @@ def roi_parcels(definition: Mapping[str, np.ndarray] | np.ndarray, roi: str) -> 
 def roi_table(voxel_table: pd.DataFrame, rois: Mapping[str, Mapping], value: str = "r_norm",
               keys: Sequence[str] = ("subject", "model", "variant", "layer"),
               weighting: str = "parcel") -> pd.DataFrame:
-    """Mean of a voxel-wise value within each ROI (:func:`roi_mean`)."""
+    """Mean of a voxel-wise value within each ROI (:func:`roi_mean`).
+
+    ``rois[subject][roi]`` is an ROI's parcels, ``{parcel: voxel indices}``; the result has the columns ``keys``,
+    ``roi``, ``<value>_mean``, ``n_voxels`` and ``n_parcels`` (those with a finite value).
+    """
     check_option("weighting", weighting, ROI_WEIGHTINGS)
     missing = set(voxel_table.subject.unique()) - set(rois)
     if missing:
