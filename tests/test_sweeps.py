@@ -445,15 +445,20 @@ def test_demo_sweep_priorities_follow_its_longest_chains(tmp_path):
     priority = critical_path_priorities(runs)
     by_stage = {}
     for run in runs:
-        by_stage.setdefault((run.stage, run.axes.get("model")), set()).add(priority[run.run_id])
-    # whisper: 00 -> 01 -> 02 -> 03 -> 05 -> summary; the tiny models have no maps; 04 and 05 wait only for
-    # the runs they name (after: []), so neither waits for the other
-    assert by_stage["01_brain_tuning", "whisper-tiny.en"] == {5}
-    assert by_stage["01_brain_tuning", "tiny-wav2vec2"] == by_stage["01_brain_tuning", "tiny-hubert"] == {4}
-    assert by_stage["00_data", None] == {6}
-    assert by_stage["04_downstream", "whisper-tiny.en"] == by_stage["05_voxel_maps", "whisper-tiny.en"] == {2}
-    assert by_stage["summary", None] == {1}
-    # dependencies outside the list are ignored: without the 00_data runs, tuning heads the chains
+        by_stage.setdefault((run.stage, run.axes.get("model"), run.axes.get("subject")), set()).add(priority[run.run_id])
+    whisper = "whisper-tiny.en"
+    # DEMO01 (the only one with maps): controls -> brain-tuning -> 02 -> 05 -> summary; the others have no 05
+    assert by_stage["01_block_shuffle", whisper, "DEMO01"] == {5}
+    assert by_stage["01_block_shuffle", whisper, "DEMO02"] == by_stage["01_block_shuffle", whisper, "DEMO03"] == {4}
+    assert by_stage["01_text_embedding", whisper, None] == {5}  # every participant's brain-tuning waits for it
+    assert by_stage["01_brain_tuning", whisper, "DEMO01"] == {4} and by_stage["01_brain_tuning", whisper, "DEMO02"] == {3}
+    assert by_stage["00_data", None, "DEMO01"] == {4} and by_stage["00_data", None, "DEMO03"] == {3}
+    assert by_stage["01_brain_tuning_tiny", "tiny-hubert", "DEMO01"] == {3}  # 01 -> 02 -> summary
+    # 04, 05 and the multi-participant alignment wait only for the runs they name, and only the summary for them
+    for stage in ("04_downstream", "05_voxel_maps", "02_multi_alignment", "02_alignment_tiny"):
+        assert {p for (name, _, _), values in by_stage.items() if name == stage for p in values} == {2}, stage
+    assert by_stage["summary", None, None] == {1}
+    # dependencies outside the list are ignored: without the 00_data runs, the controls still head the chains
     assert max(critical_path_priorities(runs[3:]).values()) == 5
 
 
@@ -640,7 +645,7 @@ def test_runs_are_running_only_while_their_sweep_holds_the_lock(tmp_path, holder
 def test_an_interrupted_sweep_leaves_an_index_that_says_so(tmp_path, monkeypatch):
     from bt_utils.sweeps import runner as sweeps
 
-    def interrupt(client, pending, statuses, honour_resources, on_change):
+    def interrupt(client, pending, statuses, honour_resources, on_change, show_code):
         for run in pending:
             statuses[run.run_id] = write_status(run, "queued")
         raise KeyboardInterrupt
