@@ -114,3 +114,17 @@ def cut_audio(dataset, seconds: float):
         audio, rate = soundfile.read(path)
         soundfile.write(path, audio[:round(seconds * rate)], rate)
     return dataset
+
+
+def authors_whisper_frame(encoder, n_samples: int) -> int:
+    """The frame the authors' extraction keeps for Whisper padded to 30 s: the feature extractor's
+    attention mask (one entry per 160 samples, 3,000 entries) convolved with ones shaped like conv1
+    and conv2, and its last non-zero entry."""
+    import torch
+
+    mask = torch.zeros(1, 1, 3000)
+    mask[..., :int(np.ceil(n_samples / 160))] = 1
+    for conv in (encoder.encoder.conv1, encoder.encoder.conv2):
+        mask = torch.nn.functional.conv1d(mask, torch.ones(1, 1, conv.kernel_size[0]), stride=conv.stride,
+                                          padding=conv.padding)
+    return int(mask[0, 0].nonzero().max())

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import cut_audio, write_small_dataset
+from conftest import authors_whisper_frame, cut_audio, write_small_dataset
 
 from bt_utils.data.dataset import Dataset, StorySplit
 from bt_utils.data.timing import trim_trs
@@ -143,18 +143,6 @@ def test_fast_mode_cuts_encoder_compute_tenfold():
 # ----- extraction --------------------------------------------------------------------------------
 
 
-def _authors_whisper_frame(encoder, n_samples: int) -> int:
-    """The frame the authors' extraction keeps for Whisper padded to 30 s: the feature extractor's
-    attention mask (one entry per 160 samples, 3,000 entries) convolved with ones shaped like conv1
-    and conv2, and its last non-zero entry."""
-    mask = torch.zeros(1, 1, 3000)
-    mask[..., :int(np.ceil(n_samples / 160))] = 1
-    for conv in (encoder.encoder.conv1, encoder.encoder.conv2):
-        mask = torch.nn.functional.conv1d(mask, torch.ones(1, 1, conv.kernel_size[0]), stride=conv.stride,
-                                          padding=conv.padding)
-    return int(mask[0, 0].nonzero().max())
-
-
 @pytest.mark.parametrize("name, native", [("tiny-wav2vec2", False), ("tiny-hubert", False),
                                           ("tiny-whisper", False), ("tiny-whisper", True)])
 def test_reference_frames_equal_single_window_forward(name, native, one_thread):
@@ -170,7 +158,7 @@ def test_reference_frames_equal_single_window_forward(name, native, one_thread):
             output = encoder(window)
         last = int(output.frame_mask[0].sum()) - 1
         if encoder.family == "whisper" and not native:
-            last = _authors_whisper_frame(encoder, window.shape[1])
+            last = authors_whisper_frame(encoder, window.shape[1])
             assert last == int(output.frame_mask[0].sum())  # one frame after the fully real ones
         assert kept_frame_index(encoder, plan_windows(len(audio), settings))[k] == last
         for layer in (0, 2):

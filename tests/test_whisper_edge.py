@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import authors_whisper_frame
 
 from bt_utils.features import (
     WindowSettings,
@@ -178,16 +179,6 @@ def test_shared_groups_cover_every_window_once(padded):
 # ----- features: against Whisper's own layers ----------------------------------------------------
 
 
-def _authors_whisper_frame(encoder, n_samples: int) -> int:
-    """The frame the authors' extraction keeps for Whisper padded to 30 s (see tests/test_features.py)."""
-    mask = torch.zeros(1, 1, 3000)
-    mask[..., :int(np.ceil(n_samples / 160))] = 1
-    for conv in (encoder.encoder.conv1, encoder.encoder.conv2):
-        mask = torch.nn.functional.conv1d(mask, torch.ones(1, 1, conv.kernel_size[0]), stride=conv.stride,
-                                          padding=conv.padding)
-    return int(mask[0, 0].nonzero().max())
-
-
 def test_fast_frames_read_their_lead_window_beyond_the_span(padded):
     """Independent computation: every layer run by the encoder itself over all 1,500 frames, with the span's
     states the window's own, every frame before it its group's lead window's (a whole forward pass) and every
@@ -210,7 +201,7 @@ def test_fast_frames_read_their_lead_window_beyond_the_span(padded):
     for k in (1, 14, 16, 19, 20, 25, 42, 43, 45):  # 20 reads a lead 11 strides newer, 42 one 11 strides older
         with torch.no_grad():
             lead_states = padded(window(leads[k])).hidden_states
-            kept = _authors_whisper_frame(padded, window(k).shape[1])
+            kept = authors_whisper_frame(padded, window(k).shape[1])
             span = slice(span_first(kept), span_first(kept) + SPAN_FRAMES)
             states = [padded(window(k)).hidden_states[0][:, span]]
             for lead_state, layer in zip(lead_states, padded.encoder.layers):
