@@ -1,27 +1,11 @@
 """Alignment difference between feature modes on the demo data.
 
-For one model, every demo participant and every layer, fits the encoding models on the
-features of each mode and compares their correlations with those of the reference protocol
-(16 s of context + 0.1 s, one frame per window every 0.1 s), per planted voxel class: the mean
-over voxels of |delta r|, the mean over participants of |delta| of the class's mean r (what an
-ROI figure shows), the signed mean delta and the voxel-wise correlation of r. It prints one
-markdown table per mode and scoring and the wall time of each mode (features from the disk
-cache when present: point ``BT_UTILS_CACHE_DIR`` at a warm cache to compare fits only; the
-padded Whisper reference is by far the longest part of a cold run).
-
-Modes: ``fast`` (the package's fast mode for the model: strided windows, or for Whisper with
-``--padded`` the shared-span method), ``reference+0.1s`` (the protocol with 0.1 s more
-context: no cheaper, but how far the protocol's own scores move with its window length, the
-yardstick of an approximation) and ``grid-1s`` (the protocol on a 1-s grid: 10x fewer windows,
-no reuse of work).
-
-Two scorings (``--scoring``): ``test`` scores the test story as the notebooks do (the demo's
-has 56 scored TRs, so r has a large sampling error and small feature changes move single voxels
-a lot); ``story-cv`` predicts every training story from the others
-(:func:`bt_utils.encoding.alignment.story_cv_scores`), which measures the difference between
-feature modes with far less sampling noise. A smaller demo (``bt demo-data`` or
-:func:`bt_utils.demo.simulation.build_demo_dataset` with a smaller ``DemoConfig``, passed with
-``--data-root``) keeps the padded Whisper reference affordable on a CPU.
+For one model, every demo participant and layer, fits the encoding models on each mode's features and
+compares their correlations with those of the reference protocol, per planted voxel class (mean |delta r|
+over voxels, |delta| of the class mean, signed mean delta, voxel-wise correlation of r), and prints the
+wall time of each mode. Modes: ``fast``, ``reference+0.1s`` (the yardstick: how far the protocol's own
+scores move with 0.1 s more context) and ``grid-1s``. Scorings: ``test`` (the test story, as the
+notebooks do) and ``story-cv`` (every training story predicted from the others: far less sampling noise).
 
 Run: ``.venv/bin/python benchmarks/bench_alignment_modes.py [--model whisper-tiny.en]
 [--modes fast reference+0.1s grid-1s] [--scoring test story-cv] [--padded] [--threads 1]

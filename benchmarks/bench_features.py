@@ -1,25 +1,10 @@
 """Benchmark layer-feature extraction: the reference and the fast mode, on CPU.
 
-For each encoder, on one story of synthesised speech (a demo dataset built in
-a temporary folder), prints
-
-- the wall time per minute of audio of each mode,
-- the encoder compute of each mode and its ratio to the reference: the frames
-  the transformer layers run on, summed over windows (Whisper without native
-  length: 1,500 per window; its fast mode: a group's lead 1,500, each member its
-  span), and the layers' multiply-adds, which also count attention: per layer,
-  12 D^2 per frame (projections, MLP) plus 2 D per pair of query and key frame
-  (a member's span also reads the lead's frames beyond the span, which a
-  group's member pass projects to keys and values once),
-- the agreement of each mode with the reference at TR level: per layer, the
-  Pearson r over the story's ``[10:-5]`` TRs of each feature dimension,
-  Lanczos-resampled from both modes, as mean and 10th percentile over dimensions.
-  One of the modes is the reference protocol run with 0.1 s more context
-  (16.1 s + 0.1 s): how far the protocol's own features move when every
-  window starts one chunk earlier. An approximation cannot be expected to agree
-  with the reference better than that;
-- when a Whisper model runs both padded and ``:native``, the agreement of the
-  native-length reference with the padded one (the protocol), per layer.
+For each encoder, on one story of synthesised speech, prints the wall time per minute of audio of
+each mode, the encoder compute (frames the transformer layers run on, and multiply-adds including
+attention) and its ratio to the reference, and each mode's agreement with the reference at TR level
+(per layer, Pearson r of each feature dimension over the story's ``[10:-5]`` TRs). The reference with
+0.1 s more context is the yardstick: an approximation cannot be expected to agree better than that.
 
 Usage::
 

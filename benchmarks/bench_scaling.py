@@ -1,37 +1,16 @@
 """Cost growth with problem size, and the projected time of the paper's full protocol.
 
-Measured on this machine, one thread (BLAS and torch), printed as markdown tables:
-
-1. **Encoding fit** (:class:`bt_utils.encoding.ridge.EigenRidgeCV`, numpy, float32, 15
-   alphas, 5 story folds, the synthetic problem of ``bench_encoding``): wall
-   time while one of TRs / feature width / voxels moves around a base point,
-   the ``X^T X + X^T Y`` floor, and the fitted log-log exponent per axis, next
-   to the exponent of the solver's own flop model (:func:`ridge_flops`); then
-   one check point far beyond the grid (16x the voxels), against both ways of
-   extrapolating: the flop model at the median measured GFLOP/s, and the
-   power law of the measured exponents.
-2. **Feature extraction**: seconds per window of encoder forward (batch of
-   equal windows, the unit of :func:`bt_utils.features.extraction.extract_layer_features`)
-   at several window lengths: whisper-tiny.en padded to 30 s and on the native
-   length, tiny-wav2vec2 and tiny-hubert; then the protocol's 16.1-s window on
-   random-initialised copies of the protocol's architectures (wav2vec2-base,
-   hubert-base, whisper-small encoder: same compute as the checkpoints).
-3. **Brain-tuning**: seconds per training step of those architectures on 10-s
-   inputs (``bench_tuning.measure``, a fresh process per model).
-
-Projected, from the unit costs and the protocol's sizes (docs/method.md):
-feature extraction of every model variant, brain-tuning, and encoding fits,
-on this CPU (measured unit costs; an encoding fit at the protocol's size is
-its flop count at the median measured GFLOP/s: the local exponents do not
-extrapolate, as fixed costs weigh less with more voxels), on one GPU and on
-a Dask cluster of GPU workers. No GPU was measured: GPU unit costs are FLOPs counted by ``torch.utils.flop_counter``
-(eager attention) or by the ridge solver's flop model, divided by an assumed
-sustained throughput (``--gpu-tflops``, ``--gpu-ridge-tflops``).
+Measured on this machine, one thread, printed as markdown tables: the encoding fit
+(:class:`bt_utils.encoding.ridge.EigenRidgeCV`) while TRs, feature width or voxels move around a base
+point, with fitted log-log exponents against the solver's flop model; encoder forward seconds per
+window at several window lengths; brain-tuning seconds per step on 10-s inputs. From these unit costs
+and the protocol's sizes (docs/method.md) it projects feature extraction, brain-tuning and encoding
+fits on this CPU, one GPU and a Dask cluster of GPU workers. GPU costs are counted FLOPs divided by an
+assumed throughput (``--gpu-tflops``, ``--gpu-ridge-tflops``): no GPU was measured.
 
 Run: ``.venv/bin/python benchmarks/bench_scaling.py [--quick] [--repeats 3] [--gpu-tflops 50]
-[--gpu-ridge-tflops 20] [--workers 1 8 24] [--voxels 90000]`` (full run: 15-20 minutes on one core).
-``--quick`` is a smoke run: tiny problems, tiny random models stand in for the
-protocol's architectures, so its projection means nothing.
+[--gpu-ridge-tflops 20] [--workers 1 8 24] [--voxels 90000]``. ``--quick`` is a smoke run on tiny
+problems and models; its projection means nothing.
 """
 
 from __future__ import annotations
