@@ -164,7 +164,8 @@ def test_05_voxel_maps_notebook(demo_root, tmp_path):
     out = tmp_path / "05"
     execute_notebook("05_voxel_maps", out, {
         "data_root": str(demo_root), "build_demo_if_missing": False, "noise_ceiling_dir": "",
-        "alignment_dir": str(results), "impact_dir": "", "preference_models": {"pretrained": "tiny-whisper"}})
+        "alignment_dir": str(results), "impact_dir": "", "preference_models": {"pretrained": "tiny-whisper"},
+        "preference_native_length": True})
     names = {p.name for p in out.glob("*.png")}
     assert {"alignment_pretrained_layer1_flatmap.png", "alignment-difference_brain-tuned_layer1_surface.png",
             "semantic_preference.png"} <= names

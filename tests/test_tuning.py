@@ -475,7 +475,7 @@ def test_tuning_starts_from_the_model_every_notebook_loads_by_name(demo, tmp_pat
 def test_frozen_states_equal_the_forward_and_are_cached(demo, tmp_path, name):
     from bt_utils.models.frozen import frozen_inputs
 
-    encoder = load_encoder(name, device="cpu")
+    encoder = load_encoder(name, device="cpu", native_length=True)
     train, _, _ = build_tuning_sets(demo, "DEMO01", TuningConfig(model=name, **QUICK_TUNING))
     states = frozen_inputs(encoder, train, 1, cache_dir=tmp_path, progress=False)
     assert len(states) == len(train) and torch.equal(states.targets, train.targets)
