@@ -357,3 +357,15 @@ def test_maps_from_results_places_values_and_differences():
         maps_from_results("A", 3, alignment=alignment.assign(voxel=[0, 0, 0, 1]))
     with pytest.raises(ValueError, match="no result rows for subject 'C'"):
         maps_from_results("C", 3)
+
+
+def test_maps_from_results_draws_only_the_chosen_layers():
+    from bt_utils.viz.maps import maps_from_results
+
+    alignment = pd.DataFrame({"subject": "A", "variant": ["pretrained", "tuned"] * 2, "layer": [1, 1, 4, 4],
+                              "voxel": 0, "r_norm": [0.1, 0.2, 0.3, 0.5]})
+    values, _ = maps_from_results("A", 1, alignment=alignment, layers=[4])
+    assert set(values) == {"alignment_pretrained_layer4", "alignment_tuned_layer4", "alignment-difference_tuned_layer4"}
+    np.testing.assert_allclose(values["alignment-difference_tuned_layer4"], [0.2])
+    with pytest.raises(ValueError, match=r"the alignment table of subject 'A' has no layers \[2\]; it has \[1, 4\]"):
+        maps_from_results("A", 1, alignment=alignment, layers=[2, 4])

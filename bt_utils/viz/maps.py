@@ -360,7 +360,8 @@ def save_maps(
 
 def maps_from_results(subject: str, n_voxels: int, noise_ceiling: pd.DataFrame | None = None,
                       alignment: pd.DataFrame | None = None, impact: pd.DataFrame | None = None,
-                      reference_variant: str = "pretrained", feature_set: str = "all") -> tuple[dict, dict]:
+                      reference_variant: str = "pretrained", feature_set: str = "all",
+                      layers: Sequence[int] | None = None) -> tuple[dict, dict]:
     """The maps of a subject from the result tables of notebooks 00, 02 and 03.
 
     Parameters
@@ -373,6 +374,8 @@ def maps_from_results(subject: str, n_voxels: int, noise_ceiling: pd.DataFrame |
     impact : DataFrame, optional
         ``low_level_impact_voxels.parquet``: maps ``impact_<variant>_layer<L>`` of ``drop_pct`` for ``feature_set``
         and their difference to the reference.
+    layers : sequence of int, optional
+        Draw only these layers of the alignment and impact tables (default: every layer in them).
 
     Returns
     -------
@@ -407,6 +410,12 @@ def maps_from_results(subject: str, n_voxels: int, noise_ceiling: pd.DataFrame |
                              "draw one model's maps at a time (filter the table by model)")
         if "feature_set" in rows:
             rows = rows[rows.feature_set == feature_set]
+        if layers is not None:
+            missing = sorted(set(layers) - set(rows.layer))
+            if missing:
+                raise ValueError(f"the {prefix} table of subject {subject!r} has no layers {missing}; it has "
+                                 f"{sorted(rows.layer.unique().tolist())}")
+            rows = rows[rows.layer.isin(layers)]
         for (variant, layer), group in rows.groupby(["variant", "layer"]):
             add(f"{prefix}_{variant}_layer{layer}", per_voxel(group, column), kind)
         for (variant, layer), group in rows.groupby(["variant", "layer"]):
