@@ -6,9 +6,19 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# Caches (converted models, ROI table, features) go to a fresh folder per test session,
-# shared with the notebooks papermill runs, so no test passes thanks to a stale user cache.
-os.environ.setdefault("BT_UTILS_CACHE_DIR", tempfile.mkdtemp(prefix="bt_utils-test-cache-"))
+# Caches (converted models, ROI table, features) go to a fresh folder per test session, shared by the pytest-xdist
+# workers of the session (the caches lock what they compute) and by the notebooks papermill runs, so no test passes
+# thanks to a stale user cache.
+_SESSION = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _SESSION:  # a pytest-xdist worker: its share of the cores, for torch here and the notebooks' kernels
+    _THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_variable, str(_THREADS))
+    _CACHE = os.path.join(tempfile.gettempdir(), f"bt_utils-test-cache-{_SESSION}")
+    os.makedirs(_CACHE, exist_ok=True)
+else:
+    _CACHE = tempfile.mkdtemp(prefix="bt_utils-test-cache-")
+os.environ.setdefault("BT_UTILS_CACHE_DIR", _CACHE)
 
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
