@@ -4,6 +4,14 @@ Every voxel's response ``Y[:, j]`` is predicted from the delayed features ``X`` 
 intercept (both are z-scored per story, so centred)::
 
     w_j = argmin_w ||X w - Y[:, j]||^2 + alpha_j ||w||^2
+
+``alpha_j`` is chosen per voxel from a grid by the held-out score averaged over cross-validation splits
+(:func:`story_folds`, :func:`bootstrap_chunk_splits`); the weights are then refit on all training rows.
+:class:`EigenRidgeCV` does this with the estimator interface of himalaya's ``RidgeCV`` and its results, faster:
+one eigendecomposition serves every alpha and split. Its arrays go through himalaya's backends.
+
+On the test story, :func:`correlation_score` compares predictions with the mean of the repeats and
+:func:`normalised_score` divides by the noise ceiling (``r / cc_max``; NaN where the ceiling is too low to divide by).
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ EIGH_COST = 15.0
 def story_folds(groups, n_folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
     """Leave-stories-out cross-validation splits from the story label of every TR, ``groups`` (n_trs,): a list of
     (train, test) pairs of sorted integer index arrays.
+
+    Whole stories go to each test fold, dealt longest first to the fold with the fewest TRs so far (ties: the story
+    seen first, the lowest fold), so that folds are balanced and the split is deterministic.
     """
     groups = np.asarray(groups)
     if groups.ndim != 1 or groups.size == 0:
