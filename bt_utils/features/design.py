@@ -1,4 +1,13 @@
-"""From frame features to the design matrix of the encoding models: TRs, z-scoring, delays, trims."""
+"""From frame features to the design matrix of the encoding models: TRs, z-scoring, delays, trims.
+
+Per story, :func:`tr_features` Lanczos-resamples each layer's frame series (window 3, cutoff 1/TR) to the TR
+midpoints. :func:`layer_design` then z-scores each story with the mean and standard deviation of the rows that
+:func:`stimulus_rows` keeps, adds the FIR delays (:func:`make_delays`, zero-filled) and trims: training and validation
+stories keep ``[10:-5]``, the test story ``[50:-5]``, paired with its stored responses ``[40:]``
+(:data:`response_rows_test`). The statistics leave out the trimmed TRs because the first ones lie before sound onset,
+where features are near 0. Delays come before the trim, so that the delayed copies of the first kept TRs hold the
+real features of the TRs before them, and after the z-scoring, so that the zero fill equals the story mean.
+"""
 
 from __future__ import annotations
 
