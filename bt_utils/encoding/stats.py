@@ -19,7 +19,19 @@ ROI_WEIGHTINGS = ("parcel", "voxel")
 
 @dataclass(frozen=True)
 class RoiMean:
-    """Mean of a voxel-wise value over an ROI, with its standard error from the spread across voxels."""
+    """Mean of a voxel-wise value over an ROI, with its standard error from the spread across voxels.
+
+    Attributes
+    ----------
+    mean : float
+        NaN when no voxel of the ROI has a finite value.
+    sem : float
+        Standard error of ``mean``; NaN when ``dof < 1``.
+    dof : int
+        Degrees of freedom of ``sem``.
+    n_voxels, n_parcels : int
+        Voxels with a finite value, and parcels with at least one such voxel.
+    """
 
     mean: float
     sem: float
