@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .results import run_record, save_figure, write_json, write_table
+from .results import read_table, run_record, save_figure, write_json, write_table
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 """The folder above the package: the repository checkout when installed from one."""
@@ -72,13 +72,11 @@ def notebook_parameters(namespace: Mapping[str, object]) -> dict:
 
 def optional_table(folder: str | os.PathLike | None, name: str):
     """The table ``folder / name`` (Parquet or CSV) of an earlier run, or None (with a message) where it is absent."""
-    import pandas as pd
-
     path = notebook_path(folder) / name if folder else None
     if path is None or not path.is_file():
         print(f"no {name} in {str(folder)!r}: what needs it is left out")
         return None
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    return read_table(path)
 
 
 @dataclass

@@ -115,6 +115,17 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by :func:`write_table`; a CSV of a table without columns reads as an empty table."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
 def _json_ready(value: object) -> object:
     """``value`` with everything turned into what strict JSON can hold."""
     if isinstance(value, Mapping):

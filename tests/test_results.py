@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bt_utils.results import (
-    atomic_path, file_label, git_dirty, git_revision, run_record, save_figure, write_json, write_table,
+    atomic_path, file_label, git_dirty, git_revision, read_table, run_record, save_figure, write_json, write_table,
 )
 
 
@@ -49,6 +49,10 @@ def test_tables_json_and_figures_round_trip(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(write_table(table, tmp_path / "t.csv")), table)
     with pytest.raises(ValueError, match=".xlsx"):
         write_table(table, tmp_path / "t.xlsx")
+    for suffix in (".parquet", ".csv"):
+        pd.testing.assert_frame_equal(read_table(write_table(table, tmp_path / f"r{suffix}")), table)
+    empty = read_table(write_table(pd.DataFrame(), tmp_path / "empty.csv"))
+    assert empty.empty and empty.columns.empty
     record = run_record({"subject": "A"}, {"total": 1.5}, note="x")
     assert json.loads(write_json(record, tmp_path / "run.json").read_text())["parameters"] == {"subject": "A"}
     assert record["bt_utils_version"] and record["note"] == "x"

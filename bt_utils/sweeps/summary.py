@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..encoding.stats import across_subjects
+from ..results import read_table
 from .state import INDEX_NAME, read_status_file
 
 RESULT_TABLES = {
@@ -75,9 +76,8 @@ def collect_table(sweep_dir: str | os.PathLike, file_name: str, runs: dict[str, 
         path = sweep_dir / run_id / file_name
         if not path.is_file():
             continue
-        try:
-            table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-        except pd.errors.EmptyDataError:  # a CSV of an empty table (e.g. no paired tests in that run)
+        table = read_table(path)
+        if table.columns.empty:  # an empty table (e.g. no paired tests in that run)
             continue
         labels = {axis: value for axis, value in axes.items() if axis not in table.columns}
         tables.append(table.assign(**labels, run=run_id))
