@@ -16,15 +16,15 @@ PROTOCOLS: dict[str, dict[str, object]] = {
         "native_length": False, "max_train_trs": None, "max_validation_trs": None, "trainable_layers": None,
         "patience": 5,
         # features and encoding models
-        "feature_mode": "reference", "feature_context_s": 16.0, "n_permutations": 1000,
+        "feature_mode": "reference", "feature_context_s": 16.0, "feature_precision": "off", "n_permutations": 1000,
     },
     "demo": {
         # brain-tuning: the top two layers on cached lower-layer states, a higher learning rate, 2 epochs
         "epochs": 2, "batch_size": 16, "encoder_lr": 2e-4, "head_lr": 1e-3, "warmup_epochs": 0.5,
         "native_length": True, "max_train_trs": None, "max_validation_trs": None, "trainable_layers": 2,
         "patience": 5,
-        # features: the fast windows with 8 s of context, Whisper at each window's real length
-        "feature_mode": "fast", "feature_context_s": 8.0, "n_permutations": 200,
+        # features: the fast windows with 8 s of context, Whisper at each window's real length, bf16 where native
+        "feature_mode": "fast", "feature_context_s": 8.0, "feature_precision": "auto", "n_permutations": 200,
     },
 }
 """Setting values per protocol, by notebook parameter name."""
@@ -35,6 +35,7 @@ DEMO_SHORTCUTS = {
     "native_length": "Whisper runs on each input's real length instead of padded to 30 s",
     "feature_mode": "fast feature windows instead of the protocol's one window per 0.1 s",
     "feature_context_s": "8 s of context per frame instead of 16 s",
+    "feature_precision": "layer features under bfloat16 autocast where the device runs it natively, not float32",
     "n_permutations": "200 permutations for voxel-wise p-values instead of 1000",
 }
 """What each demo setting trades away, for the notebooks to print."""

@@ -543,12 +543,3 @@ def test_trainable_layers_is_checked():
         TuningConfig(trainable_layers=0)
     with pytest.raises(ValueError, match="spec_augment=True"):
         TuningConfig(trainable_layers=1, spec_augment=True)
-
-
-def test_precision_resolution():
-    cpu = torch.device("cpu")
-    assert tuning.resolve_precision(cpu, "off") == "off" and tuning.resolve_precision(cpu, "bf16") == "bf16"
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert tuning.resolve_precision(cpu, "auto") == ("bf16" if native else "off")
-    with pytest.raises(ValueError, match="fp16.*needs a CUDA device"):
-        tuning.resolve_precision(cpu, "fp16")

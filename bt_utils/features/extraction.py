@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..cache import cache_root
 from ..data.dataset import Dataset
 from ..models.encoder import SAMPLE_RATE, WHISPER_MAX_SAMPLES, SpeechEncoder
+from ..models.precision import autocast_context, resolve_precision
 from ..results import atomic_path, exclusive_lock
 from . import whisper_edge
 from .design import tr_features
@@ -96,8 +97,10 @@ def feature_tag(encoder: SpeechEncoder, settings: WindowSettings) -> str:
     """Text that names exactly which features ``encoder`` computes with ``settings``, used in cache paths."""
     tag = f"{settings.mode}-ctx{settings.context_s!r}-chunk{settings.chunk_s!r}"
     if _shares_spans(encoder, settings):
-        return f"{tag}-{whisper_edge.TAG}"
-    return f"{tag}-stride{window_stride_s(encoder, settings)!r}"
+        tag = f"{tag}-{whisper_edge.TAG}"
+    else:
+        tag = f"{tag}-stride{window_stride_s(encoder, settings)!r}"
+    return tag if settings.precision == "off" else f"{tag}-{settings.precision}"
 
 
 def kept_frame_index(encoder: SpeechEncoder, plan: WindowPlan) -> np.ndarray:
@@ -193,6 +196,7 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     """
     layers = check_layers(layers, encoder.n_layers)
     audio = _check_audio(audio)
+    autocast = autocast_context(encoder.device, resolve_precision(encoder.device, settings.precision))
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     plan = encoder_plan(encoder, len(audio), settings)
@@ -207,7 +211,7 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     was_training = encoder.training
     encoder.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for batch, role in tqdm(passes, desc=f"{encoder.name} {settings.mode} windows", disable=not progress,
                                     leave=False):
                 inputs, lengths = _window_inputs(audio, plan, batch, encoder.device)
@@ -264,6 +268,8 @@ def _cache_key(encoder: SpeechEncoder, settings: WindowSettings, fingerprint: st
                audio_hash: str) -> str:
     """The full key of a story's cache files (JSON); its settings are those of :func:`feature_tag`."""
     described = settings.to_dict()
+    if described["precision"] == "off":
+        del described["precision"]  # float32 features keep the keys of the cache files written before precision
     if _shares_spans(encoder, settings):
         described["method"] = whisper_edge.TAG
     else:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..models.encoder import SAMPLE_RATE
+from ..models.precision import PRECISIONS
 from ..validation import check_option
 
 __all__ = ["CHUNK_S", "CONTEXT_S", "FAST_STRIDE_S", "MODES", "WindowPlan", "WindowSettings", "pads_to_30s",
@@ -49,14 +50,19 @@ class WindowSettings:
         at 16 kHz.
     chunk_s : float
         Spacing of the output frame grid, in seconds; whole samples at 16 kHz.
+    precision : {"off", "bf16", "fp16"}
+        Encoder runs in float32 (``"off"``, the protocol) or under autocast to bfloat16 or float16 (CUDA only);
+        :func:`bt_utils.models.precision.resolve_precision` turns ``"auto"`` into one of them for a device.
     """
 
     mode: str = "reference"
     context_s: float = CONTEXT_S
     chunk_s: float = CHUNK_S
+    precision: str = "off"
 
     def __post_init__(self):
         check_option("mode", self.mode, MODES)
+        check_option("precision", self.precision, PRECISIONS[1:])
         if self.context_s < 0 or self.chunk_s <= 0:
             raise ValueError(f"context_s={self.context_s!r} must be >= 0 and chunk_s={self.chunk_s!r} > 0")
         for name in ("context_s", "chunk_s"):

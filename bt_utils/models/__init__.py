@@ -5,6 +5,7 @@ from .. import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(["MODELS", "available_models", "load_encoder", "select_device"], "registry"),
     "SpeechEncoder": "encoder",
+    "resolve_precision": "precision",
     **dict.fromkeys(["TuningConfig", "build_tuning_sets", "evaluate", "load_brain_tuned", "target_names", "tune"],
                     "tuning"),
 }

@@ -30,6 +30,7 @@ from .brain_model import (  # noqa: F401  (masked_mean, by_participant: re-expor
 )
 from .encoder import SpeechEncoder
 from .frozen import frozen_inputs
+from .precision import PRECISIONS, autocast_context, resolve_precision
 from .registry import load_encoder, select_device
 from .resume_state import load_resume_state, restore_rng_states, rng_states, save_resume_state
 from ..results import atomic_path, run_record, write_json, write_table
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 POOLED = "pooled"
 """The ``subject`` of the pooled losses of a run on several participants in its history."""
 CONTROLS = ("none", "story_swap", "block_shuffle", "text_embedding")
-PRECISIONS = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -204,29 +204,6 @@ def _plain_encoder(encoder: SpeechEncoder) -> SpeechEncoder:
     merged = copy.deepcopy(encoder)
     merged.encoder = merged.encoder.merge_and_unload()
     return merged
-
-
-def resolve_precision(device: torch.device, precision: str) -> str:
-    """The autocast precision a run uses: ``"off"``, ``"bf16"`` or ``"fp16"`` (see :class:`TuningConfig`)."""
-    check_option("mixed_precision", precision, PRECISIONS)
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"mixed_precision='fp16' needs a CUDA device, not {device.type}: use 'bf16' or 'off'")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "bf16"
-    return "off"
-
-
-def _autocast(device: torch.device, precision: str):
-    """Autocast context and gradient scaler (fp16 only) for a resolved precision."""
-    if precision == "off":
-        return contextlib.nullcontext(), None
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return torch.autocast(device.type, dtype=dtype), scaler
 
 
 # ----- training -------------------------------------------------------------------------------
@@ -441,7 +418,8 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
                      lambda s: head_lr_factor(s // steps_per_epoch, config.head_lr_decay, config.head_lr_floor)]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
     precision = resolve_precision(device, config.mixed_precision)
-    autocast, scaler = _autocast(device, precision)
+    autocast = autocast_context(device, precision)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None  # bf16 needs no loss scaling
 
     history: list[dict] = []
     best = {"loss": math.inf, "epoch": -1}
