@@ -49,8 +49,10 @@ from bt_utils.models.registry import load_encoder
 
 MODELS = ("tiny-wav2vec2", "tiny-hubert", "tiny-whisper", "whisper-tiny.en", "whisper-tiny.en:native")
 MODES = {"reference": WindowSettings("reference"), "fast": WindowSettings("fast"),
-         "reference+0.1s": WindowSettings("reference", context_s=CONTEXT_S + CHUNK_S)}
-"""Feature modes by name: the protocol, the fast mode, and the protocol with one more chunk of context."""
+         "reference+0.1s": WindowSettings("reference", context_s=CONTEXT_S + CHUNK_S),
+         "fast-bf16": WindowSettings("fast", precision="bf16")}
+"""Feature modes by name: the protocol, the fast mode, the protocol with one more chunk of context, and the fast
+mode under bfloat16 autocast."""
 
 
 def layer_compute(encoder: SpeechEncoder, n_samples: int, settings: WindowSettings) -> tuple[int, float]:

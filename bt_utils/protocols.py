@@ -14,15 +14,16 @@ PROTOCOLS: dict[str, dict[str, object]] = {
         # brain-tuning
         "epochs": 30, "batch_size": 128, "encoder_lr": 5e-5, "head_lr": 1e-4, "warmup_epochs": 5.0,
         "native_length": False, "max_train_trs": None, "max_validation_trs": None, "trainable_layers": None,
-        "patience": 5,
+        "head_init": "random", "patience": 5,
         # features and encoding models
         "feature_mode": "reference", "feature_context_s": 16.0, "feature_precision": "off", "n_permutations": 1000,
     },
     "demo": {
-        # brain-tuning: the top two layers on cached lower-layer states, a higher learning rate, 2 epochs
-        "epochs": 2, "batch_size": 16, "encoder_lr": 2e-4, "head_lr": 1e-3, "warmup_epochs": 0.5,
+        # brain-tuning: the top two layers on cached lower-layer states, the head started as a ridge probe, one epoch
+        # at a higher learning rate
+        "epochs": 1, "batch_size": 16, "encoder_lr": 2e-4, "head_lr": 1e-3, "warmup_epochs": 0.5,
         "native_length": True, "max_train_trs": None, "max_validation_trs": None, "trainable_layers": 2,
-        "patience": 5,
+        "head_init": "probe", "patience": 5,
         # features: the fast windows with 8 s of context, Whisper at each window's real length, bf16 where native
         "feature_mode": "fast", "feature_context_s": 8.0, "feature_precision": "auto", "n_permutations": 200,
     },
@@ -31,7 +32,8 @@ PROTOCOLS: dict[str, dict[str, object]] = {
 
 DEMO_SHORTCUTS = {
     "trainable_layers": "only the top layers are tuned, on cached states of the frozen ones",
-    "epochs": "2 epochs instead of 30, at a higher learning rate",
+    "epochs": "1 epoch instead of 30, at a higher learning rate",
+    "head_init": "the head starts as a ridge probe of the initial model instead of at random",
     "native_length": "Whisper runs on each input's real length instead of padded to 30 s",
     "feature_mode": "fast feature windows instead of the protocol's one window per 0.1 s",
     "feature_context_s": "8 s of context per frame instead of 16 s",

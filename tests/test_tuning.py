@@ -543,3 +543,48 @@ def test_trainable_layers_is_checked():
         TuningConfig(trainable_layers=0)
     with pytest.raises(ValueError, match="spec_augment=True"):
         TuningConfig(trainable_layers=1, spec_augment=True)
+
+
+def test_probe_head_is_the_validated_ridge_of_the_targets_on_the_pooled_outputs(demo):
+    """The probe equals a ridge regression computed independently (numpy, with intercept), at the penalty with the
+    lowest validation error, and recovers a head planted in the targets."""
+    config = TuningConfig(model="tiny-wav2vec2", **QUICK_TUNING | {"max_train_trs": 120, "mixed_precision": "off"})
+    train_set, validation_set, _ = build_tuning_sets(demo, "DEMO01", config)
+    model = tuning.BrainTuningModel(load_encoder("tiny-wav2vec2", "cpu"), 5)
+    cpu = torch.device("cpu")
+    x = tuning.pooled_outputs(model, train_set, 8, cpu).numpy()
+    x_validation = tuning.pooled_outputs(model, validation_set, 8, cpu).numpy()
+    rng = np.random.default_rng(0)
+    planted, offset = rng.standard_normal((x.shape[1], 5)), rng.standard_normal(5)
+    noise = 0.1 * (x @ planted).std()
+    train_set.targets = torch.tensor(x @ planted + offset + noise * rng.standard_normal((len(x), 5)), dtype=torch.float32)
+    validation_set.targets = torch.tensor(x_validation @ planted + offset, dtype=torch.float32)
+
+    penalty = tuning.probe_head(model, train_set, validation_set, 8, cpu)["DEMO01"]
+    centred = x - x.mean(axis=0)
+    scatter = centred.T @ centred
+    absolute = penalty * np.linalg.eigvalsh(scatter).clip(min=0).mean()
+    targets = train_set.targets.numpy()
+    weights = np.linalg.solve(scatter + absolute * np.eye(len(scatter)), centred.T @ (targets - targets.mean(axis=0)))
+    bias = targets.mean(axis=0) - x.mean(axis=0) @ weights
+    np.testing.assert_allclose(model.head.weight.detach().numpy(), weights.T, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(model.head.bias.detach().numpy(), bias, rtol=1e-3, atol=1e-4)
+    predicted = x_validation @ weights + bias
+    for column in range(5):
+        assert np.corrcoef(predicted[:, column], validation_set.targets[:, column])[0, 1] > 0.9
+    with pytest.raises(ValueError, match="head_init='linear' is not valid"):
+        TuningConfig(head_init="linear")
+
+
+def test_a_probed_head_starts_below_the_random_head_and_is_recorded(demo, tmp_path):
+    config = TuningConfig(model="tiny-wav2vec2", **QUICK_TUNING | {"epochs": 1, "head_init": "probe"})
+    train_set, validation_set, _ = build_tuning_sets(demo, "DEMO01", config)
+    model = tuning.BrainTuningModel(load_encoder("tiny-wav2vec2", "cpu"), train_set.targets.shape[1])
+    cpu = torch.device("cpu")
+    random_head, _ = tuning.evaluate(model, validation_set, "mse", 8, cpu)
+    tuning.probe_head(model, train_set, validation_set, 8, cpu)
+    probed, _ = tuning.evaluate(model, validation_set, "mse", 8, cpu)
+    mean_only = float(((validation_set.targets - train_set.targets.nanmean(dim=0)) ** 2).mean())
+    assert probed < random_head and probed <= mean_only + 1e-3  # the largest penalty is close to the mean alone
+    result = tune(demo, "DEMO01", config, tmp_path / "run", progress=False)
+    assert set(result.record["probe_penalties"]) == {"DEMO01"}

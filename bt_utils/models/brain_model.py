@@ -45,15 +45,20 @@ class BrainTuningModel(nn.Module):
         """
         self.frozen_layers, self.frame_mask = frozen_layers, frame_mask
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Predicted targets, shape (B, n_targets), from audio (B, n_samples) or frozen states (B, F, D)."""
+    def pooled(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The head's input, shape (B, D): the encoder's output averaged over valid frames, from audio
+        (B, n_samples) or frozen states (B, F, D)."""
         if self.frozen_layers is None:
             output = self.encoder(inputs)
             hidden, mask = output.last_hidden_state, output.frame_mask
         else:
             mask = self.frame_mask.to(inputs.device).expand(len(inputs), -1)
             hidden = self.encoder.run_layers(inputs, mask, self.frozen_layers)
-        return self.head(masked_mean(hidden, mask))
+        return masked_mean(hidden, mask)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Predicted targets, shape (B, n_targets), from audio (B, n_samples) or frozen states (B, F, D)."""
+        return self.head(self.pooled(inputs))
 
 
 def compute_loss(name: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 POOLED = "pooled"
 """The ``subject`` of the pooled losses of a run on several participants in its history."""
 CONTROLS = ("none", "story_swap", "block_shuffle", "text_embedding")
+HEAD_INITS = ("random", "probe")
+PROBE_PENALTIES = tuple(np.logspace(-3, 2, 11))
+"""Ridge penalties of :func:`probe_head`, relative to the mean eigenvalue of the pooled outputs' scatter matrix."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,11 @@ class TuningConfig:
     trainable_layers : int or None
         Train only the top ``trainable_layers`` transformer layers and the head. None (the protocol): every
         transformer layer is trained, from audio.
+    head_init : {"random", "probe"}
+        ``"random"`` (the protocol): the head starts from PyTorch's default initialisation. ``"probe"``: before the
+        first epoch the head is set to a ridge regression of the training targets on the initial model's pooled
+        outputs, its penalty chosen on the validation TRs (:func:`probe_head`), so that the encoder learns from
+        the first step instead of after the head has caught up (linear probing, then fine-tuning).
     """
 
     model: str = "whisper-tiny.en"
@@ -126,9 +134,11 @@ class TuningConfig:
     max_train_trs: int | None = None
     max_validation_trs: int | None = None
     trainable_layers: int | None = None
+    head_init: str = "random"
 
     def __post_init__(self):
         check_option("loss", self.loss, LOSSES)
+        check_option("head_init", self.head_init, HEAD_INITS)
         check_option("control", self.control, CONTROLS)
         check_option("mixed_precision", self.mixed_precision, PRECISIONS)
         for name in ("epochs", "batch_size", "grad_accumulation", "patience", "block_size", "lora_rank", "seed"):
@@ -257,6 +267,59 @@ def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: in
     model.train(was_training)
     predictions = torch.cat(predictions)
     return float(pooled_loss(participant_losses(loss, predictions, data.targets, data.heads))), predictions.numpy()
+
+
+def pooled_outputs(model: BrainTuningModel, data: TuningSet, batch_size: int, device: torch.device,
+                   autocast=contextlib.nullcontext()) -> torch.Tensor:
+    """The head's inputs of every item, float32 of shape (n_items, D), in eval mode."""
+    was_training = model.training
+    model.eval()
+    pooled = []
+    with torch.no_grad():
+        for audio, _ in torch.utils.data.DataLoader(data, batch_size=batch_size):
+            with autocast:
+                pooled.append(model.pooled(audio.to(device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(pooled).double()
+
+
+def probe_head(model: BrainTuningModel, train_set: TuningSet, validation_set: TuningSet, batch_size: int,
+               device: torch.device, autocast=contextlib.nullcontext()) -> dict[str, float]:
+    """Set each participant's head to the ridge regression of its training targets on the model's pooled outputs.
+
+    The penalty of each participant is the one of :data:`PROBE_PENALTIES` (times the mean eigenvalue of the
+    centred training outputs' scatter matrix) with the lowest mean squared error on its validation items. Items
+    without a response of the participant (NaN targets) are left out of its fit.
+
+    Returns
+    -------
+    penalties : dict of str to float
+        The relative penalty chosen per participant.
+    """
+    train_x, validation_x = (pooled_outputs(model, data, batch_size, device, autocast)
+                             for data in (train_set, validation_set))
+    chosen = {}
+    for subject, columns in train_set.heads.items():
+        y = train_set.targets[:, columns].double()
+        rows = torch.isfinite(y).all(dim=1)
+        x, y = train_x[rows], y[rows]
+        x_mean, y_mean = x.mean(dim=0), y.mean(dim=0)
+        eigenvalues, eigenvectors = torch.linalg.eigh((x - x_mean).T @ (x - x_mean))
+        projected = eigenvectors.T @ ((x - x_mean).T @ (y - y_mean))
+        y_validation = validation_set.targets[:, columns].double()
+        validation_rows = torch.isfinite(y_validation).all(dim=1)
+        best = None
+        for penalty in PROBE_PENALTIES:
+            weights = eigenvectors @ (projected / (eigenvalues.clamp(min=0) + penalty * eigenvalues.mean())[:, None])
+            bias = y_mean - x_mean @ weights
+            error = float(((validation_x[validation_rows] @ weights + bias - y_validation[validation_rows]) ** 2).mean())
+            if best is None or error < best[0]:
+                best = (error, penalty, weights, bias)
+        _, chosen[subject], weights, bias = best
+        with torch.no_grad():
+            model.head.weight[columns] = weights.T.to(model.head.weight)
+            model.head.bias[columns] = bias.to(model.head.bias)
+    return chosen
 
 
 def _save_checkpoint(model: BrainTuningModel, folder: Path, record: dict, selection: dict,
@@ -443,9 +506,12 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
         stop_reason, finished = state["stop_reason"], state["finished"]
         log.info("resuming %s from epoch %d", out_dir, first_epoch)
 
+    probe_penalties = None
+    if config.head_init == "probe" and not history:
+        probe_penalties = probe_head(model, train_set, validation_set, micro_batch, device, autocast)
     record = run_record(parameters, selection=selection, n_train=len(train_set), n_validation=len(validation_set),
                         encoder_settings=getattr(encoder, "settings", {}), precision=precision,
-                        initial_fingerprint=initial_fingerprint)
+                        initial_fingerprint=initial_fingerprint, probe_penalties=probe_penalties)
     label = POOLED if several else participants[0]
     bar = tqdm(range(first_epoch, config.epochs if not finished else first_epoch),
                desc=f"brain-tuning {config.model} on {'+'.join(participants)}", disable=not progress)
