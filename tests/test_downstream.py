@@ -31,7 +31,7 @@ from bt_utils.downstream.probes import (
 from bt_utils.demo import tasks as demo_tasks
 from bt_utils.demo.tasks import demo_task
 from bt_utils.downstream.tasks import TASKS, DownstreamTask, Example, load_task
-from bt_utils.downstream.metrics import accuracy, multilabel_f1
+from bt_utils.downstream.metrics import accuracy
 from bt_utils.models.registry import load_encoder
 from bt_utils.sweeps.notebooks import execute_notebook
 from bt_utils.models.tuning import masked_mean

@@ -1,5 +1,6 @@
 """Layer features: sliding windows, the feature cache, TR resampling, delays, trims and the design."""
 
+import copy
 import json
 
 import numpy as np
@@ -352,6 +353,39 @@ def test_bf16_features_agree_with_float32_and_are_cached_apart(speech, tmp_path,
             keys[path.parent.parent.name] = json.loads(str(stored["key"]))["settings"]
     assert keys[feature_tag(encoder, settings["bf16"])]["precision"] == "bf16"
     assert "precision" not in keys[feature_tag(encoder, settings["off"])]
+
+
+def test_brain_tuned_top_layers_continue_from_the_cached_states_of_the_frozen_ones(speech, tmp_path, one_thread,
+                                                                                   monkeypatch):
+    """Two models tuned above layer 1 of the same model: the first computes and caches the frozen layer's states,
+    the second runs only its top layer from them (float16 states: features within rounding of a full pass)."""
+    base = load_encoder("tiny-wav2vec2", "cpu")
+    tuned = []
+    for seed in (0, 1):
+        model = copy.deepcopy(base)
+        with torch.no_grad():
+            for parameter in model.layers[1].parameters():
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(seed)))
+        model.frozen_layers = 1
+        tuned.append(model)
+    story, settings = speech.stories[0], WindowSettings("fast", context_s=4.0)
+    audio = speech.load_audio(story)
+    direct = [extract_layer_features(model, audio, [0, 1, 2], settings, progress=False)[1] for model in tuned]
+
+    first = story_features(tuned[0], speech, story, [0, 1, 2], settings, tmp_path, progress=False)[1]
+    (frozen_file,) = (tmp_path / "features").rglob("frozen/*/*/*.npz")
+    for layer in (0, 1, 2):
+        np.testing.assert_array_equal(first[layer], direct[0][layer])
+
+    monkeypatch.setattr(tuned[1], "forward", lambda *args: pytest.fail("ran the frozen layers again"))
+    second = story_features(tuned[1], speech, story, [0, 1, 2], settings, tmp_path, progress=False)[1]
+    for layer in (0, 1):
+        np.testing.assert_array_equal(second[layer], direct[0][layer])  # the frozen layers: shared
+    np.testing.assert_allclose(second[2], direct[1][2], rtol=0, atol=5e-3 * np.abs(direct[1][2]).max())
+    assert not np.allclose(second[2], first[2], atol=1e-3)  # the top layers differ
+    assert frozen_file.parent.parent.name == f"{base.prefix_fingerprint(1)}-layer01"
+    with pytest.raises(ValueError, match="no frozen layers to continue from"):
+        extract_layer_features(base, audio, [1], settings, keep_frozen_states=True)
 
 
 # ----- TR features, delays, trims ----------------------------------------------------------------

@@ -10,6 +10,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import copy  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
@@ -464,6 +465,26 @@ def test_run_layers_continues_the_forward_from_any_layer(name):
         torch.testing.assert_close(last[output.frame_mask], output.last_hidden_state[output.frame_mask])
     with pytest.raises(ValueError, match="must lie in 0..1"):
         encoder.run_layers(output.hidden_states[-1], output.frame_mask, encoder.n_layers)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_hidden_states_from_continue_the_forward_and_the_prefix_fingerprint_ignores_the_layers_above(name, tmp_path):
+    encoder = load_encoder(name, device="cpu")
+    audio = torch.randn(2, 48_000) * 0.1
+    output = encoder(audio)
+    states = encoder.hidden_states_from(output.hidden_states[1], output.frame_mask, 1)
+    assert len(states) == encoder.n_layers
+    for ours, theirs in zip(states, output.hidden_states[1:]):
+        torch.testing.assert_close(ours, theirs)
+    top, bottom = copy.deepcopy(encoder), copy.deepcopy(encoder)
+    with torch.no_grad():
+        next(top.layers[1].parameters()).add_(0.1)
+        next(bottom.layers[0].parameters()).add_(0.1)
+    assert top.prefix_fingerprint(1) == encoder.prefix_fingerprint(1) != bottom.prefix_fingerprint(1)
+    assert top.prefix_fingerprint(0) == bottom.prefix_fingerprint(0) == encoder.prefix_fingerprint(0)
+    assert top.fingerprint() != encoder.fingerprint()
+    top.frozen_layers = 1
+    assert SpeechEncoder.from_pretrained(top.save_pretrained(tmp_path / "top")).frozen_layers == 1
 
 
 def test_train_top_layers_leaves_only_the_top_layers_trainable():

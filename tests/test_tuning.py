@@ -533,6 +533,9 @@ def test_tuning_only_the_top_layer_changes_only_the_top_layer(demo, tmp_path, mo
     after = load_encoder(result.checkpoint_dir, device="cpu").state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("encoder.encoder.layers.1.") for k in changed)
+    tuned = load_encoder(result.checkpoint_dir, device="cpu")
+    assert tuned.frozen_layers == 1  # recorded, so that feature extraction continues from layer 1's states
+    assert tuned.prefix_fingerprint(1) == load_encoder("tiny-wav2vec2", device="cpu").prefix_fingerprint(1)
     assert result.record["encoder_settings"]["spec_augment"] is False  # no audio to mask: switched off
     losses = result.history[result.history.split == "train"].loss.to_numpy()
     assert losses[-1] < losses[0]
@@ -557,7 +560,8 @@ def test_probe_head_is_the_validated_ridge_of_the_targets_on_the_pooled_outputs(
     rng = np.random.default_rng(0)
     planted, offset = rng.standard_normal((x.shape[1], 5)), rng.standard_normal(5)
     noise = 0.1 * (x @ planted).std()
-    train_set.targets = torch.tensor(x @ planted + offset + noise * rng.standard_normal((len(x), 5)), dtype=torch.float32)
+    noisy = x @ planted + offset + noise * rng.standard_normal((len(x), 5))
+    train_set.targets = torch.tensor(noisy, dtype=torch.float32)
     validation_set.targets = torch.tensor(x_validation @ planted + offset, dtype=torch.float32)
 
     penalty = tuning.probe_head(model, train_set, validation_set, 8, cpu)["DEMO01"]

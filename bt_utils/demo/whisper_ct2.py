@@ -19,8 +19,6 @@ import numpy as np
 from ..validation import DataError
 from .ct2_reader import CT2FormatError, read_ct2_checkpoint
 
-from .ct2_reader import CT2FormatError, read_ct2_checkpoint
-
 CONVERTER_VERSION = 1
 """Bumped whenever the conversion output changes; part of the cache folder key."""
 SAMPLING_RATE = 16_000

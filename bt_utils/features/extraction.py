@@ -173,9 +173,17 @@ def _warn_native_whisper(encoder: SpeechEncoder, settings: WindowSettings) -> No
                     "for the fast mode that keeps the reference's edge frames")
 
 
+def reuses_frozen_layers(encoder: SpeechEncoder, settings: WindowSettings) -> bool:
+    """Whether :func:`story_features` continues ``encoder`` from cached states of its frozen layers: a brain-tuned
+    model whose lower layers were left as loaded (``encoder.frozen_layers``), in the strided fast mode (the other
+    modes run too many windows to keep their states)."""
+    return encoder.frozen_layers > 0 and settings.mode == "fast" and not pads_to_30s(encoder)
+
+
 def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: Iterable[int],
                            settings: WindowSettings = WindowSettings(), batch_size: int = 8,
-                           progress: bool = True) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+                           progress: bool = True, frozen_states: dict | None = None,
+                           keep_frozen_states: bool = False) -> tuple[np.ndarray, dict[int, np.ndarray]] | tuple:
     """Frame features of a story's audio from causal sliding windows, one frame per grid point.
 
     Parameters
@@ -186,6 +194,13 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
         Windows per forward pass (a shared group's members run in one pass).
     progress : bool
         Show a progress bar over batches.
+    frozen_states : dict, optional
+        Continue from these states of ``encoder``'s frozen layers instead of running them (see
+        :func:`reuses_frozen_layers`): ``states`` (n_windows, F, D) entering layer ``encoder.frozen_layers + 1``
+        (float16), ``frames`` (n_windows,) valid frames per window and ``low`` (frozen_layers + 1, n_times, D) the
+        features of the frozen layers.
+    keep_frozen_states : bool
+        Also return such a dict, computed on the way.
 
     Returns
     -------
@@ -193,6 +208,8 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
         Time of each frame (end of its window's chunk), seconds after sound onset.
     features : dict of int to ndarray of shape (n_times, hidden_size)
         float32, one entry per layer.
+    kept_states : dict
+        Only with ``keep_frozen_states``: the ``frozen_states`` of this story.
     """
     layers = check_layers(layers, encoder.n_layers)
     audio = _check_audio(audio)
@@ -207,6 +224,14 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
     frame_index = kept_frame_index(encoder, plan)
     features = {layer: np.empty((len(plan.grid_ends), encoder.hidden_size), np.float32) for layer in layers}
     passes = _passes(encoder, settings, plan, frame_index, batch_size)
+    depth = encoder.frozen_layers
+    if (frozen_states is not None or keep_frozen_states) and not reuses_frozen_layers(encoder, settings):
+        raise ValueError(f"{encoder.name} has no frozen layers to continue from in mode {settings.mode!r}")
+    if keep_frozen_states:
+        n_frames = encoder.frame_lengths(torch.as_tensor(plan.ends - plan.starts)).numpy()
+        kept_states = {"states": np.zeros((len(plan.starts), n_frames.max(), encoder.hidden_size), np.float16),
+                       "frames": n_frames,
+                       "low": np.empty((depth + 1, len(plan.grid_ends), encoder.hidden_size), np.float32)}
     lead_inputs = None  # a shared group's lead: its inputs to every layer, read by the group's members
     was_training = encoder.training
     encoder.eval()
@@ -214,7 +239,8 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
         with torch.no_grad(), autocast:
             for batch, role in tqdm(passes, desc=f"{encoder.name} {settings.mode} windows", disable=not progress,
                                     leave=False):
-                inputs, lengths = _window_inputs(audio, plan, batch, encoder.device)
+                if frozen_states is None:
+                    inputs, lengths = _window_inputs(audio, plan, batch, encoder.device)
                 kept = np.concatenate([np.arange(plan.first[window], plan.stop[window]) for window in batch])
                 rows = np.repeat(np.arange(len(batch)), plan.stop[batch] - plan.first[batch])
                 positions = frame_index[kept]
@@ -222,6 +248,12 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                     spans, context_counts, positions = whisper_edge.member_rows(positions)
                     states = whisper_edge.frame_states(encoder, inputs, lengths, spans, context=lead_inputs,
                                                        context_counts=context_counts)
+                elif frozen_states is not None:  # windows of a batch have one length: no padding to mask
+                    n_frames = int(frozen_states["frames"][batch].max())
+                    hidden = torch.from_numpy(frozen_states["states"][batch, :n_frames].astype(np.float32))
+                    mask = torch.ones(hidden.shape[:2], dtype=torch.bool)
+                    above = encoder.hidden_states_from(hidden.to(encoder.device), mask, depth)[1:]
+                    states = (None,) * (depth + 1) + above  # the frozen layers: their stored features
                 else:
                     states = encoder(inputs, lengths).hidden_states
                     if role == "lead":
@@ -229,9 +261,19 @@ def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: It
                 rows_t = torch.from_numpy(rows).to(encoder.device)
                 frames_t = torch.from_numpy(np.asarray(positions)).to(encoder.device)
                 for layer in layers:
-                    features[layer][kept] = states[layer][rows_t, frames_t].float().cpu().numpy()
+                    if states[layer] is None:
+                        features[layer][kept] = frozen_states["low"][layer][kept]
+                    else:
+                        features[layer][kept] = states[layer][rows_t, frames_t].float().cpu().numpy()
+                if keep_frozen_states:
+                    frozen = states[depth]
+                    kept_states["states"][batch, :frozen.shape[1]] = frozen.to("cpu", torch.float16).numpy()
+                    for layer in range(depth + 1):
+                        kept_states["low"][layer][kept] = states[layer][rows_t, frames_t].float().cpu().numpy()
     finally:
         encoder.train(was_training)
+    if keep_frozen_states:
+        return plan.times, features, kept_states
     return plan.times, features
 
 
@@ -300,12 +342,52 @@ def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers:
             cached = {layer: _read_cached(path, key) for layer, path in paths.items()}
             missing = [layer for layer, entry in cached.items() if entry is None]
             if missing:
-                times, computed = extract_layer_features(encoder, audio, missing, settings, batch_size, progress)
+                times, computed = _compute_features(encoder, audio, missing, settings, batch_size, progress,
+                                                    story, audio_hash, cache_dir)
                 for layer in missing:
                     _write_cached(paths[layer], key, times, computed[layer])
                     cached[layer] = (times, computed[layer])
     times = cached[layers[0]][0]
     return times, {layer: values for layer, (_, values) in cached.items()}
+
+
+def _compute_features(encoder: SpeechEncoder, audio: np.ndarray, layers: tuple[int, ...], settings: WindowSettings,
+                      batch_size: int, progress: bool, story: str, audio_hash: str,
+                      cache_dir) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """:func:`extract_layer_features`, continued from the cached states of ``encoder``'s frozen layers where
+    :func:`reuses_frozen_layers`: the first model with those frozen layers computes and caches them (keyed by
+    :meth:`SpeechEncoder.prefix_fingerprint`), every other one runs only its upper layers."""
+    if not reuses_frozen_layers(encoder, settings):
+        return extract_layer_features(encoder, audio, layers, settings, batch_size, progress)
+    depth = encoder.frozen_layers
+    prefix = f"{encoder.prefix_fingerprint(depth)}-layer{depth:02d}"
+    key = _cache_key(encoder, settings, prefix, story, audio_hash)
+    path = (cache_root(cache_dir) / "features" / f"v{CACHE_VERSION}" / "frozen" / prefix / feature_tag(encoder, settings)
+            / f"{story}-{audio_hash}.npz")
+    with exclusive_lock(path.with_name(path.name + ".lock")):
+        stored = _read_frozen_states(path, key)
+        if stored is not None:
+            return extract_layer_features(encoder, audio, layers, settings, batch_size, progress, frozen_states=stored)
+        times, features, stored = extract_layer_features(encoder, audio, layers, settings, batch_size, progress,
+                                                         keep_frozen_states=True)
+        with atomic_path(path) as staged, open(staged, "wb") as handle:
+            np.savez(handle, key=np.array(key), **stored)
+    return times, features
+
+
+def _read_frozen_states(path: Path, key: str) -> dict[str, np.ndarray] | None:
+    """The frozen layers' states of a story from their cache file, or None if it is missing, unreadable or for
+    another story or settings."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["key"]) != key:
+                return None
+            return {name: stored[name] for name in ("states", "frames", "low")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        log.warning("frozen-layer cache file %s is unreadable (%s); recomputing it", path, error)
+        return None
 
 
 def dataset_tr_features(encoder: SpeechEncoder, dataset: Dataset, stories: Iterable[str], layers: Iterable[int],

@@ -97,6 +97,10 @@ class SpeechEncoder(nn.Module):
         (preprocessing).
     checkpoint_spec_augment : bool
         Whether the checkpoint's config switches SpecAugment on in train mode (wav2vec2/HuBERT: yes; Whisper: no).
+    frozen_layers : int
+        How many of the lowest transformer layers (with everything below them) a brain-tuning run left as it loaded
+        them (0: none known); saved with the encoder. Feature extraction continues from cached states of those
+        layers (:func:`bt_utils.features.extraction.story_features`).
 
     Notes
     -----
@@ -121,6 +125,7 @@ class SpeechEncoder(nn.Module):
             raise ValueError(f"unknown settings {sorted(unknown)} for {family}; known: {sorted(self.settings)}")
         self.settings.update(settings or {})
         self.checkpoint_spec_augment = bool(getattr(encoder.config, "apply_spec_augment", False))
+        self.frozen_layers = 0
         if family == "whisper":
             filters = mel_filter_bank(num_frequency_bins=1 + WHISPER_N_FFT // 2,
                                       num_mel_filters=encoder.config.num_mel_bins, min_frequency=0.0,
@@ -392,6 +397,19 @@ class SpeechEncoder(nn.Module):
         torch.Tensor
             Shape (B, F, D): ``last_hidden_state`` of :meth:`forward`.
         """
+        return self._final_layer_norm()(self._layer_states(hidden, frame_mask, start)[-1])
+
+    def hidden_states_from(self, hidden: torch.Tensor, frame_mask: torch.Tensor, start: int) -> tuple[torch.Tensor, ...]:
+        """``hidden_states[start:]`` of :meth:`forward` computed from ``hidden_states[start]`` (arguments as
+        :meth:`run_layers`); ``n_layers - start + 1`` tensors of shape (B, F, D)."""
+        states = self._layer_states(hidden, frame_mask, start)
+        if self.family == "whisper":  # as in forward: Whisper's last state is after its final layer norm
+            states = (*states[:-1], self._final_layer_norm()(states[-1]))
+        return states
+
+    def _layer_states(self, hidden: torch.Tensor, frame_mask: torch.Tensor, start: int) -> tuple[torch.Tensor, ...]:
+        """``hidden`` (the input of layer ``start + 1``) and the output of each layer above it, before any final
+        layer norm."""
         if not 0 <= start < self.n_layers:
             raise ValueError(f"start={start!r} must lie in 0..{self.n_layers - 1}: {self.name} has {self.n_layers} layers")
         uses_mask = self.native_length if self.family == "whisper" else self.settings["attention_mask"]
@@ -399,12 +417,14 @@ class SpeechEncoder(nn.Module):
         if uses_mask:
             attention_mask = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden,
                                                        attention_mask=frame_mask.to(hidden.device))
+        states = [hidden]
         for layer in self.layers[start:]:
             if not self._skip_layer():
                 hidden = layer(hidden, attention_mask) if self.family == "whisper" else layer(
                     hidden, attention_mask=attention_mask)
                 hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        return self._final_layer_norm()(hidden)
+            states.append(hidden)
+        return tuple(states)
 
     def _whisper_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """The input ``hidden`` (B, F, D) and each Whisper layer's output (B, F, D)."""
@@ -451,6 +471,25 @@ class SpeechEncoder(nn.Module):
             digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
+    def prefix_fingerprint(self, depth: int) -> str:
+        """A hash (16 hexadecimal characters) of everything that ``hidden_states[:depth + 1]`` depend on: the
+        weights other than those of layers ``depth + 1`` and above and of the final layer norm, the architecture
+        and the input settings. Equal for a model and a brain-tuned copy whose top layers alone were trained."""
+        if not 0 <= depth < self.n_layers:
+            raise ValueError(f"depth={depth!r} must lie in 0..{self.n_layers - 1}: {self.name} has {self.n_layers} layers")
+        above = {id(tensor) for module in (*self.layers[depth:], self._final_layer_norm())
+                 for tensor in (*module.parameters(), *module.buffers())}
+        config = {key: value for key, value in self.encoder.config.to_dict().items()
+                  if not _train_only_or_provenance(key)}
+        digest = hashlib.sha256(json.dumps([self.family, self.settings, config, depth], sort_keys=True,
+                                           default=str).encode())
+        named = dict(self.encoder.named_parameters()) | dict(self.encoder.named_buffers())
+        for name, tensor in sorted(named.items()):
+            if id(tensor) not in above:
+                digest.update(name.encode())
+                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Save the encoder weights and config (Hugging Face form) and ``bt_encoder.json`` to ``folder`` (created if
         missing).
@@ -459,7 +498,7 @@ class SpeechEncoder(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(folder)
         record = {"format_version": _RECORD_VERSION, "family": self.family, "name": self.name,
-                  "source": self.source, "settings": self.settings}
+                  "source": self.source, "settings": self.settings, "frozen_layers": self.frozen_layers}
         (folder / ENCODER_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
         return folder
 
@@ -476,7 +515,9 @@ class SpeechEncoder(nn.Module):
                              f"{record.get('family')!r}; expected version {_RECORD_VERSION} and one of {FAMILIES}")
         hf_class = WhisperEncoder if record["family"] == "whisper" else _HF_CLASSES[record["family"]]
         encoder = _load_weights(hf_class, folder)
-        return cls(encoder, record["family"], record["name"], record["source"], record["settings"]).eval()
+        loaded = cls(encoder, record["family"], record["name"], record["source"], record["settings"])
+        loaded.frozen_layers = int(record.get("frozen_layers", 0))
+        return loaded.eval()
 
 
 # ----- helpers -----------------------------------------------------------------------------------

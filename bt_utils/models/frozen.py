@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..cache import cache_root
 from ..results import atomic_path, exclusive_lock
 from .encoder import SpeechEncoder
+from .precision import autocast_context
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +51,26 @@ class FrozenStates(torch.utils.data.Dataset):
 
 
 def _cache_file(encoder: SpeechEncoder, fingerprint: str, start: int, spec, story: str, audio: np.ndarray,
-                n_trs: int, cache_dir) -> Path:
-    key = json.dumps([CACHE_VERSION, fingerprint, start, repr(spec), n_trs,
-                      hashlib.sha256(np.ascontiguousarray(audio, np.float32).tobytes()).hexdigest()])
+                n_trs: int, cache_dir, precision: str) -> Path:
+    described = [CACHE_VERSION, fingerprint, start, repr(spec), n_trs,
+                 hashlib.sha256(np.ascontiguousarray(audio, np.float32).tobytes()).hexdigest()]
+    if precision != "off":  # float32 states keep the keys of the files written before precision
+        described.append(precision)
+    key = json.dumps(described)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return cache_root(cache_dir) / CACHE_FOLDER / f"{encoder.family}-layer{start}" / f"{story}-{digest}.npy"
 
 
 @torch.no_grad()
-def _story_states(encoder: SpeechEncoder, data, story: str, rows: list[int], start: int, batch_size: int) -> np.ndarray:
+def _story_states(encoder: SpeechEncoder, data, story: str, rows: list[int], start: int, batch_size: int,
+                  precision: str) -> np.ndarray:
     """``hidden_states[start]`` of the encoder (eval mode) for the windows of ``rows`` of ``data``."""
     windows = [data.window(story, tr) for tr in rows]
     out = None
     for first in range(0, len(windows), batch_size):
         batch = torch.from_numpy(np.stack(windows[first:first + batch_size])).to(encoder.device)
-        states = encoder(batch).hidden_states[start].to("cpu", torch.float16).numpy()
+        with autocast_context(encoder.device, precision):
+            states = encoder(batch).hidden_states[start].to("cpu", torch.float16).numpy()
         if out is None:
             out = np.empty((len(windows), *states.shape[1:]), dtype=np.float16)
         out[first:first + len(states)] = states
@@ -73,8 +79,9 @@ def _story_states(encoder: SpeechEncoder, data, story: str, rows: list[int], sta
 
 def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | None = None,
                   cache_dir: str | os.PathLike | None = None, batch_size: int = 8,
-                  progress: bool = True) -> FrozenStates:
-    """The states entering layer ``start + 1`` for every item of a tuning set, from the cache or computed."""
+                  progress: bool = True, precision: str = "off") -> FrozenStates:
+    """The states entering layer ``start + 1`` for every item of a tuning set, from the cache or computed (under
+    autocast to ``precision``, a resolved precision of :mod:`bt_utils.models.precision`)."""
     if not 0 <= start < encoder.n_layers:
         raise ValueError(f"start={start!r} must lie in 0..{encoder.n_layers - 1}: {encoder.name} has "
                          f"{encoder.n_layers} layers")
@@ -86,11 +93,12 @@ def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | N
         for story in tqdm(dict.fromkeys(s for s, _ in data.items), desc=f"frozen layers 0-{start} of {encoder.name}",
                           disable=not progress):
             rows = data.story_rows(story)
-            path = _cache_file(encoder, fingerprint, start, data.spec, story, data.audio[story], len(rows), cache_dir)
+            path = _cache_file(encoder, fingerprint, start, data.spec, story, data.audio[story], len(rows), cache_dir,
+                               precision)
             if not path.is_file():
                 with exclusive_lock(path.with_name(path.name + ".lock")):  # parallel tunings compute a story once
                     if not path.is_file():
-                        values = _story_states(encoder, data, story, rows, start, batch_size)
+                        values = _story_states(encoder, data, story, rows, start, batch_size, precision)
                         with atomic_path(path) as staged:
                             with open(staged, "wb") as handle:
                                 np.save(handle, values)

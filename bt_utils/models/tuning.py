@@ -450,14 +450,19 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
     encoder.freeze_feature_encoder()
     model = BrainTuningModel(encoder, train_set.targets.shape[1]).to(device)
     spec_augment = encoder.checkpoint_spec_augment if config.spec_augment is None else config.spec_augment
+    precision = resolve_precision(device, config.mixed_precision)
+    autocast = autocast_context(device, precision)
+    encoder.frozen_layers = 0
     if config.trainable_layers is not None:
         frozen = encoder.n_layers - config.trainable_layers
         if frozen < 0:
             raise ValueError(f"trainable_layers={config.trainable_layers} but {config.model} has {encoder.n_layers} "
                              "layers")
-        train_set, validation_set = (frozen_inputs(encoder, data, frozen, initial_fingerprint, progress=progress)
+        train_set, validation_set = (frozen_inputs(encoder, data, frozen, initial_fingerprint, progress=progress,
+                                                   precision=precision)
                                      for data in (train_set, validation_set))
         encoder.train_top_layers(config.trainable_layers)
+        encoder.frozen_layers = frozen
         model.take_frozen_states(frozen, train_set.frame_mask)
         spec_augment = False
     encoder.set_regularisation(spec_augment=spec_augment, layerdrop=config.layerdrop)
@@ -480,8 +485,6 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
         schedules = [lambda s: encoder_lr_factor(s, warmup, total_steps),
                      lambda s: head_lr_factor(s // steps_per_epoch, config.head_lr_decay, config.head_lr_floor)]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
-    precision = resolve_precision(device, config.mixed_precision)
-    autocast = autocast_context(device, precision)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None  # bf16 needs no loss scaling
 
     history: list[dict] = []
