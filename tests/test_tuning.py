@@ -4,10 +4,12 @@ import itertools
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from bt_utils.models import tuning
+from bt_utils.viz import plots
 from bt_utils.encoding.ridge import correlation_score
 from bt_utils.data.stimulus import WindowSpec
 from bt_utils.models.registry import load_encoder
@@ -234,6 +236,16 @@ def test_loss_falls_and_checkpoint_round_trips(demo, tmp_path):
     train = result.history[result.history.split == "train"].loss.to_numpy()
     validation = result.history[result.history.split == "validation"]
     assert np.all(np.diff(train) < 0) and train[-1] < train[0] - 0.05
+    # the steps of each epoch: one per batch, their losses averaging (by batch size) to the epoch's
+    steps = result.steps
+    assert len(steps) == config.epochs * -(-result.record["n_train"] // config.batch_size)
+    by_epoch = steps.assign(weighted=steps.loss * steps.n_items).groupby("epoch")
+    np.testing.assert_allclose(by_epoch.weighted.sum() / by_epoch.n_items.sum(), train, rtol=1e-5)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "run" / "training_steps.parquet"), steps)
+    figure = plots.plot_training_curves(result.history, result.best_epoch, steps=steps)
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    np.testing.assert_allclose(lines["train"].get_xdata(), np.arange(1, config.epochs + 1))  # epochs trained
+    assert lines["train, per step"].get_xdata()[-1] == config.epochs
     assert result.best_epoch == int(validation.loc[validation.loss.idxmin(), "epoch"])
     record = json.loads((result.checkpoint_dir / "training_record.json").read_text())
     assert record["best_epoch"] == result.best_epoch and record["parameters"]["model"] == "tiny-wav2vec2"

@@ -42,6 +42,8 @@ ENCODER_RECORD = "bt_encoder.json"
 """File that :meth:`SpeechEncoder.save_pretrained` writes beside the Hugging Face files."""
 
 _RECORD_VERSION = 1
+_TRAIN_ONLY_SETTINGS = ("spec_augment", "layerdrop", "layerdrop_rate")
+"""Settings that act in train mode only, so features in eval mode do not depend on them."""
 _DEFAULT_NORMALIZE = {"wav2vec2": True, "hubert": True}  # Wav2Vec2FeatureExtractor's default
 _HF_CLASSES = {"wav2vec2": Wav2Vec2Model, "hubert": HubertModel}
 
@@ -49,7 +51,7 @@ _HF_CLASSES = {"wav2vec2": Wav2Vec2Model, "hubert": HubertModel}
 def _train_only_or_provenance(config_key: str) -> bool:
     """Whether a config field leaves eval-mode outputs unchanged (dropout, masking, names, versions)."""
     return (config_key.startswith(("_", "mask_")) or "dropout" in config_key or config_key in {
-        "layerdrop", "apply_spec_augment", "transformers_version", "architectures", "name_or_path"})
+        "layerdrop", "apply_spec_augment", "transformers_version", "architectures", "name_or_path", "dtype"})
 
 
 @dataclass
@@ -472,8 +474,8 @@ class SpeechEncoder(nn.Module):
         return digest.hexdigest()[:16]
 
     def prefix_fingerprint(self, depth: int) -> str:
-        """A hash (16 hexadecimal characters) of everything that ``hidden_states[:depth + 1]`` depend on: the
-        weights other than those of layers ``depth + 1`` and above and of the final layer norm, the architecture
+        """A hash (16 hexadecimal characters) of everything that ``hidden_states[:depth + 1]`` depend on in eval mode:
+        the weights other than those of layers ``depth + 1`` and above and of the final layer norm, the architecture
         and the input settings. Equal for a model and a brain-tuned copy whose top layers alone were trained."""
         if not 0 <= depth < self.n_layers:
             raise ValueError(f"depth={depth!r} must lie in 0..{self.n_layers - 1}: {self.name} has {self.n_layers} layers")
@@ -481,7 +483,8 @@ class SpeechEncoder(nn.Module):
                  for tensor in (*module.parameters(), *module.buffers())}
         config = {key: value for key, value in self.encoder.config.to_dict().items()
                   if not _train_only_or_provenance(key)}
-        digest = hashlib.sha256(json.dumps([self.family, self.settings, config, depth], sort_keys=True,
+        settings = {key: value for key, value in self.settings.items() if key not in _TRAIN_ONLY_SETTINGS}
+        digest = hashlib.sha256(json.dumps([self.family, settings, config, depth], sort_keys=True,
                                            default=str).encode())
         named = dict(self.encoder.named_parameters()) | dict(self.encoder.named_buffers())
         for name, tensor in sorted(named.items()):

@@ -228,6 +228,7 @@ class TuningResult:
     stop_reason: str
     checkpoint_dir: Path
     record: dict = field(default_factory=dict)
+    steps: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.Tensor, micro_batch: int,
@@ -418,7 +419,8 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
         One participant, or a list of distinct participants (see
         :func:`bt_utils.models.tuning_data.tuning_participants`).
     out_dir : path-like
-        Run folder: ``checkpoint/``, ``resume_state.pt``, ``training_log.parquet``.
+        Run folder: ``checkpoint/``, ``resume_state.pt``, ``training_log.parquet`` (losses per epoch),
+        ``training_steps.parquet`` (the training loss of every step).
     progress : bool
         Show a progress bar over epochs.
     stop_after_epochs : int, optional
@@ -488,6 +490,7 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None  # bf16 needs no loss scaling
 
     history: list[dict] = []
+    steps: list[dict] = []
     best = {"loss": math.inf, "epoch": -1}
     bad_epochs, first_epoch, stop_reason, finished = 0, 0, "completed all epochs", False
     if state_path.is_file():
@@ -505,7 +508,8 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
         if scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         restore_rng_states(state["rng"])
-        history, best, bad_epochs, first_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"] + 1
+        history, steps, best = state["history"], state.get("steps", []), state["best"]
+        bad_epochs, first_epoch = state["bad_epochs"], state["epoch"] + 1
         stop_reason, finished = state["stop_reason"], state["finished"]
         log.info("resuming %s from epoch %d", out_dir, first_epoch)
 
@@ -524,10 +528,12 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
         epoch_started = time.perf_counter()
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed + epoch))
         total = torch.zeros((), device=device)
-        for step_start in range(0, len(order), config.batch_size):
+        for step, step_start in enumerate(range(0, len(order), config.batch_size)):
             batch = order[step_start:step_start + config.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            total += accumulate_gradients(model, train_set, batch, micro_batch, config.loss, device, autocast, scaler)
+            batch_loss = accumulate_gradients(model, train_set, batch, micro_batch, config.loss, device, autocast, scaler)
+            total += batch_loss
+            steps.append({"epoch": epoch, "step": step, "n_items": len(batch), "loss": float(batch_loss) / len(batch)})
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -560,7 +566,7 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
         finished = finished or epoch == config.epochs - 1
         save_resume_state({"parameters": parameters, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                           "rng": rng_states(), "history": history,
+                           "rng": rng_states(), "history": history, "steps": steps,
                            "best": best, "bad_epochs": bad_epochs, "epoch": epoch, "finished": finished,
                            "stop_reason": stop_reason}, state_path)
         if finished:
@@ -571,6 +577,8 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
 
     table = pd.DataFrame(history, columns=["epoch", "split", "subject", "loss"])
     write_table(table, out_dir / "training_log.parquet")
+    step_table = pd.DataFrame(steps, columns=["epoch", "step", "n_items", "loss"])
+    write_table(step_table, out_dir / "training_steps.parquet")
     best_by_participant = {row.get("subject"): row["loss"] for row in history if row["epoch"] == best["epoch"]
                            and row["split"] == "validation" and row.get("subject") != POOLED}
     record |= {"history": history, "best_epoch": best["epoch"], "best_validation_loss": best["loss"],
@@ -580,4 +588,4 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
     checkpoint = out_dir / "checkpoint"
     if checkpoint.is_dir():
         write_json(record, checkpoint / "training_record.json")
-    return TuningResult(table, best["epoch"], stop_reason, checkpoint, record)
+    return TuningResult(table, best["epoch"], stop_reason, checkpoint, record, step_table)

@@ -152,24 +152,30 @@ def plot_ceiling_by_class(ceiling: np.ndarray, voxel_class: np.ndarray, true_cei
     return figure
 
 
-def plot_training_curves(history, best_epoch: int | None = None, title: str = ""):
-    """Training and validation loss per epoch.
+def plot_training_curves(history, best_epoch: int | None = None, title: str = "", steps=None):
+    """Training and validation loss against the epochs trained.
 
     Parameters
     ----------
     history : DataFrame
         Columns ``epoch, split, loss`` and optionally ``subject`` (``training_log.parquet``); one line per split,
-        and per participant when there are several (a run tuned on several participants).
+        and per participant when there are several (a run tuned on several participants), each point at the end of
+        its epoch.
     best_epoch : int, optional
         Marked with a vertical line (the checkpoint kept).
+    steps : DataFrame, optional
+        Columns ``epoch, step, loss`` (``training_steps.parquet``): the training loss of every step, a thin line.
     """
     figure, ax = plt.subplots(figsize=(6, 4))
+    if steps is not None and len(steps):
+        per_epoch = steps.groupby("epoch").step.transform("max") + 1
+        ax.plot(steps.epoch + (steps.step + 1) / per_epoch, steps.loss, color="0.7", lw=0.8, label="train, per step")
     keys = ["split", "subject"] if "subject" in history and history["subject"].nunique() > 1 else ["split"]
     for key, rows in history.groupby(keys):
-        ax.plot(rows.epoch, rows.loss, "o-", label=" ".join(map(str, key)))
+        ax.plot(rows.epoch + 1, rows.loss, "o-", label=" ".join(map(str, key)))
     if best_epoch is not None and best_epoch >= 0:
-        ax.axvline(best_epoch, color="k", ls="--", lw=0.8, label=f"chosen epoch {best_epoch}")
-    ax.set_xlabel("epoch")
+        ax.axvline(best_epoch + 1, color="k", ls="--", lw=0.8, label=f"chosen epoch {best_epoch}")
+    ax.set_xlabel("epochs trained")
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.legend()
@@ -186,8 +192,8 @@ def plot_validation_curves(logs, title: str = ""):
         rows = history[history.split == "validation"]
         if "subject" in rows and rows.subject.nunique() > 1:
             rows = rows[rows.subject == POOLED]
-        ax.plot(rows.epoch, rows.loss, "o-", label=label)
-    ax.set_xlabel("epoch")
+        ax.plot(rows.epoch + 1, rows.loss, "o-", label=label)
+    ax.set_xlabel("epochs trained")
     ax.set_ylabel("validation loss")
     ax.set_title(title)
     ax.legend()
