@@ -355,11 +355,12 @@ def test_bf16_features_agree_with_float32_and_are_cached_apart(speech, tmp_path,
     assert "precision" not in keys[feature_tag(encoder, settings["off"])]
 
 
-def test_brain_tuned_top_layers_continue_from_the_cached_states_of_the_frozen_ones(speech, tmp_path, one_thread,
-                                                                                   monkeypatch):
+@pytest.mark.parametrize("name, native", [("tiny-wav2vec2", None), ("tiny-whisper", True)])
+def test_brain_tuned_top_layers_continue_from_the_cached_states_of_the_frozen_ones(name, native, speech, tmp_path,
+                                                                                   one_thread, monkeypatch):
     """Two models tuned above layer 1 of the same model: the first computes and caches the frozen layer's states,
     the second runs only its top layer from them (float16 states: features within rounding of a full pass)."""
-    base = load_encoder("tiny-wav2vec2", "cpu")
+    base = load_encoder(name, "cpu", native_length=native)
     tuned = []
     for seed in (0, 1):
         model = copy.deepcopy(base)
