@@ -183,7 +183,7 @@ def reuses_frozen_layers(encoder: SpeechEncoder, settings: WindowSettings) -> bo
 def extract_layer_features(encoder: SpeechEncoder, audio: np.ndarray, layers: Iterable[int],
                            settings: WindowSettings = WindowSettings(), batch_size: int = 8,
                            progress: bool = True, frozen_states: dict | None = None,
-                           keep_frozen_states: bool = False) -> tuple[np.ndarray, dict[int, np.ndarray]] | tuple:
+                           keep_frozen_states: bool = False) -> tuple:
     """Frame features of a story's audio from causal sliding windows, one frame per grid point.
 
     Parameters
