@@ -496,7 +496,7 @@ def test_frozen_states_equal_the_forward_and_are_cached(demo, tmp_path, name):
             expected = encoder(train[index][0][None]).hidden_states[1][0]
         torch.testing.assert_close(states[index][0], expected, atol=2e-3, rtol=1e-2)  # stored in float16
     files = sorted(tmp_path.rglob("*.npy"))
-    assert len(files) == len({story for story, _ in train.items})
+    assert len(files) == 2 * len({story for story, _ in train.items})  # the states and the pooled outputs
     stamps = [f.stat().st_mtime_ns for f in files]
     again = frozen_inputs(encoder, train, 1, cache_dir=tmp_path, progress=False)
     assert [f.stat().st_mtime_ns for f in files] == stamps and torch.equal(again[3][0], states[3][0])
@@ -604,3 +604,18 @@ def test_a_probed_head_starts_below_the_random_head_and_is_recorded(demo, tmp_pa
     assert probed < random_head and probed <= mean_only + 1e-3  # the largest penalty is close to the mean alone
     result = tune(demo, "DEMO01", config, tmp_path / "run", progress=False)
     assert set(result.record["probe_penalties"]) == {"DEMO01"}
+
+
+def test_frozen_states_carry_the_initial_models_pooled_outputs(demo, tmp_path):
+    """The probe of a top-layer tuning reads the initial model's pooled outputs cached with the frozen states; they
+    equal what the model computes from those states (up to their float16 rounding)."""
+    from bt_utils.models import frozen
+
+    encoder = load_encoder("tiny-wav2vec2", device="cpu")
+    train, _, _ = build_tuning_sets(demo, "DEMO01", TuningConfig(model="tiny-wav2vec2", **QUICK_TUNING))
+    states = frozen.frozen_inputs(encoder, train, 1, cache_dir=tmp_path, progress=False)
+    model = BrainTuningModel(encoder, 3)
+    model.take_frozen_states(1, states.frame_mask)
+    computed = tuning.pooled_outputs(model, states, 8, torch.device("cpu")).float()
+    assert states.initial_pooled.shape == computed.shape == (len(train), encoder.hidden_size)
+    torch.testing.assert_close(states.initial_pooled, computed, rtol=0, atol=2e-2 * float(computed.abs().max()))

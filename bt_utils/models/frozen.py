@@ -17,13 +17,15 @@ from tqdm.auto import tqdm
 
 from ..cache import cache_root
 from ..results import atomic_path, exclusive_lock
+from .brain_model import masked_mean
 from .encoder import SpeechEncoder
 from .precision import autocast_context
 
 log = logging.getLogger(__name__)
 
 CACHE_FOLDER = "tuning_inputs"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""Version of the cache files (2: the initial model's pooled outputs beside the states)."""
 
 
 class FrozenStates(torch.utils.data.Dataset):
@@ -34,13 +36,21 @@ class FrozenStates(torch.utils.data.Dataset):
     states : dict of str to ndarray of shape (n_story_trs, F, D)
         Per story, the states of every trimmed TR (float16, possibly memory-mapped).
     targets : torch.Tensor of shape (n_items, n_targets)
+    pooled : dict of str to ndarray of shape (n_story_trs, D)
+        Per story, the initial model's output averaged over frames (the head's input before any tuning).
+
+    Attributes
+    ----------
+    initial_pooled : torch.Tensor of shape (n_items, D)
+        ``pooled`` of every item, float32.
     """
 
     def __init__(self, states: dict[str, np.ndarray], items: list[tuple[str, int]], targets: torch.Tensor,
-                 n_valid_frames: int, heads: dict[str, slice]):
+                 n_valid_frames: int, heads: dict[str, slice], pooled: dict[str, np.ndarray]):
         self.states, self.items, self.targets, self.heads = states, list(items), targets, dict(heads)
         n_frames = next(iter(states.values())).shape[1]
         self.frame_mask = torch.arange(n_frames) < n_valid_frames
+        self.initial_pooled = torch.from_numpy(np.stack([pooled[story][row] for story, row in self.items]))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -63,18 +73,21 @@ def _cache_file(encoder: SpeechEncoder, fingerprint: str, start: int, spec, stor
 
 @torch.no_grad()
 def _story_states(encoder: SpeechEncoder, data, story: str, rows: list[int], start: int, batch_size: int,
-                  precision: str) -> np.ndarray:
-    """``hidden_states[start]`` of the encoder (eval mode) for the windows of ``rows`` of ``data``."""
+                  precision: str) -> tuple[np.ndarray, np.ndarray]:
+    """``hidden_states[start]`` of the encoder (eval mode) for the windows of ``rows`` of ``data``, float16 of
+    shape (n_rows, F, D), and its output averaged over valid frames, float32 of shape (n_rows, D)."""
     windows = [data.window(story, tr) for tr in rows]
-    out = None
+    out, pooled = None, np.empty((len(windows), encoder.hidden_size), np.float32)
     for first in range(0, len(windows), batch_size):
         batch = torch.from_numpy(np.stack(windows[first:first + batch_size])).to(encoder.device)
         with autocast_context(encoder.device, precision):
-            states = encoder(batch).hidden_states[start].to("cpu", torch.float16).numpy()
+            output = encoder(batch)
+        states = output.hidden_states[start].to("cpu", torch.float16).numpy()
         if out is None:
             out = np.empty((len(windows), *states.shape[1:]), dtype=np.float16)
         out[first:first + len(states)] = states
-    return out
+        pooled[first:first + len(states)] = masked_mean(output.last_hidden_state.float(), output.frame_mask).cpu()
+    return out, pooled
 
 
 def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | None = None,
@@ -88,24 +101,25 @@ def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | N
     fingerprint = fingerprint or encoder.fingerprint()
     was_training = encoder.training
     encoder.eval()
-    states = {}
+    states, pooled = {}, {}
     try:
         for story in tqdm(dict.fromkeys(s for s, _ in data.items), desc=f"frozen layers 0-{start} of {encoder.name}",
                           disable=not progress):
             rows = data.story_rows(story)
             path = _cache_file(encoder, fingerprint, start, data.spec, story, data.audio[story], len(rows), cache_dir,
                                precision)
+            pooled_path = path.with_suffix(".pooled.npy")
             if not path.is_file():
                 with exclusive_lock(path.with_name(path.name + ".lock")):  # parallel tunings compute a story once
                     if not path.is_file():
-                        values = _story_states(encoder, data, story, rows, start, batch_size, precision)
-                        with atomic_path(path) as staged:
-                            with open(staged, "wb") as handle:
-                                np.save(handle, values)
-            states[story] = np.load(path, mmap_mode="r")
+                        values, means = _story_states(encoder, data, story, rows, start, batch_size, precision)
+                        for target, array in ((pooled_path, means), (path, values)):  # the states last: the flag
+                            with atomic_path(target) as staged, open(staged, "wb") as handle:
+                                np.save(handle, array)
+            states[story], pooled[story] = np.load(path, mmap_mode="r"), np.load(pooled_path)
     finally:
         encoder.train(was_training)
     row_of = {story: {tr: row for row, tr in enumerate(data.story_rows(story))} for story in states}
     items = [(story, row_of[story][tr]) for story, tr in data.items]
     n_valid = int(encoder.frame_lengths(torch.tensor([data.spec.window_samples]))[0])
-    return FrozenStates(states, items, data.targets, n_valid, data.heads)
+    return FrozenStates(states, items, data.targets, n_valid, data.heads, pooled)

@@ -29,7 +29,7 @@ from .brain_model import (  # noqa: F401  (masked_mean, by_participant: re-expor
     LOSSES, BrainTuningModel, by_participant, compute_loss, masked_mean, participant_losses, pooled_loss,
 )
 from .encoder import SpeechEncoder
-from .frozen import frozen_inputs
+from .frozen import FrozenStates, frozen_inputs
 from .precision import PRECISIONS, autocast_context, resolve_precision
 from .registry import load_encoder, select_device
 from .resume_state import load_resume_state, restore_rng_states, rng_states, save_resume_state
@@ -286,7 +286,8 @@ def pooled_outputs(model: BrainTuningModel, data: TuningSet, batch_size: int, de
 
 def probe_head(model: BrainTuningModel, train_set: TuningSet, validation_set: TuningSet, batch_size: int,
                device: torch.device, autocast=contextlib.nullcontext()) -> dict[str, float]:
-    """Set each participant's head to the ridge regression of its training targets on the model's pooled outputs.
+    """Set each participant's head to the ridge regression of its training targets on the model's pooled outputs
+    (cached with the frozen layers' states when only the top layers are tuned).
 
     The penalty of each participant is the one of :data:`PROBE_PENALTIES` (times the mean eigenvalue of the
     centred training outputs' scatter matrix) with the lowest mean squared error on its validation items. Items
@@ -297,7 +298,8 @@ def probe_head(model: BrainTuningModel, train_set: TuningSet, validation_set: Tu
     penalties : dict of str to float
         The relative penalty chosen per participant.
     """
-    train_x, validation_x = (pooled_outputs(model, data, batch_size, device, autocast)
+    train_x, validation_x = (data.initial_pooled.double() if isinstance(data, FrozenStates)
+                             else pooled_outputs(model, data, batch_size, device, autocast)
                              for data in (train_set, validation_set))
     chosen = {}
     for subject, columns in train_set.heads.items():
