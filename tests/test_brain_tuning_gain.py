@@ -26,7 +26,7 @@ def alignment(demo, tmp_path_factory):
     window = WindowSettings(DEMO["feature_mode"], DEMO["feature_context_s"],
                             precision=resolve_precision("cpu", DEMO["feature_precision"]))
     settings = AlignmentSettings(layers=(4,), window=window, native_length=True)
-    variants = {"pretrained": "whisper-tiny.en", "brain-tuned": str(result.checkpoint)}
+    variants = {"pretrained": "whisper-tiny.en", "brain-tuned": str(result.checkpoint_dir)}
     voxels = align(demo, ["DEMO01"], variants, "whisper-tiny.en", settings, device="cpu", progress=False)
     voxels["planted"] = demo.truth("DEMO01")["voxel_class"][voxels.voxel.to_numpy()]
     return voxels.groupby(["variant", "planted"]).r_norm.mean().unstack("planted")
