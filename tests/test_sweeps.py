@@ -461,6 +461,36 @@ def test_demo_sweep_priorities_follow_its_longest_chains(tmp_path):
     assert max(critical_path_priorities(runs[3:]).values()) == 5
 
 
+def test_runs_are_submitted_when_ready_and_a_worker_is_free(client, tmp_path, monkeypatch):
+    """The runner, not Dask, decides what runs next: never more runs in flight than worker threads (so none waits
+    behind a long run on a busy worker while another idles), each submitted after its dependencies finished, the
+    ready run with the highest critical-path priority first."""
+    import time
+
+    submitted = []
+    submit = client.submit
+
+    def recording_submit(function, run, *args, **kwargs):
+        submitted.append((time.time(), run.run_id))
+        return submit(function, run, *args, **kwargs)
+
+    monkeypatch.setattr(client, "submit", recording_submit)
+    spec = write_spec(tmp_path)
+    table = run_sweep(spec, tmp_path / "sweep", cluster=client, notebook_dir=FIXTURES).set_index("run_id")
+    assert count_states(table) == "9 runs: 9 completed"
+    statuses = {run_id: json.loads(Path(path, "status.json").read_text()) for run_id, path in table.path.items()}
+    finished = {run_id: pd.Timestamp(status["finished"]).timestamp() for run_id, status in statuses.items()}
+    runs = {run.run_id: run for run in plan_runs(load_spec(spec, FIXTURES), tmp_path / "sweep")}
+    priorities = critical_path_priorities(list(runs.values()))
+    for index, (when, run_id) in enumerate(submitted):
+        in_flight = [other for _, other in submitted[:index] if finished[other] > when]
+        assert len(in_flight) < 2, (run_id, in_flight)
+        assert all(finished[upstream] <= when for upstream in runs[run_id].depends_on)
+    first_two = [run_id for _, run_id in submitted[:2]]
+    ready_at_start = [run_id for run_id, run in runs.items() if not run.depends_on]
+    assert sorted(first_two) == sorted(sorted(ready_at_start, key=lambda r: -priorities[r])[:2])
+
+
 # --- reruns of upstream runs ------------------------------------------------------------------
 
 

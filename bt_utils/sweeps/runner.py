@@ -150,33 +150,61 @@ def _run_pending(
     client: Client, pending: list[Run], statuses: dict, honour_resources: bool, on_change: Callable[[], None],
     show_code: bool = False,
 ) -> None:
-    """Submit the pending runs with their dependencies, record each final status as it arrives."""
+    """Run the pending runs, recording each final status as it arrives.
+
+    The runner schedules: a run is submitted once every run it depends on has finished and a worker thread is free,
+    the ready run with the highest critical-path priority first (then in plan order). Dask would otherwise place a
+    run on a worker as soon as it is ready, where it can wait behind a long run while another worker idles.
+    """
     from distributed import as_completed
 
     _check_resources(client, pending, honour_resources)
     priorities = critical_path_priorities(pending)
-    futures = {}
+    order = {run.run_id: index for index, run in enumerate(pending)}
+    in_sweep = set(order)
+    waiting = {run.run_id: run for run in pending}
+    finished: dict[str, dict] = {}
+    lost: dict[str, Exception] = {}
+    running, run_of = as_completed(), {}
+
+    def submit_ready() -> None:
+        for run_id, run in list(waiting.items()):  # the dependants of a lost run are lost with it
+            lost_upstream = [upstream for upstream in run.depends_on if upstream in lost]
+            if lost_upstream:
+                lost[run_id] = lost[lost_upstream[0]]
+                del waiting[run_id]
+        ready = sorted((run for run in waiting.values()
+                        if all(upstream in finished for upstream in run.depends_on if upstream in in_sweep)),
+                       key=lambda run: (-priorities[run.run_id], order[run.run_id]))
+        free = max(1, sum(client.nthreads().values())) - running.count()
+        for run in ready[:max(0, free)]:
+            del waiting[run.run_id]
+            inside = [upstream for upstream in run.depends_on if upstream in in_sweep]
+            inputs = {upstream: statuses[upstream]["finished"] for upstream in run.depends_on if upstream not in in_sweep}
+            future = client.submit(
+                _execute, run, inputs, *(finished[upstream] for upstream in inside),
+                key=f"{run.stage}-{uuid.uuid4().hex}", pure=False,
+                resources=(run.resources or None) if honour_resources else None, priority=priorities[run.run_id],
+                show_code=show_code,
+            )
+            run_of[future.key] = run
+            running.add(future)
+
     for run in pending:
         statuses[run.run_id] = write_status(run, "queued", queued=utc_now())
-        upstream = [futures[run_id] for run_id in run.depends_on if run_id in futures]
-        inputs = {run_id: statuses[run_id]["finished"] for run_id in run.depends_on if run_id not in futures}
-        futures[run.run_id] = client.submit(
-            _execute, run, inputs, *upstream, key=f"{run.stage}-{uuid.uuid4().hex}", pure=False,
-            resources=(run.resources or None) if honour_resources else None, priority=priorities[run.run_id],
-            show_code=show_code,
-        )
     on_change()
-    run_of = {future.key: run for run, future in zip(pending, futures.values(), strict=True)}
-    lost = {}
-    for done, future in enumerate(as_completed(futures.values()), start=1):
+    submit_ready()
+    for done, future in enumerate(running, start=1):
         run = run_of[future.key]
         try:
-            statuses[run.run_id] = future.result()
+            finished[run.run_id] = statuses[run.run_id] = future.result()
         except Exception as error:  # noqa: BLE001 - e.g. a worker died: recorded below in dependency order
             lost[run.run_id] = error
-            continue
-        _log_outcome(statuses[run.run_id], f"[{done}/{len(pending)}]")
-        on_change()
+        else:
+            _log_outcome(statuses[run.run_id], f"[{done}/{len(pending)}]")
+            on_change()
+        submit_ready()
+    lost |= {run_id: RuntimeError("its dependencies never finished") for run_id in waiting}
     if lost:
         _record_lost(pending, lost, statuses)
         on_change()
