@@ -447,18 +447,19 @@ def test_demo_sweep_priorities_follow_its_longest_chains(tmp_path):
     for run in runs:
         by_stage.setdefault((run.stage, run.axes.get("model"), run.axes.get("subject")), set()).add(priority[run.run_id])
     whisper = "whisper-tiny.en"
-    # DEMO01 (the only one with maps): controls -> brain-tuning -> 02 -> 05 -> summary; the others have no 05
-    assert by_stage["01_block_shuffle", whisper, "DEMO01"] == {5}
-    assert by_stage["01_block_shuffle", whisper, "DEMO02"] == by_stage["01_block_shuffle", whisper, "DEMO03"] == {4}
-    assert by_stage["01_text_embedding", whisper, None] == {5}  # every participant's brain-tuning waits for it
-    assert by_stage["01_brain_tuning", whisper, "DEMO01"] == {4} and by_stage["01_brain_tuning", whisper, "DEMO02"] == {3}
-    assert by_stage["00_data", None, "DEMO01"] == {4} and by_stage["00_data", None, "DEMO03"] == {3}
+    # DEMO01 (the only one with maps): controls -> brain-tuning -> 02 -> 03 -> 05 -> summary; the others have no 05
+    assert by_stage["01_block_shuffle", whisper, "DEMO01"] == {6}
+    assert by_stage["01_block_shuffle", whisper, "DEMO02"] == by_stage["01_block_shuffle", whisper, "DEMO03"] == {5}
+    assert by_stage["01_text_embedding", whisper, None] == {6}  # every participant's brain-tuning waits for it
+    assert by_stage["01_brain_tuning", whisper, "DEMO01"] == {5} and by_stage["01_brain_tuning", whisper, "DEMO02"] == {4}
+    assert by_stage["00_data", None, "DEMO01"] == {5} and by_stage["00_data", None, "DEMO03"] == {4}
+    assert by_stage["02_alignment", whisper, "DEMO02"] == {3}  # 03 reads the features that 02 caches: after it
     # 04, 05 and the multi-participant alignment wait only for the runs they name, and only the summary for them
     for stage in ("04_downstream", "05_voxel_maps", "02_multi_alignment"):
         assert {p for (name, _, _), values in by_stage.items() if name == stage for p in values} == {2}, stage
     assert by_stage["summary", None, None] == {1}
     # dependencies outside the list are ignored: without the 00_data runs, the controls still head the chains
-    assert max(critical_path_priorities(runs[3:]).values()) == 5
+    assert max(critical_path_priorities(runs[3:]).values()) == 6
 
 
 def test_runs_are_submitted_when_ready_and_a_worker_is_free(client, tmp_path, monkeypatch):
