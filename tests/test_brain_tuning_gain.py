@@ -14,14 +14,13 @@ from bt_utils.models.tuning import TuningConfig, tune
 from bt_utils.protocols import PROTOCOLS
 
 DEMO = PROTOCOLS["demo"]
-TUNING_KEYS = ("epochs", "batch_size", "encoder_lr", "head_lr", "warmup_epochs", "native_length", "max_train_trs",
-               "max_validation_trs", "trainable_layers", "patience")
+TUNING_SETTINGS = {key: value for key, value in DEMO.items() if key in TuningConfig.__dataclass_fields__}
 
 
 @pytest.fixture(scope="module")
 def alignment(demo, tmp_path_factory):
     """Mean r / cc_max per planted class of the pretrained and the brain-tuned model, top layer, DEMO01."""
-    config = TuningConfig(model="whisper-tiny.en", device="cpu", **{key: DEMO[key] for key in TUNING_KEYS})
+    config = TuningConfig(model="whisper-tiny.en", device="cpu", **TUNING_SETTINGS)
     result = tune(demo, "DEMO01", config, tmp_path_factory.mktemp("gain") / "tuning", progress=False)
     window = WindowSettings(DEMO["feature_mode"], DEMO["feature_context_s"],
                             precision=resolve_precision("cpu", DEMO["feature_precision"]))
