@@ -18,8 +18,9 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,8 @@ import pandas as pd
 from . import __version__
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @contextlib.contextmanager
@@ -55,8 +58,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
-    """Hold an exclusive lock on the file ``path`` (created, then removed); wait while another holder has it."""
+def exclusive_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[Path | None]:
+    """Hold an exclusive lock on the file ``path`` (created, then removed) and yield ``path``.
+
+    While another holder has it: wait, or with ``wait=False`` yield None at once, holding nothing.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -69,6 +75,10 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                handle.close()
+                yield None
+                return
             log.info("waiting for %s: another process holds it", path)
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -83,6 +93,48 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         path.unlink(missing_ok=True)
         handle.close()  # releases the lock
+
+
+@contextlib.contextmanager
+def exclusive_locks(paths: Iterable[str | os.PathLike], wait: bool = True) -> Iterator[bool]:
+    """Hold :func:`exclusive_lock` on every path, taken in order, and yield True; with ``wait=False`` yield False
+    at once, holding none, if another holder has any of them."""
+    with contextlib.ExitStack() as held:
+        for path in paths:
+            if held.enter_context(exclusive_lock(path, wait)) is None:
+                held.close()
+                yield False
+                return
+        yield True
+
+
+def in_turn(keys: Iterable[K], locks: Callable[[K], Iterable[str | os.PathLike]], produce: Callable[[K], V],
+            done: Callable[[], object] | None = None) -> dict[K, V]:
+    """``{key: produce(key)}`` for every key, each called while holding the key's :func:`exclusive_locks`.
+
+    Keys whose locks another process holds are put off until the others are done; only when every key left is
+    held elsewhere does it wait, for the first of them. Parallel runs that need the same cached results (a sweep's
+    workers) thus split the keys between them instead of waiting for each other, provided ``produce`` reads what
+    is cached and computes only the rest. ``done``, if given, is called after each key (a progress bar's update).
+    """
+    keys = list(dict.fromkeys(keys))
+    produced = {}
+
+    def attempt(key: K, wait: bool) -> None:
+        with exclusive_locks(locks(key), wait) as held:
+            if held:
+                produced[key] = produce(key)
+                if done is not None:
+                    done()
+
+    pending = keys
+    while pending:
+        for key in pending:
+            attempt(key, wait=False)
+        if all(key not in produced for key in pending):  # every key held elsewhere: wait for the first
+            attempt(pending[0], wait=True)
+        pending = [key for key in pending if key not in produced]
+    return {key: produced[key] for key in keys}
 
 
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")

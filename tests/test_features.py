@@ -239,11 +239,13 @@ def test_fast_mode_warns_once_for_native_length_whisper(caplog, monkeypatch, one
 
 
 class _NoModel:
-    """Has the fingerprint, family, input length setting and depth of a real encoder, and nothing else."""
+    """Has the fingerprint, family, input length setting, depth and frozen layers of a real encoder, and nothing
+    else."""
 
     def __init__(self, encoder):
         self._fingerprint, self.n_layers = encoder.fingerprint(), encoder.n_layers
         self.family, self.native_length = encoder.family, encoder.native_length
+        self.frozen_layers = encoder.frozen_layers
 
     def fingerprint(self) -> str:
         return self._fingerprint
@@ -297,6 +299,36 @@ def test_a_story_being_computed_elsewhere_is_waited_for_then_read(noise_dataset,
     waiter.join(timeout=30)
     assert not waiter.is_alive()
     np.testing.assert_array_equal(results[1], features[1])  # read back: the stub model was never needed
+
+
+def test_dataset_features_do_a_story_being_computed_elsewhere_last(noise_dataset, tmp_path, one_thread):
+    """Parallel runs split the stories they need instead of waiting for each other."""
+    import threading
+    import time
+
+    from bt_utils.results import exclusive_lock
+
+    encoder = load_encoder("tiny-hubert", "cpu")
+    settings = WindowSettings(context_s=0.5)
+    story_features(encoder, noise_dataset, "a", [1], settings, tmp_path / "probe", progress=False)
+    (probe_file,) = (tmp_path / "probe").rglob("layer-01.npz")
+    held_folder = tmp_path / "shared" / probe_file.parent.relative_to(tmp_path / "probe")
+    results = {}
+    with exclusive_lock(held_folder / ".lock"):  # another run is computing story "a"
+        runner = threading.Thread(target=lambda: results.update(dataset_tr_features(
+            encoder, noise_dataset, ["a", "b"], [1], settings, tmp_path / "shared", progress=False)))
+        runner.start()
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "shared").rglob("b-*/layer-01.npz")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list((tmp_path / "shared").rglob("b-*/layer-01.npz"))  # "b" done while "a" is held
+        assert runner.is_alive() and not list((tmp_path / "shared").rglob("a-*/layer-01.npz"))
+    runner.join(timeout=60)
+    assert not runner.is_alive() and list(results) == ["a", "b"]
+    expected = dataset_tr_features(encoder, noise_dataset, ["a", "b"], [1], settings, tmp_path / "alone",
+                                   progress=False)
+    for story in ("a", "b"):
+        np.testing.assert_allclose(results[story][1], expected[story][1], atol=1e-6)
 
 
 def test_corrupt_cache_file_is_recomputed(noise_dataset, tmp_path, one_thread, caplog):

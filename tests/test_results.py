@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from bt_utils.results import (
-    atomic_path, file_label, git_dirty, git_revision, read_table, run_record, save_figure, write_json, write_table,
+    atomic_path, exclusive_lock, exclusive_locks, file_label, git_dirty, git_revision, in_turn, read_table, run_record,
+    save_figure, write_json, write_table,
 )
 
 
@@ -136,3 +137,63 @@ def test_git_state_says_whether_the_checkout_has_uncommitted_changes(tmp_path):
     assert git_dirty(tmp_path) is True
     record = run_record({})
     assert record["git_dirty"] in (True, False, None) and record["git_dirty"] == git_dirty()
+
+
+def test_a_key_held_elsewhere_is_put_off_then_waited_for(tmp_path):
+    import threading
+
+    order = []
+    results = {}
+    with exclusive_lock(tmp_path / "b.lock"):  # another process is producing "b"
+        runner = threading.Thread(target=lambda: results.update(in_turn(
+            "abc", lambda key: [tmp_path / f"{key}.lock"], lambda key: order.append(key) or key.upper())))
+        runner.start()
+        runner.join(timeout=1.0)
+        assert runner.is_alive() and order == ["a", "c"]  # the free keys first, then it waits for "b"
+    runner.join(timeout=10)
+    assert not runner.is_alive()
+    assert order == ["a", "c", "b"] and list(results.items()) == [("a", "A"), ("b", "B"), ("c", "C")]
+
+
+def test_parallel_runs_split_the_keys_and_compute_each_once(tmp_path):
+    """Two runs needing the same cached results each compute some of them and read the others'."""
+    import threading
+    import time
+
+    computed = {"first": [], "second": []}
+    results = {}
+    start = threading.Barrier(2)
+
+    def read_or_compute(run: str, key: str) -> str:
+        path = tmp_path / f"{key}.txt"
+        if not path.is_file():
+            time.sleep(0.05)
+            path.write_text(f"value of {key}")
+            computed[run].append(key)
+        return path.read_text()
+
+    def run(name: str) -> None:
+        start.wait()
+        results[name] = in_turn([f"k{i}" for i in range(8)], lambda key: [tmp_path / f"{key}.lock"],
+                                lambda key: read_or_compute(name, key))
+
+    runners = [threading.Thread(target=run, args=(name,)) for name in computed]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join(timeout=30)
+    assert sorted(computed["first"] + computed["second"]) == [f"k{i}" for i in range(8)]  # each key once
+    assert computed["first"] and computed["second"]  # split between the runs
+    assert results["first"] == results["second"] == {f"k{i}": f"value of k{i}" for i in range(8)}
+
+
+def test_exclusive_locks_without_waiting_hold_none_when_one_is_taken(tmp_path):
+    with exclusive_lock(tmp_path / "second.lock"):
+        with exclusive_locks([tmp_path / "first.lock", tmp_path / "second.lock"], wait=False) as held:
+            assert held is False
+            with exclusive_lock(tmp_path / "first.lock", wait=False) as first:
+                assert first is not None  # the first lock was given back
+    with exclusive_locks([tmp_path / "first.lock", tmp_path / "second.lock"], wait=False) as held:
+        assert held is True
+        with exclusive_lock(tmp_path / "second.lock", wait=False) as second:
+            assert second is None

@@ -6,6 +6,7 @@ resamples it to TRs."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from ..cache import cache_root
 from ..data.dataset import Dataset
 from ..models.encoder import SAMPLE_RATE, WHISPER_MAX_SAMPLES, SpeechEncoder
 from ..models.precision import autocast_context, resolve_precision
-from ..results import atomic_path, exclusive_lock
+from ..results import atomic_path, in_turn
 from . import whisper_edge
 from .design import tr_features
 from .windows import (
@@ -320,59 +321,90 @@ def _cache_key(encoder: SpeechEncoder, settings: WindowSettings, fingerprint: st
                        "story": story, "audio_sha256": audio_hash}, sort_keys=True)
 
 
+class _StoryCache:
+    """The cache files of one encoder's features at some settings: where a story's files lie, the locks to hold
+    while reading or computing them, and the features themselves."""
+
+    def __init__(self, encoder: SpeechEncoder, dataset: Dataset, layers: tuple[int, ...], settings: WindowSettings,
+                 cache_dir, batch_size: int, progress: bool, fingerprint: str):
+        self.encoder, self.dataset, self.layers, self.settings = encoder, dataset, layers, settings
+        self.cache_dir, self.batch_size, self.progress, self.fingerprint = cache_dir, batch_size, progress, fingerprint
+        self.root = cache_root(cache_dir) / "features" / f"v{CACHE_VERSION}"
+        self.tag = feature_tag(encoder, settings)
+        self._audio_hashes: dict[str, str] = {}
+
+    def audio_hash(self, story: str) -> str:
+        if story not in self._audio_hashes:
+            self._audio_hashes[story] = _audio_hash(self.dataset.load_audio(story))
+        return self._audio_hashes[story]
+
+    def folder(self, story: str) -> Path:
+        return self.root / self.fingerprint / self.tag / f"{story}-{self.audio_hash(story)}"
+
+    @functools.cached_property
+    def frozen_prefix(self) -> str:
+        """Names the encoder's frozen layers and everything below them (see :func:`reuses_frozen_layers`)."""
+        depth = self.encoder.frozen_layers
+        return f"{self.encoder.prefix_fingerprint(depth)}-layer{depth:02d}"
+
+    def frozen_file(self, story: str) -> tuple[Path, str]:
+        """The file of the frozen layers' states of a story and its key."""
+        key = _cache_key(self.encoder, self.settings, self.frozen_prefix, story, self.audio_hash(story))
+        return self.root / "frozen" / self.frozen_prefix / self.tag / f"{story}-{self.audio_hash(story)}.npz", key
+
+    def locks(self, story: str) -> list[Path]:
+        """The story's lock files: its features', and the frozen layers' states' where they are reused."""
+        locks = [self.folder(story) / ".lock"]
+        if reuses_frozen_layers(self.encoder, self.settings):
+            path, _ = self.frozen_file(story)
+            locks.append(path.with_name(path.name + ".lock"))
+        return locks
+
+    def features(self, story: str) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """The story's ``times`` and ``{layer: features}``, read from the cache or computed and cached; call it
+        holding :meth:`locks`."""
+        key = _cache_key(self.encoder, self.settings, self.fingerprint, story, self.audio_hash(story))
+        paths = {layer: self.folder(story) / f"layer-{layer:02d}.npz" for layer in self.layers}
+        cached = {layer: _read_cached(path, key) for layer, path in paths.items()}
+        missing = tuple(layer for layer, entry in cached.items() if entry is None)
+        if missing:
+            times, computed = self._compute(story, missing)
+            for layer in missing:
+                _write_cached(paths[layer], key, times, computed[layer])
+                cached[layer] = (times, computed[layer])
+        times = cached[self.layers[0]][0]
+        return times, {layer: values for layer, (_, values) in cached.items()}
+
+    def _compute(self, story: str, layers: tuple[int, ...]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """:func:`extract_layer_features`, continued from the cached states of the encoder's frozen layers where
+        :func:`reuses_frozen_layers`: the first model with those frozen layers computes and caches them (keyed by
+        :meth:`SpeechEncoder.prefix_fingerprint`), every other one runs only its upper layers."""
+        audio = self.dataset.load_audio(story)
+        extract = {"encoder": self.encoder, "audio": audio, "layers": layers, "settings": self.settings,
+                   "batch_size": self.batch_size, "progress": self.progress}
+        if not reuses_frozen_layers(self.encoder, self.settings):
+            return extract_layer_features(**extract)
+        path, key = self.frozen_file(story)
+        stored = _read_frozen_states(path, key)
+        if stored is not None:
+            return extract_layer_features(**extract, frozen_states=stored)
+        times, features, stored = extract_layer_features(**extract, keep_frozen_states=True)
+        with atomic_path(path) as staged, open(staged, "wb") as handle:
+            np.savez(handle, key=np.array(key), **stored)
+        return times, features
+
+
 def story_features(encoder: SpeechEncoder, dataset: Dataset, story: str, layers: Iterable[int],
                    settings: WindowSettings = WindowSettings(), cache_dir: str | os.PathLike | None = None,
                    batch_size: int = 8, progress: bool = True,
                    fingerprint: str | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Frame features of one story, read from the disk cache or computed and cached: ``times`` (n_times,) and
     ``{layer: ndarray of shape (n_times, hidden_size)}``. ``fingerprint`` (``encoder.fingerprint()``) saves hashing
-    the weights once per story.
+    the weights. While another process computes the story, it waits, then reads.
     """
-    layers = check_layers(layers, encoder.n_layers)
-    fingerprint = fingerprint or encoder.fingerprint()
-    audio = dataset.load_audio(story)
-    audio_hash = _audio_hash(audio)
-    folder = (cache_root(cache_dir) / "features" / f"v{CACHE_VERSION}" / fingerprint / feature_tag(encoder, settings)
-              / f"{story}-{audio_hash}")
-    key = _cache_key(encoder, settings, fingerprint, story, audio_hash)
-    paths = {layer: folder / f"layer-{layer:02d}.npz" for layer in layers}
-    cached = {layer: _read_cached(path, key) for layer, path in paths.items()}
-    if any(entry is None for entry in cached.values()):
-        with exclusive_lock(folder / ".lock"):  # a parallel run on the same story computes it once; the other reads
-            cached = {layer: _read_cached(path, key) for layer, path in paths.items()}
-            missing = [layer for layer, entry in cached.items() if entry is None]
-            if missing:
-                times, computed = _compute_features(encoder, audio, missing, settings, batch_size, progress,
-                                                    story, audio_hash, cache_dir)
-                for layer in missing:
-                    _write_cached(paths[layer], key, times, computed[layer])
-                    cached[layer] = (times, computed[layer])
-    times = cached[layers[0]][0]
-    return times, {layer: values for layer, (_, values) in cached.items()}
-
-
-def _compute_features(encoder: SpeechEncoder, audio: np.ndarray, layers: tuple[int, ...], settings: WindowSettings,
-                      batch_size: int, progress: bool, story: str, audio_hash: str,
-                      cache_dir) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """:func:`extract_layer_features`, continued from the cached states of ``encoder``'s frozen layers where
-    :func:`reuses_frozen_layers`: the first model with those frozen layers computes and caches them (keyed by
-    :meth:`SpeechEncoder.prefix_fingerprint`), every other one runs only its upper layers."""
-    if not reuses_frozen_layers(encoder, settings):
-        return extract_layer_features(encoder, audio, layers, settings, batch_size, progress)
-    depth = encoder.frozen_layers
-    prefix = f"{encoder.prefix_fingerprint(depth)}-layer{depth:02d}"
-    key = _cache_key(encoder, settings, prefix, story, audio_hash)
-    path = (cache_root(cache_dir) / "features" / f"v{CACHE_VERSION}" / "frozen" / prefix / feature_tag(encoder, settings)
-            / f"{story}-{audio_hash}.npz")
-    with exclusive_lock(path.with_name(path.name + ".lock")):
-        stored = _read_frozen_states(path, key)
-        if stored is not None:
-            return extract_layer_features(encoder, audio, layers, settings, batch_size, progress, frozen_states=stored)
-        times, features, stored = extract_layer_features(encoder, audio, layers, settings, batch_size, progress,
-                                                         keep_frozen_states=True)
-        with atomic_path(path) as staged, open(staged, "wb") as handle:
-            np.savez(handle, key=np.array(key), **stored)
-    return times, features
+    cache = _StoryCache(encoder, dataset, check_layers(layers, encoder.n_layers), settings, cache_dir, batch_size,
+                        progress, fingerprint or encoder.fingerprint())
+    return in_turn([story], cache.locks, cache.features)[story]
 
 
 def _read_frozen_states(path: Path, key: str) -> dict[str, np.ndarray] | None:
@@ -395,13 +427,17 @@ def dataset_tr_features(encoder: SpeechEncoder, dataset: Dataset, stories: Itera
                         batch_size: int = 8, progress: bool = True) -> dict[str, dict[int, np.ndarray]]:
     """TR features of several stories: :func:`story_features` (cached), then :func:`tr_features`; ``{story: {layer:
     float32 ndarray of shape (n_trs, hidden_size)}}``, untrimmed, at each story's :meth:`Dataset.tr_times`.
+
+    Stories that another process is computing are done last (:func:`bt_utils.results.in_turn`): parallel runs
+    that need the same features split the stories between them.
     """
     stories = list(stories)
-    fingerprint = encoder.fingerprint()
-    log.info("%s features: %s", encoder.name, feature_tag(encoder, settings))
-    features = {}
-    for story in tqdm(stories, desc=f"{encoder.name} features", disable=not progress):
-        times, frames = story_features(encoder, dataset, story, layers, settings, cache_dir, batch_size, progress,
-                                       fingerprint)
-        features[story] = tr_features(times, frames, dataset.tr_times(story))
-    return features
+    cache = _StoryCache(encoder, dataset, check_layers(layers, encoder.n_layers), settings, cache_dir, batch_size,
+                        progress, encoder.fingerprint())
+    log.info("%s features: %s", encoder.name, cache.tag)
+
+    def tr_features_of(story: str) -> dict[int, np.ndarray]:
+        return tr_features(*cache.features(story), dataset.tr_times(story))
+
+    with tqdm(total=len(stories), desc=f"{encoder.name} features", disable=not progress) as bar:
+        return in_turn(stories, cache.locks, tr_features_of, bar.update)

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cache import cache_root
-from ..results import atomic_path, exclusive_lock
+from ..results import atomic_path, in_turn
 from .brain_model import masked_mean
 from .encoder import SpeechEncoder
 from .precision import autocast_context
@@ -99,26 +99,30 @@ def frozen_inputs(encoder: SpeechEncoder, data, start: int, fingerprint: str | N
         raise ValueError(f"start={start!r} must lie in 0..{encoder.n_layers - 1}: {encoder.name} has "
                          f"{encoder.n_layers} layers")
     fingerprint = fingerprint or encoder.fingerprint()
+    stories = list(dict.fromkeys(story for story, _ in data.items))
+    paths = {story: _cache_file(encoder, fingerprint, start, data.spec, story, data.audio[story],
+                                len(data.story_rows(story)), cache_dir, precision) for story in stories}
+
+    def load_or_compute(story: str) -> tuple[np.ndarray, np.ndarray]:
+        path = paths[story]
+        pooled_path = path.with_suffix(".pooled.npy")
+        if not path.is_file():
+            values, means = _story_states(encoder, data, story, data.story_rows(story), start, batch_size, precision)
+            for target, array in ((pooled_path, means), (path, values)):  # the states last: the flag
+                with atomic_path(target) as staged, open(staged, "wb") as handle:
+                    np.save(handle, array)
+        return np.load(path, mmap_mode="r"), np.load(pooled_path)
+
     was_training = encoder.training
     encoder.eval()
-    states, pooled = {}, {}
-    try:
-        for story in tqdm(dict.fromkeys(s for s, _ in data.items), desc=f"frozen layers 0-{start} of {encoder.name}",
-                          disable=not progress):
-            rows = data.story_rows(story)
-            path = _cache_file(encoder, fingerprint, start, data.spec, story, data.audio[story], len(rows), cache_dir,
-                               precision)
-            pooled_path = path.with_suffix(".pooled.npy")
-            if not path.is_file():
-                with exclusive_lock(path.with_name(path.name + ".lock")):  # parallel tunings compute a story once
-                    if not path.is_file():
-                        values, means = _story_states(encoder, data, story, rows, start, batch_size, precision)
-                        for target, array in ((pooled_path, means), (path, values)):  # the states last: the flag
-                            with atomic_path(target) as staged, open(staged, "wb") as handle:
-                                np.save(handle, array)
-            states[story], pooled[story] = np.load(path, mmap_mode="r"), np.load(pooled_path)
+    try:  # parallel tunings split the stories: each computes those no other is computing
+        with tqdm(total=len(stories), desc=f"frozen layers 0-{start} of {encoder.name}", disable=not progress) as bar:
+            loaded = in_turn(stories, lambda story: [paths[story].with_name(paths[story].name + ".lock")],
+                             load_or_compute, bar.update)
     finally:
         encoder.train(was_training)
+    states = {story: values for story, (values, _) in loaded.items()}
+    pooled = {story: means for story, (_, means) in loaded.items()}
     row_of = {story: {tr: row for row, tr in enumerate(data.story_rows(story))} for story in states}
     items = [(story, row_of[story][tr]) for story, tr in data.items]
     n_valid = int(encoder.frame_lengths(torch.tensor([data.spec.window_samples]))[0])
