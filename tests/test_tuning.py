@@ -255,8 +255,14 @@ def test_loss_falls_and_checkpoint_round_trips(demo, tmp_path):
     # the checkpoint reloads through the registry and reproduces the kept model's validation loss
     reloaded = load_brain_tuned(result.checkpoint_dir, device="cpu")
     _, validation_set, _ = build_tuning_sets(demo, "DEMO01", config)
-    loss, _ = tuning.evaluate(reloaded, validation_set, "mse", 8, torch.device("cpu"))
+    loss, predictions = tuning.evaluate(reloaded, validation_set, "mse", 8, torch.device("cpu"))
     assert loss == pytest.approx(record["best_validation_loss"], rel=1e-5)
+    # the kept epoch's validation predictions come with the checkpoint
+    assert result.validation_predictions.shape == (len(validation_set), len(voxels))
+    np.testing.assert_allclose(result.validation_predictions, predictions, rtol=1e-4, atol=1e-5)
+    (result.checkpoint_dir / tuning.VALIDATION_PREDICTIONS).unlink()  # as in a checkpoint of an earlier version
+    with pytest.raises(FileNotFoundError, match="validation_predictions.npy is missing.*tune into a new out_dir"):
+        tune(demo, "DEMO01", config, tmp_path / "run", progress=False)  # resumes the finished run
 
 
 def _raw_embeddings(demo, items) -> np.ndarray:

@@ -221,7 +221,11 @@ def _plain_encoder(encoder: SpeechEncoder) -> SpeechEncoder:
 
 @dataclass
 class TuningResult:
-    """Outcome of :func:`tune`: per-epoch losses, the chosen epoch and where things are."""
+    """Outcome of :func:`tune`: per-epoch losses, the chosen epoch and where things are.
+
+    ``validation_predictions`` are the chosen epoch's predictions of the validation items, float32 of shape
+    (n_validation_items, n_targets) in the items' and the heads' order (None without a checkpoint).
+    """
 
     history: pd.DataFrame
     best_epoch: int
@@ -229,6 +233,7 @@ class TuningResult:
     checkpoint_dir: Path
     record: dict = field(default_factory=dict)
     steps: pd.DataFrame = field(default_factory=pd.DataFrame)
+    validation_predictions: np.ndarray | None = None
 
 
 def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.Tensor, micro_batch: int,
@@ -253,35 +258,35 @@ def accumulate_gradients(model: BrainTuningModel, data: TuningSet, batch: torch.
     return total
 
 
-def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: int, device: torch.device,
-             autocast=contextlib.nullcontext()):
-    """Validation loss (:func:`pooled_loss` over all items) and predictions of shape (n_items, n_targets), in eval mode
-    (no dropout, no SpecAugment, no LayerDrop).
-    """
+def _eval_outputs(model: BrainTuningModel, forward, data: TuningSet, batch_size: int, device: torch.device,
+                  autocast) -> torch.Tensor:
+    """``forward(audio)`` of every item of ``data``, stacked as float32 on the CPU, with ``model`` in eval mode (no
+    dropout, no SpecAugment, no LayerDrop) and no gradient."""
     was_training = model.training
     model.eval()
-    predictions = []
-    with torch.no_grad():
-        for audio, _ in torch.utils.data.DataLoader(data, batch_size=batch_size):
-            with autocast:
-                predictions.append(model(audio.to(device)).float().cpu())
-    model.train(was_training)
-    predictions = torch.cat(predictions)
+    outputs = []
+    try:
+        with torch.no_grad():
+            for audio, _ in torch.utils.data.DataLoader(data, batch_size=batch_size):
+                with autocast:
+                    outputs.append(forward(audio.to(device)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs)
+
+
+def evaluate(model: BrainTuningModel, data: TuningSet, loss: str, batch_size: int, device: torch.device,
+             autocast=contextlib.nullcontext()):
+    """Validation loss (:func:`pooled_loss` over all items) and predictions of shape (n_items, n_targets), in eval mode.
+    """
+    predictions = _eval_outputs(model, model, data, batch_size, device, autocast)
     return float(pooled_loss(participant_losses(loss, predictions, data.targets, data.heads))), predictions.numpy()
 
 
 def pooled_outputs(model: BrainTuningModel, data: TuningSet, batch_size: int, device: torch.device,
                    autocast=contextlib.nullcontext()) -> torch.Tensor:
-    """The head's inputs of every item, float32 of shape (n_items, D), in eval mode."""
-    was_training = model.training
-    model.eval()
-    pooled = []
-    with torch.no_grad():
-        for audio, _ in torch.utils.data.DataLoader(data, batch_size=batch_size):
-            with autocast:
-                pooled.append(model.pooled(audio.to(device)).float().cpu())
-    model.train(was_training)
-    return torch.cat(pooled).double()
+    """The head's inputs of every item, float64 of shape (n_items, D), in eval mode."""
+    return _eval_outputs(model, model.pooled, data, batch_size, device, autocast).double()
 
 
 def probe_head(model: BrainTuningModel, train_set: TuningSet, validation_set: TuningSet, batch_size: int,
@@ -325,8 +330,12 @@ def probe_head(model: BrainTuningModel, train_set: TuningSet, validation_set: Tu
     return chosen
 
 
+VALIDATION_PREDICTIONS = "validation_predictions.npy"
+"""File of a checkpoint folder: its epoch's predictions of the validation items, (n_items, n_targets) float32."""
+
+
 def _save_checkpoint(model: BrainTuningModel, folder: Path, record: dict, selection: dict,
-                     heads: Mapping[str, slice]) -> None:
+                     heads: Mapping[str, slice], validation_predictions: np.ndarray) -> None:
     voxels = selection["voxels"]
     if isinstance(voxels, dict):  # several participants: one list each, in head order
         voxels = [v for subject in heads for v in voxels[subject]]
@@ -338,6 +347,7 @@ def _save_checkpoint(model: BrainTuningModel, folder: Path, record: dict, select
                     "n_outputs": [columns.stop - columns.start for columns in heads.values()],
                     "target_scaling": selection.get("target_scaling")}, staged / "head.pt")
         (staged / "training_record.json").write_text(json.dumps(record, indent=2, default=str))
+        np.save(staged / VALIDATION_PREDICTIONS, validation_predictions.astype(np.float32))
 
 
 def tuned_participants(checkpoint: str | os.PathLike) -> list[str] | None:
@@ -560,7 +570,7 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
             best, bad_epochs = {"loss": validation_loss, "epoch": epoch}, 0
             _save_checkpoint(model, out_dir / "checkpoint", record | {"history": history, "best_epoch": epoch,
                                                                       "stop_reason": "in progress"}, selection,
-                             train_set.heads)
+                             train_set.heads, predictions)
         else:
             bad_epochs += 1
             if bad_epochs >= config.patience:
@@ -588,6 +598,11 @@ def tune(dataset: Dataset, subjects: str | Sequence[str], config: TuningConfig, 
                "stop_reason": stop_reason, "timings_s": {"total": time.perf_counter() - started},
                "train_samples_per_s": train_samples / train_seconds if train_seconds else None}
     checkpoint = out_dir / "checkpoint"
+    validation_predictions = None
     if checkpoint.is_dir():
         write_json(record, checkpoint / "training_record.json")
-    return TuningResult(table, best["epoch"], stop_reason, checkpoint, record, step_table)
+        if not (checkpoint / VALIDATION_PREDICTIONS).is_file():
+            raise FileNotFoundError(f"{checkpoint / VALIDATION_PREDICTIONS} is missing: an earlier version of "
+                                    f"bt_utils wrote this checkpoint; tune into a new out_dir or delete {out_dir}")
+        validation_predictions = np.load(checkpoint / VALIDATION_PREDICTIONS)
+    return TuningResult(table, best["epoch"], stop_reason, checkpoint, record, step_table, validation_predictions)
