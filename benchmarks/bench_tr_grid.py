@@ -35,7 +35,7 @@ from bt_utils.encoding.alignment import (  # noqa: E402
     AlignmentSettings, score_features, story_cv_scores, subject_targets, variant_features,
 )
 from bt_utils.features.design import layer_design  # noqa: E402
-from bt_utils.features.windows import WindowSettings  # noqa: E402
+from bt_utils.features.windows import FAST_STRIDE_S, WindowSettings  # noqa: E402
 
 SUBJECT = "DEMO01"
 SETTINGS = AlignmentSettings(window=WindowSettings(mode="fast", context_s=8.0), native_length=True)
@@ -95,7 +95,8 @@ def main() -> None:
     n_trs = Dataset(root).n_trs
     longest = max(n_trs.values())
     print(f"Demo ({SUBJECT}, {len(n_trs)} stories of {min(n_trs.values())}-{longest} TRs) simulated on a "
-          f"{args.simulated_tr:g}-s grid; {args.model}, fast windows (8 s of context, stride 4 s, native length).")
+          f"{args.simulated_tr:g}-s grid; {args.model}, fast windows (8 s of context, stride {FAST_STRIDE_S:g} s, "
+          "native length, float32).")
     for tr in args.analysis_tr:
         drift = (longest - 1) * abs(tr - args.simulated_tr)
         print(f"- analysed on {tr:g} s: the last TR of the longest story is {drift:.2f} s off the simulated grid; "
